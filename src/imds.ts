@@ -1,0 +1,255 @@
+// The IMDS seam: IMDSv2 only, one token reused until near expiry, a per-request timeout, and a
+// patient wait at boot bounded by the deadline. @aws-sdk/ec2-metadata-service is loaded lazily.
+import http from "node:http";
+import { OpError } from "./errors.js";
+import { Deadline, sleep } from "./host.js";
+import type { Logger } from "./log.js";
+
+export const DEFAULT_IMDS_ENDPOINT = "http://169.254.169.254";
+const TOKEN_TTL_SECONDS = 21600;
+
+/** What the rest of eni-dpdk needs from IMDS. `get` answers undefined for 404. */
+export interface Imds {
+  get(path: string): Promise<string | undefined>;
+  /** Raw bytes (user-data may be gzip). */
+  getBytes(path: string): Promise<Buffer | undefined>;
+}
+
+export interface InstanceIdentity {
+  instanceId: string;
+  instanceType: string;
+  region: string;
+  az: string;
+  primaryMac: string;
+  localHostname: string;
+}
+
+export interface ImdsNicInfo {
+  mac: string;
+  deviceNumber: number;
+  networkCard: number;
+  interfaceId?: string;
+  subnetId?: string;
+  vpcId?: string;
+}
+
+interface MetadataServiceLike {
+  request(path: string, options: { method?: string; headers?: Record<string, string> }): Promise<string>;
+  fetchMetadataToken(): Promise<string>;
+}
+
+export interface ImdsOptions {
+  endpoint?: string;
+  timeoutMs?: number;
+  /** Overall bound for waiting on an unreachable IMDS (boot). */
+  deadline?: Deadline;
+  logger?: Logger;
+}
+
+export class ImdsClient implements Imds {
+  readonly endpoint: string;
+  private readonly timeoutMs: number;
+  private token?: { value: string; expires: number };
+  private pendingToken?: Promise<string>;
+  private svc?: Promise<{ reader: MetadataServiceLike; tokens: MetadataServiceLike }>;
+  /** Requests sent (tokens included), for tests and the status document. */
+  requestCount = 0;
+
+  constructor(private readonly opts: ImdsOptions = {}) {
+    this.endpoint = (opts.endpoint || process.env.AWS_EC2_METADATA_SERVICE_ENDPOINT || DEFAULT_IMDS_ENDPOINT).replace(/\/+$/, "");
+    this.timeoutMs = opts.timeoutMs ?? 2000;
+  }
+
+  private services() {
+    this.svc ??= import("@aws-sdk/ec2-metadata-service").then(({ MetadataService }) => ({
+      // Token fetches: IMDSv1 fallback disabled; no SDK retries, our loop owns waiting.
+      tokens: new MetadataService({
+        endpoint: this.endpoint,
+        ec2MetadataV1Disabled: true,
+        httpOptions: { timeout: this.timeoutMs },
+        tokenTtl: TOKEN_TTL_SECONDS,
+        retries: 0,
+      }),
+      // Reads carry our cached token explicitly, so the SDK must not fetch one per request.
+      reader: new MetadataService({
+        endpoint: this.endpoint,
+        disableFetchToken: true,
+        httpOptions: { timeout: this.timeoutMs },
+        retries: 0,
+      }),
+    }));
+    return this.svc;
+  }
+
+  /** Single-flight: concurrent reads share one token request. */
+  private tokenValue(): Promise<string> {
+    if (this.token && this.token.expires - Date.now() > 60_000) return Promise.resolve(this.token.value);
+    this.pendingToken ??= (async () => {
+      try {
+        const { tokens } = await this.services();
+        this.requestCount++;
+        const value = await tokens.fetchMetadataToken();
+        this.token = { value, expires: Date.now() + TOKEN_TTL_SECONDS * 1000 };
+        return value;
+      } finally {
+        this.pendingToken = undefined;
+      }
+    })();
+    return this.pendingToken;
+  }
+
+  async get(path: string): Promise<string | undefined> {
+    return this.withRetry(path, async () => {
+      const token = await this.tokenValue();
+      const { reader } = await this.services();
+      this.requestCount++;
+      // The SDK prepends the endpoint path; a leading "/" would be sent as "//latest".
+      return reader.request(`latest/${path.replace(/^\/+/, "")}`.replace(/^latest\/latest\//, "latest/"), {
+        headers: { "x-aws-ec2-metadata-token": token },
+      });
+    });
+  }
+
+  /** The SDK decodes bodies as UTF-8, which would corrupt gzip user-data; read bytes over node:http. */
+  async getBytes(path: string): Promise<Buffer | undefined> {
+    return this.withRetry(path, async () => {
+      const token = await this.tokenValue();
+      this.requestCount++;
+      return new Promise<Buffer>((resolve, reject) => {
+        const req = http.get(
+          `${this.endpoint}/latest/${path.replace(/^\/+/, "")}`,
+          { headers: { "x-aws-ec2-metadata-token": token }, timeout: this.timeoutMs },
+          (res) => {
+            const chunks: Buffer[] = [];
+            res.on("data", (c: Buffer) => chunks.push(c));
+            res.on("end", () => {
+              if (res.statusCode === 200) resolve(Buffer.concat(chunks));
+              else reject(Object.assign(new Error(`status ${res.statusCode}`), { $metadata: { httpStatusCode: res.statusCode } }));
+            });
+            res.on("error", reject);
+          },
+        );
+        req.on("timeout", () => req.destroy(new Error(`timed out after ${this.timeoutMs} ms`)));
+        req.on("error", reject);
+      });
+    });
+  }
+
+  /**
+   * 404 → undefined. 401 → drop the token and retry once. Connection errors, timeouts and 5xx are
+   * retried with capped back-off until the deadline, since IMDS can come up after us at boot.
+   */
+  private async withRetry<T>(path: string, fn: () => Promise<T>): Promise<T | undefined> {
+    const deadline = this.opts.deadline ?? new Deadline(30_000);
+    let attempt = 0;
+    let reauthed = false;
+    for (;;) {
+      try {
+        return await fn();
+      } catch (e) {
+        const status = statusOf(e);
+        if (status === 404) return undefined;
+        if (status === 401 && !reauthed) {
+          reauthed = true;
+          this.token = undefined;
+          continue;
+        }
+        if (status !== undefined && status >= 400 && status < 500) {
+          throw new OpError(`IMDS answered ${status} for ${path}`, imdsHint, { endpoint: this.endpoint });
+        }
+        attempt++;
+        const wait = Math.min(1000, 50 * 2 ** attempt);
+        if (deadline.remaining() <= wait) {
+          throw new OpError(
+            `IMDS at ${this.endpoint} did not answer ${path} before the deadline (${attempt} attempts; last error: ${(e as Error).message})`,
+            imdsHint,
+            { endpoint: this.endpoint },
+          );
+        }
+        if (attempt === 1 || attempt % 10 === 0) {
+          this.opts.logger?.warn("waiting for IMDS", { path, attempt, error: (e as Error).message });
+        }
+        await sleep(wait);
+      }
+    }
+  }
+}
+
+const imdsHint =
+  "check that IMDS is reachable and IMDSv2 hop limit allows it (aws ec2 describe-instances --query 'Reservations[].Instances[].MetadataOptions')";
+
+function statusOf(e: unknown): number | undefined {
+  const m = (e as { $metadata?: { httpStatusCode?: number } })?.$metadata?.httpStatusCode;
+  if (m !== undefined) return m;
+  const match = /status code (\d{3})/.exec((e as Error)?.message ?? "");
+  return match ? Number(match[1]) : undefined;
+}
+
+async function required(imds: Imds, path: string): Promise<string> {
+  const v = await imds.get(path);
+  if (v === undefined || v.trim() === "") {
+    throw new OpError(`IMDS has no ${path}`, "is this an EC2 instance? set AWS_EC2_METADATA_SERVICE_ENDPOINT for tests");
+  }
+  return v.trim();
+}
+
+export async function readInstance(imds: Imds): Promise<InstanceIdentity> {
+  const [instanceId, instanceType, region, az, primaryMac, localHostname] = await Promise.all([
+    required(imds, "meta-data/instance-id"),
+    required(imds, "meta-data/instance-type"),
+    required(imds, "meta-data/placement/region"),
+    required(imds, "meta-data/placement/availability-zone"),
+    required(imds, "meta-data/mac"),
+    imds.get("meta-data/local-hostname").then((v) => v?.trim() ?? ""),
+  ]);
+  return { instanceId, instanceType, region, az, primaryMac: primaryMac.toLowerCase(), localHostname };
+}
+
+/** One NIC from the macs tree. `network-card` may 404 (card 0); some docs say `network-card-index`. */
+export async function readNic(imds: Imds, mac: string): Promise<ImdsNicInfo | undefined> {
+  const base = `meta-data/network/interfaces/macs/${mac}/`;
+  const dn = await imds.get(base + "device-number");
+  if (dn === undefined) return undefined;
+  const [card, cardAlt, interfaceId, subnetId, vpcId] = await Promise.all([
+    imds.get(base + "network-card"),
+    imds.get(base + "network-card-index"),
+    imds.get(base + "interface-id"),
+    imds.get(base + "subnet-id"),
+    imds.get(base + "vpc-id"),
+  ]);
+  return {
+    mac,
+    deviceNumber: Number(dn.trim()),
+    networkCard: Number((card ?? cardAlt ?? "0").trim()),
+    interfaceId: interfaceId?.trim(),
+    subnetId: subnetId?.trim(),
+    vpcId: vpcId?.trim(),
+  };
+}
+
+export async function readNics(imds: Imds): Promise<ImdsNicInfo[]> {
+  const listing = (await imds.get("meta-data/network/interfaces/macs/")) ?? "";
+  const macs = listing
+    .split("\n")
+    .map((l) => l.trim().replace(/\/$/, "").toLowerCase())
+    .filter(Boolean);
+  const nics = await Promise.all(macs.map((m) => readNic(imds, m)));
+  return nics.filter((n): n is ImdsNicInfo => !!n);
+}
+
+/** Instance tags from IMDS, or undefined when instance metadata tags are disabled (404). */
+export async function readTags(imds: Imds): Promise<Record<string, string> | undefined> {
+  const listing = await imds.get("meta-data/tags/instance/");
+  if (listing === undefined) return undefined;
+  const keys = listing.split("\n").map((k) => k.trim()).filter(Boolean);
+  const values = await Promise.all(keys.map((k) => imds.get(`meta-data/tags/instance/${encodeURIComponent(k)}`)));
+  const tags: Record<string, string> = {};
+  keys.forEach((k, i) => {
+    if (values[i] !== undefined) tags[k] = values[i]!;
+  });
+  return tags;
+}
+
+export function readUserData(imds: Imds): Promise<Buffer | undefined> {
+  return imds.getBytes("user-data");
+}
