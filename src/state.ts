@@ -64,3 +64,8 @@ export async function updateState(host: Host, mutate: (s: State) => void): Promi
   await host.writeFileAtomic(STATE_PATH, JSON.stringify(s, null, 2) + "\n", 0o600);
   return s;
 }
+
+/** Persist the in-memory state of this apply. Stages call it after each step that must survive a crash. */
+export async function saveState(host: Host, s: State): Promise<void> {
+  await host.writeFileAtomic(STATE_PATH, JSON.stringify(s, null, 2) + "\n", 0o600);
+}
