@@ -193,6 +193,9 @@ export function prefixProblems(prefix: string): string[] {
 
 /** The nearest known key, for "did you mean" suggestions. */
 export function nearest(key: string, known: string[]): string | undefined {
+  const lower = key.toLowerCase();
+  const prefixed = known.filter((k) => k.toLowerCase().startsWith(lower) || lower.startsWith(k.toLowerCase()));
+  if (lower.length >= 3 && prefixed.length > 0) return prefixed.sort((a, b) => a.length - b.length)[0];
   let best: string | undefined;
   let bestD = Infinity;
   for (const k of known) {
@@ -473,7 +476,9 @@ export function buildConfig(layers: Layer[]): EffectiveConfig {
   const byPci = new Map<string, string>();
   for (const [name, p] of enis) {
     const src = locateEni.get(name)!;
+    // One problem per key: a value that failed its type check is not also reported as missing.
     const prob = (key: string, message: string) =>
+      problems.some((x) => x.key === `eni.${name}.${key}`) ||
       problems.push({ source: src(key.startsWith("dpdk.") ? key : key.split(".")[0]!), key: `eni.${name}.${key}`, message });
     const v = { ...eniDefaults(), ...p.values } as Record<string, unknown> & Omit<EniConfig, "dpdk">;
     if (!ENI_NAME_RE.test(name)) prob("name", `"${name}" must match ^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$ (lower-case, digits, "-", at most 40 characters)`);
@@ -502,7 +507,7 @@ export function buildConfig(layers: Layer[]): EffectiveConfig {
       resource_name: (p.dpdk.resource_name as string | undefined) ?? "",
       pci_address: (p.dpdk.pci_address as string | undefined) ?? "",
     };
-    if (!(DPDK_DRIVERS as readonly string[]).includes(dp.driver)) prob("dpdk.driver", `expected one of ${DPDK_DRIVERS.join(", ")}, got "${dp.driver}"`);
+    if (p.dpdk.driver !== undefined && !(DPDK_DRIVERS as readonly string[]).includes(dp.driver)) prob("dpdk.driver", `expected one of ${DPDK_DRIVERS.join(", ")}, got "${dp.driver}"`);
     if (dp.enabled) {
       if (!dp.resource_name) prob("dpdk.resource_name", 'required when DPDK is enabled, e.g. "amazon.com/ena_dpdk" (or set dpdk.enabled = false for a kernel ENI)');
       else for (const m of resourceNameProblems(dp.resource_name, config.sriov.resource_prefix)) prob("dpdk.resource_name", m);

@@ -1,0 +1,29 @@
+// Bundle the CLI with esbuild: ESM (yargs is ESM-only), code splitting so each lazily imported
+// module (the EC2 SDK above all) is a chunk parsed only when its command path needs it.
+import { build } from "esbuild";
+import { rm } from "node:fs/promises";
+
+await rm("dist", { recursive: true, force: true });
+const result = await build({
+  entryPoints: { "eni-dpdk": "src/main.ts" },
+  outdir: "dist",
+  outExtension: { ".js": ".mjs" },
+  bundle: true,
+  splitting: true,
+  format: "esm",
+  platform: "node",
+  target: "node20",
+  minifyWhitespace: true,
+  minifySyntax: true,
+  legalComments: "linked",
+  // sd-notify is a native addon, optional at run time; the notify seam loads it with require.
+  external: ["sd-notify"],
+  // Bundled CommonJS (the AWS SDK, toml) still calls require() for Node built-ins.
+  banner: { js: "import { createRequire as __cr } from 'node:module'; const require = __cr(import.meta.url);" },
+  chunkNames: "chunks/[name]-[hash]",
+  metafile: true,
+  logLevel: "warning",
+});
+const outputs = Object.entries(result.metafile.outputs).filter(([f]) => f.endsWith(".mjs"));
+const total = outputs.reduce((n, [, o]) => n + o.bytes, 0);
+console.log(`built dist/eni-dpdk.mjs + ${outputs.length - 1} chunks, ${(total / 1024).toFixed(0)} KiB`);

@@ -1,0 +1,298 @@
+// Plan and apply: gather the desired state, observe the node, derive actions per stage (ENIs, host,
+// SR-IOV), and execute them once. A converged node produces no actions and makes no writes.
+import type { Config } from "./config.js";
+import { errorMessage, InputError, OpError } from "./errors.js";
+import { Deadline, type Host } from "./host.js";
+import { ImdsClient, readInstance, readNics, readTags, readUserData, type Imds, type InstanceIdentity } from "./imds.js";
+import type { Logger } from "./log.js";
+import { formatActions, type Action, type CommandContext, type Stage, type StageContext } from "./plan.js";
+import { loadState, saveState, type EniRecord, type State } from "./state.js";
+import type { Gathered, InstanceSources } from "./sources.js";
+import type { Ec2Factory } from "./ec2.js";
+import type { HostDeviceResult, HostTarget } from "./pci.js";
+
+export const STATUS_PATH = "/run/eni-dpdk/status.json";
+
+/** Per-process handles to IMDS and EC2, created once and shared by every stage and reconcile. */
+export class Session {
+  readonly imds: Imds;
+  private instanceP?: Promise<InstanceIdentity>;
+  private ec2F?: Ec2Factory;
+  /** set when the EC2 SDK was loaded in this process (tests and the status document read it) */
+  ec2Loaded = false;
+
+  constructor(
+    readonly log: Logger,
+    readonly deadline: Deadline,
+    imds?: Imds,
+  ) {
+    this.imds = imds ?? new ImdsClient({ deadline, logger: log });
+  }
+
+  instance(): Promise<InstanceIdentity> {
+    this.instanceP ??= readInstance(this.imds);
+    return this.instanceP;
+  }
+
+  /** The EC2 client factory; the SDK itself loads on the first call, not here. */
+  async ec2(): Promise<Ec2Factory> {
+    if (!this.ec2F) {
+      const { lazyEc2 } = await import("./ec2.js");
+      const inner = lazyEc2({ region: (await this.instance()).region, logger: this.log });
+      this.ec2F = () => {
+        this.ec2Loaded = true;
+        return inner();
+      };
+    }
+    return this.ec2F;
+  }
+}
+
+/** The instance-backed sources: user-data, tags (IMDS, else DescribeTags), NodeENI. */
+export async function instanceSources(ctx: CommandContext, env: NodeJS.ProcessEnv, session?: Session): Promise<InstanceSources> {
+  const s = session ?? new Session(ctx.log, new Deadline(60_000));
+  return {
+    userData: () => readUserData(s.imds),
+    tags: async () => {
+      const tags = await readTags(s.imds);
+      if (tags !== undefined) return tags;
+      ctx.log.info("instance metadata tags are disabled; reading tags with EC2 DescribeTags");
+      const { describeInstanceTags } = await import("./ec2.js");
+      const ec2 = await (await s.ec2())();
+      return describeInstanceTags(ec2, (await s.instance()).instanceId);
+    },
+    nodeEni: async (base, parts) => {
+      const { nodeEniLayers } = await import("./nodeeni.js");
+      const state = await loadState(ctx.host);
+      const r = await nodeEniLayers({
+        imds: s.imds,
+        instance: await s.instance(),
+        userDataParts: parts,
+        config: base.config,
+        host: ctx.host,
+        log: ctx.log,
+        deadline: s.deadline,
+        state,
+      });
+      return { layers: r.layers, warnings: r.warnings };
+    },
+  };
+}
+
+export interface ApplyOutcome {
+  ok: boolean;
+  dryRun: boolean;
+  startedAt: string;
+  actions: Action[];
+  enis: EniRecord[];
+  devices: HostDeviceResult[];
+  sriov?: { changed: boolean; path: string; resources: string[]; movedAside?: string };
+  /** milliseconds per stage, in the order they ran */
+  timings: Partial<Record<"sources" | "observe" | Stage | "total", number>>;
+  warnings: string[];
+  error?: { message: string; next: string; exitCode: number };
+  /** one line for systemd's STATUS= */
+  summary: string;
+  ec2Loaded: boolean;
+}
+
+export interface ReconcileOptions {
+  dryRun: boolean;
+  env: NodeJS.ProcessEnv;
+  session?: Session;
+  /** skip re-reading sources and use this config (run's periodic reconcile between SIGHUPs) */
+  gathered?: Gathered;
+}
+
+/**
+ * One pass: sources → observe → ENIs → host → SR-IOV. Validation happens before the first
+ * mutation; the host lock is held for the mutating part. Throws InputError on bad input.
+ */
+export async function reconcile(ctx: CommandContext, opts: ReconcileOptions): Promise<ApplyOutcome & { gathered: Gathered }> {
+  const t0 = performance.now();
+  const startedAt = new Date().toISOString();
+  const timings: ApplyOutcome["timings"] = {};
+  const log = ctx.log;
+  let mark = performance.now();
+  const stageDone = (stage: keyof ApplyOutcome["timings"], fields: Record<string, unknown> = {}) => {
+    const now = performance.now();
+    timings[stage] = Math.round(now - mark);
+    mark = now;
+    log.info(`${stage} done`, { stage, took_ms: timings[stage], ...fields });
+  };
+
+  const session = opts.session ?? new Session(log, new Deadline(300_000));
+  const { gather } = await import("./sources.js");
+  const gathered =
+    opts.gathered ?? (await gather(ctx.host, { configPath: ctx.configPath, env: opts.env, instance: await instanceSources(ctx, opts.env, session) }));
+  const config = gathered.config;
+  const deadline = new Deadline(Math.min(session.deadline.remaining(), config.service.timeout_seconds * 1000));
+  stageDone("sources", { enis: config.eni.length, sources: gathered.consulted.map((c) => c.source).join(",") });
+  const warnings = gathered.warnings.map((w) => `${w.source}: ${w.message}`);
+
+  const [instance, imdsNics] = await Promise.all([session.instance(), readNics(session.imds)]);
+  const state = await loadState(ctx.host);
+  stageDone("observe", { instance: instance.instanceId, nics: imdsNics.length });
+
+  const sctx: StageContext = { host: ctx.host, imds: session.imds, log, deadline, config, instance, imdsNics, state, dryRun: opts.dryRun };
+  const body = async () => {
+    const actions: Action[] = [];
+    if (!opts.dryRun && state.instanceId !== instance.instanceId) {
+      // A state file from another instance (e.g. an AMI baked from a running node) must not be trusted.
+      if (state.instanceId) log.warn("state file belongs to another instance; starting fresh", { was: state.instanceId });
+      Object.assign(state, { ...structuredClone(emptyStateFor(instance.instanceId)), nodeeni: state.nodeeni });
+      await saveState(ctx.host, state);
+    }
+
+    const { planEnis, applyEnis } = await import("./eni.js");
+    const ec2 = await session.ec2();
+    const enip = await planEnis(sctx, ec2);
+    actions.push(...enip.actions);
+    const enis = opts.dryRun ? knownEnis(config, state) : await applyEnis(sctx, ec2, enip);
+    stageDone("eni", { actions: enip.actions.length, ec2_loaded: session.ec2Loaded });
+
+    const { planHost, applyHost } = await import("./pci.js");
+    const targets = hostTargets(config, enis);
+    const hostp = await planHost(sctx, targets);
+    actions.push(...hostp.actions);
+    if (opts.dryRun) {
+      for (const e of config.eni.filter((e) => !targets.some((t) => t.name === e.name))) {
+        actions.push({ stage: "host", kind: e.dpdk.enabled ? "bind" : "set-mtu", target: e.name, detail: "after the ENI is attached and its NIC appears" });
+      }
+    }
+    const devices = opts.dryRun ? [] : await applyHost(sctx, targets, hostp);
+    stageDone("host", { actions: hostp.actions.length, bound: devices.filter((d) => d.state === "bound").length });
+
+    let sriov: ApplyOutcome["sriov"];
+    if (config.sriov.enabled) {
+      const { planSriov, applySriov } = await import("./sriov.js");
+      const sriovDevices = devices
+        .filter((d) => d.state === "bound" && d.resourceName)
+        .map((d) => ({ eniName: d.name, resource: d.resourceName, bdf: d.bdf, vendor: d.vendor, device: d.device, driver: d.driver }));
+      const sp = await planSriov(sctx, opts.dryRun ? plannedSriovDevices(config, state) : sriovDevices);
+      actions.push(...sp.actions);
+      if (!opts.dryRun) sriov = await applySriov(sctx, sriovDevices, sp);
+      stageDone("sriov", { actions: sp.actions.length, changed: sriov?.changed ?? false });
+    }
+    return { actions, enis, devices, sriov };
+  };
+
+  let result: Awaited<ReturnType<typeof body>> | undefined;
+  let error: ApplyOutcome["error"];
+  try {
+    result = opts.dryRun ? await body() : await ctx.host.withLock(body);
+  } catch (e) {
+    if (e instanceof InputError) throw e;
+    error = {
+      message: errorMessage(e),
+      next: e instanceof OpError ? e.hint : "rerun with --log-level debug; see `journalctl -u eni-dpdk`",
+      exitCode: 1,
+    };
+  }
+  const failed = result?.devices.filter((d) => d.state === "failed") ?? [];
+  if (!error && failed.length) {
+    error = {
+      message: `${failed.length} device(s) failed to bind: ${failed.map((d) => `${d.name} (${d.error})`).join("; ")}`,
+      next: "see `eni-dpdk status` and the log lines above; the devices were returned to their kernel driver",
+      exitCode: 1,
+    };
+  }
+  timings.total = Math.round(performance.now() - t0);
+  const outcome: ApplyOutcome = {
+    ok: !error,
+    dryRun: opts.dryRun,
+    startedAt,
+    actions: result?.actions ?? [],
+    enis: result?.enis ?? [],
+    devices: result?.devices ?? [],
+    sriov: result?.sriov,
+    timings,
+    warnings,
+    error,
+    summary: "",
+    ec2Loaded: session.ec2Loaded,
+  };
+  outcome.summary = summaryLine(outcome, config);
+  if (!opts.dryRun) await writeStatusFile(ctx.host, outcome, config);
+  return { ...outcome, gathered };
+}
+
+function emptyStateFor(instanceId: string): State {
+  return { version: 1, instanceId, enis: {}, bindings: {}, sriov: { owned: [] }, networkdFiles: [] };
+}
+
+/** ENIs the state file already knows (dry-run: nothing gets created, so show what exists). */
+function knownEnis(config: Config, state: State): EniRecord[] {
+  return config.eni.map((e) => state.enis[e.name]).filter((r): r is EniRecord => !!r && !!r.mac);
+}
+
+function hostTargets(config: Config, enis: EniRecord[]): HostTarget[] {
+  return config.eni.flatMap((e) => {
+    const rec = enis.find((r) => r.name === e.name);
+    if (!rec) return [];
+    return [{ name: e.name, eniId: rec.eniId, mac: rec.mac, deviceIndex: e.device_index, networkCardIndex: e.network_card_index, dpdk: e.dpdk, mtu: e.mtu }];
+  });
+}
+
+/** For the dry-run SR-IOV plan: what would be advertised if every DPDK ENI bound as recorded. */
+function plannedSriovDevices(config: Config, state: State) {
+  return Object.values(state.bindings).flatMap((b) => {
+    const eni = config.eni.find((e) => e.name === b.eniName && e.dpdk.enabled);
+    if (!eni) return [];
+    const prefix = eni.dpdk.resource_name.includes("/") ? "" : `${config.sriov.resource_prefix}/`;
+    return [{ eniName: eni.name, resource: prefix + eni.dpdk.resource_name, bdf: b.bdf, vendor: b.vendor, device: b.device, driver: eni.dpdk.driver }];
+  });
+}
+
+export function summaryLine(o: ApplyOutcome, config: Config): string {
+  const bound = o.devices.filter((d) => d.state === "bound");
+  const drivers = [...new Set(bound.map((d) => d.driver))].join("/") || config.dpdk.driver;
+  const noiommu = bound.some((d) => d.deviceNode?.includes("noiommu")) ? " (noiommu)" : "";
+  const resources = o.sriov?.resources.length ?? 0;
+  const parts = [
+    `${o.enis.length} ENI${o.enis.length === 1 ? "" : "s"} attached`,
+    `${bound.length} bound to ${drivers}${noiommu}`,
+    config.sriov.enabled ? `${resources} SR-IOV resource${resources === 1 ? "" : "s"} ${o.sriov?.changed ? "written" : "unchanged"}` : "SR-IOV off",
+  ];
+  const head = o.error ? `degraded: ${o.error.message}` : "ready";
+  return `${head}: ${parts.join(", ")}${o.warnings.length ? ` (${o.warnings.length} warning${o.warnings.length === 1 ? "" : "s"})` : ""}`;
+}
+
+async function writeStatusFile(host: Host, o: ApplyOutcome, config: Config): Promise<void> {
+  let doc: Record<string, unknown> = {};
+  try {
+    const { collectStatus } = await import("./status.js");
+    doc = (await collectStatus(host, { config })) as unknown as Record<string, unknown>;
+  } catch (e) {
+    doc = { statusError: errorMessage(e) };
+  }
+  const { gathered: _g, ...plain } = o as ApplyOutcome & { gathered?: unknown };
+  void _g;
+  await host.writeFileAtomic(STATUS_PATH, JSON.stringify({ ...doc, apply: plain }, null, 2) + "\n", 0o644);
+}
+
+// ---- commands ------------------------------------------------------------------------------------
+
+export async function planCommand(ctx: CommandContext, opts: { json: boolean; env: NodeJS.ProcessEnv }): Promise<number> {
+  const o = await reconcile(ctx, { dryRun: true, env: opts.env });
+  if (opts.json) {
+    ctx.out(JSON.stringify({ actions: o.actions, warnings: o.warnings, error: o.error, timings: o.timings }, null, 2) + "\n");
+  } else {
+    ctx.out(formatActions(o.actions));
+    for (const w of o.warnings) ctx.log.warn(w);
+  }
+  if (o.error) ctx.log.error(o.error.message, { next: o.error.next });
+  return o.error ? 1 : 0;
+}
+
+export async function applyCommand(ctx: CommandContext, opts: { dryRun: boolean; env: NodeJS.ProcessEnv }): Promise<number> {
+  if (opts.dryRun) return planCommand(ctx, { json: false, env: opts.env });
+  const o = await reconcile(ctx, { dryRun: false, env: opts.env });
+  for (const w of o.warnings) ctx.log.warn(w);
+  if (o.error) {
+    ctx.log.error(o.error.message, { next: o.error.next });
+    return o.error.exitCode;
+  }
+  ctx.log.info(o.summary, { actions: o.actions.length, took_ms: o.timings.total });
+  return 0;
+}

@@ -1,0 +1,413 @@
+// The Kubernetes seam: a small typed client over node:https for the one resource we use, NodeENI
+// (list, get, watch, merge-patch of the status subresource). @kubernetes/client-node would cost
+// ~0.6 s and ~120 MB at import for the same four calls; boot time is a product feature.
+// Finding the cluster (nodeadm's NodeConfig or [kubernetes] / a kubeconfig) also lives here.
+import https from "node:https";
+import type { IncomingMessage } from "node:http";
+import type { KubernetesConfig } from "./config.js";
+import { OpError } from "./errors.js";
+import type { Host } from "./host.js";
+import type { CredentialSource } from "./ekstoken.js";
+
+export const NODEENI_GROUP = "networking.k8s.aws";
+export const NODEENI_VERSION = "v1alpha1";
+export const NODEENI_PLURAL = "nodeenis";
+export const NODEENI_PATH = `/apis/${NODEENI_GROUP}/${NODEENI_VERSION}/${NODEENI_PLURAL}`;
+
+export interface NodeEniAttachment {
+  nodeID: string;
+  instanceID: string;
+  eniID: string;
+  attachmentID: string;
+  subnetID?: string;
+  subnetCIDR?: string;
+  mtu?: number;
+  deviceIndex?: number;
+  status: string;
+  lastUpdated: string;
+  dpdkBound?: boolean;
+  dpdkDriver?: string;
+  dpdkPCIAddress?: string;
+  dpdkResourceName?: string;
+}
+
+export interface NodeEniObject {
+  apiVersion?: string;
+  kind?: string;
+  metadata: { name: string; resourceVersion?: string; uid?: string; generation?: number };
+  spec?: Record<string, unknown>;
+  status?: { attachments?: NodeEniAttachment[] };
+}
+
+export type KubeAuth =
+  | { kind: "eks"; clusterName: string; region: string; credentials?: CredentialSource; stsHost?: string }
+  | { kind: "token"; token: string }
+  | { kind: "cert"; cert: string; key: string };
+
+export interface KubeTarget {
+  server: string;
+  /** PEM; undefined → the system trust store */
+  ca?: string;
+  auth: KubeAuth;
+  /** where the settings came from, for messages: `user-data part 1 (application/node.eks.aws)`, `/etc/eni-dpdk/kubeconfig` */
+  source: string;
+}
+
+/** The API answered with an HTTP error. */
+export class KubeApiError extends Error {
+  constructor(
+    readonly status: number,
+    readonly reason: string,
+    message: string,
+  ) {
+    super(message);
+    this.name = "KubeApiError";
+  }
+}
+
+/** The API could not be reached (refused, reset, timed out, DNS) or answered 5xx/429. */
+export class KubeUnreachableError extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = "KubeUnreachableError";
+  }
+}
+
+/** Transient: worth waiting for. Auth, TLS trust and 4xx are not. */
+export function isTransient(e: unknown): boolean {
+  if (e instanceof KubeUnreachableError) return true;
+  return e instanceof KubeApiError && (e.status >= 500 || e.status === 429);
+}
+
+const TLS_TRUST_CODES = new Set([
+  "UNABLE_TO_VERIFY_LEAF_SIGNATURE",
+  "SELF_SIGNED_CERT_IN_CHAIN",
+  "DEPTH_ZERO_SELF_SIGNED_CERT",
+  "UNABLE_TO_GET_ISSUER_CERT",
+  "UNABLE_TO_GET_ISSUER_CERT_LOCALLY",
+  "CERT_SIGNATURE_FAILURE",
+  "ERR_TLS_CERT_ALTNAME_INVALID",
+  "CERT_HAS_EXPIRED",
+]);
+
+export interface WatchEvent {
+  type: "ADDED" | "MODIFIED" | "DELETED" | "BOOKMARK" | "ERROR";
+  object: NodeEniObject & { code?: number; reason?: string; message?: string };
+}
+
+export class KubeClient {
+  private readonly agent: https.Agent;
+  private token?: { value: string; expiresAt: number };
+  /** requests sent, for tests and the status document */
+  requestCount = 0;
+
+  constructor(
+    readonly target: KubeTarget,
+    private readonly opts: { timeoutMs?: number } = {},
+  ) {
+    const auth = target.auth;
+    this.agent = new https.Agent({
+      keepAlive: true,
+      ca: target.ca,
+      ...(auth.kind === "cert" ? { cert: auth.cert, key: auth.key } : {}),
+    });
+  }
+
+  close(): void {
+    this.agent.destroy();
+  }
+
+  /** Drop a cached token (after a 401, a fresh one may be accepted). */
+  forgetToken(): void {
+    this.token = undefined;
+  }
+
+  private async authorization(): Promise<string | undefined> {
+    const auth = this.target.auth;
+    if (auth.kind === "token") return `Bearer ${auth.token}`;
+    if (auth.kind === "cert") return undefined;
+    // Tokens last 15 minutes; renew well before, so a long watch reconnect never sends a stale one.
+    if (!this.token || this.token.expiresAt - Date.now() < 5 * 60_000) {
+      const { eksToken } = await import("./ekstoken.js");
+      const t = await eksToken({ clusterName: auth.clusterName, region: auth.region, credentials: auth.credentials, stsHost: auth.stsHost });
+      this.token = { value: t.token, expiresAt: t.expiresAt.getTime() };
+    }
+    return `Bearer ${this.token.value}`;
+  }
+
+  private async open(method: string, path: string, body?: unknown, contentType?: string, timeoutMs?: number): Promise<IncomingMessage> {
+    const url = new URL(path, this.target.server);
+    const authz = await this.authorization();
+    const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
+    this.requestCount++;
+    return new Promise((resolve, reject) => {
+      const req = https.request(
+        url,
+        {
+          method,
+          agent: this.agent,
+          headers: {
+            accept: "application/json",
+            "user-agent": "eni-dpdk",
+            ...(authz ? { authorization: authz } : {}),
+            ...(payload ? { "content-type": contentType ?? "application/json", "content-length": payload.length } : {}),
+          },
+          timeout: timeoutMs ?? this.opts.timeoutMs ?? 10_000,
+        },
+        resolve,
+      );
+      req.on("timeout", () => req.destroy(Object.assign(new Error(`no answer within ${timeoutMs ?? this.opts.timeoutMs ?? 10_000} ms`), { code: "ETIMEDOUT" })));
+      req.on("error", (e: NodeJS.ErrnoException) => reject(this.networkError(e)));
+      req.end(payload);
+    });
+  }
+
+  private networkError(e: NodeJS.ErrnoException): Error {
+    const where = `${this.target.server} (from ${this.target.source})`;
+    if (e.code && TLS_TRUST_CODES.has(e.code)) {
+      return new OpError(
+        `the API server ${where} presented a certificate we do not trust (${e.code}: ${e.message})`,
+        "check the cluster CA: NodeConfig spec.cluster.certificateAuthority, [kubernetes].ca_file or the kubeconfig's certificate-authority-data",
+        { server: this.target.server },
+      );
+    }
+    return new KubeUnreachableError(`cannot reach the API server ${where}: ${e.code ? `${e.code} ` : ""}${e.message}`, { cause: e });
+  }
+
+  /** One JSON request; throws KubeApiError, KubeUnreachableError or OpError (TLS trust). */
+  async request<T>(method: string, path: string, body?: unknown, contentType?: string): Promise<T> {
+    const res = await this.open(method, path, body, contentType);
+    let text: string;
+    try {
+      text = await readAll(res);
+    } catch (e) {
+      throw this.networkError(e as NodeJS.ErrnoException);
+    }
+    const status = res.statusCode ?? 0;
+    if (status >= 200 && status < 300) return JSON.parse(text) as T;
+    let reason = "";
+    let message = text.slice(0, 300);
+    try {
+      const s = JSON.parse(text) as { reason?: string; message?: string };
+      reason = s.reason ?? "";
+      message = s.message ?? message;
+    } catch {
+      /* not a Status object */
+    }
+    const what = `${method} ${path} on ${this.target.server}`;
+    if (status >= 500 || status === 429) throw new KubeUnreachableError(`${what} answered ${status} ${reason}: ${message}`);
+    throw new KubeApiError(status, reason, `${what} answered ${status}${reason ? ` ${reason}` : ""}: ${message}`);
+  }
+
+  async listNodeEnis(): Promise<{ items: NodeEniObject[]; resourceVersion: string }> {
+    const list = await this.request<{ items?: NodeEniObject[]; metadata?: { resourceVersion?: string } }>("GET", NODEENI_PATH);
+    return { items: list.items ?? [], resourceVersion: list.metadata?.resourceVersion ?? "" };
+  }
+
+  getNodeEni(name: string): Promise<NodeEniObject> {
+    return this.request<NodeEniObject>("GET", `${NODEENI_PATH}/${encodeURIComponent(name)}`);
+  }
+
+  /**
+   * JSON merge patch of the status subresource. With `resourceVersion` the write is conditional:
+   * the API answers 409 when someone else wrote in between (merge patch replaces arrays whole).
+   */
+  patchNodeEniStatus(name: string, resourceVersion: string, attachments: NodeEniAttachment[]): Promise<NodeEniObject> {
+    return this.request<NodeEniObject>(
+      "PATCH",
+      `${NODEENI_PATH}/${encodeURIComponent(name)}/status`,
+      { metadata: { resourceVersion }, status: { attachments } },
+      "application/merge-patch+json",
+    );
+  }
+
+  /**
+   * Watch from `resourceVersion`, calling `onEvent` per event, until the server ends the stream,
+   * `timeoutSeconds` pass, or `signal` aborts. An ERROR event (e.g. 410 Gone) ends it with that
+   * event delivered; the caller re-lists.
+   */
+  async watchNodeEnis(resourceVersion: string, onEvent: (e: WatchEvent) => void, signal: AbortSignal, timeoutSeconds = 300): Promise<void> {
+    const q = new URLSearchParams({ watch: "true", resourceVersion, timeoutSeconds: String(timeoutSeconds), allowWatchBookmarks: "true" });
+    // The socket idles between events; allow the whole watch window plus slack.
+    const res = await this.open("GET", `${NODEENI_PATH}?${q}`, undefined, undefined, (timeoutSeconds + 30) * 1000);
+    if ((res.statusCode ?? 0) >= 300) {
+      const text = await readAll(res).catch(() => "");
+      const s = (() => {
+        try {
+          return JSON.parse(text) as { reason?: string; message?: string };
+        } catch {
+          return {};
+        }
+      })();
+      const status = res.statusCode ?? 0;
+      if (status >= 500 || status === 429) throw new KubeUnreachableError(`watch answered ${status}: ${s.message ?? text}`);
+      throw new KubeApiError(status, s.reason ?? "", `watch of nodeenis answered ${status}${s.reason ? ` ${s.reason}` : ""}: ${s.message ?? text}`);
+    }
+    await new Promise<void>((resolve, reject) => {
+      let buf = "";
+      const onAbort = () => {
+        res.destroy();
+        resolve();
+      };
+      if (signal.aborted) return onAbort();
+      signal.addEventListener("abort", onAbort, { once: true });
+      res.setEncoding("utf8");
+      res.on("data", (chunk: string) => {
+        buf += chunk;
+        let i: number;
+        while ((i = buf.indexOf("\n")) >= 0) {
+          const line = buf.slice(0, i).trim();
+          buf = buf.slice(i + 1);
+          if (line) onEvent(JSON.parse(line) as WatchEvent);
+        }
+      });
+      const done = () => {
+        signal.removeEventListener("abort", onAbort);
+        resolve();
+      };
+      res.on("end", done);
+      res.on("close", done);
+      res.on("error", (e: NodeJS.ErrnoException) => {
+        signal.removeEventListener("abort", onAbort);
+        if (signal.aborted) resolve();
+        else reject(this.networkError(e));
+      });
+    });
+  }
+}
+
+function readAll(res: IncomingMessage): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    res.on("data", (c: Buffer) => chunks.push(c));
+    res.on("end", () => resolve(Buffer.concat(chunks).toString("utf8")));
+    res.on("error", reject);
+  });
+}
+
+// ---- finding the cluster ------------------------------------------------------------------------
+
+/** What nodeadm's NodeConfig says about the cluster (already merged across parts). */
+export interface NodeConfigCluster {
+  name?: string;
+  apiServerEndpoint?: string;
+  /** base64 of the PEM, as in NodeConfig */
+  certificateAuthority?: string;
+  /** where it came from */
+  source: string;
+}
+
+async function loadYaml(): Promise<typeof import("yaml")> {
+  return import("yaml");
+}
+
+function decodeCa(b64: string, where: string): string {
+  const pem = Buffer.from(b64.replace(/\s+/g, ""), "base64").toString("utf8");
+  if (!pem.includes("-----BEGIN CERTIFICATE-----")) {
+    throw new OpError(`${where}: the certificate authority is not base64 of a PEM certificate`, "copy it from `aws eks describe-cluster --query cluster.certificateAuthority.data`");
+  }
+  return pem;
+}
+
+/**
+ * Where to reach the API and how to authenticate, or undefined when nothing says there is a
+ * cluster (then the NodeENI source has nothing to do). Precedence: [kubernetes].kubeconfig, then
+ * [kubernetes].api_server (+ ca_file, cluster_name), then nodeadm's NodeConfig; [kubernetes]
+ * values fill in or override NodeConfig's field by field.
+ */
+export async function resolveKubeTarget(input: {
+  k8s: KubernetesConfig;
+  nodeConfig?: NodeConfigCluster;
+  region: string;
+  host: Host;
+}): Promise<KubeTarget | undefined> {
+  const { k8s, nodeConfig, region, host } = input;
+  if (k8s.kubeconfig) return loadKubeconfig(host, k8s.kubeconfig, { region, apiServer: k8s.api_server || undefined });
+  const server = k8s.api_server || nodeConfig?.apiServerEndpoint;
+  if (!server) return undefined;
+  const source = k8s.api_server ? "[kubernetes].api_server" : nodeConfig!.source;
+  let ca: string | undefined;
+  if (k8s.ca_file) {
+    ca = await host.read(k8s.ca_file);
+    if (ca === undefined) throw new OpError(`[kubernetes].ca_file ${host.path(k8s.ca_file)} does not exist`, "point ca_file at the cluster CA PEM, or remove it to use NodeConfig's certificateAuthority");
+  } else if (nodeConfig?.certificateAuthority) {
+    ca = decodeCa(nodeConfig.certificateAuthority, `${nodeConfig.source}: spec.cluster.certificateAuthority`);
+  }
+  const clusterName = k8s.cluster_name || nodeConfig?.name;
+  if (!clusterName) {
+    throw new OpError(
+      `${source} gives the API server but no cluster name, which the EKS token must sign`,
+      "set [kubernetes].cluster_name, or use [kubernetes].kubeconfig with a token or client certificate",
+    );
+  }
+  return { server: server.replace(/\/+$/, ""), ca, auth: { kind: "eks", clusterName, region }, source };
+}
+
+type KubeconfigDoc = {
+  "current-context"?: string;
+  clusters?: { name: string; cluster?: Record<string, unknown> }[];
+  contexts?: { name: string; context?: { cluster?: string; user?: string } }[];
+  users?: { name: string; user?: Record<string, unknown> }[];
+};
+
+/** A kubeconfig: server + CA, and a token, token file, client certificate, or an EKS exec plugin. */
+export async function loadKubeconfig(host: Host, file: string, opts: { region: string; apiServer?: string }): Promise<KubeTarget> {
+  const text = await host.read(file);
+  const where = `kubeconfig ${host.path(file)}`;
+  const fail = (msg: string): never => {
+    throw new OpError(`${where}: ${msg}`, "fix the kubeconfig (kubectl --kubeconfig FILE config view) or point [kubernetes].kubeconfig elsewhere");
+  };
+  if (text === undefined) fail("does not exist");
+  let doc: KubeconfigDoc;
+  try {
+    doc = ((await loadYaml()).parse(text!) ?? {}) as KubeconfigDoc;
+  } catch (e) {
+    return fail(`is not valid YAML (${(e as Error).message.split("\n")[0]})`);
+  }
+  const ctxName = doc["current-context"] ?? doc.contexts?.[0]?.name;
+  const ctx = doc.contexts?.find((c) => c.name === ctxName)?.context;
+  if (!ctx) return fail(`has no context "${ctxName ?? ""}"`);
+  const cluster = doc.clusters?.find((c) => c.name === ctx.cluster)?.cluster;
+  if (!cluster) return fail(`context "${ctxName}" names cluster "${ctx.cluster}", which is not defined`);
+  const user = doc.users?.find((u) => u.name === ctx.user)?.user ?? {};
+  const str = (o: Record<string, unknown>, k: string) => (typeof o[k] === "string" ? (o[k] as string) : undefined);
+  const fileOrData = async (o: Record<string, unknown>, fileKey: string, dataKey: string): Promise<string | undefined> => {
+    const data = str(o, dataKey);
+    if (data) return Buffer.from(data, "base64").toString("utf8");
+    const f = str(o, fileKey);
+    if (!f) return undefined;
+    const v = await host.read(f.startsWith("/") ? f : `${file.replace(/[^/]*$/, "")}${f}`);
+    return v ?? fail(`${fileKey} ${f} does not exist`);
+  };
+  const server = opts.apiServer ?? str(cluster, "server");
+  if (!server?.startsWith("https://")) return fail(`cluster "${ctx.cluster}" needs an https:// server, got "${server ?? ""}"`);
+  const ca = await fileOrData(cluster, "certificate-authority", "certificate-authority-data");
+
+  let auth: KubeAuth | undefined;
+  const token = str(user, "token") ?? (await fileOrData(user, "tokenFile", "__none__"))?.trim();
+  const cert = await fileOrData(user, "client-certificate", "client-certificate-data");
+  const key = await fileOrData(user, "client-key", "client-key-data");
+  if (token) auth = { kind: "token", token };
+  else if (cert && key) auth = { kind: "cert", cert, key };
+  else if (user.exec && typeof user.exec === "object") {
+    // `aws eks get-token --cluster-name X` and `aws-iam-authenticator token -i X` make the same token
+    // we make ourselves; run no external program at boot.
+    const exec = user.exec as { args?: unknown[]; env?: { name: string; value: string }[] | null };
+    const args = (exec.args ?? []).map(String);
+    const after = (...flags: string[]) => {
+      for (let i = 0; i < args.length; i++) {
+        for (const f of flags) {
+          if (args[i] === f) return args[i + 1];
+          if (args[i]!.startsWith(`${f}=`)) return args[i]!.slice(f.length + 1);
+        }
+      }
+      return undefined;
+    };
+    const clusterName = after("--cluster-name", "-i", "--cluster-id");
+    if (!clusterName) return fail(`user "${ctx.user}" uses an exec plugin other than aws eks get-token / aws-iam-authenticator; use a token or client certificate`);
+    const region = after("--region") ?? exec.env?.find((e) => e.name === "AWS_REGION" || e.name === "AWS_DEFAULT_REGION")?.value ?? opts.region;
+    auth = { kind: "eks", clusterName, region };
+  }
+  if (!auth) return fail(`user "${ctx.user}" has no token, tokenFile, client certificate, or EKS exec plugin`);
+  return { server: server.replace(/\/+$/, ""), ca, auth, source: where };
+}

@@ -1,0 +1,353 @@
+// PCI devices by MAC, the safety guards, and binding with rollback. Everything follows the kernel's
+// sysfs semantics (domain.md "PCI binding"): driver_override, unbind, drivers_probe, then verify by
+// reading sysfs. Never new_id: every ENA shares one vendor:device pair, the primary included.
+import { OpError } from "./errors.js";
+import { run, sleep, type Host } from "./host.js";
+import type { Logger } from "./log.js";
+
+export const PCI_DEVICES = "/sys/bus/pci/devices";
+export const DRIVERS_PROBE = "/sys/bus/pci/drivers_probe";
+export const ENA_VENDOR = "1d0f";
+/** The device ids the DPDK ENA PMD accepts (the kernel ena driver claims more). */
+export const ENA_DPDK_DEVICE_IDS = ["ec20", "ec21"];
+export const IMDS_IPV4 = "169.254.169.254";
+export const IMDS_IPV6 = "fd00:ec2::254";
+const BDF_RE = /^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$/;
+export const MAC_RE = /^([0-9a-f]{2}:){5}[0-9a-f]{2}$/;
+
+/**
+ * How long to wait for a sysfs effect. On a real kernel the first read already shows it (the
+ * writes are synchronous); the bound exists for the simulated kernel, whose reactor is asynchronous.
+ */
+export function settleMs(env: NodeJS.ProcessEnv = process.env): number {
+  const v = Number(env.ENI_DPDK_SETTLE_MS);
+  return Number.isFinite(v) && v > 0 ? v : 2000;
+}
+
+/** Poll `probe` every few ms until it returns a value other than undefined/false, or `ms` elapse. */
+export async function waitFor<T>(probe: () => Promise<T | undefined | false>, ms: number): Promise<T | undefined> {
+  const until = Date.now() + ms;
+  for (let step = 2; ; step = Math.min(step * 2, 10)) {
+    const v = await probe();
+    if (v !== undefined && v !== false) return v;
+    if (Date.now() >= until) return undefined;
+    await sleep(step);
+  }
+}
+
+// ---- discovery -----------------------------------------------------------------------------------
+
+export interface Netdev {
+  ifname: string;
+  mac: string;
+  /** PCI address from the `device` link; undefined for virtual interfaces */
+  bdf?: string;
+}
+
+export async function listNetdevs(host: Host): Promise<Netdev[]> {
+  const out: Netdev[] = [];
+  for (const ifname of await host.list("/sys/class/net")) {
+    const mac = (await host.attr(`/sys/class/net/${ifname}/address`))?.toLowerCase();
+    if (!mac) continue;
+    const link = await host.linkName(`/sys/class/net/${ifname}/device`);
+    out.push({ ifname, mac, bdf: link && BDF_RE.test(link) ? link : undefined });
+  }
+  return out;
+}
+
+/** The PCI netdev carrying this MAC (MAC → netdev → `device` link → BDF). */
+export async function netdevByMac(host: Host, mac: string): Promise<Netdev | undefined> {
+  const m = mac.toLowerCase();
+  return (await listNetdevs(host)).find((n) => n.mac === m && n.bdf);
+}
+
+export interface PciDevice {
+  bdf: string;
+  /** lower-case hex without 0x */
+  vendor: string;
+  device: string;
+  driver?: string;
+  /** driver_override, undefined when unset ("(null)") */
+  override?: string;
+  /** netdev names under the device */
+  netdevs: string[];
+  iommuGroup?: string;
+}
+
+export async function readPciDevice(host: Host, bdf: string): Promise<PciDevice | undefined> {
+  const dir = `${PCI_DEVICES}/${bdf}`;
+  if (!BDF_RE.test(bdf) || !(await host.exists(dir))) return undefined;
+  const hex = async (f: string) => ((await host.attr(`${dir}/${f}`)) ?? "").replace(/^0x/, "").toLowerCase();
+  const ov = await host.attr(`${dir}/driver_override`);
+  return {
+    bdf,
+    vendor: await hex("vendor"),
+    device: await hex("device"),
+    driver: await host.linkName(`${dir}/driver`),
+    override: ov && ov !== "(null)" ? ov : undefined,
+    netdevs: await host.list(`${dir}/net`),
+    iommuGroup: await host.linkName(`${dir}/iommu_group`),
+  };
+}
+
+export async function listPciDevices(host: Host): Promise<string[]> {
+  return (await host.list(PCI_DEVICES)).filter((b) => BDF_RE.test(b));
+}
+
+/** The user-space device node a DPDK driver exposes, if present: /dev/vfio/noiommu-N, /dev/vfio/N or /dev/uioN. */
+export async function deviceNodeFor(host: Host, bdf: string, driver: string | undefined): Promise<string | undefined> {
+  const dir = `${PCI_DEVICES}/${bdf}`;
+  if (driver === "vfio-pci") {
+    const g = await host.linkName(`${dir}/iommu_group`);
+    if (!g) return undefined;
+    const noiommu = (await host.attr(`/sys/kernel/iommu_groups/${g}/name`)) === "vfio-noiommu";
+    const node = noiommu ? `/dev/vfio/noiommu-${g}` : `/dev/vfio/${g}`;
+    return (await host.exists(node)) ? node : undefined;
+  }
+  if (driver === "uio_pci_generic" || driver === "igb_uio") {
+    const u = (await host.list(`${dir}/uio`))[0];
+    return u && (await host.exists(`/dev/${u}`)) ? `/dev/${u}` : undefined;
+  }
+  return undefined;
+}
+
+// ---- guards --------------------------------------------------------------------------------------
+
+export interface RouteFacts {
+  defaultV4: Set<string>;
+  defaultV6: Set<string>;
+  /** interfaces with a main-table route covering IMDS (169.254.169.254 or fd00:ec2::254), default routes included */
+  imds: Set<string>;
+}
+
+/** Main-table routes from /proc/net/route and /proc/net/ipv6_route (what dpdk-devbind looks at too). */
+export async function readRoutes(host: Host): Promise<RouteFacts> {
+  const facts: RouteFacts = { defaultV4: new Set(), defaultV6: new Set(), imds: new Set() };
+  const v4 = (await host.read("/proc/net/route")) ?? "";
+  const imds4 = leU32(IMDS_IPV4);
+  for (const line of v4.split("\n").slice(1)) {
+    const f = line.trim().split(/\s+/);
+    if (f.length < 8) continue;
+    const [iface, dest, , flags, , , , mask] = f as [string, string, string, string, string, string, string, string];
+    const fl = parseInt(flags, 16);
+    if (!(fl & 0x1) || fl & 0x200) continue; // not RTF_UP, or RTF_REJECT
+    const d = parseInt(dest, 16) >>> 0;
+    const m = parseInt(mask, 16) >>> 0;
+    if (d === 0 && m === 0) facts.defaultV4.add(iface);
+    if (((imds4 & m) >>> 0) === ((d & m) >>> 0)) facts.imds.add(iface);
+  }
+  const v6 = (await host.read("/proc/net/ipv6_route")) ?? "";
+  const imds6 = expandV6(IMDS_IPV6);
+  for (const line of v6.split("\n")) {
+    const f = line.trim().split(/\s+/);
+    if (f.length < 10) continue;
+    const [dest, plenHex, , , , , , , flags, iface] = f as string[];
+    const fl = parseInt(flags!, 16);
+    if (iface === "lo" || fl & 0x200) continue;
+    const plen = parseInt(plenHex!, 16);
+    if (plen === 0) facts.defaultV6.add(iface!);
+    if (prefixMatch(imds6, dest!, plen)) facts.imds.add(iface!);
+  }
+  return facts;
+}
+
+function leU32(ip: string): number {
+  const o = ip.split(".").map(Number);
+  return (o[0]! | (o[1]! << 8) | (o[2]! << 16) | (o[3]! << 24)) >>> 0;
+}
+
+function expandV6(addr: string): string {
+  const [head, tail] = addr.includes("::") ? addr.split("::") : [addr, undefined];
+  const h = head ? head.split(":") : [];
+  const t = tail ? tail.split(":") : [];
+  const fill = tail !== undefined ? Array(8 - h.length - t.length).fill("0") : [];
+  return [...h, ...fill, ...t].map((g) => g.padStart(4, "0")).join("");
+}
+
+function prefixMatch(a: string, b: string, plen: number): boolean {
+  const bits = (hex: string) => [...hex].map((c) => parseInt(c, 16).toString(2).padStart(4, "0")).join("");
+  return bits(a).slice(0, plen) === bits(b.toLowerCase()).slice(0, plen);
+}
+
+export interface GuardFacts {
+  /** IMDS `mac` (the primary ENI) */
+  primaryMac?: string;
+  /** MACs IMDS lists with device-number 0 */
+  deviceZeroMacs: Set<string>;
+  routes: RouteFacts;
+  /** MACs of ENIs eni-dpdk manages (config, state) */
+  ownedMacs: Set<string>;
+}
+
+/** Why this NIC must not be bound; empty when it may be. */
+export function guardViolations(g: GuardFacts, nic: { mac: string; ifname?: string }): string[] {
+  const out: string[] = [];
+  const mac = nic.mac.toLowerCase();
+  if (g.primaryMac && mac === g.primaryMac.toLowerCase()) out.push("it is the primary ENI (IMDS meta-data/mac)");
+  if (g.deviceZeroMacs.has(mac)) out.push("it has device-number 0");
+  if (nic.ifname) {
+    if (g.routes.defaultV4.has(nic.ifname)) out.push(`${nic.ifname} carries an IPv4 default route`);
+    if (g.routes.defaultV6.has(nic.ifname)) out.push(`${nic.ifname} carries an IPv6 default route`);
+    if (g.routes.imds.has(nic.ifname)) out.push(`${nic.ifname} carries the route to IMDS`);
+  }
+  if (!g.ownedMacs.has(mac)) out.push("no managed ENI owns it");
+  return out;
+}
+
+// ---- binding -------------------------------------------------------------------------------------
+
+export interface BindOptions {
+  log: Logger;
+  /** dpdk-devbind.py (or compatible) to run instead of the native sysfs steps */
+  script?: string;
+  /** the ENI's MAC: after a rollback its netdev must come back */
+  mac?: string;
+  settle?: number;
+}
+
+export interface BindResult {
+  changed: boolean;
+  driver: string;
+  originalDriver?: string;
+  deviceNode?: string;
+}
+
+/**
+ * Bind one device to a DPDK driver, verifying every step in sysfs. Already bound with its device
+ * node present → no write at all. On failure the original driver is restored (and the netdev's
+ * return verified), then an OpError says what happened to both.
+ */
+export async function bindDevice(host: Host, bdf: string, target: string, opts: BindOptions): Promise<BindResult> {
+  const settle = opts.settle ?? settleMs();
+  const dev = await readPciDevice(host, bdf);
+  if (!dev) throw new OpError(`PCI device ${bdf} does not exist`, "run `eni-dpdk status` to see the devices eni-dpdk knows", { bdf });
+  if (dev.driver === target) {
+    const node = await deviceNodeFor(host, bdf, target);
+    if (node) return { changed: false, driver: target, deviceNode: node };
+    throw new OpError(`${bdf} is bound to ${target} but its device node is missing`, `check \`ls -l /dev/vfio\` and the iommu group of ${bdf}; \`eni-dpdk unbind ${bdf}\` then \`eni-dpdk bind ${bdf}\` retries`, { bdf });
+  }
+  const original = dev.driver;
+  const log = opts.log.child({ bdf, driver: target, original_driver: original ?? "none" });
+  try {
+    if (opts.script) await bindWithScript(host, dev, target, opts.script, log, settle);
+    else await bindNative(host, dev, target, log, settle);
+    const node = await verifyBound(host, bdf, target, settle);
+    log.info("bound", { device_node: node });
+    return { changed: true, driver: target, originalDriver: original, deviceNode: node };
+  } catch (e) {
+    const why = (e as Error).message;
+    log.error("bind failed; restoring the original driver", { error: why });
+    const rb = await restoreDriver(host, bdf, original, { log, mac: opts.mac, settle });
+    throw new OpError(
+      `binding ${bdf} to ${target} failed: ${why}; ${rb.ok ? `restored to ${rb.driver ?? "no driver"}${rb.ifname ? ` (netdev ${rb.ifname} is back)` : ""}` : `ROLLBACK INCOMPLETE: ${rb.problem}`}`,
+      rb.ok
+        ? `see \`dmesg | tail\` for the probe error; \`eni-dpdk status\` shows the host's NOIOMMU and driver state`
+        : `the device may be without a driver: run \`echo > ${PCI_DEVICES}/${bdf}/driver_override; echo ${bdf} > ${DRIVERS_PROBE}\` and check \`dmesg\``,
+      { bdf, target, original_driver: original, rolled_back: rb.ok },
+    );
+  }
+}
+
+async function bindNative(host: Host, dev: PciDevice, target: string, log: Logger, settle: number): Promise<void> {
+  const dir = `${PCI_DEVICES}/${dev.bdf}`;
+  // 1. the override keeps a later reprobe from handing the device back to its kernel driver
+  if (dev.override !== target) {
+    await host.writeAttr(`${dir}/driver_override`, target);
+    const ok = await waitFor(async () => (await host.attr(`${dir}/driver_override`)) === target, settle);
+    if (!ok) throw new Error(`driver_override did not take "${target}"`);
+  }
+  // 2. unbind from the current driver
+  if (dev.driver) {
+    log.debug("unbinding from the current driver");
+    await host.writeAttr(`${dir}/driver/unbind`, dev.bdf);
+    const gone = await waitFor(async () => !(await host.linkName(`${dir}/driver`)), settle);
+    if (!gone) throw new Error(`still bound to ${dev.driver} after writing ${dir}/driver/unbind`);
+  }
+  // 3. probe: the kernel picks the override
+  await host.writeAttr(DRIVERS_PROBE, dev.bdf);
+  const bound = await waitFor(async () => (await host.linkName(`${dir}/driver`)) === target, settle);
+  if (!bound) {
+    const now = await host.linkName(`${dir}/driver`);
+    throw new Error(`probe did not bind ${target} (driver now: ${now ?? "none"}${target === "vfio-pci" ? "; without an IOMMU, vfio-pci needs NOIOMMU" : ""})`);
+  }
+}
+
+/** dpdk-devbind.py exits 0 on refusals and failed binds; its exit status is logged, sysfs decides. */
+async function bindWithScript(host: Host, dev: PciDevice, target: string, script: string, log: Logger, settle: number): Promise<void> {
+  // --force: our own guards have already decided; devbind would refuse any NIC with a route.
+  const argv = [script, "--force", "--bind", target, dev.bdf];
+  const r = await run(argv, { timeoutMs: 60_000 });
+  log.info("binding script ran", { argv, exit: r.code, stdout: r.stdout.trim().slice(0, 400), stderr: r.stderr.trim().slice(0, 400) });
+  const dir = `${PCI_DEVICES}/${dev.bdf}`;
+  const bound = await waitFor(async () => (await host.linkName(`${dir}/driver`)) === target, settle);
+  if (!bound) {
+    const now = await host.linkName(`${dir}/driver`);
+    throw new Error(`${script} exited ${r.code} but ${dev.bdf} is bound to ${now ?? "no driver"}, not ${target}`);
+  }
+  // devbind clears the override after binding; set it again so a reprobe keeps the device.
+  if ((await host.attr(`${dir}/driver_override`)) !== target) await host.writeAttr(`${dir}/driver_override`, target);
+}
+
+async function verifyBound(host: Host, bdf: string, target: string, settle: number): Promise<string> {
+  if (target === "vfio-pci" && !(await host.linkName(`${PCI_DEVICES}/${bdf}/iommu_group`))) {
+    throw new Error(`bound to vfio-pci but ${bdf} has no iommu_group`);
+  }
+  const node = await waitFor(() => deviceNodeFor(host, bdf, target), settle);
+  if (!node) throw new Error(`bound to ${target} but no device node appeared (/dev/vfio/… or /dev/uio…)`);
+  return node;
+}
+
+export interface RestoreResult {
+  ok: boolean;
+  driver?: string;
+  ifname?: string;
+  problem?: string;
+}
+
+/**
+ * Return a device to its kernel driver: clear the override, unbind from whatever holds it, reprobe,
+ * and verify the driver and (when `mac` is given) that the netdev with that MAC came back.
+ * `original` undefined → whichever driver the kernel picks by id.
+ */
+export async function restoreDriver(host: Host, bdf: string, original: string | undefined, opts: { log: Logger; mac?: string; settle?: number }): Promise<RestoreResult> {
+  const settle = opts.settle ?? settleMs();
+  const dir = `${PCI_DEVICES}/${bdf}`;
+  try {
+    const ov = await host.attr(`${dir}/driver_override`);
+    if (ov && ov !== "(null)") {
+      await host.writeAttr(`${dir}/driver_override`, "\n");
+      await waitFor(async () => ["(null)", ""].includes((await host.attr(`${dir}/driver_override`)) ?? ""), settle);
+    }
+    const cur = await host.linkName(`${dir}/driver`);
+    if (cur && cur !== original) {
+      await host.writeAttr(`/sys/bus/pci/drivers/${cur}/unbind`, bdf);
+      const gone = await waitFor(async () => !(await host.linkName(`${dir}/driver`)), settle);
+      if (!gone) return { ok: false, driver: cur, problem: `still bound to ${cur} after unbind` };
+    }
+    if (!cur || cur !== original) {
+      await host.writeAttr(DRIVERS_PROBE, bdf);
+      const drv = await waitFor(async () => {
+        const d = await host.linkName(`${dir}/driver`);
+        return d && (!original || d === original) ? d : undefined;
+      }, settle);
+      if (!drv) return { ok: false, driver: await host.linkName(`${dir}/driver`), problem: `reprobe did not bind ${original ?? "a kernel driver"}` };
+    }
+    const driver = await host.linkName(`${dir}/driver`);
+    if (opts.mac) {
+      const mac = opts.mac.toLowerCase();
+      const nd = await waitFor(async () => {
+        for (const ifname of await host.list(`${dir}/net`)) {
+          if ((await host.attr(`${dir}/net/${ifname}/address`))?.toLowerCase() === mac) return ifname;
+        }
+        return undefined;
+      }, settle);
+      if (!nd) return { ok: false, driver, problem: `${driver ?? "no driver"} is bound but no netdev with MAC ${mac} appeared` };
+      opts.log.info("restored to the kernel driver", { bdf, driver, ifname: nd });
+      return { ok: true, driver, ifname: nd };
+    }
+    opts.log.info("restored to the kernel driver", { bdf, driver });
+    return { ok: true, driver };
+  } catch (e) {
+    return { ok: false, problem: (e as Error).message };
+  }
+}

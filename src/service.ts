@@ -1,0 +1,175 @@
+// `eni-dpdk run`, the unit's ExecStart: apply, READY=1 with a one-line STATUS, then keep
+// reconciling on a timer and on SIGHUP (which re-reads the sources), until SIGTERM.
+import { buildConfig } from "./config.js";
+import { errorMessage, formatProblem, InputError } from "./errors.js";
+import { Deadline } from "./host.js";
+import { createNotifier, type Notifier } from "./notify.js";
+import type { CommandContext } from "./plan.js";
+import { reconcile, Session, type ApplyOutcome } from "./apply.js";
+import type { Gathered } from "./sources.js";
+
+export async function runCommand(ctx: CommandContext, opts: { env: NodeJS.ProcessEnv }): Promise<number> {
+  const log = ctx.log;
+  const notifier = await createNotifier(opts.env, log);
+  const onFailure = await fileOnFailure(ctx, opts.env);
+  const bootTimeout = (await fileTimeoutSeconds(ctx, opts.env)) * 1000;
+  log.info("starting", { notify: notifier.via, on_failure: onFailure, timeout_s: bootTimeout / 1000 });
+  await notifier.status("applying: reading sources");
+
+  const session = new Session(log, new Deadline(bootTimeout));
+  let gathered: Gathered | undefined;
+  let first: ApplyOutcome;
+  try {
+    const o = await reconcile(ctx, { dryRun: false, env: opts.env, session });
+    gathered = o.gathered;
+    first = o;
+  } catch (e) {
+    if (!(e instanceof InputError)) throw e;
+    for (const p of e.problems) log.error(formatProblem(p), { source: p.source, key: p.key });
+    const msg = `invalid config: ${e.problems.length} problem(s), first: ${formatProblem(e.problems[0]!)}`;
+    if (onFailure === "fail") {
+      log.error("not ready: the input is invalid and nothing was changed", { next: e.hint });
+      await notifier.status(`failed: ${msg}`);
+      return 2;
+    }
+    log.error("continuing without applying (on_failure=continue)", { next: e.hint });
+    await notifier.ready(`degraded: ${msg}`);
+    return waitForSignals(ctx, opts, notifier, session, undefined, 0);
+  }
+
+  for (const w of first.warnings) log.warn(w);
+  if (first.error) {
+    log.error(first.error.message, { next: first.error.next });
+    if (onFailure === "fail") {
+      await notifier.status(`failed: ${first.error.message}`);
+      return first.error.exitCode;
+    }
+    log.warn("signalling READY despite the failure (on_failure=continue) so kubelet starts", { next: first.error.next });
+  }
+  log.info(first.summary, { took_ms: first.timings.total, actions: first.actions.length });
+  await notifier.ready(first.summary);
+  return waitForSignals(ctx, opts, notifier, session, gathered, gathered!.config.service.reconcile_interval_seconds);
+}
+
+/** The long-running part: periodic reconcile, SIGHUP reload, watchdog pings, clean SIGTERM. */
+async function waitForSignals(
+  ctx: CommandContext,
+  opts: { env: NodeJS.ProcessEnv },
+  notifier: Notifier,
+  session: Session,
+  gathered: Gathered | undefined,
+  intervalSeconds: number,
+): Promise<number> {
+  const log = ctx.log;
+  let busySince: number | undefined;
+  let timer: NodeJS.Timeout | undefined;
+  let stop!: (code: number) => void;
+  const stopped = new Promise<number>((r) => (stop = r));
+  let queued: "reload" | "tick" | undefined;
+  const timeoutMs = (gathered?.config.service.timeout_seconds ?? 300) * 1000;
+
+  const pass = async (reload: boolean) => {
+    if (busySince !== undefined) {
+      queued = reload || queued === "reload" ? "reload" : "tick";
+      return;
+    }
+    busySince = Date.now();
+    try {
+      const dynamic = gathered?.config.service.sources.includes("nodeeni");
+      const o = await reconcile(ctx, {
+        dryRun: false,
+        env: opts.env,
+        session: new Session(log, new Deadline(timeoutMs), session.imds),
+        gathered: reload || dynamic || !gathered ? undefined : gathered,
+      });
+      gathered = o.gathered;
+      if (o.actions.length) log.warn("repaired drift", { actions: o.actions.map((a) => `${a.kind} ${a.target}`).join("; ") });
+      let line = o.summary;
+      if (o.sriov?.changed) line += await restartPluginAfterChange(ctx, o, gathered.config.sriov.restart_command);
+      if (o.error) log.error(o.error.message, { next: o.error.next });
+      await notifier.status(line);
+      if (reload) log.info("reloaded", { enis: gathered.config.eni.length });
+      const next = gathered.config.service.reconcile_interval_seconds;
+      if (next !== intervalSeconds) {
+        intervalSeconds = next;
+        schedule();
+      }
+    } catch (e) {
+      const msg = e instanceof InputError ? `invalid config: ${e.problems.map(formatProblem).join("; ")}` : errorMessage(e);
+      log.error(reload ? "reload failed; keeping the previous config" : "reconcile failed", { error: msg, next: "fix the input; send SIGHUP (systemctl reload eni-dpdk) to retry" });
+      await notifier.status(`degraded: ${msg}`);
+    } finally {
+      busySince = undefined;
+      const q = queued;
+      queued = undefined;
+      if (q) void pass(q === "reload");
+    }
+  };
+
+  const schedule = () => {
+    if (timer) clearInterval(timer);
+    timer = intervalSeconds > 0 ? setInterval(() => void pass(false), intervalSeconds * 1000) : undefined;
+  };
+  schedule();
+
+  // Ping only while no pass has been stuck past its own deadline, so a hung reconcile gets restarted.
+  const wd = notifier.watchdogMs();
+  const wdTimer = wd
+    ? setInterval(() => {
+        if (busySince === undefined || Date.now() - busySince < timeoutMs) void notifier.watchdog();
+      }, Math.max(500, Math.floor(wd / 2)))
+    : undefined;
+
+  const onHup = () => {
+    log.info("SIGHUP: re-reading the sources");
+    void pass(true);
+  };
+  const onTerm = (sig: string) => () => {
+    log.info("stopping", { signal: sig });
+    void notifier.stopping("stopping").finally(() => stop(0));
+  };
+  const term = onTerm("SIGTERM");
+  const int = onTerm("SIGINT");
+  process.on("SIGHUP", onHup);
+  process.once("SIGTERM", term);
+  process.once("SIGINT", int);
+  const code = await stopped;
+  if (timer) clearInterval(timer);
+  if (wdTimer) clearInterval(wdTimer);
+  process.off("SIGHUP", onHup);
+  process.off("SIGTERM", term);
+  process.off("SIGINT", int);
+  return code;
+}
+
+/** The plugin reads its config only at start: restart it if configured, else say it must be restarted. */
+async function restartPluginAfterChange(ctx: CommandContext, o: ApplyOutcome, argv: string[]): Promise<string> {
+  if (argv.length === 0) {
+    ctx.log.warn("SR-IOV config changed; the device plugin reads it only at start", {
+      resources: o.sriov?.resources.join(","),
+      next: "restart the sriov-device-plugin pod on this node, or set [sriov].restart_command",
+    });
+    return "; SR-IOV config changed: restart the device plugin";
+  }
+  const { restartDevicePlugin } = await import("./sriov.js");
+  const r = await restartDevicePlugin(argv, ctx.log);
+  return r.ok ? "; device plugin restarted" : `; device plugin restart failed: ${r.detail}`;
+}
+
+/** on_failure from the file alone, so a broken user-data still honours the file's choice. */
+async function fileOnFailure(ctx: CommandContext, env: NodeJS.ProcessEnv): Promise<"fail" | "continue"> {
+  return (await fileConfig(ctx, env))?.service.on_failure ?? "fail";
+}
+
+async function fileTimeoutSeconds(ctx: CommandContext, env: NodeJS.ProcessEnv): Promise<number> {
+  return (await fileConfig(ctx, env))?.service.timeout_seconds ?? 300;
+}
+
+async function fileConfig(ctx: CommandContext, env: NodeJS.ProcessEnv) {
+  try {
+    const { fileLayers, envLayers } = await import("./sources.js");
+    return buildConfig([...(await fileLayers(ctx.host, ctx.configPath)), ...envLayers(env)]).config;
+  } catch {
+    return undefined;
+  }
+}

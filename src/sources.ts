@@ -1,0 +1,342 @@
+// Config sources, as a chain of providers: the file baked into the AMI, EC2 user-data, instance tags,
+// NodeENI objects (src/nodeeni.ts), and the seed's environment variables. Each yields Layers that
+// buildConfig merges in the precedence order of [service].sources (later wins).
+import path from "node:path";
+import toml from "toml";
+import { buildConfig, defaults, schema, type EffectiveConfig, type Layer, type SourceName } from "./config.js";
+import { InputError, type Problem } from "./errors.js";
+import type { Host } from "./host.js";
+import { decodeUserData, OUR_MEDIA_TYPE, sniffDocument, type UserDataPart } from "./userdata.js";
+
+export const CONFIG_FILE = "/etc/eni-dpdk/config.toml";
+export const CONFIG_DIR = "/etc/eni-dpdk/config.d";
+const OUR_TABLES = [...Object.keys(schema), "eni"];
+
+// ---- TOML --------------------------------------------------------------------------------------
+
+/**
+ * Parse a TOML document into a Layer whose `locate` maps key paths to `source:line:col`.
+ * toml has positions only for syntax errors, so key positions come from a light scan of the text.
+ */
+export function tomlLayer(text: string, source: string): Layer {
+  let data: Record<string, unknown>;
+  try {
+    data = toml.parse(text) as Record<string, unknown>;
+  } catch (e) {
+    const loc = (e as { location?: { start?: { line: number; column: number } } }).location?.start;
+    const where = loc ? `${source}:${loc.line}:${loc.column}` : source;
+    throw new InputError([{ source: where, key: "(syntax)", message: `not valid TOML: ${(e as Error).message}` }]);
+  }
+  const positions = scanKeyPositions(text);
+  return {
+    source,
+    data: plain(data) as Record<string, unknown>,
+    locate: (keyPath) => {
+      for (let n = keyPath.length; n > 0; n--) {
+        const pos = positions.get(keyPath.slice(0, n).join("."));
+        if (pos) return `${source}:${pos}`;
+      }
+      return source;
+    },
+  };
+}
+
+/** toml returns null-prototype objects; make them ordinary so deep-equality and spreading behave. */
+function plain(v: unknown): unknown {
+  if (Array.isArray(v)) return v.map(plain);
+  if (v !== null && typeof v === "object" && !(v instanceof Date)) {
+    return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, plain(x)]));
+  }
+  return v;
+}
+
+/** `table.key` / `eni.<i>.key` / `eni.<i>.dpdk.key` → "line:col" (1-based). */
+function scanKeyPositions(text: string): Map<string, string> {
+  const pos = new Map<string, string>();
+  let prefix: string[] = [];
+  let eniIndex = -1;
+  text.split(/\r?\n/).forEach((line, i) => {
+    const header = /^\s*(\[\[?)\s*([A-Za-z0-9_.\-" ]+?)\s*\]\]?/.exec(line);
+    if (header) {
+      const parts = header[2]!.split(".").map((p) => p.trim().replace(/^"(.*)"$/, "$1"));
+      if (header[1] === "[[" && parts.join(".") === "eni") {
+        eniIndex++;
+        prefix = ["eni", String(eniIndex)];
+      } else if (parts[0] === "eni" && eniIndex >= 0) {
+        prefix = ["eni", String(eniIndex), ...parts.slice(1)];
+      } else {
+        prefix = parts;
+      }
+      const key = prefix.join(".");
+      if (!pos.has(key)) pos.set(key, `${i + 1}:${line.indexOf("[") + 1}`);
+      return;
+    }
+    const kv = /^(\s*)([A-Za-z0-9_\-."]+)\s*=/.exec(line);
+    if (kv) {
+      const keyParts = kv[2]!.split(".").map((p) => p.replace(/^"(.*)"$/, "$1"));
+      pos.set([...prefix, ...keyParts].join("."), `${i + 1}:${kv[1]!.length + 1}`);
+    }
+  });
+  return pos;
+}
+
+// ---- file source ---------------------------------------------------------------------------------
+
+/**
+ * /etc/eni-dpdk/config.toml then /etc/eni-dpdk/config.d/*.toml in lexical order. `--config PATH`
+ * replaces the first; an explicitly named file must exist, the default one may be absent.
+ */
+export async function fileLayers(host: Host, configPath?: string): Promise<Layer[]> {
+  const main = configPath ?? CONFIG_FILE;
+  const layers: Layer[] = [];
+  const problems: Problem[] = [];
+  const text = await host.read(main);
+  if (text === undefined && configPath) {
+    throw new InputError([{ source: main, key: "(file)", message: "no such file" }], "pass an existing file to --config");
+  }
+  const tryParse = (t: string, source: string) => {
+    try {
+      layers.push(tomlLayer(t, source));
+    } catch (e) {
+      if (e instanceof InputError) problems.push(...e.problems);
+      else throw e;
+    }
+  };
+  if (text !== undefined) tryParse(text, main);
+  for (const name of await host.list(CONFIG_DIR)) {
+    if (!name.endsWith(".toml")) continue;
+    const p = path.posix.join(CONFIG_DIR, name);
+    const t = await host.read(p);
+    if (t !== undefined) tryParse(t, p);
+  }
+  if (problems.length) throw new InputError(problems);
+  return layers;
+}
+
+// ---- user-data source ------------------------------------------------------------------------------
+
+export interface UserDataResult {
+  layers: Layer[];
+  parts: UserDataPart[];
+  /** human note on what was found, e.g. "2 eni-dpdk parts, 1 NodeConfig, 1 skipped" */
+  summary: string;
+}
+
+/**
+ * Our parts become Layers, in order. Someone else's user-data (a script, cloud-config, nodeadm YAML,
+ * a TOML document without our tables) means "no config here"; a document meant for us but broken is
+ * an error.
+ */
+export function userDataLayers(raw: Buffer | undefined): UserDataResult {
+  if (!raw || raw.length === 0) return { layers: [], parts: [], summary: "no user-data" };
+  let parts: UserDataPart[];
+  try {
+    parts = decodeUserData(raw);
+  } catch (e) {
+    throw new InputError([{ source: "user-data", key: "(encoding)", message: (e as Error).message }]);
+  }
+  const layers: Layer[] = [];
+  const problems: Problem[] = [];
+  let skipped = 0;
+  for (const part of parts) {
+    const ours = part.contentType === OUR_MEDIA_TYPE || (part.index === 0 && isOurDocument(part));
+    if (!ours) {
+      skipped++;
+      continue;
+    }
+    try {
+      layers.push(tomlLayer(part.text, part.index === 0 ? "user-data" : part.label));
+    } catch (e) {
+      if (e instanceof InputError) problems.push(...e.problems);
+      else throw e;
+    }
+  }
+  if (problems.length) throw new InputError(problems);
+  const nodeadm = parts.filter((p) => p.contentType === "application/node.eks.aws").length;
+  return {
+    layers,
+    parts,
+    summary: `${layers.length} eni-dpdk part(s), ${nodeadm} NodeConfig part(s), ${skipped - nodeadm} other part(s) skipped`,
+  };
+}
+
+/** A single plain document is ours when it is TOML holding our tables, or clearly meant to be. */
+function isOurDocument(part: UserDataPart): boolean {
+  if (part.contentType && part.contentType !== "text/plain" && part.contentType !== "application/toml") return false;
+  if (sniffDocument(part.text) !== "other") return false;
+  try {
+    const data = toml.parse(part.text) as Record<string, unknown>;
+    return Object.keys(data).some((k) => OUR_TABLES.includes(k));
+  } catch {
+    // Broken TOML is ours only if it has our table headers; then the parse error is reported.
+    return new RegExp(`^\\s*\\[\\[?\\s*(${OUR_TABLES.join("|")})(\\.[a-z_]+)?\\s*\\]\\]?\\s*$`, "m").test(part.text);
+  }
+}
+
+// ---- tag source ----------------------------------------------------------------------------------
+
+export const TAG_PREFIX = "eni-dpdk:";
+
+/**
+ * Instance tags: `eni-dpdk:eni:<name>` = "device_index=1;subnet_id=subnet-…;dpdk.driver=vfio-pci",
+ * and `eni-dpdk:dpdk|sriov|service|kubernetes` = "key=value;…". Lists are comma-separated; nested
+ * keys dotted. Keys avoid "/" because IMDS cannot expose them.
+ */
+export function tagLayers(tags: Record<string, string>): Layer[] {
+  const layers: Layer[] = [];
+  const problems: Problem[] = [];
+  for (const key of Object.keys(tags).sort()) {
+    if (!key.startsWith(TAG_PREFIX)) continue;
+    const source = `tag ${key}`;
+    const rest = key.slice(TAG_PREFIX.length);
+    const value = tags[key]!;
+    const parsed = parseTagValue(value, source, problems);
+    if (!parsed) continue;
+    if (rest.startsWith("eni:")) {
+      const name = rest.slice(4);
+      if ("name" in parsed && parsed.name !== name) {
+        problems.push({ source, key: "name", message: `the ENI name comes from the tag key ("${name}"); remove name= from the value` });
+        continue;
+      }
+      layers.push({ source, stringly: true, data: { eni: [{ name, ...parsed }] } });
+    } else if (rest in schema) {
+      layers.push({ source, stringly: true, data: { [rest]: parsed } });
+    } else {
+      const known = [...Object.keys(schema).map((k) => TAG_PREFIX + k), `${TAG_PREFIX}eni:<name>`];
+      problems.push({ source, key: key, message: `unknown eni-dpdk tag; expected one of ${known.join(", ")}` });
+    }
+  }
+  if (problems.length) throw new InputError(problems);
+  return layers;
+}
+
+function parseTagValue(value: string, source: string, problems: Problem[]): Record<string, unknown> | undefined {
+  const out: Record<string, unknown> = {};
+  let ok = true;
+  for (const pair of value.split(";")) {
+    if (pair.trim() === "") continue;
+    const i = pair.indexOf("=");
+    if (i <= 0) {
+      problems.push({ source, key: pair.trim(), message: `expected key=value, got "${pair.trim()}"` });
+      ok = false;
+      continue;
+    }
+    const keyPath = pair.slice(0, i).trim().split(".");
+    let node = out;
+    for (const k of keyPath.slice(0, -1)) {
+      if (typeof node[k] !== "object") node[k] = {};
+      node = node[k] as Record<string, unknown>;
+    }
+    node[keyPath.at(-1)!] = pair.slice(i + 1).trim();
+  }
+  return ok ? out : undefined;
+}
+
+// ---- environment (the seed's variables) --------------------------------------------------------------
+
+const ENV_KEYS: Record<string, [string, string]> = {
+  ENABLE_DPDK: ["dpdk", "enabled"],
+  DEFAULT_DPDK_DRIVER: ["dpdk", "driver"],
+  DPDK_BINDING_SCRIPT: ["dpdk", "binding_script"],
+  SRIOV_DP_CONFIG_PATH: ["sriov", "config_path"],
+};
+
+/** The seed's environment variables override every other source, so its unit snippets keep working. */
+export function envLayers(env: NodeJS.ProcessEnv): Layer[] {
+  return Object.entries(ENV_KEYS)
+    .filter(([name]) => env[name] !== undefined)
+    .map(([name, [table, key]]) => ({ source: `env ${name}`, stringly: true, data: { [table]: { [key]: env[name] } } }));
+}
+
+// ---- the chain -------------------------------------------------------------------------------------
+
+/** Providers for the sources that need the instance; absent in standalone validation. */
+export interface InstanceSources {
+  userData(): Promise<Buffer | undefined>;
+  tags(): Promise<Record<string, string>>;
+  /** NodeENI layers, given the merged config of the other sources (for [kubernetes]) and the user-data parts. */
+  nodeEni?(base: EffectiveConfig, parts: UserDataPart[]): Promise<{ layers: Layer[]; warnings: string[] }>;
+}
+
+export interface Gathered extends EffectiveConfig {
+  userDataParts: UserDataPart[];
+  /** which sources were consulted, with a short note each */
+  consulted: { source: SourceName | "env"; note: string }[];
+}
+
+/**
+ * Read every configured source and merge. The file is always read first, because it says which
+ * other sources to consult and in what order; its layers sit at the position "file" has in that list.
+ */
+export async function gather(host: Host, opts: { configPath?: string; env?: NodeJS.ProcessEnv; instance?: InstanceSources }): Promise<Gathered> {
+  const env = opts.env ?? process.env;
+  const files = await fileLayers(host, opts.configPath);
+  const envL = envLayers(env);
+  const problems: Problem[] = [];
+  let sources: SourceName[] = defaults().service.sources;
+  try {
+    sources = buildConfig([...files, ...envL]).config.service.sources;
+  } catch (e) {
+    // Keep going with the default sources so one run reports every problem.
+    if (e instanceof InputError) problems.push(...e.problems);
+    else throw e;
+  }
+  const consulted: Gathered["consulted"] = [{ source: "file", note: `${files.length} file(s)` }];
+  const bySource = new Map<SourceName, Layer[]>([["file", files]]);
+  let parts: UserDataPart[] = [];
+  const collect = async (fn: () => Promise<void>) => {
+    try {
+      await fn();
+    } catch (e) {
+      if (e instanceof InputError) problems.push(...e.problems);
+      else throw e;
+    }
+  };
+  if (opts.instance && sources.includes("user-data")) {
+    await collect(async () => {
+      const ud = userDataLayers(await opts.instance!.userData());
+      parts = ud.parts;
+      bySource.set("user-data", ud.layers);
+      consulted.push({ source: "user-data", note: ud.summary });
+    });
+  }
+  if (opts.instance && sources.includes("tags")) {
+    await collect(async () => {
+      const tags = await opts.instance!.tags();
+      const l = tagLayers(tags);
+      bySource.set("tags", l);
+      consulted.push({ source: "tags", note: `${l.length} eni-dpdk tag(s)` });
+    });
+  }
+  if (problems.length) throw withFinalProblems(problems, () => buildConfig([...files, ...envL]));
+  const ordered = (list: SourceName[]) => [
+    ...(sources.includes("file") ? [] : files),
+    ...list.flatMap((s) => bySource.get(s) ?? []),
+  ];
+  let warnings: string[] = [];
+  if (opts.instance?.nodeEni && sources.includes("nodeeni")) {
+    const base = buildConfig([...ordered(sources.filter((s) => s !== "nodeeni")), ...envL]);
+    const ne = await opts.instance.nodeEni(base, parts);
+    bySource.set("nodeeni", ne.layers);
+    warnings = ne.warnings;
+    consulted.push({ source: "nodeeni", note: `${ne.layers.length} NodeENI object(s) apply` });
+  }
+  if (envL.length) consulted.push({ source: "env", note: envL.map((l) => l.source.slice(4)).join(", ") });
+  const eff = buildConfig([...ordered(sources), ...envL]);
+  eff.warnings.push(...warnings.map((message) => ({ source: "nodeeni", key: "", message })));
+  return { ...eff, userDataParts: parts, consulted };
+}
+
+/** Combine problems found so far with those of a final build, without repeating any. */
+function withFinalProblems(problems: Problem[], build: () => unknown): InputError {
+  try {
+    build();
+  } catch (e) {
+    if (e instanceof InputError) problems.push(...e.problems);
+  }
+  const seen = new Set<string>();
+  return new InputError(problems.filter((p) => {
+    const k = `${p.source}|${p.key}|${p.message}`;
+    return seen.has(k) ? false : (seen.add(k), true);
+  }));
+}

@@ -1,0 +1,789 @@
+// An EC2 emulator: a real HTTP server speaking the EC2 Query protocol (form-encoded POST in, XML out,
+// EC2 error XML) to the real SDK. It keeps ENIs, attachments, subnets, security groups, instances and
+// instance types; adds per-action latency, an attaching→attached delay, account-wide token buckets per
+// category (mutating vs describe), fault injection, a hot-plug hook and an observer API.
+import http from "node:http";
+import type { AddressInfo, Socket } from "node:net";
+
+export interface SubnetSeed {
+  subnetId: string;
+  vpcId: string;
+  az: string;
+  cidr?: string;
+  /** the Name tag */
+  name?: string;
+  tags?: Record<string, string>;
+}
+export interface SecurityGroupSeed {
+  groupId: string;
+  groupName: string;
+  vpcId: string;
+  tags?: Record<string, string>;
+}
+export interface InstanceSeed {
+  instanceId: string;
+  instanceType: string;
+  az: string;
+  vpcId: string;
+  subnetId: string;
+  primaryEniId: string;
+  primaryMac: string;
+  tags?: Record<string, string>;
+}
+export interface InstanceTypeSeed {
+  instanceType: string;
+  maxEnis: number;
+  /** per network card maximum; default one card holding maxEnis */
+  cards?: number[];
+}
+export interface Ec2Seed {
+  subnets?: SubnetSeed[];
+  securityGroups?: SecurityGroupSeed[];
+  instances?: InstanceSeed[];
+  instanceTypes?: InstanceTypeSeed[];
+}
+
+export interface EmuAttachment {
+  attachmentId: string;
+  instanceId: string;
+  deviceIndex: number;
+  networkCardIndex: number;
+  status: "attaching" | "attached" | "detaching";
+  deleteOnTermination: boolean;
+  attachTime: string;
+}
+export interface EmuEni {
+  id: string;
+  subnetId: string;
+  vpcId: string;
+  az: string;
+  description: string;
+  groups: string[];
+  mac: string;
+  privateIp: string;
+  tags: Record<string, string>;
+  attachment?: EmuAttachment;
+  /** created through CreateNetworkInterface (not seeded) */
+  createdByApi: boolean;
+  clientToken?: string;
+  createdAt: number;
+}
+
+export interface AttachedEvent {
+  eni: EmuEni;
+  instanceId: string;
+  deviceIndex: number;
+  networkCardIndex: number;
+}
+
+export interface Bucket {
+  /** burst size */
+  capacity: number;
+  /** tokens added per second */
+  refillPerSec: number;
+}
+export type Category = "mutating" | "describe";
+
+export interface InjectedError {
+  status: number;
+  code: string;
+  message: string;
+  /** how many requests it applies to (Infinity for all) */
+  count: number;
+}
+
+export interface Ec2Faults {
+  /** action (or "*") → number of next requests answered 500 InternalError */
+  error500: Record<string, number>;
+  /** action (or "*") → number of next requests whose connection is dropped before acting */
+  dropBefore: Record<string, number>;
+  /** action → number of next requests that take effect but whose connection is dropped (response lost) */
+  dropAfter: Record<string, number>;
+  /** action → an injected EC2 error (e.g. UnauthorizedOperation) */
+  errors: Record<string, InjectedError>;
+  /** attachments never leave "attaching" */
+  stuckAttach: boolean;
+}
+
+export interface RequestRecord {
+  action: string;
+  status: number;
+  code?: string;
+  at: number;
+}
+
+const MUTATING = new Set([
+  "CreateNetworkInterface",
+  "AttachNetworkInterface",
+  "DetachNetworkInterface",
+  "DeleteNetworkInterface",
+  "ModifyNetworkInterfaceAttribute",
+  "CreateTags",
+]);
+
+class TokenBucket {
+  private tokens: number;
+  private last = Date.now();
+  constructor(readonly spec: Bucket) {
+    this.tokens = spec.capacity;
+  }
+  take(): boolean {
+    const now = Date.now();
+    this.tokens = Math.min(this.spec.capacity, this.tokens + ((now - this.last) / 1000) * this.spec.refillPerSec);
+    this.last = now;
+    if (this.tokens < 1) return false;
+    this.tokens -= 1;
+    return true;
+  }
+}
+
+class ApiError extends Error {
+  constructor(readonly status: number, readonly code: string, message: string) {
+    super(message);
+  }
+}
+
+export class Ec2Emulator {
+  readonly subnets = new Map<string, SubnetSeed>();
+  readonly securityGroups = new Map<string, SecurityGroupSeed>();
+  readonly instances = new Map<string, InstanceSeed>();
+  readonly instanceTypes = new Map<string, InstanceTypeSeed>();
+  readonly enis = new Map<string, EmuEni>();
+  readonly faults: Ec2Faults = { error500: {}, dropBefore: {}, dropAfter: {}, errors: {}, stuckAttach: false };
+  /** ms of latency per action ("*" = default) */
+  latency: Record<string, number> = {};
+  /** ms from attaching to attached */
+  attachDelayMs = 0;
+  /** Hot-plug hook: runs when an attachment becomes "attached". */
+  onAttached?: (ev: AttachedEvent) => void | Promise<void>;
+  /** Every request as answered, in order. */
+  readonly requests: RequestRecord[] = [];
+  private buckets?: Record<Category, TokenBucket>;
+  private server?: http.Server;
+  private readonly sockets = new Set<Socket>();
+  private port = 0;
+  private seq = 0;
+  private readonly tokens = new Map<string, string>();
+  private readonly timers = new Set<NodeJS.Timeout>();
+
+  constructor(seed: Ec2Seed = {}) {
+    this.seed(seed);
+  }
+
+  seed(seed: Ec2Seed): this {
+    for (const s of seed.subnets ?? []) this.subnets.set(s.subnetId, s);
+    for (const g of seed.securityGroups ?? []) this.securityGroups.set(g.groupId, g);
+    for (const t of seed.instanceTypes ?? []) this.instanceTypes.set(t.instanceType, t);
+    for (const i of seed.instances ?? []) this.addInstance(i);
+    return this;
+  }
+
+  /** An instance with its primary ENI attached at device index 0. */
+  addInstance(i: InstanceSeed): void {
+    this.instances.set(i.instanceId, i);
+    const subnet = this.subnets.get(i.subnetId);
+    this.enis.set(i.primaryEniId, {
+      id: i.primaryEniId,
+      subnetId: i.subnetId,
+      vpcId: i.vpcId,
+      az: i.az,
+      description: "Primary network interface",
+      groups: [],
+      mac: i.primaryMac,
+      privateIp: this.nextIp(subnet?.cidr),
+      tags: {},
+      createdByApi: false,
+      createdAt: Date.now(),
+      attachment: {
+        attachmentId: this.newId("eni-attach-"),
+        instanceId: i.instanceId,
+        deviceIndex: 0,
+        networkCardIndex: 0,
+        status: "attached",
+        deleteOnTermination: true,
+        attachTime: new Date().toISOString(),
+      },
+    });
+  }
+
+  /** Seed an ENI directly (e.g. someone else's ENI at a device index). */
+  addEni(e: Partial<EmuEni> & { subnetId: string }): EmuEni {
+    const subnet = this.subnets.get(e.subnetId);
+    const eni: EmuEni = {
+      id: e.id ?? this.newId("eni-"),
+      vpcId: subnet?.vpcId ?? "vpc-unknown",
+      az: subnet?.az ?? "unknown",
+      description: "",
+      groups: [],
+      mac: e.mac ?? this.newMac(),
+      privateIp: this.nextIp(subnet?.cidr),
+      tags: {},
+      createdByApi: false,
+      createdAt: Date.now(),
+      ...e,
+    };
+    this.enis.set(eni.id, eni);
+    return eni;
+  }
+
+  /** Account-wide token buckets per category; undefined turns throttling off. */
+  setThrottle(b?: Record<Category, Bucket>): void {
+    this.buckets = b ? { mutating: new TokenBucket(b.mutating), describe: new TokenBucket(b.describe) } : undefined;
+  }
+
+  get url(): string {
+    return `http://127.0.0.1:${this.port}`;
+  }
+
+  async start(port = 0): Promise<this> {
+    this.server = http.createServer((req, res) => void this.handle(req, res));
+    this.server.keepAliveTimeout = 30_000;
+    this.server.on("connection", (s) => {
+      this.sockets.add(s);
+      s.on("close", () => this.sockets.delete(s));
+    });
+    await new Promise<void>((r) => this.server!.listen(port, "127.0.0.1", 1024, () => r()));
+    this.port = (this.server.address() as AddressInfo).port;
+    return this;
+  }
+
+  async close(): Promise<void> {
+    for (const t of this.timers) clearTimeout(t);
+    this.timers.clear();
+    if (!this.server?.listening) return;
+    for (const s of this.sockets) s.destroy();
+    await new Promise<void>((r) => this.server!.close(() => r()));
+  }
+
+  // ---- observer API ------------------------------------------------------------------------------
+
+  /** Requests received per action (throttled and failed ones included). */
+  callsPerAction(): Record<string, number> {
+    const out: Record<string, number> = {};
+    for (const r of this.requests) out[r.action] = (out[r.action] ?? 0) + 1;
+    return out;
+  }
+  /** Mutating requests received (all outcomes), or only those that took effect (`accepted`). */
+  mutatingCalls(opts: { accepted?: boolean } = {}): number {
+    return this.requests.filter((r) => MUTATING.has(r.action) && (!opts.accepted || r.status === 200)).length;
+  }
+  describeCalls(): number {
+    return this.requests.filter((r) => !MUTATING.has(r.action)).length;
+  }
+  throttledCalls(category?: Category): number {
+    return this.requests.filter((r) => r.code === "RequestLimitExceeded" && (!category || MUTATING.has(r.action) === (category === "mutating"))).length;
+  }
+  totalCalls(): number {
+    return this.requests.length;
+  }
+  /** ENIs per state: available, attaching, attached (detaching shows as itself). */
+  enisByState(): Record<string, number> {
+    const out: Record<string, number> = { available: 0, attaching: 0, attached: 0 };
+    for (const e of this.enis.values()) {
+      const s = e.attachment ? e.attachment.status : "available";
+      out[s] = (out[s] ?? 0) + 1;
+    }
+    return out;
+  }
+  /** ENIs created through the API that are not attached (never attached, or adopted, or detached). */
+  leakedEnis(): EmuEni[] {
+    return [...this.enis.values()].filter((e) => e.createdByApi && !e.attachment);
+  }
+  /** ENIs attached to an instance, primary included, by device index. */
+  attachedTo(instanceId: string): EmuEni[] {
+    return [...this.enis.values()]
+      .filter((e) => e.attachment?.instanceId === instanceId)
+      .sort((a, b) => a.attachment!.networkCardIndex - b.attachment!.networkCardIndex || a.attachment!.deviceIndex - b.attachment!.deviceIndex);
+  }
+
+  // ---- HTTP --------------------------------------------------------------------------------------
+
+  private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    let body = "";
+    for await (const c of req) body += c;
+    const params = new URLSearchParams(body);
+    const action = params.get("Action") ?? "";
+    const record = (status: number, code?: string) => this.requests.push({ action, status, code, at: Date.now() });
+    const sendError = (status: number, code: string, message: string) => {
+      record(status, code);
+      res.writeHead(status, { "content-type": "text/xml;charset=UTF-8" });
+      res.end(
+        `<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error><Code>${esc(code)}</Code><Message>${esc(message)}</Message></Error></Errors><RequestID>${this.requestId()}</RequestID></Response>`,
+      );
+    };
+    const drop = () => {
+      record(0, "DroppedConnection");
+      req.socket.destroy();
+    };
+
+    if (req.method !== "POST") return sendError(400, "InvalidAction", "Only POST is supported");
+    if (!action) return sendError(400, "MissingAction", "The request must contain the parameter Action");
+
+    const wait = this.latency[action] ?? this.latency["*"] ?? 0;
+    if (wait) await this.delay(wait);
+
+    if (this.buckets && !this.buckets[MUTATING.has(action) ? "mutating" : "describe"].take()) {
+      return sendError(503, "RequestLimitExceeded", "Request limit exceeded.");
+    }
+    if (takeFault(this.faults.dropBefore, action)) return drop();
+    if (takeFault(this.faults.error500, action)) return sendError(500, "InternalError", "An internal error has occurred");
+    const injected = this.faults.errors[action];
+    if (injected && injected.count > 0) {
+      injected.count--;
+      return sendError(injected.status, injected.code, injected.message);
+    }
+
+    let xml: string;
+    try {
+      xml = this.dispatch(action, params);
+    } catch (e) {
+      if (e instanceof ApiError) return sendError(e.status, e.code, e.message);
+      return sendError(500, "InternalError", (e as Error).message);
+    }
+    if (takeFault(this.faults.dropAfter, action)) return drop();
+    record(200);
+    res.writeHead(200, { "content-type": "text/xml;charset=UTF-8" });
+    res.end(
+      `<?xml version="1.0" encoding="UTF-8"?>\n<${action}Response xmlns="http://ec2.amazonaws.com/doc/2016-11-15/"><requestId>${this.requestId()}</requestId>${xml}</${action}Response>`,
+    );
+  }
+
+  private dispatch(action: string, p: URLSearchParams): string {
+    switch (action) {
+      case "DescribeNetworkInterfaces":
+        return this.describeNetworkInterfaces(p);
+      case "CreateNetworkInterface":
+        return this.createNetworkInterface(p);
+      case "AttachNetworkInterface":
+        return this.attachNetworkInterface(p);
+      case "DetachNetworkInterface":
+        return this.detachNetworkInterface(p);
+      case "DeleteNetworkInterface":
+        return this.deleteNetworkInterface(p);
+      case "ModifyNetworkInterfaceAttribute":
+        return this.modifyNetworkInterfaceAttribute(p);
+      case "DescribeSubnets":
+        return this.describeSubnets(p);
+      case "DescribeSecurityGroups":
+        return this.describeSecurityGroups(p);
+      case "DescribeInstances":
+        return this.describeInstances(p);
+      case "DescribeInstanceTypes":
+        return this.describeInstanceTypes(p);
+      case "DescribeTags":
+        return this.describeTags(p);
+      case "CreateTags":
+        return this.createTags(p);
+      default:
+        throw new ApiError(400, "InvalidAction", `The action ${action} is not valid for this web service.`);
+    }
+  }
+
+  // ---- actions -----------------------------------------------------------------------------------
+
+  private describeNetworkInterfaces(p: URLSearchParams): string {
+    const ids = list(p, "NetworkInterfaceId");
+    for (const id of ids) {
+      if (!this.enis.has(id)) throw new ApiError(400, "InvalidNetworkInterfaceID.NotFound", `The networkInterface ID '${id}' does not exist`);
+    }
+    const filters = readFilters(p);
+    const matchers: Record<string, (e: EmuEni) => string[]> = {
+      "network-interface-id": (e) => [e.id],
+      "attachment.instance-id": (e) => (e.attachment ? [e.attachment.instanceId] : []),
+      "attachment.device-index": (e) => (e.attachment ? [String(e.attachment.deviceIndex)] : []),
+      "attachment.network-card-index": (e) => (e.attachment ? [String(e.attachment.networkCardIndex)] : []),
+      "attachment.status": (e) => (e.attachment ? [e.attachment.status] : []),
+      "attachment.attachment-id": (e) => (e.attachment ? [e.attachment.attachmentId] : []),
+      status: (e) => [eniStatus(e)],
+      "subnet-id": (e) => [e.subnetId],
+      "vpc-id": (e) => [e.vpcId],
+      "availability-zone": (e) => [e.az],
+      "mac-address": (e) => [e.mac],
+      "group-id": (e) => e.groups,
+      "tag-key": (e) => Object.keys(e.tags),
+    };
+    const out = [...this.enis.values()]
+      .filter((e) => ids.length === 0 || ids.includes(e.id))
+      .filter((e) => matchAll(filters, matchers, e.tags, e));
+    return `<networkInterfaceSet>${out.map((e) => `<item>${this.eniXml(e)}</item>`).join("")}</networkInterfaceSet>`;
+  }
+
+  private createNetworkInterface(p: URLSearchParams): string {
+    const subnetId = p.get("SubnetId") ?? "";
+    const subnet = this.subnets.get(subnetId);
+    if (!subnet) throw new ApiError(400, "InvalidSubnetID.NotFound", `The subnet ID '${subnetId}' does not exist`);
+    const groups = list(p, "SecurityGroupId");
+    for (const g of groups) {
+      const sg = this.securityGroups.get(g);
+      if (!sg) throw new ApiError(400, "InvalidGroup.NotFound", `The security group '${g}' does not exist`);
+      if (sg.vpcId !== subnet.vpcId) {
+        throw new ApiError(400, "InvalidParameter", `Security group ${g} and subnet ${subnetId} belong to different networks.`);
+      }
+    }
+    const token = p.get("ClientToken") ?? undefined;
+    if (token) {
+      const prior = this.tokens.get(token);
+      const existing = prior ? this.enis.get(prior) : undefined;
+      if (existing) {
+        if (existing.subnetId !== subnetId) {
+          throw new ApiError(400, "IdempotentParameterMismatch", "The client token you have provided is associated with a resource that is already deleted or has different parameters.");
+        }
+        return `<networkInterface>${this.eniXml(existing)}</networkInterface><clientToken>${esc(token)}</clientToken>`;
+      }
+    }
+    const tags: Record<string, string> = {};
+    for (const spec of indexed(p, "TagSpecification")) {
+      const type = p.get(`${spec}.ResourceType`);
+      if (type !== "network-interface") {
+        throw new ApiError(400, "InvalidParameterValue", `'${type}' is not a valid taggable resource type for this operation.`);
+      }
+      for (const t of indexed(p, `${spec}.Tag`)) tags[p.get(`${t}.Key`) ?? ""] = p.get(`${t}.Value`) ?? "";
+    }
+    const eni: EmuEni = {
+      id: this.newId("eni-"),
+      subnetId,
+      vpcId: subnet.vpcId,
+      az: subnet.az,
+      description: p.get("Description") ?? "",
+      groups,
+      mac: this.newMac(),
+      privateIp: this.nextIp(subnet.cidr),
+      tags,
+      createdByApi: true,
+      clientToken: token,
+      createdAt: Date.now(),
+    };
+    this.enis.set(eni.id, eni);
+    if (token) this.tokens.set(token, eni.id);
+    return `<networkInterface>${this.eniXml(eni)}</networkInterface>${token ? `<clientToken>${esc(token)}</clientToken>` : ""}`;
+  }
+
+  private attachNetworkInterface(p: URLSearchParams): string {
+    const eni = this.eniOrThrow(p.get("NetworkInterfaceId"));
+    const instanceId = p.get("InstanceId") ?? "";
+    const inst = this.instances.get(instanceId);
+    if (!inst) throw new ApiError(400, "InvalidInstanceID.NotFound", `The instance ID '${instanceId}' does not exist`);
+    const deviceIndex = Number(p.get("DeviceIndex"));
+    const card = Number(p.get("NetworkCardIndex") ?? "0");
+    if (!Number.isInteger(deviceIndex) || deviceIndex < 0) throw new ApiError(400, "InvalidParameterValue", `Invalid value '${p.get("DeviceIndex")}' for deviceIndex`);
+    if (eni.attachment) throw new ApiError(400, "InvalidNetworkInterface.InUse", `Interface: [${eni.id}] in use.`);
+    if (eni.az !== inst.az) {
+      throw new ApiError(400, "InvalidParameterCombination", `You may not attach a network interface to an instance if they are not in the same availability zone`);
+    }
+    const type = this.instanceTypes.get(inst.instanceType);
+    const cards = type ? (type.cards ?? [type.maxEnis]) : undefined;
+    if (cards && card >= cards.length) throw new ApiError(400, "InvalidParameterValue", `Network card index ${card} is not valid for instance type ${inst.instanceType}.`);
+    const attached = this.attachedTo(instanceId);
+    if (attached.some((e) => e.attachment!.deviceIndex === deviceIndex && e.attachment!.networkCardIndex === card)) {
+      throw new ApiError(400, "InvalidParameterValue", `Instance '${instanceId}' already has an interface attached at device index '${deviceIndex}'.`);
+    }
+    if (type && (attached.length + 1 > type.maxEnis || attached.filter((e) => e.attachment!.networkCardIndex === card).length + 1 > cards![card]!)) {
+      throw new ApiError(400, "AttachmentLimitExceeded", `Interface count ${attached.length + 1} exceeds the limit for ${inst.instanceType}`);
+    }
+    const att: EmuAttachment = {
+      attachmentId: this.newId("eni-attach-"),
+      instanceId,
+      deviceIndex,
+      networkCardIndex: card,
+      status: "attaching",
+      deleteOnTermination: false,
+      attachTime: new Date().toISOString(),
+    };
+    eni.attachment = att;
+    const complete = () => {
+      if (eni.attachment !== att || this.faults.stuckAttach) return;
+      att.status = "attached";
+      void Promise.resolve(this.onAttached?.({ eni, instanceId, deviceIndex, networkCardIndex: card })).catch(() => {});
+    };
+    if (this.attachDelayMs > 0) this.later(this.attachDelayMs, complete);
+    else complete();
+    return `<attachmentId>${att.attachmentId}</attachmentId><networkCardIndex>${card}</networkCardIndex>`;
+  }
+
+  private detachNetworkInterface(p: URLSearchParams): string {
+    const id = p.get("AttachmentId") ?? "";
+    const eni = [...this.enis.values()].find((e) => e.attachment?.attachmentId === id);
+    if (!eni) throw new ApiError(400, "InvalidAttachmentID.NotFound", `The attachment ID '${id}' does not exist`);
+    if (eni.attachment!.deviceIndex === 0) throw new ApiError(400, "OperationNotPermitted", "The network interface at device index 0 cannot be detached.");
+    eni.attachment = undefined;
+    return `<return>true</return>`;
+  }
+
+  private deleteNetworkInterface(p: URLSearchParams): string {
+    const eni = this.eniOrThrow(p.get("NetworkInterfaceId"));
+    if (eni.attachment) throw new ApiError(400, "InvalidParameterValue", `Network interface '${eni.id}' is currently in use.`);
+    this.enis.delete(eni.id);
+    return `<return>true</return>`;
+  }
+
+  private modifyNetworkInterfaceAttribute(p: URLSearchParams): string {
+    const eni = this.eniOrThrow(p.get("NetworkInterfaceId"));
+    const attId = p.get("Attachment.AttachmentId");
+    if (attId !== null) {
+      if (!eni.attachment || eni.attachment.attachmentId !== attId) {
+        throw new ApiError(400, "InvalidAttachmentID.NotFound", `The attachment ID '${attId}' does not exist`);
+      }
+      const dot = p.get("Attachment.DeleteOnTermination");
+      if (dot !== null) eni.attachment.deleteOnTermination = dot === "true";
+    }
+    const desc = p.get("Description.Value");
+    if (desc !== null) eni.description = desc;
+    const groups = list(p, "SecurityGroupId");
+    if (groups.length) eni.groups = groups;
+    return `<return>true</return>`;
+  }
+
+  private describeSubnets(p: URLSearchParams): string {
+    const ids = list(p, "SubnetId");
+    for (const id of ids) if (!this.subnets.has(id)) throw new ApiError(400, "InvalidSubnetID.NotFound", `The subnet ID '${id}' does not exist`);
+    const matchers: Record<string, (s: SubnetSeed) => string[]> = {
+      "subnet-id": (s) => [s.subnetId],
+      "vpc-id": (s) => [s.vpcId],
+      "availability-zone": (s) => [s.az],
+      "cidr-block": (s) => [s.cidr ?? ""],
+      state: () => ["available"],
+    };
+    const filters = readFilters(p);
+    const out = [...this.subnets.values()]
+      .filter((s) => ids.length === 0 || ids.includes(s.subnetId))
+      .filter((s) => matchAll(filters, matchers, subnetTags(s), s));
+    return `<subnetSet>${out
+      .map(
+        (s) =>
+          `<item><subnetId>${s.subnetId}</subnetId><vpcId>${s.vpcId}</vpcId><availabilityZone>${s.az}</availabilityZone><cidrBlock>${s.cidr ?? "10.0.0.0/24"}</cidrBlock><state>available</state><availableIpAddressCount>250</availableIpAddressCount>${tagSet(subnetTags(s))}</item>`,
+      )
+      .join("")}</subnetSet>`;
+  }
+
+  private describeSecurityGroups(p: URLSearchParams): string {
+    const ids = list(p, "GroupId");
+    for (const id of ids) if (!this.securityGroups.has(id)) throw new ApiError(400, "InvalidGroup.NotFound", `The security group '${id}' does not exist`);
+    const names = list(p, "GroupName");
+    const matchers: Record<string, (g: SecurityGroupSeed) => string[]> = {
+      "group-id": (g) => [g.groupId],
+      "group-name": (g) => [g.groupName],
+      "vpc-id": (g) => [g.vpcId],
+    };
+    const filters = readFilters(p);
+    const out = [...this.securityGroups.values()]
+      .filter((g) => ids.length === 0 || ids.includes(g.groupId))
+      .filter((g) => names.length === 0 || names.includes(g.groupName))
+      .filter((g) => matchAll(filters, matchers, g.tags ?? {}, g));
+    return `<securityGroupInfo>${out
+      .map((g) => `<item><groupId>${g.groupId}</groupId><groupName>${esc(g.groupName)}</groupName><vpcId>${g.vpcId}</vpcId><groupDescription>${esc(g.groupName)}</groupDescription>${tagSet(g.tags ?? {})}</item>`)
+      .join("")}</securityGroupInfo>`;
+  }
+
+  private describeInstances(p: URLSearchParams): string {
+    const ids = list(p, "InstanceId");
+    for (const id of ids) if (!this.instances.has(id)) throw new ApiError(400, "InvalidInstanceID.NotFound", `The instance ID '${id}' does not exist`);
+    const matchers: Record<string, (i: InstanceSeed) => string[]> = {
+      "instance-id": (i) => [i.instanceId],
+      "availability-zone": (i) => [i.az],
+      "vpc-id": (i) => [i.vpcId],
+    };
+    const filters = readFilters(p);
+    const out = [...this.instances.values()]
+      .filter((i) => ids.length === 0 || ids.includes(i.instanceId))
+      .filter((i) => matchAll(filters, matchers, i.tags ?? {}, i));
+    return `<reservationSet>${out
+      .map(
+        (i) =>
+          `<item><reservationId>r-${i.instanceId.slice(2)}</reservationId><instancesSet><item><instanceId>${i.instanceId}</instanceId><instanceType>${i.instanceType}</instanceType><placement><availabilityZone>${i.az}</availabilityZone></placement><subnetId>${i.subnetId}</subnetId><vpcId>${i.vpcId}</vpcId><instanceState><code>16</code><name>running</name></instanceState>${tagSet(i.tags ?? {})}<networkInterfaceSet>${this.attachedTo(i.instanceId)
+            .map(
+              (e) =>
+                `<item><networkInterfaceId>${e.id}</networkInterfaceId><subnetId>${e.subnetId}</subnetId><vpcId>${e.vpcId}</vpcId><macAddress>${e.mac}</macAddress><status>in-use</status><attachment><attachmentId>${e.attachment!.attachmentId}</attachmentId><deviceIndex>${e.attachment!.deviceIndex}</deviceIndex><networkCardIndex>${e.attachment!.networkCardIndex}</networkCardIndex><status>${e.attachment!.status}</status><deleteOnTermination>${e.attachment!.deleteOnTermination}</deleteOnTermination></attachment></item>`,
+            )
+            .join("")}</networkInterfaceSet></item></instancesSet></item>`,
+      )
+      .join("")}</reservationSet>`;
+  }
+
+  private describeInstanceTypes(p: URLSearchParams): string {
+    const names = list(p, "InstanceType");
+    for (const n of names) {
+      if (!this.instanceTypes.has(n)) throw new ApiError(400, "InvalidInstanceType", `The following supplied instance types do not exist: [${n}]`);
+    }
+    const out = [...this.instanceTypes.values()].filter((t) => names.length === 0 || names.includes(t.instanceType));
+    return `<instanceTypeSet>${out
+      .map((t) => {
+        const cards = t.cards ?? [t.maxEnis];
+        return `<item><instanceType>${t.instanceType}</instanceType><networkInfo><maximumNetworkInterfaces>${t.maxEnis}</maximumNetworkInterfaces><maximumNetworkCards>${cards.length}</maximumNetworkCards><defaultNetworkCardIndex>0</defaultNetworkCardIndex><networkCards>${cards
+          .map((m, i) => `<item><networkCardIndex>${i}</networkCardIndex><maximumNetworkInterfaces>${m}</maximumNetworkInterfaces></item>`)
+          .join("")}</networkCards><enaSupport>required</enaSupport></networkInfo></item>`;
+      })
+      .join("")}</instanceTypeSet>`;
+  }
+
+  private describeTags(p: URLSearchParams): string {
+    const rows: { id: string; type: string; key: string; value: string }[] = [];
+    for (const i of this.instances.values()) for (const [k, v] of Object.entries(i.tags ?? {})) rows.push({ id: i.instanceId, type: "instance", key: k, value: v });
+    for (const e of this.enis.values()) for (const [k, v] of Object.entries(e.tags)) rows.push({ id: e.id, type: "network-interface", key: k, value: v });
+    for (const s of this.subnets.values()) for (const [k, v] of Object.entries(subnetTags(s))) rows.push({ id: s.subnetId, type: "subnet", key: k, value: v });
+    const matchers: Record<string, (r: (typeof rows)[number]) => string[]> = {
+      "resource-id": (r) => [r.id],
+      "resource-type": (r) => [r.type],
+      key: (r) => [r.key],
+      value: (r) => [r.value],
+    };
+    const filters = readFilters(p);
+    const out = rows.filter((r) => matchAll(filters, matchers, {}, r));
+    return `<tagSet>${out
+      .map((r) => `<item><resourceId>${r.id}</resourceId><resourceType>${r.type}</resourceType><key>${esc(r.key)}</key><value>${esc(r.value)}</value></item>`)
+      .join("")}</tagSet>`;
+  }
+
+  private createTags(p: URLSearchParams): string {
+    const ids = list(p, "ResourceId");
+    const tags: Record<string, string> = {};
+    for (const t of indexed(p, "Tag")) tags[p.get(`${t}.Key`) ?? ""] = p.get(`${t}.Value`) ?? "";
+    for (const id of ids) {
+      const eni = this.enis.get(id);
+      const inst = this.instances.get(id);
+      if (eni) Object.assign(eni.tags, tags);
+      else if (inst) inst.tags = { ...inst.tags, ...tags };
+      else throw new ApiError(400, "InvalidID", `The ID '${id}' is not valid`);
+    }
+    return `<return>true</return>`;
+  }
+
+  // ---- helpers -----------------------------------------------------------------------------------
+
+  private eniOrThrow(id: string | null): EmuEni {
+    const eni = id ? this.enis.get(id) : undefined;
+    if (!eni) throw new ApiError(400, "InvalidNetworkInterfaceID.NotFound", `The networkInterface ID '${id}' does not exist`);
+    return eni;
+  }
+
+  private eniXml(e: EmuEni): string {
+    const a = e.attachment;
+    const groups = e.groups
+      .map((g) => `<item><groupId>${g}</groupId><groupName>${esc(this.securityGroups.get(g)?.groupName ?? g)}</groupName></item>`)
+      .join("");
+    return (
+      `<networkInterfaceId>${e.id}</networkInterfaceId><subnetId>${e.subnetId}</subnetId><vpcId>${e.vpcId}</vpcId>` +
+      `<availabilityZone>${e.az}</availabilityZone><description>${esc(e.description)}</description><ownerId>123456789012</ownerId>` +
+      `<requesterManaged>false</requesterManaged><status>${eniStatus(e)}</status><macAddress>${e.mac}</macAddress>` +
+      `<privateIpAddress>${e.privateIp}</privateIpAddress><sourceDestCheck>true</sourceDestCheck><interfaceType>interface</interfaceType>` +
+      `<groupSet>${groups}</groupSet>` +
+      (a
+        ? `<attachment><attachmentId>${a.attachmentId}</attachmentId><instanceId>${a.instanceId}</instanceId><instanceOwnerId>123456789012</instanceOwnerId>` +
+          `<deviceIndex>${a.deviceIndex}</deviceIndex><networkCardIndex>${a.networkCardIndex}</networkCardIndex><status>${a.status}</status>` +
+          `<attachTime>${a.attachTime}</attachTime><deleteOnTermination>${a.deleteOnTermination}</deleteOnTermination></attachment>`
+        : "") +
+      `<privateIpAddressesSet><item><privateIpAddress>${e.privateIp}</privateIpAddress><primary>true</primary></item></privateIpAddressesSet>` +
+      tagSet(e.tags)
+    );
+  }
+
+  private newId(prefix: string): string {
+    this.seq++;
+    return prefix + (0x0e000000000000000n + BigInt(this.seq)).toString(16).padStart(17, "0").slice(-17);
+  }
+
+  private newMac(): string {
+    this.seq++;
+    const n = this.seq;
+    return ["02", "e0", (n >> 24) & 255, (n >> 16) & 255, (n >> 8) & 255, n & 255]
+      .map((x) => (typeof x === "string" ? x : x.toString(16).padStart(2, "0")))
+      .join(":");
+  }
+
+  private ipSeq = 10;
+  private nextIp(cidr = "10.0.0.0/16"): string {
+    const base = cidr.split("/")[0]!.split(".").map(Number);
+    const n = this.ipSeq++;
+    return `${base[0]}.${base[1]}.${(base[2]! + (n >> 8)) & 255}.${n & 255}`;
+  }
+
+  private requestId(): string {
+    return `${Date.now().toString(16)}-${(++this.seq).toString(16)}`;
+  }
+
+  private delay(ms: number): Promise<void> {
+    return new Promise((r) => this.later(ms, r));
+  }
+
+  private later(ms: number, fn: () => void): void {
+    const t = setTimeout(() => {
+      this.timers.delete(t);
+      fn();
+    }, ms);
+    this.timers.add(t);
+  }
+}
+
+function eniStatus(e: EmuEni): string {
+  return e.attachment ? "in-use" : "available";
+}
+
+function subnetTags(s: SubnetSeed): Record<string, string> {
+  return { ...(s.name !== undefined ? { Name: s.name } : {}), ...(s.tags ?? {}) };
+}
+
+function takeFault(m: Record<string, number>, action: string): boolean {
+  for (const k of [action, "*"]) {
+    if ((m[k] ?? 0) > 0) {
+      m[k]!--;
+      return true;
+    }
+  }
+  return false;
+}
+
+/** Prefixes `Name.1`, `Name.2` … present in the form. */
+function indexed(p: URLSearchParams, name: string): string[] {
+  const out: string[] = [];
+  for (let i = 1; ; i++) {
+    const prefix = `${name}.${i}`;
+    if (![...p.keys()].some((k) => k === prefix || k.startsWith(prefix + "."))) return out;
+    out.push(prefix);
+  }
+}
+
+/** `Name.1=a&Name.2=b` → [a, b] */
+function list(p: URLSearchParams, name: string): string[] {
+  const out: string[] = [];
+  for (let i = 1; p.has(`${name}.${i}`); i++) out.push(p.get(`${name}.${i}`)!);
+  return out;
+}
+
+function readFilters(p: URLSearchParams): { name: string; values: string[] }[] {
+  return indexed(p, "Filter").map((f) => ({ name: p.get(`${f}.Name`) ?? "", values: list(p, `${f}.Value`) }));
+}
+
+/** EC2 filter semantics: AND across filters, OR across a filter's values, `*` and `?` wildcards. */
+function matchAll<T>(
+  filters: { name: string; values: string[] }[],
+  matchers: Record<string, (x: T) => string[]>,
+  tags: Record<string, string>,
+  x: T,
+): boolean {
+  return filters.every((f) => {
+    let have: string[];
+    if (f.name.startsWith("tag:")) {
+      const k = f.name.slice(4);
+      have = k in tags ? [tags[k]!] : [];
+    } else if (f.name === "tag-key") {
+      have = Object.keys(tags);
+    } else {
+      const m = matchers[f.name];
+      if (!m) throw new ApiError(400, "InvalidParameterValue", `The filter '${f.name}' is invalid`);
+      have = m(x);
+    }
+    return f.values.some((v) => {
+      const re = new RegExp("^" + v.replace(/[.+^${}()|[\]\\]/g, "\\$&").replace(/\*/g, ".*").replace(/\?/g, ".") + "$");
+      return have.some((h) => re.test(h));
+    });
+  });
+}
+
+function esc(s: string): string {
+  return s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;").replace(/"/g, "&quot;");
+}
+
+function tagSet(tags: Record<string, string>): string {
+  return `<tagSet>${Object.entries(tags)
+    .map(([k, v]) => `<item><key>${esc(k)}</key><value>${esc(v)}</value></item>`)
+    .join("")}</tagSet>`;
+}

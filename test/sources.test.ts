@@ -1,0 +1,169 @@
+import t from "tap";
+import { gzipSync } from "node:zlib";
+import { mkdtempSync, mkdirSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { decodeUserData, renderUserData } from "../src/userdata.js";
+import { envLayers, fileLayers, gather, tagLayers, userDataLayers } from "../src/sources.js";
+import { buildConfig } from "../src/config.js";
+import { InputError, formatProblem } from "../src/errors.js";
+import { Host } from "../src/host.js";
+
+const ours = `[dpdk]
+hugepages_2m = 512
+[[eni]]
+name = "d1"
+device_index = 1
+subnet_id = "subnet-01234567"
+security_group_ids = ["sg-01234567"]
+dpdk.resource_name = "amazon.com/ena_dpdk"
+`;
+const ours2 = `[[eni]]
+name = "d1"
+mtu = 1500
+[[eni]]
+name = "k1"
+device_index = 2
+subnet_id = "subnet-01234567"
+security_group_ids = ["sg-01234567"]
+dpdk.enabled = false
+`;
+const nodeConfig = `apiVersion: node.eks.aws/v1alpha1
+kind: NodeConfig
+spec:
+  cluster:
+    name: prod
+    apiServerEndpoint: https://example.eks.amazonaws.com
+    certificateAuthority: Y2E=
+`;
+const multipart = (parts: [string, string, Record<string, string>?][]) =>
+  `MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary="BOUNDARY"\n\n` +
+  parts.map(([type, body, h]) => `--BOUNDARY\nContent-Type: ${type}\n${Object.entries(h ?? {}).map(([k, v]) => `${k}: ${v}\n`).join("")}\n${body}\n`).join("") +
+  `--BOUNDARY--\n`;
+
+const merged = (raw: Buffer) => buildConfig(userDataLayers(raw).layers).config;
+
+t.test("decoding paths: raw TOML, base64, gzip, base64(gzip)", async (t) => {
+  for (const [label, raw] of [
+    ["raw", Buffer.from(ours)],
+    ["base64", Buffer.from(Buffer.from(ours).toString("base64"))],
+    ["gzip", gzipSync(ours)],
+    ["base64 of gzip", Buffer.from(gzipSync(ours).toString("base64"))],
+  ] as const) {
+    const c = merged(raw);
+    t.equal(c.dpdk.hugepages_2m, 512, label);
+    t.equal(c.eni[0]!.name, "d1", label);
+  }
+});
+
+t.test("MIME: NodeConfig, a shell script and two of our parts (one base64, one gzip+base64) merge in order", async (t) => {
+  const doc = multipart([
+    ["application/node.eks.aws", nodeConfig],
+    ["text/x-shellscript; charset=us-ascii", "#!/bin/bash\necho hi"],
+    ["application/eni-dpdk+toml", Buffer.from(ours).toString("base64"), { "Content-Transfer-Encoding": "base64" }],
+    ["application/eni-dpdk+toml", gzipSync(ours2).toString("base64")],
+  ]);
+  const r = userDataLayers(Buffer.from(doc));
+  t.same(r.layers.map((l) => l.source), ["user-data part 3 (application/eni-dpdk+toml)", "user-data part 4 (application/eni-dpdk+toml)"]);
+  t.same(r.parts.map((p) => p.contentType), ["application/node.eks.aws", "text/x-shellscript", "application/eni-dpdk+toml", "application/eni-dpdk+toml"]);
+  t.match(r.parts[0]!.text, /apiServerEndpoint: https:\/\/example/);
+  const eff = buildConfig(r.layers);
+  t.same(eff.config.eni.map((e) => [e.name, e.mtu]), [["d1", 1500], ["k1", 9001]]);
+  t.equal(eff.origin["eni.d1.mtu"], "user-data part 4 (application/eni-dpdk+toml):3:1");
+  // the whole document base64-encoded, as the EC2 console would pass it through
+  t.equal(userDataLayers(Buffer.from(Buffer.from(doc).toString("base64"))).layers.length, 2);
+});
+
+t.test("someone else's user-data means no config; empty and absent too", async (t) => {
+  for (const [label, raw] of [
+    ["script", "#!/bin/bash\nset -e\n/etc/eks/bootstrap.sh prod\n"],
+    ["cloud-config", "#cloud-config\npackages: [jq]\n"],
+    ["nodeadm yaml", nodeConfig],
+    ["foreign TOML", "[agent]\nlevel = 3\n"],
+    ["mime without our part", multipart([["application/node.eks.aws", nodeConfig], ["text/x-shellscript", "#!/bin/sh\ntrue"]])],
+  ] as const) {
+    const r = userDataLayers(Buffer.from(raw));
+    t.equal(r.layers.length, 0, label);
+  }
+  t.equal(userDataLayers(Buffer.alloc(0)).layers.length, 0, "empty");
+  t.equal(userDataLayers(undefined).summary, "no user-data", "404");
+});
+
+t.test("a broken document meant for us is an error naming the part and position", async (t) => {
+  const broken = multipart([["application/node.eks.aws", nodeConfig], ["application/eni-dpdk+toml", "[dpdk]\nenabled = = true\n"]]);
+  const e = t.throws(() => userDataLayers(Buffer.from(broken))) as InputError;
+  t.match(formatProblem(e.problems[0]!), /^user-data part 2 \(application\/eni-dpdk\+toml\):2:\d+: \(syntax\): not valid TOML/);
+  const plain = t.throws(() => userDataLayers(Buffer.from("[[eni]]\nname = \n"))) as InputError;
+  t.match(plain.problems[0]!.source, /^user-data:2:/);
+  const typo = t.throws(() => buildConfig(userDataLayers(Buffer.from("[dpdk]\nhugepages = 4\n")).layers)) as InputError;
+  t.same(typo.problems.map(formatProblem), ['user-data:2:1: dpdk.hugepages: unknown key; did you mean "hugepages_2m"? (known: enabled, driver, binding_script, noiommu, hugepages_2m, hugepages_1g)']);
+  t.throws(() => userDataLayers(Buffer.from([0x1f, 0x8b, 1, 2, 3])), /gzip data is corrupt/);
+});
+
+t.test("renderUserData round-trips through the decoder", async (t) => {
+  const doc = renderUserData(nodeConfig, ours);
+  const parts = decodeUserData(Buffer.from(doc));
+  t.same(parts.map((p) => p.contentType), ["application/node.eks.aws", "application/eni-dpdk+toml"]);
+  t.equal(parts[1]!.text.trim(), ours.trim());
+  t.equal(merged(Buffer.from(doc)).eni[0]!.name, "d1");
+});
+
+t.test("tags: eni and node-level tags, dotted keys, lists, coercion", async (t) => {
+  const layers = tagLayers({
+    "eni-dpdk:eni:data1": "device_index=1;subnet_id=subnet-01234567;security_group_ids=sg-01234567,sg-89abcdef;mtu=9001;dpdk.driver=vfio-pci;dpdk.resource_name=amazon.com/ena_dpdk_1;tags.team=net",
+    "eni-dpdk:dpdk": "enabled=true;hugepages_2m=1024",
+    "eni-dpdk:sriov": "resource_prefix=example.com",
+    Name: "node-1",
+  });
+  const eff = buildConfig(layers);
+  const e = eff.config.eni[0]!;
+  t.same([e.name, e.device_index, e.security_group_ids, e.mtu, e.dpdk.resource_name, e.tags], ["data1", 1, ["sg-01234567", "sg-89abcdef"], 9001, "amazon.com/ena_dpdk_1", { team: "net" }]);
+  t.equal(eff.config.dpdk.hugepages_2m, 1024);
+  t.equal(eff.config.sriov.resource_prefix, "example.com");
+  t.equal(eff.origin["eni.data1.mtu"], "tag eni-dpdk:eni:data1");
+});
+
+t.test("bad tags name the tag key", async (t) => {
+  const e1 = t.throws(() => buildConfig(tagLayers({ "eni-dpdk:eni:d1": "device_index=one;subnet_id=subnet-01234567;security_group_ids=sg-01234567;dpdk.enabled=false" }))) as InputError;
+  t.same(e1.problems.map(formatProblem), ['tag eni-dpdk:eni:d1: eni.d1.device_index: expected an integer, got "one"']);
+  const e2 = t.throws(() => tagLayers({ "eni-dpdk:hugepages": "x=1", "eni-dpdk:dpdk": "enabled" })) as InputError;
+  t.same(e2.problems.map((p) => p.source).sort(), ["tag eni-dpdk:dpdk", "tag eni-dpdk:hugepages"]);
+  const e3 = t.throws(() => buildConfig(tagLayers({ "eni-dpdk:dpdk": "enabled=yes" }))) as InputError;
+  t.match(formatProblem(e3.problems[0]!), /^tag eni-dpdk:dpdk: dpdk.enabled: expected true or false, got "yes"/);
+});
+
+t.test("the seed's environment variables override the file", async (t) => {
+  const root = mkdtempSync(path.join(tmpdir(), "eni-dpdk-src-"));
+  mkdirSync(path.join(root, "etc/eni-dpdk/config.d"), { recursive: true });
+  writeFileSync(path.join(root, "etc/eni-dpdk/config.toml"), '[dpdk]\nenabled = true\ndriver = "vfio-pci"\n[sriov]\nconfig_path = "/etc/pcidp/config.json"\n');
+  writeFileSync(path.join(root, "etc/eni-dpdk/config.d/20-b.toml"), "[dpdk]\nhugepages_2m = 2\n");
+  writeFileSync(path.join(root, "etc/eni-dpdk/config.d/10-a.toml"), "[dpdk]\nhugepages_2m = 1\nhugepages_1g = 1\n");
+  const host = new Host(root);
+  const files = await fileLayers(host);
+  t.same(files.map((l) => l.source), ["/etc/eni-dpdk/config.toml", "/etc/eni-dpdk/config.d/10-a.toml", "/etc/eni-dpdk/config.d/20-b.toml"]);
+  const env = { ENABLE_DPDK: "false", DEFAULT_DPDK_DRIVER: "igb_uio", SRIOV_DP_CONFIG_PATH: "/etc/pcidp/other.json", DPDK_BINDING_SCRIPT: "/opt/dpdk/dpdk-devbind.py" };
+  const eff = buildConfig([...files, ...envLayers(env)]);
+  t.same([eff.config.dpdk.enabled, eff.config.dpdk.driver, eff.config.sriov.config_path, eff.config.dpdk.binding_script, eff.config.dpdk.hugepages_2m, eff.config.dpdk.hugepages_1g], [false, "igb_uio", "/etc/pcidp/other.json", "/opt/dpdk/dpdk-devbind.py", 2, 1]);
+  t.equal(eff.origin["dpdk.driver"], "env DEFAULT_DPDK_DRIVER");
+  await t.rejects(fileLayers(host, "/etc/eni-dpdk/missing.toml"), /no such file/);
+});
+
+t.test("gather: precedence follows [service].sources (later wins), all problems reported together", async (t) => {
+  const root = mkdtempSync(path.join(tmpdir(), "eni-dpdk-src-"));
+  mkdirSync(path.join(root, "etc/eni-dpdk"), { recursive: true });
+  writeFileSync(path.join(root, "etc/eni-dpdk/config.toml"), '[service]\nsources = ["tags", "user-data", "file"]\n[dpdk]\nhugepages_2m = 1\n');
+  const host = new Host(root);
+  const instance = {
+    userData: async () => Buffer.from("[dpdk]\nhugepages_2m = 2\nhugepages_1g = 2\n"),
+    tags: async () => ({ "eni-dpdk:dpdk": "hugepages_2m=3;hugepages_1g=3;noiommu=on" }),
+  };
+  const g = await gather(host, { env: {}, instance });
+  t.same([g.config.dpdk.hugepages_2m, g.config.dpdk.hugepages_1g, g.config.dpdk.noiommu], [1, 2, "on"]);
+  t.same(g.consulted.map((c) => c.source), ["file", "user-data", "tags"]);
+
+  writeFileSync(path.join(root, "etc/eni-dpdk/config.toml"), "[dpdk]\nhugepage = 1\n");
+  const bad = { userData: async () => Buffer.from("[dpdk]\nenabled = = 1\n"), tags: async () => ({ "eni-dpdk:dpdk": "driver=foo" }) };
+  const e = (await gather(host, { env: {}, instance: bad }).catch((x) => x)) as InputError;
+  t.type(e, InputError);
+  t.same(e.problems.map((p) => p.source.replace(/:\d+:\d+$/, "")).sort(), ["/etc/eni-dpdk/config.toml", "user-data"]);
+});
