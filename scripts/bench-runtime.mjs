@@ -102,9 +102,11 @@ const size = (p) => (fs.statSync(p).size / 1e6).toFixed(1);
 const esmBytes = fs.readdirSync(path.join(work, "esm"), { recursive: true }).filter((f) => f.endsWith(".mjs")).reduce((n, f) => n + fs.statSync(path.join(work, "esm", f)).size, 0);
 console.log(`\nmachine: ${os.cpus()[0].model}, ${os.cpus().length} CPUs, ${os.type()} ${os.release()}, node ${process.version}`);
 console.log(`sizes: ESM bundle ${(esmBytes / 1e6).toFixed(1)} MB (plus node from the distribution); SEA binary ${size(sea)} MB`);
-console.log("| command | median ms | mean ± sd ms | peak RSS MB (median of 5) |\n|---|---|---|---|");
+// CPU time (user + system) is steadier than wall time when other work shares the machine.
+console.log("| command | median wall ms | mean ± sd wall ms | mean CPU ms (user+sys) | peak RSS MB (median of 5) |\n|---|---|---|---|---|");
 for (const [i, [name, argv]] of cases.entries()) {
   const r = results[i];
-  console.log(`| ${name} | ${(r.median * 1000).toFixed(0)} | ${(r.mean * 1000).toFixed(0)} ± ${(r.stddev * 1000).toFixed(0)} | ${rss(argv).toFixed(0)} |`);
+  const cpu = (r.user + r.system) * 1000;
+  console.log(`| ${name} | ${(r.median * 1000).toFixed(0)} | ${(r.mean * 1000).toFixed(0)} ± ${(r.stddev * 1000).toFixed(0)} | ${cpu.toFixed(0)} | ${rss(argv).toFixed(0)} |`);
 }
 fs.rmSync(work, { recursive: true, force: true });

@@ -10,6 +10,7 @@ import { loadState, saveState, type EniRecord, type State } from "./state.js";
 import type { Gathered, InstanceSources } from "./sources.js";
 import type { Ec2Factory } from "./ec2.js";
 import type { HostDeviceResult, HostTarget } from "./pci.js";
+import type { NodeEniResult } from "./nodeeni.js";
 
 export const STATUS_PATH = "/run/eni-dpdk/status.json";
 
@@ -20,6 +21,8 @@ export class Session {
   private ec2F?: Ec2Factory;
   /** set when the EC2 SDK was loaded in this process (tests and the status document read it) */
   ec2Loaded = false;
+  /** the NodeENI source's result of the last gather, for the cache and status reporting */
+  nodeEni?: NodeEniResult;
 
   constructor(
     readonly log: Logger,
@@ -74,6 +77,7 @@ export async function instanceSources(ctx: CommandContext, env: NodeJS.ProcessEn
         deadline: s.deadline,
         state,
       });
+      s.nodeEni = r;
       return { layers: r.layers, warnings: r.warnings };
     },
   };
@@ -174,6 +178,10 @@ export async function reconcile(ctx: CommandContext, opts: ReconcileOptions): Pr
       if (!opts.dryRun) sriov = await applySriov(sctx, sriovDevices, sp);
       stageDone("sriov", { actions: sp.actions.length, changed: sriov?.changed ?? false });
     }
+    if (!opts.dryRun && session.nodeEni && (session.nodeEni.layers.length || session.nodeEni.session)) {
+      await nodeEniAfterApply(ctx, session.nodeEni, state, config, enis, devices);
+      stageDone("nodeeni", { applied: session.nodeEni.applied.length, from_cache: session.nodeEni.fromCache });
+    }
     return { actions, enis, devices, sriov };
   };
 
@@ -217,6 +225,46 @@ export async function reconcile(ctx: CommandContext, opts: ReconcileOptions): Pr
   return { ...outcome, gathered };
 }
 
+/**
+ * After an apply that got this far: cache the NodeENI set that was applied (for API outages at the
+ * next boot; only when it came from the API) and report this node's attachments in their status.
+ */
+async function nodeEniAfterApply(ctx: CommandContext, r: NodeEniResult, state: State, config: Config, enis: EniRecord[], devices: HostDeviceResult[]) {
+  const { rememberNodeEnis, reportNodeEniStatus } = await import("./nodeeni.js");
+  if (!r.fromCache) {
+    rememberNodeEnis(state, r);
+    await saveState(ctx.host, state);
+  }
+  const owner = new Map<string, string>();
+  for (const layer of r.layers) {
+    const name = layer.source.replace(/^NodeENI /, "");
+    for (const e of (layer.data.eni as { name: string }[] | undefined) ?? []) owner.set(e.name, name);
+  }
+  const results = config.eni.flatMap((e) => {
+    const nodeEniName = owner.get(e.name);
+    if (!nodeEniName) return [];
+    const rec = enis.find((x) => x.name === e.name);
+    const dev = devices.find((d) => d.name === e.name);
+    const status = !rec ? "pending" : dev?.state === "failed" ? `failed: ${dev.error ?? "bind failed"}` : "attached";
+    return [{
+      eniName: e.name,
+      nodeEniName,
+      eniId: rec?.eniId,
+      attachmentId: rec?.attachmentId,
+      subnetId: rec?.subnetId,
+      deviceIndex: e.device_index,
+      mtu: e.mtu,
+      status,
+      dpdkBound: dev?.state === "bound",
+      dpdkDriver: dev?.state === "bound" ? dev.driver : undefined,
+      dpdkPCIAddress: dev?.bdf || undefined,
+      dpdkResourceName: dev?.resourceName || undefined,
+    }];
+  });
+  const report = await reportNodeEniStatus({ log: ctx.log, session: r.session }, results);
+  for (const w of report.warnings) ctx.log.warn(w, { next: "check deploy/rbac.yaml is applied; status will be retried at the next reconcile" });
+}
+
 function emptyStateFor(instanceId: string): State {
   return { version: 1, instanceId, enis: {}, bindings: {}, sriov: { owned: [] }, networkdFiles: [] };
 }
@@ -255,7 +303,8 @@ export function summaryLine(o: ApplyOutcome, config: Config): string {
     config.sriov.enabled ? `${resources} SR-IOV resource${resources === 1 ? "" : "s"} ${o.sriov?.changed ? "written" : "unchanged"}` : "SR-IOV off",
   ];
   const head = o.error ? `degraded: ${o.error.message}` : "ready";
-  return `${head}: ${parts.join(", ")}${o.warnings.length ? ` (${o.warnings.length} warning${o.warnings.length === 1 ? "" : "s"})` : ""}`;
+  const cached = o.warnings.some((w) => w.includes("USING CACHED")) ? "; WARNING: NodeENI API unreachable, applied the cached NodeENI set" : "";
+  return `${head}: ${parts.join(", ")}${cached}${o.warnings.length ? ` (${o.warnings.length} warning${o.warnings.length === 1 ? "" : "s"})` : ""}`;
 }
 
 async function writeStatusFile(host: Host, o: ApplyOutcome, config: Config): Promise<void> {

@@ -35,9 +35,11 @@ export async function main(argv: string[], io: CliIo = defaultIo): Promise<numbe
     return { host, log, configPath: a.config, out: io.out };
   };
   /** Run a handler; map errors to exit codes and one actionable line each. */
+  // yargs' inferred argument types differ per builder; handlers name the fields they read.
   const wrap =
     <A>(fn: (ctx: CommandContext, a: A & GlobalArgs) => Promise<number>) =>
-    async (a: A & GlobalArgs) => {
+    async (args: unknown) => {
+      const a = args as A & GlobalArgs;
       const ctx = ctxOf(a);
       try {
         code = await fn(ctx, a);

@@ -22,6 +22,7 @@ import type {
 import { OpError } from "./errors.js";
 import { Deadline, sleep } from "./host.js";
 import type { Logger } from "./log.js";
+import { interop } from "./lazy.js";
 
 /** Only the calls eni-dpdk makes. Each is one request (no hidden retries, see lazyEc2). */
 export interface Ec2Api {
@@ -64,8 +65,9 @@ export const SDK_WARNING_ENV = "AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED
 
 /**
  * The SDK prints a multi-line NodeVersionSupportWarning on Node < 22 each time a process builds its
- * first client, which would land in the journal on every boot. We set the SDK's own documented switch
- * (unless the operator set it either way) and log one short line instead, once per process.
+ * first client, which would land in the journal on every boot. We set the SDK's own switch (read by
+ * @aws-sdk/core's emitWarningIfUnsupportedVersion; unless the operator set it either way) before the
+ * first client is built, and log one short info line instead, once per process.
  */
 function quietNodeVersionWarning(log?: Logger): void {
   if (process.env[SDK_WARNING_ENV] !== undefined) return;
@@ -83,14 +85,15 @@ export function lazyEc2(opts: Ec2Options): Ec2Factory {
   return () => {
     client ??= (async () => {
       quietNodeVersionWarning(opts.logger);
-      const sdk = await import("@aws-sdk/client-ec2");
+      const sdk = interop(await import("@aws-sdk/client-ec2"), "EC2Client");
       sdkLoaded = true;
       const c = new sdk.EC2Client({
         region: opts.region,
         ...(opts.endpoint ? { endpoint: opts.endpoint } : {}),
         retryMode: "standard",
         maxAttempts: opts.maxAttempts ?? 1,
-        requestHandler: { connectionTimeout: 3000, requestTimeout: opts.requestTimeoutMs ?? 15_000 },
+        // Without throwOnRequestTimeout the SDK only logs a warning and keeps waiting on a hung request.
+        requestHandler: { connectionTimeout: 3000, requestTimeout: opts.requestTimeoutMs ?? 15_000, throwOnRequestTimeout: true },
       });
       opts.logger?.debug("EC2 client ready", { region: opts.region, endpoint: opts.endpoint ?? process.env.AWS_ENDPOINT_URL_EC2 });
       const api: Ec2Api = {
@@ -163,9 +166,22 @@ export class Ec2Error extends OpError {
   }
 }
 
+/** The IAM actions the ENI stage and the tag fallback need. */
+export const IAM_ACTIONS = [
+  "ec2:DescribeNetworkInterfaces",
+  "ec2:DescribeSubnets",
+  "ec2:DescribeSecurityGroups",
+  "ec2:DescribeInstanceTypes",
+  "ec2:DescribeTags",
+  "ec2:CreateNetworkInterface",
+  "ec2:CreateTags",
+  "ec2:AttachNetworkInterface",
+  "ec2:ModifyNetworkInterfaceAttribute",
+];
+
 function hintFor(action: string, code: string): string {
   if (code === "UnauthorizedOperation" || code === "AuthFailure" || code.startsWith("AccessDenied")) {
-    return `grant the instance role ec2:${action} (see the IAM policy in the README)`;
+    return `grant the node's instance role ec2:${action}; eni-dpdk uses ${IAM_ACTIONS.join(", ")} (CreateTags covers the tags set at creation)`;
   }
   if (code === "AttachmentLimitExceeded") return "use fewer ENIs or a larger instance type (DescribeInstanceTypes NetworkInfo)";
   if (code.endsWith(".NotFound")) return "check the id in the configuration, and that it is in this instance's VPC and region";
@@ -176,8 +192,13 @@ function hintFor(action: string, code: string): string {
 export interface RetryOptions {
   deadline: Deadline;
   log?: Logger;
-  /** First back-off step; full jitter draws from [0, min(cap, base·2^n)). */
+  /** First back-off step for transient faults; full jitter draws from [0, min(cap, base·2^n)). */
   baseMs?: number;
+  /**
+   * First back-off step after throttling. Larger than for transient faults: a throttled account
+   * stays throttled for seconds, and retrying within 200 ms mostly buys another RequestLimitExceeded.
+   */
+  throttleBaseMs?: number;
   capMs?: number;
   /** Called on each retry (tests and benchmarks count them). */
   onRetry?: (info: Ec2ErrorInfo, attempt: number) => void;
@@ -189,7 +210,8 @@ export interface RetryOptions {
  */
 export async function withEc2Retry<T>(action: string, fn: () => Promise<T>, opts: RetryOptions): Promise<T> {
   const base = opts.baseMs ?? 200;
-  const cap = opts.capMs ?? 8000;
+  const throttleBase = opts.throttleBaseMs ?? opts.baseMs ?? 1000;
+  const cap = opts.capMs ?? 10_000;
   for (let attempt = 0; ; attempt++) {
     try {
       return await fn();
@@ -199,7 +221,7 @@ export async function withEc2Retry<T>(action: string, fn: () => Promise<T>, opts
       if (info.kind === "permanent") {
         throw new Ec2Error(action, info.code, `EC2 ${action} failed: ${info.code}: ${info.message}`, hintFor(action, info.code), info.status, { cause: e });
       }
-      const wait = Math.random() * Math.min(cap, base * 2 ** attempt);
+      const wait = Math.random() * Math.min(cap, (info.kind === "throttle" ? throttleBase : base) * 2 ** attempt);
       if (opts.deadline.remaining() <= wait + 50) {
         throw new Ec2Error(
           action,

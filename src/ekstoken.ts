@@ -44,13 +44,20 @@ export function stsHost(region: string): string {
   return `sts.${region}.amazonaws.com`;
 }
 
+/**
+ * Named exports of a lazily imported package that may be CommonJS: plain Node exposes them on the
+ * namespace, a code-split esbuild bundle only under `default`. `probe` is one export we need.
+ */
+export { interop } from "./lazy.js";
+import { interop } from "./lazy.js";
+
 let defaultChain: (() => Promise<AwsCredentials>) | undefined;
 
 async function resolveCredentials(src?: CredentialSource): Promise<AwsCredentials> {
   if (src && typeof src !== "function") return src;
   if (src) return src();
   if (!defaultChain) {
-    const { defaultProvider } = await import("@aws-sdk/credential-provider-node");
+    const { defaultProvider } = interop(await import("@aws-sdk/credential-provider-node"), "defaultProvider");
     // The chain memoizes and refreshes before expiry; IMDSv1 stays off (project rule: IMDSv2 only).
     defaultChain = defaultProvider({ ec2MetadataV1Disabled: true, timeout: 2000, maxRetries: 3 }) as () => Promise<AwsCredentials>;
   }
@@ -64,7 +71,8 @@ function encode(s: string): string {
 
 export async function eksToken(opts: EksTokenOptions): Promise<EksToken> {
   if (!opts.clusterName) throw new Error("eksToken: the cluster name is required (it is signed as x-k8s-aws-id)");
-  const [{ SignatureV4 }, { Sha256 }] = await Promise.all([import("@smithy/signature-v4"), import("@smithy/core/checksum")]);
+  const { SignatureV4 } = interop(await import("@smithy/signature-v4"), "SignatureV4");
+  const { Sha256 } = interop(await import("@smithy/core/checksum"), "Sha256");
   const credentials = await resolveCredentials(opts.credentials);
   const host = opts.stsHost ?? stsHost(opts.region);
   const signer = new SignatureV4({ credentials, region: opts.region, service: "sts", sha256: Sha256, uriEscapePath: true });

@@ -184,6 +184,8 @@ export function run(argv: string[], opts: { timeoutMs?: number; env?: NodeJS.Pro
     child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
     child.on("error", reject);
     child.on("close", (code, signal) => resolve({ code: code ?? (signal ? 128 : 1), stdout, stderr }));
+    // A child that exits (or never starts) before reading stdin gives EPIPE; unhandled, it would crash us.
+    child.stdin.on("error", () => {});
     child.stdin.end(opts.input ?? "");
   });
 }

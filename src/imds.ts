@@ -2,6 +2,7 @@
 // patient wait at boot bounded by the deadline. @aws-sdk/ec2-metadata-service is loaded lazily.
 import http from "node:http";
 import { OpError } from "./errors.js";
+import { interop } from "./lazy.js";
 import { Deadline, sleep } from "./host.js";
 import type { Logger } from "./log.js";
 
@@ -61,7 +62,7 @@ export class ImdsClient implements Imds {
   }
 
   private services() {
-    this.svc ??= import("@aws-sdk/ec2-metadata-service").then(({ MetadataService }) => ({
+    this.svc ??= import("@aws-sdk/ec2-metadata-service").then((mod) => interop(mod, "MetadataService")).then(({ MetadataService }) => ({
       // Token fetches: IMDSv1 fallback disabled; no SDK retries, our loop owns waiting.
       tokens: new MetadataService({
         endpoint: this.endpoint,
@@ -147,6 +148,8 @@ export class ImdsClient implements Imds {
       try {
         return await fn();
       } catch (e) {
+        // Our own bugs are not an unreachable IMDS: fail at once instead of waiting out the deadline.
+        if (e instanceof TypeError || e instanceof ReferenceError) throw e;
         const status = statusOf(e);
         if (status === 404) return undefined;
         if (status === 401 && !reauthed) {

@@ -7,7 +7,7 @@ import type { IncomingMessage } from "node:http";
 import type { KubernetesConfig } from "./config.js";
 import { OpError } from "./errors.js";
 import type { Host } from "./host.js";
-import type { CredentialSource } from "./ekstoken.js";
+import { interop, type CredentialSource } from "./ekstoken.js";
 
 export const NODEENI_GROUP = "networking.k8s.aws";
 export const NODEENI_VERSION = "v1alpha1";
@@ -129,13 +129,22 @@ export class KubeClient {
     // Tokens last 15 minutes; renew well before, so a long watch reconnect never sends a stale one.
     if (!this.token || this.token.expiresAt - Date.now() < 5 * 60_000) {
       const { eksToken } = await import("./ekstoken.js");
-      const t = await eksToken({ clusterName: auth.clusterName, region: auth.region, credentials: auth.credentials, stsHost: auth.stsHost });
+      const t = await eksToken({ clusterName: auth.clusterName, region: auth.region, credentials: auth.credentials, stsHost: auth.stsHost }).catch(
+        (e: Error) => {
+          throw new OpError(
+            `cannot make the EKS token for cluster "${auth.clusterName}": no AWS credentials (${e.message})`,
+            "attach an instance profile whose role is mapped into the cluster, or set [kubernetes].kubeconfig",
+            {},
+            { cause: e },
+          );
+        },
+      );
       this.token = { value: t.token, expiresAt: t.expiresAt.getTime() };
     }
     return `Bearer ${this.token.value}`;
   }
 
-  private async open(method: string, path: string, body?: unknown, contentType?: string, timeoutMs?: number): Promise<IncomingMessage> {
+  private async open(method: string, path: string, body?: unknown, contentType?: string, timeoutMs?: number, signal?: AbortSignal): Promise<IncomingMessage> {
     const url = new URL(path, this.target.server);
     const authz = await this.authorization();
     const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
@@ -153,6 +162,7 @@ export class KubeClient {
             ...(payload ? { "content-type": contentType ?? "application/json", "content-length": payload.length } : {}),
           },
           timeout: timeoutMs ?? this.opts.timeoutMs ?? 10_000,
+          signal,
         },
         resolve,
       );
@@ -229,7 +239,13 @@ export class KubeClient {
   async watchNodeEnis(resourceVersion: string, onEvent: (e: WatchEvent) => void, signal: AbortSignal, timeoutSeconds = 300): Promise<void> {
     const q = new URLSearchParams({ watch: "true", resourceVersion, timeoutSeconds: String(timeoutSeconds), allowWatchBookmarks: "true" });
     // The socket idles between events; allow the whole watch window plus slack.
-    const res = await this.open("GET", `${NODEENI_PATH}?${q}`, undefined, undefined, (timeoutSeconds + 30) * 1000);
+    let res: IncomingMessage;
+    try {
+      res = await this.open("GET", `${NODEENI_PATH}?${q}`, undefined, undefined, (timeoutSeconds + 30) * 1000, signal);
+    } catch (e) {
+      if (signal.aborted) return;
+      throw e;
+    }
     if ((res.statusCode ?? 0) >= 300) {
       const text = await readAll(res).catch(() => "");
       const s = (() => {
@@ -297,8 +313,9 @@ export interface NodeConfigCluster {
   source: string;
 }
 
-async function loadYaml(): Promise<typeof import("yaml")> {
-  return import("yaml");
+/** yaml ships CommonJS for Node (see interop). */
+export async function loadYaml(): Promise<typeof import("yaml")> {
+  return interop(await import("yaml"), "parseAllDocuments");
 }
 
 function decodeCa(b64: string, where: string): string {

@@ -289,7 +289,7 @@ async function bindWithScript(host: Host, dev: PciDevice, target: string, script
 }
 
 async function verifyBound(host: Host, bdf: string, target: string, settle: number): Promise<string> {
-  if (target === "vfio-pci" && !(await host.linkName(`${PCI_DEVICES}/${bdf}/iommu_group`))) {
+  if (target === "vfio-pci" && !(await waitFor(() => host.linkName(`${PCI_DEVICES}/${bdf}/iommu_group`), settle))) {
     throw new Error(`bound to vfio-pci but ${bdf} has no iommu_group`);
   }
   const node = await waitFor(() => deviceNodeFor(host, bdf, target), settle);
@@ -351,3 +351,6 @@ export async function restoreDriver(host: Host, bdf: string, original: string | 
     return { ok: false, problem: (e as Error).message };
   }
 }
+
+// The host stage lives in hoststage.ts; the orchestrator imports it from here.
+export { applyHost, planHost, rebindFromState, type HostDeviceResult, type HostPlan, type HostTarget } from "./hoststage.js";

@@ -85,7 +85,11 @@ async function waitForSignals(
       gathered = o.gathered;
       if (o.actions.length) log.warn("repaired drift", { actions: o.actions.map((a) => `${a.kind} ${a.target}`).join("; ") });
       let line = o.summary;
-      if (o.sriov?.changed) line += await restartPluginAfterChange(ctx, o, gathered.config.sriov.restart_command);
+      if (o.sriov) {
+        const { afterSriovChange } = await import("./sriov.js");
+        const after = await afterSriovChange(gathered.config, o.sriov, log, { atBoot: false });
+        if (after.status) line += `; ${after.status}`;
+      }
       if (o.error) log.error(o.error.message, { next: o.error.next });
       await notifier.status(line);
       if (reload) log.info("reloaded", { enis: gathered.config.eni.length });
@@ -140,20 +144,6 @@ async function waitForSignals(
   process.off("SIGTERM", term);
   process.off("SIGINT", int);
   return code;
-}
-
-/** The plugin reads its config only at start: restart it if configured, else say it must be restarted. */
-async function restartPluginAfterChange(ctx: CommandContext, o: ApplyOutcome, argv: string[]): Promise<string> {
-  if (argv.length === 0) {
-    ctx.log.warn("SR-IOV config changed; the device plugin reads it only at start", {
-      resources: o.sriov?.resources.join(","),
-      next: "restart the sriov-device-plugin pod on this node, or set [sriov].restart_command",
-    });
-    return "; SR-IOV config changed: restart the device plugin";
-  }
-  const { restartDevicePlugin } = await import("./sriov.js");
-  const r = await restartDevicePlugin(argv, ctx.log);
-  return r.ok ? "; device plugin restarted" : `; device plugin restart failed: ${r.detail}`;
 }
 
 /** on_failure from the file alone, so a broken user-data still honours the file's choice. */

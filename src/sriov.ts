@@ -406,7 +406,9 @@ function mergeText(filePath: string, existing: string | undefined, desired: Rend
   if (existing !== undefined) {
     try {
       const doc: unknown = JSON.parse(existing);
+      const variant = isObject(doc) ? Object.keys(doc).find((k) => k !== "resourceList" && k.toLowerCase() === "resourcelist") : undefined;
       if (!isObject(doc)) m.invalid = `the top level is ${typeName(doc)}, not an object`;
+      else if (variant) m.invalid = `it spells "resourceList" as "${variant}", which the plugin's case-insensitive decoding would mix with ours`;
       else if (doc.resourceList !== undefined && doc.resourceList !== null && !Array.isArray(doc.resourceList)) {
         m.invalid = `"resourceList" is ${typeName(doc.resourceList)}, not an array`;
       } else parsed = doc;
@@ -537,7 +539,7 @@ export async function planSriov(ctx: StageContext, devices: SriovDevice[]): Prom
   }
   const m = mergeText(filePath, await ctx.host.read(filePath), desired, ownedIn(ctx.state, filePath), true);
   Object.assign(plan, { resources: m.ours, added: m.added, updated: m.updated, removed: m.removed, adopted: m.adopted });
-  if (m.invalid && m.existed) {
+  if (m.invalid && m.existed && m.changed) {
     plan.invalidExisting = m.invalid;
     plan.actions.push({ stage: "sriov", kind: "move-aside", target: filePath, detail: `${m.invalid}; it is never overwritten: move it to ${filePath}.invalid-<timestamp> and start a new file` });
   }
@@ -595,7 +597,8 @@ async function writeMerged(
   strict: boolean,
 ): Promise<{ m: Merge; changed: boolean; movedAside?: string }> {
   const m = mergeText(filePath, await host.read(filePath), desired, owned, strict);
-  for (const w of m.warnings) log.warn(`SR-IOV config: ${w}`, { path: filePath });
+  // Loud when we touch the file; `status`/`validate` show them every time.
+  for (const w of m.warnings) (m.changed ? log.warn : log.debug).call(log, `SR-IOV config: ${w}`, { path: filePath });
   if (m.invalid && m.existed && !m.changed) log.warn("SR-IOV device plugin config is not usable; eni-dpdk has nothing to write there and leaves it untouched", { path: filePath, reason: m.invalid });
   if (!m.changed) return { m, changed: false };
   let movedAside: string | undefined;
@@ -642,7 +645,7 @@ export async function applySriov(ctx: StageContext, devices: SriovDevice[], plan
   const owned = ownedIn(state, filePath);
   const r = await writeMerged(host, filePath, desired, owned, state, log, true);
   changed ||= r.changed;
-  if (!sameList(r.m.ours, state.sriov.owned) || state.sriov.configPath !== filePath) {
+  if (!sameList(r.m.ours, state.sriov.owned) || (r.m.ours.length > 0 && state.sriov.configPath !== filePath)) {
     state.sriov = { configPath: filePath, owned: r.m.ours };
     await saveState(host, state);
   }

@@ -14,6 +14,10 @@ export interface EniRecord {
   subnetId: string;
   attachmentId?: string;
   createdByUs: boolean;
+  /** DeleteOnTermination as last set or observed; the IMDS-only fast path needs it to match config. */
+  deleteOnTermination?: boolean;
+  /** subnet_name the subnet was resolved from, so a renamed subnet_name is not taken as converged. */
+  subnetName?: string;
 }
 
 /** A device as the host stage bound it; keyed by MAC, the ENI's identity (a BDF is not). */
@@ -27,6 +31,8 @@ export interface BindingRecord {
   eniName: string;
   eniId?: string;
   boundAt: string;
+  /** the kernel netdev name before binding; nodeadm's cache is keyed by it (host stage) */
+  ifname?: string;
 }
 
 export interface State {

@@ -111,7 +111,10 @@ export function decodeUserData(raw: Buffer): UserDataPart[] {
     const contentType = headers?.map.get("content-type") ? top.type : "";
     const body = headers?.map.get("content-type") ? Buffer.from(text.slice(headers.bodyStart)) : data;
     const decoded = contentType ? decodeTransfer(body, headers!.map.get("content-transfer-encoding"), "user-data") : body;
-    return [{ index: 0, contentType, label: "user-data", body: decoded, text: decoded.toString("utf8") }];
+    const docText = decoded.toString("utf8");
+    // nodeadm also accepts a bare NodeConfig document; label it as its part type so consumers need one check.
+    const type = contentType || (sniffDocument(docText) === "nodeadm" ? NODEADM_MEDIA_TYPE : "");
+    return [{ index: 0, contentType: type, label: "user-data", body: decoded, text: docText }];
   }
   const boundary = top.params.boundary;
   if (!boundary) throw new Error(`user-data: multipart Content-Type has no boundary parameter`);

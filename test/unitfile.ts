@@ -52,7 +52,8 @@ export function seconds(span: string): number {
 export function makeVerifyRoot(root: string, binaries: Record<string, string> = {}): string {
   const unitDir = path.join(root, "usr/lib/systemd/system");
   fs.mkdirSync(path.dirname(unitDir), { recursive: true });
-  if (!fs.existsSync(unitDir)) fs.cpSync("/usr/lib/systemd/system", unitDir, { recursive: true, verbatimSymlinks: true });
+  // Existing files (units installed into the root) win over the host's.
+  fs.cpSync("/usr/lib/systemd/system", unitDir, { recursive: true, verbatimSymlinks: true, force: false });
   fs.mkdirSync(path.join(root, "usr/bin"), { recursive: true });
   fs.mkdirSync(path.join(root, "etc/systemd/system"), { recursive: true });
   if (!fs.existsSync(path.join(root, "bin"))) fs.symlinkSync("usr/bin", path.join(root, "bin"));

@@ -9,6 +9,8 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { defaults } from "../src/config.js";
 import { STATE_PATH } from "../src/state.js";
+import { NETWORKD_DIR, NODEADM_CACHE_DIR } from "../src/networkd.js";
+import { STATUS_PATH } from "../src/apply.js";
 import { analyzeVerify, makeVerifyRoot, parseUnit, seconds, words, type UnitFile } from "./unitfile.js";
 
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
@@ -154,6 +156,12 @@ t.test("unit contents the other parts rely on", async (t) => {
   const rw = words(svc, "Service", "ReadWritePaths").map((p) => p.replace(/^-/, ""));
   for (const p of ["/run", "/etc/pcidp", "/etc/systemd/network", "/etc/eks/nodeadm/udev-net-manager"]) t.ok(rw.includes(p), `writable: ${p}`);
   t.same(svc.Service!.StateDirectory, ["eni-dpdk"], "/var/lib/eni-dpdk writable via StateDirectory");
+  // Every place the code writes (its own constants) lies under a writable path of the hardened unit.
+  const writable = [...rw, "/var/lib/eni-dpdk"];
+  const lockPath = "/run/eni-dpdk.lock";
+  for (const target of [STATE_PATH, STATUS_PATH, lockPath, path.join(NETWORKD_DIR, "x.network"), path.join(NODEADM_CACHE_DIR, "i-1/eth1"), defaults().sriov.config_path]) {
+    t.ok(writable.some((w) => target.startsWith(w + "/")), `${target} is writable under the unit's hardening`);
+  }
   t.notOk(svc.Service!.ProtectKernelTunables, "sysfs stays writable");
   t.notOk(svc.Service!.ProtectKernelModules, "modprobe stays possible");
   t.notOk(svc.Service!.PrivateDevices, "/dev/vfio stays visible");

@@ -31,6 +31,7 @@ copy_bin() {
 }
 copy_bin "$(command -v node)" /usr/bin/node
 copy_bin /usr/bin/kmod /usr/bin/kmod
+copy_bin /usr/bin/flock /usr/bin/flock
 for t in modprobe insmod rmmod lsmod modinfo depmod; do rm -f "$D/sbin/$t" "$D/usr/sbin/$t"; ln -s /usr/bin/kmod "$D/sbin/$t"; done
 copy_bin "$(command -v ip)" /usr/sbin/ip.iproute2
 rm -f "$D/sbin/ip" "$D/bin/ip" "$D/usr/sbin/ip" "$D/usr/bin/ip"; ln -s /usr/sbin/ip.iproute2 "$D/sbin/ip"

@@ -42,8 +42,8 @@ export const NICS: NicSpec[] = [
   nic("primary", "virtio-net-pci", 0x01, 3, 0),
   nic("dpdk1", "e1000", 0x11, 4, 1),
   nic("dpdk2", "e1000e", 0x12, 5, 2),
-  nic("kern1", "virtio-net-pci", 0x13, 6, 3),
-  nic("routed", "e1000", 0x14, 7, 4),
+  nic("kern1", "e1000", 0x13, 6, 3),
+  nic("routed", "e1000e", 0x14, 7, 4),
 ];
 
 /** The NIC the hot-plug scenario attaches at run time (QMP device_add onto a pcie-root-port). */
@@ -62,7 +62,7 @@ export const AZ = "us-west-2a";
 export const GUEST_PRIMARY_IP = "10.0.2.15";
 export const GUEST_GATEWAY = "10.0.2.2";
 export const HOST_FWD_IMDS = { ip: "10.0.2.100", port: 80 };
-export const HOST_FWD_EC2 = { ip: "10.0.2.101", port: 80 };
+export const HOST_FWD_EC2 = { ip: "10.0.2.101", port: 8080 };  // distinct port: QEMU names each guestfwd by it
 
 /** What the host tells one boot of the guest (written to /opt/e2e/plan.json in the overlay). */
 export interface BootPlan {

@@ -59,11 +59,13 @@ export class Vm {
     ];
     o.nics.forEach((n, i) => {
       const fwd = i === 0 && o.guestfwd?.length ? o.guestfwd.map((g) => `,guestfwd=${g}`).join("") : "";
-      a.push("-netdev", `user,id=net-${n.name},restrict=on${fwd}`);
+      // Only the primary's network has IPv6: slirp's router advertisements would otherwise give every
+      // ENI an IPv6 default route, and eni-dpdk rightly refuses to bind a NIC that carries one.
+      a.push("-netdev", `user,id=net-${n.name},restrict=on${i === 0 ? "" : ",ipv6=off"}${fwd}`);
       a.push("-device", `${n.model},netdev=net-${n.name},mac=${n.mac},addr=0x${n.slot.toString(16)},id=${n.name},romfile=`);
     });
     (o.rootPorts ?? []).forEach((id, i) => a.push("-device", `pcie-root-port,id=${id},chassis=${i + 1},slot=${i + 1},addr=0x${(0x10 + i).toString(16)}`));
-    for (const id of o.spareNetdevs ?? []) a.push("-netdev", `user,id=${id},restrict=on`);
+    for (const id of o.spareNetdevs ?? []) a.push("-netdev", `user,id=${id},restrict=on,ipv6=off`);
     if (o.disk) a.push("-drive", `file=${o.disk},format=raw,if=none,id=disk0,cache=unsafe`, "-device", "virtio-blk-pci,drive=disk0,addr=0x1e");
     return a;
   }

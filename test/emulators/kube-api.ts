@@ -12,6 +12,7 @@ import type { AddressInfo, Socket } from "node:net";
 import os from "node:os";
 import path from "node:path";
 import type { TLSSocket } from "node:tls";
+import type { NodeEniObject } from "../../src/kube.js";
 
 export const GROUP_VERSION = "networking.k8s.aws/v1alpha1";
 const BASE = "/apis/networking.k8s.aws/v1alpha1/nodeenis";
@@ -62,13 +63,8 @@ export function testPki(): Pki {
   return pkiCache;
 }
 
-export interface NodeEniObj {
-  apiVersion?: string;
-  kind?: string;
-  metadata: { name: string; resourceVersion?: string; uid?: string; generation?: number; [k: string]: unknown };
-  spec?: Record<string, unknown>;
-  status?: { attachments?: Record<string, unknown>[]; [k: string]: unknown };
-}
+/** The wire shape, shared with the client's types so tests can hand objects either way. */
+export type NodeEniObj = NodeEniObject;
 
 export interface KubeFaults {
   /** reset every connection (API unreachable) */
@@ -79,6 +75,8 @@ export interface KubeFaults {
   conflictNext: number;
   /** verbs answered 403 (list, get, watch, patch) */
   forbid: Set<string>;
+  /** the CRD is not installed: its paths answer 404 */
+  crdMissing: boolean;
 }
 
 export interface KubeRequest {
@@ -101,7 +99,7 @@ export interface EksAuthConfig {
 
 export class KubeApiEmulator {
   readonly pki = testPki();
-  readonly faults: KubeFaults = { down: false, fail503: 0, conflictNext: 0, forbid: new Set() };
+  readonly faults: KubeFaults = { down: false, fail503: 0, conflictNext: 0, forbid: new Set(), crdMissing: false };
   readonly requests: KubeRequest[] = [];
   /** static bearer tokens → user name */
   readonly tokens = new Map<string, string>();
@@ -184,7 +182,7 @@ export class KubeApiEmulator {
   private emit(type: string, object: NodeEniObj): void {
     const ev = { rv: Number(object.metadata.resourceVersion), type, object: structuredClone(object) };
     this.events.push(ev);
-    for (const w of this.watchers) if (ev.rv > w.after) w.res.write(JSON.stringify({ type, object }) + "\n");
+    for (const w of this.watchers) if (ev.rv > w.after && !w.res.writableEnded) w.res.write(JSON.stringify({ type, object }) + "\n");
   }
 
   // ---- HTTP ------------------------------------------------------------------------------------
@@ -214,7 +212,7 @@ export class KubeApiEmulator {
     if (!user) return statusBody(401, "Unauthorized", "Unauthorized");
 
     const rest = url.pathname.startsWith(BASE) ? url.pathname.slice(BASE.length) : undefined;
-    if (rest === undefined) return statusBody(404, "NotFound", "the server could not find the requested resource");
+    if (rest === undefined || this.faults.crdMissing) return statusBody(404, "NotFound", "the server could not find the requested resource");
     const [, name, sub] = rest.split("/");
     const watch = url.searchParams.get("watch") === "true" || url.searchParams.get("watch") === "1";
     const verb = req.method === "GET" ? (name ? "get" : watch ? "watch" : "list") : req.method === "PATCH" ? "patch" : req.method === "PUT" ? "update" : "other";
@@ -263,6 +261,7 @@ export class KubeApiEmulator {
     const after = Number(url.searchParams.get("resourceVersion") ?? this.rv);
     log.status = 200;
     res.writeHead(200, { "content-type": "application/json", "transfer-encoding": "chunked" });
+    res.flushHeaders(); // as the API server does: the client knows the watch is open before any event
     if (after < this.compactedThrough) {
       res.end(JSON.stringify({ type: "ERROR", object: { kind: "Status", apiVersion: "v1", status: "Failure", message: `too old resource version: ${after} (${this.compactedThrough})`, reason: "Expired", code: 410 } }) + "\n");
       return;
@@ -281,6 +280,7 @@ export class KubeApiEmulator {
   /** End every open watch (the API server does this on restarts and timeouts). */
   endWatches(): void {
     for (const w of this.watchers) w.res.end();
+    this.watchers.clear();
   }
 
   private authenticate(req: IncomingMessage): string | undefined {

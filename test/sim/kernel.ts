@@ -194,6 +194,33 @@ export class SimKernel {
     }
   }
 
+  /**
+   * A reboot: DPDK modules are gone (and with them NOIOMMU), every override is forgotten, each NIC
+   * probes its kernel driver again and gets a netdev back, and /run is empty. /etc, /var/lib persist.
+   */
+  reboot(): void {
+    for (const dev of this.devices.values()) {
+      this.detach(dev);
+      this.writeOwn(`${this.devDir(dev.bdf)}/driver_override`, "(null)\n");
+    }
+    for (const mod of ["vfio_pci", "vfio_pci_core", "vfio", "uio_pci_generic", "igb_uio", "uio"]) {
+      const drv = MODULE_DRIVER[mod];
+      if (drv && this.driverLoaded(drv)) {
+        for (const f of ["bind", "unbind", "new_id", "remove_id"]) this.unwatch(`/sys/bus/pci/drivers/${drv}/${f}`);
+        fs.rmSync(this.p(`/sys/bus/pci/drivers/${drv}`), { recursive: true, force: true });
+      }
+      if (mod === "vfio") this.unwatch("/sys/module/vfio/parameters/enable_unsafe_noiommu_mode");
+      fs.rmSync(this.p(`/sys/module/${mod}`), { recursive: true, force: true });
+    }
+    fs.rmSync(this.p("/dev/vfio"), { recursive: true, force: true });
+    fs.rmSync(this.p("/run"), { recursive: true, force: true });
+    fs.mkdirSync(this.p("/run"), { recursive: true });
+    for (const dev of this.devices.values()) {
+      const drv = this.matchById(dev);
+      if (drv) this.attach(dev, drv);
+    }
+  }
+
   /** Simulate the kernel with or without CONFIG_VFIO_NOIOMMU (takes effect at the next vfio load). */
   setNoiommuSupport(supported: boolean): void {
     this.noiommuSupport = supported;
@@ -374,9 +401,9 @@ export class SimKernel {
   }
 
   private attach(dev: SimDevice, drv: string): void {
+    // Effects first, the driver link last: a reader in another process that sees the link sees
+    // a finished probe (on a real kernel the write returns only after the probe).
     const dir = this.devDir(dev.bdf);
-    this.symlink(`${dir}/driver`, `/sys/bus/pci/drivers/${drv}`);
-    this.symlink(`/sys/bus/pci/drivers/${drv}/${dev.bdf}`, dir);
     if (NETDEV_DRIVERS.has(drv)) this.addNetdev(dev);
     if (drv === "vfio-pci") {
       if (this.iommu) {
@@ -392,6 +419,8 @@ export class SimKernel {
       fs.mkdirSync(this.p(`${dir}/uio/uio${n}`), { recursive: true });
       fs.writeFileSync(this.p(`/dev/uio${n}`), "");
     }
+    this.symlink(`/sys/bus/pci/drivers/${drv}/${dev.bdf}`, dir);
+    this.symlink(`${dir}/driver`, `/sys/bus/pci/drivers/${drv}`);
   }
 
   private detach(dev: SimDevice): void {

@@ -1,0 +1,431 @@
+// The guest program (bundled to /opt/e2e/guest.mjs, run by init as the only workload): sets up the
+// emulated instance (primary NIC with the default route, IMDS and EC2 emulators unless the host runs
+// them), then runs this boot's scenario steps against the real CLI bundle and the real kernel.
+import { existsSync, readFileSync, readdirSync, writeFileSync, mkdirSync } from "node:fs";
+import { Ec2Emulator } from "../../emulators/ec2.js";
+import { defaultInstance, ImdsEmulator } from "../../emulators/imds.js";
+import { AZ, bdfOf, GUEST_GATEWAY, GUEST_PRIMARY_IP, INSTANCE_ID, REGION, SG_ID, SUBNET_ID, VPC_ID, type BootPlan, type NicSpec } from "../topology.js";
+import {
+  cli, CONFIG, fileStamp, findObjects, fmtNic, hasValue, nicState, parseJson, PCIDP, read, record, run, setCliEnv, STATE, stateOf, STATUS, Step, tail, type NicState,
+} from "./lib.js";
+
+const plan = JSON.parse(readFileSync("/opt/e2e/plan.json", "utf8")) as BootPlan;
+const nic = (name: string): NicSpec => plan.nics.find((n) => n.name === name)!;
+let ec2: Ec2Emulator | undefined;
+
+// ---- the emulated instance ------------------------------------------------------------------------
+
+interface EniSpec {
+  name: string;
+  index: number;
+  dpdk: boolean;
+  mtu?: number;
+  resource?: string;
+  pci?: string;
+}
+
+function configToml(enis: EniSpec[], dpdk: Record<string, string> = {}): string {
+  const q = (s: string) => JSON.stringify(s);
+  const lines = [
+    "# written by the e2e guest program",
+    "[service]",
+    'sources = ["file"]',
+    "timeout_seconds = 150",
+    "[dpdk]",
+    'driver = "vfio-pci"',
+    'noiommu = "auto"',
+    ...Object.entries(dpdk).map(([k, v]) => `${k} = ${q(v)}`),
+    "[sriov]",
+    `config_path = ${q(PCIDP)}`,
+    'resource_prefix = "amazon.com"',
+  ];
+  for (const e of enis) {
+    lines.push("", "[[eni]]", `name = ${q(e.name)}`, `device_index = ${e.index}`, `subnet_id = ${q(SUBNET_ID)}`, `security_group_ids = [${q(SG_ID)}]`);
+    if (e.mtu) lines.push(`mtu = ${e.mtu}`);
+    lines.push("[eni.dpdk]", `enabled = ${e.dpdk}`);
+    if (e.dpdk) lines.push(`resource_name = ${q(e.resource ?? "amazon.com/e2e_dpdk")}`);
+    if (e.pci) lines.push(`pci_address = ${q(e.pci)}`);
+  }
+  return lines.join("\n") + "\n";
+}
+
+function writeConfig(toml: string): void {
+  mkdirSync("/etc/eni-dpdk", { recursive: true });
+  writeFileSync(CONFIG, toml);
+}
+
+/** Bring every NIC up; the primary gets the address and the default route (what makes it the primary). */
+async function setupNetwork(): Promise<string[]> {
+  const out: string[] = [];
+  for (const n of plan.nics) {
+    const s = stateOf(n);
+    if (!s.netdev) continue;
+    await run(["/sbin/ip", "link", "set", "dev", s.netdev, "up"]);
+    if (n.deviceNumber === 0) {
+      await run(["/sbin/ip", "addr", "add", `${GUEST_PRIMARY_IP}/24`, "dev", s.netdev]);
+      await run(["/sbin/ip", "route", "add", "default", "via", GUEST_GATEWAY, "dev", s.netdev]);
+    }
+  }
+  out.push(...(await run(["/sbin/ip", "-br", "addr"])).stdout.trim().split("\n"), ...(await run(["/sbin/ip", "route"])).stdout.trim().split("\n"));
+  return out;
+}
+
+async function startEmulators(): Promise<{ imdsUrl: string; ec2Url: string }> {
+  if (plan.hostImds && plan.hostEc2) return { imdsUrl: plan.hostImds, ec2Url: plan.hostEc2 };
+  const primary = plan.nics.find((n) => n.deviceNumber === 0)!;
+  const imds = new ImdsEmulator(
+    defaultInstance({
+      instanceId: INSTANCE_ID,
+      region: REGION,
+      az: AZ,
+      mac: primary.mac,
+      nics: plan.nics.map((n, i) => ({
+        mac: n.mac,
+        deviceNumber: n.deviceNumber,
+        networkCard: 0,
+        interfaceId: n.interfaceId,
+        subnetId: SUBNET_ID,
+        vpcId: VPC_ID,
+        securityGroupIds: [SG_ID],
+        localIpv4s: [`10.0.1.${10 + i}`],
+        subnetCidr: "10.0.1.0/24",
+      })),
+    }),
+  );
+  await imds.start();
+  // The EC2 world matches what QEMU presents: the primary plus, at their device indexes, the ENIs
+  // eni-dpdk created on an earlier run (tagged as its own). Creating and attaching is scenario 6.
+  ec2 = new Ec2Emulator({
+    subnets: [{ subnetId: SUBNET_ID, vpcId: VPC_ID, az: AZ, cidr: "10.0.1.0/24" }],
+    securityGroups: [{ groupId: SG_ID, groupName: "e2e", vpcId: VPC_ID }],
+    instanceTypes: [{ instanceType: "c6in.4xlarge", maxEnis: 8 }],
+    instances: [
+      { instanceId: INSTANCE_ID, instanceType: "c6in.4xlarge", az: AZ, vpcId: VPC_ID, subnetId: SUBNET_ID, primaryEniId: primary.interfaceId, primaryMac: primary.mac },
+    ],
+  });
+  for (const n of plan.nics.filter((x) => x.deviceNumber !== 0)) {
+    ec2.addEni({
+      id: n.interfaceId,
+      subnetId: SUBNET_ID,
+      mac: n.mac,
+      groups: [SG_ID],
+      description: `eni-dpdk ${n.name}`,
+      tags: { "eni-dpdk:instance-id": INSTANCE_ID, "eni-dpdk:name": n.name },
+      createdByApi: true,
+      attachment: {
+        attachmentId: `eni-attach-0e2e00000000000${n.deviceNumber}`,
+        instanceId: INSTANCE_ID,
+        deviceIndex: n.deviceNumber,
+        networkCardIndex: 0,
+        status: "attached",
+        deleteOnTermination: true,
+        attachTime: new Date().toISOString(),
+      },
+    });
+  }
+  await ec2.start();
+  return { imdsUrl: imds.url, ec2Url: ec2.url };
+}
+
+const ec2Calls = () => ec2?.requests.length ?? 0;
+const ec2Actions = (from: number) =>
+  (ec2?.requests.slice(from) ?? []).reduce<Record<string, number>>((m, r) => ((m[r.action] = (m[r.action] ?? 0) + 1), m), {});
+
+// ---- shared checks ---------------------------------------------------------------------------------
+
+const S1_ENIS: EniSpec[] = [
+  { name: "dpdk1", index: 1, dpdk: true },
+  { name: "dpdk2", index: 2, dpdk: true },
+  { name: "kern1", index: 3, dpdk: false, mtu: 8500 },
+];
+
+function snapshot(): Record<string, NicState> {
+  return Object.fromEntries(plan.nics.map((n) => [n.name, stateOf(n)]));
+}
+
+function sameNic(a: NicState, b: NicState): boolean {
+  return a.driver === b.driver && a.override === b.override && a.netdev === b.netdev && a.mtu === b.mtu && a.up === b.up && a.vfioNode === b.vfioNode;
+}
+
+function checkBoundVfio(st: Step, n: NicSpec): void {
+  const s = stateOf(n);
+  st.note(fmtNic(n.name, s));
+  st.check(s.driver === "vfio-pci" && !s.netdev, `${n.name} (${n.model}) is on vfio-pci with no netdev`);
+  st.check(!!s.vfioNode?.startsWith("/dev/vfio/noiommu-") && s.groupName === "vfio-noiommu", `${n.name} has ${s.vfioNode ?? "no node"} (iommu group name ${s.groupName})`);
+}
+
+function checkSriov(st: Step, dpdk: NicSpec[], resource = "e2e_dpdk"): void {
+  const doc = parseJson(read(PCIDP)) as { resourceList?: Record<string, unknown>[] } | undefined;
+  const entries = (doc?.resourceList ?? []).filter((e) => e.resourceName === resource);
+  st.note(`${PCIDP}: ${JSON.stringify(entries).slice(0, 600)}`);
+  st.check(entries.length === 1 && entries[0]!.resourcePrefix === "amazon.com", `one resourceList entry amazon.com/${resource}`);
+  const selectors = entries.flatMap((e) => (Array.isArray(e.selectors) ? e.selectors : [e.selectors])) as Record<string, string[] | undefined>[];
+  for (const n of dpdk) {
+    const bdf = bdfOf(n);
+    const ok = selectors.some((s) => s.pciAddresses?.includes(bdf) && s.vendors?.includes(n.vendor) && s.devices?.includes(n.device) && s.drivers?.includes("vfio-pci"));
+    st.check(ok, `SR-IOV selector lists ${bdf} with vendor ${n.vendor}, device ${n.device}, driver vfio-pci`);
+  }
+}
+
+async function checkStatusAgrees(st: Step, bound: NicSpec[], notBound: NicSpec[]): Promise<void> {
+  const r = await cli("status", "--json");
+  const doc = parseJson(r.stdout);
+  st.check(r.code === 0 && doc !== undefined, `status --json exits 0 with JSON (exit ${r.code}, ${r.ms} ms)`);
+  for (const n of bound) {
+    const objs = findObjects(doc, (o) => hasValue(o, bdfOf(n)) && hasValue(o, "vfio-pci"));
+    st.check(objs.length > 0, `status --json shows ${bdfOf(n)} on vfio-pci: ${JSON.stringify(objs[0] ?? null).slice(0, 300)}`);
+  }
+  for (const n of notBound) {
+    const wrong = findObjects(doc, (o) => (hasValue(o, bdfOf(n)) || hasValue(o, n.mac)) && hasValue(o, "vfio-pci") && !("originalDriver" in o && o.originalDriver === "vfio-pci"));
+    st.check(wrong.length === 0, `status --json does not claim ${n.name} (${bdfOf(n)}) is on vfio-pci`);
+  }
+}
+
+// ---- scenarios -------------------------------------------------------------------------------------
+
+async function s5Guards(): Promise<Step> {
+  const st = new Step("5", "guards: primary NIC and a NIC with a default route are refused, untouched");
+  const routed = nic("routed");
+  const rs = stateOf(routed);
+  // give "routed" an address and an IPv4 default route of its own (higher metric than the primary's)
+  await run(["/sbin/ip", "addr", "add", "10.0.3.15/24", "dev", rs.netdev!]);
+  await run(["/sbin/ip", "route", "add", "default", "via", "10.0.3.1", "dev", rs.netdev!, "metric", "500"]);
+  st.note("routes: " + (await run(["/sbin/ip", "route"])).stdout.trim().replace(/\n/g, " ; "));
+  const before = snapshot();
+  const primary = nic("primary");
+
+  const cases: { label: string; toml: string; guarded: NicSpec; why: RegExp }[] = [
+    { label: "device_index = 0 (the primary ENI)", toml: configToml([{ name: "grab-primary", index: 0, dpdk: true }]), guarded: primary, why: /device_index.*primary/ },
+    {
+      label: `pci_address = ${bdfOf(primary)} (the primary's BDF) on ENI dpdk1`,
+      toml: configToml([{ name: "dpdk1", index: 1, dpdk: true, pci: bdfOf(primary) }]),
+      guarded: primary,
+      why: new RegExp(`${bdfOf(primary).replace(/\./g, "\\.")}.*(primary|MAC|mac)|pci_address`),
+    },
+    { label: `ENI routed (device 4) whose netdev ${rs.netdev} carries a default route`, toml: configToml([{ name: "routed", index: 4, dpdk: true }]), guarded: routed, why: /default route/ },
+  ];
+  for (const c of cases) {
+    writeConfig(c.toml);
+    const r = await cli("apply");
+    st.note(`apply with ${c.label}: exit ${r.code} (${r.ms} ms)`);
+    st.evidence.push(...tail(r.stderr, 3));
+    st.check(r.code !== 0, `refused (exit ${r.code})`);
+    st.check(c.why.test(r.stderr), `the refusal says why (stderr matches ${c.why})`);
+    const g = stateOf(c.guarded);
+    st.check(sameNic(g, before[c.guarded.name]!) && (g.override === "" || g.override === "(null)"), `${c.guarded.name} untouched: ${fmtNic(c.guarded.name, g)}`);
+  }
+  const after = snapshot();
+  const changed = plan.nics.filter((n) => !sameNic(before[n.name]!, after[n.name]!));
+  st.check(changed.length === 0, `no NIC changed by the refused applies${changed.length ? `: ${changed.map((n) => fmtNic(n.name, after[n.name]!)).join("; ")}` : ""}`);
+  return st;
+}
+
+async function s1Bind(): Promise<Step> {
+  const st = new Step("1", "bind: two DPDK ENIs on vfio-pci (noiommu), primary untouched, kernel ENI MTU, SR-IOV config, status");
+  const before = snapshot();
+  for (const n of plan.nics) st.note("before: " + fmtNic(n.name, before[n.name]!));
+  writeConfig(configToml(S1_ENIS));
+  const c0 = ec2Calls();
+  const r = await cli("apply");
+  st.note(`apply: exit ${r.code} in ${r.ms} ms; EC2 calls ${JSON.stringify(ec2Actions(c0))}`);
+  st.evidence.push(...tail(r.stderr, 6));
+  st.check(r.code === 0, "apply exits 0");
+  checkBoundVfio(st, nic("dpdk1"));
+  checkBoundVfio(st, nic("dpdk2"));
+  const p = stateOf(nic("primary"));
+  st.check(sameNic(p, before.primary!) && !!p.netdev && p.driver === "virtio-pci", `primary untouched: ${fmtNic("primary", p)}`);
+  const routes = (await run(["/sbin/ip", "route", "show", "default"])).stdout.trim();
+  st.check(routes.includes(`dev ${p.netdev}`), `primary still carries the default route (${routes.split("\n")[0]})`);
+  const k = stateOf(nic("kern1"));
+  st.check(k.driver === "e1000" && !!k.netdev && k.mtu === 8500 && k.up === true, `kernel ENI up with MTU 8500: ${fmtNic("kern1", k)}`);
+  checkSriov(st, [nic("dpdk1"), nic("dpdk2")]);
+  await checkStatusAgrees(st, [nic("dpdk1"), nic("dpdk2")], [nic("primary"), nic("kern1")]);
+  const status = parseJson(read(STATUS)) as { apply?: { summary?: string } } | undefined;
+  st.note(`${STATUS} apply.summary: ${status?.apply?.summary}`);
+  st.note(`kernel taint: ${read("/proc/sys/kernel/tainted")?.trim()}`);
+  return st;
+}
+
+async function s2Idempotent(): Promise<Step> {
+  const st = new Step("2", "idempotent: a second apply changes nothing");
+  const before = snapshot();
+  const files = [PCIDP, STATE, "/etc/systemd/network"];
+  const stamps = files.map(fileStamp);
+  const stateBefore = parseJson(read(STATE));
+  const c0 = ec2Calls();
+  const r = await cli("apply");
+  st.note(`second apply: exit ${r.code} in ${r.ms} ms; EC2 calls ${JSON.stringify(ec2Actions(c0))}`);
+  st.evidence.push(...tail(r.stderr, 2));
+  st.check(r.code === 0, "apply exits 0");
+  const status = parseJson(read(STATUS)) as { apply?: { actions?: unknown[]; summary?: string } } | undefined;
+  st.check(Array.isArray(status?.apply?.actions) && status!.apply!.actions!.length === 0, `status.json apply.actions is empty (${JSON.stringify(status?.apply?.actions ?? null).slice(0, 300)})`);
+  st.note(`summary: ${status?.apply?.summary}`);
+  st.check(existsSync(PCIDP) && existsSync(STATE), `${PCIDP} and ${STATE} exist`);
+  files.forEach((f, i) => st.check(fileStamp(f) === stamps[i], `${f} unchanged (sha256/mtime ${stamps[i]} → ${fileStamp(f)})`));
+  const diff = jsonDiff(stateBefore, parseJson(read(STATE)));
+  if (diff.length) st.note(`state.json differences: ${diff.slice(0, 8).join("; ")}`);
+  const after = snapshot();
+  for (const n of plan.nics) st.check(sameNic(before[n.name]!, after[n.name]!), `${fmtNic(n.name, after[n.name]!)} unchanged`);
+  const mutating = (ec2?.requests.slice(c0) ?? []).filter((q) => !q.action.startsWith("Describe"));
+  st.check(mutating.length === 0, `no mutating EC2 call (${mutating.length})`);
+  return st;
+}
+
+function jsonDiff(a: unknown, b: unknown, at = ""): string[] {
+  if (JSON.stringify(a) === JSON.stringify(b)) return [];
+  if (a && b && typeof a === "object" && typeof b === "object" && !Array.isArray(a) && !Array.isArray(b)) {
+    const keys = new Set([...Object.keys(a), ...Object.keys(b)]);
+    return [...keys].flatMap((k) => jsonDiff((a as Record<string, unknown>)[k], (b as Record<string, unknown>)[k], `${at}.${k}`));
+  }
+  return [`${at || "."}: ${JSON.stringify(a)?.slice(0, 80)} → ${JSON.stringify(b)?.slice(0, 80)}`];
+}
+
+/** Keep what survives a reboot on a real node (the state file, /etc) for the next boot. */
+async function carry(): Promise<void> {
+  const r = await run(["/bin/tar", "-C", "/", "-cf", "/out/carry.tar", "var/lib/eni-dpdk", "etc/pcidp", "etc/eni-dpdk"], {}, 30_000);
+  process.stdout.write(`E2E-CARRY exit=${r.code} ${r.stderr.trim()}\n`);
+}
+
+async function s3Reboot(): Promise<Step> {
+  const st = new Step("3", "reboot: devices back on kernel drivers; apply with the kept state rebinds them without EC2");
+  st.check(existsSync(STATE), `${STATE} kept from the first boot`);
+  for (const [name, drv] of [["dpdk1", "e1000"], ["dpdk2", "e1000e"]] as const) {
+    const s = stateOf(nic(name));
+    st.check(s.driver === drv && !!s.netdev && s.mac === nic(name).mac, `after reboot: ${fmtNic(name, s)}`);
+  }
+  const c0 = ec2Calls();
+  const r = await cli("apply");
+  st.note(`apply: exit ${r.code} in ${r.ms} ms`);
+  st.evidence.push(...tail(r.stderr, 4));
+  st.check(r.code === 0, "apply exits 0");
+  checkBoundVfio(st, nic("dpdk1"));
+  checkBoundVfio(st, nic("dpdk2"));
+  st.check(ec2Calls() === c0, `no EC2 call (EC2 emulator saw ${ec2Calls() - c0} requests: ${JSON.stringify(ec2Actions(c0))})`);
+  const status = parseJson(read(STATUS)) as { apply?: { summary?: string; ec2Loaded?: boolean } } | undefined;
+  st.note(`summary: ${status?.apply?.summary}; ec2Loaded=${status?.apply?.ec2Loaded}`);
+  checkSriov(st, [nic("dpdk1"), nic("dpdk2")]);
+  return st;
+}
+
+async function s4FailAfterUnbind(): Promise<Step> {
+  const st = new Step("4b", "forced failure after unbind: the NIC is back on its kernel driver with its netdev");
+  const routed = nic("routed");
+  const before = stateOf(routed);
+  const others = [nic("dpdk1"), nic("dpdk2")].map((n) => [n, stateOf(n)] as const);
+  st.note("before: " + fmtNic("routed", before));
+  // The binding script unbinds the NIC, then "fails" and exits 0 (as dpdk-devbind.py does on failed binds).
+  writeConfig(configToml([...S1_ENIS, { name: "routed", index: 4, dpdk: true }], { binding_script: "/opt/e2e/failing-bind" }));
+  const r = await cli("apply");
+  st.note(`apply: exit ${r.code} in ${r.ms} ms`);
+  st.evidence.push(...tail(r.stderr, 5));
+  st.check(r.code === 1, `apply fails with exit 1 (got ${r.code})`);
+  const log = read("/run/e2e-failing-bind.log") ?? "";
+  st.check(log.includes(`unbound ${bdfOf(routed)}`), `the binding script really unbound ${bdfOf(routed)} (${log.trim().replace(/\n/g, "; ")})`);
+  const after = stateOf(routed);
+  st.check(after.driver === before.driver && after.netdev !== undefined && after.mac === routed.mac && (after.override === "" || after.override === "(null)"),
+    `back on ${before.driver} with its netdev: ${fmtNic("routed", after)}`);
+  for (const [n, s] of others) st.check(sameNic(s, stateOf(n)), `${n.name} stayed bound: ${fmtNic(n.name, stateOf(n))}`);
+  const status = parseJson(read(STATUS)) as { apply?: { error?: { message?: string } } } | undefined;
+  st.note(`status.json apply.error: ${status?.apply?.error?.message?.slice(0, 300)}`);
+  writeConfig(configToml(S1_ENIS));
+  return st;
+}
+
+async function s4NoNoiommu(): Promise<Step> {
+  const st = new Step("4", "stock kernel without NOIOMMU: clear diagnosis, no device touched");
+  const before = snapshot();
+  writeConfig(configToml(S1_ENIS));
+  const r = await cli("apply");
+  st.note(`apply: exit ${r.code} in ${r.ms} ms`);
+  st.evidence.push(...tail(r.stderr, 4));
+  st.check(r.code === 1, `apply fails with exit 1 (got ${r.code})`);
+  st.check(/NOIOMMU/i.test(r.stderr) && /CONFIG_VFIO_NOIOMMU/.test(r.stderr), "the error names the missing NOIOMMU support (CONFIG_VFIO_NOIOMMU)");
+  st.check(!existsSync("/sys/module/vfio/parameters/enable_unsafe_noiommu_mode"), "the kernel really lacks the parameter (/sys/module/vfio/parameters/enable_unsafe_noiommu_mode absent)");
+  const after = snapshot();
+  for (const n of plan.nics) {
+    const a = after[n.name]!;
+    st.check(sameNic(before[n.name]!, a) && !!a.netdev && (a.override === "" || a.override === "(null)"), `untouched: ${fmtNic(n.name, a)}`);
+  }
+  const status = parseJson(read(STATUS)) as { apply?: { error?: { message?: string; next?: string } } } | undefined;
+  st.note(`status.json apply.error: ${status?.apply?.error?.message?.slice(0, 250)} | next: ${status?.apply?.error?.next?.slice(0, 200)}`);
+  return st;
+}
+
+async function s6Hotplug(): Promise<Step> {
+  const st = new Step("6", "hot-plug first boot: EC2 attach → QMP device_add → service waits, verifies the MAC, binds");
+  writeConfig(configToml([{ name: "hot1", index: 1, dpdk: true, resource: "amazon.com/e2e_hot" }]));
+  // watch for the hot-plugged netdev while apply runs (it disappears again when bound)
+  const seen: string[] = [];
+  const known = new Set(readdirSync("/sys/class/net"));
+  const t0 = Date.now();
+  const timer = setInterval(() => {
+    for (const n of readdirSync("/sys/class/net")) {
+      if (known.has(n)) continue;
+      known.add(n);
+      const mac = read(`/sys/class/net/${n}/address`)?.trim();
+      const dev = read(`/sys/class/net/${n}/device/uevent`)?.match(/PCI_SLOT_NAME=(\S+)/)?.[1];
+      seen.push(`${n} mac=${mac} bdf=${dev} at +${Date.now() - t0} ms`);
+    }
+  }, 100);
+  const r = await cli("apply");
+  clearInterval(timer);
+  st.note(`apply: exit ${r.code} in ${r.ms} ms`);
+  st.evidence.push(...tail(r.stderr, 8));
+  st.check(r.code === 0, "apply exits 0");
+  const hp = parseJson(read("/out/hotplug.json")) as { mac?: string; eniId?: string; qmpAt?: number } | undefined;
+  st.note(`host hot-plugged: ${JSON.stringify(hp)}`);
+  st.check(seen.some((s) => hp?.mac && s.includes(`mac=${hp.mac}`)), `a netdev with the attached ENI's MAC appeared during apply: ${seen.join("; ") || "none"}`);
+  const hotBdfs = readdirSync("/sys/bus/pci/devices").filter((b) => !b.startsWith("0000:00:"));
+  const s = hotBdfs.map((b) => nicState(b)).find((x) => x.ids === "8086:100e");
+  st.note(s ? fmtNic("hot1", s) : `no hot-plugged e1000 (devices off bus 0: ${hotBdfs.join(", ")})`);
+  st.check(!!s && s.driver === "vfio-pci" && !!s.vfioNode?.includes("noiommu"), "the hot-plugged NIC is on vfio-pci with a noiommu node");
+  const state = parseJson(read(STATE)) as { bindings?: Record<string, { bdf?: string }>; enis?: Record<string, { eniId?: string; mac?: string }> } | undefined;
+  const b = hp?.mac ? state?.bindings?.[hp.mac] : undefined;
+  st.check(!!s && b?.bdf === s.bdf && state?.enis?.hot1?.eniId === hp?.eniId, `state.json: ${hp?.mac} (ENI ${state?.enis?.hot1?.eniId}) bound at ${b?.bdf}`);
+  if (s) {
+    const doc = parseJson(read(PCIDP)) as { resourceList?: { resourceName?: string; selectors?: unknown }[] } | undefined;
+    const entry = doc?.resourceList?.find((e) => e.resourceName === "e2e_hot");
+    st.check(JSON.stringify(entry ?? {}).includes(s.bdf), `SR-IOV entry e2e_hot lists ${s.bdf}: ${JSON.stringify(entry ?? null).slice(0, 300)}`);
+  }
+  return st;
+}
+
+// ---- main ------------------------------------------------------------------------------------------
+
+const steps: Record<string, () => Promise<Step | void>> = {
+  s5: s5Guards,
+  s1: s1Bind,
+  s2: s2Idempotent,
+  carry,
+  s3: s3Reboot,
+  s4b: s4FailAfterUnbind,
+  s4: s4NoNoiommu,
+  s6: s6Hotplug,
+};
+
+async function main(): Promise<void> {
+  const net = await setupNetwork();
+  process.stdout.write(`E2E-NET ${net.join(" | ")}\n`);
+  const { imdsUrl, ec2Url } = await startEmulators();
+  setCliEnv({
+    AWS_EC2_METADATA_SERVICE_ENDPOINT: imdsUrl,
+    AWS_ENDPOINT_URL_EC2: ec2Url,
+    AWS_ACCESS_KEY_ID: "AKIAE2EEXAMPLE",
+    AWS_SECRET_ACCESS_KEY: "e2e-secret",
+    AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: "true",
+  });
+  for (const id of plan.steps) {
+    const fn = steps[id];
+    if (!fn) continue;
+    process.stdout.write(`E2E-STEP ${id} start\n`);
+    try {
+      const st = await fn();
+      if (st) record(st.result());
+    } catch (e) {
+      record({ scenario: id, title: "crashed", status: "FAIL", evidence: [String((e as Error)?.stack ?? e)] });
+    }
+  }
+  process.exit(0);
+}
+
+void main();

@@ -1,0 +1,207 @@
+import t, { type Test } from "tap";
+import { mkdtempSync, mkdirSync, writeFileSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { Host } from "../src/host.js";
+import { OpError } from "../src/errors.js";
+import { defaults } from "../src/config.js";
+import { isTransient, KubeApiError, KubeClient, KubeUnreachableError, loadKubeconfig, resolveKubeTarget, type WatchEvent } from "../src/kube.js";
+import { KubeApiEmulator, testPki } from "./emulators/kube-api.js";
+
+const pki = testPki();
+const obj = (name: string, spec: Record<string, unknown> = { nodeSelector: {}, subnetID: "subnet-0123456789abcdef0" }) => ({ metadata: { name }, spec });
+
+async function emulator(t: Test, objects = [obj("a"), obj("b")]) {
+  const emu = await new KubeApiEmulator(objects).start();
+  emu.tokens.set("good-token", "system:node:test");
+  t.teardown(() => emu.close());
+  return emu;
+}
+
+function client(t: Test, emu: KubeApiEmulator, over: Partial<ConstructorParameters<typeof KubeClient>[0]> = {}) {
+  const c = new KubeClient({ server: emu.url, ca: pki.caCert, auth: { kind: "token", token: "good-token" }, source: "test", ...over }, { timeoutMs: 3000 });
+  t.teardown(() => c.close());
+  return c;
+}
+
+t.test("lists NodeENIs over HTTPS, trusting only the given CA and sending the bearer token", async (t) => {
+  const emu = await emulator(t);
+  const c = client(t, emu);
+  const list = await c.listNodeEnis();
+  t.same(list.items.map((o) => o.metadata.name), ["a", "b"]);
+  t.match(list.resourceVersion, /^\d+$/);
+  t.equal(emu.requests.at(-1)!.user, "system:node:test");
+  const one = await c.getNodeEni("a");
+  t.equal(one.spec?.subnetID, "subnet-0123456789abcdef0");
+});
+
+t.test("a bad bearer token is a 401 KubeApiError, not an outage", async (t) => {
+  const emu = await emulator(t);
+  const c = client(t, emu, { auth: { kind: "token", token: "wrong" } });
+  const err = await c.listNodeEnis().catch((e: unknown) => e);
+  t.ok(err instanceof KubeApiError);
+  t.equal((err as KubeApiError).status, 401);
+  t.match((err as Error).message, /401 Unauthorized/);
+  t.notOk(isTransient(err));
+});
+
+t.test("an untrusted server certificate is an OpError naming the CA settings", async (t) => {
+  const emu = await emulator(t);
+  const err = await client(t, emu, { ca: pki.otherCaCert }).listNodeEnis().catch((e: unknown) => e);
+  t.ok(err instanceof OpError, String(err));
+  t.match((err as OpError).message, /certificate we do not trust/);
+  t.match((err as OpError).hint, /certificateAuthority/);
+  t.notOk(isTransient(err));
+});
+
+t.test("outages: reset connections, 503s and a closed port are transient", async (t) => {
+  const emu = await emulator(t);
+  const c = client(t, emu);
+  emu.faults.down = true;
+  const e1 = await c.listNodeEnis().catch((e: unknown) => e);
+  t.ok(e1 instanceof KubeUnreachableError, String(e1));
+  t.ok(isTransient(e1));
+  emu.faults.down = false;
+  emu.faults.fail503 = 1;
+  const e2 = await c.listNodeEnis().catch((e: unknown) => e);
+  t.ok(e2 instanceof KubeUnreachableError);
+  t.match((e2 as Error).message, /503/);
+  t.equal((await c.listNodeEnis()).items.length, 2, "answers again after the outage");
+  const port = new URL(emu.url).port;
+  await emu.close();
+  const e3 = await new KubeClient({ server: `https://127.0.0.1:${port}`, ca: pki.caCert, auth: { kind: "token", token: "x" }, source: "test" }).listNodeEnis().catch((e: unknown) => e);
+  t.ok(e3 instanceof KubeUnreachableError);
+  t.match((e3 as Error).message, /ECONNREFUSED/);
+});
+
+t.test("status patch is conditional on resourceVersion: a stale one gets 409", async (t) => {
+  const emu = await emulator(t);
+  const c = client(t, emu);
+  const a = await c.getNodeEni("a");
+  const att = { nodeID: "n1", instanceID: "i-1", eniID: "eni-1", attachmentID: "eni-attach-1", status: "attached", lastUpdated: "2024-01-01T00:00:00Z" };
+  const patched = await c.patchNodeEniStatus("a", a.metadata.resourceVersion!, [att]);
+  t.same(patched.status?.attachments, [att]);
+  t.equal(patched.spec?.subnetID, "subnet-0123456789abcdef0", "spec untouched");
+  const err = await c.patchNodeEniStatus("a", a.metadata.resourceVersion!, []).catch((e: unknown) => e);
+  t.ok(err instanceof KubeApiError);
+  t.equal((err as KubeApiError).status, 409);
+  t.same(emu.get("a")!.status?.attachments, [att], "the conflicting write changed nothing");
+  const patchReq = emu.requests.find((r) => r.method === "PATCH")!;
+  t.match(patchReq.path, /\/nodeenis\/a\/status$/);
+});
+
+t.test("watch streams events from a resourceVersion; ERROR 410 ends it; abort stops it", async (t) => {
+  const emu = await emulator(t);
+  const c = client(t, emu);
+  const { resourceVersion } = await c.listNodeEnis();
+  const events: WatchEvent[] = [];
+  const ac = new AbortController();
+  const watching = c.watchNodeEnis(resourceVersion, (e) => {
+    events.push(e);
+    if (events.length === 2) ac.abort();
+  }, ac.signal, 30);
+  await new Promise((r) => setTimeout(r, 100));
+  emu.upsert(obj("c"));
+  emu.delete("a");
+  await watching;
+  t.same(events.map((e) => [e.type, e.object.metadata.name]), [["ADDED", "c"], ["DELETED", "a"]]);
+
+  emu.compactedThrough = Number(resourceVersion) + 100;
+  const gone: WatchEvent[] = [];
+  await c.watchNodeEnis(resourceVersion, (e) => gone.push(e), new AbortController().signal, 30);
+  t.equal(gone[0]?.type, "ERROR");
+  t.equal(gone[0]?.object.code, 410);
+});
+
+t.test("a watch is a 403 when RBAC forbids it", async (t) => {
+  const emu = await emulator(t);
+  emu.faults.forbid.add("watch");
+  const err = await client(t, emu).watchNodeEnis("1", () => {}, new AbortController().signal, 5).catch((e: unknown) => e);
+  t.ok(err instanceof KubeApiError);
+  t.equal((err as KubeApiError).status, 403);
+  t.match((err as Error).message, /cannot watch resource "nodeenis"/);
+});
+
+t.test("kubeconfig: client certificate, token file, EKS exec plugin", async (t) => {
+  const emu = await emulator(t);
+  const root = mkdtempSync(path.join(os.tmpdir(), "kubecfg-"));
+  const host = new Host(root);
+  mkdirSync(path.join(root, "etc/eni-dpdk"), { recursive: true });
+  const b64 = (s: string) => Buffer.from(s).toString("base64");
+  const write = (name: string, user: string) =>
+    writeFileSync(
+      path.join(root, "etc/eni-dpdk", name),
+      `apiVersion: v1
+kind: Config
+current-context: ctx
+clusters:
+- name: c1
+  cluster:
+    server: ${emu.url}
+    certificate-authority-data: ${b64(pki.caCert)}
+contexts:
+- name: ctx
+  context: {cluster: c1, user: u1}
+users:
+- name: u1
+  user:
+${user}
+`,
+    );
+  write("cert.yaml", `    client-certificate-data: ${b64(pki.clientCert)}\n    client-key-data: ${b64(pki.clientKey)}`);
+  const certTarget = await loadKubeconfig(host, "/etc/eni-dpdk/cert.yaml", { region: "us-west-2" });
+  t.equal(certTarget.auth.kind, "cert");
+  const c = new KubeClient(certTarget);
+  t.teardown(() => c.close());
+  t.equal((await c.listNodeEnis()).items.length, 2);
+  t.equal(emu.requests.at(-1)!.user, "system:node:ip-10-0-1-10.us-west-2.compute.internal", "authenticated by the client certificate");
+
+  writeFileSync(path.join(root, "etc/eni-dpdk/token"), "good-token\n");
+  write("tokenfile.yaml", "    tokenFile: token");
+  const tokTarget = await loadKubeconfig(host, "/etc/eni-dpdk/tokenfile.yaml", { region: "us-west-2" });
+  t.same(tokTarget.auth, { kind: "token", token: "good-token" });
+
+  write("exec.yaml", "    exec:\n      apiVersion: client.authentication.k8s.io/v1beta1\n      command: aws\n      args: [--region, eu-west-1, eks, get-token, --cluster-name, prod]");
+  const execTarget = await loadKubeconfig(host, "/etc/eni-dpdk/exec.yaml", { region: "us-west-2" });
+  t.same(execTarget.auth, { kind: "eks", clusterName: "prod", region: "eu-west-1" });
+
+  write("bad.yaml", "    exec:\n      command: gke-gcloud-auth-plugin");
+  await t.rejects(loadKubeconfig(host, "/etc/eni-dpdk/bad.yaml", { region: "us-west-2" }), /exec plugin other than aws eks get-token/);
+  await t.rejects(loadKubeconfig(host, "/etc/eni-dpdk/missing.yaml", { region: "us-west-2" }), /does not exist/);
+});
+
+t.test("resolveKubeTarget: NodeConfig by default, [kubernetes] overrides, nothing → undefined", async (t) => {
+  const host = new Host(mkdtempSync(path.join(os.tmpdir(), "kubetarget-")));
+  const k8s = defaults().kubernetes;
+  const nodeConfig = { name: "demo", apiServerEndpoint: "https://ABC.gr7.us-west-2.eks.amazonaws.com", certificateAuthority: Buffer.from(pki.caCert).toString("base64"), source: "user-data part 1 (application/node.eks.aws)" };
+  t.equal(await resolveKubeTarget({ k8s, region: "us-west-2", host }), undefined);
+  const tgt = (await resolveKubeTarget({ k8s, nodeConfig, region: "us-west-2", host }))!;
+  t.equal(tgt.server, nodeConfig.apiServerEndpoint);
+  t.equal(tgt.ca, pki.caCert);
+  t.same(tgt.auth, { kind: "eks", clusterName: "demo", region: "us-west-2" });
+  const over = (await resolveKubeTarget({ k8s: { ...k8s, api_server: "https://10.0.0.1:6443", cluster_name: "other" }, nodeConfig, region: "us-west-2", host }))!;
+  t.equal(over.server, "https://10.0.0.1:6443");
+  t.same(over.auth, { kind: "eks", clusterName: "other", region: "us-west-2" });
+  await t.rejects(resolveKubeTarget({ k8s: { ...k8s, api_server: "https://10.0.0.1:6443" }, region: "us-west-2", host }), /no cluster name/);
+  await t.rejects(
+    resolveKubeTarget({ k8s, nodeConfig: { ...nodeConfig, certificateAuthority: Buffer.from("nope").toString("base64") }, region: "us-west-2", host }),
+    /not base64 of a PEM certificate/,
+  );
+});
+
+t.test("EKS token authentication end to end: the emulator verifies the token's signature", async (t) => {
+  const emu = await emulator(t);
+  const credentials = { accessKeyId: "AKIDEXAMPLE", secretAccessKey: "secret" };
+  emu.eks = { clusterName: "demo", accessKeyId: "AKIDEXAMPLE", secretAccessKey: "secret", stsHosts: ["sts.us-west-2.amazonaws.com"], user: "system:node:ip-10-0-1-10" };
+  const good = client(t, emu, { auth: { kind: "eks", clusterName: "demo", region: "us-west-2", credentials } });
+  t.equal((await good.listNodeEnis()).items.length, 2);
+  t.equal(emu.requests.at(-1)!.user, "system:node:ip-10-0-1-10");
+  const wrong = client(t, emu, { auth: { kind: "eks", clusterName: "not-demo", region: "us-west-2", credentials } });
+  const err = await wrong.listNodeEnis().catch((e: unknown) => e);
+  t.equal((err as KubeApiError).status, 401);
+  t.match(emu.lastTokenError, /signature mismatch/);
+  const noCreds = client(t, emu, { auth: { kind: "eks", clusterName: "demo", region: "us-west-2", credentials: async () => Promise.reject(new Error("no instance profile")) } });
+  const e2 = await noCreds.listNodeEnis().catch((e: unknown) => e);
+  t.ok(e2 instanceof OpError);
+  t.match((e2 as Error).message, /cannot make the EKS token .*no instance profile/);
+});
