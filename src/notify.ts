@@ -15,14 +15,12 @@ export interface Notifier {
   watchdogMs(): number | undefined;
 }
 
-interface SdNotifyAddon {
-  ready(): void;
-  sendStatus(text: string): void;
-  watchdog(): void;
-  stopping(pid?: number): void;
+export interface SdNotifyAddon {
+  /** raw sd_notify state: newline-separated assignments, sent as one datagram */
+  sendState(state: string): void;
 }
 
-export async function createNotifier(env: NodeJS.ProcessEnv, log: Logger): Promise<Notifier> {
+export async function createNotifier(env: NodeJS.ProcessEnv, log: Logger, addonLoader: (log: Logger) => SdNotifyAddon | undefined = loadAddon): Promise<Notifier> {
   const watchdogMs = () => {
     const usec = Number(env.WATCHDOG_USEC);
     const pid = env.WATCHDOG_PID ? Number(env.WATCHDOG_PID) : process.pid;
@@ -32,20 +30,16 @@ export async function createNotifier(env: NodeJS.ProcessEnv, log: Logger): Promi
     const noop = async () => {};
     return { via: "none", ready: noop, status: noop, watchdog: noop, stopping: noop, watchdogMs };
   }
-  const addon = loadAddon(log);
+  const addon = addonLoader(log);
   if (addon) {
+    // One datagram per transition, so READY=1 and its STATUS arrive together.
+    const send = async (...assignments: string[]) => addon.sendState(assignments.join("\n") + "\n");
     return {
       via: "sd-notify",
-      ready: async (s) => {
-        addon.sendStatus(oneLine(s));
-        addon.ready();
-      },
-      status: async (s) => addon.sendStatus(oneLine(s)),
-      watchdog: async () => addon.watchdog(),
-      stopping: async (s) => {
-        if (s) addon.sendStatus(oneLine(s));
-        addon.stopping(process.pid);
-      },
+      ready: (s) => send("READY=1", `STATUS=${oneLine(s)}`),
+      status: (s) => send(`STATUS=${oneLine(s)}`),
+      watchdog: () => send("WATCHDOG=1"),
+      stopping: (s) => (s ? send("STOPPING=1", `STATUS=${oneLine(s)}`) : send("STOPPING=1")),
       watchdogMs,
     };
   }

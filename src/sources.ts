@@ -308,7 +308,7 @@ export async function gather(host: Host, opts: { configPath?: string; env?: Node
       consulted.push({ source: "tags", note: `${l.length} eni-dpdk tag(s)` });
     });
   }
-  if (problems.length) throw withFinalProblems(problems, () => buildConfig([...files, ...envL]));
+  if (problems.length) throw withFinalProblems(problems, () => buildConfig([...files, ...[...bySource.values()].flat().filter((l) => !files.includes(l)), ...envL]));
   const ordered = (list: SourceName[]) => [
     ...(sources.includes("file") ? [] : files),
     ...list.flatMap((s) => bySource.get(s) ?? []),

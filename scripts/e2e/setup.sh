@@ -13,7 +13,8 @@ log() { echo "[e2e-setup] $*" >&2; }
 # exactly the same Debian version (vfio.ko built from that source must match the guest kernel ABI).
 if [[ -z "${E2E_KREL:-}" ]]; then
   if [[ -f "$WORK/krel" ]]; then E2E_KREL=$(cat "$WORK/krel"); else
-    [[ -n "$(find /var/lib/apt/lists -maxdepth 1 -name '*Packages*' -print -quit)" ]] || apt-get update -q
+    # first run in this work dir: fresh lists, so the chosen versions can still be downloaded
+    apt-get update -q >&2 && touch "$WORK/apt-updated"
     E2E_KREL=$(apt-cache depends linux-headers-amd64 | sed -n 's/.*Depends: linux-headers-\(6\.1\.[^ ]*\)$/\1/p' | head -1)
   fi
 fi
@@ -39,7 +40,7 @@ done
 if ((${#missing[@]})); then
   log "apt-get install ${missing[*]}"
   t0=$(date +%s)
-  [[ -n "$(find /var/lib/apt/lists -maxdepth 1 -name '*Packages*' -print -quit)" ]] || apt-get update -q
+  [[ -f "$WORK/apt-updated" ]] || { apt-get update -q >&2; touch "$WORK/apt-updated"; }
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
   log "apt took $(( $(date +%s) - t0 )) s"
 fi
@@ -48,7 +49,7 @@ fi
 K="$WORK/kernel/$E2E_KREL"
 if [[ ! -f "$K/stamp" ]]; then
   rm -rf "$K"; mkdir -p "$K/root"
-  (cd "$K" && apt-get download -q "linux-image-$E2E_KREL=$KVER" >&2)
+  (cd "$K" && apt-get download -q -o APT::Sandbox::User=root "linux-image-$E2E_KREL=$KVER" >&2)
   dpkg-deb -x "$K"/linux-image-*.deb "$K/root"
   rm -f "$K"/linux-image-*.deb
   touch "$K/stamp"

@@ -7,9 +7,8 @@ import { createHash } from "node:crypto";
 import { existsSync, promises as fs, readFileSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { Ec2Emulator } from "../emulators/ec2.js";
-import { defaultInstance, ImdsEmulator } from "../emulators/imds.js";
-import { AZ, HOST_FWD_EC2, HOST_FWD_IMDS, HOTPLUG_NIC, INSTANCE_ID, NICS, REGION, SG_ID, SUBNET_ID, VPC_ID, type BootPlan, type NicSpec, type StepResult } from "./topology.js";
+import { HOST_FWD_EC2, HOST_FWD_IMDS, NICS, type BootPlan, type NicSpec, type StepResult } from "./topology.js";
+import { hostEmulators } from "./hostemu.js";
 import { Vm } from "./vm.js";
 import { runSystemdScenario } from "./systemd.js";
 
@@ -121,51 +120,6 @@ const BOOTS: Boot[] = [
   { id: "D", title: "hot-plug on first boot (EC2 + IMDS emulators on the host)", steps: ["s6"], expects: ["6"], noiommu: true, nics: [NICS[0]!], hostEmulators: true, timeoutMs: 300_000 },
 ];
 
-/** EC2 and IMDS on the host for the hot-plug boot; AttachNetworkInterface hot-plugs the NIC via QMP. */
-async function hostEmulators(vmRef: () => Vm, outDir: string) {
-  const primary = NICS[0]!;
-  const imds = await new ImdsEmulator(
-    defaultInstance({
-      instanceId: INSTANCE_ID,
-      region: REGION,
-      az: AZ,
-      mac: primary.mac,
-      nics: [{ mac: primary.mac, deviceNumber: 0, networkCard: 0, interfaceId: primary.interfaceId, subnetId: SUBNET_ID, vpcId: VPC_ID, securityGroupIds: [SG_ID], localIpv4s: ["10.0.1.10"], subnetCidr: "10.0.1.0/24" }],
-    }),
-  ).start();
-  const ec2 = new Ec2Emulator({
-    subnets: [{ subnetId: SUBNET_ID, vpcId: VPC_ID, az: AZ, cidr: "10.0.1.0/24" }],
-    securityGroups: [{ groupId: SG_ID, groupName: "e2e", vpcId: VPC_ID }],
-    instanceTypes: [{ instanceType: "c6in.4xlarge", maxEnis: 8 }],
-    instances: [{ instanceId: INSTANCE_ID, instanceType: "c6in.4xlarge", az: AZ, vpcId: VPC_ID, subnetId: SUBNET_ID, primaryEniId: primary.interfaceId, primaryMac: primary.mac }],
-  });
-  ec2.attachDelayMs = 1000;
-  const log: string[] = [];
-  ec2.onAttached = async (ev) => {
-    const mac = ev.eni.mac.toLowerCase();
-    await fs.writeFile(path.join(outDir, "hotplug.json"), JSON.stringify({ mac, eniId: ev.eni.id, deviceIndex: ev.deviceIndex, qmpAt: Date.now() }));
-    try {
-      await vmRef().hotplugNic({ ...HOTPLUG_NIC, mac }, "rp1", "hpn1");
-      log.push(`QMP device_add e1000 mac=${mac} (ENI ${ev.eni.id}, device index ${ev.deviceIndex}) onto pcie-root-port rp1`);
-    } catch (e) {
-      log.push(`QMP device_add failed: ${(e as Error).message}`);
-    }
-    imds.addNic({ mac, deviceNumber: ev.deviceIndex, networkCard: ev.networkCardIndex, interfaceId: ev.eni.id, subnetId: ev.eni.subnetId, vpcId: ev.eni.vpcId, securityGroupIds: ev.eni.groups, localIpv4s: [ev.eni.privateIp], subnetCidr: "10.0.1.0/24" });
-  };
-  await ec2.start();
-  const port = (u: string) => new URL(u).port;
-  return {
-    imds,
-    ec2,
-    log,
-    guestfwd: [`tcp:${HOST_FWD_IMDS.ip}:${HOST_FWD_IMDS.port}-tcp:127.0.0.1:${port(imds.url)}`, `tcp:${HOST_FWD_EC2.ip}:${HOST_FWD_EC2.port}-tcp:127.0.0.1:${port(ec2.url)}`],
-    close: async () => {
-      await ec2.close();
-      await imds.close();
-    },
-  };
-}
-
 async function runBoot(b: Boot, built: Built): Promise<StepResult[]> {
   const dir = path.join(WORK, "boots", b.id);
   await fs.rm(dir, { recursive: true, force: true });
@@ -176,7 +130,7 @@ async function runBoot(b: Boot, built: Built): Promise<StepResult[]> {
     if (existsSync(src)) await fs.copyFile(src, path.join(outDir, "carry.tar"));
   }
   let vm: Vm | undefined;
-  const emu = b.hostEmulators ? await hostEmulators(() => vm!, outDir) : undefined;
+  const emu = b.hostEmulators ? await hostEmulators(b.nics, { vm: () => vm!, outDir }) : undefined;
   const plan: BootPlan = {
     boot: b.id,
     steps: b.steps,

@@ -5,7 +5,7 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { promises as fs } from "node:fs";
 import net from "node:net";
 import path from "node:path";
-import { bdfOf, type NicSpec } from "./topology.js";
+import type { NicSpec } from "./topology.js";
 
 export interface VmOptions {
   name: string;
@@ -179,4 +179,3 @@ export class Vm {
   }
 }
 
-export { bdfOf };

@@ -13,7 +13,20 @@ KREL=$(uname -r)
 case " $(cat /proc/cmdline) " in
   *" e2e.vfio=noiommu "*) cp /opt/e2e/vfio-noiommu.ko "/lib/modules/$KREL/kernel/drivers/vfio/vfio.ko" ;;
 esac
-modprobe -a virtio_pci virtio_net e1000 e1000e 9pnet_virtio 9p
+/sbin/modprobe -a virtio_pci virtio_net e1000 e1000e 9pnet_virtio 9p
+# e2e.root=vda: this initramfs only mounts the debootstrap'd disk and hands over to its systemd
+case " $(cat /proc/cmdline) " in
+  *" e2e.root=vda "*)
+    /sbin/modprobe -a virtio_blk ext4
+    mkdir -p /newroot
+    mount -t ext4 -o rw /dev/vda /newroot || { echo "E2E: cannot mount /dev/vda"; poweroff -f; }
+    umount /run /tmp /dev/shm 2>/dev/null
+    mount --move /dev /newroot/dev
+    mount --move /sys /newroot/sys
+    mount --move /proc /newroot/proc
+    exec switch_root /newroot /sbin/init
+    ;;
+esac
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 out /out || echo "E2E: no /out share"
 ip link set lo up
 # overlay from the results share (state carried across a "reboot"), if the host put one there

@@ -2,9 +2,9 @@
 // emulated instance (primary NIC with the default route, IMDS and EC2 emulators unless the host runs
 // them), then runs this boot's scenario steps against the real CLI bundle and the real kernel.
 import { existsSync, readFileSync, readdirSync, writeFileSync, mkdirSync } from "node:fs";
-import { Ec2Emulator } from "../../emulators/ec2.js";
-import { defaultInstance, ImdsEmulator } from "../../emulators/imds.js";
-import { AZ, bdfOf, GUEST_GATEWAY, GUEST_PRIMARY_IP, INSTANCE_ID, REGION, SG_ID, SUBNET_ID, VPC_ID, type BootPlan, type NicSpec } from "../topology.js";
+import type { Ec2Emulator } from "../../emulators/ec2.js";
+import { bdfOf, GUEST_GATEWAY, GUEST_PRIMARY_IP, SG_ID, SUBNET_ID, type BootPlan, type NicSpec } from "../topology.js";
+import { CLI_AWS_ENV, makeEc2, makeImds } from "../world.js";
 import {
   cli, CONFIG, fileStamp, findObjects, fmtNic, hasValue, nicState, parseJson, PCIDP, read, record, run, setCliEnv, STATE, stateOf, STATUS, Step, tail, type NicState,
 } from "./lib.js";
@@ -72,58 +72,8 @@ async function setupNetwork(): Promise<string[]> {
 
 async function startEmulators(): Promise<{ imdsUrl: string; ec2Url: string }> {
   if (plan.hostImds && plan.hostEc2) return { imdsUrl: plan.hostImds, ec2Url: plan.hostEc2 };
-  const primary = plan.nics.find((n) => n.deviceNumber === 0)!;
-  const imds = new ImdsEmulator(
-    defaultInstance({
-      instanceId: INSTANCE_ID,
-      region: REGION,
-      az: AZ,
-      mac: primary.mac,
-      nics: plan.nics.map((n, i) => ({
-        mac: n.mac,
-        deviceNumber: n.deviceNumber,
-        networkCard: 0,
-        interfaceId: n.interfaceId,
-        subnetId: SUBNET_ID,
-        vpcId: VPC_ID,
-        securityGroupIds: [SG_ID],
-        localIpv4s: [`10.0.1.${10 + i}`],
-        subnetCidr: "10.0.1.0/24",
-      })),
-    }),
-  );
-  await imds.start();
-  // The EC2 world matches what QEMU presents: the primary plus, at their device indexes, the ENIs
-  // eni-dpdk created on an earlier run (tagged as its own). Creating and attaching is scenario 6.
-  ec2 = new Ec2Emulator({
-    subnets: [{ subnetId: SUBNET_ID, vpcId: VPC_ID, az: AZ, cidr: "10.0.1.0/24" }],
-    securityGroups: [{ groupId: SG_ID, groupName: "e2e", vpcId: VPC_ID }],
-    instanceTypes: [{ instanceType: "c6in.4xlarge", maxEnis: 8 }],
-    instances: [
-      { instanceId: INSTANCE_ID, instanceType: "c6in.4xlarge", az: AZ, vpcId: VPC_ID, subnetId: SUBNET_ID, primaryEniId: primary.interfaceId, primaryMac: primary.mac },
-    ],
-  });
-  for (const n of plan.nics.filter((x) => x.deviceNumber !== 0)) {
-    ec2.addEni({
-      id: n.interfaceId,
-      subnetId: SUBNET_ID,
-      mac: n.mac,
-      groups: [SG_ID],
-      description: `eni-dpdk ${n.name}`,
-      tags: { "eni-dpdk:instance-id": INSTANCE_ID, "eni-dpdk:name": n.name },
-      createdByApi: true,
-      attachment: {
-        attachmentId: `eni-attach-0e2e00000000000${n.deviceNumber}`,
-        instanceId: INSTANCE_ID,
-        deviceIndex: n.deviceNumber,
-        networkCardIndex: 0,
-        status: "attached",
-        deleteOnTermination: true,
-        attachTime: new Date().toISOString(),
-      },
-    });
-  }
-  await ec2.start();
+  const imds = await makeImds(plan.nics).start();
+  ec2 = await makeEc2(plan.nics).start();
   return { imdsUrl: imds.url, ec2Url: ec2.url };
 }
 
@@ -251,7 +201,8 @@ async function s2Idempotent(): Promise<Step> {
   const before = snapshot();
   const files = [PCIDP, STATE, "/etc/systemd/network"];
   const stamps = files.map(fileStamp);
-  const stateBefore = parseJson(read(STATE));
+  const stateText = read(STATE) ?? "";
+  const stateBefore = parseJson(stateText);
   const c0 = ec2Calls();
   const r = await cli("apply");
   st.note(`second apply: exit ${r.code} in ${r.ms} ms; EC2 calls ${JSON.stringify(ec2Actions(c0))}`);
@@ -264,6 +215,9 @@ async function s2Idempotent(): Promise<Step> {
   files.forEach((f, i) => st.check(fileStamp(f) === stamps[i], `${f} unchanged (sha256/mtime ${stamps[i]} → ${fileStamp(f)})`));
   const diff = jsonDiff(stateBefore, parseJson(read(STATE)));
   if (diff.length) st.note(`state.json differences: ${diff.slice(0, 8).join("; ")}`);
+  const stateLines = (read(STATE) ?? "").split("\n");
+  const line = stateText.split("\n").findIndex((l, i) => l !== stateLines[i]);
+  if (line >= 0) st.note(`state.json first differing line ${line + 1}: ${JSON.stringify(stateText.split("\n")[line])} → ${JSON.stringify(stateLines[line])}${diff.length ? "" : " (same JSON value, rewritten with different bytes)"}`);
   const after = snapshot();
   for (const n of plan.nics) st.check(sameNic(before[n.name]!, after[n.name]!), `${fmtNic(n.name, after[n.name]!)} unchanged`);
   const mutating = (ec2?.requests.slice(c0) ?? []).filter((q) => !q.action.startsWith("Describe"));
@@ -410,9 +364,7 @@ async function main(): Promise<void> {
   setCliEnv({
     AWS_EC2_METADATA_SERVICE_ENDPOINT: imdsUrl,
     AWS_ENDPOINT_URL_EC2: ec2Url,
-    AWS_ACCESS_KEY_ID: "AKIAE2EEXAMPLE",
-    AWS_SECRET_ACCESS_KEY: "e2e-secret",
-    AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: "true",
+    ...CLI_AWS_ENV,
   });
   for (const id of plan.steps) {
     const fn = steps[id];

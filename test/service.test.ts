@@ -1,0 +1,218 @@
+// plan / apply / run as real processes against a simulated node (IMDSv2 + EC2 emulators, simulated
+// kernel), with a real unix datagram socket standing in for systemd's NOTIFY_SOCKET.
+import t from "tap";
+import { spawn, type ChildProcess } from "node:child_process";
+import { existsSync, mkdtempSync, readFileSync, statSync } from "node:fs";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { createInterface } from "node:readline";
+import { World, sampleConfig } from "./emulators/world.js";
+import { createNotifier } from "../src/notify.js";
+import { silentLogger } from "../src/log.js";
+
+const repo = path.resolve(import.meta.dirname, "..");
+const main = path.join(repo, "src/main.ts");
+
+interface Proc {
+  child: ChildProcess;
+  stdout: string;
+  stderr: string;
+  exit: Promise<number>;
+}
+
+function start(world: World, args: string[], extraEnv: NodeJS.ProcessEnv = {}): Proc {
+  const child = spawn(process.execPath, ["--import", "tsx", main, ...args], { env: world.env(extraEnv), cwd: repo });
+  const p: Proc = { child, stdout: "", stderr: "", exit: new Promise((r) => child.on("exit", (c, sig) => r(c ?? (sig ? 128 : 1)))) };
+  child.stdout!.on("data", (d: Buffer) => (p.stdout += d.toString()));
+  child.stderr!.on("data", (d: Buffer) => (p.stderr += d.toString()));
+  return p;
+}
+
+async function cli(world: World, args: string[], extraEnv: NodeJS.ProcessEnv = {}) {
+  const p = start(world, args, extraEnv);
+  const code = await p.exit;
+  return { code, stdout: p.stdout, stderr: p.stderr };
+}
+
+/** systemd's side of sd_notify: every datagram, with the sender's pid. */
+class NotifySocket {
+  readonly messages: { pid: number; fields: Record<string, string> }[] = [];
+  private waiters: (() => void)[] = [];
+  private constructor(readonly path: string, private readonly proc: ChildProcess) {}
+  static async open(): Promise<NotifySocket> {
+    const sock = path.join(mkdtempSync(path.join(tmpdir(), "eni-dpdk-notify-")), "notify.sock");
+    const proc = spawn("python3", [path.join(repo, "test/helpers/notify-recv.py"), sock], { stdio: ["ignore", "pipe", "inherit"] });
+    const n = new NotifySocket(sock, proc);
+    await new Promise<void>((resolve) => {
+      createInterface({ input: proc.stdout! }).on("line", (line) => {
+        const m = JSON.parse(line);
+        if (m.listening) return resolve();
+        n.messages.push(m);
+        for (const w of n.waiters.splice(0)) w();
+      });
+    });
+    return n;
+  }
+  async waitFor(pred: (f: Record<string, string>) => boolean, ms = 60_000): Promise<Record<string, string>> {
+    const deadline = Date.now() + ms;
+    for (;;) {
+      const hit = this.messages.find((m) => pred(m.fields));
+      if (hit) return hit.fields;
+      if (Date.now() > deadline) throw new Error(`no matching notify message; got ${JSON.stringify(this.messages.map((m) => m.fields))}`);
+      await new Promise<void>((r) => {
+        this.waiters.push(r);
+        setTimeout(r, 200);
+      });
+    }
+  }
+  close() {
+    this.proc.kill();
+  }
+}
+
+t.test("plan changes nothing; apply converges; a second apply changes nothing; status.json written", async (t) => {
+  const world = await World.start({ configToml: sampleConfig() });
+  t.teardown(() => world.close());
+
+  const plan = await cli(world, ["plan"]);
+  t.equal(plan.code, 0, plan.stderr);
+  for (const line of [/eni\s+create\s+n3/, /eni\s+attach\s+n6/, /host\s+bind\s+n3\s+after the ENI is attached/, /host\s+set-mtu\s+mgmt/]) t.match(plan.stdout, line);
+  t.equal(world.ec2.mutatingCalls(), 0, "plan made no mutating EC2 call");
+  t.same(world.sim.writes, [], "plan made no sysfs write");
+  t.notOk(existsSync(path.join(world.root, "var/lib/eni-dpdk/state.json")), "plan wrote no state");
+
+  const apply = await cli(world, ["apply"]);
+  t.equal(apply.code, 0, apply.stderr);
+  for (const stage of ["sources", "observe", "eni", "host", "sriov"]) t.match(apply.stderr, new RegExp(`msg="${stage} done" stage=${stage} took_ms=\\d+`));
+  t.match(apply.stderr, /msg="ready: 3 ENIs attached, 2 bound to vfio-pci \(noiommu\), 1 SR-IOV resource written"/);
+  const status = JSON.parse(readFileSync(path.join(world.root, "run/eni-dpdk/status.json"), "utf8"));
+  t.equal(status.apply.ok, true);
+  t.ok(status.apply.timings.eni > 0 && status.apply.timings.total > 0, "timings per stage");
+  const sriov = JSON.parse(readFileSync(path.join(world.root, "etc/pcidp/config.json"), "utf8"));
+  t.same(sriov.resourceList[0].selectors[0].pciAddresses, ["0000:00:06.0", "0000:00:07.0"]);
+  t.equal(world.sim.driverOf("0000:00:08.0"), "ena", "kernel ENI stays on ena");
+  t.equal(readFileSync(path.join(world.root, "sys/class/net/eth3/mtu"), "utf8").trim(), "9001");
+  t.equal(world.sim.driverOf("0000:00:05.0"), "ena", "primary untouched");
+
+  const mutating = world.ec2.mutatingCalls();
+  const writes = world.sim.writes.length;
+  const mtime = statSync(path.join(world.root, "etc/pcidp/config.json")).mtimeMs;
+  const again = await cli(world, ["plan"]);
+  t.match(again.stdout, /nothing to do/);
+  const second = await cli(world, ["apply"]);
+  t.equal(second.code, 0, second.stderr);
+  t.equal(world.ec2.mutatingCalls(), mutating, "second apply: no mutating EC2 call");
+  t.equal(world.sim.writes.length, writes, "second apply: no sysfs write");
+  t.equal(statSync(path.join(world.root, "etc/pcidp/config.json")).mtimeMs, mtime, "SR-IOV file untouched");
+  t.match(second.stderr, /msg="eni done" stage=eni took_ms=\d+ actions=0 ec2_loaded=false/, "no EC2 SDK loaded when IMDS proves the ENIs");
+});
+
+t.test("reboot: devices come back on ena; apply rebinds them from the state file with no EC2 call", async (t) => {
+  const world = await World.start({ configToml: sampleConfig() });
+  t.teardown(() => world.close());
+  t.equal((await cli(world, ["apply"])).code, 0);
+  world.reboot();
+  t.equal(world.sim.driverOf("0000:00:06.0"), "ena");
+  const calls = world.ec2.totalCalls();
+  const r = await cli(world, ["apply"]);
+  t.equal(r.code, 0, r.stderr);
+  t.equal(world.ec2.totalCalls(), calls, "no EC2 call at all");
+  t.equal(world.sim.driverOf("0000:00:06.0"), "vfio-pci");
+  t.equal(world.sim.driverOf("0000:00:07.0"), "vfio-pci");
+  t.equal(world.sim.driverOf("0000:00:05.0"), "ena");
+});
+
+t.test("invalid input: exit 2, and no EC2 call, no sysfs write, no file changed", async (t) => {
+  const world = await World.start({ configToml: sampleConfig().replace('resource_name = "amazon.com/ena_dpdk"', 'resource_name = "amazon.com/ena-dpdk"') });
+  t.teardown(() => world.close());
+  world.imds.instance.tags = { "eni-dpdk:dpdk": "hugepages_2m=lots" };
+  const r = await cli(world, ["apply"]);
+  t.equal(r.code, 2);
+  t.match(r.stderr, /\/etc\/eni-dpdk\/config\.toml:\d+:\d+: eni\.n3\.dpdk\.resource_name: name \\"ena-dpdk\\" must match \[A-Za-z0-9_\]\{1,63\}/);
+  t.match(r.stderr, /tag eni-dpdk:dpdk: dpdk\.hugepages_2m: expected an integer, got \\"lots\\"/);
+  t.equal(world.ec2.totalCalls(), 0, "no EC2 call");
+  t.same(world.sim.writes, [], "no sysfs write");
+  t.notOk(existsSync(path.join(world.root, "etc/pcidp/config.json")), "no SR-IOV file");
+  t.notOk(existsSync(path.join(world.root, "var/lib/eni-dpdk/state.json")), "no state file");
+});
+
+t.test("pre-flight failure (subnet in another AZ): exit 2 before any mutation", async (t) => {
+  const world = await World.start({ configToml: sampleConfig().replace('subnet_name = "data2"', 'subnet_name = "data-b"') });
+  t.teardown(() => world.close());
+  const r = await cli(world, ["apply"]);
+  t.equal(r.code, 2, r.stderr);
+  t.match(r.stderr, /mgmt/);
+  t.match(r.stderr, /us-west-2b/);
+  t.equal(world.ec2.mutatingCalls(), 0);
+  t.same(world.sim.writes, []);
+});
+
+t.test("run: READY with the Status line, SIGHUP re-reads the sources, SIGTERM stops cleanly", async (t) => {
+  const world = await World.start({ configToml: sampleConfig({ reconcileSeconds: 0 }) });
+  const notify = await NotifySocket.open();
+  t.teardown(async () => {
+    notify.close();
+    await world.close();
+  });
+  const p = start(world, ["run"], { NOTIFY_SOCKET: notify.path, WATCHDOG_USEC: "1000000" });
+  const ready = await notify.waitFor((f) => f.READY === "1");
+  t.equal(ready.STATUS, "ready: 3 ENIs attached, 2 bound to vfio-pci (noiommu), 1 SR-IOV resource written");
+  t.ok(notify.messages.every((m) => m.pid === p.child.pid), "every message comes from the main pid (NotifyAccess=main)");
+  await notify.waitFor((f) => f.WATCHDOG === "1", 5000);
+
+  // a new resource for n6: SIGHUP re-reads the file, writes SR-IOV, and says the plugin needs a restart
+  world.writeConfig(sampleConfig({ reconcileSeconds: 0 }).replace(/(name = "n6"[\s\S]*?)resource_name = "amazon.com\/ena_dpdk"/, '$1resource_name = "amazon.com/ena_dpdk_n6"'));
+  p.child.kill("SIGHUP");
+  const reloaded = await notify.waitFor((f) => /restart/.test(f.STATUS ?? ""));
+  t.match(reloaded.STATUS, /^ready: 3 ENIs attached, 2 bound to vfio-pci \(noiommu\), 2 SR-IOV resources written; .*restart/);
+  const sriov = JSON.parse(readFileSync(path.join(world.root, "etc/pcidp/config.json"), "utf8"));
+  t.same(sriov.resourceList.map((e: { resourceName: string }) => e.resourceName).sort(), ["ena_dpdk", "ena_dpdk_n6"]);
+
+  p.child.kill("SIGTERM");
+  t.equal(await p.exit, 0, p.stderr);
+  await notify.waitFor((f) => f.STOPPING === "1", 5000);
+  t.match(p.stderr, /msg=stopping signal=SIGTERM/);
+});
+
+t.test("run with on_failure=fail and invalid config: exits 2 before READY, Status says why", async (t) => {
+  const world = await World.start({ configToml: sampleConfig().replace('driver = "vfio-pci"', 'driver = "vfio"') });
+  const notify = await NotifySocket.open();
+  t.teardown(async () => {
+    notify.close();
+    await world.close();
+  });
+  const p = start(world, ["run"], { NOTIFY_SOCKET: notify.path });
+  t.equal(await p.exit, 2);
+  const st = await notify.waitFor((f) => /^failed/.test(f.STATUS ?? ""), 5000);
+  t.match(st.STATUS, /^failed: invalid config: 1 problem\(s\), first: \/etc\/eni-dpdk\/config\.toml:\d+:\d+: dpdk\.driver: expected one of/);
+  t.notOk(notify.messages.some((m) => m.fields.READY), "never READY");
+  t.equal(world.ec2.totalCalls(), 0);
+});
+
+t.test("run with on_failure=continue and an EC2 failure: READY anyway, Status states the error", async (t) => {
+  const world = await World.start({ configToml: sampleConfig().replace('[service]\n', '[service]\non_failure = "continue"\n') });
+  const notify = await NotifySocket.open();
+  t.teardown(async () => {
+    notify.close();
+    await world.close();
+  });
+  world.ec2.faults.errors.CreateNetworkInterface = { status: 403, code: "UnauthorizedOperation", message: "You are not authorized to perform this operation.", count: Infinity };
+  const p = start(world, ["run"], { NOTIFY_SOCKET: notify.path });
+  const ready = await notify.waitFor((f) => f.READY === "1");
+  t.match(ready.STATUS, /^degraded: .*UnauthorizedOperation/);
+  t.match(p.stderr, /level=warn msg="signalling READY despite the failure \(on_failure=continue\) so kubelet starts"/);
+  p.child.kill("SIGTERM");
+  t.equal(await p.exit, 0);
+});
+
+t.test("the systemd-notify fallback reaches the socket when the addon is absent", async (t) => {
+  const notify = await NotifySocket.open();
+  t.teardown(() => notify.close());
+  const n = await createNotifier({ ...process.env, NOTIFY_SOCKET: notify.path }, silentLogger, () => undefined);
+  t.equal(n.via, "systemd-notify");
+  await n.ready("ready: test   status\nsecond line");
+  const f = await notify.waitFor((x) => x.READY === "1", 5000);
+  t.equal(f.STATUS, "ready: test status second line", "one line");
+  const none = await createNotifier({}, silentLogger);
+  t.equal(none.via, "none", "no NOTIFY_SOCKET: no-op");
+});
