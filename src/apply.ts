@@ -126,6 +126,9 @@ export async function reconcile(ctx: CommandContext, opts: ReconcileOptions): Pr
   };
 
   const session = opts.session ?? new Session(log, new Deadline(300_000));
+  // Observation needs IMDS as much as the sources do: start it now, alongside them.
+  const observed = Promise.all([session.instance(), readNics(session.imds)]);
+  observed.catch(() => {});
   const { gather } = await import("./sources.js");
   const gathered =
     opts.gathered ?? (await gather(ctx.host, { configPath: ctx.configPath, env: opts.env, instance: await instanceSources(ctx, opts.env, session) }));
@@ -134,7 +137,7 @@ export async function reconcile(ctx: CommandContext, opts: ReconcileOptions): Pr
   stageDone("sources", { enis: config.eni.length, sources: gathered.consulted.map((c) => c.source).join(",") });
   const warnings = gathered.warnings.map((w) => `${w.source}: ${w.message}`);
 
-  const [instance, imdsNics] = await Promise.all([session.instance(), readNics(session.imds)]);
+  const [instance, imdsNics] = await observed;
   const state = await loadState(ctx.host);
   stageDone("observe", { instance: instance.instanceId, nics: imdsNics.length });
 

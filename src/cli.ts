@@ -1,7 +1,6 @@
 // The CLI contract: global options, commands, exit codes (0 ok, 2 invalid input or usage, 1 other).
 // Command modules are imported when their command runs, so each path loads only what it uses.
 import { promises as fs } from "node:fs";
-import yargs from "yargs";
 import type { Argv } from "yargs";
 import { buildConfig, type EffectiveConfig } from "./config.js";
 import { errorMessage, exitCodeOf, formatProblem, InputError, OpError, type Problem } from "./errors.js";
@@ -48,6 +47,20 @@ export async function main(argv: string[], io: CliIo = defaultIo): Promise<numbe
       }
     };
 
+  // The boot path (`run`, `apply`, `early` with plain global options) skips loading yargs, which
+  // is a third of the start-up cost; anything else, help and errors included, goes through yargs.
+  const fast = parseBootArgv(argv);
+  if (fast) {
+    const handlers: Record<BootCommand, (a: GlobalArgs & { "dry-run": boolean }) => Promise<void>> = {
+      run: wrap(async (ctx) => (await import("./service.js")).runCommand(ctx, { env: io.env })),
+      apply: wrap<{ "dry-run": boolean }>(async (ctx, a) => (await import("./apply.js")).applyCommand(ctx, { dryRun: a["dry-run"], env: io.env })),
+      early: wrap(async (ctx) => (await import("./status.js")).earlyCommand(ctx, {})),
+    };
+    await handlers[fast.command](fast.args);
+    return code;
+  }
+
+  const { default: yargs } = await import("yargs");
   const parser: Argv<GlobalArgs> = yargs(argv)
     .scriptName("eni-dpdk")
     .usage("$0 <command> [options]\n\nGets an EKS node's data-plane ENIs attached, bound to vfio-pci and advertised to the SR-IOV device plugin before kubelet starts.")
@@ -151,6 +164,45 @@ export async function main(argv: string[], io: CliIo = defaultIo): Promise<numbe
     return 2;
   }
   return code;
+}
+
+export type BootCommand = "run" | "apply" | "early";
+
+/**
+ * The exact argv shapes the units use (`run`, `early`, `apply [--dry-run]` with --config, --root,
+ * --log-level, --log-format); undefined for anything else, which yargs then parses.
+ */
+export function parseBootArgv(argv: string[]): { command: BootCommand; args: GlobalArgs & { "dry-run": boolean } } | undefined {
+  const args: GlobalArgs & { "dry-run": boolean } = { "log-level": "info", "log-format": "text", "dry-run": false };
+  let command: BootCommand | undefined;
+  for (let i = 0; i < argv.length; i++) {
+    const tok = argv[i]!;
+    const eq = tok.indexOf("=");
+    const [flag, inline] = tok.startsWith("--") && eq > 0 ? [tok.slice(0, eq), tok.slice(eq + 1)] : [tok, undefined];
+    const value = () => inline ?? argv[++i];
+    if (flag === "run" || flag === "apply" || flag === "early") {
+      if (command) return undefined;
+      command = flag;
+    } else if (flag === "--config" || flag === "--root") {
+      const v = value();
+      if (!v) return undefined;
+      args[flag === "--config" ? "config" : "root"] = v;
+    } else if (flag === "--log-level") {
+      const v = value();
+      if (v !== "debug" && v !== "info" && v !== "warn" && v !== "error") return undefined;
+      args["log-level"] = v;
+    } else if (flag === "--log-format") {
+      const v = value();
+      if (v !== "text" && v !== "json") return undefined;
+      args["log-format"] = v;
+    } else if (flag === "--dry-run" && inline === undefined) {
+      args["dry-run"] = true;
+    } else {
+      return undefined;
+    }
+  }
+  if (!command || (args["dry-run"] && command !== "apply")) return undefined;
+  return { command, args };
 }
 
 export function reportError(ctx: CommandContext, e: unknown): number {

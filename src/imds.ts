@@ -119,7 +119,7 @@ export class ImdsClient implements Imds {
       return new Promise<Buffer>((resolve, reject) => {
         const req = http.get(
           `${this.endpoint}/latest/${path.replace(/^\/+/, "")}`,
-          { headers: { "x-aws-ec2-metadata-token": token }, timeout: this.timeoutMs },
+          { headers: { "x-aws-ec2-metadata-token": token }, timeout: this.timeoutMs, agent: false },
           (res) => {
             const chunks: Buffer[] = [];
             res.on("data", (c: Buffer) => chunks.push(c));
@@ -213,9 +213,8 @@ export async function readNic(imds: Imds, mac: string): Promise<ImdsNicInfo | un
   const base = `meta-data/network/interfaces/macs/${mac}/`;
   const dn = await imds.get(base + "device-number");
   if (dn === undefined) return undefined;
-  const [card, cardAlt, interfaceId, subnetId, vpcId] = await Promise.all([
-    imds.get(base + "network-card"),
-    imds.get(base + "network-card-index"),
+  const [card, interfaceId, subnetId, vpcId] = await Promise.all([
+    imds.get(base + "network-card").then((c) => c ?? imds.get(base + "network-card-index")),
     imds.get(base + "interface-id"),
     imds.get(base + "subnet-id"),
     imds.get(base + "vpc-id"),
@@ -223,7 +222,7 @@ export async function readNic(imds: Imds, mac: string): Promise<ImdsNicInfo | un
   return {
     mac,
     deviceNumber: Number(dn.trim()),
-    networkCard: Number((card ?? cardAlt ?? "0").trim()),
+    networkCard: Number((card ?? "0").trim()),
     interfaceId: interfaceId?.trim(),
     subnetId: subnetId?.trim(),
     vpcId: vpcId?.trim(),

@@ -2,12 +2,14 @@
 // Entry point: keep it tiny so the bundle's start-up cost is only what a command imports.
 import { main } from "./cli.js";
 
-main(process.argv.slice(2)).then(
-  (code) => {
-    process.exitCode = code;
-  },
-  (err: unknown) => {
-    process.stderr.write(`level=error msg=${JSON.stringify(String((err as Error)?.stack ?? err))}\n`);
-    process.exitCode = 1;
-  },
-);
+// Exit as soon as the command is done: keep-alive sockets of the HTTP clients (IMDS, EC2) would
+// otherwise hold the process for seconds, and boot time is what this service is judged by.
+function exit(code: number): void {
+  process.exitCode = code;
+  process.stdout.write("", () => process.stderr.write("", () => process.exit(code)));
+}
+
+main(process.argv.slice(2)).then(exit, (err: unknown) => {
+  process.stderr.write(`level=error msg=${JSON.stringify(String((err as Error)?.stack ?? err))}\n`);
+  exit(1);
+});

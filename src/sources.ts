@@ -292,17 +292,20 @@ export async function gather(host: Host, opts: { configPath?: string; env?: Node
       else throw e;
     }
   };
-  if (opts.instance && sources.includes("user-data")) {
+  // Both IMDS reads go out at once; their results are used in precedence order below.
+  const userDataP = opts.instance && sources.includes("user-data") ? settle(opts.instance.userData()) : undefined;
+  const tagsP = opts.instance && sources.includes("tags") ? settle(opts.instance.tags()) : undefined;
+  if (userDataP) {
     await collect(async () => {
-      const ud = userDataLayers(await opts.instance!.userData());
+      const ud = userDataLayers(await unsettle(userDataP));
       parts = ud.parts;
       bySource.set("user-data", ud.layers);
       consulted.push({ source: "user-data", note: ud.summary });
     });
   }
-  if (opts.instance && sources.includes("tags")) {
+  if (tagsP) {
     await collect(async () => {
-      const tags = await opts.instance!.tags();
+      const tags = await unsettle(tagsP);
       const l = tagLayers(tags);
       bySource.set("tags", l);
       consulted.push({ source: "tags", note: `${l.length} eni-dpdk tag(s)` });
@@ -339,4 +342,15 @@ function withFinalProblems(problems: Problem[], build: () => unknown): InputErro
     const k = `${p.source}|${p.key}|${p.message}`;
     return seen.has(k) ? false : (seen.add(k), true);
   }));
+}
+
+type Settled<T> = { ok: true; value: T } | { ok: false; error: unknown };
+/** Start a promise now without an unhandled rejection if its consumer is not reached. */
+function settle<T>(p: Promise<T>): Promise<Settled<T>> {
+  return p.then((value) => ({ ok: true as const, value }), (error: unknown) => ({ ok: false as const, error }));
+}
+async function unsettle<T>(p: Promise<Settled<T>>): Promise<T> {
+  const r = await p;
+  if (r.ok) return r.value;
+  throw r.error;
 }

@@ -1,7 +1,8 @@
 // Scenario 7: a debootstrap'd Debian bookworm guest with systemd as PID 1, the product installed by
 // its own release tarball and install.sh (real unit files from systemd/), stand-in kubelet.service
 // and nodeadm-run.service, IMDS and EC2 on the host. A oneshot check unit collects the evidence to
-// the 9p share, then switches to a config that fails at run time with on_failure = "fail".
+// the 9p share, then switches to a config that fails at run time with on_failure = "fail". A second
+// boot of the same disk checks eni-dpdk-early's offline rebind before systemd-networkd.
 import { spawn } from "node:child_process";
 import { existsSync, promises as fs, readFileSync } from "node:fs";
 import path from "node:path";
@@ -76,6 +77,20 @@ modprobe -a 9pnet_virtio 9p
 mkdir -p /out && mount -t 9p -o trans=virtio,version=9p2000.L out /out
 O=/out/s7.txt
 show() { systemctl show "$1" -p ActiveState,SubState,Result,ExecMainStatus,NRestarts,StatusText,ActiveEnterTimestampMonotonic,ExecMainStartTimestampMonotonic; }
+if [ -f /var/lib/e2e/boot1-done ]; then
+  # second boot of the same disk: the early unit must rebind from the state file before networking
+  {
+    echo "=== reboot"
+    echo "--- show eni-dpdk-early"; systemctl show eni-dpdk-early.service -p ActiveState,Result,ConditionResult,ExecMainStatus,ExecMainStartTimestampMonotonic,ExecMainExitTimestampMonotonic
+    echo "--- show systemd-networkd"; systemctl show systemd-networkd.service -p ExecMainStartTimestampMonotonic
+    echo "--- show eni-dpdk"; show eni-dpdk.service
+    echo "--- sysfs"; for b in ${bdfOf(DPDK1)}; do echo "$b driver=$(basename "$(readlink /sys/bus/pci/devices/$b/driver)")"; done; ls /dev/vfio
+    echo "--- journal early"; journalctl -b -u eni-dpdk-early.service --no-pager -o cat | tail -n 12
+    echo "--- journal"; journalctl -b -u eni-dpdk.service --no-pager -o cat | tail -n 6
+    echo "=== end"
+  } > /out/s7b.txt 2>&1
+  sync; umount /out; systemctl poweroff --no-block; exit 0
+fi
 {
   echo "=== phase1"
   echo "--- systemctl status eni-dpdk"; systemctl status eni-dpdk.service --no-pager -l -n 0
@@ -97,6 +112,9 @@ show() { systemctl show "$1" -p ActiveState,SubState,Result,ExecMainStatus,NRest
   echo "--- journal"; journalctl -u eni-dpdk.service --no-pager -o cat | tail -n 12
   echo "=== end"
 } > "$O" 2>&1
+# back to the good config for the reboot boot
+cp /etc/e2e/good.toml /etc/eni-dpdk/config.toml
+mkdir -p /var/lib/e2e && touch /var/lib/e2e/boot1-done
 sync
 umount /out
 systemctl poweroff --no-block
@@ -156,6 +174,7 @@ async function buildDisk(ctx: SystemdCtx, dir: string): Promise<string> {
         .join(""),
   );
   await w("etc/eni-dpdk/config.toml", toml([{ name: "dpdk1", index: 1 }]));
+  await w("etc/e2e/good.toml", toml([{ name: "dpdk1", index: 1 }]));
   await w("etc/e2e/failing.toml", toml([{ name: "dpdk1", index: 1 }, { name: "dpdk2", index: 2 }], ['binding_script = "/opt/e2e/failing-bind"']));
   await w("opt/e2e/failing-bind", FAILING_BIND, 0o755);
   await w("usr/local/bin/e2e-standin", STANDIN, 0o755);
@@ -193,7 +212,7 @@ function prop(block: string, key: string): string | undefined {
 }
 
 export async function runSystemdScenario(ctx: SystemdCtx): Promise<StepResult> {
-  const st = new Step("7", "systemd: real units; READY before kubelet; failing config fails the unit with a useful journal message");
+  const st = new Step("7", "systemd: real units; READY before kubelet; failing config fails the unit with a useful journal message; reboot rebinds via eni-dpdk-early");
   const dir = path.join(ctx.work, "boots/E");
   await fs.rm(dir, { recursive: true, force: true });
   await fs.mkdir(path.join(dir, "out"), { recursive: true });
@@ -269,5 +288,34 @@ export async function runSystemdScenario(ctx: SystemdCtx): Promise<StepResult> {
   st.check(!!useful, `the journal says what failed and what to do: ${useful?.slice(0, 400) ?? "(no such line)"}`);
   const sys2 = section(out, "phase2", "sysfs");
   st.check(new RegExp(`${bdfOf(DPDK2)} driver=e1000e net=\\S+`).test(sys2), `dpdk2 back on its kernel driver with a netdev: ${sys2.split("\n").find((l) => l.startsWith(bdfOf(DPDK2)))}`);
+
+  // reboot: the same disk boots again; eni-dpdk-early rebinds offline before systemd-networkd
+  const dir2 = path.join(ctx.work, "boots/E2");
+  await fs.rm(dir2, { recursive: true, force: true });
+  await fs.mkdir(path.join(dir2, "out"), { recursive: true });
+  const emu2 = await hostEmulators(nics);
+  const vm2 = new Vm({ ...vm.opts, name: "E2", dir: dir2, guestfwd: emu2.guestfwd });
+  ctx.say("boot E2: reboot of the systemd guest (eni-dpdk-early with the state file)");
+  const t2 = Date.now();
+  await vm2.start();
+  const exit2 = await vm2.wait();
+  await emu2.close();
+  ctx.say(`boot E2 ended (${exit2 === "timeout" ? "TIMEOUT" : `qemu exit ${exit2}`}) after ${((Date.now() - t2) / 1000).toFixed(1)} s; serial log ${vm2.serialPath}`);
+  const rb = existsSync(path.join(dir2, "out/s7b.txt")) ? readFileSync(path.join(dir2, "out/s7b.txt"), "utf8") : "";
+  if (!rb) {
+    st.check(false, `reboot: no evidence file from the guest (${exit2 === "timeout" ? "timed out" : `qemu exit ${exit2}`})`);
+    return st.result();
+  }
+  const early2 = section(rb, "reboot", "show eni-dpdk-early");
+  const networkd = Number(prop(section(rb, "reboot", "show systemd-networkd"), "ExecMainStartTimestampMonotonic"));
+  const earlyExit = Number(prop(early2, "ExecMainExitTimestampMonotonic"));
+  st.check(prop(early2, "ConditionResult") === "yes" && prop(early2, "Result") === "success" && prop(early2, "ExecMainStatus") === "0", `reboot: eni-dpdk-early ran and succeeded (${early2.replace(/\n/g, " ")})`);
+  st.check(earlyExit > 0 && networkd > 0 && earlyExit <= networkd, `reboot: eni-dpdk-early finished (${earlyExit}) before systemd-networkd started (${networkd})`);
+  st.note(`reboot: eni-dpdk-early journal: ${section(rb, "reboot", "journal early").split("\n").slice(-4).join(" | ")}`);
+  const sysR = section(rb, "reboot", "sysfs");
+  st.check(new RegExp(`${bdfOf(DPDK1)} driver=vfio-pci`).test(sysR) && /noiommu-/.test(sysR), `reboot: dpdk1 bound again: ${sysR.replace(/\n/g, " ")}`);
+  const show3 = section(rb, "reboot", "show eni-dpdk");
+  st.check(prop(show3, "ActiveState") === "active", `reboot: eni-dpdk.service ${prop(show3, "ActiveState")} (${prop(show3, "StatusText")})`);
+  st.check(emu2.ec2.totalCalls() === 0, `reboot: no EC2 call during the second boot (${JSON.stringify(emu2.ec2.callsPerAction())})`);
   return st.result();
 }
