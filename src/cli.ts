@@ -149,9 +149,11 @@ export async function main(argv: string[], io: CliIo = defaultIo): Promise<numbe
     .help()
     .wrap(Math.min(110, process.stdout.columns || 100))
     .exitProcess(false)
+    // Throwing aborts parsing, so no handler runs after a usage error.
     .fail((msg, err) => {
       if (err) throw err;
       usageError = msg;
+      throw new Error(msg);
     });
 
   try {

@@ -82,3 +82,19 @@ t.test("userdata renders a multipart document that validates", async (t) => {
   t.equal(notNc.code, 2);
   t.match(notNc.stderr, /expected a nodeadm NodeConfig/);
 });
+
+t.test("the boot argv fast path accepts exactly the units' shapes; everything else goes to yargs", async (t) => {
+  const { parseBootArgv } = await import("../src/cli.js");
+  t.same(parseBootArgv(["run"]), { command: "run", args: { "log-level": "info", "log-format": "text", "dry-run": false } });
+  t.same(parseBootArgv(["--root", "/r", "apply", "--dry-run", "--log-format=json", "--config", "/c.toml"]), {
+    command: "apply",
+    args: { "log-level": "info", "log-format": "json", "dry-run": true, root: "/r", config: "/c.toml" },
+  });
+  t.equal(parseBootArgv(["early", "--log-level", "debug"])?.args["log-level"], "debug");
+  for (const argv of [[], ["run", "--dry-run"], ["apply", "--help"], ["apply", "--log-level", "loud"], ["apply", "run"], ["status"], ["apply", "--root"], ["apply", "--dry-run=false"]]) {
+    t.equal(parseBootArgv(argv), undefined, argv.join(" ") || "(empty)");
+  }
+  const r = cli(["apply", "--no-such-flag"]);
+  t.equal(r.code, 2);
+  t.match(r.stderr, /Unknown argument: no-such-flag/);
+});

@@ -165,5 +165,5 @@ t.test("gather: precedence follows [service].sources (later wins), all problems 
   const bad = { userData: async () => Buffer.from("[dpdk]\nenabled = = 1\n"), tags: async () => ({ "eni-dpdk:dpdk": "driver=foo" }) };
   const e = (await gather(host, { env: {}, instance: bad }).catch((x) => x)) as InputError;
   t.type(e, InputError);
-  t.same(e.problems.map((p) => p.source.replace(/:\d+:\d+$/, "")).sort(), ["/etc/eni-dpdk/config.toml", "user-data"]);
+  t.same(e.problems.map((p) => p.source.replace(/:\d+:\d+$/, "")).sort(), ["/etc/eni-dpdk/config.toml", "tag eni-dpdk:dpdk", "user-data"]);
 });
