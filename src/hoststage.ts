@@ -328,7 +328,8 @@ export async function configureKernelLink(host: Host, ifname: string, mtu: numbe
   if (!(flags & 1)) {
     await host.writeAttr(`${dir}/flags`, `0x${(flags | 1).toString(16)}`);
     changed = true;
-    const ok = await waitFor(async () => parseInt((await host.attr(`${dir}/flags`)) ?? "0", 16) & 1, settle);
+    // A boolean, not the bit: waitFor stops at any value but undefined/false, and 0 is a value.
+    const ok = await waitFor(async () => (parseInt((await host.attr(`${dir}/flags`)) ?? "0", 16) & 1) === 1, settle);
     if (!ok) throw new Error(`${ifname}: link did not come up (flags ${await host.attr(`${dir}/flags`)})`);
     log.info("link up", { ifname });
   }

@@ -31,24 +31,15 @@ export async function createNotifier(env: NodeJS.ProcessEnv, log: Logger, addonL
     return { via: "none", ready: noop, status: noop, watchdog: noop, stopping: noop, watchdogMs };
   }
   const addon = addonLoader(log);
-  if (addon) {
-    // One datagram per transition, so READY=1 and its STATUS arrive together.
-    const send = async (...assignments: string[]) => addon.sendState(assignments.join("\n") + "\n");
-    return {
-      via: "sd-notify",
-      ready: (s) => send("READY=1", `STATUS=${oneLine(s)}`),
-      status: (s) => send(`STATUS=${oneLine(s)}`),
-      watchdog: () => send("WATCHDOG=1"),
-      stopping: (s) => (s ? send("STOPPING=1", `STATUS=${oneLine(s)}`) : send("STOPPING=1")),
-      watchdogMs,
-    };
-  }
-  const send = async (...assignments: string[]) => {
-    const r = await run(["systemd-notify", ...assignments], { timeoutMs: 5000, env });
-    if (r.code !== 0) log.warn("systemd-notify failed", { code: r.code, stderr: r.stderr.trim(), next: "check NotifyAccess= in the unit" });
-  };
+  // One datagram per transition, so READY=1 and its STATUS arrive together.
+  const send = addon
+    ? async (...assignments: string[]) => addon.sendState(assignments.join("\n") + "\n")
+    : async (...assignments: string[]) => {
+        const r = await run(["systemd-notify", ...assignments], { timeoutMs: 5000, env });
+        if (r.code !== 0) log.warn("systemd-notify failed", { code: r.code, stderr: r.stderr.trim(), next: "check NotifyAccess= in the unit" });
+      };
   return {
-    via: "systemd-notify",
+    via: addon ? "sd-notify" : "systemd-notify",
     ready: (s) => send("READY=1", `STATUS=${oneLine(s)}`),
     status: (s) => send(`STATUS=${oneLine(s)}`),
     watchdog: () => send("WATCHDOG=1"),

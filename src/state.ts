@@ -67,11 +67,21 @@ export async function loadState(host: Host): Promise<State> {
 export async function updateState(host: Host, mutate: (s: State) => void): Promise<State> {
   const s = await loadState(host);
   mutate(s);
-  await host.writeFileAtomic(STATE_PATH, JSON.stringify(s, null, 2) + "\n", 0o600);
+  await saveState(host, s);
   return s;
 }
 
 /** Persist the in-memory state of this apply. Stages call it after each step that must survive a crash. */
 export async function saveState(host: Host, s: State): Promise<void> {
-  await host.writeFileAtomic(STATE_PATH, JSON.stringify(s, null, 2) + "\n", 0o600);
+  await host.writeFileAtomic(STATE_PATH, serialize(s), 0o600);
+}
+
+/**
+ * Keys sorted at every level, so the file's bytes depend only on its content: writeFileAtomic skips
+ * unchanged content, and a load/save round trip must not reorder keys into a spurious write.
+ */
+function serialize(s: State): string {
+  const sortKeys = (_k: string, v: unknown) =>
+    v && typeof v === "object" && !Array.isArray(v) ? Object.fromEntries(Object.entries(v).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) : v;
+  return JSON.stringify(s, sortKeys, 2) + "\n";
 }

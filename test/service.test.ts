@@ -216,3 +216,35 @@ t.test("the systemd-notify fallback reaches the socket when the addon is absent"
   const none = await createNotifier({}, silentLogger);
   t.equal(none.via, "none", "no NOTIFY_SOCKET: no-op");
 });
+
+t.test("the state file is byte-stable across load/save (no spurious rewrite)", async (t) => {
+  const { Host } = await import("../src/host.js");
+  const { loadState, saveState } = await import("../src/state.js");
+  const root = mkdtempSync(path.join(tmpdir(), "eni-dpdk-state-"));
+  const host = new Host(root);
+  const s = await loadState(host);
+  Object.assign(s, { instanceId: "i-1", sriov: { configPath: "/etc/pcidp/config.json", owned: ["amazon.com/x"] } });
+  await saveState(host, s);
+  const writes = host.writes;
+  await saveState(host, await loadState(host));
+  t.equal(host.writes, writes, "a loaded state saves to the same bytes");
+});
+
+t.test("instance metadata tags disabled: tags come from EC2 DescribeTags; config shows their source", async (t) => {
+  const world = await World.start({ configToml: '[service]\nsources = ["file", "tags"]\n' });
+  t.teardown(() => world.close());
+  world.imds.instance.tags = null; // IMDS answers 404 for tags/instance/
+  world.ec2.instances.get("i-0123456789abcdef0")!.tags = {
+    "eni-dpdk:eni:n3": "device_index=1;subnet_name=data;security_group_names=dpdk-data;dpdk.resource_name=amazon.com/ena_dpdk",
+    "eni-dpdk:dpdk": "hugepages_2m=256",
+  };
+  const r = await cli(world, ["config", "--json"]);
+  t.equal(r.code, 0, r.stderr);
+  const doc = JSON.parse(r.stdout);
+  t.equal(doc.config.eni[0].name, "n3");
+  t.equal(doc.config.dpdk.hugepages_2m, 256);
+  t.equal(doc.origin["eni.n3.subnet_name"], "tag eni-dpdk:eni:n3");
+  t.equal(world.imds.count("/latest/meta-data/tags/instance"), 1, "IMDS was asked first");
+  t.equal(world.ec2.callsPerAction().DescribeTags, 1, "then EC2 DescribeTags");
+  t.equal(world.ec2.mutatingCalls(), 0);
+});

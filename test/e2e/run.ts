@@ -212,6 +212,9 @@ async function main(): Promise<number> {
   }
   process.stdout.write(`\n==== e2e summary (${elapsed()}) ====\n`);
   for (const r of all.sort((a, b) => a.scenario.localeCompare(b.scenario))) process.stdout.write(`${r.status.padEnd(8)} ${r.scenario.padEnd(3)} ${r.title}\n`);
+  const count = (st: string) => all.filter((r) => r.status === st).length;
+  // The plain closing line CI reads; NOT DONE counts as skipped, never as passed.
+  process.stdout.write(`e2e: ${count("PASS")} passed, ${count("FAIL")} failed, ${count("NOT DONE")} skipped\n`);
   return all.some((r) => r.status === "FAIL") ? 1 : 0;
 }
 

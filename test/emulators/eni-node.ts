@@ -209,17 +209,7 @@ export class SimNode {
   /** What the hot-plug hook does for this node: netdev + PCI device in the fake root, NIC in IMDS. */
   async hotplug(ev: AttachedEvent): Promise<void> {
     const go = async () => {
-      const nic: ImdsNic = {
-        mac: ev.eni.mac,
-        deviceNumber: ev.deviceIndex,
-        networkCard: ev.networkCardIndex,
-        interfaceId: ev.eni.id,
-        subnetId: ev.eni.subnetId,
-        vpcId: ev.eni.vpcId,
-        securityGroupIds: ev.eni.groups,
-        localIpv4s: [ev.eni.privateIp],
-        subnetCidr: "10.0.16.0/20",
-      };
+      const nic = imdsNicOf(ev);
       await this.plugNetdev(`eth${ev.networkCardIndex * 32 + ev.deviceIndex}`, ev.eni.mac, 5 + ev.networkCardIndex * 32 + ev.deviceIndex);
       if (this.opts.deviceNumberZeroReads && this.imdsEmu) this.imdsEmu.faults.deviceNumberZeroReads[nic.mac] = this.opts.deviceNumberZeroReads;
       (this.imdsEmu ?? this.memImds)!.addNic(nic);
@@ -258,6 +248,21 @@ export class SimNode {
     await this.imdsEmu?.close();
     if (removeRoot) await fs.rm(this.root, { recursive: true, force: true });
   }
+}
+
+/** The IMDS macs-tree entry of an ENI that EC2 just attached. */
+export function imdsNicOf(ev: AttachedEvent): ImdsNic {
+  return {
+    mac: ev.eni.mac,
+    deviceNumber: ev.deviceIndex,
+    networkCard: ev.networkCardIndex,
+    interfaceId: ev.eni.id,
+    subnetId: ev.eni.subnetId,
+    vpcId: ev.eni.vpcId,
+    securityGroupIds: ev.eni.groups,
+    localIpv4s: [ev.eni.privateIp],
+    subnetCidr: "10.0.16.0/20",
+  };
 }
 
 /** The SDK's default chain reads these first; the emulator ignores signatures. */

@@ -6,7 +6,7 @@ import { mkdirSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { SimKernel } from "../sim/kernel.js";
 import { Ec2Emulator, type AttachedEvent } from "./ec2.js";
-import { AZ, INSTANCE_TYPE, SUBNET_PRIMARY, VPC, standardSeed } from "./eni-node.js";
+import { AZ, INSTANCE_TYPE, SUBNET_PRIMARY, VPC, imdsNicOf, standardSeed } from "./eni-node.js";
 import { ImdsEmulator, defaultInstance } from "./imds.js";
 
 export const WORLD_PRIMARY = { bdf: "0000:00:05.0", mac: "02:00:00:00:00:01", ifname: "eth0", eniId: "eni-0000000000000000a" };
@@ -92,17 +92,7 @@ export class World {
     const go = () => {
       const slot = this.nextSlot++;
       this.sim.addNic({ bdf: `0000:00:${slot.toString(16).padStart(2, "0")}.0`, mac: ev.eni.mac, ifname: `eth${ev.deviceIndex}` });
-      this.imds.addNic({
-        mac: ev.eni.mac,
-        deviceNumber: ev.deviceIndex,
-        networkCard: ev.networkCardIndex,
-        interfaceId: ev.eni.id,
-        subnetId: ev.eni.subnetId,
-        vpcId: ev.eni.vpcId,
-        securityGroupIds: ev.eni.groups,
-        localIpv4s: [ev.eni.privateIp],
-        subnetCidr: "10.0.16.0/20",
-      });
+      this.imds.addNic(imdsNicOf(ev));
     };
     const d = this.opts.hotplugDelayMs ?? 0;
     if (!d) return go();
