@@ -1,6 +1,6 @@
 // Plan and apply: gather the desired state, observe the node, derive actions per stage (ENIs, host,
 // SR-IOV), and execute them once. A converged node produces no actions and makes no writes.
-import type { Config } from "./config.js";
+import { fullResourceName, type Config } from "./config.js";
 import { errorMessage, InputError, OpError } from "./errors.js";
 import { Deadline, type Host } from "./host.js";
 import { ImdsClient, readInstance, readNics, readTags, readUserData, type Imds, type InstanceIdentity } from "./imds.js";
@@ -163,7 +163,13 @@ export async function reconcile(ctx: CommandContext, opts: ReconcileOptions): Pr
     const hostp = await planHost(sctx, targets);
     actions.push(...hostp.actions);
     if (opts.dryRun) {
-      for (const e of config.eni.filter((e) => !targets.some((t) => t.name === e.name))) {
+      const pending = config.eni.filter((e) => !targets.some((t) => t.name === e.name));
+      const pendingDrivers = [...new Set(pending.filter((e) => e.dpdk.enabled).map((e) => e.dpdk.driver))];
+      if (pendingDrivers.length && !targets.some((t) => t.dpdk.enabled)) {
+        const { planKernel } = await import("./vfio.js");
+        actions.push(...(await planKernel(ctx.host, pendingDrivers, config.dpdk.noiommu)));
+      }
+      for (const e of pending) {
         actions.push({ stage: "host", kind: e.dpdk.enabled ? "bind" : "set-mtu", target: e.name, detail: "after the ENI is attached and its NIC appears" });
       }
     }
@@ -178,6 +184,12 @@ export async function reconcile(ctx: CommandContext, opts: ReconcileOptions): Pr
         .map((d) => ({ eniName: d.name, resource: d.resourceName, bdf: d.bdf, vendor: d.vendor, device: d.device, driver: d.driver }));
       const sp = await planSriov(sctx, opts.dryRun ? plannedSriovDevices(config, state) : sriovDevices);
       actions.push(...sp.actions);
+      if (opts.dryRun) {
+        const unbound = config.eni.filter((e) => e.dpdk.enabled && !Object.values(state.bindings).some((b) => b.eniName === e.name));
+        for (const r of new Set(unbound.map((e) => fullResourceName(e, config)))) {
+          actions.push({ stage: "sriov", kind: "write-sriov", target: config.sriov.config_path, detail: `resource ${r}, after its ENIs are bound` });
+        }
+      }
       if (!opts.dryRun) sriov = await applySriov(sctx, sriovDevices, sp);
       stageDone("sriov", { actions: sp.actions.length, changed: sriov?.changed ?? false });
     }
@@ -290,8 +302,7 @@ function plannedSriovDevices(config: Config, state: State) {
   return Object.values(state.bindings).flatMap((b) => {
     const eni = config.eni.find((e) => e.name === b.eniName && e.dpdk.enabled);
     if (!eni) return [];
-    const prefix = eni.dpdk.resource_name.includes("/") ? "" : `${config.sriov.resource_prefix}/`;
-    return [{ eniName: eni.name, resource: prefix + eni.dpdk.resource_name, bdf: b.bdf, vendor: b.vendor, device: b.device, driver: eni.dpdk.driver }];
+    return [{ eniName: eni.name, resource: fullResourceName(eni, config), bdf: b.bdf, vendor: b.vendor, device: b.device, driver: eni.dpdk.driver }];
   });
 }
 

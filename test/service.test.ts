@@ -76,7 +76,7 @@ t.test("plan changes nothing; apply converges; a second apply changes nothing; s
 
   const plan = await cli(world, ["plan"]);
   t.equal(plan.code, 0, plan.stderr);
-  for (const line of [/eni\s+create\s+n3/, /eni\s+attach\s+n6/, /host\s+bind\s+n3\s+after the ENI is attached/, /host\s+set-mtu\s+mgmt/]) t.match(plan.stdout, line);
+  for (const line of [/eni\s+create\s+n3/, /eni\s+attach\s+n6/, /host\s+load-module\s+vfio-pci/, /host\s+bind\s+n3\s+after the ENI is attached/, /host\s+set-mtu\s+mgmt/, /sriov\s+write-sriov\s+\/etc\/pcidp\/config.json\s+resource amazon.com\/ena_dpdk, after/]) t.match(plan.stdout, line);
   t.equal(world.ec2.mutatingCalls(), 0, "plan made no mutating EC2 call");
   t.same(world.sim.writes, [], "plan made no sysfs write");
   t.notOk(existsSync(path.join(world.root, "var/lib/eni-dpdk/state.json")), "plan wrote no state");
