@@ -82,38 +82,17 @@ function registerHotplug(emu: Ec2Emulator, instanceId: string, fn: (ev: Attached
 /** An in-process IMDS over the same data the ImdsEmulator serves (the fleet uses it: no socket per node). */
 export class MemoryImds implements Imds {
   requests = 0;
-  constructor(readonly instance: ImdsInstance) {}
+  /** never started: only its lookup is used */
+  private readonly tree: ImdsEmulator;
+  constructor(readonly instance: ImdsInstance) {
+    this.tree = new ImdsEmulator(instance);
+  }
   addNic(nic: ImdsNic): void {
-    this.instance.nics = this.instance.nics.filter((n) => n.mac !== nic.mac).concat(nic);
+    this.tree.addNic(nic);
   }
   async get(p: string): Promise<string | undefined> {
     this.requests++;
-    const i = this.instance;
-    const m = p.replace(/^\/?(latest\/)?/, "").replace(/\/$/, "");
-    const simple: Record<string, string> = {
-      "meta-data/instance-id": i.instanceId,
-      "meta-data/instance-type": i.instanceType,
-      "meta-data/placement/region": i.region,
-      "meta-data/placement/availability-zone": i.az,
-      "meta-data/mac": i.mac,
-      "meta-data/local-hostname": i.localHostname,
-    };
-    if (simple[m] !== undefined) return simple[m];
-    if (m === "meta-data/network/interfaces/macs") return i.nics.map((n) => `${n.mac}/`).join("\n");
-    const nicPath = /^meta-data\/network\/interfaces\/macs\/([0-9a-f:]{17})\/(.*)$/.exec(m);
-    if (nicPath) {
-      const nic = i.nics.find((n) => n.mac === nicPath[1]);
-      if (!nic) return undefined;
-      const f: Record<string, string | undefined> = {
-        "device-number": String(nic.deviceNumber),
-        "network-card": nic.networkCard === undefined ? undefined : String(nic.networkCard),
-        "interface-id": nic.interfaceId,
-        "subnet-id": nic.subnetId,
-        "vpc-id": nic.vpcId,
-      };
-      return f[nicPath[2]!];
-    }
-    return undefined;
+    return this.tree.lookup(p.replace(/^\/?(latest\/)?/, ""))?.toString();
   }
   async getBytes(): Promise<Buffer | undefined> {
     return undefined;

@@ -166,7 +166,8 @@ export class ImdsEmulator {
     return answer(200, body);
   }
 
-  private lookup(p: string): string | Buffer | undefined {
+  /** The answer for a path below /latest/ (undefined = 404); MemoryImds serves the same tree in-process. */
+  lookup(p: string): string | Buffer | undefined {
     const i = this.instance;
     if (p === "user-data" || p === "user-data/") return i.userData === null ? undefined : i.userData;
     const m = p.replace(/\/$/, "");
