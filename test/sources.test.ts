@@ -167,3 +167,10 @@ t.test("gather: precedence follows [service].sources (later wins), all problems 
   t.type(e, InputError);
   t.same(e.problems.map((p) => p.source.replace(/:\d+:\d+$/, "")).sort(), ["/etc/eni-dpdk/config.toml", "tag eni-dpdk:dpdk", "user-data"]);
 });
+
+t.test("a bare NodeConfig document is labelled with nodeadm's media type, as nodeadm accepts it", async (t) => {
+  const parts = decodeUserData(Buffer.from(nodeConfig));
+  t.equal(parts.length, 1);
+  t.equal(parts[0]!.contentType, "application/node.eks.aws");
+  t.equal(decodeUserData(Buffer.from("#!/bin/sh\ntrue\n"))[0]!.contentType, "", "a script stays unlabelled");
+});
