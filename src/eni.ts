@@ -437,6 +437,13 @@ async function runItem(
     if (it.steps[0] === "adopt") log.info("adopting ENI created earlier", { eni_id: ex.eniId, subnet: ex.subnetId });
   }
   ctx.state.enis[e.name] = rec;
+  if (e.dpdk.enabled && rec.mac && it.steps.includes("attach")) {
+    // Before the NIC exists: networkd must already have our Unmanaged=yes file when the link
+    // appears, or it configures it (nodeadm's template adds a default route) and the route guard
+    // then refuses to bind it on this first boot.
+    const { ensureNetworkdFile, reloadNetworkd } = await import("./networkd.js");
+    if (await ensureNetworkdFile(ctx.host, ctx.state, e.name, rec.mac)) await reloadNetworkd(ctx.host, log);
+  }
   await persist();
 
   if (it.steps.includes("attach")) {

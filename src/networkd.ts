@@ -3,7 +3,7 @@
 //   permanent MAC with Unmanaged=yes, so networkd never configures a DPDK ENI;
 // - nodeadm's udev-net-manager cache entry for the ENI's interface name says a manager other than
 //   networkd, so nodeadm's boot hook never waits for a link that vfio-pci took away.
-import type { Host } from "./host.js";
+import { run, type Host } from "./host.js";
 import type { Logger } from "./log.js";
 import type { Action } from "./plan.js";
 import type { State } from "./state.js";
@@ -49,6 +49,16 @@ export async function ensureNetworkdFile(host: Host, state: State, eniName: stri
   const changed = await host.writeFileAtomic(p, renderNetworkd(eniName, mac));
   if (!state.networkdFiles.includes(p)) state.networkdFiles.push(p);
   return changed;
+}
+
+/**
+ * Ask a running systemd-networkd to re-read its .network files, so a file written for a NIC that
+ * is about to appear takes effect. Only on the real root with networkd running; failures are logged.
+ */
+export async function reloadNetworkd(host: Host, log: Logger): Promise<void> {
+  if (host.root !== "/" || !(await host.exists("/run/systemd/netif"))) return;
+  const r = await run(["networkctl", "reload"], { timeoutMs: 10_000 }).catch((e: Error) => ({ code: -1, stdout: "", stderr: e.message }));
+  if (r.code !== 0) log.warn("networkctl reload failed", { error: r.stderr.trim(), next: "the ENI may be configured by networkd until the next boot; check `networkctl status`" });
 }
 
 /**

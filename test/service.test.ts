@@ -107,6 +107,21 @@ t.test("plan changes nothing; apply converges; a second apply changes nothing; s
   t.match(second.stderr, /msg="eni done" stage=eni took_ms=\d+ actions=0 ec2_loaded=false/, "no EC2 SDK loaded when IMDS proves the ENIs");
 });
 
+t.test("first boot: the networkd Unmanaged file of a DPDK ENI exists before its NIC appears", async (t) => {
+  const world = await World.start({ configToml: sampleConfig() });
+  t.teardown(() => world.close());
+  const seen: Record<string, boolean> = {};
+  const hook = world.ec2.onAttached!;
+  world.ec2.onAttached = (ev) => {
+    const name = ev.eni.tags["eni-dpdk:name"]!;
+    seen[name] = existsSync(path.join(world.root, `etc/systemd/network/00-eni-dpdk-${name}.network`));
+    return hook(ev);
+  };
+  t.equal((await cli(world, ["apply"])).code, 0);
+  t.same(seen, { n3: true, n6: true, mgmt: false }, "written for the DPDK ENIs before attach; none for the kernel ENI");
+  t.match(readFileSync(path.join(world.root, "etc/systemd/network/00-eni-dpdk-n3.network"), "utf8"), /Unmanaged=yes/);
+});
+
 t.test("reboot: devices come back on ena; apply rebinds them from the state file with no EC2 call", async (t) => {
   const world = await World.start({ configToml: sampleConfig() });
   t.teardown(() => world.close());

@@ -25,7 +25,6 @@ export interface WorldOptions {
 }
 
 export class World {
-  private nextSlot = 6;
   private readonly timers = new Set<NodeJS.Timeout>();
 
   private constructor(
@@ -90,7 +89,8 @@ export class World {
   /** The attach hook: after a delay the NIC appears in sysfs (on ena) and in the IMDS macs tree. */
   private hotplug(ev: AttachedEvent): void {
     const go = () => {
-      const slot = this.nextSlot++;
+      // The PCI slot follows the device index, as EC2's does, so concurrent attaches land deterministically.
+      const slot = 5 + ev.networkCardIndex * 32 + ev.deviceIndex;
       this.sim.addNic({ bdf: `0000:00:${slot.toString(16).padStart(2, "0")}.0`, mac: ev.eni.mac, ifname: `eth${ev.deviceIndex}` });
       this.imds.addNic(imdsNicOf(ev));
     };
