@@ -144,11 +144,14 @@ export async function reconcile(ctx: CommandContext, opts: ReconcileOptions): Pr
   const sctx: StageContext = { host: ctx.host, imds: session.imds, log, deadline, config, instance, imdsNics, state, dryRun: opts.dryRun };
   const body = async () => {
     const actions: Action[] = [];
+    // Re-read under the lock: another eni-dpdk (a manual bind, the early unit) may have written it.
+    if (!opts.dryRun) Object.assign(state, await loadState(ctx.host));
     if (!opts.dryRun && state.instanceId !== instance.instanceId) {
-      // A state file from another instance (e.g. an AMI baked from a running node) must not be trusted.
+      // A state file from another instance (e.g. an AMI baked from a running node) must not be
+      // trusted. Reset in memory only: the stages persist it once they change something, so a
+      // rejected run leaves the file as it was.
       if (state.instanceId) log.warn("state file belongs to another instance; starting fresh", { was: state.instanceId });
-      Object.assign(state, { ...structuredClone(emptyStateFor(instance.instanceId)), nodeeni: state.nodeeni });
-      await saveState(ctx.host, state);
+      Object.assign(state, { ...emptyStateFor(instance.instanceId), nodeeni: state.nodeeni });
     }
 
     const { planEnis, applyEnis } = await import("./eni.js");

@@ -160,6 +160,7 @@ t.test("pre-flight failure (subnet in another AZ): exit 2 before any mutation", 
   t.match(r.stderr, /us-west-2b/);
   t.equal(world.ec2.mutatingCalls(), 0);
   t.same(world.sim.writes, []);
+  t.notOk(existsSync(path.join(world.root, "var/lib/eni-dpdk/state.json")), "no state file written");
 });
 
 t.test("run: READY with the Status line, SIGHUP re-reads the sources, SIGTERM stops cleanly", async (t) => {
