@@ -11,8 +11,10 @@ import type { Gathered } from "./sources.js";
 export async function runCommand(ctx: CommandContext, opts: { env: NodeJS.ProcessEnv }): Promise<number> {
   const log = ctx.log;
   const notifier = await createNotifier(opts.env, log);
-  const onFailure = await fileOnFailure(ctx, opts.env);
-  const bootTimeout = (await fileTimeoutSeconds(ctx, opts.env)) * 1000;
+  // From the file alone, so a broken user-data or tag still honours the file's choices.
+  const fileService = (await fileConfig(ctx, opts.env))?.service;
+  const onFailure = fileService?.on_failure ?? "fail";
+  const bootTimeout = (fileService?.timeout_seconds ?? 300) * 1000;
   log.info("starting", { notify: notifier.via, on_failure: onFailure, timeout_s: bootTimeout / 1000 });
   await notifier.status("applying: reading sources");
 
@@ -144,15 +146,6 @@ async function waitForSignals(
   process.off("SIGTERM", term);
   process.off("SIGINT", int);
   return code;
-}
-
-/** on_failure from the file alone, so a broken user-data still honours the file's choice. */
-async function fileOnFailure(ctx: CommandContext, env: NodeJS.ProcessEnv): Promise<"fail" | "continue"> {
-  return (await fileConfig(ctx, env))?.service.on_failure ?? "fail";
-}
-
-async function fileTimeoutSeconds(ctx: CommandContext, env: NodeJS.ProcessEnv): Promise<number> {
-  return (await fileConfig(ctx, env))?.service.timeout_seconds ?? 300;
 }
 
 async function fileConfig(ctx: CommandContext, env: NodeJS.ProcessEnv) {
