@@ -6,7 +6,7 @@ import { Deadline, type Host } from "./host.js";
 import { ImdsClient, readInstance, readNics, readTags, readUserData, type Imds, type InstanceIdentity } from "./imds.js";
 import type { Logger } from "./log.js";
 import { formatActions, type Action, type CommandContext, type Stage, type StageContext } from "./plan.js";
-import { loadState, saveState, type EniRecord, type State } from "./state.js";
+import { emptyState, loadState, saveState, type EniRecord, type State } from "./state.js";
 import type { Gathered, InstanceSources } from "./sources.js";
 import type { Ec2Factory } from "./ec2.js";
 import type { HostDeviceResult, HostTarget } from "./pci.js";
@@ -138,20 +138,21 @@ export async function reconcile(ctx: CommandContext, opts: ReconcileOptions): Pr
   const warnings = gathered.warnings.map((w) => `${w.source}: ${w.message}`);
 
   const [instance, imdsNics] = await observed;
-  const state = await loadState(ctx.host);
+  // apply reads the state file under the lock (in body); plan reads it here, without the lock.
+  const state = opts.dryRun ? await loadState(ctx.host) : emptyState();
   stageDone("observe", { instance: instance.instanceId, nics: imdsNics.length });
 
   const sctx: StageContext = { host: ctx.host, imds: session.imds, log, deadline, config, instance, imdsNics, state, dryRun: opts.dryRun };
   const body = async () => {
     const actions: Action[] = [];
-    // Re-read under the lock: another eni-dpdk (a manual bind, the early unit) may have written it.
+    // Read under the lock: another eni-dpdk (a manual bind, the early unit) may have written it.
     if (!opts.dryRun) Object.assign(state, await loadState(ctx.host));
     if (!opts.dryRun && state.instanceId !== instance.instanceId) {
       // A state file from another instance (e.g. an AMI baked from a running node) must not be
       // trusted. Reset in memory only: the stages persist it once they change something, so a
       // rejected run leaves the file as it was.
       if (state.instanceId) log.warn("state file belongs to another instance; starting fresh", { was: state.instanceId });
-      Object.assign(state, { ...emptyStateFor(instance.instanceId), nodeeni: state.nodeeni });
+      Object.assign(state, { ...emptyState(), instanceId: instance.instanceId, nodeeni: state.nodeeni });
     }
 
     const { planEnis, applyEnis } = await import("./eni.js");
@@ -281,10 +282,6 @@ async function nodeEniAfterApply(ctx: CommandContext, r: NodeEniResult, state: S
   });
   const report = await reportNodeEniStatus({ log: ctx.log, session: r.session }, results);
   for (const w of report.warnings) ctx.log.warn(w, { next: "check deploy/rbac.yaml is applied; status will be retried at the next reconcile" });
-}
-
-function emptyStateFor(instanceId: string): State {
-  return { version: 1, instanceId, enis: {}, bindings: {}, sriov: { owned: [] }, networkdFiles: [] };
 }
 
 /** ENIs the state file already knows (dry-run: nothing gets created, so show what exists). */

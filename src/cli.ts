@@ -49,14 +49,15 @@ export async function main(argv: string[], io: CliIo = defaultIo): Promise<numbe
 
   // The boot path (`run`, `apply`, `early` with plain global options) skips loading yargs, which
   // is a third of the start-up cost; anything else, help and errors included, goes through yargs.
+  // The boot commands' handlers serve both the fast path and yargs.
+  const boot: Record<BootCommand, (args: unknown) => Promise<void>> = {
+    run: wrap(async (ctx) => (await import("./service.js")).runCommand(ctx, { env: io.env })),
+    apply: wrap<{ "dry-run": boolean }>(async (ctx, a) => (await import("./apply.js")).applyCommand(ctx, { dryRun: a["dry-run"], env: io.env })),
+    early: wrap(async (ctx) => (await import("./status.js")).earlyCommand(ctx, {})),
+  };
   const fast = parseBootArgv(argv);
   if (fast) {
-    const handlers: Record<BootCommand, (a: GlobalArgs & { "dry-run": boolean }) => Promise<void>> = {
-      run: wrap(async (ctx) => (await import("./service.js")).runCommand(ctx, { env: io.env })),
-      apply: wrap<{ "dry-run": boolean }>(async (ctx, a) => (await import("./apply.js")).applyCommand(ctx, { dryRun: a["dry-run"], env: io.env })),
-      early: wrap(async (ctx) => (await import("./status.js")).earlyCommand(ctx, {})),
-    };
-    await handlers[fast.command](fast.args);
+    await boot[fast.command](fast.args);
     return code;
   }
 
@@ -90,13 +91,13 @@ export async function main(argv: string[], io: CliIo = defaultIo): Promise<numbe
       "apply",
       "execute the plan once: ENIs, host binding, SR-IOV config; writes /run/eni-dpdk/status.json",
       (y) => y.option("dry-run", { type: "boolean", default: false, describe: "print the plan, change nothing" }),
-      wrap<{ "dry-run": boolean }>(async (ctx, a) => (await import("./apply.js")).applyCommand(ctx, { dryRun: a["dry-run"], env: io.env })),
+      boot.apply,
     )
     .command(
       "run",
       "the service (systemd ExecStart): apply, notify READY with a Status line, keep reconciling",
       (y) => y,
-      wrap(async (ctx) => (await import("./service.js")).runCommand(ctx, { env: io.env })),
+      boot.run,
     )
     .command(
       "status",
@@ -132,7 +133,7 @@ export async function main(argv: string[], io: CliIo = defaultIo): Promise<numbe
       "early",
       "offline rebind at boot from the state file (eni-dpdk-early.service; no network needed)",
       (y) => y,
-      wrap(async (ctx) => (await import("./status.js")).earlyCommand(ctx, {})),
+      boot.early,
     )
     .command(
       "userdata",

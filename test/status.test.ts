@@ -70,16 +70,24 @@ t.test("status: per device and host, as text and complete JSON", async (t) => {
   t.equal((ctx.host as Host).writes, 0, "status writes nothing");
 });
 
-t.test("early: rebinds from the state file after a reboot, without network", async (t) => {
+/**
+ * The reboot: apply on one simulated node, then a fresh kernel (modules unloaded, every device back
+ * on ena with its netdev) that keeps only the state file, optionally edited.
+ */
+async function rebooted(t: { teardown(fn: () => void): void }, editState: (text: string) => string = (x) => x): Promise<SimKernel> {
   const before = node();
   await applied(before);
   const stateText = fs.readFileSync(before.p(STATE_PATH), "utf8");
   before.close();
-  // the reboot: a fresh kernel, modules unloaded, every device back on ena with its netdev
   const sim = node();
   t.teardown(() => sim.close());
   fs.mkdirSync(path.dirname(sim.p(STATE_PATH)), { recursive: true });
-  fs.writeFileSync(sim.p(STATE_PATH), stateText);
+  fs.writeFileSync(sim.p(STATE_PATH), editState(stateText));
+  return sim;
+}
+
+t.test("early: rebinds from the state file after a reboot, without network", async (t) => {
+  const sim = await rebooted(t);
   fs.mkdirSync(sim.p(`/etc/eks/nodeadm/udev-net-manager/${INSTANCE_ID}`), { recursive: true });
   const pre = await collectStatus(new Host(sim.root));
   t.match(pre.devices.find((d) => d.name === "data1"), { state: "unbound", driver: "ena", ifname: "eth1", detail: /recorded as bound but on a kernel driver/ });
@@ -100,14 +108,7 @@ t.test("early: rebinds from the state file after a reboot, without network", asy
 });
 
 t.test("early: a different ENI at the recorded BDF is left alone", async (t) => {
-  const before = node();
-  await applied(before);
-  const stateText = fs.readFileSync(before.p(STATE_PATH), "utf8");
-  before.close();
-  const sim = node();
-  t.teardown(() => sim.close());
-  fs.mkdirSync(path.dirname(sim.p(STATE_PATH)), { recursive: true });
-  fs.writeFileSync(sim.p(STATE_PATH), stateText.replaceAll(DATA1.mac, "02:00:00:00:00:99"));
+  const sim = await rebooted(t, (state) => state.replaceAll(DATA1.mac, "02:00:00:00:00:99"));
   const ctx = cmdCtx(sim);
   t.equal(await earlyCommand(ctx, {}), 0);
   t.match(ctx.output.join(""), /skipped .* carries MAC 02:00:00:00:00:02, not 02:00:00:00:00:99/);
