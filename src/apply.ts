@@ -113,6 +113,22 @@ export interface ReconcileOptions {
  * mutation; the host lock is held for the mutating part. Throws InputError on bad input.
  */
 export async function reconcile(ctx: CommandContext, opts: ReconcileOptions): Promise<ApplyOutcome & { gathered: Gathered }> {
+  // Start taking the host lock now: spawning flock(1) then overlaps the IMDS round trips of the
+  // sources. It is held until the status file is written, and released on every path.
+  const lock = opts.dryRun ? undefined : ctx.host.acquireLock();
+  lock?.catch(() => {});
+  try {
+    return await reconcileWith(ctx, opts, lock);
+  } finally {
+    if (lock) await lock.then((l) => l.release(), () => {});
+  }
+}
+
+async function reconcileWith(
+  ctx: CommandContext,
+  opts: ReconcileOptions,
+  lock: Promise<unknown> | undefined,
+): Promise<ApplyOutcome & { gathered: Gathered }> {
   const t0 = performance.now();
   const startedAt = new Date().toISOString();
   const timings: ApplyOutcome["timings"] = {};
@@ -129,7 +145,7 @@ export async function reconcile(ctx: CommandContext, opts: ReconcileOptions): Pr
   // Observation needs IMDS as much as the sources do: start it now, alongside them.
   const observed = Promise.all([session.instance(), readNics(session.imds)]);
   observed.catch(() => {});
-  const { gather } = await import("./sources.js");
+  const { gather, saveTomlMemo } = await import("./sources.js");
   const gathered =
     opts.gathered ?? (await gather(ctx.host, { configPath: ctx.configPath, env: opts.env, instance: await instanceSources(ctx, opts.env, session) }));
   const config = gathered.config;
@@ -201,13 +217,15 @@ export async function reconcile(ctx: CommandContext, opts: ReconcileOptions): Pr
       await nodeEniAfterApply(ctx, session.nodeEni, state, config, enis, devices);
       stageDone("nodeeni", { applied: session.nodeEni.applied.length, from_cache: session.nodeEni.fromCache });
     }
+    // Parsed sources are kept for the next boot only once they were applied without error.
+    if (!opts.dryRun && !devices.some((d) => d.state === "failed")) await saveTomlMemo(ctx.host);
     return { actions, enis, devices, sriov };
   };
 
   let result: Awaited<ReturnType<typeof body>> | undefined;
   let error: ApplyOutcome["error"];
   try {
-    result = opts.dryRun ? await body() : await ctx.host.withLock(body);
+    result = lock ? await lock.then(body) : await body();
   } catch (e) {
     if (e instanceof InputError) throw e;
     error = {

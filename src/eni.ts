@@ -2,13 +2,13 @@
 // DeleteOnTermination as configured, and its NIC visible to the OS. Observe (IMDS, then EC2 only when
 // IMDS cannot prove convergence), pre-flight every check before the first mutating call, then run all
 // ENIs concurrently with bounded waits. Each step is recorded in the state file for crash safety.
-import { createHash } from "node:crypto";
 import type { _InstanceType, NetworkInterface } from "@aws-sdk/client-ec2";
 import type { EniConfig } from "./config.js";
 import { Ec2Error, withEc2Retry, type Ec2Api, type Ec2Factory } from "./ec2.js";
 import { InputError, OpError, type Problem } from "./errors.js";
 import { sleep } from "./host.js";
-import { readNic } from "./imds.js";
+import { readNic, readNicNetwork } from "./imds.js";
+import { lazyCrypto } from "./lazy.js";
 import type { Action, StageContext } from "./plan.js";
 import { saveState, type EniRecord } from "./state.js";
 
@@ -52,7 +52,7 @@ export interface EniPlan {
 
 /** Deterministic, so a create retried after a lost response returns the same ENI. */
 export function clientToken(instanceId: string, name: string, subnetId: string): string {
-  return "eni-dpdk-" + createHash("sha256").update(`${instanceId}\n${name}\n${subnetId}`).digest("hex").slice(0, 48);
+  return "eni-dpdk-" + lazyCrypto().createHash("sha256").update(`${instanceId}\n${name}\n${subnetId}`).digest("hex").slice(0, 48);
 }
 
 function tagsOf(n: NetworkInterface): Record<string, string> {
@@ -91,7 +91,8 @@ function provenByImds(ctx: StageContext, e: EniConfig): EniRecord | undefined {
   if (!nic || nic.deviceNumber !== e.device_index || nic.networkCard !== e.network_card_index) return undefined;
   if (rec.deviceIndex !== e.device_index || rec.networkCardIndex !== e.network_card_index) return undefined;
   if (rec.deleteOnTermination !== e.delete_on_termination) return undefined;
-  if (e.subnet_id ? nic.subnetId !== e.subnet_id : rec.subnetName !== e.subnet_name || nic.subnetId !== rec.subnetId) return undefined;
+  // An ENI never changes subnet, so the one recorded at create/adopt (from EC2) is still its subnet.
+  if (e.subnet_id ? rec.subnetId !== e.subnet_id : rec.subnetName !== e.subnet_name) return undefined;
   return { ...rec, mac: nic.mac.toLowerCase() };
 }
 
@@ -133,7 +134,7 @@ export async function planEnis(ctx: StageContext, ec2: Ec2Factory): Promise<EniP
   const problem = (e: EniConfig, key: string, message: string) => problems.push({ source, key: `eni.${e.name}.${key}`, message });
 
   const primary = attached.find((n) => n.Attachment?.DeviceIndex === 0 && (n.Attachment?.NetworkCardIndex ?? 0) === 0);
-  const vpcId = primary?.VpcId ?? ctx.imdsNics.find((n) => n.mac === inst.primaryMac)?.vpcId;
+  const vpcId = primary?.VpcId ?? (await readNicNetwork(ctx.imds, inst.primaryMac)).vpcId;
   if (!vpcId) throw new OpError(`cannot tell the VPC of ${inst.instanceId}: no primary ENI in DescribeNetworkInterfaces or IMDS`, "check the instance in the EC2 console");
 
   // Classify each ENI against what is attached now.

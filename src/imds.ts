@@ -2,7 +2,6 @@
 // patient wait at boot bounded by the deadline. @aws-sdk/ec2-metadata-service is loaded lazily.
 import http from "node:http";
 import { OpError } from "./errors.js";
-import { interop } from "./lazy.js";
 import { Deadline, sleep } from "./host.js";
 import type { Logger } from "./log.js";
 
@@ -30,13 +29,6 @@ export interface ImdsNicInfo {
   deviceNumber: number;
   networkCard: number;
   interfaceId?: string;
-  subnetId?: string;
-  vpcId?: string;
-}
-
-interface MetadataServiceLike {
-  request(path: string, options: { method?: string; headers?: Record<string, string> }): Promise<string>;
-  fetchMetadataToken(): Promise<string>;
 }
 
 export interface ImdsOptions {
@@ -52,7 +44,6 @@ export class ImdsClient implements Imds {
   private readonly timeoutMs: number;
   private token?: { value: string; expires: number };
   private pendingToken?: Promise<string>;
-  private svc?: Promise<{ reader: MetadataServiceLike; tokens: MetadataServiceLike }>;
   /** Requests sent (tokens included), for tests and the status document. */
   requestCount = 0;
 
@@ -61,35 +52,40 @@ export class ImdsClient implements Imds {
     this.timeoutMs = opts.timeoutMs ?? 2000;
   }
 
-  private services() {
-    this.svc ??= import("@aws-sdk/ec2-metadata-service").then((mod) => interop(mod, "MetadataService")).then(({ MetadataService }) => ({
-      // Token fetches: IMDSv1 fallback disabled; no SDK retries, our loop owns waiting.
-      tokens: new MetadataService({
-        endpoint: this.endpoint,
-        ec2MetadataV1Disabled: true,
-        httpOptions: { timeout: this.timeoutMs },
-        tokenTtl: TOKEN_TTL_SECONDS,
-        retries: 0,
-      }),
-      // Reads carry our cached token explicitly, so the SDK must not fetch one per request.
-      reader: new MetadataService({
-        endpoint: this.endpoint,
-        disableFetchToken: true,
-        httpOptions: { timeout: this.timeoutMs },
-        retries: 0,
-      }),
-    }));
-    return this.svc;
+  private agent?: http.Agent;
+
+  /**
+   * One HTTP/1.1 request over a small keep-alive pool. IMDS answers in well under a millisecond, so
+   * connection set-up and client overhead dominate: reusing sockets is what keeps boot fast.
+   */
+  private request(method: "GET" | "PUT", path: string, headers: Record<string, string>): Promise<Buffer> {
+    // Idle keep-alive sockets are unref'd by the agent, so they never hold the process open.
+    this.agent ??= new http.Agent({ keepAlive: true, maxSockets: 4 });
+    this.requestCount++;
+    return new Promise<Buffer>((resolve, reject) => {
+      const req = http.request(`${this.endpoint}/latest/${path}`, { method, headers, agent: this.agent, timeout: this.timeoutMs }, (res) => {
+        const chunks: Buffer[] = [];
+        res.on("data", (c: Buffer) => chunks.push(c));
+        res.on("end", () => {
+          if (res.statusCode === 200) resolve(Buffer.concat(chunks));
+          else reject(Object.assign(new Error(`status code ${res.statusCode}`), { $metadata: { httpStatusCode: res.statusCode } }));
+        });
+        res.on("error", reject);
+      });
+      req.on("timeout", () => req.destroy(new Error(`timed out after ${this.timeoutMs} ms`)));
+      req.on("error", reject);
+      req.end();
+    });
   }
 
-  /** Single-flight: concurrent reads share one token request. */
+  /** Single-flight: concurrent reads share one token request. Never falls back to IMDSv1. */
   private tokenValue(): Promise<string> {
     if (this.token && this.token.expires - Date.now() > 60_000) return Promise.resolve(this.token.value);
     this.pendingToken ??= (async () => {
       try {
-        const { tokens } = await this.services();
-        this.requestCount++;
-        const value = await tokens.fetchMetadataToken();
+        const body = await this.request("PUT", "api/token", { "x-aws-ec2-metadata-token-ttl-seconds": String(TOKEN_TTL_SECONDS) });
+        const value = body.toString("utf8").trim();
+        if (!value) throw new Error("IMDS answered an empty token");
         this.token = { value, expires: Date.now() + TOKEN_TTL_SECONDS * 1000 };
         return value;
       } finally {
@@ -100,40 +96,13 @@ export class ImdsClient implements Imds {
   }
 
   async get(path: string): Promise<string | undefined> {
-    return this.withRetry(path, async () => {
-      const token = await this.tokenValue();
-      const { reader } = await this.services();
-      this.requestCount++;
-      // The SDK prepends the endpoint path; a leading "/" would be sent as "//latest".
-      return reader.request(`latest/${path.replace(/^\/+/, "")}`.replace(/^latest\/latest\//, "latest/"), {
-        headers: { "x-aws-ec2-metadata-token": token },
-      });
-    });
+    return (await this.getBytes(path))?.toString("utf8");
   }
 
-  /** The SDK decodes bodies as UTF-8, which would corrupt gzip user-data; read bytes over node:http. */
+  /** Raw bytes: user-data may be gzip, which a UTF-8 decode would corrupt. */
   async getBytes(path: string): Promise<Buffer | undefined> {
-    return this.withRetry(path, async () => {
-      const token = await this.tokenValue();
-      this.requestCount++;
-      return new Promise<Buffer>((resolve, reject) => {
-        const req = http.get(
-          `${this.endpoint}/latest/${path.replace(/^\/+/, "")}`,
-          { headers: { "x-aws-ec2-metadata-token": token }, timeout: this.timeoutMs, agent: false },
-          (res) => {
-            const chunks: Buffer[] = [];
-            res.on("data", (c: Buffer) => chunks.push(c));
-            res.on("end", () => {
-              if (res.statusCode === 200) resolve(Buffer.concat(chunks));
-              else reject(Object.assign(new Error(`status ${res.statusCode}`), { $metadata: { httpStatusCode: res.statusCode } }));
-            });
-            res.on("error", reject);
-          },
-        );
-        req.on("timeout", () => req.destroy(new Error(`timed out after ${this.timeoutMs} ms`)));
-        req.on("error", reject);
-      });
-    });
+    const rel = path.replace(/^\/+/, "").replace(/^latest\//, "");
+    return this.withRetry(rel, async () => this.request("GET", rel, { "x-aws-ec2-metadata-token": await this.tokenValue() }));
   }
 
   /**
@@ -196,37 +165,71 @@ async function required(imds: Imds, path: string): Promise<string> {
   return v.trim();
 }
 
+/**
+ * The instance identity document answers id, type, region and zone in one round trip (each read
+ * counts at boot); the separate paths are the fallback if it is missing or unreadable.
+ */
 export async function readInstance(imds: Imds): Promise<InstanceIdentity> {
-  const [instanceId, instanceType, region, az, primaryMac, localHostname] = await Promise.all([
-    required(imds, "meta-data/instance-id"),
-    required(imds, "meta-data/instance-type"),
-    required(imds, "meta-data/placement/region"),
-    required(imds, "meta-data/placement/availability-zone"),
+  const [doc, primaryMac, localHostname] = await Promise.all([
+    imds.get("dynamic/instance-identity/document").then(identityDocument),
     required(imds, "meta-data/mac"),
     imds.get("meta-data/local-hostname").then((v) => v?.trim() ?? ""),
   ]);
+  const [instanceId, instanceType, region, az] = doc
+    ? [doc.instanceId, doc.instanceType, doc.region, doc.availabilityZone]
+    : await Promise.all([
+        required(imds, "meta-data/instance-id"),
+        required(imds, "meta-data/instance-type"),
+        required(imds, "meta-data/placement/region"),
+        required(imds, "meta-data/placement/availability-zone"),
+      ]);
   return { instanceId, instanceType, region, az, primaryMac: primaryMac.toLowerCase(), localHostname };
 }
 
-/** One NIC from the macs tree. `network-card` may 404 (card 0); some docs say `network-card-index`. */
+interface IdentityDocument {
+  instanceId: string;
+  instanceType: string;
+  region: string;
+  availabilityZone: string;
+}
+
+function identityDocument(text: string | undefined): IdentityDocument | undefined {
+  if (!text) return undefined;
+  try {
+    const d = JSON.parse(text) as Partial<IdentityDocument>;
+    const fields = [d.instanceId, d.instanceType, d.region, d.availabilityZone];
+    return fields.every((f) => typeof f === "string" && f !== "") ? (d as IdentityDocument) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * One NIC from the macs tree: what observation needs (device-number, network-card, interface-id).
+ * `network-card` may 404 (card 0); some docs say `network-card-index`. Subnet and VPC are read
+ * only when planning needs them (readNicNetwork), since every read is a round trip at boot.
+ */
 export async function readNic(imds: Imds, mac: string): Promise<ImdsNicInfo | undefined> {
   const base = `meta-data/network/interfaces/macs/${mac}/`;
-  const dn = await imds.get(base + "device-number");
-  if (dn === undefined) return undefined;
-  const [card, interfaceId, subnetId, vpcId] = await Promise.all([
+  const [dn, card, interfaceId] = await Promise.all([
+    imds.get(base + "device-number"),
     imds.get(base + "network-card").then((c) => c ?? imds.get(base + "network-card-index")),
     imds.get(base + "interface-id"),
-    imds.get(base + "subnet-id"),
-    imds.get(base + "vpc-id"),
   ]);
+  if (dn === undefined) return undefined;
   return {
     mac,
     deviceNumber: Number(dn.trim()),
     networkCard: Number((card ?? "0").trim()),
     interfaceId: interfaceId?.trim(),
-    subnetId: subnetId?.trim(),
-    vpcId: vpcId?.trim(),
   };
+}
+
+/** A NIC's subnet and VPC from the macs tree (undefined when the MAC is not attached). */
+export async function readNicNetwork(imds: Imds, mac: string): Promise<{ subnetId?: string; vpcId?: string }> {
+  const base = `meta-data/network/interfaces/macs/${mac}/`;
+  const [subnetId, vpcId] = await Promise.all([imds.get(base + "subnet-id"), imds.get(base + "vpc-id")]);
+  return { subnetId: subnetId?.trim(), vpcId: vpcId?.trim() };
 }
 
 export async function readNics(imds: Imds): Promise<ImdsNicInfo[]> {

@@ -1,6 +1,15 @@
+import { createRequire } from "node:module";
 // Lazily loaded third-party modules. In the code-split ESM bundle a dynamic import of a CommonJS
 // package (the AWS SDK, yaml) yields only `default`; under tsx it yields the named exports too.
 export function interop<T extends object>(mod: T, probe: keyof T): T {
   const m = mod as T & { default?: T };
   return m[probe] !== undefined ? m : (m.default ?? m);
 }
+
+/**
+ * Node built-ins that only rare paths need (crypto for client tokens, zlib for gzip user-data),
+ * loaded on first use: each costs milliseconds of start-up that a converged boot never needs.
+ */
+const load = createRequire(import.meta.url);
+export const lazyCrypto = (): typeof import("node:crypto") => load("node:crypto");
+export const lazyZlib = (): typeof import("node:zlib") => load("node:zlib");

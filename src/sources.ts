@@ -21,7 +21,7 @@ const OUR_TABLES = [...Object.keys(schema), "eni"];
 export function tomlLayer(text: string, source: string): Layer {
   let data: Record<string, unknown>;
   try {
-    data = toml.parse(text) as Record<string, unknown>;
+    data = parseToml(text);
   } catch (e) {
     const loc = (e as { location?: { start?: { line: number; column: number } } }).location?.start;
     const where = loc ? `${source}:${loc.line}:${loc.column}` : source;
@@ -30,7 +30,7 @@ export function tomlLayer(text: string, source: string): Layer {
   const positions = scanKeyPositions(text);
   return {
     source,
-    data: plain(data) as Record<string, unknown>,
+    data,
     locate: (keyPath) => {
       for (let n = keyPath.length; n > 0; n--) {
         const pos = positions.get(keyPath.slice(0, n).join("."));
@@ -39,6 +39,67 @@ export function tomlLayer(text: string, source: string): Layer {
       return source;
     },
   };
+}
+
+// ---- parsed-TOML memo ----------------------------------------------------------------------------
+// The toml parser is slow on a cold process (about 10 ms for the first small document), and every
+// boot parses the same config file and user-data again. A successful apply therefore keeps the
+// parse results by exact text in TOML_MEMO_PATH; the next boot reuses them when the text is
+// byte-identical. Only parsing is skipped: every layer is still validated and merged each time.
+
+export const TOML_MEMO_PATH = "/var/lib/eni-dpdk/toml-memo.json";
+const tomlMemo = new Map<string, Record<string, unknown>>();
+/** texts parsed or reused in this process: what the next saveTomlMemo keeps */
+const tomlUsed = new Set<string>();
+/** roots whose memo file was read in this process */
+const tomlMemoRoots = new Set<string>();
+
+/** Parse TOML (memoised by exact text) into ordinary JSON-safe objects. */
+export function parseToml(text: string): Record<string, unknown> {
+  const hit = tomlMemo.get(text);
+  if (hit) {
+    tomlUsed.add(text);
+    return structuredClone(hit);
+  }
+  const data = plain(toml.parse(text)) as Record<string, unknown>;
+  // Dates and non-finite numbers would not survive JSON: such documents are simply not memoised.
+  if (jsonSafe(data)) {
+    tomlMemo.set(text, structuredClone(data));
+    tomlUsed.add(text);
+  }
+  return data;
+}
+
+function jsonSafe(v: unknown): boolean {
+  if (v === null || typeof v === "string" || typeof v === "boolean") return true;
+  if (typeof v === "number") return Number.isFinite(v);
+  if (Array.isArray(v)) return v.every(jsonSafe);
+  if (typeof v === "object" && Object.getPrototypeOf(v) === Object.prototype) return Object.values(v as object).every(jsonSafe);
+  return false;
+}
+
+/** Load the memo a previous apply left (once per root). A damaged file is ignored, never an error. */
+export async function loadTomlMemo(host: Host): Promise<void> {
+  if (tomlMemoRoots.has(host.root)) return;
+  tomlMemoRoots.add(host.root);
+  const raw = await host.read(TOML_MEMO_PATH).catch(() => undefined);
+  if (!raw) return;
+  try {
+    const doc = JSON.parse(raw) as { version?: number; entries?: { text?: unknown; data?: unknown }[] };
+    if (doc.version !== 1 || !Array.isArray(doc.entries)) return;
+    for (const e of doc.entries) {
+      if (typeof e.text === "string" && e.data && typeof e.data === "object" && !Array.isArray(e.data)) tomlMemo.set(e.text, e.data as Record<string, unknown>);
+    }
+  } catch {
+    // A torn or hand-edited memo only costs a parse.
+  }
+}
+
+/** Keep the documents this process used (and only those) for the next boot; no write when unchanged. */
+export async function saveTomlMemo(host: Host): Promise<boolean> {
+  const entries = [...tomlUsed].sort().map((text) => ({ text, data: tomlMemo.get(text) }));
+  if (!entries.length) return false;
+  return host.writeFileAtomic(TOML_MEMO_PATH, JSON.stringify({ version: 1, entries }) + "\n", 0o600);
 }
 
 /** toml returns null-prototype objects; make them ordinary so deep-equality and spreading behave. */
@@ -165,7 +226,7 @@ function isOurDocument(part: UserDataPart): boolean {
   if (part.contentType && part.contentType !== "text/plain" && part.contentType !== "application/toml") return false;
   if (sniffDocument(part.text) !== "other") return false;
   try {
-    const data = toml.parse(part.text) as Record<string, unknown>;
+    const data = parseToml(part.text);
     return Object.keys(data).some((k) => OUR_TABLES.includes(k));
   } catch {
     // Broken TOML is ours only if it has our table headers; then the parse error is reported.
@@ -270,6 +331,8 @@ export interface Gathered extends EffectiveConfig {
  */
 export async function gather(host: Host, opts: { configPath?: string; env?: NodeJS.ProcessEnv; instance?: InstanceSources }): Promise<Gathered> {
   const env = opts.env ?? process.env;
+  await loadTomlMemo(host);
+  tomlUsed.clear();
   const files = await fileLayers(host, opts.configPath);
   const envL = envLayers(env);
   const problems: Problem[] = [];

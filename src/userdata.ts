@@ -1,7 +1,7 @@
 // EC2 user-data, decoded the way nodeadm decodes it: a base64 heuristic on the whole blob, gzip by
 // magic bytes, then MIME multipart from the top-level Content-Type; each part again through base64
 // and gzip. Our part type is application/eni-dpdk+toml; nodeadm's is application/node.eks.aws.
-import { gunzipSync } from "node:zlib";
+import { lazyZlib } from "./lazy.js";
 
 export const OUR_MEDIA_TYPE = "application/eni-dpdk+toml";
 export const NODEADM_MEDIA_TYPE = "application/node.eks.aws";
@@ -29,7 +29,7 @@ function maybeBase64(data: Buffer): Buffer {
 function maybeGzip(data: Buffer, label: string): Buffer {
   if (data.length >= 2 && data[0] === 0x1f && data[1] === 0x8b) {
     try {
-      return gunzipSync(data);
+      return lazyZlib().gunzipSync(data);
     } catch (e) {
       throw new Error(`${label}: gzip data is corrupt (${(e as Error).message})`);
     }

@@ -1,6 +1,9 @@
 import t from "tap";
 import { ImdsEmulator, defaultInstance } from "./emulators/imds.js";
-import { ImdsClient, readInstance, readNics, readTags, readUserData } from "../src/imds.js";
+import { spawn } from "node:child_process";
+import path from "node:path";
+import { MetadataService } from "@aws-sdk/ec2-metadata-service";
+import { ImdsClient, readInstance, readNicNetwork, readNics, readTags, readUserData } from "../src/imds.js";
 import { Deadline } from "../src/host.js";
 
 t.test("reads identity, NICs, tags and user-data over IMDSv2 with one token", async (t) => {
@@ -57,4 +60,84 @@ t.test("a PUT without the TTL header is refused by the emulator (IMDSv2 semantic
   t.equal(r.status, 400);
   const r2 = await fetch(`${emu.url}/latest/meta-data/instance-id`);
   t.equal(r2.status, 401, "no IMDSv1");
+});
+
+t.test("reads share a few keep-alive connections and one token", async (t) => {
+  const inst = defaultInstance();
+  for (let i = 1; i <= 7; i++) {
+    inst.nics.push({ ...inst.nics[0]!, mac: `02:00:00:00:00:1${i}`, deviceNumber: i, interfaceId: `eni-0000000000000001${i}` });
+  }
+  const emu = await new ImdsEmulator(inst).start();
+  t.teardown(() => emu.close());
+  const imds = new ImdsClient({ endpoint: emu.url });
+  const [id, nics] = await Promise.all([readInstance(imds), readNics(imds)]);
+  t.equal(id.instanceId, inst.instanceId);
+  t.equal(nics.length, 8);
+  t.ok(emu.requests.length > 25, `${emu.requests.length} requests`);
+  t.ok(emu.connections <= 4, `over ${emu.connections} connection(s), not one per request`);
+  t.equal(emu.count("/latest/api/token"), 1);
+  for (let i = 0; i < 5; i++) await imds.get("meta-data/instance-id");
+  t.ok(emu.connections <= 4, "sequential reads reuse an idle socket");
+});
+
+t.test("observation reads only what it needs: the identity document, and three keys per MAC", async (t) => {
+  const emu = await new ImdsEmulator(defaultInstance()).start();
+  t.teardown(() => emu.close());
+  const imds = new ImdsClient({ endpoint: emu.url });
+  const id = await readInstance(imds);
+  t.same([id.instanceId, id.instanceType, id.region, id.az], ["i-0123456789abcdef0", "c6in.4xlarge", "us-west-2", "us-west-2a"]);
+  await readNics(imds);
+  const paths = emu.requests.map((r) => r.path).sort();
+  t.same(paths, [
+    "/latest/api/token",
+    "/latest/dynamic/instance-identity/document",
+    "/latest/meta-data/local-hostname",
+    "/latest/meta-data/mac",
+    "/latest/meta-data/network/interfaces/macs/",
+    "/latest/meta-data/network/interfaces/macs/02:00:00:00:00:01/device-number",
+    "/latest/meta-data/network/interfaces/macs/02:00:00:00:00:01/interface-id",
+    "/latest/meta-data/network/interfaces/macs/02:00:00:00:00:01/network-card",
+  ]);
+  t.same(await readNicNetwork(imds, "02:00:00:00:00:01"), { subnetId: "subnet-0a1b2c3d4e5f60718", vpcId: "vpc-0a1b2c3d4e5f60718" }, "subnet and VPC on demand");
+});
+
+t.test("without the identity document, the instance comes from the single paths", async (t) => {
+  const emu = await new ImdsEmulator(defaultInstance()).start();
+  t.teardown(() => emu.close());
+  emu.faults.noIdentityDocument = true;
+  const id = await readInstance(new ImdsClient({ endpoint: emu.url }));
+  t.same([id.instanceId, id.instanceType, id.region, id.az], ["i-0123456789abcdef0", "c6in.4xlarge", "us-west-2", "us-west-2a"]);
+  t.equal(emu.count("/latest/meta-data/placement/region"), 1);
+});
+
+t.test("the emulator speaks IMDSv2 as the AWS SDK's own client expects (reference check)", async (t) => {
+  const emu = await new ImdsEmulator(defaultInstance()).start();
+  t.teardown(() => emu.close());
+  const sdk = new MetadataService({ endpoint: emu.url, ec2MetadataV1Disabled: true, httpOptions: { timeout: 2000 }, retries: 0 });
+  const token = await sdk.fetchMetadataToken();
+  t.match(token, /^\S{20,}$/);
+  t.equal(await sdk.request("latest/meta-data/instance-id", {}), "i-0123456789abcdef0");
+  t.match(await sdk.request("latest/meta-data/network/interfaces/macs/", {}), /02:00:00:00:00:01\//);
+  const doc = JSON.parse(await sdk.request("latest/dynamic/instance-identity/document", {}));
+  t.equal(doc.availabilityZone, "us-west-2a");
+  t.ok(emu.requests.every((r) => r.status === 200), "every SDK request was answered 200");
+});
+
+t.test("a process that read IMDS exits on its own: idle keep-alive sockets do not hold it", async (t) => {
+  const emu = new ImdsEmulator(defaultInstance());
+  emu.keepAliveMs = 60_000;
+  await emu.start();
+  t.teardown(() => emu.close());
+  const script = `import { ImdsClient } from ${JSON.stringify(path.resolve(import.meta.dirname, "../src/imds.ts"))};
+const c = new ImdsClient({ endpoint: process.argv[1] });
+console.log(await c.get("meta-data/instance-id"));`;
+  const t0 = Date.now();
+  const child = spawn(process.execPath, ["--import", "tsx", "--input-type=module", "-e", script, emu.url], { stdio: ["ignore", "pipe", "inherit"] });
+  let out = "";
+  child.stdout.on("data", (d: Buffer) => (out += d.toString()));
+  const code = await new Promise<number | null>((r) => child.on("exit", r));
+  t.equal(code, 0);
+  t.equal(out.trim(), "i-0123456789abcdef0");
+  // The emulator keeps idle connections for 60 s here; a socket holding the process would show as that.
+  t.ok(Date.now() - t0 < 30_000, `exited after ${Date.now() - t0} ms`);
 });

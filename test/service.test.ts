@@ -2,13 +2,14 @@
 // kernel), with a real unix datagram socket standing in for systemd's NOTIFY_SOCKET.
 import t from "tap";
 import { spawn, type ChildProcess } from "node:child_process";
-import { existsSync, mkdtempSync, readFileSync, statSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { createInterface } from "node:readline";
 import { World, sampleConfig } from "./emulators/world.js";
 import { createNotifier } from "../src/notify.js";
 import { silentLogger } from "../src/log.js";
+import { Host } from "../src/host.js";
 
 const repo = path.resolve(import.meta.dirname, "..");
 const main = path.join(repo, "src/main.ts");
@@ -80,6 +81,7 @@ t.test("plan changes nothing; apply converges; a second apply changes nothing; s
   t.equal(world.ec2.mutatingCalls(), 0, "plan made no mutating EC2 call");
   t.same(world.sim.writes, [], "plan made no sysfs write");
   t.notOk(existsSync(path.join(world.root, "var/lib/eni-dpdk/state.json")), "plan wrote no state");
+  t.notOk(existsSync(path.join(world.root, "var/lib/eni-dpdk/toml-memo.json")), "plan wrote no parse memo");
 
   const apply = await cli(world, ["apply"]);
   t.equal(apply.code, 0, apply.stderr);
@@ -149,6 +151,7 @@ t.test("invalid input: exit 2, and no EC2 call, no sysfs write, no file changed"
   t.same(world.sim.writes, [], "no sysfs write");
   t.notOk(existsSync(path.join(world.root, "etc/pcidp/config.json")), "no SR-IOV file");
   t.notOk(existsSync(path.join(world.root, "var/lib/eni-dpdk/state.json")), "no state file");
+  t.notOk(existsSync(path.join(world.root, "var/lib/eni-dpdk/toml-memo.json")), "no parse memo");
 });
 
 t.test("pre-flight failure (subnet in another AZ): exit 2 before any mutation", async (t) => {
@@ -161,6 +164,43 @@ t.test("pre-flight failure (subnet in another AZ): exit 2 before any mutation", 
   t.equal(world.ec2.mutatingCalls(), 0);
   t.same(world.sim.writes, []);
   t.notOk(existsSync(path.join(world.root, "var/lib/eni-dpdk/state.json")), "no state file written");
+  t.notOk(existsSync(path.join(world.root, "var/lib/eni-dpdk/toml-memo.json")), "no parse memo written");
+});
+
+t.test("apply waits for the host lock before its first change, and proceeds once it is released", async (t) => {
+  const world = await World.start({ configToml: sampleConfig() });
+  t.teardown(() => world.close());
+  const held = await new Host(world.root).acquireLock();
+  const p = start(world, ["apply"]);
+  // Long enough for the sources and observation to finish; the mutating part must still wait.
+  await new Promise((r) => setTimeout(r, 3000));
+  t.equal(p.child.exitCode, null, "still waiting");
+  t.equal(world.ec2.mutatingCalls(), 0, "no EC2 change under someone else's lock");
+  t.same(world.sim.writes, [], "no sysfs write under someone else's lock");
+  await held.release();
+  t.equal(await p.exit, 0, p.stderr);
+  t.equal(world.sim.driverOf("0000:00:06.0"), "vfio-pci");
+});
+
+t.test("the next boot reuses the parsed TOML of the last successful apply, for byte-identical text only", async (t) => {
+  const world = await World.start({ configToml: sampleConfig() });
+  t.teardown(() => world.close());
+  t.equal((await cli(world, ["apply"])).code, 0);
+  const memoFile = path.join(world.root, "var/lib/eni-dpdk/toml-memo.json");
+  const memo = JSON.parse(readFileSync(memoFile, "utf8"));
+  t.same(memo.entries.map((e: { text: string }) => e.text), [sampleConfig()], "the config file's exact text");
+  // Doctor the memo: if the next run uses it, the kernel ENI gets this MTU instead of the file's 9001.
+  memo.entries[0].data.eni.find((e: { name: string }) => e.name === "mgmt").mtu = 1500;
+  writeFileSync(memoFile, JSON.stringify(memo));
+  t.equal(readFileSync(path.join(world.root, "sys/class/net/eth3/mtu"), "utf8").trim(), "9001");
+  const reused = await cli(world, ["apply"]);
+  t.equal(reused.code, 0, reused.stderr);
+  t.equal(readFileSync(path.join(world.root, "sys/class/net/eth3/mtu"), "utf8").trim(), "1500", "the memo was used, not a parse");
+  writeFileSync(path.join(world.root, "etc/eni-dpdk/config.toml"), sampleConfig() + "# edited\n");
+  const parsed = await cli(world, ["apply"]);
+  t.equal(parsed.code, 0, parsed.stderr);
+  t.equal(readFileSync(path.join(world.root, "sys/class/net/eth3/mtu"), "utf8").trim(), "9001", "one changed byte means a real parse");
+  t.same(JSON.parse(readFileSync(memoFile, "utf8")).entries.map((e: { text: string }) => e.text), [sampleConfig() + "# edited\n"]);
 });
 
 t.test("run: READY with the Status line, SIGHUP re-reads the sources, SIGTERM stops cleanly", async (t) => {

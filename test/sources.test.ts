@@ -1,10 +1,10 @@
 import t from "tap";
 import { gzipSync } from "node:zlib";
-import { mkdtempSync, mkdirSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { decodeUserData, renderUserData } from "../src/userdata.js";
-import { envLayers, fileLayers, gather, tagLayers, userDataLayers } from "../src/sources.js";
+import { envLayers, fileLayers, gather, parseToml, saveTomlMemo, tagLayers, TOML_MEMO_PATH, userDataLayers } from "../src/sources.js";
 import { buildConfig } from "../src/config.js";
 import { InputError, formatProblem } from "../src/errors.js";
 import { Host } from "../src/host.js";
@@ -173,4 +173,39 @@ t.test("a bare NodeConfig document is labelled with nodeadm's media type, as nod
   t.equal(parts.length, 1);
   t.equal(parts[0]!.contentType, "application/node.eks.aws");
   t.equal(decodeUserData(Buffer.from("#!/bin/sh\ntrue\n"))[0]!.contentType, "", "a script stays unlabelled");
+});
+
+t.test("parsed-TOML memo: keeps what the last gather used, skips what JSON cannot hold, survives a damaged file", async (t) => {
+  const root = mkdtempSync(path.join(tmpdir(), "eni-dpdk-src-"));
+  mkdirSync(path.join(root, "etc/eni-dpdk"), { recursive: true });
+  const memoFile = path.join(root, TOML_MEMO_PATH);
+  const host = new Host(root);
+  const first = "[dpdk]\nhugepages_2m = 4\n";
+  writeFileSync(path.join(root, "etc/eni-dpdk/config.toml"), first);
+  const userData = "[dpdk]\nhugepages_1g = 1\n";
+  const g = await gather(host, { env: {}, instance: { userData: async () => Buffer.from(userData), tags: async () => ({}) } });
+  t.same([g.config.dpdk.hugepages_2m, g.config.dpdk.hugepages_1g], [4, 1]);
+  t.notOk(existsSync(memoFile), "gathering alone writes nothing");
+  t.ok(await saveTomlMemo(host), "saved");
+  const memo = JSON.parse(readFileSync(memoFile, "utf8"));
+  t.same(memo.entries.map((e: { text: string }) => e.text), [userData, first], "the file and the user-data part, by exact text (sorted)");
+  t.same(memo.entries[1].data, { dpdk: { hugepages_2m: 4 } });
+  t.notOk(await saveTomlMemo(host), "an unchanged memo is not rewritten");
+
+  const second = "[dpdk]\nhugepages_2m = 8\n";
+  writeFileSync(path.join(root, "etc/eni-dpdk/config.toml"), second);
+  t.equal((await gather(host, { env: {} })).config.dpdk.hugepages_2m, 8, "changed text is parsed again");
+  t.ok(await saveTomlMemo(host));
+  t.same(JSON.parse(readFileSync(memoFile, "utf8")).entries.map((e: { text: string }) => e.text), [second], "only what this gather used is kept");
+
+  const withDate = 'when = 1979-05-27T07:32:00Z\n';
+  t.type(parseToml(withDate).when, Date, "dates parse as dates");
+  t.type(parseToml(withDate).when, Date, "and are parsed again rather than memoised as strings");
+
+  const other = mkdtempSync(path.join(tmpdir(), "eni-dpdk-src-"));
+  mkdirSync(path.join(other, "etc/eni-dpdk"), { recursive: true });
+  mkdirSync(path.dirname(path.join(other, TOML_MEMO_PATH)), { recursive: true });
+  writeFileSync(path.join(other, TOML_MEMO_PATH), '{"version": 1, "entries": [{"text": "tor');
+  writeFileSync(path.join(other, "etc/eni-dpdk/config.toml"), "[dpdk]\nhugepages_2m = 2\n");
+  t.equal((await gather(new Host(other), { env: {} })).config.dpdk.hugepages_2m, 2, "a torn memo costs a parse, not an error");
 });

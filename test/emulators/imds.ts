@@ -40,6 +40,8 @@ export interface ImdsFaults {
   slowMs: number;
   /** for MAC → number of reads that answer device-number 0 (hot-plug settling) */
   deviceNumberZeroReads: Record<string, number>;
+  /** answer 404 for the instance identity document (clients must fall back to the single paths) */
+  noIdentityDocument?: boolean;
 }
 
 export interface ImdsRequestLog {
@@ -79,6 +81,10 @@ export function defaultInstance(over: Partial<ImdsInstance> = {}): ImdsInstance 
 export class ImdsEmulator {
   readonly faults: ImdsFaults = { fail500: 0, slowMs: 0, deviceNumberZeroReads: {} };
   readonly requests: ImdsRequestLog[] = [];
+  /** TCP connections accepted (clients that reuse sockets open few) */
+  connections = 0;
+  /** how long the server keeps an idle keep-alive connection (Node's default: 5 s) */
+  keepAliveMs?: number;
   private readonly tokens = new Map<string, number>();
   private server?: http.Server;
   private port = 0;
@@ -93,6 +99,8 @@ export class ImdsEmulator {
   async start(opts: { port?: number; delayMs?: number } = {}): Promise<this> {
     const port = opts.port ?? (opts.delayMs ? await freePort() : 0);
     this.server = http.createServer((req, res) => void this.handle(req, res));
+    this.server.on("connection", () => this.connections++);
+    if (this.keepAliveMs) this.server.keepAliveTimeout = this.keepAliveMs;
     const listen = () =>
       new Promise<void>((resolve) => {
         this.server!.listen(port, "127.0.0.1", () => {
@@ -181,6 +189,26 @@ export class ImdsEmulator {
       "meta-data/hostname": i.localHostname,
     };
     if (simple[m] !== undefined) return simple[m];
+    if (m === "dynamic/instance-identity/document") {
+      if (this.faults.noIdentityDocument) return undefined;
+      // The fields EC2 documents for the identity document (a subset of them).
+      return JSON.stringify(
+        {
+          accountId: "123456789012",
+          architecture: "x86_64",
+          availabilityZone: i.az,
+          imageId: "ami-0123456789abcdef0",
+          instanceId: i.instanceId,
+          instanceType: i.instanceType,
+          pendingTime: "2026-11-27T00:00:00Z",
+          privateIp: i.nics[0]?.localIpv4s[0] ?? "10.0.1.10",
+          region: i.region,
+          version: "2017-09-30",
+        },
+        null,
+        2,
+      );
+    }
     if (m === "meta-data/network/interfaces/macs") return i.nics.map((n) => `${n.mac}/`).join("\n");
     const nicPath = /^meta-data\/network\/interfaces\/macs\/([0-9a-f:]{17})(?:\/(.*))?$/.exec(m);
     if (nicPath) {
