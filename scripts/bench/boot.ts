@@ -4,13 +4,15 @@
 //   nothing to do: a converged node
 // Usage: npm run build && npx tsx scripts/bench/boot.ts [--runs 15]
 import { spawn } from "node:child_process";
-import { cpus } from "node:os";
+import { writeFileSync } from "node:fs";
+import { cpus, tmpdir } from "node:os";
 import path from "node:path";
 import { World, sampleConfig } from "../../test/emulators/world.js";
 
 const runs = Number(process.argv[process.argv.indexOf("--runs") + 1]) || 15;
 const repo = path.resolve(import.meta.dirname, "../..");
 const bundle = path.join(repo, "dist/eni-dpdk.mjs");
+const ioFloor = path.join(repo, "scripts/bench/io-floor.mjs");
 
 interface Sample {
   ms: number;
@@ -45,13 +47,21 @@ async function main() {
   try {
     const first = await measure([process.execPath, bundle, "apply"], env);
     if (first.code !== 0) throw new Error("first apply failed");
+    // The IMDS paths a converged apply reads, for the I/O floor to replay.
+    world.imds.requests.length = 0;
+    if ((await measure([process.execPath, bundle, "apply"], env)).code !== 0) throw new Error("second apply failed");
+    const imdsPaths = world.imds.requests.map((r) => r.path.replace(/^\/latest\//, ""));
+    const pathsFile = path.join(tmpdir(), `eni-dpdk-bench-imds-${process.pid}.txt`);
+    writeFileSync(pathsFile, imdsPaths.join("\n"));
     const floor: Sample[] = [];
+    const io: Sample[] = [];
     const steady: Sample[] = [];
     const noop: Sample[] = [];
     const ec2Before = world.ec2.totalCalls();
     // Interleave the three so machine load affects them alike.
     for (let i = 0; i < runs; i++) {
       floor.push(await measure([process.execPath, "-e", "0"], env));
+      io.push(await measure([process.execPath, ioFloor, pathsFile], env));
       world.reboot();
       const s = await measure([process.execPath, bundle, "apply"], env);
       if (s.code !== 0 || world.sim.driverOf("0000:00:06.0") !== "vfio-pci") throw new Error(`steady-state apply did not rebind (run ${i}); sim: ${JSON.stringify(world.sim.writes.slice(-8))} ${world.sim.errors}`);
@@ -69,6 +79,7 @@ async function main() {
     console.log("| what | median wall ms | vs node -e 0 | median peak RSS MB | max peak RSS MB |");
     console.log("|---|---|---|---|---|");
     console.log(row("`node -e 0`", floor));
+    console.log(row(`I/O floor: the same ${imdsPaths.length} IMDS requests, flock, sysfs reads and status write, without eni-dpdk (io-floor.mjs)`, io));
     console.log(row("steady-state boot: `apply` after a reboot (rebind 2 ENIs, MTU check, SR-IOV check)", steady));
     console.log(row("nothing to do: `apply` on a converged node", noop));
     console.log(`EC2 calls made by the ${runs * 2} measured applies: ${ec2Calls}`);

@@ -1,0 +1,59 @@
+// The I/O of a converged `apply` with none of eni-dpdk's code: the same IMDS requests (replayed from
+// a real apply's request log, over the same keep-alive pool), flock(1) for the host lock, a read of
+// every attribute under the PCI devices and netdevs, the config/state/SR-IOV files, and the status
+// file written. boot.ts times it beside `node -e 0` as the floor the boot-time goal sits on.
+// Usage: node io-floor.mjs <file with one IMDS path per line>   (env as the CLI gets it)
+import { spawn } from "node:child_process";
+import fs from "node:fs";
+import http from "node:http";
+import path from "node:path";
+
+const endpoint = process.env.AWS_EC2_METADATA_SERVICE_ENDPOINT;
+const root = process.env.ENI_DPDK_ROOT;
+const paths = fs.readFileSync(process.argv[2], "utf8").split("\n").filter((p) => p && p !== "api/token");
+const agent = new http.Agent({ keepAlive: true, maxSockets: 4 });
+const request = (method, p, headers) =>
+  new Promise((resolve, reject) => {
+    const r = http.request(`${endpoint}/latest/${p}`, { method, headers, agent }, (res) => {
+      const chunks = [];
+      res.on("data", (c) => chunks.push(c));
+      res.on("end", () => resolve(Buffer.concat(chunks).toString()));
+    });
+    r.on("error", reject);
+    r.end();
+  });
+
+const locked = new Promise((resolve) => {
+  const child = spawn("flock", ["--exclusive", path.join(root, "run/eni-dpdk.lock"), "cat"]);
+  child.stdout.once("data", () => resolve(child));
+  child.stdin.write("locked\n");
+});
+const token = await request("PUT", "api/token", { "x-aws-ec2-metadata-token-ttl-seconds": "21600" });
+await Promise.all(paths.map((p) => request("GET", p, { "x-aws-ec2-metadata-token": token })));
+
+let files = 0;
+const walk = (dir, depth) => {
+  for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
+    const p = path.join(dir, e.name);
+    if (e.isSymbolicLink()) fs.readlinkSync(p);
+    else if (e.isFile()) {
+      try {
+        fs.readFileSync(p, "utf8");
+        files++;
+      } catch {
+        // write-only attributes (bind, unbind, new_id) refuse reads, as on a real kernel
+      }
+    } else if (e.isDirectory() && depth > 0) walk(p, depth - 1);
+  }
+};
+walk(path.join(root, "sys/bus/pci/devices"), 2);
+walk(path.join(root, "sys/class/net"), 2);
+for (const f of ["etc/eni-dpdk/config.toml", "var/lib/eni-dpdk/state.json", "etc/pcidp/config.json"]) fs.readFileSync(path.join(root, f));
+
+const lock = await locked;
+const dir = path.join(root, "run/eni-dpdk");
+fs.mkdirSync(dir, { recursive: true });
+fs.writeFileSync(path.join(dir, ".floor.tmp"), JSON.stringify({ files, requests: paths.length + 1 }));
+fs.renameSync(path.join(dir, ".floor.tmp"), path.join(dir, "floor.json"));
+lock.stdin.end();
+process.exit(0);
