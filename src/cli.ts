@@ -226,7 +226,8 @@ export function reportError(ctx: CommandContext, e: unknown): number {
 // ---- validate / config / userdata -------------------------------------------------------------------
 
 async function validateCommand(ctx: CommandContext, opts: { files: string[]; env: NodeJS.ProcessEnv }): Promise<number> {
-  const { tomlLayer } = await import("./sources.js");
+  const { tomlLayer, loadToml } = await import("./sources.js");
+  await loadToml();
   if (opts.files.length > 0) {
     const problems: Problem[] = [];
     for (const file of opts.files) {
@@ -263,7 +264,8 @@ async function configCommand(ctx: CommandContext, opts: { json: boolean; env: No
 }
 
 async function userdataCommand(ctx: CommandContext, opts: { nodeconfig: string; config: string }): Promise<number> {
-  const { tomlLayer } = await import("./sources.js");
+  const { tomlLayer, loadToml } = await import("./sources.js");
+  await loadToml();
   const { renderUserData, sniffDocument } = await import("./userdata.js");
   const nodeConfig = await readLocal(opts.nodeconfig);
   const toml = await readLocal(opts.config);

@@ -2,7 +2,7 @@
 // NodeENI objects (src/nodeeni.ts), and the seed's environment variables. Each yields Layers that
 // buildConfig merges in the precedence order of [service].sources (later wins).
 import path from "node:path";
-import toml from "toml";
+import { interop } from "./lazy.js";
 import { buildConfig, defaults, schema, type EffectiveConfig, type Layer, type SourceName } from "./config.js";
 import { InputError, type Problem } from "./errors.js";
 import type { Host } from "./host.js";
@@ -23,6 +23,7 @@ export function tomlLayer(text: string, source: string): Layer {
   try {
     data = parseToml(text);
   } catch (e) {
+    if (e instanceof TomlNotLoaded) throw e;
     const loc = (e as { location?: { start?: { line: number; column: number } } }).location?.start;
     const where = loc ? `${source}:${loc.line}:${loc.column}` : source;
     throw new InputError([{ source: where, key: "(syntax)", message: `not valid TOML: ${(e as Error).message}` }]);
@@ -54,14 +55,34 @@ const tomlUsed = new Set<string>();
 /** roots whose memo file was read in this process */
 const tomlMemoRoots = new Set<string>();
 
-/** Parse TOML (memoised by exact text) into ordinary JSON-safe objects. */
+let tomlParse: ((text: string) => unknown) | undefined;
+
+/** A caller parsed before loadToml(): our bug, never to be mistaken for a user's syntax error. */
+class TomlNotLoaded extends Error {
+  constructor() {
+    super("internal error: the TOML parser was not loaded (call loadToml first)");
+  }
+}
+
+/** Load the toml parser (70 KB of code) — only needed when some text is not in the memo. */
+export async function loadToml(): Promise<void> {
+  tomlParse ??= interop(await import("toml"), "parse").parse;
+}
+
+/** Load the parser unless every text is in the memo. */
+async function loadTomlFor(texts: string[]): Promise<void> {
+  if (texts.some((t) => !tomlMemo.has(t))) await loadToml();
+}
+
+/** Parse TOML (memoised by exact text) into ordinary objects. Needs loadToml() first on a miss. */
 export function parseToml(text: string): Record<string, unknown> {
   const hit = tomlMemo.get(text);
   if (hit) {
     tomlUsed.add(text);
     return structuredClone(hit);
   }
-  const data = plain(toml.parse(text)) as Record<string, unknown>;
+  if (!tomlParse) throw new TomlNotLoaded();
+  const data = plain(tomlParse(text)) as Record<string, unknown>;
   // Dates and non-finite numbers would not survive JSON: such documents are simply not memoised.
   if (jsonSafe(data)) {
     tomlMemo.set(text, structuredClone(data));
@@ -155,20 +176,21 @@ export async function fileLayers(host: Host, configPath?: string): Promise<Layer
   if (text === undefined && configPath) {
     throw new InputError([{ source: main, key: "(file)", message: "no such file" }], "pass an existing file to --config");
   }
-  const tryParse = (t: string, source: string) => {
+  const docs: [string, string][] = text === undefined ? [] : [[text, main]];
+  for (const name of await host.list(CONFIG_DIR)) {
+    if (!name.endsWith(".toml")) continue;
+    const p = path.posix.join(CONFIG_DIR, name);
+    const t = await host.read(p);
+    if (t !== undefined) docs.push([t, p]);
+  }
+  await loadTomlFor(docs.map(([t]) => t));
+  for (const [t, source] of docs) {
     try {
       layers.push(tomlLayer(t, source));
     } catch (e) {
       if (e instanceof InputError) problems.push(...e.problems);
       else throw e;
     }
-  };
-  if (text !== undefined) tryParse(text, main);
-  for (const name of await host.list(CONFIG_DIR)) {
-    if (!name.endsWith(".toml")) continue;
-    const p = path.posix.join(CONFIG_DIR, name);
-    const t = await host.read(p);
-    if (t !== undefined) tryParse(t, p);
   }
   if (problems.length) throw new InputError(problems);
   return layers;
@@ -190,12 +212,7 @@ export interface UserDataResult {
  */
 export function userDataLayers(raw: Buffer | undefined): UserDataResult {
   if (!raw || raw.length === 0) return { layers: [], parts: [], summary: "no user-data" };
-  let parts: UserDataPart[];
-  try {
-    parts = decodeUserData(raw);
-  } catch (e) {
-    throw new InputError([{ source: "user-data", key: "(encoding)", message: (e as Error).message }]);
-  }
+  const parts = decodeParts(raw);
   const layers: Layer[] = [];
   const problems: Problem[] = [];
   let skipped = 0;
@@ -221,14 +238,44 @@ export function userDataLayers(raw: Buffer | undefined): UserDataResult {
   };
 }
 
+function decodeParts(raw: Buffer): UserDataPart[] {
+  try {
+    return decodeUserData(raw);
+  } catch (e) {
+    throw new InputError([{ source: "user-data", key: "(encoding)", message: (e as Error).message }]);
+  }
+}
+
+/** The user-data texts userDataLayers may parse as TOML: our parts, and a plain first document. */
+function tomlCandidates(parts: UserDataPart[]): string[] {
+  return parts.filter((p) => p.contentType === OUR_MEDIA_TYPE || (p.index === 0 && mayBeOurs(p))).map((p) => p.text);
+}
+
+function mayBeOurs(part: UserDataPart): boolean {
+  if (part.contentType && part.contentType !== "text/plain" && part.contentType !== "application/toml") return false;
+  return sniffDocument(part.text) === "other";
+}
+
+/** Load the parser if the user-data has a document userDataLayers would parse that the memo lacks. */
+export async function loadTomlForUserData(raw: Buffer | undefined): Promise<void> {
+  if (!raw || raw.length === 0) return;
+  let parts: UserDataPart[];
+  try {
+    parts = decodeUserData(raw);
+  } catch {
+    return; // userDataLayers reports it
+  }
+  await loadTomlFor(tomlCandidates(parts));
+}
+
 /** A single plain document is ours when it is TOML holding our tables, or clearly meant to be. */
 function isOurDocument(part: UserDataPart): boolean {
-  if (part.contentType && part.contentType !== "text/plain" && part.contentType !== "application/toml") return false;
-  if (sniffDocument(part.text) !== "other") return false;
+  if (!mayBeOurs(part)) return false;
   try {
     const data = parseToml(part.text);
     return Object.keys(data).some((k) => OUR_TABLES.includes(k));
-  } catch {
+  } catch (e) {
+    if (e instanceof TomlNotLoaded) throw e;
     // Broken TOML is ours only if it has our table headers; then the parse error is reported.
     return new RegExp(`^\\s*\\[\\[?\\s*(${OUR_TABLES.join("|")})(\\.[a-z_]+)?\\s*\\]\\]?\\s*$`, "m").test(part.text);
   }
@@ -360,7 +407,9 @@ export async function gather(host: Host, opts: { configPath?: string; env?: Node
   const tagsP = opts.instance && sources.includes("tags") ? settle(opts.instance.tags()) : undefined;
   if (userDataP) {
     await collect(async () => {
-      const ud = userDataLayers(await unsettle(userDataP));
+      const raw = await unsettle(userDataP);
+      await loadTomlForUserData(raw);
+      const ud = userDataLayers(raw);
       parts = ud.parts;
       bySource.set("user-data", ud.layers);
       consulted.push({ source: "user-data", note: ud.summary });

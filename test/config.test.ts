@@ -2,7 +2,10 @@ import t from "tap";
 import { readdirSync, readFileSync } from "node:fs";
 import { buildConfig, nearest, resourceNameProblems } from "../src/config.js";
 import { InputError, formatProblem } from "../src/errors.js";
-import { tomlLayer } from "../src/sources.js";
+import { loadToml, tomlLayer } from "../src/sources.js";
+
+// tomlLayer and userDataLayers are synchronous; the parser itself loads lazily (see loadToml).
+await loadToml();
 
 const corpus = new URL("./corpus/bad/", import.meta.url);
 

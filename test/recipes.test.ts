@@ -10,7 +10,10 @@ import { gzipSync } from "node:zlib";
 import { fileURLToPath } from "node:url";
 import YAML from "yaml";
 import { buildConfig, defaults } from "../src/config.js";
-import { tagLayers, tomlLayer, userDataLayers } from "../src/sources.js";
+import { loadToml, tagLayers, tomlLayer, userDataLayers } from "../src/sources.js";
+
+// tomlLayer and userDataLayers are synchronous; the parser itself loads lazily (see loadToml).
+await loadToml();
 import { decodeUserData, renderUserData, OUR_MEDIA_TYPE, NODEADM_MEDIA_TYPE } from "../src/userdata.js";
 import { applicableNodeEnis, layersForNodeEnis, nodeIdentity, parseNodeConfigs } from "../src/nodeeni.js";
 import type { NodeEniObject } from "../src/kube.js";

@@ -4,7 +4,10 @@ import { existsSync, mkdtempSync, mkdirSync, readFileSync, writeFileSync } from 
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { decodeUserData, renderUserData } from "../src/userdata.js";
-import { envLayers, fileLayers, gather, parseToml, saveTomlMemo, tagLayers, TOML_MEMO_PATH, userDataLayers } from "../src/sources.js";
+import { loadToml, envLayers, fileLayers, gather, parseToml, saveTomlMemo, tagLayers, TOML_MEMO_PATH, userDataLayers } from "../src/sources.js";
+
+// tomlLayer and userDataLayers are synchronous; the parser itself loads lazily (see loadToml).
+await loadToml();
 import { buildConfig } from "../src/config.js";
 import { InputError, formatProblem } from "../src/errors.js";
 import { Host } from "../src/host.js";
@@ -208,4 +211,12 @@ t.test("parsed-TOML memo: keeps what the last gather used, skips what JSON canno
   writeFileSync(path.join(other, TOML_MEMO_PATH), '{"version": 1, "entries": [{"text": "tor');
   writeFileSync(path.join(other, "etc/eni-dpdk/config.toml"), "[dpdk]\nhugepages_2m = 2\n");
   t.equal((await gather(new Host(other), { env: {} })).config.dpdk.hugepages_2m, 2, "a torn memo costs a parse, not an error");
+});
+
+t.test("parsing before the parser is loaded is reported as our bug, never as the user's syntax error", async (t) => {
+  const script = `import { tomlLayer } from ${JSON.stringify(path.resolve(import.meta.dirname, "../src/sources.ts"))};
+try { tomlLayer("[dpdk]\\nenabled = true\\n", "f.toml"); } catch (e) { console.log(e.constructor.name, e.message); }`;
+  const { spawnSync } = await import("node:child_process");
+  const r = spawnSync(process.execPath, ["--import", "tsx", "--input-type=module", "-e", script], { encoding: "utf8" });
+  t.match(r.stdout, /^TomlNotLoaded internal error: the TOML parser was not loaded/, r.stderr);
 });
