@@ -110,7 +110,7 @@ export interface ReconcileOptions {
 
 /**
  * One pass: sources → observe → ENIs → host → SR-IOV. Validation happens before the first
- * mutation; the host lock is held for the mutating part. Throws InputError on bad input.
+ * mutation; the host lock is held for the whole pass. Throws InputError on bad input.
  */
 export async function reconcile(ctx: CommandContext, opts: ReconcileOptions): Promise<ApplyOutcome & { gathered: Gathered }> {
   // Start taking the host lock now: spawning flock(1) then overlaps the IMDS round trips of the
