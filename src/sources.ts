@@ -49,6 +49,8 @@ export function tomlLayer(text: string, source: string): Layer {
 // byte-identical. Only parsing is skipped: every layer is still validated and merged each time.
 
 export const TOML_MEMO_PATH = "/var/lib/eni-dpdk/toml-memo.json";
+/** The parser the memo's results came from; a memo from another parser is ignored (a test keeps it in step with package.json). */
+export const TOML_PARSER = "toml 5.0.1";
 const tomlMemo = new Map<string, Record<string, unknown>>();
 /** texts parsed or reused in this process: what the next saveTomlMemo keeps */
 const tomlUsed = new Set<string>();
@@ -106,8 +108,8 @@ export async function loadTomlMemo(host: Host): Promise<void> {
   const raw = await host.read(TOML_MEMO_PATH).catch(() => undefined);
   if (!raw) return;
   try {
-    const doc = JSON.parse(raw) as { version?: number; entries?: { text?: unknown; data?: unknown }[] };
-    if (doc.version !== 1 || !Array.isArray(doc.entries)) return;
+    const doc = JSON.parse(raw) as { version?: number; parser?: string; entries?: { text?: unknown; data?: unknown }[] };
+    if (doc.version !== 1 || doc.parser !== TOML_PARSER || !Array.isArray(doc.entries)) return;
     for (const e of doc.entries) {
       if (typeof e.text === "string" && e.data && typeof e.data === "object" && !Array.isArray(e.data)) tomlMemo.set(e.text, e.data as Record<string, unknown>);
     }
@@ -120,7 +122,7 @@ export async function loadTomlMemo(host: Host): Promise<void> {
 export async function saveTomlMemo(host: Host): Promise<boolean> {
   const entries = [...tomlUsed].sort().map((text) => ({ text, data: tomlMemo.get(text) }));
   if (!entries.length) return false;
-  return host.writeFileAtomic(TOML_MEMO_PATH, JSON.stringify({ version: 1, entries }) + "\n", 0o600);
+  return host.writeFileAtomic(TOML_MEMO_PATH, JSON.stringify({ version: 1, parser: TOML_PARSER, entries }) + "\n", 0o600);
 }
 
 /** toml returns null-prototype objects; make them ordinary so deep-equality and spreading behave. */

@@ -4,7 +4,7 @@ import { existsSync, mkdtempSync, mkdirSync, readFileSync, writeFileSync } from 
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { decodeUserData, renderUserData } from "../src/userdata.js";
-import { loadToml, envLayers, fileLayers, gather, parseToml, saveTomlMemo, tagLayers, TOML_MEMO_PATH, userDataLayers } from "../src/sources.js";
+import { loadToml, envLayers, fileLayers, gather, parseToml, saveTomlMemo, tagLayers, TOML_MEMO_PATH, TOML_PARSER, userDataLayers } from "../src/sources.js";
 
 // tomlLayer and userDataLayers are synchronous; the parser itself loads lazily (see loadToml).
 await loadToml();
@@ -219,4 +219,17 @@ try { tomlLayer("[dpdk]\\nenabled = true\\n", "f.toml"); } catch (e) { console.l
   const { spawnSync } = await import("node:child_process");
   const r = spawnSync(process.execPath, ["--import", "tsx", "--input-type=module", "-e", script], { encoding: "utf8" });
   t.match(r.stdout, /^TomlNotLoaded internal error: the TOML parser was not loaded/, r.stderr);
+});
+
+t.test("the memo names its parser, and a memo from another parser is not used", async (t) => {
+  const pkg = JSON.parse(readFileSync(path.resolve(import.meta.dirname, "../node_modules/toml/package.json"), "utf8"));
+  t.equal(TOML_PARSER, `toml ${pkg.version}`, "TOML_PARSER follows the installed toml (bump it with the dependency)");
+  const root = mkdtempSync(path.join(tmpdir(), "eni-dpdk-src-"));
+  mkdirSync(path.join(root, "etc/eni-dpdk"), { recursive: true });
+  mkdirSync(path.dirname(path.join(root, TOML_MEMO_PATH)), { recursive: true });
+  const text = "[dpdk]\nhugepages_2m = 16\n";
+  writeFileSync(path.join(root, "etc/eni-dpdk/config.toml"), text);
+  // A memo claiming another answer for this exact text, from a parser we are not running.
+  writeFileSync(path.join(root, TOML_MEMO_PATH), JSON.stringify({ version: 1, parser: "toml 4.0.0", entries: [{ text, data: { dpdk: { hugepages_2m: 99 } } }] }));
+  t.equal((await gather(new Host(root), { env: {} })).config.dpdk.hugepages_2m, 16);
 });
