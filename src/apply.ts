@@ -143,7 +143,7 @@ async function reconcileWith(
 
   const session = opts.session ?? new Session(log, new Deadline(300_000));
   // Observation needs IMDS as much as the sources do: start it now, alongside them.
-  const observed = Promise.all([session.instance(), readNics(session.imds)]);
+  const observed = Promise.all([session.instance(), readNics(session.imds, session.instance().then((i) => i.primaryMac))]);
   observed.catch(() => {});
   const { gather, saveTomlMemo } = await import("./sources.js");
   const gathered =

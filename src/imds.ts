@@ -235,13 +235,20 @@ export async function readNicNetwork(imds: Imds, mac: string): Promise<{ subnetI
   return { subnetId: subnetId?.trim(), vpcId: vpcId?.trim() };
 }
 
-export async function readNics(imds: Imds): Promise<ImdsNicInfo[]> {
-  const listing = (await imds.get("meta-data/network/interfaces/macs/")) ?? "";
-  const macs = listing
+/**
+ * Every attached NIC. With the primary MAC (`meta-data/mac`, which EC2 documents as device number 0)
+ * its three reads are skipped: it is device 0 on card 0 by definition, and no stage needs its
+ * interface id.
+ */
+export async function readNics(imds: Imds, primaryMac?: Promise<string>): Promise<ImdsNicInfo[]> {
+  const [listing, primary] = await Promise.all([imds.get("meta-data/network/interfaces/macs/"), primaryMac]);
+  const macs = (listing ?? "")
     .split("\n")
     .map((l) => l.trim().replace(/\/$/, "").toLowerCase())
     .filter(Boolean);
-  const nics = await Promise.all(macs.map((m) => readNic(imds, m)));
+  const nics = await Promise.all(
+    macs.map((m): Promise<ImdsNicInfo | undefined> => (m === primary?.toLowerCase() ? Promise.resolve({ mac: m, deviceNumber: 0, networkCard: 0 }) : readNic(imds, m))),
+  );
   return nics.filter((n): n is ImdsNicInfo => !!n);
 }
 

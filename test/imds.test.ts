@@ -80,13 +80,20 @@ t.test("reads share a few keep-alive connections and one token", async (t) => {
   t.ok(emu.connections <= 4, "sequential reads reuse an idle socket");
 });
 
-t.test("observation reads only what it needs: the identity document, and three keys per MAC", async (t) => {
-  const emu = await new ImdsEmulator(defaultInstance()).start();
+t.test("observation reads only what it needs: the identity document, nothing for the primary, three keys per other MAC", async (t) => {
+  const inst = defaultInstance();
+  inst.nics.push({ ...inst.nics[0]!, mac: "02:00:00:00:00:02", deviceNumber: 1, interfaceId: "eni-00000000000000002" });
+  const emu = await new ImdsEmulator(inst).start();
   t.teardown(() => emu.close());
   const imds = new ImdsClient({ endpoint: emu.url });
-  const id = await readInstance(imds);
+  const idP = readInstance(imds);
+  const nics = await readNics(imds, idP.then((i) => i.primaryMac));
+  const id = await idP;
   t.same([id.instanceId, id.instanceType, id.region, id.az], ["i-0123456789abcdef0", "c6in.4xlarge", "us-west-2", "us-west-2a"]);
-  await readNics(imds);
+  t.same(nics, [
+    { mac: "02:00:00:00:00:01", deviceNumber: 0, networkCard: 0 },
+    { mac: "02:00:00:00:00:02", deviceNumber: 1, networkCard: 0, interfaceId: "eni-00000000000000002" },
+  ]);
   const paths = emu.requests.map((r) => r.path).sort();
   t.same(paths, [
     "/latest/api/token",
@@ -94,9 +101,9 @@ t.test("observation reads only what it needs: the identity document, and three k
     "/latest/meta-data/local-hostname",
     "/latest/meta-data/mac",
     "/latest/meta-data/network/interfaces/macs/",
-    "/latest/meta-data/network/interfaces/macs/02:00:00:00:00:01/device-number",
-    "/latest/meta-data/network/interfaces/macs/02:00:00:00:00:01/interface-id",
-    "/latest/meta-data/network/interfaces/macs/02:00:00:00:00:01/network-card",
+    "/latest/meta-data/network/interfaces/macs/02:00:00:00:00:02/device-number",
+    "/latest/meta-data/network/interfaces/macs/02:00:00:00:00:02/interface-id",
+    "/latest/meta-data/network/interfaces/macs/02:00:00:00:00:02/network-card",
   ]);
   t.same(await readNicNetwork(imds, "02:00:00:00:00:01"), { subnetId: "subnet-0a1b2c3d4e5f60718", vpcId: "vpc-0a1b2c3d4e5f60718" }, "subnet and VPC on demand");
 });
