@@ -214,7 +214,18 @@ export interface UserDataResult {
  */
 export function userDataLayers(raw: Buffer | undefined): UserDataResult {
   if (!raw || raw.length === 0) return { layers: [], parts: [], summary: "no user-data" };
+  return partLayers(decodeParts(raw));
+}
+
+/** userDataLayers for the boot path: decodes once, and loads the parser only if the memo lacks a document. */
+async function loadUserDataLayers(raw: Buffer | undefined): Promise<UserDataResult> {
+  if (!raw || raw.length === 0) return userDataLayers(raw);
   const parts = decodeParts(raw);
+  await loadTomlFor(tomlCandidates(parts));
+  return partLayers(parts);
+}
+
+function partLayers(parts: UserDataPart[]): UserDataResult {
   const layers: Layer[] = [];
   const problems: Problem[] = [];
   let skipped = 0;
@@ -248,7 +259,7 @@ function decodeParts(raw: Buffer): UserDataPart[] {
   }
 }
 
-/** The user-data texts userDataLayers may parse as TOML: our parts, and a plain first document. */
+/** The user-data texts partLayers may parse as TOML: our parts, and a plain first document. */
 function tomlCandidates(parts: UserDataPart[]): string[] {
   return parts.filter((p) => p.contentType === OUR_MEDIA_TYPE || (p.index === 0 && mayBeOurs(p))).map((p) => p.text);
 }
@@ -256,18 +267,6 @@ function tomlCandidates(parts: UserDataPart[]): string[] {
 function mayBeOurs(part: UserDataPart): boolean {
   if (part.contentType && part.contentType !== "text/plain" && part.contentType !== "application/toml") return false;
   return sniffDocument(part.text) === "other";
-}
-
-/** Load the parser if the user-data has a document userDataLayers would parse that the memo lacks. */
-export async function loadTomlForUserData(raw: Buffer | undefined): Promise<void> {
-  if (!raw || raw.length === 0) return;
-  let parts: UserDataPart[];
-  try {
-    parts = decodeUserData(raw);
-  } catch {
-    return; // userDataLayers reports it
-  }
-  await loadTomlFor(tomlCandidates(parts));
 }
 
 /** A single plain document is ours when it is TOML holding our tables, or clearly meant to be. */
@@ -409,9 +408,7 @@ export async function gather(host: Host, opts: { configPath?: string; env?: Node
   const tagsP = opts.instance && sources.includes("tags") ? settle(opts.instance.tags()) : undefined;
   if (userDataP) {
     await collect(async () => {
-      const raw = await unsettle(userDataP);
-      await loadTomlForUserData(raw);
-      const ud = userDataLayers(raw);
+      const ud = await loadUserDataLayers(await unsettle(userDataP));
       parts = ud.parts;
       bySource.set("user-data", ud.layers);
       consulted.push({ source: "user-data", note: ud.summary });
