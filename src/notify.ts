@@ -1,8 +1,8 @@
 // sd_notify: READY/STATUS/WATCHDOG/STOPPING. The sd-notify addon is optional (it needs libsystemd
 // to build); without it we run `systemd-notify` with argv. As root it reports its parent's pid, which
 // is ours, so NotifyAccess=main accepts it. Without NOTIFY_SOCKET everything is a no-op.
-import { createRequire } from "node:module";
 import { run } from "./host.js";
+import { lazyRequire } from "./lazy.js";
 import type { Logger } from "./log.js";
 
 export interface Notifier {
@@ -51,7 +51,7 @@ export async function createNotifier(env: NodeJS.ProcessEnv, log: Logger, addonL
 function loadAddon(log: Logger): SdNotifyAddon | undefined {
   try {
     // A native addon: load it with require so the bundle keeps it external.
-    return createRequire(import.meta.url)("sd-notify") as SdNotifyAddon;
+    return lazyRequire("sd-notify") as SdNotifyAddon;
   } catch (e) {
     log.debug("sd-notify addon not available; using systemd-notify", { error: (e as Error).message });
     return undefined;
