@@ -47,8 +47,6 @@ export class ImdsClient implements Imds {
   private readonly timeoutMs: number;
   private token?: { value: string; expires: number };
   private pendingToken?: Promise<string>;
-  /** Requests sent (tokens included), for tests and the status document. */
-  requestCount = 0;
 
   constructor(private readonly opts: ImdsOptions = {}) {
     this.endpoint = (opts.endpoint || process.env.AWS_EC2_METADATA_SERVICE_ENDPOINT || DEFAULT_IMDS_ENDPOINT).replace(/\/+$/, "");
@@ -64,7 +62,6 @@ export class ImdsClient implements Imds {
   private request(method: "GET" | "PUT", path: string, headers: Record<string, string>): Promise<Buffer> {
     // Idle keep-alive sockets are unref'd by the agent, so they never hold the process open.
     this.agent ??= new http.Agent({ keepAlive: true, maxSockets: 4 });
-    this.requestCount++;
     return new Promise<Buffer>((resolve, reject) => {
       const req = http.request(`${this.endpoint}/latest/${path}`, { method, headers, agent: this.agent, timeout: this.timeoutMs }, (res) => {
         const chunks: Buffer[] = [];
@@ -153,11 +150,9 @@ export class ImdsClient implements Imds {
 const imdsHint =
   "check that IMDS is reachable and IMDSv2 hop limit allows it (aws ec2 describe-instances --query 'Reservations[].Instances[].MetadataOptions')";
 
+/** The HTTP status of an answered request; undefined for connection errors and timeouts. */
 function statusOf(e: unknown): number | undefined {
-  const m = (e as { $metadata?: { httpStatusCode?: number } })?.$metadata?.httpStatusCode;
-  if (m !== undefined) return m;
-  const match = /status code (\d{3})/.exec((e as Error)?.message ?? "");
-  return match ? Number(match[1]) : undefined;
+  return (e as { $metadata?: { httpStatusCode?: number } })?.$metadata?.httpStatusCode;
 }
 
 async function required(imds: Imds, path: string): Promise<string> {

@@ -98,8 +98,6 @@ export interface WatchEvent {
 export class KubeClient {
   private readonly agent: https.Agent;
   private token?: { value: string; expiresAt: number };
-  /** requests sent, for tests and the status document */
-  requestCount = 0;
 
   constructor(
     readonly target: KubeTarget,
@@ -148,7 +146,6 @@ export class KubeClient {
     const url = new URL(path, this.target.server);
     const authz = await this.authorization();
     const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
-    this.requestCount++;
     return new Promise((resolve, reject) => {
       const req = https.request(
         url,
