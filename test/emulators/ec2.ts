@@ -156,6 +156,8 @@ export class Ec2Emulator {
   attachDelayMs = 0;
   /** Hot-plug hook: runs when an attachment becomes "attached". */
   onAttached?: (ev: AttachedEvent) => void | Promise<void>;
+  /** Runs after an action took effect and before its answer is sent (crash tests kill the caller here). */
+  afterDispatch?: (action: string, params: URLSearchParams) => void | Promise<void>;
   /** Every request as answered, in order. */
   readonly requests: RequestRecord[] = [];
   private buckets?: Record<Category, TokenBucket>;
@@ -340,6 +342,7 @@ export class Ec2Emulator {
       if (e instanceof ApiError) return sendError(e.status, e.code, e.message);
       return sendError(500, "InternalError", (e as Error).message);
     }
+    await this.afterDispatch?.(action, params);
     if (takeFault(this.faults.dropAfter, action)) return drop();
     record(200);
     res.writeHead(200, { "content-type": "text/xml;charset=UTF-8" });
