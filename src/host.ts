@@ -15,9 +15,18 @@ export interface RunResult {
   stderr: string;
 }
 
+/** The host-wide lock (flock). */
+export const LOCK_PATH = "/run/eni-dpdk.lock";
+/** eni-dpdk's own directories: never followed when they are symlinks, never group- or world-writable. */
+export const RUN_DIR = "/run/eni-dpdk";
+export const VAR_DIR = "/var/lib/eni-dpdk";
+const OWN_DIRS = new Set([RUN_DIR, VAR_DIR]);
+
 export class Host {
   /** Count of mutating writes made through this host (sysfs and files); tests assert on it. */
   writes = 0;
+  /** What those writes were, in order, for the message when a failure is found after a change. */
+  readonly changes: string[] = [];
 
   constructor(readonly root: string = "/") {}
 
@@ -77,6 +86,7 @@ export class Host {
   /** Write a sysfs/procfs attribute: a plain open+write, never a rename (the kernel acts on write). */
   async writeAttr(abs: string, value: string): Promise<void> {
     this.writes++;
+    this.changes.push(`wrote ${JSON.stringify(value.trim())} to ${abs}`);
     const fh = await fs.open(this.path(abs), fsc.O_WRONLY | fsc.O_TRUNC);
     try {
       await fh.write(value);
@@ -95,11 +105,13 @@ export class Host {
     const current = await this.read(abs);
     if (current === data) return false;
     const dir = path.dirname(target);
-    await fs.mkdir(dir, { recursive: true });
+    await this.ensureDir(path.posix.dirname(abs));
     const tmp = path.join(dir, `.${path.basename(target)}.${process.pid}.${Date.now()}.tmp`);
     this.writes++;
+    this.changes.push(`wrote ${abs}`);
     const durable = !abs.startsWith("/run/");
-    const fh = await fs.open(tmp, "w", mode);
+    // O_EXCL|O_NOFOLLOW: a file or symlink planted at the temp name is never written through.
+    const fh = await fs.open(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, mode);
     try {
       await fh.writeFile(data);
       await fh.chmod(mode);
@@ -122,11 +134,73 @@ export class Host {
     try {
       await fs.unlink(this.path(abs));
       this.writes++;
+      this.changes.push(`removed ${abs}`);
       return true;
     } catch (e) {
       if (isNotFound(e)) return false;
       throw e;
     }
+  }
+
+  /**
+   * Create a directory and any missing parents with `mode`, whatever the umask (mkdir's mode is
+   * masked by it: 0777 under umask 000). Directories that exist are left as they are.
+   */
+  async ensureDir(abs: string, mode = 0o755): Promise<void> {
+    const missing: string[] = [];
+    for (let d = abs; d !== "/" && !(await this.exists(d)); d = path.posix.dirname(d)) missing.unshift(d);
+    for (const d of missing) {
+      const want = OWN_DIRS.has(d) ? ownDirMode(d) : mode;
+      try {
+        await fs.mkdir(this.path(d), want);
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== "EEXIST") throw e;
+        continue;
+      }
+      await fs.chmod(this.path(d), want);
+    }
+  }
+
+  /**
+   * Refuse to work through our own directories when they are symlinks, not directories, or writable
+   * by group or others: whoever could swap them could redirect root's writes or forge the state.
+   */
+  checkOwnDirs(): void {
+    for (const d of OWN_DIRS) {
+      let st;
+      try {
+        st = lstatSync(this.path(d));
+      } catch (e) {
+        if (isNotFound(e)) continue;
+        throw e;
+      }
+      const where = this.path(d);
+      if (st.isSymbolicLink()) {
+        throw new OpError(`${where} is a symlink (to ${readlinkSync(where)}); eni-dpdk never writes through a symlinked directory of its own`, `replace it with a real directory: rm ${where} && mkdir -m ${ownDirMode(d).toString(8)} ${where}; nothing was changed`, { path: where });
+      }
+      if (!st.isDirectory()) throw new OpError(`${where} is not a directory`, `move it aside; eni-dpdk recreates ${where}; nothing was changed`, { path: where });
+      if (st.mode & 0o022) {
+        throw new OpError(`${where} is writable by group or others (mode ${(st.mode & 0o777).toString(8)})`, `chmod go-w ${where}; nothing was changed`, { path: where });
+      }
+      const euid = process.geteuid?.();
+      if (euid !== undefined && st.uid !== 0 && st.uid !== euid) {
+        throw new OpError(`${where} is owned by uid ${st.uid}, not root`, `chown root: ${where}; nothing was changed`, { path: where });
+      }
+    }
+  }
+
+  /**
+   * Remove the temp files `.<name>.<pid>.<ms>.tmp` that a writer killed between write and rename left
+   * in `dir`. Only those of processes that no longer run: a live writer's temp is its own.
+   */
+  async cleanStaleTemps(dir: string): Promise<string[]> {
+    const removed: string[] = [];
+    for (const name of await this.list(dir)) {
+      const pid = Number(/^\..+\.(\d+)\.\d+\.tmp$/.exec(name)?.[1]);
+      if (!pid || pid === process.pid || pidAlive(pid)) continue;
+      if (await this.remove(path.posix.join(dir, name))) removed.push(path.posix.join(dir, name));
+    }
+    return removed;
   }
 
   /**
@@ -146,10 +220,11 @@ export class Host {
 
   /** The lock as a handle, for callers that start taking it before they need it (see withLock). */
   async acquireLock(timeoutMs = 120_000): Promise<{ release(): Promise<void> }> {
-    const lockPath = this.path("/run/eni-dpdk.lock");
-    await fs.mkdir(path.dirname(lockPath), { recursive: true });
+    const lockPath = this.path(LOCK_PATH);
+    await this.ensureDir(path.posix.dirname(LOCK_PATH));
     const child = spawn("flock", ["--exclusive", "--timeout", String(Math.ceil(timeoutMs / 1000)), lockPath, "cat"], {
       stdio: ["pipe", "pipe", "pipe"],
+      env: childEnv(),
     });
     const held = new Promise<void>((resolve, reject) => {
       let out = "";
@@ -182,27 +257,63 @@ export class Host {
   }
 }
 
+/**
+ * The whole environment a child process gets: a fixed PATH and the C locale. Nothing is inherited,
+ * so no input that reached our process (or its prototype chain) can set LD_PRELOAD and the like
+ * for root's children. Callers add what one child needs (NOTIFY_SOCKET for systemd-notify).
+ */
+export const CHILD_ENV: Readonly<Record<string, string>> = Object.freeze({
+  PATH: "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+  LC_ALL: "C",
+});
+
+/** A fresh null-prototype environment: CHILD_ENV plus the caller's own, explicitly named, variables. */
+export function childEnv(extra: Record<string, string | undefined> = {}): Record<string, string> {
+  const env: Record<string, string> = Object.create(null);
+  for (const [k, v] of Object.entries(CHILD_ENV)) env[k] = v;
+  for (const [k, v] of Object.entries(extra)) if (v !== undefined) env[k] = v;
+  return env;
+}
+
 /** Spawn a program with an argv array (never a shell) and collect its output. */
-export function run(argv: string[], opts: { timeoutMs?: number; env?: NodeJS.ProcessEnv; input?: string } = {}): Promise<RunResult> {
+export function run(argv: string[], opts: { timeoutMs?: number; env?: Record<string, string | undefined>; input?: string } = {}): Promise<RunResult> {
   const [cmd, ...args] = argv;
   if (!cmd) throw new Error("run: empty argv");
   return new Promise((resolve, reject) => {
-    const child = spawn(cmd, args, {
-      stdio: ["pipe", "pipe", "pipe"],
-      env: opts.env ?? process.env,
-      timeout: opts.timeoutMs ?? 60_000,
-      shell: false,
-    });
+    const child = spawn(cmd, args, { stdio: ["pipe", "pipe", "pipe"], env: childEnv(opts.env), shell: false });
+    // Our own timer, not spawn's `timeout`: when the program does not exist, Node emits `error` and
+    // `close` but never `exit`, and spawn's timer would then hold the process open until it fires.
+    const timer = setTimeout(() => child.kill("SIGKILL"), opts.timeoutMs ?? 60_000);
     let stdout = "";
     let stderr = "";
     child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
     child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
-    child.on("error", reject);
-    child.on("close", (code, signal) => resolve({ code: code ?? (signal ? 128 : 1), stdout, stderr }));
+    child.on("error", (e) => {
+      clearTimeout(timer);
+      reject(e);
+    });
+    child.on("close", (code, signal) => {
+      clearTimeout(timer);
+      resolve({ code: code ?? (signal ? 128 : 1), stdout, stderr });
+    });
     // A child that exits (or never starts) before reading stdin gives EPIPE; unhandled, it would crash us.
     child.stdin.on("error", () => {});
     child.stdin.end(opts.input ?? "");
   });
+}
+
+/** /var/lib/eni-dpdk holds the state: root only. /run/eni-dpdk holds the status, which anyone may read. */
+function ownDirMode(d: string): number {
+  return d === VAR_DIR ? 0o700 : 0o755;
+}
+
+export function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === "EPERM";
+  }
 }
 
 async function fsyncDir(dir: string): Promise<void> {
@@ -221,14 +332,18 @@ export function isNotFound(e: unknown): boolean {
 
 export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
-/** A deadline shared by every bounded wait in one apply. */
+/** A deadline shared by every bounded wait in one apply. `abort()` (SIGTERM) ends every wait early. */
 export class Deadline {
   readonly at: number;
+  private aborted = false;
   constructor(ms: number, private readonly now: () => number = Date.now) {
     this.at = now() + ms;
   }
   remaining(): number {
-    return Math.max(0, this.at - this.now());
+    return this.aborted ? 0 : Math.max(0, this.at - this.now());
+  }
+  abort(): void {
+    this.aborted = true;
   }
   expired(): boolean {
     return this.remaining() === 0;

@@ -35,7 +35,9 @@ export async function createNotifier(env: NodeJS.ProcessEnv, log: Logger, addonL
   const send = addon
     ? async (...assignments: string[]) => addon.sendState(assignments.join("\n") + "\n")
     : async (...assignments: string[]) => {
-        const r = await run(["systemd-notify", ...assignments], { timeoutMs: 5000, env });
+        // --no-block: without it systemd-notify follows up with a BARRIER=1 datagram sent from its
+        // own pid, which NotifyAccess=main rejects with a warning in the journal at every call.
+        const r = await run(["systemd-notify", "--no-block", ...assignments], { timeoutMs: 5000, env: { NOTIFY_SOCKET: env.NOTIFY_SOCKET } });
         if (r.code !== 0) log.warn("systemd-notify failed", { code: r.code, stderr: r.stderr.trim(), next: "check NotifyAccess= in the unit" });
       };
   return {

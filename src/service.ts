@@ -6,9 +6,45 @@ import { Deadline } from "./host.js";
 import { createNotifier, type Notifier } from "./notify.js";
 import type { CommandContext } from "./plan.js";
 import { reconcile, Session, type ApplyOutcome } from "./apply.js";
+import { onSignal, type ServiceSignal } from "./signals.js";
 import type { Gathered } from "./sources.js";
 
+/** Signals received and not yet handled; `wait` resolves when one arrives. */
+class Inbox {
+  private readonly queue: ServiceSignal[] = [];
+  private wake?: () => void;
+  /** the deadline of the pass in flight: SIGTERM ends its waits early */
+  current?: Deadline;
+  readonly stop: () => void;
+  constructor() {
+    this.stop = onSignal((s) => {
+      if (s !== "SIGHUP") this.current?.abort();
+      this.queue.push(s);
+      this.wake?.();
+    });
+  }
+  take(): ServiceSignal | undefined {
+    return this.queue.shift();
+  }
+  stopping(): boolean {
+    return this.queue.some((s) => s !== "SIGHUP");
+  }
+  wait(): Promise<void> {
+    return this.queue.length ? Promise.resolve() : new Promise((r) => (this.wake = r));
+  }
+}
+
 export async function runCommand(ctx: CommandContext, opts: { env: NodeJS.ProcessEnv }): Promise<number> {
+  // First, so a SIGHUP or SIGTERM during the first apply is handled, not fatal.
+  const inbox = new Inbox();
+  try {
+    return await serve(ctx, opts, inbox);
+  } finally {
+    inbox.stop();
+  }
+}
+
+async function serve(ctx: CommandContext, opts: { env: NodeJS.ProcessEnv }, inbox: Inbox): Promise<number> {
   const log = ctx.log;
   const notifier = await createNotifier(opts.env, log);
   // From the file alone, so a broken user-data or tag still honours the file's choices.
@@ -19,6 +55,7 @@ export async function runCommand(ctx: CommandContext, opts: { env: NodeJS.Proces
   await notifier.status("applying: reading sources");
 
   const session = new Session(log, new Deadline(bootTimeout));
+  inbox.current = session.deadline;
   let gathered: Gathered | undefined;
   let first: ApplyOutcome;
   try {
@@ -26,6 +63,7 @@ export async function runCommand(ctx: CommandContext, opts: { env: NodeJS.Proces
     gathered = o.gathered;
     first = o;
   } catch (e) {
+    if (inbox.stopping()) return stopDuringStart(ctx, notifier);
     if (!(e instanceof InputError)) throw e;
     for (const p of e.problems) log.error(formatProblem(p), { source: p.source, key: p.key });
     const msg = `invalid config: ${e.problems.length} problem(s), first: ${formatProblem(e.problems[0]!)}`;
@@ -36,8 +74,9 @@ export async function runCommand(ctx: CommandContext, opts: { env: NodeJS.Proces
     }
     log.error("continuing without applying (on_failure=continue)", { next: e.hint });
     await notifier.ready(`degraded: ${msg}`);
-    return waitForSignals(ctx, opts, notifier, session, undefined, 0);
+    return waitForSignals(ctx, opts, notifier, inbox, session, undefined, 0);
   }
+  if (inbox.stopping()) return stopDuringStart(ctx, notifier);
 
   for (const w of first.warnings) log.warn(w);
   if (first.error) {
@@ -50,7 +89,14 @@ export async function runCommand(ctx: CommandContext, opts: { env: NodeJS.Proces
   }
   log.info(first.summary, { took_ms: first.timings.total, actions: first.actions.length });
   await notifier.ready(first.summary);
-  return waitForSignals(ctx, opts, notifier, session, gathered, gathered!.config.service.reconcile_interval_seconds);
+  return waitForSignals(ctx, opts, notifier, inbox, session, gathered, gathered!.config.service.reconcile_interval_seconds);
+}
+
+/** SIGTERM before READY (systemctl stop, start timeout): the first apply ended its waits early; exit. */
+async function stopDuringStart(ctx: CommandContext, notifier: Notifier): Promise<number> {
+  ctx.log.warn("stopping during start-up; the next start converges from where this one stopped", { next: "systemctl start eni-dpdk" });
+  await notifier.stopping("stopping during start-up");
+  return 0;
 }
 
 /** The long-running part: periodic reconcile, SIGHUP reload, watchdog pings, clean SIGTERM. */
@@ -58,6 +104,7 @@ async function waitForSignals(
   ctx: CommandContext,
   opts: { env: NodeJS.ProcessEnv },
   notifier: Notifier,
+  inbox: Inbox,
   session: Session,
   gathered: Gathered | undefined,
   intervalSeconds: number,
@@ -65,23 +112,30 @@ async function waitForSignals(
   const log = ctx.log;
   let busySince: number | undefined;
   let timer: NodeJS.Timeout | undefined;
-  let stop!: (code: number) => void;
-  const stopped = new Promise<number>((r) => (stop = r));
   let queued: "reload" | "tick" | undefined;
+  let inFlight: Promise<void> | undefined;
+  let stopping = false;
   const timeoutMs = (gathered?.config.service.timeout_seconds ?? 300) * 1000;
 
-  const pass = async (reload: boolean) => {
+  const pass = (reload: boolean): Promise<void> => {
+    if (stopping) return Promise.resolve();
     if (busySince !== undefined) {
       queued = reload || queued === "reload" ? "reload" : "tick";
-      return;
+      return inFlight ?? Promise.resolve();
     }
     busySince = Date.now();
+    inFlight = passOnce(reload);
+    return inFlight;
+  };
+  const passOnce = async (reload: boolean) => {
     try {
       const dynamic = gathered?.config.service.sources.includes("nodeeni");
+      const passSession = new Session(log, new Deadline(timeoutMs), session.imds);
+      inbox.current = passSession.deadline;
       const o = await reconcile(ctx, {
         dryRun: false,
         env: opts.env,
-        session: new Session(log, new Deadline(timeoutMs), session.imds),
+        session: passSession,
         gathered: reload || dynamic || !gathered ? undefined : gathered,
       });
       gathered = o.gathered;
@@ -126,26 +180,30 @@ async function waitForSignals(
       }, Math.max(500, Math.floor(wd / 2)))
     : undefined;
 
-  const onHup = () => {
-    log.info("SIGHUP: re-reading the sources");
-    void pass(true);
-  };
-  const onTerm = (sig: string) => () => {
-    log.info("stopping", { signal: sig });
-    void notifier.stopping("stopping").finally(() => stop(0));
-  };
-  const term = onTerm("SIGTERM");
-  const int = onTerm("SIGINT");
-  process.on("SIGHUP", onHup);
-  process.once("SIGTERM", term);
-  process.once("SIGINT", int);
-  const code = await stopped;
-  if (timer) clearInterval(timer);
-  if (wdTimer) clearInterval(wdTimer);
-  process.off("SIGHUP", onHup);
-  process.off("SIGTERM", term);
-  process.off("SIGINT", int);
-  return code;
+  // A Type=notify service runs until SIGTERM, even with no timer and no watchdog to keep Node busy.
+  const keepAlive = setInterval(() => {}, 2 ** 30);
+  try {
+    for (;;) {
+      await inbox.wait();
+      const sig = inbox.take();
+      if (sig === "SIGHUP") {
+        log.info("SIGHUP: re-reading the sources");
+        void pass(true);
+        continue;
+      }
+      if (!sig) continue;
+      log.info("stopping", { signal: sig });
+      stopping = true;
+      await notifier.stopping("stopping");
+      // A pass in flight had its deadline aborted: let it reach a clean point rather than cut it.
+      if (busySince !== undefined && inFlight) await Promise.race([inFlight, new Promise((r) => setTimeout(r, 10_000).unref())]);
+      return 0;
+    }
+  } finally {
+    clearInterval(keepAlive);
+    if (timer) clearInterval(timer);
+    if (wdTimer) clearInterval(wdTimer);
+  }
 }
 
 async function fileConfig(ctx: CommandContext, env: NodeJS.ProcessEnv) {
