@@ -1,15 +1,17 @@
 // Plan and apply: gather the desired state, observe the node, derive actions per stage (ENIs, host,
 // SR-IOV), and execute them once. A converged node produces no actions and makes no writes.
 import { fullResourceName, type Config } from "./config.js";
-import { errorMessage, InputError, OpError } from "./errors.js";
+import { statSync } from "node:fs";
+import path from "node:path";
+import { errorMessage, formatProblem, InputError, OpError, type Problem } from "./errors.js";
 import { Deadline, type Host } from "./host.js";
-import { ImdsClient, readInstance, readNics, readTags, readUserData, type Imds, type InstanceIdentity } from "./imds.js";
+import { ImdsClient, readInstance, readNics, readTags, readUserData, type Imds, type ImdsNicInfo, type InstanceIdentity } from "./imds.js";
 import type { Logger } from "./log.js";
 import { formatActions, type Action, type CommandContext, type Stage, type StageContext } from "./plan.js";
-import { emptyState, loadState, saveState, type EniRecord, type State } from "./state.js";
+import { emptyState, journalPending, loadState, saveState, type EniRecord, type State } from "./state.js";
 import type { Gathered, InstanceSources } from "./sources.js";
-import type { Ec2Factory } from "./ec2.js";
-import type { HostDeviceResult, HostTarget } from "./pci.js";
+import type { Ec2Api, Ec2Factory } from "./ec2.js";
+import type { HostDeviceResult, HostTarget } from "./hoststage.js";
 import type { NodeEniResult } from "./nodeeni.js";
 
 export const STATUS_PATH = "/run/eni-dpdk/status.json";
@@ -21,6 +23,8 @@ export class Session {
   private ec2F?: Ec2Factory;
   /** set when the EC2 SDK was loaded in this process (tests and the status document read it) */
   ec2Loaded = false;
+  /** mutating EC2 calls EC2 accepted in this session, one line each */
+  readonly changes: string[] = [];
   /** the NodeENI source's result of the last gather, for the cache and status reporting */
   nodeEni?: NodeEniResult;
 
@@ -41,10 +45,14 @@ export class Session {
   async ec2(): Promise<Ec2Factory> {
     if (!this.ec2F) {
       const { lazyEc2 } = await import("./ec2.js");
+      const { recordingEc2 } = await import("./ec2.js");
       const inner = lazyEc2({ region: (await this.instance()).region, logger: this.log });
+      let api: Promise<Ec2Api> | undefined;
       this.ec2F = () => {
         this.ec2Loaded = true;
-        return inner();
+        api ??= inner().then((a) => recordingEc2(a, this.changes));
+        api.catch(() => (api = undefined));
+        return api;
       };
     }
     return this.ec2F;
@@ -94,7 +102,7 @@ export interface ApplyOutcome {
   /** milliseconds per stage, in the order they ran */
   timings: Partial<Record<"sources" | "observe" | Stage | "total", number>>;
   warnings: string[];
-  error?: { message: string; next: string; exitCode: number };
+  error?: { message: string; next: string; exitCode: number; /** what this run changed before it failed */ changes?: string[] };
   /** one line for systemd's STATUS= */
   summary: string;
   ec2Loaded: boolean;
@@ -142,34 +150,46 @@ async function reconcileWith(
   };
 
   const session = opts.session ?? new Session(log, new Deadline(300_000));
-  // Observation needs IMDS as much as the sources do: start it now, alongside them.
-  const observed = Promise.all([session.instance(), readNics(session.imds, session.instance().then((i) => i.primaryMac))]);
-  observed.catch(() => {});
+  const changesBefore = { host: ctx.host.changes.length, ec2: session.changes.length };
+  const changesMade = () => [...session.changes.slice(changesBefore.ec2), ...ctx.host.changes.slice(changesBefore.host)];
+  // The instance's identity never changes: fetch it alongside the sources. What can change (the
+  // NICs, the state, sysfs) is observed only once the lock is held.
+  const instanceP = session.instance();
+  instanceP.catch(() => {});
   const { gather, saveTomlMemo } = await import("./sources.js");
   const gathered =
     opts.gathered ?? (await gather(ctx.host, { configPath: ctx.configPath, env: opts.env, instance: await instanceSources(ctx, opts.env, session) }));
   const config = gathered.config;
-  const deadline = new Deadline(Math.min(session.deadline.remaining(), config.service.timeout_seconds * 1000));
+  const deadline = session.deadline.within(config.service.timeout_seconds * 1000);
   stageDone("sources", { enis: config.eni.length, sources: gathered.consulted.map((c) => c.source).join(",") });
   const warnings = gathered.warnings.map((w) => `${w.source}: ${w.message}`);
+  const state = emptyState();
 
-  const [instance, imdsNics] = await observed;
-  // apply reads the state file under the lock (in body); plan reads it here, without the lock.
-  const state = opts.dryRun ? await loadState(ctx.host) : emptyState();
-  stageDone("observe", { instance: instance.instanceId, nics: imdsNics.length });
-
-  const sctx: StageContext = { host: ctx.host, imds: session.imds, log, deadline, config, instance, imdsNics, state, dryRun: opts.dryRun };
   const body = async () => {
     const actions: Action[] = [];
-    // Read under the lock: another eni-dpdk (a manual bind, the early unit) may have written it.
-    if (!opts.dryRun) Object.assign(state, await loadState(ctx.host));
-    if (!opts.dryRun && state.instanceId !== instance.instanceId) {
+    const sriovDir = path.posix.dirname(config.sriov.config_path);
+    // apply: safe directories, stale temps, then every half-done operation of a killed run is
+    // finished or rolled back before anything is observed. plan only reads, and shows what is pending.
+    const { prepareHost } = await import("./hoststage.js");
+    Object.assign(state, opts.dryRun ? await loadState(ctx.host) : await prepareHost(ctx.host, log, { tempDirs: [sriovDir] }));
+    if (opts.dryRun) {
+      for (const op of await journalPending(ctx.host)) {
+        actions.push({ stage: "host", kind: "recover", target: op.bdf, detail: `finish or roll back the ${op.op} (${op.from || "no driver"} → ${op.to || "kernel driver"}) that pid ${op.pid} began at ${op.startedAt}` });
+      }
+    }
+    const [instance, imdsNics] = await Promise.all([instanceP, readNics(session.imds, instanceP.then((i) => i.primaryMac))]);
+    stageDone("observe", { instance: instance.instanceId, nics: imdsNics.length });
+    if (state.instanceId !== instance.instanceId) {
       // A state file from another instance (e.g. an AMI baked from a running node) must not be
       // trusted. Reset in memory only: the stages persist it once they change something, so a
       // rejected run leaves the file as it was.
       if (state.instanceId) log.warn("state file belongs to another instance; starting fresh", { was: state.instanceId });
       Object.assign(state, { ...emptyState(), instanceId: instance.instanceId, nodeeni: state.nodeeni });
     }
+    const primaryBefore = JSON.stringify(state.primary ?? null);
+    await notePrimary(ctx.host, state, instance, imdsNics);
+    const sctx: StageContext = { host: ctx.host, imds: session.imds, log, deadline, config, instance, imdsNics, state, dryRun: opts.dryRun };
+    await preflight(sctx, gathered);
 
     const { planEnis, applyEnis } = await import("./eni.js");
     const ec2 = await session.ec2();
@@ -178,7 +198,7 @@ async function reconcileWith(
     const enis = opts.dryRun ? knownEnis(config, state) : await applyEnis(sctx, ec2, enip);
     stageDone("eni", { actions: enip.actions.length, ec2_loaded: session.ec2Loaded });
 
-    const { planHost, applyHost } = await import("./pci.js");
+    const { planHost, applyHost } = await import("./hoststage.js");
     const targets = hostTargets(config, enis);
     const hostp = await planHost(sctx, targets);
     actions.push(...hostp.actions);
@@ -217,6 +237,8 @@ async function reconcileWith(
       await nodeEniAfterApply(ctx, session.nodeEni, state, config, enis, devices);
       stageDone("nodeeni", { applied: session.nodeEni.applied.length, from_cache: session.nodeEni.fromCache });
     }
+    // The primary's record is kept even when nothing else changed (a state file from an older version).
+    if (!opts.dryRun && JSON.stringify(state.primary ?? null) !== primaryBefore) await saveState(ctx.host, state);
     // Parsed sources are kept for the next boot only once they were applied without error.
     if (!opts.dryRun && !devices.some((d) => d.state === "failed")) await saveTomlMemo(ctx.host);
     return { actions, enis, devices, sriov };
@@ -227,12 +249,22 @@ async function reconcileWith(
   try {
     result = lock ? await lock.then(body) : await body();
   } catch (e) {
-    if (e instanceof InputError) throw e;
-    error = {
-      message: errorMessage(e),
-      next: e instanceof OpError ? e.hint : "rerun with --log-level debug; see `journalctl -u eni-dpdk`",
-      exitCode: 1,
-    };
+    const changes = changesMade();
+    if (e instanceof InputError && changes.length === 0) throw e;
+    // Found only after something changed: never "nothing was changed", and say exactly what was.
+    error =
+      e instanceof InputError
+        ? {
+            message: `${e.problems.map(formatProblem).join("; ")}; found after this run had changed the node: ${changes.join("; ")}`,
+            next: `${e.hint}; then run \`eni-dpdk apply\` again: it adopts what this run created (or \`eni-dpdk reset\` to undo the host side)`,
+            exitCode: 1,
+          }
+        : {
+            message: errorMessage(e),
+            next: e instanceof OpError ? e.hint : "rerun with --log-level debug; see `journalctl -u eni-dpdk`",
+            exitCode: 1,
+          };
+    if (changes.length && !(e instanceof InputError)) error.changes = changes;
   }
   const failed = result?.devices.filter((d) => d.state === "failed") ?? [];
   if (!error && failed.length) {
@@ -350,6 +382,77 @@ async function writeStatusFile(host: Host, o: ApplyOutcome, config: Config): Pro
   const { gathered: _g, ...plain } = o as ApplyOutcome & { gathered?: unknown };
   void _g;
   await host.writeFileAtomic(STATUS_PATH, JSON.stringify({ ...doc, apply: plain }, null, 2) + "\n", 0o644);
+}
+
+// ---- before the first change ----------------------------------------------------------------------
+
+/** The primary ENI as IMDS and sysfs show it now, in the state (saved with the next write). */
+async function notePrimary(host: Host, state: State, instance: InstanceIdentity, nics: ImdsNicInfo[]): Promise<void> {
+  const { netdevByMac } = await import("./pci.js");
+  const bdf = (await netdevByMac(host, instance.primaryMac))?.bdf ?? (state.primary?.mac === instance.primaryMac ? state.primary.bdf : undefined);
+  const deviceZeroMacs = [...new Set(nics.filter((n) => n.deviceNumber === 0).map((n) => n.mac.toLowerCase()))].sort();
+  state.primary = { mac: instance.primaryMac, ...(bdf ? { bdf } : {}), deviceZeroMacs };
+}
+
+/**
+ * Everything about the host that can be checked before the first mutation: the programs we would
+ * run as root, pci_address pins against the devices that exist now, and the SR-IOV file's entries
+ * that would clash with ours. A problem here is bad input: exit 2, nothing changed.
+ */
+async function preflight(ctx: StageContext, gathered: Gathered): Promise<void> {
+  const { config, host } = ctx;
+  const problems: Problem[] = [];
+  const at = (key: string) => gathered.origin[key] ?? "default";
+  const programs: [string, string | undefined][] = [
+    ["dpdk.binding_script", config.dpdk.binding_script || undefined],
+    ["sriov.restart_command", config.sriov.restart_command[0]],
+  ];
+  for (const [key, prog] of programs) {
+    const why = prog && programProblem(prog);
+    if (why) problems.push({ source: at(key), key, message: why });
+  }
+  const { netdevByMac, listNetdevs } = await import("./pci.js");
+  const primaryBdf = (await netdevByMac(host, ctx.instance.primaryMac))?.bdf ?? ctx.state.primary?.bdf;
+  const netdevs = await listNetdevs(host);
+  for (const e of config.eni.filter((x) => x.dpdk.enabled && x.dpdk.pci_address)) {
+    const key = `eni.${e.name}.dpdk.pci_address`;
+    const pin = e.dpdk.pci_address;
+    const own = ctx.state.enis[e.name]?.mac;
+    if (pin === primaryBdf) {
+      problems.push({ source: at(key), key, message: `${pin} is the primary ENI's device; eni-dpdk never binds it` });
+      continue;
+    }
+    const there = netdevs.find((n) => n.bdf === pin);
+    const other = there && there.mac !== own ? ctx.imdsNics.find((n) => n.mac.toLowerCase() === there.mac) : undefined;
+    if (there && (other || (own && there.mac !== own))) {
+      problems.push({
+        source: at(key),
+        key,
+        message: `${pin} is the device of ${there.ifname} (MAC ${there.mac}${other ? `, device-number ${other.deviceNumber}${other.interfaceId ? `, ${other.interfaceId}` : ""}` : ""}), not of ENI "${e.name}"${own ? ` (MAC ${own})` : ""}; remove pci_address or set it to this ENI's own device`,
+      });
+    }
+  }
+  if (problems.length) throw new InputError(problems, "fix the configuration; nothing was changed");
+  if (config.sriov.enabled) {
+    const { preflightSriov } = await import("./sriov.js");
+    await preflightSriov(ctx);
+  }
+}
+
+/** Why a program we would run as root must not be run; undefined when it may. */
+function programProblem(file: string): string | undefined {
+  let st;
+  try {
+    st = statSync(file);
+  } catch {
+    return `${file} does not exist`;
+  }
+  if (!st.isFile()) return `${file} is not a regular file`;
+  if (!(st.mode & 0o111)) return `${file} is not executable (mode ${(st.mode & 0o777).toString(8)}); chmod +x it`;
+  if (st.mode & 0o022) return `${file} is writable by group or others (mode ${(st.mode & 0o777).toString(8)}); a root service will not run it: chmod go-w ${file}`;
+  const euid = process.geteuid?.();
+  if (euid !== undefined && st.uid !== 0 && st.uid !== euid) return `${file} is owned by uid ${st.uid}, not root; a root service will not run it`;
+  return undefined;
 }
 
 // ---- commands ------------------------------------------------------------------------------------

@@ -39,6 +39,33 @@ export interface Ec2Api {
 /** Loads the SDK and builds the client on first use; later calls return the same client. */
 export type Ec2Factory = () => Promise<Ec2Api>;
 
+/**
+ * The same API, appending one line to `changes` for every mutating call that EC2 accepted, so a
+ * failure found afterwards can say exactly what was changed (the ENI id, where it is attached).
+ */
+export function recordingEc2(api: Ec2Api, changes: string[]): Ec2Api {
+  return {
+    ...api,
+    createNetworkInterface: async (i) => {
+      const out = await api.createNetworkInterface(i);
+      const name = i.TagSpecifications?.flatMap((t) => t.Tags ?? []).find((t) => t.Key === "eni-dpdk:name")?.Value;
+      changes.push(`EC2 created ${out.NetworkInterface?.NetworkInterfaceId}${name ? ` (${name})` : ""} in ${i.SubnetId}`);
+      return out;
+    },
+    attachNetworkInterface: async (i) => {
+      const out = await api.attachNetworkInterface(i);
+      changes.push(`EC2 attached ${i.NetworkInterfaceId} to ${i.InstanceId} at network card ${i.NetworkCardIndex ?? 0}, device index ${i.DeviceIndex} (${out.AttachmentId})`);
+      return out;
+    },
+    modifyNetworkInterfaceAttribute: async (i) => {
+      const out = await api.modifyNetworkInterfaceAttribute(i);
+      const what = i.Attachment ? `DeleteOnTermination=${i.Attachment.DeleteOnTermination}` : Object.keys(i).filter((k) => k !== "NetworkInterfaceId").join(",");
+      changes.push(`EC2 set ${what} on ${i.NetworkInterfaceId}`);
+      return out;
+    },
+  };
+}
+
 export interface Ec2Options {
   region: string;
   /** Explicit endpoint (tests, emulators). Without it the SDK honours AWS_ENDPOINT_URL_EC2 itself. */
@@ -53,12 +80,6 @@ export interface Ec2Options {
   maxAttempts?: number;
   /** Per-request socket timeout, so a dropped or hung connection becomes a retryable error. */
   requestTimeoutMs?: number;
-}
-
-let sdkLoaded = false;
-/** True once this process has imported @aws-sdk/client-ec2 (tests and the status document use it). */
-export function ec2SdkLoaded(): boolean {
-  return sdkLoaded;
 }
 
 export const SDK_WARNING_ENV = "AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED";
@@ -86,7 +107,6 @@ export function lazyEc2(opts: Ec2Options): Ec2Factory {
     client ??= (async () => {
       quietNodeVersionWarning(opts.logger);
       const sdk = interop(await import("@aws-sdk/client-ec2"), "EC2Client");
-      sdkLoaded = true;
       const c = new sdk.EC2Client({
         region: opts.region,
         ...(opts.endpoint ? { endpoint: opts.endpoint } : {}),

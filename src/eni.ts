@@ -8,6 +8,7 @@ import { Ec2Error, withEc2Retry, type Ec2Api, type Ec2Factory } from "./ec2.js";
 import { InputError, OpError, type Problem } from "./errors.js";
 import { sleep } from "./host.js";
 import { readNic, readNicNetwork } from "./imds.js";
+import { listNetdevs } from "./pci.js";
 import { lazyCrypto } from "./lazy.js";
 import type { Action, StageContext } from "./plan.js";
 import { saveState, type EniRecord } from "./state.js";
@@ -491,8 +492,12 @@ async function runItem(
       ctx,
       `a NIC with MAC ${rec.mac} (${rec.eniId}, ${e.name}) under ${ctx.host.path("/sys/class/net")}`,
       async () => {
-        const dev = await netdevByMac(ctx, rec.mac);
-        return dev ? { done: dev } : { state: "no such NIC yet" };
+        const dev = (await listNetdevs(ctx.host)).find((n) => n.mac === rec.mac.toLowerCase());
+        if (dev) return { done: dev.ifname };
+        // Bound to a DPDK driver by an earlier run, it has no netdev, and never will: it is there.
+        const bound = ctx.state.bindings[rec.mac.toLowerCase()];
+        const driver = bound && (await ctx.host.linkName(`/sys/bus/pci/devices/${bound.bdf}/driver`));
+        return bound && driver === bound.driver ? { done: `${bound.bdf} (on ${driver})` } : { state: "no such NIC yet" };
       },
       { firstMs: 50, maxMs: 500 },
     );
@@ -586,12 +591,6 @@ async function describeOne(api: Ec2Api, ctx: StageContext, eniId: string): Promi
   return out.NetworkInterfaces?.[0];
 }
 
-async function netdevByMac(ctx: StageContext, mac: string): Promise<string | undefined> {
-  for (const name of await ctx.host.list("/sys/class/net")) {
-    if ((await ctx.host.attr(`/sys/class/net/${name}/address`))?.toLowerCase() === mac) return name;
-  }
-  return undefined;
-}
 
 /** Poll until `probe` is done, with growing jittered intervals, bounded by the stage deadline. */
 async function waitFor<T>(

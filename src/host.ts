@@ -30,6 +30,11 @@ export class Host {
 
   constructor(readonly root: string = "/") {}
 
+  /** Our own bookkeeping (state, journal, status) is not a change to the node worth reporting. */
+  private noteChange(what: string, abs: string): void {
+    if (!abs.startsWith(`${VAR_DIR}/`) && !abs.startsWith(`${RUN_DIR}/`)) this.changes.push(what);
+  }
+
   /** Absolute host path (e.g. `/sys/bus/pci`) → path under the root. */
   path(abs: string): string {
     if (!abs.startsWith("/")) throw new Error(`host path must be absolute: ${abs}`);
@@ -86,7 +91,7 @@ export class Host {
   /** Write a sysfs/procfs attribute: a plain open+write, never a rename (the kernel acts on write). */
   async writeAttr(abs: string, value: string): Promise<void> {
     this.writes++;
-    this.changes.push(`wrote ${JSON.stringify(value.trim())} to ${abs}`);
+    this.noteChange(`wrote ${JSON.stringify(value.trim())} to ${abs}`, abs);
     const fh = await fs.open(this.path(abs), fsc.O_WRONLY | fsc.O_TRUNC);
     try {
       await fh.write(value);
@@ -108,7 +113,7 @@ export class Host {
     await this.ensureDir(path.posix.dirname(abs));
     const tmp = path.join(dir, `.${path.basename(target)}.${process.pid}.${Date.now()}.tmp`);
     this.writes++;
-    this.changes.push(`wrote ${abs}`);
+    this.noteChange(`wrote ${abs}`, abs);
     const durable = !abs.startsWith("/run/");
     // O_EXCL|O_NOFOLLOW: a file or symlink planted at the temp name is never written through.
     const fh = await fs.open(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, mode);
@@ -134,7 +139,7 @@ export class Host {
     try {
       await fs.unlink(this.path(abs));
       this.writes++;
-      this.changes.push(`removed ${abs}`);
+      this.noteChange(`removed ${abs}`, abs);
       return true;
     } catch (e) {
       if (isNotFound(e)) return false;
@@ -336,14 +341,25 @@ export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms))
 export class Deadline {
   readonly at: number;
   private aborted = false;
-  constructor(ms: number, private readonly now: () => number = Date.now) {
-    this.at = now() + ms;
+  constructor(
+    ms: number,
+    private readonly now: () => number = Date.now,
+    private readonly parent?: Deadline,
+  ) {
+    this.at = Math.min(now() + ms, parent?.at ?? Infinity);
+  }
+  /** A deadline no later than this one, aborted with it. */
+  within(ms: number): Deadline {
+    return new Deadline(ms, this.now, this);
   }
   remaining(): number {
-    return this.aborted ? 0 : Math.max(0, this.at - this.now());
+    return this.aborted || this.parent?.isAborted() ? 0 : Math.max(0, this.at - this.now());
   }
   abort(): void {
     this.aborted = true;
+  }
+  isAborted(): boolean {
+    return this.aborted || !!this.parent?.isAborted();
   }
   expired(): boolean {
     return this.remaining() === 0;

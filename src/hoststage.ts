@@ -3,26 +3,28 @@
 // DPDK ENIs. Never takes the host lock (the orchestrator holds it). Also the offline reboot rebind.
 import { splitResourceName, type Config, type DpdkConfig, type DpdkDriver, type EniDpdkConfig } from "./config.js";
 import { InputError, OpError, type Problem } from "./errors.js";
-import type { Host } from "./host.js";
+import { RUN_DIR, VAR_DIR, type Host } from "./host.js";
 import type { Logger } from "./log.js";
-import { ensureNetworkdFile, markNodeadmUnmanaged, planNetworkd } from "./networkd.js";
+import { ensureNetworkdFile, markNodeadmUnmanaged, NETWORKD_DIR, planNetworkd } from "./networkd.js";
 import type { Action, StageContext } from "./plan.js";
 import {
   bindDevice,
   deviceNodeFor,
   ENA_DPDK_DEVICE_IDS,
   ENA_VENDOR,
+  guardFacts,
   guardViolations,
   netdevByMac,
   readPciDevice,
   readRoutes,
+  recoverInflight,
   restoreDriver,
   settleMs,
   waitFor,
   type GuardFacts,
   type PciDevice,
 } from "./pci.js";
-import { saveState, type BindingRecord, type State } from "./state.js";
+import { JOURNAL_PATH, loadState, saveState, type BindingRecord, type State } from "./state.js";
 import { applyHugepages, hugepageWants, planHugepages, planKernel, setupKernel } from "./vfio.js";
 
 export const DPDK_DRIVER_NAMES = ["vfio-pci", "igb_uio", "uio_pci_generic"];
@@ -183,12 +185,13 @@ export async function applyHost(ctx: StageContext, targets: HostTarget[], _plan:
   if (drivers.length) await setupKernel(host, { drivers, noiommu: ctx.config.dpdk.noiommu, log, settle });
   await applyHugepages(host, hugepageWants(ctx.config.dpdk), log, settle);
 
-  const guards: GuardFacts = {
+  const guards = guardFacts({
     primaryMac: ctx.instance.primaryMac,
-    deviceZeroMacs: new Set(ctx.imdsNics.filter((n) => n.deviceNumber === 0).map((n) => n.mac.toLowerCase())),
+    deviceZeroMacs: ctx.imdsNics.filter((n) => n.deviceNumber === 0).map((n) => n.mac),
+    primary: state.primary,
     routes: await readRoutes(host),
-    ownedMacs: new Set(targets.map((t) => t.mac.toLowerCase())),
-  };
+    ownedMacs: targets.map((t) => t.mac),
+  });
   const results: HostDeviceResult[] = [];
   for (const l of located) {
     const r = l.target.dpdk.enabled
@@ -242,7 +245,8 @@ async function applyDpdkDevice(ctx: StageContext, l: LocatedDevice, guards: Guar
   if (ifname) await markNodeadmUnmanaged(host, state, ctx.instance.instanceId ?? state.instanceId, ifname, mac, dlog);
 
   if (l.via === "netdev") {
-    const why = guardViolations(guards, { mac, ifname: l.ifname });
+    const v = guardViolations(guards, { mac, bdf: l.bdf, ifname: l.ifname });
+    const why = [...v.never, ...v.unlessForced];
     if (why.length) {
       r.error = `refusing to bind ${l.bdf} (${l.ifname}): ${why.join("; ")}`;
       dlog.error("guard refused the bind; device untouched", { bdf: l.bdf, reasons: why, hint: `eni-dpdk wrote ${"00-eni-dpdk-" + t.name}.network so networkd leaves it unconfigured from the next boot; or remove its routes, or \`eni-dpdk bind ${l.bdf} --force\`` });
@@ -254,7 +258,14 @@ async function applyDpdkDevice(ctx: StageContext, l: LocatedDevice, guards: Guar
   }
   const prev = state.bindings[mac];
   try {
-    const b = await bindDevice(host, l.bdf, t.dpdk.driver, { log: dlog, script: ctx.config.dpdk.binding_script || undefined, mac, settle });
+    const b = await bindDevice(host, l.bdf, t.dpdk.driver, {
+      log: dlog,
+      script: ctx.config.dpdk.binding_script || undefined,
+      mac,
+      guard: guards,
+      eni: { name: t.name, ...(t.eniId ? { id: t.eniId } : {}) },
+      settle,
+    });
     // unknown ("") when the device was already on the DPDK driver the first time we saw it
     const originalDriver = (b.changed ? b.originalDriver : undefined) ?? prev?.originalDriver ?? "";
     const rec: BindingRecord = {
@@ -336,6 +347,25 @@ export async function configureKernelLink(host: Host, ifname: string, mtu: numbe
   return changed;
 }
 
+// ---- before anything else ------------------------------------------------------------------------------
+
+/**
+ * The first thing every command that changes the host does, holding the lock: refuse our own
+ * directories when they are unsafe, remove temp files of killed writers, load the state, and
+ * finish or roll back operations a killed process left half-done. Returns the state.
+ */
+export async function prepareHost(host: Host, log: Logger, opts: { tempDirs?: string[]; settle?: number } = {}): Promise<State> {
+  host.checkOwnDirs();
+  const state = await loadState(host);
+  for (const dir of new Set([VAR_DIR, RUN_DIR, NETWORKD_DIR, ...(opts.tempDirs ?? [])])) {
+    for (const p of await host.cleanStaleTemps(dir)) log.info("removed a temp file left by an interrupted write", { path: p });
+  }
+  for (const r of await recoverInflight(host, state, log, opts.settle)) {
+    if (r.outcome === "failed") throw new OpError(`could not recover the interrupted ${r.op} of ${r.bdf}: ${r.detail}`, `see \`dmesg\`; the operation stays in ${JOURNAL_PATH} and eni-dpdk retries it at its next run`, { bdf: r.bdf });
+  }
+  return state;
+}
+
 // ---- reboot: rebind from the state file, without network -------------------------------------------
 
 export interface EarlyResult {
@@ -360,12 +390,26 @@ export async function rebindFromState(
   opts: { waitMs?: number; settle?: number } = {},
 ): Promise<EarlyResult[]> {
   const settle = opts.settle ?? settleMs();
-  const recs = Object.values(state.bindings);
+  const out: EarlyResult[] = [];
+  let recs = Object.values(state.bindings);
   if (recs.length === 0) return [];
+  if (!state.primary) {
+    // Offline, the primary is known only from the record every apply writes; without it, no bind.
+    log.warn("the state file has no record of the primary ENI yet; the early rebind is left to the full apply", { next: "nothing to do: eni-dpdk.service binds these devices, and records the primary for later boots" });
+    return recs.map((rec) => ({ mac: rec.mac, bdf: rec.bdf, eniName: rec.eniName, state: "skipped" as const, changed: false, detail: "no primary ENI record in the state file; left for the full apply" }));
+  }
+  // The state-only half of the guard first: a record naming the primary fails before any write.
+  const guards = guardFacts({ primary: state.primary, routes: await readRoutes(host), ownedMacs: [...recs.map((r) => r.mac), ...Object.values(state.enis).map((e) => e.mac)] });
+  recs = recs.filter((rec) => {
+    const never = guardViolations(guards, { mac: rec.mac, bdf: rec.bdf }).never;
+    if (!never.length) return true;
+    log.error("the state file records the primary ENI as a DPDK device; refusing it", { mac: rec.mac, bdf: rec.bdf, reasons: never, next: "the state file was edited or is corrupt: eni-dpdk reset, then eni-dpdk apply" });
+    out.push({ mac: rec.mac, bdf: rec.bdf, eniName: rec.eniName, state: "failed", changed: false, detail: `refused: ${never.join("; ")}` });
+    return false;
+  });
+  if (recs.length === 0) return out;
   const drivers = [...new Set(recs.map((r) => r.driver as DpdkDriver))];
   await setupKernel(host, { drivers, noiommu: dpdk.noiommu, log, settle });
-  const routes = await readRoutes(host);
-  const out: EarlyResult[] = [];
   for (const rec of recs) {
     const base = { mac: rec.mac, bdf: rec.bdf, eniName: rec.eniName };
     const dlog = log.child({ eni: rec.eniName, mac: rec.mac, bdf: rec.bdf });
@@ -399,8 +443,9 @@ export async function rebindFromState(
       out.push({ ...base, state: "skipped", changed: false, detail: `${rec.bdf} carries MAC ${mac}, not ${rec.mac}: another ENI sits there now; left alone for the full apply` });
       continue;
     }
-    if (seen.ifname && (routes.defaultV4.has(seen.ifname) || routes.defaultV6.has(seen.ifname) || routes.imds.has(seen.ifname))) {
-      out.push({ ...base, state: "skipped", changed: false, detail: `${seen.ifname} carries a default or IMDS route; left alone` });
+    const verdict = guardViolations(guards, { mac, bdf: rec.bdf, ifname: seen.ifname });
+    if (verdict.never.length || verdict.unlessForced.length) {
+      out.push({ ...base, state: verdict.never.length ? "failed" : "skipped", changed: false, detail: `refused: ${[...verdict.never, ...verdict.unlessForced].join("; ")}; left alone` });
       continue;
     }
     try {
@@ -409,7 +454,14 @@ export async function rebindFromState(
         await markNodeadmUnmanaged(host, state, state.instanceId, seen.ifname, rec.mac, dlog);
         rec.ifname = seen.ifname;
       }
-      const b = await bindDevice(host, rec.bdf, rec.driver, { log: dlog, script: dpdk.binding_script || undefined, mac: rec.mac, settle });
+      const b = await bindDevice(host, rec.bdf, rec.driver, {
+        log: dlog,
+        script: dpdk.binding_script || undefined,
+        mac: rec.mac,
+        guard: guards,
+        eni: { name: rec.eniName, ...(rec.eniId ? { id: rec.eniId } : {}) },
+        settle,
+      });
       await saveState(host, state);
       out.push({ ...base, state: "bound", changed: b.changed, detail: `bound to ${rec.driver} (${b.deviceNode})` });
     } catch (e) {

@@ -4,6 +4,7 @@
 import { OpError } from "./errors.js";
 import { run, sleep, type Host } from "./host.js";
 import type { Logger } from "./log.js";
+import { journalBegin, journalEnd, journalPending, JOURNAL_PATH, saveState, type InflightOp, type State } from "./state.js";
 
 export const PCI_DEVICES = "/sys/bus/pci/devices";
 export const DRIVERS_PROBE = "/sys/bus/pci/drivers_probe";
@@ -169,29 +170,59 @@ function prefixMatch(a: string, b: string, plen: number): boolean {
   return bits(a).slice(0, plen) === bits(b.toLowerCase()).slice(0, plen);
 }
 
+/**
+ * The one guard every bind path applies (apply, run, early, bind, the binding script). Facts come
+ * from IMDS when online and from the state file's primary record offline, so both refuse the same NICs.
+ */
 export interface GuardFacts {
-  /** IMDS `mac` (the primary ENI) */
-  primaryMac?: string;
-  /** MACs IMDS lists with device-number 0 */
-  deviceZeroMacs: Set<string>;
+  /** the primary ENI: IMDS meta-data/mac, the state's record of it, and every device-number-0 MAC */
+  primaryMacs: Set<string>;
+  /** the primary's PCI address, as recorded at the last apply */
+  primaryBdfs: Set<string>;
   routes: RouteFacts;
   /** MACs of ENIs eni-dpdk manages (config, state) */
   ownedMacs: Set<string>;
 }
 
-/** Why this NIC must not be bound; empty when it may be. */
-export function guardViolations(g: GuardFacts, nic: { mac: string; ifname?: string }): string[] {
-  const out: string[] = [];
-  const mac = nic.mac.toLowerCase();
-  if (g.primaryMac && mac === g.primaryMac.toLowerCase()) out.push("it is the primary ENI (IMDS meta-data/mac)");
-  if (g.deviceZeroMacs.has(mac)) out.push("it has device-number 0");
+export function guardFacts(a: {
+  primaryMac?: string;
+  deviceZeroMacs?: Iterable<string>;
+  primary?: { mac: string; bdf?: string; deviceZeroMacs: string[] };
+  routes: RouteFacts;
+  ownedMacs: Iterable<string>;
+}): GuardFacts {
+  const primaryMacs = new Set<string>();
+  const add = (m?: string) => m && primaryMacs.add(m.toLowerCase());
+  add(a.primaryMac);
+  for (const m of a.deviceZeroMacs ?? []) add(m);
+  add(a.primary?.mac);
+  for (const m of a.primary?.deviceZeroMacs ?? []) add(m);
+  const owned = new Set([...a.ownedMacs].map((m) => m.toLowerCase()));
+  for (const m of primaryMacs) owned.delete(m);
+  return { primaryMacs, primaryBdfs: new Set(a.primary?.bdf ? [a.primary.bdf] : []), routes: a.routes, ownedMacs: owned };
+}
+
+export interface GuardVerdict {
+  /** never bound, whatever the flags: the primary */
+  never: string[];
+  /** refused unless --force: routes, and a NIC no managed ENI owns */
+  unlessForced: string[];
+}
+
+/** Why this NIC must not be bound; both lists empty when it may be. */
+export function guardViolations(g: GuardFacts, nic: { mac?: string; bdf?: string; ifname?: string }): GuardVerdict {
+  const v: GuardVerdict = { never: [], unlessForced: [] };
+  const mac = nic.mac?.toLowerCase();
+  if (mac && g.primaryMacs.has(mac)) v.never.push(`${mac} is the primary ENI (IMDS meta-data/mac or device-number 0)`);
+  if (nic.bdf && g.primaryBdfs.has(nic.bdf)) v.never.push(`${nic.bdf} is the primary ENI's device (recorded at the last apply)`);
   if (nic.ifname) {
-    if (g.routes.defaultV4.has(nic.ifname)) out.push(`${nic.ifname} carries an IPv4 default route`);
-    if (g.routes.defaultV6.has(nic.ifname)) out.push(`${nic.ifname} carries an IPv6 default route`);
-    if (g.routes.imds.has(nic.ifname)) out.push(`${nic.ifname} carries the route to IMDS`);
+    if (g.routes.defaultV4.has(nic.ifname)) v.unlessForced.push(`${nic.ifname} carries an IPv4 default route`);
+    if (g.routes.defaultV6.has(nic.ifname)) v.unlessForced.push(`${nic.ifname} carries an IPv6 default route`);
+    if (g.routes.imds.has(nic.ifname)) v.unlessForced.push(`${nic.ifname} carries the route to IMDS`);
   }
-  if (!g.ownedMacs.has(mac)) out.push("no managed ENI owns it");
-  return out;
+  if (!mac) v.unlessForced.push(`${nic.bdf ?? "the device"} has no netdev and no state record, so its ENI cannot be verified by MAC`);
+  else if (!g.ownedMacs.has(mac)) v.unlessForced.push("no managed ENI owns it");
+  return v;
 }
 
 // ---- binding -------------------------------------------------------------------------------------
@@ -200,8 +231,14 @@ export interface BindOptions {
   log: Logger;
   /** dpdk-devbind.py (or compatible) to run instead of the native sysfs steps */
   script?: string;
-  /** the ENI's MAC: after a rollback its netdev must come back */
+  /** the ENI's MAC: the device's netdev must carry it before the first write, and come back after a rollback */
   mac?: string;
+  /** the one guard's facts; checked before the first write */
+  guard: GuardFacts;
+  /** override the route and ownership guards (never the primary) */
+  force?: boolean;
+  /** the ENI, recorded in the intent journal so a crash's recovery can finish the binding record */
+  eni?: { name: string; id?: string };
   settle?: number;
 }
 
@@ -210,12 +247,26 @@ export interface BindResult {
   driver: string;
   originalDriver?: string;
   deviceNode?: string;
+  /** the netdev the device had before binding */
+  ifname?: string;
+}
+
+/** The netdevs under a PCI device and their MACs (sysfs `<dev>/net/<if>/address`). */
+export async function deviceNetdevs(host: Host, bdf: string): Promise<{ ifname: string; mac: string }[]> {
+  const dir = `${PCI_DEVICES}/${bdf}/net`;
+  const out: { ifname: string; mac: string }[] = [];
+  for (const ifname of await host.list(dir)) {
+    const mac = (await host.attr(`${dir}/${ifname}/address`))?.toLowerCase();
+    if (mac) out.push({ ifname, mac });
+  }
+  return out;
 }
 
 /**
  * Bind one device to a DPDK driver, verifying every step in sysfs. Already bound with its device
- * node present → no write at all. On failure the original driver is restored (and the netdev's
- * return verified), then an OpError says what happened to both.
+ * node present → no write at all. Before the first write: the device's netdev must carry the ENI's
+ * MAC, the guard must allow it, and the intent is journalled. On failure the original driver is
+ * restored (and the netdev's return verified), then an OpError says what happened to both.
  */
 export async function bindDevice(host: Host, bdf: string, target: string, opts: BindOptions): Promise<BindResult> {
   const settle = opts.settle ?? settleMs();
@@ -226,23 +277,62 @@ export async function bindDevice(host: Host, bdf: string, target: string, opts: 
     if (node) return { changed: false, driver: target, deviceNode: node };
     throw new OpError(`${bdf} is bound to ${target} but its device node is missing`, `check \`ls -l /dev/vfio\` and the iommu group of ${bdf}; \`eni-dpdk unbind ${bdf}\` then \`eni-dpdk bind ${bdf}\` retries`, { bdf });
   }
+  const mac = opts.mac?.toLowerCase();
+  const netdevs = await deviceNetdevs(host, bdf);
+  if (mac && netdevs.length && !netdevs.some((n) => n.mac === mac)) {
+    throw new OpError(
+      `refusing to bind ${bdf}: its netdev ${netdevs.map((n) => `${n.ifname} (${n.mac})`).join(", ")} does not carry the ENI's MAC ${mac}`,
+      "nothing was changed; a PCI address is only used once verified against the ENI's MAC: run `eni-dpdk status`",
+      { bdf, mac },
+    );
+  }
+  if (mac && !netdevs.length && dev.driver) {
+    throw new OpError(`refusing to bind ${bdf}: it is on ${dev.driver} without a netdev, so its MAC cannot be verified`, "nothing was changed; see `eni-dpdk status`", { bdf });
+  }
+  const ifname = netdevs.find((n) => n.mac === mac)?.ifname ?? netdevs[0]?.ifname;
+  const verdict = guardViolations(opts.guard, { mac: mac ?? netdevs[0]?.mac, bdf, ifname });
+  if (verdict.never.length) {
+    throw new OpError(`refusing to bind ${bdf}${ifname ? ` (${ifname})` : ""}: ${verdict.never.join("; ")}; eni-dpdk never binds the primary ENI, not even with --force`, "nothing was changed", { bdf });
+  }
+  if (verdict.unlessForced.length && !opts.force) {
+    throw new OpError(
+      `refusing to bind ${bdf}${ifname ? ` (${ifname})` : ""}: ${verdict.unlessForced.join("; ")}`,
+      "nothing was changed; remove the routes (or let eni-dpdk's networkd file keep networkd off it from the next boot), or `eni-dpdk bind --force` if you are sure",
+      { bdf },
+    );
+  }
+  if (verdict.unlessForced.length) opts.log.warn("--force: binding despite the guards", { bdf, reasons: verdict.unlessForced });
+
   const original = dev.driver;
   const log = opts.log.child({ bdf, driver: target, original_driver: original ?? "none" });
+  await journalBegin(host, {
+    op: "bind",
+    bdf,
+    vendor: dev.vendor,
+    device: dev.device,
+    ...(mac ? { mac } : {}),
+    from: original ?? "",
+    to: target,
+    ...(opts.eni ? { eniName: opts.eni.name, ...(opts.eni.id ? { eniId: opts.eni.id } : {}) } : {}),
+    ...(ifname ? { ifname } : {}),
+  });
   try {
     if (opts.script) await bindWithScript(host, dev, target, opts.script, log, settle);
     else await bindNative(host, dev, target, log, settle);
     const node = await verifyBound(host, bdf, target, settle);
+    await journalEnd(host, bdf);
     log.info("bound", { device_node: node });
-    return { changed: true, driver: target, originalDriver: original, deviceNode: node };
+    return { changed: true, driver: target, originalDriver: original, deviceNode: node, ...(ifname ? { ifname } : {}) };
   } catch (e) {
     const why = (e as Error).message;
     log.error("bind failed; restoring the original driver", { error: why });
-    const rb = await restoreDriver(host, bdf, original, { log, mac: opts.mac, settle });
+    const rb = await restoreDriver(host, bdf, original, { log, mac, settle, journal: false });
+    if (rb.ok) await journalEnd(host, bdf);
     throw new OpError(
       `binding ${bdf} to ${target} failed: ${why}; ${rb.ok ? `restored to ${rb.driver ?? "no driver"}${rb.ifname ? ` (netdev ${rb.ifname} is back)` : ""}` : `ROLLBACK INCOMPLETE: ${rb.problem}`}`,
       rb.ok
         ? `see \`dmesg | tail\` for the probe error; \`eni-dpdk status\` shows the host's NOIOMMU and driver state`
-        : `the device may be without a driver: run \`echo > ${PCI_DEVICES}/${bdf}/driver_override; echo ${bdf} > ${DRIVERS_PROBE}\` and check \`dmesg\``,
+        : `the next eni-dpdk run retries the rollback (it is in ${JOURNAL_PATH}); by hand: \`echo > ${PCI_DEVICES}/${bdf}/driver_override; echo ${bdf} > ${DRIVERS_PROBE}\` and check \`dmesg\``,
       { bdf, target, original_driver: original, rolled_back: rb.ok },
     );
   }
@@ -309,9 +399,26 @@ export interface RestoreResult {
  * and verify the driver and (when `mac` is given) that the netdev with that MAC came back.
  * `original` undefined → whichever driver the kernel picks by id.
  */
-export async function restoreDriver(host: Host, bdf: string, original: string | undefined, opts: { log: Logger; mac?: string; settle?: number }): Promise<RestoreResult> {
+export async function restoreDriver(
+  host: Host,
+  bdf: string,
+  original: string | undefined,
+  opts: { log: Logger; mac?: string; settle?: number; journal?: boolean },
+): Promise<RestoreResult> {
   const settle = opts.settle ?? settleMs();
   const dir = `${PCI_DEVICES}/${bdf}`;
+  if (opts.journal !== false) {
+    const dev = await readPciDevice(host, bdf);
+    if (dev) {
+      await journalBegin(host, { op: "restore", bdf, vendor: dev.vendor, device: dev.device, ...(opts.mac ? { mac: opts.mac.toLowerCase() } : {}), from: dev.driver ?? "", to: original ?? "" });
+    }
+  }
+  const r = await restoreSteps(host, bdf, original, dir, settle, opts);
+  if (r.ok && opts.journal !== false) await journalEnd(host, bdf);
+  return r;
+}
+
+async function restoreSteps(host: Host, bdf: string, original: string | undefined, dir: string, settle: number, opts: { log: Logger; mac?: string }): Promise<RestoreResult> {
   try {
     const ov = await host.attr(`${dir}/driver_override`);
     if (ov && ov !== "(null)") {
@@ -352,5 +459,79 @@ export async function restoreDriver(host: Host, bdf: string, original: string | 
   }
 }
 
-// The host stage lives in hoststage.ts; the orchestrator imports it from here.
-export { applyHost, planHost, rebindFromState, type HostDeviceResult, type HostPlan, type HostTarget } from "./hoststage.js";
+// ---- crash recovery --------------------------------------------------------------------------------
+
+export interface RecoveryResult {
+  bdf: string;
+  op: InflightOp["op"] | "driverless";
+  outcome: "finished" | "rolled-back" | "forgotten" | "failed";
+  detail: string;
+}
+
+/**
+ * Before anything else, under the lock: finish or roll back every operation a killed process left
+ * in the journal, and give back to its kernel driver any recorded device that sits driverless with
+ * our override (a crash between unbind and probe). A bind found complete is recorded in the state;
+ * anything else is rolled back, and the caller's normal flow binds it again with every guard.
+ */
+export async function recoverInflight(host: Host, state: State, log: Logger, settle = settleMs()): Promise<RecoveryResult[]> {
+  const out: RecoveryResult[] = [];
+  let stateChanged = false;
+  for (const op of await journalPending(host)) {
+    const dlog = log.child({ bdf: op.bdf, op: op.op, started_at: op.startedAt, pid: op.pid });
+    const dev = await readPciDevice(host, op.bdf);
+    if (!dev || dev.vendor !== op.vendor || dev.device !== op.device) {
+      await journalEnd(host, op.bdf);
+      out.push({ bdf: op.bdf, op: op.op, outcome: "forgotten", detail: dev ? `now ${dev.vendor}:${dev.device}, journalled ${op.vendor}:${op.device}` : "the device is gone" });
+      dlog.warn("forgot an interrupted operation: the device changed", { detail: out.at(-1)!.detail });
+      continue;
+    }
+    if (op.op === "bind" && dev.driver === op.to && (await deviceNodeFor(host, op.bdf, op.to))) {
+      if (op.mac && op.eniName !== undefined) {
+        state.bindings[op.mac] = {
+          mac: op.mac,
+          bdf: op.bdf,
+          vendor: op.vendor,
+          device: op.device,
+          originalDriver: op.from,
+          driver: op.to,
+          eniName: op.eniName,
+          ...(op.eniId ? { eniId: op.eniId } : {}),
+          boundAt: op.startedAt,
+          ...(op.ifname ? { ifname: op.ifname } : {}),
+        };
+        stateChanged = true;
+      }
+      await journalEnd(host, op.bdf);
+      out.push({ bdf: op.bdf, op: op.op, outcome: "finished", detail: `was already on ${op.to}; recorded` });
+      dlog.warn("an interrupted bind had completed; recorded it", { driver: op.to });
+      continue;
+    }
+    // bind not complete → back to where it came from; restore → finish going back
+    const back = op.op === "bind" ? op.from || undefined : op.to || undefined;
+    const rb = await restoreDriver(host, op.bdf, back, { log: dlog, mac: op.mac, settle, journal: false });
+    if (!rb.ok) {
+      out.push({ bdf: op.bdf, op: op.op, outcome: "failed", detail: rb.problem ?? "restore failed" });
+      dlog.error("could not recover an interrupted operation; it stays in the journal", { error: rb.problem, next: `see dmesg; eni-dpdk retries at its next run` });
+      continue;
+    }
+    if (op.op === "restore" && op.mac && state.bindings[op.mac]) {
+      delete state.bindings[op.mac];
+      stateChanged = true;
+    }
+    await journalEnd(host, op.bdf);
+    out.push({ bdf: op.bdf, op: op.op, outcome: op.op === "bind" ? "rolled-back" : "finished", detail: `on ${rb.driver ?? "no driver"}${rb.ifname ? ` (${rb.ifname})` : ""}` });
+    dlog.warn(op.op === "bind" ? "rolled back an interrupted bind" : "finished an interrupted restore", { driver: rb.driver, ifname: rb.ifname });
+  }
+  // Without a journal entry (an older version, or a hand-made override): a recorded device left
+  // driverless with our override on it would otherwise keep its netdev away for good.
+  for (const rec of Object.values(state.bindings)) {
+    const dev = await readPciDevice(host, rec.bdf);
+    if (!dev || dev.driver || dev.vendor !== rec.vendor || dev.device !== rec.device || dev.override !== rec.driver) continue;
+    const rb = await restoreDriver(host, rec.bdf, rec.originalDriver || undefined, { log, mac: rec.mac, settle });
+    out.push({ bdf: rec.bdf, op: "driverless", outcome: rb.ok ? "rolled-back" : "failed", detail: rb.ok ? `on ${rb.driver}` : rb.problem ?? "" });
+    if (rb.ok) log.warn("gave a driverless recorded device back to its kernel driver", { bdf: rec.bdf, driver: rb.driver });
+  }
+  if (stateChanged) await saveState(host, state);
+  return out;
+}

@@ -547,6 +547,23 @@ export async function planSriov(ctx: StageContext, devices: SriovDevice[]): Prom
   return plan;
 }
 
+/**
+ * Before the first mutation of an apply: would our resources clash with entries in the file that
+ * we do not own? Checked with stand-in devices, since on a first boot no device is bound yet; the
+ * real merge after binding then cannot fail on names. Throws what planSriov would (InputError, OpError).
+ */
+export async function preflightSriov(ctx: StageContext): Promise<void> {
+  const cfg = ctx.config;
+  const standIns: SriovDevice[] = cfg.eni
+    .filter((e) => e.dpdk.enabled && e.dpdk.resource_name)
+    .map((e, i) => ({ eniName: e.name, resource: e.dpdk.resource_name, bdf: `ffff:ff:${i.toString(16).padStart(2, "0")}.7`, vendor: ENA_VENDOR_ID, device: "ec20", driver: e.dpdk.driver }));
+  if (!standIns.length) return;
+  const filePath = cfg.sriov.config_path;
+  mergeText(filePath, await ctx.host.read(filePath), renderSriovEntries(standIns, cfg.sriov.resource_prefix), ownedIn(ctx.state, filePath), true);
+}
+
+const ENA_VENDOR_ID = "1d0f";
+
 function previousPath(state: State, filePath: string): string | undefined {
   const p = state.sriov.configPath;
   return p !== undefined && p !== filePath && state.sriov.owned.length > 0 ? p : undefined;

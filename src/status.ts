@@ -3,12 +3,14 @@
 // host take the host lock once, at the top.
 import { buildConfig, defaults, DPDK_DRIVERS, splitResourceName, type Config, type DpdkDriver } from "./config.js";
 import { errorMessage, InputError, OpError } from "./errors.js";
-import type { Host } from "./host.js";
+import path from "node:path";
+import { Deadline, type Host } from "./host.js";
 import { ensureNetworkdFile, markNodeadmUnmanaged, removeOwnedNetworkFiles } from "./networkd.js";
 import type { CommandContext } from "./plan.js";
 import {
   bindDevice,
   deviceNodeFor,
+  guardFacts,
   guardViolations,
   listNetdevs,
   listPciDevices,
@@ -19,7 +21,7 @@ import {
   type PciDevice,
   type RouteFacts,
 } from "./pci.js";
-import { DPDK_DRIVER_NAMES, rebindFromState } from "./hoststage.js";
+import { DPDK_DRIVER_NAMES, prepareHost, rebindFromState } from "./hoststage.js";
 import { loadState, saveState, type BindingRecord, type State } from "./state.js";
 import { readHugepages, readKernelFacts, setupKernel, writeCombiningReport, type HugepageInfo, type KernelFacts, type WcReport } from "./vfio.js";
 
@@ -335,6 +337,28 @@ async function resolveTarget(host: Host, state: State, target: string): Promise<
   return r;
 }
 
+/**
+ * The guard's facts offline: the primary as the last apply recorded it, else IMDS meta-data/mac
+ * (briefly). Without either, no NIC is bound: the primary is never guessed.
+ */
+async function offlineGuard(host: Host, state: State, log: CommandContext["log"]) {
+  let primary = state.primary;
+  if (!primary) {
+    const { ImdsClient } = await import("./imds.js");
+    const mac = await new ImdsClient({ deadline: new Deadline(2000), timeoutMs: 1000 }).get("meta-data/mac").catch(() => undefined);
+    if (!mac?.trim()) {
+      throw new OpError(
+        "cannot tell which NIC is the primary ENI: the state file has no record of it and IMDS did not answer meta-data/mac",
+        "nothing was changed; run `eni-dpdk apply` once (it records the primary), then bind again",
+      );
+    }
+    log.debug("primary ENI from IMDS", { mac: mac.trim() });
+    primary = { mac: mac.trim().toLowerCase(), deviceZeroMacs: [] };
+  }
+  const owned = [...Object.values(state.enis).map((e) => e.mac), ...Object.keys(state.bindings)];
+  return guardFacts({ primary, routes: await readRoutes(host), ownedMacs: owned });
+}
+
 export async function bindCommand(ctx: CommandContext, opts: { target: string; driver?: string; force: boolean }): Promise<number> {
   const { config } = await loadLocalConfig(ctx, true);
   if (opts.driver !== undefined && !(DPDK_DRIVERS as readonly string[]).includes(opts.driver)) {
@@ -342,28 +366,36 @@ export async function bindCommand(ctx: CommandContext, opts: { target: string; d
   }
   return ctx.host.withLock(async () => {
     const { host, log } = ctx;
-    const state = await loadState(host);
+    const state = await prepareHost(host, log, { tempDirs: [path.posix.dirname(config.sriov.config_path)] });
     const r = await resolveTarget(host, state, opts.target);
     const cfgEni = r.eniName ? config.eni.find((e) => e.name === r.eniName) : undefined;
     const driver = (opts.driver ?? cfgEni?.dpdk.driver ?? config.dpdk.driver) as DpdkDriver;
-    const owned = new Set<string>([...Object.values(state.enis).map((e) => e.mac.toLowerCase()), ...Object.keys(state.bindings)]);
-    const why = r.mac
-      ? guardViolations({ deviceZeroMacs: new Set(), routes: await readRoutes(host), ownedMacs: owned }, { mac: r.mac, ifname: r.ifname })
-      : [`${r.bdf} has no netdev and no state record, so its ENI cannot be verified by MAC`];
     if (r.pci.driver === driver) {
       ctx.out(`${r.bdf} is already bound to ${driver} (${(await deviceNodeFor(host, r.bdf, driver)) ?? "no device node"}); nothing to do\n`);
       return 0;
     }
-    if (why.length && !opts.force) {
-      throw new OpError(`refusing to bind ${r.bdf}${r.ifname ? ` (${r.ifname})` : ""}: ${why.join("; ")}`, "nothing was changed; `--force` overrides the guards if you are sure this NIC carries nothing the node needs", { bdf: r.bdf });
+    const guard = await offlineGuard(host, state, log);
+    // The guard again here, before the kernel setup and the networkd file: a refusal changes nothing.
+    const verdict = guardViolations(guard, { mac: r.mac, bdf: r.bdf, ifname: r.ifname });
+    if (verdict.never.length) {
+      throw new OpError(`refusing to bind ${r.bdf}${r.ifname ? ` (${r.ifname})` : ""}: ${verdict.never.join("; ")}; eni-dpdk never binds the primary ENI, not even with --force`, "nothing was changed", { bdf: r.bdf });
     }
-    if (why.length) log.warn("--force: binding despite the guards", { bdf: r.bdf, reasons: why });
+    if (verdict.unlessForced.length && !opts.force) {
+      throw new OpError(`refusing to bind ${r.bdf}${r.ifname ? ` (${r.ifname})` : ""}: ${verdict.unlessForced.join("; ")}`, "nothing was changed; `--force` overrides the route and ownership guards (never the primary) if you are sure this NIC carries nothing the node needs", { bdf: r.bdf });
+    }
     await setupKernel(host, { drivers: [driver], noiommu: config.dpdk.noiommu, log });
     if (r.mac && r.eniName) {
       await ensureNetworkdFile(host, state, r.eniName, r.mac);
       if (r.ifname) await markNodeadmUnmanaged(host, state, state.instanceId, r.ifname, r.mac, log);
     }
-    const b = await bindDevice(host, r.bdf, driver, { log, script: config.dpdk.binding_script || undefined, mac: r.mac });
+    const b = await bindDevice(host, r.bdf, driver, {
+      log,
+      script: config.dpdk.binding_script || undefined,
+      mac: r.mac,
+      guard,
+      force: opts.force,
+      eni: { name: r.eniName ?? "", ...(r.eniId ? { id: r.eniId } : {}) },
+    });
     if (r.mac) {
       state.bindings[r.mac] = {
         mac: r.mac,
@@ -389,7 +421,7 @@ export async function bindCommand(ctx: CommandContext, opts: { target: string; d
 export async function unbindCommand(ctx: CommandContext, opts: { target: string }): Promise<number> {
   return ctx.host.withLock(async () => {
     const { host, log } = ctx;
-    const state = await loadState(host);
+    const state = await prepareHost(host, log);
     const r = await resolveTarget(host, state, opts.target);
     if (!r.pci.driver || !DPDK_DRIVER_NAMES.includes(r.pci.driver)) {
       ctx.out(`${r.bdf} is on ${r.pci.driver ?? "no driver"}, not a DPDK driver; nothing to do\n`);
@@ -411,7 +443,7 @@ export async function resetCommand(ctx: CommandContext, _opts: Record<string, ne
   const { config } = await loadLocalConfig(ctx);
   return ctx.host.withLock(async () => {
     const { host, log } = ctx;
-    const state = await loadState(host);
+    const state = await prepareHost(host, log, { tempDirs: [path.posix.dirname(config.sriov.config_path)] });
     const failures: string[] = [];
     for (const rec of Object.values(state.bindings)) {
       const pci = await readPciDevice(host, rec.bdf);
@@ -453,7 +485,7 @@ export async function earlyCommand(ctx: CommandContext, _opts: Record<string, ne
   const { config, problems } = await loadLocalConfig(ctx);
   for (const p of problems) ctx.log.warn("config problem; early rebind uses the defaults for [dpdk]", { problem: p });
   return ctx.host.withLock(async () => {
-    const state = await loadState(ctx.host);
+    const state = await prepareHost(ctx.host, ctx.log, { tempDirs: [path.posix.dirname(config.sriov.config_path)] });
     if (Object.keys(state.bindings).length === 0) {
       ctx.log.info("no recorded bindings; nothing to rebind");
       return 0;

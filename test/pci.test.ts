@@ -2,7 +2,7 @@ import fs from "node:fs";
 import t from "tap";
 import { InputError, OpError } from "../src/errors.js";
 import { Host } from "../src/host.js";
-import { applyHost, planHost } from "../src/pci.js";
+import { applyHost, planHost } from "../src/hoststage.js";
 import { loadState } from "../src/state.js";
 import { writeFakeBindingScript } from "./sim/kernel.js";
 import { config, DATA1, DATA2, INSTANCE_ID, node, PRIMARY, stageCtx, target } from "./sim/fixture.js";

@@ -279,7 +279,7 @@ t.test("the state file is byte-stable across load/save (no spurious rewrite)", a
   const root = mkdtempSync(path.join(tmpdir(), "eni-dpdk-state-"));
   const host = new Host(root);
   const s = await loadState(host);
-  Object.assign(s, { instanceId: "i-1", sriov: { configPath: "/etc/pcidp/config.json", owned: ["amazon.com/x"] } });
+  Object.assign(s, { instanceId: "i-0aaaaaaaaaaaaaaa1", sriov: { configPath: "/etc/pcidp/config.json", owned: ["amazon.com/x"] } });
   await saveState(host, s);
   const writes = host.writes;
   await saveState(host, await loadState(host));

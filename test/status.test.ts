@@ -6,7 +6,7 @@ import t from "tap";
 import { InputError, OpError } from "../src/errors.js";
 import { Host } from "../src/host.js";
 import type { CommandContext } from "../src/plan.js";
-import { applyHost, planHost } from "../src/pci.js";
+import { applyHost, planHost } from "../src/hoststage.js";
 import { loadState, saveState, STATE_PATH, type State } from "../src/state.js";
 import { bindCommand, collectStatus, earlyCommand, renderStatus, resetCommand, statusCommand, unbindCommand } from "../src/status.js";
 import { captureLog, DATA1, DATA2, INSTANCE_ID, node, PRIMARY, stageCtx, target } from "./sim/fixture.js";
@@ -26,6 +26,8 @@ async function seedEnis(sim: SimKernel, enis: { name: string; mac: string; idx: 
   const host = new Host(sim.root);
   const s = await loadState(host);
   s.instanceId = INSTANCE_ID;
+  // what every apply records, so the offline commands know the primary
+  s.primary = { mac: PRIMARY.mac, bdf: PRIMARY.bdf, deviceZeroMacs: [PRIMARY.mac] };
   for (const e of enis) {
     s.enis[e.name] = { name: e.name, eniId: `eni-0${e.idx}aaaaaaaaaaaaaaa`, mac: e.mac, deviceIndex: e.idx, networkCardIndex: 0, subnetId: "subnet-0a1b2c3d4e5f60718", createdByUs: true };
   }
@@ -143,9 +145,12 @@ t.test("bind and unbind by ifname, ENI id, MAC, BDF; foreign device needs --forc
   t.match(err.hint, /--force/);
   await sim.settle();
   t.equal(sim.writes.length, n, "refusal wrote nothing");
-  // the primary: routes refuse it as well
-  const e5 = await bindCommand(cmdCtx(sim), { target: "eth0", force: false }).catch((e) => e);
-  t.match(e5.message, /eth0 carries an IPv4 default route; eth0 carries an IPv6 default route; eth0 carries the route to IMDS; no managed ENI owns it/);
+  // the primary: refused as the primary, and --force does not change that
+  for (const force of [false, true]) {
+    const e5 = await bindCommand(cmdCtx(sim), { target: "eth0", force }).catch((e) => e);
+    t.match(e5.message, /refusing to bind 0000:00:05\.0 \(eth0\): 02:00:00:00:00:01 is the primary ENI .*never binds the primary ENI, not even with --force/, `force=${force}`);
+    t.equal(sim.driverOf(PRIMARY.bdf), "ena");
+  }
   const c6 = cmdCtx(sim);
   t.equal(await bindCommand(c6, { target: DATA2.bdf, force: true }), 0);
   t.ok(c6.lines.some((l) => l.includes("--force: binding despite the guards")));

@@ -38,8 +38,13 @@ export type LogRecord = Record<string, string>;
 
 export interface RunOptions {
   env?: NodeJS.ProcessEnv;
-  /** kill the process with SIGKILL at the `when`-th `syscall` on `path` (strace fault injection) */
-  killAt?: { path: string; syscall?: string; when?: number };
+  /**
+   * kill the process with SIGKILL at the `when`-th `syscall` (on `path`, when given: strace -P,
+   * which matches a syscall's first path argument or its fd) — strace fault injection
+   */
+  killAt?: { path?: string; syscall?: string; when?: number };
+  /** record the syscalls named here (strace -e trace=…) into this file */
+  traceTo?: { file: string; syscalls: string };
   /** called with the child's pid as soon as it runs (to signal it, or to arm an emulator hook) */
   onSpawn?: (pid: number) => void;
   timeoutMs?: number;
@@ -48,12 +53,16 @@ export interface RunOptions {
 
 /** Run the bundle: `node dist/eni-dpdk.mjs ARGS` with the world's environment. */
 export function runCli(world: World | undefined, args: string[], opts: RunOptions = {}): Promise<CliResult> {
-  const env = { ...(world ? world.env() : { PATH: process.env.PATH }), ...opts.env };
+  // strace counts `when` per thread; one libuv worker makes "the Nth rename" mean the Nth of the process.
+  const traced = opts.killAt || opts.traceTo ? { UV_THREADPOOL_SIZE: "1" } : {};
+  const env = { ...(world ? world.env() : { PATH: process.env.PATH }), ...traced, ...opts.env };
   let argv = [process.execPath, BUNDLE, ...args];
   if (opts.killAt) {
     const k = opts.killAt;
     const sc = k.syscall ?? "openat";
-    argv = ["strace", "-f", "-qq", "-o", "/dev/null", "-e", `trace=${sc}`, "-e", `inject=${sc}:signal=KILL:when=${k.when ?? 1}`, "-P", k.path, ...argv];
+    argv = ["strace", "-f", "-qq", "-o", "/dev/null", "-e", `trace=${sc}`, "-e", `inject=${sc}:signal=KILL:when=${k.when ?? 1}`, ...(k.path ? ["-P", k.path] : []), ...argv];
+  } else if (opts.traceTo) {
+    argv = ["strace", "-f", "-qq", "-o", opts.traceTo.file, "-e", `trace=${opts.traceTo.syscalls}`, ...argv];
   }
   return new Promise((resolve, reject) => {
     const child = spawn(argv[0]!, argv.slice(1), { env, cwd: opts.cwd ?? REPO, stdio: ["ignore", "pipe", "pipe"] });
@@ -82,6 +91,23 @@ export function parseLog(text: string): LogRecord[] {
     const re = /([A-Za-z0-9_.-]+)=("(?:[^"\\]|\\.)*"|[^\s]*)/g;
     for (const m of line.matchAll(re)) rec[m[1]!] = m[2]!.startsWith('"') ? (JSON.parse(m[2]!) as string) : m[2]!;
     out.push(rec);
+  }
+  return out;
+}
+
+/**
+ * The targets of every rename a run makes, in order, relative to the root. strace's -P matches only
+ * a rename's first path (the temp file, whose name holds a pid), so crash tests kill "at the Nth
+ * rename" with N taken from this sequence, then check which temp file the kill left behind.
+ */
+export async function renameTargets(w: World, args: string[]): Promise<string[]> {
+  const file = path.join(w.root, "..", `rename-trace-${process.pid}-${Date.now()}.log`);
+  const r = await runCli(w, args, { traceTo: { file, syscalls: "rename" } });
+  if (r.code !== 0) throw new Error(`the probe run failed: ${lastError(r)}`);
+  const out: string[] = [];
+  for (const line of readFileSync(file, "utf8").split("\n")) {
+    const m = /rename\("[^"]*", "([^"]*)"\) = 0/.exec(line);
+    if (m && m[1]!.startsWith(w.root)) out.push(m[1]!.slice(w.root.length));
   }
   return out;
 }
