@@ -5,8 +5,8 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
-import { createInterface } from "node:readline";
 import { World, sampleConfig } from "./emulators/world.js";
+import { NotifySocket } from "./helpers/notify.js";
 import { createNotifier } from "../src/notify.js";
 import { silentLogger } from "../src/log.js";
 import { Host } from "../src/host.js";
@@ -33,42 +33,6 @@ async function cli(world: World, args: string[], extraEnv: NodeJS.ProcessEnv = {
   const p = start(world, args, extraEnv);
   const code = await p.exit;
   return { code, stdout: p.stdout, stderr: p.stderr };
-}
-
-/** systemd's side of sd_notify: every datagram, with the sender's pid. */
-class NotifySocket {
-  readonly messages: { pid: number; fields: Record<string, string> }[] = [];
-  private waiters: (() => void)[] = [];
-  private constructor(readonly path: string, private readonly proc: ChildProcess) {}
-  static async open(): Promise<NotifySocket> {
-    const sock = path.join(mkdtempSync(path.join(tmpdir(), "eni-dpdk-notify-")), "notify.sock");
-    const proc = spawn("python3", [path.join(repo, "test/helpers/notify-recv.py"), sock], { stdio: ["ignore", "pipe", "inherit"] });
-    const n = new NotifySocket(sock, proc);
-    await new Promise<void>((resolve) => {
-      createInterface({ input: proc.stdout! }).on("line", (line) => {
-        const m = JSON.parse(line);
-        if (m.listening) return resolve();
-        n.messages.push(m);
-        for (const w of n.waiters.splice(0)) w();
-      });
-    });
-    return n;
-  }
-  async waitFor(pred: (f: Record<string, string>) => boolean, ms = 60_000): Promise<Record<string, string>> {
-    const deadline = Date.now() + ms;
-    for (;;) {
-      const hit = this.messages.find((m) => pred(m.fields));
-      if (hit) return hit.fields;
-      if (Date.now() > deadline) throw new Error(`no matching notify message; got ${JSON.stringify(this.messages.map((m) => m.fields))}`);
-      await new Promise<void>((r) => {
-        this.waiters.push(r);
-        setTimeout(r, 200);
-      });
-    }
-  }
-  close() {
-    this.proc.kill();
-  }
 }
 
 t.test("plan changes nothing; apply converges; a second apply changes nothing; status.json written", async (t) => {

@@ -24,6 +24,13 @@ export function ensureBundle(): void {
 }
 ensureBundle();
 
+/**
+ * How the bundle is started: tap's process-info hook puts its own loader into NODE_OPTIONS of every
+ * child, which costs start-up time and installs signal handlers the product does not have (SIGHUP
+ * then kills where it must not). `env -u` runs the product as systemd would, without it.
+ */
+export const NODE = ["/usr/bin/env", "-u", "NODE_OPTIONS", process.execPath];
+
 export interface CliResult {
   code: number;
   signal: NodeJS.Signals | null;
@@ -56,7 +63,7 @@ export function runCli(world: World | undefined, args: string[], opts: RunOption
   // strace counts `when` per thread; one libuv worker makes "the Nth rename" mean the Nth of the process.
   const traced = opts.killAt || opts.traceTo ? { UV_THREADPOOL_SIZE: "1" } : {};
   const env = { ...(world ? world.env() : { PATH: process.env.PATH }), ...traced, ...opts.env };
-  let argv = [process.execPath, BUNDLE, ...args];
+  let argv = [...NODE, BUNDLE, ...args];
   if (opts.killAt) {
     const k = opts.killAt;
     const sc = k.syscall ?? "openat";
@@ -80,6 +87,58 @@ export function runCli(world: World | undefined, args: string[], opts: RunOption
       resolve({ code: code ?? 128, signal: killed, stdout, stderr, log: parseLog(stderr), pid: child.pid ?? 0 });
     });
   });
+}
+
+export interface LiveCli {
+  pid: number;
+  /** stderr so far, parsed */
+  log(): LogRecord[];
+  stderr(): string;
+  signal(sig: NodeJS.Signals): void;
+  /** resolves when a log record matches (or rejects after `ms`) */
+  waitForLog(pred: (r: LogRecord) => boolean, ms?: number): Promise<LogRecord>;
+  exit: Promise<{ code: number; signal: NodeJS.Signals | null }>;
+  running(): boolean;
+}
+
+/** Start the bundle and keep it running (the service: `run`). */
+export function startCli(world: World, args: string[], opts: { env?: NodeJS.ProcessEnv } = {}): LiveCli {
+  const child = spawn(NODE[0]!, [...NODE.slice(1), BUNDLE, ...args], { env: { ...world.env(), ...opts.env }, cwd: REPO, stdio: ["ignore", "pipe", "pipe"] });
+  let stderr = "";
+  let done = false;
+  const waiters: (() => void)[] = [];
+  child.stderr.on("data", (d: Buffer) => {
+    stderr += d.toString();
+    for (const w of waiters.splice(0)) w();
+  });
+  child.stdout.resume();
+  const exit = new Promise<{ code: number; signal: NodeJS.Signals | null }>((r) =>
+    child.on("close", (code, signal) => {
+      done = true;
+      for (const w of waiters.splice(0)) w();
+      r({ code: code ?? 128, signal });
+    }),
+  );
+  return {
+    pid: child.pid!,
+    log: () => parseLog(stderr),
+    stderr: () => stderr,
+    signal: (sig) => void child.kill(sig),
+    running: () => !done,
+    exit,
+    async waitForLog(pred, ms = 30_000) {
+      const until = Date.now() + ms;
+      for (;;) {
+        const hit = parseLog(stderr).find(pred);
+        if (hit) return hit;
+        if (done || Date.now() > until) throw new Error(`no matching log record (${done ? "the process exited" : "timed out"}); stderr: ${stderr.slice(-800)}`);
+        await new Promise<void>((r) => {
+          waiters.push(r);
+          setTimeout(r, 100);
+        });
+      }
+    },
+  };
 }
 
 /** logfmt as src/log.ts writes it: `k=v` or `k="JSON string"`. */

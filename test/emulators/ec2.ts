@@ -291,6 +291,16 @@ export class Ec2Emulator {
   leakedEnis(): EmuEni[] {
     return [...this.enis.values()].filter((e) => e.createdByApi && !e.attachment);
   }
+  /** Finish every attachment still "attaching" (once a stuckAttach fault is lifted). */
+  completeAttachments(): void {
+    for (const eni of this.enis.values()) {
+      const a = eni.attachment;
+      if (a?.status !== "attaching") continue;
+      a.status = "attached";
+      void Promise.resolve(this.onAttached?.({ eni, instanceId: a.instanceId, deviceIndex: a.deviceIndex, networkCardIndex: a.networkCardIndex })).catch(() => {});
+    }
+  }
+
   /** ENIs attached to an instance, primary included, by device index. */
   attachedTo(instanceId: string): EmuEni[] {
     return [...this.enis.values()]
