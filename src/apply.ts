@@ -432,7 +432,7 @@ async function preflight(ctx: StageContext, gathered: Gathered): Promise<void> {
       });
     }
   }
-  if (problems.length) throw new InputError(problems, "fix the configuration; nothing was changed");
+  if (problems.length) throw new InputError(problems, "fix the configuration");
   if (config.sriov.enabled) {
     const { preflightSriov } = await import("./sriov.js");
     await preflightSriov(ctx);
@@ -457,24 +457,45 @@ function programProblem(file: string): string | undefined {
 
 // ---- commands ------------------------------------------------------------------------------------
 
+/**
+ * The config from the file and the environment alone, or undefined when it is invalid (the full
+ * gather then reports why). It gives a boot its deadline before any instance source is read.
+ */
+export async function fileConfig(ctx: CommandContext, env: NodeJS.ProcessEnv): Promise<Config | undefined> {
+  try {
+    const { fileLayers, envLayers, loadTomlMemo } = await import("./sources.js");
+    const { buildConfig } = await import("./config.js");
+    await loadTomlMemo(ctx.host);
+    return buildConfig([...(await fileLayers(ctx.host, ctx.configPath)), ...envLayers(env)]).config;
+  } catch {
+    return undefined;
+  }
+}
+
+/** A session bounded by [service].timeout_seconds from the start, IMDS waits included. */
+async function commandSession(ctx: CommandContext, env: NodeJS.ProcessEnv): Promise<Session> {
+  const timeout = (await fileConfig(ctx, env))?.service.timeout_seconds ?? 300;
+  return new Session(ctx.log, new Deadline(timeout * 1000));
+}
+
 export async function planCommand(ctx: CommandContext, opts: { json: boolean; env: NodeJS.ProcessEnv }): Promise<number> {
-  const o = await reconcile(ctx, { dryRun: true, env: opts.env });
+  const o = await reconcile(ctx, { dryRun: true, env: opts.env, session: await commandSession(ctx, opts.env) });
   if (opts.json) {
     ctx.out(JSON.stringify({ actions: o.actions, warnings: o.warnings, error: o.error, timings: o.timings }, null, 2) + "\n");
   } else {
     ctx.out(formatActions(o.actions));
     for (const w of o.warnings) ctx.log.warn(w);
   }
-  if (o.error) ctx.log.error(o.error.message, { next: o.error.next });
+  if (o.error) ctx.log.error(o.error.message, { next: o.error.next, changes: o.error.changes?.join("; ") });
   return o.error ? 1 : 0;
 }
 
 export async function applyCommand(ctx: CommandContext, opts: { dryRun: boolean; env: NodeJS.ProcessEnv }): Promise<number> {
   if (opts.dryRun) return planCommand(ctx, { json: false, env: opts.env });
-  const o = await reconcile(ctx, { dryRun: false, env: opts.env });
+  const o = await reconcile(ctx, { dryRun: false, env: opts.env, session: await commandSession(ctx, opts.env) });
   for (const w of o.warnings) ctx.log.warn(w);
   if (o.error) {
-    ctx.log.error(o.error.message, { next: o.error.next });
+    ctx.log.error(o.error.message, { next: o.error.next, changes: o.error.changes?.join("; ") });
     return o.error.exitCode;
   }
   ctx.log.info(o.summary, { actions: o.actions.length, took_ms: o.timings.total });

@@ -301,7 +301,7 @@ export async function planEnis(ctx: StageContext, ec2: Ec2Factory): Promise<EniP
       }
     }
   }
-  if (problems.length) throw new InputError(problems, "fix the [[eni]] configuration or the instance, then run `eni-dpdk apply` again; nothing was changed");
+  if (problems.length) throw new InputError(problems, "fix the [[eni]] configuration or the instance, then run `eni-dpdk apply` again");
 
   for (const it of items) {
     if (it.steps.length === 0 && it.existing) it.record = recordFor(it, it.existing);

@@ -2,6 +2,7 @@
 // root, so the same code runs on a fake root in unit tests, on a real kernel in QEMU, and on EC2.
 import { spawn } from "node:child_process";
 import { constants as fsc, lstatSync, promises as fs, readdirSync, readFileSync, readlinkSync } from "node:fs";
+import { constants as osConstants } from "node:os";
 import path from "node:path";
 import { OpError } from "./errors.js";
 
@@ -110,6 +111,9 @@ export class Host {
     const current = await this.read(abs);
     if (current === data) return false;
     const dir = path.dirname(target);
+    // Every write into our own directories checks them first: never through a planted symlink.
+    const own = [...OWN_DIRS].filter((d) => abs.startsWith(`${d}/`));
+    if (own.length) this.checkOwnDirs(own);
     await this.ensureDir(path.posix.dirname(abs));
     const tmp = path.join(dir, `.${path.basename(target)}.${process.pid}.${Date.now()}.tmp`);
     this.writes++;
@@ -170,8 +174,8 @@ export class Host {
    * Refuse to work through our own directories when they are symlinks, not directories, or writable
    * by group or others: whoever could swap them could redirect root's writes or forge the state.
    */
-  checkOwnDirs(): void {
-    for (const d of OWN_DIRS) {
+  checkOwnDirs(dirs: Iterable<string> = OWN_DIRS): void {
+    for (const d of dirs) {
       let st;
       try {
         st = lstatSync(this.path(d));
@@ -299,7 +303,8 @@ export function run(argv: string[], opts: { timeoutMs?: number; env?: Record<str
     });
     child.on("close", (code, signal) => {
       clearTimeout(timer);
-      resolve({ code: code ?? (signal ? 128 : 1), stdout, stderr });
+      // killed by a signal: 128 + its number, as a shell reports it
+      resolve({ code: code ?? (signal ? 128 + (osConstants.signals[signal] ?? 0) : 1), stdout, stderr });
     });
     // A child that exits (or never starts) before reading stdin gives EPIPE; unhandled, it would crash us.
     child.stdin.on("error", () => {});

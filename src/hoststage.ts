@@ -127,7 +127,7 @@ function validate(ctx: StageContext, located: LocatedDevice[]): { input: Problem
 export async function planHost(ctx: StageContext, targets: HostTarget[]): Promise<HostPlan> {
   const located = await Promise.all(targets.map((t) => locate(ctx.host, ctx.state, t)));
   const { input, unsafe } = validate(ctx, located);
-  if (input.length) throw new InputError(input, "fix the config; nothing was changed");
+  if (input.length) throw new InputError(input, "fix the config");
   if (unsafe.length) throw new OpError(unsafe.join("; "), "remove these ENIs from the DPDK config; nothing was changed");
   const actions: Action[] = [];
   const dpdk = located.filter((l) => l.target.dpdk.enabled);
@@ -177,7 +177,7 @@ export async function applyHost(ctx: StageContext, targets: HostTarget[], _plan:
     }, until);
   }
   const { input, unsafe } = validate(ctx, located);
-  if (input.length) throw new InputError(input, "fix the config; nothing was changed");
+  if (input.length) throw new InputError(input, "fix the config");
   if (unsafe.length) throw new OpError(unsafe.join("; "), "remove these ENIs from the DPDK config; nothing was changed");
 
   const dpdkTargets = located.filter((l) => l.target.dpdk.enabled && l.via !== "missing");

@@ -1,11 +1,10 @@
 // `eni-dpdk run`, the unit's ExecStart: apply, READY=1 with a one-line STATUS, then keep
 // reconciling on a timer and on SIGHUP (which re-reads the sources), until SIGTERM.
-import { buildConfig } from "./config.js";
 import { errorMessage, formatProblem, InputError } from "./errors.js";
 import { Deadline } from "./host.js";
 import { createNotifier, type Notifier } from "./notify.js";
 import type { CommandContext } from "./plan.js";
-import { reconcile, Session, type ApplyOutcome } from "./apply.js";
+import { fileConfig, reconcile, Session, type ApplyOutcome } from "./apply.js";
 import { onSignal, type ServiceSignal } from "./signals.js";
 import type { Gathered } from "./sources.js";
 
@@ -80,7 +79,7 @@ async function serve(ctx: CommandContext, opts: { env: NodeJS.ProcessEnv }, inbo
 
   for (const w of first.warnings) log.warn(w);
   if (first.error) {
-    log.error(first.error.message, { next: first.error.next });
+    log.error(first.error.message, { next: first.error.next, changes: first.error.changes?.join("; ") });
     if (onFailure === "fail") {
       await notifier.status(`failed: ${first.error.message}`);
       return first.error.exitCode;
@@ -146,7 +145,7 @@ async function waitForSignals(
         const after = await afterSriovChange(gathered.config, o.sriov, log, { atBoot: false });
         if (after.status) line += `; ${after.status}`;
       }
-      if (o.error) log.error(o.error.message, { next: o.error.next });
+      if (o.error) log.error(o.error.message, { next: o.error.next, changes: o.error.changes?.join("; ") });
       await notifier.status(line);
       if (reload) log.info("reloaded", { enis: gathered.config.eni.length });
       const next = gathered.config.service.reconcile_interval_seconds;
@@ -203,14 +202,5 @@ async function waitForSignals(
     clearInterval(keepAlive);
     if (timer) clearInterval(timer);
     if (wdTimer) clearInterval(wdTimer);
-  }
-}
-
-async function fileConfig(ctx: CommandContext, env: NodeJS.ProcessEnv) {
-  try {
-    const { fileLayers, envLayers } = await import("./sources.js");
-    return buildConfig([...(await fileLayers(ctx.host, ctx.configPath)), ...envLayers(env)]).config;
-  } catch {
-    return undefined;
   }
 }

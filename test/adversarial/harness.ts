@@ -50,6 +50,8 @@ export interface RunOptions {
    * which matches a syscall's first path argument or its fd) — strace fault injection
    */
   killAt?: { path?: string; syscall?: string; when?: number };
+  /** argv prefix that execs the rest (e.g. a shell that sets the umask first) */
+  wrap?: string[];
   /** record the syscalls named here (strace -e trace=…) into this file */
   traceTo?: { file: string; syscalls: string };
   /** called with the child's pid as soon as it runs (to signal it, or to arm an emulator hook) */
@@ -63,7 +65,7 @@ export function runCli(world: World | undefined, args: string[], opts: RunOption
   // strace counts `when` per thread; one libuv worker makes "the Nth rename" mean the Nth of the process.
   const traced = opts.killAt || opts.traceTo ? { UV_THREADPOOL_SIZE: "1" } : {};
   const env = { ...(world ? world.env() : { PATH: process.env.PATH }), ...traced, ...opts.env };
-  let argv = [...NODE, BUNDLE, ...args];
+  let argv = [...(opts.wrap ?? []), ...NODE, BUNDLE, ...args];
   if (opts.killAt) {
     const k = opts.killAt;
     const sc = k.syscall ?? "openat";

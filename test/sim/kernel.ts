@@ -144,6 +144,8 @@ export class SimKernel {
       `root='${this.root}'`,
       'for a in "$@"; do case "$a" in -*|*=*) ;; *) m=$(printf %s "$a" | tr - _); if [ ! -e "$root/.sim/available/$m" ]; then echo "modprobe: FATAL: Module $a not found in directory /lib/modules/sim" >&2; exit 1; fi;; esac; done',
       'printf "%s\\n" "$*" >> "$root/.sim/modprobe.log"',
+      // what a root child inherits is a security fact: record the whole environment
+      'env > "$root/.sim/modprobe.env"',
       "exit 0",
       "",
     ].join("\n");
@@ -642,7 +644,7 @@ function v6hex(addr: string): string {
 }
 
 /** A test binding script (dpdk-devbind.py stand-in) that exits 0 whatever happens. */
-export function writeFakeBindingScript(sim: SimKernel, behaviour: "nothing" | "unbind-only" | "works"): string {
+export function writeFakeBindingScript(sim: SimKernel, behaviour: "nothing" | "unbind-only" | "works" | "dies-after-unbind"): string {
   const file = sim.p(`/.sim/devbind-${behaviour}`);
   const r = sim.root;
   // argv: --force --bind DRIVER BDF
@@ -655,6 +657,12 @@ export function writeFakeBindingScript(sim: SimKernel, behaviour: "nothing" | "u
       `printf %s "$drv" > "${r}/sys/bus/pci/devices/$bdf/driver_override"; sleep 0.1`,
       `printf %s "$bdf" > "${r}/sys/bus/pci/drivers_probe"; sleep 0.1`,
       `printf '\\n' > "${r}/sys/bus/pci/devices/$bdf/driver_override"`,
+    ],
+    // killed (as by the OOM killer) after its unbind and override, before its probe
+    "dies-after-unbind": [
+      `printf %s "$drv" > "${r}/sys/bus/pci/devices/$bdf/driver_override"; sleep 0.1`,
+      `printf %s "$bdf" > "${r}/sys/bus/pci/devices/$bdf/driver/unbind"; sleep 0.1`,
+      "kill -9 $$",
     ],
   };
   const script = ["#!/bin/sh", 'drv=""; bdf=""', 'while [ $# -gt 0 ]; do case "$1" in --bind) drv="$2"; shift;; -*) ;; *) bdf="$1";; esac; shift; done', `printf "%s %s\\n" "$drv" "$bdf" >> "${r}/.sim/devbind.log"`, ...body[behaviour], "exit 0", ""].join("\n");
