@@ -32,6 +32,8 @@ copy_bin() {
 copy_bin "$(command -v node)" /usr/bin/node
 copy_bin /usr/bin/kmod /usr/bin/kmod
 copy_bin /usr/bin/flock /usr/bin/flock
+# strace: crash windows on the real kernel are opened by fault injection, not by luck
+copy_bin /usr/bin/strace /usr/bin/strace
 for t in modprobe insmod rmmod lsmod modinfo depmod; do rm -f "$D/sbin/$t" "$D/usr/sbin/$t"; ln -s /usr/bin/kmod "$D/sbin/$t"; done
 copy_bin "$(command -v ip)" /usr/sbin/ip.iproute2
 rm -f "$D/sbin/ip" "$D/bin/ip" "$D/usr/sbin/ip" "$D/usr/bin/ip"; ln -s /usr/sbin/ip.iproute2 "$D/sbin/ip"

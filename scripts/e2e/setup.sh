@@ -28,7 +28,7 @@ echo "$E2E_KREL" > "$WORK/krel"
 log "kernel $E2E_KREL (Debian $KVER)"
 
 # --- apt
-PKGS=(qemu-system-x86 busybox-static cpio debootstrap kmod make gcc xz-utils e2fsprogs iproute2
+PKGS=(qemu-system-x86 busybox-static cpio debootstrap kmod make gcc xz-utils e2fsprogs iproute2 strace
       "linux-headers-$E2E_KREL" "linux-source-6.1=$KVER")
 missing=()
 for p in "${PKGS[@]}"; do

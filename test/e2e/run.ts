@@ -115,7 +115,7 @@ interface Boot {
 
 const BOOTS: Boot[] = [
   { id: "A", title: "first boot: guards, bind, idempotent", steps: ["s5", "s1", "s2", "carry"], expects: ["5", "1", "2"], noiommu: true, nics: NICS, timeoutMs: Number(process.env.E2E_BOOT_TIMEOUT ?? 420) * 1000 },
-  { id: "B", title: "reboot with the state file kept; failure after unbind", steps: ["s3", "s4b"], expects: ["3", "4b"], noiommu: true, nics: NICS, carryFrom: "A", timeoutMs: 300_000 },
+  { id: "B", title: "reboot with the state file kept; failure after unbind; crash mid-bind", steps: ["s3", "s4b", "s8"], expects: ["3", "4b", "8"], noiommu: true, nics: NICS, carryFrom: "A", timeoutMs: 300_000 },
   { id: "C", title: "stock kernel (vfio without NOIOMMU)", steps: ["s4"], expects: ["4"], noiommu: false, nics: NICS, timeoutMs: 240_000 },
   { id: "D", title: "hot-plug on first boot (EC2 + IMDS emulators on the host)", steps: ["s6"], expects: ["6"], noiommu: true, nics: [NICS[0]!], hostEmulators: true, timeoutMs: 300_000 },
 ];

@@ -79,6 +79,15 @@ export function cli(...args: string[]): Promise<RunOut> {
   return run(["/usr/bin/node", CLI, ...args], cliEnv, 150_000, true);
 }
 
+/**
+ * The CLI under strace, killed with SIGKILL at the first `syscall` on `path` (a deterministic crash
+ * window on the real kernel, e.g. the write to drivers_probe: after the unbind, before the probe).
+ */
+export function cliKilledAt(path: string, syscall: string, ...args: string[]): Promise<RunOut> {
+  const strace = ["/usr/bin/strace", "-f", "-qq", "-o", "/dev/null", "-e", `trace=${syscall}`, "-e", `inject=${syscall}:signal=KILL:when=1`, "-P", path];
+  return run([...strace, "/usr/bin/node", CLI, ...args], { ...cliEnv, UV_THREADPOOL_SIZE: "1" }, 150_000, true);
+}
+
 export function sh(...argv: string[]): Promise<RunOut> {
   return run(argv);
 }

@@ -6,7 +6,7 @@ import type { Ec2Emulator } from "../../emulators/ec2.js";
 import { bdfOf, GUEST_GATEWAY, GUEST_PRIMARY_IP, SG_ID, SUBNET_ID, type BootPlan, type NicSpec } from "../topology.js";
 import { CLI_AWS_ENV, makeEc2, makeImds } from "../world.js";
 import {
-  cli, CONFIG, fileStamp, findObjects, fmtNic, hasValue, nicState, parseJson, PCIDP, read, record, run, setCliEnv, STATE, stateOf, STATUS, Step, tail, type NicState,
+  cli, cliKilledAt, CONFIG, fileStamp, findObjects, fmtNic, hasValue, nicState, parseJson, PCIDP, read, record, run, setCliEnv, STATE, stateOf, STATUS, Step, tail, type NicState,
 } from "./lib.js";
 
 const plan = JSON.parse(readFileSync("/opt/e2e/plan.json", "utf8")) as BootPlan;
@@ -285,6 +285,41 @@ async function s4FailAfterUnbind(): Promise<Step> {
   return st;
 }
 
+async function s8CrashMidBind(): Promise<Step> {
+  const st = new Step("8", "crash mid-bind on the real kernel: SIGKILL between unbind and probe; early and apply recover, nothing driverless");
+  const d1 = nic("dpdk1");
+  writeConfig(configToml(S1_ENIS));
+  const u = await cli("unbind", "dpdk1");
+  st.check(u.code === 0 && stateOf(d1).driver === "e1000" && !!stateOf(d1).netdev, `dpdk1 back on e1000 first: ${fmtNic("dpdk1", stateOf(d1))}`);
+  const primaryBefore = stateOf(nic("primary"));
+  const k = await cliKilledAt("/sys/bus/pci/drivers_probe", "write", "apply");
+  st.note(`apply under strace, killed at its write to drivers_probe: exit ${k.code} after ${k.ms} ms`);
+  st.check(k.code === 137, `the run was killed there (strace exit ${k.code})`);
+  const crashed = stateOf(d1);
+  st.note(`after the kill: ${fmtNic("dpdk1", crashed)}`);
+  st.check(!crashed.driver && crashed.override === "vfio-pci", "the real kernel left dpdk1 driverless with driver_override=vfio-pci: the window is real");
+  const journal = read("/var/lib/eni-dpdk/inflight.json");
+  st.note(`intent journal: ${journal?.trim().replace(/\s+/g, " ").slice(0, 300)}`);
+  st.check(!!journal && journal.includes(bdfOf(d1)), "the intent was journalled before the first sysfs write");
+  const e = await cli("early");
+  st.note(`early: exit ${e.code} in ${e.ms} ms`);
+  st.evidence.push(...tail(e.stderr, 3));
+  st.check(e.code === 0 && e.ms < 20_000, `early recovers and finishes without waiting out a deadline (${e.ms} ms)`);
+  st.check(!!stateOf(d1).driver, `early gave dpdk1 a driver back: ${fmtNic("dpdk1", stateOf(d1))}`);
+  const a = await cli("apply");
+  st.note(`apply: exit ${a.code} in ${a.ms} ms`);
+  st.evidence.push(...tail(a.stderr, 3));
+  st.check(a.code === 0, "the next apply exits 0");
+  checkBoundVfio(st, d1);
+  checkBoundVfio(st, nic("dpdk2"));
+  st.check(!existsSync("/var/lib/eni-dpdk/inflight.json"), "nothing left in flight");
+  const driverless = plan.nics.filter((n) => stateOf(n).present && !stateOf(n).driver);
+  st.check(driverless.length === 0, `no NIC without a driver${driverless.length ? `: ${driverless.map((n) => n.name).join(", ")}` : ""}`);
+  st.check(sameNic(primaryBefore, stateOf(nic("primary"))), `primary untouched: ${fmtNic("primary", stateOf(nic("primary")))}`);
+  checkSriov(st, [d1, nic("dpdk2")]);
+  return st;
+}
+
 async function s4NoNoiommu(): Promise<Step> {
   const st = new Step("4", "stock kernel without NOIOMMU: clear diagnosis, no device touched");
   const before = snapshot();
@@ -353,6 +388,7 @@ const steps: Record<string, () => Promise<Step | void>> = {
   carry,
   s3: s3Reboot,
   s4b: s4FailAfterUnbind,
+  s8: s8CrashMidBind,
   s4: s4NoNoiommu,
   s6: s6Hotplug,
 };
