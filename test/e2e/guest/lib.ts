@@ -37,6 +37,8 @@ function list(p: string): string[] {
 
 export interface RunOut {
   code: number | null;
+  /** the signal that ended it (strace re-raises its tracee's fatal signal on itself) */
+  signal?: NodeJS.Signals | null;
   stdout: string;
   stderr: string;
   ms: number;
@@ -61,10 +63,10 @@ export function run(argv: string[], env: NodeJS.ProcessEnv = {}, timeoutMs = 150
       clearTimeout(timer);
       resolve({ code: 127, stdout, stderr: stderr + String(e), ms: Date.now() - t0 });
     });
-    p.on("close", (code) => {
+    p.on("close", (code, signal) => {
       clearTimeout(timer);
-      if (echo) process.stdout.write(`E2E-RUN exit ${code} after ${Date.now() - t0} ms\n`);
-      resolve({ code, stdout, stderr, ms: Date.now() - t0 });
+      if (echo) process.stdout.write(`E2E-RUN exit ${code ?? signal} after ${Date.now() - t0} ms\n`);
+      resolve({ code, signal, stdout, stderr, ms: Date.now() - t0 });
     });
   });
 }
