@@ -1,13 +1,28 @@
 // Config sources, as a chain of providers: the file baked into the AMI, EC2 user-data, instance tags,
 // NodeENI objects (src/nodeeni.ts), and the seed's environment variables. Each yields Layers that
 // buildConfig merges in the precedence order of [service].sources (later wins).
+import { readFileSync, statSync, type Stats } from "node:fs";
 import path from "node:path";
 import { interop } from "./lazy.js";
-import { buildConfig, defaults, schema, type EffectiveConfig, type Layer, type SourceName } from "./config.js";
+import {
+  buildConfig,
+  defaults,
+  FORBIDDEN_KEY_MESSAGE,
+  isForbiddenKey,
+  nullRecord,
+  own,
+  safeNumber,
+  schema,
+  TOP_LEVEL_KEYS,
+  type EffectiveConfig,
+  type Layer,
+  type SourceName,
+} from "./config.js";
 import { InputError, type Problem } from "./errors.js";
 import type { Host } from "./host.js";
 import { decodeUserData, OUR_MEDIA_TYPE, sniffDocument, type UserDataPart } from "./userdata.js";
 
+export const CONFIG_HOME = "/etc/eni-dpdk";
 export const CONFIG_FILE = "/etc/eni-dpdk/config.toml";
 export const CONFIG_DIR = "/etc/eni-dpdk/config.d";
 const OUR_TABLES = [...Object.keys(schema), "eni"];
@@ -20,18 +35,17 @@ const OUR_TABLES = [...Object.keys(schema), "eni"];
  */
 export function tomlLayer(text: string, source: string): Layer {
   let data: Record<string, unknown>;
+  const positions = scanKeyPositions(text);
   try {
     data = parseToml(text);
   } catch (e) {
     if (e instanceof TomlNotLoaded) throw e;
-    const loc = (e as { location?: { start?: { line: number; column: number } } }).location?.start;
-    const where = loc ? `${source}:${loc.line}:${loc.column}` : source;
-    throw new InputError([{ source: where, key: "(syntax)", message: `not valid TOML: ${(e as Error).message}` }]);
+    throw new InputError([syntaxProblem(e, source, positions)]);
   }
-  const positions = scanKeyPositions(text);
   return {
     source,
     data,
+    tomlTyped: true,
     locate: (keyPath) => {
       for (let n = keyPath.length; n > 0; n--) {
         const pos = positions.get(keyPath.slice(0, n).join("."));
@@ -42,11 +56,29 @@ export function tomlLayer(text: string, source: string): Layer {
   };
 }
 
+/**
+ * A parse error as a Problem at `source:line:col`. Grammar errors carry `location.start`; the
+ * compiler's (a redefined key, an integer beyond 64 bits) carry `line`/`column`, and name the key
+ * defined on that line when there is one.
+ */
+function syntaxProblem(e: unknown, source: string, positions: Map<string, string>): Problem {
+  const err = e as { line?: number; column?: number; location?: { start?: { line?: number; column?: number } }; message?: string };
+  const line = err.line ?? err.location?.start?.line;
+  const column = err.column ?? err.location?.start?.column ?? 1;
+  const where = line ? `${source}:${line}:${column}` : source;
+  const atLine = err.line !== undefined ? [...positions].find(([, pos]) => pos.startsWith(`${line}:`))?.[0] : undefined;
+  const key = atLine?.replace(/^eni\.(\d+)/, "eni[$1]") ?? "(syntax)";
+  return { source: where, key, message: `not valid TOML: ${err.message ?? String(e)}` };
+}
+
 // ---- parsed-TOML memo ----------------------------------------------------------------------------
 // The toml parser is slow on a cold process (about 10 ms for the first small document), and every
 // boot parses the same config file and user-data again. A successful apply therefore keeps the
 // parse results by exact text in TOML_MEMO_PATH; the next boot reuses them when the text is
 // byte-identical. Only parsing is skipped: every layer is still validated and merged each time.
+// Integers are BigInt (the parser's bigint mode) and floats numbers; the memo keeps both apart so a
+// hit gives the same types as a parse: a JSON number is an integer (one past 2^53 is
+// {"$bigint": "…"}), and a float is {"$float": x}, since JSON would write the float 2.0 as 2.
 
 export const TOML_MEMO_PATH = "/var/lib/eni-dpdk/toml-memo.json";
 /** The parser the memo's results came from; a memo from another parser is ignored (a test keeps it in step with package.json). */
@@ -56,6 +88,9 @@ const tomlMemo = new Map<string, Record<string, unknown>>();
 const tomlUsed = new Set<string>();
 /** roots whose memo file was read in this process */
 const tomlMemoRoots = new Set<string>();
+
+/** Bumped when what a memo entry holds changes (2: integers are BigInt). */
+const TOML_MEMO_VERSION = 2;
 
 let tomlParse: ((text: string) => unknown) | undefined;
 
@@ -68,7 +103,10 @@ class TomlNotLoaded extends Error {
 
 /** Load the toml parser (70 KB of code) — only needed when some text is not in the memo. */
 export async function loadToml(): Promise<void> {
-  tomlParse ??= interop(await import("toml"), "parse").parse;
+  if (tomlParse) return;
+  const { parse } = interop(await import("toml"), "parse");
+  // Every integer as BigInt: no integer is taken for a float (or the reverse), none past 2^53 is lost.
+  tomlParse = (text) => parse(text, { bigint: true });
 }
 
 /** Load the parser unless every text is in the memo. */
@@ -76,7 +114,7 @@ async function loadTomlFor(texts: string[]): Promise<void> {
   if (texts.some((t) => !tomlMemo.has(t))) await loadToml();
 }
 
-/** Parse TOML (memoised by exact text) into ordinary objects. Needs loadToml() first on a miss. */
+/** Parse TOML (memoised by exact text) into ordinary objects, integers as BigInt. Needs loadToml() first on a miss. */
 export function parseToml(text: string): Record<string, unknown> {
   const hit = tomlMemo.get(text);
   if (hit) {
@@ -85,7 +123,7 @@ export function parseToml(text: string): Record<string, unknown> {
   }
   if (!tomlParse) throw new TomlNotLoaded();
   const data = plain(tomlParse(text)) as Record<string, unknown>;
-  // Dates and non-finite numbers would not survive JSON: such documents are simply not memoised.
+  // Dates, non-finite numbers and a key spelled like one of our boxes would not survive JSON: such documents are not memoised.
   if (jsonSafe(data)) {
     tomlMemo.set(text, structuredClone(data));
     tomlUsed.add(text);
@@ -94,11 +132,39 @@ export function parseToml(text: string): Record<string, unknown> {
 }
 
 function jsonSafe(v: unknown): boolean {
-  if (v === null || typeof v === "string" || typeof v === "boolean") return true;
+  if (v === null || typeof v === "string" || typeof v === "boolean" || typeof v === "bigint") return true;
   if (typeof v === "number") return Number.isFinite(v);
   if (Array.isArray(v)) return v.every(jsonSafe);
-  if (typeof v === "object" && Object.getPrototypeOf(v) === Object.prototype) return Object.values(v as object).every(jsonSafe);
+  if (typeof v === "object" && Object.getPrototypeOf(v) === Object.prototype) {
+    return !Object.hasOwn(v, BIGINT_BOX) && !Object.hasOwn(v, FLOAT_BOX) && Object.values(v as object).every(jsonSafe);
+  }
   return false;
+}
+
+const BIGINT_BOX = "$bigint";
+const FLOAT_BOX = "$float";
+/** Parsed TOML as memo JSON: a safe integer as a JSON number, a larger one and every float boxed. */
+function toMemoJson(v: unknown): unknown {
+  if (typeof v === "bigint") return safeNumber(v) ?? { [BIGINT_BOX]: v.toString() };
+  if (typeof v === "number") return { [FLOAT_BOX]: v };
+  if (Array.isArray(v)) return v.map(toMemoJson);
+  if (v !== null && typeof v === "object") return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, toMemoJson(x)]));
+  return v;
+}
+
+/** The inverse of toMemoJson; a non-integral JSON number (a hand-edited memo) stays a float. */
+function fromMemoJson(v: unknown): unknown {
+  if (typeof v === "number") return Number.isSafeInteger(v) ? BigInt(v) : v;
+  if (Array.isArray(v)) return v.map(fromMemoJson);
+  if (v === null || typeof v !== "object") return v;
+  const box = v as Record<string, unknown>;
+  if (Object.keys(box).length === 1) {
+    const digits = own(box, BIGINT_BOX);
+    if (typeof digits === "string" && /^-?\d+$/.test(digits)) return BigInt(digits);
+    const float = own(box, FLOAT_BOX);
+    if (typeof float === "number") return float;
+  }
+  return Object.fromEntries(Object.entries(box).map(([k, x]) => [k, fromMemoJson(x)]));
 }
 
 /** Load the memo a previous apply left (once per root). A damaged file is ignored, never an error. */
@@ -109,9 +175,11 @@ export async function loadTomlMemo(host: Host): Promise<void> {
   if (!raw) return;
   try {
     const doc = JSON.parse(raw) as { version?: number; parser?: string; entries?: { text?: unknown; data?: unknown }[] };
-    if (doc.version !== 1 || doc.parser !== TOML_PARSER || !Array.isArray(doc.entries)) return;
+    if (doc.version !== TOML_MEMO_VERSION || doc.parser !== TOML_PARSER || !Array.isArray(doc.entries)) return;
     for (const e of doc.entries) {
-      if (typeof e.text === "string" && e.data && typeof e.data === "object" && !Array.isArray(e.data)) tomlMemo.set(e.text, e.data as Record<string, unknown>);
+      if (typeof e.text === "string" && e.data && typeof e.data === "object" && !Array.isArray(e.data)) {
+        tomlMemo.set(e.text, fromMemoJson(e.data) as Record<string, unknown>);
+      }
     }
   } catch {
     // A torn or hand-edited memo only costs a parse.
@@ -120,12 +188,15 @@ export async function loadTomlMemo(host: Host): Promise<void> {
 
 /** Keep the documents this process used (and only those) for the next boot; no write when unchanged. */
 export async function saveTomlMemo(host: Host): Promise<boolean> {
-  const entries = [...tomlUsed].sort().map((text) => ({ text, data: tomlMemo.get(text) }));
+  const entries = [...tomlUsed].sort().map((text) => ({ text, data: toMemoJson(tomlMemo.get(text)) }));
   if (!entries.length) return false;
-  return host.writeFileAtomic(TOML_MEMO_PATH, JSON.stringify({ version: 1, parser: TOML_PARSER, entries }) + "\n", 0o600);
+  return host.writeFileAtomic(TOML_MEMO_PATH, JSON.stringify({ version: TOML_MEMO_VERSION, parser: TOML_PARSER, entries }) + "\n", 0o600);
 }
 
-/** toml returns null-prototype objects; make them ordinary so deep-equality and spreading behave. */
+/**
+ * toml returns null-prototype objects; make them ordinary so deep-equality and spreading behave.
+ * Object.fromEntries defines properties, so a `__proto__` key stays an own key (checkLayer rejects it).
+ */
 function plain(v: unknown): unknown {
   if (Array.isArray(v)) return v.map(plain);
   if (v !== null && typeof v === "object" && !(v instanceof Date)) {
@@ -134,15 +205,22 @@ function plain(v: unknown): unknown {
   return v;
 }
 
-/** `table.key` / `eni.<i>.key` / `eni.<i>.dpdk.key` → "line:col" (1-based). */
+/** `table.key` / `eni.<i>.key` / `eni.<i>.dpdk.key` → "line:col" (1-based). Lines inside multi-line strings are text, not keys. */
 function scanKeyPositions(text: string): Map<string, string> {
   const pos = new Map<string, string>();
   let prefix: string[] = [];
   let eniIndex = -1;
+  let openString: string | undefined;
+  const unquote = (p: string) => p.trim().replace(/^"(.*)"$|^'(.*)'$/, "$1$2");
   text.split(/\r?\n/).forEach((line, i) => {
-    const header = /^\s*(\[\[?)\s*([A-Za-z0-9_.\-" ]+?)\s*\]\]?/.exec(line);
+    if (openString) {
+      if (line.split(openString).length % 2 === 0) openString = undefined;
+      return;
+    }
+    for (const q of ['"""', "'''"]) if (line.split(q).length % 2 === 0) openString = q;
+    const header = /^\s*(\[\[?)\s*([A-Za-z0-9_.\-"' ]+?)\s*\]\]?/.exec(line);
     if (header) {
-      const parts = header[2]!.split(".").map((p) => p.trim().replace(/^"(.*)"$/, "$1"));
+      const parts = header[2]!.split(".").map(unquote);
       if (header[1] === "[[" && parts.join(".") === "eni") {
         eniIndex++;
         prefix = ["eni", String(eniIndex)];
@@ -155,9 +233,9 @@ function scanKeyPositions(text: string): Map<string, string> {
       if (!pos.has(key)) pos.set(key, `${i + 1}:${line.indexOf("[") + 1}`);
       return;
     }
-    const kv = /^(\s*)([A-Za-z0-9_\-."]+)\s*=/.exec(line);
+    const kv = /^(\s*)([A-Za-z0-9_\-."' ]+?)\s*=/.exec(line);
     if (kv) {
-      const keyParts = kv[2]!.split(".").map((p) => p.replace(/^"(.*)"$/, "$1"));
+      const keyParts = kv[2]!.split(".").map(unquote);
       pos.set([...prefix, ...keyParts].join("."), `${i + 1}:${kv[1]!.length + 1}`);
     }
   });

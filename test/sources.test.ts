@@ -233,3 +233,50 @@ t.test("the memo names its parser, and a memo from another parser is not used", 
   writeFileSync(path.join(root, TOML_MEMO_PATH), JSON.stringify({ version: 1, parser: "toml 4.0.0", entries: [{ text, data: { dpdk: { hugepages_2m: 99 } } }] }));
   t.equal((await gather(new Host(root), { env: {} })).config.dpdk.hugepages_2m, 16);
 });
+
+// ---- input hardening (issue 13) ------------------------------------------------------------------
+
+const problemLines = async (f: () => unknown): Promise<string[]> => {
+  try {
+    await f();
+  } catch (e) {
+    if (e instanceof InputError) return e.problems.map(formatProblem);
+    throw e;
+  }
+  return [];
+};
+
+t.test("parsed-TOML memo: a hit gives the same types as a parse (BigInt integers, float numbers)", async (t) => {
+  const root = mkdtempSync(path.join(tmpdir(), "eni-dpdk-src-"));
+  mkdirSync(path.join(root, "etc/eni-dpdk"), { recursive: true });
+  const text = "[dpdk]\nhugepages_2m = 4\n[service]\ntimeout_seconds = 1.5\n[sriov]\nrestart_command = []\n";
+  writeFileSync(path.join(root, "etc/eni-dpdk/config.toml"), text);
+  const host = new Host(root);
+  await t.rejects(gather(host, { env: {} }), /timeout_seconds: expected an integer, got a float 1\.5/);
+  t.ok(await saveTomlMemo(host));
+  const parsed = parseToml(text);
+  // A fresh process that never loads the parser: parseToml can only answer from the memo file.
+  const script = `import { loadTomlMemo, parseToml } from ${JSON.stringify(path.resolve(import.meta.dirname, "../src/sources.ts"))};
+import { Host } from ${JSON.stringify(path.resolve(import.meta.dirname, "../src/host.ts"))};
+await loadTomlMemo(new Host(process.argv[1]));
+const d = parseToml(process.argv[2]);
+console.log(
+  JSON.stringify([typeof d.dpdk.hugepages_2m, String(d.dpdk.hugepages_2m), typeof d.service.timeout_seconds, d.service.timeout_seconds]),
+);`;
+  const { spawnSync } = await import("node:child_process");
+  const r = spawnSync(process.execPath, ["--import", "tsx", "--input-type=module", "-e", script, root, text], { encoding: "utf8" });
+  t.equal(r.status, 0, r.stderr);
+  t.same(JSON.parse(r.stdout), ["bigint", "4", "number", 1.5], "from the memo");
+  t.same(
+    [typeof (parsed.dpdk as Record<string, unknown>).hugepages_2m, typeof (parsed.service as Record<string, unknown>).timeout_seconds],
+    ["bigint", "number"],
+    "from a parse",
+  );
+  t.match(
+    readFileSync(path.join(root, TOML_MEMO_PATH), "utf8"),
+    /"hugepages_2m":4\}.*"timeout_seconds":\{"\$float":1\.5\}/,
+    "integers as JSON numbers, floats boxed",
+  );
+  t.type(parseToml('x = { "$bigint" = "5" }\n').x, "object", "a table spelled like a box is not memoised as a BigInt");
+  t.type(parseToml('x = { "$float" = 5 }\n').x, "object", "nor as a float");
+});
