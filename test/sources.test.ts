@@ -246,6 +246,63 @@ const problemLines = async (f: () => unknown): Promise<string[]> => {
   return [];
 };
 
+t.test("tag values: a repeated key, empty segments, value-and-table and Object.prototype names are refused by name", async (t) => {
+  const cases: [Record<string, string>, RegExp][] = [
+    [{ "eni-dpdk:eni:d1": "device_index=1;device_index=5" }, /^tag eni-dpdk:eni:d1: eni\.d1\.device_index: "device_index" is set twice/],
+    [{ "eni-dpdk:eni:d1": "dpdk.driver=vfio-pci; dpdk . driver = igb_uio" }, /: eni\.d1\.dpdk \. driver: "dpdk\.driver" is set twice/],
+    [{ "eni-dpdk:dpdk": "a..b=1" }, /^tag eni-dpdk:dpdk: dpdk\.a\.\.b: empty key segment/],
+    [{ "eni-dpdk:dpdk": ".x=1" }, /empty key segment in "\.x"/],
+    [{ "eni-dpdk:dpdk": "x.=1" }, /empty key segment in "x\."/],
+    [
+      { "eni-dpdk:eni:d1": "dpdk=1;dpdk.enabled=false" },
+      /eni\.d1\.dpdk\.enabled: "dpdk\.enabled" descends into "dpdk", which is already set as a value/,
+    ],
+    [{ "eni-dpdk:eni:d1": "dpdk.enabled=false;dpdk=1" }, /eni\.d1\.dpdk: "dpdk" is set as a value, but "dpdk\.…" keys are also set/],
+    [
+      { "eni-dpdk:dpdk": "__proto__.LD_PRELOAD=/x.so" },
+      /^tag eni-dpdk:dpdk: dpdk\.__proto__\.LD_PRELOAD: unknown key: "__proto__" is an Object\.prototype member name/,
+    ],
+    [{ "eni-dpdk:eni:d1": "constructor.prototype.x=1" }, /unknown key: "constructor"/],
+    [{ "eni-dpdk:__proto__": "x=1" }, /^tag eni-dpdk:__proto__: eni-dpdk:__proto__: "__proto__" is an Object\.prototype member name/],
+    [{ "eni-dpdk:toString": "x=1" }, /^tag eni-dpdk:toString: eni-dpdk:toString: "toString"/],
+  ];
+  for (const [tags, want] of cases) {
+    const got = await problemLines(() => tagLayers(tags));
+    t.ok(got.some((l) => want.test(l)), `${JSON.stringify(tags)}: ${got.join(" | ")}`);
+  }
+  t.equal(({} as Record<string, unknown>).LD_PRELOAD, undefined, "Object.prototype is clean");
+  t.same(Object.keys(Object.prototype), []);
+});
+
+t.test("tag values: integers are plain decimal digits; a dotted key into a value is named", async (t) => {
+  for (const v of ["1e3", "0x10", "+1", "01", "1_000", "1.0", "", "１"]) {
+    const got = await problemLines(() => buildConfig(tagLayers({ "eni-dpdk:dpdk": `hugepages_2m=${v}` })));
+    t.match(
+      got,
+      [new RegExp(`^tag eni-dpdk:dpdk: dpdk\\.hugepages_2m: expected an integer, got "${v.replace(/[.+]/g, "\\$&")}"`)],
+      JSON.stringify(v),
+    );
+  }
+  t.equal(
+    buildConfig(tagLayers({ "eni-dpdk:dpdk": " hugepages_2m = 12 ;" })).config.dpdk.hugepages_2m,
+    12,
+    "whitespace around separators is ignored",
+  );
+  t.match(
+    await problemLines(() => buildConfig(tagLayers({ "eni-dpdk:dpdk": "hugepages_2m=-1" }))),
+    [/expected a page count 0\.\.1000000, got -1/],
+    "a minus sign is an integer",
+  );
+  const into = await problemLines(
+    () => buildConfig(
+      tagLayers({ "eni-dpdk:eni:d1": "device_index.x=1;subnet_id=subnet-01234567;security_group_ids=sg-01234567;dpdk.enabled=false" }),
+    ),
+  );
+  t.match(into, [/^tag eni-dpdk:eni:d1: eni\.d1\.device_index: expected a value, got dotted sub-keys \(x\): this key is not a table/]);
+  const big = await problemLines(() => buildConfig(tagLayers({ "eni-dpdk:dpdk": "hugepages_2m=99999999999999999999" })));
+  t.match(big, [/dpdk\.hugepages_2m: out of range: expected a page count 0\.\.1000000, got 99999999999999999999/]);
+});
+
 t.test("parsed-TOML memo: a hit gives the same types as a parse (BigInt integers, float numbers)", async (t) => {
   const root = mkdtempSync(path.join(tmpdir(), "eni-dpdk-src-"));
   mkdirSync(path.join(root, "etc/eni-dpdk"), { recursive: true });
