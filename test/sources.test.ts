@@ -337,3 +337,70 @@ console.log(
   t.type(parseToml('x = { "$bigint" = "5" }\n').x, "object", "a table spelled like a box is not memoised as a BigInt");
   t.type(parseToml('x = { "$float" = 5 }\n').x, "object", "nor as a float");
 });
+
+t.test("files: --config must be absolute and a file; config.d entries must be files; all must be trusted", async (t) => {
+  const { chmodSync, chownSync, symlinkSync } = await import("node:fs");
+  const { execFileSync } = await import("node:child_process");
+  const fresh = () => {
+    const root = mkdtempSync(path.join(tmpdir(), "eni-dpdk-src-"));
+    mkdirSync(path.join(root, "etc/eni-dpdk/config.d"), { recursive: true });
+    writeFileSync(path.join(root, "etc/eni-dpdk/config.toml"), "[dpdk]\nhugepages_2m = 1\n");
+    return { root, host: new Host(root), p: (rel: string) => path.join(root, rel) };
+  };
+  const r = fresh();
+  t.match(
+    await problemLines(() => fileLayers(r.host, "etc/eni-dpdk/config.toml")),
+    [/^--config etc\/eni-dpdk\/config\.toml: \(file\): must be absolute; it is resolved under --root/],
+  );
+  t.match(
+    await problemLines(() => fileLayers(r.host, "/etc/eni-dpdk")),
+    [
+      new RegExp(
+        `^/etc/eni-dpdk \\(resolved under --root as ${r.p("etc/eni-dpdk")}\\): \\(file\\): is a directory; --config names one TOML file`,
+      ),
+    ],
+  );
+  t.match(
+    await problemLines(() => fileLayers(r.host, "/etc/missing.toml")),
+    [/^\/etc\/missing\.toml \(resolved under --root as .*\/etc\/missing\.toml\): \(file\): no such file/],
+  );
+  mkdirSync(r.p("etc/eni-dpdk/config.d/10-dir.toml"));
+  t.match(
+    await problemLines(() => fileLayers(r.host)),
+    [/^\/etc\/eni-dpdk\/config\.d\/10-dir\.toml .*: \(file\): is a directory; config\.d holds \*\.toml files only/],
+  );
+
+  const fifo = fresh();
+  execFileSync("mkfifo", [fifo.p("etc/eni-dpdk/config.d/20-fifo.toml")]);
+  t.match(
+    await problemLines(() => fileLayers(fifo.host)),
+    [/20-fifo\.toml .*: \(file\): is not a regular file/],
+    "a FIFO is refused, never read (it would block)",
+  );
+
+  const ww = fresh();
+  chmodSync(ww.p("etc/eni-dpdk/config.toml"), 0o666);
+  t.match(
+    await problemLines(() => fileLayers(ww.host)),
+    [new RegExp(`^/etc/eni-dpdk/config\\.toml .*: \\(file\\): is group- and world-writable \\(mode 0666\\); .*chmod go-w ${ww.root}`)],
+  );
+  const gw = fresh();
+  writeFileSync(gw.p("etc/eni-dpdk/config.d/50-x.toml"), "[dpdk]\nhugepages_1g = 1\n");
+  chmodSync(gw.p("etc/eni-dpdk/config.d/50-x.toml"), 0o620);
+  chmodSync(gw.p("etc/eni-dpdk/config.d"), 0o757);
+  chmodSync(gw.p("etc/eni-dpdk"), 0o775);
+  const lines = await problemLines(() => fileLayers(gw.host));
+  t.ok(lines.some((l) => /^\/etc\/eni-dpdk .*: \(directory\): is group-writable \(mode 0775\)/.test(l)), lines.join(" | "));
+  t.ok(lines.some((l) => /^\/etc\/eni-dpdk\/config\.d .*: \(directory\): is world-writable \(mode 0757\)/.test(l)), "config.d");
+  t.notOk(lines.some((l) => l.includes("50-x.toml")), "files of an untrusted config.d are not read at all");
+  const owned = fresh();
+  chownSync(owned.p("etc/eni-dpdk/config.toml"), 4242, 4242);
+  t.match(await problemLines(() => fileLayers(owned.host)), [/config\.toml .*: \(file\): is owned by uid 4242, not root; .*chown root /]);
+  const linked = fresh();
+  writeFileSync(path.join(linked.root, "evil.toml"), "[dpdk]\nhugepages_2m = 9\n", { mode: 0o666 });
+  chmodSync(path.join(linked.root, "evil.toml"), 0o666);
+  symlinkSync(path.join(linked.root, "evil.toml"), linked.p("etc/eni-dpdk/config.d/90-link.toml"));
+  t.match(await problemLines(() => fileLayers(linked.host)), [/90-link\.toml .*world-writable/], "a symlink is judged by its target");
+  const ok = fresh();
+  t.equal((await fileLayers(ok.host)).length, 1, "root-owned 0644 files in 0755 directories are fine");
+});
