@@ -20,12 +20,11 @@ import {
 } from "./config.js";
 import { InputError, type Problem } from "./errors.js";
 import type { Host } from "./host.js";
-import { decodeUserData, OUR_MEDIA_TYPE, sniffDocument, type UserDataPart } from "./userdata.js";
+import { decodeUserData, OUR_MEDIA_TYPE, PLAIN_TYPES, sniffDocument, type UserDataPart } from "./userdata.js";
 
 export const CONFIG_HOME = "/etc/eni-dpdk";
 export const CONFIG_FILE = "/etc/eni-dpdk/config.toml";
 export const CONFIG_DIR = "/etc/eni-dpdk/config.d";
-const OUR_TABLES = [...Object.keys(schema), "eni"];
 
 // ---- TOML --------------------------------------------------------------------------------------
 
@@ -444,13 +443,26 @@ function partLayers(parts: UserDataPart[]): UserDataResult {
   const problems: Problem[] = [];
   let skipped = 0;
   for (const part of parts) {
-    const ours = part.contentType === OUR_MEDIA_TYPE || (part.index === 0 && isOurDocument(part));
+    const ours = part.contentType === OUR_MEDIA_TYPE || isOurDocument(part);
+    if (ours && part.index > 0 && part.contentType !== OUR_MEDIA_TYPE) {
+      const typed = part.contentType === "text/plain" ? "typed text/plain (or untyped)" : `typed ${part.contentType}`;
+      problems.push({
+        source: part.label,
+        key: "Content-Type",
+        message: `holds eni-dpdk tables but is ${typed}; inside MIME user-data eni-dpdk reads only parts with ` +
+          `Content-Type: ${OUR_MEDIA_TYPE}`,
+      });
+      continue;
+    }
     if (!ours) {
       skipped++;
       continue;
     }
     try {
-      layers.push(tomlLayer(part.text, part.index === 0 ? "user-data" : part.label));
+      const source = part.index === 0 ? "user-data" : part.label;
+      const bad = utf8Problem(part.body);
+      if (bad) problems.push({ source, key: "(encoding)", message: bad });
+      else layers.push(tomlLayer(part.text, source));
     } catch (e) {
       if (e instanceof InputError) problems.push(...e.problems);
       else throw e;
@@ -469,32 +481,42 @@ function decodeParts(raw: Buffer): UserDataPart[] {
   try {
     return decodeUserData(raw);
   } catch (e) {
+    if (e instanceof InputError) throw e;
     throw new InputError([{ source: "user-data", key: "(encoding)", message: (e as Error).message }]);
   }
 }
 
-/** The user-data texts partLayers may parse as TOML: our parts, and a plain first document. */
+/** The user-data texts partLayers may parse as TOML: our parts, and plain documents that may be ours. */
 function tomlCandidates(parts: UserDataPart[]): string[] {
-  return parts.filter((p) => p.contentType === OUR_MEDIA_TYPE || (p.index === 0 && mayBeOurs(p))).map((p) => p.text);
+  return parts.filter((p) => p.contentType === OUR_MEDIA_TYPE || mayBeOurs(p)).map((p) => p.text);
 }
 
+/** A plain (untyped, text/plain, TOML-typed) document that is not clearly a script, cloud-config or NodeConfig. */
 function mayBeOurs(part: UserDataPart): boolean {
-  if (part.contentType && part.contentType !== "text/plain" && part.contentType !== "application/toml") return false;
-  return sniffDocument(part.text) === "other";
+  if (!PLAIN_TYPES.has(part.contentType)) return false;
+  const kind = sniffDocument(part.text);
+  return kind === "eni-dpdk" || kind === "other";
 }
 
-/** A single plain document is ours when it is TOML holding our tables, or clearly meant to be. */
+/**
+ * A plain document is ours when it has our table headers (then its parse errors are reported), or
+ * parses as TOML with one of our top-level keys (dotted keys, inline tables). TOML that is not
+ * ours, or text that is not TOML and has none of our headers, belongs to someone else.
+ */
 function isOurDocument(part: UserDataPart): boolean {
   if (!mayBeOurs(part)) return false;
+  if (sniffDocument(part.text) === "eni-dpdk") return true;
   try {
     const data = parseToml(part.text);
-    return Object.keys(data).some((k) => OUR_TABLES.includes(k));
+    return TOP_LEVEL_KEYS.some((k) => Object.hasOwn(data, k));
   } catch (e) {
     if (e instanceof TomlNotLoaded) throw e;
-    // Broken TOML is ours only if it has our table headers; then the parse error is reported.
-    return new RegExp(`^\\s*\\[\\[?\\s*(${OUR_TABLES.join("|")})(\\.[a-z_]+)?\\s*\\]\\]?\\s*$`, "m").test(part.text);
+    // Broken TOML that sets our keys (`dpdk.enabled = …`) is ours too: its parse error is reported.
+    return OUR_KEY_LINE_RE.test(part.text);
   }
 }
+
+const OUR_KEY_LINE_RE = new RegExp(`^\\s*(${TOP_LEVEL_KEYS.join("|")})\\s*[.=]`, "m");
 
 // ---- tag source ----------------------------------------------------------------------------------
 

@@ -44,6 +44,7 @@ const multipart = (parts: [string, string, Record<string, string>?][]) =>
   parts.map(([type, body, h]) => `--BOUNDARY\nContent-Type: ${type}\n${Object.entries(h ?? {}).map(([k, v]) => `${k}: ${v}\n`).join("")}\n${body}\n`).join("") +
   `--BOUNDARY--\n`;
 
+const OUR = "application/eni-dpdk+toml";
 const merged = (raw: Buffer) => buildConfig(userDataLayers(raw).layers).config;
 
 t.test("decoding paths: raw TOML, base64, gzip, base64(gzip)", async (t) => {
@@ -303,6 +304,116 @@ t.test("tag values: integers are plain decimal digits; a dotted key into a value
   t.match(big, [/dpdk\.hugepages_2m: out of range: expected a page count 0\.\.1000000, got 99999999999999999999/]);
 });
 
+t.test("user-data: a TOML document of ours that mentions a NodeConfig in a string is still ours", async (t) => {
+  const doc = `[dpdk]\nhugepages_2m = 8\nnote = """\napiVersion: node.eks.aws/v1alpha1\nkind: NodeConfig\n"""\n`;
+  t.equal(decodeUserData(Buffer.from(doc))[0]!.contentType, "", "not labelled as a NodeConfig");
+  t.match(
+    await problemLines(() => buildConfig(userDataLayers(Buffer.from(doc)).layers)),
+    [/user-data:3:1: dpdk\.note: unknown key/],
+    "taken as ours",
+  );
+  const dotted = `dpdk.hugepages_2m = 8\ncomment = """\napiVersion: node.eks.aws/v1alpha1\nkind: NodeConfig\n"""\n`;
+  t.equal(userDataLayers(Buffer.from(dotted)).layers.length, 1, "dotted keys, no headers: still ours");
+  t.match(
+    await problemLines(() => userDataLayers(Buffer.from("kind: NodeConfig\n[dpdk]\nhugepages_2m = 8\n"))),
+    [/^user-data:1:5: \(syntax\): not valid TOML/],
+    "our headers make it ours: its TOML error is reported, not skipped",
+  );
+  t.equal(decodeUserData(Buffer.from(nodeConfig))[0]!.contentType, "application/node.eks.aws", "a real NodeConfig still is one");
+  t.equal(decodeUserData(Buffer.from("kind: NodeConfig\nspec: {}\n"))[0]!.contentType, "", "kind without apiVersion is not a NodeConfig");
+});
+
+t.test("user-data: content of ours that cannot be read is an error naming the part", async (t) => {
+  const mime = (boundary: string, body: string) => `MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary="${boundary}"\n\n${body}`;
+  const part = (b: string, type: string, body: string) => `--${b}\nContent-Type: ${type}\n\n${body}\n`;
+  const cases: [string, string, RegExp][] = [
+    [
+      "boundary matches no part",
+      mime("A", part("B", OUR, ours) + "--B--\n"),
+      /^user-data: \(mime\): its Content-Type declares boundary "A", but no line is "--A"/,
+    ],
+    [
+      "one part behind another boundary",
+      mime("A", part("A", "text/x-shellscript", "#!/bin/sh") + part("B", OUR, ours) + "--A--\n"),
+      /^user-data: \(mime\): 1 line\(s\) say Content-Type: application\/eni-dpdk\+toml, but only 0/,
+    ],
+    [
+      "no boundary parameter",
+      `Content-Type: multipart/mixed\n\n${part("A", OUR, ours)}`,
+      /^user-data: \(mime\): its multipart Content-Type has no boundary parameter/,
+    ],
+    [
+      "nested multipart",
+      mime("A", `--A\nContent-Type: multipart/mixed; boundary="B"\n\n${part("B", OUR, ours)}--B--\n--A--\n`),
+      /^user-data part 1\.1 \(application\/eni-dpdk\+toml\): \(mime\): is nested inside user-data part 1 \(multipart\/mixed\)/,
+    ],
+    [
+      "text/plain part with our tables",
+      mime("A", part("A", "text/plain", ours) + "--A--\n"),
+      /^user-data part 1 \(text\/plain\): Content-Type: holds eni-dpdk tables but is typed text\/plain/,
+    ],
+    [
+      "untyped part with our tables",
+      mime("A", `--A\n\n${ours}\n--A--\n`),
+      /^user-data part 1 \(text\/plain\): Content-Type: holds eni-dpdk tables/,
+    ],
+    ["application/toml part", mime("A", part("A", "application/toml", ours) + "--A--\n"), /typed application\/toml/],
+    [
+      "gzip bomb, whole blob",
+      gzipSync(Buffer.alloc(2 * 1024 * 1024, 0x20)).toString("latin1"),
+      /^user-data: \(encoding\): gzip data inflates past the 1 MiB limit/,
+    ],
+  ];
+  for (const [label, doc, want] of cases) {
+    const got = await problemLines(() => userDataLayers(Buffer.from(doc, "latin1")));
+    t.ok(got.some((l) => want.test(l)), `${label}: ${got.join(" | ")}`);
+  }
+  // Our part as base64 of a gzip bomb: the limit holds across encodings, and names the part.
+  const bomb = gzipSync(Buffer.alloc(2 * 1024 * 1024, 0x20)).toString("base64");
+  const got = await problemLines(
+    () => userDataLayers(
+      Buffer.from(multipart([["application/node.eks.aws", nodeConfig], [OUR, bomb, { "Content-Transfer-Encoding": "base64" }]])),
+    ),
+  );
+  t.match(got, [/^user-data part 2 \(application\/eni-dpdk\+toml\): \(encoding\): gzip data inflates past the 1 MiB limit/]);
+  // The limit is a total: two parts of 600 KiB each exceed it together.
+  const big = (n: number) => gzipSync(`[dpdk]\nhugepages_2m = 1\n# ${"x".repeat(n)}\n`).toString("base64");
+  t.match(
+    await problemLines(() => userDataLayers(Buffer.from(multipart([[OUR, big(600 * 1024)], [OUR, big(600 * 1024)]])))),
+    [/^user-data part 2 .*inflates past the 1 MiB limit/],
+  );
+  t.equal(userDataLayers(Buffer.from(multipart([[OUR, big(300 * 1024)], [OUR, big(300 * 1024)]]))).layers.length, 2, "within the limit");
+});
+
+t.test("user-data: foreign parts are left alone (not inflated), a nested multipart without our content is skipped", async (t) => {
+  const bomb = gzipSync(Buffer.alloc(4 * 1024 * 1024, 0x20)).toString("base64");
+  const r = userDataLayers(Buffer.from(multipart([["text/x-shellscript", bomb, { "Content-Transfer-Encoding": "base64" }], [OUR, ours]])));
+  t.equal(r.layers.length, 1, "a compressed script part is not ours to inflate");
+  const nested =
+    `MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary="A"\n\n--A\nContent-Type: multipart/mixed; boundary="B"\n\n` +
+    `--B\nContent-Type: text/x-shellscript\n\n#!/bin/sh\ntrue\n--B\nContent-Type: application/node.eks.aws\n\n${nodeConfig}\n--B--\n` +
+    `--A\nContent-Type: ${OUR}\n\n${ours}\n--A--\n`;
+  const n = userDataLayers(Buffer.from(nested));
+  t.same(n.parts.map((p) => p.contentType), ["multipart/mixed", OUR], "only top-level parts, as nodeadm reads them");
+  t.equal(buildConfig(n.layers).config.dpdk.hugepages_2m, 512);
+  t.match(
+    userDataLayers(
+      Buffer.from(
+        multipart([["text/x-shellscript", "#!/bin/sh\ncat > /etc/eni-dpdk/config.d/x.toml <<EOF\n[dpdk]\nhugepages_2m = 1\nEOF"]]),
+      ),
+    ).summary,
+    /0 eni-dpdk part/,
+    "a script that writes our tables is not ours",
+  );
+  const mismatchForeign =
+    `MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary="A"\n\n` + `--B\nContent-Type: text/x-shellscript\n\n#!/bin/sh\n--B--\n`;
+  t.equal(
+    userDataLayers(Buffer.from(mismatchForeign)).layers.length,
+    0,
+    "unreadable MIME without our content is nodeadm's problem, not ours",
+  );
+});
+
 t.test("parsed-TOML memo: a hit gives the same types as a parse (BigInt integers, float numbers)", async (t) => {
   const root = mkdtempSync(path.join(tmpdir(), "eni-dpdk-src-"));
   mkdirSync(path.join(root, "etc/eni-dpdk"), { recursive: true });
@@ -403,4 +514,36 @@ t.test("files: --config must be absolute and a file; config.d entries must be fi
   t.match(await problemLines(() => fileLayers(linked.host)), [/90-link\.toml .*world-writable/], "a symlink is judged by its target");
   const ok = fresh();
   t.equal((await fileLayers(ok.host)).length, 1, "root-owned 0644 files in 0755 directories are fine");
+});
+
+t.test("TOML that is not valid UTF-8 is refused with the position, in a file and in user-data", async (t) => {
+  const root = mkdtempSync(path.join(tmpdir(), "eni-dpdk-src-"));
+  mkdirSync(path.join(root, "etc/eni-dpdk"), { recursive: true });
+  writeFileSync(
+    path.join(root, "etc/eni-dpdk/config.toml"),
+    Buffer.concat([Buffer.from('[dpdk]\ndriver = "vfio'), Buffer.from([0xff]), Buffer.from('"\n')]),
+  );
+  t.match(
+    await problemLines(() => fileLayers(new Host(root))),
+    [/^\/etc\/eni-dpdk\/config\.toml .*: \(file\): is not valid UTF-8 \(first bad byte at 2:15\)/],
+  );
+  const ud = Buffer.concat([Buffer.from("[dpdk]\n# caf"), Buffer.from([0xe9]), Buffer.from("\nhugepages_2m = 1\n")]);
+  t.match(await problemLines(() => userDataLayers(ud)), [/^user-data: \(encoding\): is not valid UTF-8 \(first bad byte at 2:6\)/]);
+});
+
+t.test("user-data parts keep their exact bytes: UTF-8 text survives MIME, invalid UTF-8 in our part is refused", async (t) => {
+  const doc = (body: Buffer) => Buffer.concat(
+    [
+      Buffer.from(`MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary="B"\n\n--B\nContent-Type: ${OUR}\n\n`),
+      body,
+      Buffer.from("\n--B--\n"),
+    ],
+  );
+  const good = userDataLayers(doc(Buffer.from(`[[eni]]\nname = "d1"\ndescription = "café – ünïcode"\n`)));
+  t.equal((good.layers[0]!.data.eni as { description: string }[])[0]!.description, "café – ünïcode");
+  const bad = Buffer.concat([Buffer.from('[dpdk]\ndriver = "'), Buffer.from([0xc3, 0x28]), Buffer.from('"\n')]);
+  t.match(
+    await problemLines(() => userDataLayers(doc(bad))),
+    [/^user-data part 1 \(application\/eni-dpdk\+toml\): \(encoding\): is not valid UTF-8 \(first bad byte at 2:11\)/],
+  );
 });
