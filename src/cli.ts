@@ -1,6 +1,6 @@
 // The CLI contract: global options, commands, exit codes (0 ok, 2 invalid input or usage, 1 other).
 // Command modules are imported when their command runs, so each path loads only what it uses.
-import { promises as fs } from "node:fs";
+import { promises as fs, statSync } from "node:fs";
 import type { Argv } from "yargs";
 import { buildConfig, type EffectiveConfig } from "./config.js";
 import { errorMessage, exitCodeOf, formatProblem, InputError, OpError, type Problem } from "./errors.js";
@@ -41,6 +41,7 @@ export async function main(argv: string[], io: CliIo = defaultIo): Promise<numbe
       const a = args as A & GlobalArgs;
       const ctx = ctxOf(a);
       try {
+        checkRoot(ctx.host.root, a.root !== undefined ? "--root" : "env ENI_DPDK_ROOT");
         code = await fn(ctx, a);
       } catch (e) {
         code = reportError(ctx, e);
@@ -208,6 +209,23 @@ export function parseBootArgv(argv: string[]): { command: BootCommand; args: Glo
   return { command, args };
 }
 
+/** Every host path resolves under the root, so a root that is not a directory is a usage error, not an empty host. */
+function checkRoot(root: string, from: string): void {
+  if (root === "/") return;
+  let isDir = false;
+  try {
+    isDir = statSync(root).isDirectory();
+  } catch {
+    // reported below
+  }
+  if (!isDir) {
+    throw new InputError(
+      [{ source: `${from} ${root}`, key: "(root)", message: "is not an existing directory; every host path is resolved under it" }],
+      "pass --root an existing directory (or leave it unset for /)",
+    );
+  }
+}
+
 export function reportError(ctx: CommandContext, e: unknown): number {
   if (e instanceof InputError) {
     for (const p of e.problems) ctx.log.error(formatProblem(p), { source: p.source, key: p.key });
@@ -232,12 +250,11 @@ async function validateCommand(ctx: CommandContext, opts: { files: string[]; env
     const problems: Problem[] = [];
     for (const file of opts.files) {
       try {
-        const text = await fs.readFile(file, "utf8");
+        const text = await readLocal(file);
         const eff = buildConfig([tomlLayer(text, file)]);
         ctx.out(`ok: ${file}: ${summarize(eff)}\n`);
       } catch (e) {
         if (e instanceof InputError) problems.push(...e.problems);
-        else if ((e as NodeJS.ErrnoException).code === "ENOENT") problems.push({ source: file, key: "(file)", message: "no such file" });
         else throw e;
       }
     }
@@ -277,11 +294,27 @@ async function userdataCommand(ctx: CommandContext, opts: { nodeconfig: string; 
   return 0;
 }
 
+/** A file named on the command line (relative to the working directory); a read error says why, naming it. */
 async function readLocal(file: string): Promise<string> {
   try {
+    // A FIFO or device would block or never end; only regular files are config.
+    const st = await fs.stat(file);
+    if (st.isDirectory()) throw Object.assign(new Error("EISDIR"), { code: "EISDIR" });
+    if (!st.isFile()) throw new InputError([{ source: file, key: "(file)", message: "is not a regular file" }]);
     return await fs.readFile(file, "utf8");
-  } catch {
-    throw new InputError([{ source: file, key: "(file)", message: "cannot read this file" }]);
+  } catch (e) {
+    if (e instanceof InputError) throw e;
+    const code = (e as NodeJS.ErrnoException).code;
+    const why: Record<string, string> = {
+      ENOENT: "no such file",
+      EISDIR: "is a directory; name a file",
+      EACCES: "cannot be read: permission denied",
+      EPERM: "cannot be read: permission denied",
+      ENOTDIR: "a component of the path is not a directory",
+      ELOOP: "is a symlink loop",
+    };
+    if (code && Object.hasOwn(why, code)) throw new InputError([{ source: file, key: "(file)", message: why[code]! }]);
+    throw e;
   }
 }
 

@@ -1,6 +1,7 @@
 // The configuration model: schema, defaults, per-layer checks, merge, and whole-config validation.
 // Every source (file, user-data, tags, NodeENI, env) produces Layers; buildConfig merges them in
 // precedence order and reports every problem at once, each naming its source and key.
+import path from "node:path";
 import { InputError, type Problem } from "./errors.js";
 
 export const SOURCE_NAMES = ["file", "user-data", "tags", "nodeeni"] as const;
@@ -83,51 +84,97 @@ export interface Layer {
   data: Record<string, unknown>;
   /** Tag values arrive as strings and are coerced by the schema. */
   stringly?: boolean;
+  /** Parsed TOML (bigint mode): integers arrive as BigInt, so a JS number is a TOML float. */
+  tomlTyped?: boolean;
   locate?: (keyPath: string[]) => string | undefined;
 }
 
+// ---- keys that resolve on every plain object ------------------------------------------------------
+// `obj[key]` on an ordinary object finds Object.prototype's members (`constructor`, `toString`,
+// `__proto__`), and assigning `__proto__` replaces the prototype. Every walk over user keys looks
+// keys up with `own` and writes into `nullRecord`s, and these names are never accepted as keys.
+
+/** Object.prototype's members, plus `prototype`: never a key in any input. */
+export const FORBIDDEN_KEYS: ReadonlySet<string> = new Set([...Object.getOwnPropertyNames(Object.prototype), "prototype"]);
+
+export function isForbiddenKey(key: string): boolean {
+  return FORBIDDEN_KEYS.has(key);
+}
+
+/** `record[key]` only when it is the record's own property: a lookup never reaches Object.prototype. */
+export function own<T>(record: Readonly<Record<string, T>>, key: string): T | undefined {
+  return Object.hasOwn(record, key) ? record[key] : undefined;
+}
+
+/** An empty record without a prototype: assigning any key, `__proto__` included, only adds an own property. */
+export function nullRecord<T = unknown>(): Record<string, T> {
+  return Object.create(null) as Record<string, T>;
+}
+
+/** A frozen null-prototype copy, for lookup tables keyed by user input. */
+export function lookupTable<T>(entries: Record<string, T>): Readonly<Record<string, T>> {
+  return Object.freeze(Object.assign(nullRecord<T>(), entries));
+}
+
+export const FORBIDDEN_KEY_MESSAGE = "is an Object.prototype member name, which is never a valid key";
+
 // ---- schema ----------------------------------------------------------------------------------
 
-type Kind = "string" | "int" | "bool" | "string[]" | "map" | { table: Schema };
-type Schema = Record<string, Kind>;
+/** An integer kind with its valid range; `expect` is how messages state it. */
+interface IntKind {
+  int: { min: number; max: number; expect: string };
+}
+type Kind = "string" | "bool" | "string[]" | "map" | IntKind | { table: Schema };
+type Schema = Readonly<Record<string, Kind>>;
 
-const eniDpdkSchema: Schema = { enabled: "bool", driver: "string", resource_name: "string", pci_address: "string" };
-const eniSchema: Schema = {
+const int = (min: number, max: number, expect = `${min}..${max}`): IntKind => ({ int: { min, max, expect } });
+const isIntKind = (k: Kind): k is IntKind => typeof k === "object" && "int" in k;
+
+const eniDpdkSchema: Schema = lookupTable<Kind>({ enabled: "bool", driver: "string", resource_name: "string", pci_address: "string" });
+const eniSchema: Schema = lookupTable<Kind>({
   name: "string",
-  device_index: "int",
-  network_card_index: "int",
+  device_index: int(1, 127, "1..127 (0 is the primary ENI)"),
+  network_card_index: int(0, 31),
   subnet_id: "string",
   subnet_name: "string",
   security_group_ids: "string[]",
   security_group_names: "string[]",
   description: "string",
-  mtu: "int",
+  mtu: int(576, 9216),
   delete_on_termination: "bool",
   tags: "map",
   dpdk: { table: eniDpdkSchema },
-};
-export const schema: Record<string, Schema> = {
-  service: { sources: "string[]", on_failure: "string", timeout_seconds: "int", reconcile_interval_seconds: "int" },
-  dpdk: {
+});
+const pages = int(0, 1_000_000, "a page count 0..1000000");
+export const schema: Readonly<Record<string, Schema>> = lookupTable<Schema>({
+  service: lookupTable<Kind>({
+    sources: "string[]",
+    on_failure: "string",
+    timeout_seconds: int(10, 3600, "10..3600 seconds"),
+    reconcile_interval_seconds: int(0, 86400, "0 (off) or up to 86400 seconds"),
+  }),
+  dpdk: lookupTable<Kind>({
     enabled: "bool",
     driver: "string",
     binding_script: "string",
     noiommu: "string",
-    hugepages_2m: "int",
-    hugepages_1g: "int",
-  },
-  sriov: { enabled: "bool", config_path: "string", resource_prefix: "string", restart_command: "string[]" },
-  kubernetes: {
+    hugepages_2m: pages,
+    hugepages_1g: pages,
+  }),
+  sriov: lookupTable<Kind>({ enabled: "bool", config_path: "string", resource_prefix: "string", restart_command: "string[]" }),
+  kubernetes: lookupTable<Kind>({
     api_server: "string",
     ca_file: "string",
     cluster_name: "string",
     kubeconfig: "string",
     node_name: "string",
     node_labels: "map",
-  },
-};
+  }),
+});
 export const eniKeys = Object.keys(eniSchema);
 export const eniDpdkKeys = Object.keys(eniDpdkSchema);
+/** The top-level tables a config document may hold. */
+export const TOP_LEVEL_KEYS: readonly string[] = [...Object.keys(schema), "eni"];
 
 export function defaults(): Config {
   return {
@@ -225,6 +272,7 @@ function editDistance(a: string, b: string): number {
 // ---- per-layer type checking ---------------------------------------------------------------------
 
 function unknownKey(key: string, known: string[]): string {
+  if (isForbiddenKey(key)) return `unknown key: "${key}" ${FORBIDDEN_KEY_MESSAGE} (known: ${known.join(", ")})`;
   const near = nearest(key, known);
   return `unknown key${near ? `; did you mean "${near}"?` : ""} (known: ${known.join(", ")})`;
 }
@@ -233,11 +281,58 @@ function typeName(v: unknown): string {
   if (Array.isArray(v)) return "array";
   if (v === null) return "null";
   if (v instanceof Date) return "date";
+  if (typeof v === "bigint") return "integer";
+  if (typeof v === "object") return "table";
   return typeof v;
 }
 
+/** A TOML float as written in the usual form: 1 → "1.0". */
+function floatText(v: number): string {
+  return Number.isInteger(v) ? v.toFixed(1) : String(v);
+}
+
+/** Decimal digits, optional minus, no leading zeros: what a tag or env value may spell as an integer. */
+const STRICT_INT_RE = /^(0|-?[1-9][0-9]*)$/;
+
+/** A BigInt as a number when it is within the kind's range, else a problem stating the range. */
+function intInRange(kind: IntKind, v: bigint, problem: (m: string) => void): number | undefined {
+  const n = safeNumber(v);
+  if (n === undefined) problem(`out of range: expected ${kind.int.expect}, got ${v}`);
+  return n;
+}
+
+/** A BigInt as a number when no precision is lost (within ±(2^53 − 1)), else undefined. */
+export function safeNumber(v: bigint): number | undefined {
+  return v >= BigInt(Number.MIN_SAFE_INTEGER) && v <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(v) : undefined;
+}
+
+interface ValueContext {
+  stringly: boolean;
+  tomlTyped: boolean;
+}
+
 /** Check (and for tag layers coerce) one value against its kind. Returns undefined on a problem. */
-function checkValue(kind: Kind, v: unknown, stringly: boolean, problem: (m: string) => void): unknown {
+function checkValue(kind: Kind, v: unknown, cx: ValueContext, problem: (m: string) => void): unknown {
+  if (cx.stringly && kind !== "map" && isTable(v)) {
+    problem(`expected a value, got dotted sub-keys (${Object.keys(v).join(", ")}): this key is not a table; write key=value`);
+    return undefined;
+  }
+  if (isIntKind(kind)) {
+    if (cx.stringly && typeof v === "string") {
+      if (STRICT_INT_RE.test(v)) return intInRange(kind, BigInt(v), problem);
+      const hint = /^\s*[-+]?[0-9]/.test(v) ? ' (plain decimal digits: no "+", exponent, 0x, "_", leading zero or spaces)' : "";
+      problem(`expected an integer, got "${v}"${hint}`);
+      return undefined;
+    }
+    if (typeof v === "bigint") return intInRange(kind, v, problem);
+    if (typeof v === "number" && cx.tomlTyped) {
+      problem(`expected an integer, got a float ${floatText(v)}; write it without a decimal point or exponent`);
+      return undefined;
+    }
+    if (typeof v === "number" && Number.isSafeInteger(v)) return v;
+    problem(`expected an integer, got ${typeof v === "number" ? v : typeName(v)}`);
+    return undefined;
+  }
   if (typeof kind === "object") {
     problem("internal: nested table handled by caller");
     return undefined;
@@ -247,18 +342,8 @@ function checkValue(kind: Kind, v: unknown, stringly: boolean, problem: (m: stri
       if (typeof v === "string") return v;
       problem(`expected a string, got ${typeName(v)}`);
       return undefined;
-    case "int": {
-      if (stringly && typeof v === "string") {
-        if (/^-?\d+$/.test(v.trim())) return Number(v.trim());
-        problem(`expected an integer, got "${v}"`);
-        return undefined;
-      }
-      if (typeof v === "number" && Number.isInteger(v)) return v;
-      problem(`expected an integer, got ${typeof v === "number" ? v : typeName(v)}`);
-      return undefined;
-    }
     case "bool": {
-      if (stringly && typeof v === "string") {
+      if (cx.stringly && typeof v === "string") {
         if (v === "true" || v === "false") return v === "true";
         problem(`expected true or false, got "${v}"`);
         return undefined;
@@ -268,19 +353,31 @@ function checkValue(kind: Kind, v: unknown, stringly: boolean, problem: (m: stri
       return undefined;
     }
     case "string[]": {
-      if (stringly && typeof v === "string") return v === "" ? [] : v.split(",").map((s) => s.trim());
+      if (cx.stringly && typeof v === "string") {
+        const list = v === "" ? [] : v.split(",").map((s) => s.trim());
+        const empty = list.indexOf("");
+        if (empty < 0) return list;
+        problem(`element ${empty} of "${v}" is empty; remove the stray comma`);
+        return undefined;
+      }
       if (Array.isArray(v) && v.every((x) => typeof x === "string")) return v;
       problem(`expected an array of strings, got ${Array.isArray(v) ? "an array with non-strings" : typeName(v)}`);
       return undefined;
     }
     case "map": {
-      if (v !== null && typeof v === "object" && !Array.isArray(v) && !(v instanceof Date)) {
-        const bad = Object.entries(v).find(([, x]) => typeof x !== "string");
+      if (isTable(v)) {
+        const entries = Object.entries(v);
+        const forbidden = entries.find(([k]) => isForbiddenKey(k));
+        if (forbidden) {
+          problem(`expected a table of strings; "${forbidden[0]}" ${FORBIDDEN_KEY_MESSAGE}`);
+          return undefined;
+        }
+        const bad = entries.find(([, x]) => typeof x !== "string");
         if (bad) {
           problem(`expected a table of strings; "${bad[0]}" is ${typeName(bad[1])}`);
           return undefined;
         }
-        return v;
+        return Object.fromEntries(entries);
       }
       problem(`expected a table of strings, got ${typeName(v)}`);
       return undefined;
@@ -299,72 +396,77 @@ interface Checked {
 }
 
 function checkLayer(layer: Layer, problems: Problem[]): Checked {
-  const out: Checked = { node: {}, enis: [] };
+  const out: Checked = { node: nullRecord(), enis: [] };
+  const cx: ValueContext = { stringly: !!layer.stringly, tomlTyped: !!layer.tomlTyped };
   const where = (keyPath: string[]) => layer.locate?.(keyPath) ?? layer.source;
   const add = (keyPath: string[], label: string, message: string) =>
     problems.push({ source: where(keyPath), key: label, message });
-  const topKnown = [...Object.keys(schema), "eni"];
 
   for (const [top, value] of Object.entries(layer.data)) {
     if (top === "eni") continue;
-    const tableSchema = schema[top];
+    const tableSchema = own(schema, top);
     if (!tableSchema) {
-      add([top], top, unknownKey(top, topKnown));
+      add([top], top, unknownKey(top, [...TOP_LEVEL_KEYS]));
       continue;
     }
     if (!isTable(value)) {
-      add([top], top, `expected a table [${top}], got ${typeName(value)}`);
+      const hint = Array.isArray(value) ? ` (an array; write [${top}] with single brackets, once)` : "";
+      add([top], top, `expected a table [${top}], got ${typeName(value)}${hint}`);
       continue;
     }
-    const t: Record<string, unknown> = (out.node[top] = {});
+    const t: Record<string, unknown> = (out.node[top] = nullRecord());
     for (const [k, v] of Object.entries(value)) {
-      const kind = tableSchema[k];
+      const kind = own(tableSchema, k);
       if (!kind) {
         add([top, k], `${top}.${k}`, unknownKey(k, Object.keys(tableSchema)));
         continue;
       }
-      const c = checkValue(kind, v, !!layer.stringly, (m) => add([top, k], `${top}.${k}`, m));
+      const c = checkValue(kind, v, cx, (m) => add([top, k], `${top}.${k}`, m));
       if (c !== undefined) t[k] = c;
     }
   }
 
-  const enis = layer.data.eni;
+  const enis = own(layer.data, "eni");
   if (enis !== undefined) {
     const list = Array.isArray(enis) ? enis : null;
-    if (!list) add(["eni"], "eni", `expected an array of tables [[eni]], got ${typeName(enis)}`);
+    if (!list) {
+      const hint = isTable(enis) ? " (a single table [eni]; write [[eni]] with double brackets before each ENI)" : "";
+      add(["eni"], "eni", `expected an array of tables [[eni]], got ${typeName(enis)}${hint}`);
+    }
     list?.forEach((raw, index) => {
-      const label0 = isTable(raw) && typeof raw.name === "string" && raw.name ? `eni.${raw.name}` : `eni[${index}]`;
+      const rawName = isTable(raw) ? own(raw, "name") : undefined;
+      const label0 = typeof rawName === "string" && rawName ? `eni.${rawName}` : `eni[${index}]`;
       if (!isTable(raw)) {
         add(["eni", String(index)], label0, `expected a table, got ${typeName(raw)}`);
         return;
       }
-      const values: Record<string, unknown> = {};
-      const dpdk: Record<string, unknown> = {};
+      const values: Record<string, unknown> = nullRecord();
+      const dpdk: Record<string, unknown> = nullRecord();
       for (const [k, v] of Object.entries(raw)) {
-        const kind = eniSchema[k];
+        const kind = own(eniSchema, k);
         const kp = ["eni", String(index), k];
         if (!kind) {
           add(kp, `${label0}.${k}`, unknownKey(k, eniKeys));
           continue;
         }
-        if (typeof kind === "object") {
+        if (typeof kind === "object" && "table" in kind) {
           if (!isTable(v)) {
             add(kp, `${label0}.${k}`, `expected a table, got ${typeName(v)}`);
             continue;
           }
           for (const [dk, dv] of Object.entries(v)) {
-            const dkind = eniDpdkSchema[dk];
+            const dkind = own(kind.table, dk);
             const dkp = [...kp, dk];
             if (!dkind) {
               add(dkp, `${label0}.dpdk.${dk}`, unknownKey(dk, eniDpdkKeys));
               continue;
             }
-            const c = checkValue(dkind, dv, !!layer.stringly, (m) => add(dkp, `${label0}.dpdk.${dk}`, m));
+            const c = checkValue(dkind, dv, cx, (m) => add(dkp, `${label0}.dpdk.${dk}`, m));
             if (c !== undefined) dpdk[dk] = c;
           }
           continue;
         }
-        const c = checkValue(kind, v, !!layer.stringly, (m) => add(kp, `${label0}.${k}`, m));
+        const c = checkValue(kind, v, cx, (m) => add(kp, `${label0}.${k}`, m));
         if (c !== undefined) values[k] = c;
       }
       if (typeof values.name !== "string" || values.name === "") {
@@ -375,6 +477,21 @@ function checkLayer(layer: Layer, problems: Problem[]): Checked {
     });
   }
   return out;
+}
+
+/** The message for an integer outside its kind's range (undefined when inside). */
+function rangeProblem(kind: IntKind, v: number): string | undefined {
+  return v < kind.int.min || v > kind.int.max ? `expected ${kind.int.expect}, got ${v}` : undefined;
+}
+
+/** Why `p` is not one absolute, normalized program path, as "is …" (undefined when it is). */
+export function programPathProblem(p: string): string | undefined {
+  if (p === "") return "is empty";
+  if (/\s/.test(p)) return "contains whitespace";
+  if (!p.startsWith("/") || p.endsWith("/") || path.posix.normalize(p) !== p) {
+    return 'is not an absolute, normalized path (no "..", ".", "//" or trailing "/")';
+  }
+  return undefined;
 }
 
 // ---- merge and whole-config validation -----------------------------------------------------------
@@ -445,22 +562,27 @@ export function buildConfig(layers: Layer[]): EffectiveConfig {
   });
   if (new Set(s.sources).size !== s.sources.length) nodeProblem("service.sources", "lists a source more than once");
   if (!["fail", "continue"].includes(s.on_failure)) nodeProblem("service.on_failure", `expected "fail" or "continue", got "${s.on_failure}"`);
-  if (s.timeout_seconds < 10 || s.timeout_seconds > 3600) nodeProblem("service.timeout_seconds", `expected 10..3600 seconds, got ${s.timeout_seconds}`);
-  if (s.reconcile_interval_seconds < 0 || s.reconcile_interval_seconds > 86400) {
-    nodeProblem("service.reconcile_interval_seconds", `expected 0 (off) or up to 86400 seconds, got ${s.reconcile_interval_seconds}`);
+  for (const [table, tableSchema] of Object.entries(schema)) {
+    for (const [k, kind] of Object.entries(tableSchema)) {
+      const m = isIntKind(kind) ? rangeProblem(kind, node[table]![k] as number) : undefined;
+      if (m) nodeProblem(`${table}.${k}`, m);
+    }
   }
   const d = config.dpdk;
   if (!(DPDK_DRIVERS as readonly string[]).includes(d.driver)) nodeProblem("dpdk.driver", `expected one of ${DPDK_DRIVERS.join(", ")}, got "${d.driver}"`);
   if (!["auto", "on", "off"].includes(d.noiommu)) nodeProblem("dpdk.noiommu", `expected "auto", "on" or "off", got "${d.noiommu}"`);
-  if (d.binding_script && !d.binding_script.startsWith("/")) nodeProblem("dpdk.binding_script", `expected an absolute path, got "${d.binding_script}"`);
-  for (const k of ["hugepages_2m", "hugepages_1g"] as const) {
-    if (d[k] < 0 || d[k] > 1_000_000) nodeProblem(`dpdk.${k}`, `expected a page count 0..1000000, got ${d[k]}`);
+  const script = d.binding_script && programPathProblem(d.binding_script);
+  if (script) {
+    const why = "binding_script takes one program path, no arguments (eni-dpdk runs it as PATH --force --bind DRIVER BDF)";
+    nodeProblem("dpdk.binding_script", `"${d.binding_script}" ${script}: ${why}`);
   }
   const sr = config.sriov;
   if (!sr.config_path.startsWith("/") || sr.config_path.includes("..")) nodeProblem("sriov.config_path", `expected an absolute path without "..", got "${sr.config_path}"`);
   for (const m of prefixProblems(sr.resource_prefix)) nodeProblem("sriov.resource_prefix", m);
-  if (sr.restart_command.length > 0 && !sr.restart_command[0]!.startsWith("/")) {
-    nodeProblem("sriov.restart_command", `the program (first element) must be an absolute path, got "${sr.restart_command[0]}"`);
+  // An empty argument is a real argv word (`-e ""`); an empty program is not.
+  const program = sr.restart_command.length > 0 ? programPathProblem(sr.restart_command[0]!) : undefined;
+  if (program) {
+    nodeProblem("sriov.restart_command", `the program (first element) must be an absolute path; "${sr.restart_command[0]}" ${program}`);
   }
   const k8s = config.kubernetes;
   if (k8s.api_server && !/^https:\/\/[^\s/]+/.test(k8s.api_server)) nodeProblem("kubernetes.api_server", `expected an https:// URL, got "${k8s.api_server}"`);
@@ -483,8 +605,10 @@ export function buildConfig(layers: Layer[]): EffectiveConfig {
     const v = { ...eniDefaults(), ...p.values } as Record<string, unknown> & Omit<EniConfig, "dpdk">;
     if (!ENI_NAME_RE.test(name)) prob("name", `"${name}" must match ^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$ (lower-case, digits, "-", at most 40 characters)`);
     if (v.device_index === undefined) prob("device_index", "required: the device index to attach at (>= 1; 0 is the primary ENI)");
-    else if (v.device_index < 1 || v.device_index > 127) prob("device_index", `expected 1..127 (0 is the primary ENI), got ${v.device_index}`);
-    if (v.network_card_index < 0 || v.network_card_index > 31) prob("network_card_index", `expected 0..31, got ${v.network_card_index}`);
+    for (const k of ["device_index", "network_card_index", "mtu"] as const) {
+      const m = v[k] === undefined ? undefined : rangeProblem(eniSchema[k] as IntKind, v[k]);
+      if (m) prob(k, m);
+    }
     if (v.subnet_id && v.subnet_name) prob("subnet_id", "set exactly one of subnet_id or subnet_name, not both");
     else if (!v.subnet_id && !v.subnet_name) prob("subnet_id", "required: set subnet_id (subnet-…) or subnet_name");
     else if (v.subnet_id && !SUBNET_ID_RE.test(v.subnet_id)) prob("subnet_id", `expected "subnet-" followed by 8 or 17 hex digits, got "${v.subnet_id}"`);
@@ -495,7 +619,6 @@ export function buildConfig(layers: Layer[]): EffectiveConfig {
       prob("security_group_ids", "required: at least one security group id or name in total");
     }
     if (v.security_group_ids.length + v.security_group_names.length > 16) prob("security_group_ids", "at most 16 security groups per ENI");
-    if (v.mtu < 576 || v.mtu > 9216) prob("mtu", `expected 576..9216, got ${v.mtu}`);
     if (v.description.length > 255) prob("description", "at most 255 characters");
     for (const [tk, tv] of Object.entries(v.tags)) {
       if (tk.startsWith("aws:") || tk.startsWith("eni-dpdk:")) prob("tags", `tag key "${tk}" is reserved (aws: and eni-dpdk: prefixes)`);

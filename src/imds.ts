@@ -16,6 +16,8 @@ export interface Imds {
   get(path: string): Promise<string | undefined>;
   /** Raw bytes (user-data may be gzip). */
   getBytes(path: string): Promise<Buffer | undefined>;
+  /** where readers warn about odd answers (e.g. an unservable tag key) */
+  readonly logger?: Pick<Logger, "warn">;
 }
 
 export interface InstanceIdentity {
@@ -44,6 +46,7 @@ export interface ImdsOptions {
 
 export class ImdsClient implements Imds {
   readonly endpoint: string;
+  readonly logger?: Logger;
   private readonly timeoutMs: number;
   private token?: { value: string; expires: number };
   private pendingToken?: Promise<string>;
@@ -51,6 +54,7 @@ export class ImdsClient implements Imds {
   constructor(private readonly opts: ImdsOptions = {}) {
     this.endpoint = (opts.endpoint || process.env.AWS_EC2_METADATA_SERVICE_ENDPOINT || DEFAULT_IMDS_ENDPOINT).replace(/\/+$/, "");
     this.timeoutMs = opts.timeoutMs ?? 2000;
+    this.logger = opts.logger;
   }
 
   private agent?: http.Agent;
@@ -247,17 +251,45 @@ export async function readNics(imds: Imds, primaryMac?: Promise<string>): Promis
   return nics.filter((n): n is ImdsNicInfo => !!n);
 }
 
-/** Instance tags from IMDS, or undefined when instance metadata tags are disabled (404). */
+/**
+ * The characters EC2 allows in a tag key that IMDS exposes: letters, digits and `+ - = . , _ : @`.
+ * All are legal in a URL path as they are, so keys are requested raw: whether IMDS decodes a
+ * percent-encoded key (`%3A`) is not documented.
+ */
+export const IMDS_TAG_KEY_RE = /^[A-Za-z0-9+\-=.,_:@]+$/;
+
+/**
+ * Instance tags from IMDS, or undefined when instance metadata tags are disabled (404). A listed key
+ * IMDS could not have served (a character outside IMDS_TAG_KEY_RE) is skipped with a warning; a
+ * listed key whose value answers 404 is an error, since the tag exists and would be lost.
+ */
 export async function readTags(imds: Imds): Promise<Record<string, string> | undefined> {
   const listing = await imds.get("meta-data/tags/instance/");
   if (listing === undefined) return undefined;
-  const keys = listing.split("\n").map((k) => k.trim()).filter(Boolean);
-  const values = await Promise.all(keys.map((k) => imds.get(`meta-data/tags/instance/${encodeURIComponent(k)}`)));
-  const tags: Record<string, string> = {};
+  const warn = imds.logger;
+  const keys = listing
+    .split("\n")
+    .map((k) => k.trim())
+    .filter((k) => {
+      if (!k || IMDS_TAG_KEY_RE.test(k)) return !!k;
+      warn?.warn("IMDS listed an instance tag key with characters IMDS does not serve; skipped (DescribeTags would read it)", { tag: k });
+      return false;
+    });
+  const values = await Promise.all(keys.map((k) => imds.get(`meta-data/tags/instance/${k}`)));
+  const tags: Record<string, string> = Object.create(null) as Record<string, string>;
   keys.forEach((k, i) => {
-    if (values[i] !== undefined) tags[k] = values[i]!;
+    const v = values[i];
+    if (v === undefined) {
+      throw new OpError(
+        `IMDS lists instance tag "${k}" but answered 404 for meta-data/tags/instance/${k}`,
+        "re-run once the instance's tags have settled; if it persists, turn instance metadata tags off " +
+          "so eni-dpdk reads tags with EC2 DescribeTags",
+        { tag: k },
+      );
+    }
+    tags[k] = v;
   });
-  return tags;
+  return { ...tags };
 }
 
 export function readUserData(imds: Imds): Promise<Buffer | undefined> {

@@ -4,10 +4,11 @@
 // Finding the cluster (nodeadm's NodeConfig or [kubernetes] / a kubeconfig) also lives here.
 import https from "node:https";
 import type { IncomingMessage } from "node:http";
-import type { KubernetesConfig } from "./config.js";
-import { OpError } from "./errors.js";
+import { own, type KubernetesConfig } from "./config.js";
+import { InputError, OpError } from "./errors.js";
 import type { Host } from "./host.js";
 import { interop, type CredentialSource } from "./ekstoken.js";
+import { readTrustedFile } from "./sources.js";
 
 export const NODEENI_GROUP = "networking.k8s.aws";
 export const NODEENI_VERSION = "v1alpha1";
@@ -191,7 +192,7 @@ export class KubeClient {
       throw this.networkError(e as NodeJS.ErrnoException);
     }
     const status = res.statusCode ?? 0;
-    if (status >= 200 && status < 300) return JSON.parse(text) as T;
+    if (status >= 200 && status < 300) return this.parseJson<T>(text, `${method} ${path}`);
     let reason = "";
     let message = text.slice(0, 300);
     try {
@@ -206,9 +207,34 @@ export class KubeClient {
     throw new KubeApiError(status, reason, `${what} answered ${status}${reason ? ` ${reason}` : ""}: ${message}`);
   }
 
+  /** A 2xx body as JSON; anything else (a proxy's HTML page) is an OpError naming the server. */
+  private parseJson<T>(text: string, what: string): T {
+    try {
+      return JSON.parse(text) as T;
+    } catch {
+      throw new OpError(
+        `${what} on ${this.target.server} answered a body that is not JSON (${JSON.stringify(text.slice(0, 80))})`,
+        "check that the server is the cluster's API server and that no proxy answers in its place",
+        { server: this.target.server },
+      );
+    }
+  }
+
+  /** The list's items as the API answered them: each still to be checked (see nodeeni.ts checkNodeEniItems). */
   async listNodeEnis(): Promise<{ items: NodeEniObject[]; resourceVersion: string }> {
-    const list = await this.request<{ items?: NodeEniObject[]; metadata?: { resourceVersion?: string } }>("GET", NODEENI_PATH);
-    return { items: list.items ?? [], resourceVersion: list.metadata?.resourceVersion ?? "" };
+    const list = await this.request<unknown>("GET", NODEENI_PATH);
+    const items = list !== null && typeof list === "object" ? (list as { items?: unknown }).items : undefined;
+    if (!Array.isArray(items)) {
+      throw new OpError(
+        `the API server ${this.target.server} answered the NodeENI list (GET ${NODEENI_PATH}) without an items array ` +
+          `(items is ${items === null ? "null" : Array.isArray(list) ? "missing; the answer is an array" : typeof items})`,
+        "expected a NodeENIList ({kind: NodeENIList, items: [...]}); check that the server is the cluster's API server " +
+          "and the CRD is served",
+        { server: this.target.server },
+      );
+    }
+    const rv = (list as { metadata?: { resourceVersion?: unknown } }).metadata?.resourceVersion;
+    return { items: items as NodeEniObject[], resourceVersion: typeof rv === "string" ? rv : "" };
   }
 
   getNodeEni(name: string): Promise<NodeEniObject> {
@@ -268,10 +294,17 @@ export class KubeClient {
       res.on("data", (chunk: string) => {
         buf += chunk;
         let i: number;
-        while ((i = buf.indexOf("\n")) >= 0) {
-          const line = buf.slice(0, i).trim();
-          buf = buf.slice(i + 1);
-          if (line) onEvent(JSON.parse(line) as WatchEvent);
+        // A bad line (or the handler's own error) ends the watch as an error, never as an uncaught throw.
+        try {
+          while ((i = buf.indexOf("\n")) >= 0) {
+            const line = buf.slice(0, i).trim();
+            buf = buf.slice(i + 1);
+            if (line) onEvent(this.parseJson<WatchEvent>(line, "watch of nodeenis"));
+          }
+        } catch (e) {
+          signal.removeEventListener("abort", onAbort);
+          res.destroy();
+          reject(e);
         }
       });
       const done = () => {
@@ -342,8 +375,13 @@ export async function resolveKubeTarget(input: {
   const source = k8s.api_server ? "[kubernetes].api_server" : nodeConfig!.source;
   let ca: string | undefined;
   if (k8s.ca_file) {
-    ca = await host.read(k8s.ca_file);
-    if (ca === undefined) throw new OpError(`[kubernetes].ca_file ${host.path(k8s.ca_file)} does not exist`, "point ca_file at the cluster CA PEM, or remove it to use NodeConfig's certificateAuthority");
+    ca = readTrustedFile(host, k8s.ca_file, "kubernetes.ca_file", "expected the cluster CA as a PEM file");
+    if (ca === undefined) {
+      throw new InputError(
+        [{ source: `[kubernetes].ca_file ${host.path(k8s.ca_file)}`, key: "kubernetes.ca_file", message: "no such file" }],
+        "point ca_file at the cluster CA PEM, or remove it to use NodeConfig's certificateAuthority",
+      );
+    }
   } else if (nodeConfig?.certificateAuthority) {
     ca = decodeCa(nodeConfig.certificateAuthority, `${nodeConfig.source}: spec.cluster.certificateAuthority`);
   }
@@ -357,57 +395,103 @@ export async function resolveKubeTarget(input: {
   return { server: server.replace(/\/+$/, ""), ca, auth: { kind: "eks", clusterName, region }, source };
 }
 
-type KubeconfigDoc = {
-  "current-context"?: string;
-  clusters?: { name: string; cluster?: Record<string, unknown> }[];
-  contexts?: { name: string; context?: { cluster?: string; user?: string } }[];
-  users?: { name: string; user?: Record<string, unknown> }[];
-};
+type YamlMap = Record<string, unknown>;
+const isMap = (v: unknown): v is YamlMap => v !== null && typeof v === "object" && !Array.isArray(v);
 
-/** A kubeconfig: server + CA, and a token, token file, client certificate, or an EKS exec plugin. */
+/**
+ * A kubeconfig: server + CA, and a token, token file, client certificate, or an EKS exec plugin.
+ * Every shape is checked (a list where a map belongs is the usual slip) and every problem names the
+ * kubeconfig and the YAML path; files it names are read only if no one else can change them.
+ */
 export async function loadKubeconfig(host: Host, file: string, opts: { region: string; apiServer?: string }): Promise<KubeTarget> {
-  const text = await host.read(file);
   const where = `kubeconfig ${host.path(file)}`;
-  const fail = (msg: string): never => {
-    throw new OpError(`${where}: ${msg}`, "fix the kubeconfig (kubectl --kubeconfig FILE config view) or point [kubernetes].kubeconfig elsewhere");
+  const fail = (key: string, msg: string): never => {
+    const hint = "fix the kubeconfig (kubectl --kubeconfig FILE config view) or point [kubernetes].kubeconfig elsewhere";
+    throw new InputError([{ source: where, key, message: msg }], hint);
   };
-  if (text === undefined) fail("does not exist");
-  let doc: KubeconfigDoc;
+  const text = readTrustedFile(host, file, "kubernetes.kubeconfig", "expected a kubeconfig YAML file");
+  if (text === undefined) return fail("kubernetes.kubeconfig", "does not exist");
+  let parsed: unknown;
   try {
-    doc = ((await loadYaml()).parse(text!) ?? {}) as KubeconfigDoc;
+    parsed = (await loadYaml()).parse(text) ?? {};
   } catch (e) {
-    return fail(`is not valid YAML (${(e as Error).message.split("\n")[0]})`);
+    return fail("(syntax)", `is not valid YAML (${(e as Error).message.split("\n")[0]})`);
   }
-  const ctxName = doc["current-context"] ?? doc.contexts?.[0]?.name;
-  const ctx = doc.contexts?.find((c) => c.name === ctxName)?.context;
-  if (!ctx) return fail(`has no context "${ctxName ?? ""}"`);
-  const cluster = doc.clusters?.find((c) => c.name === ctx.cluster)?.cluster;
-  if (!cluster) return fail(`context "${ctxName}" names cluster "${ctx.cluster}", which is not defined`);
-  const user = doc.users?.find((u) => u.name === ctx.user)?.user ?? {};
-  const str = (o: Record<string, unknown>, k: string) => (typeof o[k] === "string" ? (o[k] as string) : undefined);
-  const fileOrData = async (o: Record<string, unknown>, fileKey: string, dataKey: string): Promise<string | undefined> => {
-    const data = str(o, dataKey);
-    if (data) return Buffer.from(data, "base64").toString("utf8");
-    const f = str(o, fileKey);
-    if (!f) return undefined;
-    const v = await host.read(f.startsWith("/") ? f : `${file.replace(/[^/]*$/, "")}${f}`);
-    return v ?? fail(`${fileKey} ${f} does not exist`);
+  if (!isMap(parsed)) return fail("(document)", "expected a mapping (apiVersion, clusters, contexts, users, current-context)");
+  const doc = parsed;
+  /** A named list (clusters, contexts, users): each entry a map with a string name and a map under `inner`. */
+  const named = (list: string, inner: string): Map<string, YamlMap> => {
+    const v = own(doc, list);
+    const out = new Map<string, YamlMap>();
+    if (v === undefined || v === null) return out;
+    if (!Array.isArray(v)) return fail(list, `expected a list of {name, ${inner}} entries, got ${typeof v}`);
+    v.forEach((entry: unknown, i) => {
+      const name = isMap(entry) ? own(entry, "name") : undefined;
+      if (typeof name !== "string" || name === "") return fail(`${list}[${i}].name`, "expected a non-empty string");
+      const body = own(entry as YamlMap, inner) ?? {};
+      if (!isMap(body)) return fail(`${list}[${i}].${inner}`, `expected a mapping, got ${Array.isArray(body) ? "a list" : typeof body}`);
+      if (!out.has(name)) out.set(name, body);
+    });
+    return out;
   };
-  const server = opts.apiServer ?? str(cluster, "server");
-  if (!server?.startsWith("https://")) return fail(`cluster "${ctx.cluster}" needs an https:// server, got "${server ?? ""}"`);
-  const ca = await fileOrData(cluster, "certificate-authority", "certificate-authority-data");
+  const clusters = named("clusters", "cluster");
+  const contexts = named("contexts", "context");
+  const users = named("users", "user");
+  const current = own(doc, "current-context");
+  if (current !== undefined && current !== null && typeof current !== "string") fail("current-context", "expected a string");
+  const ctxName = (current as string | undefined) || [...contexts.keys()][0];
+  const ctx = ctxName === undefined ? undefined : contexts.get(ctxName);
+  if (!ctx) return fail("current-context", `has no context "${ctxName ?? ""}"`);
+  const str = (o: YamlMap, k: string, key: string): string | undefined => {
+    const v = own(o, k);
+    if (v === undefined || v === null) return undefined;
+    return typeof v === "string" ? v : fail(key, `expected a string, got ${Array.isArray(v) ? "a list" : typeof v}`);
+  };
+  const clusterName = str(ctx, "cluster", `contexts[${ctxName}].context.cluster`);
+  const userName = str(ctx, "user", `contexts[${ctxName}].context.user`);
+  const cluster = clusterName === undefined ? undefined : clusters.get(clusterName);
+  if (!cluster) {
+    return fail(`contexts[${ctxName}].context.cluster`, `context "${ctxName}" names cluster "${clusterName ?? ""}", which is not defined`);
+  }
+  const user = (userName !== undefined ? users.get(userName) : undefined) ?? {};
+  const fileOrData = (o: YamlMap, fileKey: string, dataKey: string, at: string): string | undefined => {
+    const data = str(o, dataKey, `${at}.${dataKey}`);
+    if (data) return Buffer.from(data, "base64").toString("utf8");
+    const f = str(o, fileKey, `${at}.${fileKey}`);
+    if (!f) return undefined;
+    const abs = f.startsWith("/") ? f : `${file.replace(/[^/]*$/, "")}${f}`;
+    const text = readTrustedFile(host, abs, `${at}.${fileKey}`, `expected the file ${fileKey} names`);
+    return text ?? fail(`${at}.${fileKey}`, `${f} does not exist`);
+  };
+  const clusterAt = `clusters[${clusterName}].cluster`;
+  const userAt = `users[${userName ?? ""}].user`;
+  const server = opts.apiServer ?? str(cluster, "server", `${clusterAt}.server`);
+  if (!server?.startsWith("https://")) {
+    return fail(`${clusterAt}.server`, `cluster "${clusterName}" needs an https:// server, got "${server ?? ""}"`);
+  }
+  const ca = fileOrData(cluster, "certificate-authority", "certificate-authority-data", clusterAt);
 
   let auth: KubeAuth | undefined;
-  const token = str(user, "token") ?? (await fileOrData(user, "tokenFile", "__none__"))?.trim();
-  const cert = await fileOrData(user, "client-certificate", "client-certificate-data");
-  const key = await fileOrData(user, "client-key", "client-key-data");
+  const token = str(user, "token", `${userAt}.token`) ?? fileOrData(user, "tokenFile", "__none__", userAt)?.trim();
+  const cert = fileOrData(user, "client-certificate", "client-certificate-data", userAt);
+  const key = fileOrData(user, "client-key", "client-key-data", userAt);
+  const exec = own(user, "exec");
   if (token) auth = { kind: "token", token };
   else if (cert && key) auth = { kind: "cert", cert, key };
-  else if (user.exec && typeof user.exec === "object") {
+  else if (exec !== undefined && exec !== null) {
+    if (!isMap(exec)) return fail(`${userAt}.exec`, "expected a mapping (command, args, env)");
     // `aws eks get-token --cluster-name X` and `aws-iam-authenticator token -i X` make the same token
     // we make ourselves; run no external program at boot.
-    const exec = user.exec as { args?: unknown[]; env?: { name: string; value: string }[] | null };
-    const args = (exec.args ?? []).map(String);
+    const rawArgs = own(exec, "args") ?? [];
+    if (!Array.isArray(rawArgs) || !rawArgs.every((a) => typeof a === "string")) {
+      return fail(`${userAt}.exec.args`, "expected a list of strings");
+    }
+    const args = rawArgs as string[];
+    const rawEnv = own(exec, "env") ?? [];
+    const isPair = (e: unknown) => isMap(e) && typeof own(e, "name") === "string" && typeof own(e, "value") === "string";
+    const envOk = Array.isArray(rawEnv) && rawEnv.every(isPair);
+    if (!envOk) return fail(`${userAt}.exec.env`, "expected a list of {name, value} string pairs");
+    const env = rawEnv as { name: string; value: string }[];
     const after = (...flags: string[]) => {
       for (let i = 0; i < args.length; i++) {
         for (const f of flags) {
@@ -417,11 +501,14 @@ export async function loadKubeconfig(host: Host, file: string, opts: { region: s
       }
       return undefined;
     };
-    const clusterName = after("--cluster-name", "-i", "--cluster-id");
-    if (!clusterName) return fail(`user "${ctx.user}" uses an exec plugin other than aws eks get-token / aws-iam-authenticator; use a token or client certificate`);
-    const region = after("--region") ?? exec.env?.find((e) => e.name === "AWS_REGION" || e.name === "AWS_DEFAULT_REGION")?.value ?? opts.region;
-    auth = { kind: "eks", clusterName, region };
+    const eksCluster = after("--cluster-name", "-i", "--cluster-id");
+    if (!eksCluster) {
+      const other = `user "${userName}" uses an exec plugin other than aws eks get-token / aws-iam-authenticator`;
+      return fail(`${userAt}.exec`, `${other}; use a token or client certificate`);
+    }
+    const region = after("--region") ?? env.find((e) => e.name === "AWS_REGION" || e.name === "AWS_DEFAULT_REGION")?.value ?? opts.region;
+    auth = { kind: "eks", clusterName: eksCluster, region };
   }
-  if (!auth) return fail(`user "${ctx.user}" has no token, tokenFile, client certificate, or EKS exec plugin`);
+  if (!auth) return fail(userAt, `user "${userName ?? ""}" has no token, tokenFile, client certificate, or EKS exec plugin`);
   return { server: server.replace(/\/+$/, ""), ca, auth, source: where };
 }

@@ -12,7 +12,12 @@
 import { createHash } from "node:crypto";
 import {
   ENI_NAME_RE,
+  FORBIDDEN_KEY_MESSAGE,
+  isForbiddenKey,
+  lookupTable,
   nearest,
+  nullRecord,
+  own,
   PCI_ADDRESS_RE,
   SG_ID_RE,
   SUBNET_ID_RE,
@@ -106,18 +111,29 @@ export async function parseNodeConfigs(parts: NodeConfigPartLike[], warnings: st
         warnings.push(`${part.label}: not valid YAML (${doc.errors[0]!.message.split("\n")[0]}); ignored for NodeENI`);
         continue;
       }
-      const js = doc.toJS() as { kind?: string; spec?: Record<string, unknown> } | null;
-      if (!js || js.kind !== "NodeConfig" || !isObject(js.spec)) continue;
-      const cluster = isObject(js.spec.cluster) ? js.spec.cluster : {};
+      let js: { kind?: unknown; spec?: unknown } | null;
+      try {
+        js = doc.toJS() as typeof js;
+      } catch (e) {
+        // e.g. an alias bomb, which yaml refuses to expand
+        warnings.push(`${part.label}: YAML cannot be read (${(e as Error).message.split("\n")[0]}); ignored for NodeENI`);
+        continue;
+      }
+      if (!isObject(js) || own(js, "kind") !== "NodeConfig" || !isObject(own(js, "spec"))) continue;
+      const spec = own(js, "spec") as Record<string, unknown>;
+      const cluster = isObject(own(spec, "cluster")) ? (own(spec, "cluster") as Record<string, unknown>) : {};
       const c: NodeConfigCluster = { ...info.cluster, source: part.label };
       for (const k of ["name", "apiServerEndpoint", "certificateAuthority"] as const) {
-        if (typeof cluster[k] === "string" && cluster[k]) c[k] = cluster[k] as string;
+        const v = own(cluster, k);
+        if (typeof v === "string" && v) c[k] = v;
       }
       info.cluster = c;
-      const kubelet = isObject(js.spec.kubelet) ? js.spec.kubelet : {};
-      if (Array.isArray(kubelet.flags)) info.kubeletFlags.push(...kubelet.flags.filter((f): f is string => typeof f === "string"));
-      const gates = isObject(js.spec.featureGates) ? js.spec.featureGates : {};
-      if (typeof gates.InstanceIdNodeName === "boolean") info.instanceIdNodeName = gates.InstanceIdNodeName;
+      const kubelet = own(spec, "kubelet");
+      const flags = isObject(kubelet) ? own(kubelet, "flags") : undefined;
+      if (Array.isArray(flags)) info.kubeletFlags.push(...flags.filter((f): f is string => typeof f === "string"));
+      const gates = own(spec, "featureGates");
+      const gate = isObject(gates) ? own(gates, "InstanceIdNodeName") : undefined;
+      if (typeof gate === "boolean") info.instanceIdNodeName = gate;
     }
   }
   return info;
@@ -137,14 +153,14 @@ export function flagValues(flags: string[], name: string): string[] {
 
 /** `--node-labels=a=b,c=d` → {a: "b", c: "d"} (later flags win). */
 export function labelsFromKubeletFlags(flags: string[]): Record<string, string> {
-  const labels: Record<string, string> = {};
+  const labels = nullRecord<string>();
   for (const v of flagValues(flags, "node-labels")) {
     for (const pair of v.replace(/^["']|["']$/g, "").split(",")) {
       const i = pair.indexOf("=");
       if (i > 0) labels[pair.slice(0, i).trim()] = pair.slice(i + 1).trim();
     }
   }
-  return labels;
+  return { ...labels };
 }
 
 /** The GOARCH-style name kubelet uses for kubernetes.io/arch. */
@@ -209,7 +225,7 @@ export function selectorMatches(selector: unknown, labels: Record<string, string
   if (!isObject(selector)) return undefined;
   for (const [k, v] of Object.entries(selector)) {
     if (typeof v !== "string") return undefined;
-    if (labels[k] !== v) return false;
+    if (own(labels, k) !== v) return false;
   }
   return true;
 }
@@ -247,7 +263,7 @@ export const NODEENI_SPEC_FIELDS = [
 ] as const;
 
 /** config [[eni]] key (or dpdk.<key>) → the NodeENI spec field it comes from */
-const SPEC_FIELD_OF: Record<string, string> = {
+const SPEC_FIELD_OF = lookupTable<string>({
   name: "metadata.name",
   device_index: "spec.deviceIndex",
   security_group_ids: "spec.securityGroupIDs",
@@ -259,7 +275,7 @@ const SPEC_FIELD_OF: Record<string, string> = {
   "dpdk.driver": "spec.dpdkDriver",
   "dpdk.resource_name": "spec.dpdkResourceName",
   "dpdk.pci_address": "spec.dpdkPCIAddress",
-};
+});
 
 export interface MappedNodeEni {
   layer?: Layer;
@@ -285,33 +301,35 @@ export function nodeEniToLayer(obj: NodeEniObject): MappedNodeEni {
     return { problems, warnings, eniNames: [] };
   }
   for (const k of Object.keys(spec)) {
-    if (!(NODEENI_SPEC_FIELDS as readonly string[]).includes(k)) {
+    if (isForbiddenKey(k)) {
+      bad(k, `unknown field: "${k}" ${FORBIDDEN_KEY_MESSAGE}; expected the NodeENI spec fields (${NODEENI_SPEC_FIELDS.join(", ")})`);
+    } else if (!(NODEENI_SPEC_FIELDS as readonly string[]).includes(k)) {
       // Case slips (subnetIds) are the usual typo in these camelCase fields.
       const near = NODEENI_SPEC_FIELDS.find((f) => f.toLowerCase() === k.toLowerCase()) ?? nearest(k, [...NODEENI_SPEC_FIELDS]);
       warnings.push(`${source}: spec.${k}: unknown field, ignored${near ? `; did you mean "${near}"?` : ""}`);
     }
   }
   const str = (k: string): string | undefined => {
-    const v = spec[k];
+    const v = own(spec, k);
     if (v === undefined || v === null) return undefined;
     if (typeof v !== "string") return void bad(k, `expected a string, got ${JSON.stringify(v)}`);
     return v;
   };
   const strs = (k: string): string[] => {
-    const v = spec[k];
+    const v = own(spec, k);
     if (v === undefined || v === null) return [];
     if (Array.isArray(v) && v.every((x) => typeof x === "string")) return v as string[];
     bad(k, "expected an array of strings");
     return [];
   };
   const int = (k: string): number | undefined => {
-    const v = spec[k];
+    const v = own(spec, k);
     if (v === undefined || v === null) return undefined;
-    if (typeof v !== "number" || !Number.isInteger(v)) return void bad(k, `expected an integer, got ${JSON.stringify(v)}`);
+    if (typeof v !== "number" || !Number.isSafeInteger(v)) return void bad(k, `expected an integer, got ${JSON.stringify(v)}`);
     return v;
   };
   const bool = (k: string): boolean | undefined => {
-    const v = spec[k];
+    const v = own(spec, k);
     if (v === undefined || v === null) return undefined;
     if (typeof v !== "boolean") return void bad(k, `expected true or false, got ${JSON.stringify(v)}`);
     return v;
@@ -342,7 +360,7 @@ export function nodeEniToLayer(obj: NodeEniObject): MappedNodeEni {
     if (!SG_ID_RE.test(sg)) bad(`securityGroupIDs[${i}]`, `expected "sg-" followed by 8 or 17 hex digits, got "${sg}"`);
   });
   const sgNames = strs("securityGroupNames");
-  if (sgIds.length + sgNames.length === 0 && spec.securityGroupIDs === undefined && spec.securityGroupNames === undefined) {
+  if (sgIds.length + sgNames.length === 0 && own(spec, "securityGroupIDs") === undefined && own(spec, "securityGroupNames") === undefined) {
     bad("securityGroupIDs", "required: at least one of securityGroupIDs or securityGroupNames (eni-dpdk never falls back to the VPC's default group)");
   }
 
@@ -369,7 +387,7 @@ export function nodeEniToLayer(obj: NodeEniObject): MappedNodeEni {
     }
     if (!enableDPDK) warnings.push(`${source}: spec.dpdkPCIAddress is set but enableDPDK is not true; ignored`);
   }
-  const nodeSelector = spec.nodeSelector;
+  const nodeSelector = own(spec, "nodeSelector");
   if (nodeSelector === undefined) bad("nodeSelector", "required (a map of node labels; {} selects every node)");
   if (problems.length) return { problems, warnings, eniNames: [] };
 
@@ -398,7 +416,7 @@ export function nodeEniToLayer(obj: NodeEniObject): MappedNodeEni {
     const i = Number(keyPath[1]);
     const key = keyPath[2] === "dpdk" && keyPath[3] ? `dpdk.${keyPath[3]}` : keyPath[2] ?? "";
     if (key === "subnet_id" || key === "subnet_name") return `${source}: ${subnets[i]?.path ?? "spec.subnetID"}`;
-    const field = SPEC_FIELD_OF[key];
+    const field = own(SPEC_FIELD_OF, key);
     return field ? `${source}: ${field}` : source;
   };
   return { layer: { source, data: { eni }, locate }, problems, warnings, eniNames: names };
@@ -414,7 +432,7 @@ function stable(v: unknown): string {
 export function applicableNodeEnis(items: NodeEniObject[], labels: Record<string, string>, warnings: string[]): NodeEniObject[] {
   const out: NodeEniObject[] = [];
   for (const o of items) {
-    const sel = isObject(o.spec) ? o.spec.nodeSelector : undefined;
+    const sel = isObject(o.spec) ? own(o.spec, "nodeSelector") : undefined;
     const m = selectorMatches(sel, labels);
     if (m === undefined) warnings.push(`NodeENI ${o.metadata.name}: spec.nodeSelector: expected a map of label → string value; this NodeENI is skipped`);
     if (m) out.push(o);
@@ -454,6 +472,31 @@ export function layersForNodeEnis(applicable: NodeEniObject[], config: Config, w
 }
 
 // ---- reading the API, with the cache for outages -----------------------------------------------
+
+/**
+ * Every item as the code below needs it: an object whose metadata.name is a non-empty string (the
+ * API server guarantees that; a proxy, a hand-edited cache or a broken aggregator may not). An item
+ * that is not is named by its position, e.g. `NodeENI items[3]`.
+ */
+export function checkNodeEniItems(items: unknown[], from: string): NodeEniObject[] {
+  const problems: Problem[] = [];
+  items.forEach((item, i) => {
+    const source = `NodeENI items[${i}] (${from})`;
+    const add = (key: string, message: string) => void problems.push({ source, key, message });
+    if (!isObject(item)) return add("(object)", `expected a NodeENI object, got ${item === null ? "null" : typeof item}`);
+    const metadata = own(item, "metadata");
+    if (!isObject(metadata)) return add("metadata", "expected an object with a name");
+    const name = own(metadata, "name");
+    if (typeof name !== "string" || name === "") {
+      add("metadata.name", `expected a non-empty string, got ${name === undefined ? "nothing" : JSON.stringify(name)}`);
+    }
+    const spec = own(item, "spec");
+    if (spec !== undefined && spec !== null && !isObject(spec)) add("spec", `expected an object, got ${JSON.stringify(spec)}`);
+  });
+  const hint = "fix or delete the NodeENI objects named above (kubectl get nodeeni -o yaml), then run `eni-dpdk validate` again";
+  if (problems.length) throw new InputError(problems, hint);
+  return items as NodeEniObject[];
+}
 
 function slim(items: NodeEniObject[]): NodeEniObject[] {
   return items.map((o) => ({ metadata: { name: o.metadata.name }, spec: o.spec }));
@@ -540,8 +583,12 @@ export async function nodeEniLayers(input: NodeEniInput): Promise<NodeEniResult>
   let fromCache = false;
   let fetchedAt = new Date().toISOString();
   try {
-    items = await listWithWait(session, waitMs, log);
+    items = checkNodeEniItems(await listWithWait(session, waitMs, log), `from ${session.client.target.server}`);
   } catch (e) {
+    if (e instanceof InputError) {
+      session.client.close();
+      throw e;
+    }
     const { KubeApiError } = await import("./kube.js");
     if (e instanceof KubeApiError && e.status === 404 && e.reason === "NotFound") {
       // The API answered: the CRD is not installed, so there are no NodeENIs.
@@ -559,7 +606,7 @@ export async function nodeEniLayers(input: NodeEniInput): Promise<NodeEniResult>
           { cause: e },
         );
       }
-      items = cache.items as NodeEniObject[];
+      items = checkNodeEniItems(cache.items as unknown[], "the cache in the state file");
       fromCache = true;
       fetchedAt = cache.fetchedAt;
       const w = `NodeENI: USING CACHED NodeENIs from ${cache.fetchedAt}: ${message} (${hint})`;
@@ -668,8 +715,13 @@ export async function reportNodeEniStatus(
   for (const r of results) byNodeEni.set(r.nodeEniName, [...(byNodeEni.get(r.nodeEniName) ?? []), r]);
   let items: NodeEniObject[];
   try {
-    items = await listWithWait(session, 10_000, input.log);
+    items = checkNodeEniItems(await listWithWait(session, 10_000, input.log), `from ${session.client.target.server}`);
   } catch (e) {
+    if (e instanceof InputError) {
+      report.warnings.push(`NodeENI status not reported: ${e.message}`);
+      for (const w of report.warnings) input.log.warn(w);
+      return report;
+    }
     const { message, hint } = await explain(e, session);
     report.warnings.push(`NodeENI status not reported: ${message} (${hint})`);
     return report;
@@ -717,7 +769,7 @@ export async function reportNodeEniStatus(
 
 /** List once; true when the applicable set (names and specs) differs from the last one handed out. */
 export async function pollNodeEnis(session: NodeEniSession): Promise<boolean> {
-  const { items } = await session.client.listNodeEnis();
+  const items = checkNodeEniItems((await session.client.listNodeEnis()).items, `from ${session.client.target.server}`);
   const fp = fingerprintOf(applicableNodeEnis(items, session.node.labels, []));
   if (fp === session.fingerprint) return false;
   session.fingerprint = fp;
@@ -739,7 +791,7 @@ export async function watchNodeEnis(
   while (!signal.aborted) {
     try {
       const list = await session.client.listNodeEnis();
-      const current = new Map(list.items.map((o) => [o.metadata.name, o]));
+      const current = new Map(checkNodeEniItems(list.items, `from ${session.client.target.server}`).map((o) => [o.metadata.name, o]));
       let rv = list.resourceVersion;
       const check = () => {
         const applicable = applicableNodeEnis([...current.values()], session.node.labels, []);
@@ -761,8 +813,9 @@ export async function watchNodeEnis(
               log.debug("NodeENI watch ended by the server; re-listing", { code: ev.object.code, reason: ev.object.reason });
               return;
             }
-            if (ev.object.metadata?.resourceVersion) rv = ev.object.metadata.resourceVersion;
+            if (typeof ev.object?.metadata?.resourceVersion === "string") rv = ev.object.metadata.resourceVersion;
             if (ev.type === "BOOKMARK") return;
+            checkNodeEniItems([ev.object], `a ${ev.type} watch event from ${session.client.target.server}`);
             if (ev.type === "DELETED") current.delete(ev.object.metadata.name);
             else current.set(ev.object.metadata.name, ev.object);
             check();

@@ -98,3 +98,30 @@ t.test("the boot argv fast path accepts exactly the units' shapes; everything el
   t.equal(r.code, 2);
   t.match(r.stderr, /Unknown arguments?: .*such-flag/);
 });
+
+t.test("user mistakes on the command line are exit 2 naming the input, never 'unexpected'", async (t) => {
+  const { mkdirSync } = await import("node:fs");
+  const { execFileSync } = await import("node:child_process");
+  const sub = path.join(dir, "adir.toml");
+  mkdirSync(sub, { recursive: true });
+  const fifo = path.join(dir, "fifo.toml");
+  execFileSync("mkfifo", [fifo]);
+  const v = cli(["validate", sub, fifo]);
+  t.equal(v.code, 2, v.stderr);
+  t.match(v.stderr, new RegExp(`${sub}: \\(file\\): is a directory; name a file`));
+  t.match(v.stderr, new RegExp(`${fifo}: \\(file\\): is not a regular file`), "a FIFO is refused, never read");
+  t.notMatch(v.stderr, /unexpected/);
+  const root = path.join(dir, "no-such-root");
+  const r = cli(["config", "--root", root]);
+  t.equal(r.code, 2, r.stderr);
+  t.match(r.stderr, new RegExp(`--root ${root}: \\(root\\): is not an existing directory`));
+  const envRoot = cli(["config"], { ENI_DPDK_ROOT: root });
+  t.match(envRoot.stderr, new RegExp(`env ENI_DPDK_ROOT ${root}: \\(root\\)`));
+  const real = mkdtempSync(path.join(tmpdir(), "eni-dpdk-cli-root-"));
+  const rel = cli(["apply", "--dry-run", "--root", real, "--config", "etc/eni-dpdk/config.toml"]);
+  t.equal(rel.code, 2, rel.stderr);
+  t.match(rel.stderr, /--config etc\/eni-dpdk\/config\.toml: \(file\): must be absolute; it is resolved under --root/);
+  const isDir = cli(["apply", "--dry-run", "--root", real, "--config", "/"]);
+  t.equal(isDir.code, 2, isDir.stderr);
+  t.match(isDir.stderr, new RegExp(`/ \\(resolved under --root as ${real}/?\\): \\(file\\): is a directory; --config names one TOML file`));
+});

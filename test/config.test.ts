@@ -96,3 +96,145 @@ t.test("resource names and did-you-mean", async (t) => {
   t.equal(nearest("subnetid", ["subnet_id", "mtu"]), "subnet_id");
   t.equal(nearest("zzzzzz", ["subnet_id", "mtu"]), undefined);
 });
+
+// ---- input hardening (issue 13) ------------------------------------------------------------------
+
+const oneEni = (extra: string) =>
+  `[[eni]]\nname = "a"\ndevice_index = 1\nsubnet_id = "subnet-01234567"\n` +
+  `security_group_ids = ["sg-01234567"]\ndpdk.enabled = false\n${extra}`;
+const problemsOf = (f: () => unknown): string[] => {
+  try {
+    f();
+  } catch (e) {
+    if (e instanceof InputError) return e.problems.map(formatProblem);
+    throw e;
+  }
+  return [];
+};
+
+t.test("Object.prototype member names are unknown keys at every level, and nothing is polluted", async (t) => {
+  const { FORBIDDEN_KEYS } = await import("../src/config.js");
+  for (const k of ["constructor", "toString", "hasOwnProperty", "valueOf", "__proto__", "prototype"]) t.ok(FORBIDDEN_KEYS.has(k), k);
+  const eni = oneEni('hasOwnProperty = 1\ndpdk.prototype = 1\ntags = { "__proto__" = "x" }\n');
+  const text = `"__proto__" = { polluted = "yes" }\n[constructor]\nx = 1\n[dpdk]\ntoString = "x"\nvalueOf = 1\n${eni}`;
+  const got = problemsOf(() => buildConfig([tomlLayer(text, "c.toml")]));
+  const keys = ["__proto__", "constructor", "dpdk.toString", "dpdk.valueOf", "eni.a.hasOwnProperty", "eni.a.dpdk.prototype", "eni.a.tags"];
+  for (const key of keys) {
+    t.ok(
+      got.some((l) => l.includes(`: ${key}: `) && /Object\.prototype member name/.test(l)),
+      `${key} rejected by name: ${got.join(" | ")}`,
+    );
+  }
+  t.ok(got.every((l) => /^c\.toml:\d+:\d+: /.test(l)), "each with file:line:col");
+  t.equal(({} as Record<string, unknown>).polluted, undefined, "Object.prototype is clean");
+  t.same(Object.keys(Object.prototype), []);
+  // A layer built in code with a __proto__ own key (as JSON.parse makes) is rejected too.
+  const data = JSON.parse('{"__proto__": {"x": 1}, "dpdk": {"__proto__": 1}}') as Record<string, unknown>;
+  t.same(problemsOf(() => buildConfig([{ source: "json", data }])).map((l) => l.split(": ")[1]), ["__proto__", "dpdk.__proto__"]);
+});
+
+t.test("TOML integers are BigInt: floats are refused, ranges apply to huge values, 64-bit overflow has a position", async (t) => {
+  const float = problemsOf(() => buildConfig([tomlLayer(`[[eni]]\nname = "a"\ndevice_index = 1.0\n`, "c.toml")]));
+  t.same(float.filter((l) => l.includes("device_index")), [
+    "c.toml:3:1: eni.a.device_index: expected an integer, got a float 1.0; write it without a decimal point or exponent",
+  ]);
+  t.match(
+    problemsOf(() => buildConfig([tomlLayer(oneEni("mtu = 9.001e3\n"), "c.toml")])),
+    [/c\.toml:7:1: eni\.a\.mtu: expected an integer, got a float 9001\.0/],
+  );
+  t.same(
+    problemsOf(() => buildConfig([tomlLayer(oneEni("mtu = 9007199254740993\n"), "c.toml")])),
+    ["c.toml:7:1: eni.a.mtu: out of range: expected 576..9216, got 9007199254740993"],
+  );
+  t.same(problemsOf(() => buildConfig([tomlLayer("[dpdk]\nhugepages_2m = 4611686018427387904\n", "c.toml")])), [
+    "c.toml:2:1: dpdk.hugepages_2m: out of range: expected a page count 0..1000000, got 4611686018427387904",
+  ]);
+  const over = problemsOf(() => tomlLayer("[dpdk]\nhugepages_2m = 99999999999999999999\n", "c.toml"));
+  t.match(over, [/^c\.toml:2:\d+: dpdk\.hugepages_2m: not valid TOML: Integer literal is outside the 64-bit/]);
+  t.equal(buildConfig([tomlLayer(oneEni("mtu = 0x5dc\n"), "c.toml")]).config.eni[0]!.mtu, 1500, "hex is a TOML integer");
+  const c = buildConfig([tomlLayer(oneEni("mtu = 1_500\n"), "c.toml")]).config.eni[0]!;
+  t.same([typeof c.mtu, c.mtu, typeof c.device_index], ["number", 1500, "number"], "the config holds numbers");
+  t.same(
+    problemsOf(() => buildConfig([tomlLayer("[service]\ntimeout_seconds = 3e2\n", "c.toml")])),
+    ["c.toml:2:1: service.timeout_seconds: expected an integer, got a float 300.0; write it without a decimal point or exponent"],
+  );
+  // Layers from JSON sources (NodeENI) carry JS numbers, which stay integers there.
+  t.equal(
+    buildConfig(
+      [
+        {
+          source: "x",
+          data: {
+            eni: [
+              { name: "a", device_index: 2, subnet_id: "subnet-01234567", security_group_ids: ["sg-01234567"], dpdk: { enabled: false } },
+            ],
+          },
+        },
+      ],
+    ).config.eni[0]!.device_index,
+    2,
+  );
+});
+
+t.test("every syntax error carries file:line:col, and a redefined key is named", async (t) => {
+  for (const [text, where] of [
+    ["[dpdk]\nenabled = = true\n", "c.toml:2:11"],
+    ["[dpdk]\nenabled = true\nenabled = false\n", "c.toml:3:1"],
+    ['[[eni]]\nname = "a"\n[eni]\nname = "b"\n', "c.toml:3:1"],
+    ["[dpdk\n", "c.toml:1:6"],
+    ['x = "unterminated\n', "c.toml:1:"],
+  ] as const) {
+    const p = problemsOf(() => tomlLayer(text, "c.toml"));
+    t.equal(p.length, 1, JSON.stringify(text));
+    t.ok(p[0]!.startsWith(where), `${JSON.stringify(text)} → ${p[0]}`);
+  }
+  t.match(
+    problemsOf(() => tomlLayer("[dpdk]\nenabled = true\nenabled = false\n", "c.toml"))[0],
+    /: dpdk\.enabled: not valid TOML: Cannot redefine/,
+  );
+});
+
+t.test("key positions skip TOML multi-line strings", async (t) => {
+  const text = `[dpdk]\nhugepages_2m = 1\n[[eni]]\nname = "a"\ndescription = """\n[dpdk]\nmtu = 5\n"""\nmtu = 100\n`;
+  const e = problemsOf(() => buildConfig([tomlLayer(text, "c.toml")]));
+  t.ok(e.includes("c.toml:9:1: eni.a.mtu: expected 576..9216, got 100"), e.join(" | "));
+});
+
+t.test("[eni] and [[dpdk]] in the wrong bracket form say which form to use", async (t) => {
+  t.match(
+    problemsOf(() => buildConfig([tomlLayer('[eni]\nname = "x"\n', "c.toml")])),
+    [/eni: expected an array of tables \[\[eni\]\], got table \(a single table \[eni\]; write \[\[eni\]\]/],
+  );
+  t.match(
+    problemsOf(() => buildConfig([tomlLayer("[[dpdk]]\nenabled = true\n", "c.toml")])),
+    [/dpdk: expected a table \[dpdk\], got array \(an array; write \[dpdk\] with single brackets/],
+  );
+});
+
+t.test("binding_script and restart_command take one absolute, normalized program path", async (t) => {
+  const script = (v: string) => problemsOf(() => buildConfig([tomlLayer(`[dpdk]\nbinding_script = ${JSON.stringify(v)}\n`, "c.toml")]));
+  t.same(script("/usr/bin/dpdk-devbind.py"), []);
+  t.match(
+    script("/usr/bin/dpdk-devbind.py --force"),
+    [/dpdk\.binding_script: "\/usr\/bin\/dpdk-devbind\.py --force" contains whitespace: binding_script takes one program path/],
+  );
+  for (const bad of ["dpdk-devbind.py", "/usr/bin/../bin/x", "/usr/bin/", "/usr//bin/x", "/usr/./bin/x", "/usr/bin/x\t"]) {
+    t.match(script(bad), [/dpdk\.binding_script: .*takes one program path, no arguments/], bad);
+  }
+  const restart = (v: string[]) => problemsOf(
+    () => buildConfig([tomlLayer(`[sriov]\nrestart_command = ${JSON.stringify(v)}\n`, "c.toml")]),
+  );
+  t.same(restart(["/usr/bin/kubectl", "delete", "pod"]), []);
+  t.match(
+    restart(["/usr/bin/../bin/kubectl"]),
+    [/sriov\.restart_command: the program \(first element\) must be an absolute path; .* is not an absolute, normalized path/],
+  );
+  t.match(restart(["/usr/bin/kubectl delete"]), [/contains whitespace/]);
+  t.same(restart(["/usr/bin/node", "-e", ""]), [], "an empty argument is a real argv word");
+  t.match(restart([""]), [/sriov\.restart_command: the program \(first element\) must be an absolute path; "" is empty/]);
+  const tag = { source: "tag eni-dpdk:sriov", stringly: true, data: { sriov: { restart_command: "/usr/bin/kubectl,,pod" } } };
+  t.same(
+    problemsOf(() => buildConfig([tag])),
+    ['tag eni-dpdk:sriov: sriov.restart_command: element 1 of "/usr/bin/kubectl,,pod" is empty; remove the stray comma'],
+  );
+});

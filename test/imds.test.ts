@@ -148,3 +148,40 @@ console.log(await c.get("meta-data/instance-id"));`;
   // The emulator keeps idle connections for 60 s here; a socket holding the process would show as that.
   t.ok(Date.now() - t0 < 30_000, `exited after ${Date.now() - t0} ms`);
 });
+
+t.test("tags: keys go raw (IMDS does not decode %3A); an unservable key is skipped, warned; a listed key's 404 is an error", async (t) => {
+  const { OpError } = await import("../src/errors.js");
+  const emu = await new ImdsEmulator(defaultInstance({ tags: { "eni-dpdk:eni:data1": "device_index=1", "a+b=c.d,e_f@g": "v" } })).start();
+  t.teardown(() => emu.close());
+  const warnings: unknown[][] = [];
+  const logger = { warn: (...a: unknown[]) => warnings.push(a) } as unknown as import("../src/log.js").Logger;
+  const imds = new ImdsClient({ endpoint: emu.url, logger });
+  t.same(await readTags(imds), { "eni-dpdk:eni:data1": "device_index=1", "a+b=c.d,e_f@g": "v" });
+  t.ok(emu.requests.some((r) => r.path === "/latest/meta-data/tags/instance/eni-dpdk:eni:data1" && r.status === 200), "the raw key");
+  t.notOk(emu.requests.some((r) => r.path.includes("%3A")), "never percent-encoded");
+  t.equal(
+    await imds.get("meta-data/tags/instance/eni-dpdk%3Aeni%3Adata1"),
+    undefined,
+    "the emulator, like IMDS, does not decode a percent-encoded key",
+  );
+
+  emu.instance.tags = { "kubernetes.io/cluster/x": "owned", "has space": "x", ok: "1" };
+  t.same(await readTags(imds), { ok: "1" }, "keys IMDS cannot serve are skipped");
+  t.same(
+    warnings.map((w) => (w[1] as { tag: string }).tag).sort(),
+    ["has space", "kubernetes.io/cluster/x"],
+    "each with a warning naming it",
+  );
+
+  // A key IMDS lists but does not serve: the tag exists, so skipping it would lose config.
+  const flaky = {
+    ...imds,
+    get: async (p: string) => (p.endsWith("tags/instance/") ? "eni-dpdk:dpdk\nok" : p.endsWith("/ok") ? "1" : undefined),
+    getBytes: imds.getBytes,
+    logger,
+  };
+  const err = await readTags(flaky).catch((e: unknown) => e);
+  t.ok(err instanceof OpError, String(err));
+  t.match((err as Error).message, /IMDS lists instance tag "eni-dpdk:dpdk" but answered 404 for meta-data\/tags\/instance\/eni-dpdk:dpdk/);
+  t.same((err as InstanceType<typeof OpError>).fields, { tag: "eni-dpdk:dpdk" });
+});

@@ -205,3 +205,93 @@ t.test("EKS token authentication end to end: the emulator verifies the token's s
   t.ok(e2 instanceof OpError);
   t.match((e2 as Error).message, /cannot make the EKS token .*no instance profile/);
 });
+
+// ---- input hardening (issue 13) ------------------------------------------------------------------
+
+t.test("a list answer whose items is not an array, or a body that is not JSON, is an OpError naming the server", async (t) => {
+  const emu = await emulator(t);
+  const c = client(t, emu);
+  for (const bad of [{ a: 1 }, "items", null]) {
+    (emu as unknown as { list: () => unknown }).list = () => bad;
+    const err = await c.listNodeEnis().catch((e: unknown) => e);
+    t.ok(err instanceof OpError, `${JSON.stringify(bad)}: ${String(err)}`);
+    t.match(
+      (err as Error).message,
+      new RegExp(`the API server ${emu.url.replace(/[.]/g, "\\.")} answered the NodeENI list .* without an items array`),
+    );
+    t.match((err as OpError).hint, /expected a NodeENIList/);
+  }
+  const https = await import("node:https");
+  const proxy = https.createServer({ cert: pki.serverCert, key: pki.serverKey }, (_req, res) => res.end("<html>login</html>"));
+  await new Promise<void>((r) => proxy.listen(0, "127.0.0.1", r));
+  t.teardown(() => proxy.close());
+  const url = `https://127.0.0.1:${(proxy.address() as import("node:net").AddressInfo).port}`;
+  const p = client(t, emu, { server: url });
+  const err = await p.listNodeEnis().catch((e: unknown) => e);
+  t.ok(err instanceof OpError, String(err));
+  t.match((err as Error).message, /answered a body that is not JSON \("<html>login<\/html>"\)/);
+});
+
+t.test("kubeconfig: shapes are checked and named; its files must be trusted", async (t) => {
+  const { InputError, formatProblem } = await import("../src/errors.js");
+  const { chmodSync } = await import("node:fs");
+  const root = mkdtempSync(path.join(os.tmpdir(), "kubecfg-"));
+  const host = new Host(root);
+  mkdirSync(path.join(root, "etc/eni-dpdk"), { recursive: true });
+  const load = async (yaml: string, mode = 0o600) => {
+    const f = path.join(root, "etc/eni-dpdk/kc.yaml");
+    writeFileSync(f, yaml);
+    chmodSync(f, mode);
+    const e = await loadKubeconfig(host, "/etc/eni-dpdk/kc.yaml", { region: "us-west-2" }).catch((x: unknown) => x);
+    if (!(e instanceof InputError)) return String(e instanceof Error ? e.message : JSON.stringify(e));
+    return e.problems.map(formatProblem).join(" | ");
+  };
+  const good = (user: string) =>
+    `current-context: ctx\nclusters:\n- name: c1\n  cluster: {server: "https://10.0.0.1"}\n` +
+    `contexts:\n- name: ctx\n  context: {cluster: c1, user: u1}\nusers:\n- name: u1\n  user: ${user}\n`;
+  t.match(
+    await load(good("{token: abc}"), 0o666),
+    /^\/etc\/eni-dpdk\/kc\.yaml .*: kubernetes\.kubeconfig: is group- and world-writable \(mode 0666\).*chmod go-w/,
+  );
+  t.match(await load("clusters: {c1: {server: x}}\n"), /: clusters: expected a list of \{name, cluster\} entries, got object/);
+  t.match(await load("contexts:\n- context: {}\n"), /: contexts\[0\]\.name: expected a non-empty string/);
+  t.match(await load("contexts:\n- name: ctx\n  context: [a]\n"), /: contexts\[0\]\.context: expected a mapping, got a list/);
+  t.match(await load("- a\n- b\n"), /: \(document\): expected a mapping/);
+  t.match(await load("current-context: [x]\n"), /: current-context: expected a string/);
+  t.match(
+    await load("current-context: constructor\ncontexts: []\n"),
+    /: current-context: has no context "constructor"/,
+    "a context is never found on Object.prototype",
+  );
+  t.match(await load(good("{exec: {args: get-token}}")), /users\[u1\]\.user\.exec\.args: expected a list of strings/);
+  t.match(
+    await load(good("{exec: {args: [eks, get-token, --cluster-name, x], env: {AWS_REGION: x}}}")),
+    /users\[u1\]\.user\.exec\.env: expected a list of \{name, value\} string pairs/,
+  );
+  t.match(await load(good("{token: [a]}")), /users\[u1\]\.user\.token: expected a string, got a list/);
+  await load(good("{exec: {args: [eks, get-token, --cluster-name, prod], env: [{name: AWS_REGION, value: eu-west-1}]}}"));
+  const tgt = await loadKubeconfig(host, "/etc/eni-dpdk/kc.yaml", { region: "us-west-2" });
+  t.same(tgt.auth, { kind: "eks", clusterName: "prod", region: "eu-west-1" });
+  writeFileSync(path.join(root, "etc/eni-dpdk/token"), "t0k\n");
+  chmodSync(path.join(root, "etc/eni-dpdk/token"), 0o646);
+  t.match(
+    await load(good("{tokenFile: token}")),
+    /: users\[u1\]\.user\.tokenFile: is world-writable \(mode 0646\)/,
+    "a file the kubeconfig names is checked too",
+  );
+  const caRoot = mkdtempSync(path.join(os.tmpdir(), "kubeca-"));
+  mkdirSync(path.join(caRoot, "etc"), { recursive: true });
+  writeFileSync(path.join(caRoot, "etc/ca.pem"), pki.caCert);
+  chmodSync(path.join(caRoot, "etc/ca.pem"), 0o664);
+  const k8s = { ...defaults().kubernetes, api_server: "https://10.0.0.1", ca_file: "/etc/ca.pem", cluster_name: "x" };
+  const e = await resolveKubeTarget({ k8s, region: "us-west-2", host: new Host(caRoot) }).catch((x: unknown) => x);
+  t.ok(e instanceof InputError, String(e));
+  t.match(
+    formatProblem((e as InstanceType<typeof InputError>).problems[0]!),
+    /^\/etc\/ca\.pem .*: kubernetes\.ca_file: is group-writable \(mode 0664\)/,
+  );
+  const nope = { ...k8s, ca_file: "/etc/nope.pem" };
+  const missing = await resolveKubeTarget({ k8s: nope, region: "us-west-2", host: new Host(caRoot) }).catch((x: unknown) => x);
+  t.ok(missing instanceof InputError);
+  t.match((missing as Error).message, /kubernetes\.ca_file: no such file/);
+});

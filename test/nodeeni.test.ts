@@ -498,3 +498,57 @@ t.test("the CRD not installed (404 NotFound from the API) means no NodeENIs, not
   t.equal(r.fromCache, false);
   t.equal(emu.requests.at(-1)!.status, 404);
 });
+
+// ---- input hardening (issue 13) ------------------------------------------------------------------
+
+t.test("a NodeENI without metadata.name (or with a non-string one) is an InputError naming its position", async (t) => {
+  const { checkNodeEniItems } = await import("../src/nodeeni.js");
+  const e = t.throws(
+    () => checkNodeEniItems(
+      [nodeEni("ok", {}), { spec: {} }, { metadata: { name: 5 } }, "x", { metadata: { name: "s" }, spec: [1] }],
+      "test",
+    ),
+  ) as InputError;
+  t.type(e, InputError);
+  t.same(e.problems.map(formatProblem), [
+    "NodeENI items[1] (test): metadata: expected an object with a name",
+    "NodeENI items[2] (test): metadata.name: expected a non-empty string, got 5",
+    'NodeENI items[3] (test): (object): expected a NodeENI object, got string',
+    "NodeENI items[4] (test): spec: expected an object, got [1]",
+  ]);
+  // Through the API: the emulator stores and serves an object without a name.
+  const { emu, input } = await world(t, [nodeEni("dpdk", {})]);
+  emu.upsert({ metadata: {}, spec: { nodeSelector: {} } } as unknown as NodeEniObject);
+  const err = await nodeEniLayers(input).catch((x: unknown) => x);
+  t.ok(err instanceof InputError, String(err));
+  t.match(
+    (err as InputError).problems.map((p) => `${p.source}|${p.key}`),
+    [new RegExp(`^NodeENI items\\[\\d\\] \\(from ${emu.url.replace(/\./g, "\\.")}\\)\\|metadata\\.name$`)],
+  );
+});
+
+t.test("NodeENI spec: Object.prototype names are refused; lookups never reach the prototype", async (t) => {
+  const spec = JSON.parse(
+    `{"nodeSelector": {}, "subnetID": "${SUBNET_A}", "securityGroupIDs": ["${SG}"], "__proto__": {"mtu": 1}, "constructor": 1}`,
+  );
+  const m = nodeEniToLayer({ metadata: { name: "p" }, spec });
+  t.same(m.problems.map((p) => p.key).sort(), ["spec.__proto__", "spec.constructor"]);
+  t.match(m.problems[0]!.message, /Object\.prototype member name/);
+  t.equal(selectorMatches({ constructor: "x" }, {}), false, "an absent label, not Object.prototype.constructor");
+  t.equal(selectorMatches({ constructor: "x" }, { constructor: "x" }), true, "a real label of that name matches");
+  const labels = labelsFromKubeletFlags(["--node-labels=__proto__=x,toString=y"]);
+  t.equal(Object.getPrototypeOf(labels), Object.prototype);
+  t.same(Object.keys(labels), ["__proto__", "toString"], "own keys, the prototype untouched");
+  t.equal(({} as Record<string, unknown>).mtu, undefined);
+});
+
+t.test("a NodeConfig part that yaml cannot expand (alias bomb) is a warning, not a crash", async (t) => {
+  const warnings: string[] = [];
+  const level = (name: string, of: string) => `${name}: &${name} [${Array(10).fill(of).join(", ")}]\n`;
+  const bomb = level("a", "x") + level("b", "*a") + level("c", "*b") + level("d", "*c") + level("e", "*d") + "kind: NodeConfig\n";
+  await parseNodeConfigs(
+    [{ contentType: "application/node.eks.aws", label: "user-data part 1 (application/node.eks.aws)", text: bomb }],
+    warnings,
+  );
+  t.match(warnings, [/user-data part 1 .*: YAML cannot be read/]);
+});

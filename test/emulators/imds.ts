@@ -231,7 +231,8 @@ export class ImdsEmulator {
     }
     if (m === "meta-data/tags/instance") return i.tags === null ? undefined : Object.keys(i.tags).join("\n");
     const tag = /^meta-data\/tags\/instance\/(.+)$/.exec(m);
-    if (tag) return i.tags === null ? undefined : i.tags[decodeURIComponent(tag[1]!)];
+    // As real IMDS: the key is matched as sent, never percent-decoded (`eni-dpdk%3Aeni` is not `eni-dpdk:eni`).
+    if (tag) return i.tags !== null && Object.hasOwn(i.tags, tag[1]!) ? i.tags[tag[1]!] : undefined;
     return undefined;
   }
 
