@@ -1,17 +1,22 @@
 // Boot-time benchmark: the bundle's `apply` on a simulated node (IMDSv2 + EC2 emulators, simulated
-// kernel) against `node -e 0`, run the same way. Prints medians; asserts nothing.
+// kernel) against `node -e 0` and the I/O floor, run the same way. Prints medians; asserts nothing.
 //   steady state: every reboot — ENIs attached, devices back on ena, state file kept → rebind
 //   nothing to do: a converged node
-// Usage: npm run build && npx tsx scripts/bench/boot.ts [--runs 15]
+// With several --bundle directories (A/B), each gets its own simulated node and the runs of all of
+// them are interleaved, so machine load affects them alike.
+// Usage: npm run build && npx tsx scripts/bench/boot.ts [--runs 15] [--node /path/to/node] [--bundle DIR --bundle DIR2]
 import { spawn } from "node:child_process";
 import { writeFileSync } from "node:fs";
 import { cpus, tmpdir } from "node:os";
 import path from "node:path";
 import { World, sampleConfig } from "../../test/emulators/world.js";
 
-const runs = Number(process.argv[process.argv.indexOf("--runs") + 1]) || 15;
+const args = process.argv.slice(2);
+const opt = (name: string) => args.flatMap((a, i) => (a === name && args[i + 1] ? [args[i + 1]!] : []));
+const runs = Number(opt("--runs")[0]) || 15;
+const node = opt("--node")[0] ?? process.execPath;
 const repo = path.resolve(import.meta.dirname, "../..");
-const bundle = path.join(repo, "dist/eni-dpdk.mjs");
+const bundles = (opt("--bundle").length ? opt("--bundle") : [path.join(repo, "dist")]).map((d) => path.resolve(d));
 const ioFloor = path.join(repo, "scripts/bench/io-floor.mjs");
 
 interface Sample {
@@ -41,50 +46,73 @@ const median = (xs: number[]) => {
   return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
 };
 
-async function main() {
+interface Subject {
+  bundle: string;
+  world: World;
+  env: NodeJS.ProcessEnv;
+  imdsRequests: number;
+  steady: Sample[];
+  noop: Sample[];
+  ec2Before: number;
+}
+
+async function subject(bundle: string): Promise<Subject> {
   const world = await World.start({ configToml: sampleConfig() });
   const env = world.env();
+  const cli = path.join(bundle, "eni-dpdk.mjs");
+  if ((await measure([node, cli, "apply"], env)).code !== 0) throw new Error(`${bundle}: first apply failed`);
+  world.imds.requests.length = 0;
+  if ((await measure([node, cli, "apply"], env)).code !== 0) throw new Error(`${bundle}: second apply failed`);
+  return { bundle, world, env, imdsRequests: world.imds.requests.length, steady: [], noop: [], ec2Before: world.ec2.totalCalls() };
+}
+
+async function main() {
+  const subjects: Subject[] = [];
   try {
-    const first = await measure([process.execPath, bundle, "apply"], env);
-    if (first.code !== 0) throw new Error("first apply failed");
-    // The IMDS paths a converged apply reads, for the I/O floor to replay.
-    world.imds.requests.length = 0;
-    if ((await measure([process.execPath, bundle, "apply"], env)).code !== 0) throw new Error("second apply failed");
-    const imdsPaths = world.imds.requests.map((r) => r.path.replace(/^\/latest\//, ""));
+    for (const b of bundles) subjects.push(await subject(b));
+    // The floor replays the IMDS requests of the first subject's converged apply.
+    const first = subjects[0]!;
+    first.world.imds.requests.length = 0;
+    await measure([node, path.join(first.bundle, "eni-dpdk.mjs"), "apply"], first.env);
+    const imdsPaths = first.world.imds.requests.map((r) => r.path.replace(/^\/latest\//, ""));
     const pathsFile = path.join(tmpdir(), `eni-dpdk-bench-imds-${process.pid}.txt`);
     writeFileSync(pathsFile, imdsPaths.join("\n"));
     const floor: Sample[] = [];
     const io: Sample[] = [];
-    const steady: Sample[] = [];
-    const noop: Sample[] = [];
-    const ec2Before = world.ec2.totalCalls();
-    // Interleave the three so machine load affects them alike.
     for (let i = 0; i < runs; i++) {
-      floor.push(await measure([process.execPath, "-e", "0"], env));
-      io.push(await measure([process.execPath, ioFloor, pathsFile], env));
-      world.reboot();
-      const s = await measure([process.execPath, bundle, "apply"], env);
-      if (s.code !== 0 || world.sim.driverOf("0000:00:06.0") !== "vfio-pci") throw new Error(`steady-state apply did not rebind (run ${i}); sim: ${JSON.stringify(world.sim.writes.slice(-8))} ${world.sim.errors}`);
-      steady.push(s);
-      noop.push(await measure([process.execPath, bundle, "apply"], env));
+      floor.push(await measure([node, "-e", "0"], first.env));
+      io.push(await measure([node, ioFloor, pathsFile], first.env));
+      for (const s of subjects) {
+        s.world.reboot();
+        const r = await measure([node, path.join(s.bundle, "eni-dpdk.mjs"), "apply"], s.env);
+        if (r.code !== 0 || s.world.sim.driverOf("0000:00:06.0") !== "vfio-pci") throw new Error(`${s.bundle}: steady-state apply did not rebind (run ${i})`);
+        s.steady.push(r);
+        s.noop.push(await measure([node, path.join(s.bundle, "eni-dpdk.mjs"), "apply"], s.env));
+      }
     }
-    const ec2Calls = world.ec2.totalCalls() - ec2Before;
     const f = median(floor.map((x) => x.ms));
+    const fio = median(io.map((x) => x.ms));
     const row = (name: string, xs: Sample[]) => {
       const ms = median(xs.map((x) => x.ms));
-      return `| ${name} | ${ms.toFixed(0)} | ${(ms / f).toFixed(2)}× | ${median(xs.map((x) => x.rssMb)).toFixed(0)} | ${Math.max(...xs.map((x) => x.rssMb)).toFixed(0)} |`;
+      return `| ${name} | ${ms.toFixed(0)} | ${(ms / f).toFixed(2)}× | ${(ms / fio).toFixed(2)}× | ${median(xs.map((x) => x.rssMb)).toFixed(0)} |`;
     };
-    console.log(`machine: ${cpus()[0]?.model} × ${cpus().length}, node ${process.version}, ${runs} runs each (interleaved), ${new Date().toISOString()}`);
-    console.log(`command: npx tsx scripts/bench/boot.ts --runs ${runs}`);
-    console.log("| what | median wall ms | vs node -e 0 | median peak RSS MB | max peak RSS MB |");
+    const nodeVersion = (await import("node:child_process")).execFileSync(node, ["--version"], { encoding: "utf8" }).trim();
+    console.log(`machine: ${cpus()[0]?.model} × ${cpus().length}, node ${nodeVersion}, ${runs} runs each (interleaved), ${new Date().toISOString()}`);
+    console.log(`command: npx tsx scripts/bench/boot.ts --runs ${runs}${node !== process.execPath ? ` --node ${node}` : ""}${bundles.map((b) => ` --bundle ${path.relative(repo, b) || "."}`).join("")}`);
+    console.log("| what | median wall ms | vs node -e 0 | vs I/O floor | median peak RSS MB |");
     console.log("|---|---|---|---|---|");
     console.log(row("`node -e 0`", floor));
     console.log(row(`I/O floor: the same ${imdsPaths.length} IMDS requests, flock, sysfs reads and status write, without eni-dpdk (io-floor.mjs)`, io));
-    console.log(row("steady-state boot: `apply` after a reboot (rebind 2 ENIs, MTU check, SR-IOV check)", steady));
-    console.log(row("nothing to do: `apply` on a converged node", noop));
-    console.log(`EC2 calls made by the ${runs * 2} measured applies: ${ec2Calls}`);
+    for (const s of subjects) {
+      const label = subjects.length > 1 ? ` [${path.relative(repo, s.bundle) || s.bundle}]` : "";
+      console.log(row(`steady-state boot: \`apply\` after a reboot (rebind 2 ENIs)${label}`, s.steady));
+      console.log(row(`nothing to do: \`apply\` on a converged node${label}`, s.noop));
+    }
+    for (const s of subjects) {
+      console.log(`${path.relative(repo, s.bundle) || s.bundle}: ${s.imdsRequests} IMDS requests per converged apply; EC2 calls by the ${runs * 2} measured applies: ${s.world.ec2.totalCalls() - s.ec2Before}`);
+    }
   } finally {
-    await world.close();
+    for (const s of subjects) await s.world.close();
   }
 }
 
