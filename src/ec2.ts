@@ -23,6 +23,7 @@ import { OpError } from "./errors.js";
 import { Deadline, sleep } from "./host.js";
 import type { Logger } from "./log.js";
 import { interop } from "./lazy.js";
+import { nullRecord } from "./config.js";
 
 /** Only the calls eni-dpdk makes. Each is one request (no hidden retries, see lazyEc2). */
 export interface Ec2Api {
@@ -273,7 +274,7 @@ export async function describeInstanceTags(
   opts: { deadline?: Deadline; log?: Logger } = {},
 ): Promise<Record<string, string>> {
   const deadline = opts.deadline ?? new Deadline(30_000);
-  const tags: Record<string, string> = {};
+  const tags = nullRecord<string>(); // keys are input: `__proto__` is just a key
   let nextToken: string | undefined;
   do {
     const out = await withEc2Retry(
