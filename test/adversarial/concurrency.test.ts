@@ -137,7 +137,7 @@ async function caught(pid: number, signo: number, ms = 5000): Promise<void> {
 }
 
 for (const delay of [0, 30, 80, 150, 400]) {
-  t.test(`signals: SIGHUP ${delay} ms after the service catches it (module loading, first apply) is a reload, never its death`, async (t) => {
+  t.test(`concurrency/signals: SIGHUP ${delay} ms after the service catches it (module loading, first apply) is a reload, never its death`, async (t) => {
     const w = await world(t, { configToml: baseToml() });
     const notify = await NotifySocket.open();
     t.teardown(() => notify.close());
@@ -155,7 +155,7 @@ for (const delay of [0, 30, 80, 150, 400]) {
   });
 }
 
-t.test("signals: with reconcile_interval_seconds = 0 and no watchdog, the service stays up until SIGTERM", async (t) => {
+t.test("concurrency/signals: with reconcile_interval_seconds = 0 and no watchdog, the service stays up until SIGTERM", async (t) => {
   const w = await world(t, { configToml: baseToml() });
   const notify = await NotifySocket.open();
   t.teardown(() => notify.close());
@@ -169,7 +169,7 @@ t.test("signals: with reconcile_interval_seconds = 0 and no watchdog, the servic
   await notify.waitFor((f) => f.STOPPING === "1", 5000);
 });
 
-t.test("signals: SIGTERM during the first boot stops promptly, and the next start converges", async (t) => {
+t.test("concurrency/signals: SIGTERM during the first boot stops promptly, and the next start converges", async (t) => {
   const w = await world(t, { configToml: baseToml().replace("reconcile_interval_seconds = 0", "reconcile_interval_seconds = 0\ntimeout_seconds = 120") });
   w.ec2.faults.stuckAttach = true;
   const notify = await NotifySocket.open();
@@ -190,7 +190,7 @@ t.test("signals: SIGTERM during the first boot stops promptly, and the next star
   await assertOneOfEach(t, w);
 });
 
-t.test("signals: a second `run` while one serves converges without fighting", async (t) => {
+t.test("concurrency/signals: a second `run` while one serves converges without fighting", async (t) => {
   const w = await world(t, { configToml: baseToml() });
   const a = startCli(w, ["run"]);
   const b = startCli(w, ["run"]);

@@ -10,7 +10,8 @@ import type { Test } from "tap";
 import { World, type WorldOptions } from "../emulators/world.js";
 
 export const REPO = path.resolve(import.meta.dirname, "../..");
-export const BUNDLE = path.join(REPO, "dist/eni-dpdk.mjs");
+/** The bundle under test; ENI_DPDK_TEST_BUNDLE runs the suite against another build (e.g. a release). */
+export const BUNDLE = process.env.ENI_DPDK_TEST_BUNDLE ? path.resolve(process.env.ENI_DPDK_TEST_BUNDLE, "eni-dpdk.mjs") : path.join(REPO, "dist/eni-dpdk.mjs");
 
 /** Build the bundle once when it is missing or older than any source file (a lone `tap FILE` run). */
 export function ensureBundle(): void {
@@ -19,7 +20,7 @@ export function ensureBundle(): void {
       const p = path.join(dir, d.name);
       return Math.max(m, d.isDirectory() ? newest(p) : statSync(p).mtimeMs);
     }, 0);
-  if (existsSync(BUNDLE) && statSync(BUNDLE).mtimeMs >= newest(path.join(REPO, "src"))) return;
+  if (process.env.ENI_DPDK_TEST_BUNDLE || (existsSync(BUNDLE) && statSync(BUNDLE).mtimeMs >= newest(path.join(REPO, "src")))) return;
   execFileSync(process.execPath, [path.join(REPO, "scripts/build.mjs")], { cwd: REPO, stdio: "ignore" });
 }
 ensureBundle();

@@ -25,6 +25,8 @@ import {
   type Rejection,
 } from "./harness.js";
 
+const MISSING_ROOT = `/tmp/eni-dpdk-no-such-root-${process.pid}-${Date.now()}`;
+
 const INSTANCE = "i-0123456789abcdef0";
 const OUR = "application/eni-dpdk+toml";
 const NODEADM = "application/node.eks.aws";
@@ -579,8 +581,9 @@ const errorCases: Case[] = [
   },
   {
     name: "input/errors: --root that does not exist",
-    args: ["apply", "--root", "/nonexistent/eni-dpdk-root"],
-    want: { source: "--root /nonexistent/eni-dpdk-root", key: "(root)", message: /is not an existing directory/ },
+    // unique per run: an older build that created it would otherwise make the case vacuous
+    args: ["apply", "--root", MISSING_ROOT],
+    want: { source: `--root ${MISSING_ROOT}`, key: "(root)", message: /is not an existing directory/ },
   },
   {
     name: "input/errors: a config.d entry that is a directory",
