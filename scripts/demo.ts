@@ -3,7 +3,7 @@
 import { spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
 import path from "node:path";
-import { World, sampleConfig } from "../test/emulators/world.js";
+import { World, sampleConfig } from "../src/sim/world.js";
 
 const repo = path.resolve(import.meta.dirname, "..");
 const bundle = path.join(repo, "dist/eni-dpdk.mjs");

@@ -2,11 +2,11 @@
 // Command modules are imported when their command runs, so each path loads only what it uses.
 import { promises as fs, statSync } from "node:fs";
 import type { Argv } from "yargs";
-import { buildConfig, type EffectiveConfig } from "./config.js";
-import { errorMessage, exitCodeOf, formatProblem, InputError, OpError, type Problem } from "./errors.js";
-import { Host, resolveRoot } from "./host.js";
-import { Logger, type Level, type LogFormat } from "./log.js";
-import type { CommandContext } from "./plan.js";
+import { buildConfig, type EffectiveConfig } from "./config/config.js";
+import { errorMessage, exitCodeOf, formatProblem, InputError, OpError, type Problem } from "./core/errors.js";
+import { Host, resolveRoot } from "./host/host.js";
+import { Logger, type Level, type LogFormat } from "./core/log.js";
+import type { CommandContext } from "./reconcile/stage.js";
 
 export const VERSION = "0.1.0";
 
@@ -52,9 +52,9 @@ export async function main(argv: string[], io: CliIo = defaultIo): Promise<numbe
   // is a third of the start-up cost; anything else, help and errors included, goes through yargs.
   // The boot commands' handlers serve both the fast path and yargs.
   const boot: Record<BootCommand, (args: unknown) => Promise<void>> = {
-    run: wrap(async (ctx) => (await import("./service.js")).runCommand(ctx, { env: io.env })),
-    apply: wrap<{ "dry-run": boolean }>(async (ctx, a) => (await import("./apply.js")).applyCommand(ctx, { dryRun: a["dry-run"], env: io.env })),
-    early: wrap(async (ctx) => (await import("./status.js")).earlyCommand(ctx, {})),
+    run: wrap(async (ctx) => (await import("./commands/run.js")).runCommand(ctx, { env: io.env })),
+    apply: wrap<{ "dry-run": boolean }>(async (ctx, a) => (await import("./reconcile/loop.js")).applyCommand(ctx, { dryRun: a["dry-run"], env: io.env })),
+    early: wrap(async (ctx) => (await import("./commands/device.js")).earlyCommand(ctx, {})),
   };
   const fast = parseBootArgv(argv);
   if (fast) {
@@ -86,7 +86,7 @@ export async function main(argv: string[], io: CliIo = defaultIo): Promise<numbe
       "plan",
       "gather, validate, observe, and print the actions apply would take (changes nothing)",
       (y) => y.option("json", { type: "boolean", default: false }),
-      wrap<{ json: boolean }>(async (ctx, a) => (await import("./apply.js")).planCommand(ctx, { json: a.json, env: io.env })),
+      wrap<{ json: boolean }>(async (ctx, a) => (await import("./reconcile/loop.js")).planCommand(ctx, { json: a.json, env: io.env })),
     )
     .command(
       "apply",
@@ -104,7 +104,7 @@ export async function main(argv: string[], io: CliIo = defaultIo): Promise<numbe
       "status",
       "show managed devices and host DPDK readiness",
       (y) => y.option("json", { type: "boolean", default: false }),
-      wrap<{ json: boolean }>(async (ctx, a) => (await import("./status.js")).statusCommand(ctx, { json: a.json })),
+      wrap<{ json: boolean }>(async (ctx, a) => (await import("./commands/device.js")).statusCommand(ctx, { json: a.json })),
     )
     .command(
       "bind <target>",
@@ -115,20 +115,20 @@ export async function main(argv: string[], io: CliIo = defaultIo): Promise<numbe
           .option("driver", { type: "string", describe: "default: [dpdk].driver" })
           .option("force", { type: "boolean", default: false, describe: "override the safety guards (primary, routes, unmanaged)" }),
       wrap<{ target: string; driver?: string; force: boolean }>(async (ctx, a) =>
-        (await import("./status.js")).bindCommand(ctx, { target: a.target, driver: a.driver, force: a.force }),
+        (await import("./commands/device.js")).bindCommand(ctx, { target: a.target, driver: a.driver, force: a.force }),
       ),
     )
     .command(
       "unbind <target>",
       "return one device to its original kernel driver",
       (y) => y.positional("target", { type: "string", demandOption: true }),
-      wrap<{ target: string }>(async (ctx, a) => (await import("./status.js")).unbindCommand(ctx, { target: a.target })),
+      wrap<{ target: string }>(async (ctx, a) => (await import("./commands/device.js")).unbindCommand(ctx, { target: a.target })),
     )
     .command(
       "reset",
       "unbind every managed device, remove eni-dpdk's networkd files and SR-IOV entries; leave the rest",
       (y) => y,
-      wrap(async (ctx) => (await import("./status.js")).resetCommand(ctx, {})),
+      wrap(async (ctx) => (await import("./commands/device.js")).resetCommand(ctx, {})),
     )
     .command(
       "early",
@@ -244,7 +244,7 @@ export function reportError(ctx: CommandContext, e: unknown): number {
 // ---- validate / config / userdata -------------------------------------------------------------------
 
 async function validateCommand(ctx: CommandContext, opts: { files: string[]; env: NodeJS.ProcessEnv }): Promise<number> {
-  const { tomlLayer, loadToml } = await import("./sources.js");
+  const { tomlLayer, loadToml } = await import("./sources/sources.js");
   await loadToml();
   if (opts.files.length > 0) {
     const problems: Problem[] = [];
@@ -281,9 +281,9 @@ async function configCommand(ctx: CommandContext, opts: { json: boolean; env: No
 }
 
 async function userdataCommand(ctx: CommandContext, opts: { nodeconfig: string; config: string }): Promise<number> {
-  const { tomlLayer, loadToml } = await import("./sources.js");
+  const { tomlLayer, loadToml } = await import("./sources/sources.js");
   await loadToml();
-  const { renderUserData, sniffDocument } = await import("./userdata.js");
+  const { renderUserData, sniffDocument } = await import("./sources/mime.js");
   const nodeConfig = await readLocal(opts.nodeconfig);
   const toml = await readLocal(opts.config);
   if (sniffDocument(nodeConfig) !== "nodeadm") {
@@ -353,13 +353,13 @@ export function renderEffective(eff: EffectiveConfig): string {
 
 /** Gather every configured source on this instance (IMDS, tags, NodeENI) and merge. */
 export async function gatherOnInstance(ctx: CommandContext, env: NodeJS.ProcessEnv) {
-  const { gather } = await import("./sources.js");
-  const { instanceSources } = await import("./apply.js");
+  const { gather } = await import("./sources/sources.js");
+  const { instanceSources } = await import("./reconcile/loop.js");
   return gather(ctx.host, { configPath: ctx.configPath, env, instance: await instanceSources(ctx, env) });
 }
 
 async function inspectSriovFor(ctx: CommandContext, eff: EffectiveConfig): Promise<string[]> {
   if (!eff.config.sriov.enabled) return [];
-  const { inspectSriov } = await import("./sriov.js");
+  const { inspectSriov } = await import("./host/sriov.js");
   return (await inspectSriov(ctx.host, eff.config.sriov.config_path)).warnings;
 }

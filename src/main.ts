@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // Entry point: keep it tiny so the bundle's start-up cost is only what a command imports.
-import { catchSignals } from "./signals.js";
+import { catchSignals } from "./core/signals.js";
 
 const argv = process.argv.slice(2);
 // The service catches its signals before anything else loads: a SIGHUP during start-up is a reload.

@@ -1,8 +1,8 @@
 import t from "tap";
 import { readdirSync, readFileSync } from "node:fs";
-import { buildConfig, nearest, resourceNameProblems } from "../src/config.js";
-import { InputError, formatProblem } from "../src/errors.js";
-import { loadToml, tomlLayer } from "../src/sources.js";
+import { buildConfig, nearest, resourceNameProblems } from "../src/config/config.js";
+import { InputError, formatProblem } from "../src/core/errors.js";
+import { loadToml, tomlLayer } from "../src/sources/sources.js";
 
 // tomlLayer and userDataLayers are synchronous; the parser itself loads lazily (see loadToml).
 await loadToml();
@@ -113,7 +113,7 @@ const problemsOf = (f: () => unknown): string[] => {
 };
 
 t.test("Object.prototype member names are unknown keys at every level, and nothing is polluted", async (t) => {
-  const { FORBIDDEN_KEYS } = await import("../src/config.js");
+  const { FORBIDDEN_KEYS } = await import("../src/config/config.js");
   for (const k of ["constructor", "toString", "hasOwnProperty", "valueOf", "__proto__", "prototype"]) t.ok(FORBIDDEN_KEYS.has(k), k);
   const eni = oneEni('hasOwnProperty = 1\ndpdk.prototype = 1\ntags = { "__proto__" = "x" }\n');
   const text = `"__proto__" = { polluted = "yes" }\n[constructor]\nx = 1\n[dpdk]\ntoString = "x"\nvalueOf = 1\n${eni}`;

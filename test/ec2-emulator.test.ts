@@ -2,10 +2,10 @@
 // ClientToken idempotency, attachment states, EC2-worded errors, throttling, faults, observer API.
 // Also the EC2 seam itself: lazy loading, retry classification, describeInstanceTags.
 import t from "tap";
-import { Ec2Error, classifyEc2Error, describeInstanceTags, lazyEc2, withEc2Retry, type Ec2Api } from "../src/ec2.js";
-import { Deadline, sleep } from "../src/host.js";
-import { Ec2Emulator } from "./emulators/ec2.js";
-import { SG, SG_DPDK, SUBNET_A, SUBNET_B, VPC, standardSeed, useDummyCredentials } from "./emulators/eni-node.js";
+import { Ec2Error, classifyEc2Error, describeInstanceTags, lazyEc2, withEc2Retry, type Ec2Api } from "../src/cloud/ec2.js";
+import { Deadline, sleep } from "../src/core/deadline.js";
+import { Ec2Emulator } from "../src/sim/ec2.js";
+import { SG, SG_DPDK, SUBNET_A, SUBNET_B, VPC, standardSeed, useDummyCredentials } from "../src/sim/node.js";
 
 useDummyCredentials();
 

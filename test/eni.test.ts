@@ -1,12 +1,12 @@
 // The ENI stage end to end: real planEnis/applyEnis, the real AWS SDK over HTTP against the EC2
 // emulator, IMDSv2 from the IMDS emulator, a fake root whose NICs appear on hot-plug.
 import t from "tap";
-import { applyEnis, planEnis, TAG_INSTANCE, TAG_NAME, TAG_NO_MANAGE } from "../src/eni.js";
-import { Ec2Error } from "../src/ec2.js";
-import { InputError } from "../src/errors.js";
-import { STATE_PATH, emptyState } from "../src/state.js";
-import { Ec2Emulator } from "./emulators/ec2.js";
-import { SG, SG_DPDK, SUBNET_A, SUBNET_B, SimNode, eniConfigs, standardSeed, useDummyCredentials, type SimNodeOptions } from "./emulators/eni-node.js";
+import { applyEnis, planEnis, TAG_INSTANCE, TAG_NAME, TAG_NO_MANAGE } from "../src/reconcile/eni.js";
+import { Ec2Error } from "../src/cloud/ec2.js";
+import { InputError } from "../src/core/errors.js";
+import { STATE_PATH, emptyState } from "../src/core/state.js";
+import { Ec2Emulator } from "../src/sim/ec2.js";
+import { SG, SG_DPDK, SUBNET_A, SUBNET_B, SimNode, eniConfigs, standardSeed, useDummyCredentials, type SimNodeOptions } from "../src/sim/node.js";
 
 useDummyCredentials();
 
@@ -280,13 +280,14 @@ t.test("a converged boot in a fresh process never imports the AWS SDK", async (t
   const script = `
     const { register } = await import("node:module");
     register("data:text/javascript," + encodeURIComponent(${JSON.stringify(hook)}));
-    const { planEnis, applyEnis } = await import(${JSON.stringify(new URL("../src/eni.ts", import.meta.url).href)});
-    const { lazyEc2 } = await import(${JSON.stringify(new URL("../src/ec2.ts", import.meta.url).href)});
-    const { Host, Deadline } = await import(${JSON.stringify(new URL("../src/host.ts", import.meta.url).href)});
-    const { ImdsClient, readInstance, readNics } = await import(${JSON.stringify(new URL("../src/imds.ts", import.meta.url).href)});
-    const { buildConfig } = await import(${JSON.stringify(new URL("../src/config.ts", import.meta.url).href)});
-    const { loadState } = await import(${JSON.stringify(new URL("../src/state.ts", import.meta.url).href)});
-    const { silentLogger } = await import(${JSON.stringify(new URL("../src/log.ts", import.meta.url).href)});
+    const { planEnis, applyEnis } = await import(${JSON.stringify(new URL("../src/reconcile/eni.ts", import.meta.url).href)});
+    const { lazyEc2 } = await import(${JSON.stringify(new URL("../src/cloud/ec2.ts", import.meta.url).href)});
+    const { Host } = await import(${JSON.stringify(new URL("../src/host/host.ts", import.meta.url).href)});
+    const { Deadline } = await import(${JSON.stringify(new URL("../src/core/deadline.ts", import.meta.url).href)});
+    const { ImdsClient, readInstance, readNics } = await import(${JSON.stringify(new URL("../src/cloud/imds.ts", import.meta.url).href)});
+    const { buildConfig } = await import(${JSON.stringify(new URL("../src/config/config.ts", import.meta.url).href)});
+    const { loadState } = await import(${JSON.stringify(new URL("../src/core/state.ts", import.meta.url).href)});
+    const { silentLogger } = await import(${JSON.stringify(new URL("../src/core/log.ts", import.meta.url).href)});
     const host = new Host(process.env.ROOT);
     const imds = new ImdsClient({ endpoint: process.env.IMDS });
     const ctx = { host, imds, log: silentLogger, deadline: new Deadline(10000), config: buildConfig([{ source: "test", data: JSON.parse(process.env.CONFIG) }]).config,
@@ -297,7 +298,7 @@ t.test("a converged boot in a fresh process never imports the AWS SDK", async (t
     const blocked = await import("@aws-sdk/client-ec2").then(() => "imported", (e) => e.message);
     console.log(JSON.stringify({ actions: plan.actions.length, enis: recs.length, blocked }));
   `;
-  const { run: spawnRun } = await import("../src/host.js");
+  const { run: spawnRun } = await import("../src/core/process.js");
   const r = await spawnRun([process.execPath, "--import", "tsx", "--input-type=module", "-e", script], {
     env: { ...process.env, ROOT: node.root, IMDS: node.imdsEmu!.url, EC2: emu.url, CONFIG: JSON.stringify({ eni: eniConfigs(2) }) },
     timeoutMs: 60_000,

@@ -1,10 +1,10 @@
 import t from "tap";
-import { ImdsEmulator, defaultInstance } from "./emulators/imds.js";
+import { ImdsEmulator, defaultInstance } from "../src/sim/imds.js";
 import { spawn } from "node:child_process";
 import path from "node:path";
 import { MetadataService } from "@aws-sdk/ec2-metadata-service";
-import { ImdsClient, readInstance, readNicNetwork, readNics, readTags, readUserData } from "../src/imds.js";
-import { Deadline } from "../src/host.js";
+import { ImdsClient, readInstance, readNicNetwork, readNics, readTags, readUserData } from "../src/cloud/imds.js";
+import { Deadline } from "../src/core/deadline.js";
 
 t.test("reads identity, NICs, tags and user-data over IMDSv2 with one token", async (t) => {
   const emu = await new ImdsEmulator(defaultInstance({ tags: { team: "net", "eni-dpdk:dpdk": "enabled=true" }, userData: Buffer.from([0x1f, 0x8b, 0, 255]) })).start();
@@ -135,7 +135,7 @@ t.test("a process that read IMDS exits on its own: idle keep-alive sockets do no
   emu.keepAliveMs = 60_000;
   await emu.start();
   t.teardown(() => emu.close());
-  const script = `import { ImdsClient } from ${JSON.stringify(path.resolve(import.meta.dirname, "../src/imds.ts"))};
+  const script = `import { ImdsClient } from ${JSON.stringify(path.resolve(import.meta.dirname, "../src/cloud/imds.ts"))};
 const c = new ImdsClient({ endpoint: process.argv[1] });
 console.log(await c.get("meta-data/instance-id"));`;
   const t0 = Date.now();
@@ -150,11 +150,11 @@ console.log(await c.get("meta-data/instance-id"));`;
 });
 
 t.test("tags: keys go raw (IMDS does not decode %3A); an unservable key is skipped, warned; a listed key's 404 is an error", async (t) => {
-  const { OpError } = await import("../src/errors.js");
+  const { OpError } = await import("../src/core/errors.js");
   const emu = await new ImdsEmulator(defaultInstance({ tags: { "eni-dpdk:eni:data1": "device_index=1", "a+b=c.d,e_f@g": "v" } })).start();
   t.teardown(() => emu.close());
   const warnings: unknown[][] = [];
-  const logger = { warn: (...a: unknown[]) => warnings.push(a) } as unknown as import("../src/log.js").Logger;
+  const logger = { warn: (...a: unknown[]) => warnings.push(a) } as unknown as import("../src/core/log.js").Logger;
   const imds = new ImdsClient({ endpoint: emu.url, logger });
   t.same(await readTags(imds), { "eni-dpdk:eni:data1": "device_index=1", "a+b=c.d,e_f@g": "v" });
   t.ok(emu.requests.some((r) => r.path === "/latest/meta-data/tags/instance/eni-dpdk:eni:data1" && r.status === 200), "the raw key");

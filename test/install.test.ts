@@ -9,8 +9,8 @@ import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import toml from "toml";
-import { buildConfig, defaults, schema } from "../src/config.js";
-import { analyzeVerify, makeVerifyRoot } from "./unitfile.js";
+import { buildConfig, defaults, schema } from "../src/config/config.js";
+import { analyzeVerify, makeVerifyRoot } from "./support/unitfile.js";
 
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 const version = JSON.parse(fs.readFileSync(path.join(repo, "package.json"), "utf8")).version as string;
@@ -161,10 +161,10 @@ t.test(
   { skip: !havePython ? "python3 needed for the notify-socket listener" : !isRoot ? "systemd-notify fakes its parent's PID only as root" : false },
   async (t) => {
     const cases = {
-      "the notify seam (addon when built, else systemd-notify)": `const { createNotifier } = await import(${JSON.stringify(path.join(repo, "src/notify.ts"))});
-        const { silentLogger } = await import(${JSON.stringify(path.join(repo, "src/log.ts"))});
+      "the notify seam (addon when built, else systemd-notify)": `const { createNotifier } = await import(${JSON.stringify(path.join(repo, "src/core/notify.ts"))});
+        const { silentLogger } = await import(${JSON.stringify(path.join(repo, "src/core/log.ts"))});
         const n = await createNotifier(process.env, silentLogger); process.stderr.write("via=" + n.via + "\\n"); await n.ready("test");`,
-      "systemd-notify spawned as the seam does": `const { run } = await import(${JSON.stringify(path.join(repo, "src/host.ts"))});
+      "systemd-notify spawned as the seam does": `const { run } = await import(${JSON.stringify(path.join(repo, "src/core/process.ts"))});
         const r = await run(["systemd-notify", "READY=1"], { timeoutMs: 5000, env: process.env }); if (r.code !== 0) throw new Error(r.stderr);`,
     };
     for (const [name, code] of Object.entries(cases)) {

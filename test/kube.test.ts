@@ -2,11 +2,11 @@ import t, { type Test } from "tap";
 import { mkdtempSync, mkdirSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { Host } from "../src/host.js";
-import { OpError } from "../src/errors.js";
-import { defaults } from "../src/config.js";
-import { isTransient, KubeApiError, KubeClient, KubeUnreachableError, loadKubeconfig, resolveKubeTarget, type WatchEvent } from "../src/kube.js";
-import { KubeApiEmulator, testPki } from "./emulators/kube-api.js";
+import { Host } from "../src/host/host.js";
+import { OpError } from "../src/core/errors.js";
+import { defaults } from "../src/config/config.js";
+import { isTransient, KubeApiError, KubeClient, KubeUnreachableError, loadKubeconfig, resolveKubeTarget, type WatchEvent } from "../src/cloud/kube.js";
+import { KubeApiEmulator, testPki } from "../src/sim/kube-api.js";
 
 const pki = testPki();
 const obj = (name: string, spec: Record<string, unknown> = { nodeSelector: {}, subnetID: "subnet-0123456789abcdef0" }) => ({ metadata: { name }, spec });
@@ -233,7 +233,7 @@ t.test("a list answer whose items is not an array, or a body that is not JSON, i
 });
 
 t.test("kubeconfig: shapes are checked and named; its files must be trusted", async (t) => {
-  const { InputError, formatProblem } = await import("../src/errors.js");
+  const { InputError, formatProblem } = await import("../src/core/errors.js");
   const { chmodSync } = await import("node:fs");
   const root = mkdtempSync(path.join(os.tmpdir(), "kubecfg-"));
   const host = new Host(root);

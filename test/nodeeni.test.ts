@@ -2,14 +2,15 @@ import t, { type Test } from "tap";
 import { mkdtempSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { buildConfig, defaults, type Config } from "../src/config.js";
-import { formatProblem, InputError, OpError } from "../src/errors.js";
-import { Deadline, Host } from "../src/host.js";
-import { ImdsClient, readInstance } from "../src/imds.js";
-import { silentLogger } from "../src/log.js";
-import { emptyState, type State } from "../src/state.js";
-import { decodeUserData } from "../src/userdata.js";
-import type { NodeEniObject } from "../src/kube.js";
+import { buildConfig, defaults, type Config } from "../src/config/config.js";
+import { formatProblem, InputError, OpError } from "../src/core/errors.js";
+import { Host } from "../src/host/host.js";
+import { Deadline } from "../src/core/deadline.js";
+import { ImdsClient, readInstance } from "../src/cloud/imds.js";
+import { silentLogger } from "../src/core/log.js";
+import { emptyState, type State } from "../src/core/state.js";
+import { decodeUserData } from "../src/sources/mime.js";
+import type { NodeEniObject } from "../src/cloud/kube.js";
 import {
   eniNamesFor,
   labelsFromKubeletFlags,
@@ -25,9 +26,9 @@ import {
   watchNodeEnis,
   type NodeEniEniResult,
   type NodeEniInput,
-} from "../src/nodeeni.js";
-import { ImdsEmulator } from "./emulators/imds.js";
-import { KubeApiEmulator, testPki } from "./emulators/kube-api.js";
+} from "../src/sources/nodeeni.js";
+import { ImdsEmulator } from "../src/sim/imds.js";
+import { KubeApiEmulator, testPki } from "../src/sim/kube-api.js";
 
 const SUBNET_A = "subnet-0a1b2c3d4e5f60718";
 const SUBNET_B = "subnet-0b1b2c3d4e5f60718";
@@ -442,8 +443,8 @@ t.test("run: watch reports changes to the applicable set only; poll agrees", asy
 t.test("the NodeENI CRD in deploy/ keeps the existing controller's identity and fields, and validates like eni-dpdk", async (t) => {
   const YAML = await import("yaml");
   const { readFileSync } = await import("node:fs");
-  const { PCI_ADDRESS_RE, SG_ID_RE, SUBNET_ID_RE, resourceNameProblems } = await import("../src/config.js");
-  const { NODEENI_SPEC_FIELDS } = await import("../src/nodeeni.js");
+  const { PCI_ADDRESS_RE, SG_ID_RE, SUBNET_ID_RE, resourceNameProblems } = await import("../src/config/config.js");
+  const { NODEENI_SPEC_FIELDS } = await import("../src/sources/nodeeni.js");
   const crd = YAML.parse(readFileSync(new URL("../deploy/nodeeni-crd.yaml", import.meta.url), "utf8"));
   t.equal(crd.metadata.name, "nodeenis.networking.k8s.aws");
   t.equal(crd.spec.group, "networking.k8s.aws");
@@ -502,7 +503,7 @@ t.test("the CRD not installed (404 NotFound from the API) means no NodeENIs, not
 // ---- input hardening (issue 13) ------------------------------------------------------------------
 
 t.test("a NodeENI without metadata.name (or with a non-string one) is an InputError naming its position", async (t) => {
-  const { checkNodeEniItems } = await import("../src/nodeeni.js");
+  const { checkNodeEniItems } = await import("../src/sources/nodeeni.js");
   const e = t.throws(
     () => checkNodeEniItems(
       [nodeEni("ok", {}), { spec: {} }, { metadata: { name: 5 } }, "x", { metadata: { name: "s" }, spec: [1] }],

@@ -1,11 +1,11 @@
 import fs from "node:fs";
 import t from "tap";
-import { InputError, OpError } from "../src/errors.js";
-import { Host } from "../src/host.js";
-import { applyHost, planHost } from "../src/hoststage.js";
-import { loadState } from "../src/state.js";
-import { writeFakeBindingScript } from "./sim/kernel.js";
-import { config, DATA1, DATA2, INSTANCE_ID, node, PRIMARY, stageCtx, target } from "./sim/fixture.js";
+import { InputError, OpError } from "../src/core/errors.js";
+import { Host } from "../src/host/host.js";
+import { applyHost, planHost } from "../src/reconcile/host.js";
+import { loadState } from "../src/core/state.js";
+import { writeFakeBindingScript } from "../src/sim/kernel.js";
+import { config, DATA1, DATA2, INSTANCE_ID, node, PRIMARY, stageCtx, target } from "./support/fixture.js";
 
 const deviceWrites = (sim: { writes: { path: string; value: string }[] }, bdf: string) =>
   sim.writes.filter((w) => w.path.includes(bdf) || w.value === bdf);
@@ -269,7 +269,7 @@ t.test("routes are read as the kernel prints them", async (t) => {
       "",
     ].join("\n"),
   );
-  const { readRoutes } = await import("../src/pci.js");
+  const { readRoutes } = await import("../src/host/pci.js");
   const r = await readRoutes(new Host(sim.root));
   t.same([...r.defaultV4], ["ens5"], "RTF_REJECT route ignored");
   t.same([...r.defaultV6], ["ens5"], "lo's reject route ignored");

@@ -9,14 +9,14 @@ import path from "node:path";
 import { gzipSync } from "node:zlib";
 import { fileURLToPath } from "node:url";
 import YAML from "yaml";
-import { buildConfig, defaults } from "../src/config.js";
-import { loadToml, tagLayers, tomlLayer, userDataLayers } from "../src/sources.js";
+import { buildConfig, defaults } from "../src/config/config.js";
+import { loadToml, tagLayers, tomlLayer, userDataLayers } from "../src/sources/sources.js";
 
 // tomlLayer and userDataLayers are synchronous; the parser itself loads lazily (see loadToml).
 await loadToml();
-import { decodeUserData, renderUserData, OUR_MEDIA_TYPE, NODEADM_MEDIA_TYPE } from "../src/userdata.js";
-import { applicableNodeEnis, layersForNodeEnis, nodeIdentity, parseNodeConfigs } from "../src/nodeeni.js";
-import type { NodeEniObject } from "../src/kube.js";
+import { decodeUserData, renderUserData, OUR_MEDIA_TYPE, NODEADM_MEDIA_TYPE } from "../src/sources/mime.js";
+import { applicableNodeEnis, layersForNodeEnis, nodeIdentity, parseNodeConfigs } from "../src/sources/nodeeni.js";
+import type { NodeEniObject } from "../src/cloud/kube.js";
 
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 const doc = fs.readFileSync(path.join(repo, "docs/user-data.md"), "utf8");

@@ -5,11 +5,11 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
-import { World, sampleConfig } from "./emulators/world.js";
-import { NotifySocket } from "./helpers/notify.js";
-import { createNotifier } from "../src/notify.js";
-import { silentLogger } from "../src/log.js";
-import { Host } from "../src/host.js";
+import { World, sampleConfig } from "../src/sim/world.js";
+import { NotifySocket } from "./support/notify.js";
+import { createNotifier } from "../src/core/notify.js";
+import { silentLogger } from "../src/core/log.js";
+import { Host } from "../src/host/host.js";
 
 const repo = path.resolve(import.meta.dirname, "..");
 const main = path.join(repo, "src/main.ts");
@@ -238,8 +238,8 @@ t.test("the systemd-notify fallback reaches the socket when the addon is absent"
 });
 
 t.test("the state file is byte-stable across load/save (no spurious rewrite)", async (t) => {
-  const { Host } = await import("../src/host.js");
-  const { loadState, saveState } = await import("../src/state.js");
+  const { Host } = await import("../src/host/host.js");
+  const { loadState, saveState } = await import("../src/core/state.js");
   const root = mkdtempSync(path.join(tmpdir(), "eni-dpdk-state-"));
   const host = new Host(root);
   const s = await loadState(host);

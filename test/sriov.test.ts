@@ -4,11 +4,12 @@ import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import t from "tap";
-import { buildConfig } from "../src/config.js";
-import { InputError, OpError } from "../src/errors.js";
-import { Deadline, Host } from "../src/host.js";
-import { Logger, silentLogger } from "../src/log.js";
-import type { StageContext } from "../src/plan.js";
+import { buildConfig } from "../src/config/config.js";
+import { InputError, OpError } from "../src/core/errors.js";
+import { Host } from "../src/host/host.js";
+import { Deadline } from "../src/core/deadline.js";
+import { Logger, silentLogger } from "../src/core/log.js";
+import type { StageContext } from "../src/reconcile/stage.js";
 import {
   afterSriovChange,
   applySriov,
@@ -17,9 +18,9 @@ import {
   removeOwnedSriov,
   restartDevicePlugin,
   type SriovDevice,
-} from "../src/sriov.js";
-import { emptyState, loadState } from "../src/state.js";
-import { cleanVerdict, pluginVerdict } from "./helpers/sriov-plugin-rules.js";
+} from "../src/host/sriov.js";
+import { emptyState, loadState } from "../src/core/state.js";
+import { cleanVerdict, pluginVerdict } from "./support/sriov-plugin-rules.js";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const goldenDir = path.join(here, "golden", "sriov");

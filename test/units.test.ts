@@ -7,11 +7,11 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { defaults } from "../src/config.js";
-import { STATE_PATH } from "../src/state.js";
-import { NETWORKD_DIR, NODEADM_CACHE_DIR } from "../src/networkd.js";
-import { STATUS_PATH } from "../src/apply.js";
-import { analyzeVerify, makeVerifyRoot, parseUnit, seconds, words, type UnitFile } from "./unitfile.js";
+import { defaults } from "../src/config/config.js";
+import { STATE_PATH } from "../src/core/state.js";
+import { NETWORKD_DIR, NODEADM_CACHE_DIR } from "../src/host/networkd.js";
+import { STATUS_PATH } from "../src/reconcile/loop.js";
+import { analyzeVerify, makeVerifyRoot, parseUnit, seconds, words, type UnitFile } from "./support/unitfile.js";
 
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 const OURS = ["eni-dpdk.service", "eni-dpdk-early.service"];

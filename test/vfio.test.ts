@@ -1,10 +1,10 @@
 import fs from "node:fs";
 import t from "tap";
-import { OpError } from "../src/errors.js";
-import { Host } from "../src/host.js";
-import { applyHost, planHost } from "../src/hoststage.js";
-import { applyHugepages, readKernelFacts, writeCombiningReport } from "../src/vfio.js";
-import { captureLog, config, DATA1, DATA2, node, PRIMARY, stageCtx, target } from "./sim/fixture.js";
+import { OpError } from "../src/core/errors.js";
+import { Host } from "../src/host/host.js";
+import { applyHost, planHost } from "../src/reconcile/host.js";
+import { applyHugepages, readKernelFacts, writeCombiningReport } from "../src/host/kernel.js";
+import { captureLog, config, DATA1, DATA2, node, PRIMARY, stageCtx, target } from "./support/fixture.js";
 
 t.test("kernel without NOIOMMU: fails with that diagnosis before any device is touched", async (t) => {
   const sim = node({ noiommuSupport: false });
@@ -144,10 +144,10 @@ t.test("vfio-pci probe without NOIOMMU leaves the device driverless; bindDevice 
   t.equal(sim.netdevOf(DATA2.bdf), undefined, "no netdev");
   t.equal(fs.readFileSync(sim.p(`/sys/bus/pci/devices/${DATA2.bdf}/driver_override`), "utf8").trim(), "vfio-pci", "override still set");
   // and what bindDevice does about it
-  const { bindDevice, guardFacts, readRoutes } = await import("../src/pci.js");
+  const { bindDevice, guardFacts, readRoutes } = await import("../src/host/pci.js");
   const { log } = captureLog();
   const guard = guardFacts({ primaryMac: PRIMARY.mac, routes: await readRoutes(host), ownedMacs: [DATA1.mac] });
-  const err = await bindDevice(host, DATA1.bdf, "vfio-pci", { log, mac: DATA1.mac, guard, settle: 300 }).catch((e) => e);
+  const err = await bindDevice(host, DATA1.bdf, "vfio-pci", { log, mac: DATA1.mac, guard }).catch((e) => e);
   t.type(err, OpError);
   t.match(err.message, /probe did not bind vfio-pci \(driver now: none; without an IOMMU, vfio-pci needs NOIOMMU\); restored to ena \(netdev eth1 is back\)/);
   t.equal(err.fields.rolled_back, true);

@@ -9,7 +9,7 @@ import { spawn } from "node:child_process";
 import { writeFileSync } from "node:fs";
 import { cpus, tmpdir } from "node:os";
 import path from "node:path";
-import { World, sampleConfig } from "../../test/emulators/world.js";
+import { World, sampleConfig } from "../../src/sim/world.js";
 
 const args = process.argv.slice(2);
 const opt = (name: string) => args.flatMap((a, i) => (a === name && args[i + 1] ? [args[i + 1]!] : []));

@@ -2,9 +2,9 @@
 // Emulator latencies as the issue specifies: CreateNetworkInterface 300 ms, attaching→attached 1.5 s,
 // NIC (netdev + IMDS entry) appears 1 s after "attached". Prints measured figures; no thresholds.
 // Run: npx tsx scripts/bench/first-boot.ts [--reps 5]
-import { applyEnis, planEnis } from "../../src/eni.js";
-import { Ec2Emulator } from "../../test/emulators/ec2.js";
-import { SimNode, eniConfigs, standardSeed, useDummyCredentials } from "../../test/emulators/eni-node.js";
+import { applyEnis, planEnis } from "../../src/reconcile/eni.js";
+import { Ec2Emulator } from "../../src/sim/ec2.js";
+import { SimNode, eniConfigs, standardSeed, useDummyCredentials } from "../../src/sim/node.js";
 
 useDummyCredentials();
 const reps = Number(process.argv[process.argv.indexOf("--reps") + 1] || 5) || 5;

@@ -8,9 +8,9 @@
 import os from "node:os";
 import { promises as fs } from "node:fs";
 import path from "node:path";
-import { applyEnis, planEnis } from "../../src/eni.js";
-import { Ec2Emulator, type Bucket, type Category } from "../../test/emulators/ec2.js";
-import { SimNode, eniConfigs, standardSeed, useDummyCredentials } from "../../test/emulators/eni-node.js";
+import { applyEnis, planEnis } from "../../src/reconcile/eni.js";
+import { Ec2Emulator, type Bucket, type Category } from "../../src/sim/ec2.js";
+import { SimNode, eniConfigs, standardSeed, useDummyCredentials } from "../../src/sim/node.js";
 
 useDummyCredentials();
 const arg = (name: string, def: number) => {

@@ -6,10 +6,10 @@
 import { readdirSync, readFileSync, statSync } from "node:fs";
 import path from "node:path";
 import t, { type Test } from "tap";
-import { Host } from "../../src/host.js";
-import { loadState, JOURNAL_PATH, STATE_PATH } from "../../src/state.js";
-import type { World } from "../emulators/world.js";
-import { assertNoneDriverless, assertPrimaryUntouched, baseToml, diffSnapshots, lastError, renameTargets, runCli, snapshotRoot, world, type RunOptions } from "./harness.js";
+import { Host } from "../../src/host/host.js";
+import { loadState, JOURNAL_PATH, STATE_PATH } from "../../src/core/state.js";
+import type { World } from "../../src/sim/world.js";
+import { assertNoneDriverless, assertPrimaryUntouched, baseToml, diffSnapshots, lastError, renameTargets, runCli, snapshotRoot, world, type RunOptions } from "../support/harness.js";
 
 const INSTANCE = "i-0123456789abcdef0";
 const DATA1_BDF = "0000:00:06.0";

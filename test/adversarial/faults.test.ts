@@ -4,8 +4,8 @@
 // converged, or exit 1 with the node left as it was (devices on their kernel driver) and the reason.
 import { readFileSync } from "node:fs";
 import t from "tap";
-import { writeFakeBindingScript } from "../sim/kernel.js";
-import { assertNoneDriverless, assertPrimaryUntouched, baseToml, diffSnapshots, lastError, runCli, snapshotRoot, world } from "./harness.js";
+import { writeFakeBindingScript } from "../../src/sim/kernel.js";
+import { assertNoneDriverless, assertPrimaryUntouched, baseToml, diffSnapshots, lastError, runCli, snapshotRoot, world } from "../support/harness.js";
 
 const DATA1_BDF = "0000:00:06.0";
 const INSTANCE = "i-0123456789abcdef0";

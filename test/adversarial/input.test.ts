@@ -8,9 +8,9 @@ import { spawn } from "node:child_process";
 import { chmodSync, chownSync, mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { gzipSync } from "node:zlib";
-import type { World } from "../emulators/world.js";
-import { KubeApiEmulator, testPki } from "../emulators/kube-api.js";
-import { SG_DPDK, SUBNET_A } from "../emulators/eni-node.js";
+import type { World } from "../../src/sim/world.js";
+import { KubeApiEmulator, testPki } from "../../src/sim/kube-api.js";
+import { SG_DPDK, SUBNET_A } from "../../src/sim/node.js";
 import {
   BUNDLE,
   baseToml,
@@ -23,7 +23,7 @@ import {
   snapshotRoot,
   world,
   type Rejection,
-} from "./harness.js";
+} from "../support/harness.js";
 
 const MISSING_ROOT = `/tmp/eni-dpdk-no-such-root-${process.pid}-${Date.now()}`;
 
@@ -913,7 +913,7 @@ t.test("security/prototype: after a polluting tag, Object.prototype here is clea
   const w = await world(t, { configToml: baseToml() });
   w.imds.instance.tags = { "eni-dpdk:dpdk": "__proto__.polluted=yes;constructor.prototype.polluted=yes" };
   await expectRejected(t, w, ["apply"], { source: "tag eni-dpdk:dpdk", key: /__proto__|constructor/, message: protoMsg });
-  const { tagLayers } = await import("../../src/sources.js");
+  const { tagLayers } = await import("../../src/sources/sources.js");
   t.throws(() => tagLayers({ "eni-dpdk:dpdk": "__proto__.polluted=yes" }));
   t.equal(({} as Record<string, unknown>).polluted, undefined, "Object.prototype is clean");
   w.imds.instance.tags = {};

@@ -1,8 +1,8 @@
 // The emulated AWS side of one guest: IMDS (MAC → device-number, primary = device-number 0) and
 // EC2 seeded so it matches the NICs QEMU presents. Used in the guest (scenarios 1–5) and on the host
 // (hot-plug and systemd boots, reached through QEMU guestfwd).
-import { Ec2Emulator } from "../emulators/ec2.js";
-import { defaultInstance, ImdsEmulator, type ImdsNic } from "../emulators/imds.js";
+import { Ec2Emulator } from "../../src/sim/ec2.js";
+import { defaultInstance, ImdsEmulator, type ImdsNic } from "../../src/sim/imds.js";
 import { AZ, INSTANCE_ID, REGION, SG_ID, SUBNET_ID, VPC_ID, type NicSpec } from "./topology.js";
 
 export function imdsNic(n: NicSpec, i: number): ImdsNic {

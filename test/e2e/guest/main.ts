@@ -2,7 +2,7 @@
 // emulated instance (primary NIC with the default route, IMDS and EC2 emulators unless the host runs
 // them), then runs this boot's scenario steps against the real CLI bundle and the real kernel.
 import { existsSync, readFileSync, readdirSync, writeFileSync, mkdirSync } from "node:fs";
-import type { Ec2Emulator } from "../../emulators/ec2.js";
+import type { Ec2Emulator } from "../../../src/sim/ec2.js";
 import { bdfOf, GUEST_GATEWAY, GUEST_PRIMARY_IP, SG_ID, SUBNET_ID, type BootPlan, type NicSpec } from "../topology.js";
 import { CLI_AWS_ENV, makeEc2, makeImds } from "../world.js";
 import {

@@ -1,0 +1,315 @@
+// The one host layer: every path under /sys, /proc, /dev, /etc, /run, /var/lib is resolved under a
+// root, so the same code runs on a fake root in unit tests, on a real kernel in QEMU, and on EC2.
+import { spawn } from "node:child_process";
+import { constants as fsc, lstatSync, promises as fs, readdirSync, readFileSync, readlinkSync, statSync } from "node:fs";
+import path from "node:path";
+import { OpError } from "../core/errors.js";
+import { pollUntil, SETTLE } from "../core/deadline.js";
+import { childEnv, pidAlive } from "../core/process.js";
+
+export function resolveRoot(flag?: string, env: NodeJS.ProcessEnv = process.env): string {
+  return path.resolve(flag || env.ENI_DPDK_ROOT || "/");
+}
+
+
+/** The host-wide lock (flock). */
+export const LOCK_PATH = "/run/eni-dpdk.lock";
+/** eni-dpdk's own directories: never followed when they are symlinks, never group- or world-writable. */
+export const RUN_DIR = "/run/eni-dpdk";
+export const VAR_DIR = "/var/lib/eni-dpdk";
+const OWN_DIRS = new Set([RUN_DIR, VAR_DIR]);
+
+export class Host {
+  /** Count of mutating writes made through this host (sysfs and files); tests assert on it. */
+  writes = 0;
+  /** What those writes were, in order, for the message when a failure is found after a change. */
+  readonly changes: string[] = [];
+
+  /** How long to wait for a sysfs effect before calling it absent (see settled). */
+  readonly settleMs: number;
+
+  constructor(
+    readonly root: string = "/",
+    opts: { settleMs?: number } = {},
+  ) {
+    this.settleMs = opts.settleMs ?? 2000;
+  }
+
+  /**
+   * Wait for a sysfs effect: `probe` until it returns a value, for at most `ms`. A real kernel acts
+   * on a write before the write returns, so the first read shows it; the bound serves the simulated
+   * kernel, whose reactor answers a moment later, and failures, which are only failures after it.
+   */
+  settled<T>(probe: () => Promise<T | undefined | false> | T | undefined | false, ms = this.settleMs): Promise<T | undefined> {
+    return pollUntil(probe, { within: ms, backoff: SETTLE });
+  }
+
+  /**
+   * A program eni-dpdk runs on the host (modprobe): resolved under the root like every host path,
+   * so a simulated root brings its own; the plain name (PATH) when the root has none.
+   */
+  program(name: string): string {
+    for (const dir of ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]) {
+      const p = this.path(`${dir}/${name}`);
+      try {
+        if (statSync(p).isFile()) return p;
+      } catch {
+        // not in this directory
+      }
+    }
+    return name;
+  }
+
+  /** Our own bookkeeping (state, journal, status) is not a change to the node worth reporting. */
+  private noteChange(what: string, abs: string): void {
+    if (!abs.startsWith(`${VAR_DIR}/`) && !abs.startsWith(`${RUN_DIR}/`)) this.changes.push(what);
+  }
+
+  /** Absolute host path (e.g. `/sys/bus/pci`) → path under the root. */
+  path(abs: string): string {
+    if (!abs.startsWith("/")) throw new Error(`host path must be absolute: ${abs}`);
+    return this.root === "/" ? abs : path.join(this.root, abs);
+  }
+
+  // Reads are synchronous: sysfs, procfs and our small files answer from memory in microseconds,
+  // while an async read costs four thread-pool round trips; a boot makes hundreds of them.
+
+  async read(abs: string): Promise<string | undefined> {
+    try {
+      return readFileSync(this.path(abs), "utf8");
+    } catch (e) {
+      if (isNotFound(e)) return undefined;
+      throw e;
+    }
+  }
+
+  /** Trimmed content of a one-line attribute file, or undefined when absent. */
+  async attr(abs: string): Promise<string | undefined> {
+    const s = await this.read(abs);
+    return s === undefined ? undefined : s.trim();
+  }
+
+  async exists(abs: string): Promise<boolean> {
+    try {
+      lstatSync(this.path(abs));
+      return true;
+    } catch (e) {
+      if (isNotFound(e)) return false;
+      throw e;
+    }
+  }
+
+  /** Basename of a symlink's target (e.g. the driver name from `<dev>/driver`), or undefined. */
+  async linkName(abs: string): Promise<string | undefined> {
+    try {
+      return path.basename(readlinkSync(this.path(abs)));
+    } catch (e) {
+      if (isNotFound(e) || (e as NodeJS.ErrnoException).code === "EINVAL") return undefined;
+      throw e;
+    }
+  }
+
+  async list(abs: string): Promise<string[]> {
+    try {
+      return readdirSync(this.path(abs)).sort();
+    } catch (e) {
+      if (isNotFound(e) || (e as NodeJS.ErrnoException).code === "ENOTDIR") return [];
+      throw e;
+    }
+  }
+
+  /** Write a sysfs/procfs attribute: a plain open+write, never a rename (the kernel acts on write). */
+  async writeAttr(abs: string, value: string): Promise<void> {
+    this.writes++;
+    this.noteChange(`wrote ${JSON.stringify(value.trim())} to ${abs}`, abs);
+    const fh = await fs.open(this.path(abs), fsc.O_WRONLY | fsc.O_TRUNC);
+    try {
+      await fh.write(value);
+    } finally {
+      await fh.close();
+    }
+  }
+
+  /**
+   * Write a file atomically (temp in the same directory, fsync, rename, fsync the directory), only
+   * when the content differs. Returns true when the file changed. Under /run (tmpfs, gone at
+   * reboot anyway) the fsyncs buy nothing and are skipped; the rename still makes it atomic.
+   */
+  async writeFileAtomic(abs: string, data: string, mode = 0o644): Promise<boolean> {
+    const target = this.path(abs);
+    const current = await this.read(abs);
+    if (current === data) return false;
+    const dir = path.dirname(target);
+    // Every write into our own directories checks them first: never through a planted symlink.
+    const own = [...OWN_DIRS].filter((d) => abs.startsWith(`${d}/`));
+    if (own.length) this.checkOwnDirs(own);
+    await this.ensureDir(path.posix.dirname(abs));
+    const tmp = path.join(dir, `.${path.basename(target)}.${process.pid}.${Date.now()}.tmp`);
+    this.writes++;
+    this.noteChange(`wrote ${abs}`, abs);
+    const durable = !abs.startsWith("/run/");
+    // O_EXCL|O_NOFOLLOW: a file or symlink planted at the temp name is never written through.
+    const fh = await fs.open(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, mode);
+    try {
+      await fh.writeFile(data);
+      await fh.chmod(mode);
+      if (durable) await fh.sync();
+    } finally {
+      await fh.close();
+    }
+    try {
+      await fs.rename(tmp, target);
+    } catch (e) {
+      await fs.rm(tmp, { force: true });
+      throw e;
+    }
+    if (durable) await fsyncDir(dir);
+    return true;
+  }
+
+  /** Remove a file; returns true when something was removed. */
+  async remove(abs: string): Promise<boolean> {
+    try {
+      await fs.unlink(this.path(abs));
+      this.writes++;
+      this.noteChange(`removed ${abs}`, abs);
+      return true;
+    } catch (e) {
+      if (isNotFound(e)) return false;
+      throw e;
+    }
+  }
+
+  /**
+   * Create a directory and any missing parents with `mode`, whatever the umask (mkdir's mode is
+   * masked by it: 0777 under umask 000). Directories that exist are left as they are.
+   */
+  async ensureDir(abs: string, mode = 0o755): Promise<void> {
+    const missing: string[] = [];
+    for (let d = abs; d !== "/" && !(await this.exists(d)); d = path.posix.dirname(d)) missing.unshift(d);
+    for (const d of missing) {
+      const want = OWN_DIRS.has(d) ? ownDirMode(d) : mode;
+      try {
+        await fs.mkdir(this.path(d), want);
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== "EEXIST") throw e;
+        continue;
+      }
+      await fs.chmod(this.path(d), want);
+    }
+  }
+
+  /**
+   * Refuse to work through our own directories when they are symlinks, not directories, or writable
+   * by group or others: whoever could swap them could redirect root's writes or forge the state.
+   */
+  checkOwnDirs(dirs: Iterable<string> = OWN_DIRS): void {
+    for (const d of dirs) {
+      let st;
+      try {
+        st = lstatSync(this.path(d));
+      } catch (e) {
+        if (isNotFound(e)) continue;
+        throw e;
+      }
+      const where = this.path(d);
+      if (st.isSymbolicLink()) {
+        throw new OpError(`${where} is a symlink (to ${readlinkSync(where)}); eni-dpdk never writes through a symlinked directory of its own`, `replace it with a real directory: rm ${where} && mkdir -m ${ownDirMode(d).toString(8)} ${where}; nothing was changed`, { path: where });
+      }
+      if (!st.isDirectory()) throw new OpError(`${where} is not a directory`, `move it aside; eni-dpdk recreates ${where}; nothing was changed`, { path: where });
+      if (st.mode & 0o022) {
+        throw new OpError(`${where} is writable by group or others (mode ${(st.mode & 0o777).toString(8)})`, `chmod go-w ${where}; nothing was changed`, { path: where });
+      }
+      const euid = process.geteuid?.();
+      if (euid !== undefined && st.uid !== 0 && st.uid !== euid) {
+        throw new OpError(`${where} is owned by uid ${st.uid}, not root`, `chown root: ${where}; nothing was changed`, { path: where });
+      }
+    }
+  }
+
+  /**
+   * Remove the temp files `.<name>.<pid>.<ms>.tmp` that a writer killed between write and rename left
+   * in `dir`. Only those of processes that no longer run: a live writer's temp is its own.
+   */
+  async cleanStaleTemps(dir: string): Promise<string[]> {
+    const removed: string[] = [];
+    for (const name of await this.list(dir)) {
+      const pid = Number(/^\..+\.(\d+)\.\d+\.tmp$/.exec(name)?.[1]);
+      if (!pid || pid === process.pid || pidAlive(pid)) continue;
+      if (await this.remove(path.posix.join(dir, name))) removed.push(path.posix.join(dir, name));
+    }
+    return removed;
+  }
+
+  /**
+   * Run `fn` holding the host-wide lock `<root>/run/eni-dpdk.lock` with flock(2) semantics across
+   * processes. Node has no flock, so flock(1) holds it for us: it takes the lock, then runs `cat`,
+   * which echoes our probe line back only once the lock is held; closing stdin releases it, and so
+   * does our death (the pipe closes).
+   */
+  async withLock<T>(fn: () => Promise<T>, timeoutMs = 120_000): Promise<T> {
+    const lock = await this.acquireLock(timeoutMs);
+    try {
+      return await fn();
+    } finally {
+      await lock.release();
+    }
+  }
+
+  /** The lock as a handle, for callers that start taking it before they need it (see withLock). */
+  async acquireLock(timeoutMs = 120_000): Promise<{ release(): Promise<void> }> {
+    const lockPath = this.path(LOCK_PATH);
+    await this.ensureDir(path.posix.dirname(LOCK_PATH));
+    const child = spawn("flock", ["--exclusive", "--timeout", String(Math.ceil(timeoutMs / 1000)), lockPath, "cat"], {
+      stdio: ["pipe", "pipe", "pipe"],
+      env: childEnv(),
+    });
+    const held = new Promise<void>((resolve, reject) => {
+      let out = "";
+      let err = "";
+      child.stdout.on("data", (d: Buffer) => {
+        out += d.toString();
+        if (out.includes("locked\n")) resolve();
+      });
+      child.stderr.on("data", (d: Buffer) => (err += d.toString()));
+      child.on("error", (e) =>
+        reject(new OpError(`cannot take the host lock ${lockPath}: ${e.message}`, "install util-linux (flock)")),
+      );
+      child.on("exit", (code) =>
+        reject(
+          new OpError(
+            `host lock ${lockPath} not acquired within ${timeoutMs} ms (flock exit ${code}${err ? `: ${err.trim()}` : ""})`,
+            "another eni-dpdk is still running; see `systemctl status eni-dpdk` and `ps -C eni-dpdk`",
+          ),
+        ),
+      );
+    });
+    child.stdin.write("locked\n");
+    await held;
+    return {
+      release: () => {
+        child.stdin.end();
+        return new Promise<void>((r) => (child.exitCode !== null ? r() : child.once("exit", () => r())));
+      },
+    };
+  }
+}
+
+/** /var/lib/eni-dpdk holds the state: root only. /run/eni-dpdk holds the status, which anyone may read. */
+function ownDirMode(d: string): number {
+  return d === VAR_DIR ? 0o700 : 0o755;
+}
+
+async function fsyncDir(dir: string): Promise<void> {
+  const fh = await fs.open(dir, fsc.O_RDONLY);
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+export function isNotFound(e: unknown): boolean {
+  const code = (e as NodeJS.ErrnoException)?.code;
+  return code === "ENOENT" || code === "ENOTDIR";
+}

@@ -1,0 +1,293 @@
+// Kernel setup for DPDK: modules (modprobe with argv), NOIOMMU verified in sysfs, hugepages verified
+// against what the kernel really allocated, and a write-combining report for ENA's LLQ BAR.
+import type { DpdkDriver } from "../config/config.js";
+import { OpError } from "../core/errors.js";
+import { type Host } from "./host.js";
+import { run } from "../core/process.js";
+import type { Logger } from "../core/log.js";
+import type { Action } from "../reconcile/stage.js";
+import { PCI_DEVICES } from "./pci.js";
+
+export const NOIOMMU_PARAM = "/sys/module/vfio/parameters/enable_unsafe_noiommu_mode";
+export const HUGEPAGES_DIR = "/sys/kernel/mm/hugepages";
+export const WC_FIX_URL = "https://github.com/amzn/amzn-drivers/tree/master/userspace/dpdk/enav2-vfio-patch";
+
+export interface KernelFacts {
+  iommuPresent: boolean;
+  /** sys/module/vfio exists (loaded or built in) */
+  vfioLoaded: boolean;
+  /** "Y"/"N" as the parameter reads, "absent" when vfio is loaded without it, "not-loaded" */
+  noiommu: "Y" | "N" | "absent" | "not-loaded";
+  /** PCI drivers registered (sys/bus/pci/drivers) among the DPDK ones */
+  dpdkDrivers: string[];
+}
+
+export async function readKernelFacts(host: Host): Promise<KernelFacts> {
+  const vfioLoaded = await host.exists("/sys/module/vfio");
+  const param = await host.attr(NOIOMMU_PARAM);
+  const drivers = await host.list("/sys/bus/pci/drivers");
+  return {
+    iommuPresent: (await host.list("/sys/class/iommu")).length > 0,
+    vfioLoaded,
+    noiommu: param === "Y" || param === "N" ? param : vfioLoaded ? "absent" : "not-loaded",
+    dpdkDrivers: drivers.filter((d) => ["vfio-pci", "uio_pci_generic", "igb_uio"].includes(d)),
+  };
+}
+
+/** NOIOMMU is needed with "on", and with "auto" when the host has no IOMMU. */
+export function needsNoiommu(mode: "auto" | "on" | "off", iommuPresent: boolean): boolean {
+  return mode === "on" || (mode === "auto" && !iommuPresent);
+}
+
+const MODULE_OF: Record<DpdkDriver, string> = { "vfio-pci": "vfio-pci", uio_pci_generic: "uio_pci_generic", igb_uio: "igb_uio" };
+
+/** What setupKernel would do, as actions; empty when the kernel is ready. */
+export async function planKernel(host: Host, drivers: DpdkDriver[], noiommu: "auto" | "on" | "off"): Promise<Action[]> {
+  const f = await readKernelFacts(host);
+  const out: Action[] = [];
+  for (const d of new Set(drivers)) {
+    if (!f.dpdkDrivers.includes(d)) out.push({ stage: "host", kind: "load-module", target: MODULE_OF[d], detail: `modprobe ${MODULE_OF[d]}${d === "igb_uio" ? " wc_activate=1" : ""}` });
+    if (d === "vfio-pci" && needsNoiommu(noiommu, f.iommuPresent) && f.noiommu !== "Y") {
+      out.push({ stage: "host", kind: "enable-noiommu", target: NOIOMMU_PARAM, detail: `no IOMMU on this host (noiommu = "${noiommu}"): vfio NOIOMMU mode, verified to read Y` });
+    }
+  }
+  return out;
+}
+
+export interface KernelSetupResult {
+  changed: boolean;
+  noiommu: boolean;
+  iommuPresent: boolean;
+}
+
+let securityNoticeLogged = false;
+
+/**
+ * Load the modules the drivers need and enable NOIOMMU when required, verifying in sysfs. Throws an
+ * OpError before any device is touched when the kernel cannot do it (e.g. built without NOIOMMU:
+ * modprobe then exits 0 and silently ignores the option).
+ */
+export async function setupKernel(
+  host: Host,
+  opts: { drivers: DpdkDriver[]; noiommu: "auto" | "on" | "off"; log: Logger },
+): Promise<KernelSetupResult> {
+  const modprobe = [host.program("modprobe")];
+  const log = opts.log;
+  let changed = false;
+  let f = await readKernelFacts(host);
+  const wantNoiommu = opts.drivers.includes("vfio-pci") && needsNoiommu(opts.noiommu, f.iommuPresent);
+  if (opts.drivers.includes("vfio-pci") && opts.noiommu === "off" && !f.iommuPresent) {
+    throw new OpError(
+      'no IOMMU on this host (/sys/class/iommu is empty) and [dpdk].noiommu = "off": vfio-pci cannot bind',
+      'set [dpdk].noiommu = "auto" (NOIOMMU mode) or use an instance type with an IOMMU',
+    );
+  }
+  const load = async (args: string[]) => {
+    const argv = [...modprobe, ...args];
+    const r = await run(argv, { timeoutMs: 30_000 }).catch((e: Error) => ({ code: 127, stdout: "", stderr: e.message }));
+    log.debug("modprobe", { argv, exit: r.code });
+    if (r.code !== 0) {
+      throw new OpError(`${argv.join(" ")} failed (exit ${r.code}): ${r.stderr.trim() || r.stdout.trim()}`, args[0] === "igb_uio" ? "igb_uio is out of tree: build it from dpdk-kmods for this kernel, or use vfio-pci" : `install the kernel modules for $(uname -r) (e.g. kernel-modules-extra) and retry`, { argv });
+    }
+    changed = true;
+  };
+
+  for (const d of new Set(opts.drivers)) {
+    if (d === "vfio-pci") {
+      if (!f.vfioLoaded) await load(wantNoiommu ? ["vfio", "enable_unsafe_noiommu_mode=1"] : ["vfio"]);
+      if (!f.dpdkDrivers.includes("vfio-pci")) await load(["vfio-pci"]);
+      const ready = await host.settled(async () => (await host.exists("/sys/module/vfio")) && (await host.exists("/sys/bus/pci/drivers/vfio-pci")));
+      if (!ready) throw new OpError("vfio-pci is not registered after modprobe (no /sys/bus/pci/drivers/vfio-pci)", "check `dmesg` and `modinfo vfio-pci`", {});
+      if (wantNoiommu) {
+        // the option is applied only when vfio loads; a loaded vfio takes the write instead
+        let v = await host.settled(() => host.attr(NOIOMMU_PARAM), 300);
+        if (v === undefined) {
+          throw new OpError(
+            `this kernel lacks NOIOMMU: ${NOIOMMU_PARAM} does not exist after loading vfio (CONFIG_VFIO_NOIOMMU is not set; modprobe ignores the option and exits 0)`,
+            "use a kernel built with CONFIG_VFIO_NOIOMMU=y, or an instance type with an IOMMU (metal) and [dpdk].noiommu = \"off\"; no device was touched",
+            { parameter: NOIOMMU_PARAM },
+          );
+        }
+        if (v !== "Y") {
+          await host.writeAttr(NOIOMMU_PARAM, "1");
+          changed = true;
+          v = await host.settled(async () => ((await host.attr(NOIOMMU_PARAM)) === "Y" ? "Y" : undefined));
+          if (v !== "Y") throw new OpError(`${NOIOMMU_PARAM} does not read Y after writing 1`, "check `dmesg`; no device was touched", {});
+        }
+        if (!securityNoticeLogged) {
+          securityNoticeLogged = true;
+          log.warn("vfio NOIOMMU mode is on: DPDK processes get DMA access to all memory without IOMMU isolation (kernel taint bit 64); this is the norm on EC2 instances without an IOMMU", { parameter: NOIOMMU_PARAM });
+        }
+      }
+    } else {
+      if (!f.dpdkDrivers.includes(d)) await load(d === "igb_uio" ? ["igb_uio", "wc_activate=1"] : [d]);
+      const ready = await host.settled(() => host.exists(`/sys/bus/pci/drivers/${d}`));
+      if (!ready) throw new OpError(`${d} is not registered after modprobe (no /sys/bus/pci/drivers/${d})`, "check `dmesg`", {});
+    }
+    f = await readKernelFacts(host);
+  }
+  return { changed, noiommu: wantNoiommu, iommuPresent: f.iommuPresent };
+}
+
+// ---- hugepages -----------------------------------------------------------------------------------
+
+export interface HugepageInfo {
+  sizeKb: number;
+  total: number;
+  free: number;
+}
+
+export async function readHugepages(host: Host): Promise<HugepageInfo[]> {
+  const out: HugepageInfo[] = [];
+  for (const d of await host.list(HUGEPAGES_DIR)) {
+    const m = /^hugepages-(\d+)kB$/.exec(d);
+    if (!m) continue;
+    out.push({
+      sizeKb: Number(m[1]),
+      total: Number((await host.attr(`${HUGEPAGES_DIR}/${d}/nr_hugepages`)) ?? 0),
+      free: Number((await host.attr(`${HUGEPAGES_DIR}/${d}/free_hugepages`)) ?? 0),
+    });
+  }
+  return out.sort((a, b) => a.sizeKb - b.sizeKb);
+}
+
+export interface HugepageWant {
+  sizeKb: number;
+  pages: number;
+}
+
+export function hugepageWants(dpdk: { hugepages_2m: number; hugepages_1g: number }): HugepageWant[] {
+  return [
+    { sizeKb: 2048, pages: dpdk.hugepages_2m },
+    { sizeKb: 1048576, pages: dpdk.hugepages_1g },
+  ].filter((w) => w.pages > 0);
+}
+
+export async function planHugepages(host: Host, wants: HugepageWant[]): Promise<Action[]> {
+  const have = await readHugepages(host);
+  return wants
+    .filter((w) => (have.find((h) => h.sizeKb === w.sizeKb)?.total ?? 0) < w.pages)
+    .map((w) => ({ stage: "host" as const, kind: "hugepages", target: `${HUGEPAGES_DIR}/hugepages-${w.sizeKb}kB/nr_hugepages`, detail: `reserve ${w.pages} × ${label(w.sizeKb)} pages (now ${have.find((h) => h.sizeKb === w.sizeKb)?.total ?? "unsupported"})` }));
+}
+
+export interface HugepageResult {
+  sizeKb: number;
+  wanted: number;
+  got: number;
+  changed: boolean;
+  /** warning text when the kernel allocated fewer than asked or lacks the size */
+  warning?: string;
+}
+
+/**
+ * Raise the persistent hugepage pools to at least the configured counts (never shrink: another user
+ * of the pool may hold pages), then read back what the kernel really allocated and warn with figures.
+ */
+export async function applyHugepages(host: Host, wants: HugepageWant[], log: Logger): Promise<HugepageResult[]> {
+  const out: HugepageResult[] = [];
+  for (const w of wants) {
+    const file = `${HUGEPAGES_DIR}/hugepages-${w.sizeKb}kB/nr_hugepages`;
+    const before = await host.attr(file);
+    if (before === undefined) {
+      const warning = `the kernel does not support ${label(w.sizeKb)} hugepages (no ${file}); ${w.pages} pages not reserved`;
+      log.warn(warning, { size_kb: w.sizeKb });
+      out.push({ sizeKb: w.sizeKb, wanted: w.pages, got: 0, changed: false, warning });
+      continue;
+    }
+    if (Number(before) >= w.pages) {
+      out.push({ sizeKb: w.sizeKb, wanted: w.pages, got: Number(before), changed: false });
+      continue;
+    }
+    await host.writeAttr(file, String(w.pages));
+    // the kernel answers at once on a real host; a short allocation never reaches the target
+    const got = Number((await host.settled(async () => { const v = await host.attr(file); return v !== undefined && /^\d+$/.test(v) && v !== before ? v : undefined; }, 500)) ?? (await host.attr(file)) ?? 0);
+    const r: HugepageResult = { sizeKb: w.sizeKb, wanted: w.pages, got, changed: true };
+    if (got < w.pages) {
+      r.warning = `the kernel allocated ${got} of ${w.pages} ${label(w.sizeKb)} hugepages (${mib(got * w.sizeKb)} of ${mib(w.pages * w.sizeKb)}): memory is fragmented or short; reserve them at boot (kernel command line hugepages=) for the full count`;
+      log.warn(r.warning, { size_kb: w.sizeKb, wanted: w.pages, got });
+    } else {
+      log.info("hugepages reserved", { size_kb: w.sizeKb, pages: got });
+    }
+    out.push(r);
+  }
+  return out;
+}
+
+function label(kb: number): string {
+  return kb >= 1048576 ? `${kb / 1048576}G` : `${kb / 1024}M`;
+}
+function mib(kb: number): string {
+  return `${Math.round(kb / 1024)} MiB`;
+}
+
+// ---- write-combining ------------------------------------------------------------------------------
+
+export interface WcReport {
+  /**
+   * write-combining: a live mapping of the prefetchable BAR is WC (PAT list);
+   * uncached: a live mapping is UC/UC-;
+   * likely: vfio-pci is an out-of-tree build (as AWS's get-vfio-with-wc.sh produces), no live mapping to check;
+   * unknown: cannot be determined here; n/a: no device on vfio-pci.
+   */
+  state: "write-combining" | "uncached" | "likely" | "unknown" | "n/a";
+  detail: string;
+  fix?: string;
+}
+
+/**
+ * Whether vfio-pci maps ENA's prefetchable (LLQ) BAR write-combining. The only direct evidence is
+ * the x86 PAT list in debugfs while a DPDK process has the BAR mapped; otherwise the module's taint
+ * ("O", out of tree) hints at the patched build. Stock vfio-pci maps BARs uncached.
+ */
+export async function writeCombiningReport(host: Host, vfioBdfs: string[]): Promise<WcReport> {
+  if (vfioBdfs.length === 0) return { state: "n/a", detail: "no device is bound to vfio-pci" };
+  const fix = `ENA's LLQ needs vfio-pci built with write-combining: ${WC_FIX_URL} (get-vfio-with-wc.sh)`;
+  const pat = await host.read("/sys/kernel/debug/x86/pat_memtype_list");
+  if (pat !== undefined) {
+    const ranges = parsePat(pat);
+    const seen: string[] = [];
+    for (const bdf of vfioBdfs) {
+      for (const bar of await prefetchableBars(host, bdf)) {
+        const hit = ranges.find((r) => r.start <= bar.start && r.end >= bar.end + 1n);
+        if (hit) seen.push(`${bdf} BAR ${bar.start.toString(16)}: ${hit.type}`);
+      }
+    }
+    if (seen.length) {
+      const wc = seen.every((s) => s.endsWith("write-combining"));
+      return wc
+        ? { state: "write-combining", detail: `PAT: ${seen.join("; ")}` }
+        : { state: "uncached", detail: `PAT: ${seen.join("; ")}`, fix };
+    }
+  }
+  const taints = [(await host.attr("/sys/module/vfio_pci/taint")) ?? "", (await host.attr("/sys/module/vfio_pci_core/taint")) ?? ""].join("");
+  if (taints.includes("O")) {
+    return { state: "likely", detail: "vfio-pci is an out-of-tree build (module taint O), as the write-combining patch produces; no live BAR mapping to confirm (PAT list)" };
+  }
+  return {
+    state: "unknown",
+    detail: pat === undefined ? "cannot tell: debugfs PAT list not readable and vfio-pci is the in-tree module (stock vfio-pci maps BARs uncached)" : "no live mapping of the prefetchable BAR in the PAT list (start a DPDK process to check); vfio-pci is the in-tree module",
+    fix,
+  };
+}
+
+function parsePat(text: string): { start: bigint; end: bigint; type: string }[] {
+  const out: { start: bigint; end: bigint; type: string }[] = [];
+  for (const m of text.matchAll(/\[mem (0x[0-9a-f]+)-(0x[0-9a-f]+)\]\s+([a-z-]+)/gi)) {
+    out.push({ start: BigInt(m[1]!), end: BigInt(m[2]!), type: m[3]! });
+  }
+  return out;
+}
+
+async function prefetchableBars(host: Host, bdf: string): Promise<{ start: bigint; end: bigint }[]> {
+  const text = (await host.read(`${PCI_DEVICES}/${bdf}/resource`)) ?? "";
+  const out: { start: bigint; end: bigint }[] = [];
+  for (const line of text.split("\n").slice(0, 6)) {
+    const [s, e, fl] = line.trim().split(/\s+/);
+    if (!s || !e || !fl) continue;
+    const flags = BigInt(fl);
+    // IORESOURCE_MEM 0x200, IORESOURCE_PREFETCH 0x2000
+    if ((flags & 0x200n) !== 0n && (flags & 0x2000n) !== 0n && BigInt(e) > BigInt(s)) out.push({ start: BigInt(s), end: BigInt(e) });
+  }
+  return out;
+}
+

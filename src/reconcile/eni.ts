@@ -1,0 +1,624 @@
+// The ENI stage: get each configured ENI created (or adopted), attached at its device index, with
+// DeleteOnTermination as configured, and its NIC visible to the OS. Observe (IMDS, then EC2 only when
+// IMDS cannot prove convergence), pre-flight every check before the first mutating call, then run all
+// ENIs concurrently with bounded waits. Each step is recorded in the state file for crash safety.
+import type { _InstanceType, NetworkInterface } from "@aws-sdk/client-ec2";
+import type { EniConfig } from "../config/config.js";
+import { Ec2Error, withEc2Retry, type Ec2Api, type Ec2Factory } from "../cloud/ec2.js";
+import { InputError, OpError, type Problem } from "../core/errors.js";
+import { sleep } from "../core/deadline.js";
+import { readNic, readNicNetwork } from "../cloud/imds.js";
+import { listNetdevs } from "../host/pci.js";
+import { lazyCrypto } from "../core/lazy.js";
+import type { Action, StageContext } from "./stage.js";
+import { saveState, type EniRecord } from "../core/state.js";
+
+export const TAG_INSTANCE = "eni-dpdk:instance-id";
+export const TAG_NAME = "eni-dpdk:name";
+/** The VPC CNI leaves ENIs with this tag alone. */
+export const TAG_NO_MANAGE = "node.k8s.amazonaws.com/no_manage";
+
+export type EniStep = "create" | "adopt" | "attach" | "wait-attached" | "set-delete-on-termination" | "wait-nic";
+
+/** What EC2 showed about an ENI we will act on. */
+export interface ObservedEni {
+  eniId: string;
+  mac: string;
+  subnetId: string;
+  attachmentId?: string;
+  attachmentStatus?: string;
+  deleteOnTermination?: boolean;
+  createdByUs: boolean;
+}
+
+export interface EniPlanItem {
+  eni: EniConfig;
+  /** in execution order; empty when converged */
+  steps: EniStep[];
+  /** resolved subnet and security groups (set when a create is planned) */
+  subnetId?: string;
+  securityGroupIds?: string[];
+  clientToken?: string;
+  existing?: ObservedEni;
+  /** set when nothing must change: the record the host stage gets */
+  record?: EniRecord;
+}
+
+export interface EniPlan {
+  actions: Action[];
+  items: EniPlanItem[];
+  /** false when IMDS alone proved convergence and EC2 was never consulted */
+  usedEc2: boolean;
+}
+
+/** Deterministic, so a create retried after a lost response returns the same ENI. */
+export function clientToken(instanceId: string, name: string, subnetId: string): string {
+  return "eni-dpdk-" + lazyCrypto().createHash("sha256").update(`${instanceId}\n${name}\n${subnetId}`).digest("hex").slice(0, 48);
+}
+
+function tagsOf(n: NetworkInterface): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const t of n.TagSet ?? []) if (t.Key) out[t.Key] = t.Value ?? "";
+  return out;
+}
+
+function isOurs(n: NetworkInterface, instanceId: string, name?: string): boolean {
+  const t = tagsOf(n);
+  return t[TAG_INSTANCE] === instanceId && (name === undefined || t[TAG_NAME] === name);
+}
+
+function slotOf(n: NetworkInterface): string {
+  return `${n.Attachment?.NetworkCardIndex ?? 0}/${n.Attachment?.DeviceIndex}`;
+}
+
+function observed(n: NetworkInterface, instanceId: string): ObservedEni {
+  return {
+    eniId: n.NetworkInterfaceId!,
+    mac: (n.MacAddress ?? "").toLowerCase(),
+    subnetId: n.SubnetId ?? "",
+    attachmentId: n.Attachment?.AttachmentId,
+    attachmentStatus: n.Attachment?.Status,
+    deleteOnTermination: n.Attachment?.DeleteOnTermination,
+    createdByUs: isOurs(n, instanceId),
+  };
+}
+
+/** The IMDS-only proof: the state file's ENI id sits at the desired slot, with the settings we last applied. */
+function provenByImds(ctx: StageContext, e: EniConfig): EniRecord | undefined {
+  if (ctx.state.instanceId && ctx.state.instanceId !== ctx.instance.instanceId) return undefined;
+  const rec = ctx.state.enis[e.name];
+  if (!rec?.attachmentId) return undefined;
+  const nic = ctx.imdsNics.find((n) => n.interfaceId === rec.eniId);
+  if (!nic || nic.deviceNumber !== e.device_index || nic.networkCard !== e.network_card_index) return undefined;
+  if (rec.deviceIndex !== e.device_index || rec.networkCardIndex !== e.network_card_index) return undefined;
+  if (rec.deleteOnTermination !== e.delete_on_termination) return undefined;
+  // An ENI never changes subnet, so the one recorded at create/adopt (from EC2) is still its subnet.
+  if (e.subnet_id ? rec.subnetId !== e.subnet_id : rec.subnetName !== e.subnet_name) return undefined;
+  return { ...rec, mac: nic.mac.toLowerCase() };
+}
+
+function imdsShows(ctx: StageContext, mac: string, e: EniConfig): boolean {
+  return ctx.imdsNics.some((n) => n.mac.toLowerCase() === mac && n.deviceNumber === e.device_index && n.networkCard === e.network_card_index);
+}
+
+async function describeAll(ec2: Ec2Api, ctx: StageContext, filters: { Name: string; Values: string[] }[]): Promise<NetworkInterface[]> {
+  const out: NetworkInterface[] = [];
+  let next: string | undefined;
+  do {
+    const r = await withEc2Retry("DescribeNetworkInterfaces", () => ec2.describeNetworkInterfaces({ Filters: filters, NextToken: next }), {
+      deadline: ctx.deadline,
+      log: ctx.log,
+    });
+    out.push(...(r.NetworkInterfaces ?? []));
+    next = r.NextToken;
+  } while (next);
+  return out;
+}
+
+export async function planEnis(ctx: StageContext, ec2: Ec2Factory): Promise<EniPlan> {
+  const desired = ctx.config.eni;
+  const proven = desired.map((e) => provenByImds(ctx, e));
+  if (proven.every((r) => r !== undefined)) {
+    ctx.log.debug("ENIs proven by IMDS; EC2 not consulted", { enis: desired.length });
+    return { actions: [], items: desired.map((eni, i) => ({ eni, steps: [], record: proven[i] })), usedEc2: false };
+  }
+
+  const api = await ec2();
+  const inst = ctx.instance;
+  const retry = { deadline: ctx.deadline, log: ctx.log };
+  const [attached, ours] = await Promise.all([
+    describeAll(api, ctx, [{ Name: "attachment.instance-id", Values: [inst.instanceId] }]),
+    describeAll(api, ctx, [{ Name: `tag:${TAG_INSTANCE}`, Values: [inst.instanceId] }]),
+  ]);
+  const source = `EC2 (instance ${inst.instanceId}, ${inst.az})`;
+  const problems: Problem[] = [];
+  const problem = (e: EniConfig, key: string, message: string) => problems.push({ source, key: `eni.${e.name}.${key}`, message });
+
+  const primary = attached.find((n) => n.Attachment?.DeviceIndex === 0 && (n.Attachment?.NetworkCardIndex ?? 0) === 0);
+  const vpcId = primary?.VpcId ?? (await readNicNetwork(ctx.imds, inst.primaryMac)).vpcId;
+  if (!vpcId) throw new OpError(`cannot tell the VPC of ${inst.instanceId}: no primary ENI in DescribeNetworkInterfaces or IMDS`, "check the instance in the EC2 console");
+
+  // Classify each ENI against what is attached now.
+  const items: EniPlanItem[] = [];
+  for (const [i, e] of desired.entries()) {
+    if (proven[i]) {
+      items.push({ eni: e, steps: [], record: proven[i] });
+      continue;
+    }
+    const slot = `${e.network_card_index}/${e.device_index}`;
+    const atSlot = attached.find((n) => slotOf(n) === slot);
+    const mineElsewhere = attached.find((n) => isOurs(n, inst.instanceId, e.name) && slotOf(n) !== slot);
+    if (atSlot && !isOurs(atSlot, inst.instanceId, e.name)) {
+      const t = tagsOf(atSlot);
+      const whose = t[TAG_NAME] && t[TAG_INSTANCE] === inst.instanceId ? `eni-dpdk's ENI "${t[TAG_NAME]}"` : "an ENI eni-dpdk did not create";
+      problem(
+        e,
+        "device_index",
+        `conflict: device index ${e.device_index} on network card ${e.network_card_index} already holds ${atSlot.NetworkInterfaceId} (${whose}); eni-dpdk never touches it. Choose a free device_index or detach that ENI yourself`,
+      );
+      continue;
+    }
+    if (mineElsewhere) {
+      problem(
+        e,
+        "device_index",
+        `${mineElsewhere.NetworkInterfaceId} (created by eni-dpdk for "${e.name}") is attached at network card ${mineElsewhere.Attachment?.NetworkCardIndex ?? 0}, device index ${mineElsewhere.Attachment?.DeviceIndex}, not at the configured ${e.network_card_index}/${e.device_index}; set device_index back or detach it (aws ec2 detach-network-interface)`,
+      );
+      continue;
+    }
+    if (atSlot) {
+      const ex = observed(atSlot, inst.instanceId);
+      const steps: EniStep[] = [];
+      if (ex.attachmentStatus !== "attached") steps.push("wait-attached");
+      if (ex.deleteOnTermination !== e.delete_on_termination) steps.push("set-delete-on-termination");
+      if (!imdsShows(ctx, ex.mac, e)) steps.push("wait-nic");
+      items.push({ eni: e, steps, existing: ex, subnetId: ex.subnetId });
+      continue;
+    }
+    const steps: EniStep[] = ["create", "attach", "wait-attached"];
+    if (e.delete_on_termination) steps.push("set-delete-on-termination");
+    steps.push("wait-nic");
+    items.push({ eni: e, steps });
+  }
+
+  // Pre-flight for ENIs still to attach: subnet, security groups, AZ, limits.
+  const toAttach = items.filter((it) => it.steps.includes("attach"));
+  if (toAttach.length) {
+    const subnetIds = [...new Set(toAttach.map((it) => it.eni.subnet_id).filter(Boolean))];
+    const subnetNames = [...new Set(toAttach.map((it) => it.eni.subnet_name).filter(Boolean))];
+    const sgIds = [...new Set(toAttach.flatMap((it) => it.eni.security_group_ids))];
+    const sgNames = [...new Set(toAttach.flatMap((it) => it.eni.security_group_names))];
+    const [byId, byName, sgById, sgByGroupName, types] = await Promise.all([
+      subnetIds.length
+        ? withEc2Retry("DescribeSubnets", () => api.describeSubnets({ Filters: [{ Name: "subnet-id", Values: subnetIds }] }), retry)
+        : undefined,
+      subnetNames.length
+        ? withEc2Retry("DescribeSubnets", () => api.describeSubnets({ Filters: [{ Name: "tag:Name", Values: subnetNames }, { Name: "vpc-id", Values: [vpcId] }] }), retry)
+        : undefined,
+      sgIds.length
+        ? withEc2Retry("DescribeSecurityGroups", () => api.describeSecurityGroups({ Filters: [{ Name: "group-id", Values: sgIds }] }), retry)
+        : undefined,
+      sgNames.length
+        ? withEc2Retry("DescribeSecurityGroups", () => api.describeSecurityGroups({ Filters: [{ Name: "group-name", Values: sgNames }, { Name: "vpc-id", Values: [vpcId] }] }), retry)
+        : undefined,
+      withEc2Retry("DescribeInstanceTypes", () => api.describeInstanceTypes({ InstanceTypes: [inst.instanceType as _InstanceType] }), retry),
+    ]);
+    // Security groups named only by a Name tag: a second look, only when needed.
+    const missingSgNames = sgNames.filter((n) => !(sgByGroupName?.SecurityGroups ?? []).some((g) => g.GroupName === n));
+    const sgByTag = missingSgNames.length
+      ? await withEc2Retry(
+          "DescribeSecurityGroups",
+          () => api.describeSecurityGroups({ Filters: [{ Name: "tag:Name", Values: missingSgNames }, { Name: "vpc-id", Values: [vpcId] }] }),
+          retry,
+        )
+      : undefined;
+
+    for (const it of toAttach) {
+      const e = it.eni;
+      // subnet
+      if (e.subnet_id) {
+        const s = byId?.Subnets?.find((x) => x.SubnetId === e.subnet_id);
+        if (!s) problem(e, "subnet_id", `subnet ${e.subnet_id} does not exist (DescribeSubnets found nothing)`);
+        else if (s.VpcId !== vpcId) problem(e, "subnet_id", `subnet ${e.subnet_id} is in ${s.VpcId}, but the instance is in ${vpcId}`);
+        else if (s.AvailabilityZone !== inst.az) {
+          problem(e, "subnet_id", `subnet ${e.subnet_id} is in ${s.AvailabilityZone}, but the instance is in ${inst.az}; an ENI can only attach in its own AZ`);
+        } else it.subnetId = s.SubnetId;
+      } else {
+        const named = (byName?.Subnets ?? []).filter((s) => (s.Tags ?? []).some((t) => t.Key === "Name" && t.Value === e.subnet_name));
+        const here = named.filter((s) => s.AvailabilityZone === inst.az);
+        if (here.length === 1) it.subnetId = here[0]!.SubnetId;
+        else if (here.length > 1) {
+          problem(e, "subnet_name", `ambiguous: ${here.length} subnets named "${e.subnet_name}" in ${vpcId}/${inst.az} (${here.map((s) => s.SubnetId).join(", ")}); use subnet_id`);
+        } else if (named.length) {
+          problem(
+            e,
+            "subnet_name",
+            `subnet "${e.subnet_name}" exists only in ${named.map((s) => `${s.AvailabilityZone} (${s.SubnetId})`).join(", ")}, but the instance is in ${inst.az}; an ENI can only attach in its own AZ`,
+          );
+        } else problem(e, "subnet_name", `no subnet with tag Name="${e.subnet_name}" in ${vpcId}`);
+      }
+      // security groups
+      const sgs: string[] = [];
+      for (const id of e.security_group_ids) {
+        const g = sgById?.SecurityGroups?.find((x) => x.GroupId === id);
+        if (!g) problem(e, "security_group_ids", `security group ${id} does not exist`);
+        else if (g.VpcId !== vpcId) problem(e, "security_group_ids", `security group ${id} is in ${g.VpcId}, but the instance is in ${vpcId}`);
+        else sgs.push(id);
+      }
+      for (const name of e.security_group_names) {
+        let found = (sgByGroupName?.SecurityGroups ?? []).filter((g) => g.GroupName === name);
+        if (!found.length) found = (sgByTag?.SecurityGroups ?? []).filter((g) => (g.Tags ?? []).some((t) => t.Key === "Name" && t.Value === name));
+        if (found.length === 1) sgs.push(found[0]!.GroupId!);
+        else if (found.length > 1) problem(e, "security_group_names", `ambiguous: ${found.length} security groups named "${name}" in ${vpcId} (${found.map((g) => g.GroupId).join(", ")}); use security_group_ids`);
+        else problem(e, "security_group_names", `no security group with group name or tag Name "${name}" in ${vpcId}`);
+      }
+      it.securityGroupIds = [...new Set(sgs)];
+    }
+
+    // limits: everything attached now plus what we add, overall and per network card
+    const net = types.InstanceTypes?.[0]?.NetworkInfo;
+    if (net?.MaximumNetworkInterfaces !== undefined) {
+      const total = attached.length + toAttach.length;
+      if (total > net.MaximumNetworkInterfaces) {
+        for (const it of toAttach) {
+          problem(
+            it.eni,
+            "device_index",
+            `limit exceeded: ${inst.instanceType} takes at most ${net.MaximumNetworkInterfaces} ENIs; ${attached.length} attached + ${toAttach.length} to attach = ${total}. Use fewer ENIs or a larger instance type`,
+          );
+        }
+      }
+      const cards = net.NetworkCards ?? [];
+      for (const it of toAttach) {
+        const card = it.eni.network_card_index;
+        const max = cards.find((c) => c.NetworkCardIndex === card)?.MaximumNetworkInterfaces;
+        if (card >= (net.MaximumNetworkCards ?? 1)) {
+          problem(it.eni, "network_card_index", `${inst.instanceType} has ${net.MaximumNetworkCards ?? 1} network card(s); index ${card} does not exist`);
+          continue;
+        }
+        const onCard = attached.filter((n) => (n.Attachment?.NetworkCardIndex ?? 0) === card).length + toAttach.filter((x) => x.eni.network_card_index === card).length;
+        if (max !== undefined && onCard > max && total <= net.MaximumNetworkInterfaces) {
+          problem(it.eni, "network_card_index", `limit exceeded: network card ${card} of ${inst.instanceType} takes at most ${max} ENIs; this would make ${onCard}`);
+        }
+      }
+    }
+    if (!problems.length) {
+      // adopt an available ENI created earlier for this instance and name in the same subnet (crash before attach)
+      for (const it of toAttach) {
+        const candidates = ours
+          .filter((n) => !n.Attachment && n.Status === "available" && isOurs(n, inst.instanceId, it.eni.name))
+          .sort((a, b) => (a.NetworkInterfaceId! < b.NetworkInterfaceId! ? -1 : 1));
+        const same = candidates.find((n) => n.SubnetId === it.subnetId);
+        for (const n of candidates.filter((n) => n !== same)) {
+          ctx.log.warn("an available ENI eni-dpdk created for this instance is left unused", { eni: it.eni.name, eni_id: n.NetworkInterfaceId, subnet: n.SubnetId });
+        }
+        if (same) {
+          it.existing = observed(same, inst.instanceId);
+          it.steps[0] = "adopt";
+        } else {
+          it.clientToken = clientToken(inst.instanceId, it.eni.name, it.subnetId!);
+        }
+      }
+    }
+  }
+  if (problems.length) throw new InputError(problems, "fix the [[eni]] configuration or the instance, then run `eni-dpdk apply` again");
+
+  for (const it of items) {
+    if (it.steps.length === 0 && it.existing) it.record = recordFor(it, it.existing);
+  }
+  return { actions: items.flatMap((it) => actionsFor(ctx, it)), items, usedEc2: true };
+}
+
+function recordFor(it: EniPlanItem, ex: ObservedEni): EniRecord {
+  return {
+    name: it.eni.name,
+    eniId: ex.eniId,
+    mac: ex.mac,
+    deviceIndex: it.eni.device_index,
+    networkCardIndex: it.eni.network_card_index,
+    subnetId: ex.subnetId,
+    attachmentId: ex.attachmentId,
+    createdByUs: ex.createdByUs,
+    deleteOnTermination: ex.deleteOnTermination,
+    ...(it.eni.subnet_name ? { subnetName: it.eni.subnet_name } : {}),
+  };
+}
+
+function actionsFor(ctx: StageContext, it: EniPlanItem): Action[] {
+  const e = it.eni;
+  const id = it.existing?.eniId ?? "the new ENI";
+  const a = (kind: string, detail: string): Action => ({ stage: "eni", kind, target: e.name, detail });
+  return it.steps.flatMap((s): Action[] => {
+    switch (s) {
+      case "create":
+        return [a("create", `CreateNetworkInterface in ${it.subnetId} with ${it.securityGroupIds?.join(",")}, tagged ${TAG_INSTANCE}=${ctx.instance.instanceId} ${TAG_NAME}=${e.name} ${TAG_NO_MANAGE}=true`)];
+      case "adopt":
+        return [a("adopt", `reuse ${id}, available and created by eni-dpdk for this instance earlier (a run stopped before attaching it)`)];
+      case "attach":
+        return [a("attach", `AttachNetworkInterface ${id} at device index ${e.device_index}, network card ${e.network_card_index}`)];
+      case "wait-attached":
+        return it.steps.includes("attach") ? [] : [a("wait-attached", `${id} is "${it.existing?.attachmentStatus}"; wait for "attached"`)];
+      case "set-delete-on-termination":
+        return [a("set-delete-on-termination", `ModifyNetworkInterfaceAttribute ${id} DeleteOnTermination=${e.delete_on_termination}${it.existing?.attachmentId ? ` (now ${it.existing.deleteOnTermination})` : ""}`)];
+      case "wait-nic":
+        return [a("wait-nic", `wait for the NIC with ${it.existing?.mac ? `MAC ${it.existing.mac}` : "its MAC"} under /sys/class/net and IMDS device-number ${e.device_index}`)];
+    }
+  });
+}
+
+// ---- apply ---------------------------------------------------------------------------------------
+
+export async function applyEnis(ctx: StageContext, ec2: Ec2Factory, plan: EniPlan): Promise<EniRecord[]> {
+  const records = new Map<string, EniRecord>();
+  for (const it of plan.items) if (it.record) records.set(it.eni.name, it.record);
+  if (ctx.dryRun) return [...records.values()];
+
+  // One writer at a time: concurrent ENIs would otherwise race on the state file's temp name.
+  let saving: Promise<void> = Promise.resolve();
+  const persist = () => (saving = saving.then(() => saveState(ctx.host, ctx.state)));
+
+  ctx.state.instanceId = ctx.instance.instanceId;
+  let changed = false;
+  for (const r of records.values()) {
+    if (JSON.stringify(ctx.state.enis[r.name]) !== JSON.stringify(r)) {
+      ctx.state.enis[r.name] = r;
+      changed = true;
+    }
+  }
+  const work = plan.items.filter((it) => it.steps.length > 0);
+  if (changed || work.length) await persist();
+  if (!work.length) return ctx.config.eni.map((e) => records.get(e.name)!).filter(Boolean);
+
+  const api = await ec2();
+  const attachments = new AttachmentWatcher(ctx, api);
+  const results = await Promise.allSettled(work.map((it) => runItem(ctx, api, it, persist, attachments)));
+  await saving;
+  const failed = results.flatMap((r, i) => (r.status === "rejected" ? [{ name: work[i]!.eni.name, err: r.reason as Error }] : []));
+  results.forEach((r, i) => r.status === "fulfilled" && records.set(work[i]!.eni.name, r.value));
+  if (failed.length === 1) throw failed[0]!.err;
+  if (failed.length > 1) {
+    throw new OpError(
+      `${failed.length} ENIs failed:\n` + failed.map((f) => `  ${f.name}: ${f.err.message}`).join("\n"),
+      (failed[0]!.err as OpError).hint ?? "see the log lines above",
+      { enis: failed.map((f) => f.name) },
+    );
+  }
+  return ctx.config.eni.map((e) => records.get(e.name)!).filter(Boolean);
+}
+
+async function runItem(
+  ctx: StageContext,
+  api: Ec2Api,
+  it: EniPlanItem,
+  persist: () => Promise<void>,
+  attachments: AttachmentWatcher,
+): Promise<EniRecord> {
+  const e = it.eni;
+  const inst = ctx.instance;
+  const retry = { deadline: ctx.deadline, log: ctx.log };
+  const log = ctx.log.child({ eni: e.name });
+  let rec: EniRecord;
+  if (it.steps[0] === "create") {
+    const out = await withEc2Retry(
+      "CreateNetworkInterface",
+      () =>
+        api.createNetworkInterface({
+          SubnetId: it.subnetId,
+          Groups: it.securityGroupIds,
+          Description: e.description || `eni-dpdk ${e.name} for ${inst.instanceId}`,
+          ClientToken: it.clientToken,
+          TagSpecifications: [
+            {
+              ResourceType: "network-interface",
+              Tags: [
+                ...Object.entries(e.tags).map(([Key, Value]) => ({ Key, Value })),
+                { Key: TAG_INSTANCE, Value: inst.instanceId },
+                { Key: TAG_NAME, Value: e.name },
+                { Key: TAG_NO_MANAGE, Value: "true" },
+              ],
+            },
+          ],
+        }),
+      retry,
+    );
+    const n = out.NetworkInterface!;
+    rec = {
+      name: e.name,
+      eniId: n.NetworkInterfaceId!,
+      mac: (n.MacAddress ?? "").toLowerCase(),
+      deviceIndex: e.device_index,
+      networkCardIndex: e.network_card_index,
+      subnetId: n.SubnetId ?? it.subnetId!,
+      createdByUs: true,
+      ...(e.subnet_name ? { subnetName: e.subnet_name } : {}),
+    };
+    log.info("created ENI", { eni_id: rec.eniId, mac: rec.mac, subnet: rec.subnetId });
+  } else {
+    const ex = it.existing!;
+    rec = recordFor(it, ex);
+    if (it.steps[0] === "adopt") log.info("adopting ENI created earlier", { eni_id: ex.eniId, subnet: ex.subnetId });
+  }
+  ctx.state.enis[e.name] = rec;
+  if (e.dpdk.enabled && rec.mac && it.steps.includes("attach")) {
+    // Before the NIC exists: networkd must already have our Unmanaged=yes file when the link
+    // appears, or it configures it (nodeadm's template adds a default route) and the route guard
+    // then refuses to bind it on this first boot.
+    const { ensureNetworkdFile, reloadNetworkd } = await import("../host/networkd.js");
+    if (await ensureNetworkdFile(ctx.host, ctx.state, e.name, rec.mac)) await reloadNetworkd(ctx.host, log);
+  }
+  await persist();
+
+  if (it.steps.includes("attach")) {
+    try {
+      const out = await withEc2Retry(
+        "AttachNetworkInterface",
+        () => api.attachNetworkInterface({ NetworkInterfaceId: rec.eniId, InstanceId: inst.instanceId, DeviceIndex: e.device_index, NetworkCardIndex: e.network_card_index }),
+        retry,
+      );
+      rec.attachmentId = out.AttachmentId;
+    } catch (err) {
+      // A retried attach whose first try took effect answers "in use": accept it if it is ours, where we want it.
+      if (!(err instanceof Ec2Error)) throw err;
+      const n = await describeOne(api, ctx, rec.eniId);
+      const a = n?.Attachment;
+      if (a?.InstanceId !== inst.instanceId || a.DeviceIndex !== e.device_index || (a.NetworkCardIndex ?? 0) !== e.network_card_index) throw err;
+      rec.attachmentId = a.AttachmentId;
+    }
+    rec.deleteOnTermination = false;
+    await persist();
+    log.info("attaching ENI", { eni_id: rec.eniId, device_index: e.device_index, network_card: e.network_card_index, attachment_id: rec.attachmentId });
+  }
+
+  if (it.steps.includes("wait-attached")) {
+    const t0 = Date.now();
+    const n = await attachments.attached(rec.eniId, e.name);
+    rec.attachmentId = n.Attachment?.AttachmentId ?? rec.attachmentId;
+    log.debug("attachment attached", { eni_id: rec.eniId, ms: Date.now() - t0 });
+  }
+
+  if (it.steps.includes("set-delete-on-termination")) {
+    await withEc2Retry(
+      "ModifyNetworkInterfaceAttribute",
+      () => api.modifyNetworkInterfaceAttribute({ NetworkInterfaceId: rec.eniId, Attachment: { AttachmentId: rec.attachmentId, DeleteOnTermination: e.delete_on_termination } }),
+      retry,
+    );
+    log.info("set DeleteOnTermination", { eni_id: rec.eniId, value: e.delete_on_termination });
+  }
+  rec.deleteOnTermination = e.delete_on_termination;
+  await persist();
+
+  if (it.steps.includes("wait-nic")) {
+    const ifname = await waitFor(
+      ctx,
+      `a NIC with MAC ${rec.mac} (${rec.eniId}, ${e.name}) under ${ctx.host.path("/sys/class/net")}`,
+      async () => {
+        const dev = (await listNetdevs(ctx.host)).find((n) => n.mac === rec.mac.toLowerCase());
+        if (dev) return { done: dev.ifname };
+        // Bound to a DPDK driver by an earlier run, it has no netdev, and never will: it is there.
+        const bound = ctx.state.bindings[rec.mac.toLowerCase()];
+        const driver = bound && (await ctx.host.linkName(`/sys/bus/pci/devices/${bound.bdf}/driver`));
+        return bound && driver === bound.driver ? { done: `${bound.bdf} (on ${driver})` } : { state: "no such NIC yet" };
+      },
+      { firstMs: 50, maxMs: 500 },
+    );
+    await waitFor(
+      ctx,
+      `IMDS to show ${rec.mac} (${e.name}) at device-number ${e.device_index}, network-card ${e.network_card_index}`,
+      async () => {
+        const nic = await readNic(ctx.imds, rec.mac);
+        if (nic && nic.deviceNumber === e.device_index && nic.networkCard === e.network_card_index) return { done: nic };
+        return { state: nic ? `device-number ${nic.deviceNumber}, network-card ${nic.networkCard}` : "MAC not listed" };
+      },
+      { firstMs: 100, maxMs: 1000 },
+    );
+    log.info("ENI ready", { eni_id: rec.eniId, mac: rec.mac, ifname });
+  }
+  return rec;
+}
+
+/**
+ * Waits for attachments to reach "attached" with ONE DescribeNetworkInterfaces per poll for all of
+ * this node's ENIs, so 8 ENIs cost the describe bucket what 1 does. Bounded by the stage deadline.
+ */
+class AttachmentWatcher {
+  private readonly pending = new Map<string, { name: string; since: number; last: string; resolve: (n: NetworkInterface) => void; reject: (e: Error) => void }>();
+  private running = false;
+
+  constructor(
+    private readonly ctx: StageContext,
+    private readonly api: Ec2Api,
+  ) {}
+
+  attached(eniId: string, name: string): Promise<NetworkInterface> {
+    return new Promise((resolve, reject) => {
+      this.pending.set(eniId, { name, since: Date.now(), last: "not polled yet", resolve, reject });
+      if (!this.running) void this.loop();
+    });
+  }
+
+  private async loop(): Promise<void> {
+    this.running = true;
+    // EC2 usually attaches within 1-3 s: poll often early, then back off to spare the describe bucket.
+    let interval = 300;
+    try {
+      while (this.pending.size) {
+        const left = this.ctx.deadline.remaining();
+        if (left <= 0) {
+          for (const [id, w] of this.pending) {
+            w.reject(
+              new OpError(
+                `timed out after ${((Date.now() - w.since) / 1000).toFixed(1)} s waiting for attachment of ${id} (${w.name}) to reach state "attached"; last seen: ${w.last}`,
+                "check the ENI in the EC2 console (a stuck attachment may need `aws ec2 detach-network-interface --force`), then run `eni-dpdk apply` again; raise service.timeout_seconds if EC2 is slow",
+                { eni_id: id, waited_ms: Date.now() - w.since },
+              ),
+            );
+          }
+          this.pending.clear();
+          break;
+        }
+        await sleep(Math.min(left, interval * (0.8 + 0.4 * Math.random())));
+        interval = Math.min(1500, interval * 1.3);
+        const ids = [...this.pending.keys()];
+        let out: NetworkInterface[];
+        try {
+          out = (await withEc2Retry("DescribeNetworkInterfaces", () => this.api.describeNetworkInterfaces({ NetworkInterfaceIds: ids }), { deadline: this.ctx.deadline, log: this.ctx.log })).NetworkInterfaces ?? [];
+        } catch (err) {
+          if (err instanceof Ec2Error && this.ctx.deadline.expired()) continue; // reported as a timeout above
+          for (const w of this.pending.values()) w.reject(err as Error);
+          this.pending.clear();
+          break;
+        }
+        for (const n of out) {
+          const w = this.pending.get(n.NetworkInterfaceId!);
+          if (!w) continue;
+          if (n.Attachment?.Status === "attached") {
+            this.pending.delete(n.NetworkInterfaceId!);
+            w.resolve(n);
+          } else w.last = `state "${n.Attachment?.Status ?? "detached"}"`;
+        }
+      }
+    } finally {
+      this.running = false;
+    }
+  }
+}
+
+async function describeOne(api: Ec2Api, ctx: StageContext, eniId: string): Promise<NetworkInterface | undefined> {
+  const out = await withEc2Retry("DescribeNetworkInterfaces", () => api.describeNetworkInterfaces({ NetworkInterfaceIds: [eniId] }), {
+    deadline: ctx.deadline,
+    log: ctx.log,
+  });
+  return out.NetworkInterfaces?.[0];
+}
+
+
+/** Poll until `probe` is done, with growing jittered intervals, bounded by the stage deadline. */
+async function waitFor<T>(
+  ctx: StageContext,
+  what: string,
+  probe: () => Promise<{ done: T } | { state: string }>,
+  opts: { firstMs: number; maxMs: number; growth?: number },
+): Promise<T> {
+  const t0 = Date.now();
+  let interval = opts.firstMs;
+  for (;;) {
+    let r: { done: T } | { state: string };
+    try {
+      r = await probe();
+    } catch (err) {
+      if (err instanceof Ec2Error && ctx.deadline.expired()) r = { state: `last call failed: ${err.code}` };
+      else throw err;
+    }
+    if ("done" in r) return r.done;
+    const left = ctx.deadline.remaining();
+    if (left <= 0) {
+      throw new OpError(
+        `timed out after ${((Date.now() - t0) / 1000).toFixed(1)} s waiting for ${what}; last seen: ${r.state}`,
+        "check the ENI in the EC2 console and the instance's kernel log (dmesg) for the hot-plug; raise service.timeout_seconds if EC2 is slow",
+        { waited_ms: Date.now() - t0 },
+      );
+    }
+    await sleep(Math.min(left, interval * (0.8 + 0.4 * Math.random())));
+    interval = Math.min(opts.maxMs, interval * (opts.growth ?? 1.6));
+  }
+}

@@ -1,0 +1,470 @@
+// The host stage: find each ENI's PCI device by MAC, check the guards, set up the kernel, bind DPDK
+// ENIs (with rollback), bring kernel-driver ENIs up with their MTU, and keep networkd/nodeadm off
+// DPDK ENIs. Never takes the host lock (the orchestrator holds it). Also the offline reboot rebind.
+import { splitResourceName, type Config, type DpdkConfig, type DpdkDriver, type EniDpdkConfig } from "../config/config.js";
+import { InputError, OpError, type Problem } from "../core/errors.js";
+import { pollUntil } from "../core/deadline.js";
+import { RUN_DIR, VAR_DIR, type Host } from "../host/host.js";
+import type { Logger } from "../core/log.js";
+import { ensureNetworkdFile, markNodeadmUnmanaged, NETWORKD_DIR, planNetworkd } from "../host/networkd.js";
+import type { Action, StageContext } from "./stage.js";
+import {
+  bindDevice,
+  deviceNodeFor,
+  ENA_DPDK_DEVICE_IDS,
+  ENA_VENDOR,
+  guardFacts,
+  guardViolations,
+  netdevByMac,
+  readPciDevice,
+  readRoutes,
+  recoverInflight,
+  restoreDriver,
+  type GuardFacts,
+  type PciDevice,
+} from "../host/pci.js";
+import { JOURNAL_PATH, loadState, saveState, type BindingRecord, type State } from "../core/state.js";
+import { applyHugepages, hugepageWants, planHugepages, planKernel, setupKernel } from "../host/kernel.js";
+
+export const DPDK_DRIVER_NAMES = ["vfio-pci", "igb_uio", "uio_pci_generic"];
+
+export interface HostTarget {
+  name: string;
+  eniId?: string;
+  mac: string;
+  deviceIndex: number;
+  networkCardIndex: number;
+  dpdk: EniDpdkConfig;
+  mtu: number;
+}
+
+export interface HostDeviceResult {
+  name: string;
+  eniId?: string;
+  mac: string;
+  bdf: string;
+  vendor: string;
+  device: string;
+  /** the driver now */
+  driver: string;
+  /** the kernel driver it had before eni-dpdk bound it */
+  originalDriver: string;
+  deviceNode: string;
+  /** full `prefix/name`, or "" for kernel-driver ENIs */
+  resourceName: string;
+  state: "bound" | "kernel" | "failed";
+  error?: string;
+  ifname?: string;
+  /** something was written for this device in this run */
+  changed: boolean;
+}
+
+/** Where a target's device was found. */
+export interface LocatedDevice {
+  target: HostTarget;
+  /** netdev: by MAC now; state: bound earlier (no netdev), re-verified against the state record */
+  via: "netdev" | "state" | "missing";
+  bdf?: string;
+  ifname?: string;
+  pci?: PciDevice;
+  /** why the state record could not be re-verified */
+  problem?: string;
+}
+
+export interface HostPlan {
+  actions: Action[];
+  located: LocatedDevice[];
+}
+
+/** Find the target's PCI device: by its MAC's netdev, else (bound, no netdev) by the state record, re-verified. */
+export async function locate(host: Host, state: State, t: HostTarget): Promise<LocatedDevice> {
+  const mac = t.mac.toLowerCase();
+  const nd = await netdevByMac(host, mac);
+  if (nd?.bdf) return { target: t, via: "netdev", bdf: nd.bdf, ifname: nd.ifname, pci: await readPciDevice(host, nd.bdf) };
+  const rec = state.bindings[mac];
+  if (rec) {
+    const pci = await readPciDevice(host, rec.bdf);
+    const problem = !pci
+      ? `recorded device ${rec.bdf} no longer exists`
+      : pci.vendor !== rec.vendor || pci.device !== rec.device
+        ? `${rec.bdf} is ${pci.vendor}:${pci.device}, the state file recorded ${rec.vendor}:${rec.device}`
+        : !pci.driver || !DPDK_DRIVER_NAMES.includes(pci.driver)
+          ? `${rec.bdf} has no netdev with ${mac} and is on ${pci.driver ?? "no driver"}, not a DPDK driver`
+          : undefined;
+    return { target: t, via: problem ? "missing" : "state", bdf: rec.bdf, pci, ifname: rec.ifname, problem };
+  }
+  return { target: t, via: "missing" };
+}
+
+/** Problems that reject the whole stage before any mutation (bad input or an unsafe target). */
+function validate(ctx: StageContext, located: LocatedDevice[]): { input: Problem[]; unsafe: string[] } {
+  const input: Problem[] = [];
+  const unsafe: string[] = [];
+  const byBdf = new Map<string, string>();
+  for (const l of located) {
+    const t = l.target;
+    if (t.dpdk.enabled && t.dpdk.pci_address && l.bdf && t.dpdk.pci_address !== l.bdf) {
+      input.push({
+        source: "config",
+        key: `eni.${t.name}.dpdk.pci_address`,
+        message: `is ${t.dpdk.pci_address}, but the ENI's MAC ${t.mac} is on ${l.bdf}; remove pci_address (the device is found by MAC) or set it to ${l.bdf}`,
+      });
+    }
+    if (l.bdf) {
+      const other = byBdf.get(l.bdf);
+      if (other) unsafe.push(`ENIs "${other}" and "${t.name}" resolve to the same device ${l.bdf}`);
+      byBdf.set(l.bdf, t.name);
+    }
+    if (!t.dpdk.enabled) continue;
+    const mac = t.mac.toLowerCase();
+    if (ctx.instance.primaryMac && mac === ctx.instance.primaryMac.toLowerCase()) unsafe.push(`ENI "${t.name}" (${mac}) is the primary ENI; eni-dpdk never binds it`);
+    if (ctx.imdsNics.some((n) => n.mac.toLowerCase() === mac && n.deviceNumber === 0)) unsafe.push(`ENI "${t.name}" (${mac}) has device-number 0; eni-dpdk never binds it`);
+  }
+  return { input, unsafe };
+}
+
+export async function planHost(ctx: StageContext, targets: HostTarget[]): Promise<HostPlan> {
+  const located = await Promise.all(targets.map((t) => locate(ctx.host, ctx.state, t)));
+  const { input, unsafe } = validate(ctx, located);
+  if (input.length) throw new InputError(input, "fix the config");
+  if (unsafe.length) throw new OpError(unsafe.join("; "), "remove these ENIs from the DPDK config; nothing was changed");
+  const actions: Action[] = [];
+  const dpdk = located.filter((l) => l.target.dpdk.enabled);
+  const drivers = [...new Set(dpdk.map((l) => l.target.dpdk.driver))];
+  if (drivers.length) actions.push(...(await planKernel(ctx.host, drivers, ctx.config.dpdk.noiommu)));
+  actions.push(...(await planHugepages(ctx.host, hugepageWants(ctx.config.dpdk))));
+  actions.push(...(await planNetworkd(ctx.host, dpdk.map((l) => ({ name: l.target.name, mac: l.target.mac })))));
+  for (const l of located) {
+    const t = l.target;
+    if (l.via === "missing") {
+      actions.push({ stage: "host", kind: t.dpdk.enabled ? "bind" : "set-mtu", target: t.name, detail: l.problem ?? `wait for the NIC with MAC ${t.mac} to appear` });
+      continue;
+    }
+    const drv = l.pci?.driver;
+    if (t.dpdk.enabled) {
+      if (drv !== t.dpdk.driver) {
+        actions.push({ stage: "host", kind: "bind", target: l.bdf!, detail: `${t.name} ${t.mac} ${l.pci?.vendor}:${l.pci?.device} ${drv ?? "no driver"} → ${t.dpdk.driver}` });
+      }
+      continue;
+    }
+    if (drv && DPDK_DRIVER_NAMES.includes(drv)) {
+      actions.push({ stage: "host", kind: "unbind", target: l.bdf!, detail: `${t.name}: DPDK disabled; return from ${drv} to ${ctx.state.bindings[t.mac.toLowerCase()]?.originalDriver ?? "its kernel driver"}` });
+    } else if (l.ifname) {
+      const mtu = Number(await ctx.host.attr(`/sys/class/net/${l.ifname}/mtu`));
+      if (mtu !== t.mtu) actions.push({ stage: "host", kind: "set-mtu", target: l.ifname, detail: `${t.name}: MTU ${mtu} → ${t.mtu}` });
+      const flags = parseInt((await ctx.host.attr(`/sys/class/net/${l.ifname}/flags`)) ?? "0", 16);
+      if (!(flags & 1)) actions.push({ stage: "host", kind: "link-up", target: l.ifname, detail: `${t.name}: bring the link up` });
+    }
+  }
+  return { actions, located };
+}
+
+/**
+ * Apply the host plan. Validation and kernel setup happen before any device is touched; then each
+ * device on its own: a failure restores that device and the others continue.
+ */
+export async function applyHost(ctx: StageContext, targets: HostTarget[], _plan: HostPlan): Promise<HostDeviceResult[]> {
+  const { host, log, state } = ctx;
+  // A just-attached ENI's NIC appears a moment later: wait (bounded by the apply deadline).
+  let located = await Promise.all(targets.map((t) => locate(host, state, t)));
+  if (located.some((l) => l.via === "missing" && !l.problem)) {
+    const until = Math.min(ctx.deadline.remaining(), 60_000);
+    await pollUntil(
+      async () => {
+        located = await Promise.all(targets.map((t) => locate(host, state, t)));
+        return !located.some((l) => l.via === "missing" && !l.problem);
+      },
+      { within: until, deadline: ctx.deadline, backoff: { firstMs: 20, maxMs: 250 } },
+    );
+  }
+  const { input, unsafe } = validate(ctx, located);
+  if (input.length) throw new InputError(input, "fix the config");
+  if (unsafe.length) throw new OpError(unsafe.join("; "), "remove these ENIs from the DPDK config; nothing was changed");
+
+  const dpdkTargets = located.filter((l) => l.target.dpdk.enabled && l.via !== "missing");
+  const drivers = [...new Set(dpdkTargets.map((l) => l.target.dpdk.driver))];
+  if (drivers.length) await setupKernel(host, { drivers, noiommu: ctx.config.dpdk.noiommu, log });
+  await applyHugepages(host, hugepageWants(ctx.config.dpdk), log);
+
+  const guards = guardFacts({
+    primaryMac: ctx.instance.primaryMac,
+    deviceZeroMacs: ctx.imdsNics.filter((n) => n.deviceNumber === 0).map((n) => n.mac),
+    primary: state.primary,
+    routes: await readRoutes(host),
+    ownedMacs: targets.map((t) => t.mac),
+  });
+  const results: HostDeviceResult[] = [];
+  for (const l of located) {
+    const r = l.target.dpdk.enabled
+      ? await applyDpdkDevice(ctx, l, guards)
+      : await applyKernelDevice(ctx, l);
+    results.push(r);
+  }
+  await saveState(host, state);
+  return results;
+}
+
+function baseResult(ctx: StageContext, l: LocatedDevice): HostDeviceResult {
+  const t = l.target;
+  return {
+    name: t.name,
+    eniId: t.eniId,
+    mac: t.mac.toLowerCase(),
+    bdf: l.bdf ?? "",
+    vendor: l.pci?.vendor ?? "",
+    device: l.pci?.device ?? "",
+    driver: l.pci?.driver ?? "",
+    originalDriver: ctx.state.bindings[t.mac.toLowerCase()]?.originalDriver ?? l.pci?.driver ?? "",
+    deviceNode: "",
+    resourceName: t.dpdk.enabled ? fullName(t.dpdk, ctx.config) : "",
+    state: "failed",
+    ifname: l.ifname,
+    changed: false,
+  };
+}
+
+function fullName(d: EniDpdkConfig, config: Config): string {
+  if (!d.resource_name) return "";
+  const { prefix, name } = splitResourceName(d.resource_name, config.sriov.resource_prefix);
+  return `${prefix}/${name}`;
+}
+
+async function applyDpdkDevice(ctx: StageContext, l: LocatedDevice, guards: GuardFacts): Promise<HostDeviceResult> {
+  const { host, log, state } = ctx;
+  const t = l.target;
+  const mac = t.mac.toLowerCase();
+  const r = baseResult(ctx, l);
+  const dlog = log.child({ eni: t.name, mac });
+  if (l.via === "missing" || !l.bdf || !l.pci) {
+    r.error = l.problem ?? `no NIC with MAC ${mac} appeared (is ENI ${t.eniId ?? t.name} attached?)`;
+    dlog.error("device not found", { error: r.error });
+    return r;
+  }
+  // networkd and nodeadm must leave this ENI alone from the next boot on, whatever happens below
+  r.changed = (await ensureNetworkdFile(host, state, t.name, mac)) || r.changed;
+  const ifname = l.ifname ?? state.bindings[mac]?.ifname;
+  if (ifname) await markNodeadmUnmanaged(host, state, ctx.instance.instanceId ?? state.instanceId, ifname, mac, dlog);
+
+  if (l.via === "netdev") {
+    const v = guardViolations(guards, { mac, bdf: l.bdf, ifname: l.ifname });
+    const why = [...v.never, ...v.unlessForced];
+    if (why.length) {
+      r.error = `refusing to bind ${l.bdf} (${l.ifname}): ${why.join("; ")}`;
+      dlog.error("guard refused the bind; device untouched", { bdf: l.bdf, reasons: why, hint: `eni-dpdk wrote ${"00-eni-dpdk-" + t.name}.network so networkd leaves it unconfigured from the next boot; or remove its routes, or \`eni-dpdk bind ${l.bdf} --force\`` });
+      return r;
+    }
+  }
+  if (l.pci.vendor !== ENA_VENDOR || !ENA_DPDK_DEVICE_IDS.includes(l.pci.device)) {
+    dlog.warn("not an ENA device the DPDK ENA PMD accepts (1d0f:ec20/ec21); binding anyway, it is the ENI's own device", { vendor: l.pci.vendor, device: l.pci.device });
+  }
+  const prev = state.bindings[mac];
+  try {
+    const b = await bindDevice(host, l.bdf, t.dpdk.driver, {
+      log: dlog,
+      script: ctx.config.dpdk.binding_script || undefined,
+      mac,
+      guard: guards,
+      eni: { name: t.name, ...(t.eniId ? { id: t.eniId } : {}) },
+    });
+    // unknown ("") when the device was already on the DPDK driver the first time we saw it
+    const originalDriver = (b.changed ? b.originalDriver : undefined) ?? prev?.originalDriver ?? "";
+    const rec: BindingRecord = {
+      mac,
+      bdf: l.bdf,
+      vendor: l.pci.vendor,
+      device: l.pci.device,
+      originalDriver,
+      driver: t.dpdk.driver,
+      eniName: t.name,
+      ...(t.eniId ? { eniId: t.eniId } : {}),
+      boundAt: b.changed || !prev ? new Date().toISOString() : prev.boundAt,
+      ...(ifname ? { ifname } : {}),
+    };
+    if (!prev || b.changed || JSON.stringify({ ...prev, boundAt: "" }) !== JSON.stringify({ ...rec, boundAt: "" })) {
+      state.bindings[mac] = rec;
+      await saveState(host, state);
+    }
+    return { ...r, driver: t.dpdk.driver, originalDriver: rec.originalDriver, deviceNode: b.deviceNode ?? "", state: "bound", changed: r.changed || b.changed };
+  } catch (e) {
+    r.error = (e as Error).message;
+    r.driver = (await host.linkName(`/sys/bus/pci/devices/${l.bdf}/driver`)) ?? "";
+    r.changed = true;
+    return r;
+  }
+}
+
+async function applyKernelDevice(ctx: StageContext, l: LocatedDevice): Promise<HostDeviceResult> {
+  const { host, log, state } = ctx;
+  const t = l.target;
+  const mac = t.mac.toLowerCase();
+  const r = baseResult(ctx, l);
+  const dlog = log.child({ eni: t.name, mac });
+  try {
+    // DPDK turned off for an ENI we bound: give it back to its kernel driver first
+    if (l.via === "state" && l.bdf) {
+      const rec = state.bindings[mac]!;
+      const rb = await restoreDriver(host, l.bdf, rec.originalDriver || undefined, { log: dlog, mac });
+      r.changed = true;
+      if (!rb.ok) throw new Error(`returning ${l.bdf} to ${rec.originalDriver}: ${rb.problem}`);
+      delete state.bindings[mac];
+      await saveState(host, state);
+      l = await locate(host, state, t);
+      Object.assign(r, { ifname: l.ifname, driver: l.pci?.driver ?? "" });
+    }
+    if (!l.ifname) throw new Error(l.problem ?? `no NIC with MAC ${mac} appeared (is ENI ${t.eniId ?? t.name} attached?)`);
+    r.changed = (await configureKernelLink(host, l.ifname, t.mtu, dlog)) || r.changed;
+    return { ...r, state: "kernel", driver: l.pci?.driver ?? r.driver };
+  } catch (e) {
+    r.error = (e as Error).message;
+    dlog.error("kernel-driver ENI setup failed", { error: r.error });
+    return r;
+  }
+}
+
+/**
+ * MTU and IFF_UP through sysfs (`mtu` and `flags` are writable by root; the kernel applies them as
+ * `ip link set` would), then verified. Returns true when something was written.
+ */
+export async function configureKernelLink(host: Host, ifname: string, mtu: number, log: Logger): Promise<boolean> {
+  const dir = `/sys/class/net/${ifname}`;
+  let changed = false;
+  if (Number(await host.attr(`${dir}/mtu`)) !== mtu) {
+    await host.writeAttr(`${dir}/mtu`, String(mtu));
+    changed = true;
+    const ok = await host.settled(async () => Number(await host.attr(`${dir}/mtu`)) === mtu);
+    if (!ok) throw new Error(`${ifname}: MTU did not become ${mtu} (reads ${await host.attr(`${dir}/mtu`)}); the ENA driver or the instance type may not allow it`);
+    log.info("MTU set", { ifname, mtu });
+  }
+  const flags = parseInt((await host.attr(`${dir}/flags`)) ?? "0", 16);
+  if (!(flags & 1)) {
+    await host.writeAttr(`${dir}/flags`, `0x${(flags | 1).toString(16)}`);
+    changed = true;
+    // A boolean, not the bit: settled stops at any value but undefined/false, and 0 is a value.
+    const ok = await host.settled(async () => (parseInt((await host.attr(`${dir}/flags`)) ?? "0", 16) & 1) === 1);
+    if (!ok) throw new Error(`${ifname}: link did not come up (flags ${await host.attr(`${dir}/flags`)})`);
+    log.info("link up", { ifname });
+  }
+  return changed;
+}
+
+// ---- before anything else ------------------------------------------------------------------------------
+
+/**
+ * The first thing every command that changes the host does, holding the lock: refuse our own
+ * directories when they are unsafe, remove temp files of killed writers, load the state, and
+ * finish or roll back operations a killed process left half-done. Returns the state.
+ */
+export async function prepareHost(host: Host, log: Logger, opts: { tempDirs?: string[] } = {}): Promise<State> {
+  host.checkOwnDirs();
+  const state = await loadState(host);
+  for (const dir of new Set([VAR_DIR, RUN_DIR, NETWORKD_DIR, ...(opts.tempDirs ?? [])])) {
+    for (const p of await host.cleanStaleTemps(dir)) log.info("removed a temp file left by an interrupted write", { path: p });
+  }
+  for (const r of await recoverInflight(host, state, log)) {
+    if (r.outcome === "failed") throw new OpError(`could not recover the interrupted ${r.op} of ${r.bdf}: ${r.detail}`, `see \`dmesg\`; the operation stays in ${JOURNAL_PATH} and eni-dpdk retries it at its next run`, { bdf: r.bdf });
+  }
+  return state;
+}
+
+// ---- reboot: rebind from the state file, without network -------------------------------------------
+
+export interface EarlyResult {
+  mac: string;
+  bdf: string;
+  eniName: string;
+  state: "bound" | "failed" | "skipped";
+  changed: boolean;
+  detail: string;
+}
+
+/**
+ * At boot, before systemd-networkd and nodeadm's boot hook: every device recorded in the state file
+ * comes up on its kernel driver with a netdev; verify BDF, vendor:device and the netdev's MAC against
+ * the record, then bind it again. No IMDS, no EC2. Kernel setup failures abort before any device.
+ */
+export async function rebindFromState(
+  host: Host,
+  state: State,
+  dpdk: Pick<DpdkConfig, "noiommu" | "binding_script">,
+  log: Logger,
+  opts: { waitMs?: number } = {},
+): Promise<EarlyResult[]> {
+  const out: EarlyResult[] = [];
+  let recs = Object.values(state.bindings);
+  if (recs.length === 0) return [];
+  if (!state.primary) {
+    // Offline, the primary is known only from the record every apply writes; without it, no bind.
+    log.warn("the state file has no record of the primary ENI yet; the early rebind is left to the full apply", { next: "nothing to do: eni-dpdk.service binds these devices, and records the primary for later boots" });
+    return recs.map((rec) => ({ mac: rec.mac, bdf: rec.bdf, eniName: rec.eniName, state: "skipped" as const, changed: false, detail: "no primary ENI record in the state file; left for the full apply" }));
+  }
+  // The state-only half of the guard first: a record naming the primary fails before any write.
+  const guards = guardFacts({ primary: state.primary, routes: await readRoutes(host), ownedMacs: [...recs.map((r) => r.mac), ...Object.values(state.enis).map((e) => e.mac)] });
+  recs = recs.filter((rec) => {
+    const never = guardViolations(guards, { mac: rec.mac, bdf: rec.bdf }).never;
+    if (!never.length) return true;
+    log.error("the state file records the primary ENI as a DPDK device; refusing it", { mac: rec.mac, bdf: rec.bdf, reasons: never, next: "the state file was edited or is corrupt: eni-dpdk reset, then eni-dpdk apply" });
+    out.push({ mac: rec.mac, bdf: rec.bdf, eniName: rec.eniName, state: "failed", changed: false, detail: `refused: ${never.join("; ")}` });
+    return false;
+  });
+  if (recs.length === 0) return out;
+  const drivers = [...new Set(recs.map((r) => r.driver as DpdkDriver))];
+  await setupKernel(host, { drivers, noiommu: dpdk.noiommu, log });
+  for (const rec of recs) {
+    const base = { mac: rec.mac, bdf: rec.bdf, eniName: rec.eniName };
+    const dlog = log.child({ eni: rec.eniName, mac: rec.mac, bdf: rec.bdf });
+    // the kernel driver may still be probing this early: wait for the device and its netdev
+    const seen = await host.settled(async () => {
+      const pci = await readPciDevice(host, rec.bdf);
+      if (!pci) return undefined;
+      if (pci.driver === rec.driver) return { pci, ifname: undefined as string | undefined };
+      for (const ifname of pci.netdevs) {
+        const mac = (await host.attr(`/sys/bus/pci/devices/${rec.bdf}/net/${ifname}/address`))?.toLowerCase();
+        if (mac) return { pci, ifname, mac };
+      }
+      return undefined;
+    }, opts.waitMs ?? 10_000);
+    if (!seen) {
+      out.push({ ...base, state: "failed", changed: false, detail: `${rec.bdf} did not appear with a netdev (driver ${(await readPciDevice(host, rec.bdf))?.driver ?? "none"})` });
+      continue;
+    }
+    const { pci } = seen;
+    if (pci.vendor !== rec.vendor || pci.device !== rec.device) {
+      out.push({ ...base, state: "skipped", changed: false, detail: `${rec.bdf} is ${pci.vendor}:${pci.device}, recorded ${rec.vendor}:${rec.device}; left alone` });
+      continue;
+    }
+    if (pci.driver === rec.driver) {
+      const node = await deviceNodeFor(host, rec.bdf, rec.driver);
+      out.push({ ...base, state: node ? "bound" : "failed", changed: false, detail: node ? `already on ${rec.driver} (${node})` : `on ${rec.driver} without a device node` });
+      continue;
+    }
+    const mac = "mac" in seen ? seen.mac : undefined;
+    if (mac !== rec.mac) {
+      out.push({ ...base, state: "skipped", changed: false, detail: `${rec.bdf} carries MAC ${mac}, not ${rec.mac}: another ENI sits there now; left alone for the full apply` });
+      continue;
+    }
+    const verdict = guardViolations(guards, { mac, bdf: rec.bdf, ifname: seen.ifname });
+    if (verdict.never.length || verdict.unlessForced.length) {
+      out.push({ ...base, state: verdict.never.length ? "failed" : "skipped", changed: false, detail: `refused: ${[...verdict.never, ...verdict.unlessForced].join("; ")}; left alone` });
+      continue;
+    }
+    try {
+      if (seen.ifname) {
+        // before the netdev vanishes: nodeadm must not wait for it on this boot or later ones
+        await markNodeadmUnmanaged(host, state, state.instanceId, seen.ifname, rec.mac, dlog);
+        rec.ifname = seen.ifname;
+      }
+      const b = await bindDevice(host, rec.bdf, rec.driver, {
+        log: dlog,
+        script: dpdk.binding_script || undefined,
+        mac: rec.mac,
+        guard: guards,
+        eni: { name: rec.eniName, ...(rec.eniId ? { id: rec.eniId } : {}) },
+      });
+      await saveState(host, state);
+      out.push({ ...base, state: "bound", changed: b.changed, detail: `bound to ${rec.driver} (${b.deviceNode})` });
+    } catch (e) {
+      out.push({ ...base, state: "failed", changed: true, detail: (e as Error).message });
+    }
+  }
+  return out;
+}
