@@ -5,7 +5,7 @@ import path from "node:path";
 import { Host } from "../src/host/host.js";
 import { OpError } from "../src/core/errors.js";
 import { defaults } from "../src/config/config.js";
-import { isTransient, KubeApiError, KubeClient, KubeUnreachableError, loadKubeconfig, resolveKubeTarget, type WatchEvent } from "../src/cloud/kube.js";
+import { isTransient, KubeApiError, KubeClient, KubeUnreachableError, loadKubeconfig, resolveKubeTarget } from "../src/cloud/kube.js";
 import { KubeApiEmulator, testPki } from "../src/sim/kube-api.js";
 
 const pki = testPki();
@@ -88,38 +88,6 @@ t.test("status patch is conditional on resourceVersion: a stale one gets 409", a
   t.same(emu.get("a")!.status?.attachments, [att], "the conflicting write changed nothing");
   const patchReq = emu.requests.find((r) => r.method === "PATCH")!;
   t.match(patchReq.path, /\/nodeenis\/a\/status$/);
-});
-
-t.test("watch streams events from a resourceVersion; ERROR 410 ends it; abort stops it", async (t) => {
-  const emu = await emulator(t);
-  const c = client(t, emu);
-  const { resourceVersion } = await c.listNodeEnis();
-  const events: WatchEvent[] = [];
-  const ac = new AbortController();
-  const watching = c.watchNodeEnis(resourceVersion, (e) => {
-    events.push(e);
-    if (events.length === 2) ac.abort();
-  }, ac.signal, 30);
-  await new Promise((r) => setTimeout(r, 100));
-  emu.upsert(obj("c"));
-  emu.delete("a");
-  await watching;
-  t.same(events.map((e) => [e.type, e.object.metadata.name]), [["ADDED", "c"], ["DELETED", "a"]]);
-
-  emu.compactedThrough = Number(resourceVersion) + 100;
-  const gone: WatchEvent[] = [];
-  await c.watchNodeEnis(resourceVersion, (e) => gone.push(e), new AbortController().signal, 30);
-  t.equal(gone[0]?.type, "ERROR");
-  t.equal(gone[0]?.object.code, 410);
-});
-
-t.test("a watch is a 403 when RBAC forbids it", async (t) => {
-  const emu = await emulator(t);
-  emu.faults.forbid.add("watch");
-  const err = await client(t, emu).watchNodeEnis("1", () => {}, new AbortController().signal, 5).catch((e: unknown) => e);
-  t.ok(err instanceof KubeApiError);
-  t.equal((err as KubeApiError).status, 403);
-  t.match((err as Error).message, /cannot watch resource "nodeenis"/);
 });
 
 t.test("kubeconfig: client certificate, token file, EKS exec plugin", async (t) => {

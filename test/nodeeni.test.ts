@@ -19,11 +19,9 @@ import {
   nodeEniToLayer,
   nodeIdentity,
   parseNodeConfigs,
-  pollNodeEnis,
   rememberNodeEnis,
   reportNodeEniStatus,
   selectorMatches,
-  watchNodeEnis,
   type NodeEniEniResult,
   type NodeEniInput,
 } from "../src/sources/nodeeni.js";
@@ -399,45 +397,6 @@ t.test("no cluster configured: the NodeENI source is empty without touching the 
   t.same(r.layers, []);
   t.equal(r.session, undefined);
   t.equal(emu.requests.length, 0);
-});
-
-t.test("run: watch reports changes to the applicable set only; poll agrees", async (t) => {
-  const { emu, input } = await world(t, [nodeEni("dpdk", {}), nodeEni("gpu-only", { nodeSelector: { "ng-role": "gpu" } })]);
-  const r = await nodeEniLayers(input);
-  const session = r.session!;
-  const changes: string[][] = [];
-  const ac = new AbortController();
-  const watching = watchNodeEnis(session, { signal: ac.signal, onChange: (a) => changes.push(a), log: silentLogger, timeoutSeconds: 30, maxBackoffMs: 200 });
-  const until = async (n: number) => {
-    for (let i = 0; i < 100 && changes.length < n; i++) await new Promise((res) => setTimeout(res, 20));
-  };
-  await new Promise((res) => setTimeout(res, 150));
-  t.same(changes, [], "nothing changed since the apply");
-  emu.upsert(nodeEni("gpu-only", { nodeSelector: { "ng-role": "gpu" }, mtu: 1500 }));
-  emu.upsert(nodeEni("new-elsewhere", { nodeSelector: { "ng-role": "cpu" } }));
-  await new Promise((res) => setTimeout(res, 150));
-  t.same(changes, [], "changes to NodeENIs that do not apply are ignored");
-  emu.upsert(nodeEni("dpdk", { mtu: 1500 }));
-  await until(1);
-  t.same(changes, [["dpdk"]]);
-  emu.upsert(nodeEni("added", {}));
-  await until(2);
-  t.same(changes[1], ["added", "dpdk"]);
-  // The server ends the stream and compacts history: the watch re-lists and carries on.
-  emu.compactedThrough = 10_000;
-  emu.endWatches();
-  await new Promise((res) => setTimeout(res, 150));
-  emu.compactedThrough = 0;
-  emu.delete("added");
-  await until(3);
-  t.same(changes[2], ["dpdk"]);
-  ac.abort();
-  await watching;
-  t.pass("the watch ends when aborted");
-
-  emu.upsert(nodeEni("dpdk", { mtu: 1600 }));
-  t.equal(await pollNodeEnis(session), true);
-  t.equal(await pollNodeEnis(session), false);
 });
 
 t.test("the NodeENI CRD in deploy/ keeps the existing controller's identity and fields, and validates like eni-dpdk", async (t) => {

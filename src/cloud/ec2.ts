@@ -20,7 +20,7 @@ import type {
   ModifyNetworkInterfaceAttributeCommandOutput,
 } from "@aws-sdk/client-ec2";
 import { OpError } from "../core/errors.js";
-import { Deadline, sleep } from "../core/deadline.js";
+import { Deadline, delayFor, sleep } from "../core/deadline.js";
 import type { Logger } from "../core/log.js";
 import { interop } from "../core/lazy.js";
 import { nullRecord } from "../config/config.js";
@@ -242,7 +242,7 @@ export async function withEc2Retry<T>(action: string, fn: () => Promise<T>, opts
       if (info.kind === "permanent") {
         throw new Ec2Error(action, info.code, `EC2 ${action} failed: ${info.code}: ${info.message}`, hintFor(action, info.code), info.status, { cause: e });
       }
-      const wait = Math.random() * Math.min(cap, (info.kind === "throttle" ? throttleBase : base) * 2 ** attempt);
+      const wait = delayFor({ firstMs: info.kind === "throttle" ? throttleBase : base, maxMs: cap, jitter: "full" }, attempt);
       if (opts.deadline.remaining() <= wait + 50) {
         throw new Ec2Error(
           action,

@@ -5,7 +5,7 @@
 // the tests as the reference that the IMDS emulator answers as real IMDS does.
 import http from "node:http";
 import { OpError } from "../core/errors.js";
-import { Deadline, sleep } from "../core/deadline.js";
+import { Deadline, delayFor, sleep, type Backoff } from "../core/deadline.js";
 import type { Logger } from "../core/log.js";
 
 export const DEFAULT_IMDS_ENDPOINT = "http://169.254.169.254";
@@ -134,7 +134,7 @@ export class ImdsClient implements Imds {
           throw new OpError(`IMDS answered ${status} for ${path}`, imdsHint, { endpoint: this.endpoint });
         }
         attempt++;
-        const wait = Math.min(1000, 50 * 2 ** attempt);
+        const wait = delayFor(IMDS_RETRY, attempt - 1);
         if (deadline.remaining() <= wait) {
           throw new OpError(
             `IMDS at ${this.endpoint} did not answer ${path} before the deadline (${attempt} attempts; last error: ${(e as Error).message})`,
@@ -150,6 +150,9 @@ export class ImdsClient implements Imds {
     }
   }
 }
+
+/** IMDS may come up after us at boot: retry soon, then every second. */
+const IMDS_RETRY: Backoff = { firstMs: 100, maxMs: 1000 };
 
 const imdsHint =
   "check that IMDS is reachable and IMDSv2 hop limit allows it (aws ec2 describe-instances --query 'Reservations[].Instances[].MetadataOptions')";

@@ -91,10 +91,6 @@ const TLS_TRUST_CODES = new Set([
   "CERT_HAS_EXPIRED",
 ]);
 
-export interface WatchEvent {
-  type: "ADDED" | "MODIFIED" | "DELETED" | "BOOKMARK" | "ERROR";
-  object: NodeEniObject & { code?: number; reason?: string; message?: string };
-}
 
 export class KubeClient {
   private readonly agent: https.Agent;
@@ -254,72 +250,7 @@ export class KubeClient {
     );
   }
 
-  /**
-   * Watch from `resourceVersion`, calling `onEvent` per event, until the server ends the stream,
-   * `timeoutSeconds` pass, or `signal` aborts. An ERROR event (e.g. 410 Gone) ends it with that
-   * event delivered; the caller re-lists.
-   */
-  async watchNodeEnis(resourceVersion: string, onEvent: (e: WatchEvent) => void, signal: AbortSignal, timeoutSeconds = 300): Promise<void> {
-    const q = new URLSearchParams({ watch: "true", resourceVersion, timeoutSeconds: String(timeoutSeconds), allowWatchBookmarks: "true" });
-    // The socket idles between events; allow the whole watch window plus slack.
-    let res: IncomingMessage;
-    try {
-      res = await this.open("GET", `${NODEENI_PATH}?${q}`, undefined, undefined, (timeoutSeconds + 30) * 1000, signal);
-    } catch (e) {
-      if (signal.aborted) return;
-      throw e;
-    }
-    if ((res.statusCode ?? 0) >= 300) {
-      const text = await readAll(res).catch(() => "");
-      const s = (() => {
-        try {
-          return JSON.parse(text) as { reason?: string; message?: string };
-        } catch {
-          return {};
-        }
-      })();
-      const status = res.statusCode ?? 0;
-      if (status >= 500 || status === 429) throw new KubeUnreachableError(`watch answered ${status}: ${s.message ?? text}`);
-      throw new KubeApiError(status, s.reason ?? "", `watch of nodeenis answered ${status}${s.reason ? ` ${s.reason}` : ""}: ${s.message ?? text}`);
-    }
-    await new Promise<void>((resolve, reject) => {
-      let buf = "";
-      const onAbort = () => {
-        res.destroy();
-        resolve();
-      };
-      if (signal.aborted) return onAbort();
-      signal.addEventListener("abort", onAbort, { once: true });
-      res.setEncoding("utf8");
-      res.on("data", (chunk: string) => {
-        buf += chunk;
-        let i: number;
-        // A bad line (or the handler's own error) ends the watch as an error, never as an uncaught throw.
-        try {
-          while ((i = buf.indexOf("\n")) >= 0) {
-            const line = buf.slice(0, i).trim();
-            buf = buf.slice(i + 1);
-            if (line) onEvent(this.parseJson<WatchEvent>(line, "watch of nodeenis"));
-          }
-        } catch (e) {
-          signal.removeEventListener("abort", onAbort);
-          res.destroy();
-          reject(e);
-        }
-      });
-      const done = () => {
-        signal.removeEventListener("abort", onAbort);
-        resolve();
-      };
-      res.on("end", done);
-      res.on("close", done);
-      res.on("error", (e: NodeJS.ErrnoException) => {
-        signal.removeEventListener("abort", onAbort);
-        if (signal.aborted) resolve();
-        else reject(this.networkError(e));
-      });
-    });
-  }
+
 }
 
 function readAll(res: IncomingMessage): Promise<string> {

@@ -6,7 +6,7 @@ import type { _InstanceType, NetworkInterface } from "@aws-sdk/client-ec2";
 import type { EniConfig } from "../config/config.js";
 import { Ec2Error, withEc2Retry, type Ec2Api, type Ec2Factory } from "../cloud/ec2.js";
 import { InputError, OpError, type Problem } from "../core/errors.js";
-import { sleep } from "../core/deadline.js";
+import { delayFor, pollUntil, sleep, type Backoff } from "../core/deadline.js";
 import { readNic, readNicNetwork } from "../cloud/imds.js";
 import { listNetdevs } from "../host/pci.js";
 import { lazyCrypto } from "../core/lazy.js";
@@ -499,7 +499,7 @@ async function runItem(
         const driver = bound && (await ctx.host.linkName(`/sys/bus/pci/devices/${bound.bdf}/driver`));
         return bound && driver === bound.driver ? { done: `${bound.bdf} (on ${driver})` } : { state: "no such NIC yet" };
       },
-      { firstMs: 50, maxMs: 500 },
+      { firstMs: 50, maxMs: 500, growth: 1.6, jitter: 0.2 },
     );
     await waitFor(
       ctx,
@@ -509,7 +509,7 @@ async function runItem(
         if (nic && nic.deviceNumber === e.device_index && nic.networkCard === e.network_card_index) return { done: nic };
         return { state: nic ? `device-number ${nic.deviceNumber}, network-card ${nic.networkCard}` : "MAC not listed" };
       },
-      { firstMs: 100, maxMs: 1000 },
+      { firstMs: 100, maxMs: 1000, growth: 1.6, jitter: 0.2 },
     );
     log.info("ENI ready", { eni_id: rec.eniId, mac: rec.mac, ifname });
   }
@@ -520,6 +520,9 @@ async function runItem(
  * Waits for attachments to reach "attached" with ONE DescribeNetworkInterfaces per poll for all of
  * this node's ENIs, so 8 ENIs cost the describe bucket what 1 does. Bounded by the stage deadline.
  */
+/** EC2 usually attaches within 1-3 s: poll often early, then back off to spare the describe bucket. */
+const ATTACH_POLL: Backoff = { firstMs: 300, maxMs: 1500, growth: 1.3, jitter: 0.2 };
+
 class AttachmentWatcher {
   private readonly pending = new Map<string, { name: string; since: number; last: string; resolve: (n: NetworkInterface) => void; reject: (e: Error) => void }>();
   private running = false;
@@ -538,8 +541,7 @@ class AttachmentWatcher {
 
   private async loop(): Promise<void> {
     this.running = true;
-    // EC2 usually attaches within 1-3 s: poll often early, then back off to spare the describe bucket.
-    let interval = 300;
+    let polls = 0;
     try {
       while (this.pending.size) {
         const left = this.ctx.deadline.remaining();
@@ -556,8 +558,7 @@ class AttachmentWatcher {
           this.pending.clear();
           break;
         }
-        await sleep(Math.min(left, interval * (0.8 + 0.4 * Math.random())));
-        interval = Math.min(1500, interval * 1.3);
+        await sleep(Math.min(left, delayFor(ATTACH_POLL, polls++)));
         const ids = [...this.pending.keys()];
         let out: NetworkInterface[];
         try {
@@ -592,33 +593,28 @@ async function describeOne(api: Ec2Api, ctx: StageContext, eniId: string): Promi
 }
 
 
-/** Poll until `probe` is done, with growing jittered intervals, bounded by the stage deadline. */
-async function waitFor<T>(
-  ctx: StageContext,
-  what: string,
-  probe: () => Promise<{ done: T } | { state: string }>,
-  opts: { firstMs: number; maxMs: number; growth?: number },
-): Promise<T> {
+/** Wait until `probe` is done, bounded by the stage deadline; on timeout say what was last seen. */
+async function waitFor<T>(ctx: StageContext, what: string, probe: () => Promise<{ done: T } | { state: string }>, backoff: Backoff): Promise<T> {
   const t0 = Date.now();
-  let interval = opts.firstMs;
-  for (;;) {
-    let r: { done: T } | { state: string };
-    try {
-      r = await probe();
-    } catch (err) {
-      if (err instanceof Ec2Error && ctx.deadline.expired()) r = { state: `last call failed: ${err.code}` };
-      else throw err;
-    }
-    if ("done" in r) return r.done;
-    const left = ctx.deadline.remaining();
-    if (left <= 0) {
-      throw new OpError(
-        `timed out after ${((Date.now() - t0) / 1000).toFixed(1)} s waiting for ${what}; last seen: ${r.state}`,
-        "check the ENI in the EC2 console and the instance's kernel log (dmesg) for the hot-plug; raise service.timeout_seconds if EC2 is slow",
-        { waited_ms: Date.now() - t0 },
-      );
-    }
-    await sleep(Math.min(left, interval * (0.8 + 0.4 * Math.random())));
-    interval = Math.min(opts.maxMs, interval * (opts.growth ?? 1.6));
-  }
+  let last = "not polled yet";
+  const r = await pollUntil(
+    async () => {
+      try {
+        const x = await probe();
+        if ("done" in x) return x;
+        last = x.state;
+      } catch (err) {
+        if (!(err instanceof Ec2Error && ctx.deadline.expired())) throw err;
+        last = `last call failed: ${err.code}`;
+      }
+      return undefined;
+    },
+    { deadline: ctx.deadline, backoff },
+  );
+  if (r) return r.done;
+  throw new OpError(
+    `timed out after ${((Date.now() - t0) / 1000).toFixed(1)} s waiting for ${what}; last seen: ${last}`,
+    "check the ENI in the EC2 console and the instance's kernel log (dmesg) for the hot-plug; raise service.timeout_seconds if EC2 is slow",
+    { waited_ms: Date.now() - t0 },
+  );
 }

@@ -26,11 +26,11 @@ import {
 } from "../config/config.js";
 import { InputError, OpError, type Problem } from "../core/errors.js";
 import { type Host } from "../host/host.js";
-import { sleep, type Deadline } from "../core/deadline.js";
+import { delayFor, sleep, type Deadline } from "../core/deadline.js";
 import type { Imds, InstanceIdentity } from "../cloud/imds.js";
 import type { Logger } from "../core/log.js";
 import type { State } from "../core/state.js";
-import type { KubeClient, NodeConfigCluster, NodeEniAttachment, NodeEniObject, WatchEvent } from "../cloud/kube.js";
+import type { KubeClient, NodeConfigCluster, NodeEniAttachment, NodeEniObject } from "../cloud/kube.js";
 
 export const NODEADM_MEDIA_TYPE = "application/node.eks.aws";
 
@@ -69,8 +69,6 @@ export interface NodeIdentity {
 export interface NodeEniSession {
   client: KubeClient;
   node: NodeIdentity;
-  /** fingerprint of the applicable NodeENI set last handed out (watch/poll compare against it) */
-  fingerprint: string;
 }
 
 export interface NodeEniResult {
@@ -423,7 +421,7 @@ export function nodeEniToLayer(obj: NodeEniObject): MappedNodeEni {
   return { layer: { source, data: { eni }, locate }, problems, warnings, eniNames: names };
 }
 
-/** Stable JSON (sorted keys) for fingerprints and comparisons. */
+/** Stable JSON (sorted keys), for comparing attachments whatever their key order. */
 function stable(v: unknown): string {
   if (Array.isArray(v)) return `[${v.map(stable).join(",")}]`;
   if (isObject(v)) return `{${Object.keys(v).sort().map((k) => `${JSON.stringify(k)}:${stable(v[k])}`).join(",")}}`;
@@ -439,10 +437,6 @@ export function applicableNodeEnis(items: NodeEniObject[], labels: Record<string
     if (m) out.push(o);
   }
   return out.sort((a, b) => (a.metadata.name < b.metadata.name ? -1 : 1));
-}
-
-export function fingerprintOf(applicable: NodeEniObject[]): string {
-  return stable(applicable.map((o) => [o.metadata.name, o.spec ?? null]));
 }
 
 /**
@@ -516,7 +510,7 @@ export async function openNodeEniSession(input: NodeEniInput, warnings: string[]
   const { resolveKubeTarget, KubeClient } = await import("../cloud/kube.js");
   const target = await resolveKubeTarget({ k8s: input.config.kubernetes, nodeConfig: nodeConfig.cluster, region: input.instance.region, host: input.host });
   if (!target) return undefined;
-  return { client: new KubeClient(target), node, fingerprint: "" };
+  return { client: new KubeClient(target), node };
 }
 
 /** A refusal from the API, said plainly with what to do. */
@@ -559,7 +553,7 @@ async function listWithWait(session: NodeEniSession, waitMs: number, log: Logger
       const remaining = waitMs - (Date.now() - started);
       if (remaining <= 0) throw e;
       if (attempt === 1 || attempt % 5 === 0) log.warn("waiting for the Kubernetes API", { attempt, error: (e as Error).message });
-      await sleep(Math.min(remaining, 5000, 200 * 2 ** attempt));
+      await sleep(Math.min(remaining, delayFor({ firstMs: 400, maxMs: 5000 }, attempt - 1)));
     }
   }
 }
@@ -617,7 +611,6 @@ export async function nodeEniLayers(input: NodeEniInput): Promise<NodeEniResult>
   }
   const applicable = applicableNodeEnis(items, node.labels, warnings);
   const layers = layersForNodeEnis(applicable, input.config, warnings);
-  session.fingerprint = fingerprintOf(applicable);
   return {
     layers,
     warnings,
@@ -764,78 +757,4 @@ export async function reportNodeEniStatus(
   }
   for (const w of report.warnings) input.log.warn(w);
   return report;
-}
-
-// ---- run: noticing changes ---------------------------------------------------------------------
-
-/** List once; true when the applicable set (names and specs) differs from the last one handed out. */
-export async function pollNodeEnis(session: NodeEniSession): Promise<boolean> {
-  const items = checkNodeEniItems((await session.client.listNodeEnis()).items, `from ${session.client.target.server}`);
-  const fp = fingerprintOf(applicableNodeEnis(items, session.node.labels, []));
-  if (fp === session.fingerprint) return false;
-  session.fingerprint = fp;
-  return true;
-}
-
-/**
- * Watch NodeENIs until `signal` aborts, calling `onChange` whenever the set that applies to this
- * node changes (including changes made between the apply and the watch's start). Lists, watches
- * from the list's resourceVersion, re-watches when the server ends the stream, re-lists on 410 Gone
- * and after errors (with back-off). The caller then runs nodeEniLayers and applies.
- */
-export async function watchNodeEnis(
-  session: NodeEniSession,
-  opts: { signal: AbortSignal; onChange: (applied: string[]) => void; log: Logger; timeoutSeconds?: number; maxBackoffMs?: number },
-): Promise<void> {
-  const { signal, log } = opts;
-  let failures = 0;
-  while (!signal.aborted) {
-    try {
-      const list = await session.client.listNodeEnis();
-      const current = new Map(checkNodeEniItems(list.items, `from ${session.client.target.server}`).map((o) => [o.metadata.name, o]));
-      let rv = list.resourceVersion;
-      const check = () => {
-        const applicable = applicableNodeEnis([...current.values()], session.node.labels, []);
-        const fp = fingerprintOf(applicable);
-        if (fp !== session.fingerprint) {
-          session.fingerprint = fp;
-          opts.onChange(applicable.map((o) => o.metadata.name));
-        }
-      };
-      check();
-      failures = 0;
-      let gone = false;
-      while (!signal.aborted && !gone) {
-        await session.client.watchNodeEnis(
-          rv,
-          (ev: WatchEvent) => {
-            if (ev.type === "ERROR") {
-              gone = true;
-              log.debug("NodeENI watch ended by the server; re-listing", { code: ev.object.code, reason: ev.object.reason });
-              return;
-            }
-            if (typeof ev.object?.metadata?.resourceVersion === "string") rv = ev.object.metadata.resourceVersion;
-            if (ev.type === "BOOKMARK") return;
-            checkNodeEniItems([ev.object], `a ${ev.type} watch event from ${session.client.target.server}`);
-            if (ev.type === "DELETED") current.delete(ev.object.metadata.name);
-            else current.set(ev.object.metadata.name, ev.object);
-            check();
-          },
-          signal,
-          opts.timeoutSeconds,
-        );
-      }
-      // 410 Gone: re-list, but never spin against a server that keeps answering it.
-      if (gone && !signal.aborted) await sleep(250);
-    } catch (e) {
-      if (signal.aborted) break;
-      failures++;
-      const wait = Math.min(opts.maxBackoffMs ?? 30_000, 500 * 2 ** Math.min(failures, 10));
-      if (failures === 1 || failures % 10 === 0) log.warn("NodeENI watch failed; retrying", { error: (e as Error).message, retryInMs: wait });
-      await new Promise<void>((r) => {
-        const t = setTimeout(r, wait);
-        signal.addEventListener("abort", () => (clearTimeout(t), r()), { once: true });
-      });
-    }
-  }
 }
