@@ -2,7 +2,7 @@
 // Command modules are imported when their command runs, so each path loads only what it uses.
 import { promises as fs, statSync } from "node:fs";
 import type { Argv } from "yargs";
-import { buildConfig, type EffectiveConfig } from "./config/config.js";
+import { buildConfig, type EffectiveConfig } from "./config/model.js";
 import { errorMessage, exitCodeOf, formatProblem, InputError, OpError, type Problem } from "./core/errors.js";
 import { Host, resolveRoot } from "./host/host.js";
 import { Logger, type Level, type LogFormat } from "./core/log.js";

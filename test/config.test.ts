@@ -1,6 +1,7 @@
 import t from "tap";
 import { readdirSync, readFileSync } from "node:fs";
-import { buildConfig, nearest, resourceNameProblems } from "../src/config/config.js";
+import { buildConfig, nearest } from "../src/config/model.js";
+import { resourceNameProblems } from "../src/config/facts.js";
 import { InputError, formatProblem } from "../src/core/errors.js";
 import { loadToml, tomlLayer } from "../src/sources/sources.js";
 
@@ -113,7 +114,7 @@ const problemsOf = (f: () => unknown): string[] => {
 };
 
 t.test("Object.prototype member names are unknown keys at every level, and nothing is polluted", async (t) => {
-  const { FORBIDDEN_KEYS } = await import("../src/config/config.js");
+  const { FORBIDDEN_KEYS } = await import("../src/core/records.js");
   for (const k of ["constructor", "toString", "hasOwnProperty", "valueOf", "__proto__", "prototype"]) t.ok(FORBIDDEN_KEYS.has(k), k);
   const eni = oneEni('hasOwnProperty = 1\ndpdk.prototype = 1\ntags = { "__proto__" = "x" }\n');
   const text = `"__proto__" = { polluted = "yes" }\n[constructor]\nx = 1\n[dpdk]\ntoString = "x"\nvalueOf = 1\n${eni}`;

@@ -9,7 +9,7 @@ import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import toml from "toml";
-import { buildConfig, defaults, schema } from "../src/config/config.js";
+import { buildConfig, defaults, schema } from "../src/config/model.js";
 import { analyzeVerify, makeVerifyRoot } from "./support/unitfile.js";
 
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");

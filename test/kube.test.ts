@@ -4,7 +4,7 @@ import os from "node:os";
 import path from "node:path";
 import { Host } from "../src/host/host.js";
 import { OpError } from "../src/core/errors.js";
-import { defaults } from "../src/config/config.js";
+import { defaults } from "../src/config/model.js";
 import { isTransient, KubeApiError, KubeClient, KubeUnreachableError, loadKubeconfig, resolveKubeTarget } from "../src/cloud/kube.js";
 import { KubeApiEmulator, testPki } from "../src/sim/kube-api.js";
 

@@ -2,7 +2,7 @@ import t, { type Test } from "tap";
 import { mkdtempSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { buildConfig, defaults, type Config } from "../src/config/config.js";
+import { buildConfig, defaults, type Config } from "../src/config/model.js";
 import { formatProblem, InputError, OpError } from "../src/core/errors.js";
 import { Host } from "../src/host/host.js";
 import { Deadline } from "../src/core/deadline.js";
@@ -402,7 +402,7 @@ t.test("no cluster configured: the NodeENI source is empty without touching the 
 t.test("the NodeENI CRD in deploy/ keeps the existing controller's identity and fields, and validates like eni-dpdk", async (t) => {
   const YAML = await import("yaml");
   const { readFileSync } = await import("node:fs");
-  const { PCI_ADDRESS_RE, SG_ID_RE, SUBNET_ID_RE, resourceNameProblems } = await import("../src/config/config.js");
+  const { BDF_RE, SG_ID_RE, SUBNET_ID_RE, resourceNameProblems } = await import("../src/config/facts.js");
   const { NODEENI_SPEC_FIELDS } = await import("../src/sources/nodeeni.js");
   const crd = YAML.parse(readFileSync(new URL("../deploy/nodeeni-crd.yaml", import.meta.url), "utf8"));
   t.equal(crd.metadata.name, "nodeenis.networking.k8s.aws");
@@ -431,7 +431,7 @@ t.test("the NodeENI CRD in deploy/ keeps the existing controller's identity and 
   agree(spec.properties.subnetID.pattern, (s) => SUBNET_ID_RE.test(s), subnets, "subnetID");
   agree(spec.properties.subnetIDs.items.pattern, (s) => SUBNET_ID_RE.test(s), subnets, "subnetIDs");
   agree(spec.properties.securityGroupIDs.items.pattern, (s) => SG_ID_RE.test(s), [SG, "sg-0123abcd", "sg-01", "subnet-0123abcd"], "securityGroupIDs");
-  agree(spec.properties.dpdkPCIAddress.pattern, (s) => PCI_ADDRESS_RE.test(s), ["0000:00:06.0", "0000:00:06.8", "00:06.0", "0000:00:1F.0"], "dpdkPCIAddress");
+  agree(spec.properties.dpdkPCIAddress.pattern, (s) => BDF_RE.test(s), ["0000:00:06.0", "0000:00:06.8", "00:06.0", "0000:00:1F.0"], "dpdkPCIAddress");
   agree(
     spec.properties.dpdkResourceName.pattern,
     (s) => resourceNameProblems(s, "amazon.com").length === 0 && !s.startsWith("kubernetes.io/"),

@@ -269,7 +269,7 @@ t.test("routes are read as the kernel prints them", async (t) => {
       "",
     ].join("\n"),
   );
-  const { readRoutes } = await import("../src/host/pci.js");
+  const { readRoutes } = await import("../src/host/guard.js");
   const r = await readRoutes(new Host(sim.root));
   t.same([...r.defaultV4], ["ens5"], "RTF_REJECT route ignored");
   t.same([...r.defaultV6], ["ens5"], "lo's reject route ignored");

@@ -9,12 +9,13 @@ import path from "node:path";
 import { gzipSync } from "node:zlib";
 import { fileURLToPath } from "node:url";
 import YAML from "yaml";
-import { buildConfig, defaults } from "../src/config/config.js";
+import { buildConfig, defaults } from "../src/config/model.js";
 import { loadToml, tagLayers, tomlLayer, userDataLayers } from "../src/sources/sources.js";
 
 // tomlLayer and userDataLayers are synchronous; the parser itself loads lazily (see loadToml).
 await loadToml();
-import { decodeUserData, renderUserData, OUR_MEDIA_TYPE, NODEADM_MEDIA_TYPE } from "../src/sources/mime.js";
+import { decodeUserData, renderUserData } from "../src/sources/mime.js";
+import { OUR_MEDIA_TYPE, NODEADM_MEDIA_TYPE } from "../src/config/facts.js";
 import { applicableNodeEnis, layersForNodeEnis, nodeIdentity, parseNodeConfigs } from "../src/sources/nodeeni.js";
 import type { NodeEniObject } from "../src/cloud/kube.js";
 

@@ -8,7 +8,7 @@ import { loadToml, envLayers, fileLayers, gather, parseToml, saveTomlMemo, tagLa
 
 // tomlLayer and userDataLayers are synchronous; the parser itself loads lazily (see loadToml).
 await loadToml();
-import { buildConfig } from "../src/config/config.js";
+import { buildConfig } from "../src/config/model.js";
 import { InputError, formatProblem } from "../src/core/errors.js";
 import { Host } from "../src/host/host.js";
 

@@ -4,7 +4,7 @@ import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import t from "tap";
-import { buildConfig } from "../src/config/config.js";
+import { buildConfig } from "../src/config/model.js";
 import { InputError, OpError } from "../src/core/errors.js";
 import { Host } from "../src/host/host.js";
 import { Deadline } from "../src/core/deadline.js";

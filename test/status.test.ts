@@ -52,7 +52,7 @@ t.test("status: per device and host, as text and complete JSON", async (t) => {
   t.match(d1, { eniId: "eni-01aaaaaaaaaaaaaaa", deviceIndex: 1, mac: DATA1.mac, bdf: DATA1.bdf, vendor: "1d0f", device: "ec20", driver: "vfio-pci", originalDriver: "ena", state: "bound" });
   t.match(d1.deviceNode, /^\/dev\/vfio\/noiommu-\d+$/);
   t.match(doc.devices.find((d) => d.name === "data2"), { state: "kernel", driver: "ena", ifname: "eth2" });
-  t.same(doc.otherDevices.map((o) => [o.bdf, o.ifname, o.active]), [[PRIMARY.bdf, "eth0", ["default route", "IPv6 default route"]]]);
+  t.same(doc.otherDevices.map((o) => [o.bdf, o.ifname, o.active]), [[PRIMARY.bdf, "eth0", ["an IPv4 default route", "an IPv6 default route", "the route to IMDS"]]]);
   t.match(doc.host, { noiommu: "Y", iommuPresent: false, vfioLoaded: true, dpdkDrivers: ["vfio-pci"], writeCombining: { state: "unknown" }, sriov: { configPath: "/etc/pcidp/config.json", exists: false } });
   const text = renderStatus(doc);
   t.match(text, /NAME\s+ENI\s+IDX\s+MAC\s+BDF\s+VEN:DEV\s+DRIVER\s+ORIGINAL\s+DEVICE NODE\s+RESOURCE\s+STATE/);

@@ -7,10 +7,9 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { defaults } from "../src/config/config.js";
-import { STATE_PATH } from "../src/core/state.js";
+import { defaults } from "../src/config/model.js";
+import { STATE_PATH, STATUS_PATH } from "../src/core/state.js";
 import { NETWORKD_DIR, NODEADM_CACHE_DIR } from "../src/host/networkd.js";
-import { STATUS_PATH } from "../src/reconcile/loop.js";
 import { analyzeVerify, makeVerifyRoot, parseUnit, seconds, words, type UnitFile } from "./support/unitfile.js";
 
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");

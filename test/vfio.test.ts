@@ -144,7 +144,8 @@ t.test("vfio-pci probe without NOIOMMU leaves the device driverless; bindDevice 
   t.equal(sim.netdevOf(DATA2.bdf), undefined, "no netdev");
   t.equal(fs.readFileSync(sim.p(`/sys/bus/pci/devices/${DATA2.bdf}/driver_override`), "utf8").trim(), "vfio-pci", "override still set");
   // and what bindDevice does about it
-  const { bindDevice, guardFacts, readRoutes } = await import("../src/host/pci.js");
+  const { bindDevice } = await import("../src/host/pci.js");
+  const { guardFacts, readRoutes } = await import("../src/host/guard.js");
   const { log } = captureLog();
   const guard = guardFacts({ primaryMac: PRIMARY.mac, routes: await readRoutes(host), ownedMacs: [DATA1.mac] });
   const err = await bindDevice(host, DATA1.bdf, "vfio-pci", { log, mac: DATA1.mac, guard }).catch((e) => e);

@@ -23,7 +23,7 @@ import { OpError } from "../core/errors.js";
 import { Deadline, delayFor, sleep } from "../core/deadline.js";
 import type { Logger } from "../core/log.js";
 import { interop } from "../core/lazy.js";
-import { nullRecord } from "../config/config.js";
+import { nullRecord } from "../core/records.js";
 
 /** Only the calls eni-dpdk makes. Each is one request (no hidden retries, see lazyEc2). */
 export interface Ec2Api {

@@ -4,7 +4,8 @@
 // Finding the cluster (nodeadm's NodeConfig or [kubernetes] / a kubeconfig) also lives here.
 import https from "node:https";
 import type { IncomingMessage } from "node:http";
-import { own, type KubernetesConfig } from "../config/config.js";
+import { type KubernetesConfig } from "../config/model.js";
+import { own } from "../core/records.js";
 import { InputError, OpError } from "../core/errors.js";
 import type { Host } from "../host/host.js";
 import { interop, type CredentialSource } from "./ekstoken.js";

@@ -1,32 +1,20 @@
 // The status document (what is bound, how the host is set up) and the stand-alone device commands:
 // status, bind, unbind, reset, early. None of them needs IMDS or EC2; the commands that change the
 // host take the host lock once, at the top.
-import { buildConfig, defaults, DPDK_DRIVERS, splitResourceName, type Config, type DpdkDriver } from "../config/config.js";
+import { buildConfig, defaults, type Config } from "../config/model.js";
+import { DPDK_DRIVERS, type DpdkDriver, fullResourceName, isDpdkDriver, MAC_RE } from "../config/facts.js";
 import { errorMessage, InputError, OpError } from "../core/errors.js";
 import path from "node:path";
 import { type Host } from "../host/host.js";
 import { Deadline } from "../core/deadline.js";
 import { ensureNetworkdFile, markNodeadmUnmanaged, removeOwnedNetworkFiles } from "../host/networkd.js";
 import type { CommandContext } from "../reconcile/stage.js";
-import {
-  bindDevice,
-  deviceNodeFor,
-  guardFacts,
-  guardViolations,
-  listNetdevs,
-  listPciDevices,
-  MAC_RE,
-  readPciDevice,
-  readRoutes,
-  restoreDriver,
-  type PciDevice,
-  type RouteFacts,
-} from "../host/pci.js";
-import { DPDK_DRIVER_NAMES, prepareHost, rebindFromState } from "../reconcile/host.js";
-import { loadState, saveState, type BindingRecord, type State } from "../core/state.js";
+import { bindDevice, deviceNodeFor, listNetdevs, listPciDevices, readPciDevice, restoreDriver, type PciDevice } from "../host/pci.js";
+import { guardFacts, guardViolations, readRoutes, routeReasons } from "../host/guard.js";
+import { prepareHost, rebindFromState } from "../reconcile/host.js";
+import { type BindingRecord, loadState, saveState, type State, STATUS_PATH } from "../core/state.js";
 import { readHugepages, readKernelFacts, setupKernel, writeCombiningReport, type HugepageInfo, type KernelFacts, type WcReport } from "../host/kernel.js";
 
-export const STATUS_FILE = "/run/eni-dpdk/status.json";
 const BDF_RE = /^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$/;
 
 export interface StatusDevice {
@@ -117,10 +105,10 @@ export async function collectStatus(host: Host, opts: { config?: Config; state?:
     const wantDpdk = cfg ? cfg.dpdk.enabled : !!rec;
     let st: StatusDevice["state"];
     let detail = "";
-    if (!pci || (!nd && rec && !DPDK_DRIVER_NAMES.includes(driver))) {
+    if (!pci || (!nd && rec && !isDpdkDriver(driver))) {
       st = "missing";
       detail = !row.mac ? "no ENI recorded yet (run apply)" : `no NIC with MAC ${row.mac} on this host`;
-    } else if (DPDK_DRIVER_NAMES.includes(driver)) {
+    } else if (isDpdkDriver(driver)) {
       st = node ? "bound" : "failed";
       if (!node) detail = `on ${driver} but no device node`;
     } else if (wantDpdk) {
@@ -141,9 +129,9 @@ export async function collectStatus(host: Host, opts: { config?: Config; state?:
       device: pci?.device ?? rec?.device ?? "",
       ifname: nd?.ifname ?? "",
       driver,
-      originalDriver: rec?.originalDriver ?? (driver && !DPDK_DRIVER_NAMES.includes(driver) ? driver : ""),
+      originalDriver: rec?.originalDriver ?? (driver && !isDpdkDriver(driver) ? driver : ""),
       deviceNode: node,
-      resourceName: cfg?.dpdk.enabled && cfg.dpdk.resource_name ? fullName(cfg.dpdk.resource_name, config) : lastDev?.resourceName ?? "",
+      resourceName: cfg?.dpdk.enabled && cfg.dpdk.resource_name ? fullResourceName(cfg.dpdk.resource_name, config.sriov.resource_prefix) : lastDev?.resourceName ?? "",
       state: st,
       detail,
     });
@@ -157,7 +145,7 @@ export async function collectStatus(host: Host, opts: { config?: Config; state?:
     if (!cls.startsWith("0x02")) continue;
     const pci = (await readPciDevice(host, bdf))!;
     const nd = netdevs.find((n) => n.bdf === bdf);
-    otherDevices.push({ bdf, vendor: pci.vendor, device: pci.device, driver: pci.driver ?? "", ifname: nd?.ifname ?? "", mac: nd?.mac ?? "", active: nd ? activeReasons(routes, nd.ifname) : [] });
+    otherDevices.push({ bdf, vendor: pci.vendor, device: pci.device, driver: pci.driver ?? "", ifname: nd?.ifname ?? "", mac: nd?.mac ?? "", active: nd ? routeReasons(routes, nd.ifname) : [] });
   }
 
   const k = await readKernelFacts(host);
@@ -195,7 +183,7 @@ interface LastApplyFile {
 }
 
 async function readLastApply(host: Host): Promise<LastApplyFile | undefined> {
-  const raw = await host.read(STATUS_FILE);
+  const raw = await host.read(STATUS_PATH);
   if (!raw) return undefined;
   try {
     const doc = JSON.parse(raw) as LastApplyFile;
@@ -206,18 +194,7 @@ async function readLastApply(host: Host): Promise<LastApplyFile | undefined> {
   }
 }
 
-function activeReasons(routes: RouteFacts, ifname: string): string[] {
-  const out: string[] = [];
-  if (routes.defaultV4.has(ifname)) out.push("default route");
-  if (routes.defaultV6.has(ifname)) out.push("IPv6 default route");
-  if (routes.imds.has(ifname) && !routes.defaultV4.has(ifname)) out.push("IMDS route");
-  return out;
-}
 
-function fullName(resource: string, config: Config): string {
-  const { prefix, name } = splitResourceName(resource, config.sriov.resource_prefix);
-  return `${prefix}/${name}`;
-}
 
 /** Text like `dpdk-devbind.py --status`: managed devices, other NICs, host readiness. */
 export function renderStatus(doc: StatusDoc): string {
@@ -424,7 +401,7 @@ export async function unbindCommand(ctx: CommandContext, opts: { target: string 
     const { host, log } = ctx;
     const state = await prepareHost(host, log);
     const r = await resolveTarget(host, state, opts.target);
-    if (!r.pci.driver || !DPDK_DRIVER_NAMES.includes(r.pci.driver)) {
+    if (!r.pci.driver || !isDpdkDriver(r.pci.driver)) {
       ctx.out(`${r.bdf} is on ${r.pci.driver ?? "no driver"}, not a DPDK driver; nothing to do\n`);
       return 0;
     }
@@ -453,7 +430,7 @@ export async function resetCommand(ctx: CommandContext, _opts: Record<string, ne
         delete state.bindings[rec.mac];
         continue;
       }
-      if (pci.driver && DPDK_DRIVER_NAMES.includes(pci.driver)) {
+      if (pci.driver && isDpdkDriver(pci.driver)) {
         const rb = await restoreDriver(host, rec.bdf, rec.originalDriver || undefined, { log, mac: rec.mac });
         if (!rb.ok) {
           failures.push(`${rec.bdf}: ${rb.problem}`);

@@ -4,15 +4,15 @@
 // its first write and cleared after it is verified, so a process killed half-way is finished or
 // rolled back by the next one (recoverInflight in pci.ts) before anything else.
 import { InputError } from "./errors.js";
-import { VAR_DIR, type Host } from "../host/host.js";
+import { RUN_DIR, VAR_DIR, type Host } from "../host/host.js";
+import { BDF_RE, DRIVER_NAME_RE as DRIVER_RE, HEX4_RE, INSTANCE_ID_RE, MAC_RE } from "../config/facts.js";
+import { nullRecord } from "./records.js";
 
 export const STATE_PATH = `${VAR_DIR}/state.json`;
 export const JOURNAL_PATH = `${VAR_DIR}/inflight.json`;
+/** The last apply, for `status` and the SRE: /run, so it starts empty at every boot. */
+export const STATUS_PATH = `${RUN_DIR}/status.json`;
 
-const BDF_RE = /^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$/;
-const MAC_RE = /^([0-9a-f]{2}:){5}[0-9a-f]{2}$/;
-const HEX4_RE = /^[0-9a-f]{4}$/;
-const DRIVER_RE = /^[A-Za-z0-9_.-]{1,64}$/;
 
 /** An ENI as the ENI stage left it. */
 export interface EniRecord {
@@ -69,13 +69,8 @@ export interface State {
   nodeeni?: { fetchedAt: string; items: unknown[] };
 }
 
-/** A record keyed by names that come from input: no prototype, so `constructor` is just a key. */
-export function record<T>(): Record<string, T> {
-  return Object.create(null) as Record<string, T>;
-}
-
 export function emptyState(): State {
-  return { version: 1, enis: record(), bindings: record(), sriov: { owned: [] }, networkdFiles: [] };
+  return { version: 1, enis: nullRecord(), bindings: nullRecord(), sriov: { owned: [] }, networkdFiles: [] };
 }
 
 const corrupt = (host: Host, file: string, key: string, message: string) =>
@@ -100,7 +95,7 @@ export async function loadState(host: Host): Promise<State> {
   if (!isObj(parsed) || parsed.version !== 1) throw corrupt(host, STATE_PATH, "version", "expected a JSON object with version 1");
   const s = emptyState();
   if (parsed.instanceId !== undefined) {
-    if (typeof parsed.instanceId !== "string" || !/^i-[0-9a-f]{8,17}$/.test(parsed.instanceId)) throw corrupt(host, STATE_PATH, "instanceId", "expected an instance id i-…");
+    if (typeof parsed.instanceId !== "string" || !INSTANCE_ID_RE.test(parsed.instanceId)) throw corrupt(host, STATE_PATH, "instanceId", "expected an instance id i-…");
     s.instanceId = parsed.instanceId;
   }
   if (parsed.primary !== undefined) {

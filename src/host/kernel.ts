@@ -1,6 +1,6 @@
 // Kernel setup for DPDK: modules (modprobe with argv), NOIOMMU verified in sysfs, hugepages verified
 // against what the kernel really allocated, and a write-combining report for ENA's LLQ BAR.
-import type { DpdkDriver } from "../config/config.js";
+import { type DpdkDriver, isDpdkDriver } from "../config/facts.js";
 import { OpError } from "../core/errors.js";
 import { type Host } from "./host.js";
 import { run } from "../core/process.js";
@@ -30,7 +30,7 @@ export async function readKernelFacts(host: Host): Promise<KernelFacts> {
     iommuPresent: (await host.list("/sys/class/iommu")).length > 0,
     vfioLoaded,
     noiommu: param === "Y" || param === "N" ? param : vfioLoaded ? "absent" : "not-loaded",
-    dpdkDrivers: drivers.filter((d) => ["vfio-pci", "uio_pci_generic", "igb_uio"].includes(d)),
+    dpdkDrivers: drivers.filter(isDpdkDriver),
   };
 }
 

@@ -3,20 +3,15 @@
 // reading sysfs. Never new_id: every ENA shares one vendor:device pair, the primary included.
 import { OpError } from "../core/errors.js";
 import { type Host } from "./host.js";
-import { sleep } from "../core/deadline.js";
 import { run } from "../core/process.js";
 import type { Logger } from "../core/log.js";
-import { journalBegin, journalEnd, journalPending, JOURNAL_PATH, saveState, type InflightOp, type State } from "../core/state.js";
+import { journalBegin, journalEnd, JOURNAL_PATH } from "../core/state.js";
+import { BDF_RE } from "../config/facts.js";
+import { type GuardFacts, guardViolations } from "./guard.js";
 
 export const PCI_DEVICES = "/sys/bus/pci/devices";
 export const DRIVERS_PROBE = "/sys/bus/pci/drivers_probe";
-export const ENA_VENDOR = "1d0f";
 /** The device ids the DPDK ENA PMD accepts (the kernel ena driver claims more). */
-export const ENA_DPDK_DEVICE_IDS = ["ec20", "ec21"];
-export const IMDS_IPV4 = "169.254.169.254";
-export const IMDS_IPV6 = "fd00:ec2::254";
-const BDF_RE = /^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$/;
-export const MAC_RE = /^([0-9a-f]{2}:){5}[0-9a-f]{2}$/;
 
 // ---- discovery -----------------------------------------------------------------------------------
 
@@ -92,119 +87,6 @@ export async function deviceNodeFor(host: Host, bdf: string, driver: string | un
     return u && (await host.exists(`/dev/${u}`)) ? `/dev/${u}` : undefined;
   }
   return undefined;
-}
-
-// ---- guards --------------------------------------------------------------------------------------
-
-export interface RouteFacts {
-  defaultV4: Set<string>;
-  defaultV6: Set<string>;
-  /** interfaces with a main-table route covering IMDS (169.254.169.254 or fd00:ec2::254), default routes included */
-  imds: Set<string>;
-}
-
-/** Main-table routes from /proc/net/route and /proc/net/ipv6_route (what dpdk-devbind looks at too). */
-export async function readRoutes(host: Host): Promise<RouteFacts> {
-  const facts: RouteFacts = { defaultV4: new Set(), defaultV6: new Set(), imds: new Set() };
-  const v4 = (await host.read("/proc/net/route")) ?? "";
-  const imds4 = leU32(IMDS_IPV4);
-  for (const line of v4.split("\n").slice(1)) {
-    const f = line.trim().split(/\s+/);
-    if (f.length < 8) continue;
-    const [iface, dest, , flags, , , , mask] = f as [string, string, string, string, string, string, string, string];
-    const fl = parseInt(flags, 16);
-    if (!(fl & 0x1) || fl & 0x200) continue; // not RTF_UP, or RTF_REJECT
-    const d = parseInt(dest, 16) >>> 0;
-    const m = parseInt(mask, 16) >>> 0;
-    if (d === 0 && m === 0) facts.defaultV4.add(iface);
-    if (((imds4 & m) >>> 0) === ((d & m) >>> 0)) facts.imds.add(iface);
-  }
-  const v6 = (await host.read("/proc/net/ipv6_route")) ?? "";
-  const imds6 = expandV6(IMDS_IPV6);
-  for (const line of v6.split("\n")) {
-    const f = line.trim().split(/\s+/);
-    if (f.length < 10) continue;
-    const [dest, plenHex, , , , , , , flags, iface] = f as string[];
-    const fl = parseInt(flags!, 16);
-    if (iface === "lo" || fl & 0x200) continue;
-    const plen = parseInt(plenHex!, 16);
-    if (plen === 0) facts.defaultV6.add(iface!);
-    if (prefixMatch(imds6, dest!, plen)) facts.imds.add(iface!);
-  }
-  return facts;
-}
-
-function leU32(ip: string): number {
-  const o = ip.split(".").map(Number);
-  return (o[0]! | (o[1]! << 8) | (o[2]! << 16) | (o[3]! << 24)) >>> 0;
-}
-
-function expandV6(addr: string): string {
-  const [head, tail] = addr.includes("::") ? addr.split("::") : [addr, undefined];
-  const h = head ? head.split(":") : [];
-  const t = tail ? tail.split(":") : [];
-  const fill = tail !== undefined ? Array(8 - h.length - t.length).fill("0") : [];
-  return [...h, ...fill, ...t].map((g) => g.padStart(4, "0")).join("");
-}
-
-function prefixMatch(a: string, b: string, plen: number): boolean {
-  const bits = (hex: string) => [...hex].map((c) => parseInt(c, 16).toString(2).padStart(4, "0")).join("");
-  return bits(a).slice(0, plen) === bits(b.toLowerCase()).slice(0, plen);
-}
-
-/**
- * The one guard every bind path applies (apply, run, early, bind, the binding script). Facts come
- * from IMDS when online and from the state file's primary record offline, so both refuse the same NICs.
- */
-export interface GuardFacts {
-  /** the primary ENI: IMDS meta-data/mac, the state's record of it, and every device-number-0 MAC */
-  primaryMacs: Set<string>;
-  /** the primary's PCI address, as recorded at the last apply */
-  primaryBdfs: Set<string>;
-  routes: RouteFacts;
-  /** MACs of ENIs eni-dpdk manages (config, state) */
-  ownedMacs: Set<string>;
-}
-
-export function guardFacts(a: {
-  primaryMac?: string;
-  deviceZeroMacs?: Iterable<string>;
-  primary?: { mac: string; bdf?: string; deviceZeroMacs: string[] };
-  routes: RouteFacts;
-  ownedMacs: Iterable<string>;
-}): GuardFacts {
-  const primaryMacs = new Set<string>();
-  const add = (m?: string) => m && primaryMacs.add(m.toLowerCase());
-  add(a.primaryMac);
-  for (const m of a.deviceZeroMacs ?? []) add(m);
-  add(a.primary?.mac);
-  for (const m of a.primary?.deviceZeroMacs ?? []) add(m);
-  const owned = new Set([...a.ownedMacs].map((m) => m.toLowerCase()));
-  for (const m of primaryMacs) owned.delete(m);
-  return { primaryMacs, primaryBdfs: new Set(a.primary?.bdf ? [a.primary.bdf] : []), routes: a.routes, ownedMacs: owned };
-}
-
-export interface GuardVerdict {
-  /** never bound, whatever the flags: the primary */
-  never: string[];
-  /** refused unless --force: routes, and a NIC no managed ENI owns */
-  unlessForced: string[];
-}
-
-/** Why this NIC must not be bound; both lists empty when it may be. */
-export function guardViolations(g: GuardFacts, nic: { mac?: string; bdf?: string; ifname?: string }): GuardVerdict {
-  const v: GuardVerdict = { never: [], unlessForced: [] };
-  const mac = nic.mac?.toLowerCase();
-  if (mac && g.primaryMacs.has(mac)) v.never.push(`${mac} is the primary ENI (IMDS meta-data/mac or device-number 0)`);
-  if (nic.bdf && g.primaryBdfs.has(nic.bdf)) v.never.push(`${nic.bdf} is the primary ENI's device (recorded at the last apply)`);
-  if (nic.ifname) {
-    if (g.routes.defaultV4.has(nic.ifname)) v.unlessForced.push(`${nic.ifname} carries an IPv4 default route`);
-    if (g.routes.defaultV6.has(nic.ifname)) v.unlessForced.push(`${nic.ifname} carries an IPv6 default route`);
-    if (g.routes.imds.has(nic.ifname)) v.unlessForced.push(`${nic.ifname} carries the route to IMDS`);
-  }
-  if (!mac) v.unlessForced.push(`${nic.bdf ?? "the device"} has no netdev and no state record, so its ENI cannot be verified by MAC`);
-  else if (!g.ownedMacs.has(mac)) v.unlessForced.push("no managed ENI owns it");
-  return v;
 }
 
 // ---- binding -------------------------------------------------------------------------------------
@@ -436,81 +318,4 @@ async function restoreSteps(host: Host, bdf: string, original: string | undefine
   } catch (e) {
     return { ok: false, problem: (e as Error).message };
   }
-}
-
-// ---- crash recovery --------------------------------------------------------------------------------
-
-export interface RecoveryResult {
-  bdf: string;
-  op: InflightOp["op"] | "driverless";
-  outcome: "finished" | "rolled-back" | "forgotten" | "failed";
-  detail: string;
-}
-
-/**
- * Before anything else, under the lock: finish or roll back every operation a killed process left
- * in the journal, and give back to its kernel driver any recorded device that sits driverless with
- * our override (a crash between unbind and probe). A bind found complete is recorded in the state;
- * anything else is rolled back, and the caller's normal flow binds it again with every guard.
- */
-export async function recoverInflight(host: Host, state: State, log: Logger): Promise<RecoveryResult[]> {
-  const out: RecoveryResult[] = [];
-  let stateChanged = false;
-  for (const op of await journalPending(host)) {
-    const dlog = log.child({ bdf: op.bdf, op: op.op, started_at: op.startedAt, pid: op.pid });
-    const dev = await readPciDevice(host, op.bdf);
-    if (!dev || dev.vendor !== op.vendor || dev.device !== op.device) {
-      await journalEnd(host, op.bdf);
-      out.push({ bdf: op.bdf, op: op.op, outcome: "forgotten", detail: dev ? `now ${dev.vendor}:${dev.device}, journalled ${op.vendor}:${op.device}` : "the device is gone" });
-      dlog.warn("forgot an interrupted operation: the device changed", { detail: out.at(-1)!.detail });
-      continue;
-    }
-    if (op.op === "bind" && dev.driver === op.to && (await deviceNodeFor(host, op.bdf, op.to))) {
-      if (op.mac && op.eniName !== undefined) {
-        state.bindings[op.mac] = {
-          mac: op.mac,
-          bdf: op.bdf,
-          vendor: op.vendor,
-          device: op.device,
-          originalDriver: op.from,
-          driver: op.to,
-          eniName: op.eniName,
-          ...(op.eniId ? { eniId: op.eniId } : {}),
-          boundAt: op.startedAt,
-          ...(op.ifname ? { ifname: op.ifname } : {}),
-        };
-        stateChanged = true;
-      }
-      await journalEnd(host, op.bdf);
-      out.push({ bdf: op.bdf, op: op.op, outcome: "finished", detail: `was already on ${op.to}; recorded` });
-      dlog.warn("an interrupted bind had completed; recorded it", { driver: op.to });
-      continue;
-    }
-    // bind not complete → back to where it came from; restore → finish going back
-    const back = op.op === "bind" ? op.from || undefined : op.to || undefined;
-    const rb = await restoreDriver(host, op.bdf, back, { log: dlog, mac: op.mac, journal: false });
-    if (!rb.ok) {
-      out.push({ bdf: op.bdf, op: op.op, outcome: "failed", detail: rb.problem ?? "restore failed" });
-      dlog.error("could not recover an interrupted operation; it stays in the journal", { error: rb.problem, next: `see dmesg; eni-dpdk retries at its next run` });
-      continue;
-    }
-    if (op.op === "restore" && op.mac && state.bindings[op.mac]) {
-      delete state.bindings[op.mac];
-      stateChanged = true;
-    }
-    await journalEnd(host, op.bdf);
-    out.push({ bdf: op.bdf, op: op.op, outcome: op.op === "bind" ? "rolled-back" : "finished", detail: `on ${rb.driver ?? "no driver"}${rb.ifname ? ` (${rb.ifname})` : ""}` });
-    dlog.warn(op.op === "bind" ? "rolled back an interrupted bind" : "finished an interrupted restore", { driver: rb.driver, ifname: rb.ifname });
-  }
-  // Without a journal entry (an older version, or a hand-made override): a recorded device left
-  // driverless with our override on it would otherwise keep its netdev away for good.
-  for (const rec of Object.values(state.bindings)) {
-    const dev = await readPciDevice(host, rec.bdf);
-    if (!dev || dev.driver || dev.vendor !== rec.vendor || dev.device !== rec.device || dev.override !== rec.driver) continue;
-    const rb = await restoreDriver(host, rec.bdf, rec.originalDriver || undefined, { log, mac: rec.mac });
-    out.push({ bdf: rec.bdf, op: "driverless", outcome: rb.ok ? "rolled-back" : "failed", detail: rb.ok ? `on ${rb.driver}` : rb.problem ?? "" });
-    if (rb.ok) log.warn("gave a driverless recorded device back to its kernel driver", { bdf: rec.bdf, driver: rb.driver });
-  }
-  if (stateChanged) await saveState(host, state);
-  return out;
 }

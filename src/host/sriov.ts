@@ -6,7 +6,8 @@
 // pkg/factory parseObjectOrSlice, cmd/sriovdp readConfig/validConfigs).
 import { promises as fs } from "node:fs";
 import path from "node:path";
-import { type Config, nearest, PCI_ADDRESS_RE, resourceNameProblems, splitResourceName } from "../config/config.js";
+import { type Config, nearest } from "../config/model.js";
+import { BDF_RE, ENA_VENDOR, resourceNameProblems, splitResourceName } from "../config/facts.js";
 import { errorMessage, InputError, OpError, type Problem } from "../core/errors.js";
 import { type Host } from "./host.js";
 import { run } from "../core/process.js";
@@ -322,7 +323,7 @@ export function renderSriovEntries(devices: SriovDevice[], defaultPrefix: string
     for (const m of nameProblems) problems.push({ source: "config", key: `eni.${d.eniName}.dpdk.resource_name`, message: m });
     const vendor = hex4(d.vendor);
     const device = hex4(d.device);
-    if (!PCI_ADDRESS_RE.test(d.bdf)) broken.push(`ENI ${d.eniName}: PCI address "${d.bdf}" is not DDDD:BB:DD.F`);
+    if (!BDF_RE.test(d.bdf)) broken.push(`ENI ${d.eniName}: PCI address "${d.bdf}" is not DDDD:BB:DD.F`);
     if (!vendor) broken.push(`ENI ${d.eniName}: vendor "${d.vendor}" is not a 4-digit hex id`);
     if (!device) broken.push(`ENI ${d.eniName}: device "${d.device}" is not a 4-digit hex id`);
     if (!/^[A-Za-z0-9_.-]+$/.test(d.driver)) broken.push(`ENI ${d.eniName}: driver "${d.driver}" is not a driver name`);
@@ -557,13 +558,12 @@ export async function preflightSriov(ctx: StageContext): Promise<void> {
   const cfg = ctx.config;
   const standIns: SriovDevice[] = cfg.eni
     .filter((e) => e.dpdk.enabled && e.dpdk.resource_name)
-    .map((e, i) => ({ eniName: e.name, resource: e.dpdk.resource_name, bdf: `ffff:ff:${i.toString(16).padStart(2, "0")}.7`, vendor: ENA_VENDOR_ID, device: "ec20", driver: e.dpdk.driver }));
+    .map((e, i) => ({ eniName: e.name, resource: e.dpdk.resource_name, bdf: `ffff:ff:${i.toString(16).padStart(2, "0")}.7`, vendor: ENA_VENDOR, device: "ec20", driver: e.dpdk.driver }));
   if (!standIns.length) return;
   const filePath = cfg.sriov.config_path;
   mergeText(filePath, await ctx.host.read(filePath), renderSriovEntries(standIns, cfg.sriov.resource_prefix), ownedIn(ctx.state, filePath), true);
 }
 
-const ENA_VENDOR_ID = "1d0f";
 
 function previousPath(state: State, filePath: string): string | undefined {
   const p = state.sriov.configPath;

@@ -3,7 +3,7 @@
 // IMDS cannot prove convergence), pre-flight every check before the first mutating call, then run all
 // ENIs concurrently with bounded waits. Each step is recorded in the state file for crash safety.
 import type { _InstanceType, NetworkInterface } from "@aws-sdk/client-ec2";
-import type { EniConfig } from "../config/config.js";
+import type { EniConfig } from "../config/model.js";
 import { Ec2Error, withEc2Retry, type Ec2Api, type Ec2Factory } from "../cloud/ec2.js";
 import { InputError, OpError, type Problem } from "../core/errors.js";
 import { delayFor, pollUntil, sleep, type Backoff } from "../core/deadline.js";

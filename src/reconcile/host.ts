@@ -1,32 +1,20 @@
 // The host stage: find each ENI's PCI device by MAC, check the guards, set up the kernel, bind DPDK
 // ENIs (with rollback), bring kernel-driver ENIs up with their MTU, and keep networkd/nodeadm off
 // DPDK ENIs. Never takes the host lock (the orchestrator holds it). Also the offline reboot rebind.
-import { splitResourceName, type Config, type DpdkConfig, type DpdkDriver, type EniDpdkConfig } from "../config/config.js";
+import { type DpdkConfig, type EniDpdkConfig } from "../config/model.js";
+import { type DpdkDriver, ENA_DPDK_DEVICE_IDS, ENA_VENDOR, fullResourceName, isDpdkDriver } from "../config/facts.js";
 import { InputError, OpError, type Problem } from "../core/errors.js";
 import { pollUntil } from "../core/deadline.js";
 import { RUN_DIR, VAR_DIR, type Host } from "../host/host.js";
 import type { Logger } from "../core/log.js";
 import { ensureNetworkdFile, markNodeadmUnmanaged, NETWORKD_DIR, planNetworkd } from "../host/networkd.js";
 import type { Action, StageContext } from "./stage.js";
-import {
-  bindDevice,
-  deviceNodeFor,
-  ENA_DPDK_DEVICE_IDS,
-  ENA_VENDOR,
-  guardFacts,
-  guardViolations,
-  netdevByMac,
-  readPciDevice,
-  readRoutes,
-  recoverInflight,
-  restoreDriver,
-  type GuardFacts,
-  type PciDevice,
-} from "../host/pci.js";
+import { bindDevice, deviceNodeFor, netdevByMac, readPciDevice, restoreDriver, type PciDevice } from "../host/pci.js";
+import { recoverInflight } from "../host/recovery.js";
+import { guardFacts, guardViolations, readRoutes, type GuardFacts } from "../host/guard.js";
 import { JOURNAL_PATH, loadState, saveState, type BindingRecord, type State } from "../core/state.js";
 import { applyHugepages, hugepageWants, planHugepages, planKernel, setupKernel } from "../host/kernel.js";
 
-export const DPDK_DRIVER_NAMES = ["vfio-pci", "igb_uio", "uio_pci_generic"];
 
 export interface HostTarget {
   name: string;
@@ -88,7 +76,7 @@ export async function locate(host: Host, state: State, t: HostTarget): Promise<L
       ? `recorded device ${rec.bdf} no longer exists`
       : pci.vendor !== rec.vendor || pci.device !== rec.device
         ? `${rec.bdf} is ${pci.vendor}:${pci.device}, the state file recorded ${rec.vendor}:${rec.device}`
-        : !pci.driver || !DPDK_DRIVER_NAMES.includes(pci.driver)
+        : !pci.driver || !isDpdkDriver(pci.driver)
           ? `${rec.bdf} has no netdev with ${mac} and is on ${pci.driver ?? "no driver"}, not a DPDK driver`
           : undefined;
     return { target: t, via: problem ? "missing" : "state", bdf: rec.bdf, pci, ifname: rec.ifname, problem };
@@ -147,7 +135,7 @@ export async function planHost(ctx: StageContext, targets: HostTarget[]): Promis
       }
       continue;
     }
-    if (drv && DPDK_DRIVER_NAMES.includes(drv)) {
+    if (drv && isDpdkDriver(drv)) {
       actions.push({ stage: "host", kind: "unbind", target: l.bdf!, detail: `${t.name}: DPDK disabled; return from ${drv} to ${ctx.state.bindings[t.mac.toLowerCase()]?.originalDriver ?? "its kernel driver"}` });
     } else if (l.ifname) {
       const mtu = Number(await ctx.host.attr(`/sys/class/net/${l.ifname}/mtu`));
@@ -216,18 +204,13 @@ function baseResult(ctx: StageContext, l: LocatedDevice): HostDeviceResult {
     driver: l.pci?.driver ?? "",
     originalDriver: ctx.state.bindings[t.mac.toLowerCase()]?.originalDriver ?? l.pci?.driver ?? "",
     deviceNode: "",
-    resourceName: t.dpdk.enabled ? fullName(t.dpdk, ctx.config) : "",
+    resourceName: t.dpdk.enabled && t.dpdk.resource_name ? fullResourceName(t.dpdk.resource_name, ctx.config.sriov.resource_prefix) : "",
     state: "failed",
     ifname: l.ifname,
     changed: false,
   };
 }
 
-function fullName(d: EniDpdkConfig, config: Config): string {
-  if (!d.resource_name) return "";
-  const { prefix, name } = splitResourceName(d.resource_name, config.sriov.resource_prefix);
-  return `${prefix}/${name}`;
-}
 
 async function applyDpdkDevice(ctx: StageContext, l: LocatedDevice, guards: GuardFacts): Promise<HostDeviceResult> {
   const { host, log, state } = ctx;

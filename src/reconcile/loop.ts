@@ -1,6 +1,7 @@
 // Plan and apply: gather the desired state, observe the node, derive actions per stage (ENIs, host,
 // SR-IOV), and execute them once. A converged node produces no actions and makes no writes.
-import { fullResourceName, type Config } from "../config/config.js";
+import { type Config } from "../config/model.js";
+import { fullResourceName } from "../config/facts.js";
 import { statSync } from "node:fs";
 import path from "node:path";
 import { errorMessage, formatProblem, InputError, OpError, type Problem } from "../core/errors.js";
@@ -9,13 +10,12 @@ import { Deadline } from "../core/deadline.js";
 import { ImdsClient, readInstance, readNics, readTags, readUserData, type Imds, type ImdsNicInfo, type InstanceIdentity } from "../cloud/imds.js";
 import type { Logger } from "../core/log.js";
 import { formatActions, type Action, type CommandContext, type Stage, type StageContext } from "./stage.js";
-import { emptyState, journalPending, loadState, saveState, type EniRecord, type State } from "../core/state.js";
+import { emptyState, type EniRecord, journalPending, loadState, saveState, type State, STATUS_PATH } from "../core/state.js";
 import type { Gathered, InstanceSources } from "../sources/sources.js";
 import type { Ec2Api, Ec2Factory } from "../cloud/ec2.js";
 import type { HostDeviceResult, HostTarget } from "./host.js";
 import type { NodeEniResult } from "../sources/nodeeni.js";
 
-export const STATUS_PATH = "/run/eni-dpdk/status.json";
 
 /** Per-process handles to IMDS and EC2, created once and shared by every stage and reconcile. */
 export class Session {
@@ -227,7 +227,7 @@ async function reconcileWith(
       actions.push(...sp.actions);
       if (opts.dryRun) {
         const unbound = config.eni.filter((e) => e.dpdk.enabled && !Object.values(state.bindings).some((b) => b.eniName === e.name));
-        for (const r of new Set(unbound.map((e) => fullResourceName(e, config)))) {
+        for (const r of new Set(unbound.map((e) => fullResourceName(e.dpdk.resource_name, config.sriov.resource_prefix)))) {
           actions.push({ stage: "sriov", kind: "write-sriov", target: config.sriov.config_path, detail: `resource ${r}, after its ENIs are bound` });
         }
       }
@@ -353,7 +353,7 @@ function plannedSriovDevices(config: Config, state: State) {
   return Object.values(state.bindings).flatMap((b) => {
     const eni = config.eni.find((e) => e.name === b.eniName && e.dpdk.enabled);
     if (!eni) return [];
-    return [{ eniName: eni.name, resource: fullResourceName(eni, config), bdf: b.bdf, vendor: b.vendor, device: b.device, driver: eni.dpdk.driver }];
+    return [{ eniName: eni.name, resource: fullResourceName(eni.dpdk.resource_name, config.sriov.resource_prefix), bdf: b.bdf, vendor: b.vendor, device: b.device, driver: eni.dpdk.driver }];
   });
 }
 
@@ -465,7 +465,7 @@ function programProblem(file: string): string | undefined {
 export async function fileConfig(ctx: CommandContext, env: NodeJS.ProcessEnv): Promise<Config | undefined> {
   try {
     const { fileLayers, envLayers, loadTomlMemo } = await import("../sources/sources.js");
-    const { buildConfig } = await import("../config/config.js");
+    const { buildConfig } = await import("../config/model.js");
     await loadTomlMemo(ctx.host);
     return buildConfig([...(await fileLayers(ctx.host, ctx.configPath)), ...envLayers(env)]).config;
   } catch {

@@ -1,6 +1,6 @@
 // The plan: desired state vs observed state, as a list of actions each stage will take.
 // `plan`/`apply --dry-run` print it; `apply` executes it; a converged node yields no actions.
-import type { Config } from "../config/config.js";
+import type { Config } from "../config/model.js";
 import type { Host } from "../host/host.js";
 import type { Deadline } from "../core/deadline.js";
 import type { Imds, ImdsNicInfo, InstanceIdentity } from "../cloud/imds.js";

@@ -4,7 +4,7 @@
 import { promises as fs } from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { buildConfig } from "../config/config.js";
+import { buildConfig } from "../config/model.js";
 import { lazyEc2, type Ec2Factory } from "../cloud/ec2.js";
 import { Host } from "../host/host.js";
 import { Deadline } from "../core/deadline.js";

@@ -7,12 +7,11 @@
 // Content meant for eni-dpdk is never dropped in silence: a part that holds it but cannot be read
 // (a boundary that matches no part, nesting, a wrong Content-Type, a gzip bomb) is an InputError
 // naming the part.
-import { TOP_LEVEL_KEYS } from "../config/config.js";
+import { TOP_LEVEL_KEYS } from "../config/model.js";
 import { InputError } from "../core/errors.js";
 import { lazyZlib } from "../core/lazy.js";
+import { NODEADM_MEDIA_TYPE, OUR_MEDIA_TYPE } from "../config/facts.js";
 
-export const OUR_MEDIA_TYPE = "application/eni-dpdk+toml";
-export const NODEADM_MEDIA_TYPE = "application/node.eks.aws";
 
 /**
  * The most bytes gzip may inflate all of user-data to, summed over every layer and part. IMDS

@@ -10,20 +10,9 @@
 // existing controller; dpdkDriver defaults to vfio-pci; deleteOnTermination to true; mtu 0 or absent
 // leaves [[eni]] mtu at its default.
 import { createHash } from "node:crypto";
-import {
-  ENI_NAME_RE,
-  FORBIDDEN_KEY_MESSAGE,
-  isForbiddenKey,
-  lookupTable,
-  nearest,
-  nullRecord,
-  own,
-  PCI_ADDRESS_RE,
-  SG_ID_RE,
-  SUBNET_ID_RE,
-  type Config,
-  type Layer,
-} from "../config/config.js";
+import { nearest, type Config, type Layer } from "../config/model.js";
+import { BDF_RE, ENI_NAME_RE, NODEADM_MEDIA_TYPE, SG_ID_RE, SUBNET_ID_RE } from "../config/facts.js";
+import { FORBIDDEN_KEY_MESSAGE, isForbiddenKey, lookupTable, nullRecord, own } from "../core/records.js";
 import { InputError, OpError, type Problem } from "../core/errors.js";
 import { type Host } from "../host/host.js";
 import { delayFor, sleep, type Deadline } from "../core/deadline.js";
@@ -32,7 +21,6 @@ import type { Logger } from "../core/log.js";
 import type { State } from "../core/state.js";
 import type { KubeClient, NodeConfigCluster, NodeEniAttachment, NodeEniObject } from "../cloud/kube.js";
 
-export const NODEADM_MEDIA_TYPE = "application/node.eks.aws";
 
 /** The part of a decoded user-data part we read (src/userdata.ts UserDataPart fits). */
 export interface NodeConfigPartLike {
@@ -379,7 +367,7 @@ export function nodeEniToLayer(obj: NodeEniObject): MappedNodeEni {
     bad("dpdkResourceName", 'required when enableDPDK is true: the SR-IOV device plugin resource to advertise, e.g. "amazon.com/ena_dpdk"');
   }
   if (dpdkPCIAddress) {
-    if (!PCI_ADDRESS_RE.test(dpdkPCIAddress)) {
+    if (!BDF_RE.test(dpdkPCIAddress)) {
       bad("dpdkPCIAddress", `expected a PCI address DDDD:BB:DD.F in lower-case hex (e.g. 0000:00:06.0), got "${dpdkPCIAddress}"`);
     } else if (subnets.length > 1) {
       bad("dpdkPCIAddress", `names one device, but this NodeENI makes ${subnets.length} ENIs (one per subnet); use one NodeENI per subnet to pin PCI addresses`);

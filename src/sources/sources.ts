@@ -4,27 +4,14 @@
 import { readFileSync, statSync, type Stats } from "node:fs";
 import path from "node:path";
 import { interop } from "../core/lazy.js";
-import {
-  buildConfig,
-  defaults,
-  FORBIDDEN_KEY_MESSAGE,
-  isForbiddenKey,
-  nullRecord,
-  own,
-  safeNumber,
-  schema,
-  TOP_LEVEL_KEYS,
-  type EffectiveConfig,
-  type Layer,
-  type SourceName,
-} from "../config/config.js";
+import { buildConfig, defaults, safeNumber, schema, TOP_LEVEL_KEYS, type EffectiveConfig, type Layer } from "../config/model.js";
+import { CONFIG_DIR, CONFIG_FILE, NODEADM_MEDIA_TYPE, OUR_MEDIA_TYPE, type SourceName } from "../config/facts.js";
+import { FORBIDDEN_KEY_MESSAGE, isForbiddenKey, nullRecord, own } from "../core/records.js";
 import { InputError, type Problem } from "../core/errors.js";
 import type { Host } from "../host/host.js";
-import { decodeUserData, OUR_MEDIA_TYPE, PLAIN_TYPES, sniffDocument, type UserDataPart } from "./mime.js";
+import { decodeUserData, PLAIN_TYPES, sniffDocument, type UserDataPart } from "./mime.js";
 
 export const CONFIG_HOME = "/etc/eni-dpdk";
-export const CONFIG_FILE = "/etc/eni-dpdk/config.toml";
-export const CONFIG_DIR = "/etc/eni-dpdk/config.d";
 
 // ---- TOML --------------------------------------------------------------------------------------
 
@@ -469,7 +456,7 @@ function partLayers(parts: UserDataPart[]): UserDataResult {
     }
   }
   if (problems.length) throw new InputError(problems);
-  const nodeadm = parts.filter((p) => p.contentType === "application/node.eks.aws").length;
+  const nodeadm = parts.filter((p) => p.contentType === NODEADM_MEDIA_TYPE).length;
   return {
     layers,
     parts,

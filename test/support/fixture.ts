@@ -1,6 +1,6 @@
 // A typical node on the simulated kernel: the primary ENI (eth0, default and IMDS routes) and two
 // data ENIs, plus a StageContext for the host stage.
-import { buildConfig, type Config } from "../../src/config/config.js";
+import { buildConfig, type Config } from "../../src/config/model.js";
 import type { HostTarget } from "../../src/reconcile/host.js";
 import { Host } from "../../src/host/host.js";
 import { Deadline } from "../../src/core/deadline.js";

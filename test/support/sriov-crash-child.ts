@@ -6,7 +6,7 @@
 //     unchanged up to the very syscall.
 //   mode "loop": apply A, B, A, B… forever, printing "WROTE n" after each, until killed.
 import { promises as fsp } from "node:fs";
-import { buildConfig } from "../../src/config/config.js";
+import { buildConfig } from "../../src/config/model.js";
 import { Host } from "../../src/host/host.js";
 import { Deadline } from "../../src/core/deadline.js";
 import { silentLogger } from "../../src/core/log.js";

@@ -3,12 +3,20 @@
 // precedence order and reports every problem at once, each naming its source and key.
 import path from "node:path";
 import { InputError, type Problem } from "../core/errors.js";
-
-export const SOURCE_NAMES = ["file", "user-data", "tags", "nodeeni"] as const;
-export type SourceName = (typeof SOURCE_NAMES)[number];
-export const DPDK_DRIVERS = ["vfio-pci", "igb_uio", "uio_pci_generic"] as const;
-export type DpdkDriver = (typeof DPDK_DRIVERS)[number];
-export const MAX_ENIS = 32;
+import { FORBIDDEN_KEY_MESSAGE, isForbiddenKey, lookupTable, nullRecord, own } from "../core/records.js";
+import {
+  DPDK_DRIVERS,
+  ENI_NAME_RE,
+  MAX_ENIS,
+  BDF_RE,
+  prefixProblems,
+  resourceNameProblems,
+  SG_ID_RE,
+  SOURCE_NAMES,
+  SUBNET_ID_RE,
+  type DpdkDriver,
+  type SourceName,
+} from "./facts.js";
 
 export interface ServiceConfig {
   sources: SourceName[];
@@ -89,35 +97,6 @@ export interface Layer {
   locate?: (keyPath: string[]) => string | undefined;
 }
 
-// ---- keys that resolve on every plain object ------------------------------------------------------
-// `obj[key]` on an ordinary object finds Object.prototype's members (`constructor`, `toString`,
-// `__proto__`), and assigning `__proto__` replaces the prototype. Every walk over user keys looks
-// keys up with `own` and writes into `nullRecord`s, and these names are never accepted as keys.
-
-/** Object.prototype's members, plus `prototype`: never a key in any input. */
-export const FORBIDDEN_KEYS: ReadonlySet<string> = new Set([...Object.getOwnPropertyNames(Object.prototype), "prototype"]);
-
-export function isForbiddenKey(key: string): boolean {
-  return FORBIDDEN_KEYS.has(key);
-}
-
-/** `record[key]` only when it is the record's own property: a lookup never reaches Object.prototype. */
-export function own<T>(record: Readonly<Record<string, T>>, key: string): T | undefined {
-  return Object.hasOwn(record, key) ? record[key] : undefined;
-}
-
-/** An empty record without a prototype: assigning any key, `__proto__` included, only adds an own property. */
-export function nullRecord<T = unknown>(): Record<string, T> {
-  return Object.create(null) as Record<string, T>;
-}
-
-/** A frozen null-prototype copy, for lookup tables keyed by user input. */
-export function lookupTable<T>(entries: Record<string, T>): Readonly<Record<string, T>> {
-  return Object.freeze(Object.assign(nullRecord<T>(), entries));
-}
-
-export const FORBIDDEN_KEY_MESSAGE = "is an Object.prototype member name, which is never a valid key";
-
 // ---- schema ----------------------------------------------------------------------------------
 
 /** An integer kind with its valid range; `expect` is how messages state it. */
@@ -197,46 +176,6 @@ const eniDefaults = (): Omit<EniConfig, "name" | "device_index" | "dpdk"> => ({
   delete_on_termination: true,
   tags: {},
 });
-
-// ---- small validators shared with other sources -------------------------------------------------
-
-export const ENI_NAME_RE = /^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$/;
-export const SUBNET_ID_RE = /^subnet-([0-9a-f]{8}|[0-9a-f]{17})$/;
-export const SG_ID_RE = /^sg-([0-9a-f]{8}|[0-9a-f]{17})$/;
-export const PCI_ADDRESS_RE = /^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$/;
-const DNS_LABEL = "[a-z0-9]([-a-z0-9]*[a-z0-9])?";
-const DNS_SUBDOMAIN_RE = new RegExp(`^${DNS_LABEL}(\\.${DNS_LABEL})*$`);
-export const RESOURCE_NAME_RE = /^[A-Za-z0-9_]{1,63}$/;
-
-/** Split `prefix/name`; the prefix falls back to [sriov].resource_prefix. */
-export function splitResourceName(full: string, defaultPrefix: string): { prefix: string; name: string } {
-  const i = full.lastIndexOf("/");
-  return i < 0 ? { prefix: defaultPrefix, name: full } : { prefix: full.slice(0, i), name: full.slice(i + 1) };
-}
-
-/** Problems with a resource name, as messages (empty when valid). Shared with sriov and NodeENI. */
-export function resourceNameProblems(full: string, defaultPrefix: string): string[] {
-  const out: string[] = [];
-  if (full.split("/").length > 2) return [`"${full}" has more than one "/"; expected prefix/name, e.g. amazon.com/ena_dpdk`];
-  const { prefix, name } = splitResourceName(full, defaultPrefix);
-  if (!RESOURCE_NAME_RE.test(name)) {
-    out.push(
-      `name "${name}" must match [A-Za-z0-9_]{1,63}: the device plugin exports it to pods as the env var PCIDEVICE_<PREFIX>_<NAME>, where "-" or "." breaks the variable name`,
-    );
-  }
-  out.push(...prefixProblems(prefix));
-  return out;
-}
-
-export function prefixProblems(prefix: string): string[] {
-  if (prefix.length > 253 || !DNS_SUBDOMAIN_RE.test(prefix)) {
-    return [`prefix "${prefix}" must be a DNS subdomain (lower-case labels of [a-z0-9-] joined by ".", e.g. amazon.com)`];
-  }
-  if (prefix === "kubernetes.io" || prefix.endsWith(".kubernetes.io")) {
-    return [`prefix "${prefix}" is reserved by Kubernetes; use your own domain, e.g. amazon.com`];
-  }
-  return [];
-}
 
 /** The nearest known key, for "did you mean" suggestions. */
 export function nearest(key: string, known: string[]): string | undefined {
@@ -635,7 +574,7 @@ export function buildConfig(layers: Layer[]): EffectiveConfig {
       if (!dp.resource_name) prob("dpdk.resource_name", 'required when DPDK is enabled, e.g. "amazon.com/ena_dpdk" (or set dpdk.enabled = false for a kernel ENI)');
       else for (const m of resourceNameProblems(dp.resource_name, config.sriov.resource_prefix)) prob("dpdk.resource_name", m);
     }
-    if (dp.pci_address && !PCI_ADDRESS_RE.test(dp.pci_address)) {
+    if (dp.pci_address && !BDF_RE.test(dp.pci_address)) {
       prob("dpdk.pci_address", `expected a PCI address DDDD:BB:DD.F in lower-case hex (e.g. 0000:00:06.0), got "${dp.pci_address}"`);
     }
     if (dp.pci_address) {
@@ -658,8 +597,3 @@ export function buildConfig(layers: Layer[]): EffectiveConfig {
   return { config, origin, warnings };
 }
 
-/** The full resource name `prefix/name` for an ENI. */
-export function fullResourceName(eni: EniConfig, cfg: Config): string {
-  const { prefix, name } = splitResourceName(eni.dpdk.resource_name, cfg.sriov.resource_prefix);
-  return `${prefix}/${name}`;
-}

@@ -1,0 +1,81 @@
+// The one home of facts shared across eni-dpdk: names, patterns, driver lists, media types, and
+// the device plugin's resource-name rules. Each is written once and imported where it is used.
+
+export const SOURCE_NAMES = ["file", "user-data", "tags", "nodeeni"] as const;
+export type SourceName = (typeof SOURCE_NAMES)[number];
+
+/** The userspace drivers a DPDK ENI may be bound to. */
+export const DPDK_DRIVERS = ["vfio-pci", "igb_uio", "uio_pci_generic"] as const;
+export type DpdkDriver = (typeof DPDK_DRIVERS)[number];
+export function isDpdkDriver(d: string | undefined): d is DpdkDriver {
+  return d !== undefined && (DPDK_DRIVERS as readonly string[]).includes(d);
+}
+
+export const MAX_ENIS = 32;
+
+export const ENI_NAME_RE = /^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$/;
+export const SUBNET_ID_RE = /^subnet-([0-9a-f]{8}|[0-9a-f]{17})$/;
+export const SG_ID_RE = /^sg-([0-9a-f]{8}|[0-9a-f]{17})$/;
+export const INSTANCE_ID_RE = /^i-([0-9a-f]{8}|[0-9a-f]{17})$/;
+/** A PCI address DDDD:BB:DD.F, lower-case: it becomes a sysfs path, so nothing else may pass. */
+export const BDF_RE = /^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$/;
+export const MAC_RE = /^([0-9a-f]{2}:){5}[0-9a-f]{2}$/;
+/** A PCI vendor or device id as sysfs shows it, without 0x. */
+export const HEX4_RE = /^[0-9a-f]{4}$/;
+/** A kernel driver name (it becomes a sysfs path segment). */
+export const DRIVER_NAME_RE = /^[A-Za-z0-9_.-]{1,64}$/;
+
+/** ENA's PCI vendor; EFA shares it, so a device is never chosen by vendor alone. */
+export const ENA_VENDOR = "1d0f";
+/** The device ids the DPDK ENA PMD accepts (the kernel ena driver claims more). */
+export const ENA_DPDK_DEVICE_IDS = ["ec20", "ec21"];
+
+/** Our user-data part, and nodeadm's. */
+export const OUR_MEDIA_TYPE = "application/eni-dpdk+toml";
+export const NODEADM_MEDIA_TYPE = "application/node.eks.aws";
+
+export const CONFIG_FILE = "/etc/eni-dpdk/config.toml";
+export const CONFIG_DIR = "/etc/eni-dpdk/config.d";
+
+// ---- the device plugin's resource names -----------------------------------------------------------
+
+const DNS_LABEL = "[a-z0-9]([-a-z0-9]*[a-z0-9])?";
+const DNS_SUBDOMAIN_RE = new RegExp(`^${DNS_LABEL}(\\.${DNS_LABEL})*$`);
+/** Stricter than the plugin (which allows "-"): pods get it as the env var PCIDEVICE_<PREFIX>_<NAME>. */
+export const RESOURCE_NAME_RE = /^[A-Za-z0-9_]{1,63}$/;
+
+/** Split `prefix/name`; the prefix falls back to [sriov].resource_prefix. */
+export function splitResourceName(full: string, defaultPrefix: string): { prefix: string; name: string } {
+  const i = full.lastIndexOf("/");
+  return i < 0 ? { prefix: defaultPrefix, name: full } : { prefix: full.slice(0, i), name: full.slice(i + 1) };
+}
+
+/** The full name `prefix/name`, as the plugin advertises it. */
+export function fullResourceName(resource: string, defaultPrefix: string): string {
+  const { prefix, name } = splitResourceName(resource, defaultPrefix);
+  return `${prefix}/${name}`;
+}
+
+/** Problems with a resource name, as messages (empty when valid). */
+export function resourceNameProblems(full: string, defaultPrefix: string): string[] {
+  const out: string[] = [];
+  if (full.split("/").length > 2) return [`"${full}" has more than one "/"; expected prefix/name, e.g. amazon.com/ena_dpdk`];
+  const { prefix, name } = splitResourceName(full, defaultPrefix);
+  if (!RESOURCE_NAME_RE.test(name)) {
+    out.push(
+      `name "${name}" must match [A-Za-z0-9_]{1,63}: the device plugin exports it to pods as the env var PCIDEVICE_<PREFIX>_<NAME>, where "-" or "." breaks the variable name`,
+    );
+  }
+  out.push(...prefixProblems(prefix));
+  return out;
+}
+
+export function prefixProblems(prefix: string): string[] {
+  if (prefix.length > 253 || !DNS_SUBDOMAIN_RE.test(prefix)) {
+    return [`prefix "${prefix}" must be a DNS subdomain (lower-case labels of [a-z0-9-] joined by ".", e.g. amazon.com)`];
+  }
+  if (prefix === "kubernetes.io" || prefix.endsWith(".kubernetes.io")) {
+    return [`prefix "${prefix}" is reserved by Kubernetes; use your own domain, e.g. amazon.com`];
+  }
+  return [];
+}

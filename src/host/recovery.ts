@@ -1,0 +1,80 @@
+import { deviceNodeFor, readPciDevice, restoreDriver } from "./pci.js";
+import { type InflightOp, journalEnd, journalPending, saveState, type State } from "../core/state.js";
+import { type Host } from "./host.js";
+import { type Logger } from "../core/log.js";
+// Crash recovery: what a killed eni-dpdk left half-done in sysfs is finished or rolled back by the
+// next one, before it observes anything (the intent journal is written by bindDevice/restoreDriver).
+export interface RecoveryResult {
+  bdf: string;
+  op: InflightOp["op"] | "driverless";
+  outcome: "finished" | "rolled-back" | "forgotten" | "failed";
+  detail: string;
+}
+
+/**
+ * Before anything else, under the lock: finish or roll back every operation a killed process left
+ * in the journal, and give back to its kernel driver any recorded device that sits driverless with
+ * our override (a crash between unbind and probe). A bind found complete is recorded in the state;
+ * anything else is rolled back, and the caller's normal flow binds it again with every guard.
+ */
+export async function recoverInflight(host: Host, state: State, log: Logger): Promise<RecoveryResult[]> {
+  const out: RecoveryResult[] = [];
+  let stateChanged = false;
+  for (const op of await journalPending(host)) {
+    const dlog = log.child({ bdf: op.bdf, op: op.op, started_at: op.startedAt, pid: op.pid });
+    const dev = await readPciDevice(host, op.bdf);
+    if (!dev || dev.vendor !== op.vendor || dev.device !== op.device) {
+      await journalEnd(host, op.bdf);
+      out.push({ bdf: op.bdf, op: op.op, outcome: "forgotten", detail: dev ? `now ${dev.vendor}:${dev.device}, journalled ${op.vendor}:${op.device}` : "the device is gone" });
+      dlog.warn("forgot an interrupted operation: the device changed", { detail: out.at(-1)!.detail });
+      continue;
+    }
+    if (op.op === "bind" && dev.driver === op.to && (await deviceNodeFor(host, op.bdf, op.to))) {
+      if (op.mac && op.eniName !== undefined) {
+        state.bindings[op.mac] = {
+          mac: op.mac,
+          bdf: op.bdf,
+          vendor: op.vendor,
+          device: op.device,
+          originalDriver: op.from,
+          driver: op.to,
+          eniName: op.eniName,
+          ...(op.eniId ? { eniId: op.eniId } : {}),
+          boundAt: op.startedAt,
+          ...(op.ifname ? { ifname: op.ifname } : {}),
+        };
+        stateChanged = true;
+      }
+      await journalEnd(host, op.bdf);
+      out.push({ bdf: op.bdf, op: op.op, outcome: "finished", detail: `was already on ${op.to}; recorded` });
+      dlog.warn("an interrupted bind had completed; recorded it", { driver: op.to });
+      continue;
+    }
+    // bind not complete → back to where it came from; restore → finish going back
+    const back = op.op === "bind" ? op.from || undefined : op.to || undefined;
+    const rb = await restoreDriver(host, op.bdf, back, { log: dlog, mac: op.mac, journal: false });
+    if (!rb.ok) {
+      out.push({ bdf: op.bdf, op: op.op, outcome: "failed", detail: rb.problem ?? "restore failed" });
+      dlog.error("could not recover an interrupted operation; it stays in the journal", { error: rb.problem, next: `see dmesg; eni-dpdk retries at its next run` });
+      continue;
+    }
+    if (op.op === "restore" && op.mac && state.bindings[op.mac]) {
+      delete state.bindings[op.mac];
+      stateChanged = true;
+    }
+    await journalEnd(host, op.bdf);
+    out.push({ bdf: op.bdf, op: op.op, outcome: op.op === "bind" ? "rolled-back" : "finished", detail: `on ${rb.driver ?? "no driver"}${rb.ifname ? ` (${rb.ifname})` : ""}` });
+    dlog.warn(op.op === "bind" ? "rolled back an interrupted bind" : "finished an interrupted restore", { driver: rb.driver, ifname: rb.ifname });
+  }
+  // Without a journal entry (an older version, or a hand-made override): a recorded device left
+  // driverless with our override on it would otherwise keep its netdev away for good.
+  for (const rec of Object.values(state.bindings)) {
+    const dev = await readPciDevice(host, rec.bdf);
+    if (!dev || dev.driver || dev.vendor !== rec.vendor || dev.device !== rec.device || dev.override !== rec.driver) continue;
+    const rb = await restoreDriver(host, rec.bdf, rec.originalDriver || undefined, { log, mac: rec.mac });
+    out.push({ bdf: rec.bdf, op: "driverless", outcome: rb.ok ? "rolled-back" : "failed", detail: rb.ok ? `on ${rb.driver}` : rb.problem ?? "" });
+    if (rb.ok) log.warn("gave a driverless recorded device back to its kernel driver", { bdf: rec.bdf, driver: rb.driver });
+  }
+  if (stateChanged) await saveState(host, state);
+  return out;
+}
