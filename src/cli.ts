@@ -360,6 +360,6 @@ export async function gatherOnInstance(ctx: CommandContext, env: NodeJS.ProcessE
 
 async function inspectSriovFor(ctx: CommandContext, eff: EffectiveConfig): Promise<string[]> {
   if (!eff.config.sriov.enabled) return [];
-  const { inspectSriov } = await import("./host/sriov.js");
+  const { inspectSriov } = await import("./host/sriov-file.js");
   return (await inspectSriov(ctx.host, eff.config.sriov.config_path)).warnings;
 }

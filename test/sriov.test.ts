@@ -10,15 +10,9 @@ import { Host } from "../src/host/host.js";
 import { Deadline } from "../src/core/deadline.js";
 import { Logger, silentLogger } from "../src/core/log.js";
 import type { StageContext } from "../src/reconcile/stage.js";
-import {
-  afterSriovChange,
-  applySriov,
-  inspectSriov,
-  planSriov,
-  removeOwnedSriov,
-  restartDevicePlugin,
-  type SriovDevice,
-} from "../src/host/sriov.js";
+import { afterSriovChange, inspectSriov, removeOwnedSriov, restartDevicePlugin } from "../src/host/sriov-file.js";
+import { applySriov, planSriov } from "../src/reconcile/sriov.js";
+import { type SriovDevice } from "../src/host/sriov-model.js";
 import { emptyState, loadState } from "../src/core/state.js";
 import { cleanVerdict, pluginVerdict } from "./support/sriov-plugin-rules.js";
 
@@ -476,7 +470,7 @@ t.test("inspectSriov's verdict agrees with the independent parser model", async 
 // ---- atomicity -------------------------------------------------------------------------------------
 
 function child(root: string, mode: string, ...args: string[]) {
-  return spawn(process.execPath, ["--import=tsx", path.join(here, "helpers", "sriov-crash-child.ts"), root, mode, ...args], {
+  return spawn(process.execPath, ["--import=tsx", path.join(here, "support", "sriov-crash-child.ts"), root, mode, ...args], {
     stdio: ["ignore", "pipe", "inherit"],
   });
 }
@@ -503,8 +497,9 @@ t.test("a crash between the temp write and the rename leaves the old file intact
   t.ok(cleanVerdict(pluginVerdict(leftover)), "the temp file was complete (written and fsynced) when killed");
   t.match(path.basename(tmp), /^\.config\.json\.\d+\.\d+\.tmp$/);
 
-  // The next run converges and clears the dead writer's temp file.
-  const ctx2 = { ...makeCtx(root), state: await loadState(ctx.host) };
+  // The next run clears the dead writer's temp file first (as every host command does), then converges.
+  const { prepareHost } = await import("../src/reconcile/host.js");
+  const ctx2 = { ...makeCtx(root), state: await prepareHost(ctx.host, silentLogger, { tempDirs: ["/etc/pcidp"] }) };
   const { result } = await apply(ctx2, mixed);
   t.equal(result.changed, true);
   t.equal(await readCfg(root), await fs.readFile(path.join(goldenDir, "mixed.json"), "utf8"));

@@ -153,7 +153,7 @@ export async function collectStatus(host: Host, opts: { config?: Config; state?:
   const sriovPath = state.sriov.configPath ?? config.sriov.config_path;
   let sriov: StatusDoc["host"]["sriov"] = { configPath: sriovPath, warnings: [] };
   try {
-    const { inspectSriov } = await import("../host/sriov.js");
+    const { inspectSriov } = await import("../host/sriov-file.js");
     const r = await inspectSriov(host, sriovPath, config.sriov.resource_prefix);
     sriov = { configPath: sriovPath, exists: r.exists, valid: r.valid, warnings: r.warnings };
   } catch (e) {
@@ -444,7 +444,7 @@ export async function resetCommand(ctx: CommandContext, _opts: Record<string, ne
     for (const p of await removeOwnedNetworkFiles(host, state, log)) ctx.out(`removed ${p}\n`);
     await saveState(host, state);
     try {
-      const { removeOwnedSriov } = await import("../host/sriov.js");
+      const { removeOwnedSriov } = await import("../host/sriov-file.js");
       if (await removeOwnedSriov(host, config, state, log)) ctx.out(`removed eni-dpdk's entries from ${state.sriov.configPath ?? config.sriov.config_path}\n`);
     } catch (e) {
       failures.push(`SR-IOV config: ${errorMessage(e)}`);

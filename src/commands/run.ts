@@ -141,7 +141,7 @@ async function waitForSignals(
       if (o.actions.length) log.warn("repaired drift", { actions: o.actions.map((a) => `${a.kind} ${a.target}`).join("; ") });
       let line = o.summary;
       if (o.sriov) {
-        const { afterSriovChange } = await import("../host/sriov.js");
+        const { afterSriovChange } = await import("../host/sriov-file.js");
         const after = await afterSriovChange(gathered.config, o.sriov, log, { atBoot: false });
         if (after.status) line += `; ${after.status}`;
       }

@@ -167,6 +167,13 @@ export class Host {
     return true;
   }
 
+  /** Rename a file (e.g. one we must not overwrite, moved aside). */
+  async rename(fromAbs: string, toAbs: string): Promise<void> {
+    await fs.rename(this.path(fromAbs), this.path(toAbs));
+    this.writes++;
+    this.noteChange(`renamed ${fromAbs} to ${toAbs}`, fromAbs);
+  }
+
   /** Remove a file; returns true when something was removed. */
   async remove(abs: string): Promise<boolean> {
     try {

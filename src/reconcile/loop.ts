@@ -219,7 +219,7 @@ async function reconcileWith(
 
     let sriov: ApplyOutcome["sriov"];
     if (config.sriov.enabled) {
-      const { planSriov, applySriov } = await import("../host/sriov.js");
+      const { planSriov, applySriov } = await import("./sriov.js");
       const sriovDevices = devices
         .filter((d) => d.state === "bound" && d.resourceName)
         .map((d) => ({ eniName: d.name, resource: d.resourceName, bdf: d.bdf, vendor: d.vendor, device: d.device, driver: d.driver }));
@@ -435,7 +435,7 @@ async function preflight(ctx: StageContext, gathered: Gathered): Promise<void> {
   }
   if (problems.length) throw new InputError(problems, "fix the configuration");
   if (config.sriov.enabled) {
-    const { preflightSriov } = await import("../host/sriov.js");
+    const { preflightSriov } = await import("./sriov.js");
     await preflightSriov(ctx);
   }
 }

@@ -11,7 +11,8 @@ import { Host } from "../../src/host/host.js";
 import { Deadline } from "../../src/core/deadline.js";
 import { silentLogger } from "../../src/core/log.js";
 import type { StageContext } from "../../src/reconcile/stage.js";
-import { applySriov, planSriov, type SriovDevice } from "../../src/host/sriov.js";
+import { applySriov, planSriov } from "../../src/reconcile/sriov.js";
+import { type SriovDevice } from "../../src/host/sriov-model.js";
 import { loadState } from "../../src/core/state.js";
 
 const [root, mode, a, b] = process.argv.slice(2) as [string, string, string, string | undefined];

@@ -1,19 +1,12 @@
-// The SR-IOV network device plugin's config (default /etc/pcidp/config.json): our resourceList
-// entries, in the shape the plugin really parses, merged into the file without touching entries we
-// do not own, and written atomically. The plugin reads this file once, at start, and fails quietly
-// on malformed input (it exits 0 or panics and the node shows zero allocatable devices), so every
-// rule below mirrors its parser (k8snetworkplumbingwg/sriov-network-device-plugin, pkg/types,
-// pkg/factory parseObjectOrSlice, cmd/sriovdp readConfig/validConfigs).
-import { promises as fs } from "node:fs";
-import path from "node:path";
-import { type Config, nearest } from "../config/model.js";
-import { BDF_RE, ENA_VENDOR, resourceNameProblems, splitResourceName } from "../config/facts.js";
+// The SR-IOV network device plugin's config as the plugin sees it (pure: no I/O). The plugin reads
+// this file once, at start, and fails quietly on malformed input (it exits 0 or panics and the node
+// shows zero allocatable devices), so every rule below mirrors its parser
+// (k8snetworkplumbingwg/sriov-network-device-plugin, pkg/types, pkg/factory parseObjectOrSlice,
+// cmd/sriovdp readConfig/validConfigs): what it would make of a document, how our entries are
+// rendered, and how they merge into a file without touching entries we do not own.
+import { nearest } from "../config/model.js";
+import { BDF_RE, resourceNameProblems, splitResourceName } from "../config/facts.js";
 import { errorMessage, InputError, OpError, type Problem } from "../core/errors.js";
-import { type Host } from "./host.js";
-import { run } from "../core/process.js";
-import type { Logger } from "../core/log.js";
-import type { Action, StageContext } from "../reconcile/stage.js";
-import { saveState, type State } from "../core/state.js";
 
 /** A device the host stage verified as bound; only these are advertised. */
 export interface SriovDevice {
@@ -47,23 +40,6 @@ export interface RenderedEntry {
   entry: SriovEntry;
   /** ENIs advertised in this entry */
   enis: string[];
-}
-
-export interface SriovPlan {
-  enabled: boolean;
-  path: string;
-  actions: Action[];
-  /** full names of our entries once applied */
-  resources: string[];
-  added: string[];
-  updated: string[];
-  removed: string[];
-  /** entries identical to ours found without an ownership record (e.g. a lost state file) */
-  adopted: string[];
-  /** why the existing file cannot be merged; apply moves it aside */
-  invalidExisting?: string;
-  /** a previous config_path still holding entries we own */
-  previousPath?: string;
 }
 
 export interface SriovApplyResult {
@@ -120,7 +96,7 @@ export interface SriovFinding {
 const CORRECT_FORM =
   '{"resourceName": "ena_dpdk", "resourcePrefix": "amazon.com", "deviceType": "netDevice", "selectors": [{"vendors": ["1d0f"], "devices": ["ec20"], "drivers": ["vfio-pci"], "pciAddresses": ["0000:00:06.0"]}]}';
 
-function isObject(v: unknown): v is Record<string, unknown> {
+export function isObject(v: unknown): v is Record<string, unknown> {
   return v !== null && typeof v === "object" && !Array.isArray(v);
 }
 
@@ -154,7 +130,7 @@ function entryLabel(i: number, e: unknown): string {
 }
 
 /** Read a field the way Go would (case-insensitive), for an entry already known to decode. */
-function goGet(o: Record<string, unknown>, name: string): unknown {
+export function goGet(o: Record<string, unknown>, name: string): unknown {
   let found: unknown;
   for (const [k, v] of Object.entries(o)) {
     if (k === name) return v;
@@ -383,7 +359,7 @@ function explicitFullName(e: unknown): string | undefined {
     : undefined;
 }
 
-interface Merge {
+export interface Merge {
   existed: boolean;
   invalid?: string;
   changed: boolean;
@@ -402,7 +378,7 @@ interface Merge {
  * know) are kept as parsed; ours are replaced in place, removed when no longer desired, appended
  * when new. `strict` refuses when foreign entries would keep the plugin from serving ours.
  */
-function mergeText(filePath: string, existing: string | undefined, desired: RenderedEntry[], owned: Set<string>, strict: boolean): Merge {
+export function mergeText(filePath: string, existing: string | undefined, desired: RenderedEntry[], owned: Set<string>, strict: boolean): Merge {
   const m: Merge = { existed: existing !== undefined, changed: false, text: "", ours: [], added: [], updated: [], removed: [], adopted: [], warnings: [] };
   let parsed: Record<string, unknown> | undefined;
   if (existing !== undefined) {
@@ -505,260 +481,3 @@ function mergeText(filePath: string, existing: string | undefined, desired: Rend
   return m;
 }
 
-/** Entries we own in `filePath`: ownership is recorded per file, so a changed config_path owns nothing yet. */
-function ownedIn(state: State, filePath: string): Set<string> {
-  const p = state.sriov.configPath;
-  return new Set(p === undefined || p === filePath ? state.sriov.owned : []);
-}
-
-function describe(m: Merge, byName: Map<string, RenderedEntry>): string {
-  const count = (f: string) => {
-    const n = byName.get(f)?.entry.selectors.reduce((s, x) => s + x.pciAddresses.length, 0) ?? 0;
-    return `${f} (${n} device${n === 1 ? "" : "s"})`;
-  };
-  const parts: string[] = [];
-  if (m.added.length) parts.push(`add ${m.added.map(count).join(", ")}`);
-  if (m.updated.length) parts.push(`update ${m.updated.map(count).join(", ")}`);
-  if (m.removed.length) parts.push(`remove ${m.removed.join(", ")}`);
-  if (m.adopted.length) parts.push(`adopt ${m.adopted.join(", ")}`);
-  if (!parts.length) parts.push("rewrite with the same entries");
-  return parts.join("; ");
-}
-
-// ---- stage API ------------------------------------------------------------------------------------
-
-/** Compute what applySriov would change. Reads only. Throws InputError/OpError on conflicts. */
-export async function planSriov(ctx: StageContext, devices: SriovDevice[]): Promise<SriovPlan> {
-  const filePath = ctx.config.sriov.config_path;
-  const plan: SriovPlan = { enabled: ctx.config.sriov.enabled, path: filePath, actions: [], resources: [], added: [], updated: [], removed: [], adopted: [] };
-  if (!plan.enabled) return plan;
-  const desired = renderSriovEntries(devices, ctx.config.sriov.resource_prefix);
-  const byName = new Map(desired.map((d) => [d.full, d]));
-  const prev = previousPath(ctx.state, filePath);
-  if (prev) {
-    plan.previousPath = prev;
-    plan.actions.push({ stage: "sriov", kind: "write-sriov", target: prev, detail: `remove eni-dpdk's entries ${ctx.state.sriov.owned.join(", ")} ([sriov].config_path changed to ${filePath})` });
-  }
-  const m = mergeText(filePath, await ctx.host.read(filePath), desired, ownedIn(ctx.state, filePath), true);
-  Object.assign(plan, { resources: m.ours, added: m.added, updated: m.updated, removed: m.removed, adopted: m.adopted });
-  if (m.invalid && m.existed && m.changed) {
-    plan.invalidExisting = m.invalid;
-    plan.actions.push({ stage: "sriov", kind: "move-aside", target: filePath, detail: `${m.invalid}; it is never overwritten: move it to ${filePath}.invalid-<timestamp> and start a new file` });
-  }
-  if (m.changed) plan.actions.push({ stage: "sriov", kind: "write-sriov", target: filePath, detail: describe(m, byName) });
-  return plan;
-}
-
-/**
- * Before the first mutation of an apply: would our resources clash with entries in the file that
- * we do not own? Checked with stand-in devices, since on a first boot no device is bound yet; the
- * real merge after binding then cannot fail on names. Throws what planSriov would (InputError, OpError).
- */
-export async function preflightSriov(ctx: StageContext): Promise<void> {
-  const cfg = ctx.config;
-  const standIns: SriovDevice[] = cfg.eni
-    .filter((e) => e.dpdk.enabled && e.dpdk.resource_name)
-    .map((e, i) => ({ eniName: e.name, resource: e.dpdk.resource_name, bdf: `ffff:ff:${i.toString(16).padStart(2, "0")}.7`, vendor: ENA_VENDOR, device: "ec20", driver: e.dpdk.driver }));
-  if (!standIns.length) return;
-  const filePath = cfg.sriov.config_path;
-  mergeText(filePath, await ctx.host.read(filePath), renderSriovEntries(standIns, cfg.sriov.resource_prefix), ownedIn(ctx.state, filePath), true);
-}
-
-
-function previousPath(state: State, filePath: string): string | undefined {
-  const p = state.sriov.configPath;
-  return p !== undefined && p !== filePath && state.sriov.owned.length > 0 ? p : undefined;
-}
-
-function stamp(d = new Date()): string {
-  return d.toISOString().replace(/[-:]/g, "").replace(/\.\d+Z$/, "Z");
-}
-
-/** Rename a file we must not overwrite to `<path>.invalid-<UTC timestamp>`; returns the new host path. */
-async function moveAside(host: Host, filePath: string): Promise<string> {
-  const base = `${filePath}.invalid-${stamp()}`;
-  let target = base;
-  for (let i = 1; await host.exists(target); i++) target = `${base}-${i}`;
-  await fs.rename(host.path(filePath), host.path(target));
-  host.writes++; // a mutation, counted like Host's own writes
-  return target;
-}
-
-/** Temp files `.<name>.<pid>.<ms>.tmp` left by a writer that died between write and rename. */
-async function removeStaleTemps(host: Host, filePath: string, log: Logger): Promise<void> {
-  const dir = path.posix.dirname(filePath);
-  const re = new RegExp(`^\\.${path.posix.basename(filePath).replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}\\.(\\d+)\\.\\d+\\.tmp$`);
-  for (const name of await host.list(dir)) {
-    const pid = Number(re.exec(name)?.[1]);
-    if (!pid || pid === process.pid || alive(pid)) continue;
-    if (await host.remove(path.posix.join(dir, name))) log.info("removed a temp file left by an interrupted write", { path: path.posix.join(dir, name) });
-  }
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === "EPERM";
-  }
-}
-
-/** Read, merge and write one file. Returns the merge, and the moved-aside path when the old file was unusable. */
-async function writeMerged(
-  host: Host,
-  filePath: string,
-  desired: RenderedEntry[],
-  owned: Set<string>,
-  state: State,
-  log: Logger,
-  strict: boolean,
-): Promise<{ m: Merge; changed: boolean; movedAside?: string }> {
-  const m = mergeText(filePath, await host.read(filePath), desired, owned, strict);
-  // Loud when we touch the file; `status`/`validate` show them every time.
-  for (const w of m.warnings) (m.changed ? log.warn : log.debug).call(log, `SR-IOV config: ${w}`, { path: filePath });
-  if (m.invalid && m.existed && !m.changed) log.warn("SR-IOV device plugin config is not usable; eni-dpdk has nothing to write there and leaves it untouched", { path: filePath, reason: m.invalid });
-  if (!m.changed) return { m, changed: false };
-  let movedAside: string | undefined;
-  if (m.invalid && m.existed) {
-    movedAside = await moveAside(host, filePath);
-    log.warn("SR-IOV device plugin config could not be merged; moved it aside instead of overwriting it", { path: filePath, reason: m.invalid, moved_to: movedAside });
-  }
-  // Record intent first (owned ∪ new), so a crash between the two writes leaves no orphan of ours.
-  const intent = [...new Set([...owned, ...m.ours])].sort();
-  if (!sameList(intent, state.sriov.owned) || state.sriov.configPath !== filePath) {
-    state.sriov = { configPath: filePath, owned: intent };
-    await saveState(host, state);
-  }
-  const changed = await host.writeFileAtomic(filePath, m.text, 0o644);
-  log.info("SR-IOV device plugin config written", { path: filePath, added: m.added, updated: m.updated, removed: m.removed, adopted: m.adopted });
-  return { m, changed: changed || movedAside !== undefined, movedAside };
-}
-
-const sameList = (a: string[], b: string[]) => a.length === b.length && a.every((x, i) => x === b[i]);
-
-/**
- * Merge our entries into the plugin config and write it atomically (0644) when it changes. Call
- * with the host lock held. An unmergeable existing file is moved aside, never overwritten.
- */
-export async function applySriov(ctx: StageContext, devices: SriovDevice[], plan: SriovPlan): Promise<SriovApplyResult> {
-  const { host, log, state } = ctx;
-  const filePath = ctx.config.sriov.config_path;
-  if (!ctx.config.sriov.enabled) return { changed: false, path: filePath, resources: [] };
-  const desired = renderSriovEntries(devices, ctx.config.sriov.resource_prefix);
-  if (ctx.dryRun) return { changed: false, path: filePath, resources: plan.resources };
-  let changed = false;
-  const prev = previousPath(state, filePath);
-  if (prev) {
-    const r = await writeMerged(host, prev, [], new Set(state.sriov.owned), state, log, false).catch((e: unknown) => {
-      log.warn("could not remove eni-dpdk's entries from the previous SR-IOV config path", { path: prev, error: errorMessage(e) });
-      return undefined;
-    });
-    if (r && !r.m.invalid) {
-      changed ||= r.changed;
-      state.sriov = { configPath: filePath, owned: [] };
-      await saveState(host, state);
-    }
-  }
-  const owned = ownedIn(state, filePath);
-  const r = await writeMerged(host, filePath, desired, owned, state, log, true);
-  changed ||= r.changed;
-  if (!sameList(r.m.ours, state.sriov.owned) || (r.m.ours.length > 0 && state.sriov.configPath !== filePath)) {
-    state.sriov = { configPath: filePath, owned: r.m.ours };
-    await saveState(host, state);
-  }
-  await removeStaleTemps(host, filePath, log);
-  return { changed, path: filePath, resources: r.m.ours, ...(r.movedAside ? { movedAside: r.movedAside } : {}) };
-}
-
-/** For `reset`: remove only our entries. Never rewrites an unparsable file. Returns true when the file changed. */
-export async function removeOwnedSriov(host: Host, config: Config, state: State, log: Logger): Promise<boolean> {
-  const filePath = state.sriov.configPath ?? config.sriov.config_path;
-  if (state.sriov.owned.length === 0) return false;
-  const m = mergeText(filePath, await host.read(filePath), [], new Set(state.sriov.owned), false);
-  if (m.invalid) {
-    log.warn("SR-IOV device plugin config is not valid; leaving it untouched", { path: filePath, reason: m.invalid });
-    return false;
-  }
-  const changed = m.changed && (await host.writeFileAtomic(filePath, m.text, 0o644));
-  if (changed) log.info("removed eni-dpdk's entries from the SR-IOV device plugin config", { path: filePath, removed: m.removed });
-  state.sriov = { configPath: filePath, owned: [] };
-  await saveState(host, state);
-  return changed;
-}
-
-/** For `status`/`validate`: what the plugin would make of the file, as readable warnings. */
-export async function inspectSriov(
-  host: Host,
-  filePath: string,
-  defaultPrefix = PLUGIN_DEFAULT_PREFIX,
-): Promise<{ exists: boolean; valid: boolean; warnings: string[]; entries: unknown[] }> {
-  const text = await host.read(filePath);
-  if (text === undefined) return { exists: false, valid: true, warnings: [], entries: [] };
-  let doc: unknown;
-  try {
-    doc = JSON.parse(text);
-  } catch (e) {
-    return {
-      exists: true,
-      valid: false,
-      warnings: [`${host.path(filePath)} is not valid JSON (${errorMessage(e)}): the device plugin serves nothing; eni-dpdk will move it aside, never overwrite it`],
-      entries: [],
-    };
-  }
-  const findings = analyzeSriovDoc(doc, defaultPrefix);
-  const list = isObject(doc) ? goGet(doc, "resourceList") : undefined;
-  const tag = (f: SriovFinding) => (f.severity === "fatal" ? "plugin serves nothing: " : f.severity === "dropped" ? "entry dropped: " : "");
-  return {
-    exists: true,
-    valid: !findings.some((f) => f.severity === "fatal"),
-    warnings: findings.map((f) => `${tag(f)}${f.message}`),
-    entries: Array.isArray(list) ? list : [],
-  };
-}
-
-// ---- plugin restart --------------------------------------------------------------------------------
-
-/** Run [sriov].restart_command (argv, never a shell). */
-export async function restartDevicePlugin(argv: string[], log: Logger): Promise<{ ok: boolean; detail: string }> {
-  if (argv.length === 0) return { ok: false, detail: "no [sriov].restart_command configured" };
-  try {
-    const r = await run(argv, { timeoutMs: 60_000 });
-    const out = (r.stderr.trim() || r.stdout.trim()).split("\n").slice(-3).join(" | ");
-    const detail = `${argv.join(" ")} exited ${r.code}${out ? `: ${out}` : ""}`;
-    if (r.code === 0) log.info("restarted the SR-IOV device plugin", { command: argv });
-    else log.error("SR-IOV device plugin restart command failed", { command: argv, code: r.code, output: out });
-    return { ok: r.code === 0, detail };
-  } catch (e) {
-    const detail = `${argv[0]} could not be started: ${errorMessage(e)}`;
-    log.error("SR-IOV device plugin restart command failed", { command: argv, error: errorMessage(e) });
-    return { ok: false, detail };
-  }
-}
-
-/** The status-line/log text when our entries changed while the plugin may already be running. */
-export function sriovRestartNotice(result: SriovApplyResult): string {
-  return `SR-IOV config ${result.path} changed (${result.resources.join(", ") || "eni-dpdk entries removed"}); restart the device plugin to advertise it (it reads its config only at start), or set [sriov].restart_command`;
-}
-
-/**
- * After applySriov: at boot the plugin starts after us and needs nothing. Later (`run`), a change
- * needs a restart: run restart_command when configured, else log and return the status text.
- */
-export async function afterSriovChange(
-  config: Config,
-  result: SriovApplyResult,
-  log: Logger,
-  opts: { atBoot: boolean },
-): Promise<{ restartNeeded: boolean; restarted: boolean; status?: string }> {
-  if (!result.changed || opts.atBoot) return { restartNeeded: false, restarted: false };
-  if (config.sriov.restart_command.length > 0) {
-    const r = await restartDevicePlugin(config.sriov.restart_command, log);
-    if (r.ok) return { restartNeeded: false, restarted: true };
-    const status = `SR-IOV config changed but the device plugin restart failed (${r.detail}); restart it by hand`;
-    return { restartNeeded: true, restarted: false, status };
-  }
-  const status = sriovRestartNotice(result);
-  log.warn(status, { path: result.path });
-  return { restartNeeded: true, restarted: false, status };
-}
