@@ -244,7 +244,7 @@ export function reportError(ctx: CommandContext, e: unknown): number {
 // ---- validate / config / userdata -------------------------------------------------------------------
 
 async function validateCommand(ctx: CommandContext, opts: { files: string[]; env: NodeJS.ProcessEnv }): Promise<number> {
-  const { tomlLayer, loadToml } = await import("./sources/sources.js");
+  const { tomlLayer, loadToml } = await import("./sources/toml.js");
   await loadToml();
   if (opts.files.length > 0) {
     const problems: Problem[] = [];
@@ -281,7 +281,7 @@ async function configCommand(ctx: CommandContext, opts: { json: boolean; env: No
 }
 
 async function userdataCommand(ctx: CommandContext, opts: { nodeconfig: string; config: string }): Promise<number> {
-  const { tomlLayer, loadToml } = await import("./sources/sources.js");
+  const { tomlLayer, loadToml } = await import("./sources/toml.js");
   await loadToml();
   const { renderUserData, sniffDocument } = await import("./sources/mime.js");
   const nodeConfig = await readLocal(opts.nodeconfig);
@@ -353,7 +353,7 @@ export function renderEffective(eff: EffectiveConfig): string {
 
 /** Gather every configured source on this instance (IMDS, tags, NodeENI) and merge. */
 export async function gatherOnInstance(ctx: CommandContext, env: NodeJS.ProcessEnv) {
-  const { gather } = await import("./sources/sources.js");
+  const { gather } = await import("./sources/chain.js");
   const { instanceSources } = await import("./reconcile/loop.js");
   return gather(ctx.host, { configPath: ctx.configPath, env, instance: await instanceSources(ctx, env) });
 }

@@ -3,7 +3,7 @@ import { readdirSync, readFileSync } from "node:fs";
 import { buildConfig, nearest } from "../src/config/model.js";
 import { resourceNameProblems } from "../src/config/facts.js";
 import { InputError, formatProblem } from "../src/core/errors.js";
-import { loadToml, tomlLayer } from "../src/sources/sources.js";
+import { loadToml, tomlLayer } from "../src/sources/toml.js";
 
 // tomlLayer and userDataLayers are synchronous; the parser itself loads lazily (see loadToml).
 await loadToml();

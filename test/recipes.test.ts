@@ -10,7 +10,9 @@ import { gzipSync } from "node:zlib";
 import { fileURLToPath } from "node:url";
 import YAML from "yaml";
 import { buildConfig, defaults } from "../src/config/model.js";
-import { loadToml, tagLayers, tomlLayer, userDataLayers } from "../src/sources/sources.js";
+import { loadToml, tomlLayer } from "../src/sources/toml.js";
+import { tagLayers } from "../src/sources/tags.js";
+import { userDataLayers } from "../src/sources/userdata.js";
 
 // tomlLayer and userDataLayers are synchronous; the parser itself loads lazily (see loadToml).
 await loadToml();

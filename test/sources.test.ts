@@ -4,7 +4,12 @@ import { existsSync, mkdtempSync, mkdirSync, readFileSync, writeFileSync } from 
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { decodeUserData, renderUserData } from "../src/sources/mime.js";
-import { loadToml, envLayers, fileLayers, gather, parseToml, saveTomlMemo, tagLayers, TOML_MEMO_PATH, TOML_PARSER, userDataLayers } from "../src/sources/sources.js";
+import { loadToml, parseToml, saveTomlMemo, TOML_MEMO_PATH, TOML_PARSER } from "../src/sources/toml.js";
+import { envLayers } from "../src/sources/env.js";
+import { fileLayers } from "../src/sources/file.js";
+import { gather } from "../src/sources/chain.js";
+import { tagLayers } from "../src/sources/tags.js";
+import { userDataLayers } from "../src/sources/userdata.js";
 
 // tomlLayer and userDataLayers are synchronous; the parser itself loads lazily (see loadToml).
 await loadToml();
@@ -215,7 +220,7 @@ t.test("parsed-TOML memo: keeps what the last gather used, skips what JSON canno
 });
 
 t.test("parsing before the parser is loaded is reported as our bug, never as the user's syntax error", async (t) => {
-  const script = `import { tomlLayer } from ${JSON.stringify(path.resolve(import.meta.dirname, "../src/sources/sources.ts"))};
+  const script = `import { tomlLayer } from ${JSON.stringify(path.resolve(import.meta.dirname, "../src/sources/toml.ts"))};
 try { tomlLayer("[dpdk]\\nenabled = true\\n", "f.toml"); } catch (e) { console.log(e.constructor.name, e.message); }`;
   const { spawnSync } = await import("node:child_process");
   const r = spawnSync(process.execPath, ["--import", "tsx", "--input-type=module", "-e", script], { encoding: "utf8" });
@@ -424,7 +429,7 @@ t.test("parsed-TOML memo: a hit gives the same types as a parse (BigInt integers
   t.ok(await saveTomlMemo(host));
   const parsed = parseToml(text);
   // A fresh process that never loads the parser: parseToml can only answer from the memo file.
-  const script = `import { loadTomlMemo, parseToml } from ${JSON.stringify(path.resolve(import.meta.dirname, "../src/sources/sources.ts"))};
+  const script = `import { loadTomlMemo, parseToml } from ${JSON.stringify(path.resolve(import.meta.dirname, "../src/sources/toml.ts"))};
 import { Host } from ${JSON.stringify(path.resolve(import.meta.dirname, "../src/host/host.ts"))};
 await loadTomlMemo(new Host(process.argv[1]));
 const d = parseToml(process.argv[2]);

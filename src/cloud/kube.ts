@@ -9,7 +9,7 @@ import { own } from "../core/records.js";
 import { InputError, OpError } from "../core/errors.js";
 import type { Host } from "../host/host.js";
 import { interop, type CredentialSource } from "./ekstoken.js";
-import { readTrustedFile } from "../sources/sources.js";
+import { readTrustedFile } from "../sources/file.js";
 
 export const NODEENI_GROUP = "networking.k8s.aws";
 export const NODEENI_VERSION = "v1alpha1";

@@ -70,7 +70,7 @@ export interface StatusDoc {
 /** Load the file config (+ env) without IMDS. Lenient: problems are returned, defaults used. */
 export async function loadLocalConfig(ctx: Pick<CommandContext, "host" | "configPath">, strict = false): Promise<{ config: Config; problems: string[] }> {
   try {
-    const { fileLayers, envLayers } = await import("../sources/sources.js");
+    const { fileLayers } = await import("../sources/file.js"); const { envLayers } = await import("../sources/env.js");
     return { config: buildConfig([...(await fileLayers(ctx.host, ctx.configPath)), ...envLayers(process.env)]).config, problems: [] };
   } catch (e) {
     if (strict || !(e instanceof InputError)) throw e;

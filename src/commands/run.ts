@@ -6,7 +6,7 @@ import { createNotifier, type Notifier } from "../core/notify.js";
 import type { CommandContext } from "../reconcile/stage.js";
 import { fileConfig, reconcile, Session, type ApplyOutcome } from "../reconcile/loop.js";
 import { onSignal, type ServiceSignal } from "../core/signals.js";
-import type { Gathered } from "../sources/sources.js";
+import type { Gathered } from "../sources/chain.js";
 
 /** Signals received and not yet handled; `wait` resolves when one arrives. */
 class Inbox {

@@ -34,6 +34,7 @@ export const ENA_DPDK_DEVICE_IDS = ["ec20", "ec21"];
 export const OUR_MEDIA_TYPE = "application/eni-dpdk+toml";
 export const NODEADM_MEDIA_TYPE = "application/node.eks.aws";
 
+export const CONFIG_HOME = "/etc/eni-dpdk";
 export const CONFIG_FILE = "/etc/eni-dpdk/config.toml";
 export const CONFIG_DIR = "/etc/eni-dpdk/config.d";
 

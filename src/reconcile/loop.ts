@@ -11,7 +11,7 @@ import { ImdsClient, readInstance, readNics, readTags, readUserData, type Imds, 
 import type { Logger } from "../core/log.js";
 import { formatActions, type Action, type CommandContext, type Stage, type StageContext } from "./stage.js";
 import { emptyState, type EniRecord, journalPending, loadState, saveState, type State, STATUS_PATH } from "../core/state.js";
-import type { Gathered, InstanceSources } from "../sources/sources.js";
+import type { Gathered, InstanceSources } from "../sources/chain.js";
 import type { Ec2Api, Ec2Factory } from "../cloud/ec2.js";
 import type { HostDeviceResult, HostTarget } from "./host.js";
 import type { NodeEniResult } from "../sources/nodeeni.js";
@@ -157,7 +157,7 @@ async function reconcileWith(
   // NICs, the state, sysfs) is observed only once the lock is held.
   const instanceP = session.instance();
   instanceP.catch(() => {});
-  const { gather, saveTomlMemo } = await import("../sources/sources.js");
+  const { gather } = await import("../sources/chain.js"); const { saveTomlMemo } = await import("../sources/toml.js");
   const gathered =
     opts.gathered ?? (await gather(ctx.host, { configPath: ctx.configPath, env: opts.env, instance: await instanceSources(ctx, opts.env, session) }));
   const config = gathered.config;
@@ -464,7 +464,7 @@ function programProblem(file: string): string | undefined {
  */
 export async function fileConfig(ctx: CommandContext, env: NodeJS.ProcessEnv): Promise<Config | undefined> {
   try {
-    const { fileLayers, envLayers, loadTomlMemo } = await import("../sources/sources.js");
+    const { fileLayers } = await import("../sources/file.js"); const { envLayers } = await import("../sources/env.js"); const { loadTomlMemo } = await import("../sources/toml.js");
     const { buildConfig } = await import("../config/model.js");
     await loadTomlMemo(ctx.host);
     return buildConfig([...(await fileLayers(ctx.host, ctx.configPath)), ...envLayers(env)]).config;

@@ -913,7 +913,7 @@ t.test("security/prototype: after a polluting tag, Object.prototype here is clea
   const w = await world(t, { configToml: baseToml() });
   w.imds.instance.tags = { "eni-dpdk:dpdk": "__proto__.polluted=yes;constructor.prototype.polluted=yes" };
   await expectRejected(t, w, ["apply"], { source: "tag eni-dpdk:dpdk", key: /__proto__|constructor/, message: protoMsg });
-  const { tagLayers } = await import("../../src/sources/sources.js");
+  const { tagLayers } = await import("../../src/sources/tags.js");
   t.throws(() => tagLayers({ "eni-dpdk:dpdk": "__proto__.polluted=yes" }));
   t.equal(({} as Record<string, unknown>).polluted, undefined, "Object.prototype is clean");
   w.imds.instance.tags = {};
