@@ -1,12 +1,11 @@
 // The CLI contract: global options, commands, exit codes (0 ok, 2 invalid input or usage, 1 other).
 // Command modules are imported when their command runs, so each path loads only what it uses.
-import { promises as fs, statSync } from "node:fs";
+import { statSync } from "node:fs";
 import type { Argv } from "yargs";
-import { buildConfig, type EffectiveConfig } from "./config/model.js";
-import { errorMessage, exitCodeOf, formatProblem, InputError, OpError, type Problem } from "./core/errors.js";
+import { errorMessage, exitCodeOf, formatProblem, InputError, OpError } from "./core/errors.js";
 import { Host, resolveRoot } from "./host/host.js";
 import { Logger, type Level, type LogFormat } from "./core/log.js";
-import type { CommandContext } from "./reconcile/stage.js";
+import type { CommandContext } from "./commands/context.js";
 
 export const VERSION = "0.1.0";
 
@@ -31,7 +30,7 @@ export async function main(argv: string[], io: CliIo = defaultIo): Promise<numbe
   const ctxOf = (a: GlobalArgs): CommandContext => {
     const host = new Host(resolveRoot(a.root, io.env));
     const log = new Logger(a["log-level"], a["log-format"], io.err);
-    return { host, log, configPath: a.config, out: io.out };
+    return { host, log, configPath: a.config, out: io.out, env: io.env };
   };
   /** Run a handler; map errors to exit codes and one actionable line each. */
   // yargs' inferred argument types differ per builder; handlers name the fields they read.
@@ -52,8 +51,8 @@ export async function main(argv: string[], io: CliIo = defaultIo): Promise<numbe
   // is a third of the start-up cost; anything else, help and errors included, goes through yargs.
   // The boot commands' handlers serve both the fast path and yargs.
   const boot: Record<BootCommand, (args: unknown) => Promise<void>> = {
-    run: wrap(async (ctx) => (await import("./commands/run.js")).runCommand(ctx, { env: io.env })),
-    apply: wrap<{ "dry-run": boolean }>(async (ctx, a) => (await import("./reconcile/loop.js")).applyCommand(ctx, { dryRun: a["dry-run"], env: io.env })),
+    run: wrap(async (ctx) => (await import("./commands/run.js")).runCommand(ctx)),
+    apply: wrap<{ "dry-run": boolean }>(async (ctx, a) => (await import("./commands/apply.js")).applyCommand(ctx, { dryRun: a["dry-run"] })),
     early: wrap(async (ctx) => (await import("./commands/device.js")).earlyCommand(ctx, {})),
   };
   const fast = parseBootArgv(argv);
@@ -74,19 +73,19 @@ export async function main(argv: string[], io: CliIo = defaultIo): Promise<numbe
       "validate [files..]",
       "validate config files standalone, or (without files) gather this instance's sources and validate the merge",
       (y) => y.positional("files", { type: "string", array: true, describe: "TOML files to validate on their own" }),
-      wrap<{ files?: string[] }>((ctx, a) => validateCommand(ctx, { files: a.files ?? [], env: io.env })),
+      wrap<{ files?: string[] }>(async (ctx, a) => (await import("./commands/config.js")).validateCommand(ctx, { files: a.files ?? [] })),
     )
     .command(
       "config",
       "print the effective merged config, with each value's source",
       (y) => y.option("json", { type: "boolean", default: false }),
-      wrap<{ json: boolean }>((ctx, a) => configCommand(ctx, { json: a.json, env: io.env })),
+      wrap<{ json: boolean }>(async (ctx, a) => (await import("./commands/config.js")).configCommand(ctx, { json: a.json })),
     )
     .command(
       "plan",
       "gather, validate, observe, and print the actions apply would take (changes nothing)",
       (y) => y.option("json", { type: "boolean", default: false }),
-      wrap<{ json: boolean }>(async (ctx, a) => (await import("./reconcile/loop.js")).planCommand(ctx, { json: a.json, env: io.env })),
+      wrap<{ json: boolean }>(async (ctx, a) => (await import("./commands/apply.js")).planCommand(ctx, { json: a.json })),
     )
     .command(
       "apply",
@@ -104,7 +103,7 @@ export async function main(argv: string[], io: CliIo = defaultIo): Promise<numbe
       "status",
       "show managed devices and host DPDK readiness",
       (y) => y.option("json", { type: "boolean", default: false }),
-      wrap<{ json: boolean }>(async (ctx, a) => (await import("./commands/device.js")).statusCommand(ctx, { json: a.json })),
+      wrap<{ json: boolean }>(async (ctx, a) => (await import("./commands/status.js")).statusCommand(ctx, { json: a.json })),
     )
     .command(
       "bind <target>",
@@ -143,7 +142,7 @@ export async function main(argv: string[], io: CliIo = defaultIo): Promise<numbe
         y
           .option("nodeconfig", { type: "string", demandOption: true, describe: "NodeConfig YAML file" })
           .option("config", { type: "string", demandOption: true, describe: "eni-dpdk TOML file (validated first)" }),
-      wrap<{ nodeconfig: string }>((ctx, a) => userdataCommand(ctx, { nodeconfig: a.nodeconfig, config: a.config! })),
+      wrap<{ nodeconfig: string }>(async (ctx, a) => (await import("./commands/config.js")).userdataCommand(ctx, { nodeconfig: a.nodeconfig, config: a.config! })),
     )
     .demandCommand(1, "name a command; see --help")
     .strict()
@@ -239,127 +238,4 @@ export function reportError(ctx: CommandContext, e: unknown): number {
     });
   }
   return exitCodeOf(e);
-}
-
-// ---- validate / config / userdata -------------------------------------------------------------------
-
-async function validateCommand(ctx: CommandContext, opts: { files: string[]; env: NodeJS.ProcessEnv }): Promise<number> {
-  const { tomlLayer, loadToml } = await import("./sources/toml.js");
-  await loadToml();
-  if (opts.files.length > 0) {
-    const problems: Problem[] = [];
-    for (const file of opts.files) {
-      try {
-        const text = await readLocal(file);
-        const eff = buildConfig([tomlLayer(text, file)]);
-        ctx.out(`ok: ${file}: ${summarize(eff)}\n`);
-      } catch (e) {
-        if (e instanceof InputError) problems.push(...e.problems);
-        else throw e;
-      }
-    }
-    if (problems.length) throw new InputError(problems);
-    return 0;
-  }
-  const eff = await gatherOnInstance(ctx, opts.env);
-  for (const w of eff.warnings) ctx.log.warn(formatProblem(w));
-  for (const c of eff.consulted) ctx.log.info("source", { source: c.source, found: c.note });
-  const sriov = await inspectSriovFor(ctx, eff);
-  for (const w of sriov) ctx.log.warn(w, { source: eff.config.sriov.config_path });
-  ctx.out(`ok: ${summarize(eff)}\n`);
-  return 0;
-}
-
-async function configCommand(ctx: CommandContext, opts: { json: boolean; env: NodeJS.ProcessEnv }): Promise<number> {
-  const eff = await gatherOnInstance(ctx, opts.env);
-  if (opts.json) {
-    ctx.out(JSON.stringify({ config: eff.config, origin: eff.origin, warnings: eff.warnings, sources: eff.consulted }, null, 2) + "\n");
-    return 0;
-  }
-  ctx.out(renderEffective(eff));
-  return 0;
-}
-
-async function userdataCommand(ctx: CommandContext, opts: { nodeconfig: string; config: string }): Promise<number> {
-  const { tomlLayer, loadToml } = await import("./sources/toml.js");
-  await loadToml();
-  const { renderUserData, sniffDocument } = await import("./sources/mime.js");
-  const nodeConfig = await readLocal(opts.nodeconfig);
-  const toml = await readLocal(opts.config);
-  if (sniffDocument(nodeConfig) !== "nodeadm") {
-    throw new InputError([{ source: opts.nodeconfig, key: "apiVersion", message: "expected a nodeadm NodeConfig (apiVersion: node.eks.aws/v1alpha1, kind: NodeConfig)" }]);
-  }
-  buildConfig([tomlLayer(toml, opts.config)]);
-  ctx.out(renderUserData(nodeConfig, toml));
-  return 0;
-}
-
-/** A file named on the command line (relative to the working directory); a read error says why, naming it. */
-async function readLocal(file: string): Promise<string> {
-  try {
-    // A FIFO or device would block or never end; only regular files are config.
-    const st = await fs.stat(file);
-    if (st.isDirectory()) throw Object.assign(new Error("EISDIR"), { code: "EISDIR" });
-    if (!st.isFile()) throw new InputError([{ source: file, key: "(file)", message: "is not a regular file" }]);
-    return await fs.readFile(file, "utf8");
-  } catch (e) {
-    if (e instanceof InputError) throw e;
-    const code = (e as NodeJS.ErrnoException).code;
-    const why: Record<string, string> = {
-      ENOENT: "no such file",
-      EISDIR: "is a directory; name a file",
-      EACCES: "cannot be read: permission denied",
-      EPERM: "cannot be read: permission denied",
-      ENOTDIR: "a component of the path is not a directory",
-      ELOOP: "is a symlink loop",
-    };
-    if (code && Object.hasOwn(why, code)) throw new InputError([{ source: file, key: "(file)", message: why[code]! }]);
-    throw e;
-  }
-}
-
-function summarize(eff: EffectiveConfig): string {
-  const enis = eff.config.eni;
-  const dpdk = enis.filter((e) => e.dpdk.enabled).length;
-  return `${enis.length} ENI(s) (${dpdk} DPDK, ${enis.length - dpdk} kernel)${enis.length ? ": " + enis.map((e) => e.name).join(", ") : ""}`;
-}
-
-/** The effective config as annotated TOML: every value with the source it came from. */
-export function renderEffective(eff: EffectiveConfig): string {
-  const lines: string[] = [];
-  const val = (v: unknown) => JSON.stringify(v);
-  const c = eff.config as unknown as Record<string, unknown>;
-  for (const table of ["service", "dpdk", "sriov", "kubernetes"]) {
-    lines.push(`[${table}]`);
-    for (const [k, v] of Object.entries(c[table] as Record<string, unknown>)) {
-      lines.push(`${k} = ${val(v)}`.padEnd(56) + ` # ${eff.origin[`${table}.${k}`] ?? "default"}`);
-    }
-    lines.push("");
-  }
-  for (const eni of eff.config.eni) {
-    lines.push("[[eni]]");
-    for (const [k, v] of Object.entries(eni)) {
-      if (k === "dpdk") continue;
-      lines.push(`${k} = ${val(v)}`.padEnd(56) + ` # ${k === "name" ? eff.origin[`eni.${eni.name}.name`] : eff.origin[`eni.${eni.name}.${k}`] ?? "default"}`);
-    }
-    lines.push("  [eni.dpdk]");
-    for (const [k, v] of Object.entries(eni.dpdk)) {
-      lines.push(`  ${k} = ${val(v)}`.padEnd(56) + ` # ${eff.origin[`eni.${eni.name}.dpdk.${k}`] ?? "default"}`);
-    }
-    lines.push("");
-  }
-  return lines.join("\n");
-}
-
-/** Gather every configured source on this instance (IMDS, tags, NodeENI) and merge. */
-export async function gatherOnInstance(ctx: CommandContext, env: NodeJS.ProcessEnv) {
-  const { gather } = await import("./sources/chain.js");
-  const { instanceSources } = await import("./reconcile/loop.js");
-  return gather(ctx.host, { configPath: ctx.configPath, env, instance: await instanceSources(ctx, env) });
-}
-
-async function inspectSriovFor(ctx: CommandContext, eff: EffectiveConfig): Promise<string[]> {
-  if (!eff.config.sriov.enabled) return [];
-  const { inspectSriov } = await import("./host/sriov-file.js");
-  return (await inspectSriov(ctx.host, eff.config.sriov.config_path)).warnings;
 }

@@ -285,7 +285,7 @@ t.test("a converged boot in a fresh process never imports the AWS SDK", async (t
     const { Host } = await import(${JSON.stringify(new URL("../src/host/host.ts", import.meta.url).href)});
     const { Deadline } = await import(${JSON.stringify(new URL("../src/core/deadline.ts", import.meta.url).href)});
     const { ImdsClient, readInstance, readNics } = await import(${JSON.stringify(new URL("../src/cloud/imds.ts", import.meta.url).href)});
-    const { buildConfig } = await import(${JSON.stringify(new URL("../src/config/config.ts", import.meta.url).href)});
+    const { buildConfig } = await import(${JSON.stringify(new URL("../src/config/model.ts", import.meta.url).href)});
     const { loadState } = await import(${JSON.stringify(new URL("../src/core/state.ts", import.meta.url).href)});
     const { silentLogger } = await import(${JSON.stringify(new URL("../src/core/log.ts", import.meta.url).href)});
     const host = new Host(process.env.ROOT);

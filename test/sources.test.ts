@@ -1,4 +1,4 @@
-import t from "tap";
+import t, { type Test } from "tap";
 import { gzipSync } from "node:zlib";
 import { existsSync, mkdtempSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -7,7 +7,12 @@ import { decodeUserData, renderUserData } from "../src/sources/mime.js";
 import { loadToml, parseToml, saveTomlMemo, TOML_MEMO_PATH, TOML_PARSER } from "../src/sources/toml.js";
 import { envLayers } from "../src/sources/env.js";
 import { fileLayers } from "../src/sources/file.js";
-import { gather } from "../src/sources/chain.js";
+import { gather, type SourceContext } from "../src/sources/chain.js";
+import { ImdsClient } from "../src/cloud/imds.js";
+import { Deadline } from "../src/core/deadline.js";
+import { silentLogger } from "../src/core/log.js";
+import { Session } from "../src/reconcile/session.js";
+import { defaultInstance, ImdsEmulator } from "../src/sim/imds.js";
 import { tagLayers } from "../src/sources/tags.js";
 import { userDataLayers } from "../src/sources/userdata.js";
 
@@ -16,6 +21,16 @@ await loadToml();
 import { buildConfig } from "../src/config/model.js";
 import { InputError, formatProblem } from "../src/core/errors.js";
 import { Host } from "../src/host/host.js";
+
+/** The chain's context without an instance (file and env only). */
+const local = (host: Host): SourceContext => ({ host, log: silentLogger, env: {} });
+
+/** An instance for the sources that need one: the IMDSv2 emulator over HTTP, with this user-data and these tags. */
+async function onInstance(t: Test, over: { userData?: string; tags?: Record<string, string> }): Promise<Session> {
+  const imds = await new ImdsEmulator(defaultInstance({ userData: over.userData ?? null, tags: over.tags ?? {} })).start();
+  t.teardown(() => imds.close());
+  return new Session(silentLogger, new Deadline(5000), new ImdsClient({ endpoint: imds.url, deadline: new Deadline(5000) }));
+}
 
 const ours = `[dpdk]
 hugepages_2m = 512
@@ -162,17 +177,14 @@ t.test("gather: precedence follows [service].sources (later wins), all problems 
   mkdirSync(path.join(root, "etc/eni-dpdk"), { recursive: true });
   writeFileSync(path.join(root, "etc/eni-dpdk/config.toml"), '[service]\nsources = ["tags", "user-data", "file"]\n[dpdk]\nhugepages_2m = 1\n');
   const host = new Host(root);
-  const instance = {
-    userData: async () => Buffer.from("[dpdk]\nhugepages_2m = 2\nhugepages_1g = 2\n"),
-    tags: async () => ({ "eni-dpdk:dpdk": "hugepages_2m=3;hugepages_1g=3;noiommu=on" }),
-  };
-  const g = await gather(host, { env: {}, instance });
+  const instance = await onInstance(t, { userData: "[dpdk]\nhugepages_2m = 2\nhugepages_1g = 2\n", tags: { "eni-dpdk:dpdk": "hugepages_2m=3;hugepages_1g=3;noiommu=on" } });
+  const g = await gather({ ...local(host), instance });
   t.same([g.config.dpdk.hugepages_2m, g.config.dpdk.hugepages_1g, g.config.dpdk.noiommu], [1, 2, "on"]);
-  t.same(g.consulted.map((c) => c.source), ["file", "user-data", "tags"]);
+  t.same(g.consulted.map((c) => c.source), ["tags", "user-data", "file"], "consulted, in precedence order");
 
   writeFileSync(path.join(root, "etc/eni-dpdk/config.toml"), "[dpdk]\nhugepage = 1\n");
-  const bad = { userData: async () => Buffer.from("[dpdk]\nenabled = = 1\n"), tags: async () => ({ "eni-dpdk:dpdk": "driver=foo" }) };
-  const e = (await gather(host, { env: {}, instance: bad }).catch((x) => x)) as InputError;
+  const bad = await onInstance(t, { userData: "[dpdk]\nenabled = = 1\n", tags: { "eni-dpdk:dpdk": "driver=foo" } });
+  const e = (await gather({ ...local(host), instance: bad }).catch((x) => x)) as InputError;
   t.type(e, InputError);
   t.same(e.problems.map((p) => p.source.replace(/:\d+:\d+$/, "")).sort(), ["/etc/eni-dpdk/config.toml", "tag eni-dpdk:dpdk", "user-data"]);
 });
@@ -192,7 +204,7 @@ t.test("parsed-TOML memo: keeps what the last gather used, skips what JSON canno
   const first = "[dpdk]\nhugepages_2m = 4\n";
   writeFileSync(path.join(root, "etc/eni-dpdk/config.toml"), first);
   const userData = "[dpdk]\nhugepages_1g = 1\n";
-  const g = await gather(host, { env: {}, instance: { userData: async () => Buffer.from(userData), tags: async () => ({}) } });
+  const g = await gather({ ...local(host), instance: await onInstance(t, { userData, tags: {} }) });
   t.same([g.config.dpdk.hugepages_2m, g.config.dpdk.hugepages_1g], [4, 1]);
   t.notOk(existsSync(memoFile), "gathering alone writes nothing");
   t.ok(await saveTomlMemo(host), "saved");
@@ -203,7 +215,7 @@ t.test("parsed-TOML memo: keeps what the last gather used, skips what JSON canno
 
   const second = "[dpdk]\nhugepages_2m = 8\n";
   writeFileSync(path.join(root, "etc/eni-dpdk/config.toml"), second);
-  t.equal((await gather(host, { env: {} })).config.dpdk.hugepages_2m, 8, "changed text is parsed again");
+  t.equal((await gather(local(host))).config.dpdk.hugepages_2m, 8, "changed text is parsed again");
   t.ok(await saveTomlMemo(host));
   t.same(JSON.parse(readFileSync(memoFile, "utf8")).entries.map((e: { text: string }) => e.text), [second], "only what this gather used is kept");
 
@@ -216,7 +228,7 @@ t.test("parsed-TOML memo: keeps what the last gather used, skips what JSON canno
   mkdirSync(path.dirname(path.join(other, TOML_MEMO_PATH)), { recursive: true });
   writeFileSync(path.join(other, TOML_MEMO_PATH), '{"version": 1, "entries": [{"text": "tor');
   writeFileSync(path.join(other, "etc/eni-dpdk/config.toml"), "[dpdk]\nhugepages_2m = 2\n");
-  t.equal((await gather(new Host(other), { env: {} })).config.dpdk.hugepages_2m, 2, "a torn memo costs a parse, not an error");
+  t.equal((await gather(local(new Host(other)))).config.dpdk.hugepages_2m, 2, "a torn memo costs a parse, not an error");
 });
 
 t.test("parsing before the parser is loaded is reported as our bug, never as the user's syntax error", async (t) => {
@@ -237,7 +249,7 @@ t.test("the memo names its parser, and a memo from another parser is not used", 
   writeFileSync(path.join(root, "etc/eni-dpdk/config.toml"), text);
   // A memo claiming another answer for this exact text, from a parser we are not running.
   writeFileSync(path.join(root, TOML_MEMO_PATH), JSON.stringify({ version: 1, parser: "toml 4.0.0", entries: [{ text, data: { dpdk: { hugepages_2m: 99 } } }] }));
-  t.equal((await gather(new Host(root), { env: {} })).config.dpdk.hugepages_2m, 16);
+  t.equal((await gather(local(new Host(root)))).config.dpdk.hugepages_2m, 16);
 });
 
 // ---- input hardening (issue 13) ------------------------------------------------------------------
@@ -425,7 +437,7 @@ t.test("parsed-TOML memo: a hit gives the same types as a parse (BigInt integers
   const text = "[dpdk]\nhugepages_2m = 4\n[service]\ntimeout_seconds = 1.5\n[sriov]\nrestart_command = []\n";
   writeFileSync(path.join(root, "etc/eni-dpdk/config.toml"), text);
   const host = new Host(root);
-  await t.rejects(gather(host, { env: {} }), /timeout_seconds: expected an integer, got a float 1\.5/);
+  await t.rejects(gather(local(host)), /timeout_seconds: expected an integer, got a float 1\.5/);
   t.ok(await saveTomlMemo(host));
   const parsed = parseToml(text);
   // A fresh process that never loads the parser: parseToml can only answer from the memo file.

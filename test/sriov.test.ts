@@ -35,6 +35,7 @@ function makeCtx(root: string, sriov: Record<string, unknown> = {}, log: Logger 
   return {
     host: new Host(root),
     imds: undefined as never,
+    ec2: () => Promise.reject(new Error("test: no EC2 here")),
     log,
     deadline: new Deadline(10_000),
     config: buildConfig([{ source: "test", data: { sriov } }]).config,

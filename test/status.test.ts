@@ -5,10 +5,12 @@ import { promisify } from "node:util";
 import t from "tap";
 import { InputError, OpError } from "../src/core/errors.js";
 import { Host } from "../src/host/host.js";
-import type { CommandContext } from "../src/reconcile/stage.js";
+import type { CommandContext } from "../src/commands/context.js";
 import { applyHost, planHost } from "../src/reconcile/host.js";
 import { loadState, saveState, STATE_PATH, type State } from "../src/core/state.js";
-import { bindCommand, collectStatus, earlyCommand, renderStatus, resetCommand, statusCommand, unbindCommand } from "../src/commands/device.js";
+import { bindCommand, earlyCommand, resetCommand, unbindCommand } from "../src/commands/device.js";
+import { collectStatus } from "../src/reconcile/status.js";
+import { renderStatus, statusCommand } from "../src/commands/status.js";
 import { captureLog, DATA1, DATA2, INSTANCE_ID, node, PRIMARY, stageCtx, target } from "./support/fixture.js";
 import type { SimKernel } from "../src/sim/kernel.js";
 
@@ -18,7 +20,7 @@ const MAIN = path.resolve(import.meta.dirname, "../src/main.ts");
 function cmdCtx(sim: SimKernel): CommandContext & { output: string[]; lines: string[] } {
   const { log, lines } = captureLog();
   const output: string[] = [];
-  return { host: new Host(sim.root), log, out: (s) => void output.push(s), output, lines, configPath: undefined };
+  return { host: new Host(sim.root), log, out: (s) => void output.push(s), output, lines, configPath: undefined, env: {} };
 }
 
 /** The state the ENI stage leaves: our ENIs with their MACs. */

@@ -3,8 +3,10 @@
 import { errorMessage, formatProblem, InputError } from "../core/errors.js";
 import { Deadline } from "../core/deadline.js";
 import { createNotifier, type Notifier } from "../core/notify.js";
-import type { CommandContext } from "../reconcile/stage.js";
-import { fileConfig, reconcile, Session, type ApplyOutcome } from "../reconcile/loop.js";
+import { type CommandContext, localConfig } from "./context.js";
+import { reconcile } from "../reconcile/loop.js";
+import type { ApplyOutcome } from "../reconcile/outcome.js";
+import { Session } from "../reconcile/session.js";
 import { onSignal, type ServiceSignal } from "../core/signals.js";
 import type { Gathered } from "../sources/chain.js";
 
@@ -33,21 +35,21 @@ class Inbox {
   }
 }
 
-export async function runCommand(ctx: CommandContext, opts: { env: NodeJS.ProcessEnv }): Promise<number> {
+export async function runCommand(ctx: CommandContext): Promise<number> {
   // First, so a SIGHUP or SIGTERM during the first apply is handled, not fatal.
   const inbox = new Inbox();
   try {
-    return await serve(ctx, opts, inbox);
+    return await serve(ctx, inbox);
   } finally {
     inbox.stop();
   }
 }
 
-async function serve(ctx: CommandContext, opts: { env: NodeJS.ProcessEnv }, inbox: Inbox): Promise<number> {
+async function serve(ctx: CommandContext, inbox: Inbox): Promise<number> {
   const log = ctx.log;
-  const notifier = await createNotifier(opts.env, log);
+  const notifier = await createNotifier(ctx.env, log);
   // From the file alone, so a broken user-data or tag still honours the file's choices.
-  const fileService = (await fileConfig(ctx, opts.env))?.service;
+  const fileService = (await localConfig(ctx)).config.service;
   const onFailure = fileService?.on_failure ?? "fail";
   const bootTimeout = (fileService?.timeout_seconds ?? 300) * 1000;
   log.info("starting", { notify: notifier.via, on_failure: onFailure, timeout_s: bootTimeout / 1000 });
@@ -58,7 +60,7 @@ async function serve(ctx: CommandContext, opts: { env: NodeJS.ProcessEnv }, inbo
   let gathered: Gathered | undefined;
   let first: ApplyOutcome;
   try {
-    const o = await reconcile(ctx, { dryRun: false, env: opts.env, session });
+    const o = await reconcile(ctx, { dryRun: false, session });
     gathered = o.gathered;
     first = o;
   } catch (e) {
@@ -73,7 +75,7 @@ async function serve(ctx: CommandContext, opts: { env: NodeJS.ProcessEnv }, inbo
     }
     log.error("continuing without applying (on_failure=continue)", { next: e.hint });
     await notifier.ready(`degraded: ${msg}`);
-    return waitForSignals(ctx, opts, notifier, inbox, session, undefined, 0);
+    return waitForSignals(ctx, notifier, inbox, session, undefined, 0);
   }
   if (inbox.stopping()) return stopDuringStart(ctx, notifier);
 
@@ -88,7 +90,7 @@ async function serve(ctx: CommandContext, opts: { env: NodeJS.ProcessEnv }, inbo
   }
   log.info(first.summary, { took_ms: first.timings.total, actions: first.actions.length });
   await notifier.ready(first.summary);
-  return waitForSignals(ctx, opts, notifier, inbox, session, gathered, gathered!.config.service.reconcile_interval_seconds);
+  return waitForSignals(ctx, notifier, inbox, session, gathered, gathered!.config.service.reconcile_interval_seconds);
 }
 
 /** SIGTERM before READY (systemctl stop, start timeout): the first apply ended its waits early; exit. */
@@ -101,7 +103,6 @@ async function stopDuringStart(ctx: CommandContext, notifier: Notifier): Promise
 /** The long-running part: periodic reconcile, SIGHUP reload, watchdog pings, clean SIGTERM. */
 async function waitForSignals(
   ctx: CommandContext,
-  opts: { env: NodeJS.ProcessEnv },
   notifier: Notifier,
   inbox: Inbox,
   session: Session,
@@ -129,11 +130,10 @@ async function waitForSignals(
   const passOnce = async (reload: boolean) => {
     try {
       const dynamic = gathered?.config.service.sources.includes("nodeeni");
-      const passSession = new Session(log, new Deadline(timeoutMs), session.imds);
+      const passSession = session.next(new Deadline(timeoutMs));
       inbox.current = passSession.deadline;
       const o = await reconcile(ctx, {
         dryRun: false,
-        env: opts.env,
         session: passSession,
         gathered: reload || dynamic || !gathered ? undefined : gathered,
       });

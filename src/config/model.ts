@@ -86,9 +86,16 @@ export interface EffectiveConfig {
   warnings: Problem[];
 }
 
-/** One source's contribution, before merge. `locate` turns a key path into `file:line:col` when it can. */
+/** Where a layer came from, as data: which source, and which file, part, tag, variable or NodeENI. */
+export interface LayerOrigin {
+  source: SourceName | "env";
+  name: string;
+}
+
+/** One source's contribution, before merge. `source` is how messages name it; `origin` says the same as data. */
 export interface Layer {
   source: string;
+  origin?: LayerOrigin;
   data: Record<string, unknown>;
   /** Tag values arrive as strings and are coerced by the schema. */
   stringly?: boolean;

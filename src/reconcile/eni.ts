@@ -10,7 +10,7 @@ import { delayFor, pollUntil, sleep, type Backoff } from "../core/deadline.js";
 import { readNic, readNicNetwork } from "../cloud/imds.js";
 import { listNetdevs } from "../host/pci.js";
 import { lazyCrypto } from "../core/lazy.js";
-import type { Action, StageContext } from "./stage.js";
+import { type Action, type ActionKind, type Stage, type StageContext, type StagePlan } from "./stage.js";
 import { saveState, type EniRecord } from "../core/state.js";
 
 export const TAG_INSTANCE = "eni-dpdk:instance-id";
@@ -327,7 +327,7 @@ function recordFor(it: EniPlanItem, ex: ObservedEni): EniRecord {
 function actionsFor(ctx: StageContext, it: EniPlanItem): Action[] {
   const e = it.eni;
   const id = it.existing?.eniId ?? "the new ENI";
-  const a = (kind: string, detail: string): Action => ({ stage: "eni", kind, target: e.name, detail });
+  const a = (kind: ActionKind, detail: string): Action => ({ stage: "eni", kind, target: e.name, detail });
   return it.steps.flatMap((s): Action[] => {
     switch (s) {
       case "create":
@@ -618,3 +618,19 @@ async function waitFor<T>(ctx: StageContext, what: string, probe: () => Promise<
     { waited_ms: Date.now() - t0 },
   );
 }
+
+/** ENIs the state already knows with their MACs: what a dry run hands the host stage (nothing is created). */
+function knownEnis(ctx: StageContext): EniRecord[] {
+  return ctx.config.eni.map((e) => ctx.state.enis[e.name]).filter((r): r is EniRecord => !!r && !!r.mac);
+}
+
+export const eniStage: Stage<EniPlan & StagePlan> = {
+  name: "eni",
+  enabled: () => true,
+  async plan(ctx) {
+    return { ...(await planEnis(ctx, ctx.ec2)), expected: { enis: knownEnis(ctx) } };
+  },
+  async apply(ctx, plan) {
+    return { enis: await applyEnis(ctx, ctx.ec2, plan) };
+  },
+};

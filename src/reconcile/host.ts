@@ -1,29 +1,30 @@
 // The host stage: find each ENI's PCI device by MAC, check the guards, set up the kernel, bind DPDK
 // ENIs (with rollback), bring kernel-driver ENIs up with their MTU, and keep networkd/nodeadm off
 // DPDK ENIs. Never takes the host lock (the orchestrator holds it). Also the offline reboot rebind.
-import { type DpdkConfig, type EniDpdkConfig } from "../config/model.js";
+import { type Config, type DpdkConfig, type EniConfig } from "../config/model.js";
 import { type DpdkDriver, ENA_DPDK_DEVICE_IDS, ENA_VENDOR, fullResourceName, isDpdkDriver } from "../config/facts.js";
 import { InputError, OpError, type Problem } from "../core/errors.js";
 import { pollUntil } from "../core/deadline.js";
 import { RUN_DIR, VAR_DIR, type Host } from "../host/host.js";
 import type { Logger } from "../core/log.js";
 import { ensureNetworkdFile, markNodeadmUnmanaged, NETWORKD_DIR, planNetworkd } from "../host/networkd.js";
-import type { Action, StageContext } from "./stage.js";
+import { type Action, type Stage, type StageContext, type StagePlan } from "./stage.js";
 import { bindDevice, deviceNodeFor, netdevByMac, readPciDevice, restoreDriver, type PciDevice } from "../host/pci.js";
 import { recoverInflight } from "../host/recovery.js";
 import { guardFacts, guardViolations, readRoutes, type GuardFacts } from "../host/guard.js";
-import { JOURNAL_PATH, loadState, saveState, type BindingRecord, type State } from "../core/state.js";
+import { type BindingRecord, type EniRecord, JOURNAL_PATH, loadState, saveState, type State } from "../core/state.js";
 import { applyHugepages, hugepageWants, planHugepages, planKernel, setupKernel } from "../host/kernel.js";
 
 
-export interface HostTarget {
-  name: string;
-  eniId?: string;
-  mac: string;
-  deviceIndex: number;
-  networkCardIndex: number;
-  dpdk: EniDpdkConfig;
-  mtu: number;
+/** A configured ENI with what EC2 gave it (its MAC and id): the host stage's input. */
+export type HostTarget = Pick<EniConfig, "name" | "dpdk" | "mtu"> & { mac: string; eniId?: string };
+
+/** The configured ENIs that are attached, each with its record. */
+export function hostTargets(config: Config, enis: EniRecord[]): HostTarget[] {
+  return config.eni.flatMap((e) => {
+    const rec = enis.find((r) => r.name === e.name);
+    return rec ? [{ name: e.name, dpdk: e.dpdk, mtu: e.mtu, mac: rec.mac, eniId: rec.eniId }] : [];
+  });
 }
 
 export interface HostDeviceResult {
@@ -329,6 +330,53 @@ export async function configureKernelLink(host: Host, ifname: string, mtu: numbe
   }
   return changed;
 }
+
+// ---- the stage ----------------------------------------------------------------------------------
+
+/**
+ * What a dry run hands the SR-IOV stage: the DPDK ENIs as the state records them bound (a reboot
+ * rebinds exactly these), since a dry run binds nothing.
+ */
+function recordedDevices(ctx: StageContext): HostDeviceResult[] {
+  return Object.values(ctx.state.bindings).flatMap((b) => {
+    const eni = ctx.config.eni.find((e) => e.name === b.eniName && e.dpdk.enabled);
+    if (!eni) return [];
+    return [{
+      name: eni.name,
+      ...(b.eniId ? { eniId: b.eniId } : {}),
+      mac: b.mac,
+      bdf: b.bdf,
+      vendor: b.vendor,
+      device: b.device,
+      driver: eni.dpdk.driver,
+      originalDriver: b.originalDriver,
+      deviceNode: "",
+      resourceName: fullResourceName(eni.dpdk.resource_name, ctx.config.sriov.resource_prefix),
+      state: "bound" as const,
+      changed: false,
+    }];
+  });
+}
+
+export const hostStage: Stage<HostPlan & StagePlan & { targets: HostTarget[] }> = {
+  name: "host",
+  enabled: () => true,
+  async plan(ctx, up) {
+    const targets = hostTargets(ctx.config, up.enis);
+    const p = await planHost(ctx, targets);
+    // ENIs not attached yet (a first boot's dry run): their kernel setup and binds come after the attach.
+    const pending = ctx.config.eni.filter((e) => !targets.some((t) => t.name === e.name));
+    const pendingDrivers = [...new Set(pending.filter((e) => e.dpdk.enabled).map((e) => e.dpdk.driver))];
+    if (pendingDrivers.length && !targets.some((t) => t.dpdk.enabled)) p.actions.push(...(await planKernel(ctx.host, pendingDrivers, ctx.config.dpdk.noiommu)));
+    for (const e of pending) {
+      p.actions.push({ stage: "host", kind: e.dpdk.enabled ? "bind" : "set-mtu", target: e.name, detail: "after the ENI is attached and its NIC appears" });
+    }
+    return { ...p, targets, expected: { devices: recordedDevices(ctx) } };
+  },
+  async apply(ctx, plan) {
+    return { devices: await applyHost(ctx, plan.targets, plan) };
+  },
+};
 
 // ---- before anything else ------------------------------------------------------------------------------
 

@@ -1,11 +1,12 @@
 // The SR-IOV stage: our resourceList entries for the devices the host stage bound, planned (reads
 // only), checked before the first mutation of an apply, and merged into the plugin's file.
-import { ENA_VENDOR } from "../config/facts.js";
+import { ENA_VENDOR, fullResourceName } from "../config/facts.js";
 import { errorMessage } from "../core/errors.js";
 import { saveState } from "../core/state.js";
 import { mergeText, renderSriovEntries, type Merge, type RenderedEntry, type SriovApplyResult, type SriovDevice } from "../host/sriov-model.js";
 import { ownedIn, previousPath, sameList, writeMerged } from "../host/sriov-file.js";
-import type { Action, StageContext } from "./stage.js";
+import { type Action, type Stage, type StageContext, type StagePlan } from "./stage.js";
+import { type HostDeviceResult } from "./host.js";
 
 export interface SriovPlan {
   enabled: boolean;
@@ -109,3 +110,30 @@ export async function applySriov(ctx: StageContext, devices: SriovDevice[], plan
   return { changed, path: filePath, resources: r.m.ours, ...(r.movedAside ? { movedAside: r.movedAside } : {}) };
 }
 
+/** The devices the host stage bound that carry a resource: only these are advertised. */
+function advertised(devices: HostDeviceResult[]): SriovDevice[] {
+  return devices
+    .filter((d) => d.state === "bound" && d.resourceName)
+    .map((d) => ({ eniName: d.name, resource: d.resourceName, bdf: d.bdf, vendor: d.vendor, device: d.device, driver: d.driver }));
+}
+
+export const sriovStage: Stage<SriovPlan & StagePlan & { devices: SriovDevice[] }> = {
+  name: "sriov",
+  enabled: (ctx) => ctx.config.sriov.enabled,
+  async plan(ctx, up) {
+    const devices = advertised(up.devices);
+    const p = await planSriov(ctx, devices);
+    const actions = [...p.actions];
+    if (ctx.dryRun) {
+      // DPDK ENIs with no bound device yet: their resources are written once they are bound.
+      const waiting = ctx.config.eni.filter((e) => e.dpdk.enabled && !devices.some((d) => d.eniName === e.name));
+      for (const r of new Set(waiting.map((e) => fullResourceName(e.dpdk.resource_name, ctx.config.sriov.resource_prefix)))) {
+        actions.push({ stage: "sriov", kind: "write-sriov", target: ctx.config.sriov.config_path, detail: `resource ${r}, after its ENIs are bound` });
+      }
+    }
+    return { ...p, actions, devices, expected: { sriov: { changed: false, path: p.path, resources: p.resources } } };
+  },
+  async apply(ctx, plan) {
+    return { sriov: await applySriov(ctx, plan.devices, plan) };
+  },
+};

@@ -176,6 +176,7 @@ export class SimNode {
     return {
       host: this.host,
       imds,
+      ec2: this.ec2,
       log: this.opts.log ?? silentLogger,
       deadline: new Deadline(opts.deadlineMs ?? this.opts.deadlineMs ?? 30_000),
       config,

@@ -1,96 +1,161 @@
-// The chain of sources: the file first (it says which other sources to consult, in which order),
-// the instance's sources concurrently, NodeENI once the others are merged; then one merge, validated.
+// The chain of sources, as nodeadm's config providers: the file first (it says which other sources
+// to consult, and in which order), the instance's sources concurrently, each able to wait for what
+// the sources before it gave (NodeENI needs [kubernetes] and the NodeConfig); then one merge,
+// validated as a whole. Every problem of every source is reported in one run.
+import type { Ec2Api } from "../cloud/ec2.js";
+import type { Imds, InstanceIdentity } from "../cloud/imds.js";
+import type { SourceName } from "../config/facts.js";
 import { buildConfig, defaults, type EffectiveConfig, type Layer } from "../config/model.js";
-import { type SourceName } from "../config/facts.js";
+import type { Deadline } from "../core/deadline.js";
 import { InputError, type Problem } from "../core/errors.js";
+import type { Logger } from "../core/log.js";
 import type { Host } from "../host/host.js";
-import { type UserDataPart } from "./mime.js";
+import type { UserDataPart } from "./mime.js";
+import type { NodeEniResult } from "./nodeeni.js";
 import { loadTomlMemo, tomlUsed } from "./toml.js";
-import { fileLayers } from "./file.js";
-import { loadUserDataLayers } from "./userdata.js";
-import { tagLayers } from "./tags.js";
-import { envLayers } from "./env.js";
 
-/** Providers for the sources that need the instance; absent in standalone validation. */
-export interface InstanceSources {
-  userData(): Promise<Buffer | undefined>;
-  tags(): Promise<Record<string, string>>;
-  /** NodeENI layers, given the merged config of the other sources (for [kubernetes]) and the user-data parts. */
-  nodeEni?(base: EffectiveConfig, parts: UserDataPart[]): Promise<{ layers: Layer[]; warnings: string[] }>;
+/** The instance behind the sources that need one; absent in standalone validation. */
+export interface InstanceAccess {
+  imds: Imds;
+  identity(): Promise<InstanceIdentity>;
+  /** EC2 (DescribeTags); the SDK loads only when a source really calls it */
+  ec2(): Promise<Ec2Api>;
+  deadline: Deadline;
+}
+
+export interface SourceContext {
+  host: Host;
+  log: Logger;
+  env: NodeJS.ProcessEnv;
+  /** --config PATH, replacing /etc/eni-dpdk/config.toml */
+  configPath?: string;
+  instance?: InstanceAccess;
+}
+
+/** What the sources before one in the chain gave, merged. */
+export interface Prior {
+  config: EffectiveConfig;
+  userDataParts: UserDataPart[];
+}
+
+export interface Provided {
+  layers: Layer[];
+  /** one line on what was found, e.g. "2 eni-dpdk part(s), 1 NodeConfig part(s)" */
+  note: string;
+  warnings?: Problem[];
+  userDataParts?: UserDataPart[];
+  nodeEni?: NodeEniResult;
+}
+
+export interface Source {
+  readonly name: SourceName | "env";
+  /** true when there is nothing to read without the instance */
+  readonly needsInstance: boolean;
+  /** Layers in precedence order, or InputError naming each problem. `prior` waits for the sources before it. */
+  provide(ctx: SourceContext, prior: () => Promise<Prior>): Promise<Provided>;
 }
 
 export interface Gathered extends EffectiveConfig {
   userDataParts: UserDataPart[];
   /** which sources were consulted, with a short note each */
   consulted: { source: SourceName | "env"; note: string }[];
+  /** the NodeENI source's result (for its status write-back and the cache), when it ran */
+  nodeEni?: NodeEniResult;
 }
 
+/** The sources, by name; imported lazily so a boot loads only those it consults. */
+async function sourceOf(name: SourceName | "env"): Promise<Source> {
+  switch (name) {
+    case "file":
+      return (await import("./file.js")).fileSource;
+    case "user-data":
+      return (await import("./userdata.js")).userDataSource;
+    case "tags":
+      return (await import("./tags.js")).tagSource;
+    case "nodeeni":
+      return (await import("./nodeeni.js")).nodeEniSource;
+    case "env":
+      return (await import("./env.js")).envSource;
+  }
+}
+
+type Settled<T> = { ok: true; value: T } | { ok: false; error: unknown };
+/** Start a promise now without an unhandled rejection if its consumer is not reached. */
+const settle = <T>(p: Promise<T>): Promise<Settled<T>> =>
+  p.then(
+    (value) => ({ ok: true as const, value }),
+    (error: unknown) => ({ ok: false as const, error }),
+  );
+
 /**
- * Read every configured source and merge. The file is always read first, because it says which
- * other sources to consult and in what order; its layers sit at the position "file" has in that list.
+ * Read every configured source and merge. The file always comes first, because it says which other
+ * sources to consult and in what order; its layers sit at the position "file" has in that list, and
+ * the environment's last, above all.
  */
-export async function gather(host: Host, opts: { configPath?: string; env?: NodeJS.ProcessEnv; instance?: InstanceSources }): Promise<Gathered> {
-  const env = opts.env ?? process.env;
-  await loadTomlMemo(host);
+export async function gather(ctx: SourceContext): Promise<Gathered> {
+  await loadTomlMemo(ctx.host);
   tomlUsed.clear();
-  const files = await fileLayers(host, opts.configPath);
-  const envL = envLayers(env);
+  const noPrior = () => Promise.reject(new Error("internal: the file source has no prior"));
+  const file = await (await sourceOf("file")).provide(ctx, noPrior);
+  const env = await (await sourceOf("env")).provide(ctx, noPrior);
   const problems: Problem[] = [];
-  let sources: SourceName[] = defaults().service.sources;
+  let order: SourceName[] = defaults().service.sources;
   try {
-    sources = buildConfig([...files, ...envL]).config.service.sources;
+    order = buildConfig([...file.layers, ...env.layers]).config.service.sources;
   } catch (e) {
     // Keep going with the default sources so one run reports every problem.
-    if (e instanceof InputError) problems.push(...e.problems);
-    else throw e;
+    if (!(e instanceof InputError)) throw e;
+    problems.push(...e.problems);
   }
-  const consulted: Gathered["consulted"] = [{ source: "file", note: `${files.length} file(s)` }];
-  const bySource = new Map<SourceName, Layer[]>([["file", files]]);
-  let parts: UserDataPart[] = [];
-  const collect = async (fn: () => Promise<void>) => {
-    try {
-      await fn();
-    } catch (e) {
-      if (e instanceof InputError) problems.push(...e.problems);
-      else throw e;
+  if (!order.includes("file")) order = ["file", ...order];
+
+  const results = new Map<SourceName, Promise<Settled<Provided>>>([["file", Promise.resolve({ ok: true, value: file })]]);
+  const layersBefore = async (name: SourceName): Promise<{ layers: Layer[]; parts: UserDataPart[] }> => {
+    const layers: Layer[] = [];
+    let parts: UserDataPart[] = [];
+    for (const n of order.slice(0, order.indexOf(name))) {
+      const r = await results.get(n);
+      if (!r?.ok) continue;
+      layers.push(...r.value.layers);
+      parts = r.value.userDataParts ?? parts;
     }
+    return { layers, parts };
   };
-  // Both IMDS reads go out at once; their results are used in precedence order below.
-  const userDataP = opts.instance && sources.includes("user-data") ? settle(opts.instance.userData()) : undefined;
-  const tagsP = opts.instance && sources.includes("tags") ? settle(opts.instance.tags()) : undefined;
-  if (userDataP) {
-    await collect(async () => {
-      const ud = await loadUserDataLayers(await unsettle(userDataP));
-      parts = ud.parts;
-      bySource.set("user-data", ud.layers);
-      consulted.push({ source: "user-data", note: ud.summary });
-    });
+  const priorOf = (name: SourceName) => async (): Promise<Prior> => {
+    const { layers, parts } = await layersBefore(name);
+    return { config: buildConfig([...layers, ...env.layers]), userDataParts: parts };
+  };
+  for (const name of order) {
+    if (name === "file") continue;
+    const src = await sourceOf(name);
+    if (src.needsInstance && !ctx.instance) continue;
+    results.set(name, settle(src.provide(ctx, priorOf(name))));
   }
-  if (tagsP) {
-    await collect(async () => {
-      const tags = await unsettle(tagsP);
-      const l = tagLayers(tags);
-      bySource.set("tags", l);
-      consulted.push({ source: "tags", note: `${l.length} eni-dpdk tag(s)` });
-    });
+
+  const consulted: Gathered["consulted"] = [];
+  const layers: Layer[] = [];
+  const warnings: Problem[] = [];
+  let userDataParts: UserDataPart[] = [];
+  let nodeEni: NodeEniResult | undefined;
+  for (const name of order) {
+    const r = await results.get(name);
+    if (!r) continue;
+    if (!r.ok) {
+      if (!(r.error instanceof InputError)) throw r.error;
+      problems.push(...r.error.problems);
+      continue;
+    }
+    layers.push(...r.value.layers);
+    warnings.push(...(r.value.warnings ?? []));
+    userDataParts = r.value.userDataParts ?? userDataParts;
+    nodeEni = r.value.nodeEni ?? nodeEni;
+    consulted.push({ source: name, note: r.value.note });
   }
-  if (problems.length) throw withFinalProblems(problems, () => buildConfig([...files, ...[...bySource.values()].flat().filter((l) => !files.includes(l)), ...envL]));
-  const ordered = (list: SourceName[]) => [
-    ...(sources.includes("file") ? [] : files),
-    ...list.flatMap((s) => bySource.get(s) ?? []),
-  ];
-  let warnings: string[] = [];
-  if (opts.instance?.nodeEni && sources.includes("nodeeni")) {
-    const base = buildConfig([...ordered(sources.filter((s) => s !== "nodeeni")), ...envL]);
-    const ne = await opts.instance.nodeEni(base, parts);
-    bySource.set("nodeeni", ne.layers);
-    warnings = ne.warnings;
-    consulted.push({ source: "nodeeni", note: `${ne.layers.length} NodeENI object(s) apply` });
-  }
-  if (envL.length) consulted.push({ source: "env", note: envL.map((l) => l.source.slice(4)).join(", ") });
-  const eff = buildConfig([...ordered(sources), ...envL]);
-  eff.warnings.push(...warnings.map((message) => ({ source: "nodeeni", key: "", message })));
-  return { ...eff, userDataParts: parts, consulted };
+  if (env.layers.length) consulted.push({ source: "env", note: env.note });
+  if (problems.length) throw withFinalProblems(problems, () => buildConfig([...layers, ...env.layers]));
+  const eff = buildConfig([...layers, ...env.layers]);
+  eff.warnings.push(...warnings);
+  return { ...eff, userDataParts, consulted, ...(nodeEni ? { nodeEni } : {}) };
 }
 
 /** Combine problems found so far with those of a final build, without repeating any. */
@@ -101,19 +166,11 @@ function withFinalProblems(problems: Problem[], build: () => unknown): InputErro
     if (e instanceof InputError) problems.push(...e.problems);
   }
   const seen = new Set<string>();
-  return new InputError(problems.filter((p) => {
-    const k = `${p.source}|${p.key}|${p.message}`;
-    return seen.has(k) ? false : (seen.add(k), true);
-  }));
+  return new InputError(
+    problems.filter((p) => {
+      const k = `${p.source}|${p.key}|${p.message}`;
+      return seen.has(k) ? false : (seen.add(k), true);
+    }),
+  );
 }
 
-type Settled<T> = { ok: true; value: T } | { ok: false; error: unknown };
-/** Start a promise now without an unhandled rejection if its consumer is not reached. */
-function settle<T>(p: Promise<T>): Promise<Settled<T>> {
-  return p.then((value) => ({ ok: true as const, value }), (error: unknown) => ({ ok: false as const, error }));
-}
-async function unsettle<T>(p: Promise<Settled<T>>): Promise<T> {
-  const r = await p;
-  if (r.ok) return r.value;
-  throw r.error;
-}

@@ -1,5 +1,6 @@
 // The seed controller's environment variables, which override every other source.
 import { type Layer } from "../config/model.js";
+import { type Source } from "./chain.js";
 
 const ENV_KEYS: Record<string, [string, string]> = {
   ENABLE_DPDK: ["dpdk", "enabled"],
@@ -12,6 +13,14 @@ const ENV_KEYS: Record<string, [string, string]> = {
 export function envLayers(env: NodeJS.ProcessEnv): Layer[] {
   return Object.entries(ENV_KEYS)
     .filter(([name]) => env[name] !== undefined)
-    .map(([name, [table, key]]) => ({ source: `env ${name}`, stringly: true, data: { [table]: { [key]: env[name] } } }));
+    .map(([name, [table, key]]) => ({ source: `env ${name}`, origin: { source: "env" as const, name }, stringly: true, data: { [table]: { [key]: env[name] } } }));
 }
 
+export const envSource: Source = {
+  name: "env",
+  needsInstance: false,
+  async provide(ctx) {
+    const layers = envLayers(ctx.env);
+    return { layers, note: layers.map((l) => l.origin?.name).join(", ") };
+  },
+};

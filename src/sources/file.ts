@@ -7,6 +7,7 @@ import { CONFIG_DIR, CONFIG_FILE, CONFIG_HOME } from "../config/facts.js";
 import { InputError, type Problem } from "../core/errors.js";
 import type { Host } from "../host/host.js";
 import { loadTomlFor, tomlLayer } from "./toml.js";
+import { type Source } from "./chain.js";
 
 // A root service must not take its config from a file others can change (sshd's StrictModes): every
 // file and directory it reads here must be owned by root (or by us) and not group- or world-writable.
@@ -167,7 +168,7 @@ export async function fileLayers(host: Host, configPath?: string): Promise<Layer
   await loadTomlFor(docs.map(([t]) => t));
   for (const [t, source] of docs) {
     try {
-      layers.push(tomlLayer(t, source));
+      layers.push({ ...tomlLayer(t, source), origin: { source: "file", name: source } });
     } catch (e) {
       if (e instanceof InputError) problems.push(...e.problems);
       else throw e;
@@ -177,3 +178,11 @@ export async function fileLayers(host: Host, configPath?: string): Promise<Layer
   return layers;
 }
 
+export const fileSource: Source = {
+  name: "file",
+  needsInstance: false,
+  async provide(ctx) {
+    const layers = await fileLayers(ctx.host, ctx.configPath);
+    return { layers, note: `${layers.length} file(s)` };
+  },
+};

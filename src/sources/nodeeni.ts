@@ -18,8 +18,9 @@ import { type Host } from "../host/host.js";
 import { delayFor, sleep, type Deadline } from "../core/deadline.js";
 import type { Imds, InstanceIdentity } from "../cloud/imds.js";
 import type { Logger } from "../core/log.js";
-import type { State } from "../core/state.js";
+import { loadState, type State } from "../core/state.js";
 import type { KubeClient, NodeConfigCluster, NodeEniAttachment, NodeEniObject } from "../cloud/kube.js";
+import { type Source } from "./chain.js";
 
 
 /** The part of a decoded user-data part we read (src/userdata.ts UserDataPart fits). */
@@ -406,7 +407,7 @@ export function nodeEniToLayer(obj: NodeEniObject): MappedNodeEni {
     const field = own(SPEC_FIELD_OF, key);
     return field ? `${source}: ${field}` : source;
   };
-  return { layer: { source, data: { eni }, locate }, problems, warnings, eniNames: names };
+  return { layer: { source, origin: { source: "nodeeni", name }, data: { eni }, locate }, problems, warnings, eniNames: names };
 }
 
 /** Stable JSON (sorted keys), for comparing attachments whatever their key order. */
@@ -746,3 +747,24 @@ export async function reportNodeEniStatus(
   for (const w of report.warnings) input.log.warn(w);
   return report;
 }
+
+/** NodeENI objects that select this node, read once the other sources say where the cluster is. */
+export const nodeEniSource: Source = {
+  name: "nodeeni",
+  needsInstance: true,
+  async provide(ctx, prior) {
+    const inst = ctx.instance!;
+    const before = await prior();
+    const r = await nodeEniLayers({
+      imds: inst.imds,
+      instance: await inst.identity(),
+      userDataParts: before.userDataParts,
+      config: before.config.config,
+      host: ctx.host,
+      log: ctx.log,
+      deadline: inst.deadline,
+      state: await loadState(ctx.host),
+    });
+    return { layers: r.layers, note: `${r.layers.length} NodeENI object(s) apply`, warnings: r.warnings.map((message) => ({ source: "nodeeni", key: "", message })), nodeEni: r };
+  },
+};

@@ -2,6 +2,8 @@
 import { schema, type Layer } from "../config/model.js";
 import { FORBIDDEN_KEY_MESSAGE, isForbiddenKey, nullRecord, own } from "../core/records.js";
 import { InputError, type Problem } from "../core/errors.js";
+import { type Source } from "./chain.js";
+import { readTags } from "../cloud/imds.js";
 
 export const TAG_PREFIX = "eni-dpdk:";
 
@@ -27,9 +29,9 @@ export function tagLayers(tags: Record<string, string>): Layer[] {
         problems.push({ source, key: "name", message: `the ENI name comes from the tag key ("${name}"); remove name= from the value` });
         continue;
       }
-      layers.push({ source, stringly: true, data: { eni: [{ ...parsed, name }] } });
+      layers.push({ source, origin: { source: "tags", name: key }, stringly: true, data: { eni: [{ ...parsed, name }] } });
     } else if (own(schema, rest)) {
-      layers.push({ source, stringly: true, data: { [rest]: parsed } });
+      layers.push({ source, origin: { source: "tags", name: key }, stringly: true, data: { [rest]: parsed } });
     } else {
       const known = [...Object.keys(schema).map((k) => TAG_PREFIX + k), `${TAG_PREFIX}eni:<name>`];
       const why = isForbiddenKey(rest) ? `"${rest}" ${FORBIDDEN_KEY_MESSAGE}` : "unknown eni-dpdk tag";
@@ -101,3 +103,22 @@ function shapeConflict(seen: Map<string, "value" | "table">, keyPath: string[]):
   return undefined;
 }
 
+/**
+ * IMDS's instance tags when the instance exposes them; otherwise (the usual case on EKS, where keys
+ * with "/" keep the option off) EC2 DescribeTags for the instance's own id.
+ */
+export const tagSource: Source = {
+  name: "tags",
+  needsInstance: true,
+  async provide(ctx) {
+    const inst = ctx.instance!;
+    let tags = await readTags(inst.imds);
+    if (tags === undefined) {
+      ctx.log.info("instance metadata tags are disabled; reading tags with EC2 DescribeTags");
+      const { describeInstanceTags } = await import("../cloud/ec2.js");
+      tags = await describeInstanceTags(await inst.ec2(), (await inst.identity()).instanceId, { deadline: inst.deadline, log: ctx.log });
+    }
+    const layers = tagLayers(tags);
+    return { layers, note: `${layers.length} eni-dpdk tag(s)` };
+  },
+};

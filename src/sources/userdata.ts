@@ -6,6 +6,8 @@ import { InputError, type Problem } from "../core/errors.js";
 import { decodeUserData, PLAIN_TYPES, sniffDocument, type UserDataPart } from "./mime.js";
 import { loadTomlFor, parseToml, tomlLayer, TomlNotLoaded } from "./toml.js";
 import { utf8Problem } from "./file.js";
+import { type Source } from "./chain.js";
+import { readUserData } from "../cloud/imds.js";
 
 export interface UserDataResult {
   layers: Layer[];
@@ -56,7 +58,7 @@ function partLayers(parts: UserDataPart[]): UserDataResult {
       const source = part.index === 0 ? "user-data" : part.label;
       const bad = utf8Problem(part.body);
       if (bad) problems.push({ source, key: "(encoding)", message: bad });
-      else layers.push(tomlLayer(part.text, source));
+      else layers.push({ ...tomlLayer(part.text, source), origin: { source: "user-data", name: part.label } });
     } catch (e) {
       if (e instanceof InputError) problems.push(...e.problems);
       else throw e;
@@ -112,3 +114,11 @@ function isOurDocument(part: UserDataPart): boolean {
 
 const OUR_KEY_LINE_RE = new RegExp(`^\\s*(${TOP_LEVEL_KEYS.join("|")})\\s*[.=]`, "m");
 
+export const userDataSource: Source = {
+  name: "user-data",
+  needsInstance: true,
+  async provide(ctx) {
+    const ud = await loadUserDataLayers(await readUserData(ctx.instance!.imds));
+    return { layers: ud.layers, note: ud.summary, userDataParts: ud.parts };
+  },
+};

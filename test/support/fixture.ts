@@ -8,6 +8,7 @@ import { Logger, type LogSink } from "../../src/core/log.js";
 import type { StageContext } from "../../src/reconcile/stage.js";
 import { emptyState, type State } from "../../src/core/state.js";
 import { SimKernel, type SimKernelOptions } from "../../src/sim/kernel.js";
+import { type Ec2Factory } from "../../src/cloud/ec2.js";
 
 export const PRIMARY = { bdf: "0000:00:05.0", mac: "02:00:00:00:00:01", ifname: "eth0" };
 export const DATA1 = { bdf: "0000:00:06.0", mac: "02:00:00:00:00:02", ifname: "eth1" };
@@ -30,6 +31,9 @@ export function simHost(sim: SimKernel): Host {
   return new Host(sim.root, { settleMs: 600 });
 }
 
+/** For stages that must not reach EC2 here: any call is a test failure. */
+export const noEc2: Ec2Factory = () => Promise.reject(new Error("test: no EC2 in this test"));
+
 /** A logger whose lines tests can read. */
 export function captureLog(): { log: Logger; lines: string[] } {
   const lines: string[] = [];
@@ -47,6 +51,7 @@ export function stageCtx(sim: SimKernel, over: Partial<StageContext> = {}): Stag
   return {
     host: simHost(sim),
     imds: undefined as never,
+    ec2: noEc2,
     log,
     deadline: new Deadline(20_000),
     config: config(),
@@ -68,8 +73,6 @@ export function target(name: string, mac: string, over: Partial<Omit<HostTarget,
     name,
     eniId: `eni-0${mac.replace(/:/g, "").slice(-6)}0000000000`,
     mac,
-    deviceIndex: Number(mac.slice(-1)) - 1,
-    networkCardIndex: 0,
     mtu: 9001,
     ...over,
     dpdk: { enabled: true, driver: "vfio-pci", resource_name: `amazon.com/${name.replace(/-/g, "_")}`, pci_address: "", ...over.dpdk },

@@ -23,6 +23,7 @@ async function ctx(): Promise<StageContext> {
   return {
     host,
     imds: undefined as never,
+    ec2: () => Promise.reject(new Error("test: no EC2 here")),
     log: silentLogger,
     deadline: new Deadline(10_000),
     config,

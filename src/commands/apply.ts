@@ -1,0 +1,37 @@
+// `eni-dpdk plan` (and `apply --dry-run`): the stages' plans, changing nothing. `eni-dpdk apply`:
+// one pass, executed. Both are bounded by [service].timeout_seconds, IMDS waits included.
+import { Deadline } from "../core/deadline.js";
+import { reconcile } from "../reconcile/loop.js";
+import { Session } from "../reconcile/session.js";
+import { formatActions } from "../reconcile/stage.js";
+import { localConfig, type CommandContext } from "./context.js";
+
+/** A session bounded by the file's [service].timeout_seconds from its start. */
+export async function commandSession(ctx: CommandContext): Promise<Session> {
+  const { config } = await localConfig(ctx);
+  return new Session(ctx.log, new Deadline(config.service.timeout_seconds * 1000));
+}
+
+export async function planCommand(ctx: CommandContext, opts: { json: boolean }): Promise<number> {
+  const o = await reconcile(ctx, { dryRun: true, session: await commandSession(ctx) });
+  if (opts.json) {
+    ctx.out(JSON.stringify({ actions: o.actions, warnings: o.warnings, error: o.error, timings: o.timings }, null, 2) + "\n");
+  } else {
+    ctx.out(formatActions(o.actions));
+    for (const w of o.warnings) ctx.log.warn(w);
+  }
+  if (o.error) ctx.log.error(o.error.message, { next: o.error.next, changes: o.error.changes?.join("; ") });
+  return o.error ? 1 : 0;
+}
+
+export async function applyCommand(ctx: CommandContext, opts: { dryRun: boolean }): Promise<number> {
+  if (opts.dryRun) return planCommand(ctx, { json: false });
+  const o = await reconcile(ctx, { dryRun: false, session: await commandSession(ctx) });
+  for (const w of o.warnings) ctx.log.warn(w);
+  if (o.error) {
+    ctx.log.error(o.error.message, { next: o.error.next, changes: o.error.changes?.join("; ") });
+    return o.error.exitCode;
+  }
+  ctx.log.info(o.summary, { actions: o.actions.length, took_ms: o.timings.total });
+  return 0;
+}

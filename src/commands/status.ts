@@ -1,0 +1,69 @@
+// `eni-dpdk status`: the status document as text, like `dpdk-devbind.py --status`, or as JSON.
+import { collectStatus, type StatusDoc } from "../reconcile/status.js";
+import { localConfig, type CommandContext } from "./context.js";
+import { formatProblem } from "../core/errors.js";
+
+/** Text like `dpdk-devbind.py --status`: managed devices, other NICs, host readiness. */
+export function renderStatus(doc: StatusDoc): string {
+  const out: string[] = [];
+  const section = (t: string) => out.push("", t, "=".repeat(t.length));
+  section("ENIs managed by eni-dpdk");
+  if (doc.devices.length === 0) out.push("<none>");
+  else {
+    const head = ["NAME", "ENI", "IDX", "MAC", "BDF", "VEN:DEV", "DRIVER", "ORIGINAL", "DEVICE NODE", "RESOURCE", "STATE"];
+    const rows = doc.devices.map((d) => [
+      d.name,
+      d.eniId || "-",
+      d.deviceIndex === null ? "-" : `${d.networkCardIndex ?? 0}/${d.deviceIndex}`,
+      d.mac || "-",
+      d.bdf || "-",
+      d.vendor ? `${d.vendor}:${d.device}` : "-",
+      d.driver || "-",
+      d.originalDriver || "-",
+      d.deviceNode || (d.ifname ? `if=${d.ifname}` : "-"),
+      d.resourceName || "-",
+      d.state,
+    ]);
+    out.push(...table([head, ...rows]));
+    for (const d of doc.devices.filter((d) => d.detail)) out.push(`  ${d.name}: ${d.detail}`);
+  }
+  section("Other network devices");
+  if (doc.otherDevices.length === 0) out.push("<none>");
+  for (const d of doc.otherDevices) {
+    out.push(`${d.bdf} '${d.vendor}:${d.device}'${d.ifname ? ` if=${d.ifname}` : ""} drv=${d.driver || "none"}${d.mac ? ` mac=${d.mac}` : ""}${d.active.length ? ` *Active* (${d.active.join(", ")})` : ""}`);
+  }
+  section("Host");
+  const h = doc.host;
+  const hp = h.hugepages.map((p) => `${p.sizeKb >= 1048576 ? `${p.sizeKb / 1048576}G` : `${p.sizeKb / 1024}M`}: ${p.total} total, ${p.free} free`).join("; ") || "not supported";
+  const noiommu = { Y: "enabled", N: "disabled", absent: "not supported by this kernel (CONFIG_VFIO_NOIOMMU unset)", "not-loaded": "vfio not loaded" }[h.noiommu];
+  out.push(
+    ...table([
+      ["NOIOMMU:", noiommu],
+      ["IOMMU present:", h.iommuPresent ? "yes" : "no"],
+      ["DPDK drivers:", h.dpdkDrivers.join(", ") || "none loaded"],
+      ["Hugepages:", hp],
+      ["Write-combining:", `${h.writeCombining.state}: ${h.writeCombining.detail}`],
+      ["SR-IOV config:", `${h.sriov.configPath} (${h.sriov.exists === undefined ? "unknown" : h.sriov.exists ? (h.sriov.valid ? "valid" : "INVALID") : "absent"})`],
+    ]),
+  );
+  if (h.writeCombining.fix) out.push(`  fix: ${h.writeCombining.fix}`);
+  for (const w of h.sriov.warnings) out.push(`  sriov: ${w}`);
+  if (doc.lastApply) out.push("", `Last apply: ${doc.lastApply.startedAt ?? "?"} ${doc.lastApply.summary ?? ""}`.trimEnd());
+  for (const p of doc.configProblems) out.push(`config: ${p}`);
+  return out.slice(1).join("\n") + "\n";
+}
+
+function table(rows: string[][]): string[] {
+  const w = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? "").length)));
+  return rows.map((r) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(w[i]!))).join("  "));
+}
+
+// ---- the command ---
+
+export async function statusCommand(ctx: CommandContext, opts: { json: boolean }): Promise<number> {
+  const { config, problems } = await localConfig(ctx);
+  const doc = await collectStatus(ctx.host, { config, configProblems: problems.map(formatProblem) });
+  ctx.out(opts.json ? JSON.stringify(doc, null, 2) + "\n" : renderStatus(doc));
+  return 0;
+}
+
