@@ -6,6 +6,7 @@ import { errorMessage, exitCodeOf, formatProblem, InputError, OpError } from "./
 import { Host, resolveRoot } from "./host/host.js";
 import { Logger, type Level, type LogFormat } from "./core/log.js";
 import type { CommandContext } from "./commands/context.js";
+import { loadYargs } from "./core/lazy.js";
 
 export const VERSION = "0.1.0";
 
@@ -61,7 +62,7 @@ export async function main(argv: string[], io: CliIo = defaultIo): Promise<numbe
     return code;
   }
 
-  const { default: yargs } = await import("yargs");
+  const yargs = await loadYargs();
   const parser: Argv<GlobalArgs> = yargs(argv)
     .scriptName("eni-dpdk")
     .usage("$0 <command> [options]\n\nGets an EKS node's data-plane ENIs attached, bound to vfio-pci and advertised to the SR-IOV device plugin before kubelet starts.")

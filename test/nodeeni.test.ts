@@ -11,20 +11,9 @@ import { silentLogger } from "../src/core/log.js";
 import { emptyState, type State } from "../src/core/state.js";
 import { decodeUserData } from "../src/sources/mime.js";
 import type { NodeEniObject } from "../src/cloud/kube.js";
-import {
-  eniNamesFor,
-  labelsFromKubeletFlags,
-  mergeAttachments,
-  nodeEniLayers,
-  nodeEniToLayer,
-  nodeIdentity,
-  parseNodeConfigs,
-  rememberNodeEnis,
-  reportNodeEniStatus,
-  selectorMatches,
-  type NodeEniEniResult,
-  type NodeEniInput,
-} from "../src/sources/nodeeni.js";
+import { eniNamesFor, nodeEniLayers, nodeEniToLayer, rememberNodeEnis, selectorMatches, type NodeEniInput } from "../src/sources/nodeeni.js";
+import { labelsFromKubeletFlags, nodeIdentity, parseNodeConfigs } from "../src/sources/nodeconfig.js";
+import { mergeAttachments, reportNodeEniStatus, type NodeEniEniResult } from "../src/reconcile/nodeeni.js";
 import { ImdsEmulator } from "../src/sim/imds.js";
 import { KubeApiEmulator, testPki } from "../src/sim/kube-api.js";
 

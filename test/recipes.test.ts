@@ -18,7 +18,8 @@ import { userDataLayers } from "../src/sources/userdata.js";
 await loadToml();
 import { decodeUserData, renderUserData } from "../src/sources/mime.js";
 import { OUR_MEDIA_TYPE, NODEADM_MEDIA_TYPE } from "../src/config/facts.js";
-import { applicableNodeEnis, layersForNodeEnis, nodeIdentity, parseNodeConfigs } from "../src/sources/nodeeni.js";
+import { applicableNodeEnis, layersForNodeEnis } from "../src/sources/nodeeni.js";
+import { nodeIdentity, parseNodeConfigs } from "../src/sources/nodeconfig.js";
 import type { NodeEniObject } from "../src/cloud/kube.js";
 
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");

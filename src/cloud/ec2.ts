@@ -22,7 +22,7 @@ import type {
 import { OpError } from "../core/errors.js";
 import { Deadline, delayFor, sleep } from "../core/deadline.js";
 import type { Logger } from "../core/log.js";
-import { interop } from "../core/lazy.js";
+import { loadEc2Sdk } from "../core/lazy.js";
 import { nullRecord } from "../core/records.js";
 
 /** Only the calls eni-dpdk makes. Each is one request (no hidden retries, see lazyEc2). */
@@ -107,7 +107,7 @@ export function lazyEc2(opts: Ec2Options): Ec2Factory {
   return () => {
     client ??= (async () => {
       quietNodeVersionWarning(opts.logger);
-      const sdk = interop(await import("@aws-sdk/client-ec2"), "EC2Client");
+      const sdk = await loadEc2Sdk();
       const c = new sdk.EC2Client({
         region: opts.region,
         ...(opts.endpoint ? { endpoint: opts.endpoint } : {}),

@@ -48,8 +48,7 @@ export function stsHost(region: string): string {
  * Named exports of a lazily imported package that may be CommonJS: plain Node exposes them on the
  * namespace, a code-split esbuild bundle only under `default`. `probe` is one export we need.
  */
-export { interop } from "../core/lazy.js";
-import { interop } from "../core/lazy.js";
+import { loadEksSigning } from "../core/lazy.js";
 
 let defaultChain: (() => Promise<AwsCredentials>) | undefined;
 
@@ -57,7 +56,7 @@ async function resolveCredentials(src?: CredentialSource): Promise<AwsCredential
   if (src && typeof src !== "function") return src;
   if (src) return src();
   if (!defaultChain) {
-    const { defaultProvider } = interop(await import("@aws-sdk/credential-provider-node"), "defaultProvider");
+    const { defaultProvider } = await loadEksSigning();
     // The chain memoizes and refreshes before expiry; IMDSv1 stays off (project rule: IMDSv2 only).
     defaultChain = defaultProvider({ ec2MetadataV1Disabled: true, timeout: 2000, maxRetries: 3 }) as () => Promise<AwsCredentials>;
   }
@@ -71,8 +70,7 @@ function encode(s: string): string {
 
 export async function eksToken(opts: EksTokenOptions): Promise<EksToken> {
   if (!opts.clusterName) throw new Error("eksToken: the cluster name is required (it is signed as x-k8s-aws-id)");
-  const { SignatureV4 } = interop(await import("@smithy/signature-v4"), "SignatureV4");
-  const { Sha256 } = interop(await import("@smithy/core/checksum"), "Sha256");
+  const { SignatureV4, Sha256 } = await loadEksSigning();
   const credentials = await resolveCredentials(opts.credentials);
   const host = opts.stsHost ?? stsHost(opts.region);
   const signer = new SignatureV4({ credentials, region: opts.region, service: "sts", sha256: Sha256, uriEscapePath: true });

@@ -8,8 +8,9 @@ import { type KubernetesConfig } from "../config/model.js";
 import { own } from "../core/records.js";
 import { InputError, OpError } from "../core/errors.js";
 import type { Host } from "../host/host.js";
-import { interop, type CredentialSource } from "./ekstoken.js";
-import { readTrustedFile } from "../sources/file.js";
+import { type CredentialSource, eksToken } from "./ekstoken.js";
+import { readTrustedFile } from "../host/trusted.js";
+import { loadYaml } from "../core/lazy.js";
 
 export const NODEENI_GROUP = "networking.k8s.aws";
 export const NODEENI_VERSION = "v1alpha1";
@@ -124,7 +125,6 @@ export class KubeClient {
     if (auth.kind === "cert") return undefined;
     // Tokens last 15 minutes; renew well before, so a long watch reconnect never sends a stale one.
     if (!this.token || this.token.expiresAt - Date.now() < 5 * 60_000) {
-      const { eksToken } = await import("./ekstoken.js");
       const t = await eksToken({ clusterName: auth.clusterName, region: auth.region, credentials: auth.credentials, stsHost: auth.stsHost }).catch(
         (e: Error) => {
           throw new OpError(
@@ -275,10 +275,6 @@ export interface NodeConfigCluster {
   source: string;
 }
 
-/** yaml ships CommonJS for Node (see interop). */
-export async function loadYaml(): Promise<typeof import("yaml")> {
-  return interop(await import("yaml"), "parseAllDocuments");
-}
 
 function decodeCa(b64: string, where: string): string {
   const pem = Buffer.from(b64.replace(/\s+/g, ""), "base64").toString("utf8");

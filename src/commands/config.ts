@@ -6,9 +6,12 @@ import { buildConfig, type EffectiveConfig } from "../config/model.js";
 import { formatProblem, InputError, type Problem } from "../core/errors.js";
 import { commandSession } from "./apply.js";
 import type { CommandContext } from "./context.js";
+import { loadToml, tomlLayer } from "../sources/toml.js";
+import { renderUserData, sniffDocument } from "../sources/mime.js";
+import { gather } from "../sources/chain.js";
+import { inspectSriov } from "../host/sriov-file.js";
 
 export async function validateCommand(ctx: CommandContext, opts: { files: string[] }): Promise<number> {
-  const { tomlLayer, loadToml } = await import("../sources/toml.js");
   await loadToml();
   if (opts.files.length > 0) {
     const problems: Problem[] = [];
@@ -45,9 +48,7 @@ export async function configCommand(ctx: CommandContext, opts: { json: boolean }
 }
 
 export async function userdataCommand(ctx: CommandContext, opts: { nodeconfig: string; config: string }): Promise<number> {
-  const { tomlLayer, loadToml } = await import("../sources/toml.js");
   await loadToml();
-  const { renderUserData, sniffDocument } = await import("../sources/mime.js");
   const nodeConfig = await readLocal(opts.nodeconfig);
   const toml = await readLocal(opts.config);
   if (sniffDocument(nodeConfig) !== "nodeadm") {
@@ -117,13 +118,11 @@ export function renderEffective(eff: EffectiveConfig): string {
 
 /** Gather every configured source on this instance (IMDS, tags, NodeENI) and merge. */
 export async function gatherOnInstance(ctx: CommandContext) {
-  const { gather } = await import("../sources/chain.js");
   const session = await commandSession(ctx);
   return gather({ host: ctx.host, log: ctx.log, env: ctx.env, configPath: ctx.configPath, instance: session });
 }
 
 async function inspectSriovFor(ctx: CommandContext, eff: EffectiveConfig): Promise<string[]> {
   if (!eff.config.sriov.enabled) return [];
-  const { inspectSriov } = await import("../host/sriov-file.js");
   return (await inspectSriov(ctx.host, eff.config.sriov.config_path)).warnings;
 }

@@ -3,6 +3,9 @@ import { buildConfig, defaults, type Config } from "../config/model.js";
 import { InputError, type Problem } from "../core/errors.js";
 import type { Logger } from "../core/log.js";
 import type { Host } from "../host/host.js";
+import { fileLayers } from "../sources/file.js";
+import { envLayers } from "../sources/env.js";
+import { loadTomlMemo } from "../sources/toml.js";
 
 /** What a command handler gets. Handlers return the exit code. */
 export interface CommandContext {
@@ -22,9 +25,6 @@ export interface CommandContext {
  * Lenient unless `strict`: problems are returned and the defaults used.
  */
 export async function localConfig(ctx: CommandContext, opts: { strict?: boolean } = {}): Promise<{ config: Config; problems: Problem[] }> {
-  const { fileLayers } = await import("../sources/file.js");
-  const { envLayers } = await import("../sources/env.js");
-  const { loadTomlMemo } = await import("../sources/toml.js");
   try {
     await loadTomlMemo(ctx.host);
     return { config: buildConfig([...(await fileLayers(ctx.host, ctx.configPath)), ...envLayers(ctx.env)]).config, problems: [] };

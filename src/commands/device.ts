@@ -12,6 +12,8 @@ import { prepareHost, rebindFromState } from "../reconcile/host.js";
 import { type BindingRecord, saveState, type State } from "../core/state.js";
 import { setupKernel } from "../host/kernel.js";
 import { type CommandContext, localConfig } from "./context.js";
+import { ImdsClient } from "../cloud/imds.js";
+import { removeOwnedSriov } from "../host/sriov-file.js";
 
 
 interface Resolved {
@@ -76,7 +78,6 @@ async function resolveTarget(host: Host, state: State, target: string): Promise<
 async function offlineGuard(host: Host, state: State, log: CommandContext["log"]) {
   let primary = state.primary;
   if (!primary) {
-    const { ImdsClient } = await import("../cloud/imds.js");
     const mac = await new ImdsClient({ deadline: new Deadline(2000), timeoutMs: 1000 }).get("meta-data/mac").catch(() => undefined);
     if (!mac?.trim()) {
       throw new OpError(
@@ -198,7 +199,6 @@ export async function resetCommand(ctx: CommandContext, _opts: Record<string, ne
     for (const p of await removeOwnedNetworkFiles(host, state, log)) ctx.out(`removed ${p}\n`);
     await saveState(host, state);
     try {
-      const { removeOwnedSriov } = await import("../host/sriov-file.js");
       if (await removeOwnedSriov(host, config, state, log)) ctx.out(`removed eni-dpdk's entries from ${state.sriov.configPath ?? config.sriov.config_path}\n`);
     } catch (e) {
       failures.push(`SR-IOV config: ${errorMessage(e)}`);

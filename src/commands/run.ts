@@ -9,6 +9,7 @@ import type { ApplyOutcome } from "../reconcile/outcome.js";
 import { Session } from "../reconcile/session.js";
 import { onSignal, type ServiceSignal } from "../core/signals.js";
 import type { Gathered } from "../sources/chain.js";
+import { afterSriovChange } from "../host/sriov-file.js";
 
 /** Signals received and not yet handled; `wait` resolves when one arrives. */
 class Inbox {
@@ -141,7 +142,6 @@ async function waitForSignals(
       if (o.actions.length) log.warn("repaired drift", { actions: o.actions.map((a) => `${a.kind} ${a.target}`).join("; ") });
       let line = o.summary;
       if (o.sriov) {
-        const { afterSriovChange } = await import("../host/sriov-file.js");
         const after = await afterSriovChange(gathered.config, o.sriov, log, { atBoot: false });
         if (after.status) line += `; ${after.status}`;
       }

@@ -1,5 +1,7 @@
-// Lazily loaded modules. In the code-split ESM bundle a dynamic import of a CommonJS package (the
-// AWS SDK, yaml, toml) yields only `default`; under tsx it yields the named exports too.
+// The one fence around third-party code: every vendor library (the AWS SDK, yaml, toml, yargs,
+// sd-notify) is loaded here, on first use, so a boot that needs none of them pays for none of them.
+// In the code-split ESM bundle a dynamic import of a CommonJS package yields only `default`; under
+// tsx it yields the named exports too: `interop` takes either.
 import { createRequire } from "node:module";
 
 export function interop<T extends object>(mod: T, probe: keyof T): T {
@@ -8,7 +10,44 @@ export function interop<T extends object>(mod: T, probe: keyof T): T {
 }
 
 /** require() for what loads on first use: built-ins, and the sd-notify addon the bundle keeps external. */
-export const lazyRequire = createRequire(import.meta.url);
+const lazyRequire = createRequire(import.meta.url);
+
+/** @aws-sdk/client-ec2: ~0.5 s of a cold start, loaded only when an EC2 call is really made. */
+export async function loadEc2Sdk(): Promise<typeof import("@aws-sdk/client-ec2")> {
+  return interop(await import("@aws-sdk/client-ec2"), "EC2Client");
+}
+
+/** The SDK's credential chain and SigV4 signer, for the EKS token. */
+export async function loadEksSigning() {
+  const { defaultProvider } = interop(await import("@aws-sdk/credential-provider-node"), "defaultProvider");
+  const { SignatureV4 } = interop(await import("@smithy/signature-v4"), "SignatureV4");
+  const { Sha256 } = interop(await import("@smithy/core/checksum"), "Sha256");
+  return { defaultProvider, SignatureV4, Sha256 };
+}
+
+/** yaml, for NodeConfig and kubeconfig documents. */
+export async function loadYaml(): Promise<typeof import("yaml")> {
+  return interop(await import("yaml"), "parseAllDocuments");
+}
+
+/** toml's parser (70 KB of code), needed only when a document is not in the parse memo. */
+export async function loadTomlParser(): Promise<typeof import("toml")> {
+  return interop(await import("toml"), "parse");
+}
+
+/** yargs, for every command line but the units' own (which the CLI parses itself). */
+export async function loadYargs(): Promise<typeof import("yargs").default> {
+  return (await import("yargs")).default;
+}
+
+/** The optional sd-notify addon (it needs libsystemd to build); undefined when it is not there. */
+export function loadSdNotify<T>(): { addon?: T; error?: string } {
+  try {
+    return { addon: lazyRequire("sd-notify") as T };
+  } catch (e) {
+    return { error: (e as Error).message };
+  }
+}
 
 /**
  * Node built-ins that only rare paths need (crypto for client tokens, zlib for gzip user-data),

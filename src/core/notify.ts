@@ -2,7 +2,7 @@
 // to build); without it we run `systemd-notify` with argv. As root it reports its parent's pid, which
 // is ours, so NotifyAccess=main accepts it. Without NOTIFY_SOCKET everything is a no-op.
 import { run } from "./process.js";
-import { lazyRequire } from "./lazy.js";
+import { loadSdNotify } from "./lazy.js";
 import type { Logger } from "./log.js";
 
 export interface Notifier {
@@ -51,13 +51,9 @@ export async function createNotifier(env: NodeJS.ProcessEnv, log: Logger, addonL
 }
 
 function loadAddon(log: Logger): SdNotifyAddon | undefined {
-  try {
-    // A native addon: load it with require so the bundle keeps it external.
-    return lazyRequire("sd-notify") as SdNotifyAddon;
-  } catch (e) {
-    log.debug("sd-notify addon not available; using systemd-notify", { error: (e as Error).message });
-    return undefined;
-  }
+  const { addon, error } = loadSdNotify<SdNotifyAddon>();
+  if (!addon) log.debug("sd-notify addon not available; using systemd-notify", { error });
+  return addon;
 }
 
 /** systemd shows one line; keep it short. */

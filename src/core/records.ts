@@ -25,3 +25,13 @@ export function lookupTable<T>(entries: Record<string, T>): Readonly<Record<stri
 }
 
 export const FORBIDDEN_KEY_MESSAGE = "is an Object.prototype member name, which is never a valid key";
+
+/** Stable JSON (keys sorted at every level): equal values give equal text, whatever the key order. */
+export function stableJson(v: unknown): string {
+  if (Array.isArray(v)) return `[${v.map(stableJson).join(",")}]`;
+  if (v !== null && typeof v === "object") {
+    const o = v as Record<string, unknown>;
+    return `{${Object.keys(o).sort().map((k) => `${JSON.stringify(k)}:${stableJson(o[k])}`).join(",")}}`;
+  }
+  return JSON.stringify(v) ?? "null";
+}

@@ -12,6 +12,7 @@ import { listNetdevs } from "../host/pci.js";
 import { lazyCrypto } from "../core/lazy.js";
 import { type Action, type ActionKind, type Stage, type StageContext, type StagePlan } from "./stage.js";
 import { saveState, type EniRecord } from "../core/state.js";
+import { ensureNetworkdFile, reloadNetworkd } from "../host/networkd.js";
 
 export const TAG_INSTANCE = "eni-dpdk:instance-id";
 export const TAG_NAME = "eni-dpdk:name";
@@ -443,7 +444,6 @@ async function runItem(
     // Before the NIC exists: networkd must already have our Unmanaged=yes file when the link
     // appears, or it configures it (nodeadm's template adds a default route) and the route guard
     // then refuses to bind it on this first boot.
-    const { ensureNetworkdFile, reloadNetworkd } = await import("../host/networkd.js");
     if (await ensureNetworkdFile(ctx.host, ctx.state, e.name, rec.mac)) await reloadNetworkd(ctx.host, log);
   }
   await persist();

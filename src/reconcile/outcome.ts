@@ -7,6 +7,7 @@ import type { Host } from "../host/host.js";
 import type { SriovApplyResult } from "../host/sriov-model.js";
 import type { HostDeviceResult } from "./host.js";
 import type { Action, StageName } from "./stage.js";
+import { collectStatus } from "./status.js";
 
 export interface ApplyOutcome {
   ok: boolean;
@@ -45,7 +46,6 @@ export function summaryLine(o: ApplyOutcome, config: Config): string {
 export async function writeStatusFile(host: Host, o: ApplyOutcome, config: Config): Promise<void> {
   let doc: Record<string, unknown> = {};
   try {
-    const { collectStatus } = await import("./status.js");
     doc = (await collectStatus(host, { config })) as unknown as Record<string, unknown>;
   } catch (e) {
     doc = { statusError: errorMessage(e) };

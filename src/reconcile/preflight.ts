@@ -7,10 +7,11 @@ import type { State } from "../core/state.js";
 import type { Host } from "../host/host.js";
 import type { Gathered } from "../sources/chain.js";
 import type { StageContext } from "./stage.js";
+import { listNetdevs, netdevByMac } from "../host/pci.js";
+import { preflightSriov } from "./sriov.js";
 
 /** The primary ENI as IMDS and sysfs show it now, in the state (saved with the next write). */
 export async function notePrimary(host: Host, state: State, instance: InstanceIdentity, nics: ImdsNicInfo[]): Promise<void> {
-  const { netdevByMac } = await import("../host/pci.js");
   const bdf = (await netdevByMac(host, instance.primaryMac))?.bdf ?? (state.primary?.mac === instance.primaryMac ? state.primary.bdf : undefined);
   const deviceZeroMacs = [...new Set(nics.filter((n) => n.deviceNumber === 0).map((n) => n.mac.toLowerCase()))].sort();
   state.primary = { mac: instance.primaryMac, ...(bdf ? { bdf } : {}), deviceZeroMacs };
@@ -33,7 +34,6 @@ export async function preflight(ctx: StageContext, gathered: Gathered): Promise<
     const why = prog && programProblem(prog);
     if (why) problems.push({ source: at(key), key, message: why });
   }
-  const { netdevByMac, listNetdevs } = await import("../host/pci.js");
   const primaryBdf = (await netdevByMac(host, ctx.instance.primaryMac))?.bdf ?? ctx.state.primary?.bdf;
   const netdevs = await listNetdevs(host);
   for (const e of config.eni.filter((x) => x.dpdk.enabled && x.dpdk.pci_address)) {
@@ -56,7 +56,6 @@ export async function preflight(ctx: StageContext, gathered: Gathered): Promise<
   }
   if (problems.length) throw new InputError(problems, "fix the configuration");
   if (config.sriov.enabled) {
-    const { preflightSriov } = await import("./sriov.js");
     await preflightSriov(ctx);
   }
 }

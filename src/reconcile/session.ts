@@ -1,6 +1,6 @@
 // Per-process handles to IMDS and EC2, created once and shared by every pass of `run`: one IMDS
 // token and keep-alive pool, one EC2 client (loaded only when a call is really made).
-import type { Ec2Api, Ec2Factory } from "../cloud/ec2.js";
+import { type Ec2Api, type Ec2Factory, lazyEc2, recordingEc2 } from "../cloud/ec2.js";
 import { ImdsClient, readInstance, type Imds, type InstanceIdentity } from "../cloud/imds.js";
 import type { Deadline } from "../core/deadline.js";
 import type { Logger } from "../core/log.js";
@@ -40,7 +40,6 @@ export class Session implements InstanceAccess {
       return () => {
         this.ec2Loaded = true;
         api ??= (async () => {
-          const { lazyEc2, recordingEc2 } = await import("../cloud/ec2.js");
           const client = await lazyEc2({ region: (await this.identity()).region, logger: this.log })();
           return recordingEc2(client, this.changes);
         })();

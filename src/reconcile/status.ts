@@ -9,6 +9,7 @@ import { deviceNodeFor, listNetdevs, listPciDevices, readPciDevice } from "../ho
 import { readRoutes, routeReasons } from "../host/guard.js";
 import { type BindingRecord, loadState, type State, STATUS_PATH } from "../core/state.js";
 import { readHugepages, readKernelFacts, writeCombiningReport, type HugepageInfo, type KernelFacts, type WcReport } from "../host/kernel.js";
+import { inspectSriov } from "../host/sriov-file.js";
 
 
 export interface StatusDevice {
@@ -136,7 +137,6 @@ export async function collectStatus(host: Host, opts: { config?: Config; state?:
   const sriovPath = state.sriov.configPath ?? config.sriov.config_path;
   let sriov: StatusDoc["host"]["sriov"] = { configPath: sriovPath, warnings: [] };
   try {
-    const { inspectSriov } = await import("../host/sriov-file.js");
     const r = await inspectSriov(host, sriovPath, config.sriov.resource_prefix);
     sriov = { configPath: sriovPath, exists: r.exists, valid: r.valid, warnings: r.warnings };
   } catch (e) {

@@ -11,7 +11,11 @@ import { InputError, type Problem } from "../core/errors.js";
 import type { Logger } from "../core/log.js";
 import type { Host } from "../host/host.js";
 import type { UserDataPart } from "./mime.js";
-import type { NodeEniResult } from "./nodeeni.js";
+import { envSource } from "./env.js";
+import { fileSource } from "./file.js";
+import { nodeEniSource, type NodeEniResult } from "./nodeeni.js";
+import { tagSource } from "./tags.js";
+import { userDataSource } from "./userdata.js";
 import { loadTomlMemo, tomlUsed } from "./toml.js";
 
 /** The instance behind the sources that need one; absent in standalone validation. */
@@ -63,21 +67,8 @@ export interface Gathered extends EffectiveConfig {
   nodeEni?: NodeEniResult;
 }
 
-/** The sources, by name; imported lazily so a boot loads only those it consults. */
-async function sourceOf(name: SourceName | "env"): Promise<Source> {
-  switch (name) {
-    case "file":
-      return (await import("./file.js")).fileSource;
-    case "user-data":
-      return (await import("./userdata.js")).userDataSource;
-    case "tags":
-      return (await import("./tags.js")).tagSource;
-    case "nodeeni":
-      return (await import("./nodeeni.js")).nodeEniSource;
-    case "env":
-      return (await import("./env.js")).envSource;
-  }
-}
+/** The sources, by name. */
+const SOURCES: Readonly<Record<SourceName | "env", Source>> = { file: fileSource, "user-data": userDataSource, tags: tagSource, nodeeni: nodeEniSource, env: envSource };
 
 type Settled<T> = { ok: true; value: T } | { ok: false; error: unknown };
 /** Start a promise now without an unhandled rejection if its consumer is not reached. */
@@ -96,8 +87,8 @@ export async function gather(ctx: SourceContext): Promise<Gathered> {
   await loadTomlMemo(ctx.host);
   tomlUsed.clear();
   const noPrior = () => Promise.reject(new Error("internal: the file source has no prior"));
-  const file = await (await sourceOf("file")).provide(ctx, noPrior);
-  const env = await (await sourceOf("env")).provide(ctx, noPrior);
+  const file = await SOURCES.file.provide(ctx, noPrior);
+  const env = await SOURCES.env.provide(ctx, noPrior);
   const problems: Problem[] = [];
   let order: SourceName[] = defaults().service.sources;
   try {
@@ -127,7 +118,7 @@ export async function gather(ctx: SourceContext): Promise<Gathered> {
   };
   for (const name of order) {
     if (name === "file") continue;
-    const src = await sourceOf(name);
+    const src = SOURCES[name];
     if (src.needsInstance && !ctx.instance) continue;
     results.set(name, settle(src.provide(ctx, priorOf(name))));
   }

@@ -11,24 +11,18 @@
 // leaves [[eni]] mtu at its default.
 import { createHash } from "node:crypto";
 import { nearest, type Config, type Layer } from "../config/model.js";
-import { BDF_RE, ENI_NAME_RE, NODEADM_MEDIA_TYPE, SG_ID_RE, SUBNET_ID_RE } from "../config/facts.js";
-import { FORBIDDEN_KEY_MESSAGE, isForbiddenKey, lookupTable, nullRecord, own } from "../core/records.js";
+import { BDF_RE, ENI_NAME_RE, SG_ID_RE, SUBNET_ID_RE } from "../config/facts.js";
+import { FORBIDDEN_KEY_MESSAGE, isForbiddenKey, lookupTable, own } from "../core/records.js";
 import { InputError, OpError, type Problem } from "../core/errors.js";
 import { type Host } from "../host/host.js";
 import { delayFor, sleep, type Deadline } from "../core/deadline.js";
 import type { Imds, InstanceIdentity } from "../cloud/imds.js";
 import type { Logger } from "../core/log.js";
 import { loadState, type State } from "../core/state.js";
-import type { KubeClient, NodeConfigCluster, NodeEniAttachment, NodeEniObject } from "../cloud/kube.js";
-import { type Source } from "./chain.js";
+import { isTransient, KubeApiError, KubeClient, resolveKubeTarget, type NodeEniObject } from "../cloud/kube.js";
+import type { Source } from "./chain.js";
+import { type NodeConfigPartLike, type NodeIdentity, nodeIdentity, parseNodeConfigs } from "./nodeconfig.js";
 
-
-/** The part of a decoded user-data part we read (src/userdata.ts UserDataPart fits). */
-export interface NodeConfigPartLike {
-  contentType: string;
-  label: string;
-  text: string;
-}
 
 export interface NodeEniInput {
   imds: Imds;
@@ -44,14 +38,6 @@ export interface NodeEniInput {
   apiWaitMs?: number;
   /** default process.arch */
   arch?: string;
-}
-
-export interface NodeIdentity {
-  name: string;
-  /** why this name: `[kubernetes].node_name`, `kubelet --hostname-override`, `InstanceIdNodeName`, `private DNS name` */
-  nameFrom: string;
-  labels: Record<string, string>;
-  instanceId: string;
 }
 
 /** A connection to the cluster plus who we are in it; returned by nodeEniLayers for status and watch. */
@@ -73,129 +59,6 @@ export interface NodeEniResult {
   applied: string[];
   /** undefined when no cluster is configured (nothing in NodeConfig or [kubernetes]) */
   session?: NodeEniSession;
-}
-
-// ---- NodeConfig (nodeadm) ---------------------------------------------------------------------
-
-export interface NodeConfigInfo {
-  cluster?: NodeConfigCluster;
-  kubeletFlags: string[];
-  instanceIdNodeName: boolean;
-}
-
-/**
- * Merge every NodeConfig document in the nodeadm parts (later documents win field by field,
- * kubelet flags accumulate, as nodeadm merges them). Unparseable parts are warned about and skipped:
- * nodeadm itself will fail on them and say so.
- */
-export async function parseNodeConfigs(parts: NodeConfigPartLike[], warnings: string[]): Promise<NodeConfigInfo> {
-  const info: NodeConfigInfo = { kubeletFlags: [], instanceIdNodeName: false };
-  const mine = parts.filter((p) => p.contentType === NODEADM_MEDIA_TYPE);
-  if (mine.length === 0) return info;
-  const YAML = await (await import("../cloud/kube.js")).loadYaml();
-  for (const part of mine) {
-    for (const doc of YAML.parseAllDocuments(part.text)) {
-      if (doc.errors.length) {
-        warnings.push(`${part.label}: not valid YAML (${doc.errors[0]!.message.split("\n")[0]}); ignored for NodeENI`);
-        continue;
-      }
-      let js: { kind?: unknown; spec?: unknown } | null;
-      try {
-        js = doc.toJS() as typeof js;
-      } catch (e) {
-        // e.g. an alias bomb, which yaml refuses to expand
-        warnings.push(`${part.label}: YAML cannot be read (${(e as Error).message.split("\n")[0]}); ignored for NodeENI`);
-        continue;
-      }
-      if (!isObject(js) || own(js, "kind") !== "NodeConfig" || !isObject(own(js, "spec"))) continue;
-      const spec = own(js, "spec") as Record<string, unknown>;
-      const cluster = isObject(own(spec, "cluster")) ? (own(spec, "cluster") as Record<string, unknown>) : {};
-      const c: NodeConfigCluster = { ...info.cluster, source: part.label };
-      for (const k of ["name", "apiServerEndpoint", "certificateAuthority"] as const) {
-        const v = own(cluster, k);
-        if (typeof v === "string" && v) c[k] = v;
-      }
-      info.cluster = c;
-      const kubelet = own(spec, "kubelet");
-      const flags = isObject(kubelet) ? own(kubelet, "flags") : undefined;
-      if (Array.isArray(flags)) info.kubeletFlags.push(...flags.filter((f): f is string => typeof f === "string"));
-      const gates = own(spec, "featureGates");
-      const gate = isObject(gates) ? own(gates, "InstanceIdNodeName") : undefined;
-      if (typeof gate === "boolean") info.instanceIdNodeName = gate;
-    }
-  }
-  return info;
-}
-
-/** Values of a kubelet flag given as `--flag=value` or `--flag value` (inside one or two strings). */
-export function flagValues(flags: string[], name: string): string[] {
-  const out: string[] = [];
-  const words = flags.flatMap((f) => f.trim().split(/\s+/));
-  for (let i = 0; i < words.length; i++) {
-    const w = words[i]!.replace(/^--?/, "-").replace(/^-/, "--");
-    if (w === `--${name}` && i + 1 < words.length) out.push(words[++i]!);
-    else if (w.startsWith(`--${name}=`)) out.push(w.slice(name.length + 3));
-  }
-  return out;
-}
-
-/** `--node-labels=a=b,c=d` → {a: "b", c: "d"} (later flags win). */
-export function labelsFromKubeletFlags(flags: string[]): Record<string, string> {
-  const labels = nullRecord<string>();
-  for (const v of flagValues(flags, "node-labels")) {
-    for (const pair of v.replace(/^["']|["']$/g, "").split(",")) {
-      const i = pair.indexOf("=");
-      if (i > 0) labels[pair.slice(0, i).trim()] = pair.slice(i + 1).trim();
-    }
-  }
-  return { ...labels };
-}
-
-/** The GOARCH-style name kubelet uses for kubernetes.io/arch. */
-export function kubeArch(nodeArch: string): string {
-  return nodeArch === "x64" ? "amd64" : nodeArch === "ia32" ? "386" : nodeArch;
-}
-
-/**
- * This node's name and labels as kubelet will register them. Name: [kubernetes].node_name, else
- * kubelet's --hostname-override from NodeConfig flags, else the instance id when nodeadm's
- * InstanceIdNodeName gate is on, else the private DNS name (IMDS local-hostname).
- * Labels, later winning: well-known ones (kubelet and the AWS cloud controller), NodeConfig's
- * --node-labels, [kubernetes].node_labels.
- */
-export function nodeIdentity(a: {
-  instance: InstanceIdentity;
-  nodeConfig: NodeConfigInfo;
-  k8s: Config["kubernetes"];
-  arch: string;
-  zoneId?: string;
-}): NodeIdentity {
-  const override = flagValues(a.nodeConfig.kubeletFlags, "hostname-override").at(-1);
-  let name: string;
-  let nameFrom: string;
-  if (a.k8s.node_name) [name, nameFrom] = [a.k8s.node_name, "[kubernetes].node_name"];
-  else if (override) [name, nameFrom] = [override, "kubelet --hostname-override in NodeConfig"];
-  else if (a.nodeConfig.instanceIdNodeName) [name, nameFrom] = [a.instance.instanceId, "NodeConfig featureGates.InstanceIdNodeName"];
-  else if (a.instance.localHostname) [name, nameFrom] = [a.instance.localHostname, "private DNS name (IMDS local-hostname)"];
-  else [name, nameFrom] = [a.instance.instanceId, "instance id (IMDS has no local-hostname)"];
-  const arch = kubeArch(a.arch);
-  const labels: Record<string, string> = {
-    "kubernetes.io/os": "linux",
-    "kubernetes.io/arch": arch,
-    "kubernetes.io/hostname": name.toLowerCase(),
-    "beta.kubernetes.io/os": "linux",
-    "beta.kubernetes.io/arch": arch,
-    "node.kubernetes.io/instance-type": a.instance.instanceType,
-    "beta.kubernetes.io/instance-type": a.instance.instanceType,
-    "topology.kubernetes.io/zone": a.instance.az,
-    "topology.kubernetes.io/region": a.instance.region,
-    "failure-domain.beta.kubernetes.io/zone": a.instance.az,
-    "failure-domain.beta.kubernetes.io/region": a.instance.region,
-    ...(a.zoneId ? { "topology.k8s.aws/zone-id": a.zoneId } : {}),
-    ...labelsFromKubeletFlags(a.nodeConfig.kubeletFlags),
-    ...a.k8s.node_labels,
-  };
-  return { name, nameFrom, labels, instanceId: a.instance.instanceId };
 }
 
 // ---- selection and mapping ---------------------------------------------------------------------
@@ -410,13 +273,6 @@ export function nodeEniToLayer(obj: NodeEniObject): MappedNodeEni {
   return { layer: { source, origin: { source: "nodeeni", name }, data: { eni }, locate }, problems, warnings, eniNames: names };
 }
 
-/** Stable JSON (sorted keys), for comparing attachments whatever their key order. */
-function stable(v: unknown): string {
-  if (Array.isArray(v)) return `[${v.map(stable).join(",")}]`;
-  if (isObject(v)) return `{${Object.keys(v).sort().map((k) => `${JSON.stringify(k)}:${stable(v[k])}`).join(",")}}`;
-  return JSON.stringify(v) ?? "null";
-}
-
 export function applicableNodeEnis(items: NodeEniObject[], labels: Record<string, string>, warnings: string[]): NodeEniObject[] {
   const out: NodeEniObject[] = [];
   for (const o of items) {
@@ -496,15 +352,13 @@ export async function openNodeEniSession(input: NodeEniInput, warnings: string[]
   const nodeConfig = await parseNodeConfigs(input.userDataParts, warnings);
   const zoneId = (await input.imds.get("meta-data/placement/availability-zone-id").catch(() => undefined))?.trim();
   const node = nodeIdentity({ instance: input.instance, nodeConfig, k8s: input.config.kubernetes, arch: input.arch ?? process.arch, zoneId });
-  const { resolveKubeTarget, KubeClient } = await import("../cloud/kube.js");
   const target = await resolveKubeTarget({ k8s: input.config.kubernetes, nodeConfig: nodeConfig.cluster, region: input.instance.region, host: input.host });
   if (!target) return undefined;
   return { client: new KubeClient(target), node };
 }
 
 /** A refusal from the API, said plainly with what to do. */
-async function explain(e: unknown, session: NodeEniSession): Promise<{ message: string; hint: string }> {
-  const { KubeApiError } = await import("../cloud/kube.js");
+export async function explain(e: unknown, session: NodeEniSession): Promise<{ message: string; hint: string }> {
   const t = session.client.target;
   const who = t.auth.kind === "eks" ? `the instance role's EKS token for cluster "${t.auth.clusterName}"` : `the ${t.auth.kind} from ${t.source}`;
   if (e instanceof KubeApiError && e.status === 401) {
@@ -523,8 +377,7 @@ async function explain(e: unknown, session: NodeEniSession): Promise<{ message: 
   return { message: (e as Error).message, hint: `check that ${t.server} is reachable from the node (security groups, endpoint access, proxy)` };
 }
 
-async function listWithWait(session: NodeEniSession, waitMs: number, log: Logger): Promise<NodeEniObject[]> {
-  const { isTransient, KubeApiError } = await import("../cloud/kube.js");
+export async function listWithWait(session: NodeEniSession, waitMs: number, log: Logger): Promise<NodeEniObject[]> {
   const started = Date.now();
   let attempt = 0;
   let reauthed = false;
@@ -573,7 +426,6 @@ export async function nodeEniLayers(input: NodeEniInput): Promise<NodeEniResult>
       session.client.close();
       throw e;
     }
-    const { KubeApiError } = await import("../cloud/kube.js");
     if (e instanceof KubeApiError && e.status === 404 && e.reason === "NotFound") {
       // The API answered: the CRD is not installed, so there are no NodeENIs.
       log.info("the NodeENI CRD is not installed in the cluster; no NodeENIs apply", { server: session.client.target.server });
@@ -610,142 +462,6 @@ export async function nodeEniLayers(input: NodeEniInput): Promise<NodeEniResult>
     applied: applicable.map((o) => o.metadata.name),
     session,
   };
-}
-
-// ---- status ------------------------------------------------------------------------------------
-
-export interface NodeEniEniResult {
-  eniName: string;
-  nodeEniName: string;
-  eniId?: string;
-  attachmentId?: string;
-  subnetId?: string;
-  subnetCidr?: string;
-  deviceIndex: number;
-  mtu: number;
-  /** e.g. attached, failed: <reason> */
-  status: string;
-  dpdkBound: boolean;
-  dpdkDriver?: string;
-  dpdkPCIAddress?: string;
-  dpdkResourceName?: string;
-}
-
-function attachmentFor(r: NodeEniEniResult, node: NodeIdentity, now: string): NodeEniAttachment {
-  const a: NodeEniAttachment = {
-    nodeID: node.name,
-    instanceID: node.instanceId,
-    eniID: r.eniId ?? "",
-    attachmentID: r.attachmentId ?? "",
-    deviceIndex: r.deviceIndex,
-    mtu: r.mtu,
-    status: r.status,
-    lastUpdated: now,
-    dpdkBound: r.dpdkBound,
-  };
-  if (r.subnetId) a.subnetID = r.subnetId;
-  if (r.subnetCidr) a.subnetCIDR = r.subnetCidr;
-  if (r.dpdkDriver) a.dpdkDriver = r.dpdkDriver;
-  if (r.dpdkPCIAddress) a.dpdkPCIAddress = r.dpdkPCIAddress;
-  if (r.dpdkResourceName) a.dpdkResourceName = r.dpdkResourceName;
-  return a;
-}
-
-const withoutTime = (a: NodeEniAttachment) => stable({ ...a, lastUpdated: undefined });
-
-/**
- * The new status.attachments: every other node's entry untouched and in place, this node's
- * replaced by `ours` (sorted by device index). An entry whose content did not change keeps its
- * lastUpdated; `changed` is false when nothing but time would differ, so no write is needed.
- */
-export function mergeAttachments(
-  existing: NodeEniAttachment[],
-  nodeName: string,
-  ours: NodeEniAttachment[],
-): { attachments: NodeEniAttachment[]; changed: boolean } {
-  const mineBefore = existing.filter((a) => a.nodeID === nodeName);
-  const others = existing.filter((a) => a.nodeID !== nodeName);
-  const oldByContent = new Map(mineBefore.map((a) => [withoutTime(a), a]));
-  const mine = [...ours]
-    .sort((a, b) => (a.deviceIndex ?? 0) - (b.deviceIndex ?? 0))
-    .map((a) => oldByContent.get(withoutTime(a)) ?? a);
-  const changed = mine.length !== mineBefore.length || mine.some((a, i) => a !== mineBefore[i]);
-  return { attachments: [...others, ...mine], changed };
-}
-
-export interface StatusReport {
-  patched: string[];
-  unchanged: string[];
-  warnings: string[];
-}
-
-/**
- * Patch status.attachments of every NodeENI whose entries for this node differ from `results`
- * (those that no longer apply lose this node's entries). Conditional on resourceVersion, re-read
- * and retried on 409. Never throws for API trouble: the devices are already in place, so a
- * failure here is a warning.
- */
-export async function reportNodeEniStatus(
-  input: Pick<NodeEniInput, "log"> & Partial<NodeEniInput> & { session?: NodeEniSession; now?: () => Date },
-  results: NodeEniEniResult[],
-): Promise<StatusReport> {
-  const report: StatusReport = { patched: [], unchanged: [], warnings: [] };
-  const session = input.session ?? (input.imds && (await openNodeEniSession(input as NodeEniInput, report.warnings)));
-  if (!session) return report;
-  const { KubeApiError } = await import("../cloud/kube.js");
-  const now = () => (input.now ?? (() => new Date()))().toISOString().replace(/\.\d{3}Z$/, "Z");
-  const byNodeEni = new Map<string, NodeEniEniResult[]>();
-  for (const r of results) byNodeEni.set(r.nodeEniName, [...(byNodeEni.get(r.nodeEniName) ?? []), r]);
-  let items: NodeEniObject[];
-  try {
-    items = checkNodeEniItems(await listWithWait(session, 10_000, input.log), `from ${session.client.target.server}`);
-  } catch (e) {
-    if (e instanceof InputError) {
-      report.warnings.push(`NodeENI status not reported: ${e.message}`);
-      for (const w of report.warnings) input.log.warn(w);
-      return report;
-    }
-    const { message, hint } = await explain(e, session);
-    report.warnings.push(`NodeENI status not reported: ${message} (${hint})`);
-    return report;
-  }
-  const known = new Set(items.map((o) => o.metadata.name));
-  for (const name of byNodeEni.keys()) {
-    if (!known.has(name)) report.warnings.push(`NodeENI ${name}: deleted since it was read; status not reported`);
-  }
-  for (const item of items) {
-    const name = item.metadata.name;
-    let obj = item;
-    for (let attempt = 1; ; attempt++) {
-      const ours = (byNodeEni.get(name) ?? []).map((r) => attachmentFor(r, session.node, now()));
-      const { attachments, changed } = mergeAttachments(obj.status?.attachments ?? [], session.node.name, ours);
-      if (!changed) {
-        if (ours.length) report.unchanged.push(name);
-        break;
-      }
-      try {
-        await session.client.patchNodeEniStatus(name, obj.metadata.resourceVersion ?? "", attachments);
-        report.patched.push(name);
-        break;
-      } catch (e) {
-        if (e instanceof KubeApiError && e.status === 409 && attempt < 6) {
-          input.log.debug("NodeENI status conflict; re-reading", { nodeeni: name, attempt });
-          try {
-            obj = await session.client.getNodeEni(name);
-            continue;
-          } catch (e2) {
-            e = e2;
-          }
-        }
-        if (e instanceof KubeApiError && e.status === 404) break; // deleted meanwhile
-        const { message, hint } = await explain(e, session);
-        report.warnings.push(`NodeENI ${name}: status not reported: ${message} (${hint})`);
-        break;
-      }
-    }
-  }
-  for (const w of report.warnings) input.log.warn(w);
-  return report;
 }
 
 /** NodeENI objects that select this node, read once the other sources say where the cluster is. */

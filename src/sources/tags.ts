@@ -4,6 +4,7 @@ import { FORBIDDEN_KEY_MESSAGE, isForbiddenKey, nullRecord, own } from "../core/
 import { InputError, type Problem } from "../core/errors.js";
 import { type Source } from "./chain.js";
 import { readTags } from "../cloud/imds.js";
+import { describeInstanceTags } from "../cloud/ec2.js";
 
 export const TAG_PREFIX = "eni-dpdk:";
 
@@ -115,7 +116,6 @@ export const tagSource: Source = {
     let tags = await readTags(inst.imds);
     if (tags === undefined) {
       ctx.log.info("instance metadata tags are disabled; reading tags with EC2 DescribeTags");
-      const { describeInstanceTags } = await import("../cloud/ec2.js");
       tags = await describeInstanceTags(await inst.ec2(), (await inst.identity()).instanceId, { deadline: inst.deadline, log: ctx.log });
     }
     const layers = tagLayers(tags);

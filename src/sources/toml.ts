@@ -1,6 +1,6 @@
 // TOML documents into Layers: parsed with integers as BigInt (so a float is never taken for an
 // integer), key positions for line:column, and a memo of parse results by exact text for the next boot.
-import { interop } from "../core/lazy.js";
+import { loadTomlParser } from "../core/lazy.js";
 import { safeNumber, type Layer } from "../config/model.js";
 import { own } from "../core/records.js";
 import { InputError, type Problem } from "../core/errors.js";
@@ -81,7 +81,7 @@ export class TomlNotLoaded extends Error {
 /** Load the toml parser (70 KB of code) — only needed when some text is not in the memo. */
 export async function loadToml(): Promise<void> {
   if (tomlParse) return;
-  const { parse } = interop(await import("toml"), "parse");
+  const { parse } = await loadTomlParser();
   // Every integer as BigInt: no integer is taken for a float (or the reverse), none past 2^53 is lost.
   tomlParse = (text) => parse(text, { bigint: true });
 }

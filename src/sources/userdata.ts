@@ -5,7 +5,7 @@ import { NODEADM_MEDIA_TYPE, OUR_MEDIA_TYPE } from "../config/facts.js";
 import { InputError, type Problem } from "../core/errors.js";
 import { decodeUserData, PLAIN_TYPES, sniffDocument, type UserDataPart } from "./mime.js";
 import { loadTomlFor, parseToml, tomlLayer, TomlNotLoaded } from "./toml.js";
-import { utf8Problem } from "./file.js";
+import { utf8Problem } from "../host/trusted.js";
 import { type Source } from "./chain.js";
 import { readUserData } from "../cloud/imds.js";
 
