@@ -499,7 +499,7 @@ t.test("a crash between the temp write and the rename leaves the old file intact
   t.match(path.basename(tmp), /^\.config\.json\.\d+\.\d+\.tmp$/);
 
   // The next run clears the dead writer's temp file first (as every host command does), then converges.
-  const { prepareHost } = await import("../src/reconcile/host.js");
+  const { prepareHost } = await import("../src/host/recovery.js");
   const ctx2 = { ...makeCtx(root), state: await prepareHost(ctx.host, silentLogger, { tempDirs: ["/etc/pcidp"] }) };
   const { result } = await apply(ctx2, mixed);
   t.equal(result.changed, true);

@@ -140,6 +140,7 @@ export class ImdsClient implements Imds {
             `IMDS at ${this.endpoint} did not answer ${path} before the deadline (${attempt} attempts; last error: ${(e as Error).message})`,
             imdsHint,
             { endpoint: this.endpoint },
+            { cause: e },
           );
         }
         if (attempt === 1 || attempt % 10 === 0) {

@@ -57,21 +57,21 @@ export interface KubeTarget {
 }
 
 /** The API answered with an HTTP error. */
-export class KubeApiError extends Error {
+export class KubeApiError extends OpError {
   constructor(
     readonly status: number,
     readonly reason: string,
     message: string,
   ) {
-    super(message);
+    super(message, "see the API server's answer above; `eni-dpdk validate` shows the cluster eni-dpdk found", { status, reason });
     this.name = "KubeApiError";
   }
 }
 
 /** The API could not be reached (refused, reset, timed out, DNS) or answered 5xx/429. */
-export class KubeUnreachableError extends Error {
+export class KubeUnreachableError extends OpError {
   constructor(message: string, options?: { cause?: unknown }) {
-    super(message, options);
+    super(message, "check that the API server is reachable from the node (security groups, endpoint access, proxy)", {}, options);
     this.name = "KubeUnreachableError";
   }
 }

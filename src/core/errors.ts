@@ -1,4 +1,6 @@
-// Error types map to exit codes: InputError → 2 (nothing changed), everything else → 1.
+// The error taxonomy. Each class carries its exit code: InputError 2 (bad input, nothing was
+// changed), OpError 1 (a failure while observing or changing the node or EC2, with what to do
+// next). The cloud seams' errors (EC2, Kubernetes) are OpErrors; anything else is our bug, exit 1.
 
 /** One problem with the input: where it came from, which key, and what was expected. */
 export interface Problem {
@@ -24,7 +26,7 @@ export class InputError extends Error {
 
 /** A failure while observing or changing the host or EC2; exit code 1. `hint` says what to do next. */
 export class OpError extends Error {
-  readonly exitCode = 1;
+  readonly exitCode: number = 1;
   constructor(
     message: string,
     readonly hint: string,
@@ -36,9 +38,10 @@ export class OpError extends Error {
   }
 }
 
+/** The exit code a failure ends the process with: its class's own, else 1. */
 export function exitCodeOf(err: unknown): number {
-  if (err instanceof InputError) return 2;
-  return 1;
+  const code = (err as { exitCode?: unknown })?.exitCode;
+  return err instanceof Error && typeof code === "number" ? code : 1;
 }
 
 export function errorMessage(err: unknown): string {

@@ -196,6 +196,7 @@ export async function bindDevice(host: Host, bdf: string, target: string, opts: 
         ? `see \`dmesg | tail\` for the probe error; \`eni-dpdk status\` shows the host's NOIOMMU and driver state`
         : `the next eni-dpdk run retries the rollback (it is in ${JOURNAL_PATH}); by hand: \`echo > ${PCI_DEVICES}/${bdf}/driver_override; echo ${bdf} > ${DRIVERS_PROBE}\` and check \`dmesg\``,
       { bdf, target, original_driver: original, rolled_back: rb.ok },
+      { cause: e },
     );
   }
 }

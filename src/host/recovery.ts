@@ -1,7 +1,9 @@
 import { deviceNodeFor, readPciDevice, restoreDriver } from "./pci.js";
-import { type InflightOp, journalEnd, journalPending, saveState, type State } from "../core/state.js";
-import { type Host } from "./host.js";
+import { type InflightOp, JOURNAL_PATH, journalEnd, journalPending, loadState, saveState, type State } from "../core/state.js";
+import { type Host, RUN_DIR, VAR_DIR } from "./host.js";
 import { type Logger } from "../core/log.js";
+import { NETWORKD_DIR } from "./networkd.js";
+import { OpError } from "../core/errors.js";
 // Crash recovery: what a killed eni-dpdk left half-done in sysfs is finished or rolled back by the
 // next one, before it observes anything (the intent journal is written by bindDevice/restoreDriver).
 export interface RecoveryResult {
@@ -77,4 +79,21 @@ export async function recoverInflight(host: Host, state: State, log: Logger): Pr
   }
   if (stateChanged) await saveState(host, state);
   return out;
+}
+
+/**
+ * The first thing every command that changes the host does, holding the lock: refuse our own
+ * directories when they are unsafe, remove temp files of killed writers, load the state, and
+ * finish or roll back operations a killed process left half-done. Returns the state.
+ */
+export async function prepareHost(host: Host, log: Logger, opts: { tempDirs?: string[] } = {}): Promise<State> {
+  host.checkOwnDirs();
+  const state = await loadState(host);
+  for (const dir of new Set([VAR_DIR, RUN_DIR, NETWORKD_DIR, ...(opts.tempDirs ?? [])])) {
+    for (const p of await host.cleanStaleTemps(dir)) log.info("removed a temp file left by an interrupted write", { path: p });
+  }
+  for (const r of await recoverInflight(host, state, log)) {
+    if (r.outcome === "failed") throw new OpError(`could not recover the interrupted ${r.op} of ${r.bdf}: ${r.detail}`, `see \`dmesg\`; the operation stays in ${JOURNAL_PATH} and eni-dpdk retries it at its next run`, { bdf: r.bdf });
+  }
+  return state;
 }

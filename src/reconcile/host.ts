@@ -1,18 +1,17 @@
 // The host stage: find each ENI's PCI device by MAC, check the guards, set up the kernel, bind DPDK
 // ENIs (with rollback), bring kernel-driver ENIs up with their MTU, and keep networkd/nodeadm off
 // DPDK ENIs. Never takes the host lock (the orchestrator holds it). Also the offline reboot rebind.
-import { type Config, type DpdkConfig, type EniConfig } from "../config/model.js";
-import { type DpdkDriver, ENA_DPDK_DEVICE_IDS, ENA_VENDOR, fullResourceName, isDpdkDriver } from "../config/facts.js";
+import { type Config, type EniConfig } from "../config/model.js";
+import { ENA_DPDK_DEVICE_IDS, ENA_VENDOR, fullResourceName, isDpdkDriver } from "../config/facts.js";
 import { InputError, OpError, type Problem } from "../core/errors.js";
 import { pollUntil } from "../core/deadline.js";
-import { RUN_DIR, VAR_DIR, type Host } from "../host/host.js";
+import { type Host } from "../host/host.js";
 import type { Logger } from "../core/log.js";
-import { ensureNetworkdFile, markNodeadmUnmanaged, NETWORKD_DIR, planNetworkd } from "../host/networkd.js";
+import { ensureNetworkdFile, markNodeadmUnmanaged, planNetworkd } from "../host/networkd.js";
 import { type Action, type Stage, type StageContext, type StagePlan } from "./stage.js";
-import { bindDevice, deviceNodeFor, netdevByMac, readPciDevice, restoreDriver, type PciDevice } from "../host/pci.js";
-import { recoverInflight } from "../host/recovery.js";
+import { bindDevice, netdevByMac, readPciDevice, restoreDriver, type PciDevice } from "../host/pci.js";
 import { guardFacts, guardViolations, readRoutes, type GuardFacts } from "../host/guard.js";
-import { type BindingRecord, type EniRecord, JOURNAL_PATH, loadState, saveState, type State } from "../core/state.js";
+import { type BindingRecord, type EniRecord, saveState, type State } from "../core/state.js";
 import { applyHugepages, hugepageWants, planHugepages, planKernel, setupKernel } from "../host/kernel.js";
 
 
@@ -289,7 +288,7 @@ async function applyKernelDevice(ctx: StageContext, l: LocatedDevice): Promise<H
       const rec = state.bindings[mac]!;
       const rb = await restoreDriver(host, l.bdf, rec.originalDriver || undefined, { log: dlog, mac });
       r.changed = true;
-      if (!rb.ok) throw new Error(`returning ${l.bdf} to ${rec.originalDriver}: ${rb.problem}`);
+      if (!rb.ok) throw new OpError(`returning ${l.bdf} to ${rec.originalDriver}: ${rb.problem}`, "see `dmesg`; `eni-dpdk status` shows where the device is", { bdf: l.bdf });
       delete state.bindings[mac];
       await saveState(host, state);
       l = await locate(host, state, t);
@@ -377,125 +376,3 @@ export const hostStage: Stage<HostPlan & StagePlan & { targets: HostTarget[] }> 
     return { devices: await applyHost(ctx, plan.targets, plan) };
   },
 };
-
-// ---- before anything else ------------------------------------------------------------------------------
-
-/**
- * The first thing every command that changes the host does, holding the lock: refuse our own
- * directories when they are unsafe, remove temp files of killed writers, load the state, and
- * finish or roll back operations a killed process left half-done. Returns the state.
- */
-export async function prepareHost(host: Host, log: Logger, opts: { tempDirs?: string[] } = {}): Promise<State> {
-  host.checkOwnDirs();
-  const state = await loadState(host);
-  for (const dir of new Set([VAR_DIR, RUN_DIR, NETWORKD_DIR, ...(opts.tempDirs ?? [])])) {
-    for (const p of await host.cleanStaleTemps(dir)) log.info("removed a temp file left by an interrupted write", { path: p });
-  }
-  for (const r of await recoverInflight(host, state, log)) {
-    if (r.outcome === "failed") throw new OpError(`could not recover the interrupted ${r.op} of ${r.bdf}: ${r.detail}`, `see \`dmesg\`; the operation stays in ${JOURNAL_PATH} and eni-dpdk retries it at its next run`, { bdf: r.bdf });
-  }
-  return state;
-}
-
-// ---- reboot: rebind from the state file, without network -------------------------------------------
-
-export interface EarlyResult {
-  mac: string;
-  bdf: string;
-  eniName: string;
-  state: "bound" | "failed" | "skipped";
-  changed: boolean;
-  detail: string;
-}
-
-/**
- * At boot, before systemd-networkd and nodeadm's boot hook: every device recorded in the state file
- * comes up on its kernel driver with a netdev; verify BDF, vendor:device and the netdev's MAC against
- * the record, then bind it again. No IMDS, no EC2. Kernel setup failures abort before any device.
- */
-export async function rebindFromState(
-  host: Host,
-  state: State,
-  dpdk: Pick<DpdkConfig, "noiommu" | "binding_script">,
-  log: Logger,
-  opts: { waitMs?: number } = {},
-): Promise<EarlyResult[]> {
-  const out: EarlyResult[] = [];
-  let recs = Object.values(state.bindings);
-  if (recs.length === 0) return [];
-  if (!state.primary) {
-    // Offline, the primary is known only from the record every apply writes; without it, no bind.
-    log.warn("the state file has no record of the primary ENI yet; the early rebind is left to the full apply", { next: "nothing to do: eni-dpdk.service binds these devices, and records the primary for later boots" });
-    return recs.map((rec) => ({ mac: rec.mac, bdf: rec.bdf, eniName: rec.eniName, state: "skipped" as const, changed: false, detail: "no primary ENI record in the state file; left for the full apply" }));
-  }
-  // The state-only half of the guard first: a record naming the primary fails before any write.
-  const guards = guardFacts({ primary: state.primary, routes: await readRoutes(host), ownedMacs: [...recs.map((r) => r.mac), ...Object.values(state.enis).map((e) => e.mac)] });
-  recs = recs.filter((rec) => {
-    const never = guardViolations(guards, { mac: rec.mac, bdf: rec.bdf }).never;
-    if (!never.length) return true;
-    log.error("the state file records the primary ENI as a DPDK device; refusing it", { mac: rec.mac, bdf: rec.bdf, reasons: never, next: "the state file was edited or is corrupt: eni-dpdk reset, then eni-dpdk apply" });
-    out.push({ mac: rec.mac, bdf: rec.bdf, eniName: rec.eniName, state: "failed", changed: false, detail: `refused: ${never.join("; ")}` });
-    return false;
-  });
-  if (recs.length === 0) return out;
-  const drivers = [...new Set(recs.map((r) => r.driver as DpdkDriver))];
-  await setupKernel(host, { drivers, noiommu: dpdk.noiommu, log });
-  for (const rec of recs) {
-    const base = { mac: rec.mac, bdf: rec.bdf, eniName: rec.eniName };
-    const dlog = log.child({ eni: rec.eniName, mac: rec.mac, bdf: rec.bdf });
-    // the kernel driver may still be probing this early: wait for the device and its netdev
-    const seen = await host.settled(async () => {
-      const pci = await readPciDevice(host, rec.bdf);
-      if (!pci) return undefined;
-      if (pci.driver === rec.driver) return { pci, ifname: undefined as string | undefined };
-      for (const ifname of pci.netdevs) {
-        const mac = (await host.attr(`/sys/bus/pci/devices/${rec.bdf}/net/${ifname}/address`))?.toLowerCase();
-        if (mac) return { pci, ifname, mac };
-      }
-      return undefined;
-    }, opts.waitMs ?? 10_000);
-    if (!seen) {
-      out.push({ ...base, state: "failed", changed: false, detail: `${rec.bdf} did not appear with a netdev (driver ${(await readPciDevice(host, rec.bdf))?.driver ?? "none"})` });
-      continue;
-    }
-    const { pci } = seen;
-    if (pci.vendor !== rec.vendor || pci.device !== rec.device) {
-      out.push({ ...base, state: "skipped", changed: false, detail: `${rec.bdf} is ${pci.vendor}:${pci.device}, recorded ${rec.vendor}:${rec.device}; left alone` });
-      continue;
-    }
-    if (pci.driver === rec.driver) {
-      const node = await deviceNodeFor(host, rec.bdf, rec.driver);
-      out.push({ ...base, state: node ? "bound" : "failed", changed: false, detail: node ? `already on ${rec.driver} (${node})` : `on ${rec.driver} without a device node` });
-      continue;
-    }
-    const mac = "mac" in seen ? seen.mac : undefined;
-    if (mac !== rec.mac) {
-      out.push({ ...base, state: "skipped", changed: false, detail: `${rec.bdf} carries MAC ${mac}, not ${rec.mac}: another ENI sits there now; left alone for the full apply` });
-      continue;
-    }
-    const verdict = guardViolations(guards, { mac, bdf: rec.bdf, ifname: seen.ifname });
-    if (verdict.never.length || verdict.unlessForced.length) {
-      out.push({ ...base, state: verdict.never.length ? "failed" : "skipped", changed: false, detail: `refused: ${[...verdict.never, ...verdict.unlessForced].join("; ")}; left alone` });
-      continue;
-    }
-    try {
-      if (seen.ifname) {
-        // before the netdev vanishes: nodeadm must not wait for it on this boot or later ones
-        await markNodeadmUnmanaged(host, state, state.instanceId, seen.ifname, rec.mac, dlog);
-        rec.ifname = seen.ifname;
-      }
-      const b = await bindDevice(host, rec.bdf, rec.driver, {
-        log: dlog,
-        script: dpdk.binding_script || undefined,
-        mac: rec.mac,
-        guard: guards,
-        eni: { name: rec.eniName, ...(rec.eniId ? { id: rec.eniId } : {}) },
-      });
-      await saveState(host, state);
-      out.push({ ...base, state: "bound", changed: b.changed, detail: `bound to ${rec.driver} (${b.deviceNode})` });
-    } catch (e) {
-      out.push({ ...base, state: "failed", changed: true, detail: (e as Error).message });
-    }
-  }
-  return out;
-}
