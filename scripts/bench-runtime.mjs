@@ -54,7 +54,9 @@ await build({
   outExtension: { ".js": ".mjs" },
   format: "esm",
   splitting: true,
-  banner: { js: "import { createRequire as __cr } from 'node:module'; const require = __cr(import.meta.url);" },
+  banner: {
+    js: "import { createRequire as __cr } from 'node:module'; const require = __cr(import.meta.url);",
+  },
 });
 await build({
   ...common,
@@ -67,13 +69,27 @@ await build({
 const seaConfig = path.join(work, "sea/sea-config.json");
 fs.writeFileSync(
   seaConfig,
-  JSON.stringify({ main: path.join(work, "sea/eni-dpdk.cjs"), output: path.join(work, "sea/prep.blob"), disableExperimentalSEAWarning: true, useCodeCache: true }),
+  JSON.stringify({
+    main: path.join(work, "sea/eni-dpdk.cjs"),
+    output: path.join(work, "sea/prep.blob"),
+    disableExperimentalSEAWarning: true,
+    useCodeCache: true,
+  }),
 );
 run([process.execPath, "--experimental-sea-config", seaConfig]);
 const sea = path.join(work, "sea/eni-dpdk");
 fs.copyFileSync(process.execPath, sea);
 fs.chmodSync(sea, 0o755);
-run(["npx", "--yes", "postject@1.0.0-alpha.6", sea, "NODE_SEA_BLOB", path.join(work, "sea/prep.blob"), "--sentinel-fuse", "NODE_SEA_FUSE_fce680ab2cc467b6e072b8b5df1996b2"]);
+run([
+  "npx",
+  "--yes",
+  "postject@1.0.0-alpha.6",
+  sea,
+  "NODE_SEA_BLOB",
+  path.join(work, "sea/prep.blob"),
+  "--sentinel-fuse",
+  "NODE_SEA_FUSE_fce680ab2cc467b6e072b8b5df1996b2",
+]);
 
 const esm = path.join(work, "esm/eni-dpdk.mjs");
 const cases = [
@@ -87,7 +103,20 @@ for (const [, argv] of cases) run(argv); // each must work before it is timed
 
 const json = path.join(work, "hyperfine.json");
 const quote = (argv) => argv.map((a) => `'${a}'`).join(" ");
-run(["hyperfine", "-N", "--warmup", "3", "--runs", String(runs), "--export-json", json, ...cases.flatMap(([name, argv]) => ["-n", name, quote(argv)])], { stdio: ["ignore", "inherit", "inherit"] });
+run(
+  [
+    "hyperfine",
+    "-N",
+    "--warmup",
+    "3",
+    "--runs",
+    String(runs),
+    "--export-json",
+    json,
+    ...cases.flatMap(([name, argv]) => ["-n", name, quote(argv)]),
+  ],
+  { stdio: ["ignore", "inherit", "inherit"] },
+);
 
 const rss = (argv) => {
   const samples = [];
@@ -99,14 +128,25 @@ const rss = (argv) => {
 };
 const results = JSON.parse(fs.readFileSync(json, "utf8")).results;
 const size = (p) => (fs.statSync(p).size / 1e6).toFixed(1);
-const esmBytes = fs.readdirSync(path.join(work, "esm"), { recursive: true }).filter((f) => f.endsWith(".mjs")).reduce((n, f) => n + fs.statSync(path.join(work, "esm", f)).size, 0);
-console.log(`\nmachine: ${os.cpus()[0].model}, ${os.cpus().length} CPUs, ${os.type()} ${os.release()}, node ${process.version}`);
-console.log(`sizes: ESM bundle ${(esmBytes / 1e6).toFixed(1)} MB (plus node from the distribution); SEA binary ${size(sea)} MB`);
+const esmBytes = fs
+  .readdirSync(path.join(work, "esm"), { recursive: true })
+  .filter((f) => f.endsWith(".mjs"))
+  .reduce((n, f) => n + fs.statSync(path.join(work, "esm", f)).size, 0);
+console.log(
+  `\nmachine: ${os.cpus()[0].model}, ${os.cpus().length} CPUs, ${os.type()} ${os.release()}, node ${process.version}`,
+);
+console.log(
+  `sizes: ESM bundle ${(esmBytes / 1e6).toFixed(1)} MB (plus node from the distribution); SEA binary ${size(sea)} MB`,
+);
 // CPU time (user + system) is steadier than wall time when other work shares the machine.
-console.log("| command | median wall ms | mean ± sd wall ms | mean CPU ms (user+sys) | peak RSS MB (median of 5) |\n|---|---|---|---|---|");
+console.log(
+  "| command | median wall ms | mean ± sd wall ms | mean CPU ms (user+sys) | peak RSS MB (median of 5) |\n|---|---|---|---|---|",
+);
 for (const [i, [name, argv]] of cases.entries()) {
   const r = results[i];
   const cpu = (r.user + r.system) * 1000;
-  console.log(`| ${name} | ${(r.median * 1000).toFixed(0)} | ${(r.mean * 1000).toFixed(0)} ± ${(r.stddev * 1000).toFixed(0)} | ${cpu.toFixed(0)} | ${rss(argv).toFixed(0)} |`);
+  console.log(
+    `| ${name} | ${(r.median * 1000).toFixed(0)} | ${(r.mean * 1000).toFixed(0)} ± ${(r.stddev * 1000).toFixed(0)} | ${cpu.toFixed(0)} | ${rss(argv).toFixed(0)} |`,
+  );
 }
 fs.rmSync(work, { recursive: true, force: true });

@@ -21,11 +21,15 @@ const result = await build({
   // sd-notify is a native addon, optional at run time; the notify seam loads it with require.
   external: ["sd-notify"],
   // Bundled CommonJS (the AWS SDK, toml) still calls require() for Node built-ins.
-  banner: { js: "import { createRequire as __cr } from 'node:module'; const require = __cr(import.meta.url);" },
+  banner: {
+    js: "import { createRequire as __cr } from 'node:module'; const require = __cr(import.meta.url);",
+  },
   chunkNames: "chunks/[name]-[hash]",
   metafile: true,
   logLevel: "warning",
 });
 const outputs = Object.entries(result.metafile.outputs).filter(([f]) => f.endsWith(".mjs"));
 const total = outputs.reduce((n, [, o]) => n + o.bytes, 0);
-console.log(`built dist/eni-dpdk.mjs + ${outputs.length - 1} chunks, ${(total / 1024).toFixed(0)} KiB`);
+console.log(
+  `built dist/eni-dpdk.mjs + ${outputs.length - 1} chunks, ${(total / 1024).toFixed(0)} KiB`,
+);

@@ -11,7 +11,10 @@ const bold = (s: string) => (process.stdout.isTTY ? `\x1b[1m${s}\x1b[0m` : s);
 
 function cli(world: World, args: string[]): Promise<number> {
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, [bundle, ...args], { env: world.env(), stdio: ["ignore", "inherit", "inherit"] });
+    const child = spawn(process.execPath, [bundle, ...args], {
+      env: world.env(),
+      stdio: ["ignore", "inherit", "inherit"],
+    });
     child.on("exit", (code) => resolve(code ?? 1));
   });
 }
@@ -24,29 +27,43 @@ async function main() {
     configToml: sampleConfig(),
   });
   try {
-    console.log(bold("# A node boots: primary NIC eth0 (ena) with the default route; no data-plane ENIs yet."));
-    console.log(`# IMDSv2 emulator ${world.imds.url}, EC2 emulator ${world.ec2.url}, fake root ${world.root}`);
+    console.log(
+      bold(
+        "# A node boots: primary NIC eth0 (ena) with the default route; no data-plane ENIs yet.",
+      ),
+    );
+    console.log(
+      `# IMDSv2 emulator ${world.imds.url}, EC2 emulator ${world.ec2.url}, fake root ${world.root}`,
+    );
     console.log(bold("\n# /etc/eni-dpdk/config.toml"));
     console.log(sampleConfig().trimEnd());
 
     console.log(bold("\n$ eni-dpdk plan"));
     await cli(world, ["plan"]);
 
-    console.log(bold("\n$ eni-dpdk apply        # what eni-dpdk.service runs before kubelet (progress on stderr)"));
+    console.log(
+      bold(
+        "\n$ eni-dpdk apply        # what eni-dpdk.service runs before kubelet (progress on stderr)",
+      ),
+    );
     const code = await cli(world, ["apply"]);
     if (code !== 0) throw new Error(`apply exited ${code}`);
 
     console.log(bold("\n$ eni-dpdk status"));
     await cli(world, ["status"]);
 
-    console.log(bold("\n# /etc/pcidp/config.json, as the SR-IOV device plugin will read it when it starts"));
+    console.log(
+      bold("\n# /etc/pcidp/config.json, as the SR-IOV device plugin will read it when it starts"),
+    );
     console.log(readFileSync(path.join(world.root, "etc/pcidp/config.json"), "utf8").trimEnd());
 
     const before = world.ec2.mutatingCalls();
     console.log(bold("\n$ eni-dpdk apply        # again: nothing to do"));
     await cli(world, ["apply"]);
     console.log(`# EC2 mutating calls by the second apply: ${world.ec2.mutatingCalls() - before}`);
-    console.log(`# EC2 calls per action over the whole demo: ${JSON.stringify(world.ec2.callsPerAction())}`);
+    console.log(
+      `# EC2 calls per action over the whole demo: ${JSON.stringify(world.ec2.callsPerAction())}`,
+    );
   } finally {
     await world.close();
   }

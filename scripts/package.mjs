@@ -51,14 +51,19 @@ function copyTree(from, to, mode, filter = () => true) {
  * ABI-specific: on another Node major the notify seam falls back to `systemd-notify`.
  */
 function addonInfo() {
-  const probe = spawnSync(process.execPath, ["-e", "require('sd-notify'); process.stdout.write(process.versions.modules)"], { cwd: repo, encoding: "utf8" });
+  const probe = spawnSync(
+    process.execPath,
+    ["-e", "require('sd-notify'); process.stdout.write(process.versions.modules)"],
+    { cwd: repo, encoding: "utf8" },
+  );
   return probe.status === 0 ? { abi: probe.stdout.trim() } : undefined;
 }
 
 export function stage(stageDir, bundleDir, version) {
   const opt = path.join(stageDir, "opt/eni-dpdk");
   copyTree(bundleDir, opt, 0o644, (p) => !p.endsWith(".map") && !p.endsWith(".json"));
-  if (!fs.existsSync(path.join(opt, "eni-dpdk.mjs"))) throw new Error(`${bundleDir}/eni-dpdk.mjs missing: run npm run build`);
+  if (!fs.existsSync(path.join(opt, "eni-dpdk.mjs")))
+    throw new Error(`${bundleDir}/eni-dpdk.mjs missing: run npm run build`);
 
   const addon = addonInfo();
   if (addon) {
@@ -68,13 +73,20 @@ export function stage(stageDir, bundleDir, version) {
       "file-uri-to-path": ["package.json", "index.js", "LICENSE"],
     };
     for (const [mod, list] of Object.entries(files)) {
-      for (const f of list) copy(path.join(repo, "node_modules", mod, f), path.join(opt, "node_modules", mod, f), f.endsWith(".node") ? 0o755 : 0o644);
+      for (const f of list)
+        copy(
+          path.join(repo, "node_modules", mod, f),
+          path.join(opt, "node_modules", mod, f),
+          f.endsWith(".node") ? 0o755 : 0o644,
+        );
     }
   }
   const versionLines = [
     `eni-dpdk ${version}`,
     `built with node ${process.version}`,
-    addon ? `sd-notify addon for NODE_MODULE_VERSION ${addon.abi} (other Node majors use systemd-notify)` : "sd-notify addon not included (systemd-notify is used)",
+    addon
+      ? `sd-notify addon for NODE_MODULE_VERSION ${addon.abi} (other Node majors use systemd-notify)`
+      : "sd-notify addon not included (systemd-notify is used)",
   ];
   fs.writeFileSync(path.join(opt, "VERSION"), versionLines.join("\n") + "\n", { mode: 0o644 });
   for (const doc of ["README.md", "docs/troubleshooting.md", "docs/user-data.md", "docs/ami.md"]) {
@@ -83,9 +95,17 @@ export function stage(stageDir, bundleDir, version) {
   }
 
   for (const unit of ["eni-dpdk.service", "eni-dpdk-early.service"]) {
-    copy(path.join(repo, "systemd", unit), path.join(stageDir, "usr/lib/systemd/system", unit), 0o644);
+    copy(
+      path.join(repo, "systemd", unit),
+      path.join(stageDir, "usr/lib/systemd/system", unit),
+      0o644,
+    );
   }
-  for (const f of ["eni-dpdk/config.toml", "modprobe.d/eni-dpdk.conf", "modules-load.d/eni-dpdk.conf"]) {
+  for (const f of [
+    "eni-dpdk/config.toml",
+    "modprobe.d/eni-dpdk.conf",
+    "modules-load.d/eni-dpdk.conf",
+  ]) {
     copy(path.join(repo, "etc", f), path.join(stageDir, "etc", f), 0o644);
   }
   copy(path.join(repo, "scripts/install.sh"), path.join(stageDir, "install.sh"), 0o755);
@@ -94,7 +114,22 @@ export function stage(stageDir, bundleDir, version) {
 /** A reproducible .tar.gz of the staging directory's contents. */
 export function tarball(stageDir, outFile, mtime) {
   const tar = outFile.replace(/\.gz$/, "");
-  run(["tar", "--create", "--file", tar, "--directory", stageDir, "--sort=name", "--owner=0", "--group=0", "--numeric-owner", `--mtime=@${mtime}`, "--mode=go-w", "--format=gnu", "."]);
+  run([
+    "tar",
+    "--create",
+    "--file",
+    tar,
+    "--directory",
+    stageDir,
+    "--sort=name",
+    "--owner=0",
+    "--group=0",
+    "--numeric-owner",
+    `--mtime=@${mtime}`,
+    "--mode=go-w",
+    "--format=gnu",
+    ".",
+  ]);
   run(["gzip", "--no-name", "--best", "--force", tar]);
 }
 
@@ -117,7 +152,9 @@ async function main() {
     fs.mkdirSync(outDir, { recursive: true });
     const out = path.join(outDir, `eni-dpdk-${pkg.version}-linux-x64.tar.gz`);
     tarball(stageDir, out, mtime);
-    console.log(`${path.relative(process.cwd(), out) || out}: ${(fs.statSync(out).size / 1024).toFixed(0)} KiB`);
+    console.log(
+      `${path.relative(process.cwd(), out) || out}: ${(fs.statSync(out).size / 1024).toFixed(0)} KiB`,
+    );
   } finally {
     fs.rmSync(stageDir, { recursive: true, force: true });
   }

@@ -23,7 +23,11 @@ export interface CliIo {
   env: NodeJS.ProcessEnv;
 }
 
-const defaultIo: CliIo = { out: (s) => process.stdout.write(s), err: process.stderr, env: process.env };
+const defaultIo: CliIo = {
+  out: (s) => process.stdout.write(s),
+  err: process.stderr,
+  env: process.env,
+};
 
 export async function main(argv: string[], io: CliIo = defaultIo): Promise<number> {
   let code = 0;
@@ -53,7 +57,9 @@ export async function main(argv: string[], io: CliIo = defaultIo): Promise<numbe
   // The boot commands' handlers serve both the fast path and yargs.
   const boot: Record<BootCommand, (args: unknown) => Promise<void>> = {
     run: wrap(async (ctx) => (await import("./commands/run.js")).runCommand(ctx)),
-    apply: wrap<{ "dry-run": boolean }>(async (ctx, a) => (await import("./commands/apply.js")).applyCommand(ctx, { dryRun: a["dry-run"] })),
+    apply: wrap<{ "dry-run": boolean }>(async (ctx, a) =>
+      (await import("./commands/apply.js")).applyCommand(ctx, { dryRun: a["dry-run"] }),
+    ),
     early: wrap(async (ctx) => (await import("./commands/device.js")).earlyCommand(ctx, {})),
   };
   const fast = parseBootArgv(argv);
@@ -65,33 +71,63 @@ export async function main(argv: string[], io: CliIo = defaultIo): Promise<numbe
   const yargs = await loadYargs();
   const parser: Argv<GlobalArgs> = yargs(argv)
     .scriptName("eni-dpdk")
-    .usage("$0 <command> [options]\n\nGets an EKS node's data-plane ENIs attached, bound to vfio-pci and advertised to the SR-IOV device plugin before kubelet starts.")
-    .option("config", { type: "string", describe: "main config file (default /etc/eni-dpdk/config.toml, then config.d/*.toml)" })
-    .option("root", { type: "string", describe: "resolve every host path under this directory (env ENI_DPDK_ROOT; default /)" })
-    .option("log-level", { choices: ["debug", "info", "warn", "error"] as const, default: "info" as Level })
+    .usage(
+      "$0 <command> [options]\n\nGets an EKS node's data-plane ENIs attached, bound to vfio-pci and advertised to the SR-IOV device plugin before kubelet starts.",
+    )
+    .option("config", {
+      type: "string",
+      describe: "main config file (default /etc/eni-dpdk/config.toml, then config.d/*.toml)",
+    })
+    .option("root", {
+      type: "string",
+      describe: "resolve every host path under this directory (env ENI_DPDK_ROOT; default /)",
+    })
+    // yargs widens a literal default to string; the casts keep Level/LogFormat.
+    .option("log-level", {
+      choices: ["debug", "info", "warn", "error"] as const,
+      // eslint-disable-next-line @typescript-eslint/no-unnecessary-type-assertion
+      default: "info" as Level,
+    })
+    // eslint-disable-next-line @typescript-eslint/no-unnecessary-type-assertion
     .option("log-format", { choices: ["text", "json"] as const, default: "text" as LogFormat })
     .command(
       "validate [files..]",
       "validate config files standalone, or (without files) gather this instance's sources and validate the merge",
-      (y) => y.positional("files", { type: "string", array: true, describe: "TOML files to validate on their own" }),
-      wrap<{ files?: string[] }>(async (ctx, a) => (await import("./commands/config.js")).validateCommand(ctx, { files: a.files ?? [] })),
+      (y) =>
+        y.positional("files", {
+          type: "string",
+          array: true,
+          describe: "TOML files to validate on their own",
+        }),
+      wrap<{ files?: string[] }>(async (ctx, a) =>
+        (await import("./commands/config.js")).validateCommand(ctx, { files: a.files ?? [] }),
+      ),
     )
     .command(
       "config",
       "print the effective merged config, with each value's source",
       (y) => y.option("json", { type: "boolean", default: false }),
-      wrap<{ json: boolean }>(async (ctx, a) => (await import("./commands/config.js")).configCommand(ctx, { json: a.json })),
+      wrap<{ json: boolean }>(async (ctx, a) =>
+        (await import("./commands/config.js")).configCommand(ctx, { json: a.json }),
+      ),
     )
     .command(
       "plan",
       "gather, validate, observe, and print the actions apply would take (changes nothing)",
       (y) => y.option("json", { type: "boolean", default: false }),
-      wrap<{ json: boolean }>(async (ctx, a) => (await import("./commands/apply.js")).planCommand(ctx, { json: a.json })),
+      wrap<{ json: boolean }>(async (ctx, a) =>
+        (await import("./commands/apply.js")).planCommand(ctx, { json: a.json }),
+      ),
     )
     .command(
       "apply",
       "execute the plan once: ENIs, host binding, SR-IOV config; writes /run/eni-dpdk/status.json",
-      (y) => y.option("dry-run", { type: "boolean", default: false, describe: "print the plan, change nothing" }),
+      (y) =>
+        y.option("dry-run", {
+          type: "boolean",
+          default: false,
+          describe: "print the plan, change nothing",
+        }),
       boot.apply,
     )
     .command(
@@ -104,7 +140,9 @@ export async function main(argv: string[], io: CliIo = defaultIo): Promise<numbe
       "status",
       "show managed devices and host DPDK readiness",
       (y) => y.option("json", { type: "boolean", default: false }),
-      wrap<{ json: boolean }>(async (ctx, a) => (await import("./commands/status.js")).statusCommand(ctx, { json: a.json })),
+      wrap<{ json: boolean }>(async (ctx, a) =>
+        (await import("./commands/status.js")).statusCommand(ctx, { json: a.json }),
+      ),
     )
     .command(
       "bind <target>",
@@ -113,16 +151,26 @@ export async function main(argv: string[], io: CliIo = defaultIo): Promise<numbe
         y
           .positional("target", { type: "string", demandOption: true })
           .option("driver", { type: "string", describe: "default: [dpdk].driver" })
-          .option("force", { type: "boolean", default: false, describe: "override the safety guards (primary, routes, unmanaged)" }),
+          .option("force", {
+            type: "boolean",
+            default: false,
+            describe: "override the safety guards (primary, routes, unmanaged)",
+          }),
       wrap<{ target: string; driver?: string; force: boolean }>(async (ctx, a) =>
-        (await import("./commands/device.js")).bindCommand(ctx, { target: a.target, driver: a.driver, force: a.force }),
+        (await import("./commands/device.js")).bindCommand(ctx, {
+          target: a.target,
+          driver: a.driver,
+          force: a.force,
+        }),
       ),
     )
     .command(
       "unbind <target>",
       "return one device to its original kernel driver",
       (y) => y.positional("target", { type: "string", demandOption: true }),
-      wrap<{ target: string }>(async (ctx, a) => (await import("./commands/device.js")).unbindCommand(ctx, { target: a.target })),
+      wrap<{ target: string }>(async (ctx, a) =>
+        (await import("./commands/device.js")).unbindCommand(ctx, { target: a.target }),
+      ),
     )
     .command(
       "reset",
@@ -141,9 +189,22 @@ export async function main(argv: string[], io: CliIo = defaultIo): Promise<numbe
       "render MIME multipart user-data: nodeadm's NodeConfig plus an eni-dpdk TOML part",
       (y) =>
         y
-          .option("nodeconfig", { type: "string", demandOption: true, describe: "NodeConfig YAML file" })
-          .option("config", { type: "string", demandOption: true, describe: "eni-dpdk TOML file (validated first)" }),
-      wrap<{ nodeconfig: string }>(async (ctx, a) => (await import("./commands/config.js")).userdataCommand(ctx, { nodeconfig: a.nodeconfig, config: a.config! })),
+          .option("nodeconfig", {
+            type: "string",
+            demandOption: true,
+            describe: "NodeConfig YAML file",
+          })
+          .option("config", {
+            type: "string",
+            demandOption: true,
+            describe: "eni-dpdk TOML file (validated first)",
+          }),
+      wrap<{ nodeconfig: string }>(async (ctx, a) =>
+        (await import("./commands/config.js")).userdataCommand(ctx, {
+          nodeconfig: a.nodeconfig,
+          config: a.config!,
+        }),
+      ),
     )
     .demandCommand(1, "name a command; see --help")
     .strict()
@@ -176,13 +237,20 @@ export type BootCommand = "run" | "apply" | "early";
  * The exact argv shapes the units use (`run`, `early`, `apply [--dry-run]` with --config, --root,
  * --log-level, --log-format); undefined for anything else, which yargs then parses.
  */
-export function parseBootArgv(argv: string[]): { command: BootCommand; args: GlobalArgs & { "dry-run": boolean } } | undefined {
-  const args: GlobalArgs & { "dry-run": boolean } = { "log-level": "info", "log-format": "text", "dry-run": false };
+export function parseBootArgv(
+  argv: string[],
+): { command: BootCommand; args: GlobalArgs & { "dry-run": boolean } } | undefined {
+  const args: GlobalArgs & { "dry-run": boolean } = {
+    "log-level": "info",
+    "log-format": "text",
+    "dry-run": false,
+  };
   let command: BootCommand | undefined;
   for (let i = 0; i < argv.length; i++) {
-    const tok = argv[i]!;
+    const tok = argv[i];
     const eq = tok.indexOf("=");
-    const [flag, inline] = tok.startsWith("--") && eq > 0 ? [tok.slice(0, eq), tok.slice(eq + 1)] : [tok, undefined];
+    const [flag, inline] =
+      tok.startsWith("--") && eq > 0 ? [tok.slice(0, eq), tok.slice(eq + 1)] : [tok, undefined];
     const value = () => inline ?? argv[++i];
     if (flag === "run" || flag === "apply" || flag === "early") {
       if (command) return undefined;
@@ -220,7 +288,13 @@ function checkRoot(root: string, from: string): void {
   }
   if (!isDir) {
     throw new InputError(
-      [{ source: `${from} ${root}`, key: "(root)", message: "is not an existing directory; every host path is resolved under it" }],
+      [
+        {
+          source: `${from} ${root}`,
+          key: "(root)",
+          message: "is not an existing directory; every host path is resolved under it",
+        },
+      ],
       "pass --root an existing directory (or leave it unset for /)",
     );
   }

@@ -16,6 +16,8 @@ function exit(code: number): void {
 import("./cli.js")
   .then(({ main }) => main(argv))
   .then(exit, (err: unknown) => {
-    process.stderr.write(`level=error msg=${JSON.stringify(String((err as Error)?.stack ?? err))}\n`);
+    process.stderr.write(
+      `level=error msg=${JSON.stringify(String((err as Error)?.stack ?? err))}\n`,
+    );
     exit(1);
   });

@@ -15,56 +15,94 @@ t.test("bad-input corpus: every file is rejected with a message naming its key",
   t.ok(files.length >= 30, `corpus has ${files.length} files`);
   for (const f of files) {
     const text = readFileSync(new URL(f, corpus), "utf8");
-    const [key, message] = /^# expect: (.*)$/m.exec(text)![1]!.split(" | ");
+    const [key, message] = /^# expect: (.*)$/m.exec(text)![1].split(" | ");
     try {
       buildConfig([tomlLayer(text, `/etc/eni-dpdk/${f}`)]);
       t.fail(`${f} was accepted`);
     } catch (e) {
       t.type(e, InputError, f);
       const lines = (e as InputError).problems.map(formatProblem);
-      const hit = (e as InputError).problems.find((p) => p.key === key && p.message.includes(message!));
+      const hit = (e as InputError).problems.find(
+        (p) => p.key === key && p.message.includes(message),
+      );
       t.ok(hit, `${f}: expected key ${key} with "${message}"; got:\n${lines.join("\n")}`);
-      t.ok(hit?.source.startsWith(`/etc/eni-dpdk/${f}`), `${f}: source names the file (${hit?.source})`);
+      t.ok(
+        hit?.source.startsWith(`/etc/eni-dpdk/${f}`),
+        `${f}: source names the file (${hit?.source})`,
+      );
     }
   }
 });
 
 t.test("problem sources carry line and column", async (t) => {
-  const text = '[dpdk]\nenabled = true\n\n[[eni]]\nname = "a"\ndevice_index = 1\nsubnet_id = "subnet-0123456789abcdef0"\nsecurity_group_ids = ["sg-01234567"]\nmtu = 100\ndpdk.enabled = false\n';
-  const e = t.throws(() => buildConfig([tomlLayer(text, "/etc/eni-dpdk/config.toml")])) as InputError;
-  t.same(e.problems.map(formatProblem), ["/etc/eni-dpdk/config.toml:9:1: eni.a.mtu: expected 576..9216, got 100"]);
+  const text =
+    '[dpdk]\nenabled = true\n\n[[eni]]\nname = "a"\ndevice_index = 1\nsubnet_id = "subnet-0123456789abcdef0"\nsecurity_group_ids = ["sg-01234567"]\nmtu = 100\ndpdk.enabled = false\n';
+  const e = t.throws(() =>
+    buildConfig([tomlLayer(text, "/etc/eni-dpdk/config.toml")]),
+  ) as InputError;
+  t.same(e.problems.map(formatProblem), [
+    "/etc/eni-dpdk/config.toml:9:1: eni.a.mtu: expected 576..9216, got 100",
+  ]);
   const syn = t.throws(() => tomlLayer("[dpdk]\nenabled = = 1\n", "f.toml")) as InputError;
-  t.match(syn.problems[0]!.source, /^f\.toml:2:\d+$/);
+  t.match(syn.problems[0].source, /^f\.toml:2:\d+$/);
 });
 
 t.test("all problems are reported in one run", async (t) => {
-  const text = '[dpdk]\ndriver = "x"\nnoiommu = "maybe"\n[sriov]\nconfig_path = "rel"\n[[eni]]\nname = "A"\n';
+  const text =
+    '[dpdk]\ndriver = "x"\nnoiommu = "maybe"\n[sriov]\nconfig_path = "rel"\n[[eni]]\nname = "A"\n';
   const e = t.throws(() => buildConfig([tomlLayer(text, "c.toml")])) as InputError;
   const keys = e.problems.map((p) => p.key).sort();
-  t.same(keys, ["dpdk.driver", "dpdk.noiommu", "eni.A.device_index", "eni.A.dpdk.resource_name", "eni.A.name", "eni.A.security_group_ids", "eni.A.subnet_id", "sriov.config_path"]);
+  t.same(keys, [
+    "dpdk.driver",
+    "dpdk.noiommu",
+    "eni.A.device_index",
+    "eni.A.dpdk.resource_name",
+    "eni.A.name",
+    "eni.A.security_group_ids",
+    "eni.A.subnet_id",
+    "sriov.config_path",
+  ]);
 });
 
 t.test("defaults and the documented example", async (t) => {
-  const eff = buildConfig([tomlLayer(readFileSync(new URL("./corpus/good/example.toml", import.meta.url), "utf8"), "example.toml")]);
+  const eff = buildConfig([
+    tomlLayer(
+      readFileSync(new URL("./corpus/good/example.toml", import.meta.url), "utf8"),
+      "example.toml",
+    ),
+  ]);
   const c = eff.config;
   t.equal(c.service.reconcile_interval_seconds, 60);
   t.equal(c.dpdk.hugepages_2m, 1024);
-  t.same(c.eni.map((e) => [e.name, e.device_index, e.dpdk.enabled, e.dpdk.driver, e.mtu]), [
-    ["dpdk1", 1, true, "vfio-pci", 9001],
-    ["dpdk2", 2, true, "vfio-pci", 9001],
-    ["kernel1", 3, false, "vfio-pci", 9001],
-  ]);
+  t.same(
+    c.eni.map((e) => [e.name, e.device_index, e.dpdk.enabled, e.dpdk.driver, e.mtu]),
+    [
+      ["dpdk1", 1, true, "vfio-pci", 9001],
+      ["dpdk2", 2, true, "vfio-pci", 9001],
+      ["kernel1", 3, false, "vfio-pci", 9001],
+    ],
+  );
   t.equal(eff.origin["eni.dpdk1.description"], "example.toml:21:1");
   t.equal(eff.origin["eni.dpdk1.mtu"], "default");
   t.match(eff.origin["eni.dpdk1.dpdk.driver"], /example\.toml:8:1 \(\[dpdk\]\.driver\)/);
 });
 
 t.test("merge: node tables key by key, ENIs by name field by field, later wins", async (t) => {
-  const file = tomlLayer('[dpdk]\ndriver = "vfio-pci"\nhugepages_2m = 512\n[[eni]]\nname = "d1"\ndevice_index = 1\nsubnet_id = "subnet-01234567"\nsecurity_group_ids = ["sg-01234567"]\nmtu = 1500\n[eni.dpdk]\nresource_name = "ena_dpdk"\n', "file.toml");
-  const ud = tomlLayer('[dpdk]\nhugepages_2m = 1024\n[[eni]]\nname = "d1"\nmtu = 9001\n', "user-data part 2 (application/eni-dpdk+toml)");
-  const tag = { source: "tag eni-dpdk:eni:d1", stringly: true, data: { eni: [{ name: "d1", dpdk: { driver: "uio_pci_generic" } }] } };
+  const file = tomlLayer(
+    '[dpdk]\ndriver = "vfio-pci"\nhugepages_2m = 512\n[[eni]]\nname = "d1"\ndevice_index = 1\nsubnet_id = "subnet-01234567"\nsecurity_group_ids = ["sg-01234567"]\nmtu = 1500\n[eni.dpdk]\nresource_name = "ena_dpdk"\n',
+    "file.toml",
+  );
+  const ud = tomlLayer(
+    '[dpdk]\nhugepages_2m = 1024\n[[eni]]\nname = "d1"\nmtu = 9001\n',
+    "user-data part 2 (application/eni-dpdk+toml)",
+  );
+  const tag = {
+    source: "tag eni-dpdk:eni:d1",
+    stringly: true,
+    data: { eni: [{ name: "d1", dpdk: { driver: "uio_pci_generic" } }] },
+  };
   const eff = buildConfig([file, ud, tag]);
-  const e = eff.config.eni[0]!;
+  const e = eff.config.eni[0];
   t.equal(eff.config.dpdk.driver, "vfio-pci");
   t.equal(eff.config.dpdk.hugepages_2m, 1024);
   t.equal(e.mtu, 9001);
@@ -77,14 +115,39 @@ t.test("merge: node tables key by key, ENIs by name field by field, later wins",
 });
 
 t.test("a device-index clash between sources is caught after the merge", async (t) => {
-  const a = tomlLayer('[[eni]]\nname = "a"\ndevice_index = 1\nsubnet_id = "subnet-01234567"\nsecurity_group_ids = ["sg-01234567"]\ndpdk.enabled = false\n', "file.toml");
-  const b = { source: "tag eni-dpdk:eni:b", stringly: true, data: { eni: [{ name: "b", device_index: "1", subnet_id: "subnet-01234567", security_group_ids: "sg-01234567", dpdk: { enabled: "false" } }] } };
+  const a = tomlLayer(
+    '[[eni]]\nname = "a"\ndevice_index = 1\nsubnet_id = "subnet-01234567"\nsecurity_group_ids = ["sg-01234567"]\ndpdk.enabled = false\n',
+    "file.toml",
+  );
+  const b = {
+    source: "tag eni-dpdk:eni:b",
+    stringly: true,
+    data: {
+      eni: [
+        {
+          name: "b",
+          device_index: "1",
+          subnet_id: "subnet-01234567",
+          security_group_ids: "sg-01234567",
+          dpdk: { enabled: "false" },
+        },
+      ],
+    },
+  };
   const e = t.throws(() => buildConfig([a, b])) as InputError;
-  t.same(e.problems.map(formatProblem), ['tag eni-dpdk:eni:b: eni.b.device_index: device index 1 on network card 0 is also used by ENI "a"']);
+  t.same(e.problems.map(formatProblem), [
+    'tag eni-dpdk:eni:b: eni.b.device_index: device index 1 on network card 0 is also used by ENI "a"',
+  ]);
 });
 
 t.test("the number of ENIs is bounded", async (t) => {
-  const eni = Array.from({ length: 33 }, (_, i) => ({ name: `e${i}`, device_index: i + 1, subnet_id: "subnet-01234567", security_group_ids: ["sg-01234567"], dpdk: { enabled: false } }));
+  const eni = Array.from({ length: 33 }, (_, i) => ({
+    name: `e${i}`,
+    device_index: i + 1,
+    subnet_id: "subnet-01234567",
+    security_group_ids: ["sg-01234567"],
+    dpdk: { enabled: false },
+  }));
   const e = t.throws(() => buildConfig([{ source: "x", data: { eni } }])) as InputError;
   t.ok(e.problems.some((p) => p.key === "eni" && /at most 32/.test(p.message)));
 });
@@ -113,69 +176,128 @@ const problemsOf = (f: () => unknown): string[] => {
   return [];
 };
 
-t.test("Object.prototype member names are unknown keys at every level, and nothing is polluted", async (t) => {
-  const { FORBIDDEN_KEYS } = await import("../src/core/records.js");
-  for (const k of ["constructor", "toString", "hasOwnProperty", "valueOf", "__proto__", "prototype"]) t.ok(FORBIDDEN_KEYS.has(k), k);
-  const eni = oneEni('hasOwnProperty = 1\ndpdk.prototype = 1\ntags = { "__proto__" = "x" }\n');
-  const text = `"__proto__" = { polluted = "yes" }\n[constructor]\nx = 1\n[dpdk]\ntoString = "x"\nvalueOf = 1\n${eni}`;
-  const got = problemsOf(() => buildConfig([tomlLayer(text, "c.toml")]));
-  const keys = ["__proto__", "constructor", "dpdk.toString", "dpdk.valueOf", "eni.a.hasOwnProperty", "eni.a.dpdk.prototype", "eni.a.tags"];
-  for (const key of keys) {
+t.test(
+  "Object.prototype member names are unknown keys at every level, and nothing is polluted",
+  async (t) => {
+    const { FORBIDDEN_KEYS } = await import("../src/core/records.js");
+    for (const k of [
+      "constructor",
+      "toString",
+      "hasOwnProperty",
+      "valueOf",
+      "__proto__",
+      "prototype",
+    ])
+      t.ok(FORBIDDEN_KEYS.has(k), k);
+    const eni = oneEni('hasOwnProperty = 1\ndpdk.prototype = 1\ntags = { "__proto__" = "x" }\n');
+    const text = `"__proto__" = { polluted = "yes" }\n[constructor]\nx = 1\n[dpdk]\ntoString = "x"\nvalueOf = 1\n${eni}`;
+    const got = problemsOf(() => buildConfig([tomlLayer(text, "c.toml")]));
+    const keys = [
+      "__proto__",
+      "constructor",
+      "dpdk.toString",
+      "dpdk.valueOf",
+      "eni.a.hasOwnProperty",
+      "eni.a.dpdk.prototype",
+      "eni.a.tags",
+    ];
+    for (const key of keys) {
+      t.ok(
+        got.some((l) => l.includes(`: ${key}: `) && /Object\.prototype member name/.test(l)),
+        `${key} rejected by name: ${got.join(" | ")}`,
+      );
+    }
     t.ok(
-      got.some((l) => l.includes(`: ${key}: `) && /Object\.prototype member name/.test(l)),
-      `${key} rejected by name: ${got.join(" | ")}`,
+      got.every((l) => /^c\.toml:\d+:\d+: /.test(l)),
+      "each with file:line:col",
     );
-  }
-  t.ok(got.every((l) => /^c\.toml:\d+:\d+: /.test(l)), "each with file:line:col");
-  t.equal(({} as Record<string, unknown>).polluted, undefined, "Object.prototype is clean");
-  t.same(Object.keys(Object.prototype), []);
-  // A layer built in code with a __proto__ own key (as JSON.parse makes) is rejected too.
-  const data = JSON.parse('{"__proto__": {"x": 1}, "dpdk": {"__proto__": 1}}') as Record<string, unknown>;
-  t.same(problemsOf(() => buildConfig([{ source: "json", data }])).map((l) => l.split(": ")[1]), ["__proto__", "dpdk.__proto__"]);
-});
+    t.equal(({} as Record<string, unknown>).polluted, undefined, "Object.prototype is clean");
+    t.same(Object.keys(Object.prototype), []);
+    // A layer built in code with a __proto__ own key (as JSON.parse makes) is rejected too.
+    const data = JSON.parse('{"__proto__": {"x": 1}, "dpdk": {"__proto__": 1}}') as Record<
+      string,
+      unknown
+    >;
+    t.same(
+      problemsOf(() => buildConfig([{ source: "json", data }])).map((l) => l.split(": ")[1]),
+      ["__proto__", "dpdk.__proto__"],
+    );
+  },
+);
 
-t.test("TOML integers are BigInt: floats are refused, ranges apply to huge values, 64-bit overflow has a position", async (t) => {
-  const float = problemsOf(() => buildConfig([tomlLayer(`[[eni]]\nname = "a"\ndevice_index = 1.0\n`, "c.toml")]));
-  t.same(float.filter((l) => l.includes("device_index")), [
-    "c.toml:3:1: eni.a.device_index: expected an integer, got a float 1.0; write it without a decimal point or exponent",
-  ]);
-  t.match(
-    problemsOf(() => buildConfig([tomlLayer(oneEni("mtu = 9.001e3\n"), "c.toml")])),
-    [/c\.toml:7:1: eni\.a\.mtu: expected an integer, got a float 9001\.0/],
-  );
-  t.same(
-    problemsOf(() => buildConfig([tomlLayer(oneEni("mtu = 9007199254740993\n"), "c.toml")])),
-    ["c.toml:7:1: eni.a.mtu: out of range: expected 576..9216, got 9007199254740993"],
-  );
-  t.same(problemsOf(() => buildConfig([tomlLayer("[dpdk]\nhugepages_2m = 4611686018427387904\n", "c.toml")])), [
-    "c.toml:2:1: dpdk.hugepages_2m: out of range: expected a page count 0..1000000, got 4611686018427387904",
-  ]);
-  const over = problemsOf(() => tomlLayer("[dpdk]\nhugepages_2m = 99999999999999999999\n", "c.toml"));
-  t.match(over, [/^c\.toml:2:\d+: dpdk\.hugepages_2m: not valid TOML: Integer literal is outside the 64-bit/]);
-  t.equal(buildConfig([tomlLayer(oneEni("mtu = 0x5dc\n"), "c.toml")]).config.eni[0]!.mtu, 1500, "hex is a TOML integer");
-  const c = buildConfig([tomlLayer(oneEni("mtu = 1_500\n"), "c.toml")]).config.eni[0]!;
-  t.same([typeof c.mtu, c.mtu, typeof c.device_index], ["number", 1500, "number"], "the config holds numbers");
-  t.same(
-    problemsOf(() => buildConfig([tomlLayer("[service]\ntimeout_seconds = 3e2\n", "c.toml")])),
-    ["c.toml:2:1: service.timeout_seconds: expected an integer, got a float 300.0; write it without a decimal point or exponent"],
-  );
-  // Layers from JSON sources (NodeENI) carry JS numbers, which stay integers there.
-  t.equal(
-    buildConfig(
+t.test(
+  "TOML integers are BigInt: floats are refused, ranges apply to huge values, 64-bit overflow has a position",
+  async (t) => {
+    const float = problemsOf(() =>
+      buildConfig([tomlLayer(`[[eni]]\nname = "a"\ndevice_index = 1.0\n`, "c.toml")]),
+    );
+    t.same(
+      float.filter((l) => l.includes("device_index")),
       [
+        "c.toml:3:1: eni.a.device_index: expected an integer, got a float 1.0; write it without a decimal point or exponent",
+      ],
+    );
+    t.match(
+      problemsOf(() => buildConfig([tomlLayer(oneEni("mtu = 9.001e3\n"), "c.toml")])),
+      [/c\.toml:7:1: eni\.a\.mtu: expected an integer, got a float 9001\.0/],
+    );
+    t.same(
+      problemsOf(() => buildConfig([tomlLayer(oneEni("mtu = 9007199254740993\n"), "c.toml")])),
+      ["c.toml:7:1: eni.a.mtu: out of range: expected 576..9216, got 9007199254740993"],
+    );
+    t.same(
+      problemsOf(() =>
+        buildConfig([tomlLayer("[dpdk]\nhugepages_2m = 4611686018427387904\n", "c.toml")]),
+      ),
+      [
+        "c.toml:2:1: dpdk.hugepages_2m: out of range: expected a page count 0..1000000, got 4611686018427387904",
+      ],
+    );
+    const over = problemsOf(() =>
+      tomlLayer("[dpdk]\nhugepages_2m = 99999999999999999999\n", "c.toml"),
+    );
+    t.match(over, [
+      /^c\.toml:2:\d+: dpdk\.hugepages_2m: not valid TOML: Integer literal is outside the 64-bit/,
+    ]);
+    t.equal(
+      buildConfig([tomlLayer(oneEni("mtu = 0x5dc\n"), "c.toml")]).config.eni[0].mtu,
+      1500,
+      "hex is a TOML integer",
+    );
+    const c = buildConfig([tomlLayer(oneEni("mtu = 1_500\n"), "c.toml")]).config.eni[0];
+    t.same(
+      [typeof c.mtu, c.mtu, typeof c.device_index],
+      ["number", 1500, "number"],
+      "the config holds numbers",
+    );
+    t.same(
+      problemsOf(() => buildConfig([tomlLayer("[service]\ntimeout_seconds = 3e2\n", "c.toml")])),
+      [
+        "c.toml:2:1: service.timeout_seconds: expected an integer, got a float 300.0; write it without a decimal point or exponent",
+      ],
+    );
+    // Layers from JSON sources (NodeENI) carry JS numbers, which stay integers there.
+    t.equal(
+      buildConfig([
         {
           source: "x",
           data: {
             eni: [
-              { name: "a", device_index: 2, subnet_id: "subnet-01234567", security_group_ids: ["sg-01234567"], dpdk: { enabled: false } },
+              {
+                name: "a",
+                device_index: 2,
+                subnet_id: "subnet-01234567",
+                security_group_ids: ["sg-01234567"],
+                dpdk: { enabled: false },
+              },
             ],
           },
         },
-      ],
-    ).config.eni[0]!.device_index,
-    2,
-  );
-});
+      ]).config.eni[0].device_index,
+      2,
+    );
+  },
+);
 
 t.test("every syntax error carries file:line:col, and a redefined key is named", async (t) => {
   for (const [text, where] of [
@@ -187,7 +309,7 @@ t.test("every syntax error carries file:line:col, and a redefined key is named",
   ] as const) {
     const p = problemsOf(() => tomlLayer(text, "c.toml"));
     t.equal(p.length, 1, JSON.stringify(text));
-    t.ok(p[0]!.startsWith(where), `${JSON.stringify(text)} → ${p[0]}`);
+    t.ok(p[0].startsWith(where), `${JSON.stringify(text)} → ${p[0]}`);
   }
   t.match(
     problemsOf(() => tomlLayer("[dpdk]\nenabled = true\nenabled = false\n", "c.toml"))[0],
@@ -204,7 +326,9 @@ t.test("key positions skip TOML multi-line strings", async (t) => {
 t.test("[eni] and [[dpdk]] in the wrong bracket form say which form to use", async (t) => {
   t.match(
     problemsOf(() => buildConfig([tomlLayer('[eni]\nname = "x"\n', "c.toml")])),
-    [/eni: expected an array of tables \[\[eni\]\], got table \(a single table \[eni\]; write \[\[eni\]\]/],
+    [
+      /eni: expected an array of tables \[\[eni\]\], got table \(a single table \[eni\]; write \[\[eni\]\]/,
+    ],
   );
   t.match(
     problemsOf(() => buildConfig([tomlLayer("[[dpdk]]\nenabled = true\n", "c.toml")])),
@@ -212,30 +336,50 @@ t.test("[eni] and [[dpdk]] in the wrong bracket form say which form to use", asy
   );
 });
 
-t.test("binding_script and restart_command take one absolute, normalized program path", async (t) => {
-  const script = (v: string) => problemsOf(() => buildConfig([tomlLayer(`[dpdk]\nbinding_script = ${JSON.stringify(v)}\n`, "c.toml")]));
-  t.same(script("/usr/bin/dpdk-devbind.py"), []);
-  t.match(
-    script("/usr/bin/dpdk-devbind.py --force"),
-    [/dpdk\.binding_script: "\/usr\/bin\/dpdk-devbind\.py --force" contains whitespace: binding_script takes one program path/],
-  );
-  for (const bad of ["dpdk-devbind.py", "/usr/bin/../bin/x", "/usr/bin/", "/usr//bin/x", "/usr/./bin/x", "/usr/bin/x\t"]) {
-    t.match(script(bad), [/dpdk\.binding_script: .*takes one program path, no arguments/], bad);
-  }
-  const restart = (v: string[]) => problemsOf(
-    () => buildConfig([tomlLayer(`[sriov]\nrestart_command = ${JSON.stringify(v)}\n`, "c.toml")]),
-  );
-  t.same(restart(["/usr/bin/kubectl", "delete", "pod"]), []);
-  t.match(
-    restart(["/usr/bin/../bin/kubectl"]),
-    [/sriov\.restart_command: the program \(first element\) must be an absolute path; .* is not an absolute, normalized path/],
-  );
-  t.match(restart(["/usr/bin/kubectl delete"]), [/contains whitespace/]);
-  t.same(restart(["/usr/bin/node", "-e", ""]), [], "an empty argument is a real argv word");
-  t.match(restart([""]), [/sriov\.restart_command: the program \(first element\) must be an absolute path; "" is empty/]);
-  const tag = { source: "tag eni-dpdk:sriov", stringly: true, data: { sriov: { restart_command: "/usr/bin/kubectl,,pod" } } };
-  t.same(
-    problemsOf(() => buildConfig([tag])),
-    ['tag eni-dpdk:sriov: sriov.restart_command: element 1 of "/usr/bin/kubectl,,pod" is empty; remove the stray comma'],
-  );
-});
+t.test(
+  "binding_script and restart_command take one absolute, normalized program path",
+  async (t) => {
+    const script = (v: string) =>
+      problemsOf(() =>
+        buildConfig([tomlLayer(`[dpdk]\nbinding_script = ${JSON.stringify(v)}\n`, "c.toml")]),
+      );
+    t.same(script("/usr/bin/dpdk-devbind.py"), []);
+    t.match(script("/usr/bin/dpdk-devbind.py --force"), [
+      /dpdk\.binding_script: "\/usr\/bin\/dpdk-devbind\.py --force" contains whitespace: binding_script takes one program path/,
+    ]);
+    for (const bad of [
+      "dpdk-devbind.py",
+      "/usr/bin/../bin/x",
+      "/usr/bin/",
+      "/usr//bin/x",
+      "/usr/./bin/x",
+      "/usr/bin/x\t",
+    ]) {
+      t.match(script(bad), [/dpdk\.binding_script: .*takes one program path, no arguments/], bad);
+    }
+    const restart = (v: string[]) =>
+      problemsOf(() =>
+        buildConfig([tomlLayer(`[sriov]\nrestart_command = ${JSON.stringify(v)}\n`, "c.toml")]),
+      );
+    t.same(restart(["/usr/bin/kubectl", "delete", "pod"]), []);
+    t.match(restart(["/usr/bin/../bin/kubectl"]), [
+      /sriov\.restart_command: the program \(first element\) must be an absolute path; .* is not an absolute, normalized path/,
+    ]);
+    t.match(restart(["/usr/bin/kubectl delete"]), [/contains whitespace/]);
+    t.same(restart(["/usr/bin/node", "-e", ""]), [], "an empty argument is a real argv word");
+    t.match(restart([""]), [
+      /sriov\.restart_command: the program \(first element\) must be an absolute path; "" is empty/,
+    ]);
+    const tag = {
+      source: "tag eni-dpdk:sriov",
+      stringly: true,
+      data: { sriov: { restart_command: "/usr/bin/kubectl,,pod" } },
+    };
+    t.same(
+      problemsOf(() => buildConfig([tag])),
+      [
+        'tag eni-dpdk:sriov: sriov.restart_command: element 1 of "/usr/bin/kubectl,,pod" is empty; remove the stray comma',
+      ],
+    );
+  },
+);

@@ -2,10 +2,25 @@
 // ClientToken idempotency, attachment states, EC2-worded errors, throttling, faults, observer API.
 // Also the EC2 seam itself: lazy loading, retry classification, describeInstanceTags.
 import t from "tap";
-import { Ec2Error, classifyEc2Error, describeInstanceTags, lazyEc2, withEc2Retry, type Ec2Api } from "../src/cloud/ec2.js";
+import {
+  Ec2Error,
+  classifyEc2Error,
+  describeInstanceTags,
+  lazyEc2,
+  withEc2Retry,
+  type Ec2Api,
+} from "../src/cloud/ec2.js";
 import { Deadline, sleep } from "../src/core/deadline.js";
 import { Ec2Emulator } from "../src/sim/ec2.js";
-import { SG, SG_DPDK, SUBNET_A, SUBNET_B, VPC, standardSeed, useDummyCredentials } from "../src/sim/node.js";
+import {
+  SG,
+  SG_DPDK,
+  SUBNET_A,
+  SUBNET_B,
+  VPC,
+  standardSeed,
+  useDummyCredentials,
+} from "../src/sim/node.js";
 
 useDummyCredentials();
 
@@ -14,7 +29,16 @@ async function setup(t: { teardown(fn: () => unknown): void }) {
   const emu = await new Ec2Emulator({
     ...standardSeed(),
     instances: [
-      { instanceId: INSTANCE, instanceType: "c6in.large", az: "us-west-2a", vpcId: VPC, subnetId: SUBNET_A, primaryEniId: "eni-0aaaaaaaaaaaaaaa1", primaryMac: "02:00:00:00:01:01", tags: { Name: "node-1", "eni-dpdk/with slash": "v 1" } },
+      {
+        instanceId: INSTANCE,
+        instanceType: "c6in.large",
+        az: "us-west-2a",
+        vpcId: VPC,
+        subnetId: SUBNET_A,
+        primaryEniId: "eni-0aaaaaaaaaaaaaaa1",
+        primaryMac: "02:00:00:00:01:01",
+        tags: { Name: "node-1", "eni-dpdk/with slash": "v 1" },
+      },
     ],
   }).start();
   t.teardown(() => emu.close());
@@ -22,7 +46,9 @@ async function setup(t: { teardown(fn: () => unknown): void }) {
   return { emu, ec2 };
 }
 
-async function code(p: Promise<unknown>): Promise<{ code: string; status?: number; message: string }> {
+async function code(
+  p: Promise<unknown>,
+): Promise<{ code: string; status?: number; message: string }> {
   try {
     await p;
   } catch (e) {
@@ -33,126 +59,288 @@ async function code(p: Promise<unknown>): Promise<{ code: string; status?: numbe
 }
 
 const create = (ec2: Ec2Api, token?: string, subnet = SUBNET_A) =>
-  ec2.createNetworkInterface({ SubnetId: subnet, Groups: [SG_DPDK], ClientToken: token, TagSpecifications: [{ ResourceType: "network-interface", Tags: [{ Key: "k", Value: "v" }] }] });
+  ec2.createNetworkInterface({
+    SubnetId: subnet,
+    Groups: [SG_DPDK],
+    ClientToken: token,
+    TagSpecifications: [{ ResourceType: "network-interface", Tags: [{ Key: "k", Value: "v" }] }],
+  });
 
 t.test("the SDK is loaded only on the first call, and loaded once", async (t) => {
   const factory = lazyEc2({ region: "us-west-2", endpoint: "http://127.0.0.1:9" });
   // Building the first client switches the SDK's Node-version warning off: nothing was built yet.
-  t.equal(process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED, undefined, "creating the factory builds nothing");
+  t.equal(
+    process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED,
+    undefined,
+    "creating the factory builds nothing",
+  );
   const [a, b] = await Promise.all([factory(), factory()]);
   t.equal(a, b, "one client per factory");
-  t.equal(process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED, "true", "the multi-line Node version warning is replaced by one log line");
+  t.equal(
+    process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED,
+    "true",
+    "the multi-line Node version warning is replaced by one log line",
+  );
 });
 
-t.test("CreateNetworkInterface: tags at creation, ClientToken idempotency, mismatch error", async (t) => {
-  const { emu, ec2 } = await setup(t);
-  const a = await create(ec2, "tok-1");
-  const b = await create(ec2, "tok-1");
-  t.equal(a.NetworkInterface!.NetworkInterfaceId, b.NetworkInterface!.NetworkInterfaceId, "same token, same ENI");
-  t.same(a.NetworkInterface!.TagSet, [{ Key: "k", Value: "v" }]);
-  t.match(a.NetworkInterface!.MacAddress, /^02:e0(:[0-9a-f]{2}){4}$/);
-  t.equal(a.NetworkInterface!.Status, "available");
-  t.same(a.NetworkInterface!.Groups, [{ GroupId: SG_DPDK, GroupName: "dpdk-data" }]);
-  t.equal(emu.leakedEnis().length, 1, "an ENI not attached counts as leaked");
-  t.match(await code(create(ec2, "tok-1", SUBNET_B)), { code: "IdempotentParameterMismatch", status: 400 });
-  t.match(await code(create(ec2, undefined, "subnet-0123456789abcdef0")), { code: "InvalidSubnetID.NotFound", status: 400 });
-});
+t.test(
+  "CreateNetworkInterface: tags at creation, ClientToken idempotency, mismatch error",
+  async (t) => {
+    const { emu, ec2 } = await setup(t);
+    const a = await create(ec2, "tok-1");
+    const b = await create(ec2, "tok-1");
+    t.equal(
+      a.NetworkInterface!.NetworkInterfaceId,
+      b.NetworkInterface!.NetworkInterfaceId,
+      "same token, same ENI",
+    );
+    t.same(a.NetworkInterface!.TagSet, [{ Key: "k", Value: "v" }]);
+    t.match(a.NetworkInterface!.MacAddress, /^02:e0(:[0-9a-f]{2}){4}$/);
+    t.equal(a.NetworkInterface!.Status, "available");
+    t.same(a.NetworkInterface!.Groups, [{ GroupId: SG_DPDK, GroupName: "dpdk-data" }]);
+    t.equal(emu.leakedEnis().length, 1, "an ENI not attached counts as leaked");
+    t.match(await code(create(ec2, "tok-1", SUBNET_B)), {
+      code: "IdempotentParameterMismatch",
+      status: 400,
+    });
+    t.match(await code(create(ec2, undefined, "subnet-0123456789abcdef0")), {
+      code: "InvalidSubnetID.NotFound",
+      status: 400,
+    });
+  },
+);
 
-t.test("attach: attaching → attached after the delay, hot-plug hook, EC2-worded errors", async (t) => {
-  const { emu, ec2 } = await setup(t);
-  emu.attachDelayMs = 300;
-  const events: string[] = [];
-  emu.onAttached = (ev) => void events.push(`${ev.instanceId}/${ev.deviceIndex}/${ev.eni.mac}`);
-  const eni = (await create(ec2)).NetworkInterface!;
-  const att = await ec2.attachNetworkInterface({ NetworkInterfaceId: eni.NetworkInterfaceId, InstanceId: INSTANCE, DeviceIndex: 1, NetworkCardIndex: 0 });
-  t.match(att.AttachmentId, /^eni-attach-[0-9a-f]{17}$/);
-  const d1 = await ec2.describeNetworkInterfaces({ NetworkInterfaceIds: [eni.NetworkInterfaceId!] });
-  t.equal(d1.NetworkInterfaces![0]!.Attachment!.Status, "attaching");
-  t.equal(d1.NetworkInterfaces![0]!.Status, "in-use");
-  t.same(events, [], "no hot-plug before attached");
-  t.same(emu.enisByState(), { available: 0, attaching: 1, attached: 1 });
-  await sleep(450);
-  const d2 = await ec2.describeNetworkInterfaces({ Filters: [{ Name: "attachment.instance-id", Values: [INSTANCE] }, { Name: "attachment.device-index", Values: ["1"] }] });
-  t.equal(d2.NetworkInterfaces!.length, 1);
-  t.equal(d2.NetworkInterfaces![0]!.Attachment!.Status, "attached");
-  t.equal(d2.NetworkInterfaces![0]!.Attachment!.DeleteOnTermination, false, "attach leaves DeleteOnTermination false");
-  t.same(events, [`${INSTANCE}/1/${eni.MacAddress}`]);
+t.test(
+  "attach: attaching → attached after the delay, hot-plug hook, EC2-worded errors",
+  async (t) => {
+    const { emu, ec2 } = await setup(t);
+    emu.attachDelayMs = 300;
+    const events: string[] = [];
+    emu.onAttached = (ev) => void events.push(`${ev.instanceId}/${ev.deviceIndex}/${ev.eni.mac}`);
+    const eni = (await create(ec2)).NetworkInterface!;
+    const att = await ec2.attachNetworkInterface({
+      NetworkInterfaceId: eni.NetworkInterfaceId,
+      InstanceId: INSTANCE,
+      DeviceIndex: 1,
+      NetworkCardIndex: 0,
+    });
+    t.match(att.AttachmentId, /^eni-attach-[0-9a-f]{17}$/);
+    const d1 = await ec2.describeNetworkInterfaces({
+      NetworkInterfaceIds: [eni.NetworkInterfaceId!],
+    });
+    t.equal(d1.NetworkInterfaces![0].Attachment!.Status, "attaching");
+    t.equal(d1.NetworkInterfaces![0].Status, "in-use");
+    t.same(events, [], "no hot-plug before attached");
+    t.same(emu.enisByState(), { available: 0, attaching: 1, attached: 1 });
+    await sleep(450);
+    const d2 = await ec2.describeNetworkInterfaces({
+      Filters: [
+        { Name: "attachment.instance-id", Values: [INSTANCE] },
+        { Name: "attachment.device-index", Values: ["1"] },
+      ],
+    });
+    t.equal(d2.NetworkInterfaces!.length, 1);
+    t.equal(d2.NetworkInterfaces![0].Attachment!.Status, "attached");
+    t.equal(
+      d2.NetworkInterfaces![0].Attachment!.DeleteOnTermination,
+      false,
+      "attach leaves DeleteOnTermination false",
+    );
+    t.same(events, [`${INSTANCE}/1/${eni.MacAddress}`]);
 
-  const again = await code(ec2.attachNetworkInterface({ NetworkInterfaceId: eni.NetworkInterfaceId, InstanceId: INSTANCE, DeviceIndex: 2 }));
-  t.same(again, { code: "InvalidNetworkInterface.InUse", status: 400, message: `Interface: [${eni.NetworkInterfaceId}] in use.` });
-  const other = (await create(ec2)).NetworkInterface!;
-  const taken = await code(ec2.attachNetworkInterface({ NetworkInterfaceId: other.NetworkInterfaceId, InstanceId: INSTANCE, DeviceIndex: 1 }));
-  t.same(taken, { code: "InvalidParameterValue", status: 400, message: `Instance '${INSTANCE}' already has an interface attached at device index '1'.` });
-  await ec2.attachNetworkInterface({ NetworkInterfaceId: other.NetworkInterfaceId, InstanceId: INSTANCE, DeviceIndex: 2 });
-  const third = (await create(ec2)).NetworkInterface!;
-  const limit = await code(ec2.attachNetworkInterface({ NetworkInterfaceId: third.NetworkInterfaceId, InstanceId: INSTANCE, DeviceIndex: 3 }));
-  t.same(limit, { code: "AttachmentLimitExceeded", status: 400, message: "Interface count 4 exceeds the limit for c6in.large" });
-  const wrongAz = (await create(ec2, undefined, SUBNET_B)).NetworkInterface!;
-  t.match(await code(ec2.attachNetworkInterface({ NetworkInterfaceId: wrongAz.NetworkInterfaceId, InstanceId: INSTANCE, DeviceIndex: 3 })), { code: "InvalidParameterCombination" });
-});
+    const again = await code(
+      ec2.attachNetworkInterface({
+        NetworkInterfaceId: eni.NetworkInterfaceId,
+        InstanceId: INSTANCE,
+        DeviceIndex: 2,
+      }),
+    );
+    t.same(again, {
+      code: "InvalidNetworkInterface.InUse",
+      status: 400,
+      message: `Interface: [${eni.NetworkInterfaceId}] in use.`,
+    });
+    const other = (await create(ec2)).NetworkInterface!;
+    const taken = await code(
+      ec2.attachNetworkInterface({
+        NetworkInterfaceId: other.NetworkInterfaceId,
+        InstanceId: INSTANCE,
+        DeviceIndex: 1,
+      }),
+    );
+    t.same(taken, {
+      code: "InvalidParameterValue",
+      status: 400,
+      message: `Instance '${INSTANCE}' already has an interface attached at device index '1'.`,
+    });
+    await ec2.attachNetworkInterface({
+      NetworkInterfaceId: other.NetworkInterfaceId,
+      InstanceId: INSTANCE,
+      DeviceIndex: 2,
+    });
+    const third = (await create(ec2)).NetworkInterface!;
+    const limit = await code(
+      ec2.attachNetworkInterface({
+        NetworkInterfaceId: third.NetworkInterfaceId,
+        InstanceId: INSTANCE,
+        DeviceIndex: 3,
+      }),
+    );
+    t.same(limit, {
+      code: "AttachmentLimitExceeded",
+      status: 400,
+      message: "Interface count 4 exceeds the limit for c6in.large",
+    });
+    const wrongAz = (await create(ec2, undefined, SUBNET_B)).NetworkInterface!;
+    t.match(
+      await code(
+        ec2.attachNetworkInterface({
+          NetworkInterfaceId: wrongAz.NetworkInterfaceId,
+          InstanceId: INSTANCE,
+          DeviceIndex: 3,
+        }),
+      ),
+      { code: "InvalidParameterCombination" },
+    );
+  },
+);
 
 t.test("ModifyNetworkInterfaceAttribute sets DeleteOnTermination; detach and delete", async (t) => {
   const { emu, ec2 } = await setup(t);
   const eni = (await create(ec2)).NetworkInterface!;
-  const att = await ec2.attachNetworkInterface({ NetworkInterfaceId: eni.NetworkInterfaceId, InstanceId: INSTANCE, DeviceIndex: 1 });
-  await ec2.modifyNetworkInterfaceAttribute({ NetworkInterfaceId: eni.NetworkInterfaceId, Attachment: { AttachmentId: att.AttachmentId, DeleteOnTermination: true } });
+  const att = await ec2.attachNetworkInterface({
+    NetworkInterfaceId: eni.NetworkInterfaceId,
+    InstanceId: INSTANCE,
+    DeviceIndex: 1,
+  });
+  await ec2.modifyNetworkInterfaceAttribute({
+    NetworkInterfaceId: eni.NetworkInterfaceId,
+    Attachment: { AttachmentId: att.AttachmentId, DeleteOnTermination: true },
+  });
   t.equal(emu.enis.get(eni.NetworkInterfaceId!)!.attachment!.deleteOnTermination, true);
   t.match(
-    await code(ec2.modifyNetworkInterfaceAttribute({ NetworkInterfaceId: eni.NetworkInterfaceId, Attachment: { AttachmentId: "eni-attach-00000000000000000", DeleteOnTermination: true } })),
+    await code(
+      ec2.modifyNetworkInterfaceAttribute({
+        NetworkInterfaceId: eni.NetworkInterfaceId,
+        Attachment: { AttachmentId: "eni-attach-00000000000000000", DeleteOnTermination: true },
+      }),
+    ),
     { code: "InvalidAttachmentID.NotFound" },
   );
   // Detach/Delete are emulated for the demo and cleanup tools; the seam itself never calls them.
   const sdk = await import("@aws-sdk/client-ec2");
   const raw = new sdk.EC2Client({ region: "us-west-2", endpoint: emu.url, maxAttempts: 1 });
-  t.match(await code(raw.send(new sdk.DeleteNetworkInterfaceCommand({ NetworkInterfaceId: eni.NetworkInterfaceId }))), { code: "InvalidParameterValue", message: /currently in use/ });
+  t.match(
+    await code(
+      raw.send(
+        new sdk.DeleteNetworkInterfaceCommand({ NetworkInterfaceId: eni.NetworkInterfaceId }),
+      ),
+    ),
+    { code: "InvalidParameterValue", message: /currently in use/ },
+  );
   await raw.send(new sdk.DetachNetworkInterfaceCommand({ AttachmentId: att.AttachmentId }));
   t.equal(emu.leakedEnis().length, 1, "detached and not deleted: leaked");
-  await raw.send(new sdk.DeleteNetworkInterfaceCommand({ NetworkInterfaceId: eni.NetworkInterfaceId }));
+  await raw.send(
+    new sdk.DeleteNetworkInterfaceCommand({ NetworkInterfaceId: eni.NetworkInterfaceId }),
+  );
   t.equal(emu.leakedEnis().length, 0);
-  await raw.send(new sdk.CreateTagsCommand({ Resources: [INSTANCE], Tags: [{ Key: "added", Value: "yes" }] }));
+  await raw.send(
+    new sdk.CreateTagsCommand({ Resources: [INSTANCE], Tags: [{ Key: "added", Value: "yes" }] }),
+  );
   const inst = await raw.send(new sdk.DescribeInstancesCommand({ InstanceIds: [INSTANCE] }));
-  const i = inst.Reservations![0]!.Instances![0]!;
+  const i = inst.Reservations![0].Instances![0];
   t.equal(i.Placement!.AvailabilityZone, "us-west-2a");
-  t.equal(i.NetworkInterfaces![0]!.Attachment!.DeviceIndex, 0, "primary at index 0");
+  t.equal(i.NetworkInterfaces![0].Attachment!.DeviceIndex, 0, "primary at index 0");
   t.ok(i.Tags!.some((x) => x.Key === "added" && x.Value === "yes"));
   raw.destroy();
 });
 
-t.test("describe filters: subnets by Name tag and AZ, security groups by name and tag, instance types", async (t) => {
-  const { ec2 } = await setup(t);
-  const dup = await ec2.describeSubnets({ Filters: [{ Name: "tag:Name", Values: ["dup"] }, { Name: "vpc-id", Values: [VPC] }] });
-  t.equal(dup.Subnets!.length, 2);
-  const inB = await ec2.describeSubnets({ Filters: [{ Name: "tag:Name", Values: ["data*"] }, { Name: "availability-zone", Values: ["us-west-2b"] }] });
-  t.same(inB.Subnets!.map((s) => s.SubnetId), [SUBNET_B], "wildcards and AND across filters");
-  const byName = await ec2.describeSecurityGroups({ Filters: [{ Name: "group-name", Values: ["nodes", "dpdk-data"] }] });
-  t.same(byName.SecurityGroups!.map((g) => g.GroupId).sort(), [SG, SG_DPDK].sort(), "OR across values");
-  const byTag = await ec2.describeSecurityGroups({ Filters: [{ Name: "tag:Name", Values: ["dpdk"] }, { Name: "vpc-id", Values: [VPC] }] });
-  t.same(byTag.SecurityGroups!.map((g) => g.GroupId), [SG_DPDK]);
-  const it = await ec2.describeInstanceTypes({ InstanceTypes: ["c6in.large"] });
-  t.same(
-    [it.InstanceTypes![0]!.NetworkInfo!.MaximumNetworkInterfaces, it.InstanceTypes![0]!.NetworkInfo!.NetworkCards![0]!.MaximumNetworkInterfaces],
-    [3, 3],
-  );
-  t.match(await code(ec2.describeSubnets({ Filters: [{ Name: "bogus", Values: ["x"] }] })), { code: "InvalidParameterValue", message: "The filter 'bogus' is invalid" });
-});
+t.test(
+  "describe filters: subnets by Name tag and AZ, security groups by name and tag, instance types",
+  async (t) => {
+    const { ec2 } = await setup(t);
+    const dup = await ec2.describeSubnets({
+      Filters: [
+        { Name: "tag:Name", Values: ["dup"] },
+        { Name: "vpc-id", Values: [VPC] },
+      ],
+    });
+    t.equal(dup.Subnets!.length, 2);
+    const inB = await ec2.describeSubnets({
+      Filters: [
+        { Name: "tag:Name", Values: ["data*"] },
+        { Name: "availability-zone", Values: ["us-west-2b"] },
+      ],
+    });
+    t.same(
+      inB.Subnets!.map((s) => s.SubnetId),
+      [SUBNET_B],
+      "wildcards and AND across filters",
+    );
+    const byName = await ec2.describeSecurityGroups({
+      Filters: [{ Name: "group-name", Values: ["nodes", "dpdk-data"] }],
+    });
+    t.same(
+      byName.SecurityGroups!.map((g) => g.GroupId).sort(),
+      [SG, SG_DPDK].sort(),
+      "OR across values",
+    );
+    const byTag = await ec2.describeSecurityGroups({
+      Filters: [
+        { Name: "tag:Name", Values: ["dpdk"] },
+        { Name: "vpc-id", Values: [VPC] },
+      ],
+    });
+    t.same(
+      byTag.SecurityGroups!.map((g) => g.GroupId),
+      [SG_DPDK],
+    );
+    const it = await ec2.describeInstanceTypes({ InstanceTypes: ["c6in.large"] });
+    t.same(
+      [
+        it.InstanceTypes![0].NetworkInfo!.MaximumNetworkInterfaces,
+        it.InstanceTypes![0].NetworkInfo!.NetworkCards![0].MaximumNetworkInterfaces,
+      ],
+      [3, 3],
+    );
+    t.match(await code(ec2.describeSubnets({ Filters: [{ Name: "bogus", Values: ["x"] }] })), {
+      code: "InvalidParameterValue",
+      message: "The filter 'bogus' is invalid",
+    });
+  },
+);
 
 t.test("describeInstanceTags reads tags IMDS cannot show (slash, space)", async (t) => {
   const { ec2 } = await setup(t);
-  t.same(await describeInstanceTags(ec2, INSTANCE), { Name: "node-1", "eni-dpdk/with slash": "v 1" });
+  t.same(await describeInstanceTags(ec2, INSTANCE), {
+    Name: "node-1",
+    "eni-dpdk/with slash": "v 1",
+  });
 });
 
 t.test("throttling: token buckets per category, shared by all callers", async (t) => {
   const { emu, ec2 } = await setup(t);
   const second = await lazyEc2({ region: "us-west-2", endpoint: emu.url })();
-  emu.setThrottle({ mutating: { capacity: 1, refillPerSec: 0.001 }, describe: { capacity: 3, refillPerSec: 0.001 } });
+  emu.setThrottle({
+    mutating: { capacity: 1, refillPerSec: 0.001 },
+    describe: { capacity: 3, refillPerSec: 0.001 },
+  });
   await ec2.describeSubnets({});
   await second.describeSubnets({});
   await ec2.describeSubnets({});
   const throttled = await code(second.describeSubnets({}));
-  t.same(throttled, { code: "RequestLimitExceeded", status: 503, message: "Request limit exceeded." }, "the 4th describe from any caller is throttled");
+  t.same(
+    throttled,
+    { code: "RequestLimitExceeded", status: 503, message: "Request limit exceeded." },
+    "the 4th describe from any caller is throttled",
+  );
   t.equal(classifyEc2Error(await ec2.describeSubnets({}).catch((e) => e)).kind, "throttle");
   await create(second);
-  t.match(await code(create(ec2)), { code: "RequestLimitExceeded" }, "the mutating bucket is separate and also shared");
+  t.match(
+    await code(create(ec2)),
+    { code: "RequestLimitExceeded" },
+    "the mutating bucket is separate and also shared",
+  );
   t.equal(emu.throttledCalls("describe"), 2);
   t.equal(emu.throttledCalls("mutating"), 1);
   t.equal(emu.mutatingCalls({ accepted: true }), 1);
@@ -165,33 +353,61 @@ t.test("faults: 500, dropped connection, stuck attach; retries classify them", a
   t.match(e500, { code: "InternalError", status: 500 });
   emu.faults.dropBefore.DescribeSubnets = 1;
   const dropped = await ec2.describeSubnets({}).catch((e) => e);
-  t.equal(classifyEc2Error(dropped).kind, "transient", `a dropped connection is transient (${classifyEc2Error(dropped).code})`);
+  t.equal(
+    classifyEc2Error(dropped).kind,
+    "transient",
+    `a dropped connection is transient (${classifyEc2Error(dropped).code})`,
+  );
   t.equal(emu.requests.at(-1)!.code, "DroppedConnection");
 
   emu.faults.error500["*"] = 2;
   emu.faults.dropBefore.DescribeSecurityGroups = 1;
   const retries: string[] = [];
-  const out = await withEc2Retry("DescribeSecurityGroups", () => ec2.describeSecurityGroups({}), { deadline: new Deadline(10_000), onRetry: (i) => retries.push(i.code), baseMs: 20 });
+  const out = await withEc2Retry("DescribeSecurityGroups", () => ec2.describeSecurityGroups({}), {
+    deadline: new Deadline(10_000),
+    onRetry: (i) => retries.push(i.code),
+    baseMs: 20,
+  });
   t.equal(out.SecurityGroups!.length, 2);
   t.equal(retries.length, 3);
 
-  emu.faults.errors.DescribeSubnets = { status: 403, code: "UnauthorizedOperation", message: "You are not authorized to perform this operation.", count: 1 };
-  const perm = await withEc2Retry("DescribeSubnets", () => ec2.describeSubnets({}), { deadline: new Deadline(10_000) }).catch((e) => e);
+  emu.faults.errors.DescribeSubnets = {
+    status: 403,
+    code: "UnauthorizedOperation",
+    message: "You are not authorized to perform this operation.",
+    count: 1,
+  };
+  const perm = await withEc2Retry("DescribeSubnets", () => ec2.describeSubnets({}), {
+    deadline: new Deadline(10_000),
+  }).catch((e) => e);
   t.type(perm, Ec2Error);
   t.equal(perm.code, "UnauthorizedOperation");
   t.match(perm.hint, /ec2:DescribeSubnets/);
 
-  emu.setThrottle({ mutating: { capacity: 0, refillPerSec: 0.0001 }, describe: { capacity: 0, refillPerSec: 0.0001 } });
+  emu.setThrottle({
+    mutating: { capacity: 0, refillPerSec: 0.0001 },
+    describe: { capacity: 0, refillPerSec: 0.0001 },
+  });
   const t0 = Date.now();
-  const gaveUp = await withEc2Retry("DescribeSubnets", () => ec2.describeSubnets({}), { deadline: new Deadline(800), baseMs: 20 }).catch((e) => e);
-  t.match(gaveUp.message, /still failing when the deadline ran out \(\d+ attempts; last: RequestLimitExceeded/);
+  const gaveUp = await withEc2Retry("DescribeSubnets", () => ec2.describeSubnets({}), {
+    deadline: new Deadline(800),
+    baseMs: 20,
+  }).catch((e) => e);
+  t.match(
+    gaveUp.message,
+    /still failing when the deadline ran out \(\d+ attempts; last: RequestLimitExceeded/,
+  );
   t.ok(Date.now() - t0 < 1500, "bounded by the deadline");
   emu.setThrottle(undefined);
 
   emu.faults.stuckAttach = true;
   emu.attachDelayMs = 10;
   const eni = (await create(ec2)).NetworkInterface!;
-  await ec2.attachNetworkInterface({ NetworkInterfaceId: eni.NetworkInterfaceId, InstanceId: INSTANCE, DeviceIndex: 1 });
+  await ec2.attachNetworkInterface({
+    NetworkInterfaceId: eni.NetworkInterfaceId,
+    InstanceId: INSTANCE,
+    DeviceIndex: 1,
+  });
   await sleep(100);
   t.same(emu.enisByState(), { available: 0, attaching: 1, attached: 1 }, "stuck in attaching");
   t.ok((emu.callsPerAction().DescribeSubnets ?? 0) >= 5, "calls per action counted");

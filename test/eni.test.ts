@@ -1,17 +1,36 @@
 // The ENI stage end to end: real planEnis/applyEnis, the real AWS SDK over HTTP against the EC2
 // emulator, IMDSv2 from the IMDS emulator, a fake root whose NICs appear on hot-plug.
 import t from "tap";
-import { applyEnis, planEnis, TAG_INSTANCE, TAG_NAME, TAG_NO_MANAGE } from "../src/reconcile/eni.js";
+import {
+  applyEnis,
+  planEnis,
+  TAG_INSTANCE,
+  TAG_NAME,
+  TAG_NO_MANAGE,
+} from "../src/reconcile/eni.js";
 import { Ec2Error } from "../src/cloud/ec2.js";
 import { InputError } from "../src/core/errors.js";
 import { STATE_PATH, emptyState } from "../src/core/state.js";
 import { Ec2Emulator } from "../src/sim/ec2.js";
-import { SG, SG_DPDK, SUBNET_A, SUBNET_B, SimNode, eniConfigs, standardSeed, useDummyCredentials, type SimNodeOptions } from "../src/sim/node.js";
+import {
+  SG,
+  SG_DPDK,
+  SUBNET_A,
+  SUBNET_B,
+  SimNode,
+  eniConfigs,
+  standardSeed,
+  useDummyCredentials,
+  type SimNodeOptions,
+} from "../src/sim/node.js";
 
 useDummyCredentials();
 
 let seq = 0;
-async function world(t: { teardown(fn: () => unknown): void }, opts: Partial<SimNodeOptions> & { emu?: Ec2Emulator } = {}) {
+async function world(
+  t: { teardown(fn: () => unknown): void },
+  opts: Partial<SimNodeOptions> & { emu?: Ec2Emulator } = {},
+) {
   const emu = opts.emu ?? (await new Ec2Emulator(standardSeed()).start());
   seq++;
   const node = await SimNode.create(emu, {
@@ -37,41 +56,65 @@ async function run(node: SimNode, opts: Parameters<SimNode["context"]>[0] = {}) 
 
 const kinds = (plan: { actions: { kind: string }[] }) => plan.actions.map((a) => a.kind);
 
-t.test("first apply creates and attaches N ENIs; a second apply makes no EC2 call at all", async (t) => {
-  const { emu, node } = await world(t, { enis: eniConfigs(3, { tags: { team: "net" } }) });
-  const first = await run(node);
-  t.same(kinds(first.plan).filter((k) => k === "create").length, 3);
-  t.equal(emu.callsPerAction().CreateNetworkInterface, 3);
-  t.equal(emu.callsPerAction().AttachNetworkInterface, 3);
-  t.equal(emu.callsPerAction().ModifyNetworkInterfaceAttribute, 3);
-  t.equal(emu.mutatingCalls(), 9, "3 mutating calls per ENI");
-  const attached = emu.attachedTo(node.opts.instanceId);
-  t.same(attached.map((e) => e.attachment!.deviceIndex), [0, 1, 2, 3]);
-  for (const e of attached.slice(1)) {
-    t.equal(e.attachment!.status, "attached");
-    t.equal(e.attachment!.deleteOnTermination, true, "DeleteOnTermination set");
-    t.equal(e.tags[TAG_INSTANCE], node.opts.instanceId);
-    t.equal(e.tags[TAG_NO_MANAGE], "true");
-    t.equal(e.tags.team, "net", "user tags at creation");
-    t.ok(e.clientToken, "created with a ClientToken");
-    t.same(e.groups, [SG_DPDK]);
-  }
-  t.same(first.records.map((r) => [r.name, r.deviceIndex, r.createdByUs]), [["data1", 1, true], ["data2", 2, true], ["data3", 3, true]]);
-  t.same(first.records.map((r) => r.mac), attached.slice(1).map((e) => e.mac), "records carry the MACs EC2 assigned");
-  const onDisk = JSON.parse((await node.host.read(STATE_PATH))!);
-  t.same(Object.keys(onDisk.enis).sort(), ["data1", "data2", "data3"]);
-  t.equal(onDisk.enis.data2.eniId, attached[2]!.id);
-  t.equal(emu.leakedEnis().length, 0);
+t.test(
+  "first apply creates and attaches N ENIs; a second apply makes no EC2 call at all",
+  async (t) => {
+    const { emu, node } = await world(t, { enis: eniConfigs(3, { tags: { team: "net" } }) });
+    const first = await run(node);
+    t.same(kinds(first.plan).filter((k) => k === "create").length, 3);
+    t.equal(emu.callsPerAction().CreateNetworkInterface, 3);
+    t.equal(emu.callsPerAction().AttachNetworkInterface, 3);
+    t.equal(emu.callsPerAction().ModifyNetworkInterfaceAttribute, 3);
+    t.equal(emu.mutatingCalls(), 9, "3 mutating calls per ENI");
+    const attached = emu.attachedTo(node.opts.instanceId);
+    t.same(
+      attached.map((e) => e.attachment!.deviceIndex),
+      [0, 1, 2, 3],
+    );
+    for (const e of attached.slice(1)) {
+      t.equal(e.attachment!.status, "attached");
+      t.equal(e.attachment!.deleteOnTermination, true, "DeleteOnTermination set");
+      t.equal(e.tags[TAG_INSTANCE], node.opts.instanceId);
+      t.equal(e.tags[TAG_NO_MANAGE], "true");
+      t.equal(e.tags.team, "net", "user tags at creation");
+      t.ok(e.clientToken, "created with a ClientToken");
+      t.same(e.groups, [SG_DPDK]);
+    }
+    t.same(
+      first.records.map((r) => [r.name, r.deviceIndex, r.createdByUs]),
+      [
+        ["data1", 1, true],
+        ["data2", 2, true],
+        ["data3", 3, true],
+      ],
+    );
+    t.same(
+      first.records.map((r) => r.mac),
+      attached.slice(1).map((e) => e.mac),
+      "records carry the MACs EC2 assigned",
+    );
+    const onDisk = JSON.parse((await node.host.read(STATE_PATH))!);
+    t.same(Object.keys(onDisk.enis).sort(), ["data1", "data2", "data3"]);
+    t.equal(onDisk.enis.data2.eniId, attached[2].id);
+    t.equal(emu.leakedEnis().length, 0);
 
-  const callsBefore = emu.totalCalls();
-  const factoryCalls = node.ec2FactoryCalls;
-  const second = await run(node);
-  t.same(second.plan.actions, [], "nothing to do");
-  t.equal(second.plan.usedEc2, false, "IMDS alone proved it");
-  t.equal(node.ec2FactoryCalls, factoryCalls, "the EC2 client was not even requested on the second run");
-  t.equal(emu.totalCalls(), callsBefore, "zero EC2 calls");
-  t.same(second.records.map((r) => [r.eniId, r.mac]), first.records.map((r) => [r.eniId, r.mac]));
-});
+    const callsBefore = emu.totalCalls();
+    const factoryCalls = node.ec2FactoryCalls;
+    const second = await run(node);
+    t.same(second.plan.actions, [], "nothing to do");
+    t.equal(second.plan.usedEc2, false, "IMDS alone proved it");
+    t.equal(
+      node.ec2FactoryCalls,
+      factoryCalls,
+      "the EC2 client was not even requested on the second run",
+    );
+    t.equal(emu.totalCalls(), callsBefore, "zero EC2 calls");
+    t.same(
+      second.records.map((r) => [r.eniId, r.mac]),
+      first.records.map((r) => [r.eniId, r.mac]),
+    );
+  },
+);
 
 t.test("state file lost: EC2 is consulted, but zero mutating calls", async (t) => {
   const { emu, node } = await world(t);
@@ -90,8 +133,17 @@ t.test("dry run plans every step and changes nothing", async (t) => {
   const { emu, node } = await world(t, { enis: eniConfigs(2) });
   const ctx = await node.context({ dryRun: true });
   const plan = await planEnis(ctx, node.ec2);
-  t.same(kinds(plan), ["create", "attach", "set-delete-on-termination", "wait-nic", "create", "attach", "set-delete-on-termination", "wait-nic"]);
-  t.match(plan.actions[0]!.detail, new RegExp(`${SUBNET_A}.*${SG_DPDK}.*no_manage=true`));
+  t.same(kinds(plan), [
+    "create",
+    "attach",
+    "set-delete-on-termination",
+    "wait-nic",
+    "create",
+    "attach",
+    "set-delete-on-termination",
+    "wait-nic",
+  ]);
+  t.match(plan.actions[0].detail, new RegExp(`${SUBNET_A}.*${SG_DPDK}.*no_manage=true`));
   t.same(await applyEnis(ctx, node.ec2, plan), []);
   t.equal(emu.mutatingCalls(), 0);
   t.equal(await node.host.exists(STATE_PATH), false, "no state written");
@@ -102,7 +154,12 @@ t.test("crash after create, before attach: the next run adopts, no duplicate", a
     await t.test(keepState ? "state file kept" : "state file lost too", async (t) => {
       const { emu, node } = await world(t);
       // a permanent error on every attach: the run stops right after creating, as if the process died
-      emu.faults.errors.AttachNetworkInterface = { status: 400, code: "SimulatedCrash", message: "process died", count: 3 };
+      emu.faults.errors.AttachNetworkInterface = {
+        status: 400,
+        code: "SimulatedCrash",
+        message: "process died",
+        count: 3,
+      };
       await t.rejects(run(node), /SimulatedCrash/);
       t.equal(emu.leakedEnis().length, 3, "three ENIs created and left available");
       if (keepState) {
@@ -117,21 +174,43 @@ t.test("crash after create, before attach: the next run adopts, no duplicate", a
       t.equal(emu.callsPerAction().CreateNetworkInterface, created, "no new create");
       t.equal([...emu.enis.values()].filter((e) => e.createdByApi).length, 3, "no duplicate ENI");
       t.equal(emu.leakedEnis().length, 0, "nothing leaked");
-      t.same(emu.attachedTo(node.opts.instanceId).map((e) => e.attachment!.deviceIndex), [0, 1, 2, 3]);
+      t.same(
+        emu.attachedTo(node.opts.instanceId).map((e) => e.attachment!.deviceIndex),
+        [0, 1, 2, 3],
+      );
     });
   }
 });
 
 t.test("crash after attach, before DeleteOnTermination: the next run converges", async (t) => {
   const { emu, node } = await world(t);
-  emu.faults.errors.ModifyNetworkInterfaceAttribute = { status: 400, code: "SimulatedCrash", message: "process died", count: 3 };
+  emu.faults.errors.ModifyNetworkInterfaceAttribute = {
+    status: 400,
+    code: "SimulatedCrash",
+    message: "process died",
+    count: 3,
+  };
   await t.rejects(run(node), /SimulatedCrash/);
-  t.ok(emu.attachedTo(node.opts.instanceId).slice(1).every((e) => e.attachment!.deleteOnTermination === false));
+  t.ok(
+    emu
+      .attachedTo(node.opts.instanceId)
+      .slice(1)
+      .every((e) => e.attachment!.deleteOnTermination === false),
+  );
   const before = emu.mutatingCalls({ accepted: true });
   const { plan } = await run(node);
-  t.same(kinds(plan), ["set-delete-on-termination", "set-delete-on-termination", "set-delete-on-termination"]);
+  t.same(kinds(plan), [
+    "set-delete-on-termination",
+    "set-delete-on-termination",
+    "set-delete-on-termination",
+  ]);
   t.equal(emu.mutatingCalls({ accepted: true }) - before, 3, "only the three Modify calls");
-  t.ok(emu.attachedTo(node.opts.instanceId).slice(1).every((e) => e.attachment!.deleteOnTermination === true));
+  t.ok(
+    emu
+      .attachedTo(node.opts.instanceId)
+      .slice(1)
+      .every((e) => e.attachment!.deleteOnTermination === true),
+  );
   const total = emu.totalCalls();
   const third = await run(node);
   t.same(third.plan.actions, []);
@@ -139,22 +218,67 @@ t.test("crash after attach, before DeleteOnTermination: the next run converges",
 });
 
 t.test("pre-flight rejections make zero mutating calls and write nothing", async (t) => {
-  const cases: { name: string; enis: Record<string, unknown>[]; instanceType?: string; setup?: (emu: Ec2Emulator, node: SimNode) => void; error: RegExp }[] = [
-    { name: "subnet_id in another AZ", enis: eniConfigs(1, { subnet_id: SUBNET_B }), error: /eni\.data1\.subnet_id: subnet subnet-0bbbbbbbbbbbbbbb1 is in us-west-2b, but the instance is in us-west-2a/ },
-    { name: "subnet_name only in another AZ", enis: eniConfigs(1, { subnet_id: undefined, subnet_name: "data-b" }), error: /subnet "data-b" exists only in us-west-2b/ },
-    { name: "ambiguous subnet name", enis: eniConfigs(2, { subnet_id: undefined, subnet_name: "dup" }), error: /ambiguous: 2 subnets named "dup"/ },
-    { name: "unknown subnet name", enis: eniConfigs(1, { subnet_id: undefined, subnet_name: "nope" }), error: /no subnet with tag Name="nope"/ },
-    { name: "unknown security group name", enis: eniConfigs(1, { security_group_ids: [], security_group_names: ["ghost"] }), error: /no security group with group name or tag Name "ghost"/ },
-    { name: "ENI limit of the instance type", enis: eniConfigs(3), instanceType: "c6in.large", error: /limit exceeded: c6in\.large takes at most 3 ENIs; 1 attached \+ 3 to attach = 4/ },
-    { name: "network card that does not exist", enis: eniConfigs(1, { network_card_index: 2 }), error: /has 1 network card\(s\); index 2 does not exist/ },
+  const cases: {
+    name: string;
+    enis: Record<string, unknown>[];
+    instanceType?: string;
+    setup?: (emu: Ec2Emulator, node: SimNode) => void;
+    error: RegExp;
+  }[] = [
+    {
+      name: "subnet_id in another AZ",
+      enis: eniConfigs(1, { subnet_id: SUBNET_B }),
+      error:
+        /eni\.data1\.subnet_id: subnet subnet-0bbbbbbbbbbbbbbb1 is in us-west-2b, but the instance is in us-west-2a/,
+    },
+    {
+      name: "subnet_name only in another AZ",
+      enis: eniConfigs(1, { subnet_id: undefined, subnet_name: "data-b" }),
+      error: /subnet "data-b" exists only in us-west-2b/,
+    },
+    {
+      name: "ambiguous subnet name",
+      enis: eniConfigs(2, { subnet_id: undefined, subnet_name: "dup" }),
+      error: /ambiguous: 2 subnets named "dup"/,
+    },
+    {
+      name: "unknown subnet name",
+      enis: eniConfigs(1, { subnet_id: undefined, subnet_name: "nope" }),
+      error: /no subnet with tag Name="nope"/,
+    },
+    {
+      name: "unknown security group name",
+      enis: eniConfigs(1, { security_group_ids: [], security_group_names: ["ghost"] }),
+      error: /no security group with group name or tag Name "ghost"/,
+    },
+    {
+      name: "ENI limit of the instance type",
+      enis: eniConfigs(3),
+      instanceType: "c6in.large",
+      error: /limit exceeded: c6in\.large takes at most 3 ENIs; 1 attached \+ 3 to attach = 4/,
+    },
+    {
+      name: "network card that does not exist",
+      enis: eniConfigs(1, { network_card_index: 2 }),
+      error: /has 1 network card\(s\); index 2 does not exist/,
+    },
     {
       name: "device index taken by someone else's ENI",
       enis: eniConfigs(2),
       setup: (emu, node) => {
         const other = emu.addEni({ subnetId: SUBNET_A, tags: { owner: "someone" } });
-        other.attachment = { attachmentId: "eni-attach-0f0f0f0f0f0f0f0f0", instanceId: node.opts.instanceId, deviceIndex: 2, networkCardIndex: 0, status: "attached", deleteOnTermination: false, attachTime: new Date().toISOString() };
+        other.attachment = {
+          attachmentId: "eni-attach-0f0f0f0f0f0f0f0f0",
+          instanceId: node.opts.instanceId,
+          deviceIndex: 2,
+          networkCardIndex: 0,
+          status: "attached",
+          deleteOnTermination: false,
+          attachTime: new Date().toISOString(),
+        };
       },
-      error: /eni\.data2\.device_index: conflict: device index 2 on network card 0 already holds eni-\w+ \(an ENI eni-dpdk did not create\)/,
+      error:
+        /eni\.data2\.device_index: conflict: device index 2 on network card 0 already holds eni-\w+ \(an ENI eni-dpdk did not create\)/,
     },
   ];
   for (const c of cases) {
@@ -173,63 +297,114 @@ t.test("pre-flight rejections make zero mutating calls and write nothing", async
   }
 });
 
-t.test("names resolve: subnet by Name tag, security groups by group name and by Name tag", async (t) => {
-  const { emu, node } = await world(t, { enis: eniConfigs(1, { subnet_id: undefined, subnet_name: "data", security_group_ids: [], security_group_names: ["nodes", "dpdk"] }) });
-  const { records } = await run(node);
-  t.equal(records[0]!.subnetId, SUBNET_A);
-  t.equal(records[0]!.subnetName, "data");
-  t.same(emu.enis.get(records[0]!.eniId)!.groups.sort(), [SG, SG_DPDK].sort());
-  const total = emu.totalCalls();
-  t.same((await run(node)).plan.actions, [], "converged");
-  t.equal(emu.totalCalls(), total, "and proven by IMDS");
-});
+t.test(
+  "names resolve: subnet by Name tag, security groups by group name and by Name tag",
+  async (t) => {
+    const { emu, node } = await world(t, {
+      enis: eniConfigs(1, {
+        subnet_id: undefined,
+        subnet_name: "data",
+        security_group_ids: [],
+        security_group_names: ["nodes", "dpdk"],
+      }),
+    });
+    const { records } = await run(node);
+    t.equal(records[0].subnetId, SUBNET_A);
+    t.equal(records[0].subnetName, "data");
+    t.same(emu.enis.get(records[0].eniId)!.groups.sort(), [SG, SG_DPDK].sort());
+    const total = emu.totalCalls();
+    t.same((await run(node)).plan.actions, [], "converged");
+    t.equal(emu.totalCalls(), total, "and proven by IMDS");
+  },
+);
 
 t.test("someone else's available ENI tagged for another instance is never adopted", async (t) => {
   const { emu, node } = await world(t, { enis: eniConfigs(1) });
-  const foreign = emu.addEni({ subnetId: SUBNET_A, tags: { [TAG_INSTANCE]: "i-0ffffffffffffffff", [TAG_NAME]: "data1" }, createdByApi: false });
+  const foreign = emu.addEni({
+    subnetId: SUBNET_A,
+    tags: { [TAG_INSTANCE]: "i-0ffffffffffffffff", [TAG_NAME]: "data1" },
+    createdByApi: false,
+  });
   const { plan } = await run(node);
   t.same(kinds(plan).slice(0, 1), ["create"]);
   t.equal(foreign.attachment, undefined, "left alone");
-  const primary = emu.attachedTo(node.opts.instanceId)[0]!;
+  const primary = emu.attachedTo(node.opts.instanceId)[0];
   t.equal(primary.id, node.opts.primaryEniId, "primary still at index 0");
   t.equal(primary.attachment!.deleteOnTermination, true, "primary untouched");
 });
 
-t.test("throttling storm: two nodes against tiny buckets converge, no duplicates, no leaks", async (t) => {
-  const emu = await new Ec2Emulator(standardSeed()).start();
-  t.teardown(() => emu.close());
-  emu.setThrottle({ mutating: { capacity: 2, refillPerSec: 4 }, describe: { capacity: 2, refillPerSec: 6 } });
-  emu.attachDelayMs = 200;
-  const a = await world(t, { emu, enis: eniConfigs(4), deadlineMs: 60_000 });
-  const b = await world(t, { emu, enis: eniConfigs(4), deadlineMs: 60_000 });
-  const results = await Promise.all([run(a.node), run(b.node)]);
-  t.equal(results.flatMap((r) => r.records).length, 8);
-  t.ok(emu.throttledCalls() > 0, `throttled ${emu.throttledCalls()} requests`);
-  t.equal(emu.mutatingCalls({ accepted: true }), 24, "exactly 3 effective mutating calls per ENI");
-  t.equal([...emu.enis.values()].filter((e) => e.createdByApi).length, 8, "no duplicates");
-  t.equal(emu.leakedEnis().length, 0);
-});
+t.test(
+  "throttling storm: two nodes against tiny buckets converge, no duplicates, no leaks",
+  async (t) => {
+    const emu = await new Ec2Emulator(standardSeed()).start();
+    t.teardown(() => emu.close());
+    emu.setThrottle({
+      mutating: { capacity: 2, refillPerSec: 4 },
+      describe: { capacity: 2, refillPerSec: 6 },
+    });
+    emu.attachDelayMs = 200;
+    const a = await world(t, { emu, enis: eniConfigs(4), deadlineMs: 60_000 });
+    const b = await world(t, { emu, enis: eniConfigs(4), deadlineMs: 60_000 });
+    const results = await Promise.all([run(a.node), run(b.node)]);
+    t.equal(results.flatMap((r) => r.records).length, 8);
+    t.ok(emu.throttledCalls() > 0, `throttled ${emu.throttledCalls()} requests`);
+    t.equal(
+      emu.mutatingCalls({ accepted: true }),
+      24,
+      "exactly 3 effective mutating calls per ENI",
+    );
+    t.equal([...emu.enis.values()].filter((e) => e.createdByApi).length, 8, "no duplicates");
+    t.equal(emu.leakedEnis().length, 0);
+  },
+);
 
-t.test("transient faults are retried: 500s, dropped connections, lost responses (ClientToken, attach)", async (t) => {
-  const { emu, node } = await world(t, { enis: eniConfigs(2) });
-  emu.faults.error500["*"] = 3;
-  emu.faults.dropBefore.DescribeNetworkInterfaces = 1;
-  emu.faults.dropAfter.CreateNetworkInterface = 2; // created, response lost: the retry must return the same ENI
-  emu.faults.dropAfter.AttachNetworkInterface = 1; // attached, response lost: the retry sees "in use", then proves it is ours
-  const { records } = await run(node);
-  t.equal(records.length, 2);
-  t.equal([...emu.enis.values()].filter((e) => e.createdByApi).length, 2, "no duplicate despite lost create responses");
-  t.equal(emu.leakedEnis().length, 0);
-  t.ok(emu.requests.some((r) => r.code === "DroppedConnection"));
-  t.ok(emu.requests.some((r) => r.code === "InvalidNetworkInterface.InUse"), "the retried attach was answered in-use");
-  t.same(emu.attachedTo(node.opts.instanceId).map((e) => [e.attachment!.deviceIndex, e.attachment!.deleteOnTermination]), [[0, true], [1, true], [2, true]]);
-});
+t.test(
+  "transient faults are retried: 500s, dropped connections, lost responses (ClientToken, attach)",
+  async (t) => {
+    const { emu, node } = await world(t, { enis: eniConfigs(2) });
+    emu.faults.error500["*"] = 3;
+    emu.faults.dropBefore.DescribeNetworkInterfaces = 1;
+    emu.faults.dropAfter.CreateNetworkInterface = 2; // created, response lost: the retry must return the same ENI
+    emu.faults.dropAfter.AttachNetworkInterface = 1; // attached, response lost: the retry sees "in use", then proves it is ours
+    const { records } = await run(node);
+    t.equal(records.length, 2);
+    t.equal(
+      [...emu.enis.values()].filter((e) => e.createdByApi).length,
+      2,
+      "no duplicate despite lost create responses",
+    );
+    t.equal(emu.leakedEnis().length, 0);
+    t.ok(emu.requests.some((r) => r.code === "DroppedConnection"));
+    t.ok(
+      emu.requests.some((r) => r.code === "InvalidNetworkInterface.InUse"),
+      "the retried attach was answered in-use",
+    );
+    t.same(
+      emu
+        .attachedTo(node.opts.instanceId)
+        .map((e) => [e.attachment!.deviceIndex, e.attachment!.deleteOnTermination]),
+      [
+        [0, true],
+        [1, true],
+        [2, true],
+      ],
+    );
+  },
+);
 
 t.test("a permanent EC2 error fails at once with the EC2 code", async (t) => {
   const { emu, node } = await world(t, { enis: eniConfigs(1) });
-  emu.faults.errors.CreateNetworkInterface = { status: 403, code: "UnauthorizedOperation", message: "You are not authorized to perform this operation.", count: Infinity };
+  emu.faults.errors.CreateNetworkInterface = {
+    status: 403,
+    code: "UnauthorizedOperation",
+    message: "You are not authorized to perform this operation.",
+    count: Infinity,
+  };
   const t0 = Date.now();
-  const err = await run(node).then(() => undefined, (e: unknown) => e);
+  const err = await run(node).then(
+    () => undefined,
+    (e: unknown) => e,
+  );
   t.type(err, Ec2Error);
   t.equal((err as Ec2Error).code, "UnauthorizedOperation");
   t.match((err as Ec2Error).hint, /ec2:CreateNetworkInterface/);
@@ -241,22 +416,40 @@ t.test("a stuck attachment fails within the deadline with a clear message", asyn
   const { emu, node } = await world(t, { enis: eniConfigs(1), deadlineMs: 2500 });
   emu.faults.stuckAttach = true;
   const t0 = Date.now();
-  await t.rejects(run(node), /timed out after \d+\.\d s waiting for attachment of eni-\w+ \(data1\) to reach state "attached"; last seen: state "attaching"/);
+  await t.rejects(
+    run(node),
+    /timed out after \d+\.\d s waiting for attachment of eni-\w+ \(data1\) to reach state "attached"; last seen: state "attaching"/,
+  );
   const took = Date.now() - t0;
   t.ok(took >= 2000 && took < 5000, `bounded by the deadline (${took} ms)`);
 });
 
 t.test("a NIC that never appears fails with what was awaited and for how long", async (t) => {
-  const { emu, node } = await world(t, { enis: eniConfigs(1), deadlineMs: 2000, hotplugDelayMs: 60_000 });
-  await t.rejects(run(node), /timed out after \d+\.\d s waiting for a NIC with MAC 02:e0:[0-9a-f:]+ \(eni-\w+, data1\) under .*\/sys\/class\/net/);
+  const { emu, node } = await world(t, {
+    enis: eniConfigs(1),
+    deadlineMs: 2000,
+    hotplugDelayMs: 60_000,
+  });
+  await t.rejects(
+    run(node),
+    /timed out after \d+\.\d s waiting for a NIC with MAC 02:e0:[0-9a-f:]+ \(eni-\w+, data1\) under .*\/sys\/class\/net/,
+  );
   t.equal(emu.enisByState().attached, 2, "EC2 side is done; only the host side is missing");
 });
 
 t.test("IMDS device-number reading 0 just after hot-plug is waited out", async (t) => {
-  const { node } = await world(t, { enis: eniConfigs(1), deviceNumberZeroReads: 3, hotplugDelayMs: 100 });
+  const { node } = await world(t, {
+    enis: eniConfigs(1),
+    deviceNumberZeroReads: 3,
+    hotplugDelayMs: 100,
+  });
   const { records } = await run(node);
-  t.equal(records[0]!.deviceIndex, 1);
-  t.equal(node.imdsEmu!.faults.deviceNumberZeroReads[records[0]!.mac], 0, "the zero reads were consumed");
+  t.equal(records[0].deviceIndex, 1);
+  t.equal(
+    node.imdsEmu!.faults.deviceNumberZeroReads[records[0].mac],
+    0,
+    "the zero reads were consumed",
+  );
 });
 
 t.test("an ENI of ours moved to another index is reported, not touched", async (t) => {
@@ -264,9 +457,15 @@ t.test("an ENI of ours moved to another index is reported, not touched", async (
   await run(node);
   const ctx = await node.context({ enis: eniConfigs(1, { device_index: 4 }) });
   ctx.state = emptyState();
-  const err = await planEnis(ctx, node.ec2).then(() => undefined, (e: unknown) => e);
+  const err = await planEnis(ctx, node.ec2).then(
+    () => undefined,
+    (e: unknown) => e,
+  );
   t.type(err, InputError);
-  t.match((err as Error).message, /is attached at network card 0, device index 1, not at the configured 0\/4/);
+  t.match(
+    (err as Error).message,
+    /is attached at network card 0, device index 1, not at the configured 0\/4/,
+  );
   t.equal(emu.mutatingCalls(), 3, "only the first run's calls");
 });
 
@@ -299,12 +498,25 @@ t.test("a converged boot in a fresh process never imports the AWS SDK", async (t
     console.log(JSON.stringify({ actions: plan.actions.length, enis: recs.length, blocked }));
   `;
   const { run: spawnRun } = await import("../src/core/process.js");
-  const r = await spawnRun([process.execPath, "--import", "tsx", "--input-type=module", "-e", script], {
-    env: { ...process.env, ROOT: node.root, IMDS: node.imdsEmu!.url, EC2: emu.url, CONFIG: JSON.stringify({ eni: eniConfigs(2) }) },
-    timeoutMs: 60_000,
-  });
+  const r = await spawnRun(
+    [process.execPath, "--import", "tsx", "--input-type=module", "-e", script],
+    {
+      env: {
+        ...process.env,
+        ROOT: node.root,
+        IMDS: node.imdsEmu!.url,
+        EC2: emu.url,
+        CONFIG: JSON.stringify({ eni: eniConfigs(2) }),
+      },
+      timeoutMs: 60_000,
+    },
+  );
   t.equal(r.code, 0, r.stderr);
   const out = JSON.parse(r.stdout.trim().split("\n").at(-1)!);
-  t.same(out, { actions: 0, enis: 2, blocked: "SDK import blocked: @aws-sdk/client-ec2" }, "no actions, both ENIs reported, SDK never imported (and the block works)");
+  t.same(
+    out,
+    { actions: 0, enis: 2, blocked: "SDK import blocked: @aws-sdk/client-ec2" },
+    "no actions, both ENIs reported, SDK never imported (and the block works)",
+  );
   t.equal(emu.totalCalls(), calls, "zero EC2 calls from the new process");
 });

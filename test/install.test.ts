@@ -13,12 +13,13 @@ import { buildConfig, defaults, schema } from "../src/config/model.js";
 import { analyzeVerify, makeVerifyRoot } from "./support/unitfile.js";
 
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
-const version = JSON.parse(fs.readFileSync(path.join(repo, "package.json"), "utf8")).version as string;
+const version = JSON.parse(fs.readFileSync(path.join(repo, "package.json"), "utf8"))
+  .version as string;
 const work = fs.mkdtempSync(path.join(os.tmpdir(), "eni-dpdk-install-"));
 t.teardown(() => fs.rmSync(work, { recursive: true, force: true }));
 
 function run(argv: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv } = {}) {
-  const r = spawnSync(argv[0]!, argv.slice(1), { encoding: "utf8", ...opts });
+  const r = spawnSync(argv[0], argv.slice(1), { encoding: "utf8", ...opts });
   if (r.error) throw r.error;
   return { code: r.status, out: r.stdout, err: r.stderr };
 }
@@ -34,7 +35,9 @@ function snapshot(dir: string): Record<string, string> {
     else if (st.isDirectory()) {
       out[rel || "."] = `dir ${mode}`;
       for (const e of fs.readdirSync(abs).sort()) walk(path.join(rel, e));
-    } else out[rel] = `file ${mode} ${crypto.createHash("sha256").update(fs.readFileSync(abs)).digest("hex").slice(0, 16)}`;
+    } else
+      out[rel] =
+        `file ${mode} ${crypto.createHash("sha256").update(fs.readFileSync(abs)).digest("hex").slice(0, 16)}`;
   };
   walk("");
   return out;
@@ -59,15 +62,33 @@ t.test("npm run package builds a deterministic tarball with install.sh at its ro
     "etc/eni-dpdk/config.toml",
     "etc/modprobe.d/eni-dpdk.conf",
     "etc/modules-load.d/eni-dpdk.conf",
-  ]) t.ok(entries.has(p), `contains ${p}`);
+  ])
+    t.ok(entries.has(p), `contains ${p}`);
   t.match(entries.get("install.sh"), /^-rwxr-xr-x 0\/0 /, "install.sh executable, owned by root");
-  t.ok(listing.every((l) => / 0\/0 /.test(l)), "every entry owned by 0/0");
+  t.ok(
+    listing.every((l) => / 0\/0 /.test(l)),
+    "every entry owned by 0/0",
+  );
   const names = [...entries.keys()];
-  t.same(names, [...names].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0)), "entries in sorted order");
+  t.same(
+    names,
+    [...names].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0)),
+    "entries in sorted order",
+  );
 
   // Same inputs, same bytes (the bundle from the first run is reused, so only packaging is compared).
   const again = path.join(work, "again");
-  const second = run([process.execPath, "scripts/package.mjs", "--out", again, "--bundle-dir", path.join(repo, "dist")], { cwd: repo });
+  const second = run(
+    [
+      process.execPath,
+      "scripts/package.mjs",
+      "--out",
+      again,
+      "--bundle-dir",
+      path.join(repo, "dist"),
+    ],
+    { cwd: repo },
+  );
   t.equal(second.code, 0, second.err);
   const hash = (f: string) => crypto.createHash("sha256").update(fs.readFileSync(f)).digest("hex");
   t.equal(hash(path.join(again, path.basename(tarball))), hash(tarball), "reproducible archive");
@@ -98,41 +119,78 @@ t.test("install.sh into a DESTDIR, twice: same tree, right modes, units enabled"
     "etc/modules-load.d/eni-dpdk.conf": /^file 0644 /,
     "etc/pcidp": /^dir 0755$/,
     "var/lib/eni-dpdk": /^dir 0700$/,
-    "etc/systemd/system/multi-user.target.wants/eni-dpdk.service": /^link -> \/usr\/lib\/systemd\/system\/eni-dpdk\.service$/,
-    "etc/systemd/system/multi-user.target.wants/eni-dpdk-early.service": /^link -> \/usr\/lib\/systemd\/system\/eni-dpdk-early\.service$/,
+    "etc/systemd/system/multi-user.target.wants/eni-dpdk.service":
+      /^link -> \/usr\/lib\/systemd\/system\/eni-dpdk\.service$/,
+    "etc/systemd/system/multi-user.target.wants/eni-dpdk-early.service":
+      /^link -> \/usr\/lib\/systemd\/system\/eni-dpdk-early\.service$/,
   };
   for (const [p, re] of Object.entries(expect)) t.match(tree1[p], re, p);
-  t.notOk(tree1["var/lib/eni-dpdk/state.json"], "no state file baked in (the early unit must skip on first boot)");
-  t.same(Object.keys(tree1).filter((p) => /\.(new|old|tmp)\.\d+/.test(p) || p.endsWith(".dist")), [], "no leftovers");
+  t.notOk(
+    tree1["var/lib/eni-dpdk/state.json"],
+    "no state file baked in (the early unit must skip on first boot)",
+  );
+  t.same(
+    Object.keys(tree1).filter((p) => /\.(new|old|tmp)\.\d+/.test(p) || p.endsWith(".dist")),
+    [],
+    "no leftovers",
+  );
   for (const [p, entry] of Object.entries(tree1)) {
-    if (entry.startsWith("file") && p.startsWith("opt/eni-dpdk/")) t.match(entry, p.endsWith(".node") ? /^file 0755/ : /^file 0644/, `mode of ${p}`);
+    if (entry.startsWith("file") && p.startsWith("opt/eni-dpdk/"))
+      t.match(entry, p.endsWith(".node") ? /^file 0755/ : /^file 0644/, `mode of ${p}`);
   }
 
   // The packaged addon, when VERSION says it is there, resolves from the bundle's own location.
   const versionFile = fs.readFileSync(path.join(destdir, "opt/eni-dpdk/VERSION"), "utf8");
-  if (/sd-notify addon for NODE_MODULE_VERSION (\d+)/.exec(versionFile)?.[1] === process.versions.modules) {
-    const probe = spawnSync(process.execPath, ["-e", `const r = require("node:module").createRequire(${JSON.stringify(path.join(destdir, "opt/eni-dpdk/eni-dpdk.mjs"))}); process.stdout.write(typeof r("sd-notify").ready)`], {
-      encoding: "utf8",
-      cwd: os.tmpdir(),
-    });
+  if (
+    /sd-notify addon for NODE_MODULE_VERSION (\d+)/.exec(versionFile)?.[1] ===
+    process.versions.modules
+  ) {
+    const probe = spawnSync(
+      process.execPath,
+      [
+        "-e",
+        `const r = require("node:module").createRequire(${JSON.stringify(path.join(destdir, "opt/eni-dpdk/eni-dpdk.mjs"))}); process.stdout.write(typeof r("sd-notify").ready)`,
+      ],
+      {
+        encoding: "utf8",
+        cwd: os.tmpdir(),
+      },
+    );
     t.equal(probe.stdout, "function", `sd-notify loads from the installed tree ${probe.stderr}`);
-  } else t.match(versionFile, /sd-notify addon not included|NODE_MODULE_VERSION/, "VERSION says which notify path applies");
+  } else
+    t.match(
+      versionFile,
+      /sd-notify addon not included|NODE_MODULE_VERSION/,
+      "VERSION says which notify path applies",
+    );
 
   // systemd's own reading of the hand-made enablement.
-  const enabled = run(["systemctl", `--root=${destdir}`, "is-enabled", "eni-dpdk.service", "eni-dpdk-early.service"]);
+  const enabled = run([
+    "systemctl",
+    `--root=${destdir}`,
+    "is-enabled",
+    "eni-dpdk.service",
+    "eni-dpdk-early.service",
+  ]);
   t.same(enabled.out.trim().split("\n"), ["enabled", "enabled"], enabled.err);
 });
 
-t.test("the launcher execs node on the bundle (same PID, as NotifyAccess=main needs)", async (t) => {
-  const launcher = fs.readFileSync(path.join(destdir, "usr/bin/eni-dpdk"), "utf8");
-  t.match(launcher, /exec "\$node" "\/opt\/eni-dpdk\/eni-dpdk\.mjs" "\$@"/);
-  // A stand-in "node" that reports its PID and argv: equal PIDs prove exec, not a child process.
-  const fakeNode = path.join(work, "fake-node");
-  fs.writeFileSync(fakeNode, '#!/bin/sh\necho "$$ $*"\n', { mode: 0o755 });
-  const r = spawnSync(path.join(destdir, "usr/bin/eni-dpdk"), ["run", "--log-level", "debug"], { encoding: "utf8", env: { ...process.env, ENI_DPDK_NODE: fakeNode } });
-  t.equal(r.status, 0, r.stderr);
-  t.equal(r.stdout.trim(), `${r.pid} /opt/eni-dpdk/eni-dpdk.mjs run --log-level debug`);
-});
+t.test(
+  "the launcher execs node on the bundle (same PID, as NotifyAccess=main needs)",
+  async (t) => {
+    const launcher = fs.readFileSync(path.join(destdir, "usr/bin/eni-dpdk"), "utf8");
+    t.match(launcher, /exec "\$node" "\/opt\/eni-dpdk\/eni-dpdk\.mjs" "\$@"/);
+    // A stand-in "node" that reports its PID and argv: equal PIDs prove exec, not a child process.
+    const fakeNode = path.join(work, "fake-node");
+    fs.writeFileSync(fakeNode, '#!/bin/sh\necho "$$ $*"\n', { mode: 0o755 });
+    const r = spawnSync(path.join(destdir, "usr/bin/eni-dpdk"), ["run", "--log-level", "debug"], {
+      encoding: "utf8",
+      env: { ...process.env, ENI_DPDK_NODE: fakeNode },
+    });
+    t.equal(r.status, 0, r.stderr);
+    t.equal(r.stdout.trim(), `${r.pid} /opt/eni-dpdk/eni-dpdk.mjs run --log-level debug`);
+  },
+);
 
 // systemd accepts a notification under NotifyAccess=main only if its sender PID (SCM_CREDENTIALS) is
 // the main PID: the PID systemd spawned for ExecStart=/usr/bin/eni-dpdk. A listener in place of
@@ -147,36 +205,63 @@ s.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
 s.settimeout(20)
 print("listening", flush=True)
 while True:
-    msg, anc, _, _ = s.recvmsg(4096, socket.CMSG_SPACE(12))
+    try:
+        msg, anc, _, _ = s.recvmsg(4096, socket.CMSG_SPACE(12))
+    except socket.timeout:
+        break
     pid = [struct.unpack("iii", d[:12])[0] for l, ty, d in anc if l == socket.SOL_SOCKET and ty == socket.SCM_CREDENTIALS]
     text = msg.decode()
     print(pid[0] if pid else -1, " ".join(text.split()), flush=True)
     if "READY=1" in text.split("\\n"):
-        break
+        s.settimeout(0.5)  # a follow-up datagram (BARRIER=1) would come right after
 `;
 const havePython = spawnSync("python3", ["--version"]).status === 0;
 const isRoot = process.getuid?.() === 0;
 t.test(
   "NotifyAccess=main holds: READY=1 arrives from the launcher's PID",
-  { skip: !havePython ? "python3 needed for the notify-socket listener" : !isRoot ? "systemd-notify fakes its parent's PID only as root" : false },
+  {
+    skip: !havePython
+      ? "python3 needed for the notify-socket listener"
+      : !isRoot
+        ? "systemd-notify fakes its parent's PID only as root"
+        : false,
+  },
   async (t) => {
-    const cases = {
-      "the notify seam (addon when built, else systemd-notify)": `const { createNotifier } = await import(${JSON.stringify(path.join(repo, "src/core/notify.ts"))});
+    const seam = (addon: string) => `const { createNotifier } = await import(${JSON.stringify(path.join(repo, "src/core/notify.ts"))});
         const { silentLogger } = await import(${JSON.stringify(path.join(repo, "src/core/log.ts"))});
-        const n = await createNotifier(process.env, silentLogger); process.stderr.write("via=" + n.via + "\\n"); await n.ready("test");`,
-      "systemd-notify spawned as the seam does": `const { run } = await import(${JSON.stringify(path.join(repo, "src/core/process.ts"))});
+        const n = await createNotifier(process.env, silentLogger${addon}); process.stderr.write("via=" + n.via + "\\n"); await n.ready("test");`;
+    // Both of the product's paths on every machine; the addon's only where it was built.
+    const cases: Record<string, { code: string; foreign: boolean; via?: string }> = {
+      "the notify seam (addon when built, else systemd-notify)": { code: seam(""), foreign: false },
+      "the seam's systemd-notify fallback, forced": {
+        code: seam(", () => undefined"),
+        foreign: false,
+        via: "systemd-notify",
+      },
+      // The control: without --no-block, systemd-notify's BARRIER=1 comes from its own PID. The
+      // listener sees that, so the cases above can fail.
+      "control: systemd-notify without --no-block": {
+        code: `const { run } = await import(${JSON.stringify(path.join(repo, "src/core/process.ts"))});
         const r = await run(["systemd-notify", "READY=1"], { timeoutMs: 5000, env: process.env }); if (r.code !== 0) throw new Error(r.stderr);`,
+        foreign: true,
+      },
     };
-    for (const [name, code] of Object.entries(cases)) {
+    for (const [name, { code, foreign, via }] of Object.entries(cases)) {
       const sock = path.join(work, `notify-${Object.keys(cases).indexOf(name)}.sock`);
-      const listener = spawn("python3", ["-c", LISTENER, sock], { stdio: ["ignore", "pipe", "inherit"] });
+      const listener = spawn("python3", ["-c", LISTENER, sock], {
+        stdio: ["ignore", "pipe", "inherit"],
+      });
       let out = "";
       listener.stdout.on("data", (d: Buffer) => (out += d.toString()));
       const exited = new Promise((resolve) => listener.on("exit", resolve));
       while (!out.includes("listening")) await new Promise((r) => setTimeout(r, 20));
       // The stand-in "node" execs the real node (same PID again) on the seam's code.
       const fakeNode = path.join(work, "notify-node");
-      fs.writeFileSync(fakeNode, `#!/bin/sh\nexec "${process.execPath}" --import tsx --input-type=module -e "$NOTIFY_CODE"\n`, { mode: 0o755 });
+      fs.writeFileSync(
+        fakeNode,
+        `#!/bin/sh\nexec "${process.execPath}" --import tsx --input-type=module -e "$NOTIFY_CODE"\n`,
+        { mode: 0o755 },
+      );
       const r = spawnSync(path.join(destdir, "usr/bin/eni-dpdk"), ["run"], {
         cwd: repo,
         encoding: "utf8",
@@ -184,9 +269,28 @@ t.test(
       });
       await exited;
       t.equal(r.status, 0, `${name}: ${r.stderr}`);
-      const received = out.trim().split("\n").slice(1).map((l) => ({ pid: Number(l.split(" ")[0]), text: l.slice(l.indexOf(" ") + 1) }));
-      t.ok(received.some((m) => m.text.split(" ").includes("READY=1")), `${name}: READY=1 received`);
-      for (const m of received) t.equal(m.pid, r.pid, `${name}: "${m.text}" sent by PID ${m.pid}, the main PID ${r.pid} (${r.stderr.trim()})`);
+      const received = out
+        .trim()
+        .split("\n")
+        .slice(1)
+        .map((l) => ({ pid: Number(l.split(" ")[0]), text: l.slice(l.indexOf(" ") + 1) }));
+      t.ok(
+        received.some((m) => m.text.split(" ").includes("READY=1")),
+        `${name}: READY=1 received`,
+      );
+      if (via) t.match(r.stderr, `via=${via}`, `${name}: the path under test`);
+      const others = received.filter((m) => m.pid !== r.pid);
+      if (foreign)
+        t.ok(
+          others.some((m) => m.text === "BARRIER=1"),
+          `${name}: BARRIER=1 from a PID other than the main PID ${r.pid}`,
+        );
+      else
+        t.same(
+          others,
+          [],
+          `${name}: every datagram from the main PID ${r.pid} (${JSON.stringify(received)})`,
+        );
     }
   },
 );
@@ -198,7 +302,11 @@ t.test("an edited config survives reinstall, and an invalid one fails the instal
   const kept = run([path.join(unpacked, "install.sh"), "--destdir", destdir]);
   t.equal(kept.code, 0, kept.err);
   t.match(fs.readFileSync(config, "utf8"), /^timeout_seconds = 120$/m, "the admin's edit is kept");
-  t.equal(fs.readFileSync(config + ".dist", "utf8"), shipped, "the shipped default lands next to it");
+  t.equal(
+    fs.readFileSync(config + ".dist", "utf8"),
+    shipped,
+    "the shipped default lands next to it",
+  );
 
   fs.writeFileSync(config, shipped.replace("#timeout_seconds = 300", "timeout_secnds = 120"));
   const bad = run([path.join(unpacked, "install.sh"), "--destdir", destdir]);
@@ -222,11 +330,20 @@ t.test("install.sh rejects bad arguments before touching anything", async (t) =>
 
 t.test("--prefix moves the application and the launcher follows", async (t) => {
   const d = path.join(work, "prefixed");
-  const r = run([path.join(unpacked, "install.sh"), "--destdir", d, "--prefix", "/usr/local/lib/eni-dpdk"]);
+  const r = run([
+    path.join(unpacked, "install.sh"),
+    "--destdir",
+    d,
+    "--prefix",
+    "/usr/local/lib/eni-dpdk",
+  ]);
   t.equal(r.code, 0, r.err);
   t.ok(fs.existsSync(path.join(d, "usr/local/lib/eni-dpdk/eni-dpdk.mjs")));
   t.notOk(fs.existsSync(path.join(d, "opt/eni-dpdk")));
-  t.match(fs.readFileSync(path.join(d, "usr/bin/eni-dpdk"), "utf8"), /"\/usr\/local\/lib\/eni-dpdk\/eni-dpdk\.mjs"/);
+  t.match(
+    fs.readFileSync(path.join(d, "usr/bin/eni-dpdk"), "utf8"),
+    /"\/usr\/local\/lib\/eni-dpdk\/eni-dpdk\.mjs"/,
+  );
 });
 
 t.test("the installed units verify in the installed tree", async (t) => {
@@ -239,27 +356,35 @@ t.test("the installed units verify in the installed tree", async (t) => {
   }
 });
 
-t.test("the shipped default config: valid, no ENIs, every key documented with its true default", async (t) => {
-  const text = fs.readFileSync(path.join(repo, "etc/eni-dpdk/config.toml"), "utf8");
-  const asShipped = buildConfig([{ source: "config.toml", data: toml.parse(text) }]);
-  t.same(asShipped.config, defaults(), "as shipped it is exactly the defaults");
-  t.same(asShipped.config.eni, []);
+t.test(
+  "the shipped default config: valid, no ENIs, every key documented with its true default",
+  async (t) => {
+    const text = fs.readFileSync(path.join(repo, "etc/eni-dpdk/config.toml"), "utf8");
+    const asShipped = buildConfig([{ source: "config.toml", data: toml.parse(text) }]);
+    t.same(asShipped.config, defaults(), "as shipped it is exactly the defaults");
+    t.same(asShipped.config.eni, []);
 
-  // "#key = value" lines are the documented defaults; uncommented they must change nothing.
-  const uncommented = text.replace(/^#(\w+ = .*)$/gm, "$1");
-  t.not(uncommented, text);
-  const parsed = toml.parse(uncommented) as Record<string, Record<string, unknown>>;
-  t.same(buildConfig([{ source: "uncommented", data: parsed }]).config, defaults(), "documented values are the real defaults");
-  for (const [table, keys] of Object.entries(schema)) {
-    for (const key of Object.keys(keys)) t.ok(parsed[table] && key in parsed[table]!, `[${table}].${key} documented`);
-  }
-  // The [[eni]] example, uncommented, is a valid ENI with every ENI key.
-  const example = text
-    .split("\n")
-    .filter((l) => /^#\s{1,3}(\[|\w+ = )/.test(l) && !/^#\w/.test(l))
-    .map((l) => l.replace(/^#\s*/, "").replace(/\s+# .*$/, ""))
-    .join("\n");
-  const eni = buildConfig([{ source: "example", data: toml.parse(example) }]).config.eni;
-  t.equal(eni.length, 1);
-  t.equal(eni[0]!.name, "data1");
-});
+    // "#key = value" lines are the documented defaults; uncommented they must change nothing.
+    const uncommented = text.replace(/^#(\w+ = .*)$/gm, "$1");
+    t.not(uncommented, text);
+    const parsed = toml.parse(uncommented) as Record<string, Record<string, unknown>>;
+    t.same(
+      buildConfig([{ source: "uncommented", data: parsed }]).config,
+      defaults(),
+      "documented values are the real defaults",
+    );
+    for (const [table, keys] of Object.entries(schema)) {
+      for (const key of Object.keys(keys))
+        t.ok(parsed[table] && key in parsed[table], `[${table}].${key} documented`);
+    }
+    // The [[eni]] example, uncommented, is a valid ENI with every ENI key.
+    const example = text
+      .split("\n")
+      .filter((l) => /^#\s{1,3}(\[|\w+ = )/.test(l) && !/^#\w/.test(l))
+      .map((l) => l.replace(/^#\s*/, "").replace(/\s+# .*$/, ""))
+      .join("\n");
+    const eni = buildConfig([{ source: "example", data: toml.parse(example) }]).config.eni;
+    t.equal(eni.length, 1);
+    t.equal(eni[0].name, "data1");
+  },
+);

@@ -23,12 +23,19 @@ const havePacker = !version.error && version.status === 0;
 const tarballName = "eni-dpdk-0.1.0-linux-x64.tar.gz";
 
 function packer(args: string[], cwd: string) {
-  const r = spawnSync("packer", args, { cwd, encoding: "utf8", env: { ...process.env, CHECKPOINT_DISABLE: "1", PACKER_LOG: "" } });
+  const r = spawnSync("packer", args, {
+    cwd,
+    encoding: "utf8",
+    env: { ...process.env, CHECKPOINT_DISABLE: "1", PACKER_LOG: "" },
+  });
   return { code: r.status, out: (r.stdout + r.stderr).trim() };
 }
 
 /** A copy 1.6.6 can read: no plugins.pkr.hcl, no metadata_options; plus a tarball to upload. */
-function copyFor166(t: Test, mutate: (tpl: string, vars: string) => [string, string] = (a, b) => [a, b]): string {
+function copyFor166(
+  t: Test,
+  mutate: (tpl: string, vars: string) => [string, string] = (a, b) => [a, b],
+): string {
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "eni-dpdk-packer-"));
   t.teardown(() => fs.rmSync(tmp, { recursive: true, force: true }));
   const withoutImds = template.replace(/\n {2}metadata_options \{[^}]*\}\n/, "\n");
@@ -42,65 +49,123 @@ function copyFor166(t: Test, mutate: (tpl: string, vars: string) => [string, str
 
 t.test("the template's content", async (t) => {
   t.match(template, /source "amazon-ebs"/);
-  t.match(template, /name\s*=\s*"amazon-eks-node-al2023-x86_64-standard-\$\{var\.kubernetes_version\}-v\*"/, "latest EKS AL2023 AMI for the version");
+  t.match(
+    template,
+    /name\s*=\s*"amazon-eks-node-al2023-x86_64-standard-\$\{var\.kubernetes_version\}-v\*"/,
+    "latest EKS AL2023 AMI for the version",
+  );
   t.match(template, /most_recent\s*=\s*true/);
   t.match(variables, /default\s*=\s*\["602401143452"\]/, "EKS AMI publisher account");
   const imds = /metadata_options \{([^}]*)\}/.exec(template);
   t.ok(imds, "metadata_options present");
   t.match(imds?.[1], /http_tokens\s*=\s*"required"/, "IMDSv2 required");
-  for (const v of ["region", "kubernetes_version", "instance_type", "subnet_id", "ami_name_prefix", "eni_dpdk_tarball"]) {
+  for (const v of [
+    "region",
+    "kubernetes_version",
+    "instance_type",
+    "subnet_id",
+    "ami_name_prefix",
+    "eni_dpdk_tarball",
+  ]) {
     t.match(variables, new RegExp(`variable "${v}" \\{`), `variable ${v}`);
   }
-  t.match(template, /provisioner "file" \{[^}]*source\s*=\s*var\.eni_dpdk_tarball/, "uploads the tarball");
+  t.match(
+    template,
+    /provisioner "file" \{[^}]*source\s*=\s*var\.eni_dpdk_tarball/,
+    "uploads the tarball",
+  );
   t.match(template, /"\/tmp\/eni-dpdk\/install\.sh"/, "runs install.sh");
-  t.match(template, /"systemd-analyze verify \/usr\/lib\/systemd\/system\/eni-dpdk\.service \/usr\/lib\/systemd\/system\/eni-dpdk-early\.service"/);
+  t.match(
+    template,
+    /"systemd-analyze verify \/usr\/lib\/systemd\/system\/eni-dpdk\.service \/usr\/lib\/systemd\/system\/eni-dpdk-early\.service"/,
+  );
   t.match(template, /"\/usr\/bin\/eni-dpdk validate \/etc\/eni-dpdk\/config\.toml"/);
   const plugins = fs.readFileSync(path.join(dir, "plugins.pkr.hcl"), "utf8");
   t.match(plugins, /required_plugins \{[^]*source\s*=\s*"github\.com\/hashicorp\/amazon"/);
   t.notMatch(template + variables, /required_plugins/, "required_plugins only in plugins.pkr.hcl");
 });
 
-t.test("packer fmt -check: the directory as shipped is formatted", { skip: havePacker ? false : "packer not installed (apt-get install packer)" }, async (t) => {
-  const r = packer(["fmt", "-check", "."], dir);
-  t.equal(r.code, 0, r.out);
-  // ...and the check notices a misformatted file.
-  const tmp = copyFor166(t, (tpl, vars) => [tpl.replace("  region        = var.region", "  region = var.region"), vars]);
-  t.not(packer(["fmt", "-check", "."], tmp).code, 0, "misaligned '=' is reported");
-});
+t.test(
+  "packer fmt -check: the directory as shipped is formatted",
+  { skip: havePacker ? false : "packer not installed (apt-get install packer)" },
+  async (t) => {
+    const r = packer(["fmt", "-check", "."], dir);
+    t.equal(r.code, 0, r.out);
+    // ...and the check notices a misformatted file.
+    const tmp = copyFor166(t, (tpl, vars) => [
+      tpl.replace("  region        = var.region", "  region = var.region"),
+      vars,
+    ]);
+    t.not(packer(["fmt", "-check", "."], tmp).code, 0, "misaligned '=' is reported");
+  },
+);
 
-t.test("packer validate (1.6.6, see the header)", { skip: havePacker ? false : "packer not installed (apt-get install packer)" }, async (t) => {
-  const tmp = copyFor166(t);
-  const ok = packer(["validate", "-var", `eni_dpdk_tarball=${path.join(tmp, tarballName)}`, "."], tmp);
-  t.equal(ok.code, 0, ok.out);
+t.test(
+  "packer validate (1.6.6, see the header)",
+  { skip: havePacker ? false : "packer not installed (apt-get install packer)" },
+  async (t) => {
+    const tmp = copyFor166(t);
+    const ok = packer(
+      ["validate", "-var", `eni_dpdk_tarball=${path.join(tmp, tarballName)}`, "."],
+      tmp,
+    );
+    t.equal(ok.code, 0, ok.out);
 
-  const missing = packer(["validate", "."], tmp);
-  t.not(missing.code, 0, "eni_dpdk_tarball is required");
-  t.match(missing.out, /eni_dpdk_tarball/);
+    const missing = packer(["validate", "."], tmp);
+    t.not(missing.code, 0, "eni_dpdk_tarball is required");
+    t.match(missing.out, /eni_dpdk_tarball/);
 
-  const badName = packer(["validate", "-var", `eni_dpdk_tarball=${path.join(tmp, "x.tgz")}`, "."], tmp);
-  t.not(badName.code, 0);
-  t.match(badName.out, /must be an eni-dpdk-<version>-linux-x64\.tar\.gz/);
+    const badName = packer(
+      ["validate", "-var", `eni_dpdk_tarball=${path.join(tmp, "x.tgz")}`, "."],
+      tmp,
+    );
+    t.not(badName.code, 0);
+    t.match(badName.out, /must be an eni-dpdk-<version>-linux-x64\.tar\.gz/);
 
-  const badVersion = packer(["validate", "-var", "kubernetes_version=1.33.2", "-var", `eni_dpdk_tarball=${path.join(tmp, tarballName)}`, "."], tmp);
-  t.not(badVersion.code, 0);
-  t.match(badVersion.out, /minor version such as/);
+    const badVersion = packer(
+      [
+        "validate",
+        "-var",
+        "kubernetes_version=1.33.2",
+        "-var",
+        `eni_dpdk_tarball=${path.join(tmp, tarballName)}`,
+        ".",
+      ],
+      tmp,
+    );
+    t.not(badVersion.code, 0);
+    t.match(badVersion.out, /minor version such as/);
 
-  const gone = path.join(tmp, "gone", tarballName);
-  const absent = packer(["validate", "-var", `eni_dpdk_tarball=${gone}`, "."], tmp);
-  t.not(absent.code, 0, "the tarball must exist");
-  t.match(absent.out, /no such\s+file/);
-});
+    const gone = path.join(tmp, "gone", tarballName);
+    const absent = packer(["validate", "-var", `eni_dpdk_tarball=${gone}`, "."], tmp);
+    t.not(absent.code, 0, "the tarball must exist");
+    t.match(absent.out, /no such\s+file/);
+  },
+);
 
-t.test("validate fails on a broken template (the check can fail)", { skip: havePacker ? false : "packer not installed" }, async (t) => {
-  const typo = copyFor166(t, (tpl, vars) => [tpl.replace("most_recent = true", "most_recnt = true"), vars]);
-  const r = packer(["validate", "-var", `eni_dpdk_tarball=${path.join(typo, tarballName)}`, "."], typo);
-  t.not(r.code, 0);
-  t.match(r.out, /most_recnt/);
+t.test(
+  "validate fails on a broken template (the check can fail)",
+  { skip: havePacker ? false : "packer not installed" },
+  async (t) => {
+    const typo = copyFor166(t, (tpl, vars) => [
+      tpl.replace("most_recent = true", "most_recnt = true"),
+      vars,
+    ]);
+    const r = packer(
+      ["validate", "-var", `eni_dpdk_tarball=${path.join(typo, tarballName)}`, "."],
+      typo,
+    );
+    t.not(r.code, 0);
+    t.match(r.out, /most_recnt/);
 
-  // Why plugins.pkr.hcl is left out: 1.6.6 rejects required_plugins.
-  const withPlugins = copyFor166(t);
-  fs.copyFileSync(path.join(dir, "plugins.pkr.hcl"), path.join(withPlugins, "plugins.pkr.hcl"));
-  const old = packer(["validate", "-var", `eni_dpdk_tarball=${path.join(withPlugins, tarballName)}`, "."], withPlugins);
-  if (/Packer v1\.6\./.test(version.stdout)) t.not(old.code, 0, "1.6.6 rejects required_plugins");
-  else t.equal(old.code, 0, old.out);
-});
+    // Why plugins.pkr.hcl is left out: 1.6.6 rejects required_plugins.
+    const withPlugins = copyFor166(t);
+    fs.copyFileSync(path.join(dir, "plugins.pkr.hcl"), path.join(withPlugins, "plugins.pkr.hcl"));
+    const old = packer(
+      ["validate", "-var", `eni_dpdk_tarball=${path.join(withPlugins, tarballName)}`, "."],
+      withPlugins,
+    );
+    if (/Packer v1\.6\./.test(version.stdout)) t.not(old.code, 0, "1.6.6 rejects required_plugins");
+    else t.equal(old.code, 0, old.out);
+  },
+);

@@ -5,50 +5,96 @@ import { Host } from "../src/host/host.js";
 import { applyHost, planHost } from "../src/reconcile/host.js";
 import { loadState } from "../src/core/state.js";
 import { writeFakeBindingScript } from "../src/sim/kernel.js";
-import { config, DATA1, DATA2, INSTANCE_ID, node, PRIMARY, stageCtx, target } from "./support/fixture.js";
+import {
+  config,
+  DATA1,
+  DATA2,
+  INSTANCE_ID,
+  node,
+  PRIMARY,
+  stageCtx,
+  target,
+} from "./support/fixture.js";
 
 const deviceWrites = (sim: { writes: { path: string; value: string }[] }, bdf: string) =>
   sim.writes.filter((w) => w.path.includes(bdf) || w.value === bdf);
 
-t.test("binds DPDK ENIs found by MAC; override kept, node verified, state and networkd recorded", async (t) => {
-  const sim = node();
-  t.teardown(() => sim.close());
-  const ctx = stageCtx(sim);
-  const targets = [target("data1", DATA1.mac), target("data2", DATA2.mac)];
-  const plan = await planHost(ctx, targets);
-  t.same(
-    plan.actions.map((a) => a.kind),
-    ["load-module", "enable-noiommu", "write-networkd", "write-networkd", "bind", "bind"],
-    "plan: vfio-pci, NOIOMMU (no IOMMU here), networkd files, two binds",
-  );
-  t.equal(sim.writes.length, 0, "planning writes nothing");
-  const res = await applyHost(ctx, targets, plan);
-  t.same(res.map((r) => [r.name, r.state, r.bdf, r.driver, r.originalDriver, r.vendor + ":" + r.device]), [
-    ["data1", "bound", DATA1.bdf, "vfio-pci", "ena", "1d0f:ec20"],
-    ["data2", "bound", DATA2.bdf, "vfio-pci", "ena", "1d0f:ec20"],
-  ]);
-  t.match(res[0]!.deviceNode, /^\/dev\/vfio\/noiommu-\d+$/);
-  t.ok(fs.existsSync(sim.p(res[0]!.deviceNode)), "device node exists");
-  t.equal(res[0]!.resourceName, "amazon.com/data1");
-  t.equal(fs.readFileSync(sim.p(`/sys/bus/pci/devices/${DATA1.bdf}/driver_override`), "utf8").trim(), "vfio-pci", "override stays set");
-  t.equal(fs.readFileSync(sim.p("/sys/module/vfio/parameters/enable_unsafe_noiommu_mode"), "utf8").trim(), "Y");
-  t.notOk(fs.existsSync(sim.p("/sys/class/net/eth1")), "netdev gone with ena");
-  t.equal(sim.driverOf(PRIMARY.bdf), "ena", "primary untouched");
-  t.same(deviceWrites(sim, PRIMARY.bdf), [], "no write names the primary's device");
-  t.notOk(sim.writes.some((w) => /new_id|remove_id/.test(w.path)), "new_id is never used");
-  const saved = await loadState(new Host(sim.root));
-  t.same(Object.keys(saved.bindings).sort(), [DATA1.mac, DATA2.mac]);
-  t.match(saved.bindings[DATA1.mac], { bdf: DATA1.bdf, originalDriver: "ena", driver: "vfio-pci", eniName: "data1", ifname: "eth1" });
-  const nw = fs.readFileSync(sim.p("/etc/systemd/network/00-eni-dpdk-data1.network"), "utf8");
-  t.match(nw, /\[Match\]\nPermanentMACAddress=02:00:00:00:00:02\n\n\[Link\]\nUnmanaged=yes\n/);
-  t.ok(ctx.lines.some((l) => l.includes("NOIOMMU mode is on")), "security implication logged");
-  t.same(sim.errors, []);
-});
+t.test(
+  "binds DPDK ENIs found by MAC; override kept, node verified, state and networkd recorded",
+  async (t) => {
+    const sim = node();
+    t.teardown(() => sim.close());
+    const ctx = stageCtx(sim);
+    const targets = [target("data1", DATA1.mac), target("data2", DATA2.mac)];
+    const plan = await planHost(ctx, targets);
+    t.same(
+      plan.actions.map((a) => a.kind),
+      ["load-module", "enable-noiommu", "write-networkd", "write-networkd", "bind", "bind"],
+      "plan: vfio-pci, NOIOMMU (no IOMMU here), networkd files, two binds",
+    );
+    t.equal(sim.writes.length, 0, "planning writes nothing");
+    const res = await applyHost(ctx, targets, plan);
+    t.same(
+      res.map((r) => [
+        r.name,
+        r.state,
+        r.bdf,
+        r.driver,
+        r.originalDriver,
+        r.vendor + ":" + r.device,
+      ]),
+      [
+        ["data1", "bound", DATA1.bdf, "vfio-pci", "ena", "1d0f:ec20"],
+        ["data2", "bound", DATA2.bdf, "vfio-pci", "ena", "1d0f:ec20"],
+      ],
+    );
+    t.match(res[0].deviceNode, /^\/dev\/vfio\/noiommu-\d+$/);
+    t.ok(fs.existsSync(sim.p(res[0].deviceNode)), "device node exists");
+    t.equal(res[0].resourceName, "amazon.com/data1");
+    t.equal(
+      fs.readFileSync(sim.p(`/sys/bus/pci/devices/${DATA1.bdf}/driver_override`), "utf8").trim(),
+      "vfio-pci",
+      "override stays set",
+    );
+    t.equal(
+      fs
+        .readFileSync(sim.p("/sys/module/vfio/parameters/enable_unsafe_noiommu_mode"), "utf8")
+        .trim(),
+      "Y",
+    );
+    t.notOk(fs.existsSync(sim.p("/sys/class/net/eth1")), "netdev gone with ena");
+    t.equal(sim.driverOf(PRIMARY.bdf), "ena", "primary untouched");
+    t.same(deviceWrites(sim, PRIMARY.bdf), [], "no write names the primary's device");
+    t.notOk(
+      sim.writes.some((w) => /new_id|remove_id/.test(w.path)),
+      "new_id is never used",
+    );
+    const saved = await loadState(new Host(sim.root));
+    t.same(Object.keys(saved.bindings).sort(), [DATA1.mac, DATA2.mac]);
+    t.match(saved.bindings[DATA1.mac], {
+      bdf: DATA1.bdf,
+      originalDriver: "ena",
+      driver: "vfio-pci",
+      eniName: "data1",
+      ifname: "eth1",
+    });
+    const nw = fs.readFileSync(sim.p("/etc/systemd/network/00-eni-dpdk-data1.network"), "utf8");
+    t.match(nw, /\[Match\]\nPermanentMACAddress=02:00:00:00:00:02\n\n\[Link\]\nUnmanaged=yes\n/);
+    t.ok(
+      ctx.lines.some((l) => l.includes("NOIOMMU mode is on")),
+      "security implication logged",
+    );
+    t.same(sim.errors, []);
+  },
+);
 
 t.test("a second run makes no writes at all", async (t) => {
   const sim = node();
   t.teardown(() => sim.close());
-  const targets = [target("data1", DATA1.mac), target("data2", DATA2.mac, { dpdk: { enabled: false } })];
+  const targets = [
+    target("data1", DATA1.mac),
+    target("data2", DATA2.mac, { dpdk: { enabled: false } }),
+  ];
   const first = stageCtx(sim);
   await applyHost(first, targets, await planHost(first, targets));
   await sim.settle();
@@ -59,10 +105,20 @@ t.test("a second run makes no writes at all", async (t) => {
   t.same(plan.actions, [], "converged: no actions");
   const res = await applyHost(ctx, targets, plan);
   await sim.settle();
-  t.same(res.map((r) => [r.state, r.changed]), [["bound", false], ["kernel", false]]);
+  t.same(
+    res.map((r) => [r.state, r.changed]),
+    [
+      ["bound", false],
+      ["kernel", false],
+    ],
+  );
   t.equal(host.writes, 0, "no sysfs or file write through Host");
   t.equal(sim.writes.length, before, "the kernel saw no write");
-  t.same(sim.modprobeCalls(), ["vfio enable_unsafe_noiommu_mode=1", "vfio-pci"], "modprobe ran in the first run only");
+  t.same(
+    sim.modprobeCalls(),
+    ["vfio enable_unsafe_noiommu_mode=1", "vfio-pci"],
+    "modprobe ran in the first run only",
+  );
 });
 
 t.test("kernel-driver ENI: MTU and link up through sysfs, verified", async (t) => {
@@ -71,30 +127,43 @@ t.test("kernel-driver ENI: MTU and link up through sysfs, verified", async (t) =
   const ctx = stageCtx(sim);
   const targets = [target("k1", DATA2.mac, { mtu: 9001, dpdk: { enabled: false } })];
   const plan = await planHost(ctx, targets);
-  t.same(plan.actions.map((a) => a.kind), ["set-mtu", "link-up"]);
+  t.same(
+    plan.actions.map((a) => a.kind),
+    ["set-mtu", "link-up"],
+  );
   const [r] = await applyHost(ctx, targets, plan);
   t.match(r, { state: "kernel", driver: "ena", ifname: "eth2", resourceName: "" });
   t.equal(fs.readFileSync(sim.p("/sys/class/net/eth2/mtu"), "utf8").trim(), "9001");
-  t.equal(parseInt(fs.readFileSync(sim.p("/sys/class/net/eth2/flags"), "utf8"), 16) & 1, 1, "IFF_UP");
+  t.equal(
+    parseInt(fs.readFileSync(sim.p("/sys/class/net/eth2/flags"), "utf8"), 16) & 1,
+    1,
+    "IFF_UP",
+  );
   t.equal(fs.readFileSync(sim.p("/sys/class/net/eth2/operstate"), "utf8").trim(), "up");
   t.equal(sim.modprobeCalls().length, 0, "no DPDK module loaded for kernel ENIs");
   t.notOk(fs.existsSync(sim.p("/etc/systemd/network/00-eni-dpdk-k1.network")));
 });
 
-t.test("guards: the primary ENI and device-number 0 reject the stage before any write", async (t) => {
-  const sim = node();
-  t.teardown(() => sim.close());
-  const ctx = stageCtx(sim);
-  const primary = [target("oops", PRIMARY.mac)];
-  await t.rejects(planHost(ctx, primary), OpError);
-  await t.rejects(applyHost(ctx, primary, { actions: [], located: [] }), /primary ENI/);
-  const ctx0 = stageCtx(sim, { imdsNics: [{ mac: DATA1.mac, deviceNumber: 0, networkCard: 0 }] });
-  await t.rejects(applyHost(ctx0, [target("data1", DATA1.mac)], { actions: [], located: [] }), /device-number 0/);
-  await sim.settle();
-  t.same(sim.writes, [], "no sysfs write");
-  t.equal((ctx.host as Host).writes + (ctx0.host as Host).writes, 0, "no file written");
-  t.equal(sim.modprobeCalls().length, 0, "not even a module loaded");
-});
+t.test(
+  "guards: the primary ENI and device-number 0 reject the stage before any write",
+  async (t) => {
+    const sim = node();
+    t.teardown(() => sim.close());
+    const ctx = stageCtx(sim);
+    const primary = [target("oops", PRIMARY.mac)];
+    await t.rejects(planHost(ctx, primary), OpError);
+    await t.rejects(applyHost(ctx, primary, { actions: [], located: [] }), /primary ENI/);
+    const ctx0 = stageCtx(sim, { imdsNics: [{ mac: DATA1.mac, deviceNumber: 0, networkCard: 0 }] });
+    await t.rejects(
+      applyHost(ctx0, [target("data1", DATA1.mac)], { actions: [], located: [] }),
+      /device-number 0/,
+    );
+    await sim.settle();
+    t.same(sim.writes, [], "no sysfs write");
+    t.equal(ctx.host.writes + ctx0.host.writes, 0, "no file written");
+    t.equal(sim.modprobeCalls().length, 0, "not even a module loaded");
+  },
+);
 
 t.test("guards: default routes (v4, v6) and the IMDS route refuse that device only", async (t) => {
   const sim = node();
@@ -105,53 +174,90 @@ t.test("guards: default routes (v4, v6) and the IMDS route refuse that device on
   sim.addRoute({ iface: "eth2", dest: "::/0", gateway: "fe80::1", metric: 514 });
   sim.addRoute({ iface: "eth3", dest: "169.254.169.254/32" });
   const ctx = stageCtx(sim);
-  const targets = [target("v4", DATA1.mac), target("v6", DATA2.mac), target("imds", "02:00:00:00:00:04"), target("ok", "02:00:00:00:00:05")];
+  const targets = [
+    target("v4", DATA1.mac),
+    target("v6", DATA2.mac),
+    target("imds", "02:00:00:00:00:04"),
+    target("ok", "02:00:00:00:00:05"),
+  ];
   const res = await applyHost(ctx, targets, await planHost(ctx, targets));
-  t.same(res.map((r) => r.state), ["failed", "failed", "failed", "bound"]);
-  t.match(res[0]!.error, /eth1 carries an IPv4 default route/);
-  t.match(res[1]!.error, /eth2 carries an IPv6 default route/);
-  t.match(res[2]!.error, /eth3 carries the route to IMDS/);
+  t.same(
+    res.map((r) => r.state),
+    ["failed", "failed", "failed", "bound"],
+  );
+  t.match(res[0].error, /eth1 carries an IPv4 default route/);
+  t.match(res[1].error, /eth2 carries an IPv6 default route/);
+  t.match(res[2].error, /eth3 carries the route to IMDS/);
   for (const bdf of [DATA1.bdf, DATA2.bdf, "0000:00:08.0"]) {
     t.equal(sim.driverOf(bdf), "ena", `${bdf} untouched`);
     t.same(deviceWrites(sim, bdf), [], `no write for ${bdf}`);
   }
-  t.ok(fs.existsSync(sim.p("/etc/systemd/network/00-eni-dpdk-v4.network")), "networkd file still written, so the next boot leaves it unconfigured");
+  t.ok(
+    fs.existsSync(sim.p("/etc/systemd/network/00-eni-dpdk-v4.network")),
+    "networkd file still written, so the next boot leaves it unconfigured",
+  );
 });
 
-t.test("a configured pci_address that is not the ENI's device is rejected before any write", async (t) => {
-  const sim = node();
-  t.teardown(() => sim.close());
-  const ctx = stageCtx(sim);
-  const targets = [target("data1", DATA1.mac, { dpdk: { pci_address: DATA2.bdf } }), target("data2", DATA2.mac)];
-  const err = await planHost(ctx, targets).catch((e) => e);
-  t.type(err, InputError);
-  t.match(err.message, /eni\.data1\.dpdk\.pci_address: is 0000:00:07\.0, but the ENI's MAC 02:00:00:00:00:02 is on 0000:00:06\.0/);
-  await t.rejects(applyHost(ctx, targets, { actions: [], located: [] }), InputError);
-  await sim.settle();
-  t.same(sim.writes, []);
-  t.equal((ctx.host as Host).writes, 0);
-  // the right address is accepted
-  const ok = [target("data1", DATA1.mac, { dpdk: { pci_address: DATA1.bdf } })];
-  const [r] = await applyHost(ctx, ok, await planHost(ctx, ok));
-  t.equal(r!.state, "bound");
-});
+t.test(
+  "a configured pci_address that is not the ENI's device is rejected before any write",
+  async (t) => {
+    const sim = node();
+    t.teardown(() => sim.close());
+    const ctx = stageCtx(sim);
+    const targets = [
+      target("data1", DATA1.mac, { dpdk: { pci_address: DATA2.bdf } }),
+      target("data2", DATA2.mac),
+    ];
+    const err = await planHost(ctx, targets).catch((e) => e);
+    t.type(err, InputError);
+    t.match(
+      err.message,
+      /eni\.data1\.dpdk\.pci_address: is 0000:00:07\.0, but the ENI's MAC 02:00:00:00:00:02 is on 0000:00:06\.0/,
+    );
+    await t.rejects(applyHost(ctx, targets, { actions: [], located: [] }), InputError);
+    await sim.settle();
+    t.same(sim.writes, []);
+    t.equal(ctx.host.writes, 0);
+    // the right address is accepted
+    const ok = [target("data1", DATA1.mac, { dpdk: { pci_address: DATA1.bdf } })];
+    const [r] = await applyHost(ctx, ok, await planHost(ctx, ok));
+    t.equal(r.state, "bound");
+  },
+);
 
-t.test("a failed probe is rolled back: device back on ena with its netdev; other devices continue", async (t) => {
-  const sim = node();
-  t.teardown(() => sim.close());
-  const ctx = stageCtx(sim);
-  sim.failNextProbe(DATA1.bdf);
-  const targets = [target("data1", DATA1.mac), target("data2", DATA2.mac)];
-  const res = await applyHost(ctx, targets, await planHost(ctx, targets));
-  t.same(res.map((r) => r.state), ["failed", "bound"]);
-  t.match(res[0]!.error, /probe did not bind vfio-pci \(driver now: none.*restored to ena \(netdev eth1 is back\)/);
-  t.equal(sim.driverOf(DATA1.bdf), "ena");
-  t.equal(fs.readFileSync(sim.p("/sys/class/net/eth1/address"), "utf8").trim(), DATA1.mac, "same MAC on the returned netdev");
-  t.equal(fs.readFileSync(sim.p(`/sys/bus/pci/devices/${DATA1.bdf}/driver_override`), "utf8").trim(), "(null)", "override cleared");
-  t.notOk(ctx.state.bindings[DATA1.mac], "failed device not recorded as bound");
-  t.ok(ctx.state.bindings[DATA2.mac]);
-  t.same(sim.errors, []);
-});
+t.test(
+  "a failed probe is rolled back: device back on ena with its netdev; other devices continue",
+  async (t) => {
+    const sim = node();
+    t.teardown(() => sim.close());
+    const ctx = stageCtx(sim);
+    sim.failNextProbe(DATA1.bdf);
+    const targets = [target("data1", DATA1.mac), target("data2", DATA2.mac)];
+    const res = await applyHost(ctx, targets, await planHost(ctx, targets));
+    t.same(
+      res.map((r) => r.state),
+      ["failed", "bound"],
+    );
+    t.match(
+      res[0].error,
+      /probe did not bind vfio-pci \(driver now: none.*restored to ena \(netdev eth1 is back\)/,
+    );
+    t.equal(sim.driverOf(DATA1.bdf), "ena");
+    t.equal(
+      fs.readFileSync(sim.p("/sys/class/net/eth1/address"), "utf8").trim(),
+      DATA1.mac,
+      "same MAC on the returned netdev",
+    );
+    t.equal(
+      fs.readFileSync(sim.p(`/sys/bus/pci/devices/${DATA1.bdf}/driver_override`), "utf8").trim(),
+      "(null)",
+      "override cleared",
+    );
+    t.notOk(ctx.state.bindings[DATA1.mac], "failed device not recorded as bound");
+    t.ok(ctx.state.bindings[DATA2.mac]);
+    t.same(sim.errors, []);
+  },
+);
 
 t.test("binding_script: exits 0 without binding → detected in sysfs and rolled back", async (t) => {
   for (const behaviour of ["nothing", "unbind-only"] as const) {
@@ -162,24 +268,39 @@ t.test("binding_script: exits 0 without binding → detected in sysfs and rolled
       const ctx = stageCtx(sim, { config: config({ dpdk: { binding_script: script } }) });
       const targets = [target("data1", DATA1.mac)];
       const [r] = await applyHost(ctx, targets, await planHost(ctx, targets));
-      t.equal(r!.state, "failed");
-      t.match(r!.error, new RegExp(`exited 0 but ${DATA1.bdf} is bound to (no driver|ena), not vfio-pci.*restored to ena`));
+      t.equal(r.state, "failed");
+      t.match(
+        r.error,
+        new RegExp(
+          `exited 0 but ${DATA1.bdf} is bound to (no driver|ena), not vfio-pci.*restored to ena`,
+        ),
+      );
       t.equal(sim.driverOf(DATA1.bdf), "ena");
       t.equal(sim.netdevOf(DATA1.bdf), "eth1", "netdev back");
-      t.match(fs.readFileSync(sim.p("/.sim/devbind.log"), "utf8"), `vfio-pci ${DATA1.bdf}`, "script got driver and BDF as argv");
+      t.match(
+        fs.readFileSync(sim.p("/.sim/devbind.log"), "utf8"),
+        `vfio-pci ${DATA1.bdf}`,
+        "script got driver and BDF as argv",
+      );
     });
   }
-  await t.test("works (and clears the override, as devbind does) → override set again", async (t) => {
-    const sim = node();
-    t.teardown(() => sim.close());
-    const script = writeFakeBindingScript(sim, "works");
-    const ctx = stageCtx(sim, { config: config({ dpdk: { binding_script: script } }) });
-    const targets = [target("data1", DATA1.mac)];
-    const [r] = await applyHost(ctx, targets, await planHost(ctx, targets));
-    t.equal(r!.state, "bound");
-    await sim.settle();
-    t.equal(fs.readFileSync(sim.p(`/sys/bus/pci/devices/${DATA1.bdf}/driver_override`), "utf8").trim(), "vfio-pci");
-  });
+  await t.test(
+    "works (and clears the override, as devbind does) → override set again",
+    async (t) => {
+      const sim = node();
+      t.teardown(() => sim.close());
+      const script = writeFakeBindingScript(sim, "works");
+      const ctx = stageCtx(sim, { config: config({ dpdk: { binding_script: script } }) });
+      const targets = [target("data1", DATA1.mac)];
+      const [r] = await applyHost(ctx, targets, await planHost(ctx, targets));
+      t.equal(r.state, "bound");
+      await sim.settle();
+      t.equal(
+        fs.readFileSync(sim.p(`/sys/bus/pci/devices/${DATA1.bdf}/driver_override`), "utf8").trim(),
+        "vfio-pci",
+      );
+    },
+  );
 });
 
 t.test("concurrent runs serialise on the host lock", async (t) => {
@@ -198,9 +319,9 @@ t.test("concurrent runs serialise on the host lock", async (t) => {
   };
   await Promise.all([runOne("a"), runOne("b")]);
   spans.sort((x, y) => x.start - y.start);
-  t.ok(spans[1]!.start >= spans[0]!.end, "the second started after the first finished");
-  t.same(spans[0]!.changed, [true, true]);
-  t.same(spans[1]!.changed, [false, false], "the second found everything bound and changed nothing");
+  t.ok(spans[1].start >= spans[0].end, "the second started after the first finished");
+  t.same(spans[0].changed, [true, true]);
+  t.same(spans[1].changed, [false, false], "the second found everything bound and changed nothing");
   t.same(sim.errors, []);
 });
 
@@ -208,14 +329,33 @@ t.test("state file and instance id are what the cache is keyed by", async (t) =>
   const sim = node();
   t.teardown(() => sim.close());
   fs.mkdirSync(sim.p(`/etc/eks/nodeadm/udev-net-manager/${INSTANCE_ID}`), { recursive: true });
-  fs.writeFileSync(sim.p(`/etc/eks/nodeadm/udev-net-manager/${INSTANCE_ID}/eth1`), "io.systemd.Network");
-  fs.writeFileSync(sim.p(`/etc/eks/nodeadm/udev-net-manager/${INSTANCE_ID}/eth2`), JSON.stringify({ mac: DATA2.mac, manager: "io.systemd.Network" }));
+  fs.writeFileSync(
+    sim.p(`/etc/eks/nodeadm/udev-net-manager/${INSTANCE_ID}/eth1`),
+    "io.systemd.Network",
+  );
+  fs.writeFileSync(
+    sim.p(`/etc/eks/nodeadm/udev-net-manager/${INSTANCE_ID}/eth2`),
+    JSON.stringify({ mac: DATA2.mac, manager: "io.systemd.Network" }),
+  );
   const ctx = stageCtx(sim);
   const targets = [target("data1", DATA1.mac), target("data2", DATA2.mac)];
   await applyHost(ctx, targets, await planHost(ctx, targets));
-  t.equal(fs.readFileSync(sim.p(`/etc/eks/nodeadm/udev-net-manager/${INSTANCE_ID}/eth1`), "utf8"), "eni-dpdk", "old format: bare manager name");
-  t.same(JSON.parse(fs.readFileSync(sim.p(`/etc/eks/nodeadm/udev-net-manager/${INSTANCE_ID}/eth2`), "utf8")), { mac: DATA2.mac, manager: "eni-dpdk" }, "new format kept");
-  t.ok(ctx.state.networkdFiles.includes(`/etc/eks/nodeadm/udev-net-manager/${INSTANCE_ID}/eth1`), "recorded for reset");
+  t.equal(
+    fs.readFileSync(sim.p(`/etc/eks/nodeadm/udev-net-manager/${INSTANCE_ID}/eth1`), "utf8"),
+    "eni-dpdk",
+    "old format: bare manager name",
+  );
+  t.same(
+    JSON.parse(
+      fs.readFileSync(sim.p(`/etc/eks/nodeadm/udev-net-manager/${INSTANCE_ID}/eth2`), "utf8"),
+    ),
+    { mac: DATA2.mac, manager: "eni-dpdk" },
+    "new format kept",
+  );
+  t.ok(
+    ctx.state.networkdFiles.includes(`/etc/eks/nodeadm/udev-net-manager/${INSTANCE_ID}/eth1`),
+    "recorded for reset",
+  );
 });
 
 t.test("a just-attached ENI: waits for its NIC to appear, then binds", async (t) => {
@@ -225,26 +365,38 @@ t.test("a just-attached ENI: waits for its NIC to appear, then binds", async (t)
   const mac = "02:00:00:00:00:09";
   const targets = [target("late", mac)];
   const plan = await planHost(ctx, targets);
-  t.match(plan.actions.find((a) => a.target === "late"), { kind: "bind", detail: /wait for the NIC with MAC 02:00:00:00:00:09/ });
+  t.match(
+    plan.actions.find((a) => a.target === "late"),
+    { kind: "bind", detail: /wait for the NIC with MAC 02:00:00:00:00:09/ },
+  );
   setTimeout(() => sim.addNic({ bdf: "0000:00:0a.0", mac, ifname: "eth5" }), 300); // the EC2 emulator's hot-plug hook
   const [r] = await applyHost(ctx, targets, plan);
   t.match(r, { state: "bound", bdf: "0000:00:0a.0", originalDriver: "ena" });
 });
 
-t.test("DPDK switched off for a bound ENI: returned to its kernel driver, then MTU and link up", async (t) => {
-  const sim = node();
-  t.teardown(() => sim.close());
-  const ctx = stageCtx(sim);
-  await applyHost(ctx, [target("data1", DATA1.mac)], await planHost(ctx, [target("data1", DATA1.mac)]));
-  t.equal(sim.driverOf(DATA1.bdf), "vfio-pci");
-  const off = [target("data1", DATA1.mac, { dpdk: { enabled: false } })];
-  const plan = await planHost(ctx, off);
-  t.match(plan.actions, [{ kind: "unbind", target: DATA1.bdf, detail: /return from vfio-pci to ena/ }]);
-  const [r] = await applyHost(ctx, off, plan);
-  t.match(r, { state: "kernel", driver: "ena", ifname: "eth1" });
-  t.equal(fs.readFileSync(sim.p("/sys/class/net/eth1/mtu"), "utf8").trim(), "9001");
-  t.notOk(ctx.state.bindings[DATA1.mac]);
-});
+t.test(
+  "DPDK switched off for a bound ENI: returned to its kernel driver, then MTU and link up",
+  async (t) => {
+    const sim = node();
+    t.teardown(() => sim.close());
+    const ctx = stageCtx(sim);
+    await applyHost(
+      ctx,
+      [target("data1", DATA1.mac)],
+      await planHost(ctx, [target("data1", DATA1.mac)]),
+    );
+    t.equal(sim.driverOf(DATA1.bdf), "vfio-pci");
+    const off = [target("data1", DATA1.mac, { dpdk: { enabled: false } })];
+    const plan = await planHost(ctx, off);
+    t.match(plan.actions, [
+      { kind: "unbind", target: DATA1.bdf, detail: /return from vfio-pci to ena/ },
+    ]);
+    const [r] = await applyHost(ctx, off, plan);
+    t.match(r, { state: "kernel", driver: "ena", ifname: "eth1" });
+    t.equal(fs.readFileSync(sim.p("/sys/class/net/eth1/mtu"), "utf8").trim(), "9001");
+    t.notOk(ctx.state.bindings[DATA1.mac]);
+  },
+);
 
 t.test("routes are read as the kernel prints them", async (t) => {
   const sim = node();
@@ -273,5 +425,9 @@ t.test("routes are read as the kernel prints them", async (t) => {
   const r = await readRoutes(new Host(sim.root));
   t.same([...r.defaultV4], ["ens5"], "RTF_REJECT route ignored");
   t.same([...r.defaultV6], ["ens5"], "lo's reject route ignored");
-  t.same([...r.imds].sort(), ["ens5", "ens7", "ens9"], "host route to 169.254.169.254 and fd00:ec2::/32 count; a subnet route does not");
+  t.same(
+    [...r.imds].sort(),
+    ["ens5", "ens7", "ens9"],
+    "host route to 169.254.169.254 and fd00:ec2::/32 count; a subnet route does not",
+  );
 });

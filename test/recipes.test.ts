@@ -29,8 +29,8 @@ const doc = fs.readFileSync(path.join(repo, "docs/user-data.md"), "utf8");
 function recipes(markdown: string): Map<string, string> {
   const out = new Map<string, string>();
   for (const m of markdown.matchAll(/^```[\w+-]* recipe=([\w:-]+)\n([\s\S]*?)^```$/gm)) {
-    if (out.has(m[1]!)) throw new Error(`recipe ${m[1]} appears twice`);
-    out.set(m[1]!, m[2]!);
+    if (out.has(m[1])) throw new Error(`recipe ${m[1]} appears twice`);
+    out.set(m[1], m[2]);
   }
   return out;
 }
@@ -74,38 +74,60 @@ t.test("1. plain TOML user-data, raw, base64 and gzip", async (t) => {
     const ud = userDataLayers(data);
     t.equal(ud.layers.length, 1, `${how}: recognised as ours`);
     const { config } = buildConfig(ud.layers);
-    t.same(config.eni.map((e) => [e.name, e.device_index, e.dpdk.enabled, e.dpdk.resource_name]), [["data1", 1, true, "amazon.com/ena_dpdk"]], how);
+    t.same(
+      config.eni.map((e) => [e.name, e.device_index, e.dpdk.enabled, e.dpdk.resource_name]),
+      [["data1", 1, true, "amazon.com/ena_dpdk"]],
+      how,
+    );
     t.equal(config.dpdk.hugepages_2m, 1024);
   }
 });
 
-t.test("2. MIME multipart: the rendered document is exactly the doc's, and decodes to both parts", async (t) => {
-  const nodeConfig = block("multipart:nodeconfig");
-  const toml = block("multipart:config");
-  const mime = block("multipart:user-data");
-  t.equal(renderUserData(nodeConfig, toml), mime, "renderUserData(nodeconfig, config) reproduces the documented user-data");
+t.test(
+  "2. MIME multipart: the rendered document is exactly the doc's, and decodes to both parts",
+  async (t) => {
+    const nodeConfig = block("multipart:nodeconfig");
+    const toml = block("multipart:config");
+    const mime = block("multipart:user-data");
+    t.equal(
+      renderUserData(nodeConfig, toml),
+      mime,
+      "renderUserData(nodeconfig, config) reproduces the documented user-data",
+    );
 
-  const parts = decodeUserData(Buffer.from(mime));
-  t.same(parts.map((p) => p.contentType), [NODEADM_MEDIA_TYPE, OUR_MEDIA_TYPE]);
-  t.equal(parts[0]!.text.trim(), nodeConfig.trim(), "nodeadm's part carries the NodeConfig unchanged");
+    const parts = decodeUserData(Buffer.from(mime));
+    t.same(
+      parts.map((p) => p.contentType),
+      [NODEADM_MEDIA_TYPE, OUR_MEDIA_TYPE],
+    );
+    t.equal(
+      parts[0].text.trim(),
+      nodeConfig.trim(),
+      "nodeadm's part carries the NodeConfig unchanged",
+    );
 
-  const ud = userDataLayers(Buffer.from(Buffer.from(mime).toString("base64")));
-  t.equal(ud.layers.length, 1, "only our part becomes a layer (base64 as EC2 delivers it)");
-  const { config } = buildConfig(ud.layers);
-  t.same(
-    config.eni.map((e) => [e.name, e.device_index, e.dpdk.enabled, e.mtu]),
-    [
-      ["data1", 1, true, 9001],
-      ["data2", 2, true, 9001],
-      ["storage", 3, false, 9001],
-    ],
-  );
-  t.equal(config.eni[2]!.subnet_name, "storage-us-west-2a");
+    const ud = userDataLayers(Buffer.from(Buffer.from(mime).toString("base64")));
+    t.equal(ud.layers.length, 1, "only our part becomes a layer (base64 as EC2 delivers it)");
+    const { config } = buildConfig(ud.layers);
+    t.same(
+      config.eni.map((e) => [e.name, e.device_index, e.dpdk.enabled, e.mtu]),
+      [
+        ["data1", 1, true, 9001],
+        ["data2", 2, true, 9001],
+        ["storage", 3, false, 9001],
+      ],
+    );
+    t.equal(config.eni[2].subnet_name, "storage-us-west-2a");
 
-  const info = await parseNodeConfigs(parts, []);
-  t.equal(info.cluster?.name, "my-cluster", "the NodeConfig part is still readable for the NodeENI source");
-  t.same(info.kubeletFlags, ["--node-labels=eni-dpdk/pool=dpdk-a"]);
-});
+    const info = await parseNodeConfigs(parts, []);
+    t.equal(
+      info.cluster?.name,
+      "my-cluster",
+      "the NodeConfig part is still readable for the NodeENI source",
+    );
+    t.same(info.kubeletFlags, ["--node-labels=eni-dpdk/pool=dpdk-a"]);
+  },
+);
 
 t.test("2. the same document through `eni-dpdk userdata` (the real CLI)", async (t) => {
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "eni-dpdk-recipes-"));
@@ -113,16 +135,31 @@ t.test("2. the same document through `eni-dpdk userdata` (the real CLI)", async 
   fs.writeFileSync(path.join(tmp, "nodeconfig.yaml"), block("multipart:nodeconfig"));
   fs.writeFileSync(path.join(tmp, "eni-dpdk.toml"), block("multipart:config"));
   const cli = (config: string) =>
-    spawnSync(process.execPath, ["--import=tsx", path.join(repo, "src/main.ts"), "userdata", "--nodeconfig", path.join(tmp, "nodeconfig.yaml"), "--config", config], {
-      cwd: repo,
-      encoding: "utf8",
-    });
+    spawnSync(
+      process.execPath,
+      [
+        "--import=tsx",
+        path.join(repo, "src/main.ts"),
+        "userdata",
+        "--nodeconfig",
+        path.join(tmp, "nodeconfig.yaml"),
+        "--config",
+        config,
+      ],
+      {
+        cwd: repo,
+        encoding: "utf8",
+      },
+    );
   const r = cli(path.join(tmp, "eni-dpdk.toml"));
   t.equal(r.status, 0, r.stderr);
   t.equal(r.stdout, block("multipart:user-data"));
 
   // A broken TOML part is refused (exit 2) and nothing is printed.
-  fs.writeFileSync(path.join(tmp, "bad.toml"), block("multipart:config").replace("device_index = 2", "device_indx = 2"));
+  fs.writeFileSync(
+    path.join(tmp, "bad.toml"),
+    block("multipart:config").replace("device_index = 2", "device_indx = 2"),
+  );
   const bad = cli(path.join(tmp, "bad.toml"));
   t.equal(bad.status, 2);
   t.equal(bad.stdout, "");
@@ -145,7 +182,13 @@ t.test("3. tags only: the launch template's instance tags", async (t) => {
   }
   const { config } = buildConfig(tagLayers(tags));
   t.same(
-    config.eni.map((e) => [e.name, e.device_index, e.dpdk.driver, e.dpdk.resource_name, e.security_group_ids]),
+    config.eni.map((e) => [
+      e.name,
+      e.device_index,
+      e.dpdk.driver,
+      e.dpdk.resource_name,
+      e.security_group_ids,
+    ]),
     [
       ["data1", 1, "vfio-pci", "amazon.com/ena_dpdk", ["sg-0123456789abcdef0"]],
       ["data2", 2, "vfio-pci", "ena_dpdk", ["sg-0123456789abcdef0"]],
@@ -174,34 +217,67 @@ t.test("4. NodeENI only: the node selects the NodeENI through its NodeConfig lab
   const { config } = buildConfig(layersForNodeEnis(applicable, defaults(), warnings));
   t.same(warnings, []);
   t.equal(config.eni.length, 1);
-  const eni = config.eni[0]!;
-  t.same([eni.device_index, eni.subnet_id, eni.mtu, eni.dpdk.enabled, eni.dpdk.driver, eni.dpdk.resource_name], [1, "subnet-0123456789abcdef0", 9001, true, "vfio-pci", "amazon.com/ena_dpdk"]);
+  const eni = config.eni[0];
+  t.same(
+    [
+      eni.device_index,
+      eni.subnet_id,
+      eni.mtu,
+      eni.dpdk.enabled,
+      eni.dpdk.driver,
+      eni.dpdk.resource_name,
+    ],
+    [1, "subnet-0123456789abcdef0", 9001, true, "vfio-pci", "amazon.com/ena_dpdk"],
+  );
 
   // The selection can fail: a node without the label is not selected.
-  const unlabelled = nodeIdentity({ instance, nodeConfig: { ...nodeConfig, kubeletFlags: [] }, k8s: defaults().kubernetes, arch: "x64" });
+  const unlabelled = nodeIdentity({
+    instance,
+    nodeConfig: { ...nodeConfig, kubeletFlags: [] },
+    k8s: defaults().kubernetes,
+    arch: "x64",
+  });
   t.equal(applicableNodeEnis([manifest], unlabelled.labels, []).length, 0);
 });
 
 t.test("4. the RBAC lets system:nodes read NodeENIs and patch their status", async (t) => {
   const [role, binding] = YAML.parseAllDocuments(block("nodeeni:rbac")).map((d) => d.toJS()) as [
-    { kind: string; metadata: { name: string }; rules: { apiGroups: string[]; resources: string[]; verbs: string[] }[] },
+    {
+      kind: string;
+      metadata: { name: string };
+      rules: { apiGroups: string[]; resources: string[]; verbs: string[] }[];
+    },
     { kind: string; roleRef: { name: string }; subjects: { kind: string; name: string }[] },
   ];
   const allows = (resource: string, verb: string) =>
-    role.rules.some((r) => r.apiGroups.includes("networking.k8s.aws") && r.resources.includes(resource) && r.verbs.includes(verb));
+    role.rules.some(
+      (r) =>
+        r.apiGroups.includes("networking.k8s.aws") &&
+        r.resources.includes(resource) &&
+        r.verbs.includes(verb),
+    );
   t.equal(role.kind, "ClusterRole", "NodeENI is cluster-scoped");
   for (const verb of ["list", "watch"]) t.ok(allows("nodeenis", verb), `nodeenis ${verb}`);
   t.ok(allows("nodeenis/status", "patch"), "nodeenis/status patch");
   t.notOk(allows("nodeenis", "delete"), "nothing more");
   t.equal(binding.kind, "ClusterRoleBinding");
   t.equal(binding.roleRef.name, role.metadata.name);
-  t.same(binding.subjects.map((s) => [s.kind, s.name]), [["Group", "system:nodes"]]);
+  t.same(
+    binding.subjects.map((s) => [s.kind, s.name]),
+    [["Group", "system:nodes"]],
+  );
 });
 
-t.test("the config blocks also validate standalone (what `eni-dpdk validate FILE` does)", async (t) => {
-  for (const id of ["plain", "multipart:config"]) {
-    t.doesNotThrow(() => buildConfig([tomlLayer(block(id), id)]), id);
-  }
-  // and the extraction is not vacuous: a broken copy is rejected with the key named
-  t.throws(() => buildConfig([tomlLayer(block("plain").replace("device_index", "device_idx"), "plain")]), /device_idx/);
-});
+t.test(
+  "the config blocks also validate standalone (what `eni-dpdk validate FILE` does)",
+  async (t) => {
+    for (const id of ["plain", "multipart:config"]) {
+      t.doesNotThrow(() => buildConfig([tomlLayer(block(id), id)]), id);
+    }
+    // and the extraction is not vacuous: a broken copy is rejected with the key named
+    t.throws(
+      () => buildConfig([tomlLayer(block("plain").replace("device_index", "device_idx"), "plain")]),
+      /device_idx/,
+    );
+  },
+);

@@ -22,10 +22,18 @@ interface Proc {
 }
 
 function start(world: World, args: string[], extraEnv: NodeJS.ProcessEnv = {}): Proc {
-  const child = spawn(process.execPath, ["--import", "tsx", main, ...args], { env: world.env(extraEnv), cwd: repo });
-  const p: Proc = { child, stdout: "", stderr: "", exit: new Promise((r) => child.on("exit", (c, sig) => r(c ?? (sig ? 128 : 1)))) };
-  child.stdout!.on("data", (d: Buffer) => (p.stdout += d.toString()));
-  child.stderr!.on("data", (d: Buffer) => (p.stderr += d.toString()));
+  const child = spawn(process.execPath, ["--import", "tsx", main, ...args], {
+    env: world.env(extraEnv),
+    cwd: repo,
+  });
+  const p: Proc = {
+    child,
+    stdout: "",
+    stderr: "",
+    exit: new Promise((r) => child.on("exit", (c, sig) => r(c ?? (sig ? 128 : 1)))),
+  };
+  child.stdout.on("data", (d: Buffer) => (p.stdout += d.toString()));
+  child.stderr.on("data", (d: Buffer) => (p.stderr += d.toString()));
   return p;
 }
 
@@ -35,81 +43,135 @@ async function cli(world: World, args: string[], extraEnv: NodeJS.ProcessEnv = {
   return { code, stdout: p.stdout, stderr: p.stderr };
 }
 
-t.test("plan changes nothing; apply converges; a second apply changes nothing; status.json written", async (t) => {
-  const world = await World.start({ configToml: sampleConfig() });
-  t.teardown(() => world.close());
+t.test(
+  "plan changes nothing; apply converges; a second apply changes nothing; status.json written",
+  async (t) => {
+    const world = await World.start({ configToml: sampleConfig() });
+    t.teardown(() => world.close());
 
-  const plan = await cli(world, ["plan"]);
-  t.equal(plan.code, 0, plan.stderr);
-  for (const line of [/eni\s+create\s+n3/, /eni\s+attach\s+n6/, /host\s+load-module\s+vfio-pci/, /host\s+bind\s+n3\s+after the ENI is attached/, /host\s+set-mtu\s+mgmt/, /sriov\s+write-sriov\s+\/etc\/pcidp\/config.json\s+resource amazon.com\/ena_dpdk, after/]) t.match(plan.stdout, line);
-  t.equal(world.ec2.mutatingCalls(), 0, "plan made no mutating EC2 call");
-  t.same(world.sim.writes, [], "plan made no sysfs write");
-  t.notOk(existsSync(path.join(world.root, "var/lib/eni-dpdk/state.json")), "plan wrote no state");
-  t.notOk(existsSync(path.join(world.root, "var/lib/eni-dpdk/toml-memo.json")), "plan wrote no parse memo");
+    const plan = await cli(world, ["plan"]);
+    t.equal(plan.code, 0, plan.stderr);
+    for (const line of [
+      /eni\s+create\s+n3/,
+      /eni\s+attach\s+n6/,
+      /host\s+load-module\s+vfio-pci/,
+      /host\s+bind\s+n3\s+after the ENI is attached/,
+      /host\s+set-mtu\s+mgmt/,
+      /sriov\s+write-sriov\s+\/etc\/pcidp\/config.json\s+resource amazon.com\/ena_dpdk, after/,
+    ])
+      t.match(plan.stdout, line);
+    t.equal(world.ec2.mutatingCalls(), 0, "plan made no mutating EC2 call");
+    t.same(world.sim.writes, [], "plan made no sysfs write");
+    t.notOk(
+      existsSync(path.join(world.root, "var/lib/eni-dpdk/state.json")),
+      "plan wrote no state",
+    );
+    t.notOk(
+      existsSync(path.join(world.root, "var/lib/eni-dpdk/toml-memo.json")),
+      "plan wrote no parse memo",
+    );
 
-  const apply = await cli(world, ["apply"]);
-  t.equal(apply.code, 0, apply.stderr);
-  for (const stage of ["sources", "observe", "eni", "host", "sriov"]) t.match(apply.stderr, new RegExp(`msg="${stage} done" stage=${stage} took_ms=\\d+`));
-  t.match(apply.stderr, /msg="ready: 3 ENIs attached, 2 bound to vfio-pci \(noiommu\), 1 SR-IOV resource written"/);
-  const status = JSON.parse(readFileSync(path.join(world.root, "run/eni-dpdk/status.json"), "utf8"));
-  t.equal(status.apply.ok, true);
-  t.ok(status.apply.timings.eni > 0 && status.apply.timings.total > 0, "timings per stage");
-  const sriov = JSON.parse(readFileSync(path.join(world.root, "etc/pcidp/config.json"), "utf8"));
-  t.same(sriov.resourceList[0].selectors[0].pciAddresses, ["0000:00:06.0", "0000:00:07.0"]);
-  t.equal(world.sim.driverOf("0000:00:08.0"), "ena", "kernel ENI stays on ena");
-  t.equal(readFileSync(path.join(world.root, "sys/class/net/eth3/mtu"), "utf8").trim(), "9001");
-  t.equal(world.sim.driverOf("0000:00:05.0"), "ena", "primary untouched");
+    const apply = await cli(world, ["apply"]);
+    t.equal(apply.code, 0, apply.stderr);
+    for (const stage of ["sources", "observe", "eni", "host", "sriov"])
+      t.match(apply.stderr, new RegExp(`msg="${stage} done" stage=${stage} took_ms=\\d+`));
+    t.match(
+      apply.stderr,
+      /msg="ready: 3 ENIs attached, 2 bound to vfio-pci \(noiommu\), 1 SR-IOV resource written"/,
+    );
+    const status = JSON.parse(
+      readFileSync(path.join(world.root, "run/eni-dpdk/status.json"), "utf8"),
+    );
+    t.equal(status.apply.ok, true);
+    t.ok(status.apply.timings.eni > 0 && status.apply.timings.total > 0, "timings per stage");
+    const sriov = JSON.parse(readFileSync(path.join(world.root, "etc/pcidp/config.json"), "utf8"));
+    t.same(sriov.resourceList[0].selectors[0].pciAddresses, ["0000:00:06.0", "0000:00:07.0"]);
+    t.equal(world.sim.driverOf("0000:00:08.0"), "ena", "kernel ENI stays on ena");
+    t.equal(readFileSync(path.join(world.root, "sys/class/net/eth3/mtu"), "utf8").trim(), "9001");
+    t.equal(world.sim.driverOf("0000:00:05.0"), "ena", "primary untouched");
 
-  const mutating = world.ec2.mutatingCalls();
-  const writes = world.sim.writes.length;
-  const mtime = statSync(path.join(world.root, "etc/pcidp/config.json")).mtimeMs;
-  const again = await cli(world, ["plan"]);
-  t.match(again.stdout, /nothing to do/);
-  const second = await cli(world, ["apply"]);
-  t.equal(second.code, 0, second.stderr);
-  t.equal(world.ec2.mutatingCalls(), mutating, "second apply: no mutating EC2 call");
-  t.equal(world.sim.writes.length, writes, "second apply: no sysfs write");
-  t.equal(statSync(path.join(world.root, "etc/pcidp/config.json")).mtimeMs, mtime, "SR-IOV file untouched");
-  t.match(second.stderr, /msg="eni done" stage=eni took_ms=\d+ actions=0 ec2_loaded=false/, "no EC2 SDK loaded when IMDS proves the ENIs");
-});
+    const mutating = world.ec2.mutatingCalls();
+    const writes = world.sim.writes.length;
+    const mtime = statSync(path.join(world.root, "etc/pcidp/config.json")).mtimeMs;
+    const again = await cli(world, ["plan"]);
+    t.match(again.stdout, /nothing to do/);
+    const second = await cli(world, ["apply"]);
+    t.equal(second.code, 0, second.stderr);
+    t.equal(world.ec2.mutatingCalls(), mutating, "second apply: no mutating EC2 call");
+    t.equal(world.sim.writes.length, writes, "second apply: no sysfs write");
+    t.equal(
+      statSync(path.join(world.root, "etc/pcidp/config.json")).mtimeMs,
+      mtime,
+      "SR-IOV file untouched",
+    );
+    t.match(
+      second.stderr,
+      /msg="eni done" stage=eni took_ms=\d+ actions=0 ec2_loaded=false/,
+      "no EC2 SDK loaded when IMDS proves the ENIs",
+    );
+  },
+);
 
-t.test("first boot: the networkd Unmanaged file of a DPDK ENI exists before its NIC appears", async (t) => {
-  const world = await World.start({ configToml: sampleConfig() });
-  t.teardown(() => world.close());
-  const seen: Record<string, boolean> = {};
-  const hook = world.ec2.onAttached!;
-  world.ec2.onAttached = (ev) => {
-    const name = ev.eni.tags["eni-dpdk:name"]!;
-    seen[name] = existsSync(path.join(world.root, `etc/systemd/network/00-eni-dpdk-${name}.network`));
-    return hook(ev);
-  };
-  t.equal((await cli(world, ["apply"])).code, 0);
-  t.same(seen, { n3: true, n6: true, mgmt: false }, "written for the DPDK ENIs before attach; none for the kernel ENI");
-  t.match(readFileSync(path.join(world.root, "etc/systemd/network/00-eni-dpdk-n3.network"), "utf8"), /Unmanaged=yes/);
-});
+t.test(
+  "first boot: the networkd Unmanaged file of a DPDK ENI exists before its NIC appears",
+  async (t) => {
+    const world = await World.start({ configToml: sampleConfig() });
+    t.teardown(() => world.close());
+    const seen: Record<string, boolean> = {};
+    const hook = world.ec2.onAttached!;
+    world.ec2.onAttached = (ev) => {
+      const name = ev.eni.tags["eni-dpdk:name"];
+      seen[name] = existsSync(
+        path.join(world.root, `etc/systemd/network/00-eni-dpdk-${name}.network`),
+      );
+      return hook(ev);
+    };
+    t.equal((await cli(world, ["apply"])).code, 0);
+    t.same(
+      seen,
+      { n3: true, n6: true, mgmt: false },
+      "written for the DPDK ENIs before attach; none for the kernel ENI",
+    );
+    t.match(
+      readFileSync(path.join(world.root, "etc/systemd/network/00-eni-dpdk-n3.network"), "utf8"),
+      /Unmanaged=yes/,
+    );
+  },
+);
 
-t.test("reboot: devices come back on ena; apply rebinds them from the state file with no EC2 call", async (t) => {
-  const world = await World.start({ configToml: sampleConfig() });
-  t.teardown(() => world.close());
-  t.equal((await cli(world, ["apply"])).code, 0);
-  world.reboot();
-  t.equal(world.sim.driverOf("0000:00:06.0"), "ena");
-  const calls = world.ec2.totalCalls();
-  const r = await cli(world, ["apply"]);
-  t.equal(r.code, 0, r.stderr);
-  t.equal(world.ec2.totalCalls(), calls, "no EC2 call at all");
-  t.equal(world.sim.driverOf("0000:00:06.0"), "vfio-pci");
-  t.equal(world.sim.driverOf("0000:00:07.0"), "vfio-pci");
-  t.equal(world.sim.driverOf("0000:00:05.0"), "ena");
-});
+t.test(
+  "reboot: devices come back on ena; apply rebinds them from the state file with no EC2 call",
+  async (t) => {
+    const world = await World.start({ configToml: sampleConfig() });
+    t.teardown(() => world.close());
+    t.equal((await cli(world, ["apply"])).code, 0);
+    world.reboot();
+    t.equal(world.sim.driverOf("0000:00:06.0"), "ena");
+    const calls = world.ec2.totalCalls();
+    const r = await cli(world, ["apply"]);
+    t.equal(r.code, 0, r.stderr);
+    t.equal(world.ec2.totalCalls(), calls, "no EC2 call at all");
+    t.equal(world.sim.driverOf("0000:00:06.0"), "vfio-pci");
+    t.equal(world.sim.driverOf("0000:00:07.0"), "vfio-pci");
+    t.equal(world.sim.driverOf("0000:00:05.0"), "ena");
+  },
+);
 
 t.test("invalid input: exit 2, and no EC2 call, no sysfs write, no file changed", async (t) => {
-  const world = await World.start({ configToml: sampleConfig().replace('resource_name = "amazon.com/ena_dpdk"', 'resource_name = "amazon.com/ena-dpdk"') });
+  const world = await World.start({
+    configToml: sampleConfig().replace(
+      'resource_name = "amazon.com/ena_dpdk"',
+      'resource_name = "amazon.com/ena-dpdk"',
+    ),
+  });
   t.teardown(() => world.close());
   world.imds.instance.tags = { "eni-dpdk:dpdk": "hugepages_2m=lots" };
   const r = await cli(world, ["apply"]);
   t.equal(r.code, 2);
-  t.match(r.stderr, /\/etc\/eni-dpdk\/config\.toml:\d+:\d+: eni\.n3\.dpdk\.resource_name: name \\"ena-dpdk\\" must match \[A-Za-z0-9_\]\{1,63\}/);
+  t.match(
+    r.stderr,
+    /\/etc\/eni-dpdk\/config\.toml:\d+:\d+: eni\.n3\.dpdk\.resource_name: name \\"ena-dpdk\\" must match \[A-Za-z0-9_\]\{1,63\}/,
+  );
   t.match(r.stderr, /tag eni-dpdk:dpdk: dpdk\.hugepages_2m: expected an integer, got \\"lots\\"/);
   t.equal(world.ec2.totalCalls(), 0, "no EC2 call");
   t.same(world.sim.writes, [], "no sysfs write");
@@ -119,7 +181,9 @@ t.test("invalid input: exit 2, and no EC2 call, no sysfs write, no file changed"
 });
 
 t.test("pre-flight failure (subnet in another AZ): exit 2 before any mutation", async (t) => {
-  const world = await World.start({ configToml: sampleConfig().replace('subnet_name = "data2"', 'subnet_name = "data-b"') });
+  const world = await World.start({
+    configToml: sampleConfig().replace('subnet_name = "data2"', 'subnet_name = "data-b"'),
+  });
   t.teardown(() => world.close());
   const r = await cli(world, ["apply"]);
   t.equal(r.code, 2, r.stderr);
@@ -127,108 +191,183 @@ t.test("pre-flight failure (subnet in another AZ): exit 2 before any mutation", 
   t.match(r.stderr, /us-west-2b/);
   t.equal(world.ec2.mutatingCalls(), 0);
   t.same(world.sim.writes, []);
-  t.notOk(existsSync(path.join(world.root, "var/lib/eni-dpdk/state.json")), "no state file written");
-  t.notOk(existsSync(path.join(world.root, "var/lib/eni-dpdk/toml-memo.json")), "no parse memo written");
+  t.notOk(
+    existsSync(path.join(world.root, "var/lib/eni-dpdk/state.json")),
+    "no state file written",
+  );
+  t.notOk(
+    existsSync(path.join(world.root, "var/lib/eni-dpdk/toml-memo.json")),
+    "no parse memo written",
+  );
 });
 
-t.test("apply waits for the host lock before its first change, and proceeds once it is released", async (t) => {
-  const world = await World.start({ configToml: sampleConfig() });
-  t.teardown(() => world.close());
-  const held = await new Host(world.root).acquireLock();
-  const p = start(world, ["apply"]);
-  // Long enough for the sources and observation to finish; the mutating part must still wait.
-  await new Promise((r) => setTimeout(r, 3000));
-  t.equal(p.child.exitCode, null, "still waiting");
-  t.equal(world.ec2.mutatingCalls(), 0, "no EC2 change under someone else's lock");
-  t.same(world.sim.writes, [], "no sysfs write under someone else's lock");
-  await held.release();
-  t.equal(await p.exit, 0, p.stderr);
-  t.equal(world.sim.driverOf("0000:00:06.0"), "vfio-pci");
-});
+t.test(
+  "apply waits for the host lock before its first change, and proceeds once it is released",
+  async (t) => {
+    const world = await World.start({ configToml: sampleConfig() });
+    t.teardown(() => world.close());
+    const held = await new Host(world.root).acquireLock();
+    const p = start(world, ["apply"]);
+    // Long enough for the sources and observation to finish; the mutating part must still wait.
+    await new Promise((r) => setTimeout(r, 3000));
+    t.equal(p.child.exitCode, null, "still waiting");
+    t.equal(world.ec2.mutatingCalls(), 0, "no EC2 change under someone else's lock");
+    t.same(world.sim.writes, [], "no sysfs write under someone else's lock");
+    await held.release();
+    t.equal(await p.exit, 0, p.stderr);
+    t.equal(world.sim.driverOf("0000:00:06.0"), "vfio-pci");
+  },
+);
 
-t.test("the next boot reuses the parsed TOML of the last successful apply, for byte-identical text only", async (t) => {
-  const world = await World.start({ configToml: sampleConfig() });
-  t.teardown(() => world.close());
-  t.equal((await cli(world, ["apply"])).code, 0);
-  const memoFile = path.join(world.root, "var/lib/eni-dpdk/toml-memo.json");
-  const memo = JSON.parse(readFileSync(memoFile, "utf8"));
-  t.same(memo.entries.map((e: { text: string }) => e.text), [sampleConfig()], "the config file's exact text");
-  // Doctor the memo: if the next run uses it, the kernel ENI gets this MTU instead of the file's 9001.
-  memo.entries[0].data.eni.find((e: { name: string }) => e.name === "mgmt").mtu = 1500;
-  writeFileSync(memoFile, JSON.stringify(memo));
-  t.equal(readFileSync(path.join(world.root, "sys/class/net/eth3/mtu"), "utf8").trim(), "9001");
-  const reused = await cli(world, ["apply"]);
-  t.equal(reused.code, 0, reused.stderr);
-  t.equal(readFileSync(path.join(world.root, "sys/class/net/eth3/mtu"), "utf8").trim(), "1500", "the memo was used, not a parse");
-  writeFileSync(path.join(world.root, "etc/eni-dpdk/config.toml"), sampleConfig() + "# edited\n");
-  const parsed = await cli(world, ["apply"]);
-  t.equal(parsed.code, 0, parsed.stderr);
-  t.equal(readFileSync(path.join(world.root, "sys/class/net/eth3/mtu"), "utf8").trim(), "9001", "one changed byte means a real parse");
-  t.same(JSON.parse(readFileSync(memoFile, "utf8")).entries.map((e: { text: string }) => e.text), [sampleConfig() + "# edited\n"]);
-});
+t.test(
+  "the next boot reuses the parsed TOML of the last successful apply, for byte-identical text only",
+  async (t) => {
+    const world = await World.start({ configToml: sampleConfig() });
+    t.teardown(() => world.close());
+    t.equal((await cli(world, ["apply"])).code, 0);
+    const memoFile = path.join(world.root, "var/lib/eni-dpdk/toml-memo.json");
+    const memo = JSON.parse(readFileSync(memoFile, "utf8"));
+    t.same(
+      memo.entries.map((e: { text: string }) => e.text),
+      [sampleConfig()],
+      "the config file's exact text",
+    );
+    // Doctor the memo: if the next run uses it, the kernel ENI gets this MTU instead of the file's 9001.
+    memo.entries[0].data.eni.find((e: { name: string }) => e.name === "mgmt").mtu = 1500;
+    writeFileSync(memoFile, JSON.stringify(memo));
+    t.equal(readFileSync(path.join(world.root, "sys/class/net/eth3/mtu"), "utf8").trim(), "9001");
+    const reused = await cli(world, ["apply"]);
+    t.equal(reused.code, 0, reused.stderr);
+    t.equal(
+      readFileSync(path.join(world.root, "sys/class/net/eth3/mtu"), "utf8").trim(),
+      "1500",
+      "the memo was used, not a parse",
+    );
+    writeFileSync(path.join(world.root, "etc/eni-dpdk/config.toml"), sampleConfig() + "# edited\n");
+    const parsed = await cli(world, ["apply"]);
+    t.equal(parsed.code, 0, parsed.stderr);
+    t.equal(
+      readFileSync(path.join(world.root, "sys/class/net/eth3/mtu"), "utf8").trim(),
+      "9001",
+      "one changed byte means a real parse",
+    );
+    t.same(
+      JSON.parse(readFileSync(memoFile, "utf8")).entries.map((e: { text: string }) => e.text),
+      [sampleConfig() + "# edited\n"],
+    );
+  },
+);
 
-t.test("run: READY with the Status line, SIGHUP re-reads the sources, SIGTERM stops cleanly", async (t) => {
-  const world = await World.start({ configToml: sampleConfig({ reconcileSeconds: 0 }) });
-  const notify = await NotifySocket.open();
-  t.teardown(async () => {
-    notify.close();
-    await world.close();
-  });
-  const p = start(world, ["run"], { NOTIFY_SOCKET: notify.path, WATCHDOG_USEC: "1000000" });
-  const ready = await notify.waitFor((f) => f.READY === "1");
-  t.equal(ready.STATUS, "ready: 3 ENIs attached, 2 bound to vfio-pci (noiommu), 1 SR-IOV resource written");
-  t.ok(notify.messages.every((m) => m.pid === p.child.pid), "every message comes from the main pid (NotifyAccess=main)");
-  await notify.waitFor((f) => f.WATCHDOG === "1", 5000);
+t.test(
+  "run: READY with the Status line, SIGHUP re-reads the sources, SIGTERM stops cleanly",
+  async (t) => {
+    const world = await World.start({ configToml: sampleConfig({ reconcileSeconds: 0 }) });
+    const notify = await NotifySocket.open();
+    t.teardown(async () => {
+      notify.close();
+      await world.close();
+    });
+    const p = start(world, ["run"], { NOTIFY_SOCKET: notify.path, WATCHDOG_USEC: "1000000" });
+    const ready = await notify.waitFor((f) => f.READY === "1");
+    t.equal(
+      ready.STATUS,
+      "ready: 3 ENIs attached, 2 bound to vfio-pci (noiommu), 1 SR-IOV resource written",
+    );
+    t.ok(
+      notify.messages.every((m) => m.pid === p.child.pid),
+      "every message comes from the main pid (NotifyAccess=main)",
+    );
+    await notify.waitFor((f) => f.WATCHDOG === "1", 5000);
 
-  // a new resource for n6: SIGHUP re-reads the file, writes SR-IOV, and says the plugin needs a restart
-  world.writeConfig(sampleConfig({ reconcileSeconds: 0 }).replace(/(name = "n6"[\s\S]*?)resource_name = "amazon.com\/ena_dpdk"/, '$1resource_name = "amazon.com/ena_dpdk_n6"'));
-  p.child.kill("SIGHUP");
-  const reloaded = await notify.waitFor((f) => /restart/.test(f.STATUS ?? ""));
-  t.match(reloaded.STATUS, /^ready: 3 ENIs attached, 2 bound to vfio-pci \(noiommu\), 2 SR-IOV resources written; .*restart/);
-  const sriov = JSON.parse(readFileSync(path.join(world.root, "etc/pcidp/config.json"), "utf8"));
-  t.same(sriov.resourceList.map((e: { resourceName: string }) => e.resourceName).sort(), ["ena_dpdk", "ena_dpdk_n6"]);
+    // a new resource for n6: SIGHUP re-reads the file, writes SR-IOV, and says the plugin needs a restart
+    world.writeConfig(
+      sampleConfig({ reconcileSeconds: 0 }).replace(
+        /(name = "n6"[\s\S]*?)resource_name = "amazon.com\/ena_dpdk"/,
+        '$1resource_name = "amazon.com/ena_dpdk_n6"',
+      ),
+    );
+    p.child.kill("SIGHUP");
+    const reloaded = await notify.waitFor((f) => /restart/.test(f.STATUS ?? ""));
+    t.match(
+      reloaded.STATUS,
+      /^ready: 3 ENIs attached, 2 bound to vfio-pci \(noiommu\), 2 SR-IOV resources written; .*restart/,
+    );
+    const sriov = JSON.parse(readFileSync(path.join(world.root, "etc/pcidp/config.json"), "utf8"));
+    t.same(sriov.resourceList.map((e: { resourceName: string }) => e.resourceName).sort(), [
+      "ena_dpdk",
+      "ena_dpdk_n6",
+    ]);
 
-  p.child.kill("SIGTERM");
-  t.equal(await p.exit, 0, p.stderr);
-  await notify.waitFor((f) => f.STOPPING === "1", 5000);
-  t.match(p.stderr, /msg=stopping signal=SIGTERM/);
-});
+    p.child.kill("SIGTERM");
+    t.equal(await p.exit, 0, p.stderr);
+    await notify.waitFor((f) => f.STOPPING === "1", 5000);
+    t.match(p.stderr, /msg=stopping signal=SIGTERM/);
+  },
+);
 
-t.test("run with on_failure=fail and invalid config: exits 2 before READY, Status says why", async (t) => {
-  const world = await World.start({ configToml: sampleConfig().replace('driver = "vfio-pci"', 'driver = "vfio"') });
-  const notify = await NotifySocket.open();
-  t.teardown(async () => {
-    notify.close();
-    await world.close();
-  });
-  const p = start(world, ["run"], { NOTIFY_SOCKET: notify.path });
-  t.equal(await p.exit, 2);
-  const st = await notify.waitFor((f) => /^failed/.test(f.STATUS ?? ""), 5000);
-  t.match(st.STATUS, /^failed: invalid config: 1 problem\(s\), first: \/etc\/eni-dpdk\/config\.toml:\d+:\d+: dpdk\.driver: expected one of/);
-  t.notOk(notify.messages.some((m) => m.fields.READY), "never READY");
-  t.equal(world.ec2.totalCalls(), 0);
-});
+t.test(
+  "run with on_failure=fail and invalid config: exits 2 before READY, Status says why",
+  async (t) => {
+    const world = await World.start({
+      configToml: sampleConfig().replace('driver = "vfio-pci"', 'driver = "vfio"'),
+    });
+    const notify = await NotifySocket.open();
+    t.teardown(async () => {
+      notify.close();
+      await world.close();
+    });
+    const p = start(world, ["run"], { NOTIFY_SOCKET: notify.path });
+    t.equal(await p.exit, 2);
+    const st = await notify.waitFor((f) => /^failed/.test(f.STATUS ?? ""), 5000);
+    t.match(
+      st.STATUS,
+      /^failed: invalid config: 1 problem\(s\), first: \/etc\/eni-dpdk\/config\.toml:\d+:\d+: dpdk\.driver: expected one of/,
+    );
+    t.notOk(
+      notify.messages.some((m) => m.fields.READY),
+      "never READY",
+    );
+    t.equal(world.ec2.totalCalls(), 0);
+  },
+);
 
-t.test("run with on_failure=continue and an EC2 failure: READY anyway, Status states the error", async (t) => {
-  const world = await World.start({ configToml: sampleConfig().replace('[service]\n', '[service]\non_failure = "continue"\n') });
-  const notify = await NotifySocket.open();
-  t.teardown(async () => {
-    notify.close();
-    await world.close();
-  });
-  world.ec2.faults.errors.CreateNetworkInterface = { status: 403, code: "UnauthorizedOperation", message: "You are not authorized to perform this operation.", count: Infinity };
-  const p = start(world, ["run"], { NOTIFY_SOCKET: notify.path });
-  const ready = await notify.waitFor((f) => f.READY === "1");
-  t.match(ready.STATUS, /^degraded: .*UnauthorizedOperation/);
-  t.match(p.stderr, /level=warn msg="signalling READY despite the failure \(on_failure=continue\) so kubelet starts"/);
-  p.child.kill("SIGTERM");
-  t.equal(await p.exit, 0);
-});
+t.test(
+  "run with on_failure=continue and an EC2 failure: READY anyway, Status states the error",
+  async (t) => {
+    const world = await World.start({
+      configToml: sampleConfig().replace("[service]\n", '[service]\non_failure = "continue"\n'),
+    });
+    const notify = await NotifySocket.open();
+    t.teardown(async () => {
+      notify.close();
+      await world.close();
+    });
+    world.ec2.faults.errors.CreateNetworkInterface = {
+      status: 403,
+      code: "UnauthorizedOperation",
+      message: "You are not authorized to perform this operation.",
+      count: Infinity,
+    };
+    const p = start(world, ["run"], { NOTIFY_SOCKET: notify.path });
+    const ready = await notify.waitFor((f) => f.READY === "1");
+    t.match(ready.STATUS, /^degraded: .*UnauthorizedOperation/);
+    t.match(
+      p.stderr,
+      /level=warn msg="signalling READY despite the failure \(on_failure=continue\) so kubelet starts"/,
+    );
+    p.child.kill("SIGTERM");
+    t.equal(await p.exit, 0);
+  },
+);
 
 t.test("the systemd-notify fallback reaches the socket when the addon is absent", async (t) => {
   const notify = await NotifySocket.open();
   t.teardown(() => notify.close());
-  const n = await createNotifier({ ...process.env, NOTIFY_SOCKET: notify.path }, silentLogger, () => undefined);
+  const n = await createNotifier(
+    { ...process.env, NOTIFY_SOCKET: notify.path },
+    silentLogger,
+    () => undefined,
+  );
   t.equal(n.via, "systemd-notify");
   await n.ready("ready: test   status\nsecond line");
   const f = await notify.waitFor((x) => x.READY === "1", 5000);
@@ -243,28 +382,35 @@ t.test("the state file is byte-stable across load/save (no spurious rewrite)", a
   const root = mkdtempSync(path.join(tmpdir(), "eni-dpdk-state-"));
   const host = new Host(root);
   const s = await loadState(host);
-  Object.assign(s, { instanceId: "i-0aaaaaaaaaaaaaaa1", sriov: { configPath: "/etc/pcidp/config.json", owned: ["amazon.com/x"] } });
+  Object.assign(s, {
+    instanceId: "i-0aaaaaaaaaaaaaaa1",
+    sriov: { configPath: "/etc/pcidp/config.json", owned: ["amazon.com/x"] },
+  });
   await saveState(host, s);
   const writes = host.writes;
   await saveState(host, await loadState(host));
   t.equal(host.writes, writes, "a loaded state saves to the same bytes");
 });
 
-t.test("instance metadata tags disabled: tags come from EC2 DescribeTags; config shows their source", async (t) => {
-  const world = await World.start({ configToml: '[service]\nsources = ["file", "tags"]\n' });
-  t.teardown(() => world.close());
-  world.imds.instance.tags = null; // IMDS answers 404 for tags/instance/
-  world.ec2.instances.get("i-0123456789abcdef0")!.tags = {
-    "eni-dpdk:eni:n3": "device_index=1;subnet_name=data;security_group_names=dpdk-data;dpdk.resource_name=amazon.com/ena_dpdk",
-    "eni-dpdk:dpdk": "hugepages_2m=256",
-  };
-  const r = await cli(world, ["config", "--json"]);
-  t.equal(r.code, 0, r.stderr);
-  const doc = JSON.parse(r.stdout);
-  t.equal(doc.config.eni[0].name, "n3");
-  t.equal(doc.config.dpdk.hugepages_2m, 256);
-  t.equal(doc.origin["eni.n3.subnet_name"], "tag eni-dpdk:eni:n3");
-  t.equal(world.imds.count("/latest/meta-data/tags/instance"), 1, "IMDS was asked first");
-  t.equal(world.ec2.callsPerAction().DescribeTags, 1, "then EC2 DescribeTags");
-  t.equal(world.ec2.mutatingCalls(), 0);
-});
+t.test(
+  "instance metadata tags disabled: tags come from EC2 DescribeTags; config shows their source",
+  async (t) => {
+    const world = await World.start({ configToml: '[service]\nsources = ["file", "tags"]\n' });
+    t.teardown(() => world.close());
+    world.imds.instance.tags = null; // IMDS answers 404 for tags/instance/
+    world.ec2.instances.get("i-0123456789abcdef0")!.tags = {
+      "eni-dpdk:eni:n3":
+        "device_index=1;subnet_name=data;security_group_names=dpdk-data;dpdk.resource_name=amazon.com/ena_dpdk",
+      "eni-dpdk:dpdk": "hugepages_2m=256",
+    };
+    const r = await cli(world, ["config", "--json"]);
+    t.equal(r.code, 0, r.stderr);
+    const doc = JSON.parse(r.stdout);
+    t.equal(doc.config.eni[0].name, "n3");
+    t.equal(doc.config.dpdk.hugepages_2m, 256);
+    t.equal(doc.origin["eni.n3.subnet_name"], "tag eni-dpdk:eni:n3");
+    t.equal(world.imds.count("/latest/meta-data/tags/instance"), 1, "IMDS was asked first");
+    t.equal(world.ec2.callsPerAction().DescribeTags, 1, "then EC2 DescribeTags");
+    t.equal(world.ec2.mutatingCalls(), 0);
+  },
+);

@@ -10,7 +10,12 @@ import { Host } from "../src/host/host.js";
 import { Deadline } from "../src/core/deadline.js";
 import { Logger, silentLogger } from "../src/core/log.js";
 import type { StageContext } from "../src/reconcile/stage.js";
-import { afterSriovChange, inspectSriov, removeOwnedSriov, restartDevicePlugin } from "../src/host/sriov-file.js";
+import {
+  afterSriovChange,
+  inspectSriov,
+  removeOwnedSriov,
+  restartDevicePlugin,
+} from "../src/host/sriov-file.js";
 import { applySriov, planSriov } from "../src/reconcile/sriov.js";
 import { type SriovDevice } from "../src/host/sriov-model.js";
 import { emptyState, loadState } from "../src/core/state.js";
@@ -31,7 +36,11 @@ function captureLogger(): { log: Logger; lines: string[] } {
   return { log: new Logger("debug", "text", { write: (l) => lines.push(l) }), lines };
 }
 
-function makeCtx(root: string, sriov: Record<string, unknown> = {}, log: Logger = silentLogger): StageContext {
+function makeCtx(
+  root: string,
+  sriov: Record<string, unknown> = {},
+  log: Logger = silentLogger,
+): StageContext {
   return {
     host: new Host(root),
     imds: undefined as never,
@@ -39,7 +48,14 @@ function makeCtx(root: string, sriov: Record<string, unknown> = {}, log: Logger 
     log,
     deadline: new Deadline(10_000),
     config: buildConfig([{ source: "test", data: { sriov } }]).config,
-    instance: { instanceId: "i-0123456789abcdef0", instanceType: "c6in.xlarge", region: "us-east-1", az: "us-east-1a", primaryMac: "02:00:00:00:00:01", localHostname: "ip-10-0-0-1" },
+    instance: {
+      instanceId: "i-0123456789abcdef0",
+      instanceType: "c6in.xlarge",
+      region: "us-east-1",
+      az: "us-east-1a",
+      primaryMac: "02:00:00:00:00:01",
+      localHostname: "ip-10-0-0-1",
+    },
     imdsNics: [],
     state: emptyState(),
     dryRun: false,
@@ -51,7 +67,13 @@ async function apply(ctx: StageContext, devices: SriovDevice[]) {
   return { plan, result: await applySriov(ctx, devices, plan) };
 }
 
-const dev = (eniName: string, resource: string, bdf: string, driver = "vfio-pci", device = "0xec20"): SriovDevice => ({
+const dev = (
+  eniName: string,
+  resource: string,
+  bdf: string,
+  driver = "vfio-pci",
+  device = "0xec20",
+): SriovDevice => ({
   eniName,
   resource,
   bdf,
@@ -61,7 +83,10 @@ const dev = (eniName: string, resource: string, bdf: string, driver = "vfio-pci"
 });
 
 const single = [dev("data1", "amazon.com/ena_dpdk", "0000:00:06.0")];
-const shared = [dev("data2", "amazon.com/ena_dpdk", "0000:00:07.0"), dev("data1", "amazon.com/ena_dpdk", "0000:00:06.0", "vfio-pci", "ec21")];
+const shared = [
+  dev("data2", "amazon.com/ena_dpdk", "0000:00:07.0"),
+  dev("data1", "amazon.com/ena_dpdk", "0000:00:06.0", "vfio-pci", "ec21"),
+];
 const mixed = [
   dev("fast1", "amazon.com/dpdk_fast", "0000:00:06.0"),
   dev("fast2", "amazon.com/dpdk_fast", "0000:00:08.0", "vfio-pci", "0xec21"),
@@ -78,37 +103,95 @@ const writeCfg = async (root: string, text: string) => {
 // ---- the parser-rules checker itself must catch what the plugin rejects ----------------------------
 
 t.test("plugin-rules checker catches the known failure modes", async (t) => {
-  const seedDoc = await fs.readFile("/work/shared/seed/dpdk-device-binding.md", "utf8").catch(() => "");
+  const seedDoc = await fs
+    .readFile("/work/shared/seed/dpdk-device-binding.md", "utf8")
+    .catch(() => "");
   const seed = JSON.stringify({
-    resourceList: [{ resourceName: "intel.com/intel_sriov_netdevice_1", deviceType: "netdevice", devices: [{ pciAddress: "0000:00:06.0", driver: "vfio-pci" }] }],
+    resourceList: [
+      {
+        resourceName: "intel.com/intel_sriov_netdevice_1",
+        deviceType: "netdevice",
+        devices: [{ pciAddress: "0000:00:06.0", driver: "vfio-pci" }],
+      },
+    ],
   });
   if (seedDoc) t.match(seedDoc, /"devices": \[/, "the seed really uses the devices shape");
-  t.match(pluginVerdict(seed).fatal, [/unsupported deviceType "netdevice"/], "the seed's lower-case deviceType fails the whole file");
+  t.match(
+    pluginVerdict(seed).fatal,
+    [/unsupported deviceType "netdevice"/],
+    "the seed's lower-case deviceType fails the whole file",
+  );
   const seedFixedType = seed.replace('"netdevice"', '"netDevice"');
-  t.match(pluginVerdict(seedFixedType).fatal, [/nil selectors/], "without selectors the plugin panics");
+  t.match(
+    pluginVerdict(seedFixedType).fatal,
+    [/nil selectors/],
+    "without selectors the plugin panics",
+  );
   t.match(pluginVerdict(seedFixedType).ignored, ["resourceList[0].devices"]);
 
-  const good = { resourceName: "ena_dpdk", resourcePrefix: "amazon.com", selectors: [{ vendors: ["1d0f"], devices: ["ec20"], drivers: ["vfio-pci"], pciAddresses: ["0000:00:06.0"] }] };
+  const good = {
+    resourceName: "ena_dpdk",
+    resourcePrefix: "amazon.com",
+    selectors: [
+      {
+        vendors: ["1d0f"],
+        devices: ["ec20"],
+        drivers: ["vfio-pci"],
+        pciAddresses: ["0000:00:06.0"],
+      },
+    ],
+  };
   const doc = (e: Record<string, unknown>) => JSON.stringify({ resourceList: [e] });
   t.ok(cleanVerdict(pluginVerdict(doc(good))), "domain.md's correct entry is clean");
   t.same(pluginVerdict(doc(good)).resources, ["amazon.com/ena_dpdk"]);
-  const misspelt = pluginVerdict(doc({ ...good, selectors: [{ vendor: ["1d0f"], pciAdresses: ["0000:00:06.0"] }] }));
-  t.same(misspelt.ignored, ["resourceList[0].selectors[0].vendor", "resourceList[0].selectors[0].pciAdresses"]);
-  t.same(misspelt.matchesAll, ["resourceList[0].selectors[0]"], "all keys misspelt: matches every NIC");
-  t.match(pluginVerdict(doc({ ...good, selectors: [{ vendors: "1d0f" }] })).dropped, [/vendors: cannot unmarshal string/]);
+  const misspelt = pluginVerdict(
+    doc({ ...good, selectors: [{ vendor: ["1d0f"], pciAdresses: ["0000:00:06.0"] }] }),
+  );
+  t.same(misspelt.ignored, [
+    "resourceList[0].selectors[0].vendor",
+    "resourceList[0].selectors[0].pciAdresses",
+  ]);
+  t.same(
+    misspelt.matchesAll,
+    ["resourceList[0].selectors[0]"],
+    "all keys misspelt: matches every NIC",
+  );
+  t.match(pluginVerdict(doc({ ...good, selectors: [{ vendors: "1d0f" }] })).dropped, [
+    /vendors: cannot unmarshal string/,
+  ]);
   t.match(pluginVerdict(doc({ ...good, selectors: [] })).dropped, [/non-empty array/]);
-  t.match(pluginVerdict(doc({ ...good, selectors: { vendors: ["1d0f"] } })).style, [/object, not an array/]);
-  t.match(pluginVerdict(doc({ ...good, resourceName: 7 })).fatal, [/resourceName: cannot unmarshal number/]);
+  t.match(pluginVerdict(doc({ ...good, selectors: { vendors: ["1d0f"] } })).style, [
+    /object, not an array/,
+  ]);
+  t.match(pluginVerdict(doc({ ...good, resourceName: 7 })).fatal, [
+    /resourceName: cannot unmarshal number/,
+  ]);
   t.match(pluginVerdict(doc({ ...good, excludeTopology: "yes" })).fatal, [/excludeTopology/]);
-  t.match(pluginVerdict(doc({ ...good, resourceName: "amazon.com/ena" })).fatal, [/invalid characters/]);
+  t.match(pluginVerdict(doc({ ...good, resourceName: "amazon.com/ena" })).fatal, [
+    /invalid characters/,
+  ]);
   t.match(pluginVerdict(doc({ ...good, resourceName: "ena-dpdk" })).style, [/hyphen/]);
   t.match(pluginVerdict(JSON.stringify({ resourceList: [good, good] })).fatal, [/already exists/]);
-  t.match(pluginVerdict(JSON.stringify({ resourceList: [good, { ...good, resourcePrefix: undefined }] }, null, 0), "amazon.com").fatal, [/already exists/]);
+  t.match(
+    pluginVerdict(
+      JSON.stringify({ resourceList: [good, { ...good, resourcePrefix: undefined }] }, null, 0),
+      "amazon.com",
+    ).fatal,
+    [/already exists/],
+  );
   t.match(pluginVerdict("{ nope").fatal, [/not JSON/]);
   t.match(pluginVerdict('{"resourceList": []}').fatal, [/no resource configuration/]);
   t.match(pluginVerdict(doc({ ...good, selectors: [null] })).fatal, [/null/]);
-  t.match(pluginVerdict(doc({ ...good, selectors: [{ IsRdma: true, vdpaType: "vhost", vendors: ["1d0f"] }] })).fatal, [/IsRdma with vdpaType/]);
-  t.match(pluginVerdict(doc({ ...good, ResourceName: "ena_dpdk", resourceName: undefined })).style, [/case differs/]);
+  t.match(
+    pluginVerdict(
+      doc({ ...good, selectors: [{ IsRdma: true, vdpaType: "vhost", vendors: ["1d0f"] }] }),
+    ).fatal,
+    [/IsRdma with vdpaType/],
+  );
+  t.match(
+    pluginVerdict(doc({ ...good, ResourceName: "ena_dpdk", resourceName: undefined })).style,
+    [/case differs/],
+  );
 });
 
 // ---- golden files ----------------------------------------------------------------------------------
@@ -122,8 +205,11 @@ for (const [name, devices, resources] of [
     const root = await tmpRoot(t);
     const ctx = makeCtx(root);
     const { plan, result } = await apply(ctx, [...devices]);
-    t.same(plan.actions.map((a) => [a.stage, a.kind, a.target]), [["sriov", "write-sriov", CFG]]);
-    t.match(plan.actions[0]!.detail, /^add /);
+    t.same(
+      plan.actions.map((a) => [a.stage, a.kind, a.target]),
+      [["sriov", "write-sriov", CFG]],
+    );
+    t.match(plan.actions[0].detail, /^add /);
     t.same(result, { changed: true, path: CFG, resources });
     const text = await readCfg(root);
     const goldenPath = path.join(goldenDir, `${name}.json`);
@@ -131,29 +217,54 @@ for (const [name, devices, resources] of [
     const golden = await fs.readFile(goldenPath, "utf8");
     t.equal(text, golden, `${name}.json matches the golden file`);
     const verdict = pluginVerdict(golden, "intel.com");
-    t.same(verdict, { fatal: [], dropped: [], ignored: [], matchesAll: [], style: [], resources }, "the plugin would serve exactly our resources");
+    t.same(
+      verdict,
+      { fatal: [], dropped: [], ignored: [], matchesAll: [], style: [], resources },
+      "the plugin would serve exactly our resources",
+    );
     t.equal((await fs.stat(path.join(root, CFG))).mode & 0o777, 0o644);
-    t.same((await loadState(ctx.host)).sriov, { configPath: CFG, owned: resources }, "ownership persisted");
+    t.same(
+      (await loadState(ctx.host)).sriov,
+      { configPath: CFG, owned: resources },
+      "ownership persisted",
+    );
   });
 }
 
 t.test("every golden file passes the parser-rules checker", async (t) => {
   const files = (await fs.readdir(goldenDir)).filter((f) => f.endsWith(".json"));
   t.ok(files.length >= 3);
-  for (const f of files) t.ok(cleanVerdict(pluginVerdict(await fs.readFile(path.join(goldenDir, f), "utf8"))), f);
+  for (const f of files)
+    t.ok(cleanVerdict(pluginVerdict(await fs.readFile(path.join(goldenDir, f), "utf8"))), f);
 });
 
-t.test("ENIs sharing a resource but bound to different drivers get one selector per driver", async (t) => {
-  const root = await tmpRoot(t);
-  const ctx = makeCtx(root);
-  await apply(ctx, [dev("a", "pool", "0000:00:06.0"), dev("b", "pool", "0000:00:07.0", "igb_uio")]);
-  const doc = JSON.parse(await readCfg(root));
-  t.same(doc.resourceList[0].selectors, [
-    { vendors: ["1d0f"], devices: ["ec20"], drivers: ["igb_uio"], pciAddresses: ["0000:00:07.0"] },
-    { vendors: ["1d0f"], devices: ["ec20"], drivers: ["vfio-pci"], pciAddresses: ["0000:00:06.0"] },
-  ]);
-  t.ok(cleanVerdict(pluginVerdict(await readCfg(root))));
-});
+t.test(
+  "ENIs sharing a resource but bound to different drivers get one selector per driver",
+  async (t) => {
+    const root = await tmpRoot(t);
+    const ctx = makeCtx(root);
+    await apply(ctx, [
+      dev("a", "pool", "0000:00:06.0"),
+      dev("b", "pool", "0000:00:07.0", "igb_uio"),
+    ]);
+    const doc = JSON.parse(await readCfg(root));
+    t.same(doc.resourceList[0].selectors, [
+      {
+        vendors: ["1d0f"],
+        devices: ["ec20"],
+        drivers: ["igb_uio"],
+        pciAddresses: ["0000:00:07.0"],
+      },
+      {
+        vendors: ["1d0f"],
+        devices: ["ec20"],
+        drivers: ["vfio-pci"],
+        pciAddresses: ["0000:00:06.0"],
+      },
+    ]);
+    t.ok(cleanVerdict(pluginVerdict(await readCfg(root))));
+  },
+);
 
 // ---- merge -----------------------------------------------------------------------------------------
 
@@ -164,125 +275,238 @@ const foreignDoc = {
       resourceName: "intel_sriov_netdevice",
       resourcePrefix: "intel.com",
       excludeTopology: true,
-      selectors: [{ vendors: ["8086"], devices: ["154c"], drivers: ["iavf"], pfNames: ["ens785f0#0-3"], customField: { nested: [1, 2.5, null] } }],
+      selectors: [
+        {
+          vendors: ["8086"],
+          devices: ["154c"],
+          drivers: ["iavf"],
+          pfNames: ["ens785f0#0-3"],
+          customField: { nested: [1, 2.5, null] },
+        },
+      ],
       additionalInfo: { "*": { token: "abc" } },
       xVendorField: "kept",
     },
-    { resourceName: "mlnx_rdma", resourcePrefix: "nvidia.com", deviceType: "netDevice", selectors: [{ vendors: ["15b3"], isRdma: true }] },
+    {
+      resourceName: "mlnx_rdma",
+      resourcePrefix: "nvidia.com",
+      deviceType: "netDevice",
+      selectors: [{ vendors: ["15b3"], isRdma: true }],
+    },
   ],
 };
 
-t.test("merge keeps foreign entries and unknown fields, and removes ours when no longer desired", async (t) => {
-  const root = await tmpRoot(t);
-  await writeCfg(root, JSON.stringify(foreignDoc)); // minified, as another tool might write it
-  const ctx = makeCtx(root);
-  const first = await apply(ctx, mixed);
-  t.equal(first.result.changed, true);
-  let doc = JSON.parse(await readCfg(root));
-  t.same(doc.comment, foreignDoc.comment, "unknown top-level key kept");
-  t.strictSame(doc.resourceList.slice(0, 2), foreignDoc.resourceList, "foreign entries JSON-equivalent and in place");
-  t.same(
-    doc.resourceList.slice(2).map((e: { resourcePrefix: string; resourceName: string }) => `${e.resourcePrefix}/${e.resourceName}`),
-    ["amazon.com/dpdk_fast", "amazon.com/uio_pool", "example.org/ctl_plane"],
-  );
-  t.same(pluginVerdict(await readCfg(root)).fatal, []);
-  t.same(pluginVerdict(await readCfg(root)).dropped, []);
+t.test(
+  "merge keeps foreign entries and unknown fields, and removes ours when no longer desired",
+  async (t) => {
+    const root = await tmpRoot(t);
+    await writeCfg(root, JSON.stringify(foreignDoc)); // minified, as another tool might write it
+    const ctx = makeCtx(root);
+    const first = await apply(ctx, mixed);
+    t.equal(first.result.changed, true);
+    let doc = JSON.parse(await readCfg(root));
+    t.same(doc.comment, foreignDoc.comment, "unknown top-level key kept");
+    t.strictSame(
+      doc.resourceList.slice(0, 2),
+      foreignDoc.resourceList,
+      "foreign entries JSON-equivalent and in place",
+    );
+    t.same(
+      doc.resourceList
+        .slice(2)
+        .map(
+          (e: { resourcePrefix: string; resourceName: string }) =>
+            `${e.resourcePrefix}/${e.resourceName}`,
+        ),
+      ["amazon.com/dpdk_fast", "amazon.com/uio_pool", "example.org/ctl_plane"],
+    );
+    t.same(pluginVerdict(await readCfg(root)).fatal, []);
+    t.same(pluginVerdict(await readCfg(root)).dropped, []);
 
-  // Fewer ENIs now: uio_pool and ctl_plane go, dpdk_fast shrinks to one address.
-  const second = await apply(ctx, [mixed[0]!]);
-  t.same(second.plan.removed, ["amazon.com/uio_pool", "example.org/ctl_plane"]);
-  t.same(second.plan.updated, ["amazon.com/dpdk_fast"]);
-  t.match(second.plan.actions[0]!.detail, /update amazon.com\/dpdk_fast \(1 device\); remove amazon.com\/uio_pool, example.org\/ctl_plane/);
-  t.same(second.result.resources, ["amazon.com/dpdk_fast"]);
-  doc = JSON.parse(await readCfg(root));
-  t.strictSame(doc.resourceList.slice(0, 2), foreignDoc.resourceList);
-  t.equal(doc.resourceList.length, 3);
-  t.same(doc.resourceList[2].selectors[0].pciAddresses, ["0000:00:06.0"]);
-  t.same((await loadState(ctx.host)).sriov.owned, ["amazon.com/dpdk_fast"]);
+    // Fewer ENIs now: uio_pool and ctl_plane go, dpdk_fast shrinks to one address.
+    const second = await apply(ctx, [mixed[0]]);
+    t.same(second.plan.removed, ["amazon.com/uio_pool", "example.org/ctl_plane"]);
+    t.same(second.plan.updated, ["amazon.com/dpdk_fast"]);
+    t.match(
+      second.plan.actions[0].detail,
+      /update amazon.com\/dpdk_fast \(1 device\); remove amazon.com\/uio_pool, example.org\/ctl_plane/,
+    );
+    t.same(second.result.resources, ["amazon.com/dpdk_fast"]);
+    doc = JSON.parse(await readCfg(root));
+    t.strictSame(doc.resourceList.slice(0, 2), foreignDoc.resourceList);
+    t.equal(doc.resourceList.length, 3);
+    t.same(doc.resourceList[2].selectors[0].pciAddresses, ["0000:00:06.0"]);
+    t.same((await loadState(ctx.host)).sriov.owned, ["amazon.com/dpdk_fast"]);
 
-  // No DPDK ENIs at all: only the foreign entries remain, unchanged.
-  const third = await apply(ctx, []);
-  t.same(third.result, { changed: true, path: CFG, resources: [] });
-  t.strictSame(JSON.parse(await readCfg(root)), foreignDoc);
-  t.same((await loadState(ctx.host)).sriov.owned, []);
-});
+    // No DPDK ENIs at all: only the foreign entries remain, unchanged.
+    const third = await apply(ctx, []);
+    t.same(third.result, { changed: true, path: CFG, resources: [] });
+    t.strictSame(JSON.parse(await readCfg(root)), foreignDoc);
+    t.same((await loadState(ctx.host)).sriov.owned, []);
+  },
+);
 
 t.test("an entry with our name that we do not own is a conflict; nothing is written", async (t) => {
   const root = await tmpRoot(t);
-  const theirs = { resourceList: [{ resourceName: "ena_dpdk", resourcePrefix: "amazon.com", selectors: [{ vendors: ["1d0f"], drivers: ["ena"] }] }] };
+  const theirs = {
+    resourceList: [
+      {
+        resourceName: "ena_dpdk",
+        resourcePrefix: "amazon.com",
+        selectors: [{ vendors: ["1d0f"], drivers: ["ena"] }],
+      },
+    ],
+  };
   await writeCfg(root, JSON.stringify(theirs));
   const ctx = makeCtx(root);
   await t.rejects(planSriov(ctx, single), InputError);
   const err = await planSriov(ctx, single).catch((e: InputError) => e);
-  t.match((err as InputError).problems, [{ source: CFG, key: "resourceList[0]", message: /"amazon.com\/ena_dpdk" is already defined by an entry eni-dpdk does not own/ }]);
-  await t.rejects(applySriov(ctx, single, { enabled: true, path: CFG, actions: [], resources: [], added: [], updated: [], removed: [], adopted: [] }), InputError);
+  t.match((err as InputError).problems, [
+    {
+      source: CFG,
+      key: "resourceList[0]",
+      message: /"amazon.com\/ena_dpdk" is already defined by an entry eni-dpdk does not own/,
+    },
+  ]);
+  await t.rejects(
+    applySriov(ctx, single, {
+      enabled: true,
+      path: CFG,
+      actions: [],
+      resources: [],
+      added: [],
+      updated: [],
+      removed: [],
+      adopted: [],
+    }),
+    InputError,
+  );
   t.equal(ctx.host.writes, 0, "no write at all");
   t.equal(await readCfg(root), JSON.stringify(theirs));
 
   // The same name without resourcePrefix depends on the plugin's flag: refused too.
-  await writeCfg(root, JSON.stringify({ resourceList: [{ resourceName: "ena_dpdk", selectors: [{ drivers: ["vfio-pci"] }] }] }));
+  await writeCfg(
+    root,
+    JSON.stringify({
+      resourceList: [{ resourceName: "ena_dpdk", selectors: [{ drivers: ["vfio-pci"] }] }],
+    }),
+  );
   const err2 = await planSriov(ctx, single).catch((e: InputError) => e);
-  t.match((err2 as InputError).problems[0]!.message, /without resourcePrefix/);
+  t.match((err2 as InputError).problems[0].message, /without resourcePrefix/);
 });
 
-t.test("a foreign entry selecting one of our devices is reported; a case-variant resourceList is not merged into", async (t) => {
-  const root = await tmpRoot(t);
-  await writeCfg(root, JSON.stringify({ resourceList: [{ resourceName: "grab", resourcePrefix: "x.io", selectors: [{ pciAddresses: ["0000:00:06.0"] }] }] }));
-  const { log, lines } = captureLogger();
-  const ctx = makeCtx(root, {}, log);
-  await apply(ctx, single);
-  t.ok(lines.some((l) => l.startsWith("level=warn") && l.includes("also selects 0000:00:06.0, which eni-dpdk advertises as amazon.com/ena_dpdk")));
+t.test(
+  "a foreign entry selecting one of our devices is reported; a case-variant resourceList is not merged into",
+  async (t) => {
+    const root = await tmpRoot(t);
+    await writeCfg(
+      root,
+      JSON.stringify({
+        resourceList: [
+          {
+            resourceName: "grab",
+            resourcePrefix: "x.io",
+            selectors: [{ pciAddresses: ["0000:00:06.0"] }],
+          },
+        ],
+      }),
+    );
+    const { log, lines } = captureLogger();
+    const ctx = makeCtx(root, {}, log);
+    await apply(ctx, single);
+    t.ok(
+      lines.some(
+        (l) =>
+          l.startsWith("level=warn") &&
+          l.includes("also selects 0000:00:06.0, which eni-dpdk advertises as amazon.com/ena_dpdk"),
+      ),
+    );
 
-  const root2 = await tmpRoot(t);
-  const odd = JSON.stringify({ ResourceList: [{ resourceName: "a", resourcePrefix: "x.io", selectors: [{ vendors: ["8086"] }] }] });
-  await writeCfg(root2, odd);
-  const r = await apply(makeCtx(root2), single);
-  t.match(r.plan.invalidExisting, /spells "resourceList" as "ResourceList"/);
-  t.equal(await fs.readFile(path.join(root2, r.result.movedAside!), "utf8"), odd);
-});
+    const root2 = await tmpRoot(t);
+    const odd = JSON.stringify({
+      ResourceList: [
+        { resourceName: "a", resourcePrefix: "x.io", selectors: [{ vendors: ["8086"] }] },
+      ],
+    });
+    await writeCfg(root2, odd);
+    const r = await apply(makeCtx(root2), single);
+    t.match(r.plan.invalidExisting, /spells "resourceList" as "ResourceList"/);
+    t.equal(await fs.readFile(path.join(root2, r.result.movedAside!), "utf8"), odd);
+  },
+);
 
-t.test("an identical entry found without an ownership record is adopted, not a conflict", async (t) => {
-  const root = await tmpRoot(t);
-  const ctx = makeCtx(root);
-  await apply(ctx, single);
-  const before = await readCfg(root);
-  const ctx2 = makeCtx(root); // state lost
-  const { plan, result } = await apply(ctx2, single);
-  t.same(plan.actions, []);
-  t.same(plan.adopted, ["amazon.com/ena_dpdk"]);
-  t.equal(result.changed, false);
-  t.equal(await readCfg(root), before);
-  t.same(ctx2.state.sriov.owned, ["amazon.com/ena_dpdk"]);
-});
+t.test(
+  "an identical entry found without an ownership record is adopted, not a conflict",
+  async (t) => {
+    const root = await tmpRoot(t);
+    const ctx = makeCtx(root);
+    await apply(ctx, single);
+    const before = await readCfg(root);
+    const ctx2 = makeCtx(root); // state lost
+    const { plan, result } = await apply(ctx2, single);
+    t.same(plan.actions, []);
+    t.same(plan.adopted, ["amazon.com/ena_dpdk"]);
+    t.equal(result.changed, false);
+    t.equal(await readCfg(root), before);
+    t.same(ctx2.state.sriov.owned, ["amazon.com/ena_dpdk"]);
+  },
+);
 
 t.test("bad resource names are rejected before anything is written", async (t) => {
   const root = await tmpRoot(t);
   const ctx = makeCtx(root);
-  const err = await planSriov(ctx, [dev("data1", "amazon.com/ena-dpdk", "0000:00:06.0")]).catch((e) => e);
+  const err = await planSriov(ctx, [dev("data1", "amazon.com/ena-dpdk", "0000:00:06.0")]).catch(
+    (e) => e,
+  );
   t.type(err, InputError);
-  t.match((err as InputError).problems, [{ key: "eni.data1.dpdk.resource_name", message: /must match \[A-Za-z0-9_\]/ }]);
-  await t.rejects(applySriov(ctx, [dev("x", "Bad.Prefix/name", "0000:00:06.0")], await planSriov(ctx, [])), InputError);
-  await t.rejects(planSriov(ctx, [dev("a", "p", "0000:00:06.0"), dev("b", "q", "0000:00:06.0")]), OpError, "one BDF twice");
-  await t.rejects(planSriov(ctx, [{ ...single[0]!, vendor: "" }]), OpError, "an empty vendor would make an empty selector");
+  t.match((err as InputError).problems, [
+    { key: "eni.data1.dpdk.resource_name", message: /must match \[A-Za-z0-9_\]/ },
+  ]);
+  await t.rejects(
+    applySriov(ctx, [dev("x", "Bad.Prefix/name", "0000:00:06.0")], await planSriov(ctx, [])),
+    InputError,
+  );
+  await t.rejects(
+    planSriov(ctx, [dev("a", "p", "0000:00:06.0"), dev("b", "q", "0000:00:06.0")]),
+    OpError,
+    "one BDF twice",
+  );
+  await t.rejects(
+    planSriov(ctx, [{ ...single[0], vendor: "" }]),
+    OpError,
+    "an empty vendor would make an empty selector",
+  );
   t.equal(ctx.host.writes, 0);
   t.equal(await ctx.host.exists(CFG), false);
 });
 
-t.test("foreign entries that would stop the plugin serving ours are refused, with the reason", async (t) => {
-  const root = await tmpRoot(t);
-  const broken = JSON.stringify({ resourceList: [{ resourceName: "x", devices: [{ pciAddress: "0000:00:05.0", driver: "vfio-pci" }] }] });
-  await writeCfg(root, broken);
-  const ctx = makeCtx(root);
-  const err = await planSriov(ctx, single).catch((e) => e);
-  t.type(err, OpError);
-  t.match((err as OpError).message, /no "selectors": the plugin panics/);
-  t.match((err as OpError).hint, /validate/);
-  const empty = JSON.stringify({ resourceList: [{ resourceName: "all", resourcePrefix: "x.io", selectors: [{}] }] });
-  await writeCfg(root, empty);
-  t.match(((await planSriov(ctx, single).catch((e) => e)) as OpError).message, /matches every NIC/);
-  t.equal(await readCfg(root), empty);
-  t.equal(ctx.host.writes, 0);
-});
+t.test(
+  "foreign entries that would stop the plugin serving ours are refused, with the reason",
+  async (t) => {
+    const root = await tmpRoot(t);
+    const broken = JSON.stringify({
+      resourceList: [
+        { resourceName: "x", devices: [{ pciAddress: "0000:00:05.0", driver: "vfio-pci" }] },
+      ],
+    });
+    await writeCfg(root, broken);
+    const ctx = makeCtx(root);
+    const err = await planSriov(ctx, single).catch((e) => e);
+    t.type(err, OpError);
+    t.match((err as OpError).message, /no "selectors": the plugin panics/);
+    t.match((err as OpError).hint, /validate/);
+    const empty = JSON.stringify({
+      resourceList: [{ resourceName: "all", resourcePrefix: "x.io", selectors: [{}] }],
+    });
+    await writeCfg(root, empty);
+    t.match(
+      ((await planSriov(ctx, single).catch((e) => e)) as OpError).message,
+      /matches every NIC/,
+    );
+    t.equal(await readCfg(root), empty);
+    t.equal(ctx.host.writes, 0);
+  },
+);
 
 t.test("an existing file that is not valid JSON is moved aside, never overwritten", async (t) => {
   const root = await tmpRoot(t);
@@ -291,12 +515,22 @@ t.test("an existing file that is not valid JSON is moved aside, never overwritte
   const { log, lines } = captureLogger();
   const ctx = makeCtx(root, {}, log);
   const { plan, result } = await apply(ctx, single);
-  t.same(plan.actions.map((a) => a.kind), ["move-aside", "write-sriov"]);
+  t.same(
+    plan.actions.map((a) => a.kind),
+    ["move-aside", "write-sriov"],
+  );
   t.match(plan.invalidExisting, /not valid JSON/);
   t.match(result.movedAside, /^\/etc\/pcidp\/config\.json\.invalid-\d{8}T\d{6}Z$/);
-  t.equal(await fs.readFile(path.join(root, result.movedAside!), "utf8"), garbage, "the original bytes are kept");
+  t.equal(
+    await fs.readFile(path.join(root, result.movedAside!), "utf8"),
+    garbage,
+    "the original bytes are kept",
+  );
   t.equal(await readCfg(root), await fs.readFile(path.join(goldenDir, "single.json"), "utf8"));
-  t.ok(lines.some((l) => l.includes("moved it aside") && l.includes("moved_to=")), "the log says so");
+  t.ok(
+    lines.some((l) => l.includes("moved it aside") && l.includes("moved_to=")),
+    "the log says so",
+  );
 
   // With nothing of ours to write, an unusable file is left exactly as it is.
   const root2 = await tmpRoot(t);
@@ -351,18 +585,31 @@ t.test("dry-run plans but writes nothing", async (t) => {
   t.equal(ctx.host.writes, 0);
 });
 
-t.test("a changed config_path moves our entries: removed from the old file, written to the new", async (t) => {
-  const root = await tmpRoot(t);
-  await writeCfg(root, JSON.stringify(foreignDoc));
-  const ctx = makeCtx(root);
-  await apply(ctx, single);
-  const ctx2 = { ...makeCtx(root, { config_path: "/etc/pcidp/other.json" }), state: ctx.state };
-  const { plan, result } = await apply(ctx2, single);
-  t.same(plan.actions.map((a) => a.target), [CFG, "/etc/pcidp/other.json"]);
-  t.equal(result.changed, true);
-  t.strictSame(JSON.parse(await readCfg(root)), foreignDoc, "old file back to the foreign entries only");
-  t.same((await loadState(ctx2.host)).sriov, { configPath: "/etc/pcidp/other.json", owned: ["amazon.com/ena_dpdk"] });
-});
+t.test(
+  "a changed config_path moves our entries: removed from the old file, written to the new",
+  async (t) => {
+    const root = await tmpRoot(t);
+    await writeCfg(root, JSON.stringify(foreignDoc));
+    const ctx = makeCtx(root);
+    await apply(ctx, single);
+    const ctx2 = { ...makeCtx(root, { config_path: "/etc/pcidp/other.json" }), state: ctx.state };
+    const { plan, result } = await apply(ctx2, single);
+    t.same(
+      plan.actions.map((a) => a.target),
+      [CFG, "/etc/pcidp/other.json"],
+    );
+    t.equal(result.changed, true);
+    t.strictSame(
+      JSON.parse(await readCfg(root)),
+      foreignDoc,
+      "old file back to the foreign entries only",
+    );
+    t.same((await loadState(ctx2.host)).sriov, {
+      configPath: "/etc/pcidp/other.json",
+      owned: ["amazon.com/ena_dpdk"],
+    });
+  },
+);
 
 t.test("removeOwnedSriov removes only our entries", async (t) => {
   const root = await tmpRoot(t);
@@ -373,7 +620,11 @@ t.test("removeOwnedSriov removes only our entries", async (t) => {
   t.equal(await removeOwnedSriov(ctx.host, ctx.config, state, silentLogger), true);
   t.strictSame(JSON.parse(await readCfg(root)), foreignDoc);
   t.same((await loadState(ctx.host)).sriov.owned, []);
-  t.equal(await removeOwnedSriov(ctx.host, ctx.config, state, silentLogger), false, "nothing left to remove");
+  t.equal(
+    await removeOwnedSriov(ctx.host, ctx.config, state, silentLogger),
+    false,
+    "nothing left to remove",
+  );
 
   // An unparsable file is left alone.
   await apply(ctx, single);
@@ -391,15 +642,27 @@ t.test("inspectSriov explains the seed's shape and other mistakes", async (t) =>
   t.same(await inspectSriov(host, CFG), { exists: false, valid: true, warnings: [], entries: [] });
 
   const seed = {
-    resourceList: [{ resourceName: "intel.com/intel_sriov_netdevice_1", deviceType: "netdevice", devices: [{ pciAddress: "0000:00:06.0", driver: "vfio-pci" }] }],
+    resourceList: [
+      {
+        resourceName: "intel.com/intel_sriov_netdevice_1",
+        deviceType: "netdevice",
+        devices: [{ pciAddress: "0000:00:06.0", driver: "vfio-pci" }],
+      },
+    ],
   };
   await writeCfg(root, JSON.stringify(seed, null, 2));
   const r = await inspectSriov(host, CFG);
   t.equal(r.exists, true);
   t.equal(r.valid, false, "the plugin would serve nothing");
   t.strictSame(r.entries, seed.resourceList);
-  t.match(r.warnings.join("\n"), /"devices" \(the seed document's shape\) is not a plugin field and is ignored; list devices in "selectors" instead, e\.g\. \{"resourceName": "ena_dpdk", "resourcePrefix": "amazon.com"/);
-  t.match(r.warnings.join("\n"), /deviceType "netdevice" is not one of netDevice, accelerator, auxNetDevice \(case matters\); did you mean "netDevice"\?/);
+  t.match(
+    r.warnings.join("\n"),
+    /"devices" \(the seed document's shape\) is not a plugin field and is ignored; list devices in "selectors" instead, e\.g\. \{"resourceName": "ena_dpdk", "resourcePrefix": "amazon.com"/,
+  );
+  t.match(
+    r.warnings.join("\n"),
+    /deviceType "netdevice" is not one of netDevice, accelerator, auxNetDevice \(case matters\); did you mean "netDevice"\?/,
+  );
 
   const seedFixed = { resourceList: [{ ...seed.resourceList[0], deviceType: "netDevice" }] };
   await writeCfg(root, JSON.stringify(seedFixed));
@@ -410,7 +673,11 @@ t.test("inspectSriov explains the seed's shape and other mistakes", async (t) =>
     root,
     JSON.stringify({
       resourceList: [
-        { resourceName: "ena-dpdk", resourcePrefix: "amazon.com", selectors: { vendor: ["1d0f"], drivers: ["vfio-pci"] } },
+        {
+          resourceName: "ena-dpdk",
+          resourcePrefix: "amazon.com",
+          selectors: { vendor: ["1d0f"], drivers: ["vfio-pci"] },
+        },
         { resourceName: "intel.com/x", selectors: [{ vendors: ["8086"] }] },
       ],
     }),
@@ -418,9 +685,15 @@ t.test("inspectSriov explains the seed's shape and other mistakes", async (t) =>
   const r3 = await inspectSriov(host, CFG);
   const w = r3.warnings.join("\n");
   t.match(w, /"selectors" is a single object/);
-  t.match(w, /unknown key "vendor" is ignored by the plugin, so it constrains nothing; did you mean "vendors"\?/);
+  t.match(
+    w,
+    /unknown key "vendor" is ignored by the plugin, so it constrains nothing; did you mean "vendors"\?/,
+  );
   t.match(w, /resourceName "ena-dpdk" has a hyphen/);
-  t.match(w, /resourceName "intel.com\/x" has characters outside \[a-zA-Z0-9_-\]; the plugin exits; put the part before "\/" in "resourcePrefix"/);
+  t.match(
+    w,
+    /resourceName "intel.com\/x" has characters outside \[a-zA-Z0-9_-\]; the plugin exits; put the part before "\/" in "resourcePrefix"/,
+  );
   t.equal(r3.valid, false);
 
   await writeCfg(root, "{not json");
@@ -429,13 +702,22 @@ t.test("inspectSriov explains the seed's shape and other mistakes", async (t) =>
   t.match(r4.warnings, [/is not valid JSON/]);
 
   await writeCfg(root, await fs.readFile(path.join(goldenDir, "mixed.json"), "utf8"));
-  t.same(await inspectSriov(host, CFG), { exists: true, valid: true, warnings: [], entries: JSON.parse(await readCfg(root)).resourceList });
+  t.same(await inspectSriov(host, CFG), {
+    exists: true,
+    valid: true,
+    warnings: [],
+    entries: JSON.parse(await readCfg(root)).resourceList,
+  });
 });
 
 t.test("inspectSriov's verdict agrees with the independent parser model", async (t) => {
   const root = await tmpRoot(t);
   const host = new Host(root);
-  const good = { resourceName: "ena_dpdk", resourcePrefix: "amazon.com", selectors: [{ vendors: ["1d0f"], pciAddresses: ["0000:00:06.0"] }] };
+  const good = {
+    resourceName: "ena_dpdk",
+    resourcePrefix: "amazon.com",
+    selectors: [{ vendors: ["1d0f"], pciAddresses: ["0000:00:06.0"] }],
+  };
   const docs: unknown[] = [
     { resourceList: [good] },
     { resourceList: [] },
@@ -449,7 +731,12 @@ t.test("inspectSriov's verdict agrees with the independent parser model", async 
     { resourceList: [{ ...good, selectors: [null] }] },
     { resourceList: [{ ...good, selectors: "x" }] },
     { resourceList: [{ ...good, selectors: [{ drivers: "vfio-pci" }] }] },
-    { resourceList: [{ ...good, selectors: [{ drivers: "vfio-pci" }] }, { ...good, resourceName: "b" }] },
+    {
+      resourceList: [
+        { ...good, selectors: [{ drivers: "vfio-pci" }] },
+        { ...good, resourceName: "b" },
+      ],
+    },
     { resourceList: [{ ...good, additionalInfo: { "*": { a: 1 } } }] },
     { resourceList: [{ ...good, resourceName: "a.b" }] },
     { resourceList: [{ ...good, resourceName: "a-b" }] },
@@ -464,16 +751,24 @@ t.test("inspectSriov's verdict agrees with the independent parser model", async 
     const mine = await inspectSriov(host, CFG);
     const model = pluginVerdict(text);
     t.equal(mine.valid, model.fatal.length === 0, `valid agrees for ${text}`);
-    t.equal(mine.warnings.some((w) => w.startsWith("entry dropped")), model.dropped.length > 0, `dropped agrees for ${text}`);
+    t.equal(
+      mine.warnings.some((w) => w.startsWith("entry dropped")),
+      model.dropped.length > 0,
+      `dropped agrees for ${text}`,
+    );
   }
 });
 
 // ---- atomicity -------------------------------------------------------------------------------------
 
 function child(root: string, mode: string, ...args: string[]) {
-  return spawn(process.execPath, ["--import=tsx", path.join(here, "support", "sriov-crash-child.ts"), root, mode, ...args], {
-    stdio: ["ignore", "pipe", "inherit"],
-  });
+  return spawn(
+    process.execPath,
+    ["--import=tsx", path.join(here, "support", "sriov-crash-child.ts"), root, mode, ...args],
+    {
+      stdio: ["ignore", "pipe", "inherit"],
+    },
+  );
 }
 
 t.test("a crash between the temp write and the rename leaves the old file intact", async (t) => {
@@ -487,7 +782,7 @@ t.test("a crash between the temp write and the rename leaves the old file intact
     c.stdout.on("data", (d: Buffer) => {
       out += d.toString();
       const m = /RENAME (\S+)\n/.exec(out);
-      if (m) resolve(m[1]!);
+      if (m) resolve(m[1]);
     });
     c.on("exit", (code) => reject(new Error(`child exited ${code} before the rename`)));
   });
@@ -495,16 +790,26 @@ t.test("a crash between the temp write and the rename leaves the old file intact
   await new Promise((r) => c.once("exit", r));
   t.equal(await readCfg(root), old, "the target still holds the old content");
   const leftover = await fs.readFile(tmp, "utf8");
-  t.ok(cleanVerdict(pluginVerdict(leftover)), "the temp file was complete (written and fsynced) when killed");
+  t.ok(
+    cleanVerdict(pluginVerdict(leftover)),
+    "the temp file was complete (written and fsynced) when killed",
+  );
   t.match(path.basename(tmp), /^\.config\.json\.\d+\.\d+\.tmp$/);
 
   // The next run clears the dead writer's temp file first (as every host command does), then converges.
   const { prepareHost } = await import("../src/host/recovery.js");
-  const ctx2 = { ...makeCtx(root), state: await prepareHost(ctx.host, silentLogger, { tempDirs: ["/etc/pcidp"] }) };
+  const ctx2 = {
+    ...makeCtx(root),
+    state: await prepareHost(ctx.host, silentLogger, { tempDirs: ["/etc/pcidp"] }),
+  };
   const { result } = await apply(ctx2, mixed);
   t.equal(result.changed, true);
   t.equal(await readCfg(root), await fs.readFile(path.join(goldenDir, "mixed.json"), "utf8"));
-  t.equal(await ctx2.host.exists(path.posix.join("/etc/pcidp", path.basename(tmp))), false, "stale temp removed");
+  t.equal(
+    await ctx2.host.exists(path.posix.join("/etc/pcidp", path.basename(tmp))),
+    false,
+    "stale temp removed",
+  );
 });
 
 t.test("SIGKILL at arbitrary moments never leaves a partial file", async (t) => {
@@ -533,7 +838,9 @@ t.test("SIGKILL at arbitrary moments never leaves a partial file", async (t) => 
       c.on("exit", () => resolve(n));
     });
     c.kill("SIGKILL");
-    await new Promise((r) => (c.exitCode !== null || c.signalCode !== null ? r(null) : c.once("exit", r)));
+    await new Promise((r) =>
+      c.exitCode !== null || c.signalCode !== null ? r(null) : c.once("exit", r),
+    );
     killedAfterWrites += seen;
     const text = await readCfg(root);
     t.ok(ok.has(text), `round ${i}: the file is exactly the old or the new content`);
@@ -548,9 +855,18 @@ t.test("SIGKILL at arbitrary moments never leaves a partial file", async (t) => 
 // ---- plugin restart --------------------------------------------------------------------------------
 
 t.test("restartDevicePlugin runs the argv without a shell and reports the outcome", async (t) => {
-  const okRun = await restartDevicePlugin([process.execPath, "-e", "process.stdout.write('restarted')"], silentLogger);
-  t.same(okRun, { ok: true, detail: `${process.execPath} -e process.stdout.write('restarted') exited 0: restarted` });
-  const bad = await restartDevicePlugin([process.execPath, "-e", "console.error('no such unit'); process.exit(5)"], silentLogger);
+  const okRun = await restartDevicePlugin(
+    [process.execPath, "-e", "process.stdout.write('restarted')"],
+    silentLogger,
+  );
+  t.same(okRun, {
+    ok: true,
+    detail: `${process.execPath} -e process.stdout.write('restarted') exited 0: restarted`,
+  });
+  const bad = await restartDevicePlugin(
+    [process.execPath, "-e", "console.error('no such unit'); process.exit(5)"],
+    silentLogger,
+  );
   t.equal(bad.ok, false);
   t.match(bad.detail, /exited 5: no such unit/);
   const shelly = await restartDevicePlugin(["/bin/echo", "$HOME;", "false"], silentLogger);
@@ -561,20 +877,42 @@ t.test("restartDevicePlugin runs the argv without a shell and reports the outcom
   t.match(missing.detail, /could not be started/);
 });
 
-t.test("after a change outside boot, say that the plugin needs a restart (or run restart_command)", async (t) => {
-  const { log, lines } = captureLogger();
-  const cfg = buildConfig([]).config;
-  const changed = { changed: true, path: CFG, resources: ["amazon.com/ena_dpdk"] };
-  t.same(await afterSriovChange(cfg, changed, log, { atBoot: true }), { restartNeeded: false, restarted: false });
-  t.same(await afterSriovChange(cfg, { ...changed, changed: false }, log, { atBoot: false }), { restartNeeded: false, restarted: false });
-  const r = await afterSriovChange(cfg, changed, log, { atBoot: false });
-  t.equal(r.restartNeeded, true);
-  t.match(r.status, /restart the device plugin to advertise it \(it reads its config only at start\), or set \[sriov\]\.restart_command/);
-  t.ok(lines.some((l) => l.startsWith("level=warn") && l.includes("restart the device plugin")));
-  const withCmd = buildConfig([{ source: "t", data: { sriov: { restart_command: [process.execPath, "-e", ""] } } }]).config;
-  t.same(await afterSriovChange(withCmd, changed, log, { atBoot: false }), { restartNeeded: false, restarted: true });
-  const failing = buildConfig([{ source: "t", data: { sriov: { restart_command: [process.execPath, "-e", "process.exit(1)"] } } }]).config;
-  const f = await afterSriovChange(failing, changed, log, { atBoot: false });
-  t.equal(f.restartNeeded, true);
-  t.match(f.status, /restart failed/);
-});
+t.test(
+  "after a change outside boot, say that the plugin needs a restart (or run restart_command)",
+  async (t) => {
+    const { log, lines } = captureLogger();
+    const cfg = buildConfig([]).config;
+    const changed = { changed: true, path: CFG, resources: ["amazon.com/ena_dpdk"] };
+    t.same(await afterSriovChange(cfg, changed, log, { atBoot: true }), {
+      restartNeeded: false,
+      restarted: false,
+    });
+    t.same(await afterSriovChange(cfg, { ...changed, changed: false }, log, { atBoot: false }), {
+      restartNeeded: false,
+      restarted: false,
+    });
+    const r = await afterSriovChange(cfg, changed, log, { atBoot: false });
+    t.equal(r.restartNeeded, true);
+    t.match(
+      r.status,
+      /restart the device plugin to advertise it \(it reads its config only at start\), or set \[sriov\]\.restart_command/,
+    );
+    t.ok(lines.some((l) => l.startsWith("level=warn") && l.includes("restart the device plugin")));
+    const withCmd = buildConfig([
+      { source: "t", data: { sriov: { restart_command: [process.execPath, "-e", ""] } } },
+    ]).config;
+    t.same(await afterSriovChange(withCmd, changed, log, { atBoot: false }), {
+      restartNeeded: false,
+      restarted: true,
+    });
+    const failing = buildConfig([
+      {
+        source: "t",
+        data: { sriov: { restart_command: [process.execPath, "-e", "process.exit(1)"] } },
+      },
+    ]).config;
+    const f = await afterSriovChange(failing, changed, log, { atBoot: false });
+    t.equal(f.restartNeeded, true);
+    t.match(f.status, /restart failed/);
+  },
+);

@@ -10,7 +10,14 @@ import { fileURLToPath } from "node:url";
 import { defaults } from "../src/config/model.js";
 import { STATE_PATH, STATUS_PATH } from "../src/core/state.js";
 import { NETWORKD_DIR, NODEADM_CACHE_DIR } from "../src/host/networkd.js";
-import { analyzeVerify, makeVerifyRoot, parseUnit, seconds, words, type UnitFile } from "./support/unitfile.js";
+import {
+  analyzeVerify,
+  makeVerifyRoot,
+  parseUnit,
+  seconds,
+  words,
+  type UnitFile,
+} from "./support/unitfile.js";
 
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 const OURS = ["eni-dpdk.service", "eni-dpdk-early.service"];
@@ -19,9 +26,11 @@ const OURS = ["eni-dpdk.service", "eni-dpdk-early.service"];
 // templates/al2023/runtime/rootfs/etc/systemd/system/*.service) and cloud-init's, as stand-ins:
 // this machine has none of them, and the ordering must hold against the real graph.
 const STAND_INS: Record<string, string> = {
-  "nodeadm-boot-hook.service": "Before=nodeadm-config.service\nAfter=systemd-networkd.service\nBefore=systemd-networkd-wait-online.service",
+  "nodeadm-boot-hook.service":
+    "Before=nodeadm-config.service\nAfter=systemd-networkd.service\nBefore=systemd-networkd-wait-online.service",
   "nodeadm-config.service": "Before=cloud-init.service\nAfter=systemd-networkd-wait-online.service",
-  "nodeadm-run.service": "After=nodeadm-config.service cloud-final.service\nRequires=nodeadm-config.service",
+  "nodeadm-run.service":
+    "After=nodeadm-config.service cloud-final.service\nRequires=nodeadm-config.service",
   "kubelet.service": "After=containerd.service",
   "containerd.service": "After=network.target",
   "cloud-init.service": "After=systemd-networkd-wait-online.service\nBefore=network-online.target",
@@ -41,12 +50,22 @@ function setUpRoot(t: Test): string {
   t.teardown(() => fs.rmSync(root, { recursive: true, force: true }));
   // ExecStart=/usr/bin/eni-dpdk must exist in the root for verify; a stub is enough for syntax.
   fs.writeFileSync(path.join(root, "usr/bin/eni-dpdk"), "#!/bin/sh\nexit 0\n", { mode: 0o755 });
-  for (const u of OURS) fs.copyFileSync(path.join(repo, "systemd", u), path.join(root, "usr/lib/systemd/system", u));
+  for (const u of OURS)
+    fs.copyFileSync(path.join(repo, "systemd", u), path.join(root, "usr/lib/systemd/system", u));
   for (const [name, ordering] of Object.entries(STAND_INS)) {
     fs.writeFileSync(path.join(root, "etc/systemd/system", name), standIn(name, ordering));
   }
-  const all = [...OURS, ...Object.keys(STAND_INS), "systemd-networkd.service", "systemd-networkd-wait-online.service", "network-online.target"];
-  fs.writeFileSync(path.join(root, "etc/systemd/system/eks-boot.target"), `[Unit]\nDescription=stand-in boot\nWants=${all.join(" ")}\n`);
+  const all = [
+    ...OURS,
+    ...Object.keys(STAND_INS),
+    "systemd-networkd.service",
+    "systemd-networkd-wait-online.service",
+    "network-online.target",
+  ];
+  fs.writeFileSync(
+    path.join(root, "etc/systemd/system/eks-boot.target"),
+    `[Unit]\nDescription=stand-in boot\nWants=${all.join(" ")}\n`,
+  );
   return root;
 }
 
@@ -71,8 +90,14 @@ function orderingGraph(root: string, start: string[]): Map<string, Set<string>> 
     seen.add(name);
     const u = loadUnit(root, name);
     if (!u) continue;
-    for (const b of words(u, "Unit", "Before")) edge(name, b), queue.push(b);
-    for (const a of words(u, "Unit", "After")) edge(a, name), queue.push(a);
+    for (const b of words(u, "Unit", "Before")) {
+      edge(name, b);
+      queue.push(b);
+    }
+    for (const a of words(u, "Unit", "After")) {
+      edge(a, name);
+      queue.push(a);
+    }
   }
   return g;
 }
@@ -84,7 +109,10 @@ function startsBefore(g: Map<string, Set<string>>, a: string, b: string): boolea
     const n = stack.pop()!;
     for (const m of g.get(n) ?? []) {
       if (m === b) return true;
-      if (!seen.has(m)) seen.add(m), stack.push(m);
+      if (!seen.has(m)) {
+        seen.add(m);
+        stack.push(m);
+      }
     }
   }
   return false;
@@ -106,64 +134,100 @@ t.test("the boot transaction with the EKS stand-ins has no ordering cycle", asyn
   t.notMatch(r.output, /ordering cycle/i, r.output);
 
   // The same check can fail: a unit that wants to start after kubelet closes a cycle.
-  const cyclic = fs.readFileSync(path.join(repo, "systemd/eni-dpdk.service"), "utf8").replace("After=network-online.target", "After=network-online.target kubelet.service nodeadm-run.service");
+  const cyclic = fs
+    .readFileSync(path.join(repo, "systemd/eni-dpdk.service"), "utf8")
+    .replace(
+      "After=network-online.target",
+      "After=network-online.target kubelet.service nodeadm-run.service",
+    );
   fs.writeFileSync(path.join(root, "etc/systemd/system/eni-dpdk.service"), cyclic);
   const bad = analyzeVerify(root, ["eks-boot.target"]);
   t.match(bad.output, /Found ordering cycle/, "a cycle is reported");
 });
 
-t.test("ordering: early rebind before networkd and nodeadm's boot hook; the service before kubelet", async (t) => {
-  const root = setUpRoot(t);
-  const g = orderingGraph(root, [...OURS, ...Object.keys(STAND_INS)]);
-  const before: [string, string][] = [
-    ["systemd-modules-load.service", "eni-dpdk-early.service"],
-    ["systemd-udev-trigger.service", "eni-dpdk-early.service"],
-    ["eni-dpdk-early.service", "systemd-networkd.service"],
-    ["eni-dpdk-early.service", "nodeadm-boot-hook.service"],
-    ["eni-dpdk-early.service", "nodeadm-config.service"],
-    ["eni-dpdk-early.service", "eni-dpdk.service"],
-    ["network-online.target", "eni-dpdk.service"],
-    ["nodeadm-boot-hook.service", "eni-dpdk.service"],
-    ["eni-dpdk.service", "nodeadm-run.service"],
-    ["eni-dpdk.service", "kubelet.service"],
-  ];
-  for (const [a, b] of before) {
-    t.ok(startsBefore(g, a, b), `${a} starts before ${b}`);
-    t.notOk(startsBefore(g, b, a), `${b} is not also before ${a}`);
-  }
-});
+t.test(
+  "ordering: early rebind before networkd and nodeadm's boot hook; the service before kubelet",
+  async (t) => {
+    const root = setUpRoot(t);
+    const g = orderingGraph(root, [...OURS, ...Object.keys(STAND_INS)]);
+    const before: [string, string][] = [
+      ["systemd-modules-load.service", "eni-dpdk-early.service"],
+      ["systemd-udev-trigger.service", "eni-dpdk-early.service"],
+      ["eni-dpdk-early.service", "systemd-networkd.service"],
+      ["eni-dpdk-early.service", "nodeadm-boot-hook.service"],
+      ["eni-dpdk-early.service", "nodeadm-config.service"],
+      ["eni-dpdk-early.service", "eni-dpdk.service"],
+      ["network-online.target", "eni-dpdk.service"],
+      ["nodeadm-boot-hook.service", "eni-dpdk.service"],
+      ["eni-dpdk.service", "nodeadm-run.service"],
+      ["eni-dpdk.service", "kubelet.service"],
+    ];
+    for (const [a, b] of before) {
+      t.ok(startsBefore(g, a, b), `${a} starts before ${b}`);
+      t.notOk(startsBefore(g, b, a), `${b} is not also before ${a}`);
+    }
+  },
+);
 
 t.test("unit contents the other parts rely on", async (t) => {
   const svc = parseUnit(fs.readFileSync(path.join(repo, "systemd/eni-dpdk.service"), "utf8"));
-  const early = parseUnit(fs.readFileSync(path.join(repo, "systemd/eni-dpdk-early.service"), "utf8"));
-  t.same(svc.Service!.Type, ["notify"]);
-  t.same(svc.Service!.NotifyAccess, ["main"], "the systemd-notify fallback reports the main PID");
-  t.same(svc.Service!.ExecStart, ["/usr/bin/eni-dpdk run"]);
-  t.same(early.Service!.ExecStart, ["/usr/bin/eni-dpdk early"]);
-  t.same(early.Service!.Type, ["oneshot"]);
-  t.same(early.Unit!.DefaultDependencies, ["no"]);
-  t.same(early.Unit!.ConditionPathExists, [STATE_PATH], "runs only when a state file records bindings");
+  const early = parseUnit(
+    fs.readFileSync(path.join(repo, "systemd/eni-dpdk-early.service"), "utf8"),
+  );
+  t.same(svc.Service.Type, ["notify"]);
+  t.same(svc.Service.NotifyAccess, ["main"], "the systemd-notify fallback reports the main PID");
+  t.same(svc.Service.ExecStart, ["/usr/bin/eni-dpdk run"]);
+  t.same(early.Service.ExecStart, ["/usr/bin/eni-dpdk early"]);
+  t.same(early.Service.Type, ["oneshot"]);
+  t.same(early.Unit.DefaultDependencies, ["no"]);
+  t.same(
+    early.Unit.ConditionPathExists,
+    [STATE_PATH],
+    "runs only when a state file records bindings",
+  );
   const timeout = defaults().service.timeout_seconds;
-  const startLimit = seconds(svc.Service!.TimeoutStartSec![0]!);
-  t.ok(startLimit > timeout && startLimit <= timeout + 60, `TimeoutStartSec ${startLimit}s leaves a margin over timeout_seconds=${timeout}`);
-  t.ok(seconds(svc.Service!.WatchdogSec![0]!) > 0, "watchdog set");
-  t.same(svc.Service!.Restart, ["on-failure"]);
-  t.ok(seconds(svc.Unit!.StartLimitIntervalSec![0]!) >= Number(svc.Unit!.StartLimitBurst![0]) * startLimit, "the burst window covers the slow failures too");
+  const startLimit = seconds(svc.Service.TimeoutStartSec[0]);
+  t.ok(
+    startLimit > timeout && startLimit <= timeout + 60,
+    `TimeoutStartSec ${startLimit}s leaves a margin over timeout_seconds=${timeout}`,
+  );
+  t.ok(seconds(svc.Service.WatchdogSec[0]) > 0, "watchdog set");
+  t.same(svc.Service.Restart, ["on-failure"]);
+  t.ok(
+    seconds(svc.Unit.StartLimitIntervalSec[0]) >= Number(svc.Unit.StartLimitBurst[0]) * startLimit,
+    "the burst window covers the slow failures too",
+  );
   t.same(words(svc, "Unit", "Requires"), [], "no Requires=: kubelet must still start when we fail");
   t.same(words(svc, "Install", "WantedBy"), ["multi-user.target"]);
   t.same(words(early, "Install", "WantedBy"), ["multi-user.target"]);
   const rw = words(svc, "Service", "ReadWritePaths").map((p) => p.replace(/^-/, ""));
-  for (const p of ["/run", "/etc/pcidp", "/etc/systemd/network", "/etc/eks/nodeadm/udev-net-manager"]) t.ok(rw.includes(p), `writable: ${p}`);
-  t.same(svc.Service!.StateDirectory, ["eni-dpdk"], "/var/lib/eni-dpdk writable via StateDirectory");
+  for (const p of [
+    "/run",
+    "/etc/pcidp",
+    "/etc/systemd/network",
+    "/etc/eks/nodeadm/udev-net-manager",
+  ])
+    t.ok(rw.includes(p), `writable: ${p}`);
+  t.same(svc.Service.StateDirectory, ["eni-dpdk"], "/var/lib/eni-dpdk writable via StateDirectory");
   // Every place the code writes (its own constants) lies under a writable path of the hardened unit.
   const writable = [...rw, "/var/lib/eni-dpdk"];
   const lockPath = "/run/eni-dpdk.lock";
-  for (const target of [STATE_PATH, STATUS_PATH, lockPath, path.join(NETWORKD_DIR, "x.network"), path.join(NODEADM_CACHE_DIR, "i-1/eth1"), defaults().sriov.config_path]) {
-    t.ok(writable.some((w) => target.startsWith(w + "/")), `${target} is writable under the unit's hardening`);
+  for (const target of [
+    STATE_PATH,
+    STATUS_PATH,
+    lockPath,
+    path.join(NETWORKD_DIR, "x.network"),
+    path.join(NODEADM_CACHE_DIR, "i-1/eth1"),
+    defaults().sriov.config_path,
+  ]) {
+    t.ok(
+      writable.some((w) => target.startsWith(w + "/")),
+      `${target} is writable under the unit's hardening`,
+    );
   }
-  t.notOk(svc.Service!.ProtectKernelTunables, "sysfs stays writable");
-  t.notOk(svc.Service!.ProtectKernelModules, "modprobe stays possible");
-  t.notOk(svc.Service!.PrivateDevices, "/dev/vfio stays visible");
+  t.notOk(svc.Service.ProtectKernelTunables, "sysfs stays writable");
+  t.notOk(svc.Service.ProtectKernelModules, "modprobe stays possible");
+  t.notOk(svc.Service.PrivateDevices, "/dev/vfio stays visible");
 });
 
 t.test("a broken unit fails verify (the check can fail)", async (t) => {

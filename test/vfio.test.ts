@@ -4,25 +4,44 @@ import { OpError } from "../src/core/errors.js";
 import { Host } from "../src/host/host.js";
 import { applyHost, planHost } from "../src/reconcile/host.js";
 import { applyHugepages, readKernelFacts, writeCombiningReport } from "../src/host/kernel.js";
-import { captureLog, config, DATA1, DATA2, node, PRIMARY, stageCtx, target } from "./support/fixture.js";
+import {
+  captureLog,
+  config,
+  DATA1,
+  DATA2,
+  node,
+  PRIMARY,
+  stageCtx,
+  target,
+} from "./support/fixture.js";
 
-t.test("kernel without NOIOMMU: fails with that diagnosis before any device is touched", async (t) => {
-  const sim = node({ noiommuSupport: false });
-  t.teardown(() => sim.close());
-  const ctx = stageCtx(sim);
-  const targets = [target("data1", DATA1.mac), target("data2", DATA2.mac)];
-  const plan = await planHost(ctx, targets);
-  const err = await applyHost(ctx, targets, plan).catch((e) => e);
-  t.type(err, OpError);
-  t.match(err.message, /this kernel lacks NOIOMMU: \/sys\/module\/vfio\/parameters\/enable_unsafe_noiommu_mode does not exist/);
-  t.match(err.hint, /CONFIG_VFIO_NOIOMMU.*no device was touched/);
-  t.same(sim.modprobeCalls(), ["vfio enable_unsafe_noiommu_mode=1", "vfio-pci"], "modprobe ran (and exited 0, as the real one does)");
-  await sim.settle();
-  t.same(sim.writes, [], "no sysfs write at all");
-  t.equal((ctx.host as Host).writes, 0, "no file written (networkd, state)");
-  t.equal(sim.driverOf(DATA1.bdf), "ena");
-  t.equal(sim.driverOf(DATA2.bdf), "ena");
-});
+t.test(
+  "kernel without NOIOMMU: fails with that diagnosis before any device is touched",
+  async (t) => {
+    const sim = node({ noiommuSupport: false });
+    t.teardown(() => sim.close());
+    const ctx = stageCtx(sim);
+    const targets = [target("data1", DATA1.mac), target("data2", DATA2.mac)];
+    const plan = await planHost(ctx, targets);
+    const err = await applyHost(ctx, targets, plan).catch((e) => e);
+    t.type(err, OpError);
+    t.match(
+      err.message,
+      /this kernel lacks NOIOMMU: \/sys\/module\/vfio\/parameters\/enable_unsafe_noiommu_mode does not exist/,
+    );
+    t.match(err.hint, /CONFIG_VFIO_NOIOMMU.*no device was touched/);
+    t.same(
+      sim.modprobeCalls(),
+      ["vfio enable_unsafe_noiommu_mode=1", "vfio-pci"],
+      "modprobe ran (and exited 0, as the real one does)",
+    );
+    await sim.settle();
+    t.same(sim.writes, [], "no sysfs write at all");
+    t.equal(ctx.host.writes, 0, "no file written (networkd, state)");
+    t.equal(sim.driverOf(DATA1.bdf), "ena");
+    t.equal(sim.driverOf(DATA2.bdf), "ena");
+  },
+);
 
 t.test("vfio already loaded without NOIOMMU: the parameter is written and verified", async (t) => {
   const sim = node({ loaded: ["vfio_pci"] });
@@ -31,10 +50,17 @@ t.test("vfio already loaded without NOIOMMU: the parameter is written and verifi
   const ctx = stageCtx(sim);
   const targets = [target("data1", DATA1.mac)];
   const [r] = await applyHost(ctx, targets, await planHost(ctx, targets));
-  t.equal(r!.state, "bound");
+  t.equal(r.state, "bound");
   t.same(sim.modprobeCalls(), [], "nothing to load");
-  t.same(sim.writes[0], { path: "/sys/module/vfio/parameters/enable_unsafe_noiommu_mode", value: "1" }, "first write is the parameter, before any device");
-  t.equal(fs.readFileSync(sim.p("/sys/module/vfio/parameters/enable_unsafe_noiommu_mode"), "utf8").trim(), "Y");
+  t.same(
+    sim.writes[0],
+    { path: "/sys/module/vfio/parameters/enable_unsafe_noiommu_mode", value: "1" },
+    "first write is the parameter, before any device",
+  );
+  t.equal(
+    fs.readFileSync(sim.p("/sys/module/vfio/parameters/enable_unsafe_noiommu_mode"), "utf8").trim(),
+    "Y",
+  );
 });
 
 t.test("IOMMU present with noiommu=auto: no NOIOMMU, /dev/vfio/<group>", async (t) => {
@@ -45,9 +71,12 @@ t.test("IOMMU present with noiommu=auto: no NOIOMMU, /dev/vfio/<group>", async (
   const plan = await planHost(ctx, targets);
   t.notOk(plan.actions.some((a) => a.kind === "enable-noiommu"));
   const [r] = await applyHost(ctx, targets, plan);
-  t.match(r!.deviceNode, /^\/dev\/vfio\/\d+$/);
+  t.match(r.deviceNode, /^\/dev\/vfio\/\d+$/);
   t.same(sim.modprobeCalls(), ["vfio", "vfio-pci"]);
-  t.equal(fs.readFileSync(sim.p("/sys/module/vfio/parameters/enable_unsafe_noiommu_mode"), "utf8").trim(), "N");
+  t.equal(
+    fs.readFileSync(sim.p("/sys/module/vfio/parameters/enable_unsafe_noiommu_mode"), "utf8").trim(),
+    "N",
+  );
 });
 
 t.test('noiommu = "off" on a host without IOMMU fails before any device', async (t) => {
@@ -55,54 +84,83 @@ t.test('noiommu = "off" on a host without IOMMU fails before any device', async 
   t.teardown(() => sim.close());
   const ctx = stageCtx(sim, { config: config({ dpdk: { noiommu: "off" } }) });
   const targets = [target("data1", DATA1.mac)];
-  await t.rejects(applyHost(ctx, targets, await planHost(ctx, targets)), /no IOMMU on this host.*noiommu = "off"/);
+  await t.rejects(
+    applyHost(ctx, targets, await planHost(ctx, targets)),
+    /no IOMMU on this host.*noiommu = "off"/,
+  );
   await sim.settle();
   t.same(sim.writes, []);
 });
 
-t.test("uio_pci_generic binds with its own checks; igb_uio missing fails before devices", async (t) => {
-  const sim = node();
-  t.teardown(() => sim.close());
-  const ctx = stageCtx(sim);
-  const targets = [target("data1", DATA1.mac, { dpdk: { driver: "uio_pci_generic" } })];
-  const [r] = await applyHost(ctx, targets, await planHost(ctx, targets));
-  t.match(r, { state: "bound", driver: "uio_pci_generic", deviceNode: "/dev/uio0" });
-  t.same(sim.modprobeCalls(), ["uio_pci_generic"]);
-  const igb = [target("data2", DATA2.mac, { dpdk: { driver: "igb_uio" } })];
-  const err = await applyHost(ctx, igb, await planHost(ctx, igb)).catch((e) => e);
-  t.match(err.message, /igb_uio wc_activate=1 failed \(exit 1\): modprobe: FATAL: Module igb_uio not found/);
-  t.match(err.hint, /dpdk-kmods/);
-  t.equal(sim.driverOf(DATA2.bdf), "ena");
-});
+t.test(
+  "uio_pci_generic binds with its own checks; igb_uio missing fails before devices",
+  async (t) => {
+    const sim = node();
+    t.teardown(() => sim.close());
+    const ctx = stageCtx(sim);
+    const targets = [target("data1", DATA1.mac, { dpdk: { driver: "uio_pci_generic" } })];
+    const [r] = await applyHost(ctx, targets, await planHost(ctx, targets));
+    t.match(r, { state: "bound", driver: "uio_pci_generic", deviceNode: "/dev/uio0" });
+    t.same(sim.modprobeCalls(), ["uio_pci_generic"]);
+    const igb = [target("data2", DATA2.mac, { dpdk: { driver: "igb_uio" } })];
+    const err = await applyHost(ctx, igb, await planHost(ctx, igb)).catch((e) => e);
+    t.match(
+      err.message,
+      /igb_uio wc_activate=1 failed \(exit 1\): modprobe: FATAL: Module igb_uio not found/,
+    );
+    t.match(err.hint, /dpdk-kmods/);
+    t.equal(sim.driverOf(DATA2.bdf), "ena");
+  },
+);
 
-t.test("hugepages: raised to the configured count, short allocation warned with figures, never shrunk", async (t) => {
-  const sim = node({ hugepageCapacity: { 2048: 300 }, hugepageSizes: [2048] });
-  t.teardown(() => sim.close());
-  const host = new Host(sim.root);
-  const { log, lines } = captureLog();
-  const res = await applyHugepages(host, [{ sizeKb: 2048, pages: 512 }, { sizeKb: 1048576, pages: 2 }], log);
-  t.match(res[0], { sizeKb: 2048, wanted: 512, got: 300, changed: true });
-  t.match(res[0]!.warning, /allocated 300 of 512 2M hugepages \(600 MiB of 1024 MiB\)/);
-  t.match(res[1]!.warning, /does not support 1G hugepages/);
-  t.ok(lines.some((l) => l.startsWith("level=warn") && l.includes("wanted=512") && l.includes("got=300")));
-  sim.setHugepageCapacity(2048, 10_000);
-  const again = await applyHugepages(host, [{ sizeKb: 2048, pages: 512 }], log);
-  t.match(again[0], { got: 512, changed: true });
-  t.notOk(again[0]!.warning);
-  const before = host.writes;
-  const less = await applyHugepages(host, [{ sizeKb: 2048, pages: 100 }], log);
-  t.match(less[0], { got: 512, changed: false });
-  t.equal(host.writes, before, "no write when the pool is already large enough");
-});
+t.test(
+  "hugepages: raised to the configured count, short allocation warned with figures, never shrunk",
+  async (t) => {
+    const sim = node({ hugepageCapacity: { 2048: 300 }, hugepageSizes: [2048] });
+    t.teardown(() => sim.close());
+    const host = new Host(sim.root);
+    const { log, lines } = captureLog();
+    const res = await applyHugepages(
+      host,
+      [
+        { sizeKb: 2048, pages: 512 },
+        { sizeKb: 1048576, pages: 2 },
+      ],
+      log,
+    );
+    t.match(res[0], { sizeKb: 2048, wanted: 512, got: 300, changed: true });
+    t.match(res[0].warning, /allocated 300 of 512 2M hugepages \(600 MiB of 1024 MiB\)/);
+    t.match(res[1].warning, /does not support 1G hugepages/);
+    t.ok(
+      lines.some(
+        (l) => l.startsWith("level=warn") && l.includes("wanted=512") && l.includes("got=300"),
+      ),
+    );
+    sim.setHugepageCapacity(2048, 10_000);
+    const again = await applyHugepages(host, [{ sizeKb: 2048, pages: 512 }], log);
+    t.match(again[0], { got: 512, changed: true });
+    t.notOk(again[0].warning);
+    const before = host.writes;
+    const less = await applyHugepages(host, [{ sizeKb: 2048, pages: 100 }], log);
+    t.match(less[0], { got: 512, changed: false });
+    t.equal(host.writes, before, "no write when the pool is already large enough");
+  },
+);
 
 t.test("hugepages through the host stage", async (t) => {
   const sim = node({ hugepageCapacity: { 2048: 64 } });
   t.teardown(() => sim.close());
   const ctx = stageCtx(sim, { config: config({ dpdk: { hugepages_2m: 128 } }) });
   const plan = await planHost(ctx, []);
-  t.same(plan.actions.map((a) => a.kind), ["hugepages"]);
+  t.same(
+    plan.actions.map((a) => a.kind),
+    ["hugepages"],
+  );
   await applyHost(ctx, [], plan);
-  t.equal(fs.readFileSync(sim.p("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"), "utf8").trim(), "64");
+  t.equal(
+    fs.readFileSync(sim.p("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"), "utf8").trim(),
+    "64",
+  );
   t.ok(ctx.lines.some((l) => l.includes("allocated 64 of 128")));
 });
 
@@ -130,29 +188,45 @@ t.test("write-combining report", async (t) => {
   t.ok(uc.fix);
 });
 
-t.test("vfio-pci probe without NOIOMMU leaves the device driverless; bindDevice restores it", async (t) => {
-  const sim = node({ loaded: ["vfio_pci"] }); // vfio loaded, parameter N, no IOMMU
-  t.teardown(() => sim.close());
-  const host = new Host(sim.root);
-  // the kernel's failure mode, step by step
-  await host.writeAttr(`/sys/bus/pci/devices/${DATA2.bdf}/driver_override`, "vfio-pci");
-  await host.writeAttr(`/sys/bus/pci/devices/${DATA2.bdf}/driver/unbind`, DATA2.bdf);
-  await sim.settle();
-  await host.writeAttr("/sys/bus/pci/drivers_probe", DATA2.bdf);
-  await sim.settle();
-  t.equal(sim.driverOf(DATA2.bdf), undefined, "no driver at all");
-  t.equal(sim.netdevOf(DATA2.bdf), undefined, "no netdev");
-  t.equal(fs.readFileSync(sim.p(`/sys/bus/pci/devices/${DATA2.bdf}/driver_override`), "utf8").trim(), "vfio-pci", "override still set");
-  // and what bindDevice does about it
-  const { bindDevice } = await import("../src/host/pci.js");
-  const { guardFacts, readRoutes } = await import("../src/host/guard.js");
-  const { log } = captureLog();
-  const guard = guardFacts({ primaryMac: PRIMARY.mac, routes: await readRoutes(host), ownedMacs: [DATA1.mac] });
-  const err = await bindDevice(host, DATA1.bdf, "vfio-pci", { log, mac: DATA1.mac, guard }).catch((e) => e);
-  t.type(err, OpError);
-  t.match(err.message, /probe did not bind vfio-pci \(driver now: none; without an IOMMU, vfio-pci needs NOIOMMU\); restored to ena \(netdev eth1 is back\)/);
-  t.equal(err.fields.rolled_back, true);
-  t.equal(sim.driverOf(DATA1.bdf), "ena");
-  t.equal(fs.readFileSync(sim.p("/sys/class/net/eth1/address"), "utf8").trim(), DATA1.mac);
-  t.same(sim.errors, []);
-});
+t.test(
+  "vfio-pci probe without NOIOMMU leaves the device driverless; bindDevice restores it",
+  async (t) => {
+    const sim = node({ loaded: ["vfio_pci"] }); // vfio loaded, parameter N, no IOMMU
+    t.teardown(() => sim.close());
+    const host = new Host(sim.root);
+    // the kernel's failure mode, step by step
+    await host.writeAttr(`/sys/bus/pci/devices/${DATA2.bdf}/driver_override`, "vfio-pci");
+    await host.writeAttr(`/sys/bus/pci/devices/${DATA2.bdf}/driver/unbind`, DATA2.bdf);
+    await sim.settle();
+    await host.writeAttr("/sys/bus/pci/drivers_probe", DATA2.bdf);
+    await sim.settle();
+    t.equal(sim.driverOf(DATA2.bdf), undefined, "no driver at all");
+    t.equal(sim.netdevOf(DATA2.bdf), undefined, "no netdev");
+    t.equal(
+      fs.readFileSync(sim.p(`/sys/bus/pci/devices/${DATA2.bdf}/driver_override`), "utf8").trim(),
+      "vfio-pci",
+      "override still set",
+    );
+    // and what bindDevice does about it
+    const { bindDevice } = await import("../src/host/pci.js");
+    const { guardFacts, readRoutes } = await import("../src/host/guard.js");
+    const { log } = captureLog();
+    const guard = guardFacts({
+      primaryMac: PRIMARY.mac,
+      routes: await readRoutes(host),
+      ownedMacs: [DATA1.mac],
+    });
+    const err = await bindDevice(host, DATA1.bdf, "vfio-pci", { log, mac: DATA1.mac, guard }).catch(
+      (e) => e,
+    );
+    t.type(err, OpError);
+    t.match(
+      err.message,
+      /probe did not bind vfio-pci \(driver now: none; without an IOMMU, vfio-pci needs NOIOMMU\); restored to ena \(netdev eth1 is back\)/,
+    );
+    t.equal(err.fields.rolled_back, true);
+    t.equal(sim.driverOf(DATA1.bdf), "ena");
+    t.equal(fs.readFileSync(sim.p("/sys/class/net/eth1/address"), "utf8").trim(), DATA1.mac);
+    t.same(sim.errors, []);
+  },
+);

@@ -12,11 +12,14 @@ import path from "node:path";
 import { World, sampleConfig } from "../../src/sim/world.js";
 
 const args = process.argv.slice(2);
-const opt = (name: string) => args.flatMap((a, i) => (a === name && args[i + 1] ? [args[i + 1]!] : []));
+const opt = (name: string) =>
+  args.flatMap((a, i) => (a === name && args[i + 1] ? [args[i + 1]] : []));
 const runs = Number(opt("--runs")[0]) || 15;
 const node = opt("--node")[0] ?? process.execPath;
 const repo = path.resolve(import.meta.dirname, "../..");
-const bundles = (opt("--bundle").length ? opt("--bundle") : [path.join(repo, "dist")]).map((d) => path.resolve(d));
+const bundles = (opt("--bundle").length ? opt("--bundle") : [path.join(repo, "dist")]).map((d) =>
+  path.resolve(d),
+);
 const ioFloor = path.join(repo, "scripts/bench/io-floor.mjs");
 
 interface Sample {
@@ -29,7 +32,10 @@ interface Sample {
 function measure(argv: string[], env: NodeJS.ProcessEnv): Promise<Sample> {
   return new Promise((resolve) => {
     const t0 = performance.now();
-    const child = spawn("/usr/bin/time", ["-f", "RSS_KB=%M", ...argv], { env, stdio: ["ignore", "ignore", "pipe"] });
+    const child = spawn("/usr/bin/time", ["-f", "RSS_KB=%M", ...argv], {
+      env,
+      stdio: ["ignore", "ignore", "pipe"],
+    });
     let err = "";
     child.stderr.on("data", (d: Buffer) => (err += d.toString()));
     child.on("exit", (code) => {
@@ -43,7 +49,7 @@ function measure(argv: string[], env: NodeJS.ProcessEnv): Promise<Sample> {
 
 const median = (xs: number[]) => {
   const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
 };
 
 interface Subject {
@@ -60,10 +66,20 @@ async function subject(bundle: string): Promise<Subject> {
   const world = await World.start({ configToml: sampleConfig() });
   const env = world.env();
   const cli = path.join(bundle, "eni-dpdk.mjs");
-  if ((await measure([node, cli, "apply"], env)).code !== 0) throw new Error(`${bundle}: first apply failed`);
+  if ((await measure([node, cli, "apply"], env)).code !== 0)
+    throw new Error(`${bundle}: first apply failed`);
   world.imds.requests.length = 0;
-  if ((await measure([node, cli, "apply"], env)).code !== 0) throw new Error(`${bundle}: second apply failed`);
-  return { bundle, world, env, imdsRequests: world.imds.requests.length, steady: [], noop: [], ec2Before: world.ec2.totalCalls() };
+  if ((await measure([node, cli, "apply"], env)).code !== 0)
+    throw new Error(`${bundle}: second apply failed`);
+  return {
+    bundle,
+    world,
+    env,
+    imdsRequests: world.imds.requests.length,
+    steady: [],
+    noop: [],
+    ec2Before: world.ec2.totalCalls(),
+  };
 }
 
 async function main() {
@@ -71,7 +87,7 @@ async function main() {
   try {
     for (const b of bundles) subjects.push(await subject(b));
     // The floor replays the IMDS requests of the first subject's converged apply.
-    const first = subjects[0]!;
+    const first = subjects[0];
     first.world.imds.requests.length = 0;
     await measure([node, path.join(first.bundle, "eni-dpdk.mjs"), "apply"], first.env);
     const imdsPaths = first.world.imds.requests.map((r) => r.path.replace(/^\/latest\//, ""));
@@ -85,7 +101,8 @@ async function main() {
       for (const s of subjects) {
         s.world.reboot();
         const r = await measure([node, path.join(s.bundle, "eni-dpdk.mjs"), "apply"], s.env);
-        if (r.code !== 0 || s.world.sim.driverOf("0000:00:06.0") !== "vfio-pci") throw new Error(`${s.bundle}: steady-state apply did not rebind (run ${i})`);
+        if (r.code !== 0 || s.world.sim.driverOf("0000:00:06.0") !== "vfio-pci")
+          throw new Error(`${s.bundle}: steady-state apply did not rebind (run ${i})`);
         s.steady.push(r);
         s.noop.push(await measure([node, path.join(s.bundle, "eni-dpdk.mjs"), "apply"], s.env));
       }
@@ -96,20 +113,35 @@ async function main() {
       const ms = median(xs.map((x) => x.ms));
       return `| ${name} | ${ms.toFixed(0)} | ${(ms / f).toFixed(2)}× | ${(ms / fio).toFixed(2)}× | ${median(xs.map((x) => x.rssMb)).toFixed(0)} |`;
     };
-    const nodeVersion = (await import("node:child_process")).execFileSync(node, ["--version"], { encoding: "utf8" }).trim();
-    console.log(`machine: ${cpus()[0]?.model} × ${cpus().length}, node ${nodeVersion}, ${runs} runs each (interleaved), ${new Date().toISOString()}`);
-    console.log(`command: npx tsx scripts/bench/boot.ts --runs ${runs}${node !== process.execPath ? ` --node ${node}` : ""}${bundles.map((b) => ` --bundle ${path.relative(repo, b) || "."}`).join("")}`);
+    const nodeVersion = (await import("node:child_process"))
+      .execFileSync(node, ["--version"], { encoding: "utf8" })
+      .trim();
+    console.log(
+      `machine: ${cpus()[0]?.model} × ${cpus().length}, node ${nodeVersion}, ${runs} runs each (interleaved), ${new Date().toISOString()}`,
+    );
+    console.log(
+      `command: npx tsx scripts/bench/boot.ts --runs ${runs}${node !== process.execPath ? ` --node ${node}` : ""}${bundles.map((b) => ` --bundle ${path.relative(repo, b) || "."}`).join("")}`,
+    );
     console.log("| what | median wall ms | vs node -e 0 | vs I/O floor | median peak RSS MB |");
     console.log("|---|---|---|---|---|");
     console.log(row("`node -e 0`", floor));
-    console.log(row(`I/O floor: the same ${imdsPaths.length} IMDS requests, flock, sysfs reads and status write, without eni-dpdk (io-floor.mjs)`, io));
+    console.log(
+      row(
+        `I/O floor: the same ${imdsPaths.length} IMDS requests, flock, sysfs reads and status write, without eni-dpdk (io-floor.mjs)`,
+        io,
+      ),
+    );
     for (const s of subjects) {
       const label = subjects.length > 1 ? ` [${path.relative(repo, s.bundle) || s.bundle}]` : "";
-      console.log(row(`steady-state boot: \`apply\` after a reboot (rebind 2 ENIs)${label}`, s.steady));
+      console.log(
+        row(`steady-state boot: \`apply\` after a reboot (rebind 2 ENIs)${label}`, s.steady),
+      );
       console.log(row(`nothing to do: \`apply\` on a converged node${label}`, s.noop));
     }
     for (const s of subjects) {
-      console.log(`${path.relative(repo, s.bundle) || s.bundle}: ${s.imdsRequests} IMDS requests per converged apply; EC2 calls by the ${runs * 2} measured applies: ${s.world.ec2.totalCalls() - s.ec2Before}`);
+      console.log(
+        `${path.relative(repo, s.bundle) || s.bundle}: ${s.imdsRequests} IMDS requests per converged apply; EC2 calls by the ${runs * 2} measured applies: ${s.world.ec2.totalCalls() - s.ec2Before}`,
+      );
     }
   } finally {
     for (const s of subjects) await s.world.close();

@@ -48,7 +48,7 @@ async function once(n: number): Promise<{ ms: number; calls: number; mutating: n
   }
 }
 
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 await once(1); // warm-up: loads the SDK once, so both sides measure provisioning only
 const results: Record<number, { ms: number[]; calls: number; mutating: number }> = {};
@@ -56,17 +56,21 @@ for (const n of [1, 8]) {
   results[n] = { ms: [], calls: 0, mutating: 0 };
   for (let i = 0; i < reps; i++) {
     const r = await once(n);
-    results[n]!.ms.push(r.ms);
-    results[n]!.calls = r.calls;
-    results[n]!.mutating = r.mutating;
+    results[n].ms.push(r.ms);
+    results[n].calls = r.calls;
+    results[n].mutating = r.mutating;
   }
 }
-const w1 = median(results[1]!.ms);
-const w8 = median(results[8]!.ms);
+const w1 = median(results[1].ms);
+const w8 = median(results[8].ms);
 console.log(`first boot, parallel ENIs (${reps} runs each, median; SDK already loaded)`);
-console.log(`  emulator: Create ${LATENCY.CreateNetworkInterface} ms, Attach ${LATENCY.AttachNetworkInterface} ms, Modify ${LATENCY.ModifyNetworkInterfaceAttribute} ms, other calls ${LATENCY["*"]} ms; attaching->attached ${ATTACH_DELAY_MS} ms; NIC appears ${HOTPLUG_DELAY_MS} ms later`);
+console.log(
+  `  emulator: Create ${LATENCY.CreateNetworkInterface} ms, Attach ${LATENCY.AttachNetworkInterface} ms, Modify ${LATENCY.ModifyNetworkInterfaceAttribute} ms, other calls ${LATENCY["*"]} ms; attaching->attached ${ATTACH_DELAY_MS} ms; NIC appears ${HOTPLUG_DELAY_MS} ms later`,
+);
 for (const n of [1, 8]) {
-  const r = results[n]!;
-  console.log(`  ${n} ENI${n > 1 ? "s" : " "}: wall ${(median(r.ms) / 1000).toFixed(2)} s (runs: ${r.ms.map((x) => (x / 1000).toFixed(2)).join(", ")}), EC2 calls ${r.calls}, mutating ${r.mutating}`);
+  const r = results[n];
+  console.log(
+    `  ${n} ENI${n > 1 ? "s" : " "}: wall ${(median(r.ms) / 1000).toFixed(2)} s (runs: ${r.ms.map((x) => (x / 1000).toFixed(2)).join(", ")}), EC2 calls ${r.calls}, mutating ${r.mutating}`,
+  );
 }
 console.log(`  wall(8)/wall(1) = ${(w8 / w1).toFixed(3)} (goal <= 1.25)`);

@@ -29,7 +29,12 @@ const BUCKETS: Record<Category, Bucket> = {
   mutating: { capacity: 100, refillPerSec: 100 },
   describe: { capacity: 200, refillPerSec: 200 },
 };
-const LATENCY = { CreateNetworkInterface: 300, AttachNetworkInterface: 150, ModifyNetworkInterfaceAttribute: 100, "*": 50 };
+const LATENCY = {
+  CreateNetworkInterface: 300,
+  AttachNetworkInterface: 150,
+  ModifyNetworkInterfaceAttribute: 100,
+  "*": 50,
+};
 const ATTACH_DELAY_MS = 1500;
 const HOTPLUG_DELAY_MS = 1000;
 
@@ -63,15 +68,25 @@ const cpu0 = process.cpuUsage();
 const t0 = performance.now();
 const outcomes = await Promise.all(
   nodes.map(async (node, i) => {
-    const ctx = contexts[i]!;
+    const ctx = contexts[i];
     const start = performance.now();
     try {
       const plan = await planEnis(ctx, node.ec2);
       const recs = await applyEnis(ctx, node.ec2, plan);
       const ok = recs.length === ENIS;
-      return { ok, ms: performance.now() - t0, sinceStart: performance.now() - start, error: ok ? "wrong count" : undefined };
+      return {
+        ok,
+        ms: performance.now() - t0,
+        sinceStart: performance.now() - start,
+        error: ok ? "wrong count" : undefined,
+      };
     } catch (e) {
-      return { ok: false, ms: performance.now() - t0, sinceStart: 0, error: (e as Error).message.split("\n")[0] };
+      return {
+        ok: false,
+        ms: performance.now() - t0,
+        sinceStart: 0,
+        error: (e as Error).message.split("\n")[0],
+      };
     }
   }),
 );
@@ -80,7 +95,10 @@ const cpu = process.cpuUsage(cpu0);
 
 const converged = outcomes.filter((o) => o.ok);
 const times = converged.map((o) => o.ms).sort((a, b) => a - b);
-const pct = (p: number) => (times.length ? times[Math.min(times.length - 1, Math.ceil((p / 100) * times.length) - 1)]! / 1000 : NaN);
+const pct = (p: number) =>
+  times.length
+    ? times[Math.min(times.length - 1, Math.ceil((p / 100) * times.length) - 1)] / 1000
+    : NaN;
 const created = [...emu.enis.values()].filter((e) => e.createdByApi);
 const duplicates = (() => {
   const seen = new Map<string, number>();
@@ -95,16 +113,38 @@ const calls = emu.callsPerAction();
 const errors = new Map<string, number>();
 for (const o of outcomes) if (!o.ok) errors.set(o.error!, (errors.get(o.error!) ?? 0) + 1);
 
-console.log(`fleet: ${NODES} nodes x ${ENIS} ENIs booting at once against one throttled EC2 emulator`);
-console.log(`  buckets (account-wide): mutating capacity ${BUCKETS.mutating.capacity}, refill ${BUCKETS.mutating.refillPerSec}/s; describe capacity ${BUCKETS.describe.capacity}, refill ${BUCKETS.describe.refillPerSec}/s`);
-console.log(`  latencies: Create ${LATENCY.CreateNetworkInterface} ms, Attach ${LATENCY.AttachNetworkInterface} ms, Modify ${LATENCY.ModifyNetworkInterfaceAttribute} ms, other ${LATENCY["*"]} ms; attaching->attached ${ATTACH_DELAY_MS} ms; NIC +${HOTPLUG_DELAY_MS} ms; node deadline ${DEADLINE_S} s`);
-console.log(`  converged: ${converged.length}/${NODES} nodes (${((100 * converged.length) / NODES).toFixed(1)} %)`);
-console.log(`  ENIs attached: ${emu.enisByState().attached - NODES} of ${enisWanted}; leaked (created, not attached): ${emu.leakedEnis().length}; duplicates: ${duplicates}`);
-console.log(`  mutating calls per ENI: ${(emu.mutatingCalls({ accepted: true }) / enisWanted).toFixed(2)} accepted, ${(emu.mutatingCalls() / enisWanted).toFixed(2)} sent incl. throttled`);
-console.log(`  throttled: mutating ${emu.throttledCalls("mutating")}, describe ${emu.throttledCalls("describe")}; EC2 requests total ${emu.totalCalls()}`);
-console.log(`  per action: ${Object.entries(calls).map(([k, v]) => `${k} ${v}`).join(", ")}`);
-console.log(`  time-to-ready: p50 ${pct(50).toFixed(1)} s, p99 ${pct(99).toFixed(1)} s, max ${pct(100).toFixed(1)} s`);
-console.log(`  total wall: ${(wall / 1000).toFixed(1)} s; CPU of this process ${((cpu.user + cpu.system) / 1e6).toFixed(1)} s; peak RSS ${(process.resourceUsage().maxRSS / 1024).toFixed(0)} MB`);
+console.log(
+  `fleet: ${NODES} nodes x ${ENIS} ENIs booting at once against one throttled EC2 emulator`,
+);
+console.log(
+  `  buckets (account-wide): mutating capacity ${BUCKETS.mutating.capacity}, refill ${BUCKETS.mutating.refillPerSec}/s; describe capacity ${BUCKETS.describe.capacity}, refill ${BUCKETS.describe.refillPerSec}/s`,
+);
+console.log(
+  `  latencies: Create ${LATENCY.CreateNetworkInterface} ms, Attach ${LATENCY.AttachNetworkInterface} ms, Modify ${LATENCY.ModifyNetworkInterfaceAttribute} ms, other ${LATENCY["*"]} ms; attaching->attached ${ATTACH_DELAY_MS} ms; NIC +${HOTPLUG_DELAY_MS} ms; node deadline ${DEADLINE_S} s`,
+);
+console.log(
+  `  converged: ${converged.length}/${NODES} nodes (${((100 * converged.length) / NODES).toFixed(1)} %)`,
+);
+console.log(
+  `  ENIs attached: ${emu.enisByState().attached - NODES} of ${enisWanted}; leaked (created, not attached): ${emu.leakedEnis().length}; duplicates: ${duplicates}`,
+);
+console.log(
+  `  mutating calls per ENI: ${(emu.mutatingCalls({ accepted: true }) / enisWanted).toFixed(2)} accepted, ${(emu.mutatingCalls() / enisWanted).toFixed(2)} sent incl. throttled`,
+);
+console.log(
+  `  throttled: mutating ${emu.throttledCalls("mutating")}, describe ${emu.throttledCalls("describe")}; EC2 requests total ${emu.totalCalls()}`,
+);
+console.log(
+  `  per action: ${Object.entries(calls)
+    .map(([k, v]) => `${k} ${v}`)
+    .join(", ")}`,
+);
+console.log(
+  `  time-to-ready: p50 ${pct(50).toFixed(1)} s, p99 ${pct(99).toFixed(1)} s, max ${pct(100).toFixed(1)} s`,
+);
+console.log(
+  `  total wall: ${(wall / 1000).toFixed(1)} s; CPU of this process ${((cpu.user + cpu.system) / 1e6).toFixed(1)} s; peak RSS ${(process.resourceUsage().maxRSS / 1024).toFixed(0)} MB`,
+);
 if (errors.size) for (const [msg, n] of errors) console.log(`  failure x${n}: ${msg}`);
 
 await Promise.all(nodes.map((n) => n.close(false)));

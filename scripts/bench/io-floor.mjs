@@ -10,7 +10,10 @@ import path from "node:path";
 
 const endpoint = process.env.AWS_EC2_METADATA_SERVICE_ENDPOINT;
 const root = process.env.ENI_DPDK_ROOT;
-const paths = fs.readFileSync(process.argv[2], "utf8").split("\n").filter((p) => p && p !== "api/token");
+const paths = fs
+  .readFileSync(process.argv[2], "utf8")
+  .split("\n")
+  .filter((p) => p && p !== "api/token");
 const agent = new http.Agent({ keepAlive: true, maxSockets: 4 });
 const request = (method, p, headers) =>
   new Promise((resolve, reject) => {
@@ -28,7 +31,9 @@ const locked = new Promise((resolve) => {
   child.stdout.once("data", () => resolve(child));
   child.stdin.write("locked\n");
 });
-const token = await request("PUT", "api/token", { "x-aws-ec2-metadata-token-ttl-seconds": "21600" });
+const token = await request("PUT", "api/token", {
+  "x-aws-ec2-metadata-token-ttl-seconds": "21600",
+});
 await Promise.all(paths.map((p) => request("GET", p, { "x-aws-ec2-metadata-token": token })));
 
 let files = 0;
@@ -48,12 +53,20 @@ const walk = (dir, depth) => {
 };
 walk(path.join(root, "sys/bus/pci/devices"), 2);
 walk(path.join(root, "sys/class/net"), 2);
-for (const f of ["etc/eni-dpdk/config.toml", "var/lib/eni-dpdk/state.json", "etc/pcidp/config.json"]) fs.readFileSync(path.join(root, f));
+for (const f of [
+  "etc/eni-dpdk/config.toml",
+  "var/lib/eni-dpdk/state.json",
+  "etc/pcidp/config.json",
+])
+  fs.readFileSync(path.join(root, f));
 
 const lock = await locked;
 const dir = path.join(root, "run/eni-dpdk");
 fs.mkdirSync(dir, { recursive: true });
-fs.writeFileSync(path.join(dir, ".floor.tmp"), JSON.stringify({ files, requests: paths.length + 1 }));
+fs.writeFileSync(
+  path.join(dir, ".floor.tmp"),
+  JSON.stringify({ files, requests: paths.length + 1 }),
+);
 fs.renameSync(path.join(dir, ".floor.tmp"), path.join(dir, "floor.json"));
 lock.stdin.end();
 process.exit(0);

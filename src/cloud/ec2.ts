@@ -27,13 +27,25 @@ import { nullRecord } from "../core/records.js";
 
 /** Only the calls eni-dpdk makes. Each is one request (no hidden retries, see lazyEc2). */
 export interface Ec2Api {
-  describeNetworkInterfaces(input: DescribeNetworkInterfacesCommandInput): Promise<DescribeNetworkInterfacesCommandOutput>;
-  createNetworkInterface(input: CreateNetworkInterfaceCommandInput): Promise<CreateNetworkInterfaceCommandOutput>;
-  attachNetworkInterface(input: AttachNetworkInterfaceCommandInput): Promise<AttachNetworkInterfaceCommandOutput>;
-  modifyNetworkInterfaceAttribute(input: ModifyNetworkInterfaceAttributeCommandInput): Promise<ModifyNetworkInterfaceAttributeCommandOutput>;
+  describeNetworkInterfaces(
+    input: DescribeNetworkInterfacesCommandInput,
+  ): Promise<DescribeNetworkInterfacesCommandOutput>;
+  createNetworkInterface(
+    input: CreateNetworkInterfaceCommandInput,
+  ): Promise<CreateNetworkInterfaceCommandOutput>;
+  attachNetworkInterface(
+    input: AttachNetworkInterfaceCommandInput,
+  ): Promise<AttachNetworkInterfaceCommandOutput>;
+  modifyNetworkInterfaceAttribute(
+    input: ModifyNetworkInterfaceAttributeCommandInput,
+  ): Promise<ModifyNetworkInterfaceAttributeCommandOutput>;
   describeSubnets(input: DescribeSubnetsCommandInput): Promise<DescribeSubnetsCommandOutput>;
-  describeSecurityGroups(input: DescribeSecurityGroupsCommandInput): Promise<DescribeSecurityGroupsCommandOutput>;
-  describeInstanceTypes(input: DescribeInstanceTypesCommandInput): Promise<DescribeInstanceTypesCommandOutput>;
+  describeSecurityGroups(
+    input: DescribeSecurityGroupsCommandInput,
+  ): Promise<DescribeSecurityGroupsCommandOutput>;
+  describeInstanceTypes(
+    input: DescribeInstanceTypesCommandInput,
+  ): Promise<DescribeInstanceTypesCommandOutput>;
   describeTags(input: DescribeTagsCommandInput): Promise<DescribeTagsCommandOutput>;
 }
 
@@ -49,18 +61,28 @@ export function recordingEc2(api: Ec2Api, changes: string[]): Ec2Api {
     ...api,
     createNetworkInterface: async (i) => {
       const out = await api.createNetworkInterface(i);
-      const name = i.TagSpecifications?.flatMap((t) => t.Tags ?? []).find((t) => t.Key === "eni-dpdk:name")?.Value;
-      changes.push(`EC2 created ${out.NetworkInterface?.NetworkInterfaceId}${name ? ` (${name})` : ""} in ${i.SubnetId}`);
+      const name = i.TagSpecifications?.flatMap((t) => t.Tags ?? []).find(
+        (t) => t.Key === "eni-dpdk:name",
+      )?.Value;
+      changes.push(
+        `EC2 created ${out.NetworkInterface?.NetworkInterfaceId}${name ? ` (${name})` : ""} in ${i.SubnetId}`,
+      );
       return out;
     },
     attachNetworkInterface: async (i) => {
       const out = await api.attachNetworkInterface(i);
-      changes.push(`EC2 attached ${i.NetworkInterfaceId} to ${i.InstanceId} at network card ${i.NetworkCardIndex ?? 0}, device index ${i.DeviceIndex} (${out.AttachmentId})`);
+      changes.push(
+        `EC2 attached ${i.NetworkInterfaceId} to ${i.InstanceId} at network card ${i.NetworkCardIndex ?? 0}, device index ${i.DeviceIndex} (${out.AttachmentId})`,
+      );
       return out;
     },
     modifyNetworkInterfaceAttribute: async (i) => {
       const out = await api.modifyNetworkInterfaceAttribute(i);
-      const what = i.Attachment ? `DeleteOnTermination=${i.Attachment.DeleteOnTermination}` : Object.keys(i).filter((k) => k !== "NetworkInterfaceId").join(",");
+      const what = i.Attachment
+        ? `DeleteOnTermination=${i.Attachment.DeleteOnTermination}`
+        : Object.keys(i)
+            .filter((k) => k !== "NetworkInterfaceId")
+            .join(",");
       changes.push(`EC2 set ${what} on ${i.NetworkInterfaceId}`);
       return out;
     },
@@ -96,9 +118,12 @@ function quietNodeVersionWarning(log?: Logger): void {
   process.env[SDK_WARNING_ENV] = "true";
   const major = Number(process.versions.node.split(".")[0]);
   if (major < 22) {
-    log?.info("AWS SDK releases after early January 2027 need Node >= 22; this build pins its SDK version", {
-      node: process.versions.node,
-    });
+    log?.info(
+      "AWS SDK releases after early January 2027 need Node >= 22; this build pins its SDK version",
+      {
+        node: process.versions.node,
+      },
+    );
   }
 }
 
@@ -114,14 +139,22 @@ export function lazyEc2(opts: Ec2Options): Ec2Factory {
         retryMode: "standard",
         maxAttempts: opts.maxAttempts ?? 1,
         // Without throwOnRequestTimeout the SDK only logs a warning and keeps waiting on a hung request.
-        requestHandler: { connectionTimeout: 3000, requestTimeout: opts.requestTimeoutMs ?? 15_000, throwOnRequestTimeout: true },
+        requestHandler: {
+          connectionTimeout: 3000,
+          requestTimeout: opts.requestTimeoutMs ?? 15_000,
+          throwOnRequestTimeout: true,
+        },
       });
-      opts.logger?.debug("EC2 client ready", { region: opts.region, endpoint: opts.endpoint ?? process.env.AWS_ENDPOINT_URL_EC2 });
+      opts.logger?.debug("EC2 client ready", {
+        region: opts.region,
+        endpoint: opts.endpoint ?? process.env.AWS_ENDPOINT_URL_EC2,
+      });
       const api: Ec2Api = {
         describeNetworkInterfaces: (i) => c.send(new sdk.DescribeNetworkInterfacesCommand(i)),
         createNetworkInterface: (i) => c.send(new sdk.CreateNetworkInterfaceCommand(i)),
         attachNetworkInterface: (i) => c.send(new sdk.AttachNetworkInterfaceCommand(i)),
-        modifyNetworkInterfaceAttribute: (i) => c.send(new sdk.ModifyNetworkInterfaceAttributeCommand(i)),
+        modifyNetworkInterfaceAttribute: (i) =>
+          c.send(new sdk.ModifyNetworkInterfaceAttributeCommand(i)),
         describeSubnets: (i) => c.send(new sdk.DescribeSubnetsCommand(i)),
         describeSecurityGroups: (i) => c.send(new sdk.DescribeSecurityGroupsCommand(i)),
         describeInstanceTypes: (i) => c.send(new sdk.DescribeInstanceTypesCommand(i)),
@@ -148,8 +181,25 @@ const THROTTLE_CODES = new Set([
   "TooManyRequestsException",
   "EC2ThrottledException",
 ]);
-const TRANSIENT_CODES = new Set(["InternalError", "InternalFailure", "ServiceUnavailable", "Unavailable", "RequestTimeout", "RequestTimeoutException", "TimeoutError"]);
-const NETWORK_CODES = new Set(["ECONNRESET", "ECONNREFUSED", "EPIPE", "ETIMEDOUT", "EAI_AGAIN", "ENOTFOUND", "ECONNABORTED", "EHOSTUNREACH"]);
+const TRANSIENT_CODES = new Set([
+  "InternalError",
+  "InternalFailure",
+  "ServiceUnavailable",
+  "Unavailable",
+  "RequestTimeout",
+  "RequestTimeoutException",
+  "TimeoutError",
+]);
+const NETWORK_CODES = new Set([
+  "ECONNRESET",
+  "ECONNREFUSED",
+  "EPIPE",
+  "ETIMEDOUT",
+  "EAI_AGAIN",
+  "ENOTFOUND",
+  "ECONNABORTED",
+  "EHOSTUNREACH",
+]);
 
 export interface Ec2ErrorInfo {
   code: string;
@@ -159,14 +209,24 @@ export interface Ec2ErrorInfo {
 }
 
 export function classifyEc2Error(e: unknown): Ec2ErrorInfo {
-  const err = e as { name?: string; Code?: string; code?: string; message?: string; $metadata?: { httpStatusCode?: number } };
+  const err = e as {
+    name?: string;
+    Code?: string;
+    code?: string;
+    message?: string;
+    $metadata?: { httpStatusCode?: number };
+  };
   const status = err?.$metadata?.httpStatusCode;
   const code = err?.Code ?? err?.name ?? err?.code ?? "Error";
   const message = err?.message ?? String(e);
   let kind: Ec2ErrorKind = "permanent";
   if (THROTTLE_CODES.has(code) || status === 503 || status === 429) kind = "throttle";
   else if (TRANSIENT_CODES.has(code) || (status !== undefined && status >= 500)) kind = "transient";
-  else if (status === undefined && (NETWORK_CODES.has(err?.code ?? "") || /socket hang up|ECONNRESET|ECONNREFUSED|timed? ?out/i.test(message))) {
+  else if (
+    status === undefined &&
+    (NETWORK_CODES.has(err?.code ?? "") ||
+      /socket hang up|ECONNRESET|ECONNREFUSED|timed? ?out/i.test(message))
+  ) {
     kind = "transient";
   }
   return { code: NETWORK_CODES.has(err?.code ?? "") ? err.code! : code, status, kind, message };
@@ -201,12 +261,19 @@ export const IAM_ACTIONS = [
 ];
 
 function hintFor(action: string, code: string): string {
-  if (code === "UnauthorizedOperation" || code === "AuthFailure" || code.startsWith("AccessDenied")) {
+  if (
+    code === "UnauthorizedOperation" ||
+    code === "AuthFailure" ||
+    code.startsWith("AccessDenied")
+  ) {
     return `grant the node's instance role ec2:${action}; eni-dpdk uses ${IAM_ACTIONS.join(", ")} (CreateTags covers the tags set at creation)`;
   }
-  if (code === "AttachmentLimitExceeded") return "use fewer ENIs or a larger instance type (DescribeInstanceTypes NetworkInfo)";
-  if (code.endsWith(".NotFound")) return "check the id in the configuration, and that it is in this instance's VPC and region";
-  if (code === "IdempotentParameterMismatch") return "an earlier create with the same name and subnet used other parameters; delete the available ENI tagged eni-dpdk:name or rename the ENI";
+  if (code === "AttachmentLimitExceeded")
+    return "use fewer ENIs or a larger instance type (DescribeInstanceTypes NetworkInfo)";
+  if (code.endsWith(".NotFound"))
+    return "check the id in the configuration, and that it is in this instance's VPC and region";
+  if (code === "IdempotentParameterMismatch")
+    return "an earlier create with the same name and subnet used other parameters; delete the available ENI tagged eni-dpdk:name or rename the ENI";
   return "see the EC2 error code in the AWS documentation, fix the cause and run `eni-dpdk apply` again";
 }
 
@@ -229,7 +296,11 @@ export interface RetryOptions {
  * Run one EC2 call; retry throttling and transient faults with full jitter until the deadline;
  * fail at once with EC2's code on a permanent error.
  */
-export async function withEc2Retry<T>(action: string, fn: () => Promise<T>, opts: RetryOptions): Promise<T> {
+export async function withEc2Retry<T>(
+  action: string,
+  fn: () => Promise<T>,
+  opts: RetryOptions,
+): Promise<T> {
   const base = opts.baseMs ?? 200;
   const throttleBase = opts.throttleBaseMs ?? opts.baseMs ?? 1000;
   const cap = opts.capMs ?? 10_000;
@@ -240,9 +311,19 @@ export async function withEc2Retry<T>(action: string, fn: () => Promise<T>, opts
       if (e instanceof Ec2Error) throw e;
       const info = classifyEc2Error(e);
       if (info.kind === "permanent") {
-        throw new Ec2Error(action, info.code, `EC2 ${action} failed: ${info.code}: ${info.message}`, hintFor(action, info.code), info.status, { cause: e });
+        throw new Ec2Error(
+          action,
+          info.code,
+          `EC2 ${action} failed: ${info.code}: ${info.message}`,
+          hintFor(action, info.code),
+          info.status,
+          { cause: e },
+        );
       }
-      const wait = delayFor({ firstMs: info.kind === "throttle" ? throttleBase : base, maxMs: cap, jitter: "full" }, attempt);
+      const wait = delayFor(
+        { firstMs: info.kind === "throttle" ? throttleBase : base, maxMs: cap, jitter: "full" },
+        attempt,
+      );
       if (opts.deadline.remaining() <= wait + 50) {
         throw new Ec2Error(
           action,
@@ -257,7 +338,12 @@ export async function withEc2Retry<T>(action: string, fn: () => Promise<T>, opts
       }
       opts.onRetry?.(info, attempt + 1);
       if (attempt === 0 || attempt % 5 === 4) {
-        opts.log?.debug("retrying EC2 call", { action, attempt: attempt + 1, code: info.code, wait_ms: Math.round(wait) });
+        opts.log?.debug("retrying EC2 call", {
+          action,
+          attempt: attempt + 1,
+          code: info.code,
+          wait_ms: Math.round(wait),
+        });
       }
       await sleep(wait);
     }
@@ -279,7 +365,11 @@ export async function describeInstanceTags(
   do {
     const out = await withEc2Retry(
       "DescribeTags",
-      () => ec2.describeTags({ Filters: [{ Name: "resource-id", Values: [instanceId] }], NextToken: nextToken }),
+      () =>
+        ec2.describeTags({
+          Filters: [{ Name: "resource-id", Values: [instanceId] }],
+          NextToken: nextToken,
+        }),
       { deadline, log: opts.log },
     );
     for (const t of out.Tags ?? []) if (t.Key !== undefined) tags[t.Key] = t.Value ?? "";

@@ -58,22 +58,32 @@ async function resolveCredentials(src?: CredentialSource): Promise<AwsCredential
   if (!defaultChain) {
     const { defaultProvider } = await loadEksSigning();
     // The chain memoizes and refreshes before expiry; IMDSv1 stays off (project rule: IMDSv2 only).
-    defaultChain = defaultProvider({ ec2MetadataV1Disabled: true, timeout: 2000, maxRetries: 3 }) as () => Promise<AwsCredentials>;
+    defaultChain = defaultProvider({ ec2MetadataV1Disabled: true, timeout: 2000, maxRetries: 3 });
   }
   return defaultChain();
 }
 
 /** RFC 3986 query encoding, as SigV4 canonicalizes it. */
 function encode(s: string): string {
-  return encodeURIComponent(s).replace(/[!'()*]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`);
+  return encodeURIComponent(s).replace(
+    /[!'()*]/g,
+    (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`,
+  );
 }
 
 export async function eksToken(opts: EksTokenOptions): Promise<EksToken> {
-  if (!opts.clusterName) throw new Error("eksToken: the cluster name is required (it is signed as x-k8s-aws-id)");
+  if (!opts.clusterName)
+    throw new Error("eksToken: the cluster name is required (it is signed as x-k8s-aws-id)");
   const { SignatureV4, Sha256 } = await loadEksSigning();
   const credentials = await resolveCredentials(opts.credentials);
   const host = opts.stsHost ?? stsHost(opts.region);
-  const signer = new SignatureV4({ credentials, region: opts.region, service: "sts", sha256: Sha256, uriEscapePath: true });
+  const signer = new SignatureV4({
+    credentials,
+    region: opts.region,
+    service: "sts",
+    sha256: Sha256,
+    uriEscapePath: true,
+  });
   const signingDate = opts.now ?? new Date();
   // Only x-amz-* headers are hoisted into the query; x-k8s-aws-id stays a signed header, as the
   // authenticator requires (it sends the header itself when it replays the URL to STS).
@@ -89,7 +99,9 @@ export async function eksToken(opts: EksTokenOptions): Promise<EksToken> {
     { expiresIn: PRESIGN_EXPIRES_SECONDS, signingDate },
   );
   const query = Object.entries(presigned.query ?? {})
-    .flatMap(([k, v]) => (Array.isArray(v) ? v.map((x) => [k, x] as const) : v == null ? [] : [[k, v] as const]))
+    .flatMap(([k, v]) =>
+      Array.isArray(v) ? v.map((x) => [k, x] as const) : v == null ? [] : [[k, v] as const],
+    )
     .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
     .map(([k, v]) => `${encode(k)}=${encode(String(v))}`)
     .join("&");

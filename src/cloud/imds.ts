@@ -52,7 +52,11 @@ export class ImdsClient implements Imds {
   private pendingToken?: Promise<string>;
 
   constructor(private readonly opts: ImdsOptions = {}) {
-    this.endpoint = (opts.endpoint || process.env.AWS_EC2_METADATA_SERVICE_ENDPOINT || DEFAULT_IMDS_ENDPOINT).replace(/\/+$/, "");
+    this.endpoint = (
+      opts.endpoint ||
+      process.env.AWS_EC2_METADATA_SERVICE_ENDPOINT ||
+      DEFAULT_IMDS_ENDPOINT
+    ).replace(/\/+$/, "");
     this.timeoutMs = opts.timeoutMs ?? 2000;
     this.logger = opts.logger;
   }
@@ -63,19 +67,32 @@ export class ImdsClient implements Imds {
    * One HTTP/1.1 request over a small keep-alive pool. IMDS answers in well under a millisecond, so
    * connection set-up and client overhead dominate: reusing sockets is what keeps boot fast.
    */
-  private request(method: "GET" | "PUT", path: string, headers: Record<string, string>): Promise<Buffer> {
+  private request(
+    method: "GET" | "PUT",
+    path: string,
+    headers: Record<string, string>,
+  ): Promise<Buffer> {
     // Idle keep-alive sockets are unref'd by the agent, so they never hold the process open.
     this.agent ??= new http.Agent({ keepAlive: true, maxSockets: 4 });
     return new Promise<Buffer>((resolve, reject) => {
-      const req = http.request(`${this.endpoint}/latest/${path}`, { method, headers, agent: this.agent, timeout: this.timeoutMs }, (res) => {
-        const chunks: Buffer[] = [];
-        res.on("data", (c: Buffer) => chunks.push(c));
-        res.on("end", () => {
-          if (res.statusCode === 200) resolve(Buffer.concat(chunks));
-          else reject(Object.assign(new Error(`status code ${res.statusCode}`), { $metadata: { httpStatusCode: res.statusCode } }));
-        });
-        res.on("error", reject);
-      });
+      const req = http.request(
+        `${this.endpoint}/latest/${path}`,
+        { method, headers, agent: this.agent, timeout: this.timeoutMs },
+        (res) => {
+          const chunks: Buffer[] = [];
+          res.on("data", (c: Buffer) => chunks.push(c));
+          res.on("end", () => {
+            if (res.statusCode === 200) resolve(Buffer.concat(chunks));
+            else
+              reject(
+                Object.assign(new Error(`status code ${res.statusCode}`), {
+                  $metadata: { httpStatusCode: res.statusCode },
+                }),
+              );
+          });
+          res.on("error", reject);
+        },
+      );
       req.on("timeout", () => req.destroy(new Error(`timed out after ${this.timeoutMs} ms`)));
       req.on("error", reject);
       req.end();
@@ -84,10 +101,13 @@ export class ImdsClient implements Imds {
 
   /** Single-flight: concurrent reads share one token request. Never falls back to IMDSv1. */
   private tokenValue(): Promise<string> {
-    if (this.token && this.token.expires - Date.now() > 60_000) return Promise.resolve(this.token.value);
+    if (this.token && this.token.expires - Date.now() > 60_000)
+      return Promise.resolve(this.token.value);
     this.pendingToken ??= (async () => {
       try {
-        const body = await this.request("PUT", "api/token", { "x-aws-ec2-metadata-token-ttl-seconds": String(TOKEN_TTL_SECONDS) });
+        const body = await this.request("PUT", "api/token", {
+          "x-aws-ec2-metadata-token-ttl-seconds": String(TOKEN_TTL_SECONDS),
+        });
         const value = body.toString("utf8").trim();
         if (!value) throw new Error("IMDS answered an empty token");
         this.token = { value, expires: Date.now() + TOKEN_TTL_SECONDS * 1000 };
@@ -106,7 +126,9 @@ export class ImdsClient implements Imds {
   /** Raw bytes: user-data may be gzip, which a UTF-8 decode would corrupt. */
   async getBytes(path: string): Promise<Buffer | undefined> {
     const rel = path.replace(/^\/+/, "").replace(/^latest\//, "");
-    return this.withRetry(rel, async () => this.request("GET", rel, { "x-aws-ec2-metadata-token": await this.tokenValue() }));
+    return this.withRetry(rel, async () =>
+      this.request("GET", rel, { "x-aws-ec2-metadata-token": await this.tokenValue() }),
+    );
   }
 
   /**
@@ -131,7 +153,9 @@ export class ImdsClient implements Imds {
           continue;
         }
         if (status !== undefined && status >= 400 && status < 500) {
-          throw new OpError(`IMDS answered ${status} for ${path}`, imdsHint, { endpoint: this.endpoint });
+          throw new OpError(`IMDS answered ${status} for ${path}`, imdsHint, {
+            endpoint: this.endpoint,
+          });
         }
         attempt++;
         const wait = delayFor(IMDS_RETRY, attempt - 1);
@@ -144,7 +168,11 @@ export class ImdsClient implements Imds {
           );
         }
         if (attempt === 1 || attempt % 10 === 0) {
-          this.opts.logger?.warn("waiting for IMDS", { path, attempt, error: (e as Error).message });
+          this.opts.logger?.warn("waiting for IMDS", {
+            path,
+            attempt,
+            error: (e as Error).message,
+          });
         }
         await sleep(wait);
       }
@@ -166,7 +194,10 @@ function statusOf(e: unknown): number | undefined {
 async function required(imds: Imds, path: string): Promise<string> {
   const v = await imds.get(path);
   if (v === undefined || v.trim() === "") {
-    throw new OpError(`IMDS has no ${path}`, "is this an EC2 instance? set AWS_EC2_METADATA_SERVICE_ENDPOINT for tests");
+    throw new OpError(
+      `IMDS has no ${path}`,
+      "is this an EC2 instance? set AWS_EC2_METADATA_SERVICE_ENDPOINT for tests",
+    );
   }
   return v.trim();
 }
@@ -189,7 +220,14 @@ export async function readInstance(imds: Imds): Promise<InstanceIdentity> {
         required(imds, "meta-data/placement/region"),
         required(imds, "meta-data/placement/availability-zone"),
       ]);
-  return { instanceId, instanceType, region, az, primaryMac: primaryMac.toLowerCase(), localHostname };
+  return {
+    instanceId,
+    instanceType,
+    region,
+    az,
+    primaryMac: primaryMac.toLowerCase(),
+    localHostname,
+  };
 }
 
 interface IdentityDocument {
@@ -204,7 +242,9 @@ function identityDocument(text: string | undefined): IdentityDocument | undefine
   try {
     const d = JSON.parse(text) as Partial<IdentityDocument>;
     const fields = [d.instanceId, d.instanceType, d.region, d.availabilityZone];
-    return fields.every((f) => typeof f === "string" && f !== "") ? (d as IdentityDocument) : undefined;
+    return fields.every((f) => typeof f === "string" && f !== "")
+      ? (d as IdentityDocument)
+      : undefined;
   } catch {
     return undefined;
   }
@@ -232,9 +272,15 @@ export async function readNic(imds: Imds, mac: string): Promise<ImdsNicInfo | un
 }
 
 /** A NIC's subnet and VPC from the macs tree (undefined when the MAC is not attached). */
-export async function readNicNetwork(imds: Imds, mac: string): Promise<{ subnetId?: string; vpcId?: string }> {
+export async function readNicNetwork(
+  imds: Imds,
+  mac: string,
+): Promise<{ subnetId?: string; vpcId?: string }> {
   const base = `meta-data/network/interfaces/macs/${mac}/`;
-  const [subnetId, vpcId] = await Promise.all([imds.get(base + "subnet-id"), imds.get(base + "vpc-id")]);
+  const [subnetId, vpcId] = await Promise.all([
+    imds.get(base + "subnet-id"),
+    imds.get(base + "vpc-id"),
+  ]);
   return { subnetId: subnetId?.trim(), vpcId: vpcId?.trim() };
 }
 
@@ -244,13 +290,20 @@ export async function readNicNetwork(imds: Imds, mac: string): Promise<{ subnetI
  * interface id.
  */
 export async function readNics(imds: Imds, primaryMac?: Promise<string>): Promise<ImdsNicInfo[]> {
-  const [listing, primary] = await Promise.all([imds.get("meta-data/network/interfaces/macs/"), primaryMac]);
+  const [listing, primary] = await Promise.all([
+    imds.get("meta-data/network/interfaces/macs/"),
+    primaryMac,
+  ]);
   const macs = (listing ?? "")
     .split("\n")
     .map((l) => l.trim().replace(/\/$/, "").toLowerCase())
     .filter(Boolean);
   const nics = await Promise.all(
-    macs.map((m): Promise<ImdsNicInfo | undefined> => (m === primary?.toLowerCase() ? Promise.resolve({ mac: m, deviceNumber: 0, networkCard: 0 }) : readNic(imds, m))),
+    macs.map((m): Promise<ImdsNicInfo | undefined> =>
+      m === primary?.toLowerCase()
+        ? Promise.resolve({ mac: m, deviceNumber: 0, networkCard: 0 })
+        : readNic(imds, m),
+    ),
   );
   return nics.filter((n): n is ImdsNicInfo => !!n);
 }
@@ -276,7 +329,10 @@ export async function readTags(imds: Imds): Promise<Record<string, string> | und
     .map((k) => k.trim())
     .filter((k) => {
       if (!k || IMDS_TAG_KEY_RE.test(k)) return !!k;
-      warn?.warn("IMDS listed an instance tag key with characters IMDS does not serve; skipped (DescribeTags would read it)", { tag: k });
+      warn?.warn(
+        "IMDS listed an instance tag key with characters IMDS does not serve; skipped (DescribeTags would read it)",
+        { tag: k },
+      );
       return false;
     });
   const values = await Promise.all(keys.map((k) => imds.get(`meta-data/tags/instance/${k}`)));

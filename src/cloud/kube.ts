@@ -43,7 +43,13 @@ export interface NodeEniObject {
 }
 
 export type KubeAuth =
-  | { kind: "eks"; clusterName: string; region: string; credentials?: CredentialSource; stsHost?: string }
+  | {
+      kind: "eks";
+      clusterName: string;
+      region: string;
+      credentials?: CredentialSource;
+      stsHost?: string;
+    }
   | { kind: "token"; token: string }
   | { kind: "cert"; cert: string; key: string };
 
@@ -63,7 +69,11 @@ export class KubeApiError extends OpError {
     readonly reason: string,
     message: string,
   ) {
-    super(message, "see the API server's answer above; `eni-dpdk validate` shows the cluster eni-dpdk found", { status, reason });
+    super(
+      message,
+      "see the API server's answer above; `eni-dpdk validate` shows the cluster eni-dpdk found",
+      { status, reason },
+    );
     this.name = "KubeApiError";
   }
 }
@@ -71,7 +81,12 @@ export class KubeApiError extends OpError {
 /** The API could not be reached (refused, reset, timed out, DNS) or answered 5xx/429. */
 export class KubeUnreachableError extends OpError {
   constructor(message: string, options?: { cause?: unknown }) {
-    super(message, "check that the API server is reachable from the node (security groups, endpoint access, proxy)", {}, options);
+    super(
+      message,
+      "check that the API server is reachable from the node (security groups, endpoint access, proxy)",
+      {},
+      options,
+    );
     this.name = "KubeUnreachableError";
   }
 }
@@ -92,7 +107,6 @@ const TLS_TRUST_CODES = new Set([
   "ERR_TLS_CERT_ALTNAME_INVALID",
   "CERT_HAS_EXPIRED",
 ]);
-
 
 export class KubeClient {
   private readonly agent: https.Agent;
@@ -125,22 +139,32 @@ export class KubeClient {
     if (auth.kind === "cert") return undefined;
     // Tokens last 15 minutes; renew well before, so a long watch reconnect never sends a stale one.
     if (!this.token || this.token.expiresAt - Date.now() < 5 * 60_000) {
-      const t = await eksToken({ clusterName: auth.clusterName, region: auth.region, credentials: auth.credentials, stsHost: auth.stsHost }).catch(
-        (e: Error) => {
-          throw new OpError(
-            `cannot make the EKS token for cluster "${auth.clusterName}": no AWS credentials (${e.message})`,
-            "attach an instance profile whose role is mapped into the cluster, or set [kubernetes].kubeconfig",
-            {},
-            { cause: e },
-          );
-        },
-      );
+      const t = await eksToken({
+        clusterName: auth.clusterName,
+        region: auth.region,
+        credentials: auth.credentials,
+        stsHost: auth.stsHost,
+      }).catch((e: Error) => {
+        throw new OpError(
+          `cannot make the EKS token for cluster "${auth.clusterName}": no AWS credentials (${e.message})`,
+          "attach an instance profile whose role is mapped into the cluster, or set [kubernetes].kubeconfig",
+          {},
+          { cause: e },
+        );
+      });
       this.token = { value: t.token, expiresAt: t.expiresAt.getTime() };
     }
     return `Bearer ${this.token.value}`;
   }
 
-  private async open(method: string, path: string, body?: unknown, contentType?: string, timeoutMs?: number, signal?: AbortSignal): Promise<IncomingMessage> {
+  private async open(
+    method: string,
+    path: string,
+    body?: unknown,
+    contentType?: string,
+    timeoutMs?: number,
+    signal?: AbortSignal,
+  ): Promise<IncomingMessage> {
     const url = new URL(path, this.target.server);
     const authz = await this.authorization();
     const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
@@ -154,14 +178,26 @@ export class KubeClient {
             accept: "application/json",
             "user-agent": "eni-dpdk",
             ...(authz ? { authorization: authz } : {}),
-            ...(payload ? { "content-type": contentType ?? "application/json", "content-length": payload.length } : {}),
+            ...(payload
+              ? {
+                  "content-type": contentType ?? "application/json",
+                  "content-length": payload.length,
+                }
+              : {}),
           },
           timeout: timeoutMs ?? this.opts.timeoutMs ?? 10_000,
           signal,
         },
         resolve,
       );
-      req.on("timeout", () => req.destroy(Object.assign(new Error(`no answer within ${timeoutMs ?? this.opts.timeoutMs ?? 10_000} ms`), { code: "ETIMEDOUT" })));
+      req.on("timeout", () =>
+        req.destroy(
+          Object.assign(
+            new Error(`no answer within ${timeoutMs ?? this.opts.timeoutMs ?? 10_000} ms`),
+            { code: "ETIMEDOUT" },
+          ),
+        ),
+      );
       req.on("error", (e: NodeJS.ErrnoException) => reject(this.networkError(e)));
       req.end(payload);
     });
@@ -176,7 +212,10 @@ export class KubeClient {
         { server: this.target.server },
       );
     }
-    return new KubeUnreachableError(`cannot reach the API server ${where}: ${e.code ? `${e.code} ` : ""}${e.message}`, { cause: e });
+    return new KubeUnreachableError(
+      `cannot reach the API server ${where}: ${e.code ? `${e.code} ` : ""}${e.message}`,
+      { cause: e },
+    );
   }
 
   /** One JSON request; throws KubeApiError, KubeUnreachableError or OpError (TLS trust). */
@@ -200,8 +239,13 @@ export class KubeClient {
       /* not a Status object */
     }
     const what = `${method} ${path} on ${this.target.server}`;
-    if (status >= 500 || status === 429) throw new KubeUnreachableError(`${what} answered ${status} ${reason}: ${message}`);
-    throw new KubeApiError(status, reason, `${what} answered ${status}${reason ? ` ${reason}` : ""}: ${message}`);
+    if (status >= 500 || status === 429)
+      throw new KubeUnreachableError(`${what} answered ${status} ${reason}: ${message}`);
+    throw new KubeApiError(
+      status,
+      reason,
+      `${what} answered ${status}${reason ? ` ${reason}` : ""}: ${message}`,
+    );
   }
 
   /** A 2xx body as JSON; anything else (a proxy's HTML page) is an OpError naming the server. */
@@ -220,7 +264,8 @@ export class KubeClient {
   /** The list's items as the API answered them: each still to be checked (see nodeeni.ts checkNodeEniItems). */
   async listNodeEnis(): Promise<{ items: NodeEniObject[]; resourceVersion: string }> {
     const list = await this.request<unknown>("GET", NODEENI_PATH);
-    const items = list !== null && typeof list === "object" ? (list as { items?: unknown }).items : undefined;
+    const items =
+      list !== null && typeof list === "object" ? (list as { items?: unknown }).items : undefined;
     if (!Array.isArray(items)) {
       throw new OpError(
         `the API server ${this.target.server} answered the NodeENI list (GET ${NODEENI_PATH}) without an items array ` +
@@ -242,7 +287,11 @@ export class KubeClient {
    * JSON merge patch of the status subresource. With `resourceVersion` the write is conditional:
    * the API answers 409 when someone else wrote in between (merge patch replaces arrays whole).
    */
-  patchNodeEniStatus(name: string, resourceVersion: string, attachments: NodeEniAttachment[]): Promise<NodeEniObject> {
+  patchNodeEniStatus(
+    name: string,
+    resourceVersion: string,
+    attachments: NodeEniAttachment[],
+  ): Promise<NodeEniObject> {
     return this.request<NodeEniObject>(
       "PATCH",
       `${NODEENI_PATH}/${encodeURIComponent(name)}/status`,
@@ -250,8 +299,6 @@ export class KubeClient {
       "application/merge-patch+json",
     );
   }
-
-
 }
 
 function readAll(res: IncomingMessage): Promise<string> {
@@ -275,11 +322,13 @@ export interface NodeConfigCluster {
   source: string;
 }
 
-
 function decodeCa(b64: string, where: string): string {
   const pem = Buffer.from(b64.replace(/\s+/g, ""), "base64").toString("utf8");
   if (!pem.includes("-----BEGIN CERTIFICATE-----")) {
-    throw new OpError(`${where}: the certificate authority is not base64 of a PEM certificate`, "copy it from `aws eks describe-cluster --query cluster.certificateAuthority.data`");
+    throw new OpError(
+      `${where}: the certificate authority is not base64 of a PEM certificate`,
+      "copy it from `aws eks describe-cluster --query cluster.certificateAuthority.data`",
+    );
   }
   return pem;
 }
@@ -297,21 +346,36 @@ export async function resolveKubeTarget(input: {
   host: Host;
 }): Promise<KubeTarget | undefined> {
   const { k8s, nodeConfig, region, host } = input;
-  if (k8s.kubeconfig) return loadKubeconfig(host, k8s.kubeconfig, { region, apiServer: k8s.api_server || undefined });
+  if (k8s.kubeconfig)
+    return loadKubeconfig(host, k8s.kubeconfig, { region, apiServer: k8s.api_server || undefined });
   const server = k8s.api_server || nodeConfig?.apiServerEndpoint;
   if (!server) return undefined;
   const source = k8s.api_server ? "[kubernetes].api_server" : nodeConfig!.source;
   let ca: string | undefined;
   if (k8s.ca_file) {
-    ca = readTrustedFile(host, k8s.ca_file, "kubernetes.ca_file", "expected the cluster CA as a PEM file");
+    ca = readTrustedFile(
+      host,
+      k8s.ca_file,
+      "kubernetes.ca_file",
+      "expected the cluster CA as a PEM file",
+    );
     if (ca === undefined) {
       throw new InputError(
-        [{ source: `[kubernetes].ca_file ${host.path(k8s.ca_file)}`, key: "kubernetes.ca_file", message: "no such file" }],
+        [
+          {
+            source: `[kubernetes].ca_file ${host.path(k8s.ca_file)}`,
+            key: "kubernetes.ca_file",
+            message: "no such file",
+          },
+        ],
         "point ca_file at the cluster CA PEM, or remove it to use NodeConfig's certificateAuthority",
       );
     }
   } else if (nodeConfig?.certificateAuthority) {
-    ca = decodeCa(nodeConfig.certificateAuthority, `${nodeConfig.source}: spec.cluster.certificateAuthority`);
+    ca = decodeCa(
+      nodeConfig.certificateAuthority,
+      `${nodeConfig.source}: spec.cluster.certificateAuthority`,
+    );
   }
   const clusterName = k8s.cluster_name || nodeConfig?.name;
   if (!clusterName) {
@@ -320,24 +384,40 @@ export async function resolveKubeTarget(input: {
       "set [kubernetes].cluster_name, or use [kubernetes].kubeconfig with a token or client certificate",
     );
   }
-  return { server: server.replace(/\/+$/, ""), ca, auth: { kind: "eks", clusterName, region }, source };
+  return {
+    server: server.replace(/\/+$/, ""),
+    ca,
+    auth: { kind: "eks", clusterName, region },
+    source,
+  };
 }
 
 type YamlMap = Record<string, unknown>;
-const isMap = (v: unknown): v is YamlMap => v !== null && typeof v === "object" && !Array.isArray(v);
+const isMap = (v: unknown): v is YamlMap =>
+  v !== null && typeof v === "object" && !Array.isArray(v);
 
 /**
  * A kubeconfig: server + CA, and a token, token file, client certificate, or an EKS exec plugin.
  * Every shape is checked (a list where a map belongs is the usual slip) and every problem names the
  * kubeconfig and the YAML path; files it names are read only if no one else can change them.
  */
-export async function loadKubeconfig(host: Host, file: string, opts: { region: string; apiServer?: string }): Promise<KubeTarget> {
+export async function loadKubeconfig(
+  host: Host,
+  file: string,
+  opts: { region: string; apiServer?: string },
+): Promise<KubeTarget> {
   const where = `kubeconfig ${host.path(file)}`;
   const fail = (key: string, msg: string): never => {
-    const hint = "fix the kubeconfig (kubectl --kubeconfig FILE config view) or point [kubernetes].kubeconfig elsewhere";
+    const hint =
+      "fix the kubeconfig (kubectl --kubeconfig FILE config view) or point [kubernetes].kubeconfig elsewhere";
     throw new InputError([{ source: where, key, message: msg }], hint);
   };
-  const text = readTrustedFile(host, file, "kubernetes.kubeconfig", "expected a kubeconfig YAML file");
+  const text = readTrustedFile(
+    host,
+    file,
+    "kubernetes.kubeconfig",
+    "expected a kubeconfig YAML file",
+  );
   if (text === undefined) return fail("kubernetes.kubeconfig", "does not exist");
   let parsed: unknown;
   try {
@@ -345,19 +425,29 @@ export async function loadKubeconfig(host: Host, file: string, opts: { region: s
   } catch (e) {
     return fail("(syntax)", `is not valid YAML (${(e as Error).message.split("\n")[0]})`);
   }
-  if (!isMap(parsed)) return fail("(document)", "expected a mapping (apiVersion, clusters, contexts, users, current-context)");
+  if (!isMap(parsed))
+    return fail(
+      "(document)",
+      "expected a mapping (apiVersion, clusters, contexts, users, current-context)",
+    );
   const doc = parsed;
   /** A named list (clusters, contexts, users): each entry a map with a string name and a map under `inner`. */
   const named = (list: string, inner: string): Map<string, YamlMap> => {
     const v = own(doc, list);
     const out = new Map<string, YamlMap>();
     if (v === undefined || v === null) return out;
-    if (!Array.isArray(v)) return fail(list, `expected a list of {name, ${inner}} entries, got ${typeof v}`);
+    if (!Array.isArray(v))
+      return fail(list, `expected a list of {name, ${inner}} entries, got ${typeof v}`);
     v.forEach((entry: unknown, i) => {
       const name = isMap(entry) ? own(entry, "name") : undefined;
-      if (typeof name !== "string" || name === "") return fail(`${list}[${i}].name`, "expected a non-empty string");
+      if (typeof name !== "string" || name === "")
+        return fail(`${list}[${i}].name`, "expected a non-empty string");
       const body = own(entry as YamlMap, inner) ?? {};
-      if (!isMap(body)) return fail(`${list}[${i}].${inner}`, `expected a mapping, got ${Array.isArray(body) ? "a list" : typeof body}`);
+      if (!isMap(body))
+        return fail(
+          `${list}[${i}].${inner}`,
+          `expected a mapping, got ${Array.isArray(body) ? "a list" : typeof body}`,
+        );
       if (!out.has(name)) out.set(name, body);
     });
     return out;
@@ -366,41 +456,62 @@ export async function loadKubeconfig(host: Host, file: string, opts: { region: s
   const contexts = named("contexts", "context");
   const users = named("users", "user");
   const current = own(doc, "current-context");
-  if (current !== undefined && current !== null && typeof current !== "string") fail("current-context", "expected a string");
+  if (current !== undefined && current !== null && typeof current !== "string")
+    fail("current-context", "expected a string");
   const ctxName = (current as string | undefined) || [...contexts.keys()][0];
   const ctx = ctxName === undefined ? undefined : contexts.get(ctxName);
   if (!ctx) return fail("current-context", `has no context "${ctxName ?? ""}"`);
   const str = (o: YamlMap, k: string, key: string): string | undefined => {
     const v = own(o, k);
     if (v === undefined || v === null) return undefined;
-    return typeof v === "string" ? v : fail(key, `expected a string, got ${Array.isArray(v) ? "a list" : typeof v}`);
+    return typeof v === "string"
+      ? v
+      : fail(key, `expected a string, got ${Array.isArray(v) ? "a list" : typeof v}`);
   };
   const clusterName = str(ctx, "cluster", `contexts[${ctxName}].context.cluster`);
   const userName = str(ctx, "user", `contexts[${ctxName}].context.user`);
   const cluster = clusterName === undefined ? undefined : clusters.get(clusterName);
   if (!cluster) {
-    return fail(`contexts[${ctxName}].context.cluster`, `context "${ctxName}" names cluster "${clusterName ?? ""}", which is not defined`);
+    return fail(
+      `contexts[${ctxName}].context.cluster`,
+      `context "${ctxName}" names cluster "${clusterName ?? ""}", which is not defined`,
+    );
   }
   const user = (userName !== undefined ? users.get(userName) : undefined) ?? {};
-  const fileOrData = (o: YamlMap, fileKey: string, dataKey: string, at: string): string | undefined => {
+  const fileOrData = (
+    o: YamlMap,
+    fileKey: string,
+    dataKey: string,
+    at: string,
+  ): string | undefined => {
     const data = str(o, dataKey, `${at}.${dataKey}`);
     if (data) return Buffer.from(data, "base64").toString("utf8");
     const f = str(o, fileKey, `${at}.${fileKey}`);
     if (!f) return undefined;
     const abs = f.startsWith("/") ? f : `${file.replace(/[^/]*$/, "")}${f}`;
-    const text = readTrustedFile(host, abs, `${at}.${fileKey}`, `expected the file ${fileKey} names`);
+    const text = readTrustedFile(
+      host,
+      abs,
+      `${at}.${fileKey}`,
+      `expected the file ${fileKey} names`,
+    );
     return text ?? fail(`${at}.${fileKey}`, `${f} does not exist`);
   };
   const clusterAt = `clusters[${clusterName}].cluster`;
   const userAt = `users[${userName ?? ""}].user`;
   const server = opts.apiServer ?? str(cluster, "server", `${clusterAt}.server`);
   if (!server?.startsWith("https://")) {
-    return fail(`${clusterAt}.server`, `cluster "${clusterName}" needs an https:// server, got "${server ?? ""}"`);
+    return fail(
+      `${clusterAt}.server`,
+      `cluster "${clusterName}" needs an https:// server, got "${server ?? ""}"`,
+    );
   }
   const ca = fileOrData(cluster, "certificate-authority", "certificate-authority-data", clusterAt);
 
   let auth: KubeAuth | undefined;
-  const token = str(user, "token", `${userAt}.token`) ?? fileOrData(user, "tokenFile", "__none__", userAt)?.trim();
+  const token =
+    str(user, "token", `${userAt}.token`) ??
+    fileOrData(user, "tokenFile", "__none__", userAt)?.trim();
   const cert = fileOrData(user, "client-certificate", "client-certificate-data", userAt);
   const key = fileOrData(user, "client-key", "client-key-data", userAt);
   const exec = own(user, "exec");
@@ -414,9 +525,10 @@ export async function loadKubeconfig(host: Host, file: string, opts: { region: s
     if (!Array.isArray(rawArgs) || !rawArgs.every((a) => typeof a === "string")) {
       return fail(`${userAt}.exec.args`, "expected a list of strings");
     }
-    const args = rawArgs as string[];
+    const args = rawArgs;
     const rawEnv = own(exec, "env") ?? [];
-    const isPair = (e: unknown) => isMap(e) && typeof own(e, "name") === "string" && typeof own(e, "value") === "string";
+    const isPair = (e: unknown) =>
+      isMap(e) && typeof own(e, "name") === "string" && typeof own(e, "value") === "string";
     const envOk = Array.isArray(rawEnv) && rawEnv.every(isPair);
     if (!envOk) return fail(`${userAt}.exec.env`, "expected a list of {name, value} string pairs");
     const env = rawEnv as { name: string; value: string }[];
@@ -424,7 +536,7 @@ export async function loadKubeconfig(host: Host, file: string, opts: { region: s
       for (let i = 0; i < args.length; i++) {
         for (const f of flags) {
           if (args[i] === f) return args[i + 1];
-          if (args[i]!.startsWith(`${f}=`)) return args[i]!.slice(f.length + 1);
+          if (args[i].startsWith(`${f}=`)) return args[i].slice(f.length + 1);
         }
       }
       return undefined;
@@ -434,9 +546,16 @@ export async function loadKubeconfig(host: Host, file: string, opts: { region: s
       const other = `user "${userName}" uses an exec plugin other than aws eks get-token / aws-iam-authenticator`;
       return fail(`${userAt}.exec`, `${other}; use a token or client certificate`);
     }
-    const region = after("--region") ?? env.find((e) => e.name === "AWS_REGION" || e.name === "AWS_DEFAULT_REGION")?.value ?? opts.region;
+    const region =
+      after("--region") ??
+      env.find((e) => e.name === "AWS_REGION" || e.name === "AWS_DEFAULT_REGION")?.value ??
+      opts.region;
     auth = { kind: "eks", clusterName: eksCluster, region };
   }
-  if (!auth) return fail(userAt, `user "${userName ?? ""}" has no token, tokenFile, client certificate, or EKS exec plugin`);
+  if (!auth)
+    return fail(
+      userAt,
+      `user "${userName ?? ""}" has no token, tokenFile, client certificate, or EKS exec plugin`,
+    );
   return { server: server.replace(/\/+$/, ""), ca, auth, source: where };
 }

@@ -15,16 +15,26 @@ export async function commandSession(ctx: CommandContext): Promise<Session> {
 export async function planCommand(ctx: CommandContext, opts: { json: boolean }): Promise<number> {
   const o = await reconcile(ctx, { dryRun: true, session: await commandSession(ctx) });
   if (opts.json) {
-    ctx.out(JSON.stringify({ actions: o.actions, warnings: o.warnings, error: o.error, timings: o.timings }, null, 2) + "\n");
+    ctx.out(
+      JSON.stringify(
+        { actions: o.actions, warnings: o.warnings, error: o.error, timings: o.timings },
+        null,
+        2,
+      ) + "\n",
+    );
   } else {
     ctx.out(formatActions(o.actions));
     for (const w of o.warnings) ctx.log.warn(w);
   }
-  if (o.error) ctx.log.error(o.error.message, { next: o.error.next, changes: o.error.changes?.join("; ") });
+  if (o.error)
+    ctx.log.error(o.error.message, { next: o.error.next, changes: o.error.changes?.join("; ") });
   return o.error ? 1 : 0;
 }
 
-export async function applyCommand(ctx: CommandContext, opts: { dryRun: boolean }): Promise<number> {
+export async function applyCommand(
+  ctx: CommandContext,
+  opts: { dryRun: boolean },
+): Promise<number> {
   if (opts.dryRun) return planCommand(ctx, { json: false });
   const o = await reconcile(ctx, { dryRun: false, session: await commandSession(ctx) });
   for (const w of o.warnings) ctx.log.warn(w);

@@ -11,7 +11,10 @@ import { renderUserData, sniffDocument } from "../sources/mime.js";
 import { gather } from "../sources/chain.js";
 import { inspectSriov } from "../host/sriov-file.js";
 
-export async function validateCommand(ctx: CommandContext, opts: { files: string[] }): Promise<number> {
+export async function validateCommand(
+  ctx: CommandContext,
+  opts: { files: string[] },
+): Promise<number> {
   await loadToml();
   if (opts.files.length > 0) {
     const problems: Problem[] = [];
@@ -40,19 +43,35 @@ export async function validateCommand(ctx: CommandContext, opts: { files: string
 export async function configCommand(ctx: CommandContext, opts: { json: boolean }): Promise<number> {
   const eff = await gatherOnInstance(ctx);
   if (opts.json) {
-    ctx.out(JSON.stringify({ config: eff.config, origin: eff.origin, warnings: eff.warnings, sources: eff.consulted }, null, 2) + "\n");
+    ctx.out(
+      JSON.stringify(
+        { config: eff.config, origin: eff.origin, warnings: eff.warnings, sources: eff.consulted },
+        null,
+        2,
+      ) + "\n",
+    );
     return 0;
   }
   ctx.out(renderEffective(eff));
   return 0;
 }
 
-export async function userdataCommand(ctx: CommandContext, opts: { nodeconfig: string; config: string }): Promise<number> {
+export async function userdataCommand(
+  ctx: CommandContext,
+  opts: { nodeconfig: string; config: string },
+): Promise<number> {
   await loadToml();
   const nodeConfig = await readLocal(opts.nodeconfig);
   const toml = await readLocal(opts.config);
   if (sniffDocument(nodeConfig) !== "nodeadm") {
-    throw new InputError([{ source: opts.nodeconfig, key: "apiVersion", message: "expected a nodeadm NodeConfig (apiVersion: node.eks.aws/v1alpha1, kind: NodeConfig)" }]);
+    throw new InputError([
+      {
+        source: opts.nodeconfig,
+        key: "apiVersion",
+        message:
+          "expected a nodeadm NodeConfig (apiVersion: node.eks.aws/v1alpha1, kind: NodeConfig)",
+      },
+    ]);
   }
   buildConfig([tomlLayer(toml, opts.config)]);
   ctx.out(renderUserData(nodeConfig, toml));
@@ -65,7 +84,8 @@ async function readLocal(file: string): Promise<string> {
     // A FIFO or device would block or never end; only regular files are config.
     const st = await fs.stat(file);
     if (st.isDirectory()) throw Object.assign(new Error("EISDIR"), { code: "EISDIR" });
-    if (!st.isFile()) throw new InputError([{ source: file, key: "(file)", message: "is not a regular file" }]);
+    if (!st.isFile())
+      throw new InputError([{ source: file, key: "(file)", message: "is not a regular file" }]);
     return await fs.readFile(file, "utf8");
   } catch (e) {
     if (e instanceof InputError) throw e;
@@ -78,7 +98,8 @@ async function readLocal(file: string): Promise<string> {
       ENOTDIR: "a component of the path is not a directory",
       ELOOP: "is a symlink loop",
     };
-    if (code && Object.hasOwn(why, code)) throw new InputError([{ source: file, key: "(file)", message: why[code]! }]);
+    if (code && Object.hasOwn(why, code))
+      throw new InputError([{ source: file, key: "(file)", message: why[code] }]);
     throw e;
   }
 }
@@ -105,11 +126,17 @@ export function renderEffective(eff: EffectiveConfig): string {
     lines.push("[[eni]]");
     for (const [k, v] of Object.entries(eni)) {
       if (k === "dpdk") continue;
-      lines.push(`${k} = ${val(v)}`.padEnd(56) + ` # ${k === "name" ? eff.origin[`eni.${eni.name}.name`] : eff.origin[`eni.${eni.name}.${k}`] ?? "default"}`);
+      lines.push(
+        `${k} = ${val(v)}`.padEnd(56) +
+          ` # ${k === "name" ? eff.origin[`eni.${eni.name}.name`] : (eff.origin[`eni.${eni.name}.${k}`] ?? "default")}`,
+      );
     }
     lines.push("  [eni.dpdk]");
     for (const [k, v] of Object.entries(eni.dpdk)) {
-      lines.push(`  ${k} = ${val(v)}`.padEnd(56) + ` # ${eff.origin[`eni.${eni.name}.dpdk.${k}`] ?? "default"}`);
+      lines.push(
+        `  ${k} = ${val(v)}`.padEnd(56) +
+          ` # ${eff.origin[`eni.${eni.name}.dpdk.${k}`] ?? "default"}`,
+      );
     }
     lines.push("");
   }
@@ -119,7 +146,13 @@ export function renderEffective(eff: EffectiveConfig): string {
 /** Gather every configured source on this instance (IMDS, tags, NodeENI) and merge. */
 export async function gatherOnInstance(ctx: CommandContext) {
   const session = await commandSession(ctx);
-  return gather({ host: ctx.host, log: ctx.log, env: ctx.env, configPath: ctx.configPath, instance: session });
+  return gather({
+    host: ctx.host,
+    log: ctx.log,
+    env: ctx.env,
+    configPath: ctx.configPath,
+    instance: session,
+  });
 }
 
 async function inspectSriovFor(ctx: CommandContext, eff: EffectiveConfig): Promise<string[]> {

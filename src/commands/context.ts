@@ -24,10 +24,17 @@ export interface CommandContext {
  * work offline (status, bind, early) and for a boot's deadline before any instance source is read.
  * Lenient unless `strict`: problems are returned and the defaults used.
  */
-export async function localConfig(ctx: CommandContext, opts: { strict?: boolean } = {}): Promise<{ config: Config; problems: Problem[] }> {
+export async function localConfig(
+  ctx: CommandContext,
+  opts: { strict?: boolean } = {},
+): Promise<{ config: Config; problems: Problem[] }> {
   try {
     await loadTomlMemo(ctx.host);
-    return { config: buildConfig([...(await fileLayers(ctx.host, ctx.configPath)), ...envLayers(ctx.env)]).config, problems: [] };
+    return {
+      config: buildConfig([...(await fileLayers(ctx.host, ctx.configPath)), ...envLayers(ctx.env)])
+        .config,
+      problems: [],
+    };
   } catch (e) {
     if (opts.strict || !(e instanceof InputError)) throw e;
     return { config: defaults(), problems: e.problems };

@@ -5,8 +5,19 @@ import { errorMessage, InputError, OpError } from "../core/errors.js";
 import path from "node:path";
 import { type Host } from "../host/host.js";
 import { Deadline } from "../core/deadline.js";
-import { ensureNetworkdFile, markNodeadmUnmanaged, removeOwnedNetworkFiles } from "../host/networkd.js";
-import { bindDevice, deviceNodeFor, listNetdevs, readPciDevice, restoreDriver, type PciDevice } from "../host/pci.js";
+import {
+  ensureNetworkdFile,
+  markNodeadmUnmanaged,
+  removeOwnedNetworkFiles,
+} from "../host/networkd.js";
+import {
+  bindDevice,
+  deviceNodeFor,
+  listNetdevs,
+  readPciDevice,
+  restoreDriver,
+  type PciDevice,
+} from "../host/pci.js";
 import { guardFacts, guardViolations, readRoutes } from "../host/guard.js";
 import { prepareHost } from "../host/recovery.js";
 import { rebindFromState } from "../reconcile/early.js";
@@ -15,7 +26,6 @@ import { setupKernel } from "../host/kernel.js";
 import { type CommandContext, localConfig } from "./context.js";
 import { ImdsClient } from "../cloud/imds.js";
 import { removeOwnedSriov } from "../host/sriov-file.js";
-
 
 interface Resolved {
   bdf: string;
@@ -38,7 +48,15 @@ async function resolveTarget(host: Host, state: State, target: string): Promise<
     const pci = bdf ? await readPciDevice(host, bdf) : undefined;
     if (!bdf || !pci) return undefined;
     const eni = Object.values(state.enis).find((e) => e.mac.toLowerCase() === mac);
-    return { bdf, pci, mac, ifname: nd?.ifname, record, eniName: eni?.name ?? record?.eniName, eniId: eni?.eniId ?? record?.eniId };
+    return {
+      bdf,
+      pci,
+      mac,
+      ifname: nd?.ifname,
+      record,
+      eniName: eni?.name ?? record?.eniName,
+      eniId: eni?.eniId ?? record?.eniId,
+    };
   };
   let r: Resolved | undefined;
   if (BDF_RE.test(t)) {
@@ -52,20 +70,30 @@ async function resolveTarget(host: Host, state: State, target: string): Promise<
   } else if (MAC_RE.test(t)) {
     r = await byMac(t);
   } else if (/^eni-[0-9a-f]+$/.test(t)) {
-    const eni = Object.values(state.enis).find((e) => e.eniId === t) ?? Object.values(state.bindings).find((b) => b.eniId === t);
+    const eni =
+      Object.values(state.enis).find((e) => e.eniId === t) ??
+      Object.values(state.bindings).find((b) => b.eniId === t);
     if (eni) r = await byMac(eni.mac.toLowerCase());
   } else {
     const nd = netdevs.find((n) => n.ifname === target.trim() && n.bdf);
     if (nd) r = await byMac(nd.mac);
     else if (state.enis[t]) r = await byMac(state.enis[t].mac.toLowerCase());
     else {
-      const b = Object.values(state.bindings).find((x) => x.eniName === t || x.ifname === target.trim());
+      const b = Object.values(state.bindings).find(
+        (x) => x.eniName === t || x.ifname === target.trim(),
+      );
       if (b) r = await byMac(b.mac);
     }
   }
   if (!r) {
     throw new InputError(
-      [{ source: "command line", key: "target", message: `"${target}" matches no PCI device, interface, ENI id, MAC or ENI name on this host; expected e.g. 0000:00:06.0, eth1, eni-0123456789abcdef0 or 02:00:00:00:00:02` }],
+      [
+        {
+          source: "command line",
+          key: "target",
+          message: `"${target}" matches no PCI device, interface, ENI id, MAC or ENI name on this host; expected e.g. 0000:00:06.0, eth1, eni-0123456789abcdef0 or 02:00:00:00:00:02`,
+        },
+      ],
       "run `eni-dpdk status` to list the devices",
     );
   }
@@ -79,7 +107,9 @@ async function resolveTarget(host: Host, state: State, target: string): Promise<
 async function offlineGuard(host: Host, state: State, log: CommandContext["log"]) {
   let primary = state.primary;
   if (!primary) {
-    const mac = await new ImdsClient({ deadline: new Deadline(2000), timeoutMs: 1000 }).get("meta-data/mac").catch(() => undefined);
+    const mac = await new ImdsClient({ deadline: new Deadline(2000), timeoutMs: 1000 })
+      .get("meta-data/mac")
+      .catch(() => undefined);
     if (!mac?.trim()) {
       throw new OpError(
         "cannot tell which NIC is the primary ENI: the state file has no record of it and IMDS did not answer meta-data/mac",
@@ -93,29 +123,50 @@ async function offlineGuard(host: Host, state: State, log: CommandContext["log"]
   return guardFacts({ primary, routes: await readRoutes(host), ownedMacs: owned });
 }
 
-export async function bindCommand(ctx: CommandContext, opts: { target: string; driver?: string; force: boolean }): Promise<number> {
+export async function bindCommand(
+  ctx: CommandContext,
+  opts: { target: string; driver?: string; force: boolean },
+): Promise<number> {
   const { config } = await localConfig(ctx, { strict: true });
   if (opts.driver !== undefined && !(DPDK_DRIVERS as readonly string[]).includes(opts.driver)) {
-    throw new InputError([{ source: "command line", key: "--driver", message: `expected one of ${DPDK_DRIVERS.join(", ")}, got "${opts.driver}"` }]);
+    throw new InputError([
+      {
+        source: "command line",
+        key: "--driver",
+        message: `expected one of ${DPDK_DRIVERS.join(", ")}, got "${opts.driver}"`,
+      },
+    ]);
   }
   return ctx.host.withLock(async () => {
     const { host, log } = ctx;
-    const state = await prepareHost(host, log, { tempDirs: [path.posix.dirname(config.sriov.config_path)] });
+    const state = await prepareHost(host, log, {
+      tempDirs: [path.posix.dirname(config.sriov.config_path)],
+    });
     const r = await resolveTarget(host, state, opts.target);
     const cfgEni = r.eniName ? config.eni.find((e) => e.name === r.eniName) : undefined;
     const driver = (opts.driver ?? cfgEni?.dpdk.driver ?? config.dpdk.driver) as DpdkDriver;
     if (r.pci.driver === driver) {
-      ctx.out(`${r.bdf} is already bound to ${driver} (${(await deviceNodeFor(host, r.bdf, driver)) ?? "no device node"}); nothing to do\n`);
+      ctx.out(
+        `${r.bdf} is already bound to ${driver} (${(await deviceNodeFor(host, r.bdf, driver)) ?? "no device node"}); nothing to do\n`,
+      );
       return 0;
     }
     const guard = await offlineGuard(host, state, log);
     // The guard again here, before the kernel setup and the networkd file: a refusal changes nothing.
     const verdict = guardViolations(guard, { mac: r.mac, bdf: r.bdf, ifname: r.ifname });
     if (verdict.never.length) {
-      throw new OpError(`refusing to bind ${r.bdf}${r.ifname ? ` (${r.ifname})` : ""}: ${verdict.never.join("; ")}; eni-dpdk never binds the primary ENI, not even with --force`, "nothing was changed", { bdf: r.bdf });
+      throw new OpError(
+        `refusing to bind ${r.bdf}${r.ifname ? ` (${r.ifname})` : ""}: ${verdict.never.join("; ")}; eni-dpdk never binds the primary ENI, not even with --force`,
+        "nothing was changed",
+        { bdf: r.bdf },
+      );
     }
     if (verdict.unlessForced.length && !opts.force) {
-      throw new OpError(`refusing to bind ${r.bdf}${r.ifname ? ` (${r.ifname})` : ""}: ${verdict.unlessForced.join("; ")}`, "nothing was changed; `--force` overrides the route and ownership guards (never the primary) if you are sure this NIC carries nothing the node needs", { bdf: r.bdf });
+      throw new OpError(
+        `refusing to bind ${r.bdf}${r.ifname ? ` (${r.ifname})` : ""}: ${verdict.unlessForced.join("; ")}`,
+        "nothing was changed; `--force` overrides the route and ownership guards (never the primary) if you are sure this NIC carries nothing the node needs",
+        { bdf: r.bdf },
+      );
     }
     await setupKernel(host, { drivers: [driver], noiommu: config.dpdk.noiommu, log });
     if (r.mac && r.eniName) {
@@ -144,7 +195,9 @@ export async function bindCommand(ctx: CommandContext, opts: { target: string; d
         ...(r.ifname ? { ifname: r.ifname } : {}),
       };
     } else {
-      log.warn("bound a device without a MAC; it is not recorded, so reboots will not rebind it", { bdf: r.bdf });
+      log.warn("bound a device without a MAC; it is not recorded, so reboots will not rebind it", {
+        bdf: r.bdf,
+      });
     }
     await saveState(host, state);
     ctx.out(`bound ${r.bdf}${r.mac ? ` (${r.mac})` : ""} to ${driver}: ${b.deviceNode}\n`);
@@ -152,7 +205,10 @@ export async function bindCommand(ctx: CommandContext, opts: { target: string; d
   });
 }
 
-export async function unbindCommand(ctx: CommandContext, opts: { target: string }): Promise<number> {
+export async function unbindCommand(
+  ctx: CommandContext,
+  opts: { target: string },
+): Promise<number> {
   return ctx.host.withLock(async () => {
     const { host, log } = ctx;
     const state = await prepareHost(host, log);
@@ -161,9 +217,16 @@ export async function unbindCommand(ctx: CommandContext, opts: { target: string 
       ctx.out(`${r.bdf} is on ${r.pci.driver ?? "no driver"}, not a DPDK driver; nothing to do\n`);
       return 0;
     }
-    const rb = await restoreDriver(host, r.bdf, r.record?.originalDriver || undefined, { log, mac: r.mac });
+    const rb = await restoreDriver(host, r.bdf, r.record?.originalDriver || undefined, {
+      log,
+      mac: r.mac,
+    });
     if (!rb.ok) {
-      throw new OpError(`returning ${r.bdf} to ${r.record?.originalDriver || "its kernel driver"} failed: ${rb.problem}`, "see `dmesg`; `eni-dpdk status` shows where the device is now", { bdf: r.bdf });
+      throw new OpError(
+        `returning ${r.bdf} to ${r.record?.originalDriver || "its kernel driver"} failed: ${rb.problem}`,
+        "see `dmesg`; `eni-dpdk status` shows where the device is now",
+        { bdf: r.bdf },
+      );
     }
     if (r.mac) delete state.bindings[r.mac];
     await saveState(host, state);
@@ -173,26 +236,39 @@ export async function unbindCommand(ctx: CommandContext, opts: { target: string 
 }
 
 /** Unbind every managed device, remove our networkd/nodeadm files and our SR-IOV entries; nothing else. */
-export async function resetCommand(ctx: CommandContext, _opts: Record<string, never> | object = {}): Promise<number> {
+export async function resetCommand(
+  ctx: CommandContext,
+  _opts: Record<string, never> | object = {},
+): Promise<number> {
   const { config } = await localConfig(ctx);
   return ctx.host.withLock(async () => {
     const { host, log } = ctx;
-    const state = await prepareHost(host, log, { tempDirs: [path.posix.dirname(config.sriov.config_path)] });
+    const state = await prepareHost(host, log, {
+      tempDirs: [path.posix.dirname(config.sriov.config_path)],
+    });
     const failures: string[] = [];
     for (const rec of Object.values(state.bindings)) {
       const pci = await readPciDevice(host, rec.bdf);
       if (!pci || pci.vendor !== rec.vendor || pci.device !== rec.device) {
-        log.warn("recorded device is gone or changed; forgetting it", { bdf: rec.bdf, mac: rec.mac });
+        log.warn("recorded device is gone or changed; forgetting it", {
+          bdf: rec.bdf,
+          mac: rec.mac,
+        });
         delete state.bindings[rec.mac];
         continue;
       }
       if (pci.driver && isDpdkDriver(pci.driver)) {
-        const rb = await restoreDriver(host, rec.bdf, rec.originalDriver || undefined, { log, mac: rec.mac });
+        const rb = await restoreDriver(host, rec.bdf, rec.originalDriver || undefined, {
+          log,
+          mac: rec.mac,
+        });
         if (!rb.ok) {
           failures.push(`${rec.bdf}: ${rb.problem}`);
           continue;
         }
-        ctx.out(`returned ${rec.bdf} to ${rb.driver}${rb.ifname ? ` (netdev ${rb.ifname})` : ""}\n`);
+        ctx.out(
+          `returned ${rec.bdf} to ${rb.driver}${rb.ifname ? ` (netdev ${rb.ifname})` : ""}\n`,
+        );
       }
       delete state.bindings[rec.mac];
     }
@@ -200,33 +276,47 @@ export async function resetCommand(ctx: CommandContext, _opts: Record<string, ne
     for (const p of await removeOwnedNetworkFiles(host, state, log)) ctx.out(`removed ${p}\n`);
     await saveState(host, state);
     try {
-      if (await removeOwnedSriov(host, config, state, log)) ctx.out(`removed eni-dpdk's entries from ${state.sriov.configPath ?? config.sriov.config_path}\n`);
+      if (await removeOwnedSriov(host, config, state, log))
+        ctx.out(
+          `removed eni-dpdk's entries from ${state.sriov.configPath ?? config.sriov.config_path}\n`,
+        );
     } catch (e) {
       failures.push(`SR-IOV config: ${errorMessage(e)}`);
     }
     await saveState(host, state);
     if (failures.length) {
-      throw new OpError(`reset incomplete: ${failures.join("; ")}`, "see `dmesg` and `eni-dpdk status`; rerun `eni-dpdk reset`", {});
+      throw new OpError(
+        `reset incomplete: ${failures.join("; ")}`,
+        "see `dmesg` and `eni-dpdk status`; rerun `eni-dpdk reset`",
+        {},
+      );
     }
-    ctx.out("reset done: eni-dpdk's bindings, networkd files and SR-IOV entries are gone; everything else is untouched\n");
+    ctx.out(
+      "reset done: eni-dpdk's bindings, networkd files and SR-IOV entries are gone; everything else is untouched\n",
+    );
     return 0;
   });
 }
 
 /** eni-dpdk-early.service: rebind recorded devices at boot, offline (no IMDS, no EC2). */
-export async function earlyCommand(ctx: CommandContext, _opts: Record<string, never> | object = {}): Promise<number> {
+export async function earlyCommand(
+  ctx: CommandContext,
+  _opts: Record<string, never> | object = {},
+): Promise<number> {
   const { config, problems } = await localConfig(ctx);
-  for (const p of problems) ctx.log.warn("config problem; early rebind uses the defaults for [dpdk]", { problem: p });
+  for (const p of problems)
+    ctx.log.warn("config problem; early rebind uses the defaults for [dpdk]", { problem: p });
   return ctx.host.withLock(async () => {
-    const state = await prepareHost(ctx.host, ctx.log, { tempDirs: [path.posix.dirname(config.sriov.config_path)] });
+    const state = await prepareHost(ctx.host, ctx.log, {
+      tempDirs: [path.posix.dirname(config.sriov.config_path)],
+    });
     if (Object.keys(state.bindings).length === 0) {
       ctx.log.info("no recorded bindings; nothing to rebind");
       return 0;
     }
     const results = await rebindFromState(ctx.host, state, config.dpdk, ctx.log);
-    for (const r of results) ctx.out(`${r.state.padEnd(7)} ${r.bdf} ${r.mac} ${r.eniName}: ${r.detail}\n`);
+    for (const r of results)
+      ctx.out(`${r.state.padEnd(7)} ${r.bdf} ${r.mac} ${r.eniName}: ${r.detail}\n`);
     return results.some((r) => r.state === "failed") ? 1 : 0;
   });
 }
-
-

@@ -53,7 +53,11 @@ async function serve(ctx: CommandContext, inbox: Inbox): Promise<number> {
   const fileService = (await localConfig(ctx)).config.service;
   const onFailure = fileService?.on_failure ?? "fail";
   const bootTimeout = (fileService?.timeout_seconds ?? 300) * 1000;
-  log.info("starting", { notify: notifier.via, on_failure: onFailure, timeout_s: bootTimeout / 1000 });
+  log.info("starting", {
+    notify: notifier.via,
+    on_failure: onFailure,
+    timeout_s: bootTimeout / 1000,
+  });
   await notifier.status("applying: reading sources");
 
   const session = new Session(log, new Deadline(bootTimeout));
@@ -68,7 +72,7 @@ async function serve(ctx: CommandContext, inbox: Inbox): Promise<number> {
     if (inbox.stopping()) return stopDuringStart(ctx, notifier);
     if (!(e instanceof InputError)) throw e;
     for (const p of e.problems) log.error(formatProblem(p), { source: p.source, key: p.key });
-    const msg = `invalid config: ${e.problems.length} problem(s), first: ${formatProblem(e.problems[0]!)}`;
+    const msg = `invalid config: ${e.problems.length} problem(s), first: ${formatProblem(e.problems[0])}`;
     if (onFailure === "fail") {
       log.error("not ready: the input is invalid and nothing was changed", { next: e.hint });
       await notifier.status(`failed: ${msg}`);
@@ -82,21 +86,35 @@ async function serve(ctx: CommandContext, inbox: Inbox): Promise<number> {
 
   for (const w of first.warnings) log.warn(w);
   if (first.error) {
-    log.error(first.error.message, { next: first.error.next, changes: first.error.changes?.join("; ") });
+    log.error(first.error.message, {
+      next: first.error.next,
+      changes: first.error.changes?.join("; "),
+    });
     if (onFailure === "fail") {
       await notifier.status(`failed: ${first.error.message}`);
       return first.error.exitCode;
     }
-    log.warn("signalling READY despite the failure (on_failure=continue) so kubelet starts", { next: first.error.next });
+    log.warn("signalling READY despite the failure (on_failure=continue) so kubelet starts", {
+      next: first.error.next,
+    });
   }
   log.info(first.summary, { took_ms: first.timings.total, actions: first.actions.length });
   await notifier.ready(first.summary);
-  return waitForSignals(ctx, notifier, inbox, session, gathered, gathered!.config.service.reconcile_interval_seconds);
+  return waitForSignals(
+    ctx,
+    notifier,
+    inbox,
+    session,
+    gathered,
+    gathered.config.service.reconcile_interval_seconds,
+  );
 }
 
 /** SIGTERM before READY (systemctl stop, start timeout): the first apply ended its waits early; exit. */
 async function stopDuringStart(ctx: CommandContext, notifier: Notifier): Promise<number> {
-  ctx.log.warn("stopping during start-up; the next start converges from where this one stopped", { next: "systemctl start eni-dpdk" });
+  ctx.log.warn("stopping during start-up; the next start converges from where this one stopped", {
+    next: "systemctl start eni-dpdk",
+  });
   await notifier.stopping("stopping during start-up");
   return 0;
 }
@@ -139,13 +157,17 @@ async function waitForSignals(
         gathered: reload || dynamic || !gathered ? undefined : gathered,
       });
       gathered = o.gathered;
-      if (o.actions.length) log.warn("repaired drift", { actions: o.actions.map((a) => `${a.kind} ${a.target}`).join("; ") });
+      if (o.actions.length)
+        log.warn("repaired drift", {
+          actions: o.actions.map((a) => `${a.kind} ${a.target}`).join("; "),
+        });
       let line = o.summary;
       if (o.sriov) {
         const after = await afterSriovChange(gathered.config, o.sriov, log, { atBoot: false });
         if (after.status) line += `; ${after.status}`;
       }
-      if (o.error) log.error(o.error.message, { next: o.error.next, changes: o.error.changes?.join("; ") });
+      if (o.error)
+        log.error(o.error.message, { next: o.error.next, changes: o.error.changes?.join("; ") });
       await notifier.status(line);
       if (reload) log.info("reloaded", { enis: gathered.config.eni.length });
       const next = gathered.config.service.reconcile_interval_seconds;
@@ -154,8 +176,14 @@ async function waitForSignals(
         schedule();
       }
     } catch (e) {
-      const msg = e instanceof InputError ? `invalid config: ${e.problems.map(formatProblem).join("; ")}` : errorMessage(e);
-      log.error(reload ? "reload failed; keeping the previous config" : "reconcile failed", { error: msg, next: "fix the input; send SIGHUP (systemctl reload eni-dpdk) to retry" });
+      const msg =
+        e instanceof InputError
+          ? `invalid config: ${e.problems.map(formatProblem).join("; ")}`
+          : errorMessage(e);
+      log.error(reload ? "reload failed; keeping the previous config" : "reconcile failed", {
+        error: msg,
+        next: "fix the input; send SIGHUP (systemctl reload eni-dpdk) to retry",
+      });
       await notifier.status(`degraded: ${msg}`);
     } finally {
       busySince = undefined;
@@ -167,16 +195,21 @@ async function waitForSignals(
 
   const schedule = () => {
     if (timer) clearInterval(timer);
-    timer = intervalSeconds > 0 ? setInterval(() => void pass(false), intervalSeconds * 1000) : undefined;
+    timer =
+      intervalSeconds > 0 ? setInterval(() => void pass(false), intervalSeconds * 1000) : undefined;
   };
   schedule();
 
   // Ping only while no pass has been stuck past its own deadline, so a hung reconcile gets restarted.
   const wd = notifier.watchdogMs();
   const wdTimer = wd
-    ? setInterval(() => {
-        if (busySince === undefined || Date.now() - busySince < timeoutMs) void notifier.watchdog();
-      }, Math.max(500, Math.floor(wd / 2)))
+    ? setInterval(
+        () => {
+          if (busySince === undefined || Date.now() - busySince < timeoutMs)
+            void notifier.watchdog();
+        },
+        Math.max(500, Math.floor(wd / 2)),
+      )
     : undefined;
 
   // A Type=notify service runs until SIGTERM, even with no timer and no watchdog to keep Node busy.
@@ -195,7 +228,8 @@ async function waitForSignals(
       stopping = true;
       await notifier.stopping("stopping");
       // A pass in flight had its deadline aborted: let it reach a clean point rather than cut it.
-      if (busySince !== undefined && inFlight) await Promise.race([inFlight, new Promise((r) => setTimeout(r, 10_000).unref())]);
+      if (busySince !== undefined && inFlight)
+        await Promise.race([inFlight, new Promise((r) => setTimeout(r, 10_000).unref())]);
       return 0;
     }
   } finally {

@@ -10,7 +10,19 @@ export function renderStatus(doc: StatusDoc): string {
   section("ENIs managed by eni-dpdk");
   if (doc.devices.length === 0) out.push("<none>");
   else {
-    const head = ["NAME", "ENI", "IDX", "MAC", "BDF", "VEN:DEV", "DRIVER", "ORIGINAL", "DEVICE NODE", "RESOURCE", "STATE"];
+    const head = [
+      "NAME",
+      "ENI",
+      "IDX",
+      "MAC",
+      "BDF",
+      "VEN:DEV",
+      "DRIVER",
+      "ORIGINAL",
+      "DEVICE NODE",
+      "RESOURCE",
+      "STATE",
+    ];
     const rows = doc.devices.map((d) => [
       d.name,
       d.eniId || "-",
@@ -30,12 +42,25 @@ export function renderStatus(doc: StatusDoc): string {
   section("Other network devices");
   if (doc.otherDevices.length === 0) out.push("<none>");
   for (const d of doc.otherDevices) {
-    out.push(`${d.bdf} '${d.vendor}:${d.device}'${d.ifname ? ` if=${d.ifname}` : ""} drv=${d.driver || "none"}${d.mac ? ` mac=${d.mac}` : ""}${d.active.length ? ` *Active* (${d.active.join(", ")})` : ""}`);
+    out.push(
+      `${d.bdf} '${d.vendor}:${d.device}'${d.ifname ? ` if=${d.ifname}` : ""} drv=${d.driver || "none"}${d.mac ? ` mac=${d.mac}` : ""}${d.active.length ? ` *Active* (${d.active.join(", ")})` : ""}`,
+    );
   }
   section("Host");
   const h = doc.host;
-  const hp = h.hugepages.map((p) => `${p.sizeKb >= 1048576 ? `${p.sizeKb / 1048576}G` : `${p.sizeKb / 1024}M`}: ${p.total} total, ${p.free} free`).join("; ") || "not supported";
-  const noiommu = { Y: "enabled", N: "disabled", absent: "not supported by this kernel (CONFIG_VFIO_NOIOMMU unset)", "not-loaded": "vfio not loaded" }[h.noiommu];
+  const hp =
+    h.hugepages
+      .map(
+        (p) =>
+          `${p.sizeKb >= 1048576 ? `${p.sizeKb / 1048576}G` : `${p.sizeKb / 1024}M`}: ${p.total} total, ${p.free} free`,
+      )
+      .join("; ") || "not supported";
+  const noiommu = {
+    Y: "enabled",
+    N: "disabled",
+    absent: "not supported by this kernel (CONFIG_VFIO_NOIOMMU unset)",
+    "not-loaded": "vfio not loaded",
+  }[h.noiommu];
   out.push(
     ...table([
       ["NOIOMMU:", noiommu],
@@ -43,27 +68,36 @@ export function renderStatus(doc: StatusDoc): string {
       ["DPDK drivers:", h.dpdkDrivers.join(", ") || "none loaded"],
       ["Hugepages:", hp],
       ["Write-combining:", `${h.writeCombining.state}: ${h.writeCombining.detail}`],
-      ["SR-IOV config:", `${h.sriov.configPath} (${h.sriov.exists === undefined ? "unknown" : h.sriov.exists ? (h.sriov.valid ? "valid" : "INVALID") : "absent"})`],
+      [
+        "SR-IOV config:",
+        `${h.sriov.configPath} (${h.sriov.exists === undefined ? "unknown" : h.sriov.exists ? (h.sriov.valid ? "valid" : "INVALID") : "absent"})`,
+      ],
     ]),
   );
   if (h.writeCombining.fix) out.push(`  fix: ${h.writeCombining.fix}`);
   for (const w of h.sriov.warnings) out.push(`  sriov: ${w}`);
-  if (doc.lastApply) out.push("", `Last apply: ${doc.lastApply.startedAt ?? "?"} ${doc.lastApply.summary ?? ""}`.trimEnd());
+  if (doc.lastApply)
+    out.push(
+      "",
+      `Last apply: ${doc.lastApply.startedAt ?? "?"} ${doc.lastApply.summary ?? ""}`.trimEnd(),
+    );
   for (const p of doc.configProblems) out.push(`config: ${p}`);
   return out.slice(1).join("\n") + "\n";
 }
 
 function table(rows: string[][]): string[] {
-  const w = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? "").length)));
-  return rows.map((r) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(w[i]!))).join("  "));
+  const w = rows[0].map((_, i) => Math.max(...rows.map((r) => (r[i] ?? "").length)));
+  return rows.map((r) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(w[i]))).join("  "));
 }
 
 // ---- the command ---
 
 export async function statusCommand(ctx: CommandContext, opts: { json: boolean }): Promise<number> {
   const { config, problems } = await localConfig(ctx);
-  const doc = await collectStatus(ctx.host, { config, configProblems: problems.map(formatProblem) });
+  const doc = await collectStatus(ctx.host, {
+    config,
+    configProblems: problems.map(formatProblem),
+  });
   ctx.out(opts.json ? JSON.stringify(doc, null, 2) + "\n" : renderStatus(doc));
   return 0;
 }
-

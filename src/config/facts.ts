@@ -46,9 +46,14 @@ const DNS_SUBDOMAIN_RE = new RegExp(`^${DNS_LABEL}(\\.${DNS_LABEL})*$`);
 export const RESOURCE_NAME_RE = /^[A-Za-z0-9_]{1,63}$/;
 
 /** Split `prefix/name`; the prefix falls back to [sriov].resource_prefix. */
-export function splitResourceName(full: string, defaultPrefix: string): { prefix: string; name: string } {
+export function splitResourceName(
+  full: string,
+  defaultPrefix: string,
+): { prefix: string; name: string } {
   const i = full.lastIndexOf("/");
-  return i < 0 ? { prefix: defaultPrefix, name: full } : { prefix: full.slice(0, i), name: full.slice(i + 1) };
+  return i < 0
+    ? { prefix: defaultPrefix, name: full }
+    : { prefix: full.slice(0, i), name: full.slice(i + 1) };
 }
 
 /** The full name `prefix/name`, as the plugin advertises it. */
@@ -60,7 +65,8 @@ export function fullResourceName(resource: string, defaultPrefix: string): strin
 /** Problems with a resource name, as messages (empty when valid). */
 export function resourceNameProblems(full: string, defaultPrefix: string): string[] {
   const out: string[] = [];
-  if (full.split("/").length > 2) return [`"${full}" has more than one "/"; expected prefix/name, e.g. amazon.com/ena_dpdk`];
+  if (full.split("/").length > 2)
+    return [`"${full}" has more than one "/"; expected prefix/name, e.g. amazon.com/ena_dpdk`];
   const { prefix, name } = splitResourceName(full, defaultPrefix);
   if (!RESOURCE_NAME_RE.test(name)) {
     out.push(
@@ -73,7 +79,9 @@ export function resourceNameProblems(full: string, defaultPrefix: string): strin
 
 export function prefixProblems(prefix: string): string[] {
   if (prefix.length > 253 || !DNS_SUBDOMAIN_RE.test(prefix)) {
-    return [`prefix "${prefix}" must be a DNS subdomain (lower-case labels of [a-z0-9-] joined by ".", e.g. amazon.com)`];
+    return [
+      `prefix "${prefix}" must be a DNS subdomain (lower-case labels of [a-z0-9-] joined by ".", e.g. amazon.com)`,
+    ];
   }
   if (prefix === "kubernetes.io" || prefix.endsWith(".kubernetes.io")) {
     return [`prefix "${prefix}" is reserved by Kubernetes; use your own domain, e.g. amazon.com`];

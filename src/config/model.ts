@@ -3,7 +3,13 @@
 // precedence order and reports every problem at once, each naming its source and key.
 import path from "node:path";
 import { InputError, type Problem } from "../core/errors.js";
-import { FORBIDDEN_KEY_MESSAGE, isForbiddenKey, lookupTable, nullRecord, own } from "../core/records.js";
+import {
+  FORBIDDEN_KEY_MESSAGE,
+  isForbiddenKey,
+  lookupTable,
+  nullRecord,
+  own,
+} from "../core/records.js";
 import {
   DPDK_DRIVERS,
   ENI_NAME_RE,
@@ -113,10 +119,17 @@ interface IntKind {
 type Kind = "string" | "bool" | "string[]" | "map" | IntKind | { table: Schema };
 type Schema = Readonly<Record<string, Kind>>;
 
-const int = (min: number, max: number, expect = `${min}..${max}`): IntKind => ({ int: { min, max, expect } });
+const int = (min: number, max: number, expect = `${min}..${max}`): IntKind => ({
+  int: { min, max, expect },
+});
 const isIntKind = (k: Kind): k is IntKind => typeof k === "object" && "int" in k;
 
-const eniDpdkSchema: Schema = lookupTable<Kind>({ enabled: "bool", driver: "string", resource_name: "string", pci_address: "string" });
+const eniDpdkSchema: Schema = lookupTable<Kind>({
+  enabled: "bool",
+  driver: "string",
+  resource_name: "string",
+  pci_address: "string",
+});
 const eniSchema: Schema = lookupTable<Kind>({
   name: "string",
   device_index: int(1, 127, "1..127 (0 is the primary ENI)"),
@@ -147,7 +160,12 @@ export const schema: Readonly<Record<string, Schema>> = lookupTable<Schema>({
     hugepages_2m: pages,
     hugepages_1g: pages,
   }),
-  sriov: lookupTable<Kind>({ enabled: "bool", config_path: "string", resource_prefix: "string", restart_command: "string[]" }),
+  sriov: lookupTable<Kind>({
+    enabled: "bool",
+    config_path: "string",
+    resource_prefix: "string",
+    restart_command: "string[]",
+  }),
   kubernetes: lookupTable<Kind>({
     api_server: "string",
     ca_file: "string",
@@ -164,10 +182,34 @@ export const TOP_LEVEL_KEYS: readonly string[] = [...Object.keys(schema), "eni"]
 
 export function defaults(): Config {
   return {
-    service: { sources: [...SOURCE_NAMES], on_failure: "fail", timeout_seconds: 300, reconcile_interval_seconds: 60 },
-    dpdk: { enabled: true, driver: "vfio-pci", binding_script: "", noiommu: "auto", hugepages_2m: 0, hugepages_1g: 0 },
-    sriov: { enabled: true, config_path: "/etc/pcidp/config.json", resource_prefix: "amazon.com", restart_command: [] },
-    kubernetes: { api_server: "", ca_file: "", cluster_name: "", kubeconfig: "", node_name: "", node_labels: {} },
+    service: {
+      sources: [...SOURCE_NAMES],
+      on_failure: "fail",
+      timeout_seconds: 300,
+      reconcile_interval_seconds: 60,
+    },
+    dpdk: {
+      enabled: true,
+      driver: "vfio-pci",
+      binding_script: "",
+      noiommu: "auto",
+      hugepages_2m: 0,
+      hugepages_1g: 0,
+    },
+    sriov: {
+      enabled: true,
+      config_path: "/etc/pcidp/config.json",
+      resource_prefix: "amazon.com",
+      restart_command: [],
+    },
+    kubernetes: {
+      api_server: "",
+      ca_file: "",
+      cluster_name: "",
+      kubeconfig: "",
+      node_name: "",
+      node_labels: {},
+    },
     eni: [],
   };
 }
@@ -187,8 +229,11 @@ const eniDefaults = (): Omit<EniConfig, "name" | "device_index" | "dpdk"> => ({
 /** The nearest known key, for "did you mean" suggestions. */
 export function nearest(key: string, known: string[]): string | undefined {
   const lower = key.toLowerCase();
-  const prefixed = known.filter((k) => k.toLowerCase().startsWith(lower) || lower.startsWith(k.toLowerCase()));
-  if (lower.length >= 3 && prefixed.length > 0) return prefixed.sort((a, b) => a.length - b.length)[0];
+  const prefixed = known.filter(
+    (k) => k.toLowerCase().startsWith(lower) || lower.startsWith(k.toLowerCase()),
+  );
+  if (lower.length >= 3 && prefixed.length > 0)
+    return prefixed.sort((a, b) => a.length - b.length)[0];
   let best: string | undefined;
   let bestD = Infinity;
   for (const k of known) {
@@ -204,21 +249,22 @@ export function nearest(key: string, known: string[]): string | undefined {
 function editDistance(a: string, b: string): number {
   const dp = Array.from({ length: b.length + 1 }, (_, j) => j);
   for (let i = 1; i <= a.length; i++) {
-    let prev = dp[0]!;
+    let prev = dp[0];
     dp[0] = i;
     for (let j = 1; j <= b.length; j++) {
-      const tmp = dp[j]!;
-      dp[j] = Math.min(dp[j]! + 1, dp[j - 1]! + 1, prev + (a[i - 1] === b[j - 1] ? 0 : 1));
+      const tmp = dp[j];
+      dp[j] = Math.min(dp[j] + 1, dp[j - 1] + 1, prev + (a[i - 1] === b[j - 1] ? 0 : 1));
       prev = tmp;
     }
   }
-  return dp[b.length]!;
+  return dp[b.length];
 }
 
 // ---- per-layer type checking ---------------------------------------------------------------------
 
 function unknownKey(key: string, known: string[]): string {
-  if (isForbiddenKey(key)) return `unknown key: "${key}" ${FORBIDDEN_KEY_MESSAGE} (known: ${known.join(", ")})`;
+  if (isForbiddenKey(key))
+    return `unknown key: "${key}" ${FORBIDDEN_KEY_MESSAGE} (known: ${known.join(", ")})`;
   const near = nearest(key, known);
   return `unknown key${near ? `; did you mean "${near}"?` : ""} (known: ${known.join(", ")})`;
 }
@@ -249,7 +295,9 @@ function intInRange(kind: IntKind, v: bigint, problem: (m: string) => void): num
 
 /** A BigInt as a number when no precision is lost (within ±(2^53 − 1)), else undefined. */
 export function safeNumber(v: bigint): number | undefined {
-  return v >= BigInt(Number.MIN_SAFE_INTEGER) && v <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(v) : undefined;
+  return v >= BigInt(Number.MIN_SAFE_INTEGER) && v <= BigInt(Number.MAX_SAFE_INTEGER)
+    ? Number(v)
+    : undefined;
 }
 
 interface ValueContext {
@@ -258,21 +306,32 @@ interface ValueContext {
 }
 
 /** Check (and for tag layers coerce) one value against its kind. Returns undefined on a problem. */
-function checkValue(kind: Kind, v: unknown, cx: ValueContext, problem: (m: string) => void): unknown {
+function checkValue(
+  kind: Kind,
+  v: unknown,
+  cx: ValueContext,
+  problem: (m: string) => void,
+): unknown {
   if (cx.stringly && kind !== "map" && isTable(v)) {
-    problem(`expected a value, got dotted sub-keys (${Object.keys(v).join(", ")}): this key is not a table; write key=value`);
+    problem(
+      `expected a value, got dotted sub-keys (${Object.keys(v).join(", ")}): this key is not a table; write key=value`,
+    );
     return undefined;
   }
   if (isIntKind(kind)) {
     if (cx.stringly && typeof v === "string") {
       if (STRICT_INT_RE.test(v)) return intInRange(kind, BigInt(v), problem);
-      const hint = /^\s*[-+]?[0-9]/.test(v) ? ' (plain decimal digits: no "+", exponent, 0x, "_", leading zero or spaces)' : "";
+      const hint = /^\s*[-+]?[0-9]/.test(v)
+        ? ' (plain decimal digits: no "+", exponent, 0x, "_", leading zero or spaces)'
+        : "";
       problem(`expected an integer, got "${v}"${hint}`);
       return undefined;
     }
     if (typeof v === "bigint") return intInRange(kind, v, problem);
     if (typeof v === "number" && cx.tomlTyped) {
-      problem(`expected an integer, got a float ${floatText(v)}; write it without a decimal point or exponent`);
+      problem(
+        `expected an integer, got a float ${floatText(v)}; write it without a decimal point or exponent`,
+      );
       return undefined;
     }
     if (typeof v === "number" && Number.isSafeInteger(v)) return v;
@@ -307,7 +366,9 @@ function checkValue(kind: Kind, v: unknown, cx: ValueContext, problem: (m: strin
         return undefined;
       }
       if (Array.isArray(v) && v.every((x) => typeof x === "string")) return v;
-      problem(`expected an array of strings, got ${Array.isArray(v) ? "an array with non-strings" : typeName(v)}`);
+      problem(
+        `expected an array of strings, got ${Array.isArray(v) ? "an array with non-strings" : typeName(v)}`,
+      );
       return undefined;
     }
     case "map": {
@@ -338,7 +399,12 @@ function isTable(v: unknown): v is Record<string, unknown> {
 /** A checked layer: typed partial values with their key paths. */
 interface Checked {
   node: Record<string, Record<string, unknown>>;
-  enis: { label: string; values: Record<string, unknown>; dpdk: Record<string, unknown>; index: number }[];
+  enis: {
+    label: string;
+    values: Record<string, unknown>;
+    dpdk: Record<string, unknown>;
+    index: number;
+  }[];
 }
 
 function checkLayer(layer: Layer, problems: Problem[]): Checked {
@@ -356,7 +422,9 @@ function checkLayer(layer: Layer, problems: Problem[]): Checked {
       continue;
     }
     if (!isTable(value)) {
-      const hint = Array.isArray(value) ? ` (an array; write [${top}] with single brackets, once)` : "";
+      const hint = Array.isArray(value)
+        ? ` (an array; write [${top}] with single brackets, once)`
+        : "";
       add([top], top, `expected a table [${top}], got ${typeName(value)}${hint}`);
       continue;
     }
@@ -376,7 +444,9 @@ function checkLayer(layer: Layer, problems: Problem[]): Checked {
   if (enis !== undefined) {
     const list = Array.isArray(enis) ? enis : null;
     if (!list) {
-      const hint = isTable(enis) ? " (a single table [eni]; write [[eni]] with double brackets before each ENI)" : "";
+      const hint = isTable(enis)
+        ? " (a single table [eni]; write [[eni]] with double brackets before each ENI)"
+        : "";
       add(["eni"], "eni", `expected an array of tables [[eni]], got ${typeName(enis)}${hint}`);
     }
     list?.forEach((raw, index) => {
@@ -452,7 +522,8 @@ export function buildConfig(layers: Layer[]): EffectiveConfig {
   const config = defaults();
   const origin: Origin = {};
   const node = config as unknown as Record<string, Record<string, unknown>>;
-  for (const [table, s] of Object.entries(schema)) for (const k of Object.keys(s)) origin[`${table}.${k}`] = "default";
+  for (const [table, s] of Object.entries(schema))
+    for (const k of Object.keys(s)) origin[`${table}.${k}`] = "default";
 
   interface Partial {
     values: Record<string, unknown>;
@@ -467,7 +538,7 @@ export function buildConfig(layers: Layer[]): EffectiveConfig {
     const checked = checkLayer(layer, problems);
     for (const [table, values] of Object.entries(checked.node)) {
       for (const [k, v] of Object.entries(values)) {
-        node[table]![k] = v;
+        node[table][k] = v;
         origin[`${table}.${k}`] = layer.locate?.([table, k]) ?? layer.source;
       }
     }
@@ -493,52 +564,75 @@ export function buildConfig(layers: Layer[]): EffectiveConfig {
         p.dpdk[k] = v;
         p.origin[`dpdk.${k}`] = layer.locate?.(["eni", String(e.index), "dpdk", k]) ?? layer.source;
       }
-      locateEni.set(name, (key) => p!.origin[key] ?? p!.firstSource);
+      locateEni.set(name, (key) => p.origin[key] ?? p.firstSource);
     }
   }
 
   // node-level checks
   const at = (key: string) => origin[key] ?? "default";
-  const nodeProblem = (key: string, message: string) => problems.push({ source: at(key), key, message });
+  const nodeProblem = (key: string, message: string) =>
+    problems.push({ source: at(key), key, message });
   const s = config.service;
   s.sources.forEach((src, i) => {
     if (!(SOURCE_NAMES as readonly string[]).includes(src)) {
-      nodeProblem("service.sources", `unknown source "${src}" at position ${i}; expected any of ${SOURCE_NAMES.join(", ")}`);
+      nodeProblem(
+        "service.sources",
+        `unknown source "${src}" at position ${i}; expected any of ${SOURCE_NAMES.join(", ")}`,
+      );
     }
   });
-  if (new Set(s.sources).size !== s.sources.length) nodeProblem("service.sources", "lists a source more than once");
-  if (!["fail", "continue"].includes(s.on_failure)) nodeProblem("service.on_failure", `expected "fail" or "continue", got "${s.on_failure}"`);
+  if (new Set(s.sources).size !== s.sources.length)
+    nodeProblem("service.sources", "lists a source more than once");
+  if (!["fail", "continue"].includes(s.on_failure))
+    nodeProblem("service.on_failure", `expected "fail" or "continue", got "${s.on_failure}"`);
   for (const [table, tableSchema] of Object.entries(schema)) {
     for (const [k, kind] of Object.entries(tableSchema)) {
-      const m = isIntKind(kind) ? rangeProblem(kind, node[table]![k] as number) : undefined;
+      const m = isIntKind(kind) ? rangeProblem(kind, node[table][k] as number) : undefined;
       if (m) nodeProblem(`${table}.${k}`, m);
     }
   }
   const d = config.dpdk;
-  if (!(DPDK_DRIVERS as readonly string[]).includes(d.driver)) nodeProblem("dpdk.driver", `expected one of ${DPDK_DRIVERS.join(", ")}, got "${d.driver}"`);
-  if (!["auto", "on", "off"].includes(d.noiommu)) nodeProblem("dpdk.noiommu", `expected "auto", "on" or "off", got "${d.noiommu}"`);
+  if (!(DPDK_DRIVERS as readonly string[]).includes(d.driver))
+    nodeProblem("dpdk.driver", `expected one of ${DPDK_DRIVERS.join(", ")}, got "${d.driver}"`);
+  if (!["auto", "on", "off"].includes(d.noiommu))
+    nodeProblem("dpdk.noiommu", `expected "auto", "on" or "off", got "${d.noiommu}"`);
   const script = d.binding_script && programPathProblem(d.binding_script);
   if (script) {
-    const why = "binding_script takes one program path, no arguments (eni-dpdk runs it as PATH --force --bind DRIVER BDF)";
+    const why =
+      "binding_script takes one program path, no arguments (eni-dpdk runs it as PATH --force --bind DRIVER BDF)";
     nodeProblem("dpdk.binding_script", `"${d.binding_script}" ${script}: ${why}`);
   }
   const sr = config.sriov;
-  if (!sr.config_path.startsWith("/") || sr.config_path.includes("..")) nodeProblem("sriov.config_path", `expected an absolute path without "..", got "${sr.config_path}"`);
+  if (!sr.config_path.startsWith("/") || sr.config_path.includes(".."))
+    nodeProblem(
+      "sriov.config_path",
+      `expected an absolute path without "..", got "${sr.config_path}"`,
+    );
   for (const m of prefixProblems(sr.resource_prefix)) nodeProblem("sriov.resource_prefix", m);
   // An empty argument is a real argv word (`-e ""`); an empty program is not.
-  const program = sr.restart_command.length > 0 ? programPathProblem(sr.restart_command[0]!) : undefined;
+  const program =
+    sr.restart_command.length > 0 ? programPathProblem(sr.restart_command[0]) : undefined;
   if (program) {
-    nodeProblem("sriov.restart_command", `the program (first element) must be an absolute path; "${sr.restart_command[0]}" ${program}`);
+    nodeProblem(
+      "sriov.restart_command",
+      `the program (first element) must be an absolute path; "${sr.restart_command[0]}" ${program}`,
+    );
   }
   const k8s = config.kubernetes;
-  if (k8s.api_server && !/^https:\/\/[^\s/]+/.test(k8s.api_server)) nodeProblem("kubernetes.api_server", `expected an https:// URL, got "${k8s.api_server}"`);
+  if (k8s.api_server && !/^https:\/\/[^\s/]+/.test(k8s.api_server))
+    nodeProblem("kubernetes.api_server", `expected an https:// URL, got "${k8s.api_server}"`);
   for (const key of ["ca_file", "kubeconfig"] as const) {
-    if (k8s[key] && !k8s[key].startsWith("/")) nodeProblem(`kubernetes.${key}`, `expected an absolute path, got "${k8s[key]}"`);
+    if (k8s[key] && !k8s[key].startsWith("/"))
+      nodeProblem(`kubernetes.${key}`, `expected an absolute path, got "${k8s[key]}"`);
   }
 
   // ENIs
   if (enis.size > MAX_ENIS) {
-    problems.push({ source: layers.at(-1)?.source ?? "config", key: "eni", message: `${enis.size} ENIs configured; at most ${MAX_ENIS} are supported` });
+    problems.push({
+      source: layers.at(-1)?.source ?? "config",
+      key: "eni",
+      message: `${enis.size} ENIs configured; at most ${MAX_ENIS} are supported`,
+    });
   }
   const byIndex = new Map<string, string>();
   const byPci = new Map<string, string>();
@@ -547,28 +641,45 @@ export function buildConfig(layers: Layer[]): EffectiveConfig {
     // One problem per key: a value that failed its type check is not also reported as missing.
     const prob = (key: string, message: string) =>
       problems.some((x) => x.key === `eni.${name}.${key}`) ||
-      problems.push({ source: src(key.startsWith("dpdk.") ? key : key.split(".")[0]!), key: `eni.${name}.${key}`, message });
-    const v = { ...eniDefaults(), ...p.values } as Record<string, unknown> & Omit<EniConfig, "dpdk">;
-    if (!ENI_NAME_RE.test(name)) prob("name", `"${name}" must match ^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$ (lower-case, digits, "-", at most 40 characters)`);
-    if (v.device_index === undefined) prob("device_index", "required: the device index to attach at (>= 1; 0 is the primary ENI)");
+      problems.push({
+        source: src(key.startsWith("dpdk.") ? key : key.split(".")[0]),
+        key: `eni.${name}.${key}`,
+        message,
+      });
+    const v = { ...eniDefaults(), ...p.values } as Record<string, unknown> &
+      Omit<EniConfig, "dpdk">;
+    if (!ENI_NAME_RE.test(name))
+      prob(
+        "name",
+        `"${name}" must match ^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$ (lower-case, digits, "-", at most 40 characters)`,
+      );
+    if (v.device_index === undefined)
+      prob("device_index", "required: the device index to attach at (>= 1; 0 is the primary ENI)");
     for (const k of ["device_index", "network_card_index", "mtu"] as const) {
       const m = v[k] === undefined ? undefined : rangeProblem(eniSchema[k] as IntKind, v[k]);
       if (m) prob(k, m);
     }
-    if (v.subnet_id && v.subnet_name) prob("subnet_id", "set exactly one of subnet_id or subnet_name, not both");
-    else if (!v.subnet_id && !v.subnet_name) prob("subnet_id", "required: set subnet_id (subnet-…) or subnet_name");
-    else if (v.subnet_id && !SUBNET_ID_RE.test(v.subnet_id)) prob("subnet_id", `expected "subnet-" followed by 8 or 17 hex digits, got "${v.subnet_id}"`);
+    if (v.subnet_id && v.subnet_name)
+      prob("subnet_id", "set exactly one of subnet_id or subnet_name, not both");
+    else if (!v.subnet_id && !v.subnet_name)
+      prob("subnet_id", "required: set subnet_id (subnet-…) or subnet_name");
+    else if (v.subnet_id && !SUBNET_ID_RE.test(v.subnet_id))
+      prob("subnet_id", `expected "subnet-" followed by 8 or 17 hex digits, got "${v.subnet_id}"`);
     v.security_group_ids.forEach((sg) => {
-      if (!SG_ID_RE.test(sg)) prob("security_group_ids", `expected "sg-" followed by 8 or 17 hex digits, got "${sg}"`);
+      if (!SG_ID_RE.test(sg))
+        prob("security_group_ids", `expected "sg-" followed by 8 or 17 hex digits, got "${sg}"`);
     });
     if (v.security_group_ids.length + v.security_group_names.length === 0) {
       prob("security_group_ids", "required: at least one security group id or name in total");
     }
-    if (v.security_group_ids.length + v.security_group_names.length > 16) prob("security_group_ids", "at most 16 security groups per ENI");
+    if (v.security_group_ids.length + v.security_group_names.length > 16)
+      prob("security_group_ids", "at most 16 security groups per ENI");
     if (v.description.length > 255) prob("description", "at most 255 characters");
     for (const [tk, tv] of Object.entries(v.tags)) {
-      if (tk.startsWith("aws:") || tk.startsWith("eni-dpdk:")) prob("tags", `tag key "${tk}" is reserved (aws: and eni-dpdk: prefixes)`);
-      if (tk.length > 128 || tv.length > 256) prob("tags", `tag "${tk}" exceeds EC2 limits (key 128, value 256 characters)`);
+      if (tk.startsWith("aws:") || tk.startsWith("eni-dpdk:"))
+        prob("tags", `tag key "${tk}" is reserved (aws: and eni-dpdk: prefixes)`);
+      if (tk.length > 128 || tv.length > 256)
+        prob("tags", `tag "${tk}" exceeds EC2 limits (key 128, value 256 characters)`);
     }
     const dp: EniDpdkConfig = {
       enabled: (p.dpdk.enabled as boolean | undefined) ?? config.dpdk.enabled,
@@ -576,13 +687,23 @@ export function buildConfig(layers: Layer[]): EffectiveConfig {
       resource_name: (p.dpdk.resource_name as string | undefined) ?? "",
       pci_address: (p.dpdk.pci_address as string | undefined) ?? "",
     };
-    if (p.dpdk.driver !== undefined && !(DPDK_DRIVERS as readonly string[]).includes(dp.driver)) prob("dpdk.driver", `expected one of ${DPDK_DRIVERS.join(", ")}, got "${dp.driver}"`);
+    if (p.dpdk.driver !== undefined && !(DPDK_DRIVERS as readonly string[]).includes(dp.driver))
+      prob("dpdk.driver", `expected one of ${DPDK_DRIVERS.join(", ")}, got "${dp.driver}"`);
     if (dp.enabled) {
-      if (!dp.resource_name) prob("dpdk.resource_name", 'required when DPDK is enabled, e.g. "amazon.com/ena_dpdk" (or set dpdk.enabled = false for a kernel ENI)');
-      else for (const m of resourceNameProblems(dp.resource_name, config.sriov.resource_prefix)) prob("dpdk.resource_name", m);
+      if (!dp.resource_name)
+        prob(
+          "dpdk.resource_name",
+          'required when DPDK is enabled, e.g. "amazon.com/ena_dpdk" (or set dpdk.enabled = false for a kernel ENI)',
+        );
+      else
+        for (const m of resourceNameProblems(dp.resource_name, config.sriov.resource_prefix))
+          prob("dpdk.resource_name", m);
     }
     if (dp.pci_address && !BDF_RE.test(dp.pci_address)) {
-      prob("dpdk.pci_address", `expected a PCI address DDDD:BB:DD.F in lower-case hex (e.g. 0000:00:06.0), got "${dp.pci_address}"`);
+      prob(
+        "dpdk.pci_address",
+        `expected a PCI address DDDD:BB:DD.F in lower-case hex (e.g. 0000:00:06.0), got "${dp.pci_address}"`,
+      );
     }
     if (dp.pci_address) {
       const other = byPci.get(dp.pci_address);
@@ -592,15 +713,24 @@ export function buildConfig(layers: Layer[]): EffectiveConfig {
     if (typeof v.device_index === "number") {
       const key = `${v.network_card_index}/${v.device_index}`;
       const other = byIndex.get(key);
-      if (other) prob("device_index", `device index ${v.device_index} on network card ${v.network_card_index} is also used by ENI "${other}"`);
+      if (other)
+        prob(
+          "device_index",
+          `device index ${v.device_index} on network card ${v.network_card_index} is also used by ENI "${other}"`,
+        );
       else byIndex.set(key, name);
     }
     config.eni.push({ ...(v as Omit<EniConfig, "dpdk">), name, dpdk: dp });
-    for (const k of eniKeys) if (k !== "dpdk") origin[`eni.${name}.${k}`] = p.origin[k] ?? "default";
-    for (const k of eniDpdkKeys) origin[`eni.${name}.dpdk.${k}`] = p.origin[`dpdk.${k}`] ?? (k === "enabled" || k === "driver" ? `${origin[`dpdk.${k}`]} ([dpdk].${k})` : "default");
+    for (const k of eniKeys)
+      if (k !== "dpdk") origin[`eni.${name}.${k}`] = p.origin[k] ?? "default";
+    for (const k of eniDpdkKeys)
+      origin[`eni.${name}.dpdk.${k}`] =
+        p.origin[`dpdk.${k}`] ??
+        (k === "enabled" || k === "driver" ? `${origin[`dpdk.${k}`]} ([dpdk].${k})` : "default");
   }
-  config.eni.sort((a, b) => a.network_card_index - b.network_card_index || a.device_index - b.device_index);
+  config.eni.sort(
+    (a, b) => a.network_card_index - b.network_card_index || a.device_index - b.device_index,
+  );
   if (problems.length) throw new InputError(problems);
   return { config, origin, warnings };
 }
-

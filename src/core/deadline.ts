@@ -63,7 +63,10 @@ export async function pollUntil<T>(
   probe: () => Promise<T | undefined | false> | T | undefined | false,
   opts: { within?: number; deadline?: Deadline; backoff?: Backoff },
 ): Promise<T | undefined> {
-  const until = Math.min(Date.now() + (opts.within ?? Infinity), opts.deadline ? Date.now() + opts.deadline.remaining() : Infinity);
+  const until = Math.min(
+    Date.now() + (opts.within ?? Infinity),
+    opts.deadline ? Date.now() + opts.deadline.remaining() : Infinity,
+  );
   const backoff = opts.backoff ?? SETTLE;
   for (let attempt = 0; ; attempt++) {
     const v = await probe();

@@ -18,7 +18,10 @@ export function formatProblem(p: Problem): string {
 /** Bad input. Raised before any mutation; exit code 2. */
 export class InputError extends Error {
   readonly exitCode = 2;
-  constructor(readonly problems: Problem[], readonly hint = "fix the input and run `eni-dpdk validate` again") {
+  constructor(
+    readonly problems: Problem[],
+    readonly hint = "fix the input and run `eni-dpdk validate` again",
+  ) {
     super(problems.map(formatProblem).join("\n"));
     this.name = "InputError";
   }

@@ -19,7 +19,10 @@ export async function loadEc2Sdk(): Promise<typeof import("@aws-sdk/client-ec2")
 
 /** The SDK's credential chain and SigV4 signer, for the EKS token. */
 export async function loadEksSigning() {
-  const { defaultProvider } = interop(await import("@aws-sdk/credential-provider-node"), "defaultProvider");
+  const { defaultProvider } = interop(
+    await import("@aws-sdk/credential-provider-node"),
+    "defaultProvider",
+  );
   const { SignatureV4 } = interop(await import("@smithy/signature-v4"), "SignatureV4");
   const { Sha256 } = interop(await import("@smithy/core/checksum"), "Sha256");
   return { defaultProvider, SignatureV4, Sha256 };

@@ -27,10 +27,18 @@ export class Logger {
     return new Logger(this.level, this.format, this.sink, { ...this.base, ...fields });
   }
 
-  debug(msg: string, fields: Fields = {}): void { this.emit("debug", msg, fields); }
-  info(msg: string, fields: Fields = {}): void { this.emit("info", msg, fields); }
-  warn(msg: string, fields: Fields = {}): void { this.emit("warn", msg, fields); }
-  error(msg: string, fields: Fields = {}): void { this.emit("error", msg, fields); }
+  debug(msg: string, fields: Fields = {}): void {
+    this.emit("debug", msg, fields);
+  }
+  info(msg: string, fields: Fields = {}): void {
+    this.emit("info", msg, fields);
+  }
+  warn(msg: string, fields: Fields = {}): void {
+    this.emit("warn", msg, fields);
+  }
+  error(msg: string, fields: Fields = {}): void {
+    this.emit("error", msg, fields);
+  }
 
   enabled(level: Level): boolean {
     return rank[level] >= rank[this.level];

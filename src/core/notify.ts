@@ -20,7 +20,11 @@ export interface SdNotifyAddon {
   sendState(state: string): void;
 }
 
-export async function createNotifier(env: NodeJS.ProcessEnv, log: Logger, addonLoader: (log: Logger) => SdNotifyAddon | undefined = loadAddon): Promise<Notifier> {
+export async function createNotifier(
+  env: NodeJS.ProcessEnv,
+  log: Logger,
+  addonLoader: (log: Logger) => SdNotifyAddon | undefined = loadAddon,
+): Promise<Notifier> {
   const watchdogMs = () => {
     const usec = Number(env.WATCHDOG_USEC);
     const pid = env.WATCHDOG_PID ? Number(env.WATCHDOG_PID) : process.pid;
@@ -37,8 +41,16 @@ export async function createNotifier(env: NodeJS.ProcessEnv, log: Logger, addonL
     : async (...assignments: string[]) => {
         // --no-block: without it systemd-notify follows up with a BARRIER=1 datagram sent from its
         // own pid, which NotifyAccess=main rejects with a warning in the journal at every call.
-        const r = await run(["systemd-notify", "--no-block", ...assignments], { timeoutMs: 5000, env: { NOTIFY_SOCKET: env.NOTIFY_SOCKET } });
-        if (r.code !== 0) log.warn("systemd-notify failed", { code: r.code, stderr: r.stderr.trim(), next: "check NotifyAccess= in the unit" });
+        const r = await run(["systemd-notify", "--no-block", ...assignments], {
+          timeoutMs: 5000,
+          env: { NOTIFY_SOCKET: env.NOTIFY_SOCKET },
+        });
+        if (r.code !== 0)
+          log.warn("systemd-notify failed", {
+            code: r.code,
+            stderr: r.stderr.trim(),
+            next: "check NotifyAccess= in the unit",
+          });
       };
   return {
     via: addon ? "sd-notify" : "systemd-notify",

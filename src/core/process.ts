@@ -27,11 +27,18 @@ export function childEnv(extra: Record<string, string | undefined> = {}): Record
 }
 
 /** Spawn a program with an argv array (never a shell) and collect its output. */
-export function run(argv: string[], opts: { timeoutMs?: number; env?: Record<string, string | undefined>; input?: string } = {}): Promise<RunResult> {
+export function run(
+  argv: string[],
+  opts: { timeoutMs?: number; env?: Record<string, string | undefined>; input?: string } = {},
+): Promise<RunResult> {
   const [cmd, ...args] = argv;
   if (!cmd) throw new Error("run: empty argv");
   return new Promise((resolve, reject) => {
-    const child = spawn(cmd, args, { stdio: ["pipe", "pipe", "pipe"], env: childEnv(opts.env), shell: false });
+    const child = spawn(cmd, args, {
+      stdio: ["pipe", "pipe", "pipe"],
+      env: childEnv(opts.env),
+      shell: false,
+    });
     // Our own timer, not spawn's `timeout`: when the program does not exist, Node emits `error` and
     // `close` but never `exit`, and spawn's timer would then hold the process open until it fires.
     const timer = setTimeout(() => child.kill("SIGKILL"), opts.timeoutMs ?? 60_000);
@@ -46,7 +53,11 @@ export function run(argv: string[], opts: { timeoutMs?: number; env?: Record<str
     child.on("close", (code, signal) => {
       clearTimeout(timer);
       // killed by a signal: 128 + its number, as a shell reports it
-      resolve({ code: code ?? (signal ? 128 + (osConstants.signals[signal] ?? 0) : 1), stdout, stderr });
+      resolve({
+        code: code ?? (signal ? 128 + (osConstants.signals[signal] ?? 0) : 1),
+        stdout,
+        stderr,
+      });
     });
     // A child that exits (or never starts) before reading stdin gives EPIPE; unhandled, it would crash us.
     child.stdin.on("error", () => {});

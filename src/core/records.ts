@@ -3,7 +3,10 @@
 // keys up with `own` and writes into `nullRecord`s, and these names are never accepted as keys.
 
 /** Object.prototype's members, plus `prototype`: never a key in any input. */
-export const FORBIDDEN_KEYS: ReadonlySet<string> = new Set([...Object.getOwnPropertyNames(Object.prototype), "prototype"]);
+export const FORBIDDEN_KEYS: ReadonlySet<string> = new Set([
+  ...Object.getOwnPropertyNames(Object.prototype),
+  "prototype",
+]);
 
 export function isForbiddenKey(key: string): boolean {
   return FORBIDDEN_KEYS.has(key);
@@ -24,14 +27,18 @@ export function lookupTable<T>(entries: Record<string, T>): Readonly<Record<stri
   return Object.freeze(Object.assign(nullRecord<T>(), entries));
 }
 
-export const FORBIDDEN_KEY_MESSAGE = "is an Object.prototype member name, which is never a valid key";
+export const FORBIDDEN_KEY_MESSAGE =
+  "is an Object.prototype member name, which is never a valid key";
 
 /** Stable JSON (keys sorted at every level): equal values give equal text, whatever the key order. */
 export function stableJson(v: unknown): string {
   if (Array.isArray(v)) return `[${v.map(stableJson).join(",")}]`;
   if (v !== null && typeof v === "object") {
     const o = v as Record<string, unknown>;
-    return `{${Object.keys(o).sort().map((k) => `${JSON.stringify(k)}:${stableJson(o[k])}`).join(",")}}`;
+    return `{${Object.keys(o)
+      .sort()
+      .map((k) => `${JSON.stringify(k)}:${stableJson(o[k])}`)
+      .join(",")}}`;
   }
   return JSON.stringify(v) ?? "null";
 }

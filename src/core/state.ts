@@ -5,14 +5,19 @@
 // rolled back by the next one (recoverInflight in pci.ts) before anything else.
 import { InputError } from "./errors.js";
 import { RUN_DIR, VAR_DIR, type Host } from "../host/host.js";
-import { BDF_RE, DRIVER_NAME_RE as DRIVER_RE, HEX4_RE, INSTANCE_ID_RE, MAC_RE } from "../config/facts.js";
+import {
+  BDF_RE,
+  DRIVER_NAME_RE as DRIVER_RE,
+  HEX4_RE,
+  INSTANCE_ID_RE,
+  MAC_RE,
+} from "../config/facts.js";
 import { nullRecord } from "./records.js";
 
 export const STATE_PATH = `${VAR_DIR}/state.json`;
 export const JOURNAL_PATH = `${VAR_DIR}/inflight.json`;
 /** The last apply, for `status` and the SRE: /run, so it starts empty at every boot. */
 export const STATUS_PATH = `${RUN_DIR}/status.json`;
-
 
 /** An ENI as the ENI stage left it. */
 export interface EniRecord {
@@ -70,7 +75,13 @@ export interface State {
 }
 
 export function emptyState(): State {
-  return { version: 1, enis: nullRecord(), bindings: nullRecord(), sriov: { owned: [] }, networkdFiles: [] };
+  return {
+    version: 1,
+    enis: nullRecord(),
+    bindings: nullRecord(),
+    sriov: { owned: [] },
+    networkdFiles: [],
+  };
 }
 
 const corrupt = (host: Host, file: string, key: string, message: string) =>
@@ -92,49 +103,97 @@ export async function loadState(host: Host): Promise<State> {
   } catch (e) {
     throw corrupt(host, STATE_PATH, "(file)", `not valid JSON (${(e as Error).message})`);
   }
-  if (!isObj(parsed) || parsed.version !== 1) throw corrupt(host, STATE_PATH, "version", "expected a JSON object with version 1");
+  if (!isObj(parsed) || parsed.version !== 1)
+    throw corrupt(host, STATE_PATH, "version", "expected a JSON object with version 1");
   const s = emptyState();
   if (parsed.instanceId !== undefined) {
-    if (typeof parsed.instanceId !== "string" || !INSTANCE_ID_RE.test(parsed.instanceId)) throw corrupt(host, STATE_PATH, "instanceId", "expected an instance id i-…");
+    if (typeof parsed.instanceId !== "string" || !INSTANCE_ID_RE.test(parsed.instanceId))
+      throw corrupt(host, STATE_PATH, "instanceId", "expected an instance id i-…");
     s.instanceId = parsed.instanceId;
   }
   if (parsed.primary !== undefined) {
     const p = parsed.primary;
-    if (!isObj(p) || typeof p.mac !== "string" || !MAC_RE.test(p.mac) || (p.bdf !== undefined && (typeof p.bdf !== "string" || !BDF_RE.test(p.bdf)))) {
+    if (
+      !isObj(p) ||
+      typeof p.mac !== "string" ||
+      !MAC_RE.test(p.mac) ||
+      (p.bdf !== undefined && (typeof p.bdf !== "string" || !BDF_RE.test(p.bdf)))
+    ) {
       throw corrupt(host, STATE_PATH, "primary", "expected {mac, bdf?, deviceZeroMacs}");
     }
-    const zero = Array.isArray(p.deviceZeroMacs) ? p.deviceZeroMacs.filter((m): m is string => typeof m === "string" && MAC_RE.test(m)) : [];
-    s.primary = { mac: p.mac, ...(p.bdf ? { bdf: p.bdf as string } : {}), deviceZeroMacs: zero };
+    const zero = Array.isArray(p.deviceZeroMacs)
+      ? p.deviceZeroMacs.filter((m): m is string => typeof m === "string" && MAC_RE.test(m))
+      : [];
+    s.primary = { mac: p.mac, ...(p.bdf ? { bdf: p.bdf } : {}), deviceZeroMacs: zero };
   }
-  for (const [key, table] of [["enis", s.enis], ["bindings", s.bindings]] as const) {
+  for (const [key, table] of [
+    ["enis", s.enis],
+    ["bindings", s.bindings],
+  ] as const) {
     const v = parsed[key];
     if (v === undefined) continue;
     if (!isObj(v)) throw corrupt(host, STATE_PATH, key, "expected an object");
     for (const [k, r] of Object.entries(v)) (table as Record<string, unknown>)[k] = r;
   }
   for (const [name, e] of Object.entries(s.enis)) {
-    if (!isObj(e) || e.name !== name || typeof e.eniId !== "string" || typeof e.mac !== "string" || !(e.mac === "" || MAC_RE.test(e.mac))) {
-      throw corrupt(host, STATE_PATH, `enis.${name}`, "expected an ENI record {name, eniId, mac, …} keyed by its name");
+    if (
+      !isObj(e) ||
+      e.name !== name ||
+      typeof e.eniId !== "string" ||
+      typeof e.mac !== "string" ||
+      !(e.mac === "" || MAC_RE.test(e.mac))
+    ) {
+      throw corrupt(
+        host,
+        STATE_PATH,
+        `enis.${name}`,
+        "expected an ENI record {name, eniId, mac, …} keyed by its name",
+      );
     }
   }
   for (const [mac, b] of Object.entries(s.bindings)) {
     // The BDF and driver names become sysfs paths: a record that could point elsewhere is refused.
     const ok =
-      isObj(b) && b.mac === mac && MAC_RE.test(mac) && typeof b.bdf === "string" && BDF_RE.test(b.bdf) &&
-      typeof b.vendor === "string" && HEX4_RE.test(b.vendor) && typeof b.device === "string" && HEX4_RE.test(b.device) &&
-      typeof b.driver === "string" && DRIVER_RE.test(b.driver) &&
-      typeof b.originalDriver === "string" && (b.originalDriver === "" || DRIVER_RE.test(b.originalDriver)) && typeof b.eniName === "string";
-    if (!ok) throw corrupt(host, STATE_PATH, `bindings.${mac}`, "expected a binding {mac, bdf DDDD:BB:DD.F, vendor, device, driver, originalDriver, eniName} keyed by its MAC");
+      isObj(b) &&
+      b.mac === mac &&
+      MAC_RE.test(mac) &&
+      typeof b.bdf === "string" &&
+      BDF_RE.test(b.bdf) &&
+      typeof b.vendor === "string" &&
+      HEX4_RE.test(b.vendor) &&
+      typeof b.device === "string" &&
+      HEX4_RE.test(b.device) &&
+      typeof b.driver === "string" &&
+      DRIVER_RE.test(b.driver) &&
+      typeof b.originalDriver === "string" &&
+      (b.originalDriver === "" || DRIVER_RE.test(b.originalDriver)) &&
+      typeof b.eniName === "string";
+    if (!ok)
+      throw corrupt(
+        host,
+        STATE_PATH,
+        `bindings.${mac}`,
+        "expected a binding {mac, bdf DDDD:BB:DD.F, vendor, device, driver, originalDriver, eniName} keyed by its MAC",
+      );
   }
   if (isObj(parsed.sriov)) {
     const owned = parsed.sriov.owned;
     s.sriov = {
-      ...(typeof parsed.sriov.configPath === "string" ? { configPath: parsed.sriov.configPath } : {}),
+      ...(typeof parsed.sriov.configPath === "string"
+        ? { configPath: parsed.sriov.configPath }
+        : {}),
       owned: Array.isArray(owned) ? owned.filter((x): x is string => typeof x === "string") : [],
     };
   }
-  if (Array.isArray(parsed.networkdFiles)) s.networkdFiles = parsed.networkdFiles.filter((x): x is string => typeof x === "string" && x.startsWith("/") && !x.includes(".."));
-  if (isObj(parsed.nodeeni) && typeof parsed.nodeeni.fetchedAt === "string" && Array.isArray(parsed.nodeeni.items)) {
+  if (Array.isArray(parsed.networkdFiles))
+    s.networkdFiles = parsed.networkdFiles.filter(
+      (x): x is string => typeof x === "string" && x.startsWith("/") && !x.includes(".."),
+    );
+  if (
+    isObj(parsed.nodeeni) &&
+    typeof parsed.nodeeni.fetchedAt === "string" &&
+    Array.isArray(parsed.nodeeni.items)
+  ) {
     s.nodeeni = { fetchedAt: parsed.nodeeni.fetchedAt, items: parsed.nodeeni.items };
   }
   return s;
@@ -151,7 +210,9 @@ export async function saveState(host: Host, s: State): Promise<void> {
  */
 function serialize(s: unknown): string {
   const sortKeys = (_k: string, v: unknown) =>
-    v && typeof v === "object" && !Array.isArray(v) ? Object.fromEntries(Object.entries(v).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) : v;
+    v && typeof v === "object" && !Array.isArray(v)
+      ? Object.fromEntries(Object.entries(v).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)))
+      : v;
   return JSON.stringify(s, sortKeys, 2) + "\n";
 }
 
@@ -190,17 +251,35 @@ export async function journalPending(host: Host): Promise<InflightOp[]> {
   if (!ops) throw corrupt(host, JOURNAL_PATH, "ops", "expected {ops: [...]}");
   return ops.map((o, i) => {
     const ok =
-      isObj(o) && (o.op === "bind" || o.op === "restore") && typeof o.bdf === "string" && BDF_RE.test(o.bdf) &&
-      typeof o.vendor === "string" && HEX4_RE.test(o.vendor) && typeof o.device === "string" && HEX4_RE.test(o.device) &&
-      typeof o.from === "string" && (o.from === "" || DRIVER_RE.test(o.from)) && typeof o.to === "string" && (o.to === "" || DRIVER_RE.test(o.to)) &&
+      isObj(o) &&
+      (o.op === "bind" || o.op === "restore") &&
+      typeof o.bdf === "string" &&
+      BDF_RE.test(o.bdf) &&
+      typeof o.vendor === "string" &&
+      HEX4_RE.test(o.vendor) &&
+      typeof o.device === "string" &&
+      HEX4_RE.test(o.device) &&
+      typeof o.from === "string" &&
+      (o.from === "" || DRIVER_RE.test(o.from)) &&
+      typeof o.to === "string" &&
+      (o.to === "" || DRIVER_RE.test(o.to)) &&
       (o.mac === undefined || (typeof o.mac === "string" && MAC_RE.test(o.mac)));
-    if (!ok) throw corrupt(host, JOURNAL_PATH, `ops[${i}]`, "expected {op: bind|restore, bdf, vendor, device, from, to, mac?}");
+    if (!ok)
+      throw corrupt(
+        host,
+        JOURNAL_PATH,
+        `ops[${i}]`,
+        "expected {op: bind|restore, bdf, vendor, device, from, to, mac?}",
+      );
     return o as unknown as InflightOp;
   });
 }
 
 /** Record an operation durably (fsync) before its first sysfs write. One entry per device. */
-export async function journalBegin(host: Host, op: Omit<InflightOp, "startedAt" | "pid">): Promise<void> {
+export async function journalBegin(
+  host: Host,
+  op: Omit<InflightOp, "startedAt" | "pid">,
+): Promise<void> {
   const ops = (await journalPending(host)).filter((o) => o.bdf !== op.bdf);
   ops.push({ ...op, startedAt: new Date().toISOString(), pid: process.pid });
   await host.writeFileAtomic(JOURNAL_PATH, serialize({ ops }), 0o600);

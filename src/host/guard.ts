@@ -21,32 +21,41 @@ export async function readRoutes(host: Host): Promise<RouteFacts> {
   for (const line of v4.split("\n").slice(1)) {
     const f = line.trim().split(/\s+/);
     if (f.length < 8) continue;
-    const [iface, dest, , flags, , , , mask] = f as [string, string, string, string, string, string, string, string];
+    const [iface, dest, , flags, , , , mask] = f as [
+      string,
+      string,
+      string,
+      string,
+      string,
+      string,
+      string,
+      string,
+    ];
     const fl = parseInt(flags, 16);
     if (!(fl & 0x1) || fl & 0x200) continue; // not RTF_UP, or RTF_REJECT
     const d = parseInt(dest, 16) >>> 0;
     const m = parseInt(mask, 16) >>> 0;
     if (d === 0 && m === 0) facts.defaultV4.add(iface);
-    if (((imds4 & m) >>> 0) === ((d & m) >>> 0)) facts.imds.add(iface);
+    if ((imds4 & m) >>> 0 === (d & m) >>> 0) facts.imds.add(iface);
   }
   const v6 = (await host.read("/proc/net/ipv6_route")) ?? "";
   const imds6 = expandV6(IMDS_IPV6);
   for (const line of v6.split("\n")) {
     const f = line.trim().split(/\s+/);
     if (f.length < 10) continue;
-    const [dest, plenHex, , , , , , , flags, iface] = f as string[];
-    const fl = parseInt(flags!, 16);
+    const [dest, plenHex, , , , , , , flags, iface] = f;
+    const fl = parseInt(flags, 16);
     if (iface === "lo" || fl & 0x200) continue;
-    const plen = parseInt(plenHex!, 16);
-    if (plen === 0) facts.defaultV6.add(iface!);
-    if (prefixMatch(imds6, dest!, plen)) facts.imds.add(iface!);
+    const plen = parseInt(plenHex, 16);
+    if (plen === 0) facts.defaultV6.add(iface);
+    if (prefixMatch(imds6, dest, plen)) facts.imds.add(iface);
   }
   return facts;
 }
 
 function leU32(ip: string): number {
   const o = ip.split(".").map(Number);
-  return (o[0]! | (o[1]! << 8) | (o[2]! << 16) | (o[3]! << 24)) >>> 0;
+  return (o[0] | (o[1] << 8) | (o[2] << 16) | (o[3] << 24)) >>> 0;
 }
 
 function expandV6(addr: string): string {
@@ -58,7 +67,8 @@ function expandV6(addr: string): string {
 }
 
 function prefixMatch(a: string, b: string, plen: number): boolean {
-  const bits = (hex: string) => [...hex].map((c) => parseInt(c, 16).toString(2).padStart(4, "0")).join("");
+  const bits = (hex: string) =>
+    [...hex].map((c) => parseInt(c, 16).toString(2).padStart(4, "0")).join("");
   return bits(a).slice(0, plen) === bits(b.toLowerCase()).slice(0, plen);
 }
 
@@ -100,7 +110,12 @@ export function guardFacts(a: {
   for (const m of a.primary?.deviceZeroMacs ?? []) add(m);
   const owned = new Set([...a.ownedMacs].map((m) => m.toLowerCase()));
   for (const m of primaryMacs) owned.delete(m);
-  return { primaryMacs, primaryBdfs: new Set(a.primary?.bdf ? [a.primary.bdf] : []), routes: a.routes, ownedMacs: owned };
+  return {
+    primaryMacs,
+    primaryBdfs: new Set(a.primary?.bdf ? [a.primary.bdf] : []),
+    routes: a.routes,
+    ownedMacs: owned,
+  };
 }
 
 export interface GuardVerdict {
@@ -111,13 +126,23 @@ export interface GuardVerdict {
 }
 
 /** Why this NIC must not be bound; both lists empty when it may be. */
-export function guardViolations(g: GuardFacts, nic: { mac?: string; bdf?: string; ifname?: string }): GuardVerdict {
+export function guardViolations(
+  g: GuardFacts,
+  nic: { mac?: string; bdf?: string; ifname?: string },
+): GuardVerdict {
   const v: GuardVerdict = { never: [], unlessForced: [] };
   const mac = nic.mac?.toLowerCase();
-  if (mac && g.primaryMacs.has(mac)) v.never.push(`${mac} is the primary ENI (IMDS meta-data/mac or device-number 0)`);
-  if (nic.bdf && g.primaryBdfs.has(nic.bdf)) v.never.push(`${nic.bdf} is the primary ENI's device (recorded at the last apply)`);
-  if (nic.ifname) for (const r of routeReasons(g.routes, nic.ifname)) v.unlessForced.push(`${nic.ifname} carries ${r}`);
-  if (!mac) v.unlessForced.push(`${nic.bdf ?? "the device"} has no netdev and no state record, so its ENI cannot be verified by MAC`);
+  if (mac && g.primaryMacs.has(mac))
+    v.never.push(`${mac} is the primary ENI (IMDS meta-data/mac or device-number 0)`);
+  if (nic.bdf && g.primaryBdfs.has(nic.bdf))
+    v.never.push(`${nic.bdf} is the primary ENI's device (recorded at the last apply)`);
+  if (nic.ifname)
+    for (const r of routeReasons(g.routes, nic.ifname))
+      v.unlessForced.push(`${nic.ifname} carries ${r}`);
+  if (!mac)
+    v.unlessForced.push(
+      `${nic.bdf ?? "the device"} has no netdev and no state record, so its ENI cannot be verified by MAC`,
+    );
   else if (!g.ownedMacs.has(mac)) v.unlessForced.push("no managed ENI owns it");
   return v;
 }

@@ -1,7 +1,15 @@
 // The one host layer: every path under /sys, /proc, /dev, /etc, /run, /var/lib is resolved under a
 // root, so the same code runs on a fake root in unit tests, on a real kernel in QEMU, and on EC2.
 import { spawn } from "node:child_process";
-import { constants as fsc, lstatSync, promises as fs, readdirSync, readFileSync, readlinkSync, statSync } from "node:fs";
+import {
+  constants as fsc,
+  lstatSync,
+  promises as fs,
+  readdirSync,
+  readFileSync,
+  readlinkSync,
+  statSync,
+} from "node:fs";
 import path from "node:path";
 import { OpError } from "../core/errors.js";
 import { pollUntil, SETTLE } from "../core/deadline.js";
@@ -10,7 +18,6 @@ import { childEnv, pidAlive } from "../core/process.js";
 export function resolveRoot(flag?: string, env: NodeJS.ProcessEnv = process.env): string {
   return path.resolve(flag || env.ENI_DPDK_ROOT || "/");
 }
-
 
 /** The host-wide lock (flock). */
 export const LOCK_PATH = "/run/eni-dpdk.lock";
@@ -40,7 +47,10 @@ export class Host {
    * on a write before the write returns, so the first read shows it; the bound serves the simulated
    * kernel, whose reactor answers a moment later, and failures, which are only failures after it.
    */
-  settled<T>(probe: () => Promise<T | undefined | false> | T | undefined | false, ms = this.settleMs): Promise<T | undefined> {
+  settled<T>(
+    probe: () => Promise<T | undefined | false> | T | undefined | false,
+    ms = this.settleMs,
+  ): Promise<T | undefined> {
     return pollUntil(probe, { within: ms, backoff: SETTLE });
   }
 
@@ -193,7 +203,8 @@ export class Host {
    */
   async ensureDir(abs: string, mode = 0o755): Promise<void> {
     const missing: string[] = [];
-    for (let d = abs; d !== "/" && !(await this.exists(d)); d = path.posix.dirname(d)) missing.unshift(d);
+    for (let d = abs; d !== "/" && !(await this.exists(d)); d = path.posix.dirname(d))
+      missing.unshift(d);
     for (const d of missing) {
       const want = OWN_DIRS.has(d) ? ownDirMode(d) : mode;
       try {
@@ -221,15 +232,32 @@ export class Host {
       }
       const where = this.path(d);
       if (st.isSymbolicLink()) {
-        throw new OpError(`${where} is a symlink (to ${readlinkSync(where)}); eni-dpdk never writes through a symlinked directory of its own`, `replace it with a real directory: rm ${where} && mkdir -m ${ownDirMode(d).toString(8)} ${where}; nothing was changed`, { path: where });
+        throw new OpError(
+          `${where} is a symlink (to ${readlinkSync(where)}); eni-dpdk never writes through a symlinked directory of its own`,
+          `replace it with a real directory: rm ${where} && mkdir -m ${ownDirMode(d).toString(8)} ${where}; nothing was changed`,
+          { path: where },
+        );
       }
-      if (!st.isDirectory()) throw new OpError(`${where} is not a directory`, `move it aside; eni-dpdk recreates ${where}; nothing was changed`, { path: where });
+      if (!st.isDirectory())
+        throw new OpError(
+          `${where} is not a directory`,
+          `move it aside; eni-dpdk recreates ${where}; nothing was changed`,
+          { path: where },
+        );
       if (st.mode & 0o022) {
-        throw new OpError(`${where} is writable by group or others (mode ${(st.mode & 0o777).toString(8)})`, `chmod go-w ${where}; nothing was changed`, { path: where });
+        throw new OpError(
+          `${where} is writable by group or others (mode ${(st.mode & 0o777).toString(8)})`,
+          `chmod go-w ${where}; nothing was changed`,
+          { path: where },
+        );
       }
       const euid = process.geteuid?.();
       if (euid !== undefined && st.uid !== 0 && st.uid !== euid) {
-        throw new OpError(`${where} is owned by uid ${st.uid}, not root`, `chown root: ${where}; nothing was changed`, { path: where });
+        throw new OpError(
+          `${where} is owned by uid ${st.uid}, not root`,
+          `chown root: ${where}; nothing was changed`,
+          { path: where },
+        );
       }
     }
   }
@@ -267,10 +295,14 @@ export class Host {
   async acquireLock(timeoutMs = 120_000): Promise<{ release(): Promise<void> }> {
     const lockPath = this.path(LOCK_PATH);
     await this.ensureDir(path.posix.dirname(LOCK_PATH));
-    const child = spawn("flock", ["--exclusive", "--timeout", String(Math.ceil(timeoutMs / 1000)), lockPath, "cat"], {
-      stdio: ["pipe", "pipe", "pipe"],
-      env: childEnv(),
-    });
+    const child = spawn(
+      "flock",
+      ["--exclusive", "--timeout", String(Math.ceil(timeoutMs / 1000)), lockPath, "cat"],
+      {
+        stdio: ["pipe", "pipe", "pipe"],
+        env: childEnv(),
+      },
+    );
     const held = new Promise<void>((resolve, reject) => {
       let out = "";
       let err = "";
@@ -280,7 +312,12 @@ export class Host {
       });
       child.stderr.on("data", (d: Buffer) => (err += d.toString()));
       child.on("error", (e) =>
-        reject(new OpError(`cannot take the host lock ${lockPath}: ${e.message}`, "install util-linux (flock)")),
+        reject(
+          new OpError(
+            `cannot take the host lock ${lockPath}: ${e.message}`,
+            "install util-linux (flock)",
+          ),
+        ),
       );
       child.on("exit", (code) =>
         reject(
@@ -296,7 +333,9 @@ export class Host {
     return {
       release: () => {
         child.stdin.end();
-        return new Promise<void>((r) => (child.exitCode !== null ? r() : child.once("exit", () => r())));
+        return new Promise<void>((r) =>
+          child.exitCode !== null ? r() : child.once("exit", () => r()),
+        );
       },
     };
   }

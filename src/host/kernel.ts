@@ -10,7 +10,8 @@ import { PCI_DEVICES } from "./pci.js";
 
 export const NOIOMMU_PARAM = "/sys/module/vfio/parameters/enable_unsafe_noiommu_mode";
 export const HUGEPAGES_DIR = "/sys/kernel/mm/hugepages";
-export const WC_FIX_URL = "https://github.com/amzn/amzn-drivers/tree/master/userspace/dpdk/enav2-vfio-patch";
+export const WC_FIX_URL =
+  "https://github.com/amzn/amzn-drivers/tree/master/userspace/dpdk/enav2-vfio-patch";
 
 export interface KernelFacts {
   iommuPresent: boolean;
@@ -39,16 +40,35 @@ export function needsNoiommu(mode: "auto" | "on" | "off", iommuPresent: boolean)
   return mode === "on" || (mode === "auto" && !iommuPresent);
 }
 
-const MODULE_OF: Record<DpdkDriver, string> = { "vfio-pci": "vfio-pci", uio_pci_generic: "uio_pci_generic", igb_uio: "igb_uio" };
+const MODULE_OF: Record<DpdkDriver, string> = {
+  "vfio-pci": "vfio-pci",
+  uio_pci_generic: "uio_pci_generic",
+  igb_uio: "igb_uio",
+};
 
 /** What setupKernel would do, as actions; empty when the kernel is ready. */
-export async function planKernel(host: Host, drivers: DpdkDriver[], noiommu: "auto" | "on" | "off"): Promise<Action[]> {
+export async function planKernel(
+  host: Host,
+  drivers: DpdkDriver[],
+  noiommu: "auto" | "on" | "off",
+): Promise<Action[]> {
   const f = await readKernelFacts(host);
   const out: Action[] = [];
   for (const d of new Set(drivers)) {
-    if (!f.dpdkDrivers.includes(d)) out.push({ stage: "host", kind: "load-module", target: MODULE_OF[d], detail: `modprobe ${MODULE_OF[d]}${d === "igb_uio" ? " wc_activate=1" : ""}` });
+    if (!f.dpdkDrivers.includes(d))
+      out.push({
+        stage: "host",
+        kind: "load-module",
+        target: MODULE_OF[d],
+        detail: `modprobe ${MODULE_OF[d]}${d === "igb_uio" ? " wc_activate=1" : ""}`,
+      });
     if (d === "vfio-pci" && needsNoiommu(noiommu, f.iommuPresent) && f.noiommu !== "Y") {
-      out.push({ stage: "host", kind: "enable-noiommu", target: NOIOMMU_PARAM, detail: `no IOMMU on this host (noiommu = "${noiommu}"): vfio NOIOMMU mode, verified to read Y` });
+      out.push({
+        stage: "host",
+        kind: "enable-noiommu",
+        target: NOIOMMU_PARAM,
+        detail: `no IOMMU on this host (noiommu = "${noiommu}"): vfio NOIOMMU mode, verified to read Y`,
+      });
     }
   }
   return out;
@@ -75,7 +95,8 @@ export async function setupKernel(
   const log = opts.log;
   let changed = false;
   let f = await readKernelFacts(host);
-  const wantNoiommu = opts.drivers.includes("vfio-pci") && needsNoiommu(opts.noiommu, f.iommuPresent);
+  const wantNoiommu =
+    opts.drivers.includes("vfio-pci") && needsNoiommu(opts.noiommu, f.iommuPresent);
   if (opts.drivers.includes("vfio-pci") && opts.noiommu === "off" && !f.iommuPresent) {
     throw new OpError(
       'no IOMMU on this host (/sys/class/iommu is empty) and [dpdk].noiommu = "off": vfio-pci cannot bind',
@@ -84,45 +105,81 @@ export async function setupKernel(
   }
   const load = async (args: string[]) => {
     const argv = [...modprobe, ...args];
-    const r = await run(argv, { timeoutMs: 30_000 }).catch((e: Error) => ({ code: 127, stdout: "", stderr: e.message }));
+    const r = await run(argv, { timeoutMs: 30_000 }).catch((e: Error) => ({
+      code: 127,
+      stdout: "",
+      stderr: e.message,
+    }));
     log.debug("modprobe", { argv, exit: r.code });
     if (r.code !== 0) {
-      throw new OpError(`${argv.join(" ")} failed (exit ${r.code}): ${r.stderr.trim() || r.stdout.trim()}`, args[0] === "igb_uio" ? "igb_uio is out of tree: build it from dpdk-kmods for this kernel, or use vfio-pci" : `install the kernel modules for $(uname -r) (e.g. kernel-modules-extra) and retry`, { argv });
+      throw new OpError(
+        `${argv.join(" ")} failed (exit ${r.code}): ${r.stderr.trim() || r.stdout.trim()}`,
+        args[0] === "igb_uio"
+          ? "igb_uio is out of tree: build it from dpdk-kmods for this kernel, or use vfio-pci"
+          : `install the kernel modules for $(uname -r) (e.g. kernel-modules-extra) and retry`,
+        { argv },
+      );
     }
     changed = true;
   };
 
   for (const d of new Set(opts.drivers)) {
     if (d === "vfio-pci") {
-      if (!f.vfioLoaded) await load(wantNoiommu ? ["vfio", "enable_unsafe_noiommu_mode=1"] : ["vfio"]);
+      if (!f.vfioLoaded)
+        await load(wantNoiommu ? ["vfio", "enable_unsafe_noiommu_mode=1"] : ["vfio"]);
       if (!f.dpdkDrivers.includes("vfio-pci")) await load(["vfio-pci"]);
-      const ready = await host.settled(async () => (await host.exists("/sys/module/vfio")) && (await host.exists("/sys/bus/pci/drivers/vfio-pci")));
-      if (!ready) throw new OpError("vfio-pci is not registered after modprobe (no /sys/bus/pci/drivers/vfio-pci)", "check `dmesg` and `modinfo vfio-pci`", {});
+      const ready = await host.settled(
+        async () =>
+          (await host.exists("/sys/module/vfio")) &&
+          (await host.exists("/sys/bus/pci/drivers/vfio-pci")),
+      );
+      if (!ready)
+        throw new OpError(
+          "vfio-pci is not registered after modprobe (no /sys/bus/pci/drivers/vfio-pci)",
+          "check `dmesg` and `modinfo vfio-pci`",
+          {},
+        );
       if (wantNoiommu) {
         // the option is applied only when vfio loads; a loaded vfio takes the write instead
         let v = await host.settled(() => host.attr(NOIOMMU_PARAM), 300);
         if (v === undefined) {
           throw new OpError(
             `this kernel lacks NOIOMMU: ${NOIOMMU_PARAM} does not exist after loading vfio (CONFIG_VFIO_NOIOMMU is not set; modprobe ignores the option and exits 0)`,
-            "use a kernel built with CONFIG_VFIO_NOIOMMU=y, or an instance type with an IOMMU (metal) and [dpdk].noiommu = \"off\"; no device was touched",
+            'use a kernel built with CONFIG_VFIO_NOIOMMU=y, or an instance type with an IOMMU (metal) and [dpdk].noiommu = "off"; no device was touched',
             { parameter: NOIOMMU_PARAM },
           );
         }
         if (v !== "Y") {
           await host.writeAttr(NOIOMMU_PARAM, "1");
           changed = true;
-          v = await host.settled(async () => ((await host.attr(NOIOMMU_PARAM)) === "Y" ? "Y" : undefined));
-          if (v !== "Y") throw new OpError(`${NOIOMMU_PARAM} does not read Y after writing 1`, "check `dmesg`; no device was touched", {});
+          v = await host.settled(async () =>
+            (await host.attr(NOIOMMU_PARAM)) === "Y" ? "Y" : undefined,
+          );
+          if (v !== "Y")
+            throw new OpError(
+              `${NOIOMMU_PARAM} does not read Y after writing 1`,
+              "check `dmesg`; no device was touched",
+              {},
+            );
         }
         if (!securityNoticeLogged) {
           securityNoticeLogged = true;
-          log.warn("vfio NOIOMMU mode is on: DPDK processes get DMA access to all memory without IOMMU isolation (kernel taint bit 64); this is the norm on EC2 instances without an IOMMU", { parameter: NOIOMMU_PARAM });
+          log.warn(
+            "vfio NOIOMMU mode is on: DPDK processes get DMA access to all memory without IOMMU isolation (kernel taint bit 64); this is the norm on EC2 instances without an IOMMU",
+            { parameter: NOIOMMU_PARAM },
+          );
         }
       }
     } else {
-      if (!f.dpdkDrivers.includes(d)) await load(d === "igb_uio" ? ["igb_uio", "wc_activate=1"] : [d]);
+      if (!f.dpdkDrivers.includes(d))
+        await load(d === "igb_uio" ? ["igb_uio", "wc_activate=1"] : [d]);
       const ready = await host.settled(() => host.exists(`/sys/bus/pci/drivers/${d}`));
-      if (!ready) throw new OpError(`${d} is not registered after modprobe (no /sys/bus/pci/drivers/${d})`, "check `dmesg`", {});
+      if (!ready)
+        throw new OpError(
+          `${d} is not registered after modprobe (no /sys/bus/pci/drivers/${d})`,
+          "check `dmesg`",
+          {},
+        );
     }
     f = await readKernelFacts(host);
   }
@@ -156,7 +213,10 @@ export interface HugepageWant {
   pages: number;
 }
 
-export function hugepageWants(dpdk: { hugepages_2m: number; hugepages_1g: number }): HugepageWant[] {
+export function hugepageWants(dpdk: {
+  hugepages_2m: number;
+  hugepages_1g: number;
+}): HugepageWant[] {
   return [
     { sizeKb: 2048, pages: dpdk.hugepages_2m },
     { sizeKb: 1048576, pages: dpdk.hugepages_1g },
@@ -167,7 +227,12 @@ export async function planHugepages(host: Host, wants: HugepageWant[]): Promise<
   const have = await readHugepages(host);
   return wants
     .filter((w) => (have.find((h) => h.sizeKb === w.sizeKb)?.total ?? 0) < w.pages)
-    .map((w) => ({ stage: "host" as const, kind: "hugepages", target: `${HUGEPAGES_DIR}/hugepages-${w.sizeKb}kB/nr_hugepages`, detail: `reserve ${w.pages} × ${label(w.sizeKb)} pages (now ${have.find((h) => h.sizeKb === w.sizeKb)?.total ?? "unsupported"})` }));
+    .map((w) => ({
+      stage: "host" as const,
+      kind: "hugepages",
+      target: `${HUGEPAGES_DIR}/hugepages-${w.sizeKb}kB/nr_hugepages`,
+      detail: `reserve ${w.pages} × ${label(w.sizeKb)} pages (now ${have.find((h) => h.sizeKb === w.sizeKb)?.total ?? "unsupported"})`,
+    }));
 }
 
 export interface HugepageResult {
@@ -183,7 +248,11 @@ export interface HugepageResult {
  * Raise the persistent hugepage pools to at least the configured counts (never shrink: another user
  * of the pool may hold pages), then read back what the kernel really allocated and warn with figures.
  */
-export async function applyHugepages(host: Host, wants: HugepageWant[], log: Logger): Promise<HugepageResult[]> {
+export async function applyHugepages(
+  host: Host,
+  wants: HugepageWant[],
+  log: Logger,
+): Promise<HugepageResult[]> {
   const out: HugepageResult[] = [];
   for (const w of wants) {
     const file = `${HUGEPAGES_DIR}/hugepages-${w.sizeKb}kB/nr_hugepages`;
@@ -200,7 +269,14 @@ export async function applyHugepages(host: Host, wants: HugepageWant[], log: Log
     }
     await host.writeAttr(file, String(w.pages));
     // the kernel answers at once on a real host; a short allocation never reaches the target
-    const got = Number((await host.settled(async () => { const v = await host.attr(file); return v !== undefined && /^\d+$/.test(v) && v !== before ? v : undefined; }, 500)) ?? (await host.attr(file)) ?? 0);
+    const got = Number(
+      (await host.settled(async () => {
+        const v = await host.attr(file);
+        return v !== undefined && /^\d+$/.test(v) && v !== before ? v : undefined;
+      }, 500)) ??
+        (await host.attr(file)) ??
+        0,
+    );
     const r: HugepageResult = { sizeKb: w.sizeKb, wanted: w.pages, got, changed: true };
     if (got < w.pages) {
       r.warning = `the kernel allocated ${got} of ${w.pages} ${label(w.sizeKb)} hugepages (${mib(got * w.sizeKb)} of ${mib(w.pages * w.sizeKb)}): memory is fragmented or short; reserve them at boot (kernel command line hugepages=) for the full count`;
@@ -259,13 +335,23 @@ export async function writeCombiningReport(host: Host, vfioBdfs: string[]): Prom
         : { state: "uncached", detail: `PAT: ${seen.join("; ")}`, fix };
     }
   }
-  const taints = [(await host.attr("/sys/module/vfio_pci/taint")) ?? "", (await host.attr("/sys/module/vfio_pci_core/taint")) ?? ""].join("");
+  const taints = [
+    (await host.attr("/sys/module/vfio_pci/taint")) ?? "",
+    (await host.attr("/sys/module/vfio_pci_core/taint")) ?? "",
+  ].join("");
   if (taints.includes("O")) {
-    return { state: "likely", detail: "vfio-pci is an out-of-tree build (module taint O), as the write-combining patch produces; no live BAR mapping to confirm (PAT list)" };
+    return {
+      state: "likely",
+      detail:
+        "vfio-pci is an out-of-tree build (module taint O), as the write-combining patch produces; no live BAR mapping to confirm (PAT list)",
+    };
   }
   return {
     state: "unknown",
-    detail: pat === undefined ? "cannot tell: debugfs PAT list not readable and vfio-pci is the in-tree module (stock vfio-pci maps BARs uncached)" : "no live mapping of the prefetchable BAR in the PAT list (start a DPDK process to check); vfio-pci is the in-tree module",
+    detail:
+      pat === undefined
+        ? "cannot tell: debugfs PAT list not readable and vfio-pci is the in-tree module (stock vfio-pci maps BARs uncached)"
+        : "no live mapping of the prefetchable BAR in the PAT list (start a DPDK process to check); vfio-pci is the in-tree module",
     fix,
   };
 }
@@ -273,12 +359,15 @@ export async function writeCombiningReport(host: Host, vfioBdfs: string[]): Prom
 function parsePat(text: string): { start: bigint; end: bigint; type: string }[] {
   const out: { start: bigint; end: bigint; type: string }[] = [];
   for (const m of text.matchAll(/\[mem (0x[0-9a-f]+)-(0x[0-9a-f]+)\]\s+([a-z-]+)/gi)) {
-    out.push({ start: BigInt(m[1]!), end: BigInt(m[2]!), type: m[3]! });
+    out.push({ start: BigInt(m[1]), end: BigInt(m[2]), type: m[3] });
   }
   return out;
 }
 
-async function prefetchableBars(host: Host, bdf: string): Promise<{ start: bigint; end: bigint }[]> {
+async function prefetchableBars(
+  host: Host,
+  bdf: string,
+): Promise<{ start: bigint; end: bigint }[]> {
   const text = (await host.read(`${PCI_DEVICES}/${bdf}/resource`)) ?? "";
   const out: { start: bigint; end: bigint }[] = [];
   for (const line of text.split("\n").slice(0, 6)) {
@@ -286,8 +375,8 @@ async function prefetchableBars(host: Host, bdf: string): Promise<{ start: bigin
     if (!s || !e || !fl) continue;
     const flags = BigInt(fl);
     // IORESOURCE_MEM 0x200, IORESOURCE_PREFETCH 0x2000
-    if ((flags & 0x200n) !== 0n && (flags & 0x2000n) !== 0n && BigInt(e) > BigInt(s)) out.push({ start: BigInt(s), end: BigInt(e) });
+    if ((flags & 0x200n) !== 0n && (flags & 0x2000n) !== 0n && BigInt(e) > BigInt(s))
+      out.push({ start: BigInt(s), end: BigInt(e) });
   }
   return out;
 }
-

@@ -33,19 +33,32 @@ export function renderNetworkd(eniName: string, mac: string): string {
   ].join("\n");
 }
 
-export async function planNetworkd(host: Host, enis: { name: string; mac: string }[]): Promise<Action[]> {
+export async function planNetworkd(
+  host: Host,
+  enis: { name: string; mac: string }[],
+): Promise<Action[]> {
   const out: Action[] = [];
   for (const e of enis) {
     const p = networkdPath(e.name);
     if ((await host.read(p)) !== renderNetworkd(e.name, e.mac)) {
-      out.push({ stage: "host", kind: "write-networkd", target: p, detail: `Unmanaged=yes for ${e.mac.toLowerCase()} (keeps networkd and nodeadm's boot hook off it)` });
+      out.push({
+        stage: "host",
+        kind: "write-networkd",
+        target: p,
+        detail: `Unmanaged=yes for ${e.mac.toLowerCase()} (keeps networkd and nodeadm's boot hook off it)`,
+      });
     }
   }
   return out;
 }
 
 /** Write (if changed) the networkd file for one DPDK ENI and record it in the state. */
-export async function ensureNetworkdFile(host: Host, state: State, eniName: string, mac: string): Promise<boolean> {
+export async function ensureNetworkdFile(
+  host: Host,
+  state: State,
+  eniName: string,
+  mac: string,
+): Promise<boolean> {
   const p = networkdPath(eniName);
   const changed = await host.writeFileAtomic(p, renderNetworkd(eniName, mac));
   if (!state.networkdFiles.includes(p)) state.networkdFiles.push(p);
@@ -58,8 +71,16 @@ export async function ensureNetworkdFile(host: Host, state: State, eniName: stri
  */
 export async function reloadNetworkd(host: Host, log: Logger): Promise<void> {
   if (host.root !== "/" || !(await host.exists("/run/systemd/netif"))) return;
-  const r = await run(["networkctl", "reload"], { timeoutMs: 10_000 }).catch((e: Error) => ({ code: -1, stdout: "", stderr: e.message }));
-  if (r.code !== 0) log.warn("networkctl reload failed", { error: r.stderr.trim(), next: "the ENI may be configured by networkd until the next boot; check `networkctl status`" });
+  const r = await run(["networkctl", "reload"], { timeoutMs: 10_000 }).catch((e: Error) => ({
+    code: -1,
+    stdout: "",
+    stderr: e.message,
+  }));
+  if (r.code !== 0)
+    log.warn("networkctl reload failed", {
+      error: r.stderr.trim(),
+      next: "the ENI may be configured by networkd until the next boot; check `networkctl status`",
+    });
 }
 
 /**
@@ -68,15 +89,27 @@ export async function reloadNetworkd(host: Host, log: Logger): Promise<void> {
  * networkd-managed cached link) treats it as networkd's on a later boot. Only on hosts with nodeadm.
  * Keeps the cache's format: JSON {mac, manager} in newer nodeadm, a bare manager name in older.
  */
-export async function markNodeadmUnmanaged(host: Host, state: State, instanceId: string | undefined, ifname: string, mac: string, log: Logger): Promise<string | undefined> {
+export async function markNodeadmUnmanaged(
+  host: Host,
+  state: State,
+  instanceId: string | undefined,
+  ifname: string,
+  mac: string,
+  log: Logger,
+): Promise<string | undefined> {
   if (!instanceId || !(await host.exists(NODEADM_CACHE_DIR))) return undefined;
   const p = `${NODEADM_CACHE_DIR}/${instanceId}/${ifname}`;
   const cur = (await host.read(p))?.trim();
   const json = cur?.startsWith("{");
-  const want = json ? JSON.stringify({ mac: mac.toLowerCase(), manager: NODEADM_MANAGER }) : NODEADM_MANAGER;
+  const want = json
+    ? JSON.stringify({ mac: mac.toLowerCase(), manager: NODEADM_MANAGER })
+    : NODEADM_MANAGER;
   if (cur !== want) {
     await host.writeFileAtomic(p, want);
-    log.info("nodeadm udev-net-manager cache: interface is not networkd's", { path: p, was: cur ?? "absent" });
+    log.info("nodeadm udev-net-manager cache: interface is not networkd's", {
+      path: p,
+      was: cur ?? "absent",
+    });
   }
   if (!state.networkdFiles.includes(p)) state.networkdFiles.push(p);
   return p;
@@ -86,7 +119,12 @@ export async function markNodeadmUnmanaged(host: Host, state: State, instanceId:
  * Remove the files we wrote (recorded in the state) whose content is still ours; leave anything an
  * operator or nodeadm rewrote. `keep` lists paths to leave in place.
  */
-export async function removeOwnedNetworkFiles(host: Host, state: State, log: Logger, keep: Set<string> = new Set()): Promise<string[]> {
+export async function removeOwnedNetworkFiles(
+  host: Host,
+  state: State,
+  log: Logger,
+  keep: Set<string> = new Set(),
+): Promise<string[]> {
   const removed: string[] = [];
   const remaining: string[] = [];
   for (const p of state.networkdFiles) {
@@ -95,7 +133,11 @@ export async function removeOwnedNetworkFiles(host: Host, state: State, log: Log
       continue;
     }
     const cur = await host.read(p);
-    const ours = cur === undefined || cur.startsWith(HEADER) || cur.trim() === NODEADM_MANAGER || isOurJson(cur);
+    const ours =
+      cur === undefined ||
+      cur.startsWith(HEADER) ||
+      cur.trim() === NODEADM_MANAGER ||
+      isOurJson(cur);
     if (!ours) {
       log.warn("leaving a file eni-dpdk once wrote: its content changed since", { path: p });
       continue;

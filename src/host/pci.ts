@@ -55,7 +55,8 @@ export interface PciDevice {
 export async function readPciDevice(host: Host, bdf: string): Promise<PciDevice | undefined> {
   const dir = `${PCI_DEVICES}/${bdf}`;
   if (!BDF_RE.test(bdf) || !(await host.exists(dir))) return undefined;
-  const hex = async (f: string) => ((await host.attr(`${dir}/${f}`)) ?? "").replace(/^0x/, "").toLowerCase();
+  const hex = async (f: string) =>
+    ((await host.attr(`${dir}/${f}`)) ?? "").replace(/^0x/, "").toLowerCase();
   const ov = await host.attr(`${dir}/driver_override`);
   return {
     bdf,
@@ -73,7 +74,11 @@ export async function listPciDevices(host: Host): Promise<string[]> {
 }
 
 /** The user-space device node a DPDK driver exposes, if present: /dev/vfio/noiommu-N, /dev/vfio/N or /dev/uioN. */
-export async function deviceNodeFor(host: Host, bdf: string, driver: string | undefined): Promise<string | undefined> {
+export async function deviceNodeFor(
+  host: Host,
+  bdf: string,
+  driver: string | undefined,
+): Promise<string | undefined> {
   const dir = `${PCI_DEVICES}/${bdf}`;
   if (driver === "vfio-pci") {
     const g = await host.linkName(`${dir}/iommu_group`);
@@ -115,7 +120,10 @@ export interface BindResult {
 }
 
 /** The netdevs under a PCI device and their MACs (sysfs `<dev>/net/<if>/address`). */
-export async function deviceNetdevs(host: Host, bdf: string): Promise<{ ifname: string; mac: string }[]> {
+export async function deviceNetdevs(
+  host: Host,
+  bdf: string,
+): Promise<{ ifname: string; mac: string }[]> {
   const dir = `${PCI_DEVICES}/${bdf}/net`;
   const out: { ifname: string; mac: string }[] = [];
   for (const ifname of await host.list(dir)) {
@@ -131,13 +139,27 @@ export async function deviceNetdevs(host: Host, bdf: string): Promise<{ ifname: 
  * MAC, the guard must allow it, and the intent is journalled. On failure the original driver is
  * restored (and the netdev's return verified), then an OpError says what happened to both.
  */
-export async function bindDevice(host: Host, bdf: string, target: string, opts: BindOptions): Promise<BindResult> {
+export async function bindDevice(
+  host: Host,
+  bdf: string,
+  target: string,
+  opts: BindOptions,
+): Promise<BindResult> {
   const dev = await readPciDevice(host, bdf);
-  if (!dev) throw new OpError(`PCI device ${bdf} does not exist`, "run `eni-dpdk status` to see the devices eni-dpdk knows", { bdf });
+  if (!dev)
+    throw new OpError(
+      `PCI device ${bdf} does not exist`,
+      "run `eni-dpdk status` to see the devices eni-dpdk knows",
+      { bdf },
+    );
   if (dev.driver === target) {
     const node = await deviceNodeFor(host, bdf, target);
     if (node) return { changed: false, driver: target, deviceNode: node };
-    throw new OpError(`${bdf} is bound to ${target} but its device node is missing`, `check \`ls -l /dev/vfio\` and the iommu group of ${bdf}; \`eni-dpdk unbind ${bdf}\` then \`eni-dpdk bind ${bdf}\` retries`, { bdf });
+    throw new OpError(
+      `${bdf} is bound to ${target} but its device node is missing`,
+      `check \`ls -l /dev/vfio\` and the iommu group of ${bdf}; \`eni-dpdk unbind ${bdf}\` then \`eni-dpdk bind ${bdf}\` retries`,
+      { bdf },
+    );
   }
   const mac = opts.mac?.toLowerCase();
   const netdevs = await deviceNetdevs(host, bdf);
@@ -149,12 +171,20 @@ export async function bindDevice(host: Host, bdf: string, target: string, opts: 
     );
   }
   if (mac && !netdevs.length && dev.driver) {
-    throw new OpError(`refusing to bind ${bdf}: it is on ${dev.driver} without a netdev, so its MAC cannot be verified`, "nothing was changed; see `eni-dpdk status`", { bdf });
+    throw new OpError(
+      `refusing to bind ${bdf}: it is on ${dev.driver} without a netdev, so its MAC cannot be verified`,
+      "nothing was changed; see `eni-dpdk status`",
+      { bdf },
+    );
   }
   const ifname = netdevs.find((n) => n.mac === mac)?.ifname ?? netdevs[0]?.ifname;
   const verdict = guardViolations(opts.guard, { mac: mac ?? netdevs[0]?.mac, bdf, ifname });
   if (verdict.never.length) {
-    throw new OpError(`refusing to bind ${bdf}${ifname ? ` (${ifname})` : ""}: ${verdict.never.join("; ")}; eni-dpdk never binds the primary ENI, not even with --force`, "nothing was changed", { bdf });
+    throw new OpError(
+      `refusing to bind ${bdf}${ifname ? ` (${ifname})` : ""}: ${verdict.never.join("; ")}; eni-dpdk never binds the primary ENI, not even with --force`,
+      "nothing was changed",
+      { bdf },
+    );
   }
   if (verdict.unlessForced.length && !opts.force) {
     throw new OpError(
@@ -163,7 +193,8 @@ export async function bindDevice(host: Host, bdf: string, target: string, opts: 
       { bdf },
     );
   }
-  if (verdict.unlessForced.length) opts.log.warn("--force: binding despite the guards", { bdf, reasons: verdict.unlessForced });
+  if (verdict.unlessForced.length)
+    opts.log.warn("--force: binding despite the guards", { bdf, reasons: verdict.unlessForced });
 
   const original = dev.driver;
   const log = opts.log.child({ bdf, driver: target, original_driver: original ?? "none" });
@@ -184,7 +215,13 @@ export async function bindDevice(host: Host, bdf: string, target: string, opts: 
     const node = await verifyBound(host, bdf, target);
     await journalEnd(host, bdf);
     log.info("bound", { device_node: node });
-    return { changed: true, driver: target, originalDriver: original, deviceNode: node, ...(ifname ? { ifname } : {}) };
+    return {
+      changed: true,
+      driver: target,
+      originalDriver: original,
+      deviceNode: node,
+      ...(ifname ? { ifname } : {}),
+    };
   } catch (e) {
     const why = (e as Error).message;
     log.error("bind failed; restoring the original driver", { error: why });
@@ -206,7 +243,9 @@ async function bindNative(host: Host, dev: PciDevice, target: string, log: Logge
   // 1. the override keeps a later reprobe from handing the device back to its kernel driver
   if (dev.override !== target) {
     await host.writeAttr(`${dir}/driver_override`, target);
-    const ok = await host.settled(async () => (await host.attr(`${dir}/driver_override`)) === target);
+    const ok = await host.settled(
+      async () => (await host.attr(`${dir}/driver_override`)) === target,
+    );
     if (!ok) throw new Error(`driver_override did not take "${target}"`);
   }
   // 2. unbind from the current driver
@@ -221,32 +260,52 @@ async function bindNative(host: Host, dev: PciDevice, target: string, log: Logge
   const bound = await host.settled(async () => (await host.linkName(`${dir}/driver`)) === target);
   if (!bound) {
     const now = await host.linkName(`${dir}/driver`);
-    throw new Error(`probe did not bind ${target} (driver now: ${now ?? "none"}${target === "vfio-pci" ? "; without an IOMMU, vfio-pci needs NOIOMMU" : ""})`);
+    throw new Error(
+      `probe did not bind ${target} (driver now: ${now ?? "none"}${target === "vfio-pci" ? "; without an IOMMU, vfio-pci needs NOIOMMU" : ""})`,
+    );
   }
 }
 
 /** dpdk-devbind.py exits 0 on refusals and failed binds; its exit status is logged, sysfs decides. */
-async function bindWithScript(host: Host, dev: PciDevice, target: string, script: string, log: Logger): Promise<void> {
+async function bindWithScript(
+  host: Host,
+  dev: PciDevice,
+  target: string,
+  script: string,
+  log: Logger,
+): Promise<void> {
   // --force: our own guards have already decided; devbind would refuse any NIC with a route.
   const argv = [script, "--force", "--bind", target, dev.bdf];
   const r = await run(argv, { timeoutMs: 60_000 });
-  log.info("binding script ran", { argv, exit: r.code, stdout: r.stdout.trim().slice(0, 400), stderr: r.stderr.trim().slice(0, 400) });
+  log.info("binding script ran", {
+    argv,
+    exit: r.code,
+    stdout: r.stdout.trim().slice(0, 400),
+    stderr: r.stderr.trim().slice(0, 400),
+  });
   const dir = `${PCI_DEVICES}/${dev.bdf}`;
   const bound = await host.settled(async () => (await host.linkName(`${dir}/driver`)) === target);
   if (!bound) {
     const now = await host.linkName(`${dir}/driver`);
-    throw new Error(`${script} exited ${r.code} but ${dev.bdf} is bound to ${now ?? "no driver"}, not ${target}`);
+    throw new Error(
+      `${script} exited ${r.code} but ${dev.bdf} is bound to ${now ?? "no driver"}, not ${target}`,
+    );
   }
   // devbind clears the override after binding; set it again so a reprobe keeps the device.
-  if ((await host.attr(`${dir}/driver_override`)) !== target) await host.writeAttr(`${dir}/driver_override`, target);
+  if ((await host.attr(`${dir}/driver_override`)) !== target)
+    await host.writeAttr(`${dir}/driver_override`, target);
 }
 
 async function verifyBound(host: Host, bdf: string, target: string): Promise<string> {
-  if (target === "vfio-pci" && !(await host.settled(() => host.linkName(`${PCI_DEVICES}/${bdf}/iommu_group`)))) {
+  if (
+    target === "vfio-pci" &&
+    !(await host.settled(() => host.linkName(`${PCI_DEVICES}/${bdf}/iommu_group`)))
+  ) {
     throw new Error(`bound to vfio-pci but ${bdf} has no iommu_group`);
   }
   const node = await host.settled(() => deviceNodeFor(host, bdf, target));
-  if (!node) throw new Error(`bound to ${target} but no device node appeared (/dev/vfio/… or /dev/uio…)`);
+  if (!node)
+    throw new Error(`bound to ${target} but no device node appeared (/dev/vfio/… or /dev/uio…)`);
   return node;
 }
 
@@ -272,7 +331,15 @@ export async function restoreDriver(
   if (opts.journal !== false) {
     const dev = await readPciDevice(host, bdf);
     if (dev) {
-      await journalBegin(host, { op: "restore", bdf, vendor: dev.vendor, device: dev.device, ...(opts.mac ? { mac: opts.mac.toLowerCase() } : {}), from: dev.driver ?? "", to: original ?? "" });
+      await journalBegin(host, {
+        op: "restore",
+        bdf,
+        vendor: dev.vendor,
+        device: dev.device,
+        ...(opts.mac ? { mac: opts.mac.toLowerCase() } : {}),
+        from: dev.driver ?? "",
+        to: original ?? "",
+      });
     }
   }
   const r = await restoreSteps(host, bdf, original, dir, opts);
@@ -280,12 +347,20 @@ export async function restoreDriver(
   return r;
 }
 
-async function restoreSteps(host: Host, bdf: string, original: string | undefined, dir: string, opts: { log: Logger; mac?: string }): Promise<RestoreResult> {
+async function restoreSteps(
+  host: Host,
+  bdf: string,
+  original: string | undefined,
+  dir: string,
+  opts: { log: Logger; mac?: string },
+): Promise<RestoreResult> {
   try {
     const ov = await host.attr(`${dir}/driver_override`);
     if (ov && ov !== "(null)") {
       await host.writeAttr(`${dir}/driver_override`, "\n");
-      await host.settled(async () => ["(null)", ""].includes((await host.attr(`${dir}/driver_override`)) ?? ""));
+      await host.settled(async () =>
+        ["(null)", ""].includes((await host.attr(`${dir}/driver_override`)) ?? ""),
+      );
     }
     const cur = await host.linkName(`${dir}/driver`);
     if (cur && cur !== original) {
@@ -299,18 +374,29 @@ async function restoreSteps(host: Host, bdf: string, original: string | undefine
         const d = await host.linkName(`${dir}/driver`);
         return d && (!original || d === original) ? d : undefined;
       });
-      if (!drv) return { ok: false, driver: await host.linkName(`${dir}/driver`), problem: `reprobe did not bind ${original ?? "a kernel driver"}` };
+      if (!drv)
+        return {
+          ok: false,
+          driver: await host.linkName(`${dir}/driver`),
+          problem: `reprobe did not bind ${original ?? "a kernel driver"}`,
+        };
     }
     const driver = await host.linkName(`${dir}/driver`);
     if (opts.mac) {
       const mac = opts.mac.toLowerCase();
       const nd = await host.settled(async () => {
         for (const ifname of await host.list(`${dir}/net`)) {
-          if ((await host.attr(`${dir}/net/${ifname}/address`))?.toLowerCase() === mac) return ifname;
+          if ((await host.attr(`${dir}/net/${ifname}/address`))?.toLowerCase() === mac)
+            return ifname;
         }
         return undefined;
       });
-      if (!nd) return { ok: false, driver, problem: `${driver ?? "no driver"} is bound but no netdev with MAC ${mac} appeared` };
+      if (!nd)
+        return {
+          ok: false,
+          driver,
+          problem: `${driver ?? "no driver"} is bound but no netdev with MAC ${mac} appeared`,
+        };
       opts.log.info("restored to the kernel driver", { bdf, driver, ifname: nd });
       return { ok: true, driver, ifname: nd };
     }

@@ -1,5 +1,13 @@
 import { deviceNodeFor, readPciDevice, restoreDriver } from "./pci.js";
-import { type InflightOp, JOURNAL_PATH, journalEnd, journalPending, loadState, saveState, type State } from "../core/state.js";
+import {
+  type InflightOp,
+  JOURNAL_PATH,
+  journalEnd,
+  journalPending,
+  loadState,
+  saveState,
+  type State,
+} from "../core/state.js";
 import { type Host, RUN_DIR, VAR_DIR } from "./host.js";
 import { type Logger } from "../core/log.js";
 import { NETWORKD_DIR } from "./networkd.js";
@@ -19,7 +27,11 @@ export interface RecoveryResult {
  * our override (a crash between unbind and probe). A bind found complete is recorded in the state;
  * anything else is rolled back, and the caller's normal flow binds it again with every guard.
  */
-export async function recoverInflight(host: Host, state: State, log: Logger): Promise<RecoveryResult[]> {
+export async function recoverInflight(
+  host: Host,
+  state: State,
+  log: Logger,
+): Promise<RecoveryResult[]> {
   const out: RecoveryResult[] = [];
   let stateChanged = false;
   for (const op of await journalPending(host)) {
@@ -27,8 +39,17 @@ export async function recoverInflight(host: Host, state: State, log: Logger): Pr
     const dev = await readPciDevice(host, op.bdf);
     if (!dev || dev.vendor !== op.vendor || dev.device !== op.device) {
       await journalEnd(host, op.bdf);
-      out.push({ bdf: op.bdf, op: op.op, outcome: "forgotten", detail: dev ? `now ${dev.vendor}:${dev.device}, journalled ${op.vendor}:${op.device}` : "the device is gone" });
-      dlog.warn("forgot an interrupted operation: the device changed", { detail: out.at(-1)!.detail });
+      out.push({
+        bdf: op.bdf,
+        op: op.op,
+        outcome: "forgotten",
+        detail: dev
+          ? `now ${dev.vendor}:${dev.device}, journalled ${op.vendor}:${op.device}`
+          : "the device is gone",
+      });
+      dlog.warn("forgot an interrupted operation: the device changed", {
+        detail: out.at(-1)!.detail,
+      });
       continue;
     }
     if (op.op === "bind" && dev.driver === op.to && (await deviceNodeFor(host, op.bdf, op.to))) {
@@ -48,7 +69,12 @@ export async function recoverInflight(host: Host, state: State, log: Logger): Pr
         stateChanged = true;
       }
       await journalEnd(host, op.bdf);
-      out.push({ bdf: op.bdf, op: op.op, outcome: "finished", detail: `was already on ${op.to}; recorded` });
+      out.push({
+        bdf: op.bdf,
+        op: op.op,
+        outcome: "finished",
+        detail: `was already on ${op.to}; recorded`,
+      });
       dlog.warn("an interrupted bind had completed; recorded it", { driver: op.to });
       continue;
     }
@@ -56,8 +82,16 @@ export async function recoverInflight(host: Host, state: State, log: Logger): Pr
     const back = op.op === "bind" ? op.from || undefined : op.to || undefined;
     const rb = await restoreDriver(host, op.bdf, back, { log: dlog, mac: op.mac, journal: false });
     if (!rb.ok) {
-      out.push({ bdf: op.bdf, op: op.op, outcome: "failed", detail: rb.problem ?? "restore failed" });
-      dlog.error("could not recover an interrupted operation; it stays in the journal", { error: rb.problem, next: `see dmesg; eni-dpdk retries at its next run` });
+      out.push({
+        bdf: op.bdf,
+        op: op.op,
+        outcome: "failed",
+        detail: rb.problem ?? "restore failed",
+      });
+      dlog.error("could not recover an interrupted operation; it stays in the journal", {
+        error: rb.problem,
+        next: `see dmesg; eni-dpdk retries at its next run`,
+      });
       continue;
     }
     if (op.op === "restore" && op.mac && state.bindings[op.mac]) {
@@ -65,17 +99,44 @@ export async function recoverInflight(host: Host, state: State, log: Logger): Pr
       stateChanged = true;
     }
     await journalEnd(host, op.bdf);
-    out.push({ bdf: op.bdf, op: op.op, outcome: op.op === "bind" ? "rolled-back" : "finished", detail: `on ${rb.driver ?? "no driver"}${rb.ifname ? ` (${rb.ifname})` : ""}` });
-    dlog.warn(op.op === "bind" ? "rolled back an interrupted bind" : "finished an interrupted restore", { driver: rb.driver, ifname: rb.ifname });
+    out.push({
+      bdf: op.bdf,
+      op: op.op,
+      outcome: op.op === "bind" ? "rolled-back" : "finished",
+      detail: `on ${rb.driver ?? "no driver"}${rb.ifname ? ` (${rb.ifname})` : ""}`,
+    });
+    dlog.warn(
+      op.op === "bind" ? "rolled back an interrupted bind" : "finished an interrupted restore",
+      { driver: rb.driver, ifname: rb.ifname },
+    );
   }
   // Without a journal entry (an older version, or a hand-made override): a recorded device left
   // driverless with our override on it would otherwise keep its netdev away for good.
   for (const rec of Object.values(state.bindings)) {
     const dev = await readPciDevice(host, rec.bdf);
-    if (!dev || dev.driver || dev.vendor !== rec.vendor || dev.device !== rec.device || dev.override !== rec.driver) continue;
-    const rb = await restoreDriver(host, rec.bdf, rec.originalDriver || undefined, { log, mac: rec.mac });
-    out.push({ bdf: rec.bdf, op: "driverless", outcome: rb.ok ? "rolled-back" : "failed", detail: rb.ok ? `on ${rb.driver}` : rb.problem ?? "" });
-    if (rb.ok) log.warn("gave a driverless recorded device back to its kernel driver", { bdf: rec.bdf, driver: rb.driver });
+    if (
+      !dev ||
+      dev.driver ||
+      dev.vendor !== rec.vendor ||
+      dev.device !== rec.device ||
+      dev.override !== rec.driver
+    )
+      continue;
+    const rb = await restoreDriver(host, rec.bdf, rec.originalDriver || undefined, {
+      log,
+      mac: rec.mac,
+    });
+    out.push({
+      bdf: rec.bdf,
+      op: "driverless",
+      outcome: rb.ok ? "rolled-back" : "failed",
+      detail: rb.ok ? `on ${rb.driver}` : (rb.problem ?? ""),
+    });
+    if (rb.ok)
+      log.warn("gave a driverless recorded device back to its kernel driver", {
+        bdf: rec.bdf,
+        driver: rb.driver,
+      });
   }
   if (stateChanged) await saveState(host, state);
   return out;
@@ -86,14 +147,24 @@ export async function recoverInflight(host: Host, state: State, log: Logger): Pr
  * directories when they are unsafe, remove temp files of killed writers, load the state, and
  * finish or roll back operations a killed process left half-done. Returns the state.
  */
-export async function prepareHost(host: Host, log: Logger, opts: { tempDirs?: string[] } = {}): Promise<State> {
+export async function prepareHost(
+  host: Host,
+  log: Logger,
+  opts: { tempDirs?: string[] } = {},
+): Promise<State> {
   host.checkOwnDirs();
   const state = await loadState(host);
   for (const dir of new Set([VAR_DIR, RUN_DIR, NETWORKD_DIR, ...(opts.tempDirs ?? [])])) {
-    for (const p of await host.cleanStaleTemps(dir)) log.info("removed a temp file left by an interrupted write", { path: p });
+    for (const p of await host.cleanStaleTemps(dir))
+      log.info("removed a temp file left by an interrupted write", { path: p });
   }
   for (const r of await recoverInflight(host, state, log)) {
-    if (r.outcome === "failed") throw new OpError(`could not recover the interrupted ${r.op} of ${r.bdf}: ${r.detail}`, `see \`dmesg\`; the operation stays in ${JOURNAL_PATH} and eni-dpdk retries it at its next run`, { bdf: r.bdf });
+    if (r.outcome === "failed")
+      throw new OpError(
+        `could not recover the interrupted ${r.op} of ${r.bdf}: ${r.detail}`,
+        `see \`dmesg\`; the operation stays in ${JOURNAL_PATH} and eni-dpdk retries it at its next run`,
+        { bdf: r.bdf },
+      );
   }
   return state;
 }

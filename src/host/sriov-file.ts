@@ -7,7 +7,17 @@ import type { Logger } from "../core/log.js";
 import { run } from "../core/process.js";
 import { saveState, type State } from "../core/state.js";
 import { type Host } from "./host.js";
-import { analyzeSriovDoc, goGet, isObject, mergeText, PLUGIN_DEFAULT_PREFIX, type Merge, type RenderedEntry, type SriovApplyResult, type SriovFinding } from "./sriov-model.js";
+import {
+  analyzeSriovDoc,
+  goGet,
+  isObject,
+  mergeText,
+  PLUGIN_DEFAULT_PREFIX,
+  type Merge,
+  type RenderedEntry,
+  type SriovApplyResult,
+  type SriovFinding,
+} from "./sriov-model.js";
 
 /** Entries we own in `filePath`: ownership is recorded per file, so a changed config_path owns nothing yet. */
 export function ownedIn(state: State, filePath: string): Set<string> {
@@ -21,7 +31,10 @@ export function previousPath(state: State, filePath: string): string | undefined
 }
 
 function stamp(d = new Date()): string {
-  return d.toISOString().replace(/[-:]/g, "").replace(/\.\d+Z$/, "Z");
+  return d
+    .toISOString()
+    .replace(/[-:]/g, "")
+    .replace(/\.\d+Z$/, "Z");
 }
 
 /** Rename a file we must not overwrite to `<path>.invalid-<UTC timestamp>`; returns the new host path. */
@@ -45,13 +58,21 @@ export async function writeMerged(
 ): Promise<{ m: Merge; changed: boolean; movedAside?: string }> {
   const m = mergeText(filePath, await host.read(filePath), desired, owned, strict);
   // Loud when we touch the file; `status`/`validate` show them every time.
-  for (const w of m.warnings) (m.changed ? log.warn : log.debug).call(log, `SR-IOV config: ${w}`, { path: filePath });
-  if (m.invalid && m.existed && !m.changed) log.warn("SR-IOV device plugin config is not usable; eni-dpdk has nothing to write there and leaves it untouched", { path: filePath, reason: m.invalid });
+  for (const w of m.warnings)
+    (m.changed ? log.warn : log.debug).call(log, `SR-IOV config: ${w}`, { path: filePath });
+  if (m.invalid && m.existed && !m.changed)
+    log.warn(
+      "SR-IOV device plugin config is not usable; eni-dpdk has nothing to write there and leaves it untouched",
+      { path: filePath, reason: m.invalid },
+    );
   if (!m.changed) return { m, changed: false };
   let movedAside: string | undefined;
   if (m.invalid && m.existed) {
     movedAside = await moveAside(host, filePath);
-    log.warn("SR-IOV device plugin config could not be merged; moved it aside instead of overwriting it", { path: filePath, reason: m.invalid, moved_to: movedAside });
+    log.warn(
+      "SR-IOV device plugin config could not be merged; moved it aside instead of overwriting it",
+      { path: filePath, reason: m.invalid, moved_to: movedAside },
+    );
   }
   // Record intent first (owned ∪ new), so a crash between the two writes leaves no orphan of ours.
   const intent = [...new Set([...owned, ...m.ours])].sort();
@@ -60,23 +81,42 @@ export async function writeMerged(
     await saveState(host, state);
   }
   const changed = await host.writeFileAtomic(filePath, m.text, 0o644);
-  log.info("SR-IOV device plugin config written", { path: filePath, added: m.added, updated: m.updated, removed: m.removed, adopted: m.adopted });
+  log.info("SR-IOV device plugin config written", {
+    path: filePath,
+    added: m.added,
+    updated: m.updated,
+    removed: m.removed,
+    adopted: m.adopted,
+  });
   return { m, changed: changed || movedAside !== undefined, movedAside };
 }
 
-export const sameList = (a: string[], b: string[]) => a.length === b.length && a.every((x, i) => x === b[i]);
+export const sameList = (a: string[], b: string[]) =>
+  a.length === b.length && a.every((x, i) => x === b[i]);
 
 /** For `reset`: remove only our entries. Never rewrites an unparsable file. Returns true when the file changed. */
-export async function removeOwnedSriov(host: Host, config: Config, state: State, log: Logger): Promise<boolean> {
+export async function removeOwnedSriov(
+  host: Host,
+  config: Config,
+  state: State,
+  log: Logger,
+): Promise<boolean> {
   const filePath = state.sriov.configPath ?? config.sriov.config_path;
   if (state.sriov.owned.length === 0) return false;
   const m = mergeText(filePath, await host.read(filePath), [], new Set(state.sriov.owned), false);
   if (m.invalid) {
-    log.warn("SR-IOV device plugin config is not valid; leaving it untouched", { path: filePath, reason: m.invalid });
+    log.warn("SR-IOV device plugin config is not valid; leaving it untouched", {
+      path: filePath,
+      reason: m.invalid,
+    });
     return false;
   }
   const changed = m.changed && (await host.writeFileAtomic(filePath, m.text, 0o644));
-  if (changed) log.info("removed eni-dpdk's entries from the SR-IOV device plugin config", { path: filePath, removed: m.removed });
+  if (changed)
+    log.info("removed eni-dpdk's entries from the SR-IOV device plugin config", {
+      path: filePath,
+      removed: m.removed,
+    });
   state.sriov = { configPath: filePath, owned: [] };
   await saveState(host, state);
   return changed;
@@ -97,13 +137,20 @@ export async function inspectSriov(
     return {
       exists: true,
       valid: false,
-      warnings: [`${host.path(filePath)} is not valid JSON (${errorMessage(e)}): the device plugin serves nothing; eni-dpdk will move it aside, never overwrite it`],
+      warnings: [
+        `${host.path(filePath)} is not valid JSON (${errorMessage(e)}): the device plugin serves nothing; eni-dpdk will move it aside, never overwrite it`,
+      ],
       entries: [],
     };
   }
   const findings = analyzeSriovDoc(doc, defaultPrefix);
   const list = isObject(doc) ? goGet(doc, "resourceList") : undefined;
-  const tag = (f: SriovFinding) => (f.severity === "fatal" ? "plugin serves nothing: " : f.severity === "dropped" ? "entry dropped: " : "");
+  const tag = (f: SriovFinding) =>
+    f.severity === "fatal"
+      ? "plugin serves nothing: "
+      : f.severity === "dropped"
+        ? "entry dropped: "
+        : "";
   return {
     exists: true,
     valid: !findings.some((f) => f.severity === "fatal"),
@@ -115,18 +162,29 @@ export async function inspectSriov(
 // ---- plugin restart --------------------------------------------------------------------------------
 
 /** Run [sriov].restart_command (argv, never a shell). */
-export async function restartDevicePlugin(argv: string[], log: Logger): Promise<{ ok: boolean; detail: string }> {
+export async function restartDevicePlugin(
+  argv: string[],
+  log: Logger,
+): Promise<{ ok: boolean; detail: string }> {
   if (argv.length === 0) return { ok: false, detail: "no [sriov].restart_command configured" };
   try {
     const r = await run(argv, { timeoutMs: 60_000 });
     const out = (r.stderr.trim() || r.stdout.trim()).split("\n").slice(-3).join(" | ");
     const detail = `${argv.join(" ")} exited ${r.code}${out ? `: ${out}` : ""}`;
     if (r.code === 0) log.info("restarted the SR-IOV device plugin", { command: argv });
-    else log.error("SR-IOV device plugin restart command failed", { command: argv, code: r.code, output: out });
+    else
+      log.error("SR-IOV device plugin restart command failed", {
+        command: argv,
+        code: r.code,
+        output: out,
+      });
     return { ok: r.code === 0, detail };
   } catch (e) {
     const detail = `${argv[0]} could not be started: ${errorMessage(e)}`;
-    log.error("SR-IOV device plugin restart command failed", { command: argv, error: errorMessage(e) });
+    log.error("SR-IOV device plugin restart command failed", {
+      command: argv,
+      error: errorMessage(e),
+    });
     return { ok: false, detail };
   }
 }

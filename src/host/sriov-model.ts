@@ -67,7 +67,11 @@ const ENTRY_FIELDS: Record<string, FieldKind> = {
   selectors: "raw",
   additionalInfo: "additionalInfo",
 };
-const COMMON_SELECTOR: Record<string, FieldKind> = { vendors: "string[]", devices: "string[]", drivers: "string[]" };
+const COMMON_SELECTOR: Record<string, FieldKind> = {
+  vendors: "string[]",
+  devices: "string[]",
+  drivers: "string[]",
+};
 const NET_SELECTOR: Record<string, FieldKind> = {
   pfNames: "string[]",
   rootDevices: "string[]",
@@ -78,7 +82,14 @@ const NET_SELECTOR: Record<string, FieldKind> = {
 };
 /** Selector fields per deviceType, spelt as in the plugin's README. */
 export const SELECTOR_FIELDS: Record<string, Record<string, FieldKind>> = {
-  netDevice: { ...COMMON_SELECTOR, pciAddresses: "string[]", ...NET_SELECTOR, ddpProfiles: "string[]", vdpaType: "string", pKeys: "string[]" },
+  netDevice: {
+    ...COMMON_SELECTOR,
+    pciAddresses: "string[]",
+    ...NET_SELECTOR,
+    ddpProfiles: "string[]",
+    vdpaType: "string",
+    pKeys: "string[]",
+  },
   accelerator: { ...COMMON_SELECTOR, pciAddresses: "string[]" },
   auxNetDevice: { ...COMMON_SELECTOR, ...NET_SELECTOR, auxTypes: "string[]" },
 };
@@ -121,12 +132,21 @@ function decodes(kind: FieldKind, v: unknown): boolean {
     case "string[]":
       return Array.isArray(v) && v.every((x) => x === null || typeof x === "string");
     case "additionalInfo":
-      return isObject(v) && Object.values(v).every((m) => m === null || (isObject(m) && Object.values(m).every((x) => x === null || typeof x === "string")));
+      return (
+        isObject(v) &&
+        Object.values(v).every(
+          (m) =>
+            m === null ||
+            (isObject(m) && Object.values(m).every((x) => x === null || typeof x === "string")),
+        )
+      );
   }
 }
 
 function entryLabel(i: number, e: unknown): string {
-  return isObject(e) && typeof e.resourceName === "string" ? `resourceList[${i}] ("${e.resourceName}")` : `resourceList[${i}]`;
+  return isObject(e) && typeof e.resourceName === "string"
+    ? `resourceList[${i}] ("${e.resourceName}")`
+    : `resourceList[${i}]`;
 }
 
 /** Read a field the way Go would (case-insensitive), for an entry already known to decode. */
@@ -144,71 +164,130 @@ export function goGet(o: Record<string, unknown>, name: string): unknown {
  * (unknown keys ignored, type errors fail the file or drop the entry), its deviceType check, the
  * nil-selectors panic, and validConfigs (name characters, unique prefix/name).
  */
-export function analyzeSriovDoc(doc: unknown, defaultPrefix = PLUGIN_DEFAULT_PREFIX): SriovFinding[] {
+export function analyzeSriovDoc(
+  doc: unknown,
+  defaultPrefix = PLUGIN_DEFAULT_PREFIX,
+): SriovFinding[] {
   const out: SriovFinding[] = [];
   if (!isObject(doc)) {
-    out.push({ severity: "fatal", message: `the top level is ${typeName(doc)}; the plugin expects an object {"resourceList": [...]} and serves nothing` });
+    out.push({
+      severity: "fatal",
+      message: `the top level is ${typeName(doc)}; the plugin expects an object {"resourceList": [...]} and serves nothing`,
+    });
     return out;
   }
   for (const k of Object.keys(doc)) {
     if (k.toLowerCase() !== "resourcelist") {
       const near = nearest(k, ["resourceList"]);
-      out.push({ severity: "warn", message: `top-level key "${k}" is ignored by the plugin${near ? `; did you mean "${near}"?` : ""}` });
+      out.push({
+        severity: "warn",
+        message: `top-level key "${k}" is ignored by the plugin${near ? `; did you mean "${near}"?` : ""}`,
+      });
     }
   }
   const list = goGet(doc, "resourceList");
   if (list === undefined || list === null || (Array.isArray(list) && list.length === 0)) {
-    out.push({ severity: "fatal", message: 'no resources in "resourceList": the plugin logs "no resource configuration" and exits' });
+    out.push({
+      severity: "fatal",
+      message:
+        'no resources in "resourceList": the plugin logs "no resource configuration" and exits',
+    });
     return out;
   }
   if (!Array.isArray(list)) {
-    out.push({ severity: "fatal", message: `"resourceList" is ${typeName(list)}; the plugin expects an array of entries and serves nothing` });
+    out.push({
+      severity: "fatal",
+      message: `"resourceList" is ${typeName(list)}; the plugin expects an array of entries and serves nothing`,
+    });
     return out;
   }
   const survivors: { index: number; e: Record<string, unknown> }[] = [];
   list.forEach((e, index) => {
     const label = entryLabel(index, e);
     const add = (severity: SriovFinding["severity"], message: string, matchesAll?: boolean) =>
-      out.push({ index, severity, message: `${label}: ${message}`, ...(matchesAll ? { matchesAll } : {}) });
-    if (e === null) return add("fatal", "null entry: it has no selectors, and the plugin panics on nil selectors");
-    if (!isObject(e)) return add("fatal", `expected an object, got ${typeName(e)}; the plugin's JSON decoding fails for the whole file`);
+      out.push({
+        index,
+        severity,
+        message: `${label}: ${message}`,
+        ...(matchesAll ? { matchesAll } : {}),
+      });
+    if (e === null)
+      return add(
+        "fatal",
+        "null entry: it has no selectors, and the plugin panics on nil selectors",
+      );
+    if (!isObject(e))
+      return add(
+        "fatal",
+        `expected an object, got ${typeName(e)}; the plugin's JSON decoding fails for the whole file`,
+      );
     let typeError = false;
     for (const [k, v] of Object.entries(e)) {
       const f = goField(k, ENTRY_FIELDS);
       if (!f) {
         if (k === "devices") {
-          add("warn", `"devices" (the seed document's shape) is not a plugin field and is ignored; list devices in "selectors" instead, e.g. ${CORRECT_FORM}`);
+          add(
+            "warn",
+            `"devices" (the seed document's shape) is not a plugin field and is ignored; list devices in "selectors" instead, e.g. ${CORRECT_FORM}`,
+          );
         } else {
           const near = nearest(k, Object.keys(ENTRY_FIELDS));
-          add("warn", `unknown key "${k}" is ignored by the plugin${near ? `; did you mean "${near}"?` : ""}`);
+          add(
+            "warn",
+            `unknown key "${k}" is ignored by the plugin${near ? `; did you mean "${near}"?` : ""}`,
+          );
         }
         continue;
       }
-      if (f !== k) add("warn", `key "${k}" only matches "${f}" through Go's case-insensitive decoding; write "${f}"`);
-      if (!decodes(ENTRY_FIELDS[f]!, v)) {
+      if (f !== k)
+        add(
+          "warn",
+          `key "${k}" only matches "${f}" through Go's case-insensitive decoding; write "${f}"`,
+        );
+      if (!decodes(ENTRY_FIELDS[f], v)) {
         typeError = true;
-        add("fatal", `"${k}" must be ${ENTRY_FIELDS[f] === "additionalInfo" ? "an object of objects of strings" : `a ${ENTRY_FIELDS[f]}`}, got ${typeName(v)}; the plugin's JSON decoding fails for the whole file`);
+        add(
+          "fatal",
+          `"${k}" must be ${ENTRY_FIELDS[f] === "additionalInfo" ? "an object of objects of strings" : `a ${ENTRY_FIELDS[f]}`}, got ${typeName(v)}; the plugin's JSON decoding fails for the whole file`,
+        );
       }
     }
     if (typeError) return;
     const dt = (goGet(e, "deviceType") as string | null | undefined) || "netDevice";
     if (!(PLUGIN_DEVICE_TYPES as readonly string[]).includes(dt)) {
       const near = nearest(dt, [...PLUGIN_DEVICE_TYPES]);
-      return add("fatal", `deviceType "${dt}" is not one of ${PLUGIN_DEVICE_TYPES.join(", ")} (case matters)${near ? `; did you mean "${near}"?` : ""}; the plugin rejects the whole file`);
+      return add(
+        "fatal",
+        `deviceType "${dt}" is not one of ${PLUGIN_DEVICE_TYPES.join(", ")} (case matters)${near ? `; did you mean "${near}"?` : ""}; the plugin rejects the whole file`,
+      );
     }
     const sel = goGet(e, "selectors");
-    if (sel === undefined || sel === null) return add("fatal", `no "selectors": the plugin panics at start (nil selectors); use ${CORRECT_FORM}`);
+    if (sel === undefined || sel === null)
+      return add(
+        "fatal",
+        `no "selectors": the plugin panics at start (nil selectors); use ${CORRECT_FORM}`,
+      );
     let selectors: unknown[];
     if (isObject(sel)) {
-      add("warn", '"selectors" is a single object; the plugin still accepts that form, but write an array of objects');
+      add(
+        "warn",
+        '"selectors" is a single object; the plugin still accepts that form, but write an array of objects',
+      );
       selectors = [sel];
     } else if (Array.isArray(sel)) {
-      if (sel.length === 0) return add("dropped", '"selectors" is an empty array; the plugin drops the entry ("need at least one selector")');
+      if (sel.length === 0)
+        return add(
+          "dropped",
+          '"selectors" is an empty array; the plugin drops the entry ("need at least one selector")',
+        );
       selectors = sel;
     } else {
-      return add("dropped", `"selectors" is ${typeName(sel)}; it must be an array of objects, so the plugin drops the entry`);
+      return add(
+        "dropped",
+        `"selectors" is ${typeName(sel)}; it must be an array of objects, so the plugin drops the entry`,
+      );
     }
-    const fields = SELECTOR_FIELDS[dt]!;
+    const fields = SELECTOR_FIELDS[dt];
     let dropped = false;
     let fatal = false;
     selectors.forEach((s, si) => {
@@ -219,32 +298,58 @@ export function analyzeSriovDoc(doc: unknown, defaultPrefix = PLUGIN_DEFAULT_PRE
       }
       if (!isObject(s)) {
         dropped = true;
-        return add("dropped", `${where} is ${typeName(s)}, not an object; the plugin drops the entry`);
+        return add(
+          "dropped",
+          `${where} is ${typeName(s)}, not an object; the plugin drops the entry`,
+        );
       }
       let constrains = false;
       for (const [k, v] of Object.entries(s)) {
         const f = goField(k, fields);
         if (!f) {
           const near = nearest(k, Object.keys(fields));
-          add("warn", `${where}: unknown key "${k}" is ignored by the plugin, so it constrains nothing${near ? `; did you mean "${near}"?` : ""} (known for ${dt}: ${Object.keys(fields).join(", ")})`);
+          add(
+            "warn",
+            `${where}: unknown key "${k}" is ignored by the plugin, so it constrains nothing${near ? `; did you mean "${near}"?` : ""} (known for ${dt}: ${Object.keys(fields).join(", ")})`,
+          );
           continue;
         }
-        if (f !== k) add("warn", `${where}: key "${k}" only matches "${f}" through Go's case-insensitive decoding; write "${f}"`);
-        const kind = fields[f]!;
+        if (f !== k)
+          add(
+            "warn",
+            `${where}: key "${k}" only matches "${f}" through Go's case-insensitive decoding; write "${f}"`,
+          );
+        const kind = fields[f];
         if (!decodes(kind, v)) {
           dropped = true;
-          add("dropped", `${where}.${k} must be ${kind === "string[]" ? "an array of strings" : `a ${kind}`}, got ${typeName(v)}; the plugin drops the entry`);
+          add(
+            "dropped",
+            `${where}.${k} must be ${kind === "string[]" ? "an array of strings" : `a ${kind}`}, got ${typeName(v)}; the plugin drops the entry`,
+          );
           continue;
         }
-        if ((kind === "string[]" && Array.isArray(v) && v.length > 0) || (f === "isRdma" && v === true) || (f === "vdpaType" && typeof v === "string" && v !== "")) {
+        if (
+          (kind === "string[]" && Array.isArray(v) && v.length > 0) ||
+          (f === "isRdma" && v === true) ||
+          (f === "vdpaType" && typeof v === "string" && v !== "")
+        ) {
           constrains = true;
         }
       }
-      if (goGet(s, "isRdma") === true && typeof goGet(s, "vdpaType") === "string" && goGet(s, "vdpaType") !== "") {
+      if (
+        goGet(s, "isRdma") === true &&
+        typeof goGet(s, "vdpaType") === "string" &&
+        goGet(s, "vdpaType") !== ""
+      ) {
         fatal = true;
         add("fatal", `${where}: isRdma and vdpaType are mutually exclusive; the plugin exits`);
       }
-      if (!constrains) add("warn", `${where} constrains nothing, so it matches every NIC the plugin sees (eni-dpdk's too)`, true);
+      if (!constrains)
+        add(
+          "warn",
+          `${where} constrains nothing, so it matches every NIC the plugin sees (eni-dpdk's too)`,
+          true,
+        );
     });
     if (!dropped && !fatal) survivors.push({ index, e });
   });
@@ -255,22 +360,39 @@ export function analyzeSriovDoc(doc: unknown, defaultPrefix = PLUGIN_DEFAULT_PRE
     const label = entryLabel(index, e);
     const name = (goGet(e, "resourceName") as string | null | undefined) ?? "";
     if (!PLUGIN_NAME_RE.test(name)) {
-      const hint = name.includes("/") ? `; put the part before "/" in "resourcePrefix" and "${name.slice(name.lastIndexOf("/") + 1)}" in "resourceName"` : "";
-      out.push({ index, severity: "fatal", message: `${label}: resourceName "${name}" has characters outside [a-zA-Z0-9_-]; the plugin exits${hint}` });
+      const hint = name.includes("/")
+        ? `; put the part before "/" in "resourcePrefix" and "${name.slice(name.lastIndexOf("/") + 1)}" in "resourceName"`
+        : "";
+      out.push({
+        index,
+        severity: "fatal",
+        message: `${label}: resourceName "${name}" has characters outside [a-zA-Z0-9_-]; the plugin exits${hint}`,
+      });
       continue;
     }
     if (name.includes("-")) {
-      out.push({ index, severity: "warn", message: `${label}: resourceName "${name}" has a hyphen; pods get it as the env var PCIDEVICE_<PREFIX>_<NAME>, where "-" is not valid; use "_"` });
+      out.push({
+        index,
+        severity: "warn",
+        message: `${label}: resourceName "${name}" has a hyphen; pods get it as the env var PCIDEVICE_<PREFIX>_<NAME>, where "-" is not valid; use "_"`,
+      });
     }
     const prefix = (goGet(e, "resourcePrefix") as string | null | undefined) || defaultPrefix;
     const full = `${prefix}/${name}`;
     const other = seen.get(full);
     if (other !== undefined) {
-      out.push({ index, severity: "fatal", message: `${label}: full name "${full}" is also used by resourceList[${other}]; the plugin exits (names must be unique)` });
+      out.push({
+        index,
+        severity: "fatal",
+        message: `${label}: full name "${full}" is also used by resourceList[${other}]; the plugin exits (names must be unique)`,
+      });
     } else seen.set(full, index);
   }
   if (survivors.length === 0 && !out.some((f) => f.severity === "fatal")) {
-    out.push({ severity: "fatal", message: "the plugin keeps no entry, logs \"no resource configuration\" and exits" });
+    out.push({
+      severity: "fatal",
+      message: 'the plugin keeps no entry, logs "no resource configuration" and exits',
+    });
   }
   return out;
 }
@@ -293,18 +415,25 @@ export function renderSriovEntries(devices: SriovDevice[], defaultPrefix: string
   const problems: Problem[] = [];
   const broken: string[] = [];
   const byBdf = new Map<string, string>();
-  const groups = new Map<string, { prefix: string; name: string; devs: (SriovDevice & { vendor: string; device: string })[] }>();
+  const groups = new Map<
+    string,
+    { prefix: string; name: string; devs: (SriovDevice & { vendor: string; device: string })[] }
+  >();
   for (const d of devices) {
     const nameProblems = resourceNameProblems(d.resource, defaultPrefix);
-    for (const m of nameProblems) problems.push({ source: "config", key: `eni.${d.eniName}.dpdk.resource_name`, message: m });
+    for (const m of nameProblems)
+      problems.push({ source: "config", key: `eni.${d.eniName}.dpdk.resource_name`, message: m });
     const vendor = hex4(d.vendor);
     const device = hex4(d.device);
-    if (!BDF_RE.test(d.bdf)) broken.push(`ENI ${d.eniName}: PCI address "${d.bdf}" is not DDDD:BB:DD.F`);
+    if (!BDF_RE.test(d.bdf))
+      broken.push(`ENI ${d.eniName}: PCI address "${d.bdf}" is not DDDD:BB:DD.F`);
     if (!vendor) broken.push(`ENI ${d.eniName}: vendor "${d.vendor}" is not a 4-digit hex id`);
     if (!device) broken.push(`ENI ${d.eniName}: device "${d.device}" is not a 4-digit hex id`);
-    if (!/^[A-Za-z0-9_.-]+$/.test(d.driver)) broken.push(`ENI ${d.eniName}: driver "${d.driver}" is not a driver name`);
+    if (!/^[A-Za-z0-9_.-]+$/.test(d.driver))
+      broken.push(`ENI ${d.eniName}: driver "${d.driver}" is not a driver name`);
     const prev = byBdf.get(d.bdf);
-    if (prev !== undefined) broken.push(`PCI address ${d.bdf} is given for ENI ${prev} and ENI ${d.eniName}`);
+    if (prev !== undefined)
+      broken.push(`PCI address ${d.bdf} is given for ENI ${prev} and ENI ${d.eniName}`);
     byBdf.set(d.bdf, d.eniName);
     if (nameProblems.length || !vendor || !device) continue;
     const { prefix, name } = splitResourceName(d.resource, defaultPrefix);
@@ -315,7 +444,10 @@ export function renderSriovEntries(devices: SriovDevice[], defaultPrefix: string
   }
   if (problems.length) throw new InputError(problems);
   if (broken.length) {
-    throw new OpError(`SR-IOV: invalid bound-device records: ${broken.join("; ")}`, "this is a bug in eni-dpdk's host stage; report it with `eni-dpdk status` output");
+    throw new OpError(
+      `SR-IOV: invalid bound-device records: ${broken.join("; ")}`,
+      "this is a bug in eni-dpdk's host stage; report it with `eni-dpdk status` output",
+    );
   }
   return [...groups.entries()]
     .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
@@ -333,7 +465,12 @@ export function renderSriovEntries(devices: SriovDevice[], defaultPrefix: string
       return {
         full,
         enis: uniqSorted(g.devs.map((d) => d.eniName)),
-        entry: { resourceName: g.name, resourcePrefix: g.prefix, deviceType: "netDevice" as const, selectors },
+        entry: {
+          resourceName: g.name,
+          resourcePrefix: g.prefix,
+          deviceType: "netDevice" as const,
+          selectors,
+        },
       };
     });
 }
@@ -343,18 +480,29 @@ export function renderSriovEntries(devices: SriovDevice[], defaultPrefix: string
 function deepEqual(a: unknown, b: unknown): boolean {
   if (a === b) return true;
   if (Array.isArray(a) || Array.isArray(b)) {
-    return Array.isArray(a) && Array.isArray(b) && a.length === b.length && a.every((x, i) => deepEqual(x, b[i]));
+    return (
+      Array.isArray(a) &&
+      Array.isArray(b) &&
+      a.length === b.length &&
+      a.every((x, i) => deepEqual(x, b[i]))
+    );
   }
   if (isObject(a) && isObject(b)) {
     const ka = Object.keys(a);
-    return ka.length === Object.keys(b).length && ka.every((k) => Object.hasOwn(b, k) && deepEqual(a[k], b[k]));
+    return (
+      ka.length === Object.keys(b).length &&
+      ka.every((k) => Object.hasOwn(b, k) && deepEqual(a[k], b[k]))
+    );
   }
   return false;
 }
 
 /** The full name of an entry written with an explicit prefix, as we always write ours. */
 function explicitFullName(e: unknown): string | undefined {
-  return isObject(e) && typeof e.resourceName === "string" && typeof e.resourcePrefix === "string" && e.resourcePrefix
+  return isObject(e) &&
+    typeof e.resourceName === "string" &&
+    typeof e.resourcePrefix === "string" &&
+    e.resourcePrefix
     ? `${e.resourcePrefix}/${e.resourceName}`
     : undefined;
 }
@@ -378,16 +526,39 @@ export interface Merge {
  * know) are kept as parsed; ours are replaced in place, removed when no longer desired, appended
  * when new. `strict` refuses when foreign entries would keep the plugin from serving ours.
  */
-export function mergeText(filePath: string, existing: string | undefined, desired: RenderedEntry[], owned: Set<string>, strict: boolean): Merge {
-  const m: Merge = { existed: existing !== undefined, changed: false, text: "", ours: [], added: [], updated: [], removed: [], adopted: [], warnings: [] };
+export function mergeText(
+  filePath: string,
+  existing: string | undefined,
+  desired: RenderedEntry[],
+  owned: Set<string>,
+  strict: boolean,
+): Merge {
+  const m: Merge = {
+    existed: existing !== undefined,
+    changed: false,
+    text: "",
+    ours: [],
+    added: [],
+    updated: [],
+    removed: [],
+    adopted: [],
+    warnings: [],
+  };
   let parsed: Record<string, unknown> | undefined;
   if (existing !== undefined) {
     try {
       const doc: unknown = JSON.parse(existing);
-      const variant = isObject(doc) ? Object.keys(doc).find((k) => k !== "resourceList" && k.toLowerCase() === "resourcelist") : undefined;
+      const variant = isObject(doc)
+        ? Object.keys(doc).find((k) => k !== "resourceList" && k.toLowerCase() === "resourcelist")
+        : undefined;
       if (!isObject(doc)) m.invalid = `the top level is ${typeName(doc)}, not an object`;
-      else if (variant) m.invalid = `it spells "resourceList" as "${variant}", which the plugin's case-insensitive decoding would mix with ours`;
-      else if (doc.resourceList !== undefined && doc.resourceList !== null && !Array.isArray(doc.resourceList)) {
+      else if (variant)
+        m.invalid = `it spells "resourceList" as "${variant}", which the plugin's case-insensitive decoding would mix with ours`;
+      else if (
+        doc.resourceList !== undefined &&
+        doc.resourceList !== null &&
+        !Array.isArray(doc.resourceList)
+      ) {
         m.invalid = `"resourceList" is ${typeName(doc.resourceList)}, not an array`;
       } else parsed = doc;
     } catch (e) {
@@ -433,7 +604,8 @@ export function mergeText(filePath: string, existing: string | undefined, desire
   // conflicts between ours and foreign entries
   const conflicts: Problem[] = [];
   const ourBdfs = new Map<string, string>();
-  for (const d of desired) for (const s of d.entry.selectors) for (const a of s.pciAddresses) ourBdfs.set(a, d.full);
+  for (const d of desired)
+    for (const s of d.entry.selectors) for (const a of s.pciAddresses) ourBdfs.set(a, d.full);
   for (const { index, e } of foreign) {
     if (!isObject(e)) continue;
     const name = goGet(e, "resourceName");
@@ -441,9 +613,17 @@ export function mergeText(filePath: string, existing: string | undefined, desire
     for (const d of desired) {
       if (name !== d.entry.resourceName) continue;
       if (prefix === d.entry.resourcePrefix) {
-        conflicts.push({ source: filePath, key: `resourceList[${index}]`, message: `"${d.full}" is already defined by an entry eni-dpdk does not own; rename eni-dpdk's resource (dpdk.resource_name of ENI ${d.enis.join(", ")}) or remove that entry` });
+        conflicts.push({
+          source: filePath,
+          key: `resourceList[${index}]`,
+          message: `"${d.full}" is already defined by an entry eni-dpdk does not own; rename eni-dpdk's resource (dpdk.resource_name of ENI ${d.enis.join(", ")}) or remove that entry`,
+        });
       } else if (typeof prefix !== "string" || prefix === "") {
-        conflicts.push({ source: filePath, key: `resourceList[${index}]`, message: `an entry eni-dpdk does not own is named "${name}" without resourcePrefix; its full name depends on the plugin's --resource-prefix flag (default ${PLUGIN_DEFAULT_PREFIX}) and may clash with "${d.full}"; give it an explicit resourcePrefix or rename eni-dpdk's resource` });
+        conflicts.push({
+          source: filePath,
+          key: `resourceList[${index}]`,
+          message: `an entry eni-dpdk does not own is named "${name}" without resourcePrefix; its full name depends on the plugin's --resource-prefix flag (default ${PLUGIN_DEFAULT_PREFIX}) and may clash with "${d.full}"; give it an explicit resourcePrefix or rename eni-dpdk's resource`,
+        });
       }
     }
     const sel = goGet(e, "selectors");
@@ -452,21 +632,38 @@ export function mergeText(filePath: string, existing: string | undefined, desire
       if (!Array.isArray(addrs)) continue;
       for (const a of addrs) {
         const ours = typeof a === "string" ? ourBdfs.get(a) : undefined;
-        if (ours) m.warnings.push(`${entryLabel(index, e)} also selects ${a}, which eni-dpdk advertises as ${ours}; the plugin gives a device to the first entry that matches it`);
+        if (ours)
+          m.warnings.push(
+            `${entryLabel(index, e)} also selects ${a}, which eni-dpdk advertises as ${ours}; the plugin gives a device to the first entry that matches it`,
+          );
       }
     }
   }
-  if (strict && conflicts.length) throw new InputError(conflicts, `fix the names, then run \`eni-dpdk validate\` and apply again; ${filePath} was not changed`);
+  if (strict && conflicts.length)
+    throw new InputError(
+      conflicts,
+      `fix the names, then run \`eni-dpdk validate\` and apply again; ${filePath} was not changed`,
+    );
 
-  const out: Record<string, unknown> = parsed ? { ...parsed, resourceList: list } : { resourceList: list };
+  const out: Record<string, unknown> = parsed
+    ? { ...parsed, resourceList: list }
+    : { resourceList: list };
   if (list.length > 0) {
-    const oursAt = new Set(list.flatMap((e, i) => (m.ours.includes(explicitFullName(e) ?? "") ? [i] : [])));
+    const oursAt = new Set(
+      list.flatMap((e, i) => (m.ours.includes(explicitFullName(e) ?? "") ? [i] : [])),
+    );
     const findings = analyzeSriovDoc(out);
     const ourProblems = findings.filter((f) => f.index !== undefined && oursAt.has(f.index));
     if (ourProblems.length) {
-      throw new OpError(`SR-IOV: eni-dpdk rendered an entry the plugin would not accept: ${ourProblems.map((f) => f.message).join("; ")}`, "this is a bug in eni-dpdk; report it");
+      throw new OpError(
+        `SR-IOV: eni-dpdk rendered an entry the plugin would not accept: ${ourProblems.map((f) => f.message).join("; ")}`,
+        "this is a bug in eni-dpdk; report it",
+      );
     }
-    const blocking = findings.filter((f) => (f.index === undefined || !oursAt.has(f.index)) && (f.severity === "fatal" || f.matchesAll));
+    const blocking = findings.filter(
+      (f) =>
+        (f.index === undefined || !oursAt.has(f.index)) && (f.severity === "fatal" || f.matchesAll),
+    );
     if (strict && m.ours.length > 0 && blocking.length) {
       throw new OpError(
         `SR-IOV: ${filePath} has entries eni-dpdk does not own that keep the device plugin from serving eni-dpdk's devices: ${blocking.map((f) => f.message).join("; ")}`,
@@ -476,8 +673,12 @@ export function mergeText(filePath: string, existing: string | undefined, desire
     m.warnings.push(...findings.map((f) => f.message));
   }
   // An unmergeable file is only replaced (after moving it aside) when we have entries to write.
-  m.changed = m.invalid !== undefined ? m.ours.length > 0 : m.existed ? !deepEqual(parsed, out) : list.length > 0;
+  m.changed =
+    m.invalid !== undefined
+      ? m.ours.length > 0
+      : m.existed
+        ? !deepEqual(parsed, out)
+        : list.length > 0;
   m.text = JSON.stringify(out, null, 2) + "\n";
   return m;
 }
-

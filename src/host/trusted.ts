@@ -15,7 +15,12 @@ export function trustProblem(host: Host, abs: string, st: Stats): string | undef
   const mode = `0${(st.mode & 0o7777).toString(8)}`;
   const euid = process.geteuid?.() ?? 0;
   if ((st.mode & 0o022) !== 0) {
-    const who = (st.mode & 0o022) === 0o022 ? "group- and world-writable" : st.mode & 0o002 ? "world-writable" : "group-writable";
+    const who =
+      (st.mode & 0o022) === 0o022
+        ? "group- and world-writable"
+        : st.mode & 0o002
+          ? "world-writable"
+          : "group-writable";
     return `is ${who} (mode ${mode}); eni-dpdk runs as root and refuses input that others can change: chmod go-w ${real}`;
   }
   if (st.uid !== 0 && st.uid !== euid) {
@@ -66,7 +71,8 @@ export function readErrorMessage(e: unknown): string | undefined {
 
 /** A directory we read config from: absent is fine; a non-directory or an untrusted one is a problem. */
 export function checkConfigDir(host: Host, abs: string, problems: Problem[]): boolean {
-  const add = (message: string) => problems.push({ source: shownPath(host, abs), key: "(directory)", message });
+  const add = (message: string) =>
+    problems.push({ source: shownPath(host, abs), key: "(directory)", message });
   let st: Stats | undefined;
   try {
     st = statOrAbsent(host.path(abs));
@@ -87,8 +93,14 @@ export function checkConfigDir(host: Host, abs: string, problems: Problem[]): bo
 }
 
 /** Read one config file: undefined when absent; problems for a directory, a non-file, an untrusted file. */
-export function readConfigFile(host: Host, abs: string, what: string, problems: Problem[]): string | undefined {
-  const add = (message: string) => problems.push({ source: shownPath(host, abs), key: "(file)", message });
+export function readConfigFile(
+  host: Host,
+  abs: string,
+  what: string,
+  problems: Problem[],
+): string | undefined {
+  const add = (message: string) =>
+    problems.push({ source: shownPath(host, abs), key: "(file)", message });
   const real = host.path(abs);
   try {
     const st = statOrAbsent(real);
@@ -113,10 +125,14 @@ export function readConfigFile(host: Host, abs: string, what: string, problems: 
  * A file that configures or authenticates eni-dpdk (a kubeconfig, a CA): undefined when absent, an
  * InputError naming `key` when it is a directory, not a regular file, unreadable, or untrusted.
  */
-export function readTrustedFile(host: Host, abs: string, key: string, what: string): string | undefined {
+export function readTrustedFile(
+  host: Host,
+  abs: string,
+  key: string,
+  what: string,
+): string | undefined {
   const problems: Problem[] = [];
   const text = readConfigFile(host, abs, what, problems);
   if (problems.length) throw new InputError(problems.map((p) => ({ ...p, key })));
   return text;
 }
-

@@ -38,16 +38,44 @@ export async function rebindFromState(
   if (recs.length === 0) return [];
   if (!state.primary) {
     // Offline, the primary is known only from the record every apply writes; without it, no bind.
-    log.warn("the state file has no record of the primary ENI yet; the early rebind is left to the full apply", { next: "nothing to do: eni-dpdk.service binds these devices, and records the primary for later boots" });
-    return recs.map((rec) => ({ mac: rec.mac, bdf: rec.bdf, eniName: rec.eniName, state: "skipped" as const, changed: false, detail: "no primary ENI record in the state file; left for the full apply" }));
+    log.warn(
+      "the state file has no record of the primary ENI yet; the early rebind is left to the full apply",
+      {
+        next: "nothing to do: eni-dpdk.service binds these devices, and records the primary for later boots",
+      },
+    );
+    return recs.map((rec) => ({
+      mac: rec.mac,
+      bdf: rec.bdf,
+      eniName: rec.eniName,
+      state: "skipped" as const,
+      changed: false,
+      detail: "no primary ENI record in the state file; left for the full apply",
+    }));
   }
   // The state-only half of the guard first: a record naming the primary fails before any write.
-  const guards = guardFacts({ primary: state.primary, routes: await readRoutes(host), ownedMacs: [...recs.map((r) => r.mac), ...Object.values(state.enis).map((e) => e.mac)] });
+  const guards = guardFacts({
+    primary: state.primary,
+    routes: await readRoutes(host),
+    ownedMacs: [...recs.map((r) => r.mac), ...Object.values(state.enis).map((e) => e.mac)],
+  });
   recs = recs.filter((rec) => {
     const never = guardViolations(guards, { mac: rec.mac, bdf: rec.bdf }).never;
     if (!never.length) return true;
-    log.error("the state file records the primary ENI as a DPDK device; refusing it", { mac: rec.mac, bdf: rec.bdf, reasons: never, next: "the state file was edited or is corrupt: eni-dpdk reset, then eni-dpdk apply" });
-    out.push({ mac: rec.mac, bdf: rec.bdf, eniName: rec.eniName, state: "failed", changed: false, detail: `refused: ${never.join("; ")}` });
+    log.error("the state file records the primary ENI as a DPDK device; refusing it", {
+      mac: rec.mac,
+      bdf: rec.bdf,
+      reasons: never,
+      next: "the state file was edited or is corrupt: eni-dpdk reset, then eni-dpdk apply",
+    });
+    out.push({
+      mac: rec.mac,
+      bdf: rec.bdf,
+      eniName: rec.eniName,
+      state: "failed",
+      changed: false,
+      detail: `refused: ${never.join("; ")}`,
+    });
     return false;
   });
   if (recs.length === 0) return out;
@@ -62,33 +90,62 @@ export async function rebindFromState(
       if (!pci) return undefined;
       if (pci.driver === rec.driver) return { pci, ifname: undefined as string | undefined };
       for (const ifname of pci.netdevs) {
-        const mac = (await host.attr(`/sys/bus/pci/devices/${rec.bdf}/net/${ifname}/address`))?.toLowerCase();
+        const mac = (
+          await host.attr(`/sys/bus/pci/devices/${rec.bdf}/net/${ifname}/address`)
+        )?.toLowerCase();
         if (mac) return { pci, ifname, mac };
       }
       return undefined;
     }, opts.waitMs ?? 10_000);
     if (!seen) {
-      out.push({ ...base, state: "failed", changed: false, detail: `${rec.bdf} did not appear with a netdev (driver ${(await readPciDevice(host, rec.bdf))?.driver ?? "none"})` });
+      out.push({
+        ...base,
+        state: "failed",
+        changed: false,
+        detail: `${rec.bdf} did not appear with a netdev (driver ${(await readPciDevice(host, rec.bdf))?.driver ?? "none"})`,
+      });
       continue;
     }
     const { pci } = seen;
     if (pci.vendor !== rec.vendor || pci.device !== rec.device) {
-      out.push({ ...base, state: "skipped", changed: false, detail: `${rec.bdf} is ${pci.vendor}:${pci.device}, recorded ${rec.vendor}:${rec.device}; left alone` });
+      out.push({
+        ...base,
+        state: "skipped",
+        changed: false,
+        detail: `${rec.bdf} is ${pci.vendor}:${pci.device}, recorded ${rec.vendor}:${rec.device}; left alone`,
+      });
       continue;
     }
     if (pci.driver === rec.driver) {
       const node = await deviceNodeFor(host, rec.bdf, rec.driver);
-      out.push({ ...base, state: node ? "bound" : "failed", changed: false, detail: node ? `already on ${rec.driver} (${node})` : `on ${rec.driver} without a device node` });
+      out.push({
+        ...base,
+        state: node ? "bound" : "failed",
+        changed: false,
+        detail: node
+          ? `already on ${rec.driver} (${node})`
+          : `on ${rec.driver} without a device node`,
+      });
       continue;
     }
     const mac = "mac" in seen ? seen.mac : undefined;
     if (mac !== rec.mac) {
-      out.push({ ...base, state: "skipped", changed: false, detail: `${rec.bdf} carries MAC ${mac}, not ${rec.mac}: another ENI sits there now; left alone for the full apply` });
+      out.push({
+        ...base,
+        state: "skipped",
+        changed: false,
+        detail: `${rec.bdf} carries MAC ${mac}, not ${rec.mac}: another ENI sits there now; left alone for the full apply`,
+      });
       continue;
     }
     const verdict = guardViolations(guards, { mac, bdf: rec.bdf, ifname: seen.ifname });
     if (verdict.never.length || verdict.unlessForced.length) {
-      out.push({ ...base, state: verdict.never.length ? "failed" : "skipped", changed: false, detail: `refused: ${[...verdict.never, ...verdict.unlessForced].join("; ")}; left alone` });
+      out.push({
+        ...base,
+        state: verdict.never.length ? "failed" : "skipped",
+        changed: false,
+        detail: `refused: ${[...verdict.never, ...verdict.unlessForced].join("; ")}; left alone`,
+      });
       continue;
     }
     try {
@@ -105,7 +162,12 @@ export async function rebindFromState(
         eni: { name: rec.eniName, ...(rec.eniId ? { id: rec.eniId } : {}) },
       });
       await saveState(host, state);
-      out.push({ ...base, state: "bound", changed: b.changed, detail: `bound to ${rec.driver} (${b.deviceNode})` });
+      out.push({
+        ...base,
+        state: "bound",
+        changed: b.changed,
+        detail: `bound to ${rec.driver} (${b.deviceNode})`,
+      });
     } catch (e) {
       out.push({ ...base, state: "failed", changed: true, detail: (e as Error).message });
     }

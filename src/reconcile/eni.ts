@@ -10,7 +10,13 @@ import { delayFor, pollUntil, sleep, type Backoff } from "../core/deadline.js";
 import { readNic, readNicNetwork } from "../cloud/imds.js";
 import { listNetdevs } from "../host/pci.js";
 import { lazyCrypto } from "../core/lazy.js";
-import { type Action, type ActionKind, type Stage, type StageContext, type StagePlan } from "./stage.js";
+import {
+  type Action,
+  type ActionKind,
+  type Stage,
+  type StageContext,
+  type StagePlan,
+} from "./stage.js";
 import { saveState, type EniRecord } from "../core/state.js";
 import { ensureNetworkdFile, reloadNetworkd } from "../host/networkd.js";
 
@@ -19,7 +25,8 @@ export const TAG_NAME = "eni-dpdk:name";
 /** The VPC CNI leaves ENIs with this tag alone. */
 export const TAG_NO_MANAGE = "node.k8s.amazonaws.com/no_manage";
 
-export type EniStep = "create" | "adopt" | "attach" | "wait-attached" | "set-delete-on-termination" | "wait-nic";
+export type EniStep =
+  "create" | "adopt" | "attach" | "wait-attached" | "set-delete-on-termination" | "wait-nic";
 
 /** What EC2 showed about an ENI we will act on. */
 export interface ObservedEni {
@@ -54,7 +61,14 @@ export interface EniPlan {
 
 /** Deterministic, so a create retried after a lost response returns the same ENI. */
 export function clientToken(instanceId: string, name: string, subnetId: string): string {
-  return "eni-dpdk-" + lazyCrypto().createHash("sha256").update(`${instanceId}\n${name}\n${subnetId}`).digest("hex").slice(0, 48);
+  return (
+    "eni-dpdk-" +
+    lazyCrypto()
+      .createHash("sha256")
+      .update(`${instanceId}\n${name}\n${subnetId}`)
+      .digest("hex")
+      .slice(0, 48)
+  );
 }
 
 function tagsOf(n: NetworkInterface): Record<string, string> {
@@ -90,26 +104,42 @@ function provenByImds(ctx: StageContext, e: EniConfig): EniRecord | undefined {
   const rec = ctx.state.enis[e.name];
   if (!rec?.attachmentId) return undefined;
   const nic = ctx.imdsNics.find((n) => n.interfaceId === rec.eniId);
-  if (!nic || nic.deviceNumber !== e.device_index || nic.networkCard !== e.network_card_index) return undefined;
-  if (rec.deviceIndex !== e.device_index || rec.networkCardIndex !== e.network_card_index) return undefined;
+  if (!nic || nic.deviceNumber !== e.device_index || nic.networkCard !== e.network_card_index)
+    return undefined;
+  if (rec.deviceIndex !== e.device_index || rec.networkCardIndex !== e.network_card_index)
+    return undefined;
   if (rec.deleteOnTermination !== e.delete_on_termination) return undefined;
   // An ENI never changes subnet, so the one recorded at create/adopt (from EC2) is still its subnet.
-  if (e.subnet_id ? rec.subnetId !== e.subnet_id : rec.subnetName !== e.subnet_name) return undefined;
+  if (e.subnet_id ? rec.subnetId !== e.subnet_id : rec.subnetName !== e.subnet_name)
+    return undefined;
   return { ...rec, mac: nic.mac.toLowerCase() };
 }
 
 function imdsShows(ctx: StageContext, mac: string, e: EniConfig): boolean {
-  return ctx.imdsNics.some((n) => n.mac.toLowerCase() === mac && n.deviceNumber === e.device_index && n.networkCard === e.network_card_index);
+  return ctx.imdsNics.some(
+    (n) =>
+      n.mac.toLowerCase() === mac &&
+      n.deviceNumber === e.device_index &&
+      n.networkCard === e.network_card_index,
+  );
 }
 
-async function describeAll(ec2: Ec2Api, ctx: StageContext, filters: { Name: string; Values: string[] }[]): Promise<NetworkInterface[]> {
+async function describeAll(
+  ec2: Ec2Api,
+  ctx: StageContext,
+  filters: { Name: string; Values: string[] }[],
+): Promise<NetworkInterface[]> {
   const out: NetworkInterface[] = [];
   let next: string | undefined;
   do {
-    const r = await withEc2Retry("DescribeNetworkInterfaces", () => ec2.describeNetworkInterfaces({ Filters: filters, NextToken: next }), {
-      deadline: ctx.deadline,
-      log: ctx.log,
-    });
+    const r = await withEc2Retry(
+      "DescribeNetworkInterfaces",
+      () => ec2.describeNetworkInterfaces({ Filters: filters, NextToken: next }),
+      {
+        deadline: ctx.deadline,
+        log: ctx.log,
+      },
+    );
     out.push(...(r.NetworkInterfaces ?? []));
     next = r.NextToken;
   } while (next);
@@ -121,7 +151,11 @@ export async function planEnis(ctx: StageContext, ec2: Ec2Factory): Promise<EniP
   const proven = desired.map((e) => provenByImds(ctx, e));
   if (proven.every((r) => r !== undefined)) {
     ctx.log.debug("ENIs proven by IMDS; EC2 not consulted", { enis: desired.length });
-    return { actions: [], items: desired.map((eni, i) => ({ eni, steps: [], record: proven[i] })), usedEc2: false };
+    return {
+      actions: [],
+      items: desired.map((eni, i) => ({ eni, steps: [], record: proven[i] })),
+      usedEc2: false,
+    };
   }
 
   const api = await ec2();
@@ -133,11 +167,18 @@ export async function planEnis(ctx: StageContext, ec2: Ec2Factory): Promise<EniP
   ]);
   const source = `EC2 (instance ${inst.instanceId}, ${inst.az})`;
   const problems: Problem[] = [];
-  const problem = (e: EniConfig, key: string, message: string) => problems.push({ source, key: `eni.${e.name}.${key}`, message });
+  const problem = (e: EniConfig, key: string, message: string) =>
+    problems.push({ source, key: `eni.${e.name}.${key}`, message });
 
-  const primary = attached.find((n) => n.Attachment?.DeviceIndex === 0 && (n.Attachment?.NetworkCardIndex ?? 0) === 0);
+  const primary = attached.find(
+    (n) => n.Attachment?.DeviceIndex === 0 && (n.Attachment?.NetworkCardIndex ?? 0) === 0,
+  );
   const vpcId = primary?.VpcId ?? (await readNicNetwork(ctx.imds, inst.primaryMac)).vpcId;
-  if (!vpcId) throw new OpError(`cannot tell the VPC of ${inst.instanceId}: no primary ENI in DescribeNetworkInterfaces or IMDS`, "check the instance in the EC2 console");
+  if (!vpcId)
+    throw new OpError(
+      `cannot tell the VPC of ${inst.instanceId}: no primary ENI in DescribeNetworkInterfaces or IMDS`,
+      "check the instance in the EC2 console",
+    );
 
   // Classify each ENI against what is attached now.
   const items: EniPlanItem[] = [];
@@ -148,10 +189,15 @@ export async function planEnis(ctx: StageContext, ec2: Ec2Factory): Promise<EniP
     }
     const slot = `${e.network_card_index}/${e.device_index}`;
     const atSlot = attached.find((n) => slotOf(n) === slot);
-    const mineElsewhere = attached.find((n) => isOurs(n, inst.instanceId, e.name) && slotOf(n) !== slot);
+    const mineElsewhere = attached.find(
+      (n) => isOurs(n, inst.instanceId, e.name) && slotOf(n) !== slot,
+    );
     if (atSlot && !isOurs(atSlot, inst.instanceId, e.name)) {
       const t = tagsOf(atSlot);
-      const whose = t[TAG_NAME] && t[TAG_INSTANCE] === inst.instanceId ? `eni-dpdk's ENI "${t[TAG_NAME]}"` : "an ENI eni-dpdk did not create";
+      const whose =
+        t[TAG_NAME] && t[TAG_INSTANCE] === inst.instanceId
+          ? `eni-dpdk's ENI "${t[TAG_NAME]}"`
+          : "an ENI eni-dpdk did not create";
       problem(
         e,
         "device_index",
@@ -171,7 +217,8 @@ export async function planEnis(ctx: StageContext, ec2: Ec2Factory): Promise<EniP
       const ex = observed(atSlot, inst.instanceId);
       const steps: EniStep[] = [];
       if (ex.attachmentStatus !== "attached") steps.push("wait-attached");
-      if (ex.deleteOnTermination !== e.delete_on_termination) steps.push("set-delete-on-termination");
+      if (ex.deleteOnTermination !== e.delete_on_termination)
+        steps.push("set-delete-on-termination");
       if (!imdsShows(ctx, ex.mac, e)) steps.push("wait-nic");
       items.push({ eni: e, steps, existing: ex, subnetId: ex.subnetId });
       continue;
@@ -191,25 +238,65 @@ export async function planEnis(ctx: StageContext, ec2: Ec2Factory): Promise<EniP
     const sgNames = [...new Set(toAttach.flatMap((it) => it.eni.security_group_names))];
     const [byId, byName, sgById, sgByGroupName, types] = await Promise.all([
       subnetIds.length
-        ? withEc2Retry("DescribeSubnets", () => api.describeSubnets({ Filters: [{ Name: "subnet-id", Values: subnetIds }] }), retry)
+        ? withEc2Retry(
+            "DescribeSubnets",
+            () => api.describeSubnets({ Filters: [{ Name: "subnet-id", Values: subnetIds }] }),
+            retry,
+          )
         : undefined,
       subnetNames.length
-        ? withEc2Retry("DescribeSubnets", () => api.describeSubnets({ Filters: [{ Name: "tag:Name", Values: subnetNames }, { Name: "vpc-id", Values: [vpcId] }] }), retry)
+        ? withEc2Retry(
+            "DescribeSubnets",
+            () =>
+              api.describeSubnets({
+                Filters: [
+                  { Name: "tag:Name", Values: subnetNames },
+                  { Name: "vpc-id", Values: [vpcId] },
+                ],
+              }),
+            retry,
+          )
         : undefined,
       sgIds.length
-        ? withEc2Retry("DescribeSecurityGroups", () => api.describeSecurityGroups({ Filters: [{ Name: "group-id", Values: sgIds }] }), retry)
+        ? withEc2Retry(
+            "DescribeSecurityGroups",
+            () => api.describeSecurityGroups({ Filters: [{ Name: "group-id", Values: sgIds }] }),
+            retry,
+          )
         : undefined,
       sgNames.length
-        ? withEc2Retry("DescribeSecurityGroups", () => api.describeSecurityGroups({ Filters: [{ Name: "group-name", Values: sgNames }, { Name: "vpc-id", Values: [vpcId] }] }), retry)
+        ? withEc2Retry(
+            "DescribeSecurityGroups",
+            () =>
+              api.describeSecurityGroups({
+                Filters: [
+                  { Name: "group-name", Values: sgNames },
+                  { Name: "vpc-id", Values: [vpcId] },
+                ],
+              }),
+            retry,
+          )
         : undefined,
-      withEc2Retry("DescribeInstanceTypes", () => api.describeInstanceTypes({ InstanceTypes: [inst.instanceType as _InstanceType] }), retry),
+      withEc2Retry(
+        "DescribeInstanceTypes",
+        () => api.describeInstanceTypes({ InstanceTypes: [inst.instanceType as _InstanceType] }),
+        retry,
+      ),
     ]);
     // Security groups named only by a Name tag: a second look, only when needed.
-    const missingSgNames = sgNames.filter((n) => !(sgByGroupName?.SecurityGroups ?? []).some((g) => g.GroupName === n));
+    const missingSgNames = sgNames.filter(
+      (n) => !(sgByGroupName?.SecurityGroups ?? []).some((g) => g.GroupName === n),
+    );
     const sgByTag = missingSgNames.length
       ? await withEc2Retry(
           "DescribeSecurityGroups",
-          () => api.describeSecurityGroups({ Filters: [{ Name: "tag:Name", Values: missingSgNames }, { Name: "vpc-id", Values: [vpcId] }] }),
+          () =>
+            api.describeSecurityGroups({
+              Filters: [
+                { Name: "tag:Name", Values: missingSgNames },
+                { Name: "vpc-id", Values: [vpcId] },
+              ],
+            }),
           retry,
         )
       : undefined;
@@ -219,17 +306,37 @@ export async function planEnis(ctx: StageContext, ec2: Ec2Factory): Promise<EniP
       // subnet
       if (e.subnet_id) {
         const s = byId?.Subnets?.find((x) => x.SubnetId === e.subnet_id);
-        if (!s) problem(e, "subnet_id", `subnet ${e.subnet_id} does not exist (DescribeSubnets found nothing)`);
-        else if (s.VpcId !== vpcId) problem(e, "subnet_id", `subnet ${e.subnet_id} is in ${s.VpcId}, but the instance is in ${vpcId}`);
+        if (!s)
+          problem(
+            e,
+            "subnet_id",
+            `subnet ${e.subnet_id} does not exist (DescribeSubnets found nothing)`,
+          );
+        else if (s.VpcId !== vpcId)
+          problem(
+            e,
+            "subnet_id",
+            `subnet ${e.subnet_id} is in ${s.VpcId}, but the instance is in ${vpcId}`,
+          );
         else if (s.AvailabilityZone !== inst.az) {
-          problem(e, "subnet_id", `subnet ${e.subnet_id} is in ${s.AvailabilityZone}, but the instance is in ${inst.az}; an ENI can only attach in its own AZ`);
+          problem(
+            e,
+            "subnet_id",
+            `subnet ${e.subnet_id} is in ${s.AvailabilityZone}, but the instance is in ${inst.az}; an ENI can only attach in its own AZ`,
+          );
         } else it.subnetId = s.SubnetId;
       } else {
-        const named = (byName?.Subnets ?? []).filter((s) => (s.Tags ?? []).some((t) => t.Key === "Name" && t.Value === e.subnet_name));
+        const named = (byName?.Subnets ?? []).filter((s) =>
+          (s.Tags ?? []).some((t) => t.Key === "Name" && t.Value === e.subnet_name),
+        );
         const here = named.filter((s) => s.AvailabilityZone === inst.az);
-        if (here.length === 1) it.subnetId = here[0]!.SubnetId;
+        if (here.length === 1) it.subnetId = here[0].SubnetId;
         else if (here.length > 1) {
-          problem(e, "subnet_name", `ambiguous: ${here.length} subnets named "${e.subnet_name}" in ${vpcId}/${inst.az} (${here.map((s) => s.SubnetId).join(", ")}); use subnet_id`);
+          problem(
+            e,
+            "subnet_name",
+            `ambiguous: ${here.length} subnets named "${e.subnet_name}" in ${vpcId}/${inst.az} (${here.map((s) => s.SubnetId).join(", ")}); use subnet_id`,
+          );
         } else if (named.length) {
           problem(
             e,
@@ -243,15 +350,33 @@ export async function planEnis(ctx: StageContext, ec2: Ec2Factory): Promise<EniP
       for (const id of e.security_group_ids) {
         const g = sgById?.SecurityGroups?.find((x) => x.GroupId === id);
         if (!g) problem(e, "security_group_ids", `security group ${id} does not exist`);
-        else if (g.VpcId !== vpcId) problem(e, "security_group_ids", `security group ${id} is in ${g.VpcId}, but the instance is in ${vpcId}`);
+        else if (g.VpcId !== vpcId)
+          problem(
+            e,
+            "security_group_ids",
+            `security group ${id} is in ${g.VpcId}, but the instance is in ${vpcId}`,
+          );
         else sgs.push(id);
       }
       for (const name of e.security_group_names) {
         let found = (sgByGroupName?.SecurityGroups ?? []).filter((g) => g.GroupName === name);
-        if (!found.length) found = (sgByTag?.SecurityGroups ?? []).filter((g) => (g.Tags ?? []).some((t) => t.Key === "Name" && t.Value === name));
-        if (found.length === 1) sgs.push(found[0]!.GroupId!);
-        else if (found.length > 1) problem(e, "security_group_names", `ambiguous: ${found.length} security groups named "${name}" in ${vpcId} (${found.map((g) => g.GroupId).join(", ")}); use security_group_ids`);
-        else problem(e, "security_group_names", `no security group with group name or tag Name "${name}" in ${vpcId}`);
+        if (!found.length)
+          found = (sgByTag?.SecurityGroups ?? []).filter((g) =>
+            (g.Tags ?? []).some((t) => t.Key === "Name" && t.Value === name),
+          );
+        if (found.length === 1) sgs.push(found[0].GroupId!);
+        else if (found.length > 1)
+          problem(
+            e,
+            "security_group_names",
+            `ambiguous: ${found.length} security groups named "${name}" in ${vpcId} (${found.map((g) => g.GroupId).join(", ")}); use security_group_ids`,
+          );
+        else
+          problem(
+            e,
+            "security_group_names",
+            `no security group with group name or tag Name "${name}" in ${vpcId}`,
+          );
       }
       it.securityGroupIds = [...new Set(sgs)];
     }
@@ -274,12 +399,22 @@ export async function planEnis(ctx: StageContext, ec2: Ec2Factory): Promise<EniP
         const card = it.eni.network_card_index;
         const max = cards.find((c) => c.NetworkCardIndex === card)?.MaximumNetworkInterfaces;
         if (card >= (net.MaximumNetworkCards ?? 1)) {
-          problem(it.eni, "network_card_index", `${inst.instanceType} has ${net.MaximumNetworkCards ?? 1} network card(s); index ${card} does not exist`);
+          problem(
+            it.eni,
+            "network_card_index",
+            `${inst.instanceType} has ${net.MaximumNetworkCards ?? 1} network card(s); index ${card} does not exist`,
+          );
           continue;
         }
-        const onCard = attached.filter((n) => (n.Attachment?.NetworkCardIndex ?? 0) === card).length + toAttach.filter((x) => x.eni.network_card_index === card).length;
+        const onCard =
+          attached.filter((n) => (n.Attachment?.NetworkCardIndex ?? 0) === card).length +
+          toAttach.filter((x) => x.eni.network_card_index === card).length;
         if (max !== undefined && onCard > max && total <= net.MaximumNetworkInterfaces) {
-          problem(it.eni, "network_card_index", `limit exceeded: network card ${card} of ${inst.instanceType} takes at most ${max} ENIs; this would make ${onCard}`);
+          problem(
+            it.eni,
+            "network_card_index",
+            `limit exceeded: network card ${card} of ${inst.instanceType} takes at most ${max} ENIs; this would make ${onCard}`,
+          );
         }
       }
     }
@@ -287,11 +422,18 @@ export async function planEnis(ctx: StageContext, ec2: Ec2Factory): Promise<EniP
       // adopt an available ENI created earlier for this instance and name in the same subnet (crash before attach)
       for (const it of toAttach) {
         const candidates = ours
-          .filter((n) => !n.Attachment && n.Status === "available" && isOurs(n, inst.instanceId, it.eni.name))
+          .filter(
+            (n) =>
+              !n.Attachment && n.Status === "available" && isOurs(n, inst.instanceId, it.eni.name),
+          )
           .sort((a, b) => (a.NetworkInterfaceId! < b.NetworkInterfaceId! ? -1 : 1));
         const same = candidates.find((n) => n.SubnetId === it.subnetId);
         for (const n of candidates.filter((n) => n !== same)) {
-          ctx.log.warn("an available ENI eni-dpdk created for this instance is left unused", { eni: it.eni.name, eni_id: n.NetworkInterfaceId, subnet: n.SubnetId });
+          ctx.log.warn("an available ENI eni-dpdk created for this instance is left unused", {
+            eni: it.eni.name,
+            eni_id: n.NetworkInterfaceId,
+            subnet: n.SubnetId,
+          });
         }
         if (same) {
           it.existing = observed(same, inst.instanceId);
@@ -302,7 +444,11 @@ export async function planEnis(ctx: StageContext, ec2: Ec2Factory): Promise<EniP
       }
     }
   }
-  if (problems.length) throw new InputError(problems, "fix the [[eni]] configuration or the instance, then run `eni-dpdk apply` again");
+  if (problems.length)
+    throw new InputError(
+      problems,
+      "fix the [[eni]] configuration or the instance, then run `eni-dpdk apply` again",
+    );
 
   for (const it of items) {
     if (it.steps.length === 0 && it.existing) it.record = recordFor(it, it.existing);
@@ -328,28 +474,69 @@ function recordFor(it: EniPlanItem, ex: ObservedEni): EniRecord {
 function actionsFor(ctx: StageContext, it: EniPlanItem): Action[] {
   const e = it.eni;
   const id = it.existing?.eniId ?? "the new ENI";
-  const a = (kind: ActionKind, detail: string): Action => ({ stage: "eni", kind, target: e.name, detail });
+  const a = (kind: ActionKind, detail: string): Action => ({
+    stage: "eni",
+    kind,
+    target: e.name,
+    detail,
+  });
   return it.steps.flatMap((s): Action[] => {
     switch (s) {
       case "create":
-        return [a("create", `CreateNetworkInterface in ${it.subnetId} with ${it.securityGroupIds?.join(",")}, tagged ${TAG_INSTANCE}=${ctx.instance.instanceId} ${TAG_NAME}=${e.name} ${TAG_NO_MANAGE}=true`)];
+        return [
+          a(
+            "create",
+            `CreateNetworkInterface in ${it.subnetId} with ${it.securityGroupIds?.join(",")}, tagged ${TAG_INSTANCE}=${ctx.instance.instanceId} ${TAG_NAME}=${e.name} ${TAG_NO_MANAGE}=true`,
+          ),
+        ];
       case "adopt":
-        return [a("adopt", `reuse ${id}, available and created by eni-dpdk for this instance earlier (a run stopped before attaching it)`)];
+        return [
+          a(
+            "adopt",
+            `reuse ${id}, available and created by eni-dpdk for this instance earlier (a run stopped before attaching it)`,
+          ),
+        ];
       case "attach":
-        return [a("attach", `AttachNetworkInterface ${id} at device index ${e.device_index}, network card ${e.network_card_index}`)];
+        return [
+          a(
+            "attach",
+            `AttachNetworkInterface ${id} at device index ${e.device_index}, network card ${e.network_card_index}`,
+          ),
+        ];
       case "wait-attached":
-        return it.steps.includes("attach") ? [] : [a("wait-attached", `${id} is "${it.existing?.attachmentStatus}"; wait for "attached"`)];
+        return it.steps.includes("attach")
+          ? []
+          : [
+              a(
+                "wait-attached",
+                `${id} is "${it.existing?.attachmentStatus}"; wait for "attached"`,
+              ),
+            ];
       case "set-delete-on-termination":
-        return [a("set-delete-on-termination", `ModifyNetworkInterfaceAttribute ${id} DeleteOnTermination=${e.delete_on_termination}${it.existing?.attachmentId ? ` (now ${it.existing.deleteOnTermination})` : ""}`)];
+        return [
+          a(
+            "set-delete-on-termination",
+            `ModifyNetworkInterfaceAttribute ${id} DeleteOnTermination=${e.delete_on_termination}${it.existing?.attachmentId ? ` (now ${it.existing.deleteOnTermination})` : ""}`,
+          ),
+        ];
       case "wait-nic":
-        return [a("wait-nic", `wait for the NIC with ${it.existing?.mac ? `MAC ${it.existing.mac}` : "its MAC"} under /sys/class/net and IMDS device-number ${e.device_index}`)];
+        return [
+          a(
+            "wait-nic",
+            `wait for the NIC with ${it.existing?.mac ? `MAC ${it.existing.mac}` : "its MAC"} under /sys/class/net and IMDS device-number ${e.device_index}`,
+          ),
+        ];
     }
   });
 }
 
 // ---- apply ---------------------------------------------------------------------------------------
 
-export async function applyEnis(ctx: StageContext, ec2: Ec2Factory, plan: EniPlan): Promise<EniRecord[]> {
+export async function applyEnis(
+  ctx: StageContext,
+  ec2: Ec2Factory,
+  plan: EniPlan,
+): Promise<EniRecord[]> {
   const records = new Map<string, EniRecord>();
   for (const it of plan.items) if (it.record) records.set(it.eni.name, it.record);
   if (ctx.dryRun) return [...records.values()];
@@ -372,15 +559,20 @@ export async function applyEnis(ctx: StageContext, ec2: Ec2Factory, plan: EniPla
 
   const api = await ec2();
   const attachments = new AttachmentWatcher(ctx, api);
-  const results = await Promise.allSettled(work.map((it) => runItem(ctx, api, it, persist, attachments)));
+  const results = await Promise.allSettled(
+    work.map((it) => runItem(ctx, api, it, persist, attachments)),
+  );
   await saving;
-  const failed = results.flatMap((r, i) => (r.status === "rejected" ? [{ name: work[i]!.eni.name, err: r.reason as Error }] : []));
-  results.forEach((r, i) => r.status === "fulfilled" && records.set(work[i]!.eni.name, r.value));
-  if (failed.length === 1) throw failed[0]!.err;
+  const failed = results.flatMap((r, i) =>
+    r.status === "rejected" ? [{ name: work[i].eni.name, err: r.reason as Error }] : [],
+  );
+  results.forEach((r, i) => r.status === "fulfilled" && records.set(work[i].eni.name, r.value));
+  if (failed.length === 1) throw failed[0].err;
   if (failed.length > 1) {
     throw new OpError(
-      `${failed.length} ENIs failed:\n` + failed.map((f) => `  ${f.name}: ${f.err.message}`).join("\n"),
-      (failed[0]!.err as OpError).hint ?? "see the log lines above",
+      `${failed.length} ENIs failed:\n` +
+        failed.map((f) => `  ${f.name}: ${f.err.message}`).join("\n"),
+      (failed[0].err as OpError).hint ?? "see the log lines above",
       { enis: failed.map((f) => f.name) },
     );
   }
@@ -437,14 +629,16 @@ async function runItem(
   } else {
     const ex = it.existing!;
     rec = recordFor(it, ex);
-    if (it.steps[0] === "adopt") log.info("adopting ENI created earlier", { eni_id: ex.eniId, subnet: ex.subnetId });
+    if (it.steps[0] === "adopt")
+      log.info("adopting ENI created earlier", { eni_id: ex.eniId, subnet: ex.subnetId });
   }
   ctx.state.enis[e.name] = rec;
   if (e.dpdk.enabled && rec.mac && it.steps.includes("attach")) {
     // Before the NIC exists: networkd must already have our Unmanaged=yes file when the link
     // appears, or it configures it (nodeadm's template adds a default route) and the route guard
     // then refuses to bind it on this first boot.
-    if (await ensureNetworkdFile(ctx.host, ctx.state, e.name, rec.mac)) await reloadNetworkd(ctx.host, log);
+    if (await ensureNetworkdFile(ctx.host, ctx.state, e.name, rec.mac))
+      await reloadNetworkd(ctx.host, log);
   }
   await persist();
 
@@ -452,7 +646,13 @@ async function runItem(
     try {
       const out = await withEc2Retry(
         "AttachNetworkInterface",
-        () => api.attachNetworkInterface({ NetworkInterfaceId: rec.eniId, InstanceId: inst.instanceId, DeviceIndex: e.device_index, NetworkCardIndex: e.network_card_index }),
+        () =>
+          api.attachNetworkInterface({
+            NetworkInterfaceId: rec.eniId,
+            InstanceId: inst.instanceId,
+            DeviceIndex: e.device_index,
+            NetworkCardIndex: e.network_card_index,
+          }),
         retry,
       );
       rec.attachmentId = out.AttachmentId;
@@ -461,12 +661,22 @@ async function runItem(
       if (!(err instanceof Ec2Error)) throw err;
       const n = await describeOne(api, ctx, rec.eniId);
       const a = n?.Attachment;
-      if (a?.InstanceId !== inst.instanceId || a.DeviceIndex !== e.device_index || (a.NetworkCardIndex ?? 0) !== e.network_card_index) throw err;
+      if (
+        a?.InstanceId !== inst.instanceId ||
+        a.DeviceIndex !== e.device_index ||
+        (a.NetworkCardIndex ?? 0) !== e.network_card_index
+      )
+        throw err;
       rec.attachmentId = a.AttachmentId;
     }
     rec.deleteOnTermination = false;
     await persist();
-    log.info("attaching ENI", { eni_id: rec.eniId, device_index: e.device_index, network_card: e.network_card_index, attachment_id: rec.attachmentId });
+    log.info("attaching ENI", {
+      eni_id: rec.eniId,
+      device_index: e.device_index,
+      network_card: e.network_card_index,
+      attachment_id: rec.attachmentId,
+    });
   }
 
   if (it.steps.includes("wait-attached")) {
@@ -479,7 +689,14 @@ async function runItem(
   if (it.steps.includes("set-delete-on-termination")) {
     await withEc2Retry(
       "ModifyNetworkInterfaceAttribute",
-      () => api.modifyNetworkInterfaceAttribute({ NetworkInterfaceId: rec.eniId, Attachment: { AttachmentId: rec.attachmentId, DeleteOnTermination: e.delete_on_termination } }),
+      () =>
+        api.modifyNetworkInterfaceAttribute({
+          NetworkInterfaceId: rec.eniId,
+          Attachment: {
+            AttachmentId: rec.attachmentId,
+            DeleteOnTermination: e.delete_on_termination,
+          },
+        }),
       retry,
     );
     log.info("set DeleteOnTermination", { eni_id: rec.eniId, value: e.delete_on_termination });
@@ -496,8 +713,11 @@ async function runItem(
         if (dev) return { done: dev.ifname };
         // Bound to a DPDK driver by an earlier run, it has no netdev, and never will: it is there.
         const bound = ctx.state.bindings[rec.mac.toLowerCase()];
-        const driver = bound && (await ctx.host.linkName(`/sys/bus/pci/devices/${bound.bdf}/driver`));
-        return bound && driver === bound.driver ? { done: `${bound.bdf} (on ${driver})` } : { state: "no such NIC yet" };
+        const driver =
+          bound && (await ctx.host.linkName(`/sys/bus/pci/devices/${bound.bdf}/driver`));
+        return bound && driver === bound.driver
+          ? { done: `${bound.bdf} (on ${driver})` }
+          : { state: "no such NIC yet" };
       },
       { firstMs: 50, maxMs: 500, growth: 1.6, jitter: 0.2 },
     );
@@ -506,8 +726,13 @@ async function runItem(
       `IMDS to show ${rec.mac} (${e.name}) at device-number ${e.device_index}, network-card ${e.network_card_index}`,
       async () => {
         const nic = await readNic(ctx.imds, rec.mac);
-        if (nic && nic.deviceNumber === e.device_index && nic.networkCard === e.network_card_index) return { done: nic };
-        return { state: nic ? `device-number ${nic.deviceNumber}, network-card ${nic.networkCard}` : "MAC not listed" };
+        if (nic && nic.deviceNumber === e.device_index && nic.networkCard === e.network_card_index)
+          return { done: nic };
+        return {
+          state: nic
+            ? `device-number ${nic.deviceNumber}, network-card ${nic.networkCard}`
+            : "MAC not listed",
+        };
       },
       { firstMs: 100, maxMs: 1000, growth: 1.6, jitter: 0.2 },
     );
@@ -524,7 +749,16 @@ async function runItem(
 const ATTACH_POLL: Backoff = { firstMs: 300, maxMs: 1500, growth: 1.3, jitter: 0.2 };
 
 class AttachmentWatcher {
-  private readonly pending = new Map<string, { name: string; since: number; last: string; resolve: (n: NetworkInterface) => void; reject: (e: Error) => void }>();
+  private readonly pending = new Map<
+    string,
+    {
+      name: string;
+      since: number;
+      last: string;
+      resolve: (n: NetworkInterface) => void;
+      reject: (e: Error) => void;
+    }
+  >();
   private running = false;
 
   constructor(
@@ -562,7 +796,14 @@ class AttachmentWatcher {
         const ids = [...this.pending.keys()];
         let out: NetworkInterface[];
         try {
-          out = (await withEc2Retry("DescribeNetworkInterfaces", () => this.api.describeNetworkInterfaces({ NetworkInterfaceIds: ids }), { deadline: this.ctx.deadline, log: this.ctx.log })).NetworkInterfaces ?? [];
+          out =
+            (
+              await withEc2Retry(
+                "DescribeNetworkInterfaces",
+                () => this.api.describeNetworkInterfaces({ NetworkInterfaceIds: ids }),
+                { deadline: this.ctx.deadline, log: this.ctx.log },
+              )
+            ).NetworkInterfaces ?? [];
         } catch (err) {
           if (err instanceof Ec2Error && this.ctx.deadline.expired()) continue; // reported as a timeout above
           for (const w of this.pending.values()) w.reject(err as Error);
@@ -584,17 +825,29 @@ class AttachmentWatcher {
   }
 }
 
-async function describeOne(api: Ec2Api, ctx: StageContext, eniId: string): Promise<NetworkInterface | undefined> {
-  const out = await withEc2Retry("DescribeNetworkInterfaces", () => api.describeNetworkInterfaces({ NetworkInterfaceIds: [eniId] }), {
-    deadline: ctx.deadline,
-    log: ctx.log,
-  });
+async function describeOne(
+  api: Ec2Api,
+  ctx: StageContext,
+  eniId: string,
+): Promise<NetworkInterface | undefined> {
+  const out = await withEc2Retry(
+    "DescribeNetworkInterfaces",
+    () => api.describeNetworkInterfaces({ NetworkInterfaceIds: [eniId] }),
+    {
+      deadline: ctx.deadline,
+      log: ctx.log,
+    },
+  );
   return out.NetworkInterfaces?.[0];
 }
 
-
 /** Wait until `probe` is done, bounded by the stage deadline; on timeout say what was last seen. */
-async function waitFor<T>(ctx: StageContext, what: string, probe: () => Promise<{ done: T } | { state: string }>, backoff: Backoff): Promise<T> {
+async function waitFor<T>(
+  ctx: StageContext,
+  what: string,
+  probe: () => Promise<{ done: T } | { state: string }>,
+  backoff: Backoff,
+): Promise<T> {
   const t0 = Date.now();
   let last = "not polled yet";
   const r = await pollUntil(
@@ -621,7 +874,9 @@ async function waitFor<T>(ctx: StageContext, what: string, probe: () => Promise<
 
 /** ENIs the state already knows with their MACs: what a dry run hands the host stage (nothing is created). */
 function knownEnis(ctx: StageContext): EniRecord[] {
-  return ctx.config.eni.map((e) => ctx.state.enis[e.name]).filter((r): r is EniRecord => !!r && !!r.mac);
+  return ctx.config.eni
+    .map((e) => ctx.state.enis[e.name])
+    .filter((r): r is EniRecord => !!r && !!r.mac);
 }
 
 export const eniStage: Stage<EniPlan & StagePlan> = {

@@ -2,18 +2,34 @@
 // ENIs (with rollback), bring kernel-driver ENIs up with their MTU, and keep networkd/nodeadm off
 // DPDK ENIs. Never takes the host lock (the orchestrator holds it). Also the offline reboot rebind.
 import { type Config, type EniConfig } from "../config/model.js";
-import { ENA_DPDK_DEVICE_IDS, ENA_VENDOR, fullResourceName, isDpdkDriver } from "../config/facts.js";
+import {
+  ENA_DPDK_DEVICE_IDS,
+  ENA_VENDOR,
+  fullResourceName,
+  isDpdkDriver,
+} from "../config/facts.js";
 import { InputError, OpError, type Problem } from "../core/errors.js";
 import { pollUntil } from "../core/deadline.js";
 import { type Host } from "../host/host.js";
 import type { Logger } from "../core/log.js";
 import { ensureNetworkdFile, markNodeadmUnmanaged, planNetworkd } from "../host/networkd.js";
 import { type Action, type Stage, type StageContext, type StagePlan } from "./stage.js";
-import { bindDevice, netdevByMac, readPciDevice, restoreDriver, type PciDevice } from "../host/pci.js";
+import {
+  bindDevice,
+  netdevByMac,
+  readPciDevice,
+  restoreDriver,
+  type PciDevice,
+} from "../host/pci.js";
 import { guardFacts, guardViolations, readRoutes, type GuardFacts } from "../host/guard.js";
 import { type BindingRecord, type EniRecord, saveState, type State } from "../core/state.js";
-import { applyHugepages, hugepageWants, planHugepages, planKernel, setupKernel } from "../host/kernel.js";
-
+import {
+  applyHugepages,
+  hugepageWants,
+  planHugepages,
+  planKernel,
+  setupKernel,
+} from "../host/kernel.js";
 
 /** A configured ENI with what EC2 gave it (its MAC and id): the host stage's input. */
 export type HostTarget = Pick<EniConfig, "name" | "dpdk" | "mtu"> & { mac: string; eniId?: string };
@@ -68,7 +84,14 @@ export interface HostPlan {
 export async function locate(host: Host, state: State, t: HostTarget): Promise<LocatedDevice> {
   const mac = t.mac.toLowerCase();
   const nd = await netdevByMac(host, mac);
-  if (nd?.bdf) return { target: t, via: "netdev", bdf: nd.bdf, ifname: nd.ifname, pci: await readPciDevice(host, nd.bdf) };
+  if (nd?.bdf)
+    return {
+      target: t,
+      via: "netdev",
+      bdf: nd.bdf,
+      ifname: nd.ifname,
+      pci: await readPciDevice(host, nd.bdf),
+    };
   const rec = state.bindings[mac];
   if (rec) {
     const pci = await readPciDevice(host, rec.bdf);
@@ -79,13 +102,23 @@ export async function locate(host: Host, state: State, t: HostTarget): Promise<L
         : !pci.driver || !isDpdkDriver(pci.driver)
           ? `${rec.bdf} has no netdev with ${mac} and is on ${pci.driver ?? "no driver"}, not a DPDK driver`
           : undefined;
-    return { target: t, via: problem ? "missing" : "state", bdf: rec.bdf, pci, ifname: rec.ifname, problem };
+    return {
+      target: t,
+      via: problem ? "missing" : "state",
+      bdf: rec.bdf,
+      pci,
+      ifname: rec.ifname,
+      problem,
+    };
   }
   return { target: t, via: "missing" };
 }
 
 /** Problems that reject the whole stage before any mutation (bad input or an unsafe target). */
-function validate(ctx: StageContext, located: LocatedDevice[]): { input: Problem[]; unsafe: string[] } {
+function validate(
+  ctx: StageContext,
+  located: LocatedDevice[],
+): { input: Problem[]; unsafe: string[] } {
   const input: Problem[] = [];
   const unsafe: string[] = [];
   const byBdf = new Map<string, string>();
@@ -105,8 +138,10 @@ function validate(ctx: StageContext, located: LocatedDevice[]): { input: Problem
     }
     if (!t.dpdk.enabled) continue;
     const mac = t.mac.toLowerCase();
-    if (ctx.instance.primaryMac && mac === ctx.instance.primaryMac.toLowerCase()) unsafe.push(`ENI "${t.name}" (${mac}) is the primary ENI; eni-dpdk never binds it`);
-    if (ctx.imdsNics.some((n) => n.mac.toLowerCase() === mac && n.deviceNumber === 0)) unsafe.push(`ENI "${t.name}" (${mac}) has device-number 0; eni-dpdk never binds it`);
+    if (ctx.instance.primaryMac && mac === ctx.instance.primaryMac.toLowerCase())
+      unsafe.push(`ENI "${t.name}" (${mac}) is the primary ENI; eni-dpdk never binds it`);
+    if (ctx.imdsNics.some((n) => n.mac.toLowerCase() === mac && n.deviceNumber === 0))
+      unsafe.push(`ENI "${t.name}" (${mac}) has device-number 0; eni-dpdk never binds it`);
   }
   return { input, unsafe };
 }
@@ -115,33 +150,70 @@ export async function planHost(ctx: StageContext, targets: HostTarget[]): Promis
   const located = await Promise.all(targets.map((t) => locate(ctx.host, ctx.state, t)));
   const { input, unsafe } = validate(ctx, located);
   if (input.length) throw new InputError(input, "fix the config");
-  if (unsafe.length) throw new OpError(unsafe.join("; "), "remove these ENIs from the DPDK config; nothing was changed");
+  if (unsafe.length)
+    throw new OpError(
+      unsafe.join("; "),
+      "remove these ENIs from the DPDK config; nothing was changed",
+    );
   const actions: Action[] = [];
   const dpdk = located.filter((l) => l.target.dpdk.enabled);
   const drivers = [...new Set(dpdk.map((l) => l.target.dpdk.driver))];
-  if (drivers.length) actions.push(...(await planKernel(ctx.host, drivers, ctx.config.dpdk.noiommu)));
+  if (drivers.length)
+    actions.push(...(await planKernel(ctx.host, drivers, ctx.config.dpdk.noiommu)));
   actions.push(...(await planHugepages(ctx.host, hugepageWants(ctx.config.dpdk))));
-  actions.push(...(await planNetworkd(ctx.host, dpdk.map((l) => ({ name: l.target.name, mac: l.target.mac })))));
+  actions.push(
+    ...(await planNetworkd(
+      ctx.host,
+      dpdk.map((l) => ({ name: l.target.name, mac: l.target.mac })),
+    )),
+  );
   for (const l of located) {
     const t = l.target;
     if (l.via === "missing") {
-      actions.push({ stage: "host", kind: t.dpdk.enabled ? "bind" : "set-mtu", target: t.name, detail: l.problem ?? `wait for the NIC with MAC ${t.mac} to appear` });
+      actions.push({
+        stage: "host",
+        kind: t.dpdk.enabled ? "bind" : "set-mtu",
+        target: t.name,
+        detail: l.problem ?? `wait for the NIC with MAC ${t.mac} to appear`,
+      });
       continue;
     }
     const drv = l.pci?.driver;
     if (t.dpdk.enabled) {
       if (drv !== t.dpdk.driver) {
-        actions.push({ stage: "host", kind: "bind", target: l.bdf!, detail: `${t.name} ${t.mac} ${l.pci?.vendor}:${l.pci?.device} ${drv ?? "no driver"} → ${t.dpdk.driver}` });
+        actions.push({
+          stage: "host",
+          kind: "bind",
+          target: l.bdf!,
+          detail: `${t.name} ${t.mac} ${l.pci?.vendor}:${l.pci?.device} ${drv ?? "no driver"} → ${t.dpdk.driver}`,
+        });
       }
       continue;
     }
     if (drv && isDpdkDriver(drv)) {
-      actions.push({ stage: "host", kind: "unbind", target: l.bdf!, detail: `${t.name}: DPDK disabled; return from ${drv} to ${ctx.state.bindings[t.mac.toLowerCase()]?.originalDriver ?? "its kernel driver"}` });
+      actions.push({
+        stage: "host",
+        kind: "unbind",
+        target: l.bdf!,
+        detail: `${t.name}: DPDK disabled; return from ${drv} to ${ctx.state.bindings[t.mac.toLowerCase()]?.originalDriver ?? "its kernel driver"}`,
+      });
     } else if (l.ifname) {
       const mtu = Number(await ctx.host.attr(`/sys/class/net/${l.ifname}/mtu`));
-      if (mtu !== t.mtu) actions.push({ stage: "host", kind: "set-mtu", target: l.ifname, detail: `${t.name}: MTU ${mtu} → ${t.mtu}` });
+      if (mtu !== t.mtu)
+        actions.push({
+          stage: "host",
+          kind: "set-mtu",
+          target: l.ifname,
+          detail: `${t.name}: MTU ${mtu} → ${t.mtu}`,
+        });
       const flags = parseInt((await ctx.host.attr(`/sys/class/net/${l.ifname}/flags`)) ?? "0", 16);
-      if (!(flags & 1)) actions.push({ stage: "host", kind: "link-up", target: l.ifname, detail: `${t.name}: bring the link up` });
+      if (!(flags & 1))
+        actions.push({
+          stage: "host",
+          kind: "link-up",
+          target: l.ifname,
+          detail: `${t.name}: bring the link up`,
+        });
     }
   }
   return { actions, located };
@@ -151,7 +223,11 @@ export async function planHost(ctx: StageContext, targets: HostTarget[]): Promis
  * Apply the host plan. Validation and kernel setup happen before any device is touched; then each
  * device on its own: a failure restores that device and the others continue.
  */
-export async function applyHost(ctx: StageContext, targets: HostTarget[], _plan: HostPlan): Promise<HostDeviceResult[]> {
+export async function applyHost(
+  ctx: StageContext,
+  targets: HostTarget[],
+  _plan: HostPlan,
+): Promise<HostDeviceResult[]> {
   const { host, log, state } = ctx;
   // A just-attached ENI's NIC appears a moment later: wait (bounded by the apply deadline).
   let located = await Promise.all(targets.map((t) => locate(host, state, t)));
@@ -167,7 +243,11 @@ export async function applyHost(ctx: StageContext, targets: HostTarget[], _plan:
   }
   const { input, unsafe } = validate(ctx, located);
   if (input.length) throw new InputError(input, "fix the config");
-  if (unsafe.length) throw new OpError(unsafe.join("; "), "remove these ENIs from the DPDK config; nothing was changed");
+  if (unsafe.length)
+    throw new OpError(
+      unsafe.join("; "),
+      "remove these ENIs from the DPDK config; nothing was changed",
+    );
 
   const dpdkTargets = located.filter((l) => l.target.dpdk.enabled && l.via !== "missing");
   const drivers = [...new Set(dpdkTargets.map((l) => l.target.dpdk.driver))];
@@ -204,41 +284,63 @@ function baseResult(ctx: StageContext, l: LocatedDevice): HostDeviceResult {
     driver: l.pci?.driver ?? "",
     originalDriver: ctx.state.bindings[t.mac.toLowerCase()]?.originalDriver ?? l.pci?.driver ?? "",
     deviceNode: "",
-    resourceName: t.dpdk.enabled && t.dpdk.resource_name ? fullResourceName(t.dpdk.resource_name, ctx.config.sriov.resource_prefix) : "",
+    resourceName:
+      t.dpdk.enabled && t.dpdk.resource_name
+        ? fullResourceName(t.dpdk.resource_name, ctx.config.sriov.resource_prefix)
+        : "",
     state: "failed",
     ifname: l.ifname,
     changed: false,
   };
 }
 
-
-async function applyDpdkDevice(ctx: StageContext, l: LocatedDevice, guards: GuardFacts): Promise<HostDeviceResult> {
+async function applyDpdkDevice(
+  ctx: StageContext,
+  l: LocatedDevice,
+  guards: GuardFacts,
+): Promise<HostDeviceResult> {
   const { host, log, state } = ctx;
   const t = l.target;
   const mac = t.mac.toLowerCase();
   const r = baseResult(ctx, l);
   const dlog = log.child({ eni: t.name, mac });
   if (l.via === "missing" || !l.bdf || !l.pci) {
-    r.error = l.problem ?? `no NIC with MAC ${mac} appeared (is ENI ${t.eniId ?? t.name} attached?)`;
+    r.error =
+      l.problem ?? `no NIC with MAC ${mac} appeared (is ENI ${t.eniId ?? t.name} attached?)`;
     dlog.error("device not found", { error: r.error });
     return r;
   }
   // networkd and nodeadm must leave this ENI alone from the next boot on, whatever happens below
   r.changed = (await ensureNetworkdFile(host, state, t.name, mac)) || r.changed;
   const ifname = l.ifname ?? state.bindings[mac]?.ifname;
-  if (ifname) await markNodeadmUnmanaged(host, state, ctx.instance.instanceId ?? state.instanceId, ifname, mac, dlog);
+  if (ifname)
+    await markNodeadmUnmanaged(
+      host,
+      state,
+      ctx.instance.instanceId ?? state.instanceId,
+      ifname,
+      mac,
+      dlog,
+    );
 
   if (l.via === "netdev") {
     const v = guardViolations(guards, { mac, bdf: l.bdf, ifname: l.ifname });
     const why = [...v.never, ...v.unlessForced];
     if (why.length) {
       r.error = `refusing to bind ${l.bdf} (${l.ifname}): ${why.join("; ")}`;
-      dlog.error("guard refused the bind; device untouched", { bdf: l.bdf, reasons: why, hint: `eni-dpdk wrote ${"00-eni-dpdk-" + t.name}.network so networkd leaves it unconfigured from the next boot; or remove its routes, or \`eni-dpdk bind ${l.bdf} --force\`` });
+      dlog.error("guard refused the bind; device untouched", {
+        bdf: l.bdf,
+        reasons: why,
+        hint: `eni-dpdk wrote ${"00-eni-dpdk-" + t.name}.network so networkd leaves it unconfigured from the next boot; or remove its routes, or \`eni-dpdk bind ${l.bdf} --force\``,
+      });
       return r;
     }
   }
   if (l.pci.vendor !== ENA_VENDOR || !ENA_DPDK_DEVICE_IDS.includes(l.pci.device)) {
-    dlog.warn("not an ENA device the DPDK ENA PMD accepts (1d0f:ec20/ec21); binding anyway, it is the ENI's own device", { vendor: l.pci.vendor, device: l.pci.device });
+    dlog.warn(
+      "not an ENA device the DPDK ENA PMD accepts (1d0f:ec20/ec21); binding anyway, it is the ENI's own device",
+      { vendor: l.pci.vendor, device: l.pci.device },
+    );
   }
   const prev = state.bindings[mac];
   try {
@@ -263,11 +365,22 @@ async function applyDpdkDevice(ctx: StageContext, l: LocatedDevice, guards: Guar
       boundAt: b.changed || !prev ? new Date().toISOString() : prev.boundAt,
       ...(ifname ? { ifname } : {}),
     };
-    if (!prev || b.changed || JSON.stringify({ ...prev, boundAt: "" }) !== JSON.stringify({ ...rec, boundAt: "" })) {
+    if (
+      !prev ||
+      b.changed ||
+      JSON.stringify({ ...prev, boundAt: "" }) !== JSON.stringify({ ...rec, boundAt: "" })
+    ) {
       state.bindings[mac] = rec;
       await saveState(host, state);
     }
-    return { ...r, driver: t.dpdk.driver, originalDriver: rec.originalDriver, deviceNode: b.deviceNode ?? "", state: "bound", changed: r.changed || b.changed };
+    return {
+      ...r,
+      driver: t.dpdk.driver,
+      originalDriver: rec.originalDriver,
+      deviceNode: b.deviceNode ?? "",
+      state: "bound",
+      changed: r.changed || b.changed,
+    };
   } catch (e) {
     r.error = (e as Error).message;
     r.driver = (await host.linkName(`/sys/bus/pci/devices/${l.bdf}/driver`)) ?? "";
@@ -285,16 +398,27 @@ async function applyKernelDevice(ctx: StageContext, l: LocatedDevice): Promise<H
   try {
     // DPDK turned off for an ENI we bound: give it back to its kernel driver first
     if (l.via === "state" && l.bdf) {
-      const rec = state.bindings[mac]!;
-      const rb = await restoreDriver(host, l.bdf, rec.originalDriver || undefined, { log: dlog, mac });
+      const rec = state.bindings[mac];
+      const rb = await restoreDriver(host, l.bdf, rec.originalDriver || undefined, {
+        log: dlog,
+        mac,
+      });
       r.changed = true;
-      if (!rb.ok) throw new OpError(`returning ${l.bdf} to ${rec.originalDriver}: ${rb.problem}`, "see `dmesg`; `eni-dpdk status` shows where the device is", { bdf: l.bdf });
+      if (!rb.ok)
+        throw new OpError(
+          `returning ${l.bdf} to ${rec.originalDriver}: ${rb.problem}`,
+          "see `dmesg`; `eni-dpdk status` shows where the device is",
+          { bdf: l.bdf },
+        );
       delete state.bindings[mac];
       await saveState(host, state);
       l = await locate(host, state, t);
       Object.assign(r, { ifname: l.ifname, driver: l.pci?.driver ?? "" });
     }
-    if (!l.ifname) throw new Error(l.problem ?? `no NIC with MAC ${mac} appeared (is ENI ${t.eniId ?? t.name} attached?)`);
+    if (!l.ifname)
+      throw new Error(
+        l.problem ?? `no NIC with MAC ${mac} appeared (is ENI ${t.eniId ?? t.name} attached?)`,
+      );
     r.changed = (await configureKernelLink(host, l.ifname, t.mtu, dlog)) || r.changed;
     return { ...r, state: "kernel", driver: l.pci?.driver ?? r.driver };
   } catch (e) {
@@ -308,14 +432,22 @@ async function applyKernelDevice(ctx: StageContext, l: LocatedDevice): Promise<H
  * MTU and IFF_UP through sysfs (`mtu` and `flags` are writable by root; the kernel applies them as
  * `ip link set` would), then verified. Returns true when something was written.
  */
-export async function configureKernelLink(host: Host, ifname: string, mtu: number, log: Logger): Promise<boolean> {
+export async function configureKernelLink(
+  host: Host,
+  ifname: string,
+  mtu: number,
+  log: Logger,
+): Promise<boolean> {
   const dir = `/sys/class/net/${ifname}`;
   let changed = false;
   if (Number(await host.attr(`${dir}/mtu`)) !== mtu) {
     await host.writeAttr(`${dir}/mtu`, String(mtu));
     changed = true;
     const ok = await host.settled(async () => Number(await host.attr(`${dir}/mtu`)) === mtu);
-    if (!ok) throw new Error(`${ifname}: MTU did not become ${mtu} (reads ${await host.attr(`${dir}/mtu`)}); the ENA driver or the instance type may not allow it`);
+    if (!ok)
+      throw new Error(
+        `${ifname}: MTU did not become ${mtu} (reads ${await host.attr(`${dir}/mtu`)}); the ENA driver or the instance type may not allow it`,
+      );
     log.info("MTU set", { ifname, mtu });
   }
   const flags = parseInt((await host.attr(`${dir}/flags`)) ?? "0", 16);
@@ -323,8 +455,11 @@ export async function configureKernelLink(host: Host, ifname: string, mtu: numbe
     await host.writeAttr(`${dir}/flags`, `0x${(flags | 1).toString(16)}`);
     changed = true;
     // A boolean, not the bit: settled stops at any value but undefined/false, and 0 is a value.
-    const ok = await host.settled(async () => (parseInt((await host.attr(`${dir}/flags`)) ?? "0", 16) & 1) === 1);
-    if (!ok) throw new Error(`${ifname}: link did not come up (flags ${await host.attr(`${dir}/flags`)})`);
+    const ok = await host.settled(
+      async () => (parseInt((await host.attr(`${dir}/flags`)) ?? "0", 16) & 1) === 1,
+    );
+    if (!ok)
+      throw new Error(`${ifname}: link did not come up (flags ${await host.attr(`${dir}/flags`)})`);
     log.info("link up", { ifname });
   }
   return changed;
@@ -340,20 +475,22 @@ function recordedDevices(ctx: StageContext): HostDeviceResult[] {
   return Object.values(ctx.state.bindings).flatMap((b) => {
     const eni = ctx.config.eni.find((e) => e.name === b.eniName && e.dpdk.enabled);
     if (!eni) return [];
-    return [{
-      name: eni.name,
-      ...(b.eniId ? { eniId: b.eniId } : {}),
-      mac: b.mac,
-      bdf: b.bdf,
-      vendor: b.vendor,
-      device: b.device,
-      driver: eni.dpdk.driver,
-      originalDriver: b.originalDriver,
-      deviceNode: "",
-      resourceName: fullResourceName(eni.dpdk.resource_name, ctx.config.sriov.resource_prefix),
-      state: "bound" as const,
-      changed: false,
-    }];
+    return [
+      {
+        name: eni.name,
+        ...(b.eniId ? { eniId: b.eniId } : {}),
+        mac: b.mac,
+        bdf: b.bdf,
+        vendor: b.vendor,
+        device: b.device,
+        driver: eni.dpdk.driver,
+        originalDriver: b.originalDriver,
+        deviceNode: "",
+        resourceName: fullResourceName(eni.dpdk.resource_name, ctx.config.sriov.resource_prefix),
+        state: "bound" as const,
+        changed: false,
+      },
+    ];
   });
 }
 
@@ -365,10 +502,18 @@ export const hostStage: Stage<HostPlan & StagePlan & { targets: HostTarget[] }> 
     const p = await planHost(ctx, targets);
     // ENIs not attached yet (a first boot's dry run): their kernel setup and binds come after the attach.
     const pending = ctx.config.eni.filter((e) => !targets.some((t) => t.name === e.name));
-    const pendingDrivers = [...new Set(pending.filter((e) => e.dpdk.enabled).map((e) => e.dpdk.driver))];
-    if (pendingDrivers.length && !targets.some((t) => t.dpdk.enabled)) p.actions.push(...(await planKernel(ctx.host, pendingDrivers, ctx.config.dpdk.noiommu)));
+    const pendingDrivers = [
+      ...new Set(pending.filter((e) => e.dpdk.enabled).map((e) => e.dpdk.driver)),
+    ];
+    if (pendingDrivers.length && !targets.some((t) => t.dpdk.enabled))
+      p.actions.push(...(await planKernel(ctx.host, pendingDrivers, ctx.config.dpdk.noiommu)));
     for (const e of pending) {
-      p.actions.push({ stage: "host", kind: e.dpdk.enabled ? "bind" : "set-mtu", target: e.name, detail: "after the ENI is attached and its NIC appears" });
+      p.actions.push({
+        stage: "host",
+        kind: e.dpdk.enabled ? "bind" : "set-mtu",
+        target: e.name,
+        detail: "after the ENI is attached and its NIC appears",
+      });
     }
     return { ...p, targets, expected: { devices: recordedDevices(ctx) } };
   },

@@ -26,7 +26,12 @@ import { sriovStage } from "./sriov.js";
 import type { Action, Stage, StageContext, StagePlan, Upstream } from "./stage.js";
 
 /** The stages, in the order a pass runs them. */
-export const STAGES: readonly Stage<StagePlan>[] = [eniStage, hostStage, sriovStage, nodeEniStage] as Stage<StagePlan>[];
+export const STAGES: readonly Stage<StagePlan>[] = [
+  eniStage,
+  hostStage,
+  sriovStage,
+  nodeEniStage,
+] as Stage<StagePlan>[];
 
 export interface ReconcileOptions {
   dryRun: boolean;
@@ -38,7 +43,10 @@ export interface ReconcileOptions {
 export type ReconcileResult = ApplyOutcome & { gathered: Gathered };
 
 /** One pass. Throws InputError on bad input, before any change; every other failure is in `error`. */
-export async function reconcile(ctx: CommandContext, opts: ReconcileOptions): Promise<ReconcileResult> {
+export async function reconcile(
+  ctx: CommandContext,
+  opts: ReconcileOptions,
+): Promise<ReconcileResult> {
   // Taking the lock starts now, so spawning flock(1) overlaps the sources' IMDS round trips; it is
   // held until the status file is written, and released on every path.
   const lock = opts.dryRun ? undefined : ctx.host.acquireLock();
@@ -46,11 +54,19 @@ export async function reconcile(ctx: CommandContext, opts: ReconcileOptions): Pr
   try {
     return await pass(ctx, opts, lock);
   } finally {
-    if (lock) await lock.then((l) => l.release(), () => {});
+    if (lock)
+      await lock.then(
+        (l) => l.release(),
+        () => {},
+      );
   }
 }
 
-async function pass(ctx: CommandContext, opts: ReconcileOptions, lock: Promise<unknown> | undefined): Promise<ReconcileResult> {
+async function pass(
+  ctx: CommandContext,
+  opts: ReconcileOptions,
+  lock: Promise<unknown> | undefined,
+): Promise<ReconcileResult> {
   const { log, host } = ctx;
   const t0 = performance.now();
   const startedAt = new Date().toISOString();
@@ -65,34 +81,62 @@ async function pass(ctx: CommandContext, opts: ReconcileOptions, lock: Promise<u
 
   const session = opts.session ?? new Session(log, new Deadline(300_000));
   const changesBefore = { host: host.changes.length, ec2: session.changes.length };
-  const changesMade = () => [...session.changes.slice(changesBefore.ec2), ...host.changes.slice(changesBefore.host)];
+  const changesMade = () => [
+    ...session.changes.slice(changesBefore.ec2),
+    ...host.changes.slice(changesBefore.host),
+  ];
   // 1. The instance's identity never changes: fetch it alongside the sources.
   const identity = session.identity();
   identity.catch(() => {});
-  const gathered = opts.gathered ?? (await gather({ host, log, env: ctx.env, configPath: ctx.configPath, instance: session }));
+  const gathered =
+    opts.gathered ??
+    (await gather({ host, log, env: ctx.env, configPath: ctx.configPath, instance: session }));
   const config = gathered.config;
   const deadline = session.deadline.within(config.service.timeout_seconds * 1000);
-  done("sources", { enis: config.eni.length, sources: gathered.consulted.map((c) => c.source).join(",") });
+  done("sources", {
+    enis: config.eni.length,
+    sources: gathered.consulted.map((c) => c.source).join(","),
+  });
   const warnings = gathered.warnings.map((w) => `${w.source}: ${w.message}`);
 
   const body = async () => {
     const actions: Action[] = [];
     // 2. What can change (the NICs, the state, sysfs) is observed only once the lock is held.
-    const state = opts.dryRun ? await loadState(host) : await prepareHost(host, log, { tempDirs: [path.posix.dirname(config.sriov.config_path)] });
+    const state = opts.dryRun
+      ? await loadState(host)
+      : await prepareHost(host, log, { tempDirs: [path.posix.dirname(config.sriov.config_path)] });
     if (opts.dryRun) {
       for (const op of await journalPending(host)) {
-        actions.push({ stage: "host", kind: "recover", target: op.bdf, detail: `finish or roll back the ${op.op} (${op.from || "no driver"} → ${op.to || "kernel driver"}) that pid ${op.pid} began at ${op.startedAt}` });
+        actions.push({
+          stage: "host",
+          kind: "recover",
+          target: op.bdf,
+          detail: `finish or roll back the ${op.op} (${op.from || "no driver"} → ${op.to || "kernel driver"}) that pid ${op.pid} began at ${op.startedAt}`,
+        });
       }
     }
     // 3.
-    const [instance, imdsNics] = await Promise.all([identity, readNics(session.imds, identity.then((i) => i.primaryMac))]);
+    const [instance, imdsNics] = await Promise.all([
+      identity,
+      readNics(
+        session.imds,
+        identity.then((i) => i.primaryMac),
+      ),
+    ]);
     done("observe", { instance: instance.instanceId, nics: imdsNics.length });
     if (state.instanceId !== instance.instanceId) {
       // A state file from another instance (an AMI baked from a running node) is not trusted. Reset
       // in memory only: the stages persist it once they change something, so a rejected run leaves
       // the file as it was.
-      if (state.instanceId) log.warn("state file belongs to another instance; starting fresh", { was: state.instanceId });
-      Object.assign(state, { ...emptyState(), instanceId: instance.instanceId, nodeeni: state.nodeeni });
+      if (state.instanceId)
+        log.warn("state file belongs to another instance; starting fresh", {
+          was: state.instanceId,
+        });
+      Object.assign(state, {
+        ...emptyState(),
+        instanceId: instance.instanceId,
+        nodeeni: state.nodeeni,
+      });
     }
     const primaryBefore = JSON.stringify(state.primary ?? null);
     await notePrimary(host, state, instance, imdsNics);
@@ -118,7 +162,10 @@ async function pass(ctx: CommandContext, opts: ReconcileOptions, lock: Promise<u
       const plan = await stage.plan(sctx, up);
       actions.push(...plan.actions);
       up = { ...up, ...(opts.dryRun ? plan.expected : await stage.apply(sctx, plan, up)) };
-      done(stage.name, { actions: plan.actions.length, ...(stage.name === "eni" ? { ec2_loaded: session.ec2Loaded } : {}) });
+      done(stage.name, {
+        actions: plan.actions.length,
+        ...(stage.name === "eni" ? { ec2_loaded: session.ec2Loaded } : {}),
+      });
     }
     if (!opts.dryRun) {
       // The primary's record is kept even when nothing else changed (a state file from an older version).
@@ -181,7 +228,8 @@ function failure(e: unknown, changes: string[]): NonNullable<ApplyOutcome["error
   }
   return {
     message: errorMessage(e),
-    next: e instanceof OpError ? e.hint : "rerun with --log-level debug; see `journalctl -u eni-dpdk`",
+    next:
+      e instanceof OpError ? e.hint : "rerun with --log-level debug; see `journalctl -u eni-dpdk`",
     exitCode: 1,
     ...(changes.length ? { changes } : {}),
   };

@@ -2,7 +2,15 @@
 // outages at the next boot) and report this node's attachments in each NodeENI's status.
 // API trouble here is a warning: the devices are already in place.
 import { saveState } from "../core/state.js";
-import { checkNodeEniItems, explain, listWithWait, type NodeEniInput, type NodeEniSession, openNodeEniSession, rememberNodeEnis } from "../sources/nodeeni.js";
+import {
+  checkNodeEniItems,
+  explain,
+  listWithWait,
+  type NodeEniInput,
+  type NodeEniSession,
+  openNodeEniSession,
+  rememberNodeEnis,
+} from "../sources/nodeeni.js";
 import type { NodeIdentity } from "../sources/nodeconfig.js";
 import { KubeApiError, type NodeEniAttachment, type NodeEniObject } from "../cloud/kube.js";
 import { stableJson } from "../core/records.js";
@@ -26,31 +34,41 @@ export const nodeEniStage: Stage = {
     const owner = new Map<string, string>();
     for (const layer of r.layers) {
       if (layer.origin?.source !== "nodeeni") continue;
-      for (const e of (layer.data.eni as { name: string }[] | undefined) ?? []) owner.set(e.name, layer.origin.name);
+      for (const e of (layer.data.eni as { name: string }[] | undefined) ?? [])
+        owner.set(e.name, layer.origin.name);
     }
     const results = ctx.config.eni.flatMap((e): NodeEniEniResult[] => {
       const nodeEniName = owner.get(e.name);
       if (!nodeEniName) return [];
       const rec = up.enis.find((x) => x.name === e.name);
       const dev = up.devices.find((d) => d.name === e.name);
-      const status = !rec ? "pending" : dev?.state === "failed" ? `failed: ${dev.error ?? "bind failed"}` : "attached";
-      return [{
-        eniName: e.name,
-        nodeEniName,
-        eniId: rec?.eniId,
-        attachmentId: rec?.attachmentId,
-        subnetId: rec?.subnetId,
-        deviceIndex: e.device_index,
-        mtu: e.mtu,
-        status,
-        dpdkBound: dev?.state === "bound",
-        dpdkDriver: dev?.state === "bound" ? dev.driver : undefined,
-        dpdkPCIAddress: dev?.bdf || undefined,
-        dpdkResourceName: dev?.resourceName || undefined,
-      }];
+      const status = !rec
+        ? "pending"
+        : dev?.state === "failed"
+          ? `failed: ${dev.error ?? "bind failed"}`
+          : "attached";
+      return [
+        {
+          eniName: e.name,
+          nodeEniName,
+          eniId: rec?.eniId,
+          attachmentId: rec?.attachmentId,
+          subnetId: rec?.subnetId,
+          deviceIndex: e.device_index,
+          mtu: e.mtu,
+          status,
+          dpdkBound: dev?.state === "bound",
+          dpdkDriver: dev?.state === "bound" ? dev.driver : undefined,
+          dpdkPCIAddress: dev?.bdf || undefined,
+          dpdkResourceName: dev?.resourceName || undefined,
+        },
+      ];
     });
     const report = await reportNodeEniStatus({ log: ctx.log, session: r.session }, results);
-    for (const w of report.warnings) ctx.log.warn(w, { next: "check deploy/rbac.yaml is applied; status will be retried at the next reconcile" });
+    for (const w of report.warnings)
+      ctx.log.warn(w, {
+        next: "check deploy/rbac.yaml is applied; status will be retried at the next reconcile",
+      });
     return {};
   },
 };
@@ -127,18 +145,28 @@ export interface StatusReport {
  * failure here is a warning.
  */
 export async function reportNodeEniStatus(
-  input: Pick<NodeEniInput, "log"> & Partial<NodeEniInput> & { session?: NodeEniSession; now?: () => Date },
+  input: Pick<NodeEniInput, "log"> &
+    Partial<NodeEniInput> & { session?: NodeEniSession; now?: () => Date },
   results: NodeEniEniResult[],
 ): Promise<StatusReport> {
   const report: StatusReport = { patched: [], unchanged: [], warnings: [] };
-  const session = input.session ?? (input.imds && (await openNodeEniSession(input as NodeEniInput, report.warnings)));
+  const session =
+    input.session ??
+    (input.imds && (await openNodeEniSession(input as NodeEniInput, report.warnings)));
   if (!session) return report;
-  const now = () => (input.now ?? (() => new Date()))().toISOString().replace(/\.\d{3}Z$/, "Z");
+  const now = () =>
+    (input.now ?? (() => new Date()))()
+      .toISOString()
+      .replace(/\.\d{3}Z$/, "Z");
   const byNodeEni = new Map<string, NodeEniEniResult[]>();
-  for (const r of results) byNodeEni.set(r.nodeEniName, [...(byNodeEni.get(r.nodeEniName) ?? []), r]);
+  for (const r of results)
+    byNodeEni.set(r.nodeEniName, [...(byNodeEni.get(r.nodeEniName) ?? []), r]);
   let items: NodeEniObject[];
   try {
-    items = checkNodeEniItems(await listWithWait(session, 10_000, input.log), `from ${session.client.target.server}`);
+    items = checkNodeEniItems(
+      await listWithWait(session, 10_000, input.log),
+      `from ${session.client.target.server}`,
+    );
   } catch (e) {
     if (e instanceof InputError) {
       report.warnings.push(`NodeENI status not reported: ${e.message}`);
@@ -151,34 +179,44 @@ export async function reportNodeEniStatus(
   }
   const known = new Set(items.map((o) => o.metadata.name));
   for (const name of byNodeEni.keys()) {
-    if (!known.has(name)) report.warnings.push(`NodeENI ${name}: deleted since it was read; status not reported`);
+    if (!known.has(name))
+      report.warnings.push(`NodeENI ${name}: deleted since it was read; status not reported`);
   }
   for (const item of items) {
     const name = item.metadata.name;
     let obj = item;
     for (let attempt = 1; ; attempt++) {
       const ours = (byNodeEni.get(name) ?? []).map((r) => attachmentFor(r, session.node, now()));
-      const { attachments, changed } = mergeAttachments(obj.status?.attachments ?? [], session.node.name, ours);
+      const { attachments, changed } = mergeAttachments(
+        obj.status?.attachments ?? [],
+        session.node.name,
+        ours,
+      );
       if (!changed) {
         if (ours.length) report.unchanged.push(name);
         break;
       }
       try {
-        await session.client.patchNodeEniStatus(name, obj.metadata.resourceVersion ?? "", attachments);
+        await session.client.patchNodeEniStatus(
+          name,
+          obj.metadata.resourceVersion ?? "",
+          attachments,
+        );
         report.patched.push(name);
         break;
       } catch (e) {
+        let failure = e;
         if (e instanceof KubeApiError && e.status === 409 && attempt < 6) {
           input.log.debug("NodeENI status conflict; re-reading", { nodeeni: name, attempt });
           try {
             obj = await session.client.getNodeEni(name);
             continue;
-          } catch (e2) {
-            e = e2;
+          } catch (reread) {
+            failure = reread;
           }
         }
-        if (e instanceof KubeApiError && e.status === 404) break; // deleted meanwhile
-        const { message, hint } = await explain(e, session);
+        if (failure instanceof KubeApiError && failure.status === 404) break; // deleted meanwhile
+        const { message, hint } = await explain(failure, session);
         report.warnings.push(`NodeENI ${name}: status not reported: ${message} (${hint})`);
         break;
       }
@@ -187,4 +225,3 @@ export async function reportNodeEniStatus(
   for (const w of report.warnings) input.log.warn(w);
   return report;
 }
-

@@ -20,7 +20,12 @@ export interface ApplyOutcome {
   /** milliseconds per stage, in the order they ran */
   timings: Partial<Record<"sources" | "observe" | StageName | "total", number>>;
   warnings: string[];
-  error?: { message: string; next: string; exitCode: number; /** what this run changed before it failed */ changes?: string[] };
+  error?: {
+    message: string;
+    next: string;
+    exitCode: number;
+    /** what this run changed before it failed */ changes?: string[];
+  };
   /** one line for systemd's STATUS= */
   summary: string;
   ec2Loaded: boolean;
@@ -35,16 +40,20 @@ export function summaryLine(o: ApplyOutcome, config: Config): string {
   const parts = [
     `${o.enis.length} ENI${o.enis.length === 1 ? "" : "s"} attached`,
     `${bound.length} bound to ${drivers}${noiommu}`,
-    config.sriov.enabled ? `${resources} SR-IOV resource${resources === 1 ? "" : "s"} ${o.sriov?.changed ? "written" : "unchanged"}` : "SR-IOV off",
+    config.sriov.enabled
+      ? `${resources} SR-IOV resource${resources === 1 ? "" : "s"} ${o.sriov?.changed ? "written" : "unchanged"}`
+      : "SR-IOV off",
   ];
   const head = o.error ? `degraded: ${o.error.message}` : "ready";
-  const cached = o.warnings.some((w) => w.includes("USING CACHED")) ? "; WARNING: NodeENI API unreachable, applied the cached NodeENI set" : "";
+  const cached = o.warnings.some((w) => w.includes("USING CACHED"))
+    ? "; WARNING: NodeENI API unreachable, applied the cached NodeENI set"
+    : "";
   return `${head}: ${parts.join(", ")}${cached}${o.warnings.length ? ` (${o.warnings.length} warning${o.warnings.length === 1 ? "" : "s"})` : ""}`;
 }
 
 /** /run/eni-dpdk/status.json: the status document as this apply leaves the node, and the apply itself. */
 export async function writeStatusFile(host: Host, o: ApplyOutcome, config: Config): Promise<void> {
-  let doc: Record<string, unknown> = {};
+  let doc: Record<string, unknown>;
   try {
     doc = (await collectStatus(host, { config })) as unknown as Record<string, unknown>;
   } catch (e) {
@@ -52,6 +61,9 @@ export async function writeStatusFile(host: Host, o: ApplyOutcome, config: Confi
   }
   const { gathered: _g, ...plain } = o as ApplyOutcome & { gathered?: unknown };
   void _g;
-  await host.writeFileAtomic(STATUS_PATH, JSON.stringify({ ...doc, apply: plain }, null, 2) + "\n", 0o644);
+  await host.writeFileAtomic(
+    STATUS_PATH,
+    JSON.stringify({ ...doc, apply: plain }, null, 2) + "\n",
+    0o644,
+  );
 }
-

@@ -11,9 +11,18 @@ import { listNetdevs, netdevByMac } from "../host/pci.js";
 import { preflightSriov } from "./sriov.js";
 
 /** The primary ENI as IMDS and sysfs show it now, in the state (saved with the next write). */
-export async function notePrimary(host: Host, state: State, instance: InstanceIdentity, nics: ImdsNicInfo[]): Promise<void> {
-  const bdf = (await netdevByMac(host, instance.primaryMac))?.bdf ?? (state.primary?.mac === instance.primaryMac ? state.primary.bdf : undefined);
-  const deviceZeroMacs = [...new Set(nics.filter((n) => n.deviceNumber === 0).map((n) => n.mac.toLowerCase()))].sort();
+export async function notePrimary(
+  host: Host,
+  state: State,
+  instance: InstanceIdentity,
+  nics: ImdsNicInfo[],
+): Promise<void> {
+  const bdf =
+    (await netdevByMac(host, instance.primaryMac))?.bdf ??
+    (state.primary?.mac === instance.primaryMac ? state.primary.bdf : undefined);
+  const deviceZeroMacs = [
+    ...new Set(nics.filter((n) => n.deviceNumber === 0).map((n) => n.mac.toLowerCase())),
+  ].sort();
   state.primary = { mac: instance.primaryMac, ...(bdf ? { bdf } : {}), deviceZeroMacs };
 }
 
@@ -34,18 +43,26 @@ export async function preflight(ctx: StageContext, gathered: Gathered): Promise<
     const why = prog && programProblem(prog);
     if (why) problems.push({ source: at(key), key, message: why });
   }
-  const primaryBdf = (await netdevByMac(host, ctx.instance.primaryMac))?.bdf ?? ctx.state.primary?.bdf;
+  const primaryBdf =
+    (await netdevByMac(host, ctx.instance.primaryMac))?.bdf ?? ctx.state.primary?.bdf;
   const netdevs = await listNetdevs(host);
   for (const e of config.eni.filter((x) => x.dpdk.enabled && x.dpdk.pci_address)) {
     const key = `eni.${e.name}.dpdk.pci_address`;
     const pin = e.dpdk.pci_address;
     const own = ctx.state.enis[e.name]?.mac;
     if (pin === primaryBdf) {
-      problems.push({ source: at(key), key, message: `${pin} is the primary ENI's device; eni-dpdk never binds it` });
+      problems.push({
+        source: at(key),
+        key,
+        message: `${pin} is the primary ENI's device; eni-dpdk never binds it`,
+      });
       continue;
     }
     const there = netdevs.find((n) => n.bdf === pin);
-    const other = there && there.mac !== own ? ctx.imdsNics.find((n) => n.mac.toLowerCase() === there.mac) : undefined;
+    const other =
+      there && there.mac !== own
+        ? ctx.imdsNics.find((n) => n.mac.toLowerCase() === there.mac)
+        : undefined;
     if (there && (other || (own && there.mac !== own))) {
       problems.push({
         source: at(key),
@@ -69,10 +86,12 @@ function programProblem(file: string): string | undefined {
     return `${file} does not exist`;
   }
   if (!st.isFile()) return `${file} is not a regular file`;
-  if (!(st.mode & 0o111)) return `${file} is not executable (mode ${(st.mode & 0o777).toString(8)}); chmod +x it`;
-  if (st.mode & 0o022) return `${file} is writable by group or others (mode ${(st.mode & 0o777).toString(8)}); a root service will not run it: chmod go-w ${file}`;
+  if (!(st.mode & 0o111))
+    return `${file} is not executable (mode ${(st.mode & 0o777).toString(8)}); chmod +x it`;
+  if (st.mode & 0o022)
+    return `${file} is writable by group or others (mode ${(st.mode & 0o777).toString(8)}); a root service will not run it: chmod go-w ${file}`;
   const euid = process.geteuid?.();
-  if (euid !== undefined && st.uid !== 0 && st.uid !== euid) return `${file} is owned by uid ${st.uid}, not root; a root service will not run it`;
+  if (euid !== undefined && st.uid !== 0 && st.uid !== euid)
+    return `${file} is owned by uid ${st.uid}, not root; a root service will not run it`;
   return undefined;
 }
-

@@ -40,7 +40,10 @@ export class Session implements InstanceAccess {
       return () => {
         this.ec2Loaded = true;
         api ??= (async () => {
-          const client = await lazyEc2({ region: (await this.identity()).region, logger: this.log })();
+          const client = await lazyEc2({
+            region: (await this.identity()).region,
+            logger: this.log,
+          })();
           return recordingEc2(client, this.changes);
         })();
         api.catch(() => (api = undefined));

@@ -3,7 +3,14 @@
 import { ENA_VENDOR, fullResourceName } from "../config/facts.js";
 import { errorMessage } from "../core/errors.js";
 import { saveState } from "../core/state.js";
-import { mergeText, renderSriovEntries, type Merge, type RenderedEntry, type SriovApplyResult, type SriovDevice } from "../host/sriov-model.js";
+import {
+  mergeText,
+  renderSriovEntries,
+  type Merge,
+  type RenderedEntry,
+  type SriovApplyResult,
+  type SriovDevice,
+} from "../host/sriov-model.js";
 import { ownedIn, previousPath, sameList, writeMerged } from "../host/sriov-file.js";
 import { type Action, type Stage, type StageContext, type StagePlan } from "./stage.js";
 import { type HostDeviceResult } from "./host.js";
@@ -42,22 +49,59 @@ function describe(m: Merge, byName: Map<string, RenderedEntry>): string {
 /** Compute what applySriov would change. Reads only. Throws InputError/OpError on conflicts. */
 export async function planSriov(ctx: StageContext, devices: SriovDevice[]): Promise<SriovPlan> {
   const filePath = ctx.config.sriov.config_path;
-  const plan: SriovPlan = { enabled: ctx.config.sriov.enabled, path: filePath, actions: [], resources: [], added: [], updated: [], removed: [], adopted: [] };
+  const plan: SriovPlan = {
+    enabled: ctx.config.sriov.enabled,
+    path: filePath,
+    actions: [],
+    resources: [],
+    added: [],
+    updated: [],
+    removed: [],
+    adopted: [],
+  };
   if (!plan.enabled) return plan;
   const desired = renderSriovEntries(devices, ctx.config.sriov.resource_prefix);
   const byName = new Map(desired.map((d) => [d.full, d]));
   const prev = previousPath(ctx.state, filePath);
   if (prev) {
     plan.previousPath = prev;
-    plan.actions.push({ stage: "sriov", kind: "write-sriov", target: prev, detail: `remove eni-dpdk's entries ${ctx.state.sriov.owned.join(", ")} ([sriov].config_path changed to ${filePath})` });
+    plan.actions.push({
+      stage: "sriov",
+      kind: "write-sriov",
+      target: prev,
+      detail: `remove eni-dpdk's entries ${ctx.state.sriov.owned.join(", ")} ([sriov].config_path changed to ${filePath})`,
+    });
   }
-  const m = mergeText(filePath, await ctx.host.read(filePath), desired, ownedIn(ctx.state, filePath), true);
-  Object.assign(plan, { resources: m.ours, added: m.added, updated: m.updated, removed: m.removed, adopted: m.adopted });
+  const m = mergeText(
+    filePath,
+    await ctx.host.read(filePath),
+    desired,
+    ownedIn(ctx.state, filePath),
+    true,
+  );
+  Object.assign(plan, {
+    resources: m.ours,
+    added: m.added,
+    updated: m.updated,
+    removed: m.removed,
+    adopted: m.adopted,
+  });
   if (m.invalid && m.existed && m.changed) {
     plan.invalidExisting = m.invalid;
-    plan.actions.push({ stage: "sriov", kind: "move-aside", target: filePath, detail: `${m.invalid}; it is never overwritten: move it to ${filePath}.invalid-<timestamp> and start a new file` });
+    plan.actions.push({
+      stage: "sriov",
+      kind: "move-aside",
+      target: filePath,
+      detail: `${m.invalid}; it is never overwritten: move it to ${filePath}.invalid-<timestamp> and start a new file`,
+    });
   }
-  if (m.changed) plan.actions.push({ stage: "sriov", kind: "write-sriov", target: filePath, detail: describe(m, byName) });
+  if (m.changed)
+    plan.actions.push({
+      stage: "sriov",
+      kind: "write-sriov",
+      target: filePath,
+      detail: describe(m, byName),
+    });
   return plan;
 }
 
@@ -70,18 +114,34 @@ export async function preflightSriov(ctx: StageContext): Promise<void> {
   const cfg = ctx.config;
   const standIns: SriovDevice[] = cfg.eni
     .filter((e) => e.dpdk.enabled && e.dpdk.resource_name)
-    .map((e, i) => ({ eniName: e.name, resource: e.dpdk.resource_name, bdf: `ffff:ff:${i.toString(16).padStart(2, "0")}.7`, vendor: ENA_VENDOR, device: "ec20", driver: e.dpdk.driver }));
+    .map((e, i) => ({
+      eniName: e.name,
+      resource: e.dpdk.resource_name,
+      bdf: `ffff:ff:${i.toString(16).padStart(2, "0")}.7`,
+      vendor: ENA_VENDOR,
+      device: "ec20",
+      driver: e.dpdk.driver,
+    }));
   if (!standIns.length) return;
   const filePath = cfg.sriov.config_path;
-  mergeText(filePath, await ctx.host.read(filePath), renderSriovEntries(standIns, cfg.sriov.resource_prefix), ownedIn(ctx.state, filePath), true);
+  mergeText(
+    filePath,
+    await ctx.host.read(filePath),
+    renderSriovEntries(standIns, cfg.sriov.resource_prefix),
+    ownedIn(ctx.state, filePath),
+    true,
+  );
 }
-
 
 /**
  * Merge our entries into the plugin config and write it atomically (0644) when it changes. Call
  * with the host lock held. An unmergeable existing file is moved aside, never overwritten.
  */
-export async function applySriov(ctx: StageContext, devices: SriovDevice[], plan: SriovPlan): Promise<SriovApplyResult> {
+export async function applySriov(
+  ctx: StageContext,
+  devices: SriovDevice[],
+  plan: SriovPlan,
+): Promise<SriovApplyResult> {
   const { host, log, state } = ctx;
   const filePath = ctx.config.sriov.config_path;
   if (!ctx.config.sriov.enabled) return { changed: false, path: filePath, resources: [] };
@@ -90,8 +150,19 @@ export async function applySriov(ctx: StageContext, devices: SriovDevice[], plan
   let changed = false;
   const prev = previousPath(state, filePath);
   if (prev) {
-    const r = await writeMerged(host, prev, [], new Set(state.sriov.owned), state, log, false).catch((e: unknown) => {
-      log.warn("could not remove eni-dpdk's entries from the previous SR-IOV config path", { path: prev, error: errorMessage(e) });
+    const r = await writeMerged(
+      host,
+      prev,
+      [],
+      new Set(state.sriov.owned),
+      state,
+      log,
+      false,
+    ).catch((e: unknown) => {
+      log.warn("could not remove eni-dpdk's entries from the previous SR-IOV config path", {
+        path: prev,
+        error: errorMessage(e),
+      });
       return undefined;
     });
     if (r && !r.m.invalid) {
@@ -103,18 +174,33 @@ export async function applySriov(ctx: StageContext, devices: SriovDevice[], plan
   const owned = ownedIn(state, filePath);
   const r = await writeMerged(host, filePath, desired, owned, state, log, true);
   changed ||= r.changed;
-  if (!sameList(r.m.ours, state.sriov.owned) || (r.m.ours.length > 0 && state.sriov.configPath !== filePath)) {
+  if (
+    !sameList(r.m.ours, state.sriov.owned) ||
+    (r.m.ours.length > 0 && state.sriov.configPath !== filePath)
+  ) {
     state.sriov = { configPath: filePath, owned: r.m.ours };
     await saveState(host, state);
   }
-  return { changed, path: filePath, resources: r.m.ours, ...(r.movedAside ? { movedAside: r.movedAside } : {}) };
+  return {
+    changed,
+    path: filePath,
+    resources: r.m.ours,
+    ...(r.movedAside ? { movedAside: r.movedAside } : {}),
+  };
 }
 
 /** The devices the host stage bound that carry a resource: only these are advertised. */
 function advertised(devices: HostDeviceResult[]): SriovDevice[] {
   return devices
     .filter((d) => d.state === "bound" && d.resourceName)
-    .map((d) => ({ eniName: d.name, resource: d.resourceName, bdf: d.bdf, vendor: d.vendor, device: d.device, driver: d.driver }));
+    .map((d) => ({
+      eniName: d.name,
+      resource: d.resourceName,
+      bdf: d.bdf,
+      vendor: d.vendor,
+      device: d.device,
+      driver: d.driver,
+    }));
 }
 
 export const sriovStage: Stage<SriovPlan & StagePlan & { devices: SriovDevice[] }> = {
@@ -126,12 +212,28 @@ export const sriovStage: Stage<SriovPlan & StagePlan & { devices: SriovDevice[] 
     const actions = [...p.actions];
     if (ctx.dryRun) {
       // DPDK ENIs with no bound device yet: their resources are written once they are bound.
-      const waiting = ctx.config.eni.filter((e) => e.dpdk.enabled && !devices.some((d) => d.eniName === e.name));
-      for (const r of new Set(waiting.map((e) => fullResourceName(e.dpdk.resource_name, ctx.config.sriov.resource_prefix)))) {
-        actions.push({ stage: "sriov", kind: "write-sriov", target: ctx.config.sriov.config_path, detail: `resource ${r}, after its ENIs are bound` });
+      const waiting = ctx.config.eni.filter(
+        (e) => e.dpdk.enabled && !devices.some((d) => d.eniName === e.name),
+      );
+      for (const r of new Set(
+        waiting.map((e) =>
+          fullResourceName(e.dpdk.resource_name, ctx.config.sriov.resource_prefix),
+        ),
+      )) {
+        actions.push({
+          stage: "sriov",
+          kind: "write-sriov",
+          target: ctx.config.sriov.config_path,
+          detail: `resource ${r}, after its ENIs are bound`,
+        });
       }
     }
-    return { ...p, actions, devices, expected: { sriov: { changed: false, path: p.path, resources: p.resources } } };
+    return {
+      ...p,
+      actions,
+      devices,
+      expected: { sriov: { changed: false, path: p.path, resources: p.resources } },
+    };
   },
   async apply(ctx, plan) {
     return { sriov: await applySriov(ctx, plan.devices, plan) };

@@ -85,5 +85,9 @@ export interface Stage<P extends StagePlan = StagePlan> {
 export function formatActions(actions: Action[]): string {
   if (actions.length === 0) return "nothing to do: the node matches the desired state\n";
   const w = Math.max(...actions.map((a) => a.kind.length));
-  return actions.map((a) => `  ${a.stage.padEnd(6)} ${a.kind.padEnd(w)}  ${a.target}  ${a.detail}`).join("\n") + "\n";
+  return (
+    actions
+      .map((a) => `  ${a.stage.padEnd(6)} ${a.kind.padEnd(w)}  ${a.target}  ${a.detail}`)
+      .join("\n") + "\n"
+  );
 }

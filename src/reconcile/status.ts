@@ -8,9 +8,15 @@ import { type Host } from "../host/host.js";
 import { deviceNodeFor, listNetdevs, listPciDevices, readPciDevice } from "../host/pci.js";
 import { readRoutes, routeReasons } from "../host/guard.js";
 import { type BindingRecord, loadState, type State, STATUS_PATH } from "../core/state.js";
-import { readHugepages, readKernelFacts, writeCombiningReport, type HugepageInfo, type KernelFacts, type WcReport } from "../host/kernel.js";
+import {
+  readHugepages,
+  readKernelFacts,
+  writeCombiningReport,
+  type HugepageInfo,
+  type KernelFacts,
+  type WcReport,
+} from "../host/kernel.js";
 import { inspectSriov } from "../host/sriov-file.js";
-
 
 export interface StatusDevice {
   name: string;
@@ -63,7 +69,10 @@ export interface StatusDoc {
 }
 
 /** The status document: state file + sysfs (+ config, + the last apply's status file). No IMDS. */
-export async function collectStatus(host: Host, opts: { config?: Config; state?: State; configProblems?: string[] } = {}): Promise<StatusDoc> {
+export async function collectStatus(
+  host: Host,
+  opts: { config?: Config; state?: State; configProblems?: string[] } = {},
+): Promise<StatusDoc> {
   const config = opts.config ?? defaults();
   const state = opts.state ?? (await loadState(host));
   const last = await readLastApply(host);
@@ -73,31 +82,41 @@ export async function collectStatus(host: Host, opts: { config?: Config; state?:
   const seenMacs = new Set<string>();
   const rows: { name: string; mac: string }[] = [];
   for (const e of Object.values(state.enis)) rows.push({ name: e.name, mac: e.mac.toLowerCase() });
-  for (const b of Object.values(state.bindings)) if (!rows.some((r) => r.mac === b.mac)) rows.push({ name: b.eniName, mac: b.mac });
-  for (const e of config.eni) if (!rows.some((r) => r.name === e.name)) rows.push({ name: e.name, mac: "" });
+  for (const b of Object.values(state.bindings))
+    if (!rows.some((r) => r.mac === b.mac)) rows.push({ name: b.eniName, mac: b.mac });
+  for (const e of config.eni)
+    if (!rows.some((r) => r.name === e.name)) rows.push({ name: e.name, mac: "" });
 
   for (const row of rows) {
-    const eni = Object.values(state.enis).find((e) => e.mac.toLowerCase() === row.mac && row.mac) ?? state.enis[row.name];
+    const eni =
+      Object.values(state.enis).find((e) => e.mac.toLowerCase() === row.mac && row.mac) ??
+      state.enis[row.name];
     const cfg = config.eni.find((e) => e.name === row.name);
     const rec: BindingRecord | undefined = row.mac ? state.bindings[row.mac] : undefined;
     const nd = row.mac ? netdevs.find((n) => n.mac === row.mac && n.bdf) : undefined;
     const bdf = nd?.bdf ?? rec?.bdf ?? "";
     const pci = bdf ? await readPciDevice(host, bdf) : undefined;
     const driver = pci?.driver ?? "";
-    const node = pci ? (await deviceNodeFor(host, bdf, driver)) ?? "" : "";
+    const node = pci ? ((await deviceNodeFor(host, bdf, driver)) ?? "") : "";
     const lastDev = last?.devices?.find((d) => d.mac === row.mac || d.name === row.name);
     const wantDpdk = cfg ? cfg.dpdk.enabled : !!rec;
     let st: StatusDevice["state"];
     let detail = "";
     if (!pci || (!nd && rec && !isDpdkDriver(driver))) {
       st = "missing";
-      detail = !row.mac ? "no ENI recorded yet (run apply)" : `no NIC with MAC ${row.mac} on this host`;
+      detail = !row.mac
+        ? "no ENI recorded yet (run apply)"
+        : `no NIC with MAC ${row.mac} on this host`;
     } else if (isDpdkDriver(driver)) {
       st = node ? "bound" : "failed";
       if (!node) detail = `on ${driver} but no device node`;
     } else if (wantDpdk) {
       st = lastDev?.state === "failed" ? "failed" : "unbound";
-      detail = lastDev?.error ?? (rec ? "recorded as bound but on a kernel driver (reboot without eni-dpdk-early?)" : "not bound yet");
+      detail =
+        lastDev?.error ??
+        (rec
+          ? "recorded as bound but on a kernel driver (reboot without eni-dpdk-early?)"
+          : "not bound yet");
     } else {
       st = "kernel";
     }
@@ -115,7 +134,10 @@ export async function collectStatus(host: Host, opts: { config?: Config; state?:
       driver,
       originalDriver: rec?.originalDriver ?? (driver && !isDpdkDriver(driver) ? driver : ""),
       deviceNode: node,
-      resourceName: cfg?.dpdk.enabled && cfg.dpdk.resource_name ? fullResourceName(cfg.dpdk.resource_name, config.sriov.resource_prefix) : lastDev?.resourceName ?? "",
+      resourceName:
+        cfg?.dpdk.enabled && cfg.dpdk.resource_name
+          ? fullResourceName(cfg.dpdk.resource_name, config.sriov.resource_prefix)
+          : (lastDev?.resourceName ?? ""),
       state: st,
       detail,
     });
@@ -129,11 +151,21 @@ export async function collectStatus(host: Host, opts: { config?: Config; state?:
     if (!cls.startsWith("0x02")) continue;
     const pci = (await readPciDevice(host, bdf))!;
     const nd = netdevs.find((n) => n.bdf === bdf);
-    otherDevices.push({ bdf, vendor: pci.vendor, device: pci.device, driver: pci.driver ?? "", ifname: nd?.ifname ?? "", mac: nd?.mac ?? "", active: nd ? routeReasons(routes, nd.ifname) : [] });
+    otherDevices.push({
+      bdf,
+      vendor: pci.vendor,
+      device: pci.device,
+      driver: pci.driver ?? "",
+      ifname: nd?.ifname ?? "",
+      mac: nd?.mac ?? "",
+      active: nd ? routeReasons(routes, nd.ifname) : [],
+    });
   }
 
   const k = await readKernelFacts(host);
-  const vfioBdfs = [...devices, ...otherDevices].filter((d) => d.driver === "vfio-pci").map((d) => d.bdf);
+  const vfioBdfs = [...devices, ...otherDevices]
+    .filter((d) => d.driver === "vfio-pci")
+    .map((d) => d.bdf);
   const sriovPath = state.sriov.configPath ?? config.sriov.config_path;
   let sriov: StatusDoc["host"]["sriov"] = { configPath: sriovPath, warnings: [] };
   try {
@@ -155,14 +187,33 @@ export async function collectStatus(host: Host, opts: { config?: Config; state?:
     },
     devices,
     otherDevices,
-    ...(last ? { lastApply: { startedAt: last.apply?.startedAt, ok: last.apply?.ok, summary: last.apply?.summary } } : {}),
+    ...(last
+      ? {
+          lastApply: {
+            startedAt: last.apply?.startedAt,
+            ok: last.apply?.ok,
+            summary: last.apply?.summary,
+          },
+        }
+      : {}),
     configProblems: opts.configProblems ?? [],
   };
 }
 
 interface LastApplyFile {
-  devices?: { mac?: string; name?: string; state?: string; error?: string; resourceName?: string }[];
-  apply?: { startedAt?: string; ok?: boolean; summary?: string; devices?: LastApplyFile["devices"] };
+  devices?: {
+    mac?: string;
+    name?: string;
+    state?: string;
+    error?: string;
+    resourceName?: string;
+  }[];
+  apply?: {
+    startedAt?: string;
+    ok?: boolean;
+    summary?: string;
+    devices?: LastApplyFile["devices"];
+  };
 }
 
 async function readLastApply(host: Host): Promise<LastApplyFile | undefined> {
@@ -176,6 +227,3 @@ async function readLastApply(host: Host): Promise<LastApplyFile | undefined> {
     return undefined;
   }
 }
-
-
-

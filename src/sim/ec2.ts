@@ -129,7 +129,10 @@ class TokenBucket {
   }
   take(): boolean {
     const now = Date.now();
-    this.tokens = Math.min(this.spec.capacity, this.tokens + ((now - this.last) / 1000) * this.spec.refillPerSec);
+    this.tokens = Math.min(
+      this.spec.capacity,
+      this.tokens + ((now - this.last) / 1000) * this.spec.refillPerSec,
+    );
     this.last = now;
     if (this.tokens < 1) return false;
     this.tokens -= 1;
@@ -138,7 +141,11 @@ class TokenBucket {
 }
 
 class ApiError extends Error {
-  constructor(readonly status: number, readonly code: string, message: string) {
+  constructor(
+    readonly status: number,
+    readonly code: string,
+    message: string,
+  ) {
     super(message);
   }
 }
@@ -149,7 +156,13 @@ export class Ec2Emulator {
   readonly instances = new Map<string, InstanceSeed>();
   readonly instanceTypes = new Map<string, InstanceTypeSeed>();
   readonly enis = new Map<string, EmuEni>();
-  readonly faults: Ec2Faults = { error500: {}, dropBefore: {}, dropAfter: {}, errors: {}, stuckAttach: false };
+  readonly faults: Ec2Faults = {
+    error500: {},
+    dropBefore: {},
+    dropAfter: {},
+    errors: {},
+    stuckAttach: false,
+  };
   /** ms of latency per action ("*" = default) */
   latency: Record<string, number> = {};
   /** ms from attaching to attached */
@@ -230,7 +243,9 @@ export class Ec2Emulator {
 
   /** Account-wide token buckets per category; undefined turns throttling off. */
   setThrottle(b?: Record<Category, Bucket>): void {
-    this.buckets = b ? { mutating: new TokenBucket(b.mutating), describe: new TokenBucket(b.describe) } : undefined;
+    this.buckets = b
+      ? { mutating: new TokenBucket(b.mutating), describe: new TokenBucket(b.describe) }
+      : undefined;
   }
 
   get url(): string {
@@ -267,13 +282,19 @@ export class Ec2Emulator {
   }
   /** Mutating requests received (all outcomes), or only those that took effect (`accepted`). */
   mutatingCalls(opts: { accepted?: boolean } = {}): number {
-    return this.requests.filter((r) => MUTATING.has(r.action) && (!opts.accepted || r.status === 200)).length;
+    return this.requests.filter(
+      (r) => MUTATING.has(r.action) && (!opts.accepted || r.status === 200),
+    ).length;
   }
   describeCalls(): number {
     return this.requests.filter((r) => !MUTATING.has(r.action)).length;
   }
   throttledCalls(category?: Category): number {
-    return this.requests.filter((r) => r.code === "RequestLimitExceeded" && (!category || MUTATING.has(r.action) === (category === "mutating"))).length;
+    return this.requests.filter(
+      (r) =>
+        r.code === "RequestLimitExceeded" &&
+        (!category || MUTATING.has(r.action) === (category === "mutating")),
+    ).length;
   }
   totalCalls(): number {
     return this.requests.length;
@@ -297,7 +318,14 @@ export class Ec2Emulator {
       const a = eni.attachment;
       if (a?.status !== "attaching") continue;
       a.status = "attached";
-      void Promise.resolve(this.onAttached?.({ eni, instanceId: a.instanceId, deviceIndex: a.deviceIndex, networkCardIndex: a.networkCardIndex })).catch(() => {});
+      void Promise.resolve(
+        this.onAttached?.({
+          eni,
+          instanceId: a.instanceId,
+          deviceIndex: a.deviceIndex,
+          networkCardIndex: a.networkCardIndex,
+        }),
+      ).catch(() => {});
     }
   }
 
@@ -305,7 +333,11 @@ export class Ec2Emulator {
   attachedTo(instanceId: string): EmuEni[] {
     return [...this.enis.values()]
       .filter((e) => e.attachment?.instanceId === instanceId)
-      .sort((a, b) => a.attachment!.networkCardIndex - b.attachment!.networkCardIndex || a.attachment!.deviceIndex - b.attachment!.deviceIndex);
+      .sort(
+        (a, b) =>
+          a.attachment!.networkCardIndex - b.attachment!.networkCardIndex ||
+          a.attachment!.deviceIndex - b.attachment!.deviceIndex,
+      );
   }
 
   // ---- HTTP --------------------------------------------------------------------------------------
@@ -315,7 +347,8 @@ export class Ec2Emulator {
     for await (const c of req) body += c;
     const params = new URLSearchParams(body);
     const action = params.get("Action") ?? "";
-    const record = (status: number, code?: string) => this.requests.push({ action, status, code, at: Date.now() });
+    const record = (status: number, code?: string) =>
+      this.requests.push({ action, status, code, at: Date.now() });
     const sendError = (status: number, code: string, message: string) => {
       record(status, code);
       res.writeHead(status, { "content-type": "text/xml;charset=UTF-8" });
@@ -329,7 +362,8 @@ export class Ec2Emulator {
     };
 
     if (req.method !== "POST") return sendError(400, "InvalidAction", "Only POST is supported");
-    if (!action) return sendError(400, "MissingAction", "The request must contain the parameter Action");
+    if (!action)
+      return sendError(400, "MissingAction", "The request must contain the parameter Action");
 
     const wait = this.latency[action] ?? this.latency["*"] ?? 0;
     if (wait) await this.delay(wait);
@@ -338,7 +372,8 @@ export class Ec2Emulator {
       return sendError(503, "RequestLimitExceeded", "Request limit exceeded.");
     }
     if (takeFault(this.faults.dropBefore, action)) return drop();
-    if (takeFault(this.faults.error500, action)) return sendError(500, "InternalError", "An internal error has occurred");
+    if (takeFault(this.faults.error500, action))
+      return sendError(500, "InternalError", "An internal error has occurred");
     const injected = this.faults.errors[action];
     if (injected && injected.count > 0) {
       injected.count--;
@@ -388,7 +423,11 @@ export class Ec2Emulator {
       case "CreateTags":
         return this.createTags(p);
       default:
-        throw new ApiError(400, "InvalidAction", `The action ${action} is not valid for this web service.`);
+        throw new ApiError(
+          400,
+          "InvalidAction",
+          `The action ${action} is not valid for this web service.`,
+        );
     }
   }
 
@@ -397,14 +436,20 @@ export class Ec2Emulator {
   private describeNetworkInterfaces(p: URLSearchParams): string {
     const ids = list(p, "NetworkInterfaceId");
     for (const id of ids) {
-      if (!this.enis.has(id)) throw new ApiError(400, "InvalidNetworkInterfaceID.NotFound", `The networkInterface ID '${id}' does not exist`);
+      if (!this.enis.has(id))
+        throw new ApiError(
+          400,
+          "InvalidNetworkInterfaceID.NotFound",
+          `The networkInterface ID '${id}' does not exist`,
+        );
     }
     const filters = readFilters(p);
     const matchers: Record<string, (e: EmuEni) => string[]> = {
       "network-interface-id": (e) => [e.id],
       "attachment.instance-id": (e) => (e.attachment ? [e.attachment.instanceId] : []),
       "attachment.device-index": (e) => (e.attachment ? [String(e.attachment.deviceIndex)] : []),
-      "attachment.network-card-index": (e) => (e.attachment ? [String(e.attachment.networkCardIndex)] : []),
+      "attachment.network-card-index": (e) =>
+        e.attachment ? [String(e.attachment.networkCardIndex)] : [],
       "attachment.status": (e) => (e.attachment ? [e.attachment.status] : []),
       "attachment.attachment-id": (e) => (e.attachment ? [e.attachment.attachmentId] : []),
       status: (e) => [eniStatus(e)],
@@ -415,20 +460,36 @@ export class Ec2Emulator {
       "group-id": (e) => e.groups,
       "tag-key": (e) => Object.keys(e.tags),
     };
-    const out = (ids.length ? ids.map((id) => this.enis.get(id)!) : [...this.enis.values()]).filter((e) => matchAll(filters, matchers, e.tags, e));
+    const out = (ids.length ? ids.map((id) => this.enis.get(id)!) : [...this.enis.values()]).filter(
+      (e) => matchAll(filters, matchers, e.tags, e),
+    );
     return `<networkInterfaceSet>${out.map((e) => `<item>${this.eniXml(e)}</item>`).join("")}</networkInterfaceSet>`;
   }
 
   private createNetworkInterface(p: URLSearchParams): string {
     const subnetId = p.get("SubnetId") ?? "";
     const subnet = this.subnets.get(subnetId);
-    if (!subnet) throw new ApiError(400, "InvalidSubnetID.NotFound", `The subnet ID '${subnetId}' does not exist`);
+    if (!subnet)
+      throw new ApiError(
+        400,
+        "InvalidSubnetID.NotFound",
+        `The subnet ID '${subnetId}' does not exist`,
+      );
     const groups = list(p, "SecurityGroupId");
     for (const g of groups) {
       const sg = this.securityGroups.get(g);
-      if (!sg) throw new ApiError(400, "InvalidGroup.NotFound", `The security group '${g}' does not exist`);
+      if (!sg)
+        throw new ApiError(
+          400,
+          "InvalidGroup.NotFound",
+          `The security group '${g}' does not exist`,
+        );
       if (sg.vpcId !== subnet.vpcId) {
-        throw new ApiError(400, "InvalidParameter", `Security group ${g} and subnet ${subnetId} belong to different networks.`);
+        throw new ApiError(
+          400,
+          "InvalidParameter",
+          `Security group ${g} and subnet ${subnetId} belong to different networks.`,
+        );
       }
     }
     const token = p.get("ClientToken") ?? undefined;
@@ -437,7 +498,11 @@ export class Ec2Emulator {
       const existing = prior ? this.enis.get(prior) : undefined;
       if (existing) {
         if (existing.subnetId !== subnetId) {
-          throw new ApiError(400, "IdempotentParameterMismatch", "The client token you have provided is associated with a resource that is already deleted or has different parameters.");
+          throw new ApiError(
+            400,
+            "IdempotentParameterMismatch",
+            "The client token you have provided is associated with a resource that is already deleted or has different parameters.",
+          );
         }
         return `<networkInterface>${this.eniXml(existing)}</networkInterface><clientToken>${esc(token)}</clientToken>`;
       }
@@ -446,9 +511,14 @@ export class Ec2Emulator {
     for (const spec of indexed(p, "TagSpecification")) {
       const type = p.get(`${spec}.ResourceType`);
       if (type !== "network-interface") {
-        throw new ApiError(400, "InvalidParameterValue", `'${type}' is not a valid taggable resource type for this operation.`);
+        throw new ApiError(
+          400,
+          "InvalidParameterValue",
+          `'${type}' is not a valid taggable resource type for this operation.`,
+        );
       }
-      for (const t of indexed(p, `${spec}.Tag`)) tags[p.get(`${t}.Key`) ?? ""] = p.get(`${t}.Value`) ?? "";
+      for (const t of indexed(p, `${spec}.Tag`))
+        tags[p.get(`${t}.Key`) ?? ""] = p.get(`${t}.Value`) ?? "";
     }
     const eni: EmuEni = {
       id: this.newId("eni-"),
@@ -473,23 +543,59 @@ export class Ec2Emulator {
     const eni = this.eniOrThrow(p.get("NetworkInterfaceId"));
     const instanceId = p.get("InstanceId") ?? "";
     const inst = this.instances.get(instanceId);
-    if (!inst) throw new ApiError(400, "InvalidInstanceID.NotFound", `The instance ID '${instanceId}' does not exist`);
+    if (!inst)
+      throw new ApiError(
+        400,
+        "InvalidInstanceID.NotFound",
+        `The instance ID '${instanceId}' does not exist`,
+      );
     const deviceIndex = Number(p.get("DeviceIndex"));
     const card = Number(p.get("NetworkCardIndex") ?? "0");
-    if (!Number.isInteger(deviceIndex) || deviceIndex < 0) throw new ApiError(400, "InvalidParameterValue", `Invalid value '${p.get("DeviceIndex")}' for deviceIndex`);
-    if (eni.attachment) throw new ApiError(400, "InvalidNetworkInterface.InUse", `Interface: [${eni.id}] in use.`);
+    if (!Number.isInteger(deviceIndex) || deviceIndex < 0)
+      throw new ApiError(
+        400,
+        "InvalidParameterValue",
+        `Invalid value '${p.get("DeviceIndex")}' for deviceIndex`,
+      );
+    if (eni.attachment)
+      throw new ApiError(400, "InvalidNetworkInterface.InUse", `Interface: [${eni.id}] in use.`);
     if (eni.az !== inst.az) {
-      throw new ApiError(400, "InvalidParameterCombination", `You may not attach a network interface to an instance if they are not in the same availability zone`);
+      throw new ApiError(
+        400,
+        "InvalidParameterCombination",
+        `You may not attach a network interface to an instance if they are not in the same availability zone`,
+      );
     }
     const type = this.instanceTypes.get(inst.instanceType);
     const cards = type ? (type.cards ?? [type.maxEnis]) : undefined;
-    if (cards && card >= cards.length) throw new ApiError(400, "InvalidParameterValue", `Network card index ${card} is not valid for instance type ${inst.instanceType}.`);
+    if (cards && card >= cards.length)
+      throw new ApiError(
+        400,
+        "InvalidParameterValue",
+        `Network card index ${card} is not valid for instance type ${inst.instanceType}.`,
+      );
     const attached = this.attachedTo(instanceId);
-    if (attached.some((e) => e.attachment!.deviceIndex === deviceIndex && e.attachment!.networkCardIndex === card)) {
-      throw new ApiError(400, "InvalidParameterValue", `Instance '${instanceId}' already has an interface attached at device index '${deviceIndex}'.`);
+    if (
+      attached.some(
+        (e) => e.attachment!.deviceIndex === deviceIndex && e.attachment!.networkCardIndex === card,
+      )
+    ) {
+      throw new ApiError(
+        400,
+        "InvalidParameterValue",
+        `Instance '${instanceId}' already has an interface attached at device index '${deviceIndex}'.`,
+      );
     }
-    if (type && (attached.length + 1 > type.maxEnis || attached.filter((e) => e.attachment!.networkCardIndex === card).length + 1 > cards![card]!)) {
-      throw new ApiError(400, "AttachmentLimitExceeded", `Interface count ${attached.length + 1} exceeds the limit for ${inst.instanceType}`);
+    if (
+      type &&
+      (attached.length + 1 > type.maxEnis ||
+        attached.filter((e) => e.attachment!.networkCardIndex === card).length + 1 > cards![card])
+    ) {
+      throw new ApiError(
+        400,
+        "AttachmentLimitExceeded",
+        `Interface count ${attached.length + 1} exceeds the limit for ${inst.instanceType}`,
+      );
     }
     const att: EmuAttachment = {
       attachmentId: this.newId("eni-attach-"),
@@ -504,7 +610,9 @@ export class Ec2Emulator {
     const complete = () => {
       if (eni.attachment !== att || this.faults.stuckAttach) return;
       att.status = "attached";
-      void Promise.resolve(this.onAttached?.({ eni, instanceId, deviceIndex, networkCardIndex: card })).catch(() => {});
+      void Promise.resolve(
+        this.onAttached?.({ eni, instanceId, deviceIndex, networkCardIndex: card }),
+      ).catch(() => {});
     };
     if (this.attachDelayMs > 0) this.later(this.attachDelayMs, complete);
     else complete();
@@ -514,15 +622,30 @@ export class Ec2Emulator {
   private detachNetworkInterface(p: URLSearchParams): string {
     const id = p.get("AttachmentId") ?? "";
     const eni = [...this.enis.values()].find((e) => e.attachment?.attachmentId === id);
-    if (!eni) throw new ApiError(400, "InvalidAttachmentID.NotFound", `The attachment ID '${id}' does not exist`);
-    if (eni.attachment!.deviceIndex === 0) throw new ApiError(400, "OperationNotPermitted", "The network interface at device index 0 cannot be detached.");
+    if (!eni)
+      throw new ApiError(
+        400,
+        "InvalidAttachmentID.NotFound",
+        `The attachment ID '${id}' does not exist`,
+      );
+    if (eni.attachment!.deviceIndex === 0)
+      throw new ApiError(
+        400,
+        "OperationNotPermitted",
+        "The network interface at device index 0 cannot be detached.",
+      );
     eni.attachment = undefined;
     return `<return>true</return>`;
   }
 
   private deleteNetworkInterface(p: URLSearchParams): string {
     const eni = this.eniOrThrow(p.get("NetworkInterfaceId"));
-    if (eni.attachment) throw new ApiError(400, "InvalidParameterValue", `Network interface '${eni.id}' is currently in use.`);
+    if (eni.attachment)
+      throw new ApiError(
+        400,
+        "InvalidParameterValue",
+        `Network interface '${eni.id}' is currently in use.`,
+      );
     this.enis.delete(eni.id);
     return `<return>true</return>`;
   }
@@ -532,7 +655,11 @@ export class Ec2Emulator {
     const attId = p.get("Attachment.AttachmentId");
     if (attId !== null) {
       if (!eni.attachment || eni.attachment.attachmentId !== attId) {
-        throw new ApiError(400, "InvalidAttachmentID.NotFound", `The attachment ID '${attId}' does not exist`);
+        throw new ApiError(
+          400,
+          "InvalidAttachmentID.NotFound",
+          `The attachment ID '${attId}' does not exist`,
+        );
       }
       const dot = p.get("Attachment.DeleteOnTermination");
       if (dot !== null) eni.attachment.deleteOnTermination = dot === "true";
@@ -546,7 +673,9 @@ export class Ec2Emulator {
 
   private describeSubnets(p: URLSearchParams): string {
     const ids = list(p, "SubnetId");
-    for (const id of ids) if (!this.subnets.has(id)) throw new ApiError(400, "InvalidSubnetID.NotFound", `The subnet ID '${id}' does not exist`);
+    for (const id of ids)
+      if (!this.subnets.has(id))
+        throw new ApiError(400, "InvalidSubnetID.NotFound", `The subnet ID '${id}' does not exist`);
     const matchers: Record<string, (s: SubnetSeed) => string[]> = {
       "subnet-id": (s) => [s.subnetId],
       "vpc-id": (s) => [s.vpcId],
@@ -568,7 +697,13 @@ export class Ec2Emulator {
 
   private describeSecurityGroups(p: URLSearchParams): string {
     const ids = list(p, "GroupId");
-    for (const id of ids) if (!this.securityGroups.has(id)) throw new ApiError(400, "InvalidGroup.NotFound", `The security group '${id}' does not exist`);
+    for (const id of ids)
+      if (!this.securityGroups.has(id))
+        throw new ApiError(
+          400,
+          "InvalidGroup.NotFound",
+          `The security group '${id}' does not exist`,
+        );
     const names = list(p, "GroupName");
     const matchers: Record<string, (g: SecurityGroupSeed) => string[]> = {
       "group-id": (g) => [g.groupId],
@@ -581,13 +716,22 @@ export class Ec2Emulator {
       .filter((g) => names.length === 0 || names.includes(g.groupName))
       .filter((g) => matchAll(filters, matchers, g.tags ?? {}, g));
     return `<securityGroupInfo>${out
-      .map((g) => `<item><groupId>${g.groupId}</groupId><groupName>${esc(g.groupName)}</groupName><vpcId>${g.vpcId}</vpcId><groupDescription>${esc(g.groupName)}</groupDescription>${tagSet(g.tags ?? {})}</item>`)
+      .map(
+        (g) =>
+          `<item><groupId>${g.groupId}</groupId><groupName>${esc(g.groupName)}</groupName><vpcId>${g.vpcId}</vpcId><groupDescription>${esc(g.groupName)}</groupDescription>${tagSet(g.tags ?? {})}</item>`,
+      )
       .join("")}</securityGroupInfo>`;
   }
 
   private describeInstances(p: URLSearchParams): string {
     const ids = list(p, "InstanceId");
-    for (const id of ids) if (!this.instances.has(id)) throw new ApiError(400, "InvalidInstanceID.NotFound", `The instance ID '${id}' does not exist`);
+    for (const id of ids)
+      if (!this.instances.has(id))
+        throw new ApiError(
+          400,
+          "InvalidInstanceID.NotFound",
+          `The instance ID '${id}' does not exist`,
+        );
     const matchers: Record<string, (i: InstanceSeed) => string[]> = {
       "instance-id": (i) => [i.instanceId],
       "availability-zone": (i) => [i.az],
@@ -600,7 +744,9 @@ export class Ec2Emulator {
     return `<reservationSet>${out
       .map(
         (i) =>
-          `<item><reservationId>r-${i.instanceId.slice(2)}</reservationId><instancesSet><item><instanceId>${i.instanceId}</instanceId><instanceType>${i.instanceType}</instanceType><placement><availabilityZone>${i.az}</availabilityZone></placement><subnetId>${i.subnetId}</subnetId><vpcId>${i.vpcId}</vpcId><instanceState><code>16</code><name>running</name></instanceState>${tagSet(i.tags ?? {})}<networkInterfaceSet>${this.attachedTo(i.instanceId)
+          `<item><reservationId>r-${i.instanceId.slice(2)}</reservationId><instancesSet><item><instanceId>${i.instanceId}</instanceId><instanceType>${i.instanceType}</instanceType><placement><availabilityZone>${i.az}</availabilityZone></placement><subnetId>${i.subnetId}</subnetId><vpcId>${i.vpcId}</vpcId><instanceState><code>16</code><name>running</name></instanceState>${tagSet(i.tags ?? {})}<networkInterfaceSet>${this.attachedTo(
+            i.instanceId,
+          )
             .map(
               (e) =>
                 `<item><networkInterfaceId>${e.id}</networkInterfaceId><subnetId>${e.subnetId}</subnetId><vpcId>${e.vpcId}</vpcId><macAddress>${e.mac}</macAddress><status>in-use</status><attachment><attachmentId>${e.attachment!.attachmentId}</attachmentId><deviceIndex>${e.attachment!.deviceIndex}</deviceIndex><networkCardIndex>${e.attachment!.networkCardIndex}</networkCardIndex><status>${e.attachment!.status}</status><deleteOnTermination>${e.attachment!.deleteOnTermination}</deleteOnTermination></attachment></item>`,
@@ -613,14 +759,24 @@ export class Ec2Emulator {
   private describeInstanceTypes(p: URLSearchParams): string {
     const names = list(p, "InstanceType");
     for (const n of names) {
-      if (!this.instanceTypes.has(n)) throw new ApiError(400, "InvalidInstanceType", `The following supplied instance types do not exist: [${n}]`);
+      if (!this.instanceTypes.has(n))
+        throw new ApiError(
+          400,
+          "InvalidInstanceType",
+          `The following supplied instance types do not exist: [${n}]`,
+        );
     }
-    const out = [...this.instanceTypes.values()].filter((t) => names.length === 0 || names.includes(t.instanceType));
+    const out = [...this.instanceTypes.values()].filter(
+      (t) => names.length === 0 || names.includes(t.instanceType),
+    );
     return `<instanceTypeSet>${out
       .map((t) => {
         const cards = t.cards ?? [t.maxEnis];
         return `<item><instanceType>${t.instanceType}</instanceType><networkInfo><maximumNetworkInterfaces>${t.maxEnis}</maximumNetworkInterfaces><maximumNetworkCards>${cards.length}</maximumNetworkCards><defaultNetworkCardIndex>0</defaultNetworkCardIndex><networkCards>${cards
-          .map((m, i) => `<item><networkCardIndex>${i}</networkCardIndex><maximumNetworkInterfaces>${m}</maximumNetworkInterfaces></item>`)
+          .map(
+            (m, i) =>
+              `<item><networkCardIndex>${i}</networkCardIndex><maximumNetworkInterfaces>${m}</maximumNetworkInterfaces></item>`,
+          )
           .join("")}</networkCards><enaSupport>required</enaSupport></networkInfo></item>`;
       })
       .join("")}</instanceTypeSet>`;
@@ -628,9 +784,15 @@ export class Ec2Emulator {
 
   private describeTags(p: URLSearchParams): string {
     const rows: { id: string; type: string; key: string; value: string }[] = [];
-    for (const i of this.instances.values()) for (const [k, v] of Object.entries(i.tags ?? {})) rows.push({ id: i.instanceId, type: "instance", key: k, value: v });
-    for (const e of this.enis.values()) for (const [k, v] of Object.entries(e.tags)) rows.push({ id: e.id, type: "network-interface", key: k, value: v });
-    for (const s of this.subnets.values()) for (const [k, v] of Object.entries(subnetTags(s))) rows.push({ id: s.subnetId, type: "subnet", key: k, value: v });
+    for (const i of this.instances.values())
+      for (const [k, v] of Object.entries(i.tags ?? {}))
+        rows.push({ id: i.instanceId, type: "instance", key: k, value: v });
+    for (const e of this.enis.values())
+      for (const [k, v] of Object.entries(e.tags))
+        rows.push({ id: e.id, type: "network-interface", key: k, value: v });
+    for (const s of this.subnets.values())
+      for (const [k, v] of Object.entries(subnetTags(s)))
+        rows.push({ id: s.subnetId, type: "subnet", key: k, value: v });
     const matchers: Record<string, (r: (typeof rows)[number]) => string[]> = {
       "resource-id": (r) => [r.id],
       "resource-type": (r) => [r.type],
@@ -640,7 +802,10 @@ export class Ec2Emulator {
     const filters = readFilters(p);
     const out = rows.filter((r) => matchAll(filters, matchers, {}, r));
     return `<tagSet>${out
-      .map((r) => `<item><resourceId>${r.id}</resourceId><resourceType>${r.type}</resourceType><key>${esc(r.key)}</key><value>${esc(r.value)}</value></item>`)
+      .map(
+        (r) =>
+          `<item><resourceId>${r.id}</resourceId><resourceType>${r.type}</resourceType><key>${esc(r.key)}</key><value>${esc(r.value)}</value></item>`,
+      )
       .join("")}</tagSet>`;
   }
 
@@ -662,14 +827,22 @@ export class Ec2Emulator {
 
   private eniOrThrow(id: string | null): EmuEni {
     const eni = id ? this.enis.get(id) : undefined;
-    if (!eni) throw new ApiError(400, "InvalidNetworkInterfaceID.NotFound", `The networkInterface ID '${id}' does not exist`);
+    if (!eni)
+      throw new ApiError(
+        400,
+        "InvalidNetworkInterfaceID.NotFound",
+        `The networkInterface ID '${id}' does not exist`,
+      );
     return eni;
   }
 
   private eniXml(e: EmuEni): string {
     const a = e.attachment;
     const groups = e.groups
-      .map((g) => `<item><groupId>${g}</groupId><groupName>${esc(this.securityGroups.get(g)?.groupName ?? g)}</groupName></item>`)
+      .map(
+        (g) =>
+          `<item><groupId>${g}</groupId><groupName>${esc(this.securityGroups.get(g)?.groupName ?? g)}</groupName></item>`,
+      )
       .join("");
     return (
       `<networkInterfaceId>${e.id}</networkInterfaceId><subnetId>${e.subnetId}</subnetId><vpcId>${e.vpcId}</vpcId>` +
@@ -689,7 +862,9 @@ export class Ec2Emulator {
 
   private newId(prefix: string): string {
     this.seq++;
-    return prefix + (0x0e000000000000000n + BigInt(this.seq)).toString(16).padStart(17, "0").slice(-17);
+    return (
+      prefix + (0x0e000000000000000n + BigInt(this.seq)).toString(16).padStart(17, "0").slice(-17)
+    );
   }
 
   private newMac(): string {
@@ -702,9 +877,9 @@ export class Ec2Emulator {
 
   private ipSeq = 10;
   private nextIp(cidr = "10.0.0.0/16"): string {
-    const base = cidr.split("/")[0]!.split(".").map(Number);
+    const base = cidr.split("/")[0].split(".").map(Number);
     const n = this.ipSeq++;
-    return `${base[0]}.${base[1]}.${(base[2]! + (n >> 8)) & 255}.${n & 255}`;
+    return `${base[0]}.${base[1]}.${(base[2] + (n >> 8)) & 255}.${n & 255}`;
   }
 
   private requestId(): string {
@@ -735,7 +910,7 @@ function subnetTags(s: SubnetSeed): Record<string, string> {
 function takeFault(m: Record<string, number>, action: string): boolean {
   for (const k of [action, "*"]) {
     if ((m[k] ?? 0) > 0) {
-      m[k]!--;
+      m[k]--;
       return true;
     }
   }
@@ -760,7 +935,10 @@ function list(p: URLSearchParams, name: string): string[] {
 }
 
 function readFilters(p: URLSearchParams): { name: string; values: string[] }[] {
-  return indexed(p, "Filter").map((f) => ({ name: p.get(`${f}.Name`) ?? "", values: list(p, `${f}.Value`) }));
+  return indexed(p, "Filter").map((f) => ({
+    name: p.get(`${f}.Name`) ?? "",
+    values: list(p, `${f}.Value`),
+  }));
 }
 
 /** EC2 filter semantics: AND across filters, OR across a filter's values, `*` and `?` wildcards. */
@@ -774,7 +952,7 @@ function matchAll<T>(
     let have: string[];
     if (f.name.startsWith("tag:")) {
       const k = f.name.slice(4);
-      have = k in tags ? [tags[k]!] : [];
+      have = k in tags ? [tags[k]] : [];
     } else if (f.name === "tag-key") {
       have = Object.keys(tags);
     } else {
@@ -795,7 +973,17 @@ function valueMatcher(values: string[]): (h: string) => boolean {
     const exact = new Set(values.filter((v) => !/[*?]/.test(v)));
     const res = values
       .filter((v) => /[*?]/.test(v))
-      .map((v) => new RegExp("^" + v.replace(/[.+^${}()|[\]\\]/g, "\\$&").replace(/\*/g, ".*").replace(/\?/g, ".") + "$"));
+      .map(
+        (v) =>
+          new RegExp(
+            "^" +
+              v
+                .replace(/[.+^${}()|[\]\\]/g, "\\$&")
+                .replace(/\*/g, ".*")
+                .replace(/\?/g, ".") +
+              "$",
+          ),
+      );
     fn = (h) => exact.has(h) || res.some((r) => r.test(h));
     if (compiled.size > 10_000) compiled.clear();
     compiled.set(key, fn);
@@ -804,7 +992,11 @@ function valueMatcher(values: string[]): (h: string) => boolean {
 }
 
 function esc(s: string): string {
-  return s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;").replace(/"/g, "&quot;");
+  return s
+    .replace(/&/g, "&amp;")
+    .replace(/</g, "&lt;")
+    .replace(/>/g, "&gt;")
+    .replace(/"/g, "&quot;");
 }
 
 function tagSet(tags: Record<string, string>): string {

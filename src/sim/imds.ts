@@ -141,8 +141,12 @@ export class ImdsEmulator {
   }
 
   private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
-    const path = (req.url ?? "/").split("?")[0]!;
-    const answer = (status: number, body: string | Buffer = "", headers: Record<string, string> = {}) => {
+    const path = (req.url ?? "/").split("?")[0];
+    const answer = (
+      status: number,
+      body: string | Buffer = "",
+      headers: Record<string, string> = {},
+    ) => {
       this.requests.push({ method: req.method ?? "", path, status });
       res.writeHead(status, { "content-type": "text/plain", ...headers });
       res.end(body);
@@ -159,7 +163,8 @@ export class ImdsEmulator {
       if (req.method !== "PUT") return answer(405, "Method Not Allowed");
       const ttlHeader = req.headers["x-aws-ec2-metadata-token-ttl-seconds"];
       const ttl = Number(ttlHeader);
-      if (ttlHeader === undefined || !Number.isInteger(ttl) || ttl < 1 || ttl > 21600) return answer(400, "Bad Request");
+      if (ttlHeader === undefined || !Number.isInteger(ttl) || ttl < 1 || ttl > 21600)
+        return answer(400, "Bad Request");
       const token = randomBytes(24).toString("base64url");
       this.tokens.set(token, Date.now() + ttl * 1000);
       return answer(200, token, { "x-aws-ec2-metadata-token-ttl-seconds": String(ttl) });
@@ -177,7 +182,8 @@ export class ImdsEmulator {
   /** The answer for a path below /latest/ (undefined = 404); MemoryImds serves the same tree in-process. */
   lookup(p: string): string | Buffer | undefined {
     const i = this.instance;
-    if (p === "user-data" || p === "user-data/") return i.userData === null ? undefined : i.userData;
+    if (p === "user-data" || p === "user-data/")
+      return i.userData === null ? undefined : i.userData;
     const m = p.replace(/\/$/, "");
     const simple: Record<string, string> = {
       "meta-data/instance-id": i.instanceId,
@@ -226,13 +232,17 @@ export class ImdsEmulator {
         "subnet-ipv4-cidr-block": nic.subnetCidr,
         mac: nic.mac,
       };
-      if (!leaf) return Object.keys(fields).filter((k) => fields[k] !== undefined).join("\n");
+      if (!leaf)
+        return Object.keys(fields)
+          .filter((k) => fields[k] !== undefined)
+          .join("\n");
       return fields[leaf];
     }
-    if (m === "meta-data/tags/instance") return i.tags === null ? undefined : Object.keys(i.tags).join("\n");
+    if (m === "meta-data/tags/instance")
+      return i.tags === null ? undefined : Object.keys(i.tags).join("\n");
     const tag = /^meta-data\/tags\/instance\/(.+)$/.exec(m);
     // As real IMDS: the key is matched as sent, never percent-decoded (`eni-dpdk%3Aeni` is not `eni-dpdk:eni`).
-    if (tag) return i.tags !== null && Object.hasOwn(i.tags, tag[1]!) ? i.tags[tag[1]!] : undefined;
+    if (tag) return i.tags !== null && Object.hasOwn(i.tags, tag[1]) ? i.tags[tag[1]] : undefined;
     return undefined;
   }
 

@@ -67,7 +67,14 @@ const ID_TABLES: Record<string, string[]> = {
 };
 const NETDEV_DRIVERS = new Set(["ena", "e1000", "virtio-pci"]);
 /** module name → the PCI driver it registers */
-const MODULE_DRIVER: Record<string, string> = { vfio_pci: "vfio-pci", uio_pci_generic: "uio_pci_generic", igb_uio: "igb_uio", ena: "ena", efa: "efa", e1000: "e1000" };
+const MODULE_DRIVER: Record<string, string> = {
+  vfio_pci: "vfio-pci",
+  uio_pci_generic: "uio_pci_generic",
+  igb_uio: "igb_uio",
+  ena: "ena",
+  efa: "efa",
+  e1000: "e1000",
+};
 const PCI_ROOT = "/sys/devices/pci0000:00";
 
 export class SimKernel {
@@ -89,7 +96,10 @@ export class SimKernel {
   private nextGroup = 0;
   private closed = false;
 
-  private constructor(root: string, private readonly opts: SimKernelOptions) {
+  private constructor(
+    root: string,
+    private readonly opts: SimKernelOptions,
+  ) {
     this.root = root;
     this.iommu = !!opts.iommu;
     this.noiommuSupport = opts.noiommuSupport ?? true;
@@ -113,13 +123,31 @@ export class SimKernel {
   // ---- builder ---------------------------------------------------------------------------------
 
   private build(): void {
-    for (const d of ["/sys/bus/pci/devices", "/sys/bus/pci/drivers", "/sys/class/net", "/sys/class/iommu", "/sys/kernel/iommu_groups", "/sys/module", "/proc/net", "/dev", "/run", "/etc", "/var/lib", "/.sim", "/sys/devices/virtual/net", "/usr/sbin"]) {
+    for (const d of [
+      "/sys/bus/pci/devices",
+      "/sys/bus/pci/drivers",
+      "/sys/class/net",
+      "/sys/class/iommu",
+      "/sys/kernel/iommu_groups",
+      "/sys/module",
+      "/proc/net",
+      "/dev",
+      "/run",
+      "/etc",
+      "/var/lib",
+      "/.sim",
+      "/sys/devices/virtual/net",
+      "/usr/sbin",
+    ]) {
       fs.mkdirSync(this.p(d), { recursive: true });
     }
     if (this.iommu) fs.mkdirSync(this.p("/sys/class/iommu/dmar0"));
     this.writeOwn("/sys/bus/pci/drivers_probe", "", 0o200);
     this.watch("/sys/bus/pci/drivers_probe", () => this.onDriversProbe(), { writeOnly: true });
-    fs.writeFileSync(this.p("/proc/net/route"), "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT                                                       \n");
+    fs.writeFileSync(
+      this.p("/proc/net/route"),
+      "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT                                                       \n",
+    );
     fs.writeFileSync(this.p("/proc/net/ipv6_route"), "");
     // loopback, as on every kernel
     this.addVirtualNetdev("lo", "00:00:00:00:00:00");
@@ -133,9 +161,18 @@ export class SimKernel {
       this.watch(`${dir}/nr_hugepages`, (v) => this.onHugepages(kb, v));
     }
     for (const m of ["ena", ...(this.opts.loaded ?? [])]) this.loadModule(m);
-    const available = new Set(["vfio", "vfio_pci", "vfio-pci", "uio_pci_generic", "uio", "ena", ...(this.opts.available ?? [])]);
+    const available = new Set([
+      "vfio",
+      "vfio_pci",
+      "vfio-pci",
+      "uio_pci_generic",
+      "uio",
+      "ena",
+      ...(this.opts.available ?? []),
+    ]);
     fs.mkdirSync(this.p("/.sim/available"), { recursive: true });
-    for (const m of available) fs.writeFileSync(this.p(`/.sim/available/${m.replace(/-/g, "_")}`), "");
+    for (const m of available)
+      fs.writeFileSync(this.p(`/.sim/available/${m.replace(/-/g, "_")}`), "");
     this.writeOwn("/.sim/modprobe.log", "");
     this.watch("/.sim/modprobe.log", () => this.onModprobeLog(), { raw: true });
     // A fake modprobe: records its argv; the reactor loads the module. Exits 1 for unknown modules.
@@ -209,7 +246,8 @@ export class SimKernel {
     for (const mod of ["vfio_pci", "vfio_pci_core", "vfio", "uio_pci_generic", "igb_uio", "uio"]) {
       const drv = MODULE_DRIVER[mod];
       if (drv && this.driverLoaded(drv)) {
-        for (const f of ["bind", "unbind", "new_id", "remove_id"]) this.unwatch(`/sys/bus/pci/drivers/${drv}/${f}`);
+        for (const f of ["bind", "unbind", "new_id", "remove_id"])
+          this.unwatch(`/sys/bus/pci/drivers/${drv}/${f}`);
         fs.rmSync(this.p(`/sys/bus/pci/drivers/${drv}`), { recursive: true, force: true });
       }
       if (mod === "vfio") this.unwatch("/sys/module/vfio/parameters/enable_unsafe_noiommu_mode");
@@ -227,8 +265,12 @@ export class SimKernel {
   /** Simulate the kernel with or without CONFIG_VFIO_NOIOMMU (takes effect at the next vfio load). */
   setNoiommuSupport(supported: boolean): void {
     this.noiommuSupport = supported;
-    if (!supported) fs.rmSync(this.p("/sys/module/vfio/parameters/enable_unsafe_noiommu_mode"), { force: true });
-    else if (fs.existsSync(this.p("/sys/module/vfio")) && !fs.existsSync(this.p("/sys/module/vfio/parameters/enable_unsafe_noiommu_mode"))) {
+    if (!supported)
+      fs.rmSync(this.p("/sys/module/vfio/parameters/enable_unsafe_noiommu_mode"), { force: true });
+    else if (
+      fs.existsSync(this.p("/sys/module/vfio")) &&
+      !fs.existsSync(this.p("/sys/module/vfio/parameters/enable_unsafe_noiommu_mode"))
+    ) {
       this.makeNoiommuParam(false);
     }
   }
@@ -239,7 +281,13 @@ export class SimKernel {
   }
 
   /** A route in the main table. `dest` is CIDR (IPv4 or IPv6). */
-  addRoute(r: { iface: string; dest: string; gateway?: string; metric?: number; v6RejectDefault?: boolean }): void {
+  addRoute(r: {
+    iface: string;
+    dest: string;
+    gateway?: string;
+    metric?: number;
+    v6RejectDefault?: boolean;
+  }): void {
     const [addr, plen] = r.dest.split("/") as [string, string];
     if (addr.includes(":")) {
       const line = [
@@ -263,9 +311,22 @@ export class SimKernel {
         .map((o) => Number(o).toString(16).padStart(2, "0").toUpperCase())
         .reverse()
         .join("");
-    const mask = Number(plen) === 0 ? "0.0.0.0" : intToIp((0xffffffff << (32 - Number(plen))) >>> 0);
+    const mask =
+      Number(plen) === 0 ? "0.0.0.0" : intToIp((0xffffffff << (32 - Number(plen))) >>> 0);
     const flags = r.gateway ? "0003" : "0001";
-    const line = [r.iface, le(addr), le(r.gateway ?? "0.0.0.0"), flags, "0", "0", String(r.metric ?? 0), le(mask), "0", "0", "0"].join("\t");
+    const line = [
+      r.iface,
+      le(addr),
+      le(r.gateway ?? "0.0.0.0"),
+      flags,
+      "0",
+      "0",
+      String(r.metric ?? 0),
+      le(mask),
+      "0",
+      "0",
+      "0",
+    ].join("\t");
     fs.appendFileSync(this.p("/proc/net/route"), line + "\n");
   }
 
@@ -275,7 +336,14 @@ export class SimKernel {
     const lines = fs.readFileSync(f4, "utf8").split("\n");
     fs.writeFileSync(f4, lines.filter((l, i) => i === 0 || l.split("\t")[0] !== iface).join("\n"));
     const f6 = this.p("/proc/net/ipv6_route");
-    fs.writeFileSync(f6, fs.readFileSync(f6, "utf8").split("\n").filter((l) => l.trim().split(/\s+/)[9] !== iface).join("\n"));
+    fs.writeFileSync(
+      f6,
+      fs
+        .readFileSync(f6, "utf8")
+        .split("\n")
+        .filter((l) => l.trim().split(/\s+/)[9] !== iface)
+        .join("\n"),
+    );
   }
 
   setHugepageCapacity(kb: number, pages: number): void {
@@ -285,14 +353,17 @@ export class SimKernel {
   /** Mount a fake debugfs PAT list with one entry per line. */
   setPatMemtypes(lines: string[]): void {
     fs.mkdirSync(this.p("/sys/kernel/debug/x86"), { recursive: true });
-    fs.writeFileSync(this.p("/sys/kernel/debug/x86/pat_memtype_list"), "PAT memtype list:\n" + lines.join("\n") + "\n");
+    fs.writeFileSync(
+      this.p("/sys/kernel/debug/x86/pat_memtype_list"),
+      "PAT memtype list:\n" + lines.join("\n") + "\n",
+    );
   }
 
   /** Physical range of a device's prefetchable BAR (for PAT fixtures). */
   prefetchableBar(bdf: string): { start: string; end: string } {
-    const line = fs.readFileSync(this.p(`${PCI_ROOT}/${bdf}/resource`), "utf8").split("\n")[2]!;
+    const line = fs.readFileSync(this.p(`${PCI_ROOT}/${bdf}/resource`), "utf8").split("\n")[2];
     const [s, e] = line.split(" ");
-    return { start: s!, end: "0x" + (BigInt(e!) + 1n).toString(16).padStart(16, "0") };
+    return { start: s, end: "0x" + (BigInt(e) + 1n).toString(16).padStart(16, "0") };
   }
 
   modprobeCalls(): string[] {
@@ -331,7 +402,9 @@ export class SimKernel {
 
   private matchById(dev: SimDevice): string | undefined {
     const id = `${dev.vendor}:${dev.device}`;
-    return Object.entries(ID_TABLES).find(([drv, ids]) => ids.includes(id) && this.driverLoaded(drv))?.[0];
+    return Object.entries(ID_TABLES).find(
+      ([drv, ids]) => ids.includes(id) && this.driverLoaded(drv),
+    )?.[0];
   }
 
   private driverLoaded(drv: string): boolean {
@@ -349,7 +422,8 @@ export class SimKernel {
         fs.mkdirSync(this.p("/dev/vfio"), { recursive: true });
         fs.writeFileSync(this.p("/dev/vfio/vfio"), "");
         // module options apply only at load time, as with real modprobe
-        if (this.noiommuSupport) this.makeNoiommuParam(params.some((p) => /^enable_unsafe_noiommu_mode=(1|y|Y)$/.test(p)));
+        if (this.noiommuSupport)
+          this.makeNoiommuParam(params.some((p) => /^enable_unsafe_noiommu_mode=(1|y|Y)$/.test(p)));
       }
       if (mod === "vfio_pci") fs.writeFileSync(this.p(`/sys/module/${mod}/taint`), "\n");
     }
@@ -369,14 +443,19 @@ export class SimKernel {
     this.writeOwn(f, on ? "Y\n" : "N\n");
     this.watch(f, (v) => {
       const on = /^(1|y|Y)$/.test(v.trim());
-      if (!/^(0|1|y|Y|n|N)$/.test(v.trim())) return this.fail(`invalid noiommu value "${v.trim()}"`);
+      if (!/^(0|1|y|Y|n|N)$/.test(v.trim()))
+        return this.fail(`invalid noiommu value "${v.trim()}"`);
       this.writeOwn(f, on ? "Y\n" : "N\n");
     });
   }
 
   private noiommuOn(): boolean {
     try {
-      return fs.readFileSync(this.p("/sys/module/vfio/parameters/enable_unsafe_noiommu_mode"), "utf8").trim() === "Y";
+      return (
+        fs
+          .readFileSync(this.p("/sys/module/vfio/parameters/enable_unsafe_noiommu_mode"), "utf8")
+          .trim() === "Y"
+      );
     } catch {
       return false;
     }
@@ -441,7 +520,8 @@ export class SimKernel {
       }
     }
     if (fs.existsSync(this.p(`${dir}/uio`))) {
-      for (const u of fs.readdirSync(this.p(`${dir}/uio`))) fs.rmSync(this.p(`/dev/${u}`), { force: true });
+      for (const u of fs.readdirSync(this.p(`${dir}/uio`)))
+        fs.rmSync(this.p(`/dev/${u}`), { force: true });
       fs.rmSync(this.p(`${dir}/uio`), { recursive: true, force: true });
     }
     fs.rmSync(this.p(`/sys/bus/pci/drivers/${drv}/${dev.bdf}`), { force: true });
@@ -514,7 +594,8 @@ export class SimKernel {
     const dev = this.devices.get(value);
     if (!dev) return this.fail(`${drv}/${file}: no device ${value}`);
     if (file === "unbind") {
-      if (this.currentDriver(value) !== drv) return this.fail(`${drv}/unbind: ${value} is not bound to ${drv} (ENODEV)`);
+      if (this.currentDriver(value) !== drv)
+        return this.fail(`${drv}/unbind: ${value} is not bound to ${drv} (ENODEV)`);
       this.detach(dev);
       return;
     }
@@ -586,7 +667,11 @@ export class SimKernel {
    * repeated value is seen again; read-write ones are told apart from our own normalised content
    * (the product writes values without the trailing newline the kernel shows).
    */
-  private watch(abs: string, fn: (value: string) => void, o: { raw?: boolean; writeOnly?: boolean } = {}): void {
+  private watch(
+    abs: string,
+    fn: (value: string) => void,
+    o: { raw?: boolean; writeOnly?: boolean } = {},
+  ): void {
     const f = this.p(abs);
     if (this.watchers.has(f)) return;
     const w = fs.watch(f, { persistent: false }, () => {
@@ -641,17 +726,27 @@ function v6hex(addr: string): string {
   const h = head ? head.split(":") : [];
   const t = tail !== undefined && tail !== "" ? tail.split(":") : [];
   const fill = tail !== undefined ? Array(8 - h.length - t.length).fill("0") : [];
-  return [...h, ...fill, ...t].map((g) => g.padStart(4, "0")).join("").toLowerCase();
+  return [...h, ...fill, ...t]
+    .map((g) => g.padStart(4, "0"))
+    .join("")
+    .toLowerCase();
 }
 
 /** A test binding script (dpdk-devbind.py stand-in) that exits 0 whatever happens. */
-export function writeFakeBindingScript(sim: SimKernel, behaviour: "nothing" | "unbind-only" | "works" | "dies-after-unbind"): string {
+export function writeFakeBindingScript(
+  sim: SimKernel,
+  behaviour: "nothing" | "unbind-only" | "works" | "dies-after-unbind",
+): string {
   const file = sim.p(`/.sim/devbind-${behaviour}`);
   const r = sim.root;
   // argv: --force --bind DRIVER BDF
   const body: Record<typeof behaviour, string[]> = {
     nothing: ['echo "Warning: routing table indicates that interface is active. Not modifying"'],
-    "unbind-only": [`d=$(readlink "${r}/sys/bus/pci/devices/$bdf/driver")`, `[ -n "$d" ] && printf %s "$bdf" > "${r}/sys/bus/pci/devices/$bdf/driver/unbind"`, "echo 'Error: bind failed'"],
+    "unbind-only": [
+      `d=$(readlink "${r}/sys/bus/pci/devices/$bdf/driver")`,
+      `[ -n "$d" ] && printf %s "$bdf" > "${r}/sys/bus/pci/devices/$bdf/driver/unbind"`,
+      "echo 'Error: bind failed'",
+    ],
     works: [
       `d=$(readlink "${r}/sys/bus/pci/devices/$bdf/driver")`,
       `if [ -n "$d" ]; then printf %s "$bdf" > "${r}/sys/bus/pci/devices/$bdf/driver/unbind"; sleep 0.1; fi`,
@@ -666,12 +761,20 @@ export function writeFakeBindingScript(sim: SimKernel, behaviour: "nothing" | "u
       "kill -9 $$",
     ],
   };
-  const script = ["#!/bin/sh", 'drv=""; bdf=""', 'while [ $# -gt 0 ]; do case "$1" in --bind) drv="$2"; shift;; -*) ;; *) bdf="$1";; esac; shift; done', `printf "%s %s\\n" "$drv" "$bdf" >> "${r}/.sim/devbind.log"`, ...body[behaviour], "exit 0", ""].join("\n");
+  const script = [
+    "#!/bin/sh",
+    'drv=""; bdf=""',
+    'while [ $# -gt 0 ]; do case "$1" in --bind) drv="$2"; shift;; -*) ;; *) bdf="$1";; esac; shift; done',
+    `printf "%s %s\\n" "$drv" "$bdf" >> "${r}/.sim/devbind.log"`,
+    ...body[behaviour],
+    "exit 0",
+    "",
+  ].join("\n");
   fs.writeFileSync(file, script, { mode: 0o755 });
   return file;
 }
 
 /** Run a command synchronously in tests (helper for shell-free invocations). */
 export function sh(argv: string[]): string {
-  return execFileSync(argv[0]!, argv.slice(1), { encoding: "utf8" });
+  return execFileSync(argv[0], argv.slice(1), { encoding: "utf8" });
 }

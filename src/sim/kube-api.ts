@@ -35,20 +35,78 @@ let pkiCache: Pki | undefined;
 export function testPki(): Pki {
   if (pkiCache) return pkiCache;
   const dir = mkdtempSync(path.join(os.tmpdir(), "kube-pki-"));
-  const ossl = (...args: string[]) => execFileSync("openssl", args, { cwd: dir, stdio: ["ignore", "pipe", "pipe"] });
-  const key = (name: string) => ossl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-out", `${name}.key`);
+  const ossl = (...args: string[]) =>
+    execFileSync("openssl", args, { cwd: dir, stdio: ["ignore", "pipe", "pipe"] });
+  const key = (name: string) =>
+    ossl(
+      "genpkey",
+      "-algorithm",
+      "EC",
+      "-pkeyopt",
+      "ec_paramgen_curve:prime256v1",
+      "-out",
+      `${name}.key`,
+    );
   key("ca");
-  ossl("req", "-x509", "-new", "-key", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=fake-kube-ca");
+  ossl(
+    "req",
+    "-x509",
+    "-new",
+    "-key",
+    "ca.key",
+    "-out",
+    "ca.crt",
+    "-days",
+    "2",
+    "-subj",
+    "/CN=fake-kube-ca",
+  );
   key("other");
-  ossl("req", "-x509", "-new", "-key", "other.key", "-out", "other.crt", "-days", "2", "-subj", "/CN=someone-else-ca");
+  ossl(
+    "req",
+    "-x509",
+    "-new",
+    "-key",
+    "other.key",
+    "-out",
+    "other.crt",
+    "-days",
+    "2",
+    "-subj",
+    "/CN=someone-else-ca",
+  );
   const leaf = (name: string, subj: string, ext: string) => {
     key(name);
     ossl("req", "-new", "-key", `${name}.key`, "-out", `${name}.csr`, "-subj", subj);
     writeFileSync(path.join(dir, `${name}.ext`), ext);
-    ossl("x509", "-req", "-in", `${name}.csr`, "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out", `${name}.crt`, "-days", "2", "-extfile", `${name}.ext`);
+    ossl(
+      "x509",
+      "-req",
+      "-in",
+      `${name}.csr`,
+      "-CA",
+      "ca.crt",
+      "-CAkey",
+      "ca.key",
+      "-CAcreateserial",
+      "-out",
+      `${name}.crt`,
+      "-days",
+      "2",
+      "-extfile",
+      `${name}.ext`,
+    );
   };
-  leaf("server", "/CN=kube-apiserver", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n");
-  leaf("client", "/O=system:nodes/CN=system:node:ip-10-0-1-10.us-west-2.compute.internal", "extendedKeyUsage=clientAuth\n");
+  leaf(
+    "server",
+    "/CN=kube-apiserver",
+    "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+  );
+  leaf(
+    "client",
+    "/O=system:nodes/CN=system:node:ip-10-0-1-10.us-west-2.compute.internal",
+    "extendedKeyUsage=clientAuth\n",
+  );
   const read = (f: string) => readFileSync(path.join(dir, f), "utf8");
   pkiCache = {
     dir,
@@ -99,7 +157,13 @@ export interface EksAuthConfig {
 
 export class KubeApiEmulator {
   readonly pki = testPki();
-  readonly faults: KubeFaults = { down: false, fail503: 0, conflictNext: 0, forbid: new Set(), crdMissing: false };
+  readonly faults: KubeFaults = {
+    down: false,
+    fail503: 0,
+    conflictNext: 0,
+    forbid: new Set(),
+    crdMissing: false,
+  };
   readonly requests: KubeRequest[] = [];
   /** static bearer tokens → user name */
   readonly tokens = new Map<string, string>();
@@ -122,7 +186,13 @@ export class KubeApiEmulator {
 
   async start(port = 0): Promise<this> {
     this.server = https.createServer(
-      { cert: this.pki.serverCert, key: this.pki.serverKey, ca: this.pki.caCert, requestCert: true, rejectUnauthorized: false },
+      {
+        cert: this.pki.serverCert,
+        key: this.pki.serverKey,
+        ca: this.pki.caCert,
+        requestCert: true,
+        rejectUnauthorized: false,
+      },
       (req, res) => void this.handle(req, res),
     );
     this.server.on("connection", (s: Socket) => {
@@ -158,7 +228,11 @@ export class KubeApiEmulator {
   upsert(obj: NodeEniObj): NodeEniObj {
     const existed = this.objects.has(obj.metadata.name);
     const o: NodeEniObj = structuredClone({ apiVersion: GROUP_VERSION, kind: "NodeENI", ...obj });
-    o.metadata = { uid: `uid-${obj.metadata.name}`, ...o.metadata, resourceVersion: String(++this.rv) };
+    o.metadata = {
+      uid: `uid-${obj.metadata.name}`,
+      ...o.metadata,
+      resourceVersion: String(++this.rv),
+    };
     this.objects.set(o.metadata.name, o);
     this.emit(existed ? "MODIFIED" : "ADDED", o);
     return structuredClone(o);
@@ -180,16 +254,26 @@ export class KubeApiEmulator {
   }
 
   private emit(type: string, object: NodeEniObj): void {
-    const ev = { rv: Number(object.metadata.resourceVersion), type, object: structuredClone(object) };
+    const ev = {
+      rv: Number(object.metadata.resourceVersion),
+      type,
+      object: structuredClone(object),
+    };
     this.events.push(ev);
-    for (const w of this.watchers) if (ev.rv > w.after && !w.res.writableEnded) w.res.write(JSON.stringify({ type, object }) + "\n");
+    for (const w of this.watchers)
+      if (ev.rv > w.after && !w.res.writableEnded)
+        w.res.write(JSON.stringify({ type, object }) + "\n");
   }
 
   // ---- HTTP ------------------------------------------------------------------------------------
 
   private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const url = new URL(req.url ?? "/", "https://x");
-    const log: KubeRequest = { method: req.method ?? "", path: url.pathname + url.search, status: 0 };
+    const log: KubeRequest = {
+      method: req.method ?? "",
+      path: url.pathname + url.search,
+      status: 0,
+    };
     this.requests.push(log);
     const send = (status: number, body: unknown) => {
       log.status = status;
@@ -197,7 +281,15 @@ export class KubeApiEmulator {
       res.end(JSON.stringify(body));
     };
     const statusBody = (code: number, reason: string, message: string) =>
-      send(code, { kind: "Status", apiVersion: "v1", metadata: {}, status: "Failure", message, reason, code });
+      send(code, {
+        kind: "Status",
+        apiVersion: "v1",
+        metadata: {},
+        status: "Failure",
+        message,
+        reason,
+        code,
+      });
 
     if (this.faults.down) {
       req.socket.destroy();
@@ -205,17 +297,33 @@ export class KubeApiEmulator {
     }
     if (this.faults.fail503 > 0) {
       this.faults.fail503--;
-      return statusBody(503, "ServiceUnavailable", "the server is currently unable to handle the request");
+      return statusBody(
+        503,
+        "ServiceUnavailable",
+        "the server is currently unable to handle the request",
+      );
     }
     const user = this.authenticate(req);
     log.user = user;
     if (!user) return statusBody(401, "Unauthorized", "Unauthorized");
 
     const rest = url.pathname.startsWith(BASE) ? url.pathname.slice(BASE.length) : undefined;
-    if (rest === undefined || this.faults.crdMissing) return statusBody(404, "NotFound", "the server could not find the requested resource");
+    if (rest === undefined || this.faults.crdMissing)
+      return statusBody(404, "NotFound", "the server could not find the requested resource");
     const [, name, sub] = rest.split("/");
     const watch = url.searchParams.get("watch") === "true" || url.searchParams.get("watch") === "1";
-    const verb = req.method === "GET" ? (name ? "get" : watch ? "watch" : "list") : req.method === "PATCH" ? "patch" : req.method === "PUT" ? "update" : "other";
+    const verb =
+      req.method === "GET"
+        ? name
+          ? "get"
+          : watch
+            ? "watch"
+            : "list"
+        : req.method === "PATCH"
+          ? "patch"
+          : req.method === "PUT"
+            ? "update"
+            : "other";
     if (this.faults.forbid.has(verb)) {
       return statusBody(
         403,
@@ -225,36 +333,69 @@ export class KubeApiEmulator {
     }
 
     if (req.method === "GET" && !name && !watch) {
-      return send(200, { apiVersion: GROUP_VERSION, kind: "NodeENIList", metadata: { resourceVersion: String(this.rv) }, items: this.list() });
+      return send(200, {
+        apiVersion: GROUP_VERSION,
+        kind: "NodeENIList",
+        metadata: { resourceVersion: String(this.rv) },
+        items: this.list(),
+      });
     }
     if (req.method === "GET" && !name && watch) return this.watch(url, res, log);
     if (req.method === "GET" && name && (!sub || sub === "status")) {
       const o = this.get(name);
-      return o ? send(200, o) : statusBody(404, "NotFound", `nodeenis.networking.k8s.aws "${name}" not found`);
+      return o
+        ? send(200, o)
+        : statusBody(404, "NotFound", `nodeenis.networking.k8s.aws "${name}" not found`);
     }
     if (req.method === "PATCH" && name && sub === "status") {
       if (req.headers["content-type"] !== "application/merge-patch+json") {
-        return statusBody(415, "UnsupportedMediaType", `the body of the request was in an unknown format: ${req.headers["content-type"]}`);
+        return statusBody(
+          415,
+          "UnsupportedMediaType",
+          `the body of the request was in an unknown format: ${req.headers["content-type"]}`,
+        );
       }
       const body = JSON.parse(await readBody(req)) as NodeEniObj;
       log.body = body;
       const cur = this.objects.get(name);
-      if (!cur) return statusBody(404, "NotFound", `nodeenis.networking.k8s.aws "${name}" not found`);
+      if (!cur)
+        return statusBody(404, "NotFound", `nodeenis.networking.k8s.aws "${name}" not found`);
       if (this.faults.conflictNext > 0) {
         this.faults.conflictNext--;
-        const other = { nodeID: "ip-10-9-9-9.us-west-2.compute.internal", instanceID: "i-0ffffffffffffffff", eniID: "eni-0ffffffffffffffff", attachmentID: "eni-attach-0fff", status: "attached", lastUpdated: new Date().toISOString() };
-        this.setStatus(name, { ...cur.status, attachments: [...(cur.status?.attachments ?? []), other] });
+        const other = {
+          nodeID: "ip-10-9-9-9.us-west-2.compute.internal",
+          instanceID: "i-0ffffffffffffffff",
+          eniID: "eni-0ffffffffffffffff",
+          attachmentID: "eni-attach-0fff",
+          status: "attached",
+          lastUpdated: new Date().toISOString(),
+        };
+        this.setStatus(name, {
+          ...cur.status,
+          attachments: [...(cur.status?.attachments ?? []), other],
+        });
       }
       const now = this.objects.get(name)!;
       const want = body.metadata?.resourceVersion;
       if (want !== undefined && want !== now.metadata.resourceVersion) {
-        return statusBody(409, "Conflict", `Operation cannot be fulfilled on nodeenis.networking.k8s.aws "${name}": the object has been modified; please apply your changes to the latest version and try again`);
+        return statusBody(
+          409,
+          "Conflict",
+          `Operation cannot be fulfilled on nodeenis.networking.k8s.aws "${name}": the object has been modified; please apply your changes to the latest version and try again`,
+        );
       }
       // The status subresource ignores everything but .status (and metadata for preconditions).
-      const merged = { ...now, status: mergePatch(now.status ?? {}, body.status ?? {}) as NodeEniObj["status"] };
+      const merged = {
+        ...now,
+        status: mergePatch(now.status ?? {}, body.status ?? {}) as NodeEniObj["status"],
+      };
       return send(200, this.upsert(merged));
     }
-    return statusBody(405, "MethodNotAllowed", `${req.method} ${url.pathname} is not supported by this emulator`);
+    return statusBody(
+      405,
+      "MethodNotAllowed",
+      `${req.method} ${url.pathname} is not supported by this emulator`,
+    );
   }
 
   private watch(url: URL, res: ServerResponse, log: KubeRequest): void {
@@ -263,10 +404,23 @@ export class KubeApiEmulator {
     res.writeHead(200, { "content-type": "application/json", "transfer-encoding": "chunked" });
     res.flushHeaders(); // as the API server does: the client knows the watch is open before any event
     if (after < this.compactedThrough) {
-      res.end(JSON.stringify({ type: "ERROR", object: { kind: "Status", apiVersion: "v1", status: "Failure", message: `too old resource version: ${after} (${this.compactedThrough})`, reason: "Expired", code: 410 } }) + "\n");
+      res.end(
+        JSON.stringify({
+          type: "ERROR",
+          object: {
+            kind: "Status",
+            apiVersion: "v1",
+            status: "Failure",
+            message: `too old resource version: ${after} (${this.compactedThrough})`,
+            reason: "Expired",
+            code: 410,
+          },
+        }) + "\n",
+      );
       return;
     }
-    for (const ev of this.events) if (ev.rv > after) res.write(JSON.stringify({ type: ev.type, object: ev.object }) + "\n");
+    for (const ev of this.events)
+      if (ev.rv > after) res.write(JSON.stringify({ type: ev.type, object: ev.object }) + "\n");
     const w = { res, after };
     this.watchers.add(w);
     const timeout = Number(url.searchParams.get("timeoutSeconds") ?? 0);
@@ -291,7 +445,7 @@ export class KubeApiEmulator {
     }
     const m = /^Bearer (.+)$/.exec(req.headers.authorization ?? "");
     if (!m) return undefined;
-    const token = m[1]!;
+    const token = m[1];
     const fixed = this.tokens.get(token);
     if (fixed) return fixed;
     if (this.eks) {
@@ -315,7 +469,10 @@ function readBody(req: IncomingMessage): Promise<string> {
 /** RFC 7386 JSON merge patch. */
 export function mergePatch(target: unknown, patch: unknown): unknown {
   if (patch === null || typeof patch !== "object" || Array.isArray(patch)) return patch;
-  const out: Record<string, unknown> = target && typeof target === "object" && !Array.isArray(target) ? { ...(target as Record<string, unknown>) } : {};
+  const out: Record<string, unknown> =
+    target && typeof target === "object" && !Array.isArray(target)
+      ? { ...(target as Record<string, unknown>) }
+      : {};
   for (const [k, v] of Object.entries(patch)) {
     if (v === null) delete out[k];
     else out[k] = mergePatch(out[k], v);
@@ -338,7 +495,11 @@ const ALLOWED_PARAMS = new Set([
 ]);
 
 /** Undefined when valid; otherwise why not. */
-export function verifyEksToken(token: string, cfg: EksAuthConfig, now = new Date()): string | undefined {
+export function verifyEksToken(
+  token: string,
+  cfg: EksAuthConfig,
+  now = new Date(),
+): string | undefined {
   const prefix = "k8s-aws-v1.";
   if (!token.startsWith(prefix)) return `token is missing the ${prefix} prefix`;
   const b64 = token.slice(prefix.length);
@@ -366,13 +527,21 @@ export function verifyEksToken(token: string, cfg: EksAuthConfig, now = new Date
   const date = q.get("x-amz-date") ?? "";
   const m = /^(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})Z$/.exec(date);
   if (!m) return "bad X-Amz-Date";
-  const signedAt = Date.UTC(+m[1]!, +m[2]! - 1, +m[3]!, +m[4]!, +m[5]!, +m[6]!);
+  const signedAt = Date.UTC(+m[1], +m[2] - 1, +m[3], +m[4], +m[5], +m[6]);
   if (now.getTime() > signedAt + 15 * 60_000) return "token expired";
   const [akid, day, region, service, term] = (q.get("x-amz-credential") ?? "").split("/");
   if (akid !== cfg.accessKeyId) return "unknown access key";
-  if (service !== "sts" || term !== "aws4_request" || day !== date.slice(0, 8)) return "bad credential scope";
-  const expected = sigv4PresignedSignature(url, { host: url.host, "x-k8s-aws-id": cfg.clusterName }, signed, cfg.secretAccessKey, region!);
-  if (expected !== q.get("x-amz-signature")) return "signature mismatch (wrong cluster name or secret)";
+  if (service !== "sts" || term !== "aws4_request" || day !== date.slice(0, 8))
+    return "bad credential scope";
+  const expected = sigv4PresignedSignature(
+    url,
+    { host: url.host, "x-k8s-aws-id": cfg.clusterName },
+    signed,
+    cfg.secretAccessKey,
+    region,
+  );
+  if (expected !== q.get("x-amz-signature"))
+    return "signature mismatch (wrong cluster name or secret)";
   return undefined;
 }
 
@@ -380,17 +549,44 @@ export function verifyEksToken(token: string, cfg: EksAuthConfig, now = new Date
 const EMPTY_SHA256 = createHash("sha256").update("").digest("hex");
 
 /** SigV4 for a presigned GET, written from the documented algorithm (test oracle only). */
-export function sigv4PresignedSignature(url: URL, headers: Record<string, string>, signedHeaders: string[], secret: string, region: string): string {
-  const enc = (s: string) => encodeURIComponent(s).replace(/[!'()*]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`);
-  const params = [...url.searchParams].filter(([k]) => k !== "X-Amz-Signature").map(([k, v]) => [enc(k), enc(v)] as const);
+export function sigv4PresignedSignature(
+  url: URL,
+  headers: Record<string, string>,
+  signedHeaders: string[],
+  secret: string,
+  region: string,
+): string {
+  const enc = (s: string) =>
+    encodeURIComponent(s).replace(
+      /[!'()*]/g,
+      (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`,
+    );
+  const params = [...url.searchParams]
+    .filter(([k]) => k !== "X-Amz-Signature")
+    .map(([k, v]) => [enc(k), enc(v)] as const);
   params.sort(([a, av], [b, bv]) => (a === b ? (av < bv ? -1 : 1) : a < b ? -1 : 1));
   const canonicalQuery = params.map(([k, v]) => `${k}=${v}`).join("&");
   const canonicalHeaders = signedHeaders.map((h) => `${h}:${(headers[h] ?? "").trim()}\n`).join("");
-  const canonicalRequest = ["GET", url.pathname, canonicalQuery, canonicalHeaders, signedHeaders.join(";"), EMPTY_SHA256].join("\n");
+  const canonicalRequest = [
+    "GET",
+    url.pathname,
+    canonicalQuery,
+    canonicalHeaders,
+    signedHeaders.join(";"),
+    EMPTY_SHA256,
+  ].join("\n");
   const date = url.searchParams.get("X-Amz-Date")!;
   const scope = `${date.slice(0, 8)}/${region}/sts/aws4_request`;
-  const toSign = ["AWS4-HMAC-SHA256", date, scope, createHash("sha256").update(canonicalRequest).digest("hex")].join("\n");
+  const toSign = [
+    "AWS4-HMAC-SHA256",
+    date,
+    scope,
+    createHash("sha256").update(canonicalRequest).digest("hex"),
+  ].join("\n");
   const hmac = (k: Buffer | string, d: string) => createHmac("sha256", k).update(d).digest();
-  const kSigning = hmac(hmac(hmac(hmac(`AWS4${secret}`, date.slice(0, 8)), region), "sts"), "aws4_request");
+  const kSigning = hmac(
+    hmac(hmac(hmac(`AWS4${secret}`, date.slice(0, 8)), region), "sts"),
+    "aws4_request",
+  );
   return createHmac("sha256", kSigning).update(toSign).digest("hex");
 }

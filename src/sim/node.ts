@@ -52,21 +52,31 @@ export function standardSeed(over: Partial<Ec2Seed> = {}): Ec2Seed {
 }
 
 /** `n` ENIs named data1..dataN at device indexes 1..n in SUBNET_A. */
-export function eniConfigs(n: number, over: Record<string, unknown> = {}): Record<string, unknown>[] {
-  const dropUndefined = (o: Record<string, unknown>) => Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined));
-  return Array.from({ length: n }, (_, i) => dropUndefined({
-    name: `data${i + 1}`,
-    device_index: i + 1,
-    subnet_id: SUBNET_A,
-    security_group_ids: [SG_DPDK],
-    dpdk: { resource_name: `amazon.com/ena_dpdk_${i + 1}` },
-    ...over,
-  }));
+export function eniConfigs(
+  n: number,
+  over: Record<string, unknown> = {},
+): Record<string, unknown>[] {
+  const dropUndefined = (o: Record<string, unknown>) =>
+    Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined));
+  return Array.from({ length: n }, (_, i) =>
+    dropUndefined({
+      name: `data${i + 1}`,
+      device_index: i + 1,
+      subnet_id: SUBNET_A,
+      security_group_ids: [SG_DPDK],
+      dpdk: { resource_name: `amazon.com/ena_dpdk_${i + 1}` },
+      ...over,
+    }),
+  );
 }
 
 /** Per-emulator hot-plug dispatch by instance id. */
 const hotplugs = new WeakMap<Ec2Emulator, Map<string, (ev: AttachedEvent) => Promise<void>>>();
-function registerHotplug(emu: Ec2Emulator, instanceId: string, fn: (ev: AttachedEvent) => Promise<void>): void {
+function registerHotplug(
+  emu: Ec2Emulator,
+  instanceId: string,
+  fn: (ev: AttachedEvent) => Promise<void>,
+): void {
   let m = hotplugs.get(emu);
   if (!m) {
     const map = (m = new Map());
@@ -144,10 +154,15 @@ export class SimNode {
   static async create(emu: Ec2Emulator, opts: SimNodeOptions): Promise<SimNode> {
     const root = opts.root ?? (await fs.mkdtemp(path.join(os.tmpdir(), "eni-dpdk-node-")));
     const az = opts.az ?? AZ;
-    const instance = defaultInstance({ instanceId: opts.instanceId, instanceType: opts.instanceType ?? INSTANCE_TYPE, az, mac: opts.primaryMac });
-    instance.nics[0]!.interfaceId = opts.primaryEniId;
-    instance.nics[0]!.subnetId = SUBNET_PRIMARY;
-    instance.nics[0]!.vpcId = VPC;
+    const instance = defaultInstance({
+      instanceId: opts.instanceId,
+      instanceType: opts.instanceType ?? INSTANCE_TYPE,
+      az,
+      mac: opts.primaryMac,
+    });
+    instance.nics[0].interfaceId = opts.primaryEniId;
+    instance.nics[0].subnetId = SUBNET_PRIMARY;
+    instance.nics[0].vpcId = VPC;
     emu.addInstance({
       instanceId: opts.instanceId,
       instanceType: instance.instanceType,
@@ -166,13 +181,20 @@ export class SimNode {
   }
 
   get imds(): Imds {
-    return this.memImds ?? new ImdsClient({ endpoint: this.imdsEmu!.url, deadline: new Deadline(10_000) });
+    return (
+      this.memImds ??
+      new ImdsClient({ endpoint: this.imdsEmu!.url, deadline: new Deadline(10_000) })
+    );
   }
 
   /** A fresh StageContext, as a new process would build it: IMDS read now, state loaded from disk. */
-  async context(opts: { dryRun?: boolean; deadlineMs?: number; enis?: Record<string, unknown>[] } = {}): Promise<StageContext> {
+  async context(
+    opts: { dryRun?: boolean; deadlineMs?: number; enis?: Record<string, unknown>[] } = {},
+  ): Promise<StageContext> {
     const imds = this.imds;
-    const config = buildConfig([{ source: "test", data: { eni: opts.enis ?? this.opts.enis } }]).config;
+    const config = buildConfig([
+      { source: "test", data: { eni: opts.enis ?? this.opts.enis } },
+    ]).config;
     return {
       host: this.host,
       imds,
@@ -191,8 +213,13 @@ export class SimNode {
   async hotplug(ev: AttachedEvent): Promise<void> {
     const go = async () => {
       const nic = imdsNicOf(ev);
-      await this.plugNetdev(`eth${ev.networkCardIndex * 32 + ev.deviceIndex}`, ev.eni.mac, 5 + ev.networkCardIndex * 32 + ev.deviceIndex);
-      if (this.opts.deviceNumberZeroReads && this.imdsEmu) this.imdsEmu.faults.deviceNumberZeroReads[nic.mac] = this.opts.deviceNumberZeroReads;
+      await this.plugNetdev(
+        `eth${ev.networkCardIndex * 32 + ev.deviceIndex}`,
+        ev.eni.mac,
+        5 + ev.networkCardIndex * 32 + ev.deviceIndex,
+      );
+      if (this.opts.deviceNumberZeroReads && this.imdsEmu)
+        this.imdsEmu.faults.deviceNumberZeroReads[nic.mac] = this.opts.deviceNumberZeroReads;
       (this.imdsEmu ?? this.memImds)!.addNic(nic);
     };
     const d = this.opts.hotplugDelayMs ?? 0;

@@ -9,7 +9,12 @@ import { Ec2Emulator, type AttachedEvent } from "./ec2.js";
 import { AZ, INSTANCE_TYPE, SUBNET_PRIMARY, VPC, imdsNicOf, standardSeed } from "./node.js";
 import { ImdsEmulator, defaultInstance } from "./imds.js";
 
-export const WORLD_PRIMARY = { bdf: "0000:00:05.0", mac: "02:00:00:00:00:01", ifname: "eth0", eniId: "eni-0000000000000000a" };
+export const WORLD_PRIMARY = {
+  bdf: "0000:00:05.0",
+  mac: "02:00:00:00:00:01",
+  ifname: "eth0",
+  eniId: "eni-0000000000000000a",
+};
 export const WORLD_INSTANCE = "i-0123456789abcdef0";
 export { SUBNET_A, SG_DPDK } from "./node.js";
 
@@ -36,9 +41,23 @@ export class World {
 
   static async start(opts: WorldOptions = {}): Promise<World> {
     const sim = SimKernel.create();
-    sim.addNic({ bdf: WORLD_PRIMARY.bdf, mac: WORLD_PRIMARY.mac, ifname: WORLD_PRIMARY.ifname, up: true });
-    const instance = defaultInstance({ instanceId: WORLD_INSTANCE, instanceType: INSTANCE_TYPE, az: AZ, mac: WORLD_PRIMARY.mac });
-    Object.assign(instance.nics[0]!, { interfaceId: WORLD_PRIMARY.eniId, subnetId: SUBNET_PRIMARY, vpcId: VPC });
+    sim.addNic({
+      bdf: WORLD_PRIMARY.bdf,
+      mac: WORLD_PRIMARY.mac,
+      ifname: WORLD_PRIMARY.ifname,
+      up: true,
+    });
+    const instance = defaultInstance({
+      instanceId: WORLD_INSTANCE,
+      instanceType: INSTANCE_TYPE,
+      az: AZ,
+      mac: WORLD_PRIMARY.mac,
+    });
+    Object.assign(instance.nics[0], {
+      interfaceId: WORLD_PRIMARY.eniId,
+      subnetId: SUBNET_PRIMARY,
+      vpcId: VPC,
+    });
     const imds = await new ImdsEmulator(instance).start();
     const ec2 = new Ec2Emulator(standardSeed());
     ec2.addInstance({
@@ -89,7 +108,11 @@ export class World {
     const go = () => {
       // The PCI slot follows the device index, as EC2's does, so concurrent attaches land deterministically.
       const slot = 5 + ev.networkCardIndex * 32 + ev.deviceIndex;
-      this.sim.addNic({ bdf: `0000:00:${slot.toString(16).padStart(2, "0")}.0`, mac: ev.eni.mac, ifname: `eth${ev.deviceIndex}` });
+      this.sim.addNic({
+        bdf: `0000:00:${slot.toString(16).padStart(2, "0")}.0`,
+        mac: ev.eni.mac,
+        ifname: `eth${ev.deviceIndex}`,
+      });
       this.imds.addNic(imdsNicOf(ev));
     };
     const d = this.opts.hotplugDelayMs ?? 0;

@@ -68,7 +68,13 @@ export interface Gathered extends EffectiveConfig {
 }
 
 /** The sources, by name. */
-const SOURCES: Readonly<Record<SourceName | "env", Source>> = { file: fileSource, "user-data": userDataSource, tags: tagSource, nodeeni: nodeEniSource, env: envSource };
+const SOURCES: Readonly<Record<SourceName | "env", Source>> = {
+  file: fileSource,
+  "user-data": userDataSource,
+  tags: tagSource,
+  nodeeni: nodeEniSource,
+  env: envSource,
+};
 
 type Settled<T> = { ok: true; value: T } | { ok: false; error: unknown };
 /** Start a promise now without an unhandled rejection if its consumer is not reached. */
@@ -100,8 +106,12 @@ export async function gather(ctx: SourceContext): Promise<Gathered> {
   }
   if (!order.includes("file")) order = ["file", ...order];
 
-  const results = new Map<SourceName, Promise<Settled<Provided>>>([["file", Promise.resolve({ ok: true, value: file })]]);
-  const layersBefore = async (name: SourceName): Promise<{ layers: Layer[]; parts: UserDataPart[] }> => {
+  const results = new Map<SourceName, Promise<Settled<Provided>>>([
+    ["file", Promise.resolve({ ok: true, value: file })],
+  ]);
+  const layersBefore = async (
+    name: SourceName,
+  ): Promise<{ layers: Layer[]; parts: UserDataPart[] }> => {
     const layers: Layer[] = [];
     let parts: UserDataPart[] = [];
     for (const n of order.slice(0, order.indexOf(name))) {
@@ -143,7 +153,8 @@ export async function gather(ctx: SourceContext): Promise<Gathered> {
     consulted.push({ source: name, note: r.value.note });
   }
   if (env.layers.length) consulted.push({ source: "env", note: env.note });
-  if (problems.length) throw withFinalProblems(problems, () => buildConfig([...layers, ...env.layers]));
+  if (problems.length)
+    throw withFinalProblems(problems, () => buildConfig([...layers, ...env.layers]));
   const eff = buildConfig([...layers, ...env.layers]);
   eff.warnings.push(...warnings);
   return { ...eff, userDataParts, consulted, ...(nodeEni ? { nodeEni } : {}) };
@@ -164,4 +175,3 @@ function withFinalProblems(problems: Problem[], build: () => unknown): InputErro
     }),
   );
 }
-

@@ -13,7 +13,12 @@ const ENV_KEYS: Record<string, [string, string]> = {
 export function envLayers(env: NodeJS.ProcessEnv): Layer[] {
   return Object.entries(ENV_KEYS)
     .filter(([name]) => env[name] !== undefined)
-    .map(([name, [table, key]]) => ({ source: `env ${name}`, origin: { source: "env" as const, name }, stringly: true, data: { [table]: { [key]: env[name] } } }));
+    .map(([name, [table, key]]) => ({
+      source: `env ${name}`,
+      origin: { source: "env" as const, name },
+      stringly: true,
+      data: { [table]: { [key]: env[name] } },
+    }));
 }
 
 export const envSource: Source = {

@@ -21,15 +21,29 @@ export async function fileLayers(host: Host, configPath?: string): Promise<Layer
   const problems: Problem[] = [];
   if (configPath !== undefined && !configPath.startsWith("/")) {
     throw new InputError(
-      [{ source: `--config ${configPath}`, key: "(file)", message: `must be absolute; it is resolved under --root (${host.root})` }],
+      [
+        {
+          source: `--config ${configPath}`,
+          key: "(file)",
+          message: `must be absolute; it is resolved under --root (${host.root})`,
+        },
+      ],
       "pass --config /etc/eni-dpdk/NAME.toml (an absolute path)",
     );
   }
   const main = configPath ?? CONFIG_FILE;
   checkConfigDir(host, CONFIG_HOME, problems);
-  const text = readConfigFile(host, main, configPath ? "--config names one TOML file" : "expected the TOML config file", problems);
+  const text = readConfigFile(
+    host,
+    main,
+    configPath ? "--config names one TOML file" : "expected the TOML config file",
+    problems,
+  );
   if (text === undefined && configPath && !problems.length) {
-    throw new InputError([{ source: shownPath(host, main), key: "(file)", message: "no such file" }], "pass an existing file to --config");
+    throw new InputError(
+      [{ source: shownPath(host, main), key: "(file)", message: "no such file" }],
+      "pass an existing file to --config",
+    );
   }
   const docs: [string, string][] = text === undefined ? [] : [[text, main]];
   if (checkConfigDir(host, CONFIG_DIR, problems)) {
@@ -48,7 +62,8 @@ export async function fileLayers(host: Host, configPath?: string): Promise<Layer
       if (t !== undefined) docs.push([t, p]);
     }
   }
-  if (problems.length) throw new InputError(problems, "fix the files named above, then run `eni-dpdk validate` again");
+  if (problems.length)
+    throw new InputError(problems, "fix the files named above, then run `eni-dpdk validate` again");
   await loadTomlFor(docs.map(([t]) => t));
   for (const [t, source] of docs) {
     try {

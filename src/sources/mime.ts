@@ -12,7 +12,6 @@ import { InputError } from "../core/errors.js";
 import { lazyZlib } from "../core/lazy.js";
 import { NODEADM_MEDIA_TYPE, OUR_MEDIA_TYPE } from "../config/facts.js";
 
-
 /**
  * The most bytes gzip may inflate all of user-data to, summed over every layer and part. IMDS
  * serves at most 16 KiB of user-data, and gzip reaches about 1000:1, so without a cap a few KiB
@@ -41,7 +40,12 @@ interface Budget {
 }
 
 /** Media types that may carry a plain TOML document, and so may hold our tables by mistake. */
-export const PLAIN_TYPES: ReadonlySet<string> = new Set(["", "text/plain", "application/toml", "text/x-toml"]);
+export const PLAIN_TYPES: ReadonlySet<string> = new Set([
+  "",
+  "text/plain",
+  "application/toml",
+  "text/x-toml",
+]);
 
 const BASE64_RE = /^[A-Za-z0-9+/]+={0,2}$/;
 
@@ -112,9 +116,15 @@ function mediaType(contentType: string | undefined): { type: string; params: Map
   for (const p of rest) {
     const i = p.indexOf("=");
     if (i < 0) continue;
-    params.set(p.slice(0, i).trim().toLowerCase(), p.slice(i + 1).trim().replace(/^"(.*)"$/, "$1"));
+    params.set(
+      p.slice(0, i).trim().toLowerCase(),
+      p
+        .slice(i + 1)
+        .trim()
+        .replace(/^"(.*)"$/, "$1"),
+    );
   }
-  return { type: type!.trim().toLowerCase(), params };
+  return { type: type.trim().toLowerCase(), params };
 }
 
 /**
@@ -157,14 +167,20 @@ export function decodeUserData(raw: Buffer): UserDataPart[] {
   if (!headers || !top.type.startsWith("multipart/")) {
     const contentType = headers?.map.get("content-type") ? top.type : "";
     const body = contentType ? Buffer.from(text.slice(headers!.bodyStart), "latin1") : data;
-    const decoded = contentType ? decodeTransfer(body, headers!.map.get("content-transfer-encoding"), "user-data", budget) : body;
+    const decoded = contentType
+      ? decodeTransfer(body, headers!.map.get("content-transfer-encoding"), "user-data", budget)
+      : body;
     const docText = decoded.toString("utf8");
     // nodeadm also accepts a bare NodeConfig document; label it as its part type so consumers need one check.
     const type = contentType || (sniffDocument(docText) === "nodeadm" ? NODEADM_MEDIA_TYPE : "");
     return [{ index: 0, contentType: type, label: "user-data", body: decoded, text: docText }];
   }
   const body = text.slice(headers.bodyStart);
-  const parts = readMultipart(body, top.params.get("boundary"), { prefix: "user-data", depth: 0, budget });
+  const parts = readMultipart(body, top.params.get("boundary"), {
+    prefix: "user-data",
+    depth: 0,
+    budget,
+  });
   // A part of ours whose delimiter is not the declared boundary hides inside another part's body.
   const declared = body.match(new RegExp(OUR_CONTENT_TYPE_LINE_RE.source, "gim"))?.length ?? 0;
   const read = parts.filter((p) => p.contentType === OUR_MEDIA_TYPE).length;
@@ -186,14 +202,19 @@ interface MultipartContext {
   budget: Budget;
 }
 
-function readMultipart(body: string, boundary: string | undefined, cx: MultipartContext): UserDataPart[] {
+function readMultipart(
+  body: string,
+  boundary: string | undefined,
+  cx: MultipartContext,
+): UserDataPart[] {
   const chunks = boundary ? splitMultipart(body, boundary) : undefined;
   if (!chunks) {
     const why = boundary
       ? `its Content-Type declares boundary "${boundary}", but no line is "--${boundary}"`
       : "its multipart Content-Type has no boundary parameter";
     // nodeadm fails on such user-data too; it is our error only when our content is in it.
-    if (holdsOurContent(body)) throw problem(cx.prefix, `${why}, so the eni-dpdk content in it cannot be read`, "(mime)");
+    if (holdsOurContent(body))
+      throw problem(cx.prefix, `${why}, so the eni-dpdk content in it cannot be read`, "(mime)");
     return [];
   }
   const numbering = cx.depth === 0 ? "user-data part " : `${cx.prefix}.`;
@@ -203,27 +224,51 @@ function readMultipart(body: string, boundary: string | undefined, cx: Multipart
     const type = declared || "text/plain";
     const name = `${numbering}${i + 1}`;
     const label = `${name} (${type})`;
-    const rawBody = Buffer.from(h ? chunk.slice(h.bodyStart) : chunk.replace(/^\r?\n/, ""), "latin1");
+    const rawBody = Buffer.from(
+      h ? chunk.slice(h.bodyStart) : chunk.replace(/^\r?\n/, ""),
+      "latin1",
+    );
     if (type.startsWith("multipart/")) {
-      checkNested(rawBody.toString("latin1"), params.get("boundary"), { prefix: name, depth: cx.depth + 1, budget: cx.budget }, label);
-      return { index: i + 1, contentType: type, label, body: rawBody, text: rawBody.toString("utf8") };
+      checkNested(
+        rawBody.toString("latin1"),
+        params.get("boundary"),
+        { prefix: name, depth: cx.depth + 1, budget: cx.budget },
+        label,
+      );
+      return {
+        index: i + 1,
+        contentType: type,
+        label,
+        body: rawBody,
+        text: rawBody.toString("utf8"),
+      };
     }
     // Foreign parts (scripts, cloud-config) are left as they are: neither tool inflates them.
     const decode = type === OUR_MEDIA_TYPE || type === NODEADM_MEDIA_TYPE || PLAIN_TYPES.has(type);
-    const body = decode ? decodeTransfer(rawBody, h?.map.get("content-transfer-encoding"), label, cx.budget) : rawBody;
+    const body = decode
+      ? decodeTransfer(rawBody, h?.map.get("content-transfer-encoding"), label, cx.budget)
+      : rawBody;
     return { index: i + 1, contentType: type, label, body, text: body.toString("utf8") };
   });
 }
 
 /** A nested multipart part is skipped, as nodeadm skips it, unless eni-dpdk content sits inside. */
-function checkNested(body: string, boundary: string | undefined, cx: MultipartContext, outerLabel: string): void {
+function checkNested(
+  body: string,
+  boundary: string | undefined,
+  cx: MultipartContext,
+  outerLabel: string,
+): void {
   if (cx.depth > MAX_NESTING) {
     const why = `multipart parts nest more than ${MAX_NESTING} deep; put the ${OUR_MEDIA_TYPE} part at the top level`;
     if (holdsOurContent(body)) throw problem(outerLabel, why, "(mime)");
     return;
   }
   for (const part of readMultipart(body, boundary, cx)) {
-    if (part.contentType === OUR_MEDIA_TYPE || (PLAIN_TYPES.has(part.contentType) && hasOurTableHeaders(part.text))) {
+    if (
+      part.contentType === OUR_MEDIA_TYPE ||
+      (PLAIN_TYPES.has(part.contentType) && hasOurTableHeaders(part.text))
+    ) {
       throw problem(
         part.label,
         `is nested inside ${outerLabel}; nodeadm reads only top-level parts, and so does eni-dpdk: ` +
@@ -234,11 +279,24 @@ function checkNested(body: string, boundary: string | undefined, cx: MultipartCo
   }
 }
 
-function decodeTransfer(body: Buffer, encoding: string | undefined, label: string, budget: Budget): Buffer {
+function decodeTransfer(
+  body: Buffer,
+  encoding: string | undefined,
+  label: string,
+  budget: Budget,
+): Buffer {
   const enc = encoding?.toLowerCase().trim();
-  if (enc === "base64") return maybeGzip(Buffer.from(body.toString("latin1").replace(/\s+/g, ""), "base64"), label, budget);
+  if (enc === "base64")
+    return maybeGzip(
+      Buffer.from(body.toString("latin1").replace(/\s+/g, ""), "base64"),
+      label,
+      budget,
+    );
   if (enc === "quoted-printable") {
-    const s = body.toString("latin1").replace(/=\r?\n/g, "").replace(/=([0-9A-Fa-f]{2})/g, (_, h: string) => String.fromCharCode(parseInt(h, 16)));
+    const s = body
+      .toString("latin1")
+      .replace(/=\r?\n/g, "")
+      .replace(/=([0-9A-Fa-f]{2})/g, (_, h: string) => String.fromCharCode(parseInt(h, 16)));
     return Buffer.from(s, "latin1");
   }
   return unwrap(body, label, budget);
@@ -261,7 +319,9 @@ function linesOutsideMultilineStrings(text: string): string[] {
   return out;
 }
 
-const OUR_TABLE_HEADER_RE = new RegExp(`^\\s*\\[\\[?\\s*(${TOP_LEVEL_KEYS.join("|")})(\\s*\\.\\s*[A-Za-z0-9_"-]+)*\\s*\\]\\]?\\s*(#.*)?$`);
+const OUR_TABLE_HEADER_RE = new RegExp(
+  `^\\s*\\[\\[?\\s*(${TOP_LEVEL_KEYS.join("|")})(\\s*\\.\\s*[A-Za-z0-9_"-]+)*\\s*\\]\\]?\\s*(#.*)?$`,
+);
 
 /** A table header of ours (`[dpdk]`, `[[eni]]`, `[eni.dpdk]`, …) on a line of its own, outside strings. */
 export function hasOurTableHeaders(text: string): boolean {
@@ -269,7 +329,10 @@ export function hasOurTableHeaders(text: string): boolean {
 }
 
 /** Our Content-Type as a header line anywhere: a sign that some part meant for us is in there. */
-const OUR_CONTENT_TYPE_LINE_RE = new RegExp(`^content-type:\\s*${OUR_MEDIA_TYPE.replace(/[.+]/g, "\\$&")}\\b`, "im");
+const OUR_CONTENT_TYPE_LINE_RE = new RegExp(
+  `^content-type:\\s*${OUR_MEDIA_TYPE.replace(/[.+]/g, "\\$&")}\\b`,
+  "im",
+);
 
 function holdsOurContent(text: string): boolean {
   return OUR_CONTENT_TYPE_LINE_RE.test(text) || hasOurTableHeaders(text);
@@ -282,7 +345,9 @@ function holdsOurContent(text: string): boolean {
  */
 export function isNodeConfigYaml(text: string): boolean {
   const lines = linesOutsideMultilineStrings(text);
-  const apiVersion = lines.some((l) => /^apiVersion:\s*["']?node\.eks\.aws\/[^\s"']+["']?\s*(#.*)?$/.test(l));
+  const apiVersion = lines.some((l) =>
+    /^apiVersion:\s*["']?node\.eks\.aws\/[^\s"']+["']?\s*(#.*)?$/.test(l),
+  );
   const kind = lines.some((l) => /^kind:\s*["']?NodeConfig["']?\s*(#.*)?$/.test(l));
   return apiVersion && kind;
 }
@@ -292,17 +357,24 @@ export function isNodeConfigYaml(text: string): boolean {
  * when a string in it mentions a NodeConfig; "other" may still be TOML holding our tables as
  * dotted keys, which only a parse can tell (src/sources.ts does).
  */
-export function sniffDocument(text: string): "script" | "cloud-config" | "eni-dpdk" | "nodeadm" | "other" {
+export function sniffDocument(
+  text: string,
+): "script" | "cloud-config" | "eni-dpdk" | "nodeadm" | "other" {
   const t = text.trimStart();
   if (t.startsWith("#!")) return "script";
-  if (t.startsWith("#cloud-config") || t.startsWith("#include") || t.startsWith("#cloud-boothook")) return "cloud-config";
+  if (t.startsWith("#cloud-config") || t.startsWith("#include") || t.startsWith("#cloud-boothook"))
+    return "cloud-config";
   if (hasOurTableHeaders(t)) return "eni-dpdk";
   if (isNodeConfigYaml(t)) return "nodeadm";
   return "other";
 }
 
 /** Render a MIME multipart document: nodeadm's NodeConfig first, then our TOML part. */
-export function renderUserData(nodeConfigYaml: string, toml: string, boundary = "==ENI-DPDK-BOUNDARY=="): string {
+export function renderUserData(
+  nodeConfigYaml: string,
+  toml: string,
+  boundary = "==ENI-DPDK-BOUNDARY==",
+): string {
   const part = (type: string, body: string) =>
     `--${boundary}\nContent-Type: ${type}; charset="us-ascii"\n\n${body.endsWith("\n") ? body : body + "\n"}\n`;
   return (

@@ -33,7 +33,10 @@ export interface NodeConfigInfo {
  * kubelet flags accumulate, as nodeadm merges them). Unparseable parts are warned about and skipped:
  * nodeadm itself will fail on them and say so.
  */
-export async function parseNodeConfigs(parts: NodeConfigPartLike[], warnings: string[]): Promise<NodeConfigInfo> {
+export async function parseNodeConfigs(
+  parts: NodeConfigPartLike[],
+  warnings: string[],
+): Promise<NodeConfigInfo> {
   const info: NodeConfigInfo = { kubeletFlags: [], instanceIdNodeName: false };
   const mine = parts.filter((p) => p.contentType === NODEADM_MEDIA_TYPE);
   if (mine.length === 0) return info;
@@ -41,7 +44,9 @@ export async function parseNodeConfigs(parts: NodeConfigPartLike[], warnings: st
   for (const part of mine) {
     for (const doc of YAML.parseAllDocuments(part.text)) {
       if (doc.errors.length) {
-        warnings.push(`${part.label}: not valid YAML (${doc.errors[0]!.message.split("\n")[0]}); ignored for NodeENI`);
+        warnings.push(
+          `${part.label}: not valid YAML (${doc.errors[0].message.split("\n")[0]}); ignored for NodeENI`,
+        );
         continue;
       }
       let js: { kind?: unknown; spec?: unknown } | null;
@@ -49,12 +54,16 @@ export async function parseNodeConfigs(parts: NodeConfigPartLike[], warnings: st
         js = doc.toJS() as typeof js;
       } catch (e) {
         // e.g. an alias bomb, which yaml refuses to expand
-        warnings.push(`${part.label}: YAML cannot be read (${(e as Error).message.split("\n")[0]}); ignored for NodeENI`);
+        warnings.push(
+          `${part.label}: YAML cannot be read (${(e as Error).message.split("\n")[0]}); ignored for NodeENI`,
+        );
         continue;
       }
       if (!isObject(js) || own(js, "kind") !== "NodeConfig" || !isObject(own(js, "spec"))) continue;
       const spec = own(js, "spec") as Record<string, unknown>;
-      const cluster = isObject(own(spec, "cluster")) ? (own(spec, "cluster") as Record<string, unknown>) : {};
+      const cluster = isObject(own(spec, "cluster"))
+        ? (own(spec, "cluster") as Record<string, unknown>)
+        : {};
       const c: NodeConfigCluster = { ...info.cluster, source: part.label };
       for (const k of ["name", "apiServerEndpoint", "certificateAuthority"] as const) {
         const v = own(cluster, k);
@@ -63,7 +72,8 @@ export async function parseNodeConfigs(parts: NodeConfigPartLike[], warnings: st
       info.cluster = c;
       const kubelet = own(spec, "kubelet");
       const flags = isObject(kubelet) ? own(kubelet, "flags") : undefined;
-      if (Array.isArray(flags)) info.kubeletFlags.push(...flags.filter((f): f is string => typeof f === "string"));
+      if (Array.isArray(flags))
+        info.kubeletFlags.push(...flags.filter((f): f is string => typeof f === "string"));
       const gates = own(spec, "featureGates");
       const gate = isObject(gates) ? own(gates, "InstanceIdNodeName") : undefined;
       if (typeof gate === "boolean") info.instanceIdNodeName = gate;
@@ -77,8 +87,8 @@ export function flagValues(flags: string[], name: string): string[] {
   const out: string[] = [];
   const words = flags.flatMap((f) => f.trim().split(/\s+/));
   for (let i = 0; i < words.length; i++) {
-    const w = words[i]!.replace(/^--?/, "-").replace(/^-/, "--");
-    if (w === `--${name}` && i + 1 < words.length) out.push(words[++i]!);
+    const w = words[i].replace(/^--?/, "-").replace(/^-/, "--");
+    if (w === `--${name}` && i + 1 < words.length) out.push(words[++i]);
     else if (w.startsWith(`--${name}=`)) out.push(w.slice(name.length + 3));
   }
   return out;
@@ -120,8 +130,10 @@ export function nodeIdentity(a: {
   let nameFrom: string;
   if (a.k8s.node_name) [name, nameFrom] = [a.k8s.node_name, "[kubernetes].node_name"];
   else if (override) [name, nameFrom] = [override, "kubelet --hostname-override in NodeConfig"];
-  else if (a.nodeConfig.instanceIdNodeName) [name, nameFrom] = [a.instance.instanceId, "NodeConfig featureGates.InstanceIdNodeName"];
-  else if (a.instance.localHostname) [name, nameFrom] = [a.instance.localHostname, "private DNS name (IMDS local-hostname)"];
+  else if (a.nodeConfig.instanceIdNodeName)
+    [name, nameFrom] = [a.instance.instanceId, "NodeConfig featureGates.InstanceIdNodeName"];
+  else if (a.instance.localHostname)
+    [name, nameFrom] = [a.instance.localHostname, "private DNS name (IMDS local-hostname)"];
   else [name, nameFrom] = [a.instance.instanceId, "instance id (IMDS has no local-hostname)"];
   const arch = kubeArch(a.arch);
   const labels: Record<string, string> = {

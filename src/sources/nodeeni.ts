@@ -19,10 +19,20 @@ import { delayFor, sleep, type Deadline } from "../core/deadline.js";
 import type { Imds, InstanceIdentity } from "../cloud/imds.js";
 import type { Logger } from "../core/log.js";
 import { loadState, type State } from "../core/state.js";
-import { isTransient, KubeApiError, KubeClient, resolveKubeTarget, type NodeEniObject } from "../cloud/kube.js";
+import {
+  isTransient,
+  KubeApiError,
+  KubeClient,
+  resolveKubeTarget,
+  type NodeEniObject,
+} from "../cloud/kube.js";
 import type { Source } from "./chain.js";
-import { type NodeConfigPartLike, type NodeIdentity, nodeIdentity, parseNodeConfigs } from "./nodeconfig.js";
-
+import {
+  type NodeConfigPartLike,
+  type NodeIdentity,
+  nodeIdentity,
+  parseNodeConfigs,
+} from "./nodeconfig.js";
 
 export interface NodeEniInput {
   imds: Imds;
@@ -72,7 +82,10 @@ function isObject(v: unknown): v is Record<string, unknown> {
  * a label of the node with that value; an empty selector selects every node. Undefined when the
  * selector itself is malformed.
  */
-export function selectorMatches(selector: unknown, labels: Record<string, string>): boolean | undefined {
+export function selectorMatches(
+  selector: unknown,
+  labels: Record<string, string>,
+): boolean | undefined {
   if (!isObject(selector)) return undefined;
   for (const [k, v] of Object.entries(selector)) {
     if (typeof v !== "string") return undefined;
@@ -85,11 +98,16 @@ const MAX_ENI_NAME = 40;
 
 /** Deterministic, valid ENI names for a NodeENI with `count` subnets (see the header comment). */
 export function eniNamesFor(nodeEniName: string, count: number): string[] {
-  const base = nodeEniName.toLowerCase().replace(/[^a-z0-9-]+/g, "-").replace(/^-+|-+$/g, "") || "nodeeni";
+  const base =
+    nodeEniName
+      .toLowerCase()
+      .replace(/[^a-z0-9-]+/g, "-")
+      .replace(/^-+|-+$/g, "") || "nodeeni";
   const hash = createHash("sha256").update(nodeEniName).digest("hex").slice(0, 6);
   return Array.from({ length: count }, (_, i) => {
     const suffix = i === 0 ? "" : `-${i}`;
-    if (base.length + suffix.length <= MAX_ENI_NAME && ENI_NAME_RE.test(base + suffix)) return base + suffix;
+    if (base.length + suffix.length <= MAX_ENI_NAME && ENI_NAME_RE.test(base + suffix))
+      return base + suffix;
     const cut = base.slice(0, MAX_ENI_NAME - suffix.length - hash.length - 1).replace(/-+$/, "");
     return `${cut}-${hash}${suffix}`;
   });
@@ -145,7 +163,8 @@ export function nodeEniToLayer(obj: NodeEniObject): MappedNodeEni {
   const source = `NodeENI ${name}`;
   const problems: Problem[] = [];
   const warnings: string[] = [];
-  const bad = (field: string, message: string) => problems.push({ source, key: `spec.${field}`, message });
+  const bad = (field: string, message: string) =>
+    problems.push({ source, key: `spec.${field}`, message });
   const spec = obj.spec;
   if (!isObject(spec)) {
     problems.push({ source, key: "spec", message: "expected an object" });
@@ -153,11 +172,18 @@ export function nodeEniToLayer(obj: NodeEniObject): MappedNodeEni {
   }
   for (const k of Object.keys(spec)) {
     if (isForbiddenKey(k)) {
-      bad(k, `unknown field: "${k}" ${FORBIDDEN_KEY_MESSAGE}; expected the NodeENI spec fields (${NODEENI_SPEC_FIELDS.join(", ")})`);
+      bad(
+        k,
+        `unknown field: "${k}" ${FORBIDDEN_KEY_MESSAGE}; expected the NodeENI spec fields (${NODEENI_SPEC_FIELDS.join(", ")})`,
+      );
     } else if (!(NODEENI_SPEC_FIELDS as readonly string[]).includes(k)) {
       // Case slips (subnetIds) are the usual typo in these camelCase fields.
-      const near = NODEENI_SPEC_FIELDS.find((f) => f.toLowerCase() === k.toLowerCase()) ?? nearest(k, [...NODEENI_SPEC_FIELDS]);
-      warnings.push(`${source}: spec.${k}: unknown field, ignored${near ? `; did you mean "${near}"?` : ""}`);
+      const near =
+        NODEENI_SPEC_FIELDS.find((f) => f.toLowerCase() === k.toLowerCase()) ??
+        nearest(k, [...NODEENI_SPEC_FIELDS]);
+      warnings.push(
+        `${source}: spec.${k}: unknown field, ignored${near ? `; did you mean "${near}"?` : ""}`,
+      );
     }
   }
   const str = (k: string): string | undefined => {
@@ -169,20 +195,22 @@ export function nodeEniToLayer(obj: NodeEniObject): MappedNodeEni {
   const strs = (k: string): string[] => {
     const v = own(spec, k);
     if (v === undefined || v === null) return [];
-    if (Array.isArray(v) && v.every((x) => typeof x === "string")) return v as string[];
+    if (Array.isArray(v) && v.every((x) => typeof x === "string")) return v;
     bad(k, "expected an array of strings");
     return [];
   };
   const int = (k: string): number | undefined => {
     const v = own(spec, k);
     if (v === undefined || v === null) return undefined;
-    if (typeof v !== "number" || !Number.isSafeInteger(v)) return void bad(k, `expected an integer, got ${JSON.stringify(v)}`);
+    if (typeof v !== "number" || !Number.isSafeInteger(v))
+      return void bad(k, `expected an integer, got ${JSON.stringify(v)}`);
     return v;
   };
   const bool = (k: string): boolean | undefined => {
     const v = own(spec, k);
     if (v === undefined || v === null) return undefined;
-    if (typeof v !== "boolean") return void bad(k, `expected true or false, got ${JSON.stringify(v)}`);
+    if (typeof v !== "boolean")
+      return void bad(k, `expected true or false, got ${JSON.stringify(v)}`);
     return v;
   };
 
@@ -191,8 +219,13 @@ export function nodeEniToLayer(obj: NodeEniObject): MappedNodeEni {
   const seen = new Set<string>();
   const addSubnet = (kind: "id" | "name", value: string, path: string) => {
     if (value === "") return bad(path.slice(5), "must not be empty");
-    if (kind === "id" && !SUBNET_ID_RE.test(value)) return bad(path.slice(5), `expected "subnet-" followed by 8 or 17 hex digits, got "${value}"`);
-    if (seen.has(`${kind}:${value}`)) return warnings.push(`${source}: ${path}: "${value}" is already listed; one ENI per subnet`);
+    if (kind === "id" && !SUBNET_ID_RE.test(value))
+      return bad(
+        path.slice(5),
+        `expected "subnet-" followed by 8 or 17 hex digits, got "${value}"`,
+      );
+    if (seen.has(`${kind}:${value}`))
+      return warnings.push(`${source}: ${path}: "${value}" is already listed; one ENI per subnet`);
     seen.add(`${kind}:${value}`);
     subnets.push({ kind, value, path });
   };
@@ -203,22 +236,37 @@ export function nodeEniToLayer(obj: NodeEniObject): MappedNodeEni {
   if (subnetName !== undefined) addSubnet("name", subnetName, "spec.subnetName");
   strs("subnetNames").forEach((s, i) => addSubnet("name", s, `spec.subnetNames[${i}]`));
   if (subnets.length === 0 && !problems.some((p) => p.key.startsWith("spec.subnet"))) {
-    bad("subnetID", "required: set subnetID, subnetIDs, subnetName or subnetNames (one ENI is made per subnet)");
+    bad(
+      "subnetID",
+      "required: set subnetID, subnetIDs, subnetName or subnetNames (one ENI is made per subnet)",
+    );
   }
 
   const sgIds = strs("securityGroupIDs");
   sgIds.forEach((sg, i) => {
-    if (!SG_ID_RE.test(sg)) bad(`securityGroupIDs[${i}]`, `expected "sg-" followed by 8 or 17 hex digits, got "${sg}"`);
+    if (!SG_ID_RE.test(sg))
+      bad(`securityGroupIDs[${i}]`, `expected "sg-" followed by 8 or 17 hex digits, got "${sg}"`);
   });
   const sgNames = strs("securityGroupNames");
-  if (sgIds.length + sgNames.length === 0 && own(spec, "securityGroupIDs") === undefined && own(spec, "securityGroupNames") === undefined) {
-    bad("securityGroupIDs", "required: at least one of securityGroupIDs or securityGroupNames (eni-dpdk never falls back to the VPC's default group)");
+  if (
+    sgIds.length + sgNames.length === 0 &&
+    own(spec, "securityGroupIDs") === undefined &&
+    own(spec, "securityGroupNames") === undefined
+  ) {
+    bad(
+      "securityGroupIDs",
+      "required: at least one of securityGroupIDs or securityGroupNames (eni-dpdk never falls back to the VPC's default group)",
+    );
   }
 
   const deviceIndex = int("deviceIndex") ?? 1;
-  if (deviceIndex < 1) bad("deviceIndex", `expected 1 or more (0 is the primary ENI), got ${deviceIndex}`);
+  if (deviceIndex < 1)
+    bad("deviceIndex", `expected 1 or more (0 is the primary ENI), got ${deviceIndex}`);
   else if (deviceIndex + Math.max(subnets.length, 1) - 1 > 127) {
-    bad("deviceIndex", `${deviceIndex} plus one per further subnet (${subnets.length} subnets) exceeds the largest device index 127`);
+    bad(
+      "deviceIndex",
+      `${deviceIndex} plus one per further subnet (${subnets.length} subnets) exceeds the largest device index 127`,
+    );
   }
   const mtu = int("mtu");
   const description = str("description");
@@ -228,18 +276,29 @@ export function nodeEniToLayer(obj: NodeEniObject): MappedNodeEni {
   const dpdkResourceName = str("dpdkResourceName");
   const dpdkPCIAddress = str("dpdkPCIAddress");
   if (enableDPDK && !dpdkResourceName) {
-    bad("dpdkResourceName", 'required when enableDPDK is true: the SR-IOV device plugin resource to advertise, e.g. "amazon.com/ena_dpdk"');
+    bad(
+      "dpdkResourceName",
+      'required when enableDPDK is true: the SR-IOV device plugin resource to advertise, e.g. "amazon.com/ena_dpdk"',
+    );
   }
   if (dpdkPCIAddress) {
     if (!BDF_RE.test(dpdkPCIAddress)) {
-      bad("dpdkPCIAddress", `expected a PCI address DDDD:BB:DD.F in lower-case hex (e.g. 0000:00:06.0), got "${dpdkPCIAddress}"`);
+      bad(
+        "dpdkPCIAddress",
+        `expected a PCI address DDDD:BB:DD.F in lower-case hex (e.g. 0000:00:06.0), got "${dpdkPCIAddress}"`,
+      );
     } else if (subnets.length > 1) {
-      bad("dpdkPCIAddress", `names one device, but this NodeENI makes ${subnets.length} ENIs (one per subnet); use one NodeENI per subnet to pin PCI addresses`);
+      bad(
+        "dpdkPCIAddress",
+        `names one device, but this NodeENI makes ${subnets.length} ENIs (one per subnet); use one NodeENI per subnet to pin PCI addresses`,
+      );
     }
-    if (!enableDPDK) warnings.push(`${source}: spec.dpdkPCIAddress is set but enableDPDK is not true; ignored`);
+    if (!enableDPDK)
+      warnings.push(`${source}: spec.dpdkPCIAddress is set but enableDPDK is not true; ignored`);
   }
   const nodeSelector = own(spec, "nodeSelector");
-  if (nodeSelector === undefined) bad("nodeSelector", "required (a map of node labels; {} selects every node)");
+  if (nodeSelector === undefined)
+    bad("nodeSelector", "required (a map of node labels; {} selects every node)");
   if (problems.length) return { problems, warnings, eniNames: [] };
 
   const names = eniNamesFor(name, subnets.length);
@@ -265,20 +324,33 @@ export function nodeEniToLayer(obj: NodeEniObject): MappedNodeEni {
   const locate = (keyPath: string[]): string | undefined => {
     if (keyPath[0] !== "eni") return source;
     const i = Number(keyPath[1]);
-    const key = keyPath[2] === "dpdk" && keyPath[3] ? `dpdk.${keyPath[3]}` : keyPath[2] ?? "";
-    if (key === "subnet_id" || key === "subnet_name") return `${source}: ${subnets[i]?.path ?? "spec.subnetID"}`;
+    const key = keyPath[2] === "dpdk" && keyPath[3] ? `dpdk.${keyPath[3]}` : (keyPath[2] ?? "");
+    if (key === "subnet_id" || key === "subnet_name")
+      return `${source}: ${subnets[i]?.path ?? "spec.subnetID"}`;
     const field = own(SPEC_FIELD_OF, key);
     return field ? `${source}: ${field}` : source;
   };
-  return { layer: { source, origin: { source: "nodeeni", name }, data: { eni }, locate }, problems, warnings, eniNames: names };
+  return {
+    layer: { source, origin: { source: "nodeeni", name }, data: { eni }, locate },
+    problems,
+    warnings,
+    eniNames: names,
+  };
 }
 
-export function applicableNodeEnis(items: NodeEniObject[], labels: Record<string, string>, warnings: string[]): NodeEniObject[] {
+export function applicableNodeEnis(
+  items: NodeEniObject[],
+  labels: Record<string, string>,
+  warnings: string[],
+): NodeEniObject[] {
   const out: NodeEniObject[] = [];
   for (const o of items) {
     const sel = isObject(o.spec) ? own(o.spec, "nodeSelector") : undefined;
     const m = selectorMatches(sel, labels);
-    if (m === undefined) warnings.push(`NodeENI ${o.metadata.name}: spec.nodeSelector: expected a map of label → string value; this NodeENI is skipped`);
+    if (m === undefined)
+      warnings.push(
+        `NodeENI ${o.metadata.name}: spec.nodeSelector: expected a map of label → string value; this NodeENI is skipped`,
+      );
     if (m) out.push(o);
   }
   return out.sort((a, b) => (a.metadata.name < b.metadata.name ? -1 : 1));
@@ -288,7 +360,11 @@ export function applicableNodeEnis(items: NodeEniObject[], labels: Record<string
  * Layers for the NodeENIs that apply to this node. Throws InputError listing every problem in
  * every applicable NodeENI (nothing half-applies).
  */
-export function layersForNodeEnis(applicable: NodeEniObject[], config: Config, warnings: string[]): Layer[] {
+export function layersForNodeEnis(
+  applicable: NodeEniObject[],
+  config: Config,
+  warnings: string[],
+): Layer[] {
   const problems: Problem[] = [];
   const layers: Layer[] = [];
   const owner = new Map<string, string>();
@@ -300,14 +376,25 @@ export function layersForNodeEnis(applicable: NodeEniObject[], config: Config, w
     for (const n of m.eniNames) {
       const other = owner.get(n);
       if (other) {
-        problems.push({ source: `NodeENI ${o.metadata.name}`, key: "metadata.name", message: `its ENI name "${n}" is also derived from NodeENI ${other}; rename one of them` });
+        problems.push({
+          source: `NodeENI ${o.metadata.name}`,
+          key: "metadata.name",
+          message: `its ENI name "${n}" is also derived from NodeENI ${other}; rename one of them`,
+        });
       }
       owner.set(n, o.metadata.name);
-      if (configured.has(n)) warnings.push(`NodeENI ${o.metadata.name}: ENI "${n}" is also configured in another source; the two are merged field by field in [service].sources order`);
+      if (configured.has(n))
+        warnings.push(
+          `NodeENI ${o.metadata.name}: ENI "${n}" is also configured in another source; the two are merged field by field in [service].sources order`,
+        );
     }
     if (m.layer) layers.push(m.layer);
   }
-  if (problems.length) throw new InputError(problems, "fix the NodeENI (kubectl edit nodeeni NAME) or its nodeSelector, then run `eni-dpdk validate` again");
+  if (problems.length)
+    throw new InputError(
+      problems,
+      "fix the NodeENI (kubectl edit nodeeni NAME) or its nodeSelector, then run `eni-dpdk validate` again",
+    );
   return layers;
 }
 
@@ -323,17 +410,26 @@ export function checkNodeEniItems(items: unknown[], from: string): NodeEniObject
   items.forEach((item, i) => {
     const source = `NodeENI items[${i}] (${from})`;
     const add = (key: string, message: string) => void problems.push({ source, key, message });
-    if (!isObject(item)) return add("(object)", `expected a NodeENI object, got ${item === null ? "null" : typeof item}`);
+    if (!isObject(item))
+      return add(
+        "(object)",
+        `expected a NodeENI object, got ${item === null ? "null" : typeof item}`,
+      );
     const metadata = own(item, "metadata");
     if (!isObject(metadata)) return add("metadata", "expected an object with a name");
     const name = own(metadata, "name");
     if (typeof name !== "string" || name === "") {
-      add("metadata.name", `expected a non-empty string, got ${name === undefined ? "nothing" : JSON.stringify(name)}`);
+      add(
+        "metadata.name",
+        `expected a non-empty string, got ${name === undefined ? "nothing" : JSON.stringify(name)}`,
+      );
     }
     const spec = own(item, "spec");
-    if (spec !== undefined && spec !== null && !isObject(spec)) add("spec", `expected an object, got ${JSON.stringify(spec)}`);
+    if (spec !== undefined && spec !== null && !isObject(spec))
+      add("spec", `expected an object, got ${JSON.stringify(spec)}`);
   });
-  const hint = "fix or delete the NodeENI objects named above (kubectl get nodeeni -o yaml), then run `eni-dpdk validate` again";
+  const hint =
+    "fix or delete the NodeENI objects named above (kubectl get nodeeni -o yaml), then run `eni-dpdk validate` again";
   if (problems.length) throw new InputError(problems, hint);
   return items as NodeEniObject[];
 }
@@ -343,24 +439,49 @@ function slim(items: NodeEniObject[]): NodeEniObject[] {
 }
 
 /** After a successful apply: remember the NodeENI set it used, for API outages at the next boot. */
-export function rememberNodeEnis(state: State, result: Pick<NodeEniResult, "items" | "fetchedAt">): void {
+export function rememberNodeEnis(
+  state: State,
+  result: Pick<NodeEniResult, "items" | "fetchedAt">,
+): void {
   state.nodeeni = { fetchedAt: result.fetchedAt, items: slim(result.items) };
 }
 
 /** Open a client for this node's cluster; undefined when no cluster is configured. */
-export async function openNodeEniSession(input: NodeEniInput, warnings: string[] = []): Promise<NodeEniSession | undefined> {
+export async function openNodeEniSession(
+  input: NodeEniInput,
+  warnings: string[] = [],
+): Promise<NodeEniSession | undefined> {
   const nodeConfig = await parseNodeConfigs(input.userDataParts, warnings);
-  const zoneId = (await input.imds.get("meta-data/placement/availability-zone-id").catch(() => undefined))?.trim();
-  const node = nodeIdentity({ instance: input.instance, nodeConfig, k8s: input.config.kubernetes, arch: input.arch ?? process.arch, zoneId });
-  const target = await resolveKubeTarget({ k8s: input.config.kubernetes, nodeConfig: nodeConfig.cluster, region: input.instance.region, host: input.host });
+  const zoneId = (
+    await input.imds.get("meta-data/placement/availability-zone-id").catch(() => undefined)
+  )?.trim();
+  const node = nodeIdentity({
+    instance: input.instance,
+    nodeConfig,
+    k8s: input.config.kubernetes,
+    arch: input.arch ?? process.arch,
+    zoneId,
+  });
+  const target = await resolveKubeTarget({
+    k8s: input.config.kubernetes,
+    nodeConfig: nodeConfig.cluster,
+    region: input.instance.region,
+    host: input.host,
+  });
   if (!target) return undefined;
   return { client: new KubeClient(target), node };
 }
 
 /** A refusal from the API, said plainly with what to do. */
-export async function explain(e: unknown, session: NodeEniSession): Promise<{ message: string; hint: string }> {
+export async function explain(
+  e: unknown,
+  session: NodeEniSession,
+): Promise<{ message: string; hint: string }> {
   const t = session.client.target;
-  const who = t.auth.kind === "eks" ? `the instance role's EKS token for cluster "${t.auth.clusterName}"` : `the ${t.auth.kind} from ${t.source}`;
+  const who =
+    t.auth.kind === "eks"
+      ? `the instance role's EKS token for cluster "${t.auth.clusterName}"`
+      : `the ${t.auth.kind} from ${t.source}`;
   if (e instanceof KubeApiError && e.status === 401) {
     return {
       message: `the API server ${t.server} rejected ${who} (401 Unauthorized)`,
@@ -371,13 +492,23 @@ export async function explain(e: unknown, session: NodeEniSession): Promise<{ me
     };
   }
   if (e instanceof KubeApiError && e.status === 403) {
-    return { message: `the API server ${t.server} forbids it: ${e.message}`, hint: "apply deploy/rbac.yaml (group system:nodes: get/list/watch nodeenis, patch nodeenis/status)" };
+    return {
+      message: `the API server ${t.server} forbids it: ${e.message}`,
+      hint: "apply deploy/rbac.yaml (group system:nodes: get/list/watch nodeenis, patch nodeenis/status)",
+    };
   }
   if (e instanceof OpError) return { message: e.message, hint: e.hint };
-  return { message: (e as Error).message, hint: `check that ${t.server} is reachable from the node (security groups, endpoint access, proxy)` };
+  return {
+    message: (e as Error).message,
+    hint: `check that ${t.server} is reachable from the node (security groups, endpoint access, proxy)`,
+  };
 }
 
-export async function listWithWait(session: NodeEniSession, waitMs: number, log: Logger): Promise<NodeEniObject[]> {
+export async function listWithWait(
+  session: NodeEniSession,
+  waitMs: number,
+  log: Logger,
+): Promise<NodeEniObject[]> {
   const started = Date.now();
   let attempt = 0;
   let reauthed = false;
@@ -394,7 +525,8 @@ export async function listWithWait(session: NodeEniSession, waitMs: number, log:
       attempt++;
       const remaining = waitMs - (Date.now() - started);
       if (remaining <= 0) throw e;
-      if (attempt === 1 || attempt % 5 === 0) log.warn("waiting for the Kubernetes API", { attempt, error: (e as Error).message });
+      if (attempt === 1 || attempt % 5 === 0)
+        log.warn("waiting for the Kubernetes API", { attempt, error: (e as Error).message });
       await sleep(Math.min(remaining, delayFor({ firstMs: 400, maxMs: 5000 }, attempt - 1)));
     }
   }
@@ -410,8 +542,18 @@ export async function nodeEniLayers(input: NodeEniInput): Promise<NodeEniResult>
   const warnings: string[] = [];
   const session = await openNodeEniSession(input, warnings);
   if (!session) {
-    log.debug("no cluster configured (no NodeConfig in user-data, no [kubernetes]); NodeENI source has nothing to read");
-    return { layers: [], warnings, fromCache: false, nodeName: "", items: [], fetchedAt: new Date().toISOString(), applied: [] };
+    log.debug(
+      "no cluster configured (no NodeConfig in user-data, no [kubernetes]); NodeENI source has nothing to read",
+    );
+    return {
+      layers: [],
+      warnings,
+      fromCache: false,
+      nodeName: "",
+      items: [],
+      fetchedAt: new Date().toISOString(),
+      applied: [],
+    };
   }
   const node = session.node;
   log.debug("node identity for NodeENI selection", { node: node.name, from: node.nameFrom });
@@ -420,7 +562,10 @@ export async function nodeEniLayers(input: NodeEniInput): Promise<NodeEniResult>
   let fromCache = false;
   let fetchedAt = new Date().toISOString();
   try {
-    items = checkNodeEniItems(await listWithWait(session, waitMs, log), `from ${session.client.target.server}`);
+    items = checkNodeEniItems(
+      await listWithWait(session, waitMs, log),
+      `from ${session.client.target.server}`,
+    );
   } catch (e) {
     if (e instanceof InputError) {
       session.client.close();
@@ -428,7 +573,9 @@ export async function nodeEniLayers(input: NodeEniInput): Promise<NodeEniResult>
     }
     if (e instanceof KubeApiError && e.status === 404 && e.reason === "NotFound") {
       // The API answered: the CRD is not installed, so there are no NodeENIs.
-      log.info("the NodeENI CRD is not installed in the cluster; no NodeENIs apply", { server: session.client.target.server });
+      log.info("the NodeENI CRD is not installed in the cluster; no NodeENIs apply", {
+        server: session.client.target.server,
+      });
       items = [];
     } else {
       const { message, hint } = await explain(e, session);
@@ -442,7 +589,7 @@ export async function nodeEniLayers(input: NodeEniInput): Promise<NodeEniResult>
           { cause: e },
         );
       }
-      items = checkNodeEniItems(cache.items as unknown[], "the cache in the state file");
+      items = checkNodeEniItems(cache.items, "the cache in the state file");
       fromCache = true;
       fetchedAt = cache.fetchedAt;
       const w = `NodeENI: USING CACHED NodeENIs from ${cache.fetchedAt}: ${message} (${hint})`;
@@ -481,6 +628,11 @@ export const nodeEniSource: Source = {
       deadline: inst.deadline,
       state: await loadState(ctx.host),
     });
-    return { layers: r.layers, note: `${r.layers.length} NodeENI object(s) apply`, warnings: r.warnings.map((message) => ({ source: "nodeeni", key: "", message })), nodeEni: r };
+    return {
+      layers: r.layers,
+      note: `${r.layers.length} NodeENI object(s) apply`,
+      warnings: r.warnings.map((message) => ({ source: "nodeeni", key: "", message })),
+      nodeEni: r,
+    };
   },
 };

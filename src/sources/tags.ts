@@ -21,21 +21,42 @@ export function tagLayers(tags: Record<string, string>): Layer[] {
     const source = `tag ${key}`;
     const rest = key.slice(TAG_PREFIX.length);
     const value = own(tags, key)!;
-    const parsed = parseTagValue(value, source, rest.startsWith("eni:") ? `eni.${rest.slice(4)}` : rest, problems);
+    const parsed = parseTagValue(
+      value,
+      source,
+      rest.startsWith("eni:") ? `eni.${rest.slice(4)}` : rest,
+      problems,
+    );
     if (!parsed) continue;
     if (rest.startsWith("eni:")) {
       const name = rest.slice(4);
       const named = own(parsed, "name");
       if (named !== undefined && named !== name) {
-        problems.push({ source, key: "name", message: `the ENI name comes from the tag key ("${name}"); remove name= from the value` });
+        problems.push({
+          source,
+          key: "name",
+          message: `the ENI name comes from the tag key ("${name}"); remove name= from the value`,
+        });
         continue;
       }
-      layers.push({ source, origin: { source: "tags", name: key }, stringly: true, data: { eni: [{ ...parsed, name }] } });
+      layers.push({
+        source,
+        origin: { source: "tags", name: key },
+        stringly: true,
+        data: { eni: [{ ...parsed, name }] },
+      });
     } else if (own(schema, rest)) {
-      layers.push({ source, origin: { source: "tags", name: key }, stringly: true, data: { [rest]: parsed } });
+      layers.push({
+        source,
+        origin: { source: "tags", name: key },
+        stringly: true,
+        data: { [rest]: parsed },
+      });
     } else {
       const known = [...Object.keys(schema).map((k) => TAG_PREFIX + k), `${TAG_PREFIX}eni:<name>`];
-      const why = isForbiddenKey(rest) ? `"${rest}" ${FORBIDDEN_KEY_MESSAGE}` : "unknown eni-dpdk tag";
+      const why = isForbiddenKey(rest)
+        ? `"${rest}" ${FORBIDDEN_KEY_MESSAGE}`
+        : "unknown eni-dpdk tag";
       problems.push({ source, key, message: `${why}; expected one of ${known.join(", ")}` });
     }
   }
@@ -48,7 +69,12 @@ export function tagLayers(tags: Record<string, string>): Layer[] {
  * segment, no Object.prototype name, no key set twice, and no key both a value and a table.
  * Whitespace around `;`, `=` and `.` is ignored.
  */
-function parseTagValue(value: string, source: string, keyPrefix: string, problems: Problem[]): Record<string, unknown> | undefined {
+function parseTagValue(
+  value: string,
+  source: string,
+  keyPrefix: string,
+  problems: Problem[],
+): Record<string, unknown> | undefined {
   const out = nullRecord();
   /** dotted key → "value" or "table", for the repeat and shape checks */
   const seen = new Map<string, "value" | "table">();
@@ -67,7 +93,10 @@ function parseTagValue(value: string, source: string, keyPrefix: string, problem
     const dotted = pair.slice(0, i).trim();
     const keyPath = dotted.split(".").map((k) => k.trim());
     if (keyPath.some((k) => k === "")) {
-      bad(dotted, `empty key segment in "${dotted}"; expected names joined by single dots, e.g. dpdk.driver`);
+      bad(
+        dotted,
+        `empty key segment in "${dotted}"; expected names joined by single dots, e.g. dpdk.driver`,
+      );
       continue;
     }
     const forbidden = keyPath.find(isForbiddenKey);
@@ -92,14 +121,19 @@ function parseTagValue(value: string, source: string, keyPrefix: string, problem
 }
 
 /** Why setting `keyPath` clashes with keys set earlier in the same tag value (undefined when it does not). */
-function shapeConflict(seen: Map<string, "value" | "table">, keyPath: string[]): string | undefined {
+function shapeConflict(
+  seen: Map<string, "value" | "table">,
+  keyPath: string[],
+): string | undefined {
   const full = keyPath.join(".");
   const was = seen.get(full);
   if (was === "value") return `"${full}" is set twice in this tag value; set each key once`;
-  if (was === "table") return `"${full}" is set as a value, but "${full}.…" keys are also set; use one form`;
+  if (was === "table")
+    return `"${full}" is set as a value, but "${full}.…" keys are also set; use one form`;
   for (let n = 1; n < keyPath.length; n++) {
     const prefix = keyPath.slice(0, n).join(".");
-    if (seen.get(prefix) === "value") return `"${full}" descends into "${prefix}", which is already set as a value; use one form`;
+    if (seen.get(prefix) === "value")
+      return `"${full}" descends into "${prefix}", which is already set as a value; use one form`;
   }
   return undefined;
 }
@@ -116,7 +150,10 @@ export const tagSource: Source = {
     let tags = await readTags(inst.imds);
     if (tags === undefined) {
       ctx.log.info("instance metadata tags are disabled; reading tags with EC2 DescribeTags");
-      tags = await describeInstanceTags(await inst.ec2(), (await inst.identity()).instanceId, { deadline: inst.deadline, log: ctx.log });
+      tags = await describeInstanceTags(await inst.ec2(), (await inst.identity()).instanceId, {
+        deadline: inst.deadline,
+        log: ctx.log,
+      });
     }
     const layers = tagLayers(tags);
     return { layers, note: `${layers.length} eni-dpdk tag(s)` };

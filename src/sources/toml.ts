@@ -39,11 +39,19 @@ export function tomlLayer(text: string, source: string): Layer {
  * defined on that line when there is one.
  */
 function syntaxProblem(e: unknown, source: string, positions: Map<string, string>): Problem {
-  const err = e as { line?: number; column?: number; location?: { start?: { line?: number; column?: number } }; message?: string };
+  const err = e as {
+    line?: number;
+    column?: number;
+    location?: { start?: { line?: number; column?: number } };
+    message?: string;
+  };
   const line = err.line ?? err.location?.start?.line;
   const column = err.column ?? err.location?.start?.column ?? 1;
   const where = line ? `${source}:${line}:${column}` : source;
-  const atLine = err.line !== undefined ? [...positions].find(([, pos]) => pos.startsWith(`${line}:`))?.[0] : undefined;
+  const atLine =
+    err.line !== undefined
+      ? [...positions].find(([, pos]) => pos.startsWith(`${line}:`))?.[0]
+      : undefined;
   const key = atLine?.replace(/^eni\.(\d+)/, "eni[$1]") ?? "(syntax)";
   return { source: where, key, message: `not valid TOML: ${err.message ?? String(e)}` };
 }
@@ -109,11 +117,16 @@ export function parseToml(text: string): Record<string, unknown> {
 }
 
 function jsonSafe(v: unknown): boolean {
-  if (v === null || typeof v === "string" || typeof v === "boolean" || typeof v === "bigint") return true;
+  if (v === null || typeof v === "string" || typeof v === "boolean" || typeof v === "bigint")
+    return true;
   if (typeof v === "number") return Number.isFinite(v);
   if (Array.isArray(v)) return v.every(jsonSafe);
   if (typeof v === "object" && Object.getPrototypeOf(v) === Object.prototype) {
-    return !Object.hasOwn(v, BIGINT_BOX) && !Object.hasOwn(v, FLOAT_BOX) && Object.values(v as object).every(jsonSafe);
+    return (
+      !Object.hasOwn(v, BIGINT_BOX) &&
+      !Object.hasOwn(v, FLOAT_BOX) &&
+      Object.values(v).every(jsonSafe)
+    );
   }
   return false;
 }
@@ -125,7 +138,8 @@ function toMemoJson(v: unknown): unknown {
   if (typeof v === "bigint") return safeNumber(v) ?? { [BIGINT_BOX]: v.toString() };
   if (typeof v === "number") return { [FLOAT_BOX]: v };
   if (Array.isArray(v)) return v.map(toMemoJson);
-  if (v !== null && typeof v === "object") return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, toMemoJson(x)]));
+  if (v !== null && typeof v === "object")
+    return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, toMemoJson(x)]));
   return v;
 }
 
@@ -151,10 +165,24 @@ export async function loadTomlMemo(host: Host): Promise<void> {
   const raw = await host.read(TOML_MEMO_PATH).catch(() => undefined);
   if (!raw) return;
   try {
-    const doc = JSON.parse(raw) as { version?: number; parser?: string; entries?: { text?: unknown; data?: unknown }[] };
-    if (doc.version !== TOML_MEMO_VERSION || doc.parser !== TOML_PARSER || !Array.isArray(doc.entries)) return;
+    const doc = JSON.parse(raw) as {
+      version?: number;
+      parser?: string;
+      entries?: { text?: unknown; data?: unknown }[];
+    };
+    if (
+      doc.version !== TOML_MEMO_VERSION ||
+      doc.parser !== TOML_PARSER ||
+      !Array.isArray(doc.entries)
+    )
+      return;
     for (const e of doc.entries) {
-      if (typeof e.text === "string" && e.data && typeof e.data === "object" && !Array.isArray(e.data)) {
+      if (
+        typeof e.text === "string" &&
+        e.data &&
+        typeof e.data === "object" &&
+        !Array.isArray(e.data)
+      ) {
         tomlMemo.set(e.text, fromMemoJson(e.data) as Record<string, unknown>);
       }
     }
@@ -165,9 +193,15 @@ export async function loadTomlMemo(host: Host): Promise<void> {
 
 /** Keep the documents this process used (and only those) for the next boot; no write when unchanged. */
 export async function saveTomlMemo(host: Host): Promise<boolean> {
-  const entries = [...tomlUsed].sort().map((text) => ({ text, data: toMemoJson(tomlMemo.get(text)) }));
+  const entries = [...tomlUsed]
+    .sort()
+    .map((text) => ({ text, data: toMemoJson(tomlMemo.get(text)) }));
   if (!entries.length) return false;
-  return host.writeFileAtomic(TOML_MEMO_PATH, JSON.stringify({ version: TOML_MEMO_VERSION, parser: TOML_PARSER, entries }) + "\n", 0o600);
+  return host.writeFileAtomic(
+    TOML_MEMO_PATH,
+    JSON.stringify({ version: TOML_MEMO_VERSION, parser: TOML_PARSER, entries }) + "\n",
+    0o600,
+  );
 }
 
 /**
@@ -197,7 +231,7 @@ export function scanKeyPositions(text: string): Map<string, string> {
     for (const q of ['"""', "'''"]) if (line.split(q).length % 2 === 0) openString = q;
     const header = /^\s*(\[\[?)\s*([A-Za-z0-9_.\-"' ]+?)\s*\]\]?/.exec(line);
     if (header) {
-      const parts = header[2]!.split(".").map(unquote);
+      const parts = header[2].split(".").map(unquote);
       if (header[1] === "[[" && parts.join(".") === "eni") {
         eniIndex++;
         prefix = ["eni", String(eniIndex)];
@@ -212,10 +246,9 @@ export function scanKeyPositions(text: string): Map<string, string> {
     }
     const kv = /^(\s*)([A-Za-z0-9_\-."' ]+?)\s*=/.exec(line);
     if (kv) {
-      const keyParts = kv[2]!.split(".").map(unquote);
-      pos.set([...prefix, ...keyParts].join("."), `${i + 1}:${kv[1]!.length + 1}`);
+      const keyParts = kv[2].split(".").map(unquote);
+      pos.set([...prefix, ...keyParts].join("."), `${i + 1}:${kv[1].length + 1}`);
     }
   });
   return pos;
 }
-

@@ -41,11 +41,15 @@ function partLayers(parts: UserDataPart[]): UserDataResult {
   for (const part of parts) {
     const ours = part.contentType === OUR_MEDIA_TYPE || isOurDocument(part);
     if (ours && part.index > 0 && part.contentType !== OUR_MEDIA_TYPE) {
-      const typed = part.contentType === "text/plain" ? "typed text/plain (or untyped)" : `typed ${part.contentType}`;
+      const typed =
+        part.contentType === "text/plain"
+          ? "typed text/plain (or untyped)"
+          : `typed ${part.contentType}`;
       problems.push({
         source: part.label,
         key: "Content-Type",
-        message: `holds eni-dpdk tables but is ${typed}; inside MIME user-data eni-dpdk reads only parts with ` +
+        message:
+          `holds eni-dpdk tables but is ${typed}; inside MIME user-data eni-dpdk reads only parts with ` +
           `Content-Type: ${OUR_MEDIA_TYPE}`,
       });
       continue;
@@ -58,7 +62,11 @@ function partLayers(parts: UserDataPart[]): UserDataResult {
       const source = part.index === 0 ? "user-data" : part.label;
       const bad = utf8Problem(part.body);
       if (bad) problems.push({ source, key: "(encoding)", message: bad });
-      else layers.push({ ...tomlLayer(part.text, source), origin: { source: "user-data", name: part.label } });
+      else
+        layers.push({
+          ...tomlLayer(part.text, source),
+          origin: { source: "user-data", name: part.label },
+        });
     } catch (e) {
       if (e instanceof InputError) problems.push(...e.problems);
       else throw e;
@@ -78,7 +86,9 @@ function decodeParts(raw: Buffer): UserDataPart[] {
     return decodeUserData(raw);
   } catch (e) {
     if (e instanceof InputError) throw e;
-    throw new InputError([{ source: "user-data", key: "(encoding)", message: (e as Error).message }]);
+    throw new InputError([
+      { source: "user-data", key: "(encoding)", message: (e as Error).message },
+    ]);
   }
 }
 

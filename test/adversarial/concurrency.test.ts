@@ -8,13 +8,24 @@ import { Host } from "../../src/host/host.js";
 import { loadState } from "../../src/core/state.js";
 import type { World } from "../../src/sim/world.js";
 import { NotifySocket } from "../support/notify.js";
-import { assertNoneDriverless, assertPrimaryUntouched, baseToml, BUNDLE, lastError, runCli, startCli, world } from "../support/harness.js";
+import {
+  assertNoneDriverless,
+  assertPrimaryUntouched,
+  baseToml,
+  BUNDLE,
+  lastError,
+  runCli,
+  startCli,
+  world,
+} from "../support/harness.js";
 
 const INSTANCE = "i-0123456789abcdef0";
 const DATA1_BDF = "0000:00:06.0";
 
 function enisNamed(w: World, name: string) {
-  return [...w.ec2.enis.values()].filter((e) => e.tags["eni-dpdk:name"] === name && e.tags["eni-dpdk:instance-id"] === INSTANCE);
+  return [...w.ec2.enis.values()].filter(
+    (e) => e.tags["eni-dpdk:name"] === name && e.tags["eni-dpdk:instance-id"] === INSTANCE,
+  );
 }
 
 async function assertOneOfEach(t: Test, w: World): Promise<void> {
@@ -27,44 +38,65 @@ async function assertOneOfEach(t: Test, w: World): Promise<void> {
   t.equal(Object.keys(state.bindings).length, 1, "one binding recorded");
 }
 
-t.test("concurrency: two applies at once on a first boot; neither waits its deadline, nothing is duplicated", async (t) => {
-  const w = await world(t, { configToml: baseToml("").replace("reconcile_interval_seconds = 0", "reconcile_interval_seconds = 0\ntimeout_seconds = 60"), attachDelayMs: 200 });
-  const t0 = Date.now();
-  const [a, b] = await Promise.all([runCli(w, ["apply"]), runCli(w, ["apply"])]);
-  t.equal(a.code, 0, lastError(a));
-  t.equal(b.code, 0, lastError(b));
-  t.ok(Date.now() - t0 < 25_000, `both done in ${Date.now() - t0} ms`);
-  t.equal(w.ec2.callsPerAction().CreateNetworkInterface, 2, "two creates in all, by the first run");
-  await assertOneOfEach(t, w);
-});
+t.test(
+  "concurrency: two applies at once on a first boot; neither waits its deadline, nothing is duplicated",
+  async (t) => {
+    const w = await world(t, {
+      configToml: baseToml("").replace(
+        "reconcile_interval_seconds = 0",
+        "reconcile_interval_seconds = 0\ntimeout_seconds = 60",
+      ),
+      attachDelayMs: 200,
+    });
+    const t0 = Date.now();
+    const [a, b] = await Promise.all([runCli(w, ["apply"]), runCli(w, ["apply"])]);
+    t.equal(a.code, 0, lastError(a));
+    t.equal(b.code, 0, lastError(b));
+    t.ok(Date.now() - t0 < 25_000, `both done in ${Date.now() - t0} ms`);
+    t.equal(
+      w.ec2.callsPerAction().CreateNetworkInterface,
+      2,
+      "two creates in all, by the first run",
+    );
+    await assertOneOfEach(t, w);
+  },
+);
 
-t.test("concurrency: three applies at once after a reboot rebind once, with no EC2 call", async (t) => {
-  const w = await world(t, { configToml: baseToml() });
-  t.equal((await runCli(w, ["apply"])).code, 0);
-  w.reboot();
-  const calls = w.ec2.totalCalls();
-  const writes0 = w.sim.writes.length;
-  const rs = await Promise.all([0, 1, 2].map(() => runCli(w, ["apply"])));
-  for (const r of rs) t.equal(r.code, 0, lastError(r));
-  t.equal(w.ec2.totalCalls(), calls, "IMDS and the state prove it: no EC2 call");
-  const binds = w.sim.writes.slice(writes0).filter((x) => x.path.endsWith("/drivers_probe") && x.value.trim() === DATA1_BDF);
-  t.equal(binds.length, 1, "data1 probed once after the reboot");
-  await assertOneOfEach(t, w);
-});
+t.test(
+  "concurrency: three applies at once after a reboot rebind once, with no EC2 call",
+  async (t) => {
+    const w = await world(t, { configToml: baseToml() });
+    t.equal((await runCli(w, ["apply"])).code, 0);
+    w.reboot();
+    const calls = w.ec2.totalCalls();
+    const writes0 = w.sim.writes.length;
+    const rs = await Promise.all([0, 1, 2].map(() => runCli(w, ["apply"])));
+    for (const r of rs) t.equal(r.code, 0, lastError(r));
+    t.equal(w.ec2.totalCalls(), calls, "IMDS and the state prove it: no EC2 call");
+    const binds = w.sim.writes
+      .slice(writes0)
+      .filter((x) => x.path.endsWith("/drivers_probe") && x.value.trim() === DATA1_BDF);
+    t.equal(binds.length, 1, "data1 probed once after the reboot");
+    await assertOneOfEach(t, w);
+  },
+);
 
-t.test("concurrency: an apply during the service's first boot waits for it and changes nothing more", async (t) => {
-  const w = await world(t, { configToml: baseToml(), attachDelayMs: 300 });
-  const svc = startCli(w, ["run"]);
-  t.teardown(() => svc.signal("SIGKILL"));
-  await svc.waitForLog((l) => l.msg === "created ENI");
-  const r = await runCli(w, ["apply"]);
-  t.equal(r.code, 0, lastError(r));
-  await svc.waitForLog((l) => /^ready: /.test(l.msg ?? ""));
-  t.equal(w.ec2.callsPerAction().CreateNetworkInterface, 2);
-  await assertOneOfEach(t, w);
-  svc.signal("SIGTERM");
-  t.equal((await svc.exit).code, 0);
-});
+t.test(
+  "concurrency: an apply during the service's first boot waits for it and changes nothing more",
+  async (t) => {
+    const w = await world(t, { configToml: baseToml(), attachDelayMs: 300 });
+    const svc = startCli(w, ["run"]);
+    t.teardown(() => svc.signal("SIGKILL"));
+    await svc.waitForLog((l) => l.msg === "created ENI");
+    const r = await runCli(w, ["apply"]);
+    t.equal(r.code, 0, lastError(r));
+    await svc.waitForLog((l) => /^ready: /.test(l.msg ?? ""));
+    t.equal(w.ec2.callsPerAction().CreateNetworkInterface, 2);
+    await assertOneOfEach(t, w);
+    svc.signal("SIGTERM");
+    t.equal((await svc.exit).code, 0);
+  },
+);
 
 t.test("concurrency: early and apply at once after a reboot", async (t) => {
   const w = await world(t, { configToml: baseToml() });
@@ -96,27 +128,36 @@ t.test("concurrency: reset and apply at once leave one consistent end state", as
   const drv = w.sim.driverOf(DATA1_BDF);
   const state = await loadState(new Host(w.root));
   const recorded = Object.values(state.bindings).some((b) => b.bdf === DATA1_BDF);
-  t.ok((drv === "vfio-pci" && recorded) || (drv === "ena" && !recorded), `the state agrees with sysfs (driver ${drv}, recorded ${recorded})`);
+  t.ok(
+    (drv === "vfio-pci" && recorded) || (drv === "ena" && !recorded),
+    `the state agrees with sysfs (driver ${drv}, recorded ${recorded})`,
+  );
   assertNoneDriverless(t, w);
   assertPrimaryUntouched(t, w);
 });
 
-t.test("concurrency: a held host lock keeps apply from observing or changing anything until released", async (t) => {
-  const w = await world(t, { configToml: baseToml() });
-  const lockFile = w.sim.p("/run/eni-dpdk.lock");
-  const holder = spawn("flock", ["--exclusive", lockFile, "sleep", "2"], { stdio: "ignore" });
-  await new Promise((r) => setTimeout(r, 200));
-  const writes0 = w.sim.writes.length;
-  const p = runCli(w, ["apply"]);
-  await new Promise((r) => setTimeout(r, 1200));
-  t.equal(w.ec2.mutatingCalls(), 0, "no EC2 mutation while the lock is held");
-  t.equal(w.sim.writes.length, writes0, "no sysfs write while the lock is held");
-  t.notOk(w.imds.requests.some((q) => q.path.includes("network/interfaces/macs")), "the NICs are not observed before the lock is held");
-  const r = await p;
-  holder.kill();
-  t.equal(r.code, 0, lastError(r));
-  await assertOneOfEach(t, w);
-});
+t.test(
+  "concurrency: a held host lock keeps apply from observing or changing anything until released",
+  async (t) => {
+    const w = await world(t, { configToml: baseToml() });
+    const lockFile = w.sim.p("/run/eni-dpdk.lock");
+    const holder = spawn("flock", ["--exclusive", lockFile, "sleep", "2"], { stdio: "ignore" });
+    await new Promise((r) => setTimeout(r, 200));
+    const writes0 = w.sim.writes.length;
+    const p = runCli(w, ["apply"]);
+    await new Promise((r) => setTimeout(r, 1200));
+    t.equal(w.ec2.mutatingCalls(), 0, "no EC2 mutation while the lock is held");
+    t.equal(w.sim.writes.length, writes0, "no sysfs write while the lock is held");
+    t.notOk(
+      w.imds.requests.some((q) => q.path.includes("network/interfaces/macs")),
+      "the NICs are not observed before the lock is held",
+    );
+    const r = await p;
+    holder.kill();
+    t.equal(r.code, 0, lastError(r));
+    await assertOneOfEach(t, w);
+  },
+);
 
 // ---- signals ----------------------------------------------------------------------------------------
 
@@ -137,70 +178,93 @@ async function caught(pid: number, signo: number, ms = 5000): Promise<void> {
 }
 
 for (const delay of [0, 30, 80, 150, 400]) {
-  t.test(`concurrency/signals: SIGHUP ${delay} ms after the service catches it (module loading, first apply) is a reload, never its death`, async (t) => {
+  t.test(
+    `concurrency/signals: SIGHUP ${delay} ms after the service catches it (module loading, first apply) is a reload, never its death`,
+    async (t) => {
+      const w = await world(t, { configToml: baseToml() });
+      const notify = await NotifySocket.open();
+      t.teardown(() => notify.close());
+      const svc = startCli(w, ["run"], { env: { NOTIFY_SOCKET: notify.path } });
+      t.teardown(() => svc.signal("SIGKILL"));
+      await caught(svc.pid, 1);
+      await new Promise((r) => setTimeout(r, delay));
+      svc.signal("SIGHUP");
+      const ready = await notify.waitFor((f) => f.READY === "1");
+      t.match(ready.STATUS, /^ready: 2 ENIs attached, 1 bound to vfio-pci/);
+      t.ok(svc.running(), "still running after the SIGHUP");
+      await svc.waitForLog((l) => l.msg === "SIGHUP: re-reading the sources");
+      svc.signal("SIGTERM");
+      t.equal((await svc.exit).code, 0, "a clean stop");
+    },
+  );
+}
+
+t.test(
+  "concurrency/signals: with reconcile_interval_seconds = 0 and no watchdog, the service stays up until SIGTERM",
+  async (t) => {
     const w = await world(t, { configToml: baseToml() });
     const notify = await NotifySocket.open();
     t.teardown(() => notify.close());
     const svc = startCli(w, ["run"], { env: { NOTIFY_SOCKET: notify.path } });
     t.teardown(() => svc.signal("SIGKILL"));
-    await caught(svc.pid, 1);
-    await new Promise((r) => setTimeout(r, delay));
-    svc.signal("SIGHUP");
-    const ready = await notify.waitFor((f) => f.READY === "1");
-    t.match(ready.STATUS, /^ready: 2 ENIs attached, 1 bound to vfio-pci/);
-    t.ok(svc.running(), "still running after the SIGHUP");
-    await svc.waitForLog((l) => l.msg === "SIGHUP: re-reading the sources");
+    await notify.waitFor((f) => f.READY === "1");
+    await new Promise((r) => setTimeout(r, 2000));
+    t.ok(svc.running(), "still running 2 s after READY, with nothing scheduled");
     svc.signal("SIGTERM");
-    t.equal((await svc.exit).code, 0, "a clean stop");
-  });
-}
+    t.equal((await svc.exit).code, 0);
+    await notify.waitFor((f) => f.STOPPING === "1", 5000);
+  },
+);
 
-t.test("concurrency/signals: with reconcile_interval_seconds = 0 and no watchdog, the service stays up until SIGTERM", async (t) => {
-  const w = await world(t, { configToml: baseToml() });
-  const notify = await NotifySocket.open();
-  t.teardown(() => notify.close());
-  const svc = startCli(w, ["run"], { env: { NOTIFY_SOCKET: notify.path } });
-  t.teardown(() => svc.signal("SIGKILL"));
-  await notify.waitFor((f) => f.READY === "1");
-  await new Promise((r) => setTimeout(r, 2000));
-  t.ok(svc.running(), "still running 2 s after READY, with nothing scheduled");
-  svc.signal("SIGTERM");
-  t.equal((await svc.exit).code, 0);
-  await notify.waitFor((f) => f.STOPPING === "1", 5000);
-});
+t.test(
+  "concurrency/signals: SIGTERM during the first boot stops promptly, and the next start converges",
+  async (t) => {
+    const w = await world(t, {
+      configToml: baseToml().replace(
+        "reconcile_interval_seconds = 0",
+        "reconcile_interval_seconds = 0\ntimeout_seconds = 120",
+      ),
+    });
+    w.ec2.faults.stuckAttach = true;
+    const notify = await NotifySocket.open();
+    t.teardown(() => notify.close());
+    const svc = startCli(w, ["run"], { env: { NOTIFY_SOCKET: notify.path } });
+    t.teardown(() => svc.signal("SIGKILL"));
+    await svc.waitForLog((l) => l.msg === "attaching ENI");
+    const t0 = Date.now();
+    svc.signal("SIGTERM");
+    const exit = await svc.exit;
+    t.equal(exit.code, 0, `stopped with 0: ${svc.stderr().slice(-400)}`);
+    t.ok(
+      Date.now() - t0 < 10_000,
+      `stopped ${Date.now() - t0} ms after SIGTERM, not after the 120 s deadline`,
+    );
+    t.notOk(
+      notify.messages.some((m) => m.fields.READY === "1"),
+      "never said READY",
+    );
+    w.ec2.faults.stuckAttach = false;
+    w.ec2.completeAttachments();
+    const r = await runCli(w, ["apply"]);
+    t.equal(r.code, 0, lastError(r));
+    await assertOneOfEach(t, w);
+  },
+);
 
-t.test("concurrency/signals: SIGTERM during the first boot stops promptly, and the next start converges", async (t) => {
-  const w = await world(t, { configToml: baseToml().replace("reconcile_interval_seconds = 0", "reconcile_interval_seconds = 0\ntimeout_seconds = 120") });
-  w.ec2.faults.stuckAttach = true;
-  const notify = await NotifySocket.open();
-  t.teardown(() => notify.close());
-  const svc = startCli(w, ["run"], { env: { NOTIFY_SOCKET: notify.path } });
-  t.teardown(() => svc.signal("SIGKILL"));
-  await svc.waitForLog((l) => l.msg === "attaching ENI");
-  const t0 = Date.now();
-  svc.signal("SIGTERM");
-  const exit = await svc.exit;
-  t.equal(exit.code, 0, `stopped with 0: ${svc.stderr().slice(-400)}`);
-  t.ok(Date.now() - t0 < 10_000, `stopped ${Date.now() - t0} ms after SIGTERM, not after the 120 s deadline`);
-  t.notOk(notify.messages.some((m) => m.fields.READY === "1"), "never said READY");
-  w.ec2.faults.stuckAttach = false;
-  w.ec2.completeAttachments();
-  const r = await runCli(w, ["apply"]);
-  t.equal(r.code, 0, lastError(r));
-  await assertOneOfEach(t, w);
-});
-
-t.test("concurrency/signals: a second `run` while one serves converges without fighting", async (t) => {
-  const w = await world(t, { configToml: baseToml() });
-  const a = startCli(w, ["run"]);
-  const b = startCli(w, ["run"]);
-  t.teardown(() => (a.signal("SIGKILL"), b.signal("SIGKILL")));
-  await a.waitForLog((l) => /^ready: /.test(l.msg ?? ""));
-  await b.waitForLog((l) => /^ready: /.test(l.msg ?? ""));
-  await assertOneOfEach(t, w);
-  a.signal("SIGTERM");
-  b.signal("SIGTERM");
-  t.equal((await a.exit).code, 0);
-  t.equal((await b.exit).code, 0);
-  t.ok(readFileSync(w.sim.p("/etc/pcidp/config.json"), "utf8").includes(DATA1_BDF));
-});
+t.test(
+  "concurrency/signals: a second `run` while one serves converges without fighting",
+  async (t) => {
+    const w = await world(t, { configToml: baseToml() });
+    const a = startCli(w, ["run"]);
+    const b = startCli(w, ["run"]);
+    t.teardown(() => (a.signal("SIGKILL"), b.signal("SIGKILL")));
+    await a.waitForLog((l) => /^ready: /.test(l.msg ?? ""));
+    await b.waitForLog((l) => /^ready: /.test(l.msg ?? ""));
+    await assertOneOfEach(t, w);
+    a.signal("SIGTERM");
+    b.signal("SIGTERM");
+    t.equal((await a.exit).code, 0);
+    t.equal((await b.exit).code, 0);
+    t.ok(readFileSync(w.sim.p("/etc/pcidp/config.json"), "utf8").includes(DATA1_BDF));
+  },
+);

@@ -9,7 +9,18 @@ import t, { type Test } from "tap";
 import { Host } from "../../src/host/host.js";
 import { loadState, JOURNAL_PATH, STATE_PATH } from "../../src/core/state.js";
 import type { World } from "../../src/sim/world.js";
-import { assertNoneDriverless, assertPrimaryUntouched, baseToml, diffSnapshots, lastError, renameTargets, runCli, snapshotRoot, world, type RunOptions } from "../support/harness.js";
+import {
+  assertNoneDriverless,
+  assertPrimaryUntouched,
+  baseToml,
+  diffSnapshots,
+  lastError,
+  renameTargets,
+  runCli,
+  snapshotRoot,
+  world,
+  type RunOptions,
+} from "../support/harness.js";
 
 const INSTANCE = "i-0123456789abcdef0";
 const DATA1_BDF = "0000:00:06.0";
@@ -21,7 +32,12 @@ function tempFiles(root: string): string[] {
   const walk = (dir: string) => {
     for (const e of readdirSync(dir, { withFileTypes: true })) {
       const p = path.join(dir, e.name);
-      if (e.isDirectory() && !p.startsWith(path.join(root, "sys")) && !p.startsWith(path.join(root, "proc"))) walk(p);
+      if (
+        e.isDirectory() &&
+        !p.startsWith(path.join(root, "sys")) &&
+        !p.startsWith(path.join(root, "proc"))
+      )
+        walk(p);
       else if (/\.\d+\.\d+\.tmp$/.test(e.name)) out.push(path.relative(root, p));
     }
   };
@@ -32,30 +48,59 @@ function tempFiles(root: string): string[] {
 type Selector = { pciAddresses?: string[] };
 /** [resourceName, pciAddresses] per entry; selectors may be one object or an array of them. */
 function sriovResources(w: World): [string, string[]][] {
-  const doc = JSON.parse(readFileSync(w.sim.p("/etc/pcidp/config.json"), "utf8")) as { resourceList: { resourceName: string; selectors: Selector | Selector[] }[] };
-  return doc.resourceList.map((e) => [e.resourceName, [e.selectors].flat().flatMap((s) => s.pciAddresses ?? [])]);
+  const doc = JSON.parse(readFileSync(w.sim.p("/etc/pcidp/config.json"), "utf8")) as {
+    resourceList: { resourceName: string; selectors: Selector | Selector[] }[];
+  };
+  return doc.resourceList.map((e) => [
+    e.resourceName,
+    [e.selectors].flat().flatMap((s) => s.pciAddresses ?? []),
+  ]);
 }
 
 /** The converged node this config describes, checked from the outside. */
-async function assertConverged(t: Test, w: World, opts: { kernelEni?: boolean } = {}): Promise<void> {
+async function assertConverged(
+  t: Test,
+  w: World,
+  opts: { kernelEni?: boolean } = {},
+): Promise<void> {
   for (const name of ["data1", ...(opts.kernelEni === false ? [] : ["kern1"])]) {
-    const mine = [...w.ec2.enis.values()].filter((e) => e.tags["eni-dpdk:name"] === name && e.tags["eni-dpdk:instance-id"] === INSTANCE);
+    const mine = [...w.ec2.enis.values()].filter(
+      (e) => e.tags["eni-dpdk:name"] === name && e.tags["eni-dpdk:instance-id"] === INSTANCE,
+    );
     t.equal(mine.length, 1, `one ENI named ${name} (${mine.map((e) => e.id).join(", ")})`);
     t.equal(mine[0]?.attachment?.instanceId, INSTANCE, `${name} is attached`);
   }
-  t.same(w.ec2.leakedEnis().map((e) => e.id), [], "no ENI created and left unattached");
+  t.same(
+    w.ec2.leakedEnis().map((e) => e.id),
+    [],
+    "no ENI created and left unattached",
+  );
   const host = new Host(w.root);
   const state = await loadState(host);
   const data1 = Object.values(state.bindings).find((b) => b.eniName === "data1");
-  t.match(data1, { bdf: DATA1_BDF, driver: "vfio-pci", originalDriver: "ena" }, "the state records data1's binding");
+  t.match(
+    data1,
+    { bdf: DATA1_BDF, driver: "vfio-pci", originalDriver: "ena" },
+    "the state records data1's binding",
+  );
   t.notOk(await host.exists(JOURNAL_PATH), "no operation left in flight");
   t.equal(w.sim.driverOf(DATA1_BDF), "vfio-pci", "data1 on vfio-pci");
-  t.ok(readdirSync(w.sim.p("/dev/vfio")).some((n) => n.startsWith("noiommu-")), "its device node exists");
+  t.ok(
+    readdirSync(w.sim.p("/dev/vfio")).some((n) => n.startsWith("noiommu-")),
+    "its device node exists",
+  );
   if (opts.kernelEni !== false) {
     t.equal(w.sim.driverOf(KERN1_BDF), "ena", "kern1 on ena");
     const ifname = w.sim.netdevOf(KERN1_BDF)!;
-    t.equal(readFileSync(w.sim.p(`/sys/class/net/${ifname}/mtu`), "utf8").trim(), "9001", "kern1 MTU 9001");
-    t.ok(parseInt(readFileSync(w.sim.p(`/sys/class/net/${ifname}/flags`), "utf8"), 16) & 1, "kern1 up");
+    t.equal(
+      readFileSync(w.sim.p(`/sys/class/net/${ifname}/mtu`), "utf8").trim(),
+      "9001",
+      "kern1 MTU 9001",
+    );
+    t.ok(
+      parseInt(readFileSync(w.sim.p(`/sys/class/net/${ifname}/flags`), "utf8"), 16) & 1,
+      "kern1 up",
+    );
   }
   assertNoneDriverless(t, w);
   assertPrimaryUntouched(t, w);
@@ -70,7 +115,13 @@ async function assertNoFurtherChange(t: Test, w: World): Promise<void> {
   const r = await runCli(w, ["apply"]);
   t.equal(r.code, 0, `a further apply succeeds: ${lastError(r)}`);
   t.equal(w.ec2.mutatingCalls(), mutating, "a further apply makes no EC2 mutation");
-  t.same(diffSnapshots(before, snapshotRoot(w.root)).filter((d) => !d.includes("run/eni-dpdk/status.json")), [], "a further apply changes no file");
+  t.same(
+    diffSnapshots(before, snapshotRoot(w.root)).filter(
+      (d) => !d.includes("run/eni-dpdk/status.json"),
+    ),
+    [],
+    "a further apply changes no file",
+  );
 }
 
 interface CrashPoint {
@@ -92,28 +143,84 @@ function renameSequence(t: Test): Promise<string[]> {
 }
 
 const CRASH_POINTS: CrashPoint[] = [
-  { name: "after the first CreateNetworkInterface took effect", ec2: { action: "CreateNetworkInterface" } },
-  { name: "after the second CreateNetworkInterface took effect", ec2: { action: "CreateNetworkInterface", nth: 2 } },
-  { name: "after the first AttachNetworkInterface took effect", ec2: { action: "AttachNetworkInterface" } },
-  { name: "after the second AttachNetworkInterface took effect", ec2: { action: "AttachNetworkInterface", nth: 2 } },
-  { name: "after the first ModifyNetworkInterfaceAttribute took effect", ec2: { action: "ModifyNetworkInterfaceAttribute" } },
+  {
+    name: "after the first CreateNetworkInterface took effect",
+    ec2: { action: "CreateNetworkInterface" },
+  },
+  {
+    name: "after the second CreateNetworkInterface took effect",
+    ec2: { action: "CreateNetworkInterface", nth: 2 },
+  },
+  {
+    name: "after the first AttachNetworkInterface took effect",
+    ec2: { action: "AttachNetworkInterface" },
+  },
+  {
+    name: "after the second AttachNetworkInterface took effect",
+    ec2: { action: "AttachNetworkInterface", nth: 2 },
+  },
+  {
+    name: "after the first ModifyNetworkInterfaceAttribute took effect",
+    ec2: { action: "ModifyNetworkInterfaceAttribute" },
+  },
   { name: "at the first rename of state.json", syscall: { call: "rename", path: STATE_PATH } },
-  { name: "at the third rename of state.json", syscall: { call: "rename", path: STATE_PATH, when: 3 } },
-  { name: "at the rename of the networkd file", syscall: { call: "rename", path: "/etc/systemd/network/00-eni-dpdk-data1.network" } },
-  { name: "at the journal's first rename (intent not yet durable)", syscall: { call: "rename", path: JOURNAL_PATH } },
-  { name: "at the write of driver_override", syscall: { call: "write", path: `/sys/devices/pci0000:00/${DATA1_BDF}/driver_override` } },
-  { name: "at the write to ena's unbind", syscall: { call: "write", path: "/sys/bus/pci/drivers/ena/unbind" } },
-  { name: "between unbind and probe (the write to drivers_probe)", syscall: { call: "write", path: "/sys/bus/pci/drivers_probe" } },
-  { name: "after the bind, at the unlink that clears the journal", syscall: { call: "unlink", path: JOURNAL_PATH } },
+  {
+    name: "at the third rename of state.json",
+    syscall: { call: "rename", path: STATE_PATH, when: 3 },
+  },
+  {
+    name: "at the rename of the networkd file",
+    syscall: { call: "rename", path: "/etc/systemd/network/00-eni-dpdk-data1.network" },
+  },
+  {
+    name: "at the journal's first rename (intent not yet durable)",
+    syscall: { call: "rename", path: JOURNAL_PATH },
+  },
+  {
+    name: "at the write of driver_override",
+    syscall: { call: "write", path: `/sys/devices/pci0000:00/${DATA1_BDF}/driver_override` },
+  },
+  {
+    name: "at the write to ena's unbind",
+    syscall: { call: "write", path: "/sys/bus/pci/drivers/ena/unbind" },
+  },
+  {
+    name: "between unbind and probe (the write to drivers_probe)",
+    syscall: { call: "write", path: "/sys/bus/pci/drivers_probe" },
+  },
+  {
+    name: "after the bind, at the unlink that clears the journal",
+    syscall: { call: "unlink", path: JOURNAL_PATH },
+  },
   // the netdev appears after strace starts, so -P gets its canonical path
-  { name: "at the write of kern1's MTU", syscall: { call: "write", path: `/sys/devices/pci0000:00/${KERN1_BDF}/net/eth2/mtu` } },
-  { name: "at the write of kern1's flags (link up)", syscall: { call: "write", path: `/sys/devices/pci0000:00/${KERN1_BDF}/net/eth2/flags` } },
-  { name: "at the rename of the SR-IOV config", syscall: { call: "rename", path: "/etc/pcidp/config.json" } },
-  { name: "at the rename of status.json", syscall: { call: "rename", path: "/run/eni-dpdk/status.json" } },
-  { name: "at the rename of the parse memo", syscall: { call: "rename", path: "/var/lib/eni-dpdk/toml-memo.json" } },
+  {
+    name: "at the write of kern1's MTU",
+    syscall: { call: "write", path: `/sys/devices/pci0000:00/${KERN1_BDF}/net/eth2/mtu` },
+  },
+  {
+    name: "at the write of kern1's flags (link up)",
+    syscall: { call: "write", path: `/sys/devices/pci0000:00/${KERN1_BDF}/net/eth2/flags` },
+  },
+  {
+    name: "at the rename of the SR-IOV config",
+    syscall: { call: "rename", path: "/etc/pcidp/config.json" },
+  },
+  {
+    name: "at the rename of status.json",
+    syscall: { call: "rename", path: "/run/eni-dpdk/status.json" },
+  },
+  {
+    name: "at the rename of the parse memo",
+    syscall: { call: "rename", path: "/var/lib/eni-dpdk/toml-memo.json" },
+  },
 ];
 
-async function crashRun(w: World, args: string[], p: CrashPoint, t?: Test): Promise<{ signal: string | null; code: number; stderr: string }> {
+async function crashRun(
+  w: World,
+  args: string[],
+  p: CrashPoint,
+  t?: Test,
+): Promise<{ signal: string | null; code: number; stderr: string }> {
   if (p.ec2) {
     let pid = 0;
     let seen = 0;
@@ -127,13 +234,21 @@ async function crashRun(w: World, args: string[], p: CrashPoint, t?: Test): Prom
   const s = p.syscall!;
   if (s.call === "rename") {
     const seq = await renameSequence(t!);
-    const at = seq.map((x, i) => [x, i] as const).filter(([x]) => x === s.path)[(s.when ?? 1) - 1]?.[1];
-    if (at === undefined) throw new Error(`a first-boot apply renames nothing onto ${s.path} ${s.when ?? 1} time(s): ${seq.join(", ")}`);
+    const at = seq.map((x, i) => [x, i] as const).filter(([x]) => x === s.path)[
+      (s.when ?? 1) - 1
+    ]?.[1];
+    if (at === undefined)
+      throw new Error(
+        `a first-boot apply renames nothing onto ${s.path} ${s.when ?? 1} time(s): ${seq.join(", ")}`,
+      );
     const r = await runCli(w, args, { killAt: { syscall: "rename", when: at + 1 } });
     const dir = path.posix.dirname(s.path);
     const base = path.posix.basename(s.path);
-    const left = readdirSync(w.sim.p(dir)).filter((n) => n.startsWith(`.${base}.`) && n.endsWith(".tmp"));
-    if (r.signal === "SIGKILL" && !left.length) throw new Error(`killed at rename #${at + 1}, but not at one onto ${s.path}`);
+    const left = readdirSync(w.sim.p(dir)).filter(
+      (n) => n.startsWith(`.${base}.`) && n.endsWith(".tmp"),
+    );
+    if (r.signal === "SIGKILL" && !left.length)
+      throw new Error(`killed at rename #${at + 1}, but not at one onto ${s.path}`);
     return r;
   }
   const opts: RunOptions = { killAt: { path: w.sim.p(s.path), syscall: s.call, when: s.when } };
@@ -144,7 +259,11 @@ for (const p of CRASH_POINTS) {
   t.test(`crash: apply killed ${p.name}; the next apply converges`, async (t) => {
     const w = await world(t, { configToml: baseToml() });
     const killed = await crashRun(w, ["apply"], p, t);
-    t.equal(killed.signal, "SIGKILL", `the run was really killed there (exit ${killed.code}): ${killed.stderr.slice(-300)}`);
+    t.equal(
+      killed.signal,
+      "SIGKILL",
+      `the run was really killed there (exit ${killed.code}): ${killed.stderr.slice(-300)}`,
+    );
     assertPrimaryUntouched(t, w);
     const r = await runCli(w, ["apply"]);
     t.equal(r.code, 0, `the next apply converges: ${lastError(r)}`);
@@ -153,84 +272,146 @@ for (const p of CRASH_POINTS) {
   });
 }
 
-t.test("crash: killed between unbind and probe, then the node reboots; early and apply converge", async (t) => {
-  const w = await world(t, { configToml: baseToml() });
-  const killed = await crashRun(w, ["apply"], { name: "probe", syscall: { call: "write", path: "/sys/bus/pci/drivers_probe" } });
-  t.equal(killed.signal, "SIGKILL");
-  t.equal(w.sim.driverOf(DATA1_BDF), undefined, "the crash left data1 driverless (the window is real)");
-  // early runs before the network: it must not wait for a netdev that never comes
-  const t0 = Date.now();
-  const early = await runCli(w, ["early"]);
-  t.ok(Date.now() - t0 < 15_000, `early finished in ${Date.now() - t0} ms, not after a whole deadline`);
-  t.equal(early.code, 0, lastError(early));
-  t.ok(w.sim.driverOf(DATA1_BDF), "early gave data1 a driver back");
-  const r = await runCli(w, ["apply"]);
-  t.equal(r.code, 0, lastError(r));
-  await assertConverged(t, w);
-});
+t.test(
+  "crash: killed between unbind and probe, then the node reboots; early and apply converge",
+  async (t) => {
+    const w = await world(t, { configToml: baseToml() });
+    const killed = await crashRun(w, ["apply"], {
+      name: "probe",
+      syscall: { call: "write", path: "/sys/bus/pci/drivers_probe" },
+    });
+    t.equal(killed.signal, "SIGKILL");
+    t.equal(
+      w.sim.driverOf(DATA1_BDF),
+      undefined,
+      "the crash left data1 driverless (the window is real)",
+    );
+    // early runs before the network: it must not wait for a netdev that never comes
+    const t0 = Date.now();
+    const early = await runCli(w, ["early"]);
+    t.ok(
+      Date.now() - t0 < 15_000,
+      `early finished in ${Date.now() - t0} ms, not after a whole deadline`,
+    );
+    t.equal(early.code, 0, lastError(early));
+    t.ok(w.sim.driverOf(DATA1_BDF), "early gave data1 a driver back");
+    const r = await runCli(w, ["apply"]);
+    t.equal(r.code, 0, lastError(r));
+    await assertConverged(t, w);
+  },
+);
 
-t.test("crash: a second apply after the crash does not wait its deadline for the driverless NIC", async (t) => {
-  const w = await world(t, { configToml: baseToml().replace("reconcile_interval_seconds = 0", "reconcile_interval_seconds = 0\ntimeout_seconds = 60") });
-  await crashRun(w, ["apply"], { name: "probe", syscall: { call: "write", path: "/sys/bus/pci/drivers_probe" } });
-  const t0 = Date.now();
-  const r = await runCli(w, ["apply"]);
-  t.equal(r.code, 0, lastError(r));
-  t.ok(Date.now() - t0 < 20_000, `converged in ${Date.now() - t0} ms`);
-  t.ok(r.log.some((l) => l.msg === "rolled back an interrupted bind" && l.bdf === DATA1_BDF), "the log says what recovery did");
-});
+t.test(
+  "crash: a second apply after the crash does not wait its deadline for the driverless NIC",
+  async (t) => {
+    const w = await world(t, {
+      configToml: baseToml().replace(
+        "reconcile_interval_seconds = 0",
+        "reconcile_interval_seconds = 0\ntimeout_seconds = 60",
+      ),
+    });
+    await crashRun(w, ["apply"], {
+      name: "probe",
+      syscall: { call: "write", path: "/sys/bus/pci/drivers_probe" },
+    });
+    const t0 = Date.now();
+    const r = await runCli(w, ["apply"]);
+    t.equal(r.code, 0, lastError(r));
+    t.ok(Date.now() - t0 < 20_000, `converged in ${Date.now() - t0} ms`);
+    t.ok(
+      r.log.some((l) => l.msg === "rolled back an interrupted bind" && l.bdf === DATA1_BDF),
+      "the log says what recovery did",
+    );
+  },
+);
 
-t.test("crash: `eni-dpdk unbind` killed between unbind and probe; the next command finishes the restore", async (t) => {
-  const w = await world(t, { configToml: baseToml() });
-  t.equal((await runCli(w, ["apply"])).code, 0);
-  const killed = await crashRun(w, ["unbind", "data1"], { name: "probe", syscall: { call: "write", path: "/sys/bus/pci/drivers_probe" } });
-  t.equal(killed.signal, "SIGKILL");
-  t.equal(w.sim.driverOf(DATA1_BDF), undefined, "driverless after the crash");
-  const st = await runCli(w, ["status", "--json"]);
-  t.equal(st.code, 0);
-  const again = await runCli(w, ["unbind", "data1"]);
-  t.equal(again.code, 0, lastError(again));
-  t.equal(w.sim.driverOf(DATA1_BDF), "ena", "back on ena");
-  t.ok(w.sim.netdevOf(DATA1_BDF), "with its netdev");
-  const state = await loadState(new Host(w.root));
-  t.notOk(Object.values(state.bindings).some((b) => b.eniName === "data1"), "the binding record is gone");
-  assertNoneDriverless(t, w);
-});
+t.test(
+  "crash: `eni-dpdk unbind` killed between unbind and probe; the next command finishes the restore",
+  async (t) => {
+    const w = await world(t, { configToml: baseToml() });
+    t.equal((await runCli(w, ["apply"])).code, 0);
+    const killed = await crashRun(w, ["unbind", "data1"], {
+      name: "probe",
+      syscall: { call: "write", path: "/sys/bus/pci/drivers_probe" },
+    });
+    t.equal(killed.signal, "SIGKILL");
+    t.equal(w.sim.driverOf(DATA1_BDF), undefined, "driverless after the crash");
+    const st = await runCli(w, ["status", "--json"]);
+    t.equal(st.code, 0);
+    const again = await runCli(w, ["unbind", "data1"]);
+    t.equal(again.code, 0, lastError(again));
+    t.equal(w.sim.driverOf(DATA1_BDF), "ena", "back on ena");
+    t.ok(w.sim.netdevOf(DATA1_BDF), "with its netdev");
+    const state = await loadState(new Host(w.root));
+    t.notOk(
+      Object.values(state.bindings).some((b) => b.eniName === "data1"),
+      "the binding record is gone",
+    );
+    assertNoneDriverless(t, w);
+  },
+);
 
-t.test("crash: `eni-dpdk early` killed between unbind and probe at boot; the full apply converges", async (t) => {
-  const w = await world(t, { configToml: baseToml() });
-  t.equal((await runCli(w, ["apply"])).code, 0);
-  w.reboot();
-  const killed = await crashRun(w, ["early"], { name: "probe", syscall: { call: "write", path: "/sys/bus/pci/drivers_probe" } });
-  t.equal(killed.signal, "SIGKILL");
-  const r = await runCli(w, ["apply"]);
-  t.equal(r.code, 0, lastError(r));
-  await assertConverged(t, w);
-});
+t.test(
+  "crash: `eni-dpdk early` killed between unbind and probe at boot; the full apply converges",
+  async (t) => {
+    const w = await world(t, { configToml: baseToml() });
+    t.equal((await runCli(w, ["apply"])).code, 0);
+    w.reboot();
+    const killed = await crashRun(w, ["early"], {
+      name: "probe",
+      syscall: { call: "write", path: "/sys/bus/pci/drivers_probe" },
+    });
+    t.equal(killed.signal, "SIGKILL");
+    const r = await runCli(w, ["apply"]);
+    t.equal(r.code, 0, lastError(r));
+    await assertConverged(t, w);
+  },
+);
 
 t.test("crash: `eni-dpdk reset` killed mid-restore; a second reset completes it", async (t) => {
   const w = await world(t, { configToml: baseToml() });
   t.equal((await runCli(w, ["apply"])).code, 0);
-  const killed = await crashRun(w, ["reset"], { name: "probe", syscall: { call: "write", path: "/sys/bus/pci/drivers_probe" } });
+  const killed = await crashRun(w, ["reset"], {
+    name: "probe",
+    syscall: { call: "write", path: "/sys/bus/pci/drivers_probe" },
+  });
   t.equal(killed.signal, "SIGKILL");
   const r = await runCli(w, ["reset"]);
   t.equal(r.code, 0, lastError(r));
   t.equal(w.sim.driverOf(DATA1_BDF), "ena");
   assertNoneDriverless(t, w);
-  const sriov = JSON.parse(readFileSync(w.sim.p("/etc/pcidp/config.json"), "utf8")) as { resourceList: unknown[] };
+  const sriov = JSON.parse(readFileSync(w.sim.p("/etc/pcidp/config.json"), "utf8")) as {
+    resourceList: unknown[];
+  };
   t.same(sriov.resourceList, [], "our SR-IOV entry is gone");
   t.same(tempFiles(w.root), [], "no temp file left");
 });
 
-t.test("crash: temp files of a killed state write are cleaned by the next run, a live writer's are not", async (t) => {
-  const w = await world(t, { configToml: baseToml() });
-  await crashRun(w, ["apply"], { name: "state", syscall: { call: "rename", path: STATE_PATH } }, t);
-  const left = tempFiles(w.root);
-  t.ok(left.some((f) => f.startsWith("var/lib/eni-dpdk/.state.json.")), `the crash left its temp file (${left.join(", ")})`);
-  // a temp file of a process that is alive (this test) must survive
-  const live = w.sim.p(`/var/lib/eni-dpdk/.state.json.${process.pid}.1.tmp`);
-  (await import("node:fs")).writeFileSync(live, "{}");
-  const r = await runCli(w, ["apply"]);
-  t.equal(r.code, 0, lastError(r));
-  t.same(tempFiles(w.root), [path.relative(w.root, live)], "only the live writer's temp file remains");
-  t.ok(statSync(live).isFile());
-});
+t.test(
+  "crash: temp files of a killed state write are cleaned by the next run, a live writer's are not",
+  async (t) => {
+    const w = await world(t, { configToml: baseToml() });
+    await crashRun(
+      w,
+      ["apply"],
+      { name: "state", syscall: { call: "rename", path: STATE_PATH } },
+      t,
+    );
+    const left = tempFiles(w.root);
+    t.ok(
+      left.some((f) => f.startsWith("var/lib/eni-dpdk/.state.json.")),
+      `the crash left its temp file (${left.join(", ")})`,
+    );
+    // a temp file of a process that is alive (this test) must survive
+    const live = w.sim.p(`/var/lib/eni-dpdk/.state.json.${process.pid}.1.tmp`);
+    (await import("node:fs")).writeFileSync(live, "{}");
+    const r = await runCli(w, ["apply"]);
+    t.equal(r.code, 0, lastError(r));
+    t.same(
+      tempFiles(w.root),
+      [path.relative(w.root, live)],
+      "only the live writer's temp file remains",
+    );
+    t.ok(statSync(live).isFile());
+  },
+);

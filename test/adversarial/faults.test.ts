@@ -5,108 +5,178 @@
 import { readFileSync } from "node:fs";
 import t from "tap";
 import { writeFakeBindingScript } from "../../src/sim/kernel.js";
-import { assertNoneDriverless, assertPrimaryUntouched, baseToml, diffSnapshots, lastError, runCli, snapshotRoot, world } from "../support/harness.js";
+import {
+  assertNoneDriverless,
+  assertPrimaryUntouched,
+  baseToml,
+  diffSnapshots,
+  lastError,
+  runCli,
+  snapshotRoot,
+  world,
+} from "../support/harness.js";
 
 const DATA1_BDF = "0000:00:06.0";
 const INSTANCE = "i-0123456789abcdef0";
-const timeout = (s: number) => baseToml().replace("reconcile_interval_seconds = 0", `reconcile_interval_seconds = 0\ntimeout_seconds = ${s}`);
+const timeout = (s: number) =>
+  baseToml().replace(
+    "reconcile_interval_seconds = 0",
+    `reconcile_interval_seconds = 0\ntimeout_seconds = ${s}`,
+  );
 
 t.test("faults: EC2 500s and throttling on every action are retried to convergence", async (t) => {
   const w = await world(t, { configToml: baseToml() });
-  for (const a of ["DescribeNetworkInterfaces", "CreateNetworkInterface", "AttachNetworkInterface", "ModifyNetworkInterfaceAttribute", "DescribeSubnets"]) {
+  for (const a of [
+    "DescribeNetworkInterfaces",
+    "CreateNetworkInterface",
+    "AttachNetworkInterface",
+    "ModifyNetworkInterfaceAttribute",
+    "DescribeSubnets",
+  ]) {
     w.ec2.faults.error500[a] = 2;
   }
-  w.ec2.faults.errors.CreateNetworkInterface = { status: 503, code: "RequestLimitExceeded", message: "Request limit exceeded.", count: 2 };
+  w.ec2.faults.errors.CreateNetworkInterface = {
+    status: 503,
+    code: "RequestLimitExceeded",
+    message: "Request limit exceeded.",
+    count: 2,
+  };
   const r = await runCli(w, ["apply"]);
   t.equal(r.code, 0, lastError(r));
   t.equal(w.sim.driverOf(DATA1_BDF), "vfio-pci");
   t.same(w.ec2.leakedEnis(), []);
 });
 
-t.test("faults: a connection dropped after CreateNetworkInterface took effect makes no duplicate (ClientToken)", async (t) => {
-  const w = await world(t, { configToml: baseToml() });
-  w.ec2.faults.dropAfter.CreateNetworkInterface = 1;
-  const r = await runCli(w, ["apply"]);
-  t.equal(r.code, 0, lastError(r));
-  const data = [...w.ec2.enis.values()].filter((e) => e.tags["eni-dpdk:instance-id"] === INSTANCE);
-  t.equal(data.length, 2, "two ENIs, not three");
-  t.same(w.ec2.leakedEnis(), []);
-});
+t.test(
+  "faults: a connection dropped after CreateNetworkInterface took effect makes no duplicate (ClientToken)",
+  async (t) => {
+    const w = await world(t, { configToml: baseToml() });
+    w.ec2.faults.dropAfter.CreateNetworkInterface = 1;
+    const r = await runCli(w, ["apply"]);
+    t.equal(r.code, 0, lastError(r));
+    const data = [...w.ec2.enis.values()].filter(
+      (e) => e.tags["eni-dpdk:instance-id"] === INSTANCE,
+    );
+    t.equal(data.length, 2, "two ENIs, not three");
+    t.same(w.ec2.leakedEnis(), []);
+  },
+);
 
-t.test("faults: a dropped connection after AttachNetworkInterface is recognised as our own attach", async (t) => {
-  const w = await world(t, { configToml: baseToml() });
-  w.ec2.faults.dropAfter.AttachNetworkInterface = 1;
-  const r = await runCli(w, ["apply"]);
-  t.equal(r.code, 0, lastError(r));
-  t.equal(w.ec2.attachedTo(INSTANCE).length, 3, "primary + 2, each attached once");
-});
+t.test(
+  "faults: a dropped connection after AttachNetworkInterface is recognised as our own attach",
+  async (t) => {
+    const w = await world(t, { configToml: baseToml() });
+    w.ec2.faults.dropAfter.AttachNetworkInterface = 1;
+    const r = await runCli(w, ["apply"]);
+    t.equal(r.code, 0, lastError(r));
+    t.equal(w.ec2.attachedTo(INSTANCE).length, 3, "primary + 2, each attached once");
+  },
+);
 
-t.test("faults: EC2 UnauthorizedOperation on create fails with the IAM action named, and creates nothing", async (t) => {
-  const w = await world(t, { configToml: baseToml() });
-  w.ec2.faults.errors.CreateNetworkInterface = { status: 403, code: "UnauthorizedOperation", message: "You are not authorized to perform this operation.", count: Infinity };
-  const r = await runCli(w, ["apply"]);
-  t.equal(r.code, 1);
-  t.match(lastError(r), /UnauthorizedOperation/);
-  t.match(r.stderr, /grant the node's instance role ec2:CreateNetworkInterface/);
-  t.equal(w.ec2.mutatingCalls({ accepted: true }), 0, "nothing took effect");
-  assertPrimaryUntouched(t, w);
-});
+t.test(
+  "faults: EC2 UnauthorizedOperation on create fails with the IAM action named, and creates nothing",
+  async (t) => {
+    const w = await world(t, { configToml: baseToml() });
+    w.ec2.faults.errors.CreateNetworkInterface = {
+      status: 403,
+      code: "UnauthorizedOperation",
+      message: "You are not authorized to perform this operation.",
+      count: Infinity,
+    };
+    const r = await runCli(w, ["apply"]);
+    t.equal(r.code, 1);
+    t.match(lastError(r), /UnauthorizedOperation/);
+    t.match(r.stderr, /grant the node's instance role ec2:CreateNetworkInterface/);
+    t.equal(w.ec2.mutatingCalls({ accepted: true }), 0, "nothing took effect");
+    assertPrimaryUntouched(t, w);
+  },
+);
 
 t.test("faults: IMDS that fails its first 8 requests with 500 is waited for", async (t) => {
   const w = await world(t, { configToml: baseToml() });
   w.imds.faults.fail500 = 8;
   const r = await runCli(w, ["apply"]);
   t.equal(r.code, 0, lastError(r));
-  t.ok(r.log.some((l) => l.msg === "waiting for IMDS"), "it said it was waiting");
+  t.ok(
+    r.log.some((l) => l.msg === "waiting for IMDS"),
+    "it said it was waiting",
+  );
 });
 
-t.test("faults: IMDS unreachable for the whole deadline fails with the hop-limit hint and changes nothing", async (t) => {
-  const w = await world(t, { configToml: timeout(10) });
-  const before = snapshotRoot(w.root);
-  const r = await runCli(w, ["apply"], { env: { AWS_EC2_METADATA_SERVICE_ENDPOINT: "http://127.0.0.1:9" } });
-  t.equal(r.code, 1);
-  t.match(r.stderr, /IMDSv2 hop limit/);
-  t.same(diffSnapshots(before, snapshotRoot(w.root)).filter((d) => !d.includes("run/eni-dpdk")), [], "nothing changed but the run's own record");
-  t.equal(w.ec2.totalCalls(), 0);
-});
+t.test(
+  "faults: IMDS unreachable for the whole deadline fails with the hop-limit hint and changes nothing",
+  async (t) => {
+    const w = await world(t, { configToml: timeout(10) });
+    const before = snapshotRoot(w.root);
+    const r = await runCli(w, ["apply"], {
+      env: { AWS_EC2_METADATA_SERVICE_ENDPOINT: "http://127.0.0.1:9" },
+    });
+    t.equal(r.code, 1);
+    t.match(r.stderr, /IMDSv2 hop limit/);
+    t.same(
+      diffSnapshots(before, snapshotRoot(w.root)).filter((d) => !d.includes("run/eni-dpdk")),
+      [],
+      "nothing changed but the run's own record",
+    );
+    t.equal(w.ec2.totalCalls(), 0);
+  },
+);
 
-t.test("faults: the binding script exits 0 without binding; sysfs decides, the device is restored", async (t) => {
-  const w = await world(t);
-  const script = writeFakeBindingScript(w.sim, "unbind-only");
-  w.writeConfig(baseToml().replace("[[eni]]", `[dpdk]\nbinding_script = "${script}"\n\n[[eni]]`));
-  const r = await runCli(w, ["apply"]);
-  t.equal(r.code, 1);
-  t.match(lastError(r), /exited 0 but 0000:00:06\.0 is bound to no driver, not vfio-pci; restored to ena/);
-  t.equal(w.sim.driverOf(DATA1_BDF), "ena");
-  t.ok(w.sim.netdevOf(DATA1_BDF), "its netdev is back");
-  assertNoneDriverless(t, w);
-});
+t.test(
+  "faults: the binding script exits 0 without binding; sysfs decides, the device is restored",
+  async (t) => {
+    const w = await world(t);
+    const script = writeFakeBindingScript(w.sim, "unbind-only");
+    w.writeConfig(baseToml().replace("[[eni]]", `[dpdk]\nbinding_script = "${script}"\n\n[[eni]]`));
+    const r = await runCli(w, ["apply"]);
+    t.equal(r.code, 1);
+    t.match(
+      lastError(r),
+      /exited 0 but 0000:00:06\.0 is bound to no driver, not vfio-pci; restored to ena/,
+    );
+    t.equal(w.sim.driverOf(DATA1_BDF), "ena");
+    t.ok(w.sim.netdevOf(DATA1_BDF), "its netdev is back");
+    assertNoneDriverless(t, w);
+  },
+);
 
-t.test("faults: the binding script is killed between its unbind and its probe; the device is restored", async (t) => {
-  const w = await world(t);
-  const script = writeFakeBindingScript(w.sim, "dies-after-unbind");
-  w.writeConfig(baseToml().replace("[[eni]]", `[dpdk]\nbinding_script = "${script}"\n\n[[eni]]`));
-  const r = await runCli(w, ["apply"]);
-  t.equal(r.code, 1);
-  t.match(lastError(r), /exited 137 but 0000:00:06\.0 is bound to no driver, not vfio-pci; restored to ena/);
-  t.equal(w.sim.driverOf(DATA1_BDF), "ena");
-  assertNoneDriverless(t, w);
-});
+t.test(
+  "faults: the binding script is killed between its unbind and its probe; the device is restored",
+  async (t) => {
+    const w = await world(t);
+    const script = writeFakeBindingScript(w.sim, "dies-after-unbind");
+    w.writeConfig(baseToml().replace("[[eni]]", `[dpdk]\nbinding_script = "${script}"\n\n[[eni]]`));
+    const r = await runCli(w, ["apply"]);
+    t.equal(r.code, 1);
+    t.match(
+      lastError(r),
+      /exited 137 but 0000:00:06\.0 is bound to no driver, not vfio-pci; restored to ena/,
+    );
+    t.equal(w.sim.driverOf(DATA1_BDF), "ena");
+    assertNoneDriverless(t, w);
+  },
+);
 
-t.test("faults: vfio-pci refuses the probe; the device goes back to ena with its netdev and the run says so", async (t) => {
-  const w = await world(t, { configToml: baseToml() });
-  w.ec2.onAttached = ((prior) => async (ev) => {
-    await prior?.(ev);
-    if (ev.deviceIndex === 1) w.sim.failNextProbe(DATA1_BDF);
-  })(w.ec2.onAttached);
-  const r = await runCli(w, ["apply"]);
-  t.equal(r.code, 1);
-  t.match(lastError(r), /binding 0000:00:06\.0 to vfio-pci failed: probe did not bind vfio-pci.*restored to ena \(netdev eth1 is back\)/);
-  assertNoneDriverless(t, w);
-  const again = await runCli(w, ["apply"]);
-  t.equal(again.code, 0, `the next apply binds it: ${lastError(again)}`);
-  t.equal(w.sim.driverOf(DATA1_BDF), "vfio-pci");
-});
+t.test(
+  "faults: vfio-pci refuses the probe; the device goes back to ena with its netdev and the run says so",
+  async (t) => {
+    const w = await world(t, { configToml: baseToml() });
+    w.ec2.onAttached = ((prior) => async (ev) => {
+      await prior?.(ev);
+      if (ev.deviceIndex === 1) w.sim.failNextProbe(DATA1_BDF);
+    })(w.ec2.onAttached);
+    const r = await runCli(w, ["apply"]);
+    t.equal(r.code, 1);
+    t.match(
+      lastError(r),
+      /binding 0000:00:06\.0 to vfio-pci failed: probe did not bind vfio-pci.*restored to ena \(netdev eth1 is back\)/,
+    );
+    assertNoneDriverless(t, w);
+    const again = await runCli(w, ["apply"]);
+    t.equal(again.code, 0, `the next apply binds it: ${lastError(again)}`);
+    t.equal(w.sim.driverOf(DATA1_BDF), "vfio-pci");
+  },
+);
 
 t.test("faults: a kernel without NOIOMMU fails before any device is touched", async (t) => {
   const w = await world(t, { configToml: baseToml() });
@@ -115,40 +185,65 @@ t.test("faults: a kernel without NOIOMMU fails before any device is touched", as
   t.equal(r.code, 1);
   t.match(lastError(r), /this kernel lacks NOIOMMU.*CONFIG_VFIO_NOIOMMU/);
   t.equal(w.sim.driverOf(DATA1_BDF), "ena", "data1 untouched");
-  t.equal(readFileSync(w.sim.p(`/sys/bus/pci/devices/${DATA1_BDF}/driver_override`), "utf8").trim(), "(null)", "no override left");
+  t.equal(
+    readFileSync(w.sim.p(`/sys/bus/pci/devices/${DATA1_BDF}/driver_override`), "utf8").trim(),
+    "(null)",
+    "no override left",
+  );
   assertNoneDriverless(t, w);
 });
 
-t.test("faults: a NIC that never appears after its attach fails at the deadline, names the ENI, and says what changed", async (t) => {
-  const w = await world(t, { configToml: timeout(10) });
-  w.ec2.onAttached = undefined; // EC2 says attached; the hot-plug never comes
-  const t0 = Date.now();
-  const r = await runCli(w, ["apply"]);
-  t.equal(r.code, 1);
-  t.ok(Date.now() - t0 < 20_000, `bounded by the 10 s deadline (${Date.now() - t0} ms)`);
-  t.match(lastError(r), /timed out after [\d.]+ s waiting for a NIC with MAC/);
-  const rec = r.log.find((l) => l.level === "error" && l.changes);
-  t.match(rec?.changes, /EC2 created eni-[0-9a-f]+ \(data1\)/, "the failure lists what this run changed");
-});
+t.test(
+  "faults: a NIC that never appears after its attach fails at the deadline, names the ENI, and says what changed",
+  async (t) => {
+    const w = await world(t, { configToml: timeout(10) });
+    w.ec2.onAttached = undefined; // EC2 says attached; the hot-plug never comes
+    const t0 = Date.now();
+    const r = await runCli(w, ["apply"]);
+    t.equal(r.code, 1);
+    t.ok(Date.now() - t0 < 20_000, `bounded by the 10 s deadline (${Date.now() - t0} ms)`);
+    t.match(lastError(r), /timed out after [\d.]+ s waiting for a NIC with MAC/);
+    const rec = r.log.find((l) => l.level === "error" && l.changes);
+    t.match(
+      rec?.changes,
+      /EC2 created eni-[0-9a-f]+ \(data1\)/,
+      "the failure lists what this run changed",
+    );
+  },
+);
 
-t.test("faults: hugepages the kernel cannot fully allocate do not fail the apply; status shows what was given", async (t) => {
-  const w = await world(t, { configToml: baseToml().replace("[[eni]]", "[dpdk]\nhugepages_2m = 512\n\n[[eni]]") });
-  w.sim.setHugepageCapacity(2048, 100);
-  const r = await runCli(w, ["apply"]);
-  t.equal(r.code, 0, lastError(r));
-  // The simulated kernel answers the write a moment later (a real one answers it synchronously), so
-  // the figures are read back through status, once the simulation has settled.
-  await w.sim.settle(200);
-  const st = await runCli(w, ["status", "--json"]);
-  const pages = (JSON.parse(st.stdout) as { host: { hugepages: { sizeKb: number; total: number }[] } }).host.hugepages.find((h) => h.sizeKb === 2048);
-  t.equal(pages?.total, 100, "status shows the 100 pages the kernel could give, not the 512 asked for");
-});
+t.test(
+  "faults: hugepages the kernel cannot fully allocate do not fail the apply; status shows what was given",
+  async (t) => {
+    const w = await world(t, {
+      configToml: baseToml().replace("[[eni]]", "[dpdk]\nhugepages_2m = 512\n\n[[eni]]"),
+    });
+    w.sim.setHugepageCapacity(2048, 100);
+    const r = await runCli(w, ["apply"]);
+    t.equal(r.code, 0, lastError(r));
+    // The simulated kernel answers the write a moment later (a real one answers it synchronously), so
+    // the figures are read back through status, once the simulation has settled.
+    await w.sim.settle(200);
+    const st = await runCli(w, ["status", "--json"]);
+    const pages = (
+      JSON.parse(st.stdout) as { host: { hugepages: { sizeKb: number; total: number }[] } }
+    ).host.hugepages.find((h) => h.sizeKb === 2048);
+    t.equal(
+      pages?.total,
+      100,
+      "status shows the 100 pages the kernel could give, not the 512 asked for",
+    );
+  },
+);
 
-t.test("faults: EC2 unreachable on a converged reboot does not matter: IMDS and the state suffice", async (t) => {
-  const w = await world(t, { configToml: baseToml() });
-  t.equal((await runCli(w, ["apply"])).code, 0);
-  w.reboot();
-  const r = await runCli(w, ["apply"], { env: { AWS_ENDPOINT_URL_EC2: "http://127.0.0.1:9" } });
-  t.equal(r.code, 0, lastError(r));
-  t.equal(w.sim.driverOf(DATA1_BDF), "vfio-pci");
-});
+t.test(
+  "faults: EC2 unreachable on a converged reboot does not matter: IMDS and the state suffice",
+  async (t) => {
+    const w = await world(t, { configToml: baseToml() });
+    t.equal((await runCli(w, ["apply"])).code, 0);
+    w.reboot();
+    const r = await runCli(w, ["apply"], { env: { AWS_ENDPOINT_URL_EC2: "http://127.0.0.1:9" } });
+    t.equal(r.code, 0, lastError(r));
+    t.equal(w.sim.driverOf(DATA1_BDF), "vfio-pci");
+  },
+);

@@ -5,7 +5,15 @@
 // Case names are "<area>/<class>: <case>"; prototype-pollution cases are area security.
 import t, { type Test } from "tap";
 import { spawn } from "node:child_process";
-import { chmodSync, chownSync, mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import {
+  chmodSync,
+  chownSync,
+  mkdirSync,
+  readFileSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from "node:fs";
 import path from "node:path";
 import { gzipSync } from "node:zlib";
 import type { World } from "../../src/sim/world.js";
@@ -30,13 +38,15 @@ const MISSING_ROOT = `/tmp/eni-dpdk-no-such-root-${process.pid}-${Date.now()}`;
 const INSTANCE = "i-0123456789abcdef0";
 const OUR = "application/eni-dpdk+toml";
 const NODEADM = "application/node.eks.aws";
-const NODE_CONFIG = "apiVersion: node.eks.aws/v1alpha1\nkind: NodeConfig\nspec:\n  cluster:\n    name: demo\n";
+const NODE_CONFIG =
+  "apiVersion: node.eks.aws/v1alpha1\nkind: NodeConfig\nspec:\n  cluster:\n    name: demo\n";
 /** A valid kernel ENI, to append to a document. */
 const KERNEL_ENI = (name = "k9", index = 9) =>
   `[[eni]]\nname = "${name}"\ndevice_index = ${index}\nsubnet_id = "${SUBNET_A}"\n` +
   `security_group_ids = ["${SG_DPDK}"]\ndpdk.enabled = false\n`;
 
-const part = (type: string, body: string, boundary = "B", headers = "") => `--${boundary}\nContent-Type: ${type}\n${headers}\n${body}\n`;
+const part = (type: string, body: string, boundary = "B", headers = "") =>
+  `--${boundary}\nContent-Type: ${type}\n${headers}\n${body}\n`;
 const mime = (parts: string[], boundary = "B", declared = boundary) =>
   `MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary="${declared}"\n\n${parts.join("")}--${boundary}--\n`;
 const b64 = (s: string | Buffer) => Buffer.from(s).toString("base64");
@@ -73,7 +83,13 @@ const KUBE_TOML =
   `[kubernetes]\nkubeconfig = "/etc/eni-dpdk/kubeconfig"\n`;
 const nodeEni = (name: string, spec: Record<string, unknown> = {}) => ({
   metadata: { name },
-  spec: { nodeSelector: {}, subnetID: SUBNET_A, securityGroupIDs: [SG_DPDK], deviceIndex: 3, ...spec },
+  spec: {
+    nodeSelector: {},
+    subnetID: SUBNET_A,
+    securityGroupIDs: [SG_DPDK],
+    deviceIndex: 3,
+    ...spec,
+  },
 });
 
 function kubeconfig(server: string, user = "{token: t0k}", extra = ""): string {
@@ -105,7 +121,8 @@ async function withKube(t: Test, w: World, objects: object[]): Promise<KubeApiEm
 /** Setups for the table: IMDS instance tags, user-data, NodeENI objects. */
 const imdsTags = (tags: Record<string, string>) => (w: World) => void (w.imds.instance.tags = tags);
 const userData = (data: string | Buffer) => (w: World) => void (w.imds.instance.userData = data);
-const nodeEnis = (objects: object[]) => async (w: World, t: Test) => void (await withKube(t, w, objects));
+const nodeEnis = (objects: object[]) => async (w: World, t: Test) =>
+  void (await withKube(t, w, objects));
 
 // ---- table-driven rejections ------------------------------------------------------------------------
 
@@ -170,8 +187,12 @@ const prototypeCases: Case[] = [
   },
   {
     name: "security/prototype: file table [__proto__]",
-    toml: baseToml("[__proto__]\nLD_PRELOAD = \"/x.so\"\n"),
-    want: { source: /^\/etc\/eni-dpdk\/config\.toml:\d+:\d+$/, key: /^__proto__$/, message: protoMsg },
+    toml: baseToml('[__proto__]\nLD_PRELOAD = "/x.so"\n'),
+    want: {
+      source: /^\/etc\/eni-dpdk\/config\.toml:\d+:\d+$/,
+      key: /^__proto__$/,
+      message: protoMsg,
+    },
   },
   {
     name: "security/prototype: file [dpdk] toString",
@@ -179,7 +200,8 @@ const prototypeCases: Case[] = [
     want: {
       source: /config\.toml:\d+:1$/,
       key: "dpdk.toString",
-      message: /unknown key: "toString" is an Object\.prototype member name, which is never a valid key \(known: enabled/,
+      message:
+        /unknown key: "toString" is an Object\.prototype member name, which is never a valid key \(known: enabled/,
     },
   },
   {
@@ -189,7 +211,9 @@ const prototypeCases: Case[] = [
   },
   {
     name: "security/prototype: file [eni.dpdk] valueOf",
-    toml: baseToml(`${KERNEL_ENI().replace("dpdk.enabled = false\n", "")}[eni.dpdk]\nenabled = false\nvalueOf = 1\n`),
+    toml: baseToml(
+      `${KERNEL_ENI().replace("dpdk.enabled = false\n", "")}[eni.dpdk]\nenabled = false\nvalueOf = 1\n`,
+    ),
     want: { source: /config\.toml:\d+:1$/, key: "eni.k9.dpdk.valueOf", message: protoMsg },
   },
   {
@@ -208,30 +232,35 @@ const prototypeCases: Case[] = [
   },
   {
     name: "security/prototype: config.d top-level inline table __proto__",
-    setup: (w) => void put(w, "etc/eni-dpdk/config.d/10-p.toml", '"__proto__" = { polluted = "yes" }\n'),
+    setup: (w) =>
+      void put(w, "etc/eni-dpdk/config.d/10-p.toml", '"__proto__" = { polluted = "yes" }\n'),
     want: { source: "/etc/eni-dpdk/config.d/10-p.toml:1:1", key: "__proto__", message: protoMsg },
   },
   {
-    name: "security/prototype: raw user-data [dpdk] \"__proto__\" key",
+    name: 'security/prototype: raw user-data [dpdk] "__proto__" key',
     setup: userData('[dpdk]\n"__proto__" = { enabled = false }\n'),
     want: { source: "user-data:2:1", key: "dpdk.__proto__", message: protoMsg },
   },
   {
     name: "security/prototype: MIME user-data part with [prototype]",
     setup: userData(mime([part(NODEADM, NODE_CONFIG), part(OUR, "[prototype]\nx = 1\n")])),
-    want: { source: /^user-data part 2 \(application\/eni-dpdk\+toml\):1:1$/, key: "prototype", message: protoMsg },
+    want: {
+      source: /^user-data part 2 \(application\/eni-dpdk\+toml\):1:1$/,
+      key: "prototype",
+      message: protoMsg,
+    },
   },
   {
     name: "security/prototype: NodeENI spec.__proto__",
     toml: KUBE_TOML,
-    setup: nodeEnis(
-      [
-        {
-          metadata: { name: "p" },
-          spec: JSON.parse(`{"nodeSelector": {}, "subnetID": "${SUBNET_A}", "securityGroupIDs": ["${SG_DPDK}"], "__proto__": {"mtu": 1}}`),
-        },
-      ],
-    ),
+    setup: nodeEnis([
+      {
+        metadata: { name: "p" },
+        spec: JSON.parse(
+          `{"nodeSelector": {}, "subnetID": "${SUBNET_A}", "securityGroupIDs": ["${SG_DPDK}"], "__proto__": {"mtu": 1}}`,
+        ),
+      },
+    ]),
     want: { source: "NodeENI p", key: "spec.__proto__", message: protoMsg },
   },
   {
@@ -245,9 +274,18 @@ const prototypeCases: Case[] = [
     toml: KUBE_TOML,
     setup: async (w, t) => {
       const emu = await withKube(t, w, []);
-      put(w, "etc/eni-dpdk/kubeconfig", kubeconfig(emu.url).replace("current-context: ctx", "current-context: constructor"), 0o600);
+      put(
+        w,
+        "etc/eni-dpdk/kubeconfig",
+        kubeconfig(emu.url).replace("current-context: ctx", "current-context: constructor"),
+        0o600,
+      );
     },
-    want: { source: /^kubeconfig .*\/etc\/eni-dpdk\/kubeconfig$/, key: "current-context", message: /has no context "constructor"/ },
+    want: {
+      source: /^kubeconfig .*\/etc\/eni-dpdk\/kubeconfig$/,
+      key: "current-context",
+      message: /has no context "constructor"/,
+    },
   },
 ];
 
@@ -258,7 +296,11 @@ const typeCases: Case[] = [
   {
     name: "input/types: file device_index = 1.0",
     toml: baseToml(KERNEL_ENI().replace("device_index = 9", "device_index = 9.0")),
-    want: { source: /config\.toml:\d+:1$/, key: "eni.k9.device_index", message: /got a float 9\.0/ },
+    want: {
+      source: /config\.toml:\d+:1$/,
+      key: "eni.k9.device_index",
+      message: /got a float 9\.0/,
+    },
   },
   {
     name: "input/types: file mtu = 9.001e3",
@@ -267,18 +309,29 @@ const typeCases: Case[] = [
   },
   {
     name: "input/types: file timeout_seconds = 3e2",
-    toml: baseToml().replace("reconcile_interval_seconds = 0", "reconcile_interval_seconds = 0\ntimeout_seconds = 3e2"),
+    toml: baseToml().replace(
+      "reconcile_interval_seconds = 0",
+      "reconcile_interval_seconds = 0\ntimeout_seconds = 3e2",
+    ),
     want: { source: /config\.toml:\d+:1$/, key: "service.timeout_seconds", message: floatMsg },
   },
   {
     name: "input/types: file mtu past 2^53 is out of range with the range",
     toml: baseToml(`${KERNEL_ENI()}mtu = 9007199254740993\n`),
-    want: { source: /config\.toml:\d+:1$/, key: "eni.k9.mtu", message: /out of range: expected 576\.\.9216, got 9007199254740993/ },
+    want: {
+      source: /config\.toml:\d+:1$/,
+      key: "eni.k9.mtu",
+      message: /out of range: expected 576\.\.9216, got 9007199254740993/,
+    },
   },
   {
     name: "input/types: file hugepages past 2^63 is a syntax error at line:col naming the key",
     toml: baseToml("[dpdk]\nhugepages_2m = 99999999999999999999\n"),
-    want: { source: /config\.toml:\d+:16$/, key: "dpdk.hugepages_2m", message: /not valid TOML: Integer literal is outside the 64-bit/ },
+    want: {
+      source: /config\.toml:\d+:16$/,
+      key: "dpdk.hugepages_2m",
+      message: /not valid TOML: Integer literal is outside the 64-bit/,
+    },
   },
   {
     name: "input/types: file grammar error carries line:col",
@@ -288,12 +341,25 @@ const typeCases: Case[] = [
   {
     name: "input/types: file redefined key carries line:col and the key",
     toml: baseToml("[dpdk]\nenabled = true\nenabled = false\n"),
-    want: { source: /config\.toml:\d+:1$/, key: "dpdk.enabled", message: /Cannot redefine existing key/ },
+    want: {
+      source: /config\.toml:\d+:1$/,
+      key: "dpdk.enabled",
+      message: /Cannot redefine existing key/,
+    },
   },
   {
     name: "input/types: config.d network_card_index = 1.5",
-    setup: (w) => void put(w, "etc/eni-dpdk/config.d/20-n.toml", `[[eni]]\nname = "data1"\nnetwork_card_index = 1.5\n`),
-    want: { source: "/etc/eni-dpdk/config.d/20-n.toml:3:1", key: "eni.data1.network_card_index", message: /got a float 1\.5/ },
+    setup: (w) =>
+      void put(
+        w,
+        "etc/eni-dpdk/config.d/20-n.toml",
+        `[[eni]]\nname = "data1"\nnetwork_card_index = 1.5\n`,
+      ),
+    want: {
+      source: "/etc/eni-dpdk/config.d/20-n.toml:3:1",
+      key: "eni.data1.network_card_index",
+      message: /got a float 1\.5/,
+    },
   },
   {
     name: "input/types: raw user-data device_index = 2.0",
@@ -313,22 +379,38 @@ const typeCases: Case[] = [
   {
     name: "input/types: MIME part syntax error carries the part and line:col",
     setup: userData(mime([part(NODEADM, NODE_CONFIG), part(OUR, "[dpdk\n")])),
-    want: { source: /^user-data part 2 \(application\/eni-dpdk\+toml\):1:\d+$/, key: "(syntax)", message: /not valid TOML/ },
+    want: {
+      source: /^user-data part 2 \(application\/eni-dpdk\+toml\):1:\d+$/,
+      key: "(syntax)",
+      message: /not valid TOML/,
+    },
   },
   {
     name: "input/types: tag hugepages_2m=1e3",
     setup: imdsTags({ "eni-dpdk:dpdk": "hugepages_2m=1e3" }),
-    want: { source: "tag eni-dpdk:dpdk", key: "dpdk.hugepages_2m", message: /expected an integer, got "1e3" \(plain decimal digits/ },
+    want: {
+      source: "tag eni-dpdk:dpdk",
+      key: "dpdk.hugepages_2m",
+      message: /expected an integer, got "1e3" \(plain decimal digits/,
+    },
   },
   {
     name: "input/types: tag device_index=0x10",
     setup: imdsTags({ "eni-dpdk:eni:data1": "device_index=0x10" }),
-    want: { source: "tag eni-dpdk:eni:data1", key: "eni.data1.device_index", message: /expected an integer, got "0x10"/ },
+    want: {
+      source: "tag eni-dpdk:eni:data1",
+      key: "eni.data1.device_index",
+      message: /expected an integer, got "0x10"/,
+    },
   },
   {
     name: "input/types: tag mtu=+9001 (DescribeTags)",
     setup: (w) => describeTags(w, { "eni-dpdk:eni:data1": "mtu=+9001" }),
-    want: { source: "tag eni-dpdk:eni:data1", key: "eni.data1.mtu", message: /expected an integer, got "\+9001"/ },
+    want: {
+      source: "tag eni-dpdk:eni:data1",
+      key: "eni.data1.mtu",
+      message: /expected an integer, got "\+9001"/,
+    },
   },
   {
     name: "input/types: tag device_index=01",
@@ -344,15 +426,24 @@ const typeCases: Case[] = [
     name: "input/types: NodeENI deviceIndex 1.5",
     toml: KUBE_TOML,
     setup: nodeEnis([nodeEni("f", { deviceIndex: 1.5 })]),
-    want: { source: "NodeENI f", key: "spec.deviceIndex", message: /expected an integer, got 1\.5/ },
+    want: {
+      source: "NodeENI f",
+      key: "spec.deviceIndex",
+      message: /expected an integer, got 1\.5/,
+    },
   },
   {
     name: "input/types: a config.d file that is not UTF-8",
-    setup: (w) => void put(
-      w,
-      "etc/eni-dpdk/config.d/30-latin1.toml",
-      Buffer.concat([Buffer.from('[[eni]]\nname = "data1"\ndescription = "caf'), Buffer.from([0xe9]), Buffer.from('"\n')]),
-    ),
+    setup: (w) =>
+      void put(
+        w,
+        "etc/eni-dpdk/config.d/30-latin1.toml",
+        Buffer.concat([
+          Buffer.from('[[eni]]\nname = "data1"\ndescription = "caf'),
+          Buffer.from([0xe9]),
+          Buffer.from('"\n'),
+        ]),
+      ),
     want: {
       source: /^\/etc\/eni-dpdk\/config\.d\/30-latin1\.toml /,
       key: "(file)",
@@ -361,7 +452,12 @@ const typeCases: Case[] = [
   },
   {
     name: "input/types: our MIME part that is not UTF-8",
-    setup: userData(Buffer.from(mime([part(NODEADM, NODE_CONFIG), part(OUR, "[dpdk]\ndriver = \"vfio-pci\xff\"\n")]), "latin1")),
+    setup: userData(
+      Buffer.from(
+        mime([part(NODEADM, NODE_CONFIG), part(OUR, '[dpdk]\ndriver = "vfio-pci\xff"\n')]),
+        "latin1",
+      ),
+    ),
     want: {
       source: "user-data part 2 (application/eni-dpdk+toml)",
       key: "(encoding)",
@@ -371,7 +467,11 @@ const typeCases: Case[] = [
   {
     name: "input/types: env ENABLE_DPDK=yes",
     env: { ENABLE_DPDK: "yes" },
-    want: { source: "env ENABLE_DPDK", key: "dpdk.enabled", message: /expected true or false, got "yes"/ },
+    want: {
+      source: "env ENABLE_DPDK",
+      key: "dpdk.enabled",
+      message: /expected true or false, got "yes"/,
+    },
   },
 ];
 
@@ -380,12 +480,24 @@ const typeCases: Case[] = [
 const userDataCases: Case[] = [
   {
     name: "input/user-data: declared boundary matches no part",
-    setup: userData(mime([part(NODEADM, NODE_CONFIG, "X"), part(OUR, "[dpdk]\nhugepages_2m = 2\n", "X")], "X", "B")),
-    want: { source: "user-data", key: "(mime)", message: /declares boundary "B", but no line is "--B"/ },
+    setup: userData(
+      mime(
+        [part(NODEADM, NODE_CONFIG, "X"), part(OUR, "[dpdk]\nhugepages_2m = 2\n", "X")],
+        "X",
+        "B",
+      ),
+    ),
+    want: {
+      source: "user-data",
+      key: "(mime)",
+      message: /declares boundary "B", but no line is "--B"/,
+    },
   },
   {
     name: "input/user-data: our part behind a boundary other than the declared one",
-    setup: userData(mime([part(NODEADM, NODE_CONFIG), part(OUR, "[dpdk]\nhugepages_2m = 2\n", "OTHER")])),
+    setup: userData(
+      mime([part(NODEADM, NODE_CONFIG), part(OUR, "[dpdk]\nhugepages_2m = 2\n", "OTHER")]),
+    ),
     want: {
       source: "user-data",
       key: "(mime)",
@@ -394,18 +506,27 @@ const userDataCases: Case[] = [
   },
   {
     name: "input/user-data: multipart without a boundary parameter",
-    setup: userData(`MIME-Version: 1.0\nContent-Type: multipart/mixed\n\n${part(OUR, "[dpdk]\nhugepages_2m = 2\n")}--B--\n`),
+    setup: userData(
+      `MIME-Version: 1.0\nContent-Type: multipart/mixed\n\n${part(OUR, "[dpdk]\nhugepages_2m = 2\n")}--B--\n`,
+    ),
     want: { source: "user-data", key: "(mime)", message: /no boundary parameter/ },
   },
   {
     name: "input/user-data: our part nested in a multipart/mixed part",
     setup: userData(
-      mime([part(NODEADM, NODE_CONFIG), part('multipart/mixed; boundary="IN"', `${part(OUR, "[dpdk]\nhugepages_2m = 2\n", "IN")}--IN--`)]),
+      mime([
+        part(NODEADM, NODE_CONFIG),
+        part(
+          'multipart/mixed; boundary="IN"',
+          `${part(OUR, "[dpdk]\nhugepages_2m = 2\n", "IN")}--IN--`,
+        ),
+      ]),
     ),
     want: {
       source: "user-data part 2.1 (application/eni-dpdk+toml)",
       key: "(mime)",
-      message: /is nested inside user-data part 2 \(multipart\/mixed\); nodeadm reads only top-level parts/,
+      message:
+        /is nested inside user-data part 2 \(multipart\/mixed\); nodeadm reads only top-level parts/,
     },
   },
   {
@@ -422,22 +543,36 @@ const userDataCases: Case[] = [
   },
   {
     name: "input/user-data: our tables in a text/plain part",
-    setup: userData(mime([part(NODEADM, NODE_CONFIG), part("text/plain; charset=us-ascii", "[dpdk]\nhugepages_2m = 2\n")])),
+    setup: userData(
+      mime([
+        part(NODEADM, NODE_CONFIG),
+        part("text/plain; charset=us-ascii", "[dpdk]\nhugepages_2m = 2\n"),
+      ]),
+    ),
     want: {
       source: "user-data part 2 (text/plain)",
       key: "Content-Type",
-      message: /holds eni-dpdk tables but is typed text\/plain .*only parts with Content-Type: application\/eni-dpdk\+toml/,
+      message:
+        /holds eni-dpdk tables but is typed text\/plain .*only parts with Content-Type: application\/eni-dpdk\+toml/,
     },
   },
   {
     name: "input/user-data: our tables in a part without Content-Type",
     setup: userData(mime([part(NODEADM, NODE_CONFIG), `--B\n\n${KERNEL_ENI()}\n`])),
-    want: { source: "user-data part 2 (text/plain)", key: "Content-Type", message: /typed text\/plain \(or untyped\)/ },
+    want: {
+      source: "user-data part 2 (text/plain)",
+      key: "Content-Type",
+      message: /typed text\/plain \(or untyped\)/,
+    },
   },
   {
     name: "input/user-data: gzip bomb as the whole blob",
     setup: userData(bomb(64 * 1024 * 1024)),
-    want: { source: "user-data", key: "(encoding)", message: /gzip data inflates past the 1 MiB limit/ },
+    want: {
+      source: "user-data",
+      key: "(encoding)",
+      message: /gzip data inflates past the 1 MiB limit/,
+    },
   },
   {
     name: "input/user-data: base64 of a gzip bomb as the whole blob",
@@ -446,7 +581,12 @@ const userDataCases: Case[] = [
   },
   {
     name: "input/user-data: gzip bomb inside our MIME part (base64 transfer encoding)",
-    setup: userData(mime([part(NODEADM, NODE_CONFIG), part(OUR, b64(bomb(4 * 1024 * 1024)), "B", "Content-Transfer-Encoding: base64\n")])),
+    setup: userData(
+      mime([
+        part(NODEADM, NODE_CONFIG),
+        part(OUR, b64(bomb(4 * 1024 * 1024)), "B", "Content-Transfer-Encoding: base64\n"),
+      ]),
+    ),
     want: {
       source: "user-data part 2 (application/eni-dpdk+toml)",
       key: "(encoding)",
@@ -459,12 +599,29 @@ const userDataCases: Case[] = [
       const big = (n: number) => b64(gzipSync(`[dpdk]\nhugepages_2m = 1\n# ${"x".repeat(n)}\n`));
       w.imds.instance.userData = mime([part(OUR, big(700 * 1024)), part(OUR, big(700 * 1024))]);
     },
-    want: { source: "user-data part 2 (application/eni-dpdk+toml)", key: "(encoding)", message: /1 MiB limit/ },
+    want: {
+      source: "user-data part 2 (application/eni-dpdk+toml)",
+      key: "(encoding)",
+      message: /1 MiB limit/,
+    },
   },
   {
     name: "input/user-data: corrupt gzip in our part",
-    setup: userData(mime([part(OUR, b64(Buffer.from([0x1f, 0x8b, 8, 0, 1, 2, 3, 4])), "B", "Content-Transfer-Encoding: base64\n")])),
-    want: { source: "user-data part 1 (application/eni-dpdk+toml)", key: "(encoding)", message: /gzip data is corrupt/ },
+    setup: userData(
+      mime([
+        part(
+          OUR,
+          b64(Buffer.from([0x1f, 0x8b, 8, 0, 1, 2, 3, 4])),
+          "B",
+          "Content-Transfer-Encoding: base64\n",
+        ),
+      ]),
+    ),
+    want: {
+      source: "user-data part 1 (application/eni-dpdk+toml)",
+      key: "(encoding)",
+      message: /gzip data is corrupt/,
+    },
   },
   {
     name: "input/user-data: a text/plain single document with our headers and broken TOML",
@@ -484,22 +641,35 @@ const tagCases: Case[] = [
   {
     name: "input/tags: a key repeated in one value (IMDS)",
     setup: imdsTags({ "eni-dpdk:eni:data1": "device_index=1;device_index=5" }),
-    want: { source: "tag eni-dpdk:eni:data1", key: "eni.data1.device_index", message: /"device_index" is set twice in this tag value/ },
+    want: {
+      source: "tag eni-dpdk:eni:data1",
+      key: "eni.data1.device_index",
+      message: /"device_index" is set twice in this tag value/,
+    },
   },
   {
     name: "input/tags: a key repeated in one value (DescribeTags)",
-    setup: (w) => describeTags(w, { "eni-dpdk:dpdk": "driver=vfio-pci;hugepages_2m=2;driver=igb_uio" }),
+    setup: (w) =>
+      describeTags(w, { "eni-dpdk:dpdk": "driver=vfio-pci;hugepages_2m=2;driver=igb_uio" }),
     want: { source: "tag eni-dpdk:dpdk", key: "dpdk.driver", message: /set twice/ },
   },
   {
     name: "input/tags: a dotted key repeated with spaces",
     setup: imdsTags({ "eni-dpdk:eni:data1": "dpdk.driver=vfio-pci; dpdk . driver=igb_uio" }),
-    want: { source: "tag eni-dpdk:eni:data1", key: /^eni\.data1\.dpdk \. driver$/, message: /"dpdk\.driver" is set twice/ },
+    want: {
+      source: "tag eni-dpdk:eni:data1",
+      key: /^eni\.data1\.dpdk \. driver$/,
+      message: /"dpdk\.driver" is set twice/,
+    },
   },
   {
     name: "input/tags: empty segment a..b",
     setup: imdsTags({ "eni-dpdk:dpdk": "a..b=1" }),
-    want: { source: "tag eni-dpdk:dpdk", key: "dpdk.a..b", message: /empty key segment in "a\.\.b"/ },
+    want: {
+      source: "tag eni-dpdk:dpdk",
+      key: "dpdk.a..b",
+      message: /empty key segment in "a\.\.b"/,
+    },
   },
   {
     name: "input/tags: leading dot .x",
@@ -509,7 +679,11 @@ const tagCases: Case[] = [
   {
     name: "input/tags: trailing dot dpdk.",
     setup: (w) => describeTags(w, { "eni-dpdk:eni:data1": "dpdk.=1" }),
-    want: { source: "tag eni-dpdk:eni:data1", key: "eni.data1.dpdk.", message: /empty key segment/ },
+    want: {
+      source: "tag eni-dpdk:eni:data1",
+      key: "eni.data1.dpdk.",
+      message: /empty key segment/,
+    },
   },
   {
     name: "input/tags: dpdk=… then dpdk.x=…",
@@ -523,7 +697,11 @@ const tagCases: Case[] = [
   {
     name: "input/tags: dpdk.x=… then dpdk=…",
     setup: imdsTags({ "eni-dpdk:eni:data1": "dpdk.enabled=false;dpdk=1" }),
-    want: { source: "tag eni-dpdk:eni:data1", key: "eni.data1.dpdk", message: /"dpdk" is set as a value, but "dpdk\.…" keys are also set/ },
+    want: {
+      source: "tag eni-dpdk:eni:data1",
+      key: "eni.data1.dpdk",
+      message: /"dpdk" is set as a value, but "dpdk\.…" keys are also set/,
+    },
   },
   {
     name: "input/tags: a path into a non-table (device_index.x)",
@@ -537,17 +715,29 @@ const tagCases: Case[] = [
   {
     name: "input/tags: a pair without =",
     setup: imdsTags({ "eni-dpdk:dpdk": "enabled" }),
-    want: { source: "tag eni-dpdk:dpdk", key: "dpdk.enabled", message: /expected key=value, got "enabled"/ },
+    want: {
+      source: "tag eni-dpdk:dpdk",
+      key: "dpdk.enabled",
+      message: /expected key=value, got "enabled"/,
+    },
   },
   {
     name: "input/tags: name= in an eni tag differs from the key",
     setup: imdsTags({ "eni-dpdk:eni:data1": "name=other" }),
-    want: { source: "tag eni-dpdk:eni:data1", key: "name", message: /the ENI name comes from the tag key/ },
+    want: {
+      source: "tag eni-dpdk:eni:data1",
+      key: "name",
+      message: /the ENI name comes from the tag key/,
+    },
   },
   {
     name: "input/tags: unknown eni-dpdk tag",
     setup: imdsTags({ "eni-dpdk:hugepages": "x=1" }),
-    want: { source: "tag eni-dpdk:hugepages", key: "eni-dpdk:hugepages", message: /unknown eni-dpdk tag; expected one of/ },
+    want: {
+      source: "tag eni-dpdk:hugepages",
+      key: "eni-dpdk:hugepages",
+      message: /unknown eni-dpdk tag; expected one of/,
+    },
   },
 ];
 
@@ -560,7 +750,8 @@ const errorCases: Case[] = [
     setup: (w) => void dir(w, "etc/eni-dpdk/conf.toml"),
     args: ["apply", "--config", "/etc/eni-dpdk/conf.toml"],
     want: {
-      source: /^\/etc\/eni-dpdk\/conf\.toml \(resolved under --root as .*\/etc\/eni-dpdk\/conf\.toml\)$/,
+      source:
+        /^\/etc\/eni-dpdk\/conf\.toml \(resolved under --root as .*\/etc\/eni-dpdk\/conf\.toml\)$/,
       key: "(file)",
       message: /is a directory; --config names one TOML file/,
     },
@@ -568,13 +759,18 @@ const errorCases: Case[] = [
   {
     name: "input/errors: a relative --config",
     args: ["apply", "--config", "etc/eni-dpdk/config.toml"],
-    want: { source: "--config etc/eni-dpdk/config.toml", key: "(file)", message: /must be absolute; it is resolved under --root/ },
+    want: {
+      source: "--config etc/eni-dpdk/config.toml",
+      key: "(file)",
+      message: /must be absolute; it is resolved under --root/,
+    },
   },
   {
     name: "input/errors: a missing --config shows the path resolved under --root",
     args: ["plan", "--config", "/etc/eni-dpdk/nope.toml"],
     want: {
-      source: /^\/etc\/eni-dpdk\/nope\.toml \(resolved under --root as \/.*\/etc\/eni-dpdk\/nope\.toml\)$/,
+      source:
+        /^\/etc\/eni-dpdk\/nope\.toml \(resolved under --root as \/.*\/etc\/eni-dpdk\/nope\.toml\)$/,
       key: "(file)",
       message: /no such file/,
     },
@@ -583,7 +779,11 @@ const errorCases: Case[] = [
     name: "input/errors: --root that does not exist",
     // unique per run: an older build that created it would otherwise make the case vacuous
     args: ["apply", "--root", MISSING_ROOT],
-    want: { source: `--root ${MISSING_ROOT}`, key: "(root)", message: /is not an existing directory/ },
+    want: {
+      source: `--root ${MISSING_ROOT}`,
+      key: "(root)",
+      message: /is not an existing directory/,
+    },
   },
   {
     name: "input/errors: a config.d entry that is a directory",
@@ -602,12 +802,24 @@ const errorCases: Case[] = [
   {
     name: "input/errors: config.d is a file",
     setup: (w) => void put(w, "etc/eni-dpdk/config.d", "[dpdk]\n"),
-    want: { source: /^\/etc\/eni-dpdk\/config\.d /, key: "(directory)", message: /is not a directory; it should hold \*\.toml files/ },
+    want: {
+      source: /^\/etc\/eni-dpdk\/config\.d /,
+      key: "(directory)",
+      message: /is not a directory; it should hold \*\.toml files/,
+    },
   },
   {
     name: "input/errors: config.toml is a directory",
-    setup: (w) => void (rmSync(path.join(w.root, "etc/eni-dpdk/config.toml")), dir(w, "etc/eni-dpdk/config.toml")),
-    want: { source: /^\/etc\/eni-dpdk\/config\.toml /, key: "(file)", message: /is a directory; expected the TOML config file/ },
+    setup: (w) =>
+      void (
+        rmSync(path.join(w.root, "etc/eni-dpdk/config.toml")),
+        dir(w, "etc/eni-dpdk/config.toml")
+      ),
+    want: {
+      source: /^\/etc\/eni-dpdk\/config\.toml /,
+      key: "(file)",
+      message: /is a directory; expected the TOML config file/,
+    },
   },
   {
     name: "input/errors: a single table [eni] instead of [[eni]]",
@@ -615,7 +827,8 @@ const errorCases: Case[] = [
     want: {
       source: /config\.toml:\d+:1$/,
       key: "eni",
-      message: /expected an array of tables \[\[eni\]\], got table \(a single table \[eni\]; write \[\[eni\]\]/,
+      message:
+        /expected an array of tables \[\[eni\]\], got table \(a single table \[eni\]; write \[\[eni\]\]/,
     },
   },
   {
@@ -624,7 +837,8 @@ const errorCases: Case[] = [
     want: {
       source: /config\.toml:\d+:1$/,
       key: "dpdk",
-      message: /expected a table \[dpdk\], got array \(an array; write \[dpdk\] with single brackets/,
+      message:
+        /expected a table \[dpdk\], got array \(an array; write \[dpdk\] with single brackets/,
     },
   },
   {
@@ -641,13 +855,21 @@ const errorCases: Case[] = [
     name: "input/errors: NodeENI metadata.name is a number",
     toml: KUBE_TOML,
     setup: nodeEnis([{ metadata: { name: 7 }, spec: {} }]),
-    want: { source: /^NodeENI items\[0\]/, key: "metadata.name", message: /expected a non-empty string, got 7/ },
+    want: {
+      source: /^NodeENI items\[0\]/,
+      key: "metadata.name",
+      message: /expected a non-empty string, got 7/,
+    },
   },
   {
     name: "input/errors: NodeENI spec is a list",
     toml: KUBE_TOML,
     setup: nodeEnis([{ metadata: { name: "l" }, spec: ["x"] }]),
-    want: { source: /^NodeENI items\[0\]/, key: "spec", message: /expected an object, got \["x"\]/ },
+    want: {
+      source: /^NodeENI items\[0\]/,
+      key: "spec",
+      message: /expected an object, got \["x"\]/,
+    },
   },
   {
     name: "input/errors: a NodeENI list whose items is not an array is an OpError naming the API server",
@@ -668,7 +890,12 @@ const errorCases: Case[] = [
     toml: KUBE_TOML,
     setup: async (w, t) => {
       await withKube(t, w, []);
-      put(w, "etc/eni-dpdk/kubeconfig", "current-context: ctx\nclusters:\n  c1: {server: https://x}\n", 0o600);
+      put(
+        w,
+        "etc/eni-dpdk/kubeconfig",
+        "current-context: ctx\nclusters:\n  c1: {server: https://x}\n",
+        0o600,
+      );
     },
     want: {
       source: /^kubeconfig .*\/etc\/eni-dpdk\/kubeconfig$/,
@@ -681,9 +908,18 @@ const errorCases: Case[] = [
     toml: KUBE_TOML,
     setup: async (w, t) => {
       const emu = await withKube(t, w, []);
-      put(w, "etc/eni-dpdk/kubeconfig", kubeconfig(emu.url, "{exec: {command: aws, args: eks get-token}}"), 0o600);
+      put(
+        w,
+        "etc/eni-dpdk/kubeconfig",
+        kubeconfig(emu.url, "{exec: {command: aws, args: eks get-token}}"),
+        0o600,
+      );
     },
-    want: { source: /^kubeconfig /, key: "users[u1].user.exec.args", message: /expected a list of strings/ },
+    want: {
+      source: /^kubeconfig /,
+      key: "users[u1].user.exec.args",
+      message: /expected a list of strings/,
+    },
   },
   {
     name: "input/errors: env DEFAULT_DPDK_DRIVER=vfio",
@@ -697,7 +933,11 @@ const errorCases: Case[] = [
   {
     name: "input/errors: env SRIOV_DP_CONFIG_PATH relative",
     env: { SRIOV_DP_CONFIG_PATH: "etc/pcidp/config.json" },
-    want: { source: "env SRIOV_DP_CONFIG_PATH", key: "sriov.config_path", message: /expected an absolute path/ },
+    want: {
+      source: "env SRIOV_DP_CONFIG_PATH",
+      key: "sriov.config_path",
+      message: /expected an absolute path/,
+    },
   },
   {
     name: "input/errors: the rejected second run after a converged apply changes nothing",
@@ -717,29 +957,47 @@ const permissionCases: Case[] = [
     want: {
       source: /^\/etc\/eni-dpdk\/config\.toml /,
       key: "(file)",
-      message: /is group- and world-writable \(mode 0666\); .*chmod go-w \/.*\/etc\/eni-dpdk\/config\.toml$/,
+      message:
+        /is group- and world-writable \(mode 0666\); .*chmod go-w \/.*\/etc\/eni-dpdk\/config\.toml$/,
     },
   },
   {
     name: "input/permissions: group-writable config.toml on a converged node",
     converged: true,
     setup: (w) => chmodSync(path.join(w.root, "etc/eni-dpdk/config.toml"), 0o664),
-    want: { source: /^\/etc\/eni-dpdk\/config\.toml /, key: "(file)", message: /is group-writable \(mode 0664\)/ },
+    want: {
+      source: /^\/etc\/eni-dpdk\/config\.toml /,
+      key: "(file)",
+      message: /is group-writable \(mode 0664\)/,
+    },
   },
   {
     name: "input/permissions: config.toml owned by another user",
     setup: (w) => chownSync(path.join(w.root, "etc/eni-dpdk/config.toml"), 1234, 1234),
-    want: { source: /config\.toml /, key: "(file)", message: /is owned by uid 1234, not root; .*chown root / },
+    want: {
+      source: /config\.toml /,
+      key: "(file)",
+      message: /is owned by uid 1234, not root; .*chown root /,
+    },
   },
   {
     name: "input/permissions: world-writable config.d file",
-    setup: (w) => void put(w, "etc/eni-dpdk/config.d/10-a.toml", "[dpdk]\nhugepages_2m = 1\n", 0o646),
-    want: { source: /config\.d\/10-a\.toml /, key: "(file)", message: chmodFix("etc/eni-dpdk/config.d/10-a.toml") },
+    setup: (w) =>
+      void put(w, "etc/eni-dpdk/config.d/10-a.toml", "[dpdk]\nhugepages_2m = 1\n", 0o646),
+    want: {
+      source: /config\.d\/10-a\.toml /,
+      key: "(file)",
+      message: chmodFix("etc/eni-dpdk/config.d/10-a.toml"),
+    },
   },
   {
     name: "input/permissions: world-writable config.d directory",
     setup: (w) => chmodSync(dir(w, "etc/eni-dpdk/config.d"), 0o777),
-    want: { source: /^\/etc\/eni-dpdk\/config\.d /, key: "(directory)", message: /is group- and world-writable \(mode 0777\)/ },
+    want: {
+      source: /^\/etc\/eni-dpdk\/config\.d /,
+      key: "(directory)",
+      message: /is group- and world-writable \(mode 0777\)/,
+    },
   },
   {
     name: "input/permissions: group-writable /etc/eni-dpdk",
@@ -760,7 +1018,11 @@ const permissionCases: Case[] = [
       mkdirSync(path.join(w.root, "etc/eni-dpdk/config.d"), { recursive: true });
       symlinkSync(target, path.join(w.root, "etc/eni-dpdk/config.d/90-link.toml"));
     },
-    want: { source: /config\.d\/90-link\.toml /, key: "(file)", message: /world-writable \(mode 0666\)/ },
+    want: {
+      source: /config\.d\/90-link\.toml /,
+      key: "(file)",
+      message: /world-writable \(mode 0666\)/,
+    },
   },
   {
     name: "input/permissions: world-writable kubeconfig",
@@ -769,7 +1031,11 @@ const permissionCases: Case[] = [
       await withKube(t, w, []);
       chmodSync(path.join(w.root, "etc/eni-dpdk/kubeconfig"), 0o666);
     },
-    want: { source: /^\/etc\/eni-dpdk\/kubeconfig /, key: "kubernetes.kubeconfig", message: chmodFix("etc/eni-dpdk/kubeconfig") },
+    want: {
+      source: /^\/etc\/eni-dpdk\/kubeconfig /,
+      key: "kubernetes.kubeconfig",
+      message: chmodFix("etc/eni-dpdk/kubeconfig"),
+    },
   },
   {
     name: "input/permissions: group-writable [kubernetes].ca_file",
@@ -777,7 +1043,11 @@ const permissionCases: Case[] = [
       `[service]\nsources = ["file", "nodeeni"]\n` +
       `[kubernetes]\napi_server = "https://127.0.0.1:1"\ncluster_name = "demo"\nca_file = "/etc/eni-dpdk/ca.pem"\n`,
     setup: (w) => void put(w, "etc/eni-dpdk/ca.pem", pki.caCert, 0o664),
-    want: { source: /^\/etc\/eni-dpdk\/ca\.pem /, key: "kubernetes.ca_file", message: /is group-writable \(mode 0664\)/ },
+    want: {
+      source: /^\/etc\/eni-dpdk\/ca\.pem /,
+      key: "kubernetes.ca_file",
+      message: /is group-writable \(mode 0664\)/,
+    },
   },
   {
     name: "input/permissions: a kubeconfig tokenFile others can write",
@@ -787,7 +1057,11 @@ const permissionCases: Case[] = [
       put(w, "etc/eni-dpdk/token", "t0k\n", 0o622);
       put(w, "etc/eni-dpdk/kubeconfig", kubeconfig(emu.url, "{tokenFile: token}"), 0o600);
     },
-    want: { source: /^\/etc\/eni-dpdk\/token /, key: "users[u1].user.tokenFile", message: /is group- and world-writable \(mode 0622\)/ },
+    want: {
+      source: /^\/etc\/eni-dpdk\/token /,
+      key: "users[u1].user.tokenFile",
+      message: /is group- and world-writable \(mode 0622\)/,
+    },
   },
 ];
 
@@ -812,7 +1086,11 @@ const bindingCases: Case[] = [
   {
     name: "input/binding: binding_script with .. (user-data)",
     setup: userData('[dpdk]\nbinding_script = "/usr/bin/../sbin/devbind"\n'),
-    want: { source: "user-data:2:1", key: "dpdk.binding_script", message: /is not an absolute, normalized path/ },
+    want: {
+      source: "user-data:2:1",
+      key: "dpdk.binding_script",
+      message: /is not an absolute, normalized path/,
+    },
   },
   {
     name: "input/binding: binding_script with a trailing /",
@@ -827,7 +1105,11 @@ const bindingCases: Case[] = [
   {
     name: "input/binding: restart_command with an empty program",
     toml: baseToml('[sriov]\nrestart_command = [""]\n'),
-    want: { source: /config\.toml:\d+:1$/, key: "sriov.restart_command", message: /must be an absolute path; "" is empty/ },
+    want: {
+      source: /config\.toml:\d+:1$/,
+      key: "sriov.restart_command",
+      message: /must be an absolute path; "" is empty/,
+    },
   },
   {
     name: "input/binding: restart_command with a stray comma (tag)",
@@ -850,7 +1132,11 @@ const bindingCases: Case[] = [
   {
     name: "input/binding: restart_command program with // (tag)",
     setup: imdsTags({ "eni-dpdk:sriov": "restart_command=/usr//bin/kubectl,delete" }),
-    want: { source: "tag eni-dpdk:sriov", key: "sriov.restart_command", message: /must be an absolute path/ },
+    want: {
+      source: "tag eni-dpdk:sriov",
+      key: "sriov.restart_command",
+      message: /must be an absolute path/,
+    },
   },
   {
     name: "input/binding: restart_command program with arguments in one word",
@@ -867,7 +1153,8 @@ const imdsCases: Case[] = [
     setup: (w) => {
       w.imds.instance.tags = { "eni-dpdk:dpdk": "hugepages_2m=1" };
       const lookup = w.imds.lookup.bind(w.imds);
-      w.imds.lookup = (p) => (p === "meta-data/tags/instance/eni-dpdk:dpdk" ? undefined : lookup(p));
+      w.imds.lookup = (p) =>
+        p === "meta-data/tags/instance/eni-dpdk:dpdk" ? undefined : lookup(p);
     },
     want: {
       code: 1,
@@ -878,7 +1165,16 @@ const imdsCases: Case[] = [
   },
 ];
 
-const tables = [prototypeCases, typeCases, userDataCases, tagCases, errorCases, permissionCases, bindingCases, imdsCases];
+const tables = [
+  prototypeCases,
+  typeCases,
+  userDataCases,
+  tagCases,
+  errorCases,
+  permissionCases,
+  bindingCases,
+  imdsCases,
+];
 for (const c of tables.flat()) rejected(c);
 
 // ---- cases that are not table-shaped ----------------------------------------------------------------------
@@ -892,103 +1188,162 @@ function runQuiet(cmd: string, args: string[]): Promise<void> {
   });
 }
 
-t.test("input/errors: a config file root cannot read (EACCES, run as nobody) names the file and the cause", async (t) => {
-  const w = await world(t, { configToml: baseToml() });
-  chmodSync(w.root, 0o755);
-  chmodSync(path.join(w.root, "etc/eni-dpdk/config.toml"), 0o600);
-  const before = snapshotRoot(w.root);
-  const child = spawn(process.execPath, [BUNDLE, "validate"], { env: w.env(), uid: 65534, gid: 65534, stdio: ["ignore", "pipe", "pipe"] });
-  let stderr = "";
-  child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
-  const code = await new Promise<number | null>((r) => child.on("close", r));
-  t.equal(code, 2, stderr);
-  const err = parseLog(stderr).find((l) => l.level === "error" && l.key === "(file)");
-  t.match(err?.source, /^\/etc\/eni-dpdk\/config\.toml /);
-  t.match(err?.msg, /cannot be read: permission denied \(EACCES\)/);
-  t.same(diffSnapshots(before, snapshotRoot(w.root)), [], "the root is byte-identical");
-  t.equal(w.ec2.mutatingCalls(), 0);
-});
+t.test(
+  "input/errors: a config file root cannot read (EACCES, run as nobody) names the file and the cause",
+  async (t) => {
+    const w = await world(t, { configToml: baseToml() });
+    chmodSync(w.root, 0o755);
+    chmodSync(path.join(w.root, "etc/eni-dpdk/config.toml"), 0o600);
+    const before = snapshotRoot(w.root);
+    const child = spawn(process.execPath, [BUNDLE, "validate"], {
+      env: w.env(),
+      uid: 65534,
+      gid: 65534,
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let stderr = "";
+    child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
+    const code = await new Promise<number | null>((r) => child.on("close", r));
+    t.equal(code, 2, stderr);
+    const err = parseLog(stderr).find((l) => l.level === "error" && l.key === "(file)");
+    t.match(err?.source, /^\/etc\/eni-dpdk\/config\.toml /);
+    t.match(err?.msg, /cannot be read: permission denied \(EACCES\)/);
+    t.same(diffSnapshots(before, snapshotRoot(w.root)), [], "the root is byte-identical");
+    t.equal(w.ec2.mutatingCalls(), 0);
+  },
+);
 
-t.test("security/prototype: after a polluting tag, Object.prototype here is clean and the bundle's next run converges", async (t) => {
-  const w = await world(t, { configToml: baseToml() });
-  w.imds.instance.tags = { "eni-dpdk:dpdk": "__proto__.polluted=yes;constructor.prototype.polluted=yes" };
-  await expectRejected(t, w, ["apply"], { source: "tag eni-dpdk:dpdk", key: /__proto__|constructor/, message: protoMsg });
-  const { tagLayers } = await import("../../src/sources/tags.js");
-  t.throws(() => tagLayers({ "eni-dpdk:dpdk": "__proto__.polluted=yes" }));
-  t.equal(({} as Record<string, unknown>).polluted, undefined, "Object.prototype is clean");
-  w.imds.instance.tags = {};
-  await converge(t, w);
-});
+t.test(
+  "security/prototype: after a polluting tag, Object.prototype here is clean and the bundle's next run converges",
+  async (t) => {
+    const w = await world(t, { configToml: baseToml() });
+    w.imds.instance.tags = {
+      "eni-dpdk:dpdk": "__proto__.polluted=yes;constructor.prototype.polluted=yes",
+    };
+    await expectRejected(t, w, ["apply"], {
+      source: "tag eni-dpdk:dpdk",
+      key: /__proto__|constructor/,
+      message: protoMsg,
+    });
+    const { tagLayers } = await import("../../src/sources/tags.js");
+    t.throws(() => tagLayers({ "eni-dpdk:dpdk": "__proto__.polluted=yes" }));
+    t.equal(({} as Record<string, unknown>).polluted, undefined, "Object.prototype is clean");
+    w.imds.instance.tags = {};
+    await converge(t, w);
+  },
+);
 
 /** `config --json` on the bundle: the effective config and where each value came from. */
-async function effective(t: Test, w: World, args: string[] = []): Promise<{ config: Record<string, any>; origin: Record<string, string> }> {
+async function effective(
+  t: Test,
+  w: World,
+  args: string[] = [],
+): Promise<{ config: Record<string, any>; origin: Record<string, string> }> {
   const r = await runCli(w, ["config", "--json", ...args]);
   t.equal(r.code, 0, lastError(r));
   return JSON.parse(r.stdout || "{}");
 }
 
-t.test("input/user-data: accepted: a TOML document mentioning kind: NodeConfig in a string is read as ours", async (t) => {
-  const w = await world(t, { configToml: baseToml() });
-  const mention = `description = """\napiVersion: node.eks.aws/v1alpha1\nkind: NodeConfig\n"""\n`;
-  w.imds.instance.userData = `[dpdk]\nhugepages_2m = 6\n\n${KERNEL_ENI()}${mention}`;
-  const eff = await effective(t, w);
-  t.equal(eff.config.dpdk.hugepages_2m, 6);
-  t.equal(eff.origin["dpdk.hugepages_2m"], "user-data:2:1");
-  t.match(eff.config.eni.find((e: { name: string }) => e.name === "k9")?.description, /kind: NodeConfig/);
-});
+t.test(
+  "input/user-data: accepted: a TOML document mentioning kind: NodeConfig in a string is read as ours",
+  async (t) => {
+    const w = await world(t, { configToml: baseToml() });
+    const mention = `description = """\napiVersion: node.eks.aws/v1alpha1\nkind: NodeConfig\n"""\n`;
+    w.imds.instance.userData = `[dpdk]\nhugepages_2m = 6\n\n${KERNEL_ENI()}${mention}`;
+    const eff = await effective(t, w);
+    t.equal(eff.config.dpdk.hugepages_2m, 6);
+    t.equal(eff.origin["dpdk.hugepages_2m"], "user-data:2:1");
+    t.match(
+      eff.config.eni.find((e: { name: string }) => e.name === "k9")?.description,
+      /kind: NodeConfig/,
+    );
+  },
+);
 
-t.test("input/user-data: accepted: a nested multipart without our content is skipped as nodeadm skips it", async (t) => {
-  const w = await world(t, { configToml: baseToml() });
-  const nested = part(
-    'multipart/mixed; boundary="IN"',
-    `${part("text/x-shellscript", "#!/bin/sh\ntrue", "IN")}${part(NODEADM, NODE_CONFIG, "IN")}--IN--`,
-  );
-  w.imds.instance.userData = b64(
-    mime([nested, part(OUR, gzipSync("[dpdk]\nhugepages_1g = 3\n").toString("base64"), "B", "Content-Transfer-Encoding: base64\n")]),
-  );
-  const eff = await effective(t, w);
-  t.equal(eff.config.dpdk.hugepages_1g, 3);
-  t.equal(eff.origin["dpdk.hugepages_1g"], "user-data part 2 (application/eni-dpdk+toml):2:1");
-});
+t.test(
+  "input/user-data: accepted: a nested multipart without our content is skipped as nodeadm skips it",
+  async (t) => {
+    const w = await world(t, { configToml: baseToml() });
+    const nested = part(
+      'multipart/mixed; boundary="IN"',
+      `${part("text/x-shellscript", "#!/bin/sh\ntrue", "IN")}${part(NODEADM, NODE_CONFIG, "IN")}--IN--`,
+    );
+    w.imds.instance.userData = b64(
+      mime([
+        nested,
+        part(
+          OUR,
+          gzipSync("[dpdk]\nhugepages_1g = 3\n").toString("base64"),
+          "B",
+          "Content-Transfer-Encoding: base64\n",
+        ),
+      ]),
+    );
+    const eff = await effective(t, w);
+    t.equal(eff.config.dpdk.hugepages_1g, 3);
+    t.equal(eff.origin["dpdk.hugepages_1g"], "user-data part 2 (application/eni-dpdk+toml):2:1");
+  },
+);
 
-t.test("input/user-data: accepted: a compressed foreign part is not inflated, whatever its size", async (t) => {
-  const w = await world(t, { configToml: baseToml() });
-  w.imds.instance.userData = mime(
-    [
-      part("text/x-shellscript", b64(bomb(32 * 1024 * 1024)), "B", "Content-Transfer-Encoding: base64\n"),
+t.test(
+  "input/user-data: accepted: a compressed foreign part is not inflated, whatever its size",
+  async (t) => {
+    const w = await world(t, { configToml: baseToml() });
+    w.imds.instance.userData = mime([
+      part(
+        "text/x-shellscript",
+        b64(bomb(32 * 1024 * 1024)),
+        "B",
+        "Content-Transfer-Encoding: base64\n",
+      ),
       part(OUR, "[dpdk]\nhugepages_2m = 5\n"),
-    ],
-  );
-  t.equal((await effective(t, w)).config.dpdk.hugepages_2m, 5);
-});
+    ]);
+    t.equal((await effective(t, w)).config.dpdk.hugepages_2m, 5);
+  },
+);
 
-t.test("input/types: accepted: a memo hit gives the same config as a parse (BigInt survives the memo)", async (t) => {
-  const w = await world(t, { configToml: baseToml("[dpdk]\nhugepages_2m = 0x0\n") });
-  w.imds.instance.userData = "[dpdk]\nhugepages_1g = 0\n";
-  const parsed = await effective(t, w);
-  await converge(t, w);
-  const memo = readFileSync(path.join(w.root, "var/lib/eni-dpdk/toml-memo.json"), "utf8");
-  t.match(memo, /"device_index":1,/, "integers as JSON numbers, read back as BigInt");
-  const fromMemo = await effective(t, w);
-  t.same(fromMemo.config, parsed.config, "the same effective config");
-  t.equal(typeof fromMemo.config.eni[0].device_index, "number");
-  await converge(t, w);
-});
+t.test(
+  "input/types: accepted: a memo hit gives the same config as a parse (BigInt survives the memo)",
+  async (t) => {
+    const w = await world(t, { configToml: baseToml("[dpdk]\nhugepages_2m = 0x0\n") });
+    w.imds.instance.userData = "[dpdk]\nhugepages_1g = 0\n";
+    const parsed = await effective(t, w);
+    await converge(t, w);
+    const memo = readFileSync(path.join(w.root, "var/lib/eni-dpdk/toml-memo.json"), "utf8");
+    t.match(memo, /"device_index":1,/, "integers as JSON numbers, read back as BigInt");
+    const fromMemo = await effective(t, w);
+    t.same(fromMemo.config, parsed.config, "the same effective config");
+    t.equal(typeof fromMemo.config.eni[0].device_index, "number");
+    await converge(t, w);
+  },
+);
 
-t.test("input/imds: accepted: tag keys are read raw; a key IMDS cannot serve is skipped with a warning", async (t) => {
-  const w = await world(t, { configToml: baseToml() });
-  w.imds.instance.tags = { "eni-dpdk:dpdk": "hugepages_2m=4", "kubernetes.io/cluster/demo": "owned", "eni-dpdk:eni:data1": "mtu=1500" };
-  const r = await runCli(w, ["config", "--json"]);
-  t.equal(r.code, 0, lastError(r));
-  const eff = JSON.parse(r.stdout);
-  t.equal(eff.config.dpdk.hugepages_2m, 4);
-  t.equal(eff.config.eni.find((e: { name: string }) => e.name === "data1").mtu, 1500);
-  t.ok(
-    w.imds.requests.some((q) => q.path === "/latest/meta-data/tags/instance/eni-dpdk:eni:data1" && q.status === 200),
-    "the raw key, answered",
-  );
-  t.ok(r.log.some((l) => l.level === "warn" && l.tag === "kubernetes.io/cluster/demo"), "a warning names the unservable key");
-});
+t.test(
+  "input/imds: accepted: tag keys are read raw; a key IMDS cannot serve is skipped with a warning",
+  async (t) => {
+    const w = await world(t, { configToml: baseToml() });
+    w.imds.instance.tags = {
+      "eni-dpdk:dpdk": "hugepages_2m=4",
+      "kubernetes.io/cluster/demo": "owned",
+      "eni-dpdk:eni:data1": "mtu=1500",
+    };
+    const r = await runCli(w, ["config", "--json"]);
+    t.equal(r.code, 0, lastError(r));
+    const eff = JSON.parse(r.stdout);
+    t.equal(eff.config.dpdk.hugepages_2m, 4);
+    t.equal(eff.config.eni.find((e: { name: string }) => e.name === "data1").mtu, 1500);
+    t.ok(
+      w.imds.requests.some(
+        (q) => q.path === "/latest/meta-data/tags/instance/eni-dpdk:eni:data1" && q.status === 200,
+      ),
+      "the raw key, answered",
+    );
+    t.ok(
+      r.log.some((l) => l.level === "warn" && l.tag === "kubernetes.io/cluster/demo"),
+      "a warning names the unservable key",
+    );
+  },
+);
 
 t.test("input/tags: accepted: whitespace around separators is ignored", async (t) => {
   const w = await world(t, { configToml: baseToml() });
@@ -998,27 +1353,54 @@ t.test("input/tags: accepted: whitespace around separators is ignored", async (t
   t.equal(eff.origin["dpdk.hugepages_2m"], "tag eni-dpdk:dpdk");
 });
 
-t.test("input/imds: accepted: every character IMDS allows in a key (+ - = . , _ : @) is sent raw and answered", async (t) => {
-  const w = await world(t, { configToml: baseToml() });
-  w.imds.instance.tags = { "team+ops=a.b,c_d:e@f": "x", "eni-dpdk:sriov": "resource_prefix=example.com" };
-  const eff = await effective(t, w);
-  t.equal(eff.config.sriov.resource_prefix, "example.com");
-  t.ok(
-    w.imds.requests.some((q) => q.path === "/latest/meta-data/tags/instance/team+ops=a.b,c_d:e@f" && q.status === 200),
-    "raw, not percent-encoded",
-  );
-  t.notOk(w.imds.requests.some((q) => /%[0-9A-F]{2}/i.test(q.path)), "no percent-encoding at all");
-});
+t.test(
+  "input/imds: accepted: every character IMDS allows in a key (+ - = . , _ : @) is sent raw and answered",
+  async (t) => {
+    const w = await world(t, { configToml: baseToml() });
+    w.imds.instance.tags = {
+      "team+ops=a.b,c_d:e@f": "x",
+      "eni-dpdk:sriov": "resource_prefix=example.com",
+    };
+    const eff = await effective(t, w);
+    t.equal(eff.config.sriov.resource_prefix, "example.com");
+    t.ok(
+      w.imds.requests.some(
+        (q) =>
+          q.path === "/latest/meta-data/tags/instance/team+ops=a.b,c_d:e@f" && q.status === 200,
+      ),
+      "raw, not percent-encoded",
+    );
+    t.notOk(
+      w.imds.requests.some((q) => /%[0-9A-F]{2}/i.test(q.path)),
+      "no percent-encoding at all",
+    );
+  },
+);
 
-t.test("input/imds: an eni-dpdk key IMDS could not have served is skipped with a warning naming it, not read", async (t) => {
-  const w = await world(t, { configToml: baseToml() });
-  w.imds.instance.tags = { "eni-dpdk:eni:data 1": "mtu=1500" };
-  const r = await runCli(w, ["config", "--json"]);
-  t.equal(r.code, 0, lastError(r));
-  t.ok(
-    r.log.some((l) => l.level === "warn" && l.tag === "eni-dpdk:eni:data 1" && /DescribeTags would read it/.test(l.msg ?? "")),
-    lastError(r),
-  );
-  t.notOk(w.imds.requests.some((q) => q.path.includes("data 1") || q.path.includes("data%201")), "never requested");
-  t.equal(JSON.parse(r.stdout).config.eni.find((e: { name: string }) => e.name === "data1").mtu, 9001, "the file's value stands");
-});
+t.test(
+  "input/imds: an eni-dpdk key IMDS could not have served is skipped with a warning naming it, not read",
+  async (t) => {
+    const w = await world(t, { configToml: baseToml() });
+    w.imds.instance.tags = { "eni-dpdk:eni:data 1": "mtu=1500" };
+    const r = await runCli(w, ["config", "--json"]);
+    t.equal(r.code, 0, lastError(r));
+    t.ok(
+      r.log.some(
+        (l) =>
+          l.level === "warn" &&
+          l.tag === "eni-dpdk:eni:data 1" &&
+          /DescribeTags would read it/.test(l.msg ?? ""),
+      ),
+      lastError(r),
+    );
+    t.notOk(
+      w.imds.requests.some((q) => q.path.includes("data 1") || q.path.includes("data%201")),
+      "never requested",
+    );
+    t.equal(
+      JSON.parse(r.stdout).config.eni.find((e: { name: string }) => e.name === "data1").mtu,
+      9001,
+      "the file's value stands",
+    );
+  },
+);

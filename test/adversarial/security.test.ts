@@ -5,7 +5,18 @@ import { chmodSync, mkdirSync, readFileSync, statSync, symlinkSync, writeFileSyn
 import t from "tap";
 import { Host } from "../../src/host/host.js";
 import { STATE_PATH } from "../../src/core/state.js";
-import { assertNoneDriverless, assertPrimaryUntouched, baseToml, converge, diffSnapshots, expectRejected, lastError, runCli, snapshotRoot, world } from "../support/harness.js";
+import {
+  assertNoneDriverless,
+  assertPrimaryUntouched,
+  baseToml,
+  converge,
+  diffSnapshots,
+  expectRejected,
+  lastError,
+  runCli,
+  snapshotRoot,
+  world,
+} from "../support/harness.js";
 
 const PRIMARY = { bdf: "0000:00:05.0", mac: "02:00:00:00:00:01" };
 const DATA1_BDF = "0000:00:06.0";
@@ -17,15 +28,30 @@ function editState(root: string, edit: (s: Record<string, any>) => void): void {
   writeFileSync(file, JSON.stringify(s, null, 2));
 }
 
-t.test("security: root's children get a fixed minimal environment, nothing inherited", async (t) => {
-  const w = await world(t, { configToml: baseToml() });
-  const r = await runCli(w, ["apply"], { env: { LD_PRELOAD: "/tmp/evil.so", LD_LIBRARY_PATH: "/tmp", SECRET_TOKEN: "hunter2", NODE_OPTIONS: "--require /tmp/x.js" } });
-  t.equal(r.code, 0, lastError(r));
-  const env = Object.fromEntries(readFileSync(w.sim.p("/.sim/modprobe.env"), "utf8").trim().split("\n").map((l) => [l.slice(0, l.indexOf("=")), l.slice(l.indexOf("=") + 1)]));
-  const keys = Object.keys(env).filter((k) => !["PWD", "SHLVL", "_"].includes(k)); // the shell's own
-  t.same(keys.sort(), ["LC_ALL", "PATH"], "modprobe saw PATH and LC_ALL only");
-  t.equal(env.PATH, "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
-});
+t.test(
+  "security: root's children get a fixed minimal environment, nothing inherited",
+  async (t) => {
+    const w = await world(t, { configToml: baseToml() });
+    const r = await runCli(w, ["apply"], {
+      env: {
+        LD_PRELOAD: "/tmp/evil.so",
+        LD_LIBRARY_PATH: "/tmp",
+        SECRET_TOKEN: "hunter2",
+        NODE_OPTIONS: "--require /tmp/x.js",
+      },
+    });
+    t.equal(r.code, 0, lastError(r));
+    const env = Object.fromEntries(
+      readFileSync(w.sim.p("/.sim/modprobe.env"), "utf8")
+        .trim()
+        .split("\n")
+        .map((l) => [l.slice(0, l.indexOf("=")), l.slice(l.indexOf("=") + 1)]),
+    );
+    const keys = Object.keys(env).filter((k) => !["PWD", "SHLVL", "_"].includes(k)); // the shell's own
+    t.same(keys.sort(), ["LC_ALL", "PATH"], "modprobe saw PATH and LC_ALL only");
+    t.equal(env.PATH, "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+  },
+);
 
 t.test("security: a prototype-polluting tag never reaches a child's environment", async (t) => {
   const w = await world(t, { configToml: baseToml() });
@@ -46,7 +72,9 @@ for (const dir of ["/var/lib/eni-dpdk", "/run/eni-dpdk"]) {
     t.equal(r.code, 1, lastError(r));
     t.match(lastError(r), new RegExp(`${dir.replace(/\//g, "\\/")} is a symlink`));
     // the run's own record of its failure aside (status.json, in a real /run/eni-dpdk)
-    const changed = diffSnapshots(before, snapshotRoot(w.root)).filter((d) => dir === "/run/eni-dpdk" || !/run\/eni-dpdk(\/status\.json)?$/.test(d));
+    const changed = diffSnapshots(before, snapshotRoot(w.root)).filter(
+      (d) => dir === "/run/eni-dpdk" || !/run\/eni-dpdk(\/status\.json)?$/.test(d),
+    );
     t.same(changed, [], "nothing written through the link, nor anything else");
     t.equal(w.ec2.mutatingCalls(), 0, "no EC2 mutation");
   });
@@ -62,7 +90,13 @@ t.test("security: a group- or world-writable /var/lib/eni-dpdk is refused", asyn
   t.equal(r.code, 1);
   t.match(lastError(r), /\/var\/lib\/eni-dpdk is writable by group or others \(mode 777\)/);
   // the run's own record of the failure aside
-  t.same(diffSnapshots(before, snapshotRoot(w.root)).filter((d) => !/run\/eni-dpdk(\/status\.json)?\b/.test(d)), [], "nothing changed");
+  t.same(
+    diffSnapshots(before, snapshotRoot(w.root)).filter(
+      (d) => !/run\/eni-dpdk(\/status\.json)?\b/.test(d),
+    ),
+    [],
+    "nothing changed",
+  );
 });
 
 t.test("security: under umask 000, our directories and files get their own modes", async (t) => {
@@ -81,146 +115,270 @@ t.test("security: under umask 000, our directories and files get their own modes
 
 const programCases: [string, string, (file: string) => void, RegExp][] = [
   ["binding_script", "does not exist", () => {}, /does not exist/],
-  ["binding_script", "is not executable", (f) => writeFileSync(f, "#!/bin/sh\n", { mode: 0o644 }), /is not executable/],
-  ["binding_script", "is world-writable", (f) => (writeFileSync(f, "#!/bin/sh\n"), chmodSync(f, 0o757)), /writable by group or others/],
+  [
+    "binding_script",
+    "is not executable",
+    (f) => writeFileSync(f, "#!/bin/sh\n", { mode: 0o644 }),
+    /is not executable/,
+  ],
+  [
+    "binding_script",
+    "is world-writable",
+    (f) => (writeFileSync(f, "#!/bin/sh\n"), chmodSync(f, 0o757)),
+    /writable by group or others/,
+  ],
   ["binding_script", "is a directory", (f) => mkdirSync(f), /not a regular file/],
-  ["restart_command", "is group-writable", (f) => (writeFileSync(f, "#!/bin/sh\n"), chmodSync(f, 0o775)), /writable by group or others/],
+  [
+    "restart_command",
+    "is group-writable",
+    (f) => (writeFileSync(f, "#!/bin/sh\n"), chmodSync(f, 0o775)),
+    /writable by group or others/,
+  ],
 ];
 for (const [key, what, make, re] of programCases) {
-  t.test(`security: a ${key} program that ${what} is refused before the first EC2 call`, async (t) => {
-    const w = await world(t);
-    const file = w.sim.p(`/opt/prog-${key}`);
-    mkdirSync(w.sim.p("/opt"), { recursive: true });
-    make(file);
-    const line = key === "binding_script" ? `[dpdk]\nbinding_script = "${file}"\n` : `[sriov]\nrestart_command = ["${file}", "--now"]\n`;
-    w.writeConfig(baseToml().replace("[[eni]]", `${line}\n[[eni]]`));
-    await expectRejected(t, w, ["apply"], { source: /config\.toml/, key: key === "binding_script" ? "dpdk.binding_script" : "sriov.restart_command", message: re });
-  });
+  t.test(
+    `security: a ${key} program that ${what} is refused before the first EC2 call`,
+    async (t) => {
+      const w = await world(t);
+      const file = w.sim.p(`/opt/prog-${key}`);
+      mkdirSync(w.sim.p("/opt"), { recursive: true });
+      make(file);
+      const line =
+        key === "binding_script"
+          ? `[dpdk]\nbinding_script = "${file}"\n`
+          : `[sriov]\nrestart_command = ["${file}", "--now"]\n`;
+      w.writeConfig(baseToml().replace("[[eni]]", `${line}\n[[eni]]`));
+      await expectRejected(t, w, ["apply"], {
+        source: /config\.toml/,
+        key: key === "binding_script" ? "dpdk.binding_script" : "sriov.restart_command",
+        message: re,
+      });
+    },
+  );
 }
 
-t.test("security: a state record that names the primary's MAC is refused by early, bind and apply", async (t) => {
-  const w = await world(t, { configToml: baseToml() });
-  await converge(t, w);
-  // forge a binding of the primary, as a corrupted or edited state file could
-  editState(w.root, (s) => {
-    s.bindings[PRIMARY.mac] = { ...Object.values(s.bindings)[0] as object, mac: PRIMARY.mac, bdf: PRIMARY.bdf, eniName: "data1" };
-  });
-  w.reboot();
-  const early = await runCli(w, ["early"]);
-  t.equal(early.code, 1, "early fails loudly");
-  t.match(early.stdout, /failed\s+0000:00:05\.0 02:00:00:00:00:01 data1: refused: .*primary ENI/);
-  assertPrimaryUntouched(t, w);
-  for (const args of [["bind", PRIMARY.mac], ["bind", PRIMARY.mac, "--force"], ["bind", "eth0", "--force"], ["bind", PRIMARY.bdf, "--force"]]) {
-    const r = await runCli(w, args);
-    t.equal(r.code, 1, `${args.join(" ")}: exit 1`);
-    t.match(lastError(r), /never binds the primary ENI, not even with --force/, args.join(" "));
+t.test(
+  "security: a state record that names the primary's MAC is refused by early, bind and apply",
+  async (t) => {
+    const w = await world(t, { configToml: baseToml() });
+    await converge(t, w);
+    // forge a binding of the primary, as a corrupted or edited state file could
+    editState(w.root, (s) => {
+      s.bindings[PRIMARY.mac] = {
+        ...(Object.values(s.bindings)[0] as object),
+        mac: PRIMARY.mac,
+        bdf: PRIMARY.bdf,
+        eniName: "data1",
+      };
+    });
+    w.reboot();
+    const early = await runCli(w, ["early"]);
+    t.equal(early.code, 1, "early fails loudly");
+    t.match(early.stdout, /failed\s+0000:00:05\.0 02:00:00:00:00:01 data1: refused: .*primary ENI/);
     assertPrimaryUntouched(t, w);
-  }
-  const a = await runCli(w, ["apply"]);
-  assertPrimaryUntouched(t, w);
-  t.notOk(a.log.some((l) => l.msg === "bound" && l.bdf === PRIMARY.bdf), "apply never binds it either");
-  assertNoneDriverless(t, w);
-});
+    for (const args of [
+      ["bind", PRIMARY.mac],
+      ["bind", PRIMARY.mac, "--force"],
+      ["bind", "eth0", "--force"],
+      ["bind", PRIMARY.bdf, "--force"],
+    ]) {
+      const r = await runCli(w, args);
+      t.equal(r.code, 1, `${args.join(" ")}: exit 1`);
+      t.match(lastError(r), /never binds the primary ENI, not even with --force/, args.join(" "));
+      assertPrimaryUntouched(t, w);
+    }
+    const a = await runCli(w, ["apply"]);
+    assertPrimaryUntouched(t, w);
+    t.notOk(
+      a.log.some((l) => l.msg === "bound" && l.bdf === PRIMARY.bdf),
+      "apply never binds it either",
+    );
+    assertNoneDriverless(t, w);
+  },
+);
 
-t.test("security: with no state and IMDS unreachable, bind refuses rather than guess the primary", async (t) => {
-  const w = await world(t, { configToml: baseToml() });
-  const before = snapshotRoot(w.root);
-  const r = await runCli(w, ["bind", "eth0", "--force"], { env: { AWS_EC2_METADATA_SERVICE_ENDPOINT: "http://127.0.0.1:9" } });
-  t.equal(r.code, 1);
-  t.match(lastError(r), /cannot tell which NIC is the primary ENI/);
-  t.same(diffSnapshots(before, snapshotRoot(w.root)), []);
-});
+t.test(
+  "security: with no state and IMDS unreachable, bind refuses rather than guess the primary",
+  async (t) => {
+    const w = await world(t, { configToml: baseToml() });
+    const before = snapshotRoot(w.root);
+    const r = await runCli(w, ["bind", "eth0", "--force"], {
+      env: { AWS_EC2_METADATA_SERVICE_ENDPOINT: "http://127.0.0.1:9" },
+    });
+    t.equal(r.code, 1);
+    t.match(lastError(r), /cannot tell which NIC is the primary ENI/);
+    t.same(diffSnapshots(before, snapshotRoot(w.root)), []);
+  },
+);
 
-t.test("security: with no state, bind asks IMDS which NIC is the primary and refuses it even with --force", async (t) => {
-  const w = await world(t, { configToml: baseToml() });
-  const r = await runCli(w, ["bind", "eth0", "--force"]);
-  t.equal(r.code, 1);
-  t.match(lastError(r), /02:00:00:00:00:01 is the primary ENI/);
-  assertPrimaryUntouched(t, w);
-});
+t.test(
+  "security: with no state, bind asks IMDS which NIC is the primary and refuses it even with --force",
+  async (t) => {
+    const w = await world(t, { configToml: baseToml() });
+    const r = await runCli(w, ["bind", "eth0", "--force"]);
+    t.equal(r.code, 1);
+    t.match(lastError(r), /02:00:00:00:00:01 is the primary ENI/);
+    assertPrimaryUntouched(t, w);
+  },
+);
 
-t.test("security: a state binding whose BDF would leave sysfs is refused when the state is read", async (t) => {
-  const w = await world(t, { configToml: baseToml() });
-  await converge(t, w);
-  editState(w.root, (s) => {
-    const b = Object.values(s.bindings)[0] as { bdf: string };
-    b.bdf = "0000:00:06.0/../../../../etc";
-  });
-  await expectRejected(t, w, ["apply"], { source: /state\.json/, key: /^bindings\./, message: /bdf DDDD:BB:DD\.F/ });
-  await expectRejected(t, w, ["early"], { source: /state\.json/, key: /^bindings\./ });
-});
+t.test(
+  "security: a state binding whose BDF would leave sysfs is refused when the state is read",
+  async (t) => {
+    const w = await world(t, { configToml: baseToml() });
+    await converge(t, w);
+    editState(w.root, (s) => {
+      const b = Object.values(s.bindings)[0] as { bdf: string };
+      b.bdf = "0000:00:06.0/../../../../etc";
+    });
+    await expectRejected(t, w, ["apply"], {
+      source: /state\.json/,
+      key: /^bindings\./,
+      message: /bdf DDDD:BB:DD\.F/,
+    });
+    await expectRejected(t, w, ["early"], { source: /state\.json/, key: /^bindings\./ });
+  },
+);
 
 t.test("security: a corrupt state file is named with its fix, and nothing changes", async (t) => {
   const w = await world(t, { configToml: baseToml() });
   await converge(t, w);
   writeFileSync(w.sim.p(STATE_PATH), '{"version": 1, "bindings": ');
-  const r = await expectRejected(t, w, ["apply"], { source: /state\.json$/, key: "(file)", message: /not valid JSON/ });
+  const r = await expectRejected(t, w, ["apply"], {
+    source: /state\.json$/,
+    key: "(file)",
+    message: /not valid JSON/,
+  });
   t.match(r.stderr, /move it aside \(mv .*state\.json .*state\.json\.corrupt\)/);
   t.notMatch(r.stderr, /report it/, "not called an internal error");
 });
 
-t.test("security: a pci_address pinned to the primary's device is refused before any EC2 call", async (t) => {
-  const w = await world(t, { configToml: baseToml().replace('resource_name = "amazon.com/ena_dpdk"', `resource_name = "amazon.com/ena_dpdk"\n  pci_address = "${PRIMARY.bdf}"`) });
-  await expectRejected(t, w, ["apply"], { source: /config\.toml/, key: "eni.data1.dpdk.pci_address", message: /primary ENI's device/ });
-});
+t.test(
+  "security: a pci_address pinned to the primary's device is refused before any EC2 call",
+  async (t) => {
+    const w = await world(t, {
+      configToml: baseToml().replace(
+        'resource_name = "amazon.com/ena_dpdk"',
+        `resource_name = "amazon.com/ena_dpdk"\n  pci_address = "${PRIMARY.bdf}"`,
+      ),
+    });
+    await expectRejected(t, w, ["apply"], {
+      source: /config\.toml/,
+      key: "eni.data1.dpdk.pci_address",
+      message: /primary ENI's device/,
+    });
+  },
+);
 
-t.test("security: a pci_address pinned to another ENI's device is refused before any change", async (t) => {
-  const w = await world(t, { configToml: baseToml() });
-  await converge(t, w);
-  w.writeConfig(baseToml().replace('resource_name = "amazon.com/ena_dpdk"', 'resource_name = "amazon.com/ena_dpdk"\n  pci_address = "0000:00:07.0"'));
-  await expectRejected(t, w, ["apply"], { source: /config\.toml/, key: "eni.data1.dpdk.pci_address", message: /is the device of eth2 .*not of ENI "data1"/ });
-});
+t.test(
+  "security: a pci_address pinned to another ENI's device is refused before any change",
+  async (t) => {
+    const w = await world(t, { configToml: baseToml() });
+    await converge(t, w);
+    w.writeConfig(
+      baseToml().replace(
+        'resource_name = "amazon.com/ena_dpdk"',
+        'resource_name = "amazon.com/ena_dpdk"\n  pci_address = "0000:00:07.0"',
+      ),
+    );
+    await expectRejected(t, w, ["apply"], {
+      source: /config\.toml/,
+      key: "eni.data1.dpdk.pci_address",
+      message: /is the device of eth2 .*not of ENI "data1"/,
+    });
+  },
+);
 
-t.test("security: a pci_address that proves wrong only after the ENI exists is exit 1, and says what changed", async (t) => {
-  const w = await world(t, { configToml: baseToml().replace('resource_name = "amazon.com/ena_dpdk"', 'resource_name = "amazon.com/ena_dpdk"\n  pci_address = "0000:00:1f.0"') });
-  const r = await runCli(w, ["apply"]);
-  t.equal(r.code, 1, "exit 1: something was changed");
-  const err = lastError(r);
-  t.notMatch(r.stderr, /nothing was changed/, "never claims nothing changed");
-  t.match(err, /eni\.data1\.dpdk\.pci_address/);
-  t.match(err, /found after this run had changed the node: .*EC2 created eni-[0-9a-f]+ \(data1\)/);
-  t.match(err, /EC2 attached eni-[0-9a-f]+ to i-0123456789abcdef0 at network card 0, device index 1/);
-  t.match(r.stderr, /it adopts what this run created/);
-  t.equal(w.sim.driverOf(DATA1_BDF), "ena", "the device was not bound");
-});
+t.test(
+  "security: a pci_address that proves wrong only after the ENI exists is exit 1, and says what changed",
+  async (t) => {
+    const w = await world(t, {
+      configToml: baseToml().replace(
+        'resource_name = "amazon.com/ena_dpdk"',
+        'resource_name = "amazon.com/ena_dpdk"\n  pci_address = "0000:00:1f.0"',
+      ),
+    });
+    const r = await runCli(w, ["apply"]);
+    t.equal(r.code, 1, "exit 1: something was changed");
+    const err = lastError(r);
+    t.notMatch(r.stderr, /nothing was changed/, "never claims nothing changed");
+    t.match(err, /eni\.data1\.dpdk\.pci_address/);
+    t.match(
+      err,
+      /found after this run had changed the node: .*EC2 created eni-[0-9a-f]+ \(data1\)/,
+    );
+    t.match(
+      err,
+      /EC2 attached eni-[0-9a-f]+ to i-0123456789abcdef0 at network card 0, device index 1/,
+    );
+    t.match(r.stderr, /it adopts what this run created/);
+    t.equal(w.sim.driverOf(DATA1_BDF), "ena", "the device was not bound");
+  },
+);
 
-t.test("security: early leaves alone a recorded BDF that now carries another ENI's MAC", async (t) => {
-  const w = await world(t, { configToml: baseToml() });
-  await converge(t, w);
-  // the record now points at kern1's device: a BDF is not an ENI's identity, the MAC is
-  editState(w.root, (s) => {
-    (Object.values(s.bindings)[0] as { bdf: string }).bdf = "0000:00:07.0";
-  });
-  w.reboot();
-  const r = await runCli(w, ["early"]);
-  t.equal(r.code, 0, lastError(r));
-  t.match(r.stdout, /skipped 0000:00:07\.0 .* carries MAC 02:e0[0-9a-f:]+, not 02:e0[0-9a-f:]+: another ENI sits there now/);
-  t.equal(w.sim.driverOf("0000:00:07.0"), "ena", "kern1's device untouched");
-  assertNoneDriverless(t, w);
-});
+t.test(
+  "security: early leaves alone a recorded BDF that now carries another ENI's MAC",
+  async (t) => {
+    const w = await world(t, { configToml: baseToml() });
+    await converge(t, w);
+    // the record now points at kern1's device: a BDF is not an ENI's identity, the MAC is
+    editState(w.root, (s) => {
+      (Object.values(s.bindings)[0] as { bdf: string }).bdf = "0000:00:07.0";
+    });
+    w.reboot();
+    const r = await runCli(w, ["early"]);
+    t.equal(r.code, 0, lastError(r));
+    t.match(
+      r.stdout,
+      /skipped 0000:00:07\.0 .* carries MAC 02:e0[0-9a-f:]+, not 02:e0[0-9a-f:]+: another ENI sits there now/,
+    );
+    t.equal(w.sim.driverOf("0000:00:07.0"), "ena", "kern1's device untouched");
+    assertNoneDriverless(t, w);
+  },
+);
 
-t.test("security: our files are never written through a planted symlink at their temp name", async (t) => {
-  const w = await world(t, { configToml: baseToml() });
-  // plant a symlink at the exact temp name the next write will use (pid and clock pinned)
-  const host = new Host(w.root);
-  writeFileSync(w.sim.p("/victim"), "untouched");
-  await host.ensureDir("/var/lib/eni-dpdk");
-  const fixed = 1_700_000_000_000;
-  symlinkSync(w.sim.p("/victim"), w.sim.p(`/var/lib/eni-dpdk/.probe.json.${process.pid}.${fixed}.tmp`));
-  const now = Date.now;
-  Date.now = () => fixed;
-  const err = await host.writeFileAtomic("/var/lib/eni-dpdk/probe.json", "data").then(() => undefined, (e: NodeJS.ErrnoException) => e.code);
-  Date.now = now;
-  t.equal(err, "EEXIST", "the open refuses the planted link");
-  t.equal(readFileSync(w.sim.p("/victim"), "utf8"), "untouched", "the link's target is untouched");
-});
+t.test(
+  "security: our files are never written through a planted symlink at their temp name",
+  async (t) => {
+    const w = await world(t, { configToml: baseToml() });
+    // plant a symlink at the exact temp name the next write will use (pid and clock pinned)
+    const host = new Host(w.root);
+    writeFileSync(w.sim.p("/victim"), "untouched");
+    await host.ensureDir("/var/lib/eni-dpdk");
+    const fixed = 1_700_000_000_000;
+    symlinkSync(
+      w.sim.p("/victim"),
+      w.sim.p(`/var/lib/eni-dpdk/.probe.json.${process.pid}.${fixed}.tmp`),
+    );
+    const now = Date.now;
+    Date.now = () => fixed;
+    const err = await host.writeFileAtomic("/var/lib/eni-dpdk/probe.json", "data").then(
+      () => undefined,
+      (e: NodeJS.ErrnoException) => e.code,
+    );
+    Date.now = now;
+    t.equal(err, "EEXIST", "the open refuses the planted link");
+    t.equal(
+      readFileSync(w.sim.p("/victim"), "utf8"),
+      "untouched",
+      "the link's target is untouched",
+    );
+  },
+);
 
-t.test("security: status.json and the SR-IOV file stay readable, the state private, after a rename-over of a 0666 file", async (t) => {
-  const w = await world(t, { configToml: baseToml() });
-  mkdirSync(w.sim.p("/etc/pcidp"), { recursive: true });
-  writeFileSync(w.sim.p("/etc/pcidp/config.json"), '{"resourceList": []}');
-  chmodSync(w.sim.p("/etc/pcidp/config.json"), 0o666);
-  await converge(t, w);
-  t.equal((statSync(w.sim.p("/etc/pcidp/config.json")).mode & 0o777).toString(8), "644", "rewritten 0644, not left 0666");
-  t.equal((statSync(w.sim.p(STATE_PATH)).mode & 0o777).toString(8), "600");
-});
+t.test(
+  "security: status.json and the SR-IOV file stay readable, the state private, after a rename-over of a 0666 file",
+  async (t) => {
+    const w = await world(t, { configToml: baseToml() });
+    mkdirSync(w.sim.p("/etc/pcidp"), { recursive: true });
+    writeFileSync(w.sim.p("/etc/pcidp/config.json"), '{"resourceList": []}');
+    chmodSync(w.sim.p("/etc/pcidp/config.json"), 0o666);
+    await converge(t, w);
+    t.equal(
+      (statSync(w.sim.p("/etc/pcidp/config.json")).mode & 0o777).toString(8),
+      "644",
+      "rewritten 0644, not left 0666",
+    );
+    t.equal((statSync(w.sim.p(STATE_PATH)).mode & 0o777).toString(8), "600");
+  },
+);

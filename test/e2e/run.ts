@@ -7,7 +7,14 @@ import { createHash } from "node:crypto";
 import { existsSync, promises as fs, readFileSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { HOST_FWD_EC2, HOST_FWD_IMDS, NICS, type BootPlan, type NicSpec, type StepResult } from "./topology.js";
+import {
+  HOST_FWD_EC2,
+  HOST_FWD_IMDS,
+  NICS,
+  type BootPlan,
+  type NicSpec,
+  type StepResult,
+} from "./topology.js";
 import { hostEmulators } from "./hostemu.js";
 import { Vm } from "./vm.js";
 import { runSystemdScenario } from "./systemd.js";
@@ -18,9 +25,16 @@ const t0 = Date.now();
 const elapsed = () => `${((Date.now() - t0) / 1000).toFixed(0)}s`;
 const say = (s: string) => process.stdout.write(`[e2e ${elapsed()}] ${s}\n`);
 
-function sh(argv: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv; quiet?: boolean } = {}): Promise<{ code: number | null; out: string }> {
+function sh(
+  argv: string[],
+  opts: { cwd?: string; env?: NodeJS.ProcessEnv; quiet?: boolean } = {},
+): Promise<{ code: number | null; out: string }> {
   return new Promise((resolve) => {
-    const p = spawn(argv[0]!, argv.slice(1), { cwd: opts.cwd ?? REPO, env: { ...process.env, ...opts.env }, stdio: ["ignore", "pipe", "pipe"] });
+    const p = spawn(argv[0], argv.slice(1), {
+      cwd: opts.cwd ?? REPO,
+      env: { ...process.env, ...opts.env },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
     let out = "";
     const on = (d: Buffer) => {
       out += d.toString();
@@ -34,7 +48,10 @@ function sh(argv: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv; quiet
 
 async function must(argv: string[], what: string, opts: { quiet?: boolean } = {}): Promise<string> {
   const r = await sh(argv, opts);
-  if (r.code !== 0) throw new Error(`${what} failed (exit ${r.code}): ${r.out.trim().split("\n").slice(-10).join("\n")}`);
+  if (r.code !== 0)
+    throw new Error(
+      `${what} failed (exit ${r.code}): ${r.out.trim().split("\n").slice(-10).join("\n")}`,
+    );
   return r.out;
 }
 
@@ -46,7 +63,17 @@ const hashFiles = (files: string[], extra = "") => {
 
 /** A cpio (newc) of a directory tree, gzipped: the per-run overlay appended to the base initramfs. */
 async function cpioOf(dir: string, out: string): Promise<void> {
-  await must(["bash", "-c", 'cd "$1" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0 | gzip -1 > "$2"', "cpio", dir, out], "cpio");
+  await must(
+    [
+      "bash",
+      "-c",
+      'cd "$1" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0 | gzip -1 > "$2"',
+      "cpio",
+      dir,
+      out,
+    ],
+    "cpio",
+  );
 }
 
 interface Built {
@@ -64,11 +91,18 @@ async function prepare(): Promise<Built> {
   const krel = (await fs.readFile(path.join(WORK, "krel"), "utf8")).trim();
   const kernel = path.join(WORK, `kernel/${krel}/root/boot/vmlinuz-${krel}`);
 
-  const baseInputs = [path.join(REPO, "scripts/e2e/build-initramfs.sh"), path.join(REPO, "test/e2e/guest/init.sh"), path.join(WORK, `vfio-noiommu/${krel}/vfio.ko`)];
+  const baseInputs = [
+    path.join(REPO, "scripts/e2e/build-initramfs.sh"),
+    path.join(REPO, "test/e2e/guest/init.sh"),
+    path.join(WORK, `vfio-noiommu/${krel}/vfio.ko`),
+  ];
   const base = path.join(WORK, `base-${krel}-${hashFiles(baseInputs, process.version)}.cpio.gz`);
   if (!existsSync(base)) {
     say("building the base initramfs");
-    await must(["bash", path.join(REPO, "scripts/e2e/build-initramfs.sh"), krel, base], "build-initramfs.sh");
+    await must(
+      ["bash", path.join(REPO, "scripts/e2e/build-initramfs.sh"), krel, base],
+      "build-initramfs.sh",
+    );
   }
 
   // E2E_DIST: test a bundle built elsewhere (harness development only); normally the real build runs.
@@ -94,7 +128,10 @@ async function prepare(): Promise<Built> {
     target: "node20",
     logLevel: "warning",
   });
-  await fs.copyFile(path.join(REPO, "test/e2e/guest/failing-bind.sh"), path.join(assets, "opt/e2e/failing-bind"));
+  await fs.copyFile(
+    path.join(REPO, "test/e2e/guest/failing-bind.sh"),
+    path.join(assets, "opt/e2e/failing-bind"),
+  );
   await fs.chmod(path.join(assets, "opt/e2e/failing-bind"), 0o755);
   return { krel, kernel, base, assets };
 }
@@ -114,10 +151,44 @@ interface Boot {
 }
 
 const BOOTS: Boot[] = [
-  { id: "A", title: "first boot: guards, bind, idempotent", steps: ["s5", "s1", "s2", "carry"], expects: ["5", "1", "2"], noiommu: true, nics: NICS, timeoutMs: Number(process.env.E2E_BOOT_TIMEOUT ?? 420) * 1000 },
-  { id: "B", title: "reboot with the state file kept; failure after unbind; crash mid-bind", steps: ["s3", "s4b", "s8"], expects: ["3", "4b", "8"], noiommu: true, nics: NICS, carryFrom: "A", timeoutMs: 300_000 },
-  { id: "C", title: "stock kernel (vfio without NOIOMMU)", steps: ["s4"], expects: ["4"], noiommu: false, nics: NICS, timeoutMs: 240_000 },
-  { id: "D", title: "hot-plug on first boot (EC2 + IMDS emulators on the host)", steps: ["s6"], expects: ["6"], noiommu: true, nics: [NICS[0]!], hostEmulators: true, timeoutMs: 300_000 },
+  {
+    id: "A",
+    title: "first boot: guards, bind, idempotent",
+    steps: ["s5", "s1", "s2", "carry"],
+    expects: ["5", "1", "2"],
+    noiommu: true,
+    nics: NICS,
+    timeoutMs: Number(process.env.E2E_BOOT_TIMEOUT ?? 420) * 1000,
+  },
+  {
+    id: "B",
+    title: "reboot with the state file kept; failure after unbind; crash mid-bind",
+    steps: ["s3", "s4b", "s8"],
+    expects: ["3", "4b", "8"],
+    noiommu: true,
+    nics: NICS,
+    carryFrom: "A",
+    timeoutMs: 300_000,
+  },
+  {
+    id: "C",
+    title: "stock kernel (vfio without NOIOMMU)",
+    steps: ["s4"],
+    expects: ["4"],
+    noiommu: false,
+    nics: NICS,
+    timeoutMs: 240_000,
+  },
+  {
+    id: "D",
+    title: "hot-plug on first boot (EC2 + IMDS emulators on the host)",
+    steps: ["s6"],
+    expects: ["6"],
+    noiommu: true,
+    nics: [NICS[0]],
+    hostEmulators: true,
+    timeoutMs: 300_000,
+  },
 ];
 
 async function runBoot(b: Boot, built: Built): Promise<StepResult[]> {
@@ -136,14 +207,30 @@ async function runBoot(b: Boot, built: Built): Promise<StepResult[]> {
     steps: b.steps,
     nics: b.nics,
     noiommuKernel: b.noiommu,
-    ...(emu ? { hostImds: `http://${HOST_FWD_IMDS.ip}:${HOST_FWD_IMDS.port}`, hostEc2: `http://${HOST_FWD_EC2.ip}:${HOST_FWD_EC2.port}` } : {}),
+    ...(emu
+      ? {
+          hostImds: `http://${HOST_FWD_IMDS.ip}:${HOST_FWD_IMDS.port}`,
+          hostEc2: `http://${HOST_FWD_EC2.ip}:${HOST_FWD_EC2.port}`,
+        }
+      : {}),
   };
   const ov = path.join(dir, "overlay");
   await fs.cp(built.assets, ov, { recursive: true });
   await fs.writeFile(path.join(ov, "opt/e2e/plan.json"), JSON.stringify(plan, null, 2));
   await cpioOf(ov, path.join(dir, "overlay.cpio.gz"));
   const initrd = path.join(dir, "initrd.cpio.gz");
-  await must(["bash", "-c", 'cat "$1" "$2" > "$3"', "cat", built.base, path.join(dir, "overlay.cpio.gz"), initrd], "initrd");
+  await must(
+    [
+      "bash",
+      "-c",
+      'cat "$1" "$2" > "$3"',
+      "cat",
+      built.base,
+      path.join(dir, "overlay.cpio.gz"),
+      initrd,
+    ],
+    "initrd",
+  );
 
   vm = new Vm({
     name: b.id,
@@ -157,24 +244,49 @@ async function runBoot(b: Boot, built: Built): Promise<StepResult[]> {
     spareNetdevs: emu ? ["hpn1"] : [],
     timeoutMs: b.timeoutMs,
   });
-  say(`boot ${b.id}: ${b.title} (${b.noiommu ? "NOIOMMU vfio.ko" : "stock vfio.ko"}, ${b.nics.length} NICs)`);
+  say(
+    `boot ${b.id}: ${b.title} (${b.noiommu ? "NOIOMMU vfio.ko" : "stock vfio.ko"}, ${b.nics.length} NICs)`,
+  );
   const tb = Date.now();
   await vm.start();
   const exit = await vm.wait();
   await emu?.close();
   const serial = await vm.serial();
-  say(`boot ${b.id} ended (${exit === "timeout" ? "TIMEOUT" : `qemu exit ${exit}`}) after ${((Date.now() - tb) / 1000).toFixed(1)} s; serial log ${vm.serialPath}`);
+  say(
+    `boot ${b.id} ended (${exit === "timeout" ? "TIMEOUT" : `qemu exit ${exit}`}) after ${((Date.now() - tb) / 1000).toFixed(1)} s; serial log ${vm.serialPath}`,
+  );
   const results: StepResult[] = [];
-  const fromShare = existsSync(path.join(outDir, "results.jsonl")) ? readFileSync(path.join(outDir, "results.jsonl"), "utf8") : "";
-  for (const line of fromShare.split("\n").filter(Boolean)) results.push(JSON.parse(line) as StepResult);
+  const fromShare = existsSync(path.join(outDir, "results.jsonl"))
+    ? readFileSync(path.join(outDir, "results.jsonl"), "utf8")
+    : "";
+  for (const line of fromShare.split("\n").filter(Boolean))
+    results.push(JSON.parse(line) as StepResult);
   if (!results.length) {
-    for (const m of serial.matchAll(/^E2E-RESULT (.*)$/gm)) results.push(JSON.parse(m[1]!) as StepResult);
+    for (const m of serial.matchAll(/^E2E-RESULT (.*)$/gm))
+      results.push(JSON.parse(m[1]) as StepResult);
   }
-  for (const r of results) if (emu && r.scenario === "6") r.evidence.unshift(...emu.log.map((l) => `host: ${l}`), `host: EC2 calls ${JSON.stringify(emu.ec2.callsPerAction())}`);
+  for (const r of results)
+    if (emu && r.scenario === "6")
+      r.evidence.unshift(
+        ...emu.log.map((l) => `host: ${l}`),
+        `host: EC2 calls ${JSON.stringify(emu.ec2.callsPerAction())}`,
+      );
   for (const id of b.expects) {
     if (!results.some((r) => r.scenario === id)) {
-      const lines = serial.trim().split("\n").slice(-15).map((l) => "  | " + l);
-      results.push({ scenario: id, title: `boot ${b.id} reported no result`, status: "FAIL", evidence: [`boot ${b.id}: ${exit === "timeout" ? "timed out" : `qemu exit ${exit}`}; serial tail:`, ...lines] });
+      const lines = serial
+        .trim()
+        .split("\n")
+        .slice(-15)
+        .map((l) => "  | " + l);
+      results.push({
+        scenario: id,
+        title: `boot ${b.id} reported no result`,
+        status: "FAIL",
+        evidence: [
+          `boot ${b.id}: ${exit === "timeout" ? "timed out" : `qemu exit ${exit}`}; serial tail:`,
+          ...lines,
+        ],
+      });
     }
   }
   return results;
@@ -206,15 +318,26 @@ async function main(): Promise<number> {
     all.push(...rs);
   }
   if (!only || only.includes("E")) {
-    const r = await runSystemdScenario({ repo: REPO, work: WORK, krel: built.krel, kernel: built.kernel, base: built.base, assets: built.assets, say });
+    const r = await runSystemdScenario({
+      repo: REPO,
+      work: WORK,
+      krel: built.krel,
+      kernel: built.kernel,
+      base: built.base,
+      assets: built.assets,
+      say,
+    });
     print(r);
     all.push(r);
   }
   process.stdout.write(`\n==== e2e summary (${elapsed()}) ====\n`);
-  for (const r of all.sort((a, b) => a.scenario.localeCompare(b.scenario))) process.stdout.write(`${r.status.padEnd(8)} ${r.scenario.padEnd(3)} ${r.title}\n`);
+  for (const r of all.sort((a, b) => a.scenario.localeCompare(b.scenario)))
+    process.stdout.write(`${r.status.padEnd(8)} ${r.scenario.padEnd(3)} ${r.title}\n`);
   const count = (st: string) => all.filter((r) => r.status === st).length;
   // The plain closing line CI reads; NOT DONE counts as skipped, never as passed.
-  process.stdout.write(`e2e: ${count("PASS")} passed, ${count("FAIL")} failed, ${count("NOT DONE")} skipped\n`);
+  process.stdout.write(
+    `e2e: ${count("PASS")} passed, ${count("FAIL")} failed, ${count("NOT DONE")} skipped\n`,
+  );
   return all.some((r) => r.status === "FAIL") ? 1 : 0;
 }
 

@@ -8,7 +8,15 @@ import { existsSync, promises as fs, readFileSync } from "node:fs";
 import path from "node:path";
 import { Step } from "./guest/lib.js";
 import { hostEmulators } from "./hostemu.js";
-import { bdfOf, HOST_FWD_EC2, HOST_FWD_IMDS, NICS, SG_ID, SUBNET_ID, type StepResult } from "./topology.js";
+import {
+  bdfOf,
+  HOST_FWD_EC2,
+  HOST_FWD_IMDS,
+  NICS,
+  SG_ID,
+  SUBNET_ID,
+  type StepResult,
+} from "./topology.js";
 import { Vm } from "./vm.js";
 import { CLI_AWS_ENV } from "./world.js";
 
@@ -24,7 +32,7 @@ export interface SystemdCtx {
 
 function sh(argv: string[], cwd?: string): Promise<{ code: number | null; out: string }> {
   return new Promise((resolve) => {
-    const p = spawn(argv[0]!, argv.slice(1), { cwd, stdio: ["ignore", "pipe", "pipe"] });
+    const p = spawn(argv[0], argv.slice(1), { cwd, stdio: ["ignore", "pipe", "pipe"] });
     let out = "";
     p.stdout.on("data", (d: Buffer) => (out += d.toString()));
     p.stderr.on("data", (d: Buffer) => (out += d.toString()));
@@ -34,18 +42,39 @@ function sh(argv: string[], cwd?: string): Promise<{ code: number | null; out: s
 
 async function must(argv: string[], what: string, cwd?: string): Promise<string> {
   const r = await sh(argv, cwd);
-  if (r.code !== 0) throw new Error(`${what} failed (exit ${r.code}): ${r.out.trim().split("\n").slice(-8).join(" | ")}`);
+  if (r.code !== 0)
+    throw new Error(
+      `${what} failed (exit ${r.code}): ${r.out.trim().split("\n").slice(-8).join(" | ")}`,
+    );
   return r.out;
 }
 
-const PRIMARY = NICS[0]!;
+const PRIMARY = NICS[0];
 const DPDK1 = NICS.find((n) => n.name === "dpdk1")!;
 const DPDK2 = NICS.find((n) => n.name === "dpdk2")!;
 
 function toml(enis: { name: string; index: number }[], extra: string[] = []): string {
-  const lines = ["[service]", 'sources = ["file"]', 'on_failure = "fail"', "timeout_seconds = 120", "[dpdk]", 'noiommu = "auto"', ...extra, "[sriov]", 'resource_prefix = "amazon.com"'];
+  const lines = [
+    "[service]",
+    'sources = ["file"]',
+    'on_failure = "fail"',
+    "timeout_seconds = 120",
+    "[dpdk]",
+    'noiommu = "auto"',
+    ...extra,
+    "[sriov]",
+    'resource_prefix = "amazon.com"',
+  ];
   for (const e of enis) {
-    lines.push("[[eni]]", `name = "${e.name}"`, `device_index = ${e.index}`, `subnet_id = "${SUBNET_ID}"`, `security_group_ids = ["${SG_ID}"]`, "[eni.dpdk]", 'resource_name = "amazon.com/e2e_dpdk"');
+    lines.push(
+      "[[eni]]",
+      `name = "${e.name}"`,
+      `device_index = ${e.index}`,
+      `subnet_id = "${SUBNET_ID}"`,
+      `security_group_ids = ["${SG_ID}"]`,
+      "[eni.dpdk]",
+      'resource_name = "amazon.com/e2e_dpdk"',
+    );
   }
   return lines.join("\n") + "\n";
 }
@@ -125,7 +154,10 @@ const FAILING_BIND = readFileSync(new URL("./guest/failing-bind.sh", import.meta
 /** Build the disk image: the cached debootstrap tree + node, modules, the product (install.sh), test units. */
 async function buildDisk(ctx: SystemdCtx, dir: string): Promise<string> {
   const rootTar = path.join(ctx.work, "rootfs-bookworm.tar");
-  await must(["bash", path.join(ctx.repo, "scripts/e2e/build-rootfs.sh"), rootTar], "build-rootfs.sh (debootstrap)");
+  await must(
+    ["bash", path.join(ctx.repo, "scripts/e2e/build-rootfs.sh"), rootTar],
+    "build-rootfs.sh (debootstrap)",
+  );
   const R = path.join(dir, "rootfs");
   await fs.mkdir(R, { recursive: true });
   await must(["tar", "-C", R, "-xf", rootTar], "unpack rootfs");
@@ -133,26 +165,63 @@ async function buildDisk(ctx: SystemdCtx, dir: string): Promise<string> {
   // node and any library the rootfs lacks
   await fs.copyFile(process.execPath, path.join(R, "usr/bin/node"));
   await fs.chmod(path.join(R, "usr/bin/node"), 0o755);
-  for (const lib of (await must(["ldd", process.execPath], "ldd node")).match(/\/\S+\.so[^\s]*/g) ?? []) {
+  for (const lib of (await must(["ldd", process.execPath], "ldd node")).match(/\/\S+\.so[^\s]*/g) ??
+    []) {
     if (!existsSync(path.join(R, lib))) await fs.cp(lib, path.join(R, lib), { dereference: true });
   }
 
   // kernel modules (NIC drivers, vfio with the NOIOMMU vfio.ko, 9p for the results share)
   const K = path.join(ctx.work, `kernel/${ctx.krel}/root`);
-  const mods = ["vfio", "vfio-pci", "vfio_iommu_type1", "e1000", "e1000e", "virtio_net", "virtio_pci", "9p", "9pnet_virtio", "virtio_blk", "ext4"];
-  const deps = await must(["modprobe", "-S", ctx.krel, "-d", K, "--show-depends", "-a", ...mods], "modprobe --show-depends");
-  for (const f of deps.split("\n").filter((l) => l.startsWith("insmod ")).map((l) => l.split(" ")[1]!)) {
+  const mods = [
+    "vfio",
+    "vfio-pci",
+    "vfio_iommu_type1",
+    "e1000",
+    "e1000e",
+    "virtio_net",
+    "virtio_pci",
+    "9p",
+    "9pnet_virtio",
+    "virtio_blk",
+    "ext4",
+  ];
+  const deps = await must(
+    ["modprobe", "-S", ctx.krel, "-d", K, "--show-depends", "-a", ...mods],
+    "modprobe --show-depends",
+  );
+  for (const f of deps
+    .split("\n")
+    .filter((l) => l.startsWith("insmod "))
+    .map((l) => l.split(" ")[1])) {
     const rel = f.slice(K.length);
     await fs.mkdir(path.dirname(path.join(R, rel)), { recursive: true });
     await fs.copyFile(f, path.join(R, rel));
   }
-  for (const f of ["modules.order", "modules.builtin", "modules.builtin.modinfo"]) await fs.copyFile(path.join(K, `lib/modules/${ctx.krel}`, f), path.join(R, `lib/modules/${ctx.krel}`, f));
-  await fs.copyFile(path.join(ctx.work, `vfio-noiommu/${ctx.krel}/vfio.ko`), path.join(R, `lib/modules/${ctx.krel}/kernel/drivers/vfio/vfio.ko`));
+  for (const f of ["modules.order", "modules.builtin", "modules.builtin.modinfo"])
+    await fs.copyFile(
+      path.join(K, `lib/modules/${ctx.krel}`, f),
+      path.join(R, `lib/modules/${ctx.krel}`, f),
+    );
+  await fs.copyFile(
+    path.join(ctx.work, `vfio-noiommu/${ctx.krel}/vfio.ko`),
+    path.join(R, `lib/modules/${ctx.krel}/kernel/drivers/vfio/vfio.ko`),
+  );
   await must(["depmod", "-b", R, ctx.krel], "depmod");
 
   // the product, installed the way a node image gets it: release tarball + install.sh
   const pkgDir = path.join(dir, "pkg");
-  await must(["node", path.join(ctx.repo, "scripts/package.mjs"), "--out", pkgDir, "--bundle-dir", path.join(ctx.assets, "opt/eni-dpdk")], "npm run package", ctx.repo);
+  await must(
+    [
+      "node",
+      path.join(ctx.repo, "scripts/package.mjs"),
+      "--out",
+      pkgDir,
+      "--bundle-dir",
+      path.join(ctx.assets, "opt/eni-dpdk"),
+    ],
+    "npm run package",
+    ctx.repo,
+  );
   const tgz = (await fs.readdir(pkgDir)).find((f) => f.endsWith(".tar.gz"))!;
   const x = path.join(pkgDir, "x");
   await fs.mkdir(x);
@@ -165,35 +234,74 @@ async function buildDisk(ctx: SystemdCtx, dir: string): Promise<string> {
     await fs.writeFile(path.join(R, rel), content, { mode });
   };
   await w("etc/hostname", "e2e-node\n");
-  await w("etc/systemd/network/10-primary.network", `[Match]\nMACAddress=${PRIMARY.mac}\n[Network]\nAddress=10.0.2.15/24\nGateway=10.0.2.2\nIPv6AcceptRA=no\n`);
+  await w(
+    "etc/systemd/network/10-primary.network",
+    `[Match]\nMACAddress=${PRIMARY.mac}\n[Network]\nAddress=10.0.2.15/24\nGateway=10.0.2.2\nIPv6AcceptRA=no\n`,
+  );
   await w(
     "etc/systemd/system/eni-dpdk.service.d/10-e2e.conf",
     `# e2e: the emulators run on the test host, reached through QEMU guestfwd\n[Service]\n` +
-      Object.entries({ AWS_EC2_METADATA_SERVICE_ENDPOINT: `http://${HOST_FWD_IMDS.ip}:${HOST_FWD_IMDS.port}`, AWS_ENDPOINT_URL_EC2: `http://${HOST_FWD_EC2.ip}:${HOST_FWD_EC2.port}`, ...CLI_AWS_ENV })
+      Object.entries({
+        AWS_EC2_METADATA_SERVICE_ENDPOINT: `http://${HOST_FWD_IMDS.ip}:${HOST_FWD_IMDS.port}`,
+        AWS_ENDPOINT_URL_EC2: `http://${HOST_FWD_EC2.ip}:${HOST_FWD_EC2.port}`,
+        ...CLI_AWS_ENV,
+      })
         .map(([k, v]) => `Environment=${k}=${v}\n`)
         .join(""),
   );
   await w("etc/eni-dpdk/config.toml", toml([{ name: "dpdk1", index: 1 }]));
   await w("etc/e2e/good.toml", toml([{ name: "dpdk1", index: 1 }]));
-  await w("etc/e2e/failing.toml", toml([{ name: "dpdk1", index: 1 }, { name: "dpdk2", index: 2 }], ['binding_script = "/opt/e2e/failing-bind"']));
+  await w(
+    "etc/e2e/failing.toml",
+    toml(
+      [
+        { name: "dpdk1", index: 1 },
+        { name: "dpdk2", index: 2 },
+      ],
+      ['binding_script = "/opt/e2e/failing-bind"'],
+    ),
+  );
   await w("opt/e2e/failing-bind", FAILING_BIND, 0o755);
   await w("usr/local/bin/e2e-standin", STANDIN, 0o755);
   await w("usr/local/bin/e2e-check", CHECK, 0o755);
   await w("etc/systemd/system/kubelet.service", unit("kubelet", "stand-in kubelet (e2e)"));
-  await w("etc/systemd/system/nodeadm-run.service", unit("nodeadm-run", "stand-in nodeadm-run (e2e)"));
+  await w(
+    "etc/systemd/system/nodeadm-run.service",
+    unit("nodeadm-run", "stand-in nodeadm-run (e2e)"),
+  );
   await w(
     "etc/systemd/system/e2e-check.service",
     "[Unit]\nDescription=e2e evidence collector\nAfter=kubelet.service nodeadm-run.service eni-dpdk.service\n[Service]\nType=oneshot\nExecStart=/usr/local/bin/e2e-check\nStandardOutput=journal+console\n[Install]\nWantedBy=multi-user.target\n",
   );
   const wants = path.join(R, "etc/systemd/system/multi-user.target.wants");
   await fs.mkdir(wants, { recursive: true });
-  for (const u of ["kubelet.service", "nodeadm-run.service", "e2e-check.service"]) await fs.symlink(`/etc/systemd/system/${u}`, path.join(wants, u)).catch(() => {});
-  await fs.symlink("/lib/systemd/system/systemd-networkd.service", path.join(wants, "systemd-networkd.service")).catch(() => {});
-  await fs.mkdir(path.join(R, "etc/systemd/system/network-online.target.wants"), { recursive: true });
-  await fs.symlink("/lib/systemd/system/systemd-networkd-wait-online.service", path.join(R, "etc/systemd/system/network-online.target.wants/systemd-networkd-wait-online.service")).catch(() => {});
+  for (const u of ["kubelet.service", "nodeadm-run.service", "e2e-check.service"])
+    await fs.symlink(`/etc/systemd/system/${u}`, path.join(wants, u)).catch(() => {});
+  await fs
+    .symlink(
+      "/lib/systemd/system/systemd-networkd.service",
+      path.join(wants, "systemd-networkd.service"),
+    )
+    .catch(() => {});
+  await fs.mkdir(path.join(R, "etc/systemd/system/network-online.target.wants"), {
+    recursive: true,
+  });
+  await fs
+    .symlink(
+      "/lib/systemd/system/systemd-networkd-wait-online.service",
+      path.join(
+        R,
+        "etc/systemd/system/network-online.target.wants/systemd-networkd-wait-online.service",
+      ),
+    )
+    .catch(() => {});
   // no login prompts or first-boot wizards on the console
-  await fs.symlink("/dev/null", path.join(R, "etc/systemd/system/serial-getty@ttyS0.service")).catch(() => {});
-  await fs.symlink("/dev/null", path.join(R, "etc/systemd/system/systemd-firstboot.service")).catch(() => {});
+  await fs
+    .symlink("/dev/null", path.join(R, "etc/systemd/system/serial-getty@ttyS0.service"))
+    .catch(() => {});
+  await fs
+    .symlink("/dev/null", path.join(R, "etc/systemd/system/systemd-firstboot.service"))
+    .catch(() => {});
   await fs.writeFile(path.join(R, "etc/machine-id"), "0e2e0e2e0e2e0e2e0e2e0e2e0e2e0e2e\n");
 
   const img = path.join(dir, "disk.img");
@@ -212,7 +320,10 @@ function prop(block: string, key: string): string | undefined {
 }
 
 export async function runSystemdScenario(ctx: SystemdCtx): Promise<StepResult> {
-  const st = new Step("7", "systemd: real units; READY before kubelet; failing config fails the unit with a useful journal message; reboot rebinds via eni-dpdk-early");
+  const st = new Step(
+    "7",
+    "systemd: real units; READY before kubelet; failing config fails the unit with a useful journal message; reboot rebinds via eni-dpdk-early",
+  );
   const dir = path.join(ctx.work, "boots/E");
   await fs.rm(dir, { recursive: true, force: true });
   await fs.mkdir(path.join(dir, "out"), { recursive: true });
@@ -221,7 +332,11 @@ export async function runSystemdScenario(ctx: SystemdCtx): Promise<StepResult> {
     ctx.say("boot E: building the systemd guest disk (debootstrap cached, install.sh --destdir)");
     img = await buildDisk(ctx, dir);
   } catch (e) {
-    return { ...st.result(), status: "FAIL", evidence: [`building the systemd guest failed: ${(e as Error).message}`] };
+    return {
+      ...st.result(),
+      status: "FAIL",
+      evidence: [`building the systemd guest failed: ${(e as Error).message}`],
+    };
   }
   const nics = [PRIMARY, DPDK1, DPDK2];
   let vm: Vm | undefined;
@@ -243,21 +358,47 @@ export async function runSystemdScenario(ctx: SystemdCtx): Promise<StepResult> {
   await vm.start();
   const exit = await vm.wait();
   await emu.close();
-  ctx.say(`boot E ended (${exit === "timeout" ? "TIMEOUT" : `qemu exit ${exit}`}) after ${((Date.now() - tb) / 1000).toFixed(1)} s; serial log ${vm.serialPath}`);
-  const out = existsSync(path.join(dir, "out/s7.txt")) ? readFileSync(path.join(dir, "out/s7.txt"), "utf8") : "";
+  ctx.say(
+    `boot E ended (${exit === "timeout" ? "TIMEOUT" : `qemu exit ${exit}`}) after ${((Date.now() - tb) / 1000).toFixed(1)} s; serial log ${vm.serialPath}`,
+  );
+  const out = existsSync(path.join(dir, "out/s7.txt"))
+    ? readFileSync(path.join(dir, "out/s7.txt"), "utf8")
+    : "";
   if (!out) {
-    const tail = (await vm.serial()).trim().split("\n").slice(-20).map((l) => "  | " + l);
-    return { ...st.result(), status: "FAIL", evidence: [`no evidence file from the guest (${exit === "timeout" ? "timed out" : `qemu exit ${exit}`}); serial tail:`, ...tail] };
+    const tail = (await vm.serial())
+      .trim()
+      .split("\n")
+      .slice(-20)
+      .map((l) => "  | " + l);
+    return {
+      ...st.result(),
+      status: "FAIL",
+      evidence: [
+        `no evidence file from the guest (${exit === "timeout" ? "timed out" : `qemu exit ${exit}`}); serial tail:`,
+        ...tail,
+      ],
+    };
   }
   st.note(`EC2 calls seen by the host emulator: ${JSON.stringify(emu.ec2.callsPerAction())}`);
 
   // phase 1: a good config
   const status1 = section(out, "phase1", "systemctl status eni-dpdk");
   st.note("systemctl status eni-dpdk:");
-  st.evidence.push(...status1.split("\n").slice(0, 8).map((l) => "  | " + l));
+  st.evidence.push(
+    ...status1
+      .split("\n")
+      .slice(0, 8)
+      .map((l) => "  | " + l),
+  );
   const show1 = section(out, "phase1", "show eni-dpdk");
-  st.check(prop(show1, "ActiveState") === "active" && prop(show1, "SubState") === "running", `eni-dpdk.service active (running) (ActiveState=${prop(show1, "ActiveState")} SubState=${prop(show1, "SubState")})`);
-  st.check(/^\s*Status: "ready/m.test(status1), `systemctl status shows the Status line: ${status1.match(/^\s*Status: .*$/m)?.[0]?.trim() ?? "none"}`);
+  st.check(
+    prop(show1, "ActiveState") === "active" && prop(show1, "SubState") === "running",
+    `eni-dpdk.service active (running) (ActiveState=${prop(show1, "ActiveState")} SubState=${prop(show1, "SubState")})`,
+  );
+  st.check(
+    /^\s*Status: "ready/m.test(status1),
+    `systemctl status shows the Status line: ${status1.match(/^\s*Status: .*$/m)?.[0]?.trim() ?? "none"}`,
+  );
   const early = section(out, "phase1", "show eni-dpdk-early");
   st.note(`eni-dpdk-early.service on first boot: ${early.replace(/\n/g, " ")}`);
   const readyAt = Number(prop(show1, "ActiveEnterTimestampMonotonic"));
@@ -265,29 +406,57 @@ export async function runSystemdScenario(ctx: SystemdCtx): Promise<StepResult> {
     const show = section(out, "phase1", `show ${name}`);
     const saw = section(out, "phase1", `${name} saw`);
     const startAt = Number(prop(show, "ExecMainStartTimestampMonotonic"));
-    st.check(readyAt > 0 && startAt >= readyAt, `${name} started ${((startAt - readyAt) / 1e6).toFixed(2)} s after eni-dpdk became active (READY=1): ExecMainStartTimestampMonotonic=${startAt} ≥ ActiveEnterTimestampMonotonic=${readyAt}`);
-    st.check(/eni_dpdk_active=active/.test(saw) && /dpdk1_driver=vfio-pci/.test(saw) && /sriov_config=present/.test(saw), `when ${name} started it saw: ${saw.replace(/\n/g, ", ")}`);
+    st.check(
+      readyAt > 0 && startAt >= readyAt,
+      `${name} started ${((startAt - readyAt) / 1e6).toFixed(2)} s after eni-dpdk became active (READY=1): ExecMainStartTimestampMonotonic=${startAt} ≥ ActiveEnterTimestampMonotonic=${readyAt}`,
+    );
+    st.check(
+      /eni_dpdk_active=active/.test(saw) &&
+        /dpdk1_driver=vfio-pci/.test(saw) &&
+        /sriov_config=present/.test(saw),
+      `when ${name} started it saw: ${saw.replace(/\n/g, ", ")}`,
+    );
   }
   const sys1 = section(out, "phase1", "sysfs");
-  st.check(new RegExp(`${bdfOf(DPDK1)} driver=vfio-pci`).test(sys1) && /noiommu-/.test(sys1), `the service bound dpdk1: ${sys1.replace(/\n/g, " ")}`);
-  st.note(`journal (phase 1): ${section(out, "phase1", "journal").split("\n").slice(-3).join(" | ")}`);
+  st.check(
+    new RegExp(`${bdfOf(DPDK1)} driver=vfio-pci`).test(sys1) && /noiommu-/.test(sys1),
+    `the service bound dpdk1: ${sys1.replace(/\n/g, " ")}`,
+  );
+  st.note(
+    `journal (phase 1): ${section(out, "phase1", "journal").split("\n").slice(-3).join(" | ")}`,
+  );
 
   // phase 2: a config that fails at run time (the binding script unbinds dpdk2, then fails)
   const p2 = out.split("=== phase2")[1] ?? "";
   const show2 = section(out, "phase2", "show eni-dpdk");
   const status2 = section(out, "phase2", "systemctl status eni-dpdk");
-  st.note(`systemctl restart eni-dpdk with the failing config: ${p2.match(/restart_exit=\d+/)?.[0]}`);
-  st.evidence.push(...status2.split("\n").slice(0, 6).map((l) => "  | " + l));
+  st.note(
+    `systemctl restart eni-dpdk with the failing config: ${p2.match(/restart_exit=\d+/)?.[0]}`,
+  );
+  st.evidence.push(
+    ...status2
+      .split("\n")
+      .slice(0, 6)
+      .map((l) => "  | " + l),
+  );
   st.check(/restart_exit=[1-9]/.test(p2), "systemctl restart reports the start job failed");
   st.check(
-    prop(show2, "Result") === "exit-code" && prop(show2, "ExecMainStatus") === "1" && (prop(show2, "ActiveState") === "failed" || prop(show2, "SubState") === "auto-restart"),
+    prop(show2, "Result") === "exit-code" &&
+      prop(show2, "ExecMainStatus") === "1" &&
+      (prop(show2, "ActiveState") === "failed" || prop(show2, "SubState") === "auto-restart"),
     `unit failed: ActiveState=${prop(show2, "ActiveState")} SubState=${prop(show2, "SubState")} Result=${prop(show2, "Result")} ExecMainStatus=${prop(show2, "ExecMainStatus")} (Restart=on-failure may schedule a retry)`,
   );
   const j2 = section(out, "phase2", "journal");
   const useful = j2.split("\n").find((l) => /level=error .*failed to bind.*next=/.test(l));
-  st.check(!!useful, `the journal says what failed and what to do: ${useful?.slice(0, 400) ?? "(no such line)"}`);
+  st.check(
+    !!useful,
+    `the journal says what failed and what to do: ${useful?.slice(0, 400) ?? "(no such line)"}`,
+  );
   const sys2 = section(out, "phase2", "sysfs");
-  st.check(new RegExp(`${bdfOf(DPDK2)} driver=e1000e net=\\S+`).test(sys2), `dpdk2 back on its kernel driver with a netdev: ${sys2.split("\n").find((l) => l.startsWith(bdfOf(DPDK2)))}`);
+  st.check(
+    new RegExp(`${bdfOf(DPDK2)} driver=e1000e net=\\S+`).test(sys2),
+    `dpdk2 back on its kernel driver with a netdev: ${sys2.split("\n").find((l) => l.startsWith(bdfOf(DPDK2)))}`,
+  );
 
   // reboot: the same disk boots again; eni-dpdk-early rebinds offline before systemd-networkd
   const dir2 = path.join(ctx.work, "boots/E2");
@@ -300,22 +469,50 @@ export async function runSystemdScenario(ctx: SystemdCtx): Promise<StepResult> {
   await vm2.start();
   const exit2 = await vm2.wait();
   await emu2.close();
-  ctx.say(`boot E2 ended (${exit2 === "timeout" ? "TIMEOUT" : `qemu exit ${exit2}`}) after ${((Date.now() - t2) / 1000).toFixed(1)} s; serial log ${vm2.serialPath}`);
-  const rb = existsSync(path.join(dir2, "out/s7b.txt")) ? readFileSync(path.join(dir2, "out/s7b.txt"), "utf8") : "";
+  ctx.say(
+    `boot E2 ended (${exit2 === "timeout" ? "TIMEOUT" : `qemu exit ${exit2}`}) after ${((Date.now() - t2) / 1000).toFixed(1)} s; serial log ${vm2.serialPath}`,
+  );
+  const rb = existsSync(path.join(dir2, "out/s7b.txt"))
+    ? readFileSync(path.join(dir2, "out/s7b.txt"), "utf8")
+    : "";
   if (!rb) {
-    st.check(false, `reboot: no evidence file from the guest (${exit2 === "timeout" ? "timed out" : `qemu exit ${exit2}`})`);
+    st.check(
+      false,
+      `reboot: no evidence file from the guest (${exit2 === "timeout" ? "timed out" : `qemu exit ${exit2}`})`,
+    );
     return st.result();
   }
   const early2 = section(rb, "reboot", "show eni-dpdk-early");
-  const networkd = Number(prop(section(rb, "reboot", "show systemd-networkd"), "ExecMainStartTimestampMonotonic"));
+  const networkd = Number(
+    prop(section(rb, "reboot", "show systemd-networkd"), "ExecMainStartTimestampMonotonic"),
+  );
   const earlyExit = Number(prop(early2, "ExecMainExitTimestampMonotonic"));
-  st.check(prop(early2, "ConditionResult") === "yes" && prop(early2, "Result") === "success" && prop(early2, "ExecMainStatus") === "0", `reboot: eni-dpdk-early ran and succeeded (${early2.replace(/\n/g, " ")})`);
-  st.check(earlyExit > 0 && networkd > 0 && earlyExit <= networkd, `reboot: eni-dpdk-early finished (${earlyExit}) before systemd-networkd started (${networkd})`);
-  st.note(`reboot: eni-dpdk-early journal: ${section(rb, "reboot", "journal early").split("\n").slice(-4).join(" | ")}`);
+  st.check(
+    prop(early2, "ConditionResult") === "yes" &&
+      prop(early2, "Result") === "success" &&
+      prop(early2, "ExecMainStatus") === "0",
+    `reboot: eni-dpdk-early ran and succeeded (${early2.replace(/\n/g, " ")})`,
+  );
+  st.check(
+    earlyExit > 0 && networkd > 0 && earlyExit <= networkd,
+    `reboot: eni-dpdk-early finished (${earlyExit}) before systemd-networkd started (${networkd})`,
+  );
+  st.note(
+    `reboot: eni-dpdk-early journal: ${section(rb, "reboot", "journal early").split("\n").slice(-4).join(" | ")}`,
+  );
   const sysR = section(rb, "reboot", "sysfs");
-  st.check(new RegExp(`${bdfOf(DPDK1)} driver=vfio-pci`).test(sysR) && /noiommu-/.test(sysR), `reboot: dpdk1 bound again: ${sysR.replace(/\n/g, " ")}`);
+  st.check(
+    new RegExp(`${bdfOf(DPDK1)} driver=vfio-pci`).test(sysR) && /noiommu-/.test(sysR),
+    `reboot: dpdk1 bound again: ${sysR.replace(/\n/g, " ")}`,
+  );
   const show3 = section(rb, "reboot", "show eni-dpdk");
-  st.check(prop(show3, "ActiveState") === "active", `reboot: eni-dpdk.service ${prop(show3, "ActiveState")} (${prop(show3, "StatusText")})`);
-  st.check(emu2.ec2.totalCalls() === 0, `reboot: no EC2 call during the second boot (${JSON.stringify(emu2.ec2.callsPerAction())})`);
+  st.check(
+    prop(show3, "ActiveState") === "active",
+    `reboot: eni-dpdk.service ${prop(show3, "ActiveState")} (${prop(show3, "StatusText")})`,
+  );
+  st.check(
+    emu2.ec2.totalCalls() === 0,
+    `reboot: no EC2 call during the second boot (${JSON.stringify(emu2.ec2.callsPerAction())})`,
+  );
   return st.result();
 }

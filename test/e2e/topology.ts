@@ -23,7 +23,13 @@ const ids: Record<NicModel, { vendor: string; device: string }> = {
   e1000e: { vendor: "8086", device: "10d3" },
 };
 
-function nic(name: string, model: NicModel, n: number, slot: number, deviceNumber: number): NicSpec {
+function nic(
+  name: string,
+  model: NicModel,
+  n: number,
+  slot: number,
+  deviceNumber: number,
+): NicSpec {
   const hex = n.toString(16).padStart(2, "0");
   return {
     name,
@@ -62,7 +68,7 @@ export const AZ = "us-west-2a";
 export const GUEST_PRIMARY_IP = "10.0.2.15";
 export const GUEST_GATEWAY = "10.0.2.2";
 export const HOST_FWD_IMDS = { ip: "10.0.2.100", port: 80 };
-export const HOST_FWD_EC2 = { ip: "10.0.2.101", port: 8080 };  // distinct port: QEMU names each guestfwd by it
+export const HOST_FWD_EC2 = { ip: "10.0.2.101", port: 8080 }; // distinct port: QEMU names each guestfwd by it
 
 /** What the host tells one boot of the guest (written to /opt/e2e/plan.json in the overlay). */
 export interface BootPlan {

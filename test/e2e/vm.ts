@@ -48,25 +48,61 @@ export class Vm {
   args(): string[] {
     const o = this.opts;
     const a = [
-      "-machine", "q35,accel=tcg", "-cpu", "max", "-m", String(o.memoryMb ?? 1024), "-smp", "1",
-      "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", "-monitor", "none",
-      "-serial", `file:${this.serialPath}`,
-      "-qmp", `unix:${this.qmpPath},server=on,wait=off`,
-      "-kernel", o.kernel, "-initrd", o.initrd,
-      "-append", `console=ttyS0 panic=-1 quiet loglevel=4 ${o.append}`.trim(),
-      "-fsdev", `local,id=out,path=${this.outDir},security_model=none`,
-      "-device", "virtio-9p-pci,fsdev=out,mount_tag=out,addr=0x2",
+      "-machine",
+      "q35,accel=tcg",
+      "-cpu",
+      "max",
+      "-m",
+      String(o.memoryMb ?? 1024),
+      "-smp",
+      "1",
+      "-nodefaults",
+      "-no-user-config",
+      "-display",
+      "none",
+      "-no-reboot",
+      "-monitor",
+      "none",
+      "-serial",
+      `file:${this.serialPath}`,
+      "-qmp",
+      `unix:${this.qmpPath},server=on,wait=off`,
+      "-kernel",
+      o.kernel,
+      "-initrd",
+      o.initrd,
+      "-append",
+      `console=ttyS0 panic=-1 quiet loglevel=4 ${o.append}`.trim(),
+      "-fsdev",
+      `local,id=out,path=${this.outDir},security_model=none`,
+      "-device",
+      "virtio-9p-pci,fsdev=out,mount_tag=out,addr=0x2",
     ];
     o.nics.forEach((n, i) => {
-      const fwd = i === 0 && o.guestfwd?.length ? o.guestfwd.map((g) => `,guestfwd=${g}`).join("") : "";
+      const fwd =
+        i === 0 && o.guestfwd?.length ? o.guestfwd.map((g) => `,guestfwd=${g}`).join("") : "";
       // Only the primary's network has IPv6: slirp's router advertisements would otherwise give every
       // ENI an IPv6 default route, and eni-dpdk rightly refuses to bind a NIC that carries one.
       a.push("-netdev", `user,id=net-${n.name},restrict=on${i === 0 ? "" : ",ipv6=off"}${fwd}`);
-      a.push("-device", `${n.model},netdev=net-${n.name},mac=${n.mac},addr=0x${n.slot.toString(16)},id=${n.name},romfile=`);
+      a.push(
+        "-device",
+        `${n.model},netdev=net-${n.name},mac=${n.mac},addr=0x${n.slot.toString(16)},id=${n.name},romfile=`,
+      );
     });
-    (o.rootPorts ?? []).forEach((id, i) => a.push("-device", `pcie-root-port,id=${id},chassis=${i + 1},slot=${i + 1},addr=0x${(0x10 + i).toString(16)}`));
+    (o.rootPorts ?? []).forEach((id, i) =>
+      a.push(
+        "-device",
+        `pcie-root-port,id=${id},chassis=${i + 1},slot=${i + 1},addr=0x${(0x10 + i).toString(16)}`,
+      ),
+    );
     for (const id of o.spareNetdevs ?? []) a.push("-netdev", `user,id=${id},restrict=on,ipv6=off`);
-    if (o.disk) a.push("-drive", `file=${o.disk},format=raw,if=none,id=disk0,cache=unsafe`, "-device", "virtio-blk-pci,drive=disk0,addr=0x1e");
+    if (o.disk)
+      a.push(
+        "-drive",
+        `file=${o.disk},format=raw,if=none,id=disk0,cache=unsafe`,
+        "-device",
+        "virtio-blk-pci,drive=disk0,addr=0x1e",
+      );
     return a;
   }
 
@@ -78,7 +114,7 @@ export class Vm {
     const p = spawn("qemu-system-x86_64", this.args(), { stdio: ["ignore", "inherit", "pipe"] });
     this.proc = p;
     let stderr = "";
-    p.stderr!.on("data", (d: Buffer) => (stderr += d.toString()));
+    p.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
     this.exited = new Promise((resolve) =>
       p.on("exit", (code) => {
         if (stderr.trim()) void fs.appendFile(this.serialPath, `\n[qemu stderr] ${stderr}`);
@@ -90,7 +126,9 @@ export class Vm {
   /** Wait for the guest to power off (or kill it at the timeout). Returns QEMU's exit code or "timeout". */
   async wait(): Promise<number | null | "timeout"> {
     let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<"timeout">((r) => (timer = setTimeout(() => r("timeout"), this.opts.timeoutMs)));
+    const timeout = new Promise<"timeout">(
+      (r) => (timer = setTimeout(() => r("timeout"), this.opts.timeoutMs)),
+    );
     const r = await Promise.race([this.exited!, timeout]);
     clearTimeout(timer);
     if (r === "timeout") {
@@ -174,8 +212,14 @@ export class Vm {
 
   /** Hot-plug a NIC with this MAC onto a pre-created root port; returns the QEMU device id. */
   async hotplugNic(nic: NicSpec, bus: string, netdev: string): Promise<string> {
-    await this.qmp("device_add", { driver: nic.model, id: nic.name, netdev, mac: nic.mac, bus, romfile: "" });
+    await this.qmp("device_add", {
+      driver: nic.model,
+      id: nic.name,
+      netdev,
+      mac: nic.mac,
+      bus,
+      romfile: "",
+    });
     return nic.name;
   }
 }
-

@@ -21,7 +21,15 @@ export function imdsNic(n: NicSpec, i: number): ImdsNic {
 
 export function makeImds(nics: NicSpec[]): ImdsEmulator {
   const primary = nics.find((n) => n.deviceNumber === 0)!;
-  return new ImdsEmulator(defaultInstance({ instanceId: INSTANCE_ID, region: REGION, az: AZ, mac: primary.mac, nics: nics.map(imdsNic) }));
+  return new ImdsEmulator(
+    defaultInstance({
+      instanceId: INSTANCE_ID,
+      region: REGION,
+      az: AZ,
+      mac: primary.mac,
+      nics: nics.map(imdsNic),
+    }),
+  );
 }
 
 /**
@@ -36,7 +44,15 @@ export function makeEc2(nics: NicSpec[]): Ec2Emulator {
     securityGroups: [{ groupId: SG_ID, groupName: "e2e", vpcId: VPC_ID }],
     instanceTypes: [{ instanceType: "c6in.4xlarge", maxEnis: 8 }],
     instances: [
-      { instanceId: INSTANCE_ID, instanceType: "c6in.4xlarge", az: AZ, vpcId: VPC_ID, subnetId: SUBNET_ID, primaryEniId: primary.interfaceId, primaryMac: primary.mac },
+      {
+        instanceId: INSTANCE_ID,
+        instanceType: "c6in.4xlarge",
+        az: AZ,
+        vpcId: VPC_ID,
+        subnetId: SUBNET_ID,
+        primaryEniId: primary.interfaceId,
+        primaryMac: primary.mac,
+      },
     ],
   });
   for (const n of nics.filter((x) => x.deviceNumber !== 0)) {

@@ -45,7 +45,10 @@ export function config(data: Record<string, unknown> = {}): Config {
   return buildConfig([{ source: "test", data }]).config;
 }
 
-export function stageCtx(sim: SimKernel, over: Partial<StageContext> = {}): StageContext & { lines: string[] } {
+export function stageCtx(
+  sim: SimKernel,
+  over: Partial<StageContext> = {},
+): StageContext & { lines: string[] } {
   const { log, lines } = captureLog();
   const state: State = { ...emptyState(), instanceId: INSTANCE_ID };
   return {
@@ -55,7 +58,14 @@ export function stageCtx(sim: SimKernel, over: Partial<StageContext> = {}): Stag
     log,
     deadline: new Deadline(20_000),
     config: config(),
-    instance: { instanceId: INSTANCE_ID, instanceType: "c6in.4xlarge", region: "us-west-2", az: "us-west-2a", primaryMac: PRIMARY.mac, localHostname: "ip-10-0-1-10" },
+    instance: {
+      instanceId: INSTANCE_ID,
+      instanceType: "c6in.4xlarge",
+      region: "us-west-2",
+      az: "us-west-2a",
+      primaryMac: PRIMARY.mac,
+      localHostname: "ip-10-0-1-10",
+    },
     imdsNics: [
       { mac: PRIMARY.mac, deviceNumber: 0, networkCard: 0 },
       { mac: DATA1.mac, deviceNumber: 1, networkCard: 0 },
@@ -68,13 +78,23 @@ export function stageCtx(sim: SimKernel, over: Partial<StageContext> = {}): Stag
   };
 }
 
-export function target(name: string, mac: string, over: Partial<Omit<HostTarget, "dpdk">> & { dpdk?: Partial<HostTarget["dpdk"]> } = {}): HostTarget {
+export function target(
+  name: string,
+  mac: string,
+  over: Partial<Omit<HostTarget, "dpdk">> & { dpdk?: Partial<HostTarget["dpdk"]> } = {},
+): HostTarget {
   return {
     name,
     eniId: `eni-0${mac.replace(/:/g, "").slice(-6)}0000000000`,
     mac,
     mtu: 9001,
     ...over,
-    dpdk: { enabled: true, driver: "vfio-pci", resource_name: `amazon.com/${name.replace(/-/g, "_")}`, pci_address: "", ...over.dpdk },
+    dpdk: {
+      enabled: true,
+      driver: "vfio-pci",
+      resource_name: `amazon.com/${name.replace(/-/g, "_")}`,
+      pci_address: "",
+      ...over.dpdk,
+    },
   };
 }

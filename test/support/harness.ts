@@ -11,7 +11,9 @@ import { World, type WorldOptions } from "../../src/sim/world.js";
 
 export const REPO = path.resolve(import.meta.dirname, "../..");
 /** The bundle under test; ENI_DPDK_TEST_BUNDLE runs the suite against another build (e.g. a release). */
-export const BUNDLE = process.env.ENI_DPDK_TEST_BUNDLE ? path.resolve(process.env.ENI_DPDK_TEST_BUNDLE, "eni-dpdk.mjs") : path.join(REPO, "dist/eni-dpdk.mjs");
+export const BUNDLE = process.env.ENI_DPDK_TEST_BUNDLE
+  ? path.resolve(process.env.ENI_DPDK_TEST_BUNDLE, "eni-dpdk.mjs")
+  : path.join(REPO, "dist/eni-dpdk.mjs");
 
 /** Build the bundle once when it is missing or older than any source file (a lone `tap FILE` run). */
 export function ensureBundle(): void {
@@ -20,8 +22,15 @@ export function ensureBundle(): void {
       const p = path.join(dir, d.name);
       return Math.max(m, d.isDirectory() ? newest(p) : statSync(p).mtimeMs);
     }, 0);
-  if (process.env.ENI_DPDK_TEST_BUNDLE || (existsSync(BUNDLE) && statSync(BUNDLE).mtimeMs >= newest(path.join(REPO, "src")))) return;
-  execFileSync(process.execPath, [path.join(REPO, "scripts/build.mjs")], { cwd: REPO, stdio: "ignore" });
+  if (
+    process.env.ENI_DPDK_TEST_BUNDLE ||
+    (existsSync(BUNDLE) && statSync(BUNDLE).mtimeMs >= newest(path.join(REPO, "src")))
+  )
+    return;
+  execFileSync(process.execPath, [path.join(REPO, "scripts/build.mjs")], {
+    cwd: REPO,
+    stdio: "ignore",
+  });
 }
 ensureBundle();
 
@@ -62,7 +71,11 @@ export interface RunOptions {
 }
 
 /** Run the bundle: `node dist/eni-dpdk.mjs ARGS` with the world's environment. */
-export function runCli(world: World | undefined, args: string[], opts: RunOptions = {}): Promise<CliResult> {
+export function runCli(
+  world: World | undefined,
+  args: string[],
+  opts: RunOptions = {},
+): Promise<CliResult> {
   // strace counts `when` per thread; one libuv worker makes "the Nth rename" mean the Nth of the process.
   const traced = opts.killAt || opts.traceTo ? { UV_THREADPOOL_SIZE: "1" } : {};
   const env = { ...(world ? world.env() : { PATH: process.env.PATH }), ...traced, ...opts.env };
@@ -70,12 +83,37 @@ export function runCli(world: World | undefined, args: string[], opts: RunOption
   if (opts.killAt) {
     const k = opts.killAt;
     const sc = k.syscall ?? "openat";
-    argv = ["strace", "-f", "-qq", "-o", "/dev/null", "-e", `trace=${sc}`, "-e", `inject=${sc}:signal=KILL:when=${k.when ?? 1}`, ...(k.path ? ["-P", k.path] : []), ...argv];
+    argv = [
+      "strace",
+      "-f",
+      "-qq",
+      "-o",
+      "/dev/null",
+      "-e",
+      `trace=${sc}`,
+      "-e",
+      `inject=${sc}:signal=KILL:when=${k.when ?? 1}`,
+      ...(k.path ? ["-P", k.path] : []),
+      ...argv,
+    ];
   } else if (opts.traceTo) {
-    argv = ["strace", "-f", "-qq", "-o", opts.traceTo.file, "-e", `trace=${opts.traceTo.syscalls}`, ...argv];
+    argv = [
+      "strace",
+      "-f",
+      "-qq",
+      "-o",
+      opts.traceTo.file,
+      "-e",
+      `trace=${opts.traceTo.syscalls}`,
+      ...argv,
+    ];
   }
   return new Promise((resolve, reject) => {
-    const child = spawn(argv[0]!, argv.slice(1), { env, cwd: opts.cwd ?? REPO, stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(argv[0], argv.slice(1), {
+      env,
+      cwd: opts.cwd ?? REPO,
+      stdio: ["ignore", "pipe", "pipe"],
+    });
     let stdout = "";
     let stderr = "";
     child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
@@ -87,7 +125,14 @@ export function runCli(world: World | undefined, args: string[], opts: RunOption
       clearTimeout(timer);
       // strace reports the tracee's SIGKILL as its own exit status 137
       const killed = signal ?? (opts.killAt && code === 137 ? "SIGKILL" : null);
-      resolve({ code: code ?? 128, signal: killed, stdout, stderr, log: parseLog(stderr), pid: child.pid ?? 0 });
+      resolve({
+        code: code ?? 128,
+        signal: killed,
+        stdout,
+        stderr,
+        log: parseLog(stderr),
+        pid: child.pid ?? 0,
+      });
     });
   });
 }
@@ -105,8 +150,16 @@ export interface LiveCli {
 }
 
 /** Start the bundle and keep it running (the service: `run`). */
-export function startCli(world: World, args: string[], opts: { env?: NodeJS.ProcessEnv } = {}): LiveCli {
-  const child = spawn(NODE[0]!, [...NODE.slice(1), BUNDLE, ...args], { env: { ...world.env(), ...opts.env }, cwd: REPO, stdio: ["ignore", "pipe", "pipe"] });
+export function startCli(
+  world: World,
+  args: string[],
+  opts: { env?: NodeJS.ProcessEnv } = {},
+): LiveCli {
+  const child = spawn(NODE[0], [...NODE.slice(1), BUNDLE, ...args], {
+    env: { ...world.env(), ...opts.env },
+    cwd: REPO,
+    stdio: ["ignore", "pipe", "pipe"],
+  });
   let stderr = "";
   let done = false;
   const waiters: (() => void)[] = [];
@@ -134,7 +187,10 @@ export function startCli(world: World, args: string[], opts: { env?: NodeJS.Proc
       for (;;) {
         const hit = parseLog(stderr).find(pred);
         if (hit) return hit;
-        if (done || Date.now() > until) throw new Error(`no matching log record (${done ? "the process exited" : "timed out"}); stderr: ${stderr.slice(-800)}`);
+        if (done || Date.now() > until)
+          throw new Error(
+            `no matching log record (${done ? "the process exited" : "timed out"}); stderr: ${stderr.slice(-800)}`,
+          );
         await new Promise<void>((r) => {
           waiters.push(r);
           setTimeout(r, 100);
@@ -151,7 +207,8 @@ export function parseLog(text: string): LogRecord[] {
     if (!line.startsWith("level=")) continue;
     const rec: LogRecord = {};
     const re = /([A-Za-z0-9_.-]+)=("(?:[^"\\]|\\.)*"|[^\s]*)/g;
-    for (const m of line.matchAll(re)) rec[m[1]!] = m[2]!.startsWith('"') ? (JSON.parse(m[2]!) as string) : m[2]!;
+    for (const m of line.matchAll(re))
+      rec[m[1]] = m[2].startsWith('"') ? (JSON.parse(m[2]) as string) : m[2];
     out.push(rec);
   }
   return out;
@@ -169,7 +226,7 @@ export async function renameTargets(w: World, args: string[]): Promise<string[]>
   const out: string[] = [];
   for (const line of readFileSync(file, "utf8").split("\n")) {
     const m = /rename\("[^"]*", "([^"]*)"\) = 0/.exec(line);
-    if (m && m[1]!.startsWith(w.root)) out.push(m[1]!.slice(w.root.length));
+    if (m && m[1].startsWith(w.root)) out.push(m[1].slice(w.root.length));
   }
   return out;
 }
@@ -199,7 +256,10 @@ export function snapshotRoot(root: string): Snapshot {
       } catch {
         return void snap.set(rel, `file ${mode} unreadable`); // write-only sysfs attributes
       }
-      snap.set(rel, `file ${mode} ${createHash("sha256").update(content).digest("hex").slice(0, 16)}`);
+      snap.set(
+        rel,
+        `file ${mode} ${createHash("sha256").update(content).digest("hex").slice(0, 16)}`,
+      );
       return;
     }
     snap.set(rel, `other ${mode}`);
@@ -211,8 +271,9 @@ export function snapshotRoot(root: string): Snapshot {
 /** Differences between two snapshots, one line each ("+ path", "- path", "~ path"). */
 export function diffSnapshots(a: Snapshot, b: Snapshot): string[] {
   const out: string[] = [];
-  for (const [k, v] of a) if (!b.has(k)) out.push(`- ${k}`);
-  else if (b.get(k) !== v) out.push(`~ ${k} (${v} → ${b.get(k)})`);
+  for (const [k, v] of a)
+    if (!b.has(k)) out.push(`- ${k}`);
+    else if (b.get(k) !== v) out.push(`~ ${k} (${v} → ${b.get(k)})`);
   for (const k of b.keys()) if (!a.has(k)) out.push(`+ ${k}`);
   return out;
 }
@@ -274,20 +335,39 @@ export interface Rejection {
   message?: RegExp;
 }
 
-const asRe = (x: RegExp | string) => (typeof x === "string" ? new RegExp(x.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")) : x);
+const asRe = (x: RegExp | string) =>
+  typeof x === "string" ? new RegExp(x.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")) : x;
 
 /**
  * The promise for bad input: exit 2, an error line naming the source and the key (and saying what
  * was expected), the root byte-identical, and no mutating EC2 call.
  */
-export async function expectRejected(t: Test, w: World, args: string[], want: Rejection, opts: RunOptions = {}): Promise<CliResult> {
+export async function expectRejected(
+  t: Test,
+  w: World,
+  args: string[],
+  want: Rejection,
+  opts: RunOptions = {},
+): Promise<CliResult> {
   const before = snapshotRoot(w.root);
   const mutating = w.ec2.mutatingCalls();
   const r = await runCli(w, args, opts);
   t.equal(r.code, want.code ?? 2, `exit ${want.code ?? 2}: ${lastError(r)}`);
-  const named = r.log.filter((l) => l.level === "error" && asRe(want.source).test(l.source ?? l.msg ?? "") && asRe(want.key).test(l.key ?? l.msg ?? ""));
-  t.ok(named.length > 0, `an error names source ${want.source} and key ${want.key}; got: ${lastError(r)}`);
-  if (want.message) t.ok(named.some((l) => want.message!.test(l.msg ?? "")), `the message says ${want.message}; got: ${named.map((l) => l.msg).join(" | ") || lastError(r)}`);
+  const named = r.log.filter(
+    (l) =>
+      l.level === "error" &&
+      asRe(want.source).test(l.source ?? l.msg ?? "") &&
+      asRe(want.key).test(l.key ?? l.msg ?? ""),
+  );
+  t.ok(
+    named.length > 0,
+    `an error names source ${want.source} and key ${want.key}; got: ${lastError(r)}`,
+  );
+  if (want.message)
+    t.ok(
+      named.some((l) => want.message!.test(l.msg ?? "")),
+      `the message says ${want.message}; got: ${named.map((l) => l.msg).join(" | ") || lastError(r)}`,
+    );
   t.same(diffSnapshots(before, snapshotRoot(w.root)), [], "the root is byte-identical");
   t.equal(w.ec2.mutatingCalls() - mutating, 0, "no mutating EC2 call");
   return r;

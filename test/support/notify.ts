@@ -9,14 +9,19 @@ import { createInterface } from "node:readline";
 export class NotifySocket {
   readonly messages: { pid: number; fields: Record<string, string> }[] = [];
   private waiters: (() => void)[] = [];
-  private constructor(readonly path: string, private readonly proc: ChildProcess) {}
+  private constructor(
+    readonly path: string,
+    private readonly proc: ChildProcess,
+  ) {}
 
   static async open(): Promise<NotifySocket> {
     const sock = path.join(mkdtempSync(path.join(tmpdir(), "eni-dpdk-notify-")), "notify.sock");
-    const proc = spawn("python3", [path.join(import.meta.dirname, "notify-recv.py"), sock], { stdio: ["ignore", "pipe", "inherit"] });
+    const proc = spawn("python3", [path.join(import.meta.dirname, "notify-recv.py"), sock], {
+      stdio: ["ignore", "pipe", "inherit"],
+    });
     const n = new NotifySocket(sock, proc);
     await new Promise<void>((resolve) => {
-      createInterface({ input: proc.stdout! }).on("line", (line) => {
+      createInterface({ input: proc.stdout }).on("line", (line) => {
         const m = JSON.parse(line);
         if (m.listening) return resolve();
         n.messages.push(m);
@@ -26,12 +31,18 @@ export class NotifySocket {
     return n;
   }
 
-  async waitFor(pred: (f: Record<string, string>) => boolean, ms = 60_000): Promise<Record<string, string>> {
+  async waitFor(
+    pred: (f: Record<string, string>) => boolean,
+    ms = 60_000,
+  ): Promise<Record<string, string>> {
     const deadline = Date.now() + ms;
     for (;;) {
       const hit = this.messages.find((m) => pred(m.fields));
       if (hit) return hit.fields;
-      if (Date.now() > deadline) throw new Error(`no matching notify message; got ${JSON.stringify(this.messages.map((m) => m.fields))}`);
+      if (Date.now() > deadline)
+        throw new Error(
+          `no matching notify message; got ${JSON.stringify(this.messages.map((m) => m.fields))}`,
+        );
       await new Promise<void>((r) => {
         this.waiters.push(r);
         setTimeout(r, 200);

@@ -17,7 +17,9 @@ import { loadState } from "../../src/core/state.js";
 
 const [root, mode, a, b] = process.argv.slice(2) as [string, string, string, string | undefined];
 const host = new Host(root);
-const config = buildConfig([{ source: "test", data: { sriov: { config_path: "/etc/pcidp/config.json" } } }]).config;
+const config = buildConfig([
+  { source: "test", data: { sriov: { config_path: "/etc/pcidp/config.json" } } },
+]).config;
 
 async function ctx(): Promise<StageContext> {
   return {
@@ -27,7 +29,14 @@ async function ctx(): Promise<StageContext> {
     log: silentLogger,
     deadline: new Deadline(10_000),
     config,
-    instance: { instanceId: "i-0123456789abcdef0", instanceType: "c6in.xlarge", region: "us-east-1", az: "us-east-1a", primaryMac: "02:00:00:00:00:01", localHostname: "ip-10-0-0-1" },
+    instance: {
+      instanceId: "i-0123456789abcdef0",
+      instanceType: "c6in.xlarge",
+      region: "us-east-1",
+      az: "us-east-1a",
+      primaryMac: "02:00:00:00:00:01",
+      localHostname: "ip-10-0-0-1",
+    },
     imdsNics: [],
     state: await loadState(host),
     dryRun: false,
@@ -52,7 +61,7 @@ if (mode === "hang-before-rename") {
 } else if (mode === "loop") {
   const sets = [JSON.parse(a) as SriovDevice[], JSON.parse(b ?? "[]") as SriovDevice[]];
   for (let n = 0; ; n++) {
-    await apply(sets[n % 2]!);
+    await apply(sets[n % 2]);
     process.stdout.write(`WROTE ${n}\n`);
   }
 } else {

@@ -22,9 +22,23 @@ const resourceConfig: Record<string, Kind> = {
 const deviceSelectors: Record<string, Kind> = { vendors: "strs", devices: "strs", drivers: "strs" };
 const genericPci: Record<string, Kind> = { pciAddresses: "strs" };
 // IsRdma has no json tag in Go, so its key is "IsRdma", matched case-insensitively ("isRdma" works).
-const genericNet: Record<string, Kind> = { pfNames: "strs", rootDevices: "strs", linkTypes: "strs", IsRdma: "bool", acpiIndexes: "strs", needVhostNet: "bool" };
+const genericNet: Record<string, Kind> = {
+  pfNames: "strs",
+  rootDevices: "strs",
+  linkTypes: "strs",
+  IsRdma: "bool",
+  acpiIndexes: "strs",
+  needVhostNet: "bool",
+};
 const selectorTypes: Record<string, Record<string, Kind>> = {
-  netDevice: { ...deviceSelectors, ...genericPci, ...genericNet, ddpProfiles: "strs", vdpaType: "str", pKeys: "strs" },
+  netDevice: {
+    ...deviceSelectors,
+    ...genericPci,
+    ...genericNet,
+    ddpProfiles: "strs",
+    vdpaType: "str",
+    pKeys: "strs",
+  },
   accelerator: { ...deviceSelectors, ...genericPci },
   auxNetDevice: { ...deviceSelectors, ...genericNet, auxTypes: "strs" },
 };
@@ -44,10 +58,13 @@ export interface PluginVerdict {
   resources: string[];
 }
 
-const obj = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && !Array.isArray(v);
+const obj = (v: unknown): v is Record<string, unknown> =>
+  typeof v === "object" && v !== null && !Array.isArray(v);
 
 function field(key: string, fields: Record<string, Kind>): string | undefined {
-  return key in fields ? key : Object.keys(fields).find((f) => f.toLowerCase() === key.toLowerCase());
+  return key in fields
+    ? key
+    : Object.keys(fields).find((f) => f.toLowerCase() === key.toLowerCase());
 }
 
 function fits(kind: Kind, v: unknown): boolean {
@@ -55,12 +72,25 @@ function fits(kind: Kind, v: unknown): boolean {
   if (kind === "raw") return true;
   if (kind === "str") return typeof v === "string";
   if (kind === "bool") return typeof v === "boolean";
-  if (kind === "strs") return Array.isArray(v) && v.every((x) => x === null || typeof x === "string");
-  return obj(v) && Object.values(v).every((m) => m === null || (obj(m) && Object.values(m).every((x) => x === null || typeof x === "string")));
+  if (kind === "strs")
+    return Array.isArray(v) && v.every((x) => x === null || typeof x === "string");
+  return (
+    obj(v) &&
+    Object.values(v).every(
+      (m) =>
+        m === null ||
+        (obj(m) && Object.values(m).every((x) => x === null || typeof x === "string")),
+    )
+  );
 }
 
 /** Decode `o` into a struct with `fields`; returns the decoded values or a type error. */
-function decode(o: Record<string, unknown>, fields: Record<string, Kind>, where: string, v: PluginVerdict): Record<string, unknown> | string {
+function decode(
+  o: Record<string, unknown>,
+  fields: Record<string, Kind>,
+  where: string,
+  v: PluginVerdict,
+): Record<string, unknown> | string {
   const out: Record<string, unknown> = {};
   let err: string | undefined;
   for (const [k, val] of Object.entries(o)) {
@@ -69,15 +99,24 @@ function decode(o: Record<string, unknown>, fields: Record<string, Kind>, where:
       v.ignored.push(`${where}.${k}`);
       continue;
     }
-    if (f !== k && !(f === "IsRdma" && k === "isRdma")) v.style.push(`${where}.${k} (case differs from ${f})`);
-    if (!fits(fields[f]!, val)) err ??= `${where}.${k}: cannot unmarshal ${Array.isArray(val) ? "array" : typeof val}`;
+    if (f !== k && !(f === "IsRdma" && k === "isRdma"))
+      v.style.push(`${where}.${k} (case differs from ${f})`);
+    if (!fits(fields[f], val))
+      err ??= `${where}.${k}: cannot unmarshal ${Array.isArray(val) ? "array" : typeof val}`;
     else out[f] = val;
   }
   return err ?? out;
 }
 
 export function pluginVerdict(text: string, flagPrefix = "intel.com"): PluginVerdict {
-  const v: PluginVerdict = { fatal: [], dropped: [], ignored: [], matchesAll: [], style: [], resources: [] };
+  const v: PluginVerdict = {
+    fatal: [],
+    dropped: [],
+    ignored: [],
+    matchesAll: [],
+    style: [],
+    resources: [],
+  };
   let doc: unknown;
   try {
     doc = JSON.parse(text);
@@ -158,7 +197,12 @@ export function pluginVerdict(text: string, flagPrefix = "intel.com"): PluginVer
       continue;
     }
     for (const [j, p] of parsed.entries()) {
-      const filters = Object.entries(p).some(([k, x]) => (fields[k] === "strs" && Array.isArray(x) && x.length > 0) || (k === "IsRdma" && x === true) || (k === "vdpaType" && !!x));
+      const filters = Object.entries(p).some(
+        ([k, x]) =>
+          (fields[k] === "strs" && Array.isArray(x) && x.length > 0) ||
+          (k === "IsRdma" && x === true) ||
+          (k === "vdpaType" && !!x),
+      );
       if (!filters) v.matchesAll.push(`${where}.selectors[${j}]`);
       if (p.IsRdma === true && p.vdpaType) {
         v.fatal.push(`validConfigs: ${where}.selectors[${j}]: IsRdma with vdpaType`);
@@ -184,8 +228,10 @@ export function pluginVerdict(text: string, flagPrefix = "intel.com"): PluginVer
       return v;
     }
     seen.add(full);
-    if (!d.resourcePrefix) v.style.push(`${full}: no resourcePrefix (depends on the plugin's --resource-prefix)`);
-    if (name.includes("-")) v.style.push(`${full}: hyphen in the name breaks the PCIDEVICE_ env var`);
+    if (!d.resourcePrefix)
+      v.style.push(`${full}: no resourcePrefix (depends on the plugin's --resource-prefix)`);
+    if (name.includes("-"))
+      v.style.push(`${full}: hyphen in the name breaks the PCIDEVICE_ env var`);
     v.resources.push(full);
   }
   return v;
@@ -193,5 +239,11 @@ export function pluginVerdict(text: string, flagPrefix = "intel.com"): PluginVer
 
 /** Everything clean: what every file eni-dpdk writes must satisfy. */
 export function cleanVerdict(v: PluginVerdict): boolean {
-  return !v.fatal.length && !v.dropped.length && !v.ignored.length && !v.matchesAll.length && !v.style.length;
+  return (
+    !v.fatal.length &&
+    !v.dropped.length &&
+    !v.ignored.length &&
+    !v.matchesAll.length &&
+    !v.style.length
+  );
 }

@@ -16,7 +16,7 @@ export function parseUnit(text: string): UnitFile {
     if (line === "" || line.startsWith("#") || line.startsWith(";")) continue;
     const header = /^\[(.+)\]$/.exec(line);
     if (header) {
-      section = out[header[1]!] ??= {};
+      section = out[header[1]] ??= {};
       continue;
     }
     const eq = line.indexOf("=");
@@ -38,7 +38,7 @@ export function seconds(span: string): number {
   const units: Record<string, number> = { "": 1, s: 1, sec: 1, m: 60, min: 60, h: 3600, hr: 3600 };
   let total = 0;
   for (const m of span.matchAll(/(\d+)\s*([a-z]*)/g)) {
-    const f = units[m[2]!];
+    const f = units[m[2]];
     if (f === undefined) throw new Error(`time span ${span}: unknown unit ${m[2]}`);
     total += Number(m[1]) * f;
   }
@@ -53,7 +53,11 @@ export function makeVerifyRoot(root: string, binaries: Record<string, string> = 
   const unitDir = path.join(root, "usr/lib/systemd/system");
   fs.mkdirSync(path.dirname(unitDir), { recursive: true });
   // Existing files (units installed into the root) win over the host's.
-  fs.cpSync("/usr/lib/systemd/system", unitDir, { recursive: true, verbatimSymlinks: true, force: false });
+  fs.cpSync("/usr/lib/systemd/system", unitDir, {
+    recursive: true,
+    verbatimSymlinks: true,
+    force: false,
+  });
   fs.mkdirSync(path.join(root, "usr/bin"), { recursive: true });
   fs.mkdirSync(path.join(root, "etc/systemd/system"), { recursive: true });
   if (!fs.existsSync(path.join(root, "bin"))) fs.symlinkSync("usr/bin", path.join(root, "bin"));
@@ -73,7 +77,9 @@ export interface VerifyResult {
 
 /** `systemd-analyze verify --root=ROOT UNIT...` (unit names are looked up inside the root). */
 export function analyzeVerify(root: string, units: string[]): VerifyResult {
-  const r = spawnSync("systemd-analyze", ["verify", `--root=${root}`, "--man=no", ...units], { encoding: "utf8" });
+  const r = spawnSync("systemd-analyze", ["verify", `--root=${root}`, "--man=no", ...units], {
+    encoding: "utf8",
+  });
   if (r.error) throw r.error;
   return { status: r.status, output: (r.stdout + r.stderr).trim() };
 }

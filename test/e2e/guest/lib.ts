@@ -2,7 +2,14 @@
 // Everything here observes the kernel directly; nothing trusts the product's own claims.
 import { spawn } from "node:child_process";
 import { createHash } from "node:crypto";
-import { appendFileSync, existsSync, readdirSync, readFileSync, readlinkSync, statSync } from "node:fs";
+import {
+  appendFileSync,
+  existsSync,
+  readdirSync,
+  readFileSync,
+  readlinkSync,
+  statSync,
+} from "node:fs";
 import path from "node:path";
 import { bdfOf, type NicSpec, type StepResult } from "../topology.js";
 
@@ -45,11 +52,19 @@ export interface RunOut {
 }
 
 /** Spawn without a shell and without blocking the event loop (the emulators run in this process). */
-export function run(argv: string[], env: NodeJS.ProcessEnv = {}, timeoutMs = 150_000, echo = false): Promise<RunOut> {
+export function run(
+  argv: string[],
+  env: NodeJS.ProcessEnv = {},
+  timeoutMs = 150_000,
+  echo = false,
+): Promise<RunOut> {
   const t0 = Date.now();
   if (echo) process.stdout.write(`E2E-RUN ${argv.join(" ")}\n`);
   return new Promise((resolve) => {
-    const p = spawn(argv[0]!, argv.slice(1), { env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
+    const p = spawn(argv[0], argv.slice(1), {
+      env: { ...process.env, ...env },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
     let stdout = "";
     let stderr = "";
     p.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
@@ -65,7 +80,8 @@ export function run(argv: string[], env: NodeJS.ProcessEnv = {}, timeoutMs = 150
     });
     p.on("close", (code, signal) => {
       clearTimeout(timer);
-      if (echo) process.stdout.write(`E2E-RUN exit ${code ?? signal} after ${Date.now() - t0} ms\n`);
+      if (echo)
+        process.stdout.write(`E2E-RUN exit ${code ?? signal} after ${Date.now() - t0} ms\n`);
       resolve({ code, signal, stdout, stderr, ms: Date.now() - t0 });
     });
   });
@@ -86,8 +102,25 @@ export function cli(...args: string[]): Promise<RunOut> {
  * window on the real kernel, e.g. the write to drivers_probe: after the unbind, before the probe).
  */
 export function cliKilledAt(path: string, syscall: string, ...args: string[]): Promise<RunOut> {
-  const strace = ["/usr/bin/strace", "-f", "-qq", "-o", "/dev/null", "-e", `trace=${syscall}`, "-e", `inject=${syscall}:signal=KILL:when=1`, "-P", path];
-  return run([...strace, "/usr/bin/node", CLI, ...args], { ...cliEnv, UV_THREADPOOL_SIZE: "1" }, 150_000, true);
+  const strace = [
+    "/usr/bin/strace",
+    "-f",
+    "-qq",
+    "-o",
+    "/dev/null",
+    "-e",
+    `trace=${syscall}`,
+    "-e",
+    `inject=${syscall}:signal=KILL:when=1`,
+    "-P",
+    path,
+  ];
+  return run(
+    [...strace, "/usr/bin/node", CLI, ...args],
+    { ...cliEnv, UV_THREADPOOL_SIZE: "1" },
+    150_000,
+    true,
+  );
 }
 
 export function sh(...argv: string[]): Promise<RunOut> {
@@ -123,7 +156,12 @@ export function nicState(bdf: string): NicState {
     override: attr(`${dir}/driver_override`) ?? "",
   };
   // netdevs hang off the PCI device directly (e1000/e1000e) or off its virtio child
-  const netParents = [dir, ...list(dir).filter((d) => /^virtio\d+$/.test(d)).map((d) => `${dir}/${d}`)];
+  const netParents = [
+    dir,
+    ...list(dir)
+      .filter((d) => /^virtio\d+$/.test(d))
+      .map((d) => `${dir}/${d}`),
+  ];
   for (const p of netParents) {
     const nd = list(`${p}/net`)[0];
     if (nd) {
@@ -145,8 +183,13 @@ export function nicState(bdf: string): NicState {
 export function fmtNic(name: string, s: NicState): string {
   if (!s.present) return `${name} ${s.bdf}: absent`;
   const parts = [`${name} ${s.bdf} [${s.ids}]`, `driver=${s.driver}`, `override=${s.override}`];
-  parts.push(s.netdev ? `netdev=${s.netdev} mac=${s.mac} mtu=${s.mtu} ${s.up ? "UP" : "DOWN"}` : "netdev=none");
-  if (s.iommuGroup) parts.push(`iommu_group=${s.iommuGroup}(${s.groupName ?? "?"}) node=${s.vfioNode ?? "none"}`);
+  parts.push(
+    s.netdev
+      ? `netdev=${s.netdev} mac=${s.mac} mtu=${s.mtu} ${s.up ? "UP" : "DOWN"}`
+      : "netdev=none",
+  );
+  if (s.iommuGroup)
+    parts.push(`iommu_group=${s.iommuGroup}(${s.groupName ?? "?"}) node=${s.vfioNode ?? "none"}`);
   return parts.join(" ");
 }
 
@@ -162,7 +205,10 @@ export function fileStamp(p: string): string {
 }
 
 /** Find objects anywhere in a JSON document that satisfy `pred`. */
-export function findObjects(doc: unknown, pred: (o: Record<string, unknown>) => boolean): Record<string, unknown>[] {
+export function findObjects(
+  doc: unknown,
+  pred: (o: Record<string, unknown>) => boolean,
+): Record<string, unknown>[] {
   const out: Record<string, unknown>[] = [];
   const walk = (v: unknown) => {
     if (Array.isArray(v)) v.forEach(walk);
@@ -176,7 +222,8 @@ export function findObjects(doc: unknown, pred: (o: Record<string, unknown>) => 
   return out;
 }
 
-export const hasValue = (o: Record<string, unknown>, v: string) => Object.values(o).some((x) => x === v);
+export const hasValue = (o: Record<string, unknown>, v: string) =>
+  Object.values(o).some((x) => x === v);
 
 export function parseJson(s: string | undefined): unknown {
   if (s === undefined) return undefined;
@@ -189,7 +236,12 @@ export function parseJson(s: string | undefined): unknown {
 
 /** The last lines of a CLI's stderr, for evidence. */
 export function tail(s: string, n = 4): string[] {
-  return s.trim().split("\n").filter(Boolean).slice(-n).map((l) => "  | " + l.slice(0, 400));
+  return s
+    .trim()
+    .split("\n")
+    .filter(Boolean)
+    .slice(-n)
+    .map((l) => "  | " + l.slice(0, 400));
 }
 
 /** Collects checks and evidence for one scenario; PASS only if every check held. */
@@ -212,7 +264,12 @@ export class Step {
   }
 
   result(): StepResult {
-    return { scenario: this.scenario, title: this.title, status: this.failed.length ? "FAIL" : "PASS", evidence: this.evidence };
+    return {
+      scenario: this.scenario,
+      title: this.title,
+      status: this.failed.length ? "FAIL" : "PASS",
+      evidence: this.evidence,
+    };
   }
 }
 

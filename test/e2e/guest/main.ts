@@ -3,10 +3,37 @@
 // them), then runs this boot's scenario steps against the real CLI bundle and the real kernel.
 import { existsSync, readFileSync, readdirSync, writeFileSync, mkdirSync } from "node:fs";
 import type { Ec2Emulator } from "../../../src/sim/ec2.js";
-import { bdfOf, GUEST_GATEWAY, GUEST_PRIMARY_IP, SG_ID, SUBNET_ID, type BootPlan, type NicSpec } from "../topology.js";
+import {
+  bdfOf,
+  GUEST_GATEWAY,
+  GUEST_PRIMARY_IP,
+  SG_ID,
+  SUBNET_ID,
+  type BootPlan,
+  type NicSpec,
+} from "../topology.js";
 import { CLI_AWS_ENV, makeEc2, makeImds } from "../world.js";
 import {
-  cli, cliKilledAt, CONFIG, fileStamp, findObjects, fmtNic, hasValue, nicState, parseJson, PCIDP, read, record, run, setCliEnv, STATE, stateOf, STATUS, Step, tail, type NicState,
+  cli,
+  cliKilledAt,
+  CONFIG,
+  fileStamp,
+  findObjects,
+  fmtNic,
+  hasValue,
+  nicState,
+  parseJson,
+  PCIDP,
+  read,
+  record,
+  run,
+  setCliEnv,
+  STATE,
+  stateOf,
+  STATUS,
+  Step,
+  tail,
+  type NicState,
 } from "./lib.js";
 
 const plan = JSON.parse(readFileSync("/opt/e2e/plan.json", "utf8")) as BootPlan;
@@ -40,7 +67,14 @@ function configToml(enis: EniSpec[], dpdk: Record<string, string> = {}): string 
     'resource_prefix = "amazon.com"',
   ];
   for (const e of enis) {
-    lines.push("", "[[eni]]", `name = ${q(e.name)}`, `device_index = ${e.index}`, `subnet_id = ${q(SUBNET_ID)}`, `security_group_ids = [${q(SG_ID)}]`);
+    lines.push(
+      "",
+      "[[eni]]",
+      `name = ${q(e.name)}`,
+      `device_index = ${e.index}`,
+      `subnet_id = ${q(SUBNET_ID)}`,
+      `security_group_ids = [${q(SG_ID)}]`,
+    );
     if (e.mtu) lines.push(`mtu = ${e.mtu}`);
     lines.push("[eni.dpdk]", `enabled = ${e.dpdk}`);
     if (e.dpdk) lines.push(`resource_name = ${q(e.resource ?? "amazon.com/e2e_dpdk")}`);
@@ -66,7 +100,10 @@ async function setupNetwork(): Promise<string[]> {
       await run(["/sbin/ip", "route", "add", "default", "via", GUEST_GATEWAY, "dev", s.netdev]);
     }
   }
-  out.push(...(await run(["/sbin/ip", "-br", "addr"])).stdout.trim().split("\n"), ...(await run(["/sbin/ip", "route"])).stdout.trim().split("\n"));
+  out.push(
+    ...(await run(["/sbin/ip", "-br", "addr"])).stdout.trim().split("\n"),
+    ...(await run(["/sbin/ip", "route"])).stdout.trim().split("\n"),
+  );
   return out;
 }
 
@@ -79,7 +116,10 @@ async function startEmulators(): Promise<{ imdsUrl: string; ec2Url: string }> {
 
 const ec2Calls = () => ec2?.requests.length ?? 0;
 const ec2Actions = (from: number) =>
-  (ec2?.requests.slice(from) ?? []).reduce<Record<string, number>>((m, r) => ((m[r.action] = (m[r.action] ?? 0) + 1), m), {});
+  (ec2?.requests.slice(from) ?? []).reduce<Record<string, number>>(
+    (m, r) => ((m[r.action] = (m[r.action] ?? 0) + 1), m),
+    {},
+  );
 
 // ---- shared checks ---------------------------------------------------------------------------------
 
@@ -94,65 +134,131 @@ function snapshot(): Record<string, NicState> {
 }
 
 function sameNic(a: NicState, b: NicState): boolean {
-  return a.driver === b.driver && a.override === b.override && a.netdev === b.netdev && a.mtu === b.mtu && a.up === b.up && a.vfioNode === b.vfioNode;
+  return (
+    a.driver === b.driver &&
+    a.override === b.override &&
+    a.netdev === b.netdev &&
+    a.mtu === b.mtu &&
+    a.up === b.up &&
+    a.vfioNode === b.vfioNode
+  );
 }
 
 function checkBoundVfio(st: Step, n: NicSpec): void {
   const s = stateOf(n);
   st.note(fmtNic(n.name, s));
-  st.check(s.driver === "vfio-pci" && !s.netdev, `${n.name} (${n.model}) is on vfio-pci with no netdev`);
-  st.check(!!s.vfioNode?.startsWith("/dev/vfio/noiommu-") && s.groupName === "vfio-noiommu", `${n.name} has ${s.vfioNode ?? "no node"} (iommu group name ${s.groupName})`);
+  st.check(
+    s.driver === "vfio-pci" && !s.netdev,
+    `${n.name} (${n.model}) is on vfio-pci with no netdev`,
+  );
+  st.check(
+    !!s.vfioNode?.startsWith("/dev/vfio/noiommu-") && s.groupName === "vfio-noiommu",
+    `${n.name} has ${s.vfioNode ?? "no node"} (iommu group name ${s.groupName})`,
+  );
 }
 
 function checkSriov(st: Step, dpdk: NicSpec[], resource = "e2e_dpdk"): void {
   const doc = parseJson(read(PCIDP)) as { resourceList?: Record<string, unknown>[] } | undefined;
   const entries = (doc?.resourceList ?? []).filter((e) => e.resourceName === resource);
   st.note(`${PCIDP}: ${JSON.stringify(entries).slice(0, 600)}`);
-  st.check(entries.length === 1 && entries[0]!.resourcePrefix === "amazon.com", `one resourceList entry amazon.com/${resource}`);
-  const selectors = entries.flatMap((e) => (Array.isArray(e.selectors) ? e.selectors : [e.selectors])) as Record<string, string[] | undefined>[];
+  st.check(
+    entries.length === 1 && entries[0].resourcePrefix === "amazon.com",
+    `one resourceList entry amazon.com/${resource}`,
+  );
+  const selectors = entries.flatMap((e) =>
+    Array.isArray(e.selectors) ? e.selectors : [e.selectors],
+  ) as Record<string, string[] | undefined>[];
   for (const n of dpdk) {
     const bdf = bdfOf(n);
-    const ok = selectors.some((s) => s.pciAddresses?.includes(bdf) && s.vendors?.includes(n.vendor) && s.devices?.includes(n.device) && s.drivers?.includes("vfio-pci"));
-    st.check(ok, `SR-IOV selector lists ${bdf} with vendor ${n.vendor}, device ${n.device}, driver vfio-pci`);
+    const ok = selectors.some(
+      (s) =>
+        s.pciAddresses?.includes(bdf) &&
+        s.vendors?.includes(n.vendor) &&
+        s.devices?.includes(n.device) &&
+        s.drivers?.includes("vfio-pci"),
+    );
+    st.check(
+      ok,
+      `SR-IOV selector lists ${bdf} with vendor ${n.vendor}, device ${n.device}, driver vfio-pci`,
+    );
   }
 }
 
 async function checkStatusAgrees(st: Step, bound: NicSpec[], notBound: NicSpec[]): Promise<void> {
   const r = await cli("status", "--json");
   const doc = parseJson(r.stdout);
-  st.check(r.code === 0 && doc !== undefined, `status --json exits 0 with JSON (exit ${r.code}, ${r.ms} ms)`);
+  st.check(
+    r.code === 0 && doc !== undefined,
+    `status --json exits 0 with JSON (exit ${r.code}, ${r.ms} ms)`,
+  );
   for (const n of bound) {
     const objs = findObjects(doc, (o) => hasValue(o, bdfOf(n)) && hasValue(o, "vfio-pci"));
-    st.check(objs.length > 0, `status --json shows ${bdfOf(n)} on vfio-pci: ${JSON.stringify(objs[0] ?? null).slice(0, 300)}`);
+    st.check(
+      objs.length > 0,
+      `status --json shows ${bdfOf(n)} on vfio-pci: ${JSON.stringify(objs[0] ?? null).slice(0, 300)}`,
+    );
   }
   for (const n of notBound) {
-    const wrong = findObjects(doc, (o) => (hasValue(o, bdfOf(n)) || hasValue(o, n.mac)) && hasValue(o, "vfio-pci") && !("originalDriver" in o && o.originalDriver === "vfio-pci"));
-    st.check(wrong.length === 0, `status --json does not claim ${n.name} (${bdfOf(n)}) is on vfio-pci`);
+    const wrong = findObjects(
+      doc,
+      (o) =>
+        (hasValue(o, bdfOf(n)) || hasValue(o, n.mac)) &&
+        hasValue(o, "vfio-pci") &&
+        !("originalDriver" in o && o.originalDriver === "vfio-pci"),
+    );
+    st.check(
+      wrong.length === 0,
+      `status --json does not claim ${n.name} (${bdfOf(n)}) is on vfio-pci`,
+    );
   }
 }
 
 // ---- scenarios -------------------------------------------------------------------------------------
 
 async function s5Guards(): Promise<Step> {
-  const st = new Step("5", "guards: primary NIC and a NIC with a default route are refused, untouched");
+  const st = new Step(
+    "5",
+    "guards: primary NIC and a NIC with a default route are refused, untouched",
+  );
   const routed = nic("routed");
   const rs = stateOf(routed);
   // give "routed" an address and an IPv4 default route of its own (higher metric than the primary's)
   await run(["/sbin/ip", "addr", "add", "10.0.3.15/24", "dev", rs.netdev!]);
-  await run(["/sbin/ip", "route", "add", "default", "via", "10.0.3.1", "dev", rs.netdev!, "metric", "500"]);
+  await run([
+    "/sbin/ip",
+    "route",
+    "add",
+    "default",
+    "via",
+    "10.0.3.1",
+    "dev",
+    rs.netdev!,
+    "metric",
+    "500",
+  ]);
   st.note("routes: " + (await run(["/sbin/ip", "route"])).stdout.trim().replace(/\n/g, " ; "));
   const before = snapshot();
   const primary = nic("primary");
 
   const cases: { label: string; toml: string; guarded: NicSpec; why: RegExp }[] = [
-    { label: "device_index = 0 (the primary ENI)", toml: configToml([{ name: "grab-primary", index: 0, dpdk: true }]), guarded: primary, why: /device_index.*primary/ },
+    {
+      label: "device_index = 0 (the primary ENI)",
+      toml: configToml([{ name: "grab-primary", index: 0, dpdk: true }]),
+      guarded: primary,
+      why: /device_index.*primary/,
+    },
     {
       label: `pci_address = ${bdfOf(primary)} (the primary's BDF) on ENI dpdk1`,
       toml: configToml([{ name: "dpdk1", index: 1, dpdk: true, pci: bdfOf(primary) }]),
       guarded: primary,
       why: new RegExp(`${bdfOf(primary).replace(/\./g, "\\.")}.*(primary|MAC|mac)|pci_address`),
     },
-    { label: `ENI routed (device 4) whose netdev ${rs.netdev} carries a default route`, toml: configToml([{ name: "routed", index: 4, dpdk: true }]), guarded: routed, why: /default route/ },
+    {
+      label: `ENI routed (device 4) whose netdev ${rs.netdev} carries a default route`,
+      toml: configToml([{ name: "routed", index: 4, dpdk: true }]),
+      guarded: routed,
+      why: /default route/,
+    },
   ];
   for (const c of cases) {
     writeConfig(c.toml);
@@ -162,18 +268,27 @@ async function s5Guards(): Promise<Step> {
     st.check(r.code !== 0, `refused (exit ${r.code})`);
     st.check(c.why.test(r.stderr), `the refusal says why (stderr matches ${c.why})`);
     const g = stateOf(c.guarded);
-    st.check(sameNic(g, before[c.guarded.name]!) && (g.override === "" || g.override === "(null)"), `${c.guarded.name} untouched: ${fmtNic(c.guarded.name, g)}`);
+    st.check(
+      sameNic(g, before[c.guarded.name]) && (g.override === "" || g.override === "(null)"),
+      `${c.guarded.name} untouched: ${fmtNic(c.guarded.name, g)}`,
+    );
   }
   const after = snapshot();
-  const changed = plan.nics.filter((n) => !sameNic(before[n.name]!, after[n.name]!));
-  st.check(changed.length === 0, `no NIC changed by the refused applies${changed.length ? `: ${changed.map((n) => fmtNic(n.name, after[n.name]!)).join("; ")}` : ""}`);
+  const changed = plan.nics.filter((n) => !sameNic(before[n.name], after[n.name]));
+  st.check(
+    changed.length === 0,
+    `no NIC changed by the refused applies${changed.length ? `: ${changed.map((n) => fmtNic(n.name, after[n.name])).join("; ")}` : ""}`,
+  );
   return st;
 }
 
 async function s1Bind(): Promise<Step> {
-  const st = new Step("1", "bind: two DPDK ENIs on vfio-pci (noiommu), primary untouched, kernel ENI MTU, SR-IOV config, status");
+  const st = new Step(
+    "1",
+    "bind: two DPDK ENIs on vfio-pci (noiommu), primary untouched, kernel ENI MTU, SR-IOV config, status",
+  );
   const before = snapshot();
-  for (const n of plan.nics) st.note("before: " + fmtNic(n.name, before[n.name]!));
+  for (const n of plan.nics) st.note("before: " + fmtNic(n.name, before[n.name]));
   writeConfig(configToml(S1_ENIS));
   const c0 = ec2Calls();
   const r = await cli("apply");
@@ -183,11 +298,20 @@ async function s1Bind(): Promise<Step> {
   checkBoundVfio(st, nic("dpdk1"));
   checkBoundVfio(st, nic("dpdk2"));
   const p = stateOf(nic("primary"));
-  st.check(sameNic(p, before.primary!) && !!p.netdev && p.driver === "virtio-pci", `primary untouched: ${fmtNic("primary", p)}`);
+  st.check(
+    sameNic(p, before.primary) && !!p.netdev && p.driver === "virtio-pci",
+    `primary untouched: ${fmtNic("primary", p)}`,
+  );
   const routes = (await run(["/sbin/ip", "route", "show", "default"])).stdout.trim();
-  st.check(routes.includes(`dev ${p.netdev}`), `primary still carries the default route (${routes.split("\n")[0]})`);
+  st.check(
+    routes.includes(`dev ${p.netdev}`),
+    `primary still carries the default route (${routes.split("\n")[0]})`,
+  );
   const k = stateOf(nic("kern1"));
-  st.check(k.driver === "e1000" && !!k.netdev && k.mtu === 8500 && k.up === true, `kernel ENI up with MTU 8500: ${fmtNic("kern1", k)}`);
+  st.check(
+    k.driver === "e1000" && !!k.netdev && k.mtu === 8500 && k.up === true,
+    `kernel ENI up with MTU 8500: ${fmtNic("kern1", k)}`,
+  );
   checkSriov(st, [nic("dpdk1"), nic("dpdk2")]);
   await checkStatusAgrees(st, [nic("dpdk1"), nic("dpdk2")], [nic("primary"), nic("kern1")]);
   const status = parseJson(read(STATUS)) as { apply?: { summary?: string } } | undefined;
@@ -205,21 +329,36 @@ async function s2Idempotent(): Promise<Step> {
   const stateBefore = parseJson(stateText);
   const c0 = ec2Calls();
   const r = await cli("apply");
-  st.note(`second apply: exit ${r.code} in ${r.ms} ms; EC2 calls ${JSON.stringify(ec2Actions(c0))}`);
+  st.note(
+    `second apply: exit ${r.code} in ${r.ms} ms; EC2 calls ${JSON.stringify(ec2Actions(c0))}`,
+  );
   st.evidence.push(...tail(r.stderr, 2));
   st.check(r.code === 0, "apply exits 0");
-  const status = parseJson(read(STATUS)) as { apply?: { actions?: unknown[]; summary?: string } } | undefined;
-  st.check(Array.isArray(status?.apply?.actions) && status!.apply!.actions!.length === 0, `status.json apply.actions is empty (${JSON.stringify(status?.apply?.actions ?? null).slice(0, 300)})`);
+  const status = parseJson(read(STATUS)) as
+    { apply?: { actions?: unknown[]; summary?: string } } | undefined;
+  st.check(
+    Array.isArray(status?.apply?.actions) && status.apply.actions.length === 0,
+    `status.json apply.actions is empty (${JSON.stringify(status?.apply?.actions ?? null).slice(0, 300)})`,
+  );
   st.note(`summary: ${status?.apply?.summary}`);
   st.check(existsSync(PCIDP) && existsSync(STATE), `${PCIDP} and ${STATE} exist`);
-  files.forEach((f, i) => st.check(fileStamp(f) === stamps[i], `${f} unchanged (sha256/mtime ${stamps[i]} → ${fileStamp(f)})`));
+  files.forEach((f, i) =>
+    st.check(
+      fileStamp(f) === stamps[i],
+      `${f} unchanged (sha256/mtime ${stamps[i]} → ${fileStamp(f)})`,
+    ),
+  );
   const diff = jsonDiff(stateBefore, parseJson(read(STATE)));
   if (diff.length) st.note(`state.json differences: ${diff.slice(0, 8).join("; ")}`);
   const stateLines = (read(STATE) ?? "").split("\n");
   const line = stateText.split("\n").findIndex((l, i) => l !== stateLines[i]);
-  if (line >= 0) st.note(`state.json first differing line ${line + 1}: ${JSON.stringify(stateText.split("\n")[line])} → ${JSON.stringify(stateLines[line])}${diff.length ? "" : " (same JSON value, rewritten with different bytes)"}`);
+  if (line >= 0)
+    st.note(
+      `state.json first differing line ${line + 1}: ${JSON.stringify(stateText.split("\n")[line])} → ${JSON.stringify(stateLines[line])}${diff.length ? "" : " (same JSON value, rewritten with different bytes)"}`,
+    );
   const after = snapshot();
-  for (const n of plan.nics) st.check(sameNic(before[n.name]!, after[n.name]!), `${fmtNic(n.name, after[n.name]!)} unchanged`);
+  for (const n of plan.nics)
+    st.check(sameNic(before[n.name], after[n.name]), `${fmtNic(n.name, after[n.name])} unchanged`);
   const mutating = (ec2?.requests.slice(c0) ?? []).filter((q) => !q.action.startsWith("Describe"));
   st.check(mutating.length === 0, `no mutating EC2 call (${mutating.length})`);
   return st;
@@ -227,25 +366,56 @@ async function s2Idempotent(): Promise<Step> {
 
 function jsonDiff(a: unknown, b: unknown, at = ""): string[] {
   if (JSON.stringify(a) === JSON.stringify(b)) return [];
-  if (a && b && typeof a === "object" && typeof b === "object" && !Array.isArray(a) && !Array.isArray(b)) {
+  if (
+    a &&
+    b &&
+    typeof a === "object" &&
+    typeof b === "object" &&
+    !Array.isArray(a) &&
+    !Array.isArray(b)
+  ) {
     const keys = new Set([...Object.keys(a), ...Object.keys(b)]);
-    return [...keys].flatMap((k) => jsonDiff((a as Record<string, unknown>)[k], (b as Record<string, unknown>)[k], `${at}.${k}`));
+    return [...keys].flatMap((k) =>
+      jsonDiff((a as Record<string, unknown>)[k], (b as Record<string, unknown>)[k], `${at}.${k}`),
+    );
   }
   return [`${at || "."}: ${JSON.stringify(a)?.slice(0, 80)} → ${JSON.stringify(b)?.slice(0, 80)}`];
 }
 
 /** Keep what survives a reboot on a real node (the state file, /etc) for the next boot. */
 async function carry(): Promise<void> {
-  const r = await run(["/bin/tar", "-C", "/", "-cf", "/out/carry.tar", "var/lib/eni-dpdk", "etc/pcidp", "etc/eni-dpdk"], {}, 30_000);
+  const r = await run(
+    [
+      "/bin/tar",
+      "-C",
+      "/",
+      "-cf",
+      "/out/carry.tar",
+      "var/lib/eni-dpdk",
+      "etc/pcidp",
+      "etc/eni-dpdk",
+    ],
+    {},
+    30_000,
+  );
   process.stdout.write(`E2E-CARRY exit=${r.code} ${r.stderr.trim()}\n`);
 }
 
 async function s3Reboot(): Promise<Step> {
-  const st = new Step("3", "reboot: devices back on kernel drivers; apply with the kept state rebinds them without EC2");
+  const st = new Step(
+    "3",
+    "reboot: devices back on kernel drivers; apply with the kept state rebinds them without EC2",
+  );
   st.check(existsSync(STATE), `${STATE} kept from the first boot`);
-  for (const [name, drv] of [["dpdk1", "e1000"], ["dpdk2", "e1000e"]] as const) {
+  for (const [name, drv] of [
+    ["dpdk1", "e1000"],
+    ["dpdk2", "e1000e"],
+  ] as const) {
     const s = stateOf(nic(name));
-    st.check(s.driver === drv && !!s.netdev && s.mac === nic(name).mac, `after reboot: ${fmtNic(name, s)}`);
+    st.check(
+      s.driver === drv && !!s.netdev && s.mac === nic(name).mac,
+      `after reboot: ${fmtNic(name, s)}`,
+    );
   }
   const c0 = ec2Calls();
   const r = await cli("apply");
@@ -254,58 +424,102 @@ async function s3Reboot(): Promise<Step> {
   st.check(r.code === 0, "apply exits 0");
   checkBoundVfio(st, nic("dpdk1"));
   checkBoundVfio(st, nic("dpdk2"));
-  st.check(ec2Calls() === c0, `no EC2 call (EC2 emulator saw ${ec2Calls() - c0} requests: ${JSON.stringify(ec2Actions(c0))})`);
-  const status = parseJson(read(STATUS)) as { apply?: { summary?: string; ec2Loaded?: boolean } } | undefined;
+  st.check(
+    ec2Calls() === c0,
+    `no EC2 call (EC2 emulator saw ${ec2Calls() - c0} requests: ${JSON.stringify(ec2Actions(c0))})`,
+  );
+  const status = parseJson(read(STATUS)) as
+    { apply?: { summary?: string; ec2Loaded?: boolean } } | undefined;
   st.note(`summary: ${status?.apply?.summary}; ec2Loaded=${status?.apply?.ec2Loaded}`);
   checkSriov(st, [nic("dpdk1"), nic("dpdk2")]);
   return st;
 }
 
 async function s4FailAfterUnbind(): Promise<Step> {
-  const st = new Step("4b", "forced failure after unbind: the NIC is back on its kernel driver with its netdev");
+  const st = new Step(
+    "4b",
+    "forced failure after unbind: the NIC is back on its kernel driver with its netdev",
+  );
   const routed = nic("routed");
   const before = stateOf(routed);
   const others = [nic("dpdk1"), nic("dpdk2")].map((n) => [n, stateOf(n)] as const);
   st.note("before: " + fmtNic("routed", before));
   // The binding script unbinds the NIC, then "fails" and exits 0 (as dpdk-devbind.py does on failed binds).
-  writeConfig(configToml([...S1_ENIS, { name: "routed", index: 4, dpdk: true }], { binding_script: "/opt/e2e/failing-bind" }));
+  writeConfig(
+    configToml([...S1_ENIS, { name: "routed", index: 4, dpdk: true }], {
+      binding_script: "/opt/e2e/failing-bind",
+    }),
+  );
   const r = await cli("apply");
   st.note(`apply: exit ${r.code} in ${r.ms} ms`);
   st.evidence.push(...tail(r.stderr, 5));
   st.check(r.code === 1, `apply fails with exit 1 (got ${r.code})`);
   const log = read("/run/e2e-failing-bind.log") ?? "";
-  st.check(log.includes(`unbound ${bdfOf(routed)}`), `the binding script really unbound ${bdfOf(routed)} (${log.trim().replace(/\n/g, "; ")})`);
+  st.check(
+    log.includes(`unbound ${bdfOf(routed)}`),
+    `the binding script really unbound ${bdfOf(routed)} (${log.trim().replace(/\n/g, "; ")})`,
+  );
   const after = stateOf(routed);
-  st.check(after.driver === before.driver && after.netdev !== undefined && after.mac === routed.mac && (after.override === "" || after.override === "(null)"),
-    `back on ${before.driver} with its netdev: ${fmtNic("routed", after)}`);
-  for (const [n, s] of others) st.check(sameNic(s, stateOf(n)), `${n.name} stayed bound: ${fmtNic(n.name, stateOf(n))}`);
-  const status = parseJson(read(STATUS)) as { apply?: { error?: { message?: string } } } | undefined;
+  st.check(
+    after.driver === before.driver &&
+      after.netdev !== undefined &&
+      after.mac === routed.mac &&
+      (after.override === "" || after.override === "(null)"),
+    `back on ${before.driver} with its netdev: ${fmtNic("routed", after)}`,
+  );
+  for (const [n, s] of others)
+    st.check(sameNic(s, stateOf(n)), `${n.name} stayed bound: ${fmtNic(n.name, stateOf(n))}`);
+  const status = parseJson(read(STATUS)) as
+    { apply?: { error?: { message?: string } } } | undefined;
   st.note(`status.json apply.error: ${status?.apply?.error?.message?.slice(0, 300)}`);
   writeConfig(configToml(S1_ENIS));
   return st;
 }
 
 async function s8CrashMidBind(): Promise<Step> {
-  const st = new Step("8", "crash mid-bind on the real kernel: SIGKILL between unbind and probe; early and apply recover, nothing driverless");
+  const st = new Step(
+    "8",
+    "crash mid-bind on the real kernel: SIGKILL between unbind and probe; early and apply recover, nothing driverless",
+  );
   const d1 = nic("dpdk1");
   writeConfig(configToml(S1_ENIS));
   const u = await cli("unbind", "dpdk1");
-  st.check(u.code === 0 && stateOf(d1).driver === "e1000" && !!stateOf(d1).netdev, `dpdk1 back on e1000 first: ${fmtNic("dpdk1", stateOf(d1))}`);
+  st.check(
+    u.code === 0 && stateOf(d1).driver === "e1000" && !!stateOf(d1).netdev,
+    `dpdk1 back on e1000 first: ${fmtNic("dpdk1", stateOf(d1))}`,
+  );
   const primaryBefore = stateOf(nic("primary"));
   const k = await cliKilledAt("/sys/bus/pci/drivers_probe", "write", "apply");
-  st.note(`apply under strace, killed at its write to drivers_probe: exit ${k.code ?? k.signal} after ${k.ms} ms`);
-  st.check(k.code === 137 || k.signal === "SIGKILL", `the run was killed there (strace ended with ${k.code ?? k.signal})`);
+  st.note(
+    `apply under strace, killed at its write to drivers_probe: exit ${k.code ?? k.signal} after ${k.ms} ms`,
+  );
+  st.check(
+    k.code === 137 || k.signal === "SIGKILL",
+    `the run was killed there (strace ended with ${k.code ?? k.signal})`,
+  );
   const crashed = stateOf(d1);
   st.note(`after the kill: ${fmtNic("dpdk1", crashed)}`);
-  st.check(crashed.driver === "none" && crashed.override === "vfio-pci", "the real kernel left dpdk1 driverless with driver_override=vfio-pci: the window is real");
+  st.check(
+    crashed.driver === "none" && crashed.override === "vfio-pci",
+    "the real kernel left dpdk1 driverless with driver_override=vfio-pci: the window is real",
+  );
   const journal = read("/var/lib/eni-dpdk/inflight.json");
   st.note(`intent journal: ${journal?.trim().replace(/\s+/g, " ").slice(0, 300)}`);
-  st.check(!!journal && journal.includes(bdfOf(d1)), "the intent was journalled before the first sysfs write");
+  st.check(
+    !!journal && journal.includes(bdfOf(d1)),
+    "the intent was journalled before the first sysfs write",
+  );
   const e = await cli("early");
   st.note(`early: exit ${e.code} in ${e.ms} ms`);
   st.evidence.push(...tail(e.stderr, 3));
-  st.check(e.code === 0 && e.ms < 20_000, `early recovers and finishes without waiting out a deadline (${e.ms} ms)`);
-  st.check(stateOf(d1).driver !== "none", `early gave dpdk1 a driver back: ${fmtNic("dpdk1", stateOf(d1))}`);
+  st.check(
+    e.code === 0 && e.ms < 20_000,
+    `early recovers and finishes without waiting out a deadline (${e.ms} ms)`,
+  );
+  st.check(
+    stateOf(d1).driver !== "none",
+    `early gave dpdk1 a driver back: ${fmtNic("dpdk1", stateOf(d1))}`,
+  );
   const a = await cli("apply");
   st.note(`apply: exit ${a.code} in ${a.ms} ms`);
   st.evidence.push(...tail(a.stderr, 3));
@@ -314,8 +528,14 @@ async function s8CrashMidBind(): Promise<Step> {
   checkBoundVfio(st, nic("dpdk2"));
   st.check(!existsSync("/var/lib/eni-dpdk/inflight.json"), "nothing left in flight");
   const driverless = plan.nics.filter((n) => stateOf(n).present && stateOf(n).driver === "none");
-  st.check(driverless.length === 0, `no NIC without a driver${driverless.length ? `: ${driverless.map((n) => n.name).join(", ")}` : ""}`);
-  st.check(sameNic(primaryBefore, stateOf(nic("primary"))), `primary untouched: ${fmtNic("primary", stateOf(nic("primary")))}`);
+  st.check(
+    driverless.length === 0,
+    `no NIC without a driver${driverless.length ? `: ${driverless.map((n) => n.name).join(", ")}` : ""}`,
+  );
+  st.check(
+    sameNic(primaryBefore, stateOf(nic("primary"))),
+    `primary untouched: ${fmtNic("primary", stateOf(nic("primary")))}`,
+  );
   checkSriov(st, [d1, nic("dpdk2")]);
   return st;
 }
@@ -328,20 +548,35 @@ async function s4NoNoiommu(): Promise<Step> {
   st.note(`apply: exit ${r.code} in ${r.ms} ms`);
   st.evidence.push(...tail(r.stderr, 4));
   st.check(r.code === 1, `apply fails with exit 1 (got ${r.code})`);
-  st.check(/NOIOMMU/i.test(r.stderr) && /CONFIG_VFIO_NOIOMMU/.test(r.stderr), "the error names the missing NOIOMMU support (CONFIG_VFIO_NOIOMMU)");
-  st.check(!existsSync("/sys/module/vfio/parameters/enable_unsafe_noiommu_mode"), "the kernel really lacks the parameter (/sys/module/vfio/parameters/enable_unsafe_noiommu_mode absent)");
+  st.check(
+    /NOIOMMU/i.test(r.stderr) && /CONFIG_VFIO_NOIOMMU/.test(r.stderr),
+    "the error names the missing NOIOMMU support (CONFIG_VFIO_NOIOMMU)",
+  );
+  st.check(
+    !existsSync("/sys/module/vfio/parameters/enable_unsafe_noiommu_mode"),
+    "the kernel really lacks the parameter (/sys/module/vfio/parameters/enable_unsafe_noiommu_mode absent)",
+  );
   const after = snapshot();
   for (const n of plan.nics) {
-    const a = after[n.name]!;
-    st.check(sameNic(before[n.name]!, a) && !!a.netdev && (a.override === "" || a.override === "(null)"), `untouched: ${fmtNic(n.name, a)}`);
+    const a = after[n.name];
+    st.check(
+      sameNic(before[n.name], a) && !!a.netdev && (a.override === "" || a.override === "(null)"),
+      `untouched: ${fmtNic(n.name, a)}`,
+    );
   }
-  const status = parseJson(read(STATUS)) as { apply?: { error?: { message?: string; next?: string } } } | undefined;
-  st.note(`status.json apply.error: ${status?.apply?.error?.message?.slice(0, 250)} | next: ${status?.apply?.error?.next?.slice(0, 200)}`);
+  const status = parseJson(read(STATUS)) as
+    { apply?: { error?: { message?: string; next?: string } } } | undefined;
+  st.note(
+    `status.json apply.error: ${status?.apply?.error?.message?.slice(0, 250)} | next: ${status?.apply?.error?.next?.slice(0, 200)}`,
+  );
   return st;
 }
 
 async function s6Hotplug(): Promise<Step> {
-  const st = new Step("6", "hot-plug first boot: EC2 attach → QMP device_add → service waits, verifies the MAC, binds");
+  const st = new Step(
+    "6",
+    "hot-plug first boot: EC2 attach → QMP device_add → service waits, verifies the MAC, binds",
+  );
   writeConfig(configToml([{ name: "hot1", index: 1, dpdk: true, resource: "amazon.com/e2e_hot" }]));
   // watch for the hot-plugged netdev while apply runs (it disappears again when bound)
   const seen: string[] = [];
@@ -361,20 +596,41 @@ async function s6Hotplug(): Promise<Step> {
   st.note(`apply: exit ${r.code} in ${r.ms} ms`);
   st.evidence.push(...tail(r.stderr, 8));
   st.check(r.code === 0, "apply exits 0");
-  const hp = parseJson(read("/out/hotplug.json")) as { mac?: string; eniId?: string; qmpAt?: number } | undefined;
+  const hp = parseJson(read("/out/hotplug.json")) as
+    { mac?: string; eniId?: string; qmpAt?: number } | undefined;
   st.note(`host hot-plugged: ${JSON.stringify(hp)}`);
-  st.check(seen.some((s) => hp?.mac && s.includes(`mac=${hp.mac}`)), `a netdev with the attached ENI's MAC appeared during apply: ${seen.join("; ") || "none"}`);
+  st.check(
+    seen.some((s) => hp?.mac && s.includes(`mac=${hp.mac}`)),
+    `a netdev with the attached ENI's MAC appeared during apply: ${seen.join("; ") || "none"}`,
+  );
   const hotBdfs = readdirSync("/sys/bus/pci/devices").filter((b) => !b.startsWith("0000:00:"));
   const s = hotBdfs.map((b) => nicState(b)).find((x) => x.ids === "8086:100e");
-  st.note(s ? fmtNic("hot1", s) : `no hot-plugged e1000 (devices off bus 0: ${hotBdfs.join(", ")})`);
-  st.check(!!s && s.driver === "vfio-pci" && !!s.vfioNode?.includes("noiommu"), "the hot-plugged NIC is on vfio-pci with a noiommu node");
-  const state = parseJson(read(STATE)) as { bindings?: Record<string, { bdf?: string }>; enis?: Record<string, { eniId?: string; mac?: string }> } | undefined;
+  st.note(
+    s ? fmtNic("hot1", s) : `no hot-plugged e1000 (devices off bus 0: ${hotBdfs.join(", ")})`,
+  );
+  st.check(
+    !!s && s.driver === "vfio-pci" && !!s.vfioNode?.includes("noiommu"),
+    "the hot-plugged NIC is on vfio-pci with a noiommu node",
+  );
+  const state = parseJson(read(STATE)) as
+    | {
+        bindings?: Record<string, { bdf?: string }>;
+        enis?: Record<string, { eniId?: string; mac?: string }>;
+      }
+    | undefined;
   const b = hp?.mac ? state?.bindings?.[hp.mac] : undefined;
-  st.check(!!s && b?.bdf === s.bdf && state?.enis?.hot1?.eniId === hp?.eniId, `state.json: ${hp?.mac} (ENI ${state?.enis?.hot1?.eniId}) bound at ${b?.bdf}`);
+  st.check(
+    !!s && b?.bdf === s.bdf && state?.enis?.hot1?.eniId === hp?.eniId,
+    `state.json: ${hp?.mac} (ENI ${state?.enis?.hot1?.eniId}) bound at ${b?.bdf}`,
+  );
   if (s) {
-    const doc = parseJson(read(PCIDP)) as { resourceList?: { resourceName?: string; selectors?: unknown }[] } | undefined;
+    const doc = parseJson(read(PCIDP)) as
+      { resourceList?: { resourceName?: string; selectors?: unknown }[] } | undefined;
     const entry = doc?.resourceList?.find((e) => e.resourceName === "e2e_hot");
-    st.check(JSON.stringify(entry ?? {}).includes(s.bdf), `SR-IOV entry e2e_hot lists ${s.bdf}: ${JSON.stringify(entry ?? null).slice(0, 300)}`);
+    st.check(
+      JSON.stringify(entry ?? {}).includes(s.bdf),
+      `SR-IOV entry e2e_hot lists ${s.bdf}: ${JSON.stringify(entry ?? null).slice(0, 300)}`,
+    );
   }
   return st;
 }
@@ -410,7 +666,12 @@ async function main(): Promise<void> {
       const st = await fn();
       if (st) record(st.result());
     } catch (e) {
-      record({ scenario: id, title: "crashed", status: "FAIL", evidence: [String((e as Error)?.stack ?? e)] });
+      record({
+        scenario: id,
+        title: "crashed",
+        status: "FAIL",
+        evidence: [String((e as Error)?.stack ?? e)],
+      });
     }
   }
   process.exit(0);
