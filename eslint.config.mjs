@@ -3,7 +3,7 @@ import js from "@eslint/js";
 import tseslint from "typescript-eslint";
 
 export default tseslint.config(
-  { ignores: ["dist/", "node_modules/", ".cache/", ".tap/", "test/e2e/.work/"] },
+  { ignores: ["dist/", ".dist-*/", "node_modules/", ".cache/", ".tap/", "test/e2e/.work/"] },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {

@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// Runs the adversarial suite (test/adversarial/*.test.ts) and prints its cases by area with their
+// Runs the adversarial suite (test/integration/adversarial/*.test.ts) and prints its cases by area with their
 // results, as a Markdown table: the numbers in docs/reliability.md come from this script.
 // Usage: npm run build && node scripts/reliability.mjs [--markdown]
 import { spawnSync } from "node:child_process";
@@ -7,10 +7,10 @@ import { readdirSync } from "node:fs";
 import path from "node:path";
 
 const repo = path.resolve(import.meta.dirname, "..");
-const dir = path.join(repo, "test/adversarial");
+const dir = path.join(repo, "test/integration/adversarial");
 const files = readdirSync(dir)
   .filter((f) => f.endsWith(".test.ts"))
-  .map((f) => path.join("test/adversarial", f));
+  .map((f) => path.join("test/integration/adversarial", f));
 const t0 = Date.now();
 const r = spawnSync(path.join(repo, "node_modules/.bin/tap"), ["--reporter=tap", ...files], {
   cwd: repo,

@@ -1,4 +1,4 @@
-// The adversarial suite's harness. Every case runs the built bundle (dist/eni-dpdk.mjs) as a real
+// The harness of the integration tests. Every case runs the built bundle (dist/eni-dpdk.mjs) as a real
 // process against a World (IMDSv2 and EC2 emulators over HTTP, a simulated kernel on a fake root),
 // and asserts what the README promises: the exit code, a message naming the source and the key,
 // a byte-identical root and no EC2 mutation after a rejection, and convergence after a crash.
@@ -9,7 +9,8 @@ import path from "node:path";
 import type { Test } from "tap";
 import { World, type WorldOptions } from "../../src/sim/world.js";
 
-export const REPO = path.resolve(import.meta.dirname, "../..");
+export { REPO } from "./repo.js";
+import { REPO } from "./repo.js";
 /** The bundle under test; ENI_DPDK_TEST_BUNDLE runs the suite against another build (e.g. a release). */
 export const BUNDLE = process.env.ENI_DPDK_TEST_BUNDLE
   ? path.resolve(process.env.ENI_DPDK_TEST_BUNDLE, "eni-dpdk.mjs")

@@ -2,26 +2,26 @@ import { spawn } from "node:child_process";
 import { promises as fs } from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
 import t from "tap";
-import { buildConfig } from "../src/config/model.js";
-import { InputError, OpError } from "../src/core/errors.js";
-import { Host } from "../src/host/host.js";
-import { Deadline } from "../src/core/deadline.js";
-import { Logger, silentLogger } from "../src/core/log.js";
-import type { StageContext } from "../src/reconcile/stage.js";
+import { buildConfig } from "../../../src/config/model.js";
+import { InputError, OpError } from "../../../src/core/errors.js";
+import { Host } from "../../../src/host/host.js";
+import { Deadline } from "../../../src/core/deadline.js";
+import { Logger, silentLogger } from "../../../src/core/log.js";
+import type { StageContext } from "../../../src/reconcile/stage.js";
 import {
   afterSriovChange,
   inspectSriov,
   removeOwnedSriov,
   restartDevicePlugin,
-} from "../src/host/sriov-file.js";
-import { applySriov, planSriov } from "../src/reconcile/sriov.js";
-import { type SriovDevice } from "../src/host/sriov-model.js";
-import { emptyState, loadState } from "../src/core/state.js";
-import { cleanVerdict, pluginVerdict } from "./support/sriov-plugin-rules.js";
+} from "../../../src/host/sriov-file.js";
+import { applySriov, planSriov } from "../../../src/reconcile/sriov.js";
+import { type SriovDevice } from "../../../src/host/sriov-model.js";
+import { emptyState, loadState } from "../../../src/core/state.js";
+import { cleanVerdict, pluginVerdict } from "../../support/sriov-plugin-rules.js";
+import { REPO } from "../../support/repo.js";
 
-const here = path.dirname(fileURLToPath(import.meta.url));
+const here = path.join(REPO, "test");
 const goldenDir = path.join(here, "golden", "sriov");
 const CFG = "/etc/pcidp/config.json";
 
@@ -797,7 +797,7 @@ t.test("a crash between the temp write and the rename leaves the old file intact
   t.match(path.basename(tmp), /^\.config\.json\.\d+\.\d+\.tmp$/);
 
   // The next run clears the dead writer's temp file first (as every host command does), then converges.
-  const { prepareHost } = await import("../src/host/recovery.js");
+  const { prepareHost } = await import("../../../src/host/recovery.js");
   const ctx2 = {
     ...makeCtx(root),
     state: await prepareHost(ctx.host, silentLogger, { tempDirs: ["/etc/pcidp"] }),

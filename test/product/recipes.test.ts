@@ -7,22 +7,23 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { gzipSync } from "node:zlib";
-import { fileURLToPath } from "node:url";
 import YAML from "yaml";
-import { buildConfig, defaults } from "../src/config/model.js";
-import { loadToml, tomlLayer } from "../src/sources/toml.js";
-import { tagLayers } from "../src/sources/tags.js";
-import { userDataLayers } from "../src/sources/userdata.js";
+import { buildConfig, defaults } from "../../src/config/model.js";
+import { loadToml, tomlLayer } from "../../src/sources/toml.js";
+import { tagLayers } from "../../src/sources/tags.js";
+import { userDataLayers } from "../../src/sources/userdata.js";
 
 // tomlLayer and userDataLayers are synchronous; the parser itself loads lazily (see loadToml).
 await loadToml();
-import { decodeUserData, renderUserData } from "../src/sources/mime.js";
-import { OUR_MEDIA_TYPE, NODEADM_MEDIA_TYPE } from "../src/config/facts.js";
-import { applicableNodeEnis, layersForNodeEnis } from "../src/sources/nodeeni.js";
-import { nodeIdentity, parseNodeConfigs } from "../src/sources/nodeconfig.js";
-import type { NodeEniObject } from "../src/cloud/kube.js";
+import { decodeUserData, renderUserData } from "../../src/sources/mime.js";
+import { OUR_MEDIA_TYPE, NODEADM_MEDIA_TYPE } from "../../src/config/facts.js";
+import { applicableNodeEnis, layersForNodeEnis } from "../../src/sources/nodeeni.js";
+import { nodeIdentity, parseNodeConfigs } from "../../src/sources/nodeconfig.js";
+import type { NodeEniObject } from "../../src/cloud/kube.js";
+import { REPO } from "../support/repo.js";
+import { BUNDLE, NODE } from "../support/harness.js";
 
-const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
+const repo = REPO;
 const doc = fs.readFileSync(path.join(repo, "docs/user-data.md"), "utf8");
 
 /** Code blocks whose info string carries `recipe=<id>`, by id. */
@@ -136,10 +137,10 @@ t.test("2. the same document through `eni-dpdk userdata` (the real CLI)", async 
   fs.writeFileSync(path.join(tmp, "eni-dpdk.toml"), block("multipart:config"));
   const cli = (config: string) =>
     spawnSync(
-      process.execPath,
+      NODE[0],
       [
-        "--import=tsx",
-        path.join(repo, "src/main.ts"),
+        ...NODE.slice(1),
+        BUNDLE,
         "userdata",
         "--nodeconfig",
         path.join(tmp, "nodeconfig.yaml"),

@@ -9,9 +9,9 @@ import {
   lazyEc2,
   withEc2Retry,
   type Ec2Api,
-} from "../src/cloud/ec2.js";
-import { Deadline, sleep } from "../src/core/deadline.js";
-import { Ec2Emulator } from "../src/sim/ec2.js";
+} from "../../../src/cloud/ec2.js";
+import { Deadline, sleep } from "../../../src/core/deadline.js";
+import { Ec2Emulator } from "../../../src/sim/ec2.js";
 import {
   SG,
   SG_DPDK,
@@ -20,7 +20,7 @@ import {
   VPC,
   standardSeed,
   useDummyCredentials,
-} from "../src/sim/node.js";
+} from "../../../src/sim/node.js";
 
 useDummyCredentials();
 

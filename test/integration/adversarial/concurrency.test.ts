@@ -4,10 +4,10 @@
 import { spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
 import t, { type Test } from "tap";
-import { Host } from "../../src/host/host.js";
-import { loadState } from "../../src/core/state.js";
-import type { World } from "../../src/sim/world.js";
-import { NotifySocket } from "../support/notify.js";
+import { Host } from "../../../src/host/host.js";
+import { loadState } from "../../../src/core/state.js";
+import type { World } from "../../../src/sim/world.js";
+import { NotifySocket } from "../../support/notify.js";
 import {
   assertNoneDriverless,
   assertPrimaryUntouched,
@@ -17,7 +17,7 @@ import {
   runCli,
   startCli,
   world,
-} from "../support/harness.js";
+} from "../../support/harness.js";
 
 const INSTANCE = "i-0123456789abcdef0";
 const DATA1_BDF = "0000:00:06.0";

@@ -1,9 +1,9 @@
 import fs from "node:fs";
 import t from "tap";
-import { OpError } from "../src/core/errors.js";
-import { Host } from "../src/host/host.js";
-import { applyHost, planHost } from "../src/reconcile/host.js";
-import { applyHugepages, readKernelFacts, writeCombiningReport } from "../src/host/kernel.js";
+import { OpError } from "../../../src/core/errors.js";
+import { Host } from "../../../src/host/host.js";
+import { applyHost, planHost } from "../../../src/reconcile/host.js";
+import { applyHugepages, readKernelFacts, writeCombiningReport } from "../../../src/host/kernel.js";
 import {
   captureLog,
   config,
@@ -13,7 +13,7 @@ import {
   PRIMARY,
   stageCtx,
   target,
-} from "./support/fixture.js";
+} from "../../support/fixture.js";
 
 t.test(
   "kernel without NOIOMMU: fails with that diagnosis before any device is touched",
@@ -208,8 +208,8 @@ t.test(
       "override still set",
     );
     // and what bindDevice does about it
-    const { bindDevice } = await import("../src/host/pci.js");
-    const { guardFacts, readRoutes } = await import("../src/host/guard.js");
+    const { bindDevice } = await import("../../../src/host/pci.js");
+    const { guardFacts, readRoutes } = await import("../../../src/host/guard.js");
     const { log } = captureLog();
     const guard = guardFacts({
       primaryMac: PRIMARY.mac,

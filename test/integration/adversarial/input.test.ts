@@ -16,9 +16,9 @@ import {
 } from "node:fs";
 import path from "node:path";
 import { gzipSync } from "node:zlib";
-import type { World } from "../../src/sim/world.js";
-import { KubeApiEmulator, testPki } from "../../src/sim/kube-api.js";
-import { SG_DPDK, SUBNET_A } from "../../src/sim/node.js";
+import type { World } from "../../../src/sim/world.js";
+import { KubeApiEmulator, testPki } from "../../../src/sim/kube-api.js";
+import { SG_DPDK, SUBNET_A } from "../../../src/sim/node.js";
 import {
   BUNDLE,
   baseToml,
@@ -31,7 +31,7 @@ import {
   snapshotRoot,
   world,
   type Rejection,
-} from "../support/harness.js";
+} from "../../support/harness.js";
 
 const MISSING_ROOT = `/tmp/eni-dpdk-no-such-root-${process.pid}-${Date.now()}`;
 
@@ -1225,7 +1225,7 @@ t.test(
       key: /__proto__|constructor/,
       message: protoMsg,
     });
-    const { tagLayers } = await import("../../src/sources/tags.js");
+    const { tagLayers } = await import("../../../src/sources/tags.js");
     t.throws(() => tagLayers({ "eni-dpdk:dpdk": "__proto__.polluted=yes" }));
     t.equal(({} as Record<string, unknown>).polluted, undefined, "Object.prototype is clean");
     w.imds.instance.tags = {};

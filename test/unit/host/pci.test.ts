@@ -1,10 +1,10 @@
 import fs from "node:fs";
 import t from "tap";
-import { InputError, OpError } from "../src/core/errors.js";
-import { Host } from "../src/host/host.js";
-import { applyHost, planHost } from "../src/reconcile/host.js";
-import { loadState } from "../src/core/state.js";
-import { writeFakeBindingScript } from "../src/sim/kernel.js";
+import { InputError, OpError } from "../../../src/core/errors.js";
+import { Host } from "../../../src/host/host.js";
+import { applyHost, planHost } from "../../../src/reconcile/host.js";
+import { loadState } from "../../../src/core/state.js";
+import { writeFakeBindingScript } from "../../../src/sim/kernel.js";
 import {
   config,
   DATA1,
@@ -14,7 +14,7 @@ import {
   PRIMARY,
   stageCtx,
   target,
-} from "./support/fixture.js";
+} from "../../support/fixture.js";
 
 const deviceWrites = (sim: { writes: { path: string; value: string }[] }, bdf: string) =>
   sim.writes.filter((w) => w.path.includes(bdf) || w.value === bdf);
@@ -421,7 +421,7 @@ t.test("routes are read as the kernel prints them", async (t) => {
       "",
     ].join("\n"),
   );
-  const { readRoutes } = await import("../src/host/guard.js");
+  const { readRoutes } = await import("../../../src/host/guard.js");
   const r = await readRoutes(new Host(sim.root));
   t.same([...r.defaultV4], ["ens5"], "RTF_REJECT route ignored");
   t.same([...r.defaultV6], ["ens5"], "lo's reject route ignored");

@@ -2,15 +2,15 @@ import t, { type Test } from "tap";
 import { mkdtempSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { buildConfig, defaults, type Config } from "../src/config/model.js";
-import { formatProblem, InputError, OpError } from "../src/core/errors.js";
-import { Host } from "../src/host/host.js";
-import { Deadline } from "../src/core/deadline.js";
-import { ImdsClient, readInstance } from "../src/cloud/imds.js";
-import { silentLogger } from "../src/core/log.js";
-import { emptyState, type State } from "../src/core/state.js";
-import { decodeUserData } from "../src/sources/mime.js";
-import type { NodeEniObject } from "../src/cloud/kube.js";
+import { buildConfig, defaults, type Config } from "../../../src/config/model.js";
+import { formatProblem, InputError, OpError } from "../../../src/core/errors.js";
+import { Host } from "../../../src/host/host.js";
+import { Deadline } from "../../../src/core/deadline.js";
+import { ImdsClient, readInstance } from "../../../src/cloud/imds.js";
+import { silentLogger } from "../../../src/core/log.js";
+import { emptyState, type State } from "../../../src/core/state.js";
+import { decodeUserData } from "../../../src/sources/mime.js";
+import type { NodeEniObject } from "../../../src/cloud/kube.js";
 import {
   eniNamesFor,
   nodeEniLayers,
@@ -18,19 +18,20 @@ import {
   rememberNodeEnis,
   selectorMatches,
   type NodeEniInput,
-} from "../src/sources/nodeeni.js";
+} from "../../../src/sources/nodeeni.js";
 import {
   labelsFromKubeletFlags,
   nodeIdentity,
   parseNodeConfigs,
-} from "../src/sources/nodeconfig.js";
+} from "../../../src/sources/nodeconfig.js";
 import {
   mergeAttachments,
   reportNodeEniStatus,
   type NodeEniEniResult,
-} from "../src/reconcile/nodeeni.js";
-import { ImdsEmulator } from "../src/sim/imds.js";
-import { KubeApiEmulator, testPki } from "../src/sim/kube-api.js";
+} from "../../../src/reconcile/nodeeni.js";
+import { ImdsEmulator } from "../../../src/sim/imds.js";
+import { KubeApiEmulator, testPki } from "../../../src/sim/kube-api.js";
+import { REPO_URL } from "../../support/repo.js";
 
 const SUBNET_A = "subnet-0a1b2c3d4e5f60718";
 const SUBNET_B = "subnet-0b1b2c3d4e5f60718";
@@ -684,11 +685,9 @@ t.test(
     const YAML = await import("yaml");
     const { readFileSync } = await import("node:fs");
     const { BDF_RE, SG_ID_RE, SUBNET_ID_RE, resourceNameProblems } =
-      await import("../src/config/facts.js");
-    const { NODEENI_SPEC_FIELDS } = await import("../src/sources/nodeeni.js");
-    const crd = YAML.parse(
-      readFileSync(new URL("../deploy/nodeeni-crd.yaml", import.meta.url), "utf8"),
-    );
+      await import("../../../src/config/facts.js");
+    const { NODEENI_SPEC_FIELDS } = await import("../../../src/sources/nodeeni.js");
+    const crd = YAML.parse(readFileSync(new URL("deploy/nodeeni-crd.yaml", REPO_URL), "utf8"));
     t.equal(crd.metadata.name, "nodeenis.networking.k8s.aws");
     t.equal(crd.spec.group, "networking.k8s.aws");
     t.same(crd.spec.names, {
@@ -779,7 +778,7 @@ t.test(
     );
 
     const rbac = YAML.parseAllDocuments(
-      readFileSync(new URL("../deploy/rbac.yaml", import.meta.url), "utf8"),
+      readFileSync(new URL("deploy/rbac.yaml", REPO_URL), "utf8"),
     ).map((d) => d.toJS());
     const role = rbac.find((d) => d.kind === "ClusterRole");
     t.same(role.rules, [
@@ -819,7 +818,7 @@ t.test(
 t.test(
   "a NodeENI without metadata.name (or with a non-string one) is an InputError naming its position",
   async (t) => {
-    const { checkNodeEniItems } = await import("../src/sources/nodeeni.js");
+    const { checkNodeEniItems } = await import("../../../src/sources/nodeeni.js");
     const e = t.throws(() =>
       checkNodeEniItems(
         [

@@ -3,30 +3,31 @@ import { gzipSync } from "node:zlib";
 import { existsSync, mkdtempSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
-import { decodeUserData, renderUserData } from "../src/sources/mime.js";
+import { decodeUserData, renderUserData } from "../../../src/sources/mime.js";
 import {
   loadToml,
   parseToml,
   saveTomlMemo,
   TOML_MEMO_PATH,
   TOML_PARSER,
-} from "../src/sources/toml.js";
-import { envLayers } from "../src/sources/env.js";
-import { fileLayers } from "../src/sources/file.js";
-import { gather, type SourceContext } from "../src/sources/chain.js";
-import { ImdsClient } from "../src/cloud/imds.js";
-import { Deadline } from "../src/core/deadline.js";
-import { silentLogger } from "../src/core/log.js";
-import { Session } from "../src/reconcile/session.js";
-import { defaultInstance, ImdsEmulator } from "../src/sim/imds.js";
-import { tagLayers } from "../src/sources/tags.js";
-import { userDataLayers } from "../src/sources/userdata.js";
+} from "../../../src/sources/toml.js";
+import { envLayers } from "../../../src/sources/env.js";
+import { fileLayers } from "../../../src/sources/file.js";
+import { REPO } from "../../support/repo.js";
+import { gather, type SourceContext } from "../../../src/sources/chain.js";
+import { ImdsClient } from "../../../src/cloud/imds.js";
+import { Deadline } from "../../../src/core/deadline.js";
+import { silentLogger } from "../../../src/core/log.js";
+import { Session } from "../../../src/reconcile/session.js";
+import { defaultInstance, ImdsEmulator } from "../../../src/sim/imds.js";
+import { tagLayers } from "../../../src/sources/tags.js";
+import { userDataLayers } from "../../../src/sources/userdata.js";
 
 // tomlLayer and userDataLayers are synchronous; the parser itself loads lazily (see loadToml).
 await loadToml();
-import { buildConfig } from "../src/config/model.js";
-import { InputError, formatProblem } from "../src/core/errors.js";
-import { Host } from "../src/host/host.js";
+import { buildConfig } from "../../../src/config/model.js";
+import { InputError, formatProblem } from "../../../src/core/errors.js";
+import { Host } from "../../../src/host/host.js";
 
 /** The chain's context without an instance (file and env only). */
 const local = (host: Host): SourceContext => ({ host, log: silentLogger, env: {} });
@@ -402,7 +403,7 @@ t.test(
 t.test(
   "parsing before the parser is loaded is reported as our bug, never as the user's syntax error",
   async (t) => {
-    const script = `import { tomlLayer } from ${JSON.stringify(path.resolve(import.meta.dirname, "../src/sources/toml.ts"))};
+    const script = `import { tomlLayer } from ${JSON.stringify(path.join(REPO, "src/sources/toml.ts"))};
 try { tomlLayer("[dpdk]\\nenabled = true\\n", "f.toml"); } catch (e) { console.log(e.constructor.name, e.message); }`;
     const { spawnSync } = await import("node:child_process");
     const r = spawnSync(
@@ -415,9 +416,7 @@ try { tomlLayer("[dpdk]\\nenabled = true\\n", "f.toml"); } catch (e) { console.l
 );
 
 t.test("the memo names its parser, and a memo from another parser is not used", async (t) => {
-  const pkg = JSON.parse(
-    readFileSync(path.resolve(import.meta.dirname, "../node_modules/toml/package.json"), "utf8"),
-  );
+  const pkg = JSON.parse(readFileSync(path.join(REPO, "node_modules/toml/package.json"), "utf8"));
   t.equal(
     TOML_PARSER,
     `toml ${pkg.version}`,
@@ -745,8 +744,8 @@ t.test(
     t.ok(await saveTomlMemo(host));
     const parsed = parseToml(text);
     // A fresh process that never loads the parser: parseToml can only answer from the memo file.
-    const script = `import { loadTomlMemo, parseToml } from ${JSON.stringify(path.resolve(import.meta.dirname, "../src/sources/toml.ts"))};
-import { Host } from ${JSON.stringify(path.resolve(import.meta.dirname, "../src/host/host.ts"))};
+    const script = `import { loadTomlMemo, parseToml } from ${JSON.stringify(path.join(REPO, "src/sources/toml.ts"))};
+import { Host } from ${JSON.stringify(path.join(REPO, "src/host/host.ts"))};
 await loadTomlMemo(new Host(process.argv[1]));
 const d = parseToml(process.argv[2]);
 console.log(

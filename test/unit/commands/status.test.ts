@@ -3,14 +3,19 @@ import fs from "node:fs";
 import path from "node:path";
 import { promisify } from "node:util";
 import t from "tap";
-import { InputError, OpError } from "../src/core/errors.js";
-import { Host } from "../src/host/host.js";
-import type { CommandContext } from "../src/commands/context.js";
-import { applyHost, planHost } from "../src/reconcile/host.js";
-import { loadState, saveState, STATE_PATH, type State } from "../src/core/state.js";
-import { bindCommand, earlyCommand, resetCommand, unbindCommand } from "../src/commands/device.js";
-import { collectStatus } from "../src/reconcile/status.js";
-import { renderStatus, statusCommand } from "../src/commands/status.js";
+import { InputError, OpError } from "../../../src/core/errors.js";
+import { Host } from "../../../src/host/host.js";
+import type { CommandContext } from "../../../src/commands/context.js";
+import { applyHost, planHost } from "../../../src/reconcile/host.js";
+import { loadState, saveState, STATE_PATH, type State } from "../../../src/core/state.js";
+import {
+  bindCommand,
+  earlyCommand,
+  resetCommand,
+  unbindCommand,
+} from "../../../src/commands/device.js";
+import { collectStatus } from "../../../src/reconcile/status.js";
+import { renderStatus, statusCommand } from "../../../src/commands/status.js";
 import {
   captureLog,
   DATA1,
@@ -20,11 +25,11 @@ import {
   PRIMARY,
   stageCtx,
   target,
-} from "./support/fixture.js";
-import type { SimKernel } from "../src/sim/kernel.js";
+} from "../../support/fixture.js";
+import type { SimKernel } from "../../../src/sim/kernel.js";
+import { BUNDLE, NODE } from "../../support/harness.js";
 
 const run = promisify(execFile);
-const MAIN = path.resolve(import.meta.dirname, "../src/main.ts");
 
 function cmdCtx(sim: SimKernel): CommandContext & { output: string[]; lines: string[] } {
   const { log, lines } = captureLog();
@@ -345,7 +350,7 @@ t.test(
     await seedEnis(sim, [{ name: "data1", mac: DATA1.mac, idx: 1 }]);
     const env = { ...process.env };
     const cli = (...args: string[]) =>
-      run(process.execPath, ["--import=tsx", MAIN, ...args, "--root", sim.root], { env });
+      run(NODE[0], [...NODE.slice(1), BUNDLE, ...args, "--root", sim.root], { env });
     const b = await cli("bind", DATA1.mac);
     t.match(b.stdout, /bound 0000:00:06\.0 \(02:00:00:00:00:02\) to vfio-pci/);
     t.equal(sim.driverOf(DATA1.bdf), "vfio-pci");

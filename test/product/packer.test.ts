@@ -11,9 +11,9 @@ import { spawnSync } from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
+import { REPO } from "../support/repo.js";
 
-const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
+const repo = REPO;
 const dir = path.join(repo, "packer");
 const template = fs.readFileSync(path.join(dir, "eni-dpdk.pkr.hcl"), "utf8");
 const variables = fs.readFileSync(path.join(dir, "variables.pkr.hcl"), "utf8");

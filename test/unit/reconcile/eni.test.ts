@@ -7,11 +7,11 @@ import {
   TAG_INSTANCE,
   TAG_NAME,
   TAG_NO_MANAGE,
-} from "../src/reconcile/eni.js";
-import { Ec2Error } from "../src/cloud/ec2.js";
-import { InputError } from "../src/core/errors.js";
-import { STATE_PATH, emptyState } from "../src/core/state.js";
-import { Ec2Emulator } from "../src/sim/ec2.js";
+} from "../../../src/reconcile/eni.js";
+import { Ec2Error } from "../../../src/cloud/ec2.js";
+import { InputError } from "../../../src/core/errors.js";
+import { STATE_PATH, emptyState } from "../../../src/core/state.js";
+import { Ec2Emulator } from "../../../src/sim/ec2.js";
 import {
   SG,
   SG_DPDK,
@@ -22,7 +22,8 @@ import {
   standardSeed,
   useDummyCredentials,
   type SimNodeOptions,
-} from "../src/sim/node.js";
+} from "../../../src/sim/node.js";
+import { REPO_URL } from "../../support/repo.js";
 
 useDummyCredentials();
 
@@ -339,8 +340,8 @@ t.test(
     const emu = await new Ec2Emulator(standardSeed()).start();
     t.teardown(() => emu.close());
     emu.setThrottle({
-      mutating: { capacity: 2, refillPerSec: 4 },
-      describe: { capacity: 2, refillPerSec: 6 },
+      mutating: { capacity: 2, refillPerSec: 8 },
+      describe: { capacity: 2, refillPerSec: 12 },
     });
     emu.attachDelayMs = 200;
     const a = await world(t, { emu, enis: eniConfigs(4), deadlineMs: 60_000 });
@@ -479,14 +480,14 @@ t.test("a converged boot in a fresh process never imports the AWS SDK", async (t
   const script = `
     const { register } = await import("node:module");
     register("data:text/javascript," + encodeURIComponent(${JSON.stringify(hook)}));
-    const { planEnis, applyEnis } = await import(${JSON.stringify(new URL("../src/reconcile/eni.ts", import.meta.url).href)});
-    const { lazyEc2 } = await import(${JSON.stringify(new URL("../src/cloud/ec2.ts", import.meta.url).href)});
-    const { Host } = await import(${JSON.stringify(new URL("../src/host/host.ts", import.meta.url).href)});
-    const { Deadline } = await import(${JSON.stringify(new URL("../src/core/deadline.ts", import.meta.url).href)});
-    const { ImdsClient, readInstance, readNics } = await import(${JSON.stringify(new URL("../src/cloud/imds.ts", import.meta.url).href)});
-    const { buildConfig } = await import(${JSON.stringify(new URL("../src/config/model.ts", import.meta.url).href)});
-    const { loadState } = await import(${JSON.stringify(new URL("../src/core/state.ts", import.meta.url).href)});
-    const { silentLogger } = await import(${JSON.stringify(new URL("../src/core/log.ts", import.meta.url).href)});
+    const { planEnis, applyEnis } = await import(${JSON.stringify(new URL("src/reconcile/eni.ts", REPO_URL).href)});
+    const { lazyEc2 } = await import(${JSON.stringify(new URL("src/cloud/ec2.ts", REPO_URL).href)});
+    const { Host } = await import(${JSON.stringify(new URL("src/host/host.ts", REPO_URL).href)});
+    const { Deadline } = await import(${JSON.stringify(new URL("src/core/deadline.ts", REPO_URL).href)});
+    const { ImdsClient, readInstance, readNics } = await import(${JSON.stringify(new URL("src/cloud/imds.ts", REPO_URL).href)});
+    const { buildConfig } = await import(${JSON.stringify(new URL("src/config/model.ts", REPO_URL).href)});
+    const { loadState } = await import(${JSON.stringify(new URL("src/core/state.ts", REPO_URL).href)});
+    const { silentLogger } = await import(${JSON.stringify(new URL("src/core/log.ts", REPO_URL).href)});
     const host = new Host(process.env.ROOT);
     const imds = new ImdsClient({ endpoint: process.env.IMDS });
     const ctx = { host, imds, log: silentLogger, deadline: new Deadline(10000), config: buildConfig([{ source: "test", data: JSON.parse(process.env.CONFIG) }]).config,
@@ -497,7 +498,7 @@ t.test("a converged boot in a fresh process never imports the AWS SDK", async (t
     const blocked = await import("@aws-sdk/client-ec2").then(() => "imported", (e) => e.message);
     console.log(JSON.stringify({ actions: plan.actions.length, enis: recs.length, blocked }));
   `;
-  const { run: spawnRun } = await import("../src/core/process.js");
+  const { run: spawnRun } = await import("../../../src/core/process.js");
   const r = await spawnRun(
     [process.execPath, "--import", "tsx", "--input-type=module", "-e", script],
     {

@@ -1,14 +1,15 @@
 import t from "tap";
 import { readdirSync, readFileSync } from "node:fs";
-import { buildConfig, nearest } from "../src/config/model.js";
-import { resourceNameProblems } from "../src/config/facts.js";
-import { InputError, formatProblem } from "../src/core/errors.js";
-import { loadToml, tomlLayer } from "../src/sources/toml.js";
+import { buildConfig, nearest } from "../../../src/config/model.js";
+import { resourceNameProblems } from "../../../src/config/facts.js";
+import { InputError, formatProblem } from "../../../src/core/errors.js";
+import { loadToml, tomlLayer } from "../../../src/sources/toml.js";
+import { REPO_URL } from "../../support/repo.js";
 
 // tomlLayer and userDataLayers are synchronous; the parser itself loads lazily (see loadToml).
 await loadToml();
 
-const corpus = new URL("./corpus/bad/", import.meta.url);
+const corpus = new URL("test/corpus/bad/", REPO_URL);
 
 t.test("bad-input corpus: every file is rejected with a message naming its key", async (t) => {
   const files = readdirSync(corpus).filter((f) => f.endsWith(".toml"));
@@ -67,7 +68,7 @@ t.test("all problems are reported in one run", async (t) => {
 t.test("defaults and the documented example", async (t) => {
   const eff = buildConfig([
     tomlLayer(
-      readFileSync(new URL("./corpus/good/example.toml", import.meta.url), "utf8"),
+      readFileSync(new URL("test/corpus/good/example.toml", REPO_URL), "utf8"),
       "example.toml",
     ),
   ]);
@@ -179,7 +180,7 @@ const problemsOf = (f: () => unknown): string[] => {
 t.test(
   "Object.prototype member names are unknown keys at every level, and nothing is polluted",
   async (t) => {
-    const { FORBIDDEN_KEYS } = await import("../src/core/records.js");
+    const { FORBIDDEN_KEYS } = await import("../../../src/core/records.js");
     for (const k of [
       "constructor",
       "toString",

@@ -3,8 +3,8 @@
 // every input source are in input.test.ts.)
 import { chmodSync, mkdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import t from "tap";
-import { Host } from "../../src/host/host.js";
-import { STATE_PATH } from "../../src/core/state.js";
+import { Host } from "../../../src/host/host.js";
+import { STATE_PATH } from "../../../src/core/state.js";
 import {
   assertNoneDriverless,
   assertPrimaryUntouched,
@@ -16,7 +16,7 @@ import {
   runCli,
   snapshotRoot,
   world,
-} from "../support/harness.js";
+} from "../../support/harness.js";
 
 const PRIMARY = { bdf: "0000:00:05.0", mac: "02:00:00:00:00:01" };
 const DATA1_BDF = "0000:00:06.0";

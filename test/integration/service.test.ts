@@ -5,14 +5,15 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
-import { World, sampleConfig } from "../src/sim/world.js";
-import { NotifySocket } from "./support/notify.js";
-import { createNotifier } from "../src/core/notify.js";
-import { silentLogger } from "../src/core/log.js";
-import { Host } from "../src/host/host.js";
+import { World, sampleConfig } from "../../src/sim/world.js";
+import { NotifySocket } from "../support/notify.js";
+import { createNotifier } from "../../src/core/notify.js";
+import { silentLogger } from "../../src/core/log.js";
+import { Host } from "../../src/host/host.js";
+import { REPO } from "../support/repo.js";
+import { BUNDLE, NODE } from "../support/harness.js";
 
-const repo = path.resolve(import.meta.dirname, "..");
-const main = path.join(repo, "src/main.ts");
+const repo = REPO;
 
 interface Proc {
   child: ChildProcess;
@@ -22,7 +23,7 @@ interface Proc {
 }
 
 function start(world: World, args: string[], extraEnv: NodeJS.ProcessEnv = {}): Proc {
-  const child = spawn(process.execPath, ["--import", "tsx", main, ...args], {
+  const child = spawn(NODE[0], [...NODE.slice(1), BUNDLE, ...args], {
     env: world.env(extraEnv),
     cwd: repo,
   });
@@ -377,8 +378,8 @@ t.test("the systemd-notify fallback reaches the socket when the addon is absent"
 });
 
 t.test("the state file is byte-stable across load/save (no spurious rewrite)", async (t) => {
-  const { Host } = await import("../src/host/host.js");
-  const { loadState, saveState } = await import("../src/core/state.js");
+  const { Host } = await import("../../src/host/host.js");
+  const { loadState, saveState } = await import("../../src/core/state.js");
   const root = mkdtempSync(path.join(tmpdir(), "eni-dpdk-state-"));
   const host = new Host(root);
   const s = await loadState(host);

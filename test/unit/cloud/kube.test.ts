@@ -2,9 +2,9 @@ import t, { type Test } from "tap";
 import { mkdtempSync, mkdirSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { Host } from "../src/host/host.js";
-import { OpError } from "../src/core/errors.js";
-import { defaults } from "../src/config/model.js";
+import { Host } from "../../../src/host/host.js";
+import { OpError } from "../../../src/core/errors.js";
+import { defaults } from "../../../src/config/model.js";
 import {
   isTransient,
   KubeApiError,
@@ -12,8 +12,8 @@ import {
   KubeUnreachableError,
   loadKubeconfig,
   resolveKubeTarget,
-} from "../src/cloud/kube.js";
-import { KubeApiEmulator, testPki } from "../src/sim/kube-api.js";
+} from "../../../src/cloud/kube.js";
+import { KubeApiEmulator, testPki } from "../../../src/sim/kube-api.js";
 
 const pki = testPki();
 const obj = (
@@ -318,7 +318,7 @@ t.test(
 );
 
 t.test("kubeconfig: shapes are checked and named; its files must be trusted", async (t) => {
-  const { InputError, formatProblem } = await import("../src/core/errors.js");
+  const { InputError, formatProblem } = await import("../../../src/core/errors.js");
   const { chmodSync } = await import("node:fs");
   const root = mkdtempSync(path.join(os.tmpdir(), "kubecfg-"));
   const host = new Host(root);

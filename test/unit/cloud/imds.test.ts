@@ -1,5 +1,5 @@
 import t from "tap";
-import { ImdsEmulator, defaultInstance } from "../src/sim/imds.js";
+import { ImdsEmulator, defaultInstance } from "../../../src/sim/imds.js";
 import { spawn } from "node:child_process";
 import path from "node:path";
 import { MetadataService } from "@aws-sdk/ec2-metadata-service";
@@ -10,8 +10,9 @@ import {
   readNics,
   readTags,
   readUserData,
-} from "../src/cloud/imds.js";
-import { Deadline } from "../src/core/deadline.js";
+} from "../../../src/cloud/imds.js";
+import { Deadline } from "../../../src/core/deadline.js";
+import { REPO } from "../../support/repo.js";
 
 t.test("reads identity, NICs, tags and user-data over IMDSv2 with one token", async (t) => {
   const emu = await new ImdsEmulator(
@@ -208,7 +209,7 @@ t.test(
     emu.keepAliveMs = 60_000;
     await emu.start();
     t.teardown(() => emu.close());
-    const script = `import { ImdsClient } from ${JSON.stringify(path.resolve(import.meta.dirname, "../src/cloud/imds.ts"))};
+    const script = `import { ImdsClient } from ${JSON.stringify(path.join(REPO, "src/cloud/imds.ts"))};
 const c = new ImdsClient({ endpoint: process.argv[1] });
 console.log(await c.get("meta-data/instance-id"));`;
     const t0 = Date.now();
@@ -230,7 +231,7 @@ console.log(await c.get("meta-data/instance-id"));`;
 t.test(
   "tags: keys go raw (IMDS does not decode %3A); an unservable key is skipped, warned; a listed key's 404 is an error",
   async (t) => {
-    const { OpError } = await import("../src/core/errors.js");
+    const { OpError } = await import("../../../src/core/errors.js");
     const emu = await new ImdsEmulator(
       defaultInstance({ tags: { "eni-dpdk:eni:data1": "device_index=1", "a+b=c.d,e_f@g": "v" } }),
     ).start();
@@ -238,7 +239,7 @@ t.test(
     const warnings: unknown[][] = [];
     const logger = {
       warn: (...a: unknown[]) => warnings.push(a),
-    } as unknown as import("../src/core/log.js").Logger;
+    } as unknown as import("../../../src/core/log.js").Logger;
     const imds = new ImdsClient({ endpoint: emu.url, logger });
     t.same(await readTags(imds), { "eni-dpdk:eni:data1": "device_index=1", "a+b=c.d,e_f@g": "v" });
     t.ok(

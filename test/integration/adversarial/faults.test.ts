@@ -4,7 +4,7 @@
 // converged, or exit 1 with the node left as it was (devices on their kernel driver) and the reason.
 import { readFileSync } from "node:fs";
 import t from "tap";
-import { writeFakeBindingScript } from "../../src/sim/kernel.js";
+import { writeFakeBindingScript } from "../../../src/sim/kernel.js";
 import {
   assertNoneDriverless,
   assertPrimaryUntouched,
@@ -14,7 +14,7 @@ import {
   runCli,
   snapshotRoot,
   world,
-} from "../support/harness.js";
+} from "../../support/harness.js";
 
 const DATA1_BDF = "0000:00:06.0";
 const INSTANCE = "i-0123456789abcdef0";

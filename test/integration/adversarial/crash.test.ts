@@ -6,9 +6,9 @@
 import { readdirSync, readFileSync, statSync } from "node:fs";
 import path from "node:path";
 import t, { type Test } from "tap";
-import { Host } from "../../src/host/host.js";
-import { loadState, JOURNAL_PATH, STATE_PATH } from "../../src/core/state.js";
-import type { World } from "../../src/sim/world.js";
+import { Host } from "../../../src/host/host.js";
+import { loadState, JOURNAL_PATH, STATE_PATH } from "../../../src/core/state.js";
+import type { World } from "../../../src/sim/world.js";
 import {
   assertNoneDriverless,
   assertPrimaryUntouched,
@@ -20,7 +20,7 @@ import {
   snapshotRoot,
   world,
   type RunOptions,
-} from "../support/harness.js";
+} from "../../support/harness.js";
 
 const INSTANCE = "i-0123456789abcdef0";
 const DATA1_BDF = "0000:00:06.0";

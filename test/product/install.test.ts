@@ -7,12 +7,12 @@ import crypto from "node:crypto";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
 import toml from "toml";
-import { buildConfig, defaults, schema } from "../src/config/model.js";
-import { analyzeVerify, makeVerifyRoot } from "./support/unitfile.js";
+import { buildConfig, defaults, schema } from "../../src/config/model.js";
+import { analyzeVerify, makeVerifyRoot } from "../support/unitfile.js";
+import { REPO } from "../support/repo.js";
 
-const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
+const repo = REPO;
 const version = JSON.parse(fs.readFileSync(path.join(repo, "package.json"), "utf8"))
   .version as string;
 const work = fs.mkdtempSync(path.join(os.tmpdir(), "eni-dpdk-install-"));
@@ -227,7 +227,9 @@ t.test(
         : false,
   },
   async (t) => {
-    const seam = (addon: string) => `const { createNotifier } = await import(${JSON.stringify(path.join(repo, "src/core/notify.ts"))});
+    const seam = (
+      addon: string,
+    ) => `const { createNotifier } = await import(${JSON.stringify(path.join(repo, "src/core/notify.ts"))});
         const { silentLogger } = await import(${JSON.stringify(path.join(repo, "src/core/log.ts"))});
         const n = await createNotifier(process.env, silentLogger${addon}); process.stderr.write("via=" + n.via + "\\n"); await n.ready("test");`;
     // Both of the product's paths on every machine; the addon's only where it was built.

@@ -6,10 +6,9 @@ import t, { type Test } from "tap";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
-import { defaults } from "../src/config/model.js";
-import { STATE_PATH, STATUS_PATH } from "../src/core/state.js";
-import { NETWORKD_DIR, NODEADM_CACHE_DIR } from "../src/host/networkd.js";
+import { defaults } from "../../src/config/model.js";
+import { STATE_PATH, STATUS_PATH } from "../../src/core/state.js";
+import { NETWORKD_DIR, NODEADM_CACHE_DIR } from "../../src/host/networkd.js";
 import {
   analyzeVerify,
   makeVerifyRoot,
@@ -17,9 +16,10 @@ import {
   seconds,
   words,
   type UnitFile,
-} from "./support/unitfile.js";
+} from "../support/unitfile.js";
+import { REPO } from "../support/repo.js";
 
-const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
+const repo = REPO;
 const OURS = ["eni-dpdk.service", "eni-dpdk-early.service"];
 
 // Ordering lines of the EKS AL2023 AMI's units (awslabs/amazon-eks-ami,

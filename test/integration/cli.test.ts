@@ -4,19 +4,17 @@ import { spawnSync } from "node:child_process";
 import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
+import { REPO } from "../support/repo.js";
+import { BUNDLE, NODE } from "../support/harness.js";
 
-const repo = path.resolve(import.meta.dirname, "..");
+const repo = REPO;
 export function cli(args: string[], env: NodeJS.ProcessEnv = {}) {
-  const r = spawnSync(
-    process.execPath,
-    ["--import", "tsx", path.join(repo, "src/main.ts"), ...args],
-    {
-      encoding: "utf8",
-      env: { PATH: process.env.PATH, HOME: process.env.HOME, ...env },
-      cwd: repo,
-      timeout: 60_000,
-    },
-  );
+  const r = spawnSync(NODE[0], [...NODE.slice(1), BUNDLE, ...args], {
+    encoding: "utf8",
+    env: { PATH: process.env.PATH, HOME: process.env.HOME, ...env },
+    cwd: repo,
+    timeout: 60_000,
+  });
   return { code: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
@@ -112,7 +110,7 @@ t.test("userdata renders a multipart document that validates", async (t) => {
 t.test(
   "the boot argv fast path accepts exactly the units' shapes; everything else goes to yargs",
   async (t) => {
-    const { parseBootArgv } = await import("../src/cli.js");
+    const { parseBootArgv } = await import("../../src/cli.js");
     t.same(parseBootArgv(["run"]), {
       command: "run",
       args: { "log-level": "info", "log-format": "text", "dry-run": false },

@@ -1,6 +1,6 @@
 import t from "tap";
-import { decodeEksToken, eksToken, stsHost } from "../src/cloud/ekstoken.js";
-import { sigv4PresignedSignature, verifyEksToken } from "../src/sim/kube-api.js";
+import { decodeEksToken, eksToken, stsHost } from "../../../src/cloud/ekstoken.js";
+import { sigv4PresignedSignature, verifyEksToken } from "../../../src/sim/kube-api.js";
 
 // AWS's documented example key pair; a fixed clock makes the signature a known answer.
 const creds = {
