@@ -1,6 +1,6 @@
 # Modern Packer (1.10+) installs builders as plugins: `packer init .` reads this block.
 # Kept in a file of its own because Debian's packer 1.6.6 (used by the tests) rejects it; see
-# test/packer.test.ts.
+# test/product/packer.test.ts.
 packer {
   required_version = ">= 1.10.0"
   required_plugins {

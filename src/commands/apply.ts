@@ -3,7 +3,7 @@
 import { Deadline } from "../core/deadline.js";
 import { reconcile } from "../reconcile/loop.js";
 import { Session } from "../reconcile/session.js";
-import { formatActions } from "../reconcile/stage.js";
+import { formatActions } from "../core/action.js";
 import { localConfig, type CommandContext } from "./context.js";
 
 /** A session bounded by the file's [service].timeout_seconds from its start. */

@@ -21,7 +21,7 @@ import {
 import { guardFacts, guardViolations, readRoutes } from "../host/guard.js";
 import { prepareHost } from "../host/recovery.js";
 import { rebindFromState } from "../reconcile/early.js";
-import { type BindingRecord, saveState, type State } from "../core/state.js";
+import { type BindingRecord, saveState, type State } from "../host/state.js";
 import { setupKernel } from "../host/kernel.js";
 import { type CommandContext, localConfig } from "./context.js";
 import { ImdsClient } from "../cloud/imds.js";

@@ -5,7 +5,7 @@ import { OpError } from "../core/errors.js";
 import { type Host } from "./host.js";
 import { run } from "../core/process.js";
 import type { Logger } from "../core/log.js";
-import type { Action } from "../reconcile/stage.js";
+import type { Action } from "../core/action.js";
 import { PCI_DEVICES } from "./pci.js";
 
 export const NOIOMMU_PARAM = "/sys/module/vfio/parameters/enable_unsafe_noiommu_mode";

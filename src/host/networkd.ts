@@ -6,8 +6,8 @@
 import { type Host } from "./host.js";
 import { run } from "../core/process.js";
 import type { Logger } from "../core/log.js";
-import type { Action } from "../reconcile/stage.js";
-import type { State } from "../core/state.js";
+import type { Action } from "../core/action.js";
+import type { State } from "./state.js";
 
 export const NETWORKD_DIR = "/etc/systemd/network";
 export const NODEADM_CACHE_DIR = "/etc/eks/nodeadm/udev-net-manager";

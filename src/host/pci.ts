@@ -5,7 +5,7 @@ import { OpError } from "../core/errors.js";
 import { type Host } from "./host.js";
 import { run } from "../core/process.js";
 import type { Logger } from "../core/log.js";
-import { journalBegin, journalEnd, JOURNAL_PATH } from "../core/state.js";
+import { journalBegin, journalEnd, JOURNAL_PATH } from "./state.js";
 import { BDF_RE } from "../config/facts.js";
 import { type GuardFacts, guardViolations } from "./guard.js";
 

@@ -7,7 +7,7 @@ import {
   loadState,
   saveState,
   type State,
-} from "../core/state.js";
+} from "./state.js";
 import { type Host, RUN_DIR, VAR_DIR } from "./host.js";
 import { type Logger } from "../core/log.js";
 import { NETWORKD_DIR } from "./networkd.js";

@@ -5,7 +5,7 @@ import { type Config } from "../config/model.js";
 import { errorMessage } from "../core/errors.js";
 import type { Logger } from "../core/log.js";
 import { run } from "../core/process.js";
-import { saveState, type State } from "../core/state.js";
+import { saveState, type State } from "./state.js";
 import { type Host } from "./host.js";
 import {
   analyzeSriovDoc,

@@ -9,7 +9,7 @@ import type { Logger } from "../core/log.js";
 import { markNodeadmUnmanaged } from "../host/networkd.js";
 import { bindDevice, deviceNodeFor, readPciDevice } from "../host/pci.js";
 import { guardFacts, guardViolations, readRoutes } from "../host/guard.js";
-import { saveState, type State } from "../core/state.js";
+import { saveState, type State } from "../host/state.js";
 import { setupKernel } from "../host/kernel.js";
 
 export interface EarlyResult {

@@ -10,14 +10,9 @@ import { delayFor, pollUntil, sleep, type Backoff } from "../core/deadline.js";
 import { readNic, readNicNetwork } from "../cloud/imds.js";
 import { listNetdevs } from "../host/pci.js";
 import { lazyCrypto } from "../core/lazy.js";
-import {
-  type Action,
-  type ActionKind,
-  type Stage,
-  type StageContext,
-  type StagePlan,
-} from "./stage.js";
-import { saveState, type EniRecord } from "../core/state.js";
+import { type Stage, type StageContext, type StagePlan } from "./stage.js";
+import { type Action, type ActionKind } from "../core/action.js";
+import { saveState, type EniRecord } from "../host/state.js";
 import { ensureNetworkdFile, reloadNetworkd } from "../host/networkd.js";
 
 export const TAG_INSTANCE = "eni-dpdk:instance-id";

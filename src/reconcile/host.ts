@@ -13,7 +13,8 @@ import { pollUntil } from "../core/deadline.js";
 import { type Host } from "../host/host.js";
 import type { Logger } from "../core/log.js";
 import { ensureNetworkdFile, markNodeadmUnmanaged, planNetworkd } from "../host/networkd.js";
-import { type Action, type Stage, type StageContext, type StagePlan } from "./stage.js";
+import { type HostDeviceResult, type Stage, type StageContext, type StagePlan } from "./stage.js";
+import { type Action } from "../core/action.js";
 import {
   bindDevice,
   netdevByMac,
@@ -22,7 +23,7 @@ import {
   type PciDevice,
 } from "../host/pci.js";
 import { guardFacts, guardViolations, readRoutes, type GuardFacts } from "../host/guard.js";
-import { type BindingRecord, type EniRecord, saveState, type State } from "../core/state.js";
+import { type BindingRecord, type EniRecord, saveState, type State } from "../host/state.js";
 import {
   applyHugepages,
   hugepageWants,
@@ -40,27 +41,6 @@ export function hostTargets(config: Config, enis: EniRecord[]): HostTarget[] {
     const rec = enis.find((r) => r.name === e.name);
     return rec ? [{ name: e.name, dpdk: e.dpdk, mtu: e.mtu, mac: rec.mac, eniId: rec.eniId }] : [];
   });
-}
-
-export interface HostDeviceResult {
-  name: string;
-  eniId?: string;
-  mac: string;
-  bdf: string;
-  vendor: string;
-  device: string;
-  /** the driver now */
-  driver: string;
-  /** the kernel driver it had before eni-dpdk bound it */
-  originalDriver: string;
-  deviceNode: string;
-  /** full `prefix/name`, or "" for kernel-driver ENIs */
-  resourceName: string;
-  state: "bound" | "kernel" | "failed";
-  error?: string;
-  ifname?: string;
-  /** something was written for this device in this run */
-  changed: boolean;
 }
 
 /** Where a target's device was found. */

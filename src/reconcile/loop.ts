@@ -11,8 +11,9 @@ import path from "node:path";
 import { readNics } from "../cloud/imds.js";
 import { Deadline } from "../core/deadline.js";
 import { errorMessage, formatProblem, InputError, OpError } from "../core/errors.js";
-import { emptyState, journalPending, loadState, saveState } from "../core/state.js";
-import type { CommandContext } from "../commands/context.js";
+import { emptyState, journalPending, loadState, saveState } from "../host/state.js";
+import type { Logger } from "../core/log.js";
+import type { Host } from "../host/host.js";
 import { gather, type Gathered } from "../sources/chain.js";
 import { saveTomlMemo } from "../sources/toml.js";
 import { eniStage } from "./eni.js";
@@ -23,7 +24,8 @@ import { summaryLine, writeStatusFile, type ApplyOutcome } from "./outcome.js";
 import { notePrimary, preflight } from "./preflight.js";
 import { Session } from "./session.js";
 import { sriovStage } from "./sriov.js";
-import type { Action, Stage, StageContext, StagePlan, Upstream } from "./stage.js";
+import type { Stage, StageContext, StagePlan, Upstream } from "./stage.js";
+import type { Action } from "../core/action.js";
 
 /** The stages, in the order a pass runs them. */
 export const STAGES: readonly Stage<StagePlan>[] = [
@@ -32,6 +34,16 @@ export const STAGES: readonly Stage<StagePlan>[] = [
   sriovStage,
   nodeEniStage,
 ] as Stage<StagePlan>[];
+
+/** What a pass needs of the command that runs it. */
+export interface PassContext {
+  host: Host;
+  log: Logger;
+  /** the process environment (the env source reads it) */
+  env: NodeJS.ProcessEnv;
+  /** --config PATH, replacing /etc/eni-dpdk/config.toml */
+  configPath?: string;
+}
 
 export interface ReconcileOptions {
   dryRun: boolean;
@@ -44,7 +56,7 @@ export type ReconcileResult = ApplyOutcome & { gathered: Gathered };
 
 /** One pass. Throws InputError on bad input, before any change; every other failure is in `error`. */
 export async function reconcile(
-  ctx: CommandContext,
+  ctx: PassContext,
   opts: ReconcileOptions,
 ): Promise<ReconcileResult> {
   // Taking the lock starts now, so spawning flock(1) overlaps the sources' IMDS round trips; it is
@@ -63,7 +75,7 @@ export async function reconcile(
 }
 
 async function pass(
-  ctx: CommandContext,
+  ctx: PassContext,
   opts: ReconcileOptions,
   lock: Promise<unknown> | undefined,
 ): Promise<ReconcileResult> {

@@ -1,7 +1,7 @@
 // The NodeENI stage: after the other stages, cache the NodeENI set that was applied (for API
 // outages at the next boot) and report this node's attachments in each NodeENI's status.
 // API trouble here is a warning: the devices are already in place.
-import { saveState } from "../core/state.js";
+import { saveState } from "../host/state.js";
 import {
   checkNodeEniItems,
   explain,

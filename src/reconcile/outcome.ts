@@ -2,11 +2,11 @@
 // the one Status line systemd shows; and the status file every apply writes for `status`.
 import type { Config } from "../config/model.js";
 import { errorMessage } from "../core/errors.js";
-import { STATUS_PATH, type EniRecord } from "../core/state.js";
+import { STATUS_PATH, type EniRecord } from "../host/state.js";
 import type { Host } from "../host/host.js";
 import type { SriovApplyResult } from "../host/sriov-model.js";
-import type { HostDeviceResult } from "./host.js";
-import type { Action, StageName } from "./stage.js";
+import type { HostDeviceResult } from "./stage.js";
+import type { Action, StageName } from "../core/action.js";
 import { collectStatus } from "./status.js";
 
 export interface ApplyOutcome {

@@ -3,7 +3,7 @@
 import { statSync } from "node:fs";
 import type { ImdsNicInfo, InstanceIdentity } from "../cloud/imds.js";
 import { InputError, type Problem } from "../core/errors.js";
-import type { State } from "../core/state.js";
+import type { State } from "../host/state.js";
 import type { Host } from "../host/host.js";
 import type { Gathered } from "../sources/chain.js";
 import type { StageContext } from "./stage.js";

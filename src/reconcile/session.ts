@@ -4,7 +4,7 @@ import { type Ec2Api, type Ec2Factory, lazyEc2, recordingEc2 } from "../cloud/ec
 import { ImdsClient, readInstance, type Imds, type InstanceIdentity } from "../cloud/imds.js";
 import type { Deadline } from "../core/deadline.js";
 import type { Logger } from "../core/log.js";
-import type { InstanceAccess } from "../sources/chain.js";
+import type { InstanceAccess } from "../sources/source.js";
 
 export class Session implements InstanceAccess {
   readonly imds: Imds;

@@ -2,7 +2,7 @@
 // only), checked before the first mutation of an apply, and merged into the plugin's file.
 import { ENA_VENDOR, fullResourceName } from "../config/facts.js";
 import { errorMessage } from "../core/errors.js";
-import { saveState } from "../core/state.js";
+import { saveState } from "../host/state.js";
 import {
   mergeText,
   renderSriovEntries,
@@ -12,8 +12,8 @@ import {
   type SriovDevice,
 } from "../host/sriov-model.js";
 import { ownedIn, previousPath, sameList, writeMerged } from "../host/sriov-file.js";
-import { type Action, type Stage, type StageContext, type StagePlan } from "./stage.js";
-import { type HostDeviceResult } from "./host.js";
+import { type HostDeviceResult, type Stage, type StageContext, type StagePlan } from "./stage.js";
+import { type Action } from "../core/action.js";
 
 export interface SriovPlan {
   enabled: boolean;

@@ -7,42 +7,11 @@ import type { Imds, ImdsNicInfo, InstanceIdentity } from "../cloud/imds.js";
 import type { Config } from "../config/model.js";
 import type { Deadline } from "../core/deadline.js";
 import type { Logger } from "../core/log.js";
-import type { EniRecord, State } from "../core/state.js";
+import type { EniRecord, State } from "../host/state.js";
 import type { Host } from "../host/host.js";
 import type { SriovApplyResult } from "../host/sriov-model.js";
 import type { NodeEniResult } from "../sources/nodeeni.js";
-import type { HostDeviceResult } from "./host.js";
-
-export type StageName = "eni" | "host" | "sriov" | "nodeeni";
-
-export type ActionKind =
-  | "create"
-  | "adopt"
-  | "attach"
-  | "wait-attached"
-  | "set-delete-on-termination"
-  | "wait-nic"
-  | "recover"
-  | "load-module"
-  | "enable-noiommu"
-  | "hugepages"
-  | "write-networkd"
-  | "bind"
-  | "unbind"
-  | "set-mtu"
-  | "link-up"
-  | "move-aside"
-  | "write-sriov"
-  | "patch-status";
-
-export interface Action {
-  stage: StageName;
-  kind: ActionKind;
-  /** what it acts on: ENI name, BDF, file path */
-  target: string;
-  /** one human line: why and what exactly */
-  detail: string;
-}
+import { type Action, type StageName } from "../core/action.js";
 
 /** Everything a stage may use. The EC2 client is behind a lazy factory so a no-op boot never loads the SDK. */
 export interface StageContext {
@@ -59,6 +28,28 @@ export interface StageContext {
   dryRun: boolean;
   /** the NodeENI source's result, when it ran */
   nodeEni?: NodeEniResult;
+}
+
+/** One ENI's device as the host stage leaves it. */
+export interface HostDeviceResult {
+  name: string;
+  eniId?: string;
+  mac: string;
+  bdf: string;
+  vendor: string;
+  device: string;
+  /** the driver now */
+  driver: string;
+  /** the kernel driver it had before eni-dpdk bound it */
+  originalDriver: string;
+  deviceNode: string;
+  /** full `prefix/name`, or "" for kernel-driver ENIs */
+  resourceName: string;
+  state: "bound" | "kernel" | "failed";
+  error?: string;
+  ifname?: string;
+  /** something was written for this device in this run */
+  changed: boolean;
 }
 
 /** What the stages hand on: ENIs attached, devices bound (or kept on a kernel driver), the SR-IOV file. */
@@ -80,14 +71,4 @@ export interface Stage<P extends StagePlan = StagePlan> {
   enabled(ctx: StageContext): boolean;
   plan(ctx: StageContext, up: Upstream): Promise<P>;
   apply(ctx: StageContext, plan: P, up: Upstream): Promise<Partial<Upstream>>;
-}
-
-export function formatActions(actions: Action[]): string {
-  if (actions.length === 0) return "nothing to do: the node matches the desired state\n";
-  const w = Math.max(...actions.map((a) => a.kind.length));
-  return (
-    actions
-      .map((a) => `  ${a.stage.padEnd(6)} ${a.kind.padEnd(w)}  ${a.target}  ${a.detail}`)
-      .join("\n") + "\n"
-  );
 }

@@ -7,7 +7,7 @@ import { errorMessage } from "../core/errors.js";
 import { type Host } from "../host/host.js";
 import { deviceNodeFor, listNetdevs, listPciDevices, readPciDevice } from "../host/pci.js";
 import { readRoutes, routeReasons } from "../host/guard.js";
-import { type BindingRecord, loadState, type State, STATUS_PATH } from "../core/state.js";
+import { type BindingRecord, loadState, type State, STATUS_PATH } from "../host/state.js";
 import {
   readHugepages,
   readKernelFacts,

@@ -11,7 +11,7 @@ import { Deadline } from "../core/deadline.js";
 import { ImdsClient, readInstance, readNics, type Imds } from "../cloud/imds.js";
 import { silentLogger, type Logger } from "../core/log.js";
 import type { StageContext } from "../reconcile/stage.js";
-import { loadState } from "../core/state.js";
+import { loadState } from "../host/state.js";
 import type { AttachedEvent, Ec2Emulator, Ec2Seed } from "./ec2.js";
 import { ImdsEmulator, defaultInstance, type ImdsInstance, type ImdsNic } from "./imds.js";
 

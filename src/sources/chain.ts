@@ -2,62 +2,17 @@
 // to consult, and in which order), the instance's sources concurrently, each able to wait for what
 // the sources before it gave (NodeENI needs [kubernetes] and the NodeConfig); then one merge,
 // validated as a whole. Every problem of every source is reported in one run.
-import type { Ec2Api } from "../cloud/ec2.js";
-import type { Imds, InstanceIdentity } from "../cloud/imds.js";
 import type { SourceName } from "../config/facts.js";
 import { buildConfig, defaults, type EffectiveConfig, type Layer } from "../config/model.js";
-import type { Deadline } from "../core/deadline.js";
 import { InputError, type Problem } from "../core/errors.js";
-import type { Logger } from "../core/log.js";
-import type { Host } from "../host/host.js";
 import type { UserDataPart } from "./mime.js";
 import { envSource } from "./env.js";
 import { fileSource } from "./file.js";
 import { nodeEniSource, type NodeEniResult } from "./nodeeni.js";
 import { tagSource } from "./tags.js";
+import type { Prior, Provided, Source, SourceContext } from "./source.js";
 import { userDataSource } from "./userdata.js";
 import { loadTomlMemo, tomlUsed } from "./toml.js";
-
-/** The instance behind the sources that need one; absent in standalone validation. */
-export interface InstanceAccess {
-  imds: Imds;
-  identity(): Promise<InstanceIdentity>;
-  /** EC2 (DescribeTags); the SDK loads only when a source really calls it */
-  ec2(): Promise<Ec2Api>;
-  deadline: Deadline;
-}
-
-export interface SourceContext {
-  host: Host;
-  log: Logger;
-  env: NodeJS.ProcessEnv;
-  /** --config PATH, replacing /etc/eni-dpdk/config.toml */
-  configPath?: string;
-  instance?: InstanceAccess;
-}
-
-/** What the sources before one in the chain gave, merged. */
-export interface Prior {
-  config: EffectiveConfig;
-  userDataParts: UserDataPart[];
-}
-
-export interface Provided {
-  layers: Layer[];
-  /** one line on what was found, e.g. "2 eni-dpdk part(s), 1 NodeConfig part(s)" */
-  note: string;
-  warnings?: Problem[];
-  userDataParts?: UserDataPart[];
-  nodeEni?: NodeEniResult;
-}
-
-export interface Source {
-  readonly name: SourceName | "env";
-  /** true when there is nothing to read without the instance */
-  readonly needsInstance: boolean;
-  /** Layers in precedence order, or InputError naming each problem. `prior` waits for the sources before it. */
-  provide(ctx: SourceContext, prior: () => Promise<Prior>): Promise<Provided>;
-}
 
 export interface Gathered extends EffectiveConfig {
   userDataParts: UserDataPart[];

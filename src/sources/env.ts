@@ -1,6 +1,6 @@
 // The seed controller's environment variables, which override every other source.
 import { type Layer } from "../config/model.js";
-import { type Source } from "./chain.js";
+import { type Source } from "./source.js";
 
 const ENV_KEYS: Record<string, [string, string]> = {
   ENABLE_DPDK: ["dpdk", "enabled"],

@@ -6,7 +6,7 @@ import { CONFIG_DIR, CONFIG_FILE, CONFIG_HOME } from "../config/facts.js";
 import { InputError, type Problem } from "../core/errors.js";
 import type { Host } from "../host/host.js";
 import { loadTomlFor, tomlLayer } from "./toml.js";
-import { type Source } from "./chain.js";
+import { type Source } from "./source.js";
 import { checkConfigDir, readConfigFile, readErrorMessage, shownPath } from "../host/trusted.js";
 
 // A root service must not take its config from a file others can change (sshd's StrictModes): every

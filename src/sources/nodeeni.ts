@@ -18,7 +18,7 @@ import { type Host } from "../host/host.js";
 import { delayFor, sleep, type Deadline } from "../core/deadline.js";
 import type { Imds, InstanceIdentity } from "../cloud/imds.js";
 import type { Logger } from "../core/log.js";
-import { loadState, type State } from "../core/state.js";
+import { loadState, type State } from "../host/state.js";
 import {
   isTransient,
   KubeApiError,
@@ -26,7 +26,7 @@ import {
   resolveKubeTarget,
   type NodeEniObject,
 } from "../cloud/kube.js";
-import type { Source } from "./chain.js";
+import type { Source } from "./source.js";
 import {
   type NodeConfigPartLike,
   type NodeIdentity,

@@ -2,7 +2,7 @@
 import { schema, type Layer } from "../config/model.js";
 import { FORBIDDEN_KEY_MESSAGE, isForbiddenKey, nullRecord, own } from "../core/records.js";
 import { InputError, type Problem } from "../core/errors.js";
-import { type Source } from "./chain.js";
+import { type Source } from "./source.js";
 import { readTags } from "../cloud/imds.js";
 import { describeInstanceTags } from "../cloud/ec2.js";
 

@@ -6,7 +6,7 @@ import { InputError, type Problem } from "../core/errors.js";
 import { decodeUserData, PLAIN_TYPES, sniffDocument, type UserDataPart } from "./mime.js";
 import { loadTomlFor, parseToml, tomlLayer, TomlNotLoaded } from "./toml.js";
 import { utf8Problem } from "../host/trusted.js";
-import { type Source } from "./chain.js";
+import { type Source } from "./source.js";
 import { readUserData } from "../cloud/imds.js";
 
 export interface UserDataResult {

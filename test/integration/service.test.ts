@@ -379,7 +379,7 @@ t.test("the systemd-notify fallback reaches the socket when the addon is absent"
 
 t.test("the state file is byte-stable across load/save (no spurious rewrite)", async (t) => {
   const { Host } = await import("../../src/host/host.js");
-  const { loadState, saveState } = await import("../../src/core/state.js");
+  const { loadState, saveState } = await import("../../src/host/state.js");
   const root = mkdtempSync(path.join(tmpdir(), "eni-dpdk-state-"));
   const host = new Host(root);
   const s = await loadState(host);

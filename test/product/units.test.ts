@@ -7,7 +7,7 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { defaults } from "../../src/config/model.js";
-import { STATE_PATH, STATUS_PATH } from "../../src/core/state.js";
+import { STATE_PATH, STATUS_PATH } from "../../src/host/state.js";
 import { NETWORKD_DIR, NODEADM_CACHE_DIR } from "../../src/host/networkd.js";
 import {
   analyzeVerify,

@@ -6,7 +6,7 @@ import { Host } from "../../src/host/host.js";
 import { Deadline } from "../../src/core/deadline.js";
 import { Logger, type LogSink } from "../../src/core/log.js";
 import type { StageContext } from "../../src/reconcile/stage.js";
-import { emptyState, type State } from "../../src/core/state.js";
+import { emptyState, type State } from "../../src/host/state.js";
 import { SimKernel, type SimKernelOptions } from "../../src/sim/kernel.js";
 import { type Ec2Factory } from "../../src/cloud/ec2.js";
 

@@ -13,7 +13,7 @@ import { silentLogger } from "../../src/core/log.js";
 import type { StageContext } from "../../src/reconcile/stage.js";
 import { applySriov, planSriov } from "../../src/reconcile/sriov.js";
 import { type SriovDevice } from "../../src/host/sriov-model.js";
-import { loadState } from "../../src/core/state.js";
+import { loadState } from "../../src/host/state.js";
 
 const [root, mode, a, b] = process.argv.slice(2) as [string, string, string, string | undefined];
 const host = new Host(root);

@@ -5,7 +5,7 @@ import { spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
 import t, { type Test } from "tap";
 import { Host } from "../../../src/host/host.js";
-import { loadState } from "../../../src/core/state.js";
+import { loadState } from "../../../src/host/state.js";
 import type { World } from "../../../src/sim/world.js";
 import { NotifySocket } from "../../support/notify.js";
 import {

@@ -7,7 +7,7 @@ import { readdirSync, readFileSync, statSync } from "node:fs";
 import path from "node:path";
 import t, { type Test } from "tap";
 import { Host } from "../../../src/host/host.js";
-import { loadState, JOURNAL_PATH, STATE_PATH } from "../../../src/core/state.js";
+import { loadState, JOURNAL_PATH, STATE_PATH } from "../../../src/host/state.js";
 import type { World } from "../../../src/sim/world.js";
 import {
   assertNoneDriverless,

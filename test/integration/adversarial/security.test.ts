@@ -4,7 +4,7 @@
 import { chmodSync, mkdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import t from "tap";
 import { Host } from "../../../src/host/host.js";
-import { STATE_PATH } from "../../../src/core/state.js";
+import { STATE_PATH } from "../../../src/host/state.js";
 import {
   assertNoneDriverless,
   assertPrimaryUntouched,

@@ -7,7 +7,7 @@ import { InputError, OpError } from "../../../src/core/errors.js";
 import { Host } from "../../../src/host/host.js";
 import type { CommandContext } from "../../../src/commands/context.js";
 import { applyHost, planHost } from "../../../src/reconcile/host.js";
-import { loadState, saveState, STATE_PATH, type State } from "../../../src/core/state.js";
+import { loadState, saveState, STATE_PATH, type State } from "../../../src/host/state.js";
 import {
   bindCommand,
   earlyCommand,

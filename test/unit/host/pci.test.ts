@@ -3,7 +3,7 @@ import t from "tap";
 import { InputError, OpError } from "../../../src/core/errors.js";
 import { Host } from "../../../src/host/host.js";
 import { applyHost, planHost } from "../../../src/reconcile/host.js";
-import { loadState } from "../../../src/core/state.js";
+import { loadState } from "../../../src/host/state.js";
 import { writeFakeBindingScript } from "../../../src/sim/kernel.js";
 import {
   config,

@@ -17,7 +17,7 @@ import {
 } from "../../../src/host/sriov-file.js";
 import { applySriov, planSriov } from "../../../src/reconcile/sriov.js";
 import { type SriovDevice } from "../../../src/host/sriov-model.js";
-import { emptyState, loadState } from "../../../src/core/state.js";
+import { emptyState, loadState } from "../../../src/host/state.js";
 import { cleanVerdict, pluginVerdict } from "../../support/sriov-plugin-rules.js";
 import { REPO } from "../../support/repo.js";
 

@@ -10,7 +10,7 @@ import {
 } from "../../../src/reconcile/eni.js";
 import { Ec2Error } from "../../../src/cloud/ec2.js";
 import { InputError } from "../../../src/core/errors.js";
-import { STATE_PATH, emptyState } from "../../../src/core/state.js";
+import { STATE_PATH, emptyState } from "../../../src/host/state.js";
 import { Ec2Emulator } from "../../../src/sim/ec2.js";
 import {
   SG,
@@ -486,7 +486,7 @@ t.test("a converged boot in a fresh process never imports the AWS SDK", async (t
     const { Deadline } = await import(${JSON.stringify(new URL("src/core/deadline.ts", REPO_URL).href)});
     const { ImdsClient, readInstance, readNics } = await import(${JSON.stringify(new URL("src/cloud/imds.ts", REPO_URL).href)});
     const { buildConfig } = await import(${JSON.stringify(new URL("src/config/model.ts", REPO_URL).href)});
-    const { loadState } = await import(${JSON.stringify(new URL("src/core/state.ts", REPO_URL).href)});
+    const { loadState } = await import(${JSON.stringify(new URL("src/host/state.ts", REPO_URL).href)});
     const { silentLogger } = await import(${JSON.stringify(new URL("src/core/log.ts", REPO_URL).href)});
     const host = new Host(process.env.ROOT);
     const imds = new ImdsClient({ endpoint: process.env.IMDS });

@@ -8,7 +8,7 @@ import { Host } from "../../../src/host/host.js";
 import { Deadline } from "../../../src/core/deadline.js";
 import { ImdsClient, readInstance } from "../../../src/cloud/imds.js";
 import { silentLogger } from "../../../src/core/log.js";
-import { emptyState, type State } from "../../../src/core/state.js";
+import { emptyState, type State } from "../../../src/host/state.js";
 import { decodeUserData } from "../../../src/sources/mime.js";
 import type { NodeEniObject } from "../../../src/cloud/kube.js";
 import {

@@ -14,7 +14,8 @@ import {
 import { envLayers } from "../../../src/sources/env.js";
 import { fileLayers } from "../../../src/sources/file.js";
 import { REPO } from "../../support/repo.js";
-import { gather, type SourceContext } from "../../../src/sources/chain.js";
+import { gather } from "../../../src/sources/chain.js";
+import { type SourceContext } from "../../../src/sources/source.js";
 import { ImdsClient } from "../../../src/cloud/imds.js";
 import { Deadline } from "../../../src/core/deadline.js";
 import { silentLogger } from "../../../src/core/log.js";

@@ -3,8 +3,8 @@
 // Beside it, the intent journal inflight.json: every sysfs bind or restore is recorded there before
 // its first write and cleared after it is verified, so a process killed half-way is finished or
 // rolled back by the next one (recoverInflight in pci.ts) before anything else.
-import { InputError } from "./errors.js";
-import { RUN_DIR, VAR_DIR, type Host } from "../host/host.js";
+import { InputError } from "../core/errors.js";
+import { RUN_DIR, VAR_DIR, type Host } from "./host.js";
 import {
   BDF_RE,
   DRIVER_NAME_RE as DRIVER_RE,
@@ -12,7 +12,7 @@ import {
   INSTANCE_ID_RE,
   MAC_RE,
 } from "../config/facts.js";
-import { nullRecord } from "./records.js";
+import { nullRecord } from "../core/records.js";
 
 export const STATE_PATH = `${VAR_DIR}/state.json`;
 export const JOURNAL_PATH = `${VAR_DIR}/inflight.json`;
