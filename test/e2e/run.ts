@@ -81,9 +81,11 @@ interface Built {
   kernel: string;
   base: string;
   assets: string;
+  /** the DPDK initramfs layer, when a selected boot needs it */
+  dpdkLayer?: string;
 }
 
-async function prepare(): Promise<Built> {
+async function prepare(opts: { dpdk: boolean }): Promise<Built> {
   say("host setup (apt, kernel, NOIOMMU vfio.ko)");
   const ts = Date.now();
   await must(["bash", path.join(REPO, "scripts/e2e/setup.sh")], "scripts/e2e/setup.sh");
@@ -103,6 +105,36 @@ async function prepare(): Promise<Built> {
       ["bash", path.join(REPO, "scripts/e2e/build-initramfs.sh"), krel, base],
       "build-initramfs.sh",
     );
+  }
+
+  // The DPDK layer: keyed by its script and the versions of the packages it takes files from.
+  let dpdkLayer: string | undefined;
+  if (opts.dpdk) {
+    const versions = await must(
+      [
+        "dpkg-query",
+        "-W",
+        "-f=${Package} ${Version}\\n",
+        "dpdk-dev",
+        "dpdk",
+        "pciutils",
+        "pci.ids",
+        "python3-minimal",
+      ],
+      "dpkg-query",
+      { quiet: true },
+    );
+    dpdkLayer = path.join(
+      WORK,
+      `dpdk-${hashFiles([path.join(REPO, "scripts/e2e/build-dpdk-layer.sh")], versions)}.cpio.gz`,
+    );
+    if (!existsSync(dpdkLayer)) {
+      say("building the DPDK initramfs layer (testpmd, devbind)");
+      await must(
+        ["bash", path.join(REPO, "scripts/e2e/build-dpdk-layer.sh"), dpdkLayer],
+        "build-dpdk-layer.sh",
+      );
+    }
   }
 
   // E2E_DIST: test a bundle built elsewhere (harness development only); normally the real build runs.
@@ -133,7 +165,7 @@ async function prepare(): Promise<Built> {
     path.join(assets, "opt/e2e/failing-bind"),
   );
   await fs.chmod(path.join(assets, "opt/e2e/failing-bind"), 0o755);
-  return { krel, kernel, base, assets };
+  return { krel, kernel, base, assets, dpdkLayer };
 }
 
 interface Boot {
@@ -147,6 +179,11 @@ interface Boot {
   /** take /out/carry.tar from this earlier boot */
   carryFrom?: string;
   hostEmulators?: boolean;
+  /** NICs on one QEMU hub (each receives what the other sends) */
+  hub?: string[];
+  /** append the DPDK layer (testpmd, devbind) to the initramfs */
+  dpdk?: boolean;
+  memoryMb?: number;
   timeoutMs: number;
 }
 
@@ -189,6 +226,18 @@ const BOOTS: Boot[] = [
     hostEmulators: true,
     timeoutMs: 300_000,
   },
+  {
+    id: "F",
+    title: "a DPDK application: testpmd on the bound devices, dpdk-devbind.py",
+    steps: ["dpdkSetup", "s13", "s9", "s12", "s10", "s11", "s11b"],
+    expects: ["13", "9", "12", "10", "11", "11b"],
+    noiommu: true,
+    nics: NICS.filter((n) => ["primary", "dpdk1", "dpdk2", "kern1"].includes(n.name)),
+    hub: ["dpdk1", "dpdk2"],
+    dpdk: true,
+    memoryMb: 1536,
+    timeoutMs: 600_000,
+  },
 ];
 
 async function runBoot(b: Boot, built: Built): Promise<StepResult[]> {
@@ -223,11 +272,12 @@ async function runBoot(b: Boot, built: Built): Promise<StepResult[]> {
     [
       "bash",
       "-c",
-      'cat "$1" "$2" > "$3"',
+      'out=$1; shift; cat "$@" > "$out"',
       "cat",
-      built.base,
-      path.join(dir, "overlay.cpio.gz"),
       initrd,
+      built.base,
+      ...(b.dpdk && built.dpdkLayer ? [built.dpdkLayer] : []),
+      path.join(dir, "overlay.cpio.gz"),
     ],
     "initrd",
   );
@@ -242,6 +292,8 @@ async function runBoot(b: Boot, built: Built): Promise<StepResult[]> {
     guestfwd: emu?.guestfwd,
     rootPorts: emu ? ["rp1"] : [],
     spareNetdevs: emu ? ["hpn1"] : [],
+    hub: b.hub,
+    memoryMb: b.memoryMb,
     timeoutMs: b.timeoutMs,
   });
   say(
@@ -293,7 +345,8 @@ async function runBoot(b: Boot, built: Built): Promise<StepResult[]> {
 }
 
 function print(r: StepResult): void {
-  process.stdout.write(`${r.status} scenario ${r.scenario}: ${r.title}\n`);
+  const took = r.ms === undefined ? "" : ` (${(r.ms / 1000).toFixed(1)} s)`;
+  process.stdout.write(`${r.status} scenario ${r.scenario}${took}: ${r.title}\n`);
   for (const e of r.evidence) process.stdout.write(`    ${e}\n`);
 }
 
@@ -305,7 +358,9 @@ async function main(): Promise<number> {
   const only = process.env.E2E_ONLY?.split(",");
   let built: Built;
   try {
-    built = await prepare();
+    built = await prepare({
+      dpdk: BOOTS.some((b) => b.dpdk && (!only || only.includes(b.id))),
+    });
   } catch (e) {
     process.stdout.write(`FAIL e2e setup: ${(e as Error).message}\n`);
     return 1;
@@ -318,21 +373,37 @@ async function main(): Promise<number> {
     all.push(...rs);
   }
   if (!only || only.includes("E")) {
-    const r = await runSystemdScenario({
-      repo: REPO,
-      work: WORK,
-      krel: built.krel,
-      kernel: built.kernel,
-      base: built.base,
-      assets: built.assets,
-      say,
-    });
+    const ts = Date.now();
+    const node22 = await sh(["bash", path.join(REPO, "scripts/node22.sh")], { quiet: true });
+    const r =
+      node22.code === 0
+        ? await runSystemdScenario({
+            repo: REPO,
+            work: WORK,
+            krel: built.krel,
+            kernel: built.kernel,
+            base: built.base,
+            assets: built.assets,
+            node22: node22.out.trim().split("\n").at(-1)!,
+            say,
+          })
+        : {
+            scenario: "7",
+            title: "systemd with Node 22",
+            status: "FAIL" as const,
+            evidence: [
+              `scripts/node22.sh failed: ${node22.out.trim().split("\n").slice(-4).join(" | ")}`,
+            ],
+          };
+    r.ms = Date.now() - ts;
     print(r);
     all.push(r);
   }
   process.stdout.write(`\n==== e2e summary (${elapsed()}) ====\n`);
-  for (const r of all.sort((a, b) => a.scenario.localeCompare(b.scenario)))
-    process.stdout.write(`${r.status.padEnd(8)} ${r.scenario.padEnd(3)} ${r.title}\n`);
+  for (const r of all.sort((a, b) => a.scenario.localeCompare(b.scenario, "en", { numeric: true })))
+    process.stdout.write(
+      `${r.status.padEnd(8)} ${r.scenario.padEnd(3)} ${r.ms === undefined ? "" : `${(r.ms / 1000).toFixed(1).padStart(5)} s  `}${r.title}\n`,
+    );
   const count = (st: string) => all.filter((r) => r.status === st).length;
   // The plain closing line CI reads; NOT DONE counts as skipped, never as passed.
   process.stdout.write(

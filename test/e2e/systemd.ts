@@ -1,9 +1,12 @@
-// Scenario 7: a debootstrap'd Debian bookworm guest with systemd as PID 1, the product installed by
-// its own release tarball and install.sh (real unit files from systemd/), stand-in kubelet.service
-// and nodeadm-run.service, IMDS and EC2 on the host. A oneshot check unit collects the evidence to
+// Scenario 7: a debootstrap'd Debian bookworm guest with systemd as PID 1 and the AMI's runtime,
+// Node 22 as /usr/bin/node-22 (where AL2023's nodejs22 puts it), the product installed as the Packer
+// template installs it: the release tarball built for Node 22 (its sd-notify addon for that ABI),
+// then the template's own provisioning commands run as root in the image (install.sh, the checks).
+// Stand-in kubelet.service and nodeadm-run.service, IMDS and EC2 on the host. A oneshot check unit collects the evidence to
 // the 9p share, then switches to a config that fails at run time with on_failure = "fail". A second
 // boot of the same disk checks eni-dpdk-early's offline rebind before systemd-networkd.
 import { spawn } from "node:child_process";
+import { createHash } from "node:crypto";
 import { existsSync, promises as fs, readFileSync } from "node:fs";
 import path from "node:path";
 import { Step } from "./guest/lib.js";
@@ -27,6 +30,8 @@ export interface SystemdCtx {
   kernel: string;
   base: string;
   assets: string;
+  /** the Node 22 binary (scripts/node22.sh) the image runs, as the AMI runs AL2023's nodejs22 */
+  node22: string;
   say: (s: string) => void;
 }
 
@@ -131,6 +136,11 @@ fi
   echo "--- nodeadm-run saw"; cat /run/e2e/nodeadm-run.txt
   echo "--- sysfs"; for b in ${bdfOf(DPDK1)} ${bdfOf(DPDK2)}; do echo "$b driver=$(basename "$(readlink /sys/bus/pci/devices/$b/driver)")"; done; ls /dev/vfio
   echo "--- pcidp"; cat /etc/pcidp/config.json; echo
+  echo "--- runtime"; echo "main_exe=$(readlink /proc/$(systemctl show -p MainPID --value eni-dpdk.service)/exe)"
+  echo "node=$(/usr/bin/node-22 --version) modules=$(/usr/bin/node-22 -p process.versions.modules)"
+  echo "usr_bin_node=$(test -e /usr/bin/node && echo present || echo absent)"; cat /opt/eni-dpdk/VERSION
+  echo "--- starting"; journalctl -b -u eni-dpdk.service --no-pager -o cat | grep -m1 'msg=starting'
+  echo "--- provisioning"; cat /var/log/e2e-provisioning.log
   echo "--- journal"; journalctl -u eni-dpdk.service --no-pager -o cat | tail -n 15
   echo "=== phase2"
   cp /etc/e2e/failing.toml /etc/eni-dpdk/config.toml
@@ -151,21 +161,69 @@ systemctl poweroff --no-block
 
 const FAILING_BIND = readFileSync(new URL("./guest/failing-bind.sh", import.meta.url), "utf8");
 
-/** Build the disk image: the cached debootstrap tree + node, modules, the product (install.sh), test units. */
-async function buildDisk(ctx: SystemdCtx, dir: string): Promise<string> {
-  const rootTar = path.join(ctx.work, "rootfs-bookworm.tar");
-  await must(
-    ["bash", path.join(ctx.repo, "scripts/e2e/build-rootfs.sh"), rootTar],
-    "build-rootfs.sh (debootstrap)",
+/**
+ * The shell commands of the Packer template's provisioners, in order, minus `dnf install` of Node
+ * (the image already has Node 22 where nodejs22 puts it): the same lines the AMI build runs.
+ */
+async function amiProvisioning(repo: string): Promise<string[]> {
+  const hcl = await fs.readFile(path.join(repo, "packer/eni-dpdk.pkr.hcl"), "utf8");
+  const blocks = [...hcl.matchAll(/^\s*inline\s*=\s*\[([^\]]*)\]/gm)].map((m) => m[1]);
+  const lines = blocks.flatMap((b) =>
+    [...b.matchAll(/"((?:[^"\\]|\\.)*)"/g)].map((m) => JSON.parse(`"${m[1]}"`) as string),
   );
+  if (!lines.some((l) => l.includes("install.sh")))
+    throw new Error("packer/eni-dpdk.pkr.hcl: no provisioner runs install.sh");
+  return lines.filter((l) => !l.startsWith("dnf install"));
+}
+
+/** Run argv as root in a chroot of `root` with /proc and /dev, unmounted again whatever happens. */
+async function inChroot(root: string, argv: string[], what: string): Promise<void> {
+  const mounted: string[] = [];
+  try {
+    await must(["mount", "-t", "proc", "proc", path.join(root, "proc")], "mount proc");
+    mounted.push(path.join(root, "proc"));
+    await must(["mount", "--bind", "/dev", path.join(root, "dev")], "mount --bind /dev");
+    mounted.push(path.join(root, "dev"));
+    // a clean environment, as sudo gives the template's provisioners
+    const r = await sh([
+      "env",
+      "-i",
+      "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
+      "HOME=/root",
+      "chroot",
+      root,
+      ...argv,
+    ]);
+    if (r.code !== 0) {
+      const log = await fs
+        .readFile(path.join(root, "var/log/e2e-provisioning.log"), "utf8")
+        .catch(() => "");
+      throw new Error(
+        `${what} failed in the image (exit ${r.code}): ${(log || r.out).trim().split("\n").slice(-8).join(" | ")}`,
+      );
+    }
+  } finally {
+    for (const m of mounted.reverse()) await sh(["umount", m]);
+  }
+}
+
+/** Build the disk image: the cached debootstrap tree + Node 22, modules, the product (as the AMI installs it), test units. */
+async function buildDisk(ctx: SystemdCtx, dir: string): Promise<string> {
+  const rootfsScript = path.join(ctx.repo, "scripts/e2e/build-rootfs.sh");
+  const rootTar = path.join(
+    ctx.work,
+    `rootfs-bookworm-${createHash("sha256").update(readFileSync(rootfsScript)).digest("hex").slice(0, 12)}.tar`,
+  );
+  await must(["bash", rootfsScript, rootTar], "build-rootfs.sh (debootstrap)");
   const R = path.join(dir, "rootfs");
   await fs.mkdir(R, { recursive: true });
   await must(["tar", "-C", R, "-xf", rootTar], "unpack rootfs");
 
-  // node and any library the rootfs lacks
-  await fs.copyFile(process.execPath, path.join(R, "usr/bin/node"));
-  await fs.chmod(path.join(R, "usr/bin/node"), 0o755);
-  for (const lib of (await must(["ldd", process.execPath], "ldd node")).match(/\/\S+\.so[^\s]*/g) ??
+  // Node 22 where AL2023's nodejs22 package installs it (the Packer template's `dnf install`), and
+  // any library the rootfs lacks. No /usr/bin/node: the launcher must find node-22 itself.
+  await fs.copyFile(ctx.node22, path.join(R, "usr/bin/node-22"));
+  await fs.chmod(path.join(R, "usr/bin/node-22"), 0o755);
+  for (const lib of (await must(["ldd", ctx.node22], "ldd node-22")).match(/\/\S+\.so[^\s]*/g) ??
     []) {
     if (!existsSync(path.join(R, lib))) await fs.cp(lib, path.join(R, lib), { dereference: true });
   }
@@ -208,25 +266,30 @@ async function buildDisk(ctx: SystemdCtx, dir: string): Promise<string> {
   );
   await must(["depmod", "-b", R, ctx.krel], "depmod");
 
-  // the product, installed the way a node image gets it: release tarball + install.sh
+  // the product, installed the way the AMI gets it: the release tarball for Node 22, then the Packer
+  // template's provisioning commands, as root inside the image
   const pkgDir = path.join(dir, "pkg");
   await must(
     [
-      "node",
+      process.execPath,
       path.join(ctx.repo, "scripts/package.mjs"),
       "--out",
       pkgDir,
       "--bundle-dir",
       path.join(ctx.assets, "opt/eni-dpdk"),
+      "--node",
+      ctx.node22,
     ],
-    "npm run package",
+    "scripts/package.mjs --node (Node 22)",
     ctx.repo,
   );
   const tgz = (await fs.readdir(pkgDir)).find((f) => f.endsWith(".tar.gz"))!;
-  const x = path.join(pkgDir, "x");
-  await fs.mkdir(x);
-  await must(["tar", "-C", x, "-xzf", path.join(pkgDir, tgz)], "unpack release tarball");
-  await must(["bash", path.join(x, "install.sh"), "--destdir", R], "install.sh --destdir");
+  await fs.copyFile(path.join(pkgDir, tgz), path.join(R, "tmp/eni-dpdk.tar.gz"));
+  const steps = await amiProvisioning(ctx.repo);
+  await fs.mkdir(path.join(R, "var/log"), { recursive: true });
+  // as the template's execute_command runs them: bash -euo pipefail, each line traced to the log
+  const script = ["exec > /var/log/e2e-provisioning.log 2>&1", "set -x", ...steps].join("\n");
+  await inChroot(R, ["/bin/bash", "-euo", "pipefail", "-c", script], "the Packer provisioning");
 
   // test-only configuration around the real units
   const w = async (rel: string, content: string, mode = 0o644) => {
@@ -322,14 +385,16 @@ function prop(block: string, key: string): string | undefined {
 export async function runSystemdScenario(ctx: SystemdCtx): Promise<StepResult> {
   const st = new Step(
     "7",
-    "systemd: real units; READY before kubelet; failing config fails the unit with a useful journal message; reboot rebinds via eni-dpdk-early",
+    "systemd with Node 22 and the tarball installed as the AMI installs it: real units; READY (sd-notify addon) before kubelet; failing config fails the unit with a useful journal message; reboot rebinds via eni-dpdk-early",
   );
   const dir = path.join(ctx.work, "boots/E");
   await fs.rm(dir, { recursive: true, force: true });
   await fs.mkdir(path.join(dir, "out"), { recursive: true });
   let img: string;
   try {
-    ctx.say("boot E: building the systemd guest disk (debootstrap cached, install.sh --destdir)");
+    ctx.say(
+      "boot E: building the systemd guest disk (debootstrap, cached; Node 22 and the tarball, installed as the AMI installs them)",
+    );
     img = await buildDisk(ctx, dir);
   } catch (e) {
     return {
@@ -398,6 +463,44 @@ export async function runSystemdScenario(ctx: SystemdCtx): Promise<StepResult> {
   st.check(
     /^\s*Status: "ready/m.test(status1),
     `systemctl status shows the Status line: ${status1.match(/^\s*Status: .*$/m)?.[0]?.trim() ?? "none"}`,
+  );
+  // the runtime: the AMI's Node, the tarball's addon for its ABI, the template's provisioning
+  const rt = section(out, "phase1", "runtime");
+  st.check(
+    /^main_exe=\/usr\/bin\/node-22$/m.test(rt) && /modules=127\b/.test(rt),
+    `the service's main process is Node 22: ${rt.split("\n").slice(0, 2).join(", ")}`,
+  );
+  st.check(
+    /^usr_bin_node=absent$/m.test(rt),
+    "no /usr/bin/node in the image: the launcher found /usr/bin/node-22 itself",
+  );
+  st.check(
+    /sd-notify addon for NODE_MODULE_VERSION 127\b/.test(rt),
+    `the installed tarball carries the addon for Node 22: ${rt.split("\n").find((l) => l.startsWith("sd-notify")) ?? "(no VERSION line)"}`,
+  );
+  const starting = section(out, "phase1", "starting");
+  st.check(
+    /notify=sd-notify\b/.test(starting),
+    `the service told systemd through the addon, not the fallback: ${starting || "(no starting line)"}`,
+  );
+  const prov = section(out, "phase1", "provisioning");
+  st.note("the Packer template's provisioning, run as root in the image:");
+  st.evidence.push(
+    ...prov
+      .split("\n")
+      .filter((l) =>
+        /^\+ |install\.sh: (installed|enabled|done)|^ok: |^enabled$|^eni-dpdk |^built |^sd-notify/.test(
+          l,
+        ),
+      )
+      .slice(0, 24)
+      .map((l) => "  | " + l),
+  );
+  st.check(
+    /install\.sh: done/.test(prov) &&
+      /^\+ systemctl is-enabled/m.test(prov) &&
+      /^\+ rm -rf \/tmp\/eni-dpdk /m.test(prov),
+    "every provisioning command ran to the end (install.sh, verify, validate, is-enabled, cleanup)",
   );
   const early = section(out, "phase1", "show eni-dpdk-early");
   st.note(`eni-dpdk-early.service on first boot: ${early.replace(/\n/g, " ")}`);

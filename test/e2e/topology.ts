@@ -88,4 +88,6 @@ export interface StepResult {
   title: string;
   status: "PASS" | "FAIL" | "NOT DONE";
   evidence: string[];
+  /** how long the scenario took (in the guest, from its first step to its verdict) */
+  ms?: number;
 }

@@ -21,6 +21,8 @@ export interface VmOptions {
   rootPorts?: string[];
   /** netdev ids to pre-create for hot-plugged NICs */
   spareNetdevs?: string[];
+  /** NICs (by name) on one QEMU hub instead of user networking: each receives what the others send */
+  hub?: string[];
   /** a raw disk image as virtio-blk /dev/vda */
   disk?: string;
   memoryMb?: number;
@@ -81,12 +83,21 @@ export class Vm {
     o.nics.forEach((n, i) => {
       const fwd =
         i === 0 && o.guestfwd?.length ? o.guestfwd.map((g) => `,guestfwd=${g}`).join("") : "";
+      const onHub = o.hub?.includes(n.name) ?? false;
       // Only the primary's network has IPv6: slirp's router advertisements would otherwise give every
       // ENI an IPv6 default route, and eni-dpdk rightly refuses to bind a NIC that carries one.
-      a.push("-netdev", `user,id=net-${n.name},restrict=on${i === 0 ? "" : ",ipv6=off"}${fwd}`);
+      a.push(
+        "-netdev",
+        onHub
+          ? `hubport,id=net-${n.name},hubid=0`
+          : `user,id=net-${n.name},restrict=on${i === 0 ? "" : ",ipv6=off"}${fwd}`,
+      );
+      // With QEMU's autonegotiation DPDK's e1000 driver reports the 82540EM's link down (it still
+      // forwards); off, it reports up. e1000e has no such property and reports up anyway.
+      const link = onHub && n.model === "e1000" ? ",autonegotiation=off" : "";
       a.push(
         "-device",
-        `${n.model},netdev=net-${n.name},mac=${n.mac},addr=0x${n.slot.toString(16)},id=${n.name},romfile=`,
+        `${n.model},netdev=net-${n.name},mac=${n.mac},addr=0x${n.slot.toString(16)},id=${n.name},romfile=${link}`,
       );
     });
     (o.rootPorts ?? []).forEach((id, i) =>

@@ -8,6 +8,8 @@ mount -t devtmpfs devtmpfs /dev
 mkdir -p /dev/shm /dev/pts && mount -t tmpfs tmpfs /dev/shm
 mount -t tmpfs -o mode=0755 tmpfs /run
 mount -t tmpfs tmpfs /tmp
+# a real root is not world-writable (DPDK's EAL refuses to load drivers below one that is)
+chmod 0755 /
 KREL=$(uname -r)
 # e2e.vfio=noiommu swaps in the vfio.ko rebuilt with CONFIG_VFIO_NOIOMMU; otherwise the stock one stays
 case " $(cat /proc/cmdline) " in

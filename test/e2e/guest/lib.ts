@@ -97,6 +97,11 @@ export function cli(...args: string[]): Promise<RunOut> {
   return run(["/usr/bin/node", CLI, ...args], cliEnv, 150_000, true);
 }
 
+/** The CLI with variables added to its environment (the seed's DPDK_BINDING_SCRIPT, say). */
+export function cliWithEnv(env: NodeJS.ProcessEnv, ...args: string[]): Promise<RunOut> {
+  return run(["/usr/bin/node", CLI, ...args], { ...cliEnv, ...env }, 150_000, true);
+}
+
 /**
  * The CLI under strace, killed with SIGKILL at the first `syscall` on `path` (a deterministic crash
  * window on the real kernel, e.g. the write to drivers_probe: after the unbind, before the probe).

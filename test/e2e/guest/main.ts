@@ -1,26 +1,36 @@
 // The guest program (bundled to /opt/e2e/guest.mjs, run by init as the only workload): sets up the
 // emulated instance (primary NIC with the default route, IMDS and EC2 emulators unless the host runs
 // them), then runs this boot's scenario steps against the real CLI bundle and the real kernel.
-import { existsSync, readFileSync, readdirSync, writeFileSync, mkdirSync } from "node:fs";
+import { existsSync, readdirSync } from "node:fs";
 import type { Ec2Emulator } from "../../../src/sim/ec2.js";
-import {
-  bdfOf,
-  GUEST_GATEWAY,
-  GUEST_PRIMARY_IP,
-  SG_ID,
-  SUBNET_ID,
-  type BootPlan,
-  type NicSpec,
-} from "../topology.js";
+import { bdfOf, GUEST_GATEWAY, GUEST_PRIMARY_IP, type NicSpec } from "../topology.js";
 import { CLI_AWS_ENV, makeEc2, makeImds } from "../world.js";
+import {
+  checkBoundVfio,
+  checkSriov,
+  checkStatusAgrees,
+  configToml,
+  nic,
+  plan,
+  S1_ENIS,
+  sameNic,
+  snapshot,
+  writeConfig,
+} from "./common.js";
+import {
+  dpdkSetup,
+  s10DevbindAgrees,
+  s11bBindingScriptEnv,
+  s11BindingScript,
+  s12ReconcileUnderApp,
+  s13NoHugepages,
+  s9TestpmdForwards,
+} from "./dpdk.js";
 import {
   cli,
   cliKilledAt,
-  CONFIG,
   fileStamp,
-  findObjects,
   fmtNic,
-  hasValue,
   nicState,
   parseJson,
   PCIDP,
@@ -33,60 +43,9 @@ import {
   STATUS,
   Step,
   tail,
-  type NicState,
 } from "./lib.js";
 
-const plan = JSON.parse(readFileSync("/opt/e2e/plan.json", "utf8")) as BootPlan;
-const nic = (name: string): NicSpec => plan.nics.find((n) => n.name === name)!;
 let ec2: Ec2Emulator | undefined;
-
-// ---- the emulated instance ------------------------------------------------------------------------
-
-interface EniSpec {
-  name: string;
-  index: number;
-  dpdk: boolean;
-  mtu?: number;
-  resource?: string;
-  pci?: string;
-}
-
-function configToml(enis: EniSpec[], dpdk: Record<string, string> = {}): string {
-  const q = (s: string) => JSON.stringify(s);
-  const lines = [
-    "# written by the e2e guest program",
-    "[service]",
-    'sources = ["file"]',
-    "timeout_seconds = 150",
-    "[dpdk]",
-    'driver = "vfio-pci"',
-    'noiommu = "auto"',
-    ...Object.entries(dpdk).map(([k, v]) => `${k} = ${q(v)}`),
-    "[sriov]",
-    `config_path = ${q(PCIDP)}`,
-    'resource_prefix = "amazon.com"',
-  ];
-  for (const e of enis) {
-    lines.push(
-      "",
-      "[[eni]]",
-      `name = ${q(e.name)}`,
-      `device_index = ${e.index}`,
-      `subnet_id = ${q(SUBNET_ID)}`,
-      `security_group_ids = [${q(SG_ID)}]`,
-    );
-    if (e.mtu) lines.push(`mtu = ${e.mtu}`);
-    lines.push("[eni.dpdk]", `enabled = ${e.dpdk}`);
-    if (e.dpdk) lines.push(`resource_name = ${q(e.resource ?? "amazon.com/e2e_dpdk")}`);
-    if (e.pci) lines.push(`pci_address = ${q(e.pci)}`);
-  }
-  return lines.join("\n") + "\n";
-}
-
-function writeConfig(toml: string): void {
-  mkdirSync("/etc/eni-dpdk", { recursive: true });
-  writeFileSync(CONFIG, toml);
-}
 
 /** Bring every NIC up; the primary gets the address and the default route (what makes it the primary). */
 async function setupNetwork(): Promise<string[]> {
@@ -120,98 +79,6 @@ const ec2Actions = (from: number) =>
     (m, r) => ((m[r.action] = (m[r.action] ?? 0) + 1), m),
     {},
   );
-
-// ---- shared checks ---------------------------------------------------------------------------------
-
-const S1_ENIS: EniSpec[] = [
-  { name: "dpdk1", index: 1, dpdk: true },
-  { name: "dpdk2", index: 2, dpdk: true },
-  { name: "kern1", index: 3, dpdk: false, mtu: 8500 },
-];
-
-function snapshot(): Record<string, NicState> {
-  return Object.fromEntries(plan.nics.map((n) => [n.name, stateOf(n)]));
-}
-
-function sameNic(a: NicState, b: NicState): boolean {
-  return (
-    a.driver === b.driver &&
-    a.override === b.override &&
-    a.netdev === b.netdev &&
-    a.mtu === b.mtu &&
-    a.up === b.up &&
-    a.vfioNode === b.vfioNode
-  );
-}
-
-function checkBoundVfio(st: Step, n: NicSpec): void {
-  const s = stateOf(n);
-  st.note(fmtNic(n.name, s));
-  st.check(
-    s.driver === "vfio-pci" && !s.netdev,
-    `${n.name} (${n.model}) is on vfio-pci with no netdev`,
-  );
-  st.check(
-    !!s.vfioNode?.startsWith("/dev/vfio/noiommu-") && s.groupName === "vfio-noiommu",
-    `${n.name} has ${s.vfioNode ?? "no node"} (iommu group name ${s.groupName})`,
-  );
-}
-
-function checkSriov(st: Step, dpdk: NicSpec[], resource = "e2e_dpdk"): void {
-  const doc = parseJson(read(PCIDP)) as { resourceList?: Record<string, unknown>[] } | undefined;
-  const entries = (doc?.resourceList ?? []).filter((e) => e.resourceName === resource);
-  st.note(`${PCIDP}: ${JSON.stringify(entries).slice(0, 600)}`);
-  st.check(
-    entries.length === 1 && entries[0].resourcePrefix === "amazon.com",
-    `one resourceList entry amazon.com/${resource}`,
-  );
-  const selectors = entries.flatMap((e) =>
-    Array.isArray(e.selectors) ? e.selectors : [e.selectors],
-  ) as Record<string, string[] | undefined>[];
-  for (const n of dpdk) {
-    const bdf = bdfOf(n);
-    const ok = selectors.some(
-      (s) =>
-        s.pciAddresses?.includes(bdf) &&
-        s.vendors?.includes(n.vendor) &&
-        s.devices?.includes(n.device) &&
-        s.drivers?.includes("vfio-pci"),
-    );
-    st.check(
-      ok,
-      `SR-IOV selector lists ${bdf} with vendor ${n.vendor}, device ${n.device}, driver vfio-pci`,
-    );
-  }
-}
-
-async function checkStatusAgrees(st: Step, bound: NicSpec[], notBound: NicSpec[]): Promise<void> {
-  const r = await cli("status", "--json");
-  const doc = parseJson(r.stdout);
-  st.check(
-    r.code === 0 && doc !== undefined,
-    `status --json exits 0 with JSON (exit ${r.code}, ${r.ms} ms)`,
-  );
-  for (const n of bound) {
-    const objs = findObjects(doc, (o) => hasValue(o, bdfOf(n)) && hasValue(o, "vfio-pci"));
-    st.check(
-      objs.length > 0,
-      `status --json shows ${bdfOf(n)} on vfio-pci: ${JSON.stringify(objs[0] ?? null).slice(0, 300)}`,
-    );
-  }
-  for (const n of notBound) {
-    const wrong = findObjects(
-      doc,
-      (o) =>
-        (hasValue(o, bdfOf(n)) || hasValue(o, n.mac)) &&
-        hasValue(o, "vfio-pci") &&
-        !("originalDriver" in o && o.originalDriver === "vfio-pci"),
-    );
-    st.check(
-      wrong.length === 0,
-      `status --json does not claim ${n.name} (${bdfOf(n)}) is on vfio-pci`,
-    );
-  }
-}
 
 // ---- scenarios -------------------------------------------------------------------------------------
 
@@ -647,6 +514,13 @@ const steps: Record<string, () => Promise<Step | void>> = {
   s8: s8CrashMidBind,
   s4: s4NoNoiommu,
   s6: s6Hotplug,
+  dpdkSetup,
+  s13: s13NoHugepages,
+  s9: s9TestpmdForwards,
+  s12: s12ReconcileUnderApp,
+  s10: s10DevbindAgrees,
+  s11: s11BindingScript,
+  s11b: s11bBindingScriptEnv,
 };
 
 async function main(): Promise<void> {
@@ -662,9 +536,10 @@ async function main(): Promise<void> {
     const fn = steps[id];
     if (!fn) continue;
     process.stdout.write(`E2E-STEP ${id} start\n`);
+    const t0 = Date.now();
     try {
       const st = await fn();
-      if (st) record(st.result());
+      if (st) record({ ...st.result(), ms: Date.now() - t0 });
     } catch (e) {
       record({
         scenario: id,
