@@ -40,6 +40,7 @@ export class Host {
     opts: { settleMs?: number } = {},
   ) {
     this.settleMs = opts.settleMs ?? 2000;
+    this.root = path.resolve(root);
   }
 
   /**
@@ -78,7 +79,14 @@ export class Host {
   /** Absolute host path (e.g. `/sys/bus/pci`) → path under the root. */
   path(abs: string): string {
     if (!abs.startsWith("/")) throw new Error(`host path must be absolute: ${abs}`);
-    return this.root === "/" ? abs : path.join(this.root, abs);
+    if (this.root === "/") return abs;
+    // A clean path needs no join (a boot resolves thousands); one with `.`, `..` or `//` is
+    // normalized and must stay under the root.
+    if (!abs.includes("/.") && !abs.includes("//")) return this.root + abs;
+    const joined = path.join(this.root, abs);
+    if (!joined.startsWith(`${this.root}/`) && joined !== this.root)
+      throw new Error(`host path leaves the root ${this.root}: ${abs}`);
+    return joined;
   }
 
   // Reads are synchronous: sysfs, procfs and our small files answer from memory in microseconds,

@@ -133,6 +133,7 @@ async function pass(
       readNics(
         session.imds,
         identity.then((i) => i.primaryMac),
+        new Map(Object.values(state.enis).map((r) => [r.mac.toLowerCase(), r.eniId])),
       ),
     ]);
     done("observe", { instance: instance.instanceId, nics: imdsNics.length });

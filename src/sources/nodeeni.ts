@@ -16,7 +16,7 @@ import { FORBIDDEN_KEY_MESSAGE, isForbiddenKey, lookupTable, own } from "../core
 import { InputError, OpError, type Problem } from "../core/errors.js";
 import { type Host } from "../host/host.js";
 import { delayFor, sleep, type Deadline } from "../core/deadline.js";
-import type { Imds, InstanceIdentity } from "../cloud/imds.js";
+import { readLocalHostname, type Imds, type InstanceIdentity } from "../cloud/imds.js";
 import type { Logger } from "../core/log.js";
 import { loadState, type State } from "../host/state.js";
 import {
@@ -452,11 +452,13 @@ export async function openNodeEniSession(
   warnings: string[] = [],
 ): Promise<NodeEniSession | undefined> {
   const nodeConfig = await parseNodeConfigs(input.userDataParts, warnings);
-  const zoneId = (
-    await input.imds.get("meta-data/placement/availability-zone-id").catch(() => undefined)
-  )?.trim();
+  const [zone, localHostname] = await Promise.all([
+    input.imds.get("meta-data/placement/availability-zone-id").catch(() => undefined),
+    input.instance.localHostname ?? readLocalHostname(input.imds),
+  ]);
+  const zoneId = zone?.trim();
   const node = nodeIdentity({
-    instance: input.instance,
+    instance: { ...input.instance, localHostname },
     nodeConfig,
     k8s: input.config.kubernetes,
     arch: input.arch ?? process.arch,
