@@ -157,16 +157,10 @@ export async function loadState(host: Host): Promise<State> {
       isObj(b) &&
       b.mac === mac &&
       MAC_RE.test(mac) &&
-      typeof b.bdf === "string" &&
-      BDF_RE.test(b.bdf) &&
-      typeof b.vendor === "string" &&
-      HEX4_RE.test(b.vendor) &&
-      typeof b.device === "string" &&
-      HEX4_RE.test(b.device) &&
+      isDeviceRef(b) &&
       typeof b.driver === "string" &&
       DRIVER_RE.test(b.driver) &&
-      typeof b.originalDriver === "string" &&
-      (b.originalDriver === "" || DRIVER_RE.test(b.originalDriver)) &&
+      isDriverOrNone(b.originalDriver) &&
       typeof b.eniName === "string";
     if (!ok)
       throw corrupt(
@@ -238,6 +232,21 @@ export interface InflightOp {
   pid: number;
 }
 
+// The BDF and driver names of records become sysfs paths: each must be what it claims to be.
+function isDeviceRef(o: Record<string, unknown>): boolean {
+  return (
+    typeof o.bdf === "string" &&
+    BDF_RE.test(o.bdf) &&
+    typeof o.vendor === "string" &&
+    HEX4_RE.test(o.vendor) &&
+    typeof o.device === "string" &&
+    HEX4_RE.test(o.device)
+  );
+}
+
+const isDriverOrNone = (v: unknown): boolean =>
+  typeof v === "string" && (v === "" || DRIVER_RE.test(v));
+
 export async function journalPending(host: Host): Promise<InflightOp[]> {
   const raw = await host.read(JOURNAL_PATH);
   if (raw === undefined) return [];
@@ -253,16 +262,9 @@ export async function journalPending(host: Host): Promise<InflightOp[]> {
     const ok =
       isObj(o) &&
       (o.op === "bind" || o.op === "restore") &&
-      typeof o.bdf === "string" &&
-      BDF_RE.test(o.bdf) &&
-      typeof o.vendor === "string" &&
-      HEX4_RE.test(o.vendor) &&
-      typeof o.device === "string" &&
-      HEX4_RE.test(o.device) &&
-      typeof o.from === "string" &&
-      (o.from === "" || DRIVER_RE.test(o.from)) &&
-      typeof o.to === "string" &&
-      (o.to === "" || DRIVER_RE.test(o.to)) &&
+      isDeviceRef(o) &&
+      isDriverOrNone(o.from) &&
+      isDriverOrNone(o.to) &&
       (o.mac === undefined || (typeof o.mac === "string" && MAC_RE.test(o.mac)));
     if (!ok)
       throw corrupt(
