@@ -227,6 +227,8 @@ export class Ec2Emulator {
   afterDispatch?: (action: string, params: URLSearchParams) => void | Promise<void>;
   /** Every request as answered, in order. */
   readonly requests: RequestRecord[] = [];
+  /** Keep each request's parameters in `requests` (a fleet of thousands of nodes may turn it off). */
+  recordParams = true;
   private buckets?: Record<Category, TokenBucket>;
   private server?: http.Server;
   private readonly sockets = new Set<Socket>();
@@ -491,7 +493,7 @@ export class Ec2Emulator {
     for await (const c of req) body += c;
     const params = new URLSearchParams(body);
     const action = params.get("Action") ?? "";
-    const sent = Object.fromEntries(params);
+    const sent = this.recordParams ? Object.fromEntries(params) : {};
     const record = (status: number, code?: string) =>
       this.requests.push({ action, status, code, at: Date.now(), params: sent });
     const sendError = (status: number, code: string, message: string) => {
