@@ -185,6 +185,29 @@ export async function main(argv: string[], io: CliIo = defaultIo): Promise<numbe
       boot.early,
     )
     .command(
+      "launch-template",
+      "print the EC2 launch template NetworkInterfaces block and network-interface TagSpecifications (JSON) for the configured ENIs",
+      (y) =>
+        y
+          .option("primary-security-group-ids", {
+            type: "string",
+            describe:
+              "comma-separated security groups of the primary ENI (device index 0): the node's",
+          })
+          .option("managed-node-group", {
+            type: "boolean",
+            default: false,
+            describe: "leave SubnetId out of every entry (EKS managed node groups refuse it)",
+          }),
+      wrap<{ "primary-security-group-ids"?: string; "managed-node-group": boolean }>(
+        async (ctx, a) =>
+          (await import("./commands/launch-template.js")).launchTemplateCommand(ctx, {
+            primarySecurityGroupIds: a["primary-security-group-ids"],
+            managedNodeGroup: a["managed-node-group"],
+          }),
+      ),
+    )
+    .command(
       "userdata",
       "render MIME multipart user-data: nodeadm's NodeConfig plus an eni-dpdk TOML part",
       (y) =>

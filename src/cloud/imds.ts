@@ -296,6 +296,25 @@ export async function readNicNetwork(
   return { subnetId: subnetId?.trim(), vpcId: vpcId?.trim() };
 }
 
+/** A NIC's subnet and security groups (one id per line) from the macs tree; undefined where IMDS answers 404. */
+export async function readNicPlacement(
+  imds: Imds,
+  mac: string,
+): Promise<{ subnetId?: string; securityGroupIds?: string[] }> {
+  const base = `meta-data/network/interfaces/macs/${mac}/`;
+  const [subnetId, groups] = await Promise.all([
+    imds.get(base + "subnet-id"),
+    imds.get(base + "security-group-ids"),
+  ]);
+  return {
+    subnetId: subnetId?.trim(),
+    securityGroupIds: groups
+      ?.split("\n")
+      .map((g) => g.trim())
+      .filter(Boolean),
+  };
+}
+
 /**
  * Every attached NIC. With the primary MAC (`meta-data/mac`, which EC2 documents as device number 0)
  * its three reads are skipped: it is device 0 on card 0 by definition, and no stage needs its

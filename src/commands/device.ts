@@ -291,6 +291,11 @@ export async function resetCommand(
         {},
       );
     }
+    // reset is host-side only: no ENI is ever detached or deleted, external ones least of all.
+    for (const e of Object.values(state.enis).filter((x) => x.attach === "external"))
+      ctx.out(
+        `left external ENI ${e.eniId} (${e.name}) attached: the launch template or lifecycle hook that attached it owns it\n`,
+      );
     ctx.out(
       "reset done: eni-dpdk's bindings, networkd files and SR-IOV entries are gone; everything else is untouched\n",
     );

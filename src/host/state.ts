@@ -19,6 +19,14 @@ export const JOURNAL_PATH = `${VAR_DIR}/inflight.json`;
 /** The last apply, for `status` and the SRE: /run, so it starts empty at every boot. */
 export const STATUS_PATH = `${RUN_DIR}/status.json`;
 
+/** ENI attributes as last set or seen through EC2 (only those known); the IMDS-only proof compares them. */
+export interface EniAttributes {
+  enaSrd?: boolean;
+  enaSrdUdp?: boolean;
+  sourceDestCheck?: boolean;
+  enaQueueCount?: number;
+}
+
 /** An ENI as the ENI stage left it. */
 export interface EniRecord {
   name: string;
@@ -33,6 +41,9 @@ export interface EniRecord {
   deleteOnTermination?: boolean;
   /** subnet_name the subnet was resolved from, so a renamed subnet_name is not taken as converged. */
   subnetName?: string;
+  /** "external": attached by someone else (launch template, lifecycle hook); never detached or deleted */
+  attach?: "external";
+  attributes?: EniAttributes;
 }
 
 /** A device as the host stage bound it; keyed by MAC, the ENI's identity (a BDF is not). */
@@ -94,6 +105,17 @@ function isObj(v: unknown): v is Record<string, unknown> {
   return v !== null && typeof v === "object" && !Array.isArray(v);
 }
 
+function isAttributes(a: unknown): a is EniAttributes {
+  if (!isObj(a)) return false;
+  const kinds: Record<string, string> = {
+    enaSrd: "boolean",
+    enaSrdUdp: "boolean",
+    sourceDestCheck: "boolean",
+    enaQueueCount: "number",
+  };
+  return Object.entries(a).every(([k, v]) => Object.hasOwn(kinds, k) && typeof v === kinds[k]);
+}
+
 export async function loadState(host: Host): Promise<State> {
   const raw = await host.read(STATE_PATH);
   if (raw === undefined) return emptyState();
@@ -141,7 +163,9 @@ export async function loadState(host: Host): Promise<State> {
       e.name !== name ||
       typeof e.eniId !== "string" ||
       typeof e.mac !== "string" ||
-      !(e.mac === "" || MAC_RE.test(e.mac))
+      !(e.mac === "" || MAC_RE.test(e.mac)) ||
+      (e.attach !== undefined && e.attach !== "external") ||
+      (e.attributes !== undefined && !isAttributes(e.attributes))
     ) {
       throw corrupt(
         host,

@@ -12,7 +12,7 @@ import { ImdsClient, readInstance, readNics, type Imds } from "../cloud/imds.js"
 import { silentLogger, type Logger } from "../core/log.js";
 import type { StageContext } from "../reconcile/stage.js";
 import { loadState } from "../host/state.js";
-import type { AttachedEvent, Ec2Emulator, Ec2Seed } from "./ec2.js";
+import type { AtLaunchSpec, AttachedEvent, Ec2Emulator, Ec2Seed, EmuEni } from "./ec2.js";
 import { ImdsEmulator, defaultInstance, type ImdsInstance, type ImdsNic } from "./imds.js";
 
 export const VPC = "vpc-0a1b2c3d4e5f60718";
@@ -43,8 +43,14 @@ export function standardSeed(over: Partial<Ec2Seed> = {}): Ec2Seed {
       { groupId: SG_DPDK, groupName: "dpdk-data", vpcId: VPC, tags: { Name: "dpdk" } },
     ],
     instanceTypes: [
-      { instanceType: INSTANCE_TYPE, maxEnis: 8, cards: [8] },
-      { instanceType: "c6in.large", maxEnis: 3, cards: [3] },
+      {
+        instanceType: INSTANCE_TYPE,
+        maxEnis: 8,
+        cards: [8],
+        enaQueues: { default: 8, maxPerInterface: 16, max: 64 },
+      },
+      // no flexible ENA queues, no ENA Express: what the pre-flight checks refuse
+      { instanceType: "c6in.large", maxEnis: 3, cards: [3], enaSrd: false },
       { instanceType: "c6in.16xlarge", maxEnis: 15, cards: [15] },
     ],
     ...over,
@@ -229,6 +235,36 @@ export class SimNode {
       void go();
     }, d);
     this.timers.add(t);
+  }
+
+  /**
+   * An ENI attached as the launch template does: at launch, DeleteOnTermination set, its NIC in
+   * sysfs and IMDS before eni-dpdk runs (cold-plugged), with no EC2 request and no hot-plug event.
+   */
+  async attachAtLaunch(spec: AtLaunchSpec): Promise<EmuEni> {
+    const eni = this.emu.attachAtLaunch(this.opts.instanceId, spec);
+    await this.coldplug(eni);
+    return eni;
+  }
+
+  /** Every interface of a stored launch template, attached at launch and cold-plugged. */
+  async launchFromTemplate(templateName: string): Promise<EmuEni[]> {
+    const enis = this.emu.launchFromTemplate(this.opts.instanceId, templateName);
+    for (const eni of enis) await this.coldplug(eni);
+    return enis;
+  }
+
+  private async coldplug(eni: EmuEni): Promise<void> {
+    const a = eni.attachment!;
+    const ev = {
+      eni,
+      instanceId: a.instanceId,
+      deviceIndex: a.deviceIndex,
+      networkCardIndex: a.networkCardIndex,
+    };
+    const slot = 5 + a.networkCardIndex * 32 + a.deviceIndex;
+    await this.plugNetdev(`eth${slot - 5}`, eni.mac, slot);
+    (this.imdsEmu ?? this.memImds)!.addNic(imdsNicOf(ev));
   }
 
   /** A netdev and its ENA PCI device in the fake sysfs, linked the way the kernel links them. */

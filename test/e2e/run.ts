@@ -10,6 +10,7 @@ import { fileURLToPath } from "node:url";
 import {
   HOST_FWD_EC2,
   HOST_FWD_IMDS,
+  EXTERNAL_NIC,
   NICS,
   type BootPlan,
   type NicSpec,
@@ -146,6 +147,8 @@ interface Boot {
   nics: NicSpec[];
   /** take /out/carry.tar from this earlier boot */
   carryFrom?: string;
+  /** NICs attached by the launch template (EC2 knows them as such) */
+  external?: string[];
   hostEmulators?: boolean;
   timeoutMs: number;
 }
@@ -189,6 +192,16 @@ const BOOTS: Boot[] = [
     hostEmulators: true,
     timeoutMs: 300_000,
   },
+  {
+    id: "F",
+    title: "external mode: a NIC cold-plugged as if by the launch template, bound with 0 EC2 calls",
+    steps: ["s9"],
+    expects: ["9"],
+    noiommu: true,
+    nics: [NICS[0], EXTERNAL_NIC],
+    external: [EXTERNAL_NIC.name],
+    timeoutMs: 240_000,
+  },
 ];
 
 async function runBoot(b: Boot, built: Built): Promise<StepResult[]> {
@@ -207,6 +220,7 @@ async function runBoot(b: Boot, built: Built): Promise<StepResult[]> {
     steps: b.steps,
     nics: b.nics,
     noiommuKernel: b.noiommu,
+    ...(b.external ? { external: b.external } : {}),
     ...(emu
       ? {
           hostImds: `http://${HOST_FWD_IMDS.ip}:${HOST_FWD_IMDS.port}`,

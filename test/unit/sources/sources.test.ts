@@ -930,3 +930,71 @@ t.test(
     ]);
   },
 );
+
+t.test(
+  "attach and the ENI attributes from user-data and tags: hostile values name the source, key and what was expected",
+  async (t) => {
+    const part = (eni: string) =>
+      multipart([
+        ["application/node.eks.aws", nodeConfig],
+        [
+          "application/eni-dpdk+toml",
+          `[[eni]]\nname = "e1"\ndevice_index = 1\ndpdk.enabled = false\n${eni}`,
+        ],
+      ]);
+    const fromUserData = (eni: string) => {
+      try {
+        buildConfig(userDataLayers(Buffer.from(part(eni))).layers);
+        return [];
+      } catch (e) {
+        return (e as InputError).problems.map(formatProblem);
+      }
+    };
+    t.same(fromUserData('attach = "external"\n'), [], "external from user-data");
+    t.match(fromUserData('attach = "External"\n'), [
+      /^user-data part 2 \(application\/eni-dpdk\+toml\):5:1: eni\.e1\.attach: expected "eni-dpdk" .* or "external" .*, got "External"/,
+    ]);
+    t.match(fromUserData("attach = 1\n"), [
+      /^user-data part 2 .*:5:1: eni\.e1\.attach: expected a string, got integer/,
+    ]);
+    t.match(fromUserData('attach = "external"\nsubnet_name = "data"\n'), [
+      /^user-data part 2 .*:6:1: eni\.e1\.subnet_name: attach = "external" checks the ENI against IMDS only/,
+    ]);
+    t.match(fromUserData('attach = "external"\nena_queue_count = 1.5\n'), [
+      /eni\.e1\.ena_queue_count: expected an integer, got a float 1\.5/,
+    ]);
+
+    const fromTags = (value: string) => {
+      try {
+        buildConfig(tagLayers({ "eni-dpdk:eni:e1": `device_index=1;dpdk.enabled=false;${value}` }));
+        return [];
+      } catch (e) {
+        return (e as InputError).problems.map(formatProblem);
+      }
+    };
+    t.same(fromTags("attach=external;ena_express=true;ena_queue_count=4"), []);
+    t.match(fromTags("attach=extern"), [
+      /^tag eni-dpdk:eni:e1: eni\.e1\.attach: expected "eni-dpdk" .* or "external" .*, got "extern"/,
+    ]);
+    t.match(fromTags("attach.mode=external"), [
+      /^tag eni-dpdk:eni:e1: eni\.e1\.attach: expected a value, got dotted sub-keys \(mode\)/,
+    ]);
+    t.match(fromTags("attach=external;source_dest_check=false"), [
+      /^tag eni-dpdk:eni:e1: eni\.e1\.source_dest_check: on attach = "external" it needs an EC2 call/,
+    ]);
+    t.match(fromTags("attach=external;ena_queue_count=+4"), [
+      /^tag eni-dpdk:eni:e1: eni\.e1\.ena_queue_count: expected an integer, got "\+4"/,
+    ]);
+    t.match(fromTags("attach=external;external_ec2=yes"), [
+      /^tag eni-dpdk:eni:e1: eni\.e1\.external_ec2: expected true or false, got "yes"/,
+    ]);
+    const zero = t.throws(() =>
+      buildConfig(
+        tagLayers({ "eni-dpdk:eni:e1": "attach=external;device_index=0;dpdk.enabled=false" }),
+      ),
+    ) as InputError;
+    t.same(zero.problems.map(formatProblem), [
+      "tag eni-dpdk:eni:e1: eni.e1.device_index: expected 1..127 (0 is the primary ENI), got 0",
+    ]);
+  },
+);
