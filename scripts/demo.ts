@@ -57,6 +57,11 @@ async function main() {
     );
     console.log(readFileSync(path.join(world.root, "etc/pcidp/config.json"), "utf8").trimEnd());
 
+    console.log(
+      bold("\n$ eni-dpdk sriov check  # what the device plugin will advertise, before it starts"),
+    );
+    if ((await cli(world, ["sriov", "check"])) !== 0) throw new Error("sriov check failed");
+
     const before = world.ec2.mutatingCalls();
     console.log(bold("\n$ eni-dpdk apply        # again: nothing to do"));
     await cli(world, ["apply"]);

@@ -145,6 +145,30 @@ export async function main(argv: string[], io: CliIo = defaultIo): Promise<numbe
       ),
     )
     .command(
+      "sriov",
+      "SR-IOV device plugin tools",
+      (y) =>
+        y
+          .command(
+            "check",
+            "predict which devices the device plugin will advertise for each resource in its config, from this host's sysfs; exit 1 when a resource gets none",
+            (yy) =>
+              yy.option("json", { type: "boolean", default: false }).option("plugin-version", {
+                type: "string",
+                describe:
+                  "the plugin release to apply the rules of, e.g. v3.5.1 (default: v3.6.0 or later)",
+              }),
+            wrap<{ json: boolean; "plugin-version"?: string }>(async (ctx, a) =>
+              (await import("./commands/sriov.js")).sriovCheckCommand(ctx, {
+                json: a.json,
+                pluginVersion: a["plugin-version"],
+              }),
+            ),
+          )
+          .demandCommand(1, "name an sriov command: check"),
+      () => {},
+    )
+    .command(
       "bind <target>",
       "bind one device (BDF, ifname, ENI id or MAC) to a DPDK driver",
       (y) =>

@@ -2,6 +2,7 @@
 import { collectStatus, type StatusDoc } from "../reconcile/status.js";
 import { localConfig, type CommandContext } from "./context.js";
 import { formatProblem } from "../core/errors.js";
+import { renderSriovCheck } from "./sriov.js";
 
 /** Text like `dpdk-devbind.py --status`: managed devices, other NICs, host readiness. */
 export function renderStatus(doc: StatusDoc): string {
@@ -76,6 +77,16 @@ export function renderStatus(doc: StatusDoc): string {
   );
   if (h.writeCombining.fix) out.push(`  fix: ${h.writeCombining.fix}`);
   for (const w of h.sriov.warnings) out.push(`  sriov: ${w}`);
+  if (h.sriov.check) {
+    section("SR-IOV device plugin: what it will advertise");
+    // the file's own findings are listed under Host already
+    const check = {
+      ...h.sriov.check,
+      warnings: h.sriov.check.warnings.filter((w) => !h.sriov.warnings.some((x) => x.endsWith(w))),
+    };
+    out.push(...renderSriovCheck(check, { verdict: false }).trimEnd().split("\n").slice(1));
+    if (!h.sriov.check.ok) out.push("  fix: see `eni-dpdk sriov check` (exit 1 until it is fixed)");
+  }
   if (doc.lastApply)
     out.push(
       "",

@@ -72,6 +72,14 @@ export function fullResourceName(resource: string, defaultPrefix: string): strin
   return `${prefix}/${name}`;
 }
 
+/**
+ * The env var a pod gets its devices' PCI addresses in, as the plugin names it (pkg/resources
+ * GetEnvs): PCIDEVICE_<prefix>_<name>, "." → "_", upper-cased. Nothing else is replaced.
+ */
+export function pluginEnvVar(prefix: string, name: string): string {
+  return `PCIDEVICE_${prefix}_${name}`.replaceAll(".", "_").toUpperCase();
+}
+
 /** Problems with a resource name, as messages (empty when valid). */
 export function resourceNameProblems(full: string, defaultPrefix: string): string[] {
   const out: string[] = [];

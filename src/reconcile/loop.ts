@@ -174,7 +174,11 @@ async function pass(
       if (!stage.enabled(sctx)) continue;
       const plan = await stage.plan(sctx, up);
       actions.push(...plan.actions);
-      up = { ...up, ...(opts.dryRun ? plan.expected : await stage.apply(sctx, plan, up)) };
+      const { warnings: found = [], ...got } = opts.dryRun
+        ? plan.expected
+        : await stage.apply(sctx, plan, up);
+      warnings.push(...found);
+      up = { ...up, ...got };
       done(stage.name, {
         actions: plan.actions.length,
         ...(stage.name === "eni" ? { ec2_loaded: session.ec2Loaded } : {}),

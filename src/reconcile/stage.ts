@@ -57,6 +57,8 @@ export interface Upstream {
   enis: EniRecord[];
   devices: HostDeviceResult[];
   sriov?: SriovApplyResult;
+  /** what a stage's apply found wrong without failing; the pass collects them into its warnings */
+  warnings?: string[];
 }
 
 export interface StagePlan {

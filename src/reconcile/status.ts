@@ -16,7 +16,8 @@ import {
   type KernelFacts,
   type WcReport,
 } from "../host/kernel.js";
-import { inspectSriov } from "../host/sriov-file.js";
+import { inspectSriov, ownedIn } from "../host/sriov-file.js";
+import { checkSriov, type SriovCheckReport } from "../host/sriov-check.js";
 
 export interface StatusDevice {
   name: string;
@@ -59,7 +60,14 @@ export interface StatusDoc {
     dpdkDrivers: string[];
     hugepages: HugepageInfo[];
     writeCombining: WcReport;
-    sriov: { configPath: string; exists?: boolean; valid?: boolean; warnings: string[] };
+    sriov: {
+      configPath: string;
+      exists?: boolean;
+      valid?: boolean;
+      warnings: string[];
+      /** what the device plugin will advertise from the file on this host (when the file exists) */
+      check?: SriovCheckReport;
+    };
   };
   devices: StatusDevice[];
   otherDevices: OtherDevice[];
@@ -171,6 +179,8 @@ export async function collectStatus(
   try {
     const r = await inspectSriov(host, sriovPath, config.sriov.resource_prefix);
     sriov = { configPath: sriovPath, exists: r.exists, valid: r.valid, warnings: r.warnings };
+    if (r.exists)
+      sriov.check = await checkSriov(host, sriovPath, { owned: ownedIn(state, sriovPath) });
   } catch (e) {
     sriov.warnings.push(`could not inspect: ${errorMessage(e)}`);
   }

@@ -77,6 +77,14 @@ const MODULE_DRIVER: Record<string, string> = {
 };
 const PCI_ROOT = "/sys/devices/pci0000:00";
 
+/** The kernel's `modalias` line for a PCI device (upper-case hex; the subsystem ids repeat the ids). */
+export function modalias(vendor: string, device: string, pciClass: string): string {
+  const v = vendor.toUpperCase().padStart(8, "0");
+  const d = device.toUpperCase().padStart(8, "0");
+  const c = pciClass.replace(/^0x/, "").toUpperCase().padStart(6, "0");
+  return `pci:v${v}d${d}sv${v}sd${d}bc${c.slice(0, 2)}sc${c.slice(2, 4)}i${c.slice(4, 6)}\n`;
+}
+
 export class SimKernel {
   readonly root: string;
   /** Every write the reactor saw, in order. */
@@ -210,6 +218,7 @@ export class SimKernel {
     this.writeOwn(`${dir}/vendor`, `0x${vendor}\n`);
     this.writeOwn(`${dir}/device`, `0x${device}\n`);
     this.writeOwn(`${dir}/class`, `${spec.pciClass ?? "0x020000"}\n`);
+    this.writeOwn(`${dir}/modalias`, modalias(vendor, device, spec.pciClass ?? "0x020000"));
     this.writeOwn(`${dir}/driver_override`, "(null)\n");
     // BAR0 registers (non-prefetchable), BAR2 LLQ memory (prefetchable, 64-bit), as on ENA
     const base = 0xfe000000 + n * 0x100000;
@@ -541,6 +550,7 @@ export class SimKernel {
     fs.mkdirSync(this.p(dir), { recursive: true });
     this.writeOwn(`${dir}/address`, mac + "\n");
     this.writeOwn(`${dir}/mtu`, "65536\n");
+    this.writeOwn(`${dir}/type`, "772\n"); // ARPHRD_LOOPBACK
     this.writeOwn(`${dir}/flags`, "0x9\n");
     this.writeOwn(`${dir}/operstate`, "unknown\n");
     this.symlink(`/sys/class/net/${ifname}`, dir);
@@ -551,6 +561,7 @@ export class SimKernel {
     fs.mkdirSync(this.p(dir), { recursive: true });
     this.writeOwn(`${dir}/address`, dev.mac + "\n");
     this.writeOwn(`${dir}/mtu`, `${dev.mtu}\n`);
+    this.writeOwn(`${dir}/type`, "1\n"); // ARPHRD_ETHER
     this.writeOwn(`${dir}/flags`, "0x1002\n");
     this.writeOwn(`${dir}/operstate`, "down\n");
     fs.symlinkSync(`../../../${dev.bdf}`, this.p(`${dir}/device`)); // spelled as the kernel does

@@ -14,6 +14,7 @@ import type { StageContext } from "../reconcile/stage.js";
 import { loadState } from "../host/state.js";
 import type { AtLaunchSpec, AttachedEvent, Ec2Emulator, Ec2Seed, EmuEni } from "./ec2.js";
 import { ImdsEmulator, defaultInstance, type ImdsInstance, type ImdsNic } from "./imds.js";
+import { modalias } from "./kernel.js";
 
 export const VPC = "vpc-0a1b2c3d4e5f60718";
 export const AZ = "us-west-2a";
@@ -275,7 +276,9 @@ export class SimNode {
     await fs.writeFile(path.join(devDir, "vendor"), "0x1d0f\n");
     await fs.writeFile(path.join(devDir, "device"), "0xec20\n");
     await fs.writeFile(path.join(devDir, "class"), "0x020000\n");
+    await fs.writeFile(path.join(devDir, "modalias"), modalias("1d0f", "ec20", "0x020000"));
     await fs.writeFile(path.join(devDir, "net", ifname, "address"), mac + "\n");
+    await fs.writeFile(path.join(devDir, "net", ifname, "type"), "1\n");
     for (const [link, target] of [
       [`/sys/class/net/${ifname}`, path.join(devDir, "net", ifname)],
       [`/sys/bus/pci/devices/${bdf}`, devDir],
