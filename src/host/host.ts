@@ -8,6 +8,7 @@ import {
   readdirSync,
   readFileSync,
   readlinkSync,
+  realpathSync,
   statSync,
 } from "node:fs";
 import path from "node:path";
@@ -117,6 +118,23 @@ export class Host {
       if (isNotFound(e) || (e as NodeJS.ErrnoException).code === "EINVAL") return undefined;
       throw e;
     }
+  }
+
+  /**
+   * Where a path really is once every symlink is resolved, as a host path (under the root), or
+   * undefined when it does not exist or resolves outside the root.
+   */
+  async resolve(abs: string): Promise<string | undefined> {
+    let real: string;
+    try {
+      real = realpathSync(this.path(abs));
+    } catch (e) {
+      if (isNotFound(e)) return undefined;
+      throw e;
+    }
+    if (this.root === "/") return real;
+    const root = realpathSync(this.root);
+    return real.startsWith(`${root}/`) ? real.slice(root.length) : undefined;
   }
 
   async list(abs: string): Promise<string[]> {

@@ -53,6 +53,8 @@ interface SimDevice {
   mtu: number;
   /** iommu group when an IOMMU is present (fixed); noiommu groups come and go */
   group?: number;
+  /** virtio-net: the index N of its virtioN device (the netdev hangs off that) */
+  virtio?: number;
 }
 
 /** Kernel drivers and the vendor:device pairs they claim. Override-only drivers have none. */
@@ -74,6 +76,7 @@ const MODULE_DRIVER: Record<string, string> = {
   ena: "ena",
   efa: "efa",
   e1000: "e1000",
+  virtio_pci: "virtio-pci",
 };
 const PCI_ROOT = "/sys/devices/pci0000:00";
 
@@ -202,6 +205,9 @@ export class SimKernel {
       device,
       ifname: spec.ifname ?? `eth${n + 1}`,
       mtu: spec.mtu ?? 1500,
+      ...(ID_TABLES["virtio-pci"].includes(`${vendor}:${device}`)
+        ? { virtio: [...this.devices.values()].filter((d) => d.virtio !== undefined).length }
+        : {}),
     };
     if (this.devices.has(dev.bdf)) throw new Error(`sim: ${dev.bdf} exists`);
     this.devices.set(dev.bdf, dev);
@@ -380,7 +386,8 @@ export class SimKernel {
 
   netdevOf(bdf: string): string | undefined {
     try {
-      return fs.readdirSync(this.p(`${PCI_ROOT}/${bdf}/net`))[0];
+      const dev = this.devices.get(bdf);
+      return dev ? fs.readdirSync(this.p(this.netParent(dev)))[0] : undefined;
     } catch {
       return undefined;
     }
@@ -546,24 +553,41 @@ export class SimKernel {
     this.symlink(`/sys/class/net/${ifname}`, dir);
   }
 
+  /**
+   * Where the device's netdev directory lives: `<dev>/net`, or for virtio-net `<dev>/virtioN/net`
+   * (the kernel's virtio bus puts a virtio device between the PCI function and the netdev).
+   */
+  private netParent(dev: SimDevice): string {
+    return dev.virtio === undefined
+      ? `${this.devDir(dev.bdf)}/net`
+      : `${this.devDir(dev.bdf)}/virtio${dev.virtio}/net`;
+  }
+
   private addNetdev(dev: SimDevice): void {
-    const dir = `${this.devDir(dev.bdf)}/net/${dev.ifname}`;
+    const dir = `${this.netParent(dev)}/${dev.ifname}`;
     fs.mkdirSync(this.p(dir), { recursive: true });
     this.writeOwn(`${dir}/address`, dev.mac + "\n");
     this.writeOwn(`${dir}/mtu`, `${dev.mtu}\n`);
     this.writeOwn(`${dir}/flags`, "0x1002\n");
     this.writeOwn(`${dir}/operstate`, "down\n");
-    fs.symlinkSync(`../../../${dev.bdf}`, this.p(`${dir}/device`)); // spelled as the kernel does
+    // spelled as the kernel does: the PCI function, or the virtio device under it
+    const parent = dev.virtio === undefined ? dev.bdf : `virtio${dev.virtio}`;
+    fs.symlinkSync(`../../../${parent}`, this.p(`${dir}/device`));
     this.symlink(`/sys/class/net/${dev.ifname}`, dir);
     this.watch(`${dir}/mtu`, (v) => this.onMtu(dev, v));
     this.watch(`${dir}/flags`, (v) => this.onFlags(dev, v));
   }
 
   private removeNetdev(dev: SimDevice): void {
-    const dir = `${this.devDir(dev.bdf)}/net/${dev.ifname}`;
+    const dir = `${this.netParent(dev)}/${dev.ifname}`;
     for (const f of ["mtu", "flags"]) this.unwatch(`${dir}/${f}`);
     fs.rmSync(this.p(`/sys/class/net/${dev.ifname}`), { force: true });
-    fs.rmSync(this.p(`${this.devDir(dev.bdf)}/net`), { recursive: true, force: true });
+    // unbinding virtio-pci removes the virtio device along with its netdev
+    const gone =
+      dev.virtio === undefined
+        ? this.netParent(dev)
+        : `${this.devDir(dev.bdf)}/virtio${dev.virtio}`;
+    fs.rmSync(this.p(gone), { recursive: true, force: true });
     this.clearRoutes(dev.ifname);
   }
 
@@ -615,7 +639,7 @@ export class SimKernel {
 
   private onMtu(dev: SimDevice, v: string): void {
     const mtu = Number(v.trim());
-    const f = `${this.devDir(dev.bdf)}/net/${dev.ifname}/mtu`;
+    const f = `${this.netParent(dev)}/${dev.ifname}/mtu`;
     if (!Number.isInteger(mtu) || mtu < 128 || mtu > 9216) {
       this.writeOwn(f, `${dev.mtu}\n`);
       return this.fail(`mtu ${v.trim()} rejected (EINVAL)`);
