@@ -2,6 +2,7 @@
 import { collectStatus, type StatusDoc } from "../reconcile/status.js";
 import { localConfig, type CommandContext } from "./context.js";
 import { formatProblem } from "../core/errors.js";
+import { label, perNode } from "../host/kernel.js";
 
 /** Text like `dpdk-devbind.py --status`: managed devices, other NICs, host readiness. */
 export function renderStatus(doc: StatusDoc): string {
@@ -50,11 +51,15 @@ export function renderStatus(doc: StatusDoc): string {
   const h = doc.host;
   const hp =
     h.hugepages
-      .map(
-        (p) =>
-          `${p.sizeKb >= 1048576 ? `${p.sizeKb / 1048576}G` : `${p.sizeKb / 1024}M`}: ${p.total} total, ${p.free} free`,
-      )
-      .join("; ") || "not supported";
+      .map((p) => {
+        const got =
+          p.requested > 0
+            ? `${p.total} of ${p.requested} requested`
+            : `${p.total} total (none requested)`;
+        const nodes = p.nodes.length > 1 || p.total > 0 ? `; ${perNode(p)}` : "";
+        return `${label(p.sizeKb)}: ${got}, ${p.free} free${nodes}`;
+      })
+      .join(" | ") || "not supported";
   const noiommu = {
     Y: "enabled",
     N: "disabled",
@@ -67,6 +72,7 @@ export function renderStatus(doc: StatusDoc): string {
       ["IOMMU present:", h.iommuPresent ? "yes" : "no"],
       ["DPDK drivers:", h.dpdkDrivers.join(", ") || "none loaded"],
       ["Hugepages:", hp],
+      ["hugetlbfs:", h.hugetlbfs.join(", ") || "not mounted"],
       ["Write-combining:", `${h.writeCombining.state}: ${h.writeCombining.detail}`],
       [
         "SR-IOV config:",
@@ -74,6 +80,9 @@ export function renderStatus(doc: StatusDoc): string {
       ],
     ]),
   );
+  if (h.hugepageProblem)
+    out.push(`  warning: ${h.hugepageProblem.message}`, `  fix: ${h.hugepageProblem.fix}`);
+  if (h.writeCombining.check) out.push(`  check: ${h.writeCombining.check}`);
   if (h.writeCombining.fix) out.push(`  fix: ${h.writeCombining.fix}`);
   for (const w of h.sriov.warnings) out.push(`  sriov: ${w}`);
   if (doc.lastApply)

@@ -7,7 +7,7 @@ import { type Host } from "./host.js";
 import { run } from "../core/process.js";
 import type { Logger } from "../core/log.js";
 import { journalBegin, journalEnd, JOURNAL_PATH } from "./state.js";
-import { BDF_RE } from "../config/facts.js";
+import { BDF_RE, isDpdkDriver } from "../config/facts.js";
 import { type GuardFacts, guardViolations } from "./guard.js";
 
 export const PCI_DEVICES = "/sys/bus/pci/devices";
@@ -96,6 +96,14 @@ export async function readPciDevice(host: Host, bdf: string): Promise<PciDevice 
 
 export async function listPciDevices(host: Host): Promise<string[]> {
   return (await host.list(PCI_DEVICES)).filter((b) => BDF_RE.test(b));
+}
+
+/** Every PCI device bound to a DPDK driver now, ours or not. */
+export async function devicesOnDpdkDrivers(host: Host): Promise<string[]> {
+  const out: string[] = [];
+  for (const bdf of await listPciDevices(host))
+    if (isDpdkDriver(await host.linkName(`${PCI_DEVICES}/${bdf}/driver`))) out.push(bdf);
+  return out;
 }
 
 /** The user-space device node a DPDK driver exposes, if present: /dev/vfio/noiommu-N, /dev/vfio/N or /dev/uioN. */

@@ -12,6 +12,8 @@ import { readNics } from "../cloud/imds.js";
 import { Deadline } from "../core/deadline.js";
 import { errorMessage, formatProblem, InputError, OpError } from "../core/errors.js";
 import { emptyState, journalPending, loadState, saveState } from "../host/state.js";
+import { hugepageProblem, hugepageWants } from "../host/kernel.js";
+import { devicesOnDpdkDrivers } from "../host/pci.js";
 import type { Logger } from "../core/log.js";
 import type { Host } from "../host/host.js";
 import { gather, type Gathered } from "../sources/chain.js";
@@ -179,13 +181,21 @@ async function pass(
         ...(stage.name === "eni" ? { ec2_loaded: session.ec2Loaded } : {}),
       });
     }
+    // A DPDK app needs hugepages and a hugetlbfs mount; binding without them is a node that lies.
+    const onDpdk = (await devicesOnDpdkDrivers(host)).length;
+    const hugepages = await hugepageProblem(host, {
+      dpdkDevices: opts.dryRun
+        ? Math.max(onDpdk, config.eni.filter((e) => e.dpdk.enabled).length)
+        : onDpdk,
+      ...(opts.dryRun ? { planned: hugepageWants(config.dpdk) } : {}),
+    });
     if (!opts.dryRun) {
       // The primary's record is kept even when nothing else changed (a state file from an older version).
       if (JSON.stringify(state.primary ?? null) !== primaryBefore) await saveState(host, state);
       // Parsed sources are kept for the next boot only once they were applied without error.
       if (!up.devices.some((d) => d.state === "failed")) await saveTomlMemo(host);
     }
-    return { actions, up };
+    return { actions, up, hugepages };
   };
 
   let result: Awaited<ReturnType<typeof body>> | undefined;
@@ -206,6 +216,7 @@ async function pass(
       exitCode: 1,
     };
   }
+  if (result?.hugepages) warnings.push(result.hugepages.message);
   timings.total = Math.round(performance.now() - t0);
   const outcome: ApplyOutcome = {
     ok: !error,
@@ -215,6 +226,7 @@ async function pass(
     enis: result?.up.enis ?? [],
     devices,
     ...(result?.up.sriov && !opts.dryRun ? { sriov: result.up.sriov } : {}),
+    ...(result?.hugepages ? { hugepages: result.hugepages } : {}),
     timings,
     warnings,
     ...(error ? { error } : {}),

@@ -9,10 +9,14 @@ import { deviceNodeFor, listNetdevs, listPciDevices, readPciDevice } from "../ho
 import { readRoutes, routeReasons } from "../host/guard.js";
 import { type BindingRecord, loadState, type State, STATUS_PATH } from "../host/state.js";
 import {
+  hugepageProblem,
+  hugepageWants,
+  hugetlbfsMounts,
   readHugepages,
   readKernelFacts,
   writeCombiningReport,
   type HugepageInfo,
+  type HugepageProblem,
   type KernelFacts,
   type WcReport,
 } from "../host/kernel.js";
@@ -58,6 +62,10 @@ export interface StatusDoc {
     vfioLoaded: boolean;
     dpdkDrivers: string[];
     hugepages: HugepageInfo[];
+    /** hugetlbfs mount points (/proc/mounts) */
+    hugetlbfs: string[];
+    /** devices on a DPDK driver without usable hugepages */
+    hugepageProblem?: HugepageProblem;
     writeCombining: WcReport;
     sriov: { configPath: string; exists?: boolean; valid?: boolean; warnings: string[] };
   };
@@ -163,9 +171,11 @@ export async function collectStatus(
   }
 
   const k = await readKernelFacts(host);
-  const vfioBdfs = [...devices, ...otherDevices]
-    .filter((d) => d.driver === "vfio-pci")
-    .map((d) => d.bdf);
+  const all = [...devices, ...otherDevices];
+  const onVfio = all.filter((d) => d.driver === "vfio-pci");
+  const hugepageIssue = await hugepageProblem(host, {
+    dpdkDevices: new Set(all.filter((d) => isDpdkDriver(d.driver)).map((d) => d.bdf)).size,
+  });
   const sriovPath = state.sriov.configPath ?? config.sriov.config_path;
   let sriov: StatusDoc["host"]["sriov"] = { configPath: sriovPath, warnings: [] };
   try {
@@ -181,8 +191,10 @@ export async function collectStatus(
       iommuPresent: k.iommuPresent,
       vfioLoaded: k.vfioLoaded,
       dpdkDrivers: k.dpdkDrivers,
-      hugepages: await readHugepages(host),
-      writeCombining: await writeCombiningReport(host, vfioBdfs),
+      hugepages: await readHugepages(host, hugepageWants(config.dpdk)),
+      hugetlbfs: await hugetlbfsMounts(host),
+      ...(hugepageIssue ? { hugepageProblem: hugepageIssue } : {}),
+      writeCombining: await writeCombiningReport(host, onVfio),
       sriov,
     },
     devices,

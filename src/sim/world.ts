@@ -157,6 +157,7 @@ reconcile_interval_seconds = ${opts.reconcileSeconds ?? 60}
 [dpdk]
 driver = "vfio-pci"
 noiommu = "auto"
+hugepages_2m = 512
 
 [[eni]]
 name = "n3"
