@@ -74,6 +74,7 @@ export function renderStatus(doc: StatusDoc): string {
       ["Hugepages:", hp],
       ["hugetlbfs:", h.hugetlbfs.join(", ") || "not mounted"],
       ["Write-combining:", `${h.writeCombining.state}: ${h.writeCombining.detail}`],
+      ["kubelet maxPods:", maxPodsLine(h.maxPods)],
       [
         "SR-IOV config:",
         `${h.sriov.configPath} (${h.sriov.exists === undefined ? "unknown" : h.sriov.exists ? (h.sriov.valid ? "valid" : "INVALID") : "absent"})`,
@@ -85,6 +86,7 @@ export function renderStatus(doc: StatusDoc): string {
   if (h.writeCombining.check) out.push(`  check: ${h.writeCombining.check}`);
   if (h.writeCombining.fix) out.push(`  fix: ${h.writeCombining.fix}`);
   for (const w of h.sriov.warnings) out.push(`  sriov: ${w}`);
+  if (h.maxPods.detail) out.push(`  maxPods: ${h.maxPods.detail}`);
   if (doc.lastApply)
     out.push(
       "",
@@ -92,6 +94,20 @@ export function renderStatus(doc: StatusDoc): string {
     );
   for (const p of doc.configProblems) out.push(`config: ${p}`);
   return out.slice(1).join("\n") + "\n";
+}
+
+function maxPodsLine(m: StatusDoc["host"]["maxPods"]): string {
+  const alone = m.nodeadmMaxPods !== undefined ? ` (nodeadm alone: ${m.nodeadmMaxPods})` : "";
+  switch (m.dropIn) {
+    case "ours":
+      return `${m.maxPods ?? "?"}, set by ${m.path}${alone}`;
+    case "foreign":
+      return `not adjusted: ${m.path} is not eni-dpdk's`;
+    case "none":
+      return `nodeadm's own, no eni-dpdk drop-in${alone}`;
+    case "no-dir":
+      return "nodeadm's own: this nodeadm reads no drop-ins";
+  }
 }
 
 function table(rows: string[][]): string[] {

@@ -110,6 +110,30 @@ export class Host {
     }
   }
 
+  /**
+   * What is at a path: its kind and size; `follow` looks through a symlink as a reader would,
+   * otherwise a symlink is reported as one. Undefined when nothing is there.
+   */
+  async stat(
+    abs: string,
+    opts: { follow?: boolean } = {},
+  ): Promise<{ kind: "file" | "dir" | "symlink" | "other"; size: number } | undefined> {
+    try {
+      const st = (opts.follow ? statSync : lstatSync)(this.path(abs));
+      const kind = st.isSymbolicLink()
+        ? "symlink"
+        : st.isFile()
+          ? "file"
+          : st.isDirectory()
+            ? "dir"
+            : "other";
+      return { kind, size: st.size };
+    } catch (e) {
+      if (isNotFound(e)) return undefined;
+      throw e;
+    }
+  }
+
   /** Basename of a symlink's target (e.g. the driver name from `<dev>/driver`), or undefined. */
   async linkName(abs: string): Promise<string | undefined> {
     try {

@@ -20,6 +20,8 @@ import { gather, type Gathered } from "../sources/chain.js";
 import { saveTomlMemo } from "../sources/toml.js";
 import { eniStage } from "./eni.js";
 import { hostStage } from "./host.js";
+import { maxPodsStage } from "./maxpods.js";
+import { NODEADM_DROPIN_DIR } from "../host/nodeadm-dropin.js";
 import { prepareHost } from "../host/recovery.js";
 import { nodeEniStage } from "./nodeeni.js";
 import { summaryLine, writeStatusFile, type ApplyOutcome } from "./outcome.js";
@@ -32,6 +34,7 @@ import type { Action } from "../core/action.js";
 /** The stages, in the order a pass runs them. */
 export const STAGES: readonly Stage<StagePlan>[] = [
   eniStage,
+  maxPodsStage,
   hostStage,
   sriovStage,
   nodeEniStage,
@@ -118,7 +121,9 @@ async function pass(
     // 2. What can change (the NICs, the state, sysfs) is observed only once the lock is held.
     const state = opts.dryRun
       ? await loadState(host)
-      : await prepareHost(host, log, { tempDirs: [path.posix.dirname(config.sriov.config_path)] });
+      : await prepareHost(host, log, {
+          tempDirs: [path.posix.dirname(config.sriov.config_path), NODEADM_DROPIN_DIR],
+        });
     if (opts.dryRun) {
       for (const op of await journalPending(host)) {
         actions.push({
@@ -166,6 +171,7 @@ async function pass(
       state,
       dryRun: opts.dryRun,
       ...(gathered.nodeEni ? { nodeEni: gathered.nodeEni } : {}),
+      userDataParts: gathered.userDataParts,
     };
     // 4.
     await preflight(sctx, gathered);
@@ -176,6 +182,7 @@ async function pass(
       const plan = await stage.plan(sctx, up);
       actions.push(...plan.actions);
       up = { ...up, ...(opts.dryRun ? plan.expected : await stage.apply(sctx, plan, up)) };
+      for (const w of plan.warnings ?? []) if (!warnings.includes(w)) warnings.push(w);
       done(stage.name, {
         actions: plan.actions.length,
         ...(stage.name === "eni" ? { ec2_loaded: session.ec2Loaded } : {}),
@@ -227,6 +234,7 @@ async function pass(
     devices,
     ...(result?.up.sriov && !opts.dryRun ? { sriov: result.up.sriov } : {}),
     ...(result?.hugepages ? { hugepages: result.hugepages } : {}),
+    ...(result?.up.maxPods ? { maxPods: result.up.maxPods } : {}),
     timings,
     warnings,
     ...(error ? { error } : {}),

@@ -5,7 +5,7 @@ import { errorMessage } from "../core/errors.js";
 import { STATUS_PATH, type EniRecord } from "../host/state.js";
 import type { Host } from "../host/host.js";
 import type { SriovApplyResult } from "../host/sriov-model.js";
-import type { HostDeviceResult } from "./stage.js";
+import type { HostDeviceResult, MaxPodsResult } from "./stage.js";
 import type { HugepageProblem } from "../host/kernel.js";
 import type { Action, StageName } from "../core/action.js";
 import { collectStatus } from "./status.js";
@@ -21,6 +21,8 @@ export interface ApplyOutcome {
   /** milliseconds per stage, in the order they ran */
   timings: Partial<Record<"sources" | "observe" | StageName | "total", number>>;
   warnings: string[];
+  /** kubelet's maxPods drop-in for nodeadm */
+  maxPods?: MaxPodsResult;
   /** devices on a DPDK driver without usable hugepages (also one of the warnings) */
   hugepages?: HugepageProblem;
   error?: {

@@ -21,6 +21,13 @@ import {
   type WcReport,
 } from "../host/kernel.js";
 import { inspectSriov } from "../host/sriov-file.js";
+import {
+  MAX_PODS_DROPIN,
+  NODEADM_DROPIN_DIR,
+  ourMaxPods,
+  readDropins,
+} from "../host/nodeadm-dropin.js";
+import type { MaxPodsResult } from "./stage.js";
 
 export interface StatusDevice {
   name: string;
@@ -68,6 +75,18 @@ export interface StatusDoc {
     hugepageProblem?: HugepageProblem;
     writeCombining: WcReport;
     sriov: { configPath: string; exists?: boolean; valid?: boolean; warnings: string[] };
+    /** kubelet's maxPods: eni-dpdk's nodeadm drop-in, or why there is none */
+    maxPods: {
+      path: string;
+      /** ours: eni-dpdk's drop-in is there; foreign: another file at that path; none; no-dir: nodeadm reads no drop-ins */
+      dropIn: "ours" | "foreign" | "none" | "no-dir";
+      /** the value eni-dpdk's drop-in sets */
+      maxPods?: number;
+      /** what nodeadm computes alone (from the last apply) */
+      nodeadmMaxPods?: number;
+      /** the computation in the drop-in, or the last apply's reason for none */
+      detail: string;
+    };
   };
   devices: StatusDevice[];
   otherDevices: OtherDevice[];
@@ -196,6 +215,7 @@ export async function collectStatus(
       ...(hugepageIssue ? { hugepageProblem: hugepageIssue } : {}),
       writeCombining: await writeCombiningReport(host, onVfio),
       sriov,
+      maxPods: await maxPodsStatus(host, last?.apply?.maxPods),
     },
     devices,
     otherDevices,
@@ -212,6 +232,40 @@ export async function collectStatus(
   };
 }
 
+async function maxPodsStatus(
+  host: Host,
+  last: Partial<MaxPodsResult> | undefined,
+): Promise<StatusDoc["host"]["maxPods"]> {
+  const d = await readDropins(host);
+  const base = {
+    path: MAX_PODS_DROPIN,
+    ...(last?.nodeadmMaxPods !== undefined ? { nodeadmMaxPods: last.nodeadmMaxPods } : {}),
+  };
+  if (d.ours === "ours") {
+    // the drop-in says why, in its comment lines
+    const why = (d.ourText ?? "")
+      .split("\n")
+      .slice(1)
+      .filter((l) => l.startsWith("# ") && !l.startsWith("# Opt out"))
+      .map((l) => l.slice(2))
+      .join(" ");
+    const n = ourMaxPods(d.ourText);
+    return { ...base, dropIn: "ours", ...(n !== undefined ? { maxPods: n } : {}), detail: why };
+  }
+  if (d.ours === "foreign")
+    return {
+      ...base,
+      dropIn: "foreign",
+      detail: last?.reason ?? "the file there is not eni-dpdk's",
+    };
+  return {
+    ...base,
+    dropIn: d.dir ? "none" : "no-dir",
+    detail:
+      last?.reason ?? (d.dir ? "no apply recorded yet" : `${NODEADM_DROPIN_DIR} does not exist`),
+  };
+}
+
 interface LastApplyFile {
   devices?: {
     mac?: string;
@@ -225,6 +279,7 @@ interface LastApplyFile {
     ok?: boolean;
     summary?: string;
     devices?: LastApplyFile["devices"];
+    maxPods?: Partial<MaxPodsResult>;
   };
 }
 
