@@ -171,7 +171,10 @@ async function pass(
       state,
       dryRun: opts.dryRun,
       ...(gathered.nodeEni ? { nodeEni: gathered.nodeEni } : {}),
-      userDataParts: gathered.userDataParts,
+      // only when the user-data source read them; otherwise a stage that needs them reads IMDS
+      ...(gathered.consulted.some((c) => c.source === "user-data")
+        ? { userDataParts: gathered.userDataParts }
+        : {}),
     };
     // 4.
     await preflight(sctx, gathered);

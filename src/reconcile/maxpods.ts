@@ -21,6 +21,7 @@ import {
   writeMaxPodsDropin,
   type Dropins,
 } from "../host/nodeadm-dropin.js";
+import { readUserData } from "../cloud/imds.js";
 import { decodeUserData } from "../sources/mime.js";
 import { parseNodeConfigs, type NodeConfigPartLike } from "../sources/nodeconfig.js";
 import type { MaxPodsResult, Stage, StageContext, StagePlan } from "./stage.js";
@@ -104,6 +105,26 @@ async function desired(ctx: StageContext, drop: Dropins, warnings: string[]): Pr
   const yours = limits
     ? `spec.kubelet.config.maxPods: ${target}`
     : `spec.kubelet.config.maxPods: (ENIs of ${type} on network card 0 − ${taken.length}) × (IPv4 per ENI − 1) + 2`;
+  const user = await userMaxPods(ctx, drop, warnings);
+  if (user.length) {
+    const last = user.at(-1)!;
+    const set = `${last.key} = ${JSON.stringify(last.value)} in ${last.from}`;
+    const n =
+      typeof last.value === "number"
+        ? last.value
+        : typeof last.value === "string" && /^\d+$/.test(last.value.trim())
+          ? Number(last.value)
+          : NaN;
+    if (!last.key.endsWith("Expression") && !(Number.isSafeInteger(n) && n > 0))
+      warnings.push(
+        `${set} is not a positive integer: nodeadm or kubelet will refuse it; eni-dpdk leaves it alone`,
+      );
+    else if (limits && n > target)
+      warnings.push(
+        `${set} is more than the ${target} pods the ${plural(remaining, "ENI")} left to the VPC CNI can address: pods beyond that hang in ContainerCreating; eni-dpdk leaves it alone`,
+      );
+    return { why: [], reason: `maxPods is yours (${set}); left alone` };
+  }
   if (!drop.dir) {
     const reason = `${NODEADM_DROPIN_DIR} does not exist: this nodeadm reads no drop-ins (EKS AMIs from v20251023 do)`;
     if (await ctx.host.exists(NODEADM_BIN))
@@ -119,26 +140,6 @@ async function desired(ctx: StageContext, drop: Dropins, warnings: string[]): Pr
       `kubelet's maxPods not adjusted: ${reason}; nodeadm counts the ${plural(taken.length, "ENI")} eni-dpdk takes, so set ${yours} in your NodeConfig`,
     );
     return { why: [], reason, skipped: true };
-  }
-  const user = await userMaxPods(ctx, drop, warnings);
-  if (user.length) {
-    const last = user.at(-1)!;
-    const set = `${last.key} = ${JSON.stringify(last.value)} in ${last.from}`;
-    const n =
-      typeof last.value === "number"
-        ? last.value
-        : typeof last.value === "string" && /^\d+$/.test(last.value.trim())
-          ? Number(last.value)
-          : NaN;
-    if (!last.key.endsWith("Expression") && !(Number.isSafeInteger(n) && n > 0))
-      warnings.push(
-        `${set} is not a positive integer: nodeadm or kubelet will refuse it; eni-dpdk leaves it alone`,
-      );
-    else if (n > target)
-      warnings.push(
-        `${set} is more than the ${plural(remaining, "ENI")} the VPC CNI can use serve (${target}): pods beyond that hang in ContainerCreating; eni-dpdk leaves it alone`,
-      );
-    return { why: [], reason: `maxPods is yours (${set}); left alone` };
   }
   if (drop.ours === "foreign") {
     const reason = `${MAX_PODS_DROPIN} is not eni-dpdk's (its first line is not "${MAX_PODS_MARKER}")`;
@@ -183,7 +184,9 @@ async function desired(ctx: StageContext, drop: Dropins, warnings: string[]): Pr
  * in nodeadm's order (the last one wins). A drop-in may be MIME multipart, as nodeadm allows.
  */
 async function userMaxPods(ctx: StageContext, drop: Dropins, warnings: string[]) {
-  const parts: NodeConfigPartLike[] = [...(ctx.userDataParts ?? [])];
+  const parts: NodeConfigPartLike[] = [
+    ...(ctx.userDataParts ?? (await ownUserData(ctx, warnings))),
+  ];
   for (const f of drop.others) {
     if (f.text === undefined) {
       warnings.push(
@@ -203,6 +206,20 @@ async function userMaxPods(ctx: StageContext, drop: Dropins, warnings: string[])
     }
   }
   return (await parseNodeConfigs(parts, warnings, "kubelet's maxPods")).maxPods;
+}
+
+/**
+ * nodeadm reads user-data whatever [service].sources says: without the user-data source's parts,
+ * read it here (one IMDS request), so a maxPods set there is never overridden.
+ */
+async function ownUserData(ctx: StageContext, warnings: string[]): Promise<NodeConfigPartLike[]> {
+  try {
+    const raw = await readUserData(ctx.imds);
+    return raw?.length ? decodeUserData(raw) : [];
+  } catch (e) {
+    warnings.push(`user-data could not be read for kubelet's maxPods: ${errorMessage(e)}`);
+    return [];
+  }
 }
 
 /**

@@ -29,7 +29,7 @@ export interface StageContext {
   dryRun: boolean;
   /** the NodeENI source's result, when it ran */
   nodeEni?: NodeEniResult;
-  /** the user-data's decoded parts (nodeadm's NodeConfig among them), when user-data was read */
+  /** the user-data's decoded parts (nodeadm's NodeConfig among them), when the user-data source read them */
   userDataParts?: NodeConfigPartLike[];
 }
 

@@ -104,7 +104,7 @@ t.test("maxPods: the user's NodeConfig sets it; eni-dpdk steps back and says so"
     r.log.some(
       (l) =>
         l.level === "warn" &&
-        /spec\.kubelet\.config\.maxPods = 500 in user-data part 1 .* is more than the 6 ENIs the VPC CNI can use serve \(176\)/.test(
+        /spec\.kubelet\.config\.maxPods = 500 in user-data part 1 .* is more than the 176 pods the 6 ENIs left to the VPC CNI can address/.test(
           l.msg,
         ),
     ),

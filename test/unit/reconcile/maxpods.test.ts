@@ -30,7 +30,11 @@ const TWO_DPDK = { eni: [eni("n3", 1), eni("n6", 2)] };
 async function eks(
   t: Test,
   opts: { instanceType?: string; prefixes?: string[]; dir?: boolean } = {},
-): Promise<{ sim: SimKernel; ctx: (over?: Partial<StageContext>) => StageContext }> {
+): Promise<{
+  sim: SimKernel;
+  imds: ImdsEmulator;
+  ctx: (over?: Partial<StageContext>) => StageContext;
+}> {
   const sim = node();
   const inst = defaultInstance({
     mac: PRIMARY.mac,
@@ -46,6 +50,7 @@ async function eks(
   const base = stageCtx(sim);
   return {
     sim,
+    imds,
     ctx: (over = {}) => ({
       ...base,
       imds: new ImdsClient({ endpoint: imds.url }),
@@ -179,7 +184,7 @@ t.test(
         { userDataParts: userData(nodeConfig("    config:\n      maxPods: 110\n")) },
         () => {},
         /maxPods is yours/,
-        /= 110 in user-data part 1 .* is more than the 2 ENIs the VPC CNI can use serve \(30\)/,
+        /= 110 in user-data part 1 .* is more than the 30 pods the 2 ENIs left to the VPC CNI can address/,
       ],
       [
         "a --max-pods flag",
@@ -204,7 +209,7 @@ t.test(
             nodeConfig("    config:\n      maxPods: 40\n"),
           ),
         /= 40 in \/etc\/eks\/nodeadm\.d\/50-mine\.YML/,
-        /more than .* \(30\)/,
+        /more than the 30 pods/,
       ],
       [
         "a MIME multipart drop-in (nodeadm reads those too)",
@@ -248,6 +253,27 @@ t.test(
     }
   },
 );
+
+t.test("without the user-data source, the stage reads user-data itself", async (t) => {
+  // [service].sources may leave user-data out; nodeadm reads it anyway
+  const { sim, imds, ctx } = await eks(t);
+  imds.instance.userData = Buffer.from(nodeConfig("    config:\n      maxPods: 20\n")).toString(
+    "base64",
+  );
+  const plan = await planMaxPods(ctx());
+  t.same(plan.actions, []);
+  t.match(
+    plan.result.reason,
+    /maxPods is yours \(spec\.kubelet\.config\.maxPods = 20 in user-data\)/,
+  );
+  t.equal(dropin(sim), null);
+  imds.instance.userData = null;
+  t.same(
+    (await planMaxPods(ctx())).actions.map((a) => a.kind),
+    ["write-max-pods"],
+    "no user-data (404): ours",
+  );
+});
 
 t.test("hostile maxPods values: left alone, told, never overwritten", async (t) => {
   const { sim, ctx } = await eks(t);
@@ -355,6 +381,13 @@ t.test(
       p1.warnings[0],
       /set spec\.kubelet\.config\.maxPods: \(ENIs of m99\.huge on network card 0 − 2\) × \(IPv4 per ENI − 1\) \+ 2/,
     );
+
+    // a maxPods of the user's needs no advice, whatever the type
+    const set = await planMaxPods(
+      unknown.ctx({ userDataParts: userData(nodeConfig("    config:\n      maxPods: 20\n")) }),
+    );
+    t.same([set.actions, set.warnings], [[], []]);
+    t.match(set.result.reason, /maxPods is yours/);
 
     const old = await eks(t, { dir: false });
     const p2 = await planMaxPods(old.ctx());
