@@ -105,6 +105,9 @@ async function desired(ctx: StageContext, drop: Dropins, warnings: string[]): Pr
   const yours = limits
     ? `spec.kubelet.config.maxPods: ${target}`
     : `spec.kubelet.config.maxPods: (ENIs of ${type} on network card 0 − ${taken.length}) × (IPv4 per ENI − 1) + 2`;
+  // Not an EKS node (no nodeadm at all): nothing reads a drop-in, and nothing needs parsing.
+  const nodeadmHere = drop.dir || (await ctx.host.exists(NODEADM_BIN));
+  if (!nodeadmHere) return { why: [], reason: "no nodeadm on this host" };
   const user = await userMaxPods(ctx, drop, warnings);
   if (user.length) {
     const last = user.at(-1)!;
@@ -127,10 +130,9 @@ async function desired(ctx: StageContext, drop: Dropins, warnings: string[]): Pr
   }
   if (!drop.dir) {
     const reason = `${NODEADM_DROPIN_DIR} does not exist: this nodeadm reads no drop-ins (EKS AMIs from v20251023 do)`;
-    if (await ctx.host.exists(NODEADM_BIN))
-      warnings.push(
-        `kubelet's maxPods not adjusted: ${reason}; nodeadm counts the ${plural(taken.length, "ENI")} eni-dpdk takes, so set ${yours} in your NodeConfig`,
-      );
+    warnings.push(
+      `kubelet's maxPods not adjusted: ${reason}; nodeadm counts the ${plural(taken.length, "ENI")} eni-dpdk takes, so set ${yours} in your NodeConfig`,
+    );
     return { why: [], reason, skipped: true };
   }
   if (!limits) {
