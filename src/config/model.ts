@@ -54,6 +54,8 @@ export interface KubernetesConfig {
   kubeconfig: string;
   node_name: string;
   node_labels: Record<string, string>;
+  /** write nodeadm a drop-in that lowers kubelet's maxPods by the ENIs eni-dpdk takes */
+  adjust_max_pods: boolean;
 }
 export interface EniDpdkConfig {
   enabled: boolean;
@@ -206,6 +208,7 @@ export const schema: Readonly<Record<string, Schema>> = lookupTable<Schema>({
     kubeconfig: "string",
     node_name: "string",
     node_labels: "map",
+    adjust_max_pods: "bool",
   }),
 });
 export const eniKeys = Object.keys(eniSchema);
@@ -242,6 +245,7 @@ export function defaults(): Config {
       kubeconfig: "",
       node_name: "",
       node_labels: {},
+      adjust_max_pods: true,
     },
     eni: [],
   };

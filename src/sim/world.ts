@@ -27,6 +27,8 @@ export interface WorldOptions {
   hotplugDelayMs?: number;
   /** the config file written to <root>/etc/eni-dpdk/config.toml */
   configToml?: string;
+  /** an EKS AL2023 node: nodeadm installed, with its drop-in directory /etc/eks/nodeadm.d */
+  nodeadm?: boolean;
 }
 
 export class World {
@@ -76,6 +78,17 @@ export class World {
     world.primaryRoutes();
     ec2.onAttached = (ev) => world.hotplug(ev);
     if (opts.configToml !== undefined) world.writeConfig(opts.configToml);
+    if (opts.nodeadm) {
+      mkdirSync(sim.p("/etc/eks/nodeadm.d"), { recursive: true });
+      mkdirSync(sim.p("/usr/bin"), { recursive: true });
+      writeFileSync(
+        sim.p("/usr/bin/nodeadm"),
+        "#!/bin/sh\n# stand-in: eni-dpdk only looks for it\n",
+        {
+          mode: 0o755,
+        },
+      );
+    }
     return world;
   }
 
@@ -176,6 +189,7 @@ reconcile_interval_seconds = ${opts.reconcileSeconds ?? 60}
 [dpdk]
 driver = "vfio-pci"
 noiommu = "auto"
+hugepages_2m = 512
 
 [[eni]]
 name = "n3"

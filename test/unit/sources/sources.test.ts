@@ -246,6 +246,38 @@ t.test("bad tags name the tag key", async (t) => {
   );
 });
 
+t.test("[kubernetes] adjust_max_pods: a bool in every source, named when it is not", async (t) => {
+  t.equal(buildConfig([]).config.kubernetes.adjust_max_pods, true, "on by default");
+  t.equal(
+    buildConfig(tagLayers({ "eni-dpdk:kubernetes": "adjust_max_pods=false" })).config.kubernetes
+      .adjust_max_pods,
+    false,
+  );
+  const ud = (toml: string) => buildConfig(userDataLayers(Buffer.from(toml)).layers);
+  t.equal(ud("[kubernetes]\nadjust_max_pods = false\n").config.kubernetes.adjust_max_pods, false);
+  const cases: [string, () => unknown, RegExp][] = [
+    [
+      "tag",
+      () => buildConfig(tagLayers({ "eni-dpdk:kubernetes": "adjust_max_pods=maybe" })),
+      /^tag eni-dpdk:kubernetes: kubernetes\.adjust_max_pods: expected true or false, got "maybe"$/,
+    ],
+    [
+      "user-data",
+      () => ud("[kubernetes]\nadjust_max_pods = 0\n"),
+      /^user-data:2:1: kubernetes\.adjust_max_pods: expected true or false, got integer$/,
+    ],
+    [
+      "a misspelt key",
+      () => ud("[kubernetes]\nadjust_maxpods = false\n"),
+      /kubernetes\.adjust_maxpods: unknown key; did you mean "adjust_max_pods"\?/,
+    ],
+  ];
+  for (const [name, build, want] of cases) {
+    const e = t.throws(build, name) as InputError;
+    t.match(formatProblem(e.problems[0]), want, name);
+  }
+});
+
 t.test("the seed's environment variables override the file", async (t) => {
   const root = mkdtempSync(path.join(tmpdir(), "eni-dpdk-src-"));
   mkdirSync(path.join(root, "etc/eni-dpdk/config.d"), { recursive: true });
