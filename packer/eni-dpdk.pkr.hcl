@@ -1,5 +1,6 @@
 # An EKS-optimized AL2023 AMI with eni-dpdk baked in:
 #   packer init packer/ && packer build -var eni_dpdk_tarball=eni-dpdk-0.1.0-linux-x64.tar.gz packer/
+# Add -var hugepages_1g=N to reserve N 1 GiB hugepages on the kernel command line.
 # Instances launched from it configure their ENIs from user-data, tags or NodeENI (docs/user-data.md).
 
 locals {
@@ -60,6 +61,17 @@ build {
       "rm -rf /tmp/eni-dpdk && mkdir -p /tmp/eni-dpdk",
       "tar -xzf /tmp/eni-dpdk.tar.gz -C /tmp/eni-dpdk",
       "/tmp/eni-dpdk/install.sh",
+    ]
+  }
+
+  # 1 GiB hugepages from the kernel command line (AL2023 boots BLS entries: grubby edits all of
+  # them). default_hugepagesz=1G makes systemd's /dev/hugepages mount a 1G one, so a DPDK app on
+  # the host finds these pages there; pods get their own mount per page size from kubelet.
+  provisioner "shell" {
+    execute_command = "chmod +x {{ .Path }}; sudo {{ .Vars }} bash -euo pipefail {{ .Path }}"
+    inline = [
+      "if [ ${var.hugepages_1g} -gt 0 ]; then grubby --update-kernel=ALL --args='default_hugepagesz=1G hugepagesz=1G hugepages=${var.hugepages_1g}'; fi",
+      "if [ ${var.hugepages_1g} -gt 0 ]; then grubby --info=DEFAULT | grep -q 'hugepages=${var.hugepages_1g}'; fi",
     ]
   }
 

@@ -56,3 +56,16 @@ variable "node_package" {
   description = "AL2023 package providing Node.js for eni-dpdk (nodejs22 or nodejs20)."
   default     = "nodejs22"
 }
+
+# 1 GiB pages reserved at run time often fail once memory is fragmented; on the kernel command line
+# they are taken at boot, before anything else. kubelet then advertises hugepages-1Gi from its start.
+variable "hugepages_1g" {
+  type        = number
+  description = "1 GiB hugepages to reserve on the kernel command line (default_hugepagesz=1G hugepagesz=1G hugepages=N, set with grubby at build); 0 = leave the command line as it is."
+  default     = 0
+
+  validation {
+    condition     = var.hugepages_1g >= 0 && floor(var.hugepages_1g) == var.hugepages_1g
+    error_message = "The hugepages_1g must be a whole number of pages, 0 or more."
+  }
+}

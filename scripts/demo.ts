@@ -25,6 +25,7 @@ async function main() {
     attachDelayMs: 1500,
     hotplugDelayMs: 1000,
     configToml: sampleConfig(),
+    nodeadm: true,
   });
   try {
     console.log(
@@ -56,6 +57,18 @@ async function main() {
       bold("\n# /etc/pcidp/config.json, as the SR-IOV device plugin will read it when it starts"),
     );
     console.log(readFileSync(path.join(world.root, "etc/pcidp/config.json"), "utf8").trimEnd());
+    console.log(bold("\n# /etc/eks/nodeadm.d/00-eni-dpdk-max-pods.yaml, read by nodeadm-run next"));
+    console.log(
+      readFileSync(
+        path.join(world.root, "etc/eks/nodeadm.d/00-eni-dpdk-max-pods.yaml"),
+        "utf8",
+      ).trimEnd(),
+    );
+
+    console.log(
+      bold("\n$ eni-dpdk sriov check  # what the device plugin will advertise, before it starts"),
+    );
+    if ((await cli(world, ["sriov", "check"])) !== 0) throw new Error("sriov check failed");
 
     const before = world.ec2.mutatingCalls();
     console.log(bold("\n$ eni-dpdk apply        # again: nothing to do"));

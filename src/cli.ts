@@ -145,6 +145,30 @@ export async function main(argv: string[], io: CliIo = defaultIo): Promise<numbe
       ),
     )
     .command(
+      "sriov",
+      "SR-IOV device plugin tools",
+      (y) =>
+        y
+          .command(
+            "check",
+            "predict which devices the device plugin will advertise for each resource in its config, from this host's sysfs; exit 1 when a resource gets none",
+            (yy) =>
+              yy.option("json", { type: "boolean", default: false }).option("plugin-version", {
+                type: "string",
+                describe:
+                  "the plugin release to apply the rules of, e.g. v3.5.1 (default: v3.6.0 or later)",
+              }),
+            wrap<{ json: boolean; "plugin-version"?: string }>(async (ctx, a) =>
+              (await import("./commands/sriov.js")).sriovCheckCommand(ctx, {
+                json: a.json,
+                pluginVersion: a["plugin-version"],
+              }),
+            ),
+          )
+          .demandCommand(1, "name an sriov command: check"),
+      () => {},
+    )
+    .command(
       "bind <target>",
       "bind one device (BDF, ifname, ENI id or MAC) to a DPDK driver",
       (y) =>
@@ -183,6 +207,29 @@ export async function main(argv: string[], io: CliIo = defaultIo): Promise<numbe
       "offline rebind at boot from the state file (eni-dpdk-early.service; no network needed)",
       (y) => y,
       boot.early,
+    )
+    .command(
+      "launch-template",
+      "print the EC2 launch template NetworkInterfaces block and network-interface TagSpecifications (JSON) for the configured ENIs",
+      (y) =>
+        y
+          .option("primary-security-group-ids", {
+            type: "string",
+            describe:
+              "comma-separated security groups of the primary ENI (device index 0): the node's",
+          })
+          .option("managed-node-group", {
+            type: "boolean",
+            default: false,
+            describe: "leave SubnetId out of every entry (EKS managed node groups refuse it)",
+          }),
+      wrap<{ "primary-security-group-ids"?: string; "managed-node-group": boolean }>(
+        async (ctx, a) =>
+          (await import("./commands/launch-template.js")).launchTemplateCommand(ctx, {
+            primarySecurityGroupIds: a["primary-security-group-ids"],
+            managedNodeGroup: a["managed-node-group"],
+          }),
+      ),
     )
     .command(
       "userdata",

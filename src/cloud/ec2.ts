@@ -78,11 +78,16 @@ export function recordingEc2(api: Ec2Api, changes: string[]): Ec2Api {
     },
     modifyNetworkInterfaceAttribute: async (i) => {
       const out = await api.modifyNetworkInterfaceAttribute(i);
+      const srd = i.EnaSrdSpecification;
       const what = i.Attachment
         ? `DeleteOnTermination=${i.Attachment.DeleteOnTermination}`
-        : Object.keys(i)
-            .filter((k) => k !== "NetworkInterfaceId")
-            .join(",");
+        : i.SourceDestCheck
+          ? `SourceDestCheck=${i.SourceDestCheck.Value}`
+          : srd
+            ? `EnaSrdEnabled=${srd.EnaSrdEnabled}${srd.EnaSrdUdpSpecification ? ` EnaSrdUdpEnabled=${srd.EnaSrdUdpSpecification.EnaSrdUdpEnabled}` : ""}`
+            : Object.keys(i)
+                .filter((k) => k !== "NetworkInterfaceId")
+                .join(",");
       changes.push(`EC2 set ${what} on ${i.NetworkInterfaceId}`);
       return out;
     },

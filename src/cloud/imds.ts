@@ -3,10 +3,14 @@
 // builds a new handler and connection for every request, and its first token alone cost about 40 ms
 // of a boot (import plus request); docs/benchmarks.md has the figures. The SDK client is kept in
 // the tests as the reference that the IMDS emulator answers as real IMDS does.
-import http from "node:http";
+import type * as Http from "node:http";
 import { OpError } from "../core/errors.js";
 import { Deadline, delayFor, sleep, type Backoff } from "../core/deadline.js";
 import type { Logger } from "../core/log.js";
+
+// Not an ESM import: on Node 22 the ESM facade of node:http reads every export, and one of them
+// loads undici (~8 ms of a boot) for fetch and WebSocket, which we never use.
+const http = process.getBuiltinModule("node:http");
 
 export const DEFAULT_IMDS_ENDPOINT = "http://169.254.169.254";
 const TOKEN_TTL_SECONDS = 21600;
@@ -26,7 +30,13 @@ export interface InstanceIdentity {
   region: string;
   az: string;
   primaryMac: string;
-  localHostname: string;
+  /** read only by the NodeENI source, which alone needs it (openNodeEniSession) */
+  localHostname?: string;
+}
+
+/** The private DNS name, the default Kubernetes node name. */
+export async function readLocalHostname(imds: Imds): Promise<string> {
+  return (await imds.get("meta-data/local-hostname"))?.trim() ?? "";
 }
 
 export interface ImdsNicInfo {
@@ -61,7 +71,7 @@ export class ImdsClient implements Imds {
     this.logger = opts.logger;
   }
 
-  private agent?: http.Agent;
+  private agent?: Http.Agent;
 
   /**
    * One HTTP/1.1 request over a small keep-alive pool. IMDS answers in well under a millisecond, so
@@ -207,10 +217,9 @@ async function required(imds: Imds, path: string): Promise<string> {
  * counts at boot); the separate paths are the fallback if it is missing or unreadable.
  */
 export async function readInstance(imds: Imds): Promise<InstanceIdentity> {
-  const [doc, primaryMac, localHostname] = await Promise.all([
+  const [doc, primaryMac] = await Promise.all([
     imds.get("dynamic/instance-identity/document").then(identityDocument),
     required(imds, "meta-data/mac"),
-    imds.get("meta-data/local-hostname").then((v) => v?.trim() ?? ""),
   ]);
   const [instanceId, instanceType, region, az] = doc
     ? [doc.instanceId, doc.instanceType, doc.region, doc.availabilityZone]
@@ -226,7 +235,6 @@ export async function readInstance(imds: Imds): Promise<InstanceIdentity> {
     region,
     az,
     primaryMac: primaryMac.toLowerCase(),
-    localHostname,
   };
 }
 
@@ -255,12 +263,16 @@ function identityDocument(text: string | undefined): IdentityDocument | undefine
  * `network-card` may 404 (card 0); some docs say `network-card-index`. Subnet and VPC are read
  * only when planning needs them (readNicNetwork), since every read is a round trip at boot.
  */
-export async function readNic(imds: Imds, mac: string): Promise<ImdsNicInfo | undefined> {
+export async function readNic(
+  imds: Imds,
+  mac: string,
+  knownInterfaceId?: string,
+): Promise<ImdsNicInfo | undefined> {
   const base = `meta-data/network/interfaces/macs/${mac}/`;
   const [dn, card, interfaceId] = await Promise.all([
     imds.get(base + "device-number"),
     imds.get(base + "network-card").then((c) => c ?? imds.get(base + "network-card-index")),
-    imds.get(base + "interface-id"),
+    knownInterfaceId ?? imds.get(base + "interface-id"),
   ]);
   if (dn === undefined) return undefined;
   return {
@@ -284,12 +296,36 @@ export async function readNicNetwork(
   return { subnetId: subnetId?.trim(), vpcId: vpcId?.trim() };
 }
 
+/** A NIC's subnet and security groups (one id per line) from the macs tree; undefined where IMDS answers 404. */
+export async function readNicPlacement(
+  imds: Imds,
+  mac: string,
+): Promise<{ subnetId?: string; securityGroupIds?: string[] }> {
+  const base = `meta-data/network/interfaces/macs/${mac}/`;
+  const [subnetId, groups] = await Promise.all([
+    imds.get(base + "subnet-id"),
+    imds.get(base + "security-group-ids"),
+  ]);
+  return {
+    subnetId: subnetId?.trim(),
+    securityGroupIds: groups
+      ?.split("\n")
+      .map((g) => g.trim())
+      .filter(Boolean),
+  };
+}
+
 /**
  * Every attached NIC. With the primary MAC (`meta-data/mac`, which EC2 documents as device number 0)
  * its three reads are skipped: it is device 0 on card 0 by definition, and no stage needs its
- * interface id.
+ * interface id. An ENI's MAC never changes, so the interface ids of MACs we recorded are not read
+ * again; where a NIC sits (device and card) can change, so that is always read.
  */
-export async function readNics(imds: Imds, primaryMac?: Promise<string>): Promise<ImdsNicInfo[]> {
+export async function readNics(
+  imds: Imds,
+  primaryMac?: Promise<string>,
+  knownInterfaceIds: ReadonlyMap<string, string> = new Map(),
+): Promise<ImdsNicInfo[]> {
   const [listing, primary] = await Promise.all([
     imds.get("meta-data/network/interfaces/macs/"),
     primaryMac,
@@ -302,7 +338,7 @@ export async function readNics(imds: Imds, primaryMac?: Promise<string>): Promis
     macs.map((m): Promise<ImdsNicInfo | undefined> =>
       m === primary?.toLowerCase()
         ? Promise.resolve({ mac: m, deviceNumber: 0, networkCard: 0 })
-        : readNic(imds, m),
+        : readNic(imds, m, knownInterfaceIds.get(m)),
     ),
   );
   return nics.filter((n): n is ImdsNicInfo => !!n);

@@ -26,6 +26,11 @@ import { setupKernel } from "../host/kernel.js";
 import { type CommandContext, localConfig } from "./context.js";
 import { ImdsClient } from "../cloud/imds.js";
 import { removeOwnedSriov } from "../host/sriov-file.js";
+import {
+  MAX_PODS_DROPIN,
+  NODEADM_DROPIN_DIR,
+  removeMaxPodsDropin,
+} from "../host/nodeadm-dropin.js";
 
 interface Resolved {
   bdf: string;
@@ -235,7 +240,7 @@ export async function unbindCommand(
   });
 }
 
-/** Unbind every managed device, remove our networkd/nodeadm files and our SR-IOV entries; nothing else. */
+/** Unbind every managed device, remove our networkd/nodeadm files, our SR-IOV entries and our maxPods drop-in; nothing else. */
 export async function resetCommand(
   ctx: CommandContext,
   _opts: Record<string, never> | object = {},
@@ -244,7 +249,7 @@ export async function resetCommand(
   return ctx.host.withLock(async () => {
     const { host, log } = ctx;
     const state = await prepareHost(host, log, {
-      tempDirs: [path.posix.dirname(config.sriov.config_path)],
+      tempDirs: [path.posix.dirname(config.sriov.config_path), NODEADM_DROPIN_DIR],
     });
     const failures: string[] = [];
     for (const rec of Object.values(state.bindings)) {
@@ -284,6 +289,11 @@ export async function resetCommand(
       failures.push(`SR-IOV config: ${errorMessage(e)}`);
     }
     await saveState(host, state);
+    try {
+      if (await removeMaxPodsDropin(host)) ctx.out(`removed ${MAX_PODS_DROPIN}\n`);
+    } catch (e) {
+      failures.push(`kubelet maxPods drop-in: ${errorMessage(e)}`);
+    }
     if (failures.length) {
       throw new OpError(
         `reset incomplete: ${failures.join("; ")}`,
@@ -291,8 +301,13 @@ export async function resetCommand(
         {},
       );
     }
+    // reset is host-side only: no ENI is ever detached or deleted, external ones least of all.
+    for (const e of Object.values(state.enis).filter((x) => x.attach === "external"))
+      ctx.out(
+        `left external ENI ${e.eniId} (${e.name}) attached: the launch template or lifecycle hook that attached it owns it\n`,
+      );
     ctx.out(
-      "reset done: eni-dpdk's bindings, networkd files and SR-IOV entries are gone; everything else is untouched\n",
+      "reset done: eni-dpdk's bindings, networkd files, SR-IOV entries and kubelet maxPods drop-in are gone; everything else is untouched\n",
     );
     return 0;
   });

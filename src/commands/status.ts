@@ -2,6 +2,8 @@
 import { collectStatus, type StatusDoc } from "../reconcile/status.js";
 import { localConfig, type CommandContext } from "./context.js";
 import { formatProblem } from "../core/errors.js";
+import { renderSriovCheck } from "./sriov.js";
+import { label, perNode } from "../host/kernel.js";
 
 /** Text like `dpdk-devbind.py --status`: managed devices, other NICs, host readiness. */
 export function renderStatus(doc: StatusDoc): string {
@@ -50,11 +52,15 @@ export function renderStatus(doc: StatusDoc): string {
   const h = doc.host;
   const hp =
     h.hugepages
-      .map(
-        (p) =>
-          `${p.sizeKb >= 1048576 ? `${p.sizeKb / 1048576}G` : `${p.sizeKb / 1024}M`}: ${p.total} total, ${p.free} free`,
-      )
-      .join("; ") || "not supported";
+      .map((p) => {
+        const got =
+          p.requested > 0
+            ? `${p.total} of ${p.requested} requested`
+            : `${p.total} total (none requested)`;
+        const nodes = p.nodes.length > 1 || p.total > 0 ? `; ${perNode(p)}` : "";
+        return `${label(p.sizeKb)}: ${got}, ${p.free} free${nodes}`;
+      })
+      .join(" | ") || "not supported";
   const noiommu = {
     Y: "enabled",
     N: "disabled",
@@ -67,15 +73,31 @@ export function renderStatus(doc: StatusDoc): string {
       ["IOMMU present:", h.iommuPresent ? "yes" : "no"],
       ["DPDK drivers:", h.dpdkDrivers.join(", ") || "none loaded"],
       ["Hugepages:", hp],
+      ["hugetlbfs:", h.hugetlbfs.join(", ") || "not mounted"],
       ["Write-combining:", `${h.writeCombining.state}: ${h.writeCombining.detail}`],
+      ["kubelet maxPods:", maxPodsLine(h.maxPods)],
       [
         "SR-IOV config:",
         `${h.sriov.configPath} (${h.sriov.exists === undefined ? "unknown" : h.sriov.exists ? (h.sriov.valid ? "valid" : "INVALID") : "absent"})`,
       ],
     ]),
   );
+  if (h.hugepageProblem)
+    out.push(`  warning: ${h.hugepageProblem.message}`, `  fix: ${h.hugepageProblem.fix}`);
+  if (h.writeCombining.check) out.push(`  check: ${h.writeCombining.check}`);
   if (h.writeCombining.fix) out.push(`  fix: ${h.writeCombining.fix}`);
   for (const w of h.sriov.warnings) out.push(`  sriov: ${w}`);
+  if (h.maxPods.detail) out.push(`  maxPods: ${h.maxPods.detail}`);
+  if (h.sriov.check) {
+    section("SR-IOV device plugin: what it will advertise");
+    // the file's own findings are listed under Host already
+    const check = {
+      ...h.sriov.check,
+      warnings: h.sriov.check.warnings.filter((w) => !h.sriov.warnings.some((x) => x.endsWith(w))),
+    };
+    out.push(...renderSriovCheck(check, { verdict: false }).trimEnd().split("\n").slice(1));
+    if (!h.sriov.check.ok) out.push("  fix: see `eni-dpdk sriov check` (exit 1 until it is fixed)");
+  }
   if (doc.lastApply)
     out.push(
       "",
@@ -83,6 +105,20 @@ export function renderStatus(doc: StatusDoc): string {
     );
   for (const p of doc.configProblems) out.push(`config: ${p}`);
   return out.slice(1).join("\n") + "\n";
+}
+
+function maxPodsLine(m: StatusDoc["host"]["maxPods"]): string {
+  const alone = m.nodeadmMaxPods !== undefined ? ` (nodeadm alone: ${m.nodeadmMaxPods})` : "";
+  switch (m.dropIn) {
+    case "ours":
+      return `${m.maxPods ?? "?"}, set by ${m.path}${alone}`;
+    case "foreign":
+      return `not adjusted: ${m.path} is not eni-dpdk's`;
+    case "none":
+      return `nodeadm's own, no eni-dpdk drop-in${alone}`;
+    case "no-dir":
+      return "nodeadm's own: this nodeadm reads no drop-ins";
+  }
 }
 
 function table(rows: string[][]): string[] {

@@ -13,6 +13,16 @@ export function isDpdkDriver(d: string | undefined): d is DpdkDriver {
 
 export const MAX_ENIS = 32;
 
+/**
+ * Who attaches an ENI: eni-dpdk (create or adopt, attach, through EC2) or someone else (the launch
+ * template or an Auto Scaling lifecycle hook), found through IMDS only.
+ */
+export const ATTACH_MODES = ["eni-dpdk", "external"] as const;
+export type AttachMode = (typeof ATTACH_MODES)[number];
+
+/** The VPC CNI leaves ENIs with this tag alone (its ipamd ignores it on the primary ENI). */
+export const TAG_NO_MANAGE = "node.k8s.amazonaws.com/no_manage";
+
 export const ENI_NAME_RE = /^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$/;
 export const SUBNET_ID_RE = /^subnet-([0-9a-f]{8}|[0-9a-f]{17})$/;
 export const SG_ID_RE = /^sg-([0-9a-f]{8}|[0-9a-f]{17})$/;
@@ -60,6 +70,14 @@ export function splitResourceName(
 export function fullResourceName(resource: string, defaultPrefix: string): string {
   const { prefix, name } = splitResourceName(resource, defaultPrefix);
   return `${prefix}/${name}`;
+}
+
+/**
+ * The env var a pod gets its devices' PCI addresses in, as the plugin names it (pkg/resources
+ * GetEnvs): PCIDEVICE_<prefix>_<name>, "." → "_", upper-cased. Nothing else is replaced.
+ */
+export function pluginEnvVar(prefix: string, name: string): string {
+  return `PCIDEVICE_${prefix}_${name}`.replaceAll(".", "_").toUpperCase();
 }
 
 /** Problems with a resource name, as messages (empty when valid). */

@@ -11,6 +11,7 @@ import {
   own,
 } from "../core/records.js";
 import {
+  ATTACH_MODES,
   DPDK_DRIVERS,
   ENI_NAME_RE,
   MAX_ENIS,
@@ -20,6 +21,7 @@ import {
   SG_ID_RE,
   SOURCE_NAMES,
   SUBNET_ID_RE,
+  type AttachMode,
   type DpdkDriver,
   type SourceName,
 } from "./facts.js";
@@ -52,6 +54,8 @@ export interface KubernetesConfig {
   kubeconfig: string;
   node_name: string;
   node_labels: Record<string, string>;
+  /** write nodeadm a drop-in that lowers kubelet's maxPods by the ENIs eni-dpdk takes */
+  adjust_max_pods: boolean;
 }
 export interface EniDpdkConfig {
   enabled: boolean;
@@ -62,6 +66,8 @@ export interface EniDpdkConfig {
 }
 export interface EniConfig {
   name: string;
+  /** "eni-dpdk": created or adopted and attached through EC2; "external": attached by someone else, found through IMDS */
+  attach: AttachMode;
   device_index: number;
   network_card_index: number;
   subnet_id: string;
@@ -72,8 +78,27 @@ export interface EniConfig {
   mtu: number;
   delete_on_termination: boolean;
   tags: Record<string, string>;
+  // The attributes below are optional: absent means "leave it as EC2 has it".
+  /** ENA Express (EnaSrdSpecification.EnaSrdEnabled) */
+  ena_express?: boolean;
+  /** ENA Express for UDP (EnaSrdUdpSpecification.EnaSrdUdpEnabled); needs ena_express */
+  ena_express_udp?: boolean;
+  /** false to route or NAT through the ENI */
+  source_dest_check?: boolean;
+  /** EnaQueueCount at attach (flexible ENA queues); EC2 sets it only at attach or launch */
+  ena_queue_count?: number;
+  /** attach = "external" only: allow the EC2 calls that check and set the attributes above */
+  external_ec2: boolean;
   dpdk: EniDpdkConfig;
 }
+
+/** The attribute keys, which need EC2 calls (or the launch template) to take effect. */
+export const ENI_ATTRIBUTE_KEYS = [
+  "ena_express",
+  "ena_express_udp",
+  "source_dest_check",
+  "ena_queue_count",
+] as const;
 export interface Config {
   service: ServiceConfig;
   dpdk: DpdkConfig;
@@ -132,6 +157,7 @@ const eniDpdkSchema: Schema = lookupTable<Kind>({
 });
 const eniSchema: Schema = lookupTable<Kind>({
   name: "string",
+  attach: "string",
   device_index: int(1, 127, "1..127 (0 is the primary ENI)"),
   network_card_index: int(0, 31),
   subnet_id: "string",
@@ -142,6 +168,15 @@ const eniSchema: Schema = lookupTable<Kind>({
   mtu: int(576, 9216),
   delete_on_termination: "bool",
   tags: "map",
+  ena_express: "bool",
+  ena_express_udp: "bool",
+  source_dest_check: "bool",
+  ena_queue_count: int(
+    1,
+    256,
+    "a queue count 1..256 (the instance type's per-interface maximum applies)",
+  ),
+  external_ec2: "bool",
   dpdk: { table: eniDpdkSchema },
 });
 const pages = int(0, 1_000_000, "a page count 0..1000000");
@@ -173,6 +208,7 @@ export const schema: Readonly<Record<string, Schema>> = lookupTable<Schema>({
     kubeconfig: "string",
     node_name: "string",
     node_labels: "map",
+    adjust_max_pods: "bool",
   }),
 });
 export const eniKeys = Object.keys(eniSchema);
@@ -209,12 +245,14 @@ export function defaults(): Config {
       kubeconfig: "",
       node_name: "",
       node_labels: {},
+      adjust_max_pods: true,
     },
     eni: [],
   };
 }
 
 const eniDefaults = (): Omit<EniConfig, "name" | "device_index" | "dpdk"> => ({
+  attach: "eni-dpdk",
   network_card_index: 0,
   subnet_id: "",
   subnet_name: "",
@@ -224,6 +262,7 @@ const eniDefaults = (): Omit<EniConfig, "name" | "device_index" | "dpdk"> => ({
   mtu: 9001,
   delete_on_termination: true,
   tags: {},
+  external_ec2: false,
 });
 
 /** The nearest known key, for "did you mean" suggestions. */
@@ -655,13 +694,19 @@ export function buildConfig(layers: Layer[]): EffectiveConfig {
       );
     if (v.device_index === undefined)
       prob("device_index", "required: the device index to attach at (>= 1; 0 is the primary ENI)");
-    for (const k of ["device_index", "network_card_index", "mtu"] as const) {
+    for (const k of ["device_index", "network_card_index", "mtu", "ena_queue_count"] as const) {
       const m = v[k] === undefined ? undefined : rangeProblem(eniSchema[k] as IntKind, v[k]);
       if (m) prob(k, m);
     }
+    const external = v.attach === "external";
+    if (!(ATTACH_MODES as readonly string[]).includes(v.attach))
+      prob(
+        "attach",
+        `expected "eni-dpdk" (eni-dpdk creates and attaches it) or "external" (the launch template or a lifecycle hook attaches it), got "${v.attach}"`,
+      );
     if (v.subnet_id && v.subnet_name)
       prob("subnet_id", "set exactly one of subnet_id or subnet_name, not both");
-    else if (!v.subnet_id && !v.subnet_name)
+    else if (!v.subnet_id && !v.subnet_name && !external)
       prob("subnet_id", "required: set subnet_id (subnet-…) or subnet_name");
     else if (v.subnet_id && !SUBNET_ID_RE.test(v.subnet_id))
       prob("subnet_id", `expected "subnet-" followed by 8 or 17 hex digits, got "${v.subnet_id}"`);
@@ -669,9 +714,34 @@ export function buildConfig(layers: Layer[]): EffectiveConfig {
       if (!SG_ID_RE.test(sg))
         prob("security_group_ids", `expected "sg-" followed by 8 or 17 hex digits, got "${sg}"`);
     });
-    if (v.security_group_ids.length + v.security_group_names.length === 0) {
+    if (v.security_group_ids.length + v.security_group_names.length === 0 && !external) {
       prob("security_group_ids", "required: at least one security group id or name in total");
     }
+    // An external ENI is checked against IMDS alone, which knows ids, not Name tags.
+    if (external && v.subnet_name)
+      prob(
+        "subnet_name",
+        'attach = "external" checks the ENI against IMDS only (no EC2 call), and IMDS knows subnet ids, not names: set subnet_id, or leave the subnet out',
+      );
+    if (external && v.security_group_names.length)
+      prob(
+        "security_group_names",
+        'attach = "external" checks the ENI against IMDS only (no EC2 call), and IMDS knows security group ids, not names: use security_group_ids, or leave them out',
+      );
+    if (v.external_ec2 && !external)
+      prob("external_ec2", 'applies only to attach = "external"; remove it');
+    if (external && !v.external_ec2 && v.source_dest_check !== undefined)
+      prob(
+        "source_dest_check",
+        'on attach = "external" it needs an EC2 call (a launch template cannot set it): set external_ec2 = true to let eni-dpdk set it at boot, or remove it',
+      );
+    if (v.ena_express_udp !== undefined && v.ena_express === undefined)
+      prob("ena_express_udp", "set ena_express too: EC2 takes the UDP switch with ENA Express");
+    else if (v.ena_express_udp && v.ena_express === false)
+      prob(
+        "ena_express_udp",
+        "true needs ena_express = true (ENA Express for UDP is part of ENA Express)",
+      );
     if (v.security_group_ids.length + v.security_group_names.length > 16)
       prob("security_group_ids", "at most 16 security groups per ENI");
     if (v.description.length > 255) prob("description", "at most 255 characters");

@@ -1,6 +1,6 @@
 // The plan's vocabulary: what a stage says it will do. Stages and the host layer's planners speak
 // it; `plan` prints it.
-export type StageName = "eni" | "host" | "sriov" | "nodeeni";
+export type StageName = "eni" | "kubelet" | "host" | "sriov" | "nodeeni";
 
 export type ActionKind =
   | "create"
@@ -8,7 +8,11 @@ export type ActionKind =
   | "attach"
   | "wait-attached"
   | "set-delete-on-termination"
+  | "set-ena-express"
+  | "set-source-dest-check"
   | "wait-nic"
+  | "wait-external"
+  | "use-external"
   | "recover"
   | "load-module"
   | "enable-noiommu"
@@ -20,6 +24,8 @@ export type ActionKind =
   | "link-up"
   | "move-aside"
   | "write-sriov"
+  | "write-max-pods"
+  | "remove-max-pods"
   | "patch-status";
 
 export interface Action {
@@ -36,7 +42,7 @@ export function formatActions(actions: Action[]): string {
   const w = Math.max(...actions.map((a) => a.kind.length));
   return (
     actions
-      .map((a) => `  ${a.stage.padEnd(6)} ${a.kind.padEnd(w)}  ${a.target}  ${a.detail}`)
+      .map((a) => `  ${a.stage.padEnd(7)} ${a.kind.padEnd(w)}  ${a.target}  ${a.detail}`)
       .join("\n") + "\n"
   );
 }

@@ -8,6 +8,7 @@ import {
   readdirSync,
   readFileSync,
   readlinkSync,
+  realpathSync,
   statSync,
 } from "node:fs";
 import path from "node:path";
@@ -40,6 +41,7 @@ export class Host {
     opts: { settleMs?: number } = {},
   ) {
     this.settleMs = opts.settleMs ?? 2000;
+    this.root = path.resolve(root);
   }
 
   /**
@@ -78,7 +80,14 @@ export class Host {
   /** Absolute host path (e.g. `/sys/bus/pci`) → path under the root. */
   path(abs: string): string {
     if (!abs.startsWith("/")) throw new Error(`host path must be absolute: ${abs}`);
-    return this.root === "/" ? abs : path.join(this.root, abs);
+    if (this.root === "/") return abs;
+    // A clean path needs no join (a boot resolves thousands); one with `.`, `..` or `//` is
+    // normalized and must stay under the root.
+    if (!abs.includes("/.") && !abs.includes("//")) return this.root + abs;
+    const joined = path.join(this.root, abs);
+    if (!joined.startsWith(`${this.root}/`) && joined !== this.root)
+      throw new Error(`host path leaves the root ${this.root}: ${abs}`);
+    return joined;
   }
 
   // Reads are synchronous: sysfs, procfs and our small files answer from memory in microseconds,
@@ -109,6 +118,30 @@ export class Host {
     }
   }
 
+  /**
+   * What is at a path: its kind and size; `follow` looks through a symlink as a reader would,
+   * otherwise a symlink is reported as one. Undefined when nothing is there.
+   */
+  async stat(
+    abs: string,
+    opts: { follow?: boolean } = {},
+  ): Promise<{ kind: "file" | "dir" | "symlink" | "other"; size: number } | undefined> {
+    try {
+      const st = (opts.follow ? statSync : lstatSync)(this.path(abs));
+      const kind = st.isSymbolicLink()
+        ? "symlink"
+        : st.isFile()
+          ? "file"
+          : st.isDirectory()
+            ? "dir"
+            : "other";
+      return { kind, size: st.size };
+    } catch (e) {
+      if (isNotFound(e)) return undefined;
+      throw e;
+    }
+  }
+
   /** Basename of a symlink's target (e.g. the driver name from `<dev>/driver`), or undefined. */
   async linkName(abs: string): Promise<string | undefined> {
     try {
@@ -117,6 +150,23 @@ export class Host {
       if (isNotFound(e) || (e as NodeJS.ErrnoException).code === "EINVAL") return undefined;
       throw e;
     }
+  }
+
+  /**
+   * Where a path really is once every symlink is resolved, as a host path (under the root), or
+   * undefined when it does not exist or resolves outside the root.
+   */
+  async resolve(abs: string): Promise<string | undefined> {
+    let real: string;
+    try {
+      real = realpathSync(this.path(abs));
+    } catch (e) {
+      if (isNotFound(e)) return undefined;
+      throw e;
+    }
+    if (this.root === "/") return real;
+    const root = realpathSync(this.root);
+    return real.startsWith(`${root}/`) ? real.slice(root.length) : undefined;
   }
 
   async list(abs: string): Promise<string[]> {

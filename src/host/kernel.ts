@@ -1,6 +1,6 @@
 // Kernel setup for DPDK: modules (modprobe with argv), NOIOMMU verified in sysfs, hugepages verified
 // against what the kernel really allocated, and a write-combining report for ENA's LLQ BAR.
-import { type DpdkDriver, isDpdkDriver } from "../config/facts.js";
+import { ENA_DPDK_DEVICE_IDS, ENA_VENDOR, type DpdkDriver, isDpdkDriver } from "../config/facts.js";
 import { OpError } from "../core/errors.js";
 import { type Host } from "./host.js";
 import { run } from "../core/process.js";
@@ -188,24 +188,115 @@ export async function setupKernel(
 
 // ---- hugepages -----------------------------------------------------------------------------------
 
+/** Per NUMA node pools: node<N>/hugepages/hugepages-<size>kB. */
+export const NUMA_NODES_DIR = "/sys/devices/system/node";
+
 export interface HugepageInfo {
   sizeKb: number;
   total: number;
   free: number;
+  /** what [dpdk] asks for of this size (0 when it asks for none) */
+  requested: number;
+  /** the pool on each NUMA node (the kernel spreads a global request over them) */
+  nodes: { node: number; total: number; free: number }[];
 }
 
-export async function readHugepages(host: Host): Promise<HugepageInfo[]> {
+const count = async (host: Host, file: string) => Number((await host.attr(file)) ?? 0) || 0;
+
+export async function readHugepages(
+  host: Host,
+  requested: HugepageWant[] = [],
+): Promise<HugepageInfo[]> {
+  const numa = (await host.list(NUMA_NODES_DIR))
+    .map((d) => /^node(\d+)$/.exec(d)?.[1])
+    .filter((n): n is string => n !== undefined)
+    .map(Number)
+    .sort((a, b) => a - b);
   const out: HugepageInfo[] = [];
   for (const d of await host.list(HUGEPAGES_DIR)) {
     const m = /^hugepages-(\d+)kB$/.exec(d);
     if (!m) continue;
+    const sizeKb = Number(m[1]);
+    const nodes: HugepageInfo["nodes"] = [];
+    for (const node of numa) {
+      const dir = `${NUMA_NODES_DIR}/node${node}/hugepages/${d}`;
+      if (!(await host.exists(dir))) continue;
+      nodes.push({
+        node,
+        total: await count(host, `${dir}/nr_hugepages`),
+        free: await count(host, `${dir}/free_hugepages`),
+      });
+    }
     out.push({
-      sizeKb: Number(m[1]),
-      total: Number((await host.attr(`${HUGEPAGES_DIR}/${d}/nr_hugepages`)) ?? 0),
-      free: Number((await host.attr(`${HUGEPAGES_DIR}/${d}/free_hugepages`)) ?? 0),
+      sizeKb,
+      total: await count(host, `${HUGEPAGES_DIR}/${d}/nr_hugepages`),
+      free: await count(host, `${HUGEPAGES_DIR}/${d}/free_hugepages`),
+      requested: requested.find((w) => w.sizeKb === sizeKb)?.pages ?? 0,
+      nodes,
     });
   }
   return out.sort((a, b) => a.sizeKb - b.sizeKb);
+}
+
+/** "node0 512, node1 188": where the kernel put a pool's pages. */
+export function perNode(p: Pick<HugepageInfo, "nodes">): string {
+  return p.nodes.map((n) => `node${n.node} ${n.total}`).join(", ");
+}
+
+/** hugetlbfs mount points from /proc/mounts: without one, reserved pages cannot be mapped. */
+export async function hugetlbfsMounts(host: Host): Promise<string[]> {
+  const text = (await host.read("/proc/mounts")) ?? "";
+  return text
+    .split("\n")
+    .map((l) => l.split(" "))
+    .filter((f) => f[2] === "hugetlbfs" && f[1])
+    .map((f) => f[1].replace(/\\040/g, " "));
+}
+
+/**
+ * Why a DPDK app on this host cannot get hugepages, or undefined when it can. The message starts
+ * with "no hugepages" whatever the cause, so one grep finds it in the log, the status and STATUS=.
+ */
+export interface HugepageProblem {
+  /** the clause the Status line carries */
+  short: "none reserved" | "no hugetlbfs mounted";
+  message: string;
+  fix: string;
+}
+
+export async function hugepageProblem(
+  host: Host,
+  opts: {
+    /** devices on a DPDK driver (or about to be, in a dry run) */
+    dpdkDevices: number;
+    /** pages a dry run would reserve: counted as reserved */
+    planned?: HugepageWant[];
+  },
+): Promise<HugepageProblem | undefined> {
+  if (opts.dpdkDevices === 0) return undefined;
+  const pools = await readHugepages(host);
+  const reserved = (kb: number) =>
+    Math.max(
+      pools.find((p) => p.sizeKb === kb)?.total ?? 0,
+      opts.planned?.find((w) => w.sizeKb === kb)?.pages ?? 0,
+    );
+  const sizes = [...new Set([2048, 1048576, ...pools.map((p) => p.sizeKb)])].sort((a, b) => a - b);
+  const devices = `${opts.dpdkDevices} device${opts.dpdkDevices === 1 ? " is" : "s are"} on a DPDK driver`;
+  if (sizes.every((kb) => reserved(kb) === 0)) {
+    return {
+      short: "none reserved",
+      message: `no hugepages: none are reserved (${sizes.map((kb) => `${label(kb)}: 0`).join(", ")}) while ${devices}; a DPDK app stops with "No free 2048 kB hugepages reported"`,
+      fix: "set [dpdk].hugepages_2m (e.g. 1024 = 2 GiB) or hugepages_1g and apply before kubelet starts (it reads hugepage capacity only then: reboot, or restart kubelet after `eni-dpdk apply`); 1G pages are reliable only from the kernel command line (the AMI's packer variable hugepages_1g)",
+    };
+  }
+  if ((await hugetlbfsMounts(host)).length === 0) {
+    return {
+      short: "no hugetlbfs mounted",
+      message: `no hugepages usable: no hugetlbfs is mounted (none in /proc/mounts) while ${devices}; a DPDK app cannot map the reserved pages ("Cannot init EAL")`,
+      fix: "systemctl start dev-hugepages.mount (or: mount -t hugetlbfs nodev /dev/hugepages)",
+    };
+  }
+  return undefined;
 }
 
 export interface HugepageWant {
@@ -279,7 +370,9 @@ export async function applyHugepages(
     );
     const r: HugepageResult = { sizeKb: w.sizeKb, wanted: w.pages, got, changed: true };
     if (got < w.pages) {
-      r.warning = `the kernel allocated ${got} of ${w.pages} ${label(w.sizeKb)} hugepages (${mib(got * w.sizeKb)} of ${mib(w.pages * w.sizeKb)}): memory is fragmented or short; reserve them at boot (kernel command line hugepages=) for the full count`;
+      const pool = (await readHugepages(host)).find((p) => p.sizeKb === w.sizeKb);
+      const where = pool?.nodes.length ? `, per NUMA node ${perNode(pool)}` : "";
+      r.warning = `the kernel allocated ${got} of ${w.pages} ${label(w.sizeKb)} hugepages (${mib(got * w.sizeKb)} of ${mib(w.pages * w.sizeKb)})${where}: memory is fragmented or short; reserve them at boot (kernel command line hugepages=) for the full count`;
       log.warn(r.warning, { size_kb: w.sizeKb, wanted: w.pages, got });
     } else {
       log.info("hugepages reserved", { size_kb: w.sizeKb, pages: got });
@@ -289,7 +382,7 @@ export async function applyHugepages(
   return out;
 }
 
-function label(kb: number): string {
+export function label(kb: number): string {
   return kb >= 1048576 ? `${kb / 1048576}G` : `${kb / 1024}M`;
 }
 function mib(kb: number): string {
@@ -298,63 +391,115 @@ function mib(kb: number): string {
 
 // ---- write-combining ------------------------------------------------------------------------------
 
+export const PAT_LIST = "/sys/kernel/debug/x86/pat_memtype_list";
+export const OSRELEASE = "/proc/sys/kernel/osrelease";
+
 export interface WcReport {
   /**
-   * write-combining: a live mapping of the prefetchable BAR is WC (PAT list);
-   * uncached: a live mapping is UC/UC-;
-   * likely: vfio-pci is an out-of-tree build (as AWS's get-vfio-with-wc.sh produces), no live mapping to check;
-   * unknown: cannot be determined here; n/a: no device on vfio-pci.
+   * write-combining / uncached: seen in the PAT list while a process maps the LLQ BAR;
+   * expected: what this kernel (or an out-of-tree vfio-pci) is known to do, not yet observed;
+   * unknown: no evidence either way (`check` says how to get it); n/a: no ENA device on vfio-pci.
    */
-  state: "write-combining" | "uncached" | "likely" | "unknown" | "n/a";
+  state: "write-combining" | "uncached" | "expected" | "unknown" | "n/a";
   detail: string;
+  /** the exact command that settles it, while a DPDK app runs */
+  check?: string;
+  /** only where it applies: the patch script is not offered on AL2023, where it does not work */
   fix?: string;
 }
 
 /**
- * Whether vfio-pci maps ENA's prefetchable (LLQ) BAR write-combining. The only direct evidence is
- * the x86 PAT list in debugfs while a DPDK process has the BAR mapped; otherwise the module's taint
- * ("O", out of tree) hints at the patched build. Stock vfio-pci maps BARs uncached.
+ * Amazon Linux 2023's 6.1 kernels map ENA's prefetchable BAR write-combining in vfio-pci
+ * (amazonlinux/linux drivers/vfio/pci/vfio_pci_core.c, vfio_pci_core_mmap: pci_match_id(ena_pci_tbl)
+ * and IORESOURCE_PREFETCH → pgprot_writecombine). Read in that source for 6.1; 6.12 and 6.18 are
+ * not verified, so they are not claimed.
  */
-export async function writeCombiningReport(host: Host, vfioBdfs: string[]): Promise<WcReport> {
-  if (vfioBdfs.length === 0) return { state: "n/a", detail: "no device is bound to vfio-pci" };
-  const fix = `ENA's LLQ needs vfio-pci built with write-combining: ${WC_FIX_URL} (get-vfio-with-wc.sh)`;
-  const pat = await host.read("/sys/kernel/debug/x86/pat_memtype_list");
+function knownWc(osrelease: string): string | undefined {
+  if (/\.amzn2023\./.test(osrelease) && /^6\.1\./.test(osrelease))
+    return `Amazon Linux 2023's ${osrelease.split("-")[0]} kernel maps ENA's prefetchable BAR write-combining in vfio-pci`;
+  return undefined;
+}
+
+/**
+ * Whether vfio-pci maps ENA's prefetchable (LLQ) BAR write-combining, from the best evidence there
+ * is: the x86 PAT list while a DPDK process maps the BAR (status runs fine beside the app), then
+ * what the running kernel or an out-of-tree module is known to do, else "unknown" with the command
+ * that settles it.
+ */
+export async function writeCombiningReport(
+  host: Host,
+  vfio: { bdf: string; vendor: string; device: string }[],
+): Promise<WcReport> {
+  const ena = vfio.filter((d) => d.vendor === ENA_VENDOR && ENA_DPDK_DEVICE_IDS.includes(d.device));
+  if (ena.length === 0)
+    return {
+      state: "n/a",
+      detail: vfio.length
+        ? "no ENA device on vfio-pci (write-combining matters for ENA's LLQ)"
+        : "no device is bound to vfio-pci",
+    };
+  const osrelease = (await host.attr(OSRELEASE)) ?? "";
+  const al2023 = /\.amzn2023\./.test(osrelease);
+  const bars = (
+    await Promise.all(
+      ena.map(async (d) =>
+        (await prefetchableBars(host, d.bdf)).map((b) => ({ ...b, bdf: d.bdf })),
+      ),
+    )
+  ).flat();
+  const pat = await host.read(PAT_LIST).catch(() => undefined);
   if (pat !== undefined) {
     const ranges = parsePat(pat);
-    const seen: string[] = [];
-    for (const bdf of vfioBdfs) {
-      for (const bar of await prefetchableBars(host, bdf)) {
-        const hit = ranges.find((r) => r.start <= bar.start && r.end >= bar.end + 1n);
-        if (hit) seen.push(`${bdf} BAR ${bar.start.toString(16)}: ${hit.type}`);
-      }
-    }
+    const seen: { bar: (typeof bars)[number]; type: string }[] = [];
+    for (const bar of bars)
+      for (const r of ranges)
+        if (r.start <= bar.end && r.end > bar.start) seen.push({ bar, type: r.type });
     if (seen.length) {
-      const wc = seen.every((s) => s.endsWith("write-combining"));
-      return wc
-        ? { state: "write-combining", detail: `PAT: ${seen.join("; ")}` }
-        : { state: "uncached", detail: `PAT: ${seen.join("; ")}`, fix };
+      const detail = `PAT: ${seen.map((x) => `${x.bar.bdf} BAR ${hex(x.bar.start)}: ${x.type}`).join("; ")}`;
+      if (seen.every((x) => x.type === "write-combining"))
+        return { state: "write-combining", detail };
+      return {
+        state: "uncached",
+        detail: `${detail}; ENA's LLQ runs slow (high CPU) without write-combining`,
+        fix: al2023
+          ? "AWS's get-vfio-with-wc.sh does not build on AL2023 (amzn-drivers #348, PR #370): boot a kernel whose vfio-pci maps ENA's BAR write-combining (Amazon Linux 2023's 6.1 kernels do)"
+          : `rebuild vfio-pci with write-combining: ${WC_FIX_URL} (get-vfio-with-wc.sh)`,
+      };
     }
   }
+  const check =
+    (pat === undefined && (await host.list("/sys/kernel/debug").catch(() => ["?"])).length === 0
+      ? "mount -t debugfs none /sys/kernel/debug; "
+      : "") +
+    `grep ${bars.map((b) => `-e '[mem ${hex(b.start)}-'`).join(" ")} ${PAT_LIST}` +
+    ` (as root, while a DPDK app runs: "write-combining" or "uncached-minus")`;
+  const known = knownWc(osrelease);
+  if (known)
+    return {
+      state: "expected",
+      detail: `${known}; expected, not yet observed (no live mapping in the PAT list)`,
+      check,
+    };
   const taints = [
     (await host.attr("/sys/module/vfio_pci/taint")) ?? "",
     (await host.attr("/sys/module/vfio_pci_core/taint")) ?? "",
   ].join("");
   if (taints.includes("O")) {
     return {
-      state: "likely",
+      state: "expected",
       detail:
-        "vfio-pci is an out-of-tree build (module taint O), as the write-combining patch produces; no live BAR mapping to confirm (PAT list)",
+        "vfio-pci is an out-of-tree build (module taint O), as the write-combining patch produces; expected, not yet observed (no live mapping in the PAT list)",
+      check,
     };
   }
   return {
     state: "unknown",
-    detail:
-      pat === undefined
-        ? "cannot tell: debugfs PAT list not readable and vfio-pci is the in-tree module (stock vfio-pci maps BARs uncached)"
-        : "no live mapping of the prefetchable BAR in the PAT list (start a DPDK process to check); vfio-pci is the in-tree module",
-    fix,
+    detail: `${pat === undefined ? "the PAT list is not readable" : "no live mapping of the LLQ BAR in the PAT list"}, and nothing is known of ${osrelease ? `kernel ${osrelease}` : "this kernel"}'s vfio-pci (upstream maps BARs uncached)`,
+    check,
   };
 }
+
+const hex = (n: bigint) => `0x${n.toString(16).padStart(16, "0")}`;
 
 function parsePat(text: string): { start: bigint; end: bigint; type: string }[] {
   const out: { start: bigint; end: bigint; type: string }[] = [];

@@ -1,12 +1,13 @@
 // PCI devices by MAC, the safety guards, and binding with rollback. Everything follows the kernel's
 // sysfs semantics (domain.md "PCI binding"): driver_override, unbind, drivers_probe, then verify by
 // reading sysfs. Never new_id: every ENA shares one vendor:device pair, the primary included.
+import path from "node:path";
 import { OpError } from "../core/errors.js";
 import { type Host } from "./host.js";
 import { run } from "../core/process.js";
 import type { Logger } from "../core/log.js";
 import { journalBegin, journalEnd, JOURNAL_PATH } from "./state.js";
-import { BDF_RE } from "../config/facts.js";
+import { BDF_RE, isDpdkDriver } from "../config/facts.js";
 import { type GuardFacts, guardViolations } from "./guard.js";
 
 export const PCI_DEVICES = "/sys/bus/pci/devices";
@@ -22,15 +23,39 @@ export interface Netdev {
   bdf?: string;
 }
 
+/** A virtio device under its PCI function (virtio-net's netdev hangs off it, not off the PCI device). */
+const VIRTIO_CHILD_RE = /^virtio\d+$/;
+
 export async function listNetdevs(host: Host): Promise<Netdev[]> {
   const out: Netdev[] = [];
   for (const ifname of await host.list("/sys/class/net")) {
     const mac = (await host.attr(`/sys/class/net/${ifname}/address`))?.toLowerCase();
     if (!mac) continue;
-    const link = await host.linkName(`/sys/class/net/${ifname}/device`);
-    out.push({ ifname, mac, bdf: link && BDF_RE.test(link) ? link : undefined });
+    out.push({ ifname, mac, bdf: await netdevBdf(host, ifname) });
   }
   return out;
+}
+
+/**
+ * The PCI address behind a netdev: the `device` link's target, or for virtio-net (whose link names
+ * `virtioN`) that virtio device's parent. Nothing further up: a USB NIC is not its controller.
+ */
+async function netdevBdf(host: Host, ifname: string): Promise<string | undefined> {
+  const link = `/sys/class/net/${ifname}/device`;
+  const name = await host.linkName(link);
+  if (!name) return undefined;
+  if (BDF_RE.test(name)) return name;
+  if (!VIRTIO_CHILD_RE.test(name)) return undefined;
+  const real = await host.resolve(link);
+  const parent = real ? path.posix.basename(path.posix.dirname(real)) : "";
+  return BDF_RE.test(parent) ? parent : undefined;
+}
+
+/** The directories holding a PCI device's netdevs: `<dev>/net`, and `<dev>/virtioN/net` for virtio. */
+async function netDirs(host: Host, bdf: string): Promise<string[]> {
+  const dir = `${PCI_DEVICES}/${bdf}`;
+  const virtio = (await host.list(dir)).filter((d) => VIRTIO_CHILD_RE.test(d));
+  return [`${dir}/net`, ...virtio.map((v) => `${dir}/${v}/net`)];
 }
 
 /** The PCI netdev carrying this MAC (MAC → netdev → `device` link → BDF). */
@@ -64,13 +89,21 @@ export async function readPciDevice(host: Host, bdf: string): Promise<PciDevice 
     device: await hex("device"),
     driver: await host.linkName(`${dir}/driver`),
     override: ov && ov !== "(null)" ? ov : undefined,
-    netdevs: await host.list(`${dir}/net`),
+    netdevs: (await deviceNetdevs(host, bdf, { withoutMac: true })).map((n) => n.ifname),
     iommuGroup: await host.linkName(`${dir}/iommu_group`),
   };
 }
 
 export async function listPciDevices(host: Host): Promise<string[]> {
   return (await host.list(PCI_DEVICES)).filter((b) => BDF_RE.test(b));
+}
+
+/** Every PCI device bound to a DPDK driver now, ours or not. */
+export async function devicesOnDpdkDrivers(host: Host): Promise<string[]> {
+  const out: string[] = [];
+  for (const bdf of await listPciDevices(host))
+    if (isDpdkDriver(await host.linkName(`${PCI_DEVICES}/${bdf}/driver`))) out.push(bdf);
+  return out;
 }
 
 /** The user-space device node a DPDK driver exposes, if present: /dev/vfio/noiommu-N, /dev/vfio/N or /dev/uioN. */
@@ -119,16 +152,18 @@ export interface BindResult {
   ifname?: string;
 }
 
-/** The netdevs under a PCI device and their MACs (sysfs `<dev>/net/<if>/address`). */
+/** The netdevs under a PCI device and their MACs (sysfs `<dev>/net/<if>/address`, virtio's one level down). */
 export async function deviceNetdevs(
   host: Host,
   bdf: string,
+  opts: { withoutMac?: boolean } = {},
 ): Promise<{ ifname: string; mac: string }[]> {
-  const dir = `${PCI_DEVICES}/${bdf}/net`;
   const out: { ifname: string; mac: string }[] = [];
-  for (const ifname of await host.list(dir)) {
-    const mac = (await host.attr(`${dir}/${ifname}/address`))?.toLowerCase();
-    if (mac) out.push({ ifname, mac });
+  for (const dir of await netDirs(host, bdf)) {
+    for (const ifname of await host.list(dir)) {
+      const mac = (await host.attr(`${dir}/${ifname}/address`))?.toLowerCase() ?? "";
+      if (mac || opts.withoutMac) out.push({ ifname, mac });
+    }
   }
   return out;
 }
@@ -384,13 +419,9 @@ async function restoreSteps(
     const driver = await host.linkName(`${dir}/driver`);
     if (opts.mac) {
       const mac = opts.mac.toLowerCase();
-      const nd = await host.settled(async () => {
-        for (const ifname of await host.list(`${dir}/net`)) {
-          if ((await host.attr(`${dir}/net/${ifname}/address`))?.toLowerCase() === mac)
-            return ifname;
-        }
-        return undefined;
-      });
+      const nd = await host.settled(
+        async () => (await deviceNetdevs(host, bdf)).find((n) => n.mac === mac)?.ifname,
+      );
       if (!nd)
         return {
           ok: false,

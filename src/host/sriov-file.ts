@@ -12,6 +12,7 @@ import {
   goGet,
   isObject,
   mergeText,
+  parseConfigJson,
   PLUGIN_DEFAULT_PREFIX,
   type Merge,
   type RenderedEntry,
@@ -130,19 +131,18 @@ export async function inspectSriov(
 ): Promise<{ exists: boolean; valid: boolean; warnings: string[]; entries: unknown[] }> {
   const text = await host.read(filePath);
   if (text === undefined) return { exists: false, valid: true, warnings: [], entries: [] };
-  let doc: unknown;
-  try {
-    doc = JSON.parse(text);
-  } catch (e) {
+  const read = parseConfigJson(text);
+  if ("error" in read) {
     return {
       exists: true,
       valid: false,
       warnings: [
-        `${host.path(filePath)} is not valid JSON (${errorMessage(e)}): the device plugin serves nothing; eni-dpdk will move it aside, never overwrite it`,
+        `${host.path(filePath)} is ${read.error}: the device plugin serves nothing; eni-dpdk will move it aside, never overwrite it`,
       ],
       entries: [],
     };
   }
+  const doc = read.doc;
   const findings = analyzeSriovDoc(doc, defaultPrefix);
   const list = isObject(doc) ? goGet(doc, "resourceList") : undefined;
   const tag = (f: SriovFinding) =>

@@ -32,7 +32,13 @@ export interface SriovEntry {
   resourceName: string;
   resourcePrefix: string;
   deviceType: "netDevice";
-  selectors: SriovSelector[];
+  /** one selector as an object (every plugin version reads it); several as an array (v3.6.0+) */
+  selectors: SriovSelector | SriovSelector[];
+}
+
+/** The selectors of an entry we rendered, as a list whatever its shape. */
+export function selectorList(e: SriovEntry): SriovSelector[] {
+  return Array.isArray(e.selectors) ? e.selectors : [e.selectors];
 }
 
 export interface RenderedEntry {
@@ -58,7 +64,7 @@ export const PLUGIN_DEVICE_TYPES = ["netDevice", "accelerator", "auxNetDevice"] 
 /** The plugin's own resource name check (hyphens pass there; we reject them for the env var). */
 const PLUGIN_NAME_RE = /^[a-zA-Z0-9_-]+$/;
 
-type FieldKind = "string" | "bool" | "string[]" | "additionalInfo" | "raw";
+export type FieldKind = "string" | "bool" | "string[]" | "additionalInfo" | "raw";
 const ENTRY_FIELDS: Record<string, FieldKind> = {
   resourceName: "string",
   resourcePrefix: "string",
@@ -80,7 +86,7 @@ const NET_SELECTOR: Record<string, FieldKind> = {
   acpiIndexes: "string[]",
   needVhostNet: "bool",
 };
-/** Selector fields per deviceType, spelt as in the plugin's README. */
+/** Selector fields per deviceType, spelt as in the plugin's README (the newest release). */
 export const SELECTOR_FIELDS: Record<string, Record<string, FieldKind>> = {
   netDevice: {
     ...COMMON_SELECTOR,
@@ -94,6 +100,53 @@ export const SELECTOR_FIELDS: Record<string, Record<string, FieldKind>> = {
   auxNetDevice: { ...COMMON_SELECTOR, ...NET_SELECTOR, auxTypes: "string[]" },
 };
 
+// ---- plugin releases ---------------------------------------------------------------------------------
+
+/** The newest plugin release these rules were checked against; deploy/examples pin it. */
+export const PLUGIN_RELEASE = "v3.11.0";
+/** The first release that reads `selectors` as an array (parseObjectOrSlice); v3.5.x skips such an entry. */
+export const ARRAY_SELECTORS_SINCE = "v3.6.0";
+
+/** A plugin release as [major, minor, patch]; where optional, undefined means the newest. */
+export type PluginVersion = readonly [number, number, number];
+
+export function parsePluginVersion(s: string): PluginVersion | undefined {
+  const m = /^v?(\d{1,4})\.(\d{1,4})(?:\.(\d{1,4}))?$/.exec(s.trim());
+  return m ? [Number(m[1]), Number(m[2]), Number(m[3] ?? 0)] : undefined;
+}
+
+export const formatPluginVersion = (v: PluginVersion) => `v${v.join(".")}`;
+
+/** Is `v` (undefined: the newest) at least release `since`, e.g. "v3.6.0"? */
+export function pluginAtLeast(v: PluginVersion | undefined, since: string): boolean {
+  if (!v) return true;
+  const s = parsePluginVersion(since)!;
+  for (let i = 0; i < 3; i++) if (v[i] !== s[i]) return v[i] > s[i];
+  return true;
+}
+
+/** What later releases added (pkg/types at each tag); before it, a key is unknown and ignored. */
+const SINCE: Record<string, string> = {
+  auxNetDevice: "v3.6.0",
+  acpiIndexes: "v3.6.0",
+  auxTypes: "v3.6.0",
+  pKeys: "v3.7.0",
+};
+const knownIn = (name: string, v: PluginVersion | undefined) =>
+  !Object.hasOwn(SINCE, name) || pluginAtLeast(v, SINCE[name]);
+
+export function deviceTypesOf(v: PluginVersion | undefined): string[] {
+  return PLUGIN_DEVICE_TYPES.filter((t) => knownIn(t, v));
+}
+
+export function selectorFieldsOf(
+  deviceType: string,
+  v: PluginVersion | undefined,
+): Record<string, FieldKind> {
+  const all = Object.hasOwn(SELECTOR_FIELDS, deviceType) ? SELECTOR_FIELDS[deviceType] : {};
+  return Object.fromEntries(Object.entries(all).filter(([k]) => knownIn(k, v)));
+}
+
 export interface SriovFinding {
   /** index in resourceList, when the finding is about one entry */
   index?: number;
@@ -101,23 +154,56 @@ export interface SriovFinding {
   severity: "fatal" | "dropped" | "warn";
   /** the selector matches every NIC the plugin sees (an empty or fully misspelt selector) */
   matchesAll?: boolean;
+  /** works from ARRAY_SELECTORS_SINCE only: an older plugin skips the entry */
+  compat?: boolean;
   message: string;
 }
 
 const CORRECT_FORM =
-  '{"resourceName": "ena_dpdk", "resourcePrefix": "amazon.com", "deviceType": "netDevice", "selectors": [{"vendors": ["1d0f"], "devices": ["ec20"], "drivers": ["vfio-pci"], "pciAddresses": ["0000:00:06.0"]}]}';
+  '{"resourceName": "ena_dpdk", "resourcePrefix": "amazon.com", "deviceType": "netDevice", "selectors": {"vendors": ["1d0f"], "devices": ["ec20"], "drivers": ["vfio-pci"], "pciAddresses": ["0000:00:06.0"]}}';
 
 export function isObject(v: unknown): v is Record<string, unknown> {
   return v !== null && typeof v === "object" && !Array.isArray(v);
+}
+
+/** Go's encoding/json refuses a document nested deeper than this (its scanner's maxNestingDepth). */
+const GO_MAX_DEPTH = 10_000;
+
+/**
+ * Parse the plugin's config file text as Go would accept it: JSON, and nested no deeper than Go's
+ * limit (a deeper file is unreadable to the plugin, and would overflow our own recursion).
+ */
+export function parseConfigJson(text: string): { doc: unknown } | { error: string } {
+  let depth = 0;
+  let inString = false;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (inString) {
+      if (c === 0x5c)
+        i++; // backslash: skip the escaped character
+      else if (c === 0x22) inString = false;
+    } else if (c === 0x22) inString = true;
+    else if (c === 0x5b || c === 0x7b) {
+      if (++depth > GO_MAX_DEPTH)
+        return {
+          error: `not valid JSON for the plugin (nested deeper than ${GO_MAX_DEPTH} levels, Go's limit)`,
+        };
+    } else if (c === 0x5d || c === 0x7d) depth--;
+  }
+  try {
+    return { doc: JSON.parse(text) as unknown };
+  } catch (e) {
+    return { error: `not valid JSON (${errorMessage(e)})` };
+  }
 }
 
 function typeName(v: unknown): string {
   return v === null ? "null" : Array.isArray(v) ? "array" : typeof v;
 }
 
-/** Go's encoding/json matches keys exactly first, then case-insensitively. */
+/** Go's encoding/json matches keys exactly first, then case-insensitively (own keys only: not "constructor"). */
 function goField(key: string, fields: Record<string, FieldKind>): string | undefined {
-  if (key in fields) return key;
+  if (Object.hasOwn(fields, key)) return key;
   return Object.keys(fields).find((k) => k.toLowerCase() === key.toLowerCase());
 }
 
@@ -160,6 +246,26 @@ export function goGet(o: Record<string, unknown>, name: string): unknown {
 }
 
 /**
+ * Decode an object already known to decode into a Go struct with `fields`, as encoding/json does:
+ * keys in document order, each to its field (exact, else case-insensitive), the last one winning;
+ * unknown keys ignored; null resets a list and leaves anything else alone; a null in a list is "".
+ */
+export function goDecode(o: Record<string, unknown>, fields: Record<string, FieldKind>): Decoded {
+  const out: Decoded = new Map();
+  for (const [k, v] of Object.entries(o)) {
+    const f = goField(k, fields);
+    if (!f) continue;
+    if (v === null) {
+      if (fields[f] === "string[]") out.delete(f);
+      continue;
+    }
+    out.set(f, Array.isArray(v) ? v.map((x) => (typeof x === "string" ? x : "")) : v);
+  }
+  return out;
+}
+export type Decoded = Map<string, unknown>;
+
+/**
  * What the plugin would make of a parsed config document, entry by entry. Mirrors its decoding
  * (unknown keys ignored, type errors fail the file or drop the entry), its deviceType check, the
  * nil-selectors panic, and validConfigs (name characters, unique prefix/name).
@@ -167,6 +273,7 @@ export function goGet(o: Record<string, unknown>, name: string): unknown {
 export function analyzeSriovDoc(
   doc: unknown,
   defaultPrefix = PLUGIN_DEFAULT_PREFIX,
+  version?: PluginVersion,
 ): SriovFinding[] {
   const out: SriovFinding[] = [];
   if (!isObject(doc)) {
@@ -254,11 +361,12 @@ export function analyzeSriovDoc(
     }
     if (typeError) return;
     const dt = (goGet(e, "deviceType") as string | null | undefined) || "netDevice";
-    if (!(PLUGIN_DEVICE_TYPES as readonly string[]).includes(dt)) {
-      const near = nearest(dt, [...PLUGIN_DEVICE_TYPES]);
+    const types = deviceTypesOf(version);
+    if (!types.includes(dt)) {
+      const near = nearest(dt, types);
       return add(
         "fatal",
-        `deviceType "${dt}" is not one of ${PLUGIN_DEVICE_TYPES.join(", ")} (case matters)${near ? `; did you mean "${near}"?` : ""}; the plugin rejects the whole file`,
+        `deviceType "${dt}" is not one of ${types.join(", ")} (case matters)${near ? `; did you mean "${near}"?` : ""}; the plugin rejects the whole file`,
       );
     }
     const sel = goGet(e, "selectors");
@@ -269,29 +377,37 @@ export function analyzeSriovDoc(
       );
     let selectors: unknown[];
     if (isObject(sel)) {
-      add(
-        "warn",
-        '"selectors" is a single object; the plugin still accepts that form, but write an array of objects',
-      );
       selectors = [sel];
     } else if (Array.isArray(sel)) {
+      if (!pluginAtLeast(version, ARRAY_SELECTORS_SINCE))
+        return add(
+          "dropped",
+          `"selectors" is an array, which the plugin reads only from ${ARRAY_SELECTORS_SINCE}; ${formatPluginVersion(version!)} skips the entry with a warning; write a single selector as an object`,
+        );
       if (sel.length === 0)
         return add(
           "dropped",
           '"selectors" is an empty array; the plugin drops the entry ("need at least one selector")',
         );
+      if (!version) {
+        const message =
+          sel.length === 1
+            ? `"selectors" is an array of one; plugin releases before ${ARRAY_SELECTORS_SINCE} (v3.5.1 is what aws-samples' guide deploys) skip this entry; write the selector as an object, which every release reads`
+            : `${sel.length} selectors as an array: read only by plugin ${ARRAY_SELECTORS_SINCE} or later; v3.5.x skips this entry`;
+        out.push({ index, severity: "warn", compat: true, message: `${label}: ${message}` });
+      }
       selectors = sel;
     } else {
       return add(
         "dropped",
-        `"selectors" is ${typeName(sel)}; it must be an array of objects, so the plugin drops the entry`,
+        `"selectors" is ${typeName(sel)}; it must be an object (or, from ${ARRAY_SELECTORS_SINCE}, an array of objects), so the plugin drops the entry`,
       );
     }
-    const fields = SELECTOR_FIELDS[dt];
+    const fields = selectorFieldsOf(dt, version);
     let dropped = false;
     let fatal = false;
     selectors.forEach((s, si) => {
-      const where = `selectors[${si}]`;
+      const where = isObject(sel) ? "selectors" : `selectors[${si}]`;
       if (s === null) {
         fatal = true;
         return add("fatal", `${where} is null; the plugin dereferences it and panics`);
@@ -408,8 +524,8 @@ const uniqSorted = (xs: string[]) => [...new Set(xs)].sort();
 
 /**
  * Our entries: one per resource, with one selector per bound driver (one, unless ENIs sharing a
- * resource were bound to different drivers). Throws InputError for bad names, OpError for device
- * records the host stage should never produce.
+ * resource were bound to different drivers; only then an array, which needs plugin v3.6.0+).
+ * Throws InputError for bad names, OpError for device records the host stage should never produce.
  */
 export function renderSriovEntries(devices: SriovDevice[], defaultPrefix: string): RenderedEntry[] {
   const problems: Problem[] = [];
@@ -469,7 +585,8 @@ export function renderSriovEntries(devices: SriovDevice[], defaultPrefix: string
           resourceName: g.name,
           resourcePrefix: g.prefix,
           deviceType: "netDevice" as const,
-          selectors,
+          // An object unless there really are several: plugin v3.5.x skips an entry whose selectors are an array.
+          selectors: selectors.length === 1 ? selectors[0] : selectors,
         },
       };
     });
@@ -495,6 +612,13 @@ function deepEqual(a: unknown, b: unknown): boolean {
     );
   }
   return false;
+}
+
+/** An entry with `selectors: [x]` as `selectors: x`, the form we write now; anything else as it is. */
+function singleSelectorAsObject(e: unknown): unknown {
+  return isObject(e) && Array.isArray(e.selectors) && e.selectors.length === 1
+    ? { ...e, selectors: e.selectors[0] as unknown }
+    : e;
 }
 
 /** The full name of an entry written with an explicit prefix, as we always write ours. */
@@ -545,25 +669,23 @@ export function mergeText(
     warnings: [],
   };
   let parsed: Record<string, unknown> | undefined;
-  if (existing !== undefined) {
-    try {
-      const doc: unknown = JSON.parse(existing);
-      const variant = isObject(doc)
-        ? Object.keys(doc).find((k) => k !== "resourceList" && k.toLowerCase() === "resourcelist")
-        : undefined;
-      if (!isObject(doc)) m.invalid = `the top level is ${typeName(doc)}, not an object`;
-      else if (variant)
-        m.invalid = `it spells "resourceList" as "${variant}", which the plugin's case-insensitive decoding would mix with ours`;
-      else if (
-        doc.resourceList !== undefined &&
-        doc.resourceList !== null &&
-        !Array.isArray(doc.resourceList)
-      ) {
-        m.invalid = `"resourceList" is ${typeName(doc.resourceList)}, not an array`;
-      } else parsed = doc;
-    } catch (e) {
-      m.invalid = `not valid JSON (${errorMessage(e)})`;
-    }
+  const read = existing === undefined ? undefined : parseConfigJson(existing);
+  if (read && "error" in read) m.invalid = read.error;
+  else if (read) {
+    const doc = read.doc;
+    const variant = isObject(doc)
+      ? Object.keys(doc).find((k) => k !== "resourceList" && k.toLowerCase() === "resourcelist")
+      : undefined;
+    if (!isObject(doc)) m.invalid = `the top level is ${typeName(doc)}, not an object`;
+    else if (variant)
+      m.invalid = `it spells "resourceList" as "${variant}", which the plugin's case-insensitive decoding would mix with ours`;
+    else if (
+      doc.resourceList !== undefined &&
+      doc.resourceList !== null &&
+      !Array.isArray(doc.resourceList)
+    ) {
+      m.invalid = `"resourceList" is ${typeName(doc.resourceList)}, not an array`;
+    } else parsed = doc;
   }
   const before = (parsed?.resourceList as unknown[] | null | undefined) ?? [];
   const want = new Map(desired.map((d) => [d.full, d]));
@@ -584,9 +706,11 @@ export function mergeText(
       placed.add(full);
       continue;
     }
-    if (d && !placed.has(d.full) && deepEqual(e, d.entry)) {
+    if (d && !placed.has(d.full) && deepEqual(singleSelectorAsObject(e), d.entry)) {
+      // ours without a record (a lost state file); an older eni-dpdk wrote one selector as an array
       m.adopted.push(d.full);
-      list.push(e);
+      if (!deepEqual(e, d.entry)) m.updated.push(d.full);
+      list.push(d.entry);
       placed.add(d.full);
       continue;
     }
@@ -605,7 +729,7 @@ export function mergeText(
   const conflicts: Problem[] = [];
   const ourBdfs = new Map<string, string>();
   for (const d of desired)
-    for (const s of d.entry.selectors) for (const a of s.pciAddresses) ourBdfs.set(a, d.full);
+    for (const s of selectorList(d.entry)) for (const a of s.pciAddresses) ourBdfs.set(a, d.full);
   for (const { index, e } of foreign) {
     if (!isObject(e)) continue;
     const name = goGet(e, "resourceName");
@@ -653,7 +777,9 @@ export function mergeText(
       list.flatMap((e, i) => (m.ours.includes(explicitFullName(e) ?? "") ? [i] : [])),
     );
     const findings = analyzeSriovDoc(out);
-    const ourProblems = findings.filter((f) => f.index !== undefined && oursAt.has(f.index));
+    const ourProblems = findings.filter(
+      (f) => f.index !== undefined && oursAt.has(f.index) && !f.compat,
+    );
     if (ourProblems.length) {
       throw new OpError(
         `SR-IOV: eni-dpdk rendered an entry the plugin would not accept: ${ourProblems.map((f) => f.message).join("; ")}`,

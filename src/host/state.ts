@@ -19,6 +19,14 @@ export const JOURNAL_PATH = `${VAR_DIR}/inflight.json`;
 /** The last apply, for `status` and the SRE: /run, so it starts empty at every boot. */
 export const STATUS_PATH = `${RUN_DIR}/status.json`;
 
+/** ENI attributes as last set or seen through EC2 (only those known); the IMDS-only proof compares them. */
+export interface EniAttributes {
+  enaSrd?: boolean;
+  enaSrdUdp?: boolean;
+  sourceDestCheck?: boolean;
+  enaQueueCount?: number;
+}
+
 /** An ENI as the ENI stage left it. */
 export interface EniRecord {
   name: string;
@@ -33,6 +41,9 @@ export interface EniRecord {
   deleteOnTermination?: boolean;
   /** subnet_name the subnet was resolved from, so a renamed subnet_name is not taken as converged. */
   subnetName?: string;
+  /** "external": attached by someone else (launch template, lifecycle hook); never detached or deleted */
+  attach?: "external";
+  attributes?: EniAttributes;
 }
 
 /** A device as the host stage bound it; keyed by MAC, the ENI's identity (a BDF is not). */
@@ -94,6 +105,17 @@ function isObj(v: unknown): v is Record<string, unknown> {
   return v !== null && typeof v === "object" && !Array.isArray(v);
 }
 
+function isAttributes(a: unknown): a is EniAttributes {
+  if (!isObj(a)) return false;
+  const kinds: Record<string, string> = {
+    enaSrd: "boolean",
+    enaSrdUdp: "boolean",
+    sourceDestCheck: "boolean",
+    enaQueueCount: "number",
+  };
+  return Object.entries(a).every(([k, v]) => Object.hasOwn(kinds, k) && typeof v === kinds[k]);
+}
+
 export async function loadState(host: Host): Promise<State> {
   const raw = await host.read(STATE_PATH);
   if (raw === undefined) return emptyState();
@@ -141,7 +163,9 @@ export async function loadState(host: Host): Promise<State> {
       e.name !== name ||
       typeof e.eniId !== "string" ||
       typeof e.mac !== "string" ||
-      !(e.mac === "" || MAC_RE.test(e.mac))
+      !(e.mac === "" || MAC_RE.test(e.mac)) ||
+      (e.attach !== undefined && e.attach !== "external") ||
+      (e.attributes !== undefined && !isAttributes(e.attributes))
     ) {
       throw corrupt(
         host,
@@ -157,16 +181,10 @@ export async function loadState(host: Host): Promise<State> {
       isObj(b) &&
       b.mac === mac &&
       MAC_RE.test(mac) &&
-      typeof b.bdf === "string" &&
-      BDF_RE.test(b.bdf) &&
-      typeof b.vendor === "string" &&
-      HEX4_RE.test(b.vendor) &&
-      typeof b.device === "string" &&
-      HEX4_RE.test(b.device) &&
+      isDeviceRef(b) &&
       typeof b.driver === "string" &&
       DRIVER_RE.test(b.driver) &&
-      typeof b.originalDriver === "string" &&
-      (b.originalDriver === "" || DRIVER_RE.test(b.originalDriver)) &&
+      isDriverOrNone(b.originalDriver) &&
       typeof b.eniName === "string";
     if (!ok)
       throw corrupt(
@@ -238,6 +256,21 @@ export interface InflightOp {
   pid: number;
 }
 
+// The BDF and driver names of records become sysfs paths: each must be what it claims to be.
+function isDeviceRef(o: Record<string, unknown>): boolean {
+  return (
+    typeof o.bdf === "string" &&
+    BDF_RE.test(o.bdf) &&
+    typeof o.vendor === "string" &&
+    HEX4_RE.test(o.vendor) &&
+    typeof o.device === "string" &&
+    HEX4_RE.test(o.device)
+  );
+}
+
+const isDriverOrNone = (v: unknown): boolean =>
+  typeof v === "string" && (v === "" || DRIVER_RE.test(v));
+
 export async function journalPending(host: Host): Promise<InflightOp[]> {
   const raw = await host.read(JOURNAL_PATH);
   if (raw === undefined) return [];
@@ -253,16 +286,9 @@ export async function journalPending(host: Host): Promise<InflightOp[]> {
     const ok =
       isObj(o) &&
       (o.op === "bind" || o.op === "restore") &&
-      typeof o.bdf === "string" &&
-      BDF_RE.test(o.bdf) &&
-      typeof o.vendor === "string" &&
-      HEX4_RE.test(o.vendor) &&
-      typeof o.device === "string" &&
-      HEX4_RE.test(o.device) &&
-      typeof o.from === "string" &&
-      (o.from === "" || DRIVER_RE.test(o.from)) &&
-      typeof o.to === "string" &&
-      (o.to === "" || DRIVER_RE.test(o.to)) &&
+      isDeviceRef(o) &&
+      isDriverOrNone(o.from) &&
+      isDriverOrNone(o.to) &&
       (o.mac === undefined || (typeof o.mac === "string" && MAC_RE.test(o.mac)));
     if (!ok)
       throw corrupt(

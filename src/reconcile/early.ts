@@ -7,7 +7,7 @@ import { type DpdkDriver } from "../config/facts.js";
 import { type Host } from "../host/host.js";
 import type { Logger } from "../core/log.js";
 import { markNodeadmUnmanaged } from "../host/networkd.js";
-import { bindDevice, deviceNodeFor, readPciDevice } from "../host/pci.js";
+import { bindDevice, deviceNetdevs, deviceNodeFor, readPciDevice } from "../host/pci.js";
 import { guardFacts, guardViolations, readRoutes } from "../host/guard.js";
 import { saveState, type State } from "../host/state.js";
 import { setupKernel } from "../host/kernel.js";
@@ -89,13 +89,8 @@ export async function rebindFromState(
       const pci = await readPciDevice(host, rec.bdf);
       if (!pci) return undefined;
       if (pci.driver === rec.driver) return { pci, ifname: undefined as string | undefined };
-      for (const ifname of pci.netdevs) {
-        const mac = (
-          await host.attr(`/sys/bus/pci/devices/${rec.bdf}/net/${ifname}/address`)
-        )?.toLowerCase();
-        if (mac) return { pci, ifname, mac };
-      }
-      return undefined;
+      const nd = (await deviceNetdevs(host, rec.bdf))[0];
+      return nd ? { pci, ifname: nd.ifname, mac: nd.mac } : undefined;
     }, opts.waitMs ?? 10_000);
     if (!seen) {
       out.push({

@@ -1,9 +1,12 @@
 // The ENI stage: get each configured ENI created (or adopted), attached at its device index, with
-// DeleteOnTermination as configured, and its NIC visible to the OS. Observe (IMDS, then EC2 only when
-// IMDS cannot prove convergence), pre-flight every check before the first mutating call, then run all
-// ENIs concurrently with bounded waits. Each step is recorded in the state file for crash safety.
+// DeleteOnTermination and the attributes as configured, and its NIC visible to the OS. Observe (IMDS,
+// then EC2 only when IMDS cannot prove convergence), pre-flight every check before the first mutating
+// call, then run all ENIs concurrently with bounded waits. Each step is recorded in the state file for
+// crash safety. ENIs someone else attaches (attach = "external") are found through IMDS alone
+// (eni-external.ts).
 import type { _InstanceType, NetworkInterface } from "@aws-sdk/client-ec2";
 import type { EniConfig } from "../config/model.js";
+import { TAG_NO_MANAGE } from "../config/facts.js";
 import { Ec2Error, withEc2Retry, type Ec2Api, type Ec2Factory } from "../cloud/ec2.js";
 import { InputError, OpError, type Problem } from "../core/errors.js";
 import { delayFor, pollUntil, sleep, type Backoff } from "../core/deadline.js";
@@ -12,16 +15,39 @@ import { listNetdevs } from "../host/pci.js";
 import { lazyCrypto } from "../core/lazy.js";
 import { type Stage, type StageContext, type StagePlan } from "./stage.js";
 import { type Action, type ActionKind } from "../core/action.js";
-import { saveState, type EniRecord } from "../host/state.js";
+import { saveState, type EniAttributes, type EniRecord } from "../host/state.js";
 import { ensureNetworkdFile, reloadNetworkd } from "../host/networkd.js";
+import {
+  afterStep,
+  attachAttributes,
+  attributeSteps,
+  attributesMatch,
+  describeStep,
+  desiredAttributes,
+  hasAttributes,
+  modifyInput,
+  observedAttributes,
+  queueCountProblem,
+  type AttributeStep,
+} from "./eni-attributes.js";
+import { checkExternal, externalNicAt, waitExternal } from "./eni-external.js";
 
 export const TAG_INSTANCE = "eni-dpdk:instance-id";
 export const TAG_NAME = "eni-dpdk:name";
-/** The VPC CNI leaves ENIs with this tag alone. */
-export const TAG_NO_MANAGE = "node.k8s.amazonaws.com/no_manage";
+export { TAG_NO_MANAGE };
 
 export type EniStep =
-  "create" | "adopt" | "attach" | "wait-attached" | "set-delete-on-termination" | "wait-nic";
+  | "create"
+  | "adopt"
+  | "attach"
+  | "wait-attached"
+  | "set-delete-on-termination"
+  | AttributeStep
+  | "wait-nic"
+  | "wait-external"
+  | "use-external";
+
+const ATTRIBUTE_STEPS: readonly EniStep[] = ["set-ena-express", "set-source-dest-check"];
 
 /** What EC2 showed about an ENI we will act on. */
 export interface ObservedEni {
@@ -32,6 +58,7 @@ export interface ObservedEni {
   attachmentStatus?: string;
   deleteOnTermination?: boolean;
   createdByUs: boolean;
+  attributes: EniAttributes;
 }
 
 export interface EniPlanItem {
@@ -90,6 +117,7 @@ function observed(n: NetworkInterface, instanceId: string): ObservedEni {
     attachmentStatus: n.Attachment?.Status,
     deleteOnTermination: n.Attachment?.DeleteOnTermination,
     createdByUs: isOurs(n, instanceId),
+    attributes: observedAttributes(n),
   };
 }
 
@@ -97,7 +125,8 @@ function observed(n: NetworkInterface, instanceId: string): ObservedEni {
 function provenByImds(ctx: StageContext, e: EniConfig): EniRecord | undefined {
   if (ctx.state.instanceId && ctx.state.instanceId !== ctx.instance.instanceId) return undefined;
   const rec = ctx.state.enis[e.name];
-  if (!rec?.attachmentId) return undefined;
+  if (!rec?.attachmentId || rec.attach === "external") return undefined;
+  if (!attributesMatch(desiredAttributes(e), rec.attributes)) return undefined;
   const nic = ctx.imdsNics.find((n) => n.interfaceId === rec.eniId);
   if (!nic || nic.deviceNumber !== e.device_index || nic.networkCard !== e.network_card_index)
     return undefined;
@@ -142,12 +171,104 @@ async function describeAll(
 }
 
 export async function planEnis(ctx: StageContext, ec2: Ec2Factory): Promise<EniPlan> {
-  const desired = ctx.config.eni;
+  const external = await planExternals(
+    ctx,
+    ec2,
+    ctx.config.eni.filter((e) => e.attach === "external"),
+  );
+  const managed = await planManaged(
+    ctx,
+    ec2,
+    ctx.config.eni.filter((e) => e.attach !== "external"),
+  );
+  const byName = new Map([...external.items, ...managed.items].map((it) => [it.eni.name, it]));
+  const items = ctx.config.eni.map((e) => byName.get(e.name)!);
+  return {
+    actions: items.flatMap((it) => actionsFor(ctx, it)),
+    items,
+    usedEc2: external.usedEc2 || managed.usedEc2,
+  };
+}
+
+/**
+ * External ENIs: IMDS shows each at its slot now (checked, recorded) or a wait is planned. Only
+ * with external_ec2 and configured attributes not yet known to hold is EC2 asked (one Describe).
+ */
+async function planExternals(
+  ctx: StageContext,
+  ec2: Ec2Factory,
+  desired: EniConfig[],
+): Promise<{ items: EniPlanItem[]; usedEc2: boolean }> {
+  const items: EniPlanItem[] = [];
+  for (const e of desired) {
+    const nic = externalNicAt(ctx.imdsNics, e);
+    if (!nic) {
+      items.push({ eni: e, steps: ["wait-external"] });
+      continue;
+    }
+    const rec = await checkExternal(ctx, e, nic);
+    const prev = ctx.state.enis[e.name];
+    const same =
+      prev?.attach === "external" &&
+      prev.eniId === rec.eniId &&
+      prev.mac === rec.mac &&
+      prev.deviceIndex === rec.deviceIndex &&
+      prev.networkCardIndex === rec.networkCardIndex &&
+      prev.subnetId === rec.subnetId;
+    if (same && prev.attributes) rec.attributes = prev.attributes;
+    items.push({ eni: e, steps: same ? [] : ["use-external"], record: rec });
+  }
+  const check = items.filter(
+    (it) =>
+      it.record &&
+      it.eni.external_ec2 &&
+      !attributesMatch(desiredAttributes(it.eni), it.record.attributes),
+  );
+  if (!check.length) return { items, usedEc2: false };
+  const api = await ec2();
+  const out = await withEc2Retry(
+    "DescribeNetworkInterfaces",
+    () =>
+      api.describeNetworkInterfaces({ NetworkInterfaceIds: check.map((it) => it.record!.eniId) }),
+    { deadline: ctx.deadline, log: ctx.log },
+  );
+  const problems: Problem[] = [];
+  for (const it of check) {
+    const n = out.NetworkInterfaces?.find((x) => x.NetworkInterfaceId === it.record!.eniId);
+    const known = n ? observedAttributes(n) : undefined;
+    const q = queueCountProblem(desiredAttributes(it.eni), known, it.record!.eniId);
+    if (q)
+      problems.push({
+        source: `EC2 (instance ${ctx.instance.instanceId})`,
+        key: `eni.${it.eni.name}.ena_queue_count`,
+        message: q,
+      });
+    it.existing = {
+      eniId: it.record!.eniId,
+      mac: it.record!.mac,
+      subnetId: it.record!.subnetId,
+      createdByUs: false,
+      attributes: known ?? {},
+    };
+    it.record!.attributes = known;
+    const steps = attributeSteps(desiredAttributes(it.eni), known);
+    it.steps = [...it.steps, ...steps];
+  }
+  if (problems.length) throw new InputError(problems, "fix the [[eni]] configuration");
+  return { items, usedEc2: true };
+}
+
+/** The ENIs eni-dpdk attaches: proven by IMDS, or observed through EC2 and planned. */
+async function planManaged(
+  ctx: StageContext,
+  ec2: Ec2Factory,
+  desired: EniConfig[],
+): Promise<{ items: EniPlanItem[]; usedEc2: boolean }> {
   const proven = desired.map((e) => provenByImds(ctx, e));
   if (proven.every((r) => r !== undefined)) {
-    ctx.log.debug("ENIs proven by IMDS; EC2 not consulted", { enis: desired.length });
+    if (desired.length)
+      ctx.log.debug("ENIs proven by IMDS; EC2 not consulted", { enis: desired.length });
     return {
-      actions: [],
       items: desired.map((eni, i) => ({ eni, steps: [], record: proven[i] })),
       usedEc2: false,
     };
@@ -196,7 +317,7 @@ export async function planEnis(ctx: StageContext, ec2: Ec2Factory): Promise<EniP
       problem(
         e,
         "device_index",
-        `conflict: device index ${e.device_index} on network card ${e.network_card_index} already holds ${atSlot.NetworkInterfaceId} (${whose}); eni-dpdk never touches it. Choose a free device_index or detach that ENI yourself`,
+        `conflict: device index ${e.device_index} on network card ${e.network_card_index} already holds ${atSlot.NetworkInterfaceId} (${whose}); eni-dpdk never touches it. Choose a free device_index, detach that ENI yourself, or set attach = "external" if the launch template or a lifecycle hook attaches it for eni-dpdk to bind`,
       );
       continue;
     }
@@ -214,12 +335,17 @@ export async function planEnis(ctx: StageContext, ec2: Ec2Factory): Promise<EniP
       if (ex.attachmentStatus !== "attached") steps.push("wait-attached");
       if (ex.deleteOnTermination !== e.delete_on_termination)
         steps.push("set-delete-on-termination");
+      const q = queueCountProblem(desiredAttributes(e), ex.attributes, ex.eniId);
+      if (q) problem(e, "ena_queue_count", q);
+      steps.push(...attributeSteps(desiredAttributes(e), ex.attributes));
       if (!imdsShows(ctx, ex.mac, e)) steps.push("wait-nic");
       items.push({ eni: e, steps, existing: ex, subnetId: ex.subnetId });
       continue;
     }
     const steps: EniStep[] = ["create", "attach", "wait-attached"];
     if (e.delete_on_termination) steps.push("set-delete-on-termination");
+    // A new ENI has source/dest check on; ENA Express and the queue count go on the attach.
+    if (e.source_dest_check === false) steps.push("set-source-dest-check");
     steps.push("wait-nic");
     items.push({ eni: e, steps });
   }
@@ -378,6 +504,30 @@ export async function planEnis(ctx: StageContext, ec2: Ec2Factory): Promise<EniP
 
     // limits: everything attached now plus what we add, overall and per network card
     const net = types.InstanceTypes?.[0]?.NetworkInfo;
+    for (const it of toAttach) {
+      const e = it.eni;
+      if (e.ena_express && net?.EnaSrdSupported === false)
+        problem(
+          e,
+          "ena_express",
+          `${inst.instanceType} does not support ENA Express (DescribeInstanceTypes EnaSrdSupported=false); remove ena_express or use an instance type that has it`,
+        );
+      if (e.ena_queue_count === undefined || !net) continue;
+      const card = net.NetworkCards?.find((c) => c.NetworkCardIndex === e.network_card_index);
+      const max = card?.MaximumEnaQueueCountPerInterface;
+      if (net.FlexibleEnaQueuesSupport !== "supported" || max === undefined)
+        problem(
+          e,
+          "ena_queue_count",
+          `${inst.instanceType} does not support flexible ENA queues (DescribeInstanceTypes FlexibleEnaQueuesSupport=${net.FlexibleEnaQueuesSupport ?? "absent"}); remove ena_queue_count`,
+        );
+      else if (e.ena_queue_count > max)
+        problem(
+          e,
+          "ena_queue_count",
+          `${e.ena_queue_count} exceeds ${inst.instanceType}'s maximum of ${max} ENA queues per interface on network card ${e.network_card_index}`,
+        );
+    }
     if (net?.MaximumNetworkInterfaces !== undefined) {
       const total = attached.length + toAttach.length;
       if (total > net.MaximumNetworkInterfaces) {
@@ -433,6 +583,8 @@ export async function planEnis(ctx: StageContext, ec2: Ec2Factory): Promise<EniP
         if (same) {
           it.existing = observed(same, inst.instanceId);
           it.steps[0] = "adopt";
+          if (it.existing.attributes.sourceDestCheck === it.eni.source_dest_check)
+            it.steps = it.steps.filter((s) => s !== "set-source-dest-check");
         } else {
           it.clientToken = clientToken(inst.instanceId, it.eni.name, it.subnetId!);
         }
@@ -448,7 +600,7 @@ export async function planEnis(ctx: StageContext, ec2: Ec2Factory): Promise<EniP
   for (const it of items) {
     if (it.steps.length === 0 && it.existing) it.record = recordFor(it, it.existing);
   }
-  return { actions: items.flatMap((it) => actionsFor(ctx, it)), items, usedEc2: true };
+  return { items, usedEc2: true };
 }
 
 function recordFor(it: EniPlanItem, ex: ObservedEni): EniRecord {
@@ -463,6 +615,7 @@ function recordFor(it: EniPlanItem, ex: ObservedEni): EniRecord {
     createdByUs: ex.createdByUs,
     deleteOnTermination: ex.deleteOnTermination,
     ...(it.eni.subnet_name ? { subnetName: it.eni.subnet_name } : {}),
+    attributes: ex.attributes,
   };
 }
 
@@ -514,11 +667,33 @@ function actionsFor(ctx: StageContext, it: EniPlanItem): Action[] {
             `ModifyNetworkInterfaceAttribute ${id} DeleteOnTermination=${e.delete_on_termination}${it.existing?.attachmentId ? ` (now ${it.existing.deleteOnTermination})` : ""}`,
           ),
         ];
+      case "set-ena-express":
+      case "set-source-dest-check":
+        return [
+          a(
+            s,
+            `ModifyNetworkInterfaceAttribute ${id} ${describeStep(s, e, it.existing?.attributes)}`,
+          ),
+        ];
       case "wait-nic":
         return [
           a(
             "wait-nic",
             `wait for the NIC with ${it.existing?.mac ? `MAC ${it.existing.mac}` : "its MAC"} under /sys/class/net and IMDS device-number ${e.device_index}`,
+          ),
+        ];
+      case "wait-external":
+        return [
+          a(
+            "wait-external",
+            `wait for the external ENI at network card ${e.network_card_index}, device index ${e.device_index} (the launch template or a lifecycle hook attaches it); found through IMDS, no EC2 call`,
+          ),
+        ];
+      case "use-external":
+        return [
+          a(
+            "use-external",
+            `external ENI ${it.record?.eniId} (MAC ${it.record?.mac}) at network card ${e.network_card_index}, device index ${e.device_index}, found through IMDS; recorded as external (never detached or deleted)`,
           ),
         ];
     }
@@ -552,10 +727,16 @@ export async function applyEnis(
   if (changed || work.length) await persist();
   if (!work.length) return ctx.config.eni.map((e) => records.get(e.name)!).filter(Boolean);
 
-  const api = await ec2();
+  // The SDK loads only when an ENI needs EC2: external ENIs usually never do.
+  let apiP: Promise<Ec2Api> | undefined;
+  const api = () => (apiP ??= ec2());
   const attachments = new AttachmentWatcher(ctx, api);
   const results = await Promise.allSettled(
-    work.map((it) => runItem(ctx, api, it, persist, attachments)),
+    work.map((it) =>
+      it.eni.attach === "external"
+        ? runExternal(ctx, api, it, persist)
+        : api().then((a) => runItem(ctx, a, it, persist, attachments)),
+    ),
   );
   await saving;
   const failed = results.flatMap((r, i) =>
@@ -572,6 +753,65 @@ export async function applyEnis(
     );
   }
   return ctx.config.eni.map((e) => records.get(e.name)!).filter(Boolean);
+}
+
+/**
+ * An external ENI: wait for it through IMDS (bounded), check and record it, keep networkd off it;
+ * with external_ec2, set the attributes that differ. No EC2 call otherwise.
+ */
+async function runExternal(
+  ctx: StageContext,
+  api: () => Promise<Ec2Api>,
+  it: EniPlanItem,
+  persist: () => Promise<void>,
+): Promise<EniRecord> {
+  const e = it.eni;
+  const log = ctx.log.child({ eni: e.name });
+  const rec = it.record ?? (await waitExternal(ctx, e));
+  const prev = ctx.state.enis[e.name];
+  if (!rec.attributes && prev?.attach === "external" && prev.eniId === rec.eniId && prev.attributes)
+    rec.attributes = prev.attributes;
+  ctx.state.enis[e.name] = rec;
+  // As for an ENI we attach: networkd must leave it alone as soon as its MAC is known.
+  if (e.dpdk.enabled && (await ensureNetworkdFile(ctx.host, ctx.state, e.name, rec.mac)))
+    await reloadNetworkd(ctx.host, log);
+  await persist();
+  let steps = it.steps.filter((s): s is AttributeStep => ATTRIBUTE_STEPS.includes(s));
+  const desired = desiredAttributes(e);
+  if (
+    e.external_ec2 &&
+    hasAttributes(e) &&
+    it.steps.includes("wait-external") &&
+    !attributesMatch(desired, rec.attributes)
+  ) {
+    const n = await describeOne(await api(), ctx, rec.eniId);
+    rec.attributes = n ? observedAttributes(n) : undefined;
+    const q = queueCountProblem(desired, rec.attributes, rec.eniId);
+    if (q)
+      throw new InputError(
+        [
+          {
+            source: `EC2 (instance ${ctx.instance.instanceId})`,
+            key: `eni.${e.name}.ena_queue_count`,
+            message: q,
+          },
+        ],
+        "fix the [[eni]] configuration or the launch template",
+      );
+    steps = attributeSteps(desired, rec.attributes);
+  }
+  for (const step of steps) {
+    await withEc2Retry(
+      "ModifyNetworkInterfaceAttribute",
+      async () => (await api()).modifyNetworkInterfaceAttribute(modifyInput(rec.eniId, step, e)),
+      { deadline: ctx.deadline, log: ctx.log },
+    );
+    rec.attributes = afterStep(rec.attributes, step, e);
+    log.info("set ENI attribute", { eni_id: rec.eniId, step });
+    await persist();
+  }
+  log.info("external ENI ready", { eni_id: rec.eniId, mac: rec.mac });
+  return rec;
 }
 
 async function runItem(
@@ -619,6 +859,9 @@ async function runItem(
       subnetId: n.SubnetId ?? it.subnetId!,
       createdByUs: true,
       ...(e.subnet_name ? { subnetName: e.subnet_name } : {}),
+      ...(n.SourceDestCheck !== undefined
+        ? { attributes: { sourceDestCheck: n.SourceDestCheck } }
+        : {}),
     };
     log.info("created ENI", { eni_id: rec.eniId, mac: rec.mac, subnet: rec.subnetId });
   } else {
@@ -646,7 +889,9 @@ async function runItem(
             NetworkInterfaceId: rec.eniId,
             InstanceId: inst.instanceId,
             DeviceIndex: e.device_index,
+            // Always explicit: multi-card instances fail without it (cilium PR #42512).
             NetworkCardIndex: e.network_card_index,
+            ...attachAttributes(e),
           }),
         retry,
       );
@@ -665,6 +910,12 @@ async function runItem(
       rec.attachmentId = a.AttachmentId;
     }
     rec.deleteOnTermination = false;
+    const d = desiredAttributes(e);
+    rec.attributes = {
+      ...rec.attributes,
+      ...(d.enaSrd !== undefined ? { enaSrd: d.enaSrd, enaSrdUdp: d.enaSrdUdp ?? false } : {}),
+      ...(d.enaQueueCount !== undefined ? { enaQueueCount: d.enaQueueCount } : {}),
+    };
     await persist();
     log.info("attaching ENI", {
       eni_id: rec.eniId,
@@ -698,6 +949,17 @@ async function runItem(
   }
   rec.deleteOnTermination = e.delete_on_termination;
   await persist();
+
+  for (const step of it.steps.filter((s): s is AttributeStep => ATTRIBUTE_STEPS.includes(s))) {
+    await withEc2Retry(
+      "ModifyNetworkInterfaceAttribute",
+      () => api.modifyNetworkInterfaceAttribute(modifyInput(rec.eniId, step, e)),
+      retry,
+    );
+    rec.attributes = afterStep(rec.attributes, step, e);
+    log.info("set ENI attribute", { eni_id: rec.eniId, step });
+    await persist();
+  }
 
   if (it.steps.includes("wait-nic")) {
     const ifname = await waitFor(
@@ -758,7 +1020,7 @@ class AttachmentWatcher {
 
   constructor(
     private readonly ctx: StageContext,
-    private readonly api: Ec2Api,
+    private readonly api: () => Promise<Ec2Api>,
   ) {}
 
   attached(eniId: string, name: string): Promise<NetworkInterface> {
@@ -791,11 +1053,12 @@ class AttachmentWatcher {
         const ids = [...this.pending.keys()];
         let out: NetworkInterface[];
         try {
+          const api = await this.api();
           out =
             (
               await withEc2Retry(
                 "DescribeNetworkInterfaces",
-                () => this.api.describeNetworkInterfaces({ NetworkInterfaceIds: ids }),
+                () => api.describeNetworkInterfaces({ NetworkInterfaceIds: ids }),
                 { deadline: this.ctx.deadline, log: this.ctx.log },
               )
             ).NetworkInterfaces ?? [];
@@ -878,7 +1141,12 @@ export const eniStage: Stage<EniPlan & StagePlan> = {
   name: "eni",
   enabled: () => true,
   async plan(ctx) {
-    return { ...(await planEnis(ctx, ctx.ec2)), expected: { enis: knownEnis(ctx) } };
+    const plan = await planEnis(ctx, ctx.ec2);
+    const planned = new Map(
+      plan.items.flatMap((it) => (it.record ? [[it.eni.name, it.record]] : [])),
+    );
+    const expected = [...planned.values(), ...knownEnis(ctx).filter((r) => !planned.has(r.name))];
+    return { ...plan, expected: { enis: expected } };
   },
   async apply(ctx, plan) {
     return { enis: await applyEnis(ctx, ctx.ec2, plan) };

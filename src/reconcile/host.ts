@@ -95,6 +95,17 @@ export async function locate(host: Host, state: State, t: HostTarget): Promise<L
 }
 
 /** Problems that reject the whole stage before any mutation (bad input or an unsafe target). */
+/** Bad input is exit 2 and an unsafe target exit 1, both before any write. */
+function refuseInvalid(ctx: StageContext, located: LocatedDevice[]): void {
+  const { input, unsafe } = validate(ctx, located);
+  if (input.length) throw new InputError(input, "fix the config");
+  if (unsafe.length)
+    throw new OpError(
+      unsafe.join("; "),
+      "remove these ENIs from the DPDK config; nothing was changed",
+    );
+}
+
 function validate(
   ctx: StageContext,
   located: LocatedDevice[],
@@ -128,13 +139,7 @@ function validate(
 
 export async function planHost(ctx: StageContext, targets: HostTarget[]): Promise<HostPlan> {
   const located = await Promise.all(targets.map((t) => locate(ctx.host, ctx.state, t)));
-  const { input, unsafe } = validate(ctx, located);
-  if (input.length) throw new InputError(input, "fix the config");
-  if (unsafe.length)
-    throw new OpError(
-      unsafe.join("; "),
-      "remove these ENIs from the DPDK config; nothing was changed",
-    );
+  refuseInvalid(ctx, located);
   const actions: Action[] = [];
   const dpdk = located.filter((l) => l.target.dpdk.enabled);
   const drivers = [...new Set(dpdk.map((l) => l.target.dpdk.driver))];
@@ -221,13 +226,7 @@ export async function applyHost(
       { within: until, deadline: ctx.deadline, backoff: { firstMs: 20, maxMs: 250 } },
     );
   }
-  const { input, unsafe } = validate(ctx, located);
-  if (input.length) throw new InputError(input, "fix the config");
-  if (unsafe.length)
-    throw new OpError(
-      unsafe.join("; "),
-      "remove these ENIs from the DPDK config; nothing was changed",
-    );
+  refuseInvalid(ctx, located);
 
   const dpdkTargets = located.filter((l) => l.target.dpdk.enabled && l.via !== "missing");
   const drivers = [...new Set(dpdkTargets.map((l) => l.target.dpdk.driver))];

@@ -12,12 +12,16 @@ import { readNics } from "../cloud/imds.js";
 import { Deadline } from "../core/deadline.js";
 import { errorMessage, formatProblem, InputError, OpError } from "../core/errors.js";
 import { emptyState, journalPending, loadState, saveState } from "../host/state.js";
+import { hugepageProblem, hugepageWants } from "../host/kernel.js";
+import { devicesOnDpdkDrivers } from "../host/pci.js";
 import type { Logger } from "../core/log.js";
 import type { Host } from "../host/host.js";
 import { gather, type Gathered } from "../sources/chain.js";
 import { saveTomlMemo } from "../sources/toml.js";
 import { eniStage } from "./eni.js";
 import { hostStage } from "./host.js";
+import { maxPodsStage } from "./maxpods.js";
+import { NODEADM_DROPIN_DIR } from "../host/nodeadm-dropin.js";
 import { prepareHost } from "../host/recovery.js";
 import { nodeEniStage } from "./nodeeni.js";
 import { summaryLine, writeStatusFile, type ApplyOutcome } from "./outcome.js";
@@ -30,6 +34,7 @@ import type { Action } from "../core/action.js";
 /** The stages, in the order a pass runs them. */
 export const STAGES: readonly Stage<StagePlan>[] = [
   eniStage,
+  maxPodsStage,
   hostStage,
   sriovStage,
   nodeEniStage,
@@ -116,7 +121,9 @@ async function pass(
     // 2. What can change (the NICs, the state, sysfs) is observed only once the lock is held.
     const state = opts.dryRun
       ? await loadState(host)
-      : await prepareHost(host, log, { tempDirs: [path.posix.dirname(config.sriov.config_path)] });
+      : await prepareHost(host, log, {
+          tempDirs: [path.posix.dirname(config.sriov.config_path), NODEADM_DROPIN_DIR],
+        });
     if (opts.dryRun) {
       for (const op of await journalPending(host)) {
         actions.push({
@@ -133,6 +140,7 @@ async function pass(
       readNics(
         session.imds,
         identity.then((i) => i.primaryMac),
+        new Map(Object.values(state.enis).map((r) => [r.mac.toLowerCase(), r.eniId])),
       ),
     ]);
     done("observe", { instance: instance.instanceId, nics: imdsNics.length });
@@ -164,6 +172,10 @@ async function pass(
       state,
       dryRun: opts.dryRun,
       ...(gathered.nodeEni ? { nodeEni: gathered.nodeEni } : {}),
+      // only when the user-data source read them; otherwise a stage that needs them reads IMDS
+      ...(gathered.consulted.some((c) => c.source === "user-data")
+        ? { userDataParts: gathered.userDataParts }
+        : {}),
     };
     // 4.
     await preflight(sctx, gathered);
@@ -173,19 +185,32 @@ async function pass(
       if (!stage.enabled(sctx)) continue;
       const plan = await stage.plan(sctx, up);
       actions.push(...plan.actions);
-      up = { ...up, ...(opts.dryRun ? plan.expected : await stage.apply(sctx, plan, up)) };
+      const { warnings: found = [], ...got } = opts.dryRun
+        ? plan.expected
+        : await stage.apply(sctx, plan, up);
+      up = { ...up, ...got };
+      for (const w of [...(plan.warnings ?? []), ...found])
+        if (!warnings.includes(w)) warnings.push(w);
       done(stage.name, {
         actions: plan.actions.length,
         ...(stage.name === "eni" ? { ec2_loaded: session.ec2Loaded } : {}),
       });
     }
+    // A DPDK app needs hugepages and a hugetlbfs mount; binding without them is a node that lies.
+    const onDpdk = (await devicesOnDpdkDrivers(host)).length;
+    const hugepages = await hugepageProblem(host, {
+      dpdkDevices: opts.dryRun
+        ? Math.max(onDpdk, config.eni.filter((e) => e.dpdk.enabled).length)
+        : onDpdk,
+      ...(opts.dryRun ? { planned: hugepageWants(config.dpdk) } : {}),
+    });
     if (!opts.dryRun) {
       // The primary's record is kept even when nothing else changed (a state file from an older version).
       if (JSON.stringify(state.primary ?? null) !== primaryBefore) await saveState(host, state);
       // Parsed sources are kept for the next boot only once they were applied without error.
       if (!up.devices.some((d) => d.state === "failed")) await saveTomlMemo(host);
     }
-    return { actions, up };
+    return { actions, up, hugepages };
   };
 
   let result: Awaited<ReturnType<typeof body>> | undefined;
@@ -206,6 +231,7 @@ async function pass(
       exitCode: 1,
     };
   }
+  if (result?.hugepages) warnings.push(result.hugepages.message);
   timings.total = Math.round(performance.now() - t0);
   const outcome: ApplyOutcome = {
     ok: !error,
@@ -215,6 +241,8 @@ async function pass(
     enis: result?.up.enis ?? [],
     devices,
     ...(result?.up.sriov && !opts.dryRun ? { sriov: result.up.sriov } : {}),
+    ...(result?.hugepages ? { hugepages: result.hugepages } : {}),
+    ...(result?.up.maxPods ? { maxPods: result.up.maxPods } : {}),
     timings,
     warnings,
     ...(error ? { error } : {}),

@@ -5,7 +5,8 @@ import { errorMessage } from "../core/errors.js";
 import { STATUS_PATH, type EniRecord } from "../host/state.js";
 import type { Host } from "../host/host.js";
 import type { SriovApplyResult } from "../host/sriov-model.js";
-import type { HostDeviceResult } from "./stage.js";
+import type { HostDeviceResult, MaxPodsResult } from "./stage.js";
+import type { HugepageProblem } from "../host/kernel.js";
 import type { Action, StageName } from "../core/action.js";
 import { collectStatus } from "./status.js";
 
@@ -20,6 +21,10 @@ export interface ApplyOutcome {
   /** milliseconds per stage, in the order they ran */
   timings: Partial<Record<"sources" | "observe" | StageName | "total", number>>;
   warnings: string[];
+  /** kubelet's maxPods drop-in for nodeadm */
+  maxPods?: MaxPodsResult;
+  /** devices on a DPDK driver without usable hugepages (also one of the warnings) */
+  hugepages?: HugepageProblem;
   error?: {
     message: string;
     next: string;
@@ -48,7 +53,8 @@ export function summaryLine(o: ApplyOutcome, config: Config): string {
   const cached = o.warnings.some((w) => w.includes("USING CACHED"))
     ? "; WARNING: NodeENI API unreachable, applied the cached NodeENI set"
     : "";
-  return `${head}: ${parts.join(", ")}${cached}${o.warnings.length ? ` (${o.warnings.length} warning${o.warnings.length === 1 ? "" : "s"})` : ""}`;
+  const hugepages = o.hugepages ? `; WARNING: no hugepages (${o.hugepages.short})` : "";
+  return `${head}: ${parts.join(", ")}${cached}${hugepages}${o.warnings.length ? ` (${o.warnings.length} warning${o.warnings.length === 1 ? "" : "s"})` : ""}`;
 }
 
 /** /run/eni-dpdk/status.json: the status document as this apply leaves the node, and the apply itself. */

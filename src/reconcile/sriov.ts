@@ -4,14 +4,17 @@ import { ENA_VENDOR, fullResourceName } from "../config/facts.js";
 import { errorMessage } from "../core/errors.js";
 import { saveState } from "../host/state.js";
 import {
+  ARRAY_SELECTORS_SINCE,
   mergeText,
   renderSriovEntries,
+  selectorList,
   type Merge,
   type RenderedEntry,
   type SriovApplyResult,
   type SriovDevice,
 } from "../host/sriov-model.js";
 import { ownedIn, previousPath, sameList, writeMerged } from "../host/sriov-file.js";
+import { checkSriov } from "../host/sriov-check.js";
 import { type HostDeviceResult, type Stage, type StageContext, type StagePlan } from "./stage.js";
 import { type Action } from "../core/action.js";
 
@@ -34,8 +37,14 @@ export interface SriovPlan {
 
 function describe(m: Merge, byName: Map<string, RenderedEntry>): string {
   const count = (f: string) => {
-    const n = byName.get(f)?.entry.selectors.reduce((s, x) => s + x.pciAddresses.length, 0) ?? 0;
-    return `${f} (${n} device${n === 1 ? "" : "s"})`;
+    const e = byName.get(f)?.entry;
+    const n = e ? selectorList(e).reduce((s, x) => s + x.pciAddresses.length, 0) : 0;
+    const several = e && Array.isArray(e.selectors) ? e.selectors.length : 0;
+    // v3.5.x, still in aws-samples' guide, skips an entry whose selectors are an array
+    const note = several
+      ? `; ${several} selectors, one per driver, as an array: needs device plugin ${ARRAY_SELECTORS_SINCE} or later`
+      : "";
+    return `${f} (${n} device${n === 1 ? "" : "s"}${note})`;
   };
   const parts: string[] = [];
   if (m.added.length) parts.push(`add ${m.added.map(count).join(", ")}`);
@@ -236,6 +245,23 @@ export const sriovStage: Stage<SriovPlan & StagePlan & { devices: SriovDevice[] 
     };
   },
   async apply(ctx, plan) {
-    return { sriov: await applySriov(ctx, plan.devices, plan) };
+    const sriov = await applySriov(ctx, plan.devices, plan);
+    const warnings = await checkAfterApply(ctx, sriov.path);
+    return { sriov, ...(warnings.length ? { warnings } : {}) };
   },
 };
+
+/**
+ * After the write, with the devices bound: what the plugin will advertise from the file as it is now
+ * (ours and foreign entries). The plugin reads it once, at start, and says nothing when a resource
+ * matches no device, so each of `sriov check`'s errors becomes a warning of this apply.
+ */
+async function checkAfterApply(ctx: StageContext, filePath: string): Promise<string[]> {
+  if (!(await ctx.host.exists(filePath))) return [];
+  try {
+    const r = await checkSriov(ctx.host, filePath, { owned: ownedIn(ctx.state, filePath) });
+    return r.errors.map((e) => `SR-IOV check: ${e} (see \`eni-dpdk sriov check\`)`);
+  } catch (e) {
+    return [`SR-IOV check could not run: ${errorMessage(e)}`];
+  }
+}

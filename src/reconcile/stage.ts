@@ -11,6 +11,7 @@ import type { EniRecord, State } from "../host/state.js";
 import type { Host } from "../host/host.js";
 import type { SriovApplyResult } from "../host/sriov-model.js";
 import type { NodeEniResult } from "../sources/nodeeni.js";
+import type { NodeConfigPartLike } from "../sources/nodeconfig.js";
 import { type Action, type StageName } from "../core/action.js";
 
 /** Everything a stage may use. The EC2 client is behind a lazy factory so a no-op boot never loads the SDK. */
@@ -28,6 +29,8 @@ export interface StageContext {
   dryRun: boolean;
   /** the NodeENI source's result, when it ran */
   nodeEni?: NodeEniResult;
+  /** the user-data's decoded parts (nodeadm's NodeConfig among them), when the user-data source read them */
+  userDataParts?: NodeConfigPartLike[];
 }
 
 /** One ENI's device as the host stage leaves it. */
@@ -57,12 +60,31 @@ export interface Upstream {
   enis: EniRecord[];
   devices: HostDeviceResult[];
   sriov?: SriovApplyResult;
+  /** what a stage's apply found wrong without failing; the pass collects them into its warnings */
+  warnings?: string[];
+  maxPods?: MaxPodsResult;
 }
 
 export interface StagePlan {
   actions: Action[];
   /** what the next stages see in a dry run, in place of this stage's apply */
   expected: Partial<Upstream>;
+  /** what the run must tell (the outcome's warnings; apply logs them, the Status line counts them) */
+  warnings?: string[];
+}
+
+/** kubelet's maxPods drop-in for nodeadm, as the kubelet stage leaves it. */
+export interface MaxPodsResult {
+  path: string;
+  /** written: ours is in place; removed: ours was taken away; absent: none needed; skipped: needed, not written */
+  state: "written" | "removed" | "absent" | "skipped";
+  changed: boolean;
+  /** the value in our drop-in */
+  maxPods?: number;
+  /** what nodeadm computes alone for this instance type */
+  nodeadmMaxPods?: number;
+  /** one line: the computation, or why there is no drop-in */
+  reason: string;
 }
 
 export interface Stage<P extends StagePlan = StagePlan> {

@@ -9,14 +9,26 @@ import { deviceNodeFor, listNetdevs, listPciDevices, readPciDevice } from "../ho
 import { readRoutes, routeReasons } from "../host/guard.js";
 import { type BindingRecord, loadState, type State, STATUS_PATH } from "../host/state.js";
 import {
+  hugepageProblem,
+  hugepageWants,
+  hugetlbfsMounts,
   readHugepages,
   readKernelFacts,
   writeCombiningReport,
   type HugepageInfo,
+  type HugepageProblem,
   type KernelFacts,
   type WcReport,
 } from "../host/kernel.js";
-import { inspectSriov } from "../host/sriov-file.js";
+import { inspectSriov, ownedIn } from "../host/sriov-file.js";
+import { checkSriov, type SriovCheckReport } from "../host/sriov-check.js";
+import {
+  MAX_PODS_DROPIN,
+  NODEADM_DROPIN_DIR,
+  ourMaxPods,
+  readDropins,
+} from "../host/nodeadm-dropin.js";
+import type { MaxPodsResult } from "./stage.js";
 
 export interface StatusDevice {
   name: string;
@@ -58,8 +70,31 @@ export interface StatusDoc {
     vfioLoaded: boolean;
     dpdkDrivers: string[];
     hugepages: HugepageInfo[];
+    /** hugetlbfs mount points (/proc/mounts) */
+    hugetlbfs: string[];
+    /** devices on a DPDK driver without usable hugepages */
+    hugepageProblem?: HugepageProblem;
     writeCombining: WcReport;
-    sriov: { configPath: string; exists?: boolean; valid?: boolean; warnings: string[] };
+    sriov: {
+      configPath: string;
+      exists?: boolean;
+      valid?: boolean;
+      warnings: string[];
+      /** what the device plugin will advertise from the file on this host (when the file exists) */
+      check?: SriovCheckReport;
+    };
+    /** kubelet's maxPods: eni-dpdk's nodeadm drop-in, or why there is none */
+    maxPods: {
+      path: string;
+      /** ours: eni-dpdk's drop-in is there; foreign: another file at that path; none; no-dir: nodeadm reads no drop-ins */
+      dropIn: "ours" | "foreign" | "none" | "no-dir";
+      /** the value eni-dpdk's drop-in sets */
+      maxPods?: number;
+      /** what nodeadm computes alone (from the last apply) */
+      nodeadmMaxPods?: number;
+      /** the computation in the drop-in, or the last apply's reason for none */
+      detail: string;
+    };
   };
   devices: StatusDevice[];
   otherDevices: OtherDevice[];
@@ -163,14 +198,18 @@ export async function collectStatus(
   }
 
   const k = await readKernelFacts(host);
-  const vfioBdfs = [...devices, ...otherDevices]
-    .filter((d) => d.driver === "vfio-pci")
-    .map((d) => d.bdf);
+  const all = [...devices, ...otherDevices];
+  const onVfio = all.filter((d) => d.driver === "vfio-pci");
+  const hugepageIssue = await hugepageProblem(host, {
+    dpdkDevices: new Set(all.filter((d) => isDpdkDriver(d.driver)).map((d) => d.bdf)).size,
+  });
   const sriovPath = state.sriov.configPath ?? config.sriov.config_path;
   let sriov: StatusDoc["host"]["sriov"] = { configPath: sriovPath, warnings: [] };
   try {
     const r = await inspectSriov(host, sriovPath, config.sriov.resource_prefix);
     sriov = { configPath: sriovPath, exists: r.exists, valid: r.valid, warnings: r.warnings };
+    if (r.exists)
+      sriov.check = await checkSriov(host, sriovPath, { owned: ownedIn(state, sriovPath) });
   } catch (e) {
     sriov.warnings.push(`could not inspect: ${errorMessage(e)}`);
   }
@@ -181,9 +220,12 @@ export async function collectStatus(
       iommuPresent: k.iommuPresent,
       vfioLoaded: k.vfioLoaded,
       dpdkDrivers: k.dpdkDrivers,
-      hugepages: await readHugepages(host),
-      writeCombining: await writeCombiningReport(host, vfioBdfs),
+      hugepages: await readHugepages(host, hugepageWants(config.dpdk)),
+      hugetlbfs: await hugetlbfsMounts(host),
+      ...(hugepageIssue ? { hugepageProblem: hugepageIssue } : {}),
+      writeCombining: await writeCombiningReport(host, onVfio),
       sriov,
+      maxPods: await maxPodsStatus(host, last?.apply?.maxPods),
     },
     devices,
     otherDevices,
@@ -200,6 +242,40 @@ export async function collectStatus(
   };
 }
 
+async function maxPodsStatus(
+  host: Host,
+  last: Partial<MaxPodsResult> | undefined,
+): Promise<StatusDoc["host"]["maxPods"]> {
+  const d = await readDropins(host);
+  const base = {
+    path: MAX_PODS_DROPIN,
+    ...(last?.nodeadmMaxPods !== undefined ? { nodeadmMaxPods: last.nodeadmMaxPods } : {}),
+  };
+  if (d.ours === "ours") {
+    // the drop-in says why, in its comment lines
+    const why = (d.ourText ?? "")
+      .split("\n")
+      .slice(1)
+      .filter((l) => l.startsWith("# ") && !l.startsWith("# Opt out"))
+      .map((l) => l.slice(2))
+      .join(" ");
+    const n = ourMaxPods(d.ourText);
+    return { ...base, dropIn: "ours", ...(n !== undefined ? { maxPods: n } : {}), detail: why };
+  }
+  if (d.ours === "foreign")
+    return {
+      ...base,
+      dropIn: "foreign",
+      detail: last?.reason ?? "the file there is not eni-dpdk's",
+    };
+  return {
+    ...base,
+    dropIn: d.dir ? "none" : "no-dir",
+    detail:
+      last?.reason ?? (d.dir ? "no apply recorded yet" : `${NODEADM_DROPIN_DIR} does not exist`),
+  };
+}
+
 interface LastApplyFile {
   devices?: {
     mac?: string;
@@ -213,6 +289,7 @@ interface LastApplyFile {
     ok?: boolean;
     summary?: string;
     devices?: LastApplyFile["devices"];
+    maxPods?: Partial<MaxPodsResult>;
   };
 }
 

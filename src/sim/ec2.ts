@@ -1,7 +1,9 @@
 // An EC2 emulator: a real HTTP server speaking the EC2 Query protocol (form-encoded POST in, XML out,
 // EC2 error XML) to the real SDK. It keeps ENIs, attachments, subnets, security groups, instances and
-// instance types; adds per-action latency, an attaching→attached delay, account-wide token buckets per
-// category (mutating vs describe), fault injection, a hot-plug hook and an observer API.
+// instance types and launch templates; adds per-action latency, an attaching→attached delay,
+// account-wide token buckets per category (mutating vs describe), fault injection, a hot-plug hook,
+// ENIs attached at launch as a launch template does, and an observer API (every request's parameters
+// as the wire carried them).
 import http from "node:http";
 import type { AddressInfo, Socket } from "node:net";
 
@@ -35,6 +37,10 @@ export interface InstanceTypeSeed {
   maxEnis: number;
   /** per network card maximum; default one card holding maxEnis */
   cards?: number[];
+  /** ENA Express (EnaSrdSupported); default true */
+  enaSrd?: boolean;
+  /** flexible ENA queues, per interface; undefined: unsupported */
+  enaQueues?: { default: number; maxPerInterface: number; max: number };
 }
 export interface Ec2Seed {
   subnets?: SubnetSeed[];
@@ -51,6 +57,11 @@ export interface EmuAttachment {
   status: "attaching" | "attached" | "detaching";
   deleteOnTermination: boolean;
   attachTime: string;
+  /** ENA Express as set at attach or by ModifyNetworkInterfaceAttribute */
+  enaSrd?: { enabled: boolean; udp: boolean };
+  enaQueueCount?: number;
+  /** attached by RunInstances (a launch template), not by AttachNetworkInterface */
+  atLaunch?: boolean;
 }
 export interface EmuEni {
   id: string;
@@ -63,6 +74,8 @@ export interface EmuEni {
   privateIp: string;
   tags: Record<string, string>;
   attachment?: EmuAttachment;
+  /** EC2's default for a new ENI is true */
+  sourceDestCheck: boolean;
   /** created through CreateNetworkInterface (not seeded) */
   createdByApi: boolean;
   clientToken?: string;
@@ -110,6 +123,46 @@ export interface RequestRecord {
   status: number;
   code?: string;
   at: number;
+  /** the form parameters as sent (Action and Version included) */
+  params: Record<string, string>;
+}
+
+/** One entry of a launch template's NetworkInterfaces, as the emulator decoded it from the wire. */
+export interface LaunchTemplateInterface {
+  DeviceIndex?: number;
+  NetworkCardIndex?: number;
+  SubnetId?: string;
+  Groups?: string[];
+  DeleteOnTermination?: boolean;
+  Description?: string;
+  InterfaceType?: string;
+  EnaSrdSpecification?: {
+    EnaSrdEnabled?: boolean;
+    EnaSrdUdpSpecification?: { EnaSrdUdpEnabled?: boolean };
+  };
+  EnaQueueCount?: number;
+}
+export interface LaunchTemplateRecord {
+  launchTemplateId: string;
+  name: string;
+  networkInterfaces: LaunchTemplateInterface[];
+  tagSpecifications: { ResourceType: string; Tags: { Key: string; Value: string }[] }[];
+}
+
+/** What a launch template (or a lifecycle hook's attach) gives one ENI at launch. */
+export interface AtLaunchSpec {
+  deviceIndex: number;
+  networkCardIndex?: number;
+  subnetId: string;
+  groups?: string[];
+  description?: string;
+  tags?: Record<string, string>;
+  /** default true, as a launch template's interfaces usually have */
+  deleteOnTermination?: boolean;
+  enaSrd?: { enabled: boolean; udp: boolean };
+  enaQueueCount?: number;
+  id?: string;
+  mac?: string;
 }
 
 const MUTATING = new Set([
@@ -156,6 +209,7 @@ export class Ec2Emulator {
   readonly instances = new Map<string, InstanceSeed>();
   readonly instanceTypes = new Map<string, InstanceTypeSeed>();
   readonly enis = new Map<string, EmuEni>();
+  readonly launchTemplates = new Map<string, LaunchTemplateRecord>();
   readonly faults: Ec2Faults = {
     error500: {},
     dropBefore: {},
@@ -173,6 +227,8 @@ export class Ec2Emulator {
   afterDispatch?: (action: string, params: URLSearchParams) => void | Promise<void>;
   /** Every request as answered, in order. */
   readonly requests: RequestRecord[] = [];
+  /** Keep each request's parameters in `requests` (a fleet of thousands of nodes may turn it off). */
+  recordParams = true;
   private buckets?: Record<Category, TokenBucket>;
   private server?: http.Server;
   private readonly sockets = new Set<Socket>();
@@ -207,6 +263,7 @@ export class Ec2Emulator {
       mac: i.primaryMac,
       privateIp: this.nextIp(subnet?.cidr),
       tags: {},
+      sourceDestCheck: true,
       createdByApi: false,
       createdAt: Date.now(),
       attachment: {
@@ -217,8 +274,96 @@ export class Ec2Emulator {
         status: "attached",
         deleteOnTermination: true,
         attachTime: new Date().toISOString(),
+        atLaunch: true,
       },
     });
+  }
+
+  /**
+   * An ENI created and attached at launch, as RunInstances does for a launch template's
+   * NetworkInterfaces (or as a lifecycle hook's Lambda leaves it): attached at once, with
+   * DeleteOnTermination (default true), no API request recorded and no hot-plug hook run (the NIC is
+   * there at boot; the caller puts it in IMDS and sysfs). Refuses what EC2 refuses at launch.
+   */
+  attachAtLaunch(instanceId: string, spec: AtLaunchSpec): EmuEni {
+    const inst = this.instances.get(instanceId);
+    if (!inst) throw new Error(`attachAtLaunch: no instance ${instanceId}`);
+    const card = spec.networkCardIndex ?? 0;
+    if (spec.deviceIndex === 0 && card === 0)
+      throw new Error("attachAtLaunch: device index 0 on card 0 is the primary ENI");
+    const taken = this.attachedTo(instanceId).find(
+      (e) =>
+        e.attachment!.deviceIndex === spec.deviceIndex && e.attachment!.networkCardIndex === card,
+    );
+    if (taken)
+      throw new Error(
+        `attachAtLaunch: ${instanceId} already has ${taken.id} at card ${card}, device index ${spec.deviceIndex}`,
+      );
+    const subnet = this.subnets.get(spec.subnetId);
+    if (!subnet) throw new Error(`attachAtLaunch: no subnet ${spec.subnetId}`);
+    if (subnet.az !== inst.az)
+      throw new Error(`attachAtLaunch: subnet ${spec.subnetId} is not in ${inst.az}`);
+    const eni = this.addEni({
+      subnetId: spec.subnetId,
+      description: spec.description ?? "",
+      groups: spec.groups ?? [],
+      tags: { ...(spec.tags ?? {}) },
+      ...(spec.id ? { id: spec.id } : {}),
+      ...(spec.mac ? { mac: spec.mac } : {}),
+    });
+    eni.attachment = {
+      attachmentId: this.newId("eni-attach-"),
+      instanceId,
+      deviceIndex: spec.deviceIndex,
+      networkCardIndex: card,
+      status: "attached",
+      deleteOnTermination: spec.deleteOnTermination ?? true,
+      attachTime: new Date().toISOString(),
+      atLaunch: true,
+      ...(spec.enaSrd ? { enaSrd: { ...spec.enaSrd } } : {}),
+      ...(spec.enaQueueCount !== undefined ? { enaQueueCount: spec.enaQueueCount } : {}),
+    };
+    return eni;
+  }
+
+  /**
+   * Launch-time attachment of a stored launch template's secondary interfaces (device index 0 on
+   * card 0 is the instance's primary, already there), tagged with its network-interface
+   * TagSpecifications. Returns the ENIs attached, by device index.
+   */
+  launchFromTemplate(instanceId: string, templateName: string): EmuEni[] {
+    const lt = this.launchTemplates.get(templateName);
+    if (!lt) throw new Error(`launchFromTemplate: no launch template ${templateName}`);
+    const inst = this.instances.get(instanceId);
+    if (!inst) throw new Error(`launchFromTemplate: no instance ${instanceId}`);
+    const tags: Record<string, string> = {};
+    for (const ts of lt.tagSpecifications.filter((t) => t.ResourceType === "network-interface"))
+      for (const t of ts.Tags) tags[t.Key] = t.Value;
+    const primary = this.enis.get(inst.primaryEniId);
+    if (primary) Object.assign(primary.tags, tags);
+    return lt.networkInterfaces
+      .filter((n) => !(n.DeviceIndex === 0 && (n.NetworkCardIndex ?? 0) === 0))
+      .map((n) => {
+        const srd = n.EnaSrdSpecification;
+        return this.attachAtLaunch(instanceId, {
+          deviceIndex: n.DeviceIndex!,
+          networkCardIndex: n.NetworkCardIndex ?? 0,
+          subnetId: n.SubnetId ?? inst.subnetId,
+          groups: n.Groups ?? [],
+          description: n.Description ?? "",
+          tags,
+          deleteOnTermination: n.DeleteOnTermination ?? true,
+          ...(srd?.EnaSrdEnabled !== undefined
+            ? {
+                enaSrd: {
+                  enabled: srd.EnaSrdEnabled,
+                  udp: srd.EnaSrdUdpSpecification?.EnaSrdUdpEnabled ?? false,
+                },
+              }
+            : {}),
+          ...(n.EnaQueueCount !== undefined ? { enaQueueCount: n.EnaQueueCount } : {}),
+        });
+      });
   }
 
   /** Seed an ENI directly (e.g. someone else's ENI at a device index). */
@@ -233,6 +378,7 @@ export class Ec2Emulator {
       mac: e.mac ?? this.newMac(),
       privateIp: this.nextIp(subnet?.cidr),
       tags: {},
+      sourceDestCheck: true,
       createdByApi: false,
       createdAt: Date.now(),
       ...e,
@@ -347,8 +493,9 @@ export class Ec2Emulator {
     for await (const c of req) body += c;
     const params = new URLSearchParams(body);
     const action = params.get("Action") ?? "";
+    const sent = this.recordParams ? Object.fromEntries(params) : {};
     const record = (status: number, code?: string) =>
-      this.requests.push({ action, status, code, at: Date.now() });
+      this.requests.push({ action, status, code, at: Date.now(), params: sent });
     const sendError = (status: number, code: string, message: string) => {
       record(status, code);
       res.writeHead(status, { "content-type": "text/xml;charset=UTF-8" });
@@ -422,6 +569,8 @@ export class Ec2Emulator {
         return this.describeTags(p);
       case "CreateTags":
         return this.createTags(p);
+      case "CreateLaunchTemplate":
+        return this.createLaunchTemplate(p);
       default:
         throw new ApiError(
           400,
@@ -530,6 +679,7 @@ export class Ec2Emulator {
       mac: this.newMac(),
       privateIp: this.nextIp(subnet.cidr),
       tags,
+      sourceDestCheck: true,
       createdByApi: true,
       clientToken: token,
       createdAt: Date.now(),
@@ -549,14 +699,16 @@ export class Ec2Emulator {
         "InvalidInstanceID.NotFound",
         `The instance ID '${instanceId}' does not exist`,
       );
-    const deviceIndex = Number(p.get("DeviceIndex"));
-    const card = Number(p.get("NetworkCardIndex") ?? "0");
-    if (!Number.isInteger(deviceIndex) || deviceIndex < 0)
+    const deviceIndex = intParam(p, "DeviceIndex", 0) ?? NaN;
+    const card = intParam(p, "NetworkCardIndex", 0) ?? 0;
+    if (Number.isNaN(deviceIndex))
       throw new ApiError(
         400,
-        "InvalidParameterValue",
-        `Invalid value '${p.get("DeviceIndex")}' for deviceIndex`,
+        "MissingParameter",
+        "The request must contain the parameter DeviceIndex",
       );
+    const srd = enaSrdParams(p, "EnaSrdSpecification");
+    const queues = intParam(p, "EnaQueueCount", 1);
     if (eni.attachment)
       throw new ApiError(400, "InvalidNetworkInterface.InUse", `Interface: [${eni.id}] in use.`);
     if (eni.az !== inst.az) {
@@ -568,6 +720,26 @@ export class Ec2Emulator {
     }
     const type = this.instanceTypes.get(inst.instanceType);
     const cards = type ? (type.cards ?? [type.maxEnis]) : undefined;
+    if (srd?.enabled && type && type.enaSrd === false)
+      throw new ApiError(
+        400,
+        "UnsupportedOperation",
+        `ENA Express is not supported for instance type ${inst.instanceType}.`,
+      );
+    if (queues !== undefined && type) {
+      if (!type.enaQueues)
+        throw new ApiError(
+          400,
+          "UnsupportedOperation",
+          `Instance type ${inst.instanceType} does not support flexible ENA queues.`,
+        );
+      if (queues > type.enaQueues.maxPerInterface)
+        throw new ApiError(
+          400,
+          "InvalidParameterValue",
+          `EnaQueueCount ${queues} exceeds the maximum of ${type.enaQueues.maxPerInterface} per interface for ${inst.instanceType}.`,
+        );
+    }
     if (cards && card >= cards.length)
       throw new ApiError(
         400,
@@ -605,6 +777,8 @@ export class Ec2Emulator {
       status: "attaching",
       deleteOnTermination: false,
       attachTime: new Date().toISOString(),
+      ...(srd ? { enaSrd: { enabled: srd.enabled ?? false, udp: srd.udp ?? false } } : {}),
+      ...(queues !== undefined ? { enaQueueCount: queues } : {}),
     };
     eni.attachment = att;
     const complete = () => {
@@ -652,7 +826,51 @@ export class Ec2Emulator {
 
   private modifyNetworkInterfaceAttribute(p: URLSearchParams): string {
     const eni = this.eniOrThrow(p.get("NetworkInterfaceId"));
+    // EC2 documents one attribute per call.
+    const given = [
+      "Attachment.",
+      "Description.",
+      "SourceDestCheck.",
+      "SecurityGroupId.",
+      "EnaSrdSpecification.",
+    ].filter((prefix) => [...p.keys()].some((k) => k.startsWith(prefix)));
+    if (given.length !== 1)
+      throw new ApiError(
+        400,
+        given.length ? "InvalidParameterCombination" : "MissingParameter",
+        given.length
+          ? `Only one attribute can be modified at a time; got ${given.map((g) => g.slice(0, -1)).join(", ")}.`
+          : "The request must contain one attribute to modify.",
+      );
+    const sdc = boolParam(p, "SourceDestCheck.Value");
+    if (given[0] === "SourceDestCheck." && sdc === undefined)
+      throw new ApiError(400, "MissingParameter", "The request must contain SourceDestCheck.Value");
+    const srd = enaSrdParams(p, "EnaSrdSpecification");
+    if (srd) {
+      if (!eni.attachment)
+        throw new ApiError(
+          400,
+          "InvalidParameterValue",
+          `ENA Express applies to an attached network interface; ${eni.id} is not attached.`,
+        );
+      const cur = eni.attachment.enaSrd ?? { enabled: false, udp: false };
+      const next = { enabled: srd.enabled ?? cur.enabled, udp: srd.udp ?? cur.udp };
+      if (next.udp && !next.enabled)
+        throw new ApiError(
+          400,
+          "InvalidParameterCombination",
+          "ENA Express must be enabled to enable ENA Express for UDP.",
+        );
+      eni.attachment.enaSrd = next;
+    }
+    if (sdc !== undefined) eni.sourceDestCheck = sdc;
     const attId = p.get("Attachment.AttachmentId");
+    if (p.has("Attachment.EnaQueueCount"))
+      throw new ApiError(
+        400,
+        "IncorrectInstanceState",
+        "The ENA queue count of an attachment can be changed only while the instance is stopped.",
+      );
     if (attId !== null) {
       if (!eni.attachment || eni.attachment.attachmentId !== attId) {
         throw new ApiError(
@@ -661,8 +879,8 @@ export class Ec2Emulator {
           `The attachment ID '${attId}' does not exist`,
         );
       }
-      const dot = p.get("Attachment.DeleteOnTermination");
-      if (dot !== null) eni.attachment.deleteOnTermination = dot === "true";
+      const dot = boolParam(p, "Attachment.DeleteOnTermination");
+      if (dot !== undefined) eni.attachment.deleteOnTermination = dot;
     }
     const desc = p.get("Description.Value");
     if (desc !== null) eni.description = desc;
@@ -772,12 +990,18 @@ export class Ec2Emulator {
     return `<instanceTypeSet>${out
       .map((t) => {
         const cards = t.cards ?? [t.maxEnis];
+        const q = t.enaQueues;
+        const queues = q
+          ? `<defaultEnaQueueCountPerInterface>${q.default}</defaultEnaQueueCountPerInterface><maximumEnaQueueCount>${q.max}</maximumEnaQueueCount><maximumEnaQueueCountPerInterface>${q.maxPerInterface}</maximumEnaQueueCountPerInterface>`
+          : "";
         return `<item><instanceType>${t.instanceType}</instanceType><networkInfo><maximumNetworkInterfaces>${t.maxEnis}</maximumNetworkInterfaces><maximumNetworkCards>${cards.length}</maximumNetworkCards><defaultNetworkCardIndex>0</defaultNetworkCardIndex><networkCards>${cards
           .map(
             (m, i) =>
-              `<item><networkCardIndex>${i}</networkCardIndex><maximumNetworkInterfaces>${m}</maximumNetworkInterfaces></item>`,
+              `<item><networkCardIndex>${i}</networkCardIndex><maximumNetworkInterfaces>${m}</maximumNetworkInterfaces>${queues}</item>`,
           )
-          .join("")}</networkCards><enaSupport>required</enaSupport></networkInfo></item>`;
+          .join(
+            "",
+          )}</networkCards><enaSupport>required</enaSupport><enaSrdSupported>${t.enaSrd ?? true}</enaSrdSupported><flexibleEnaQueuesSupport>${q ? "supported" : "unsupported"}</flexibleEnaQueuesSupport></networkInfo></item>`;
       })
       .join("")}</instanceTypeSet>`;
   }
@@ -823,6 +1047,134 @@ export class Ec2Emulator {
     return `<return>true</return>`;
   }
 
+  /**
+   * Decodes LaunchTemplateData's NetworkInterfaces and TagSpecifications (the parts eni-dpdk emits)
+   * and refuses malformed values. The stored record is what `launchFromTemplate` launches with.
+   */
+  private createLaunchTemplate(p: URLSearchParams): string {
+    const name = p.get("LaunchTemplateName") ?? "";
+    if (!/^[a-zA-Z0-9().\-/_]{3,128}$/.test(name))
+      throw new ApiError(
+        400,
+        "InvalidLaunchTemplateName.MalformedException",
+        `Invalid launch template name '${name}'.`,
+      );
+    if (this.launchTemplates.has(name))
+      throw new ApiError(
+        400,
+        "InvalidLaunchTemplateName.AlreadyExistsException",
+        `Launch template name already in use.`,
+      );
+    const known = new Set([
+      "DeviceIndex",
+      "NetworkCardIndex",
+      "SubnetId",
+      "SecurityGroupId",
+      "DeleteOnTermination",
+      "Description",
+      "InterfaceType",
+      "EnaSrdSpecification",
+      "EnaQueueCount",
+    ]);
+    const networkInterfaces = indexed(p, "LaunchTemplateData.NetworkInterface").map((prefix) => {
+      for (const k of p.keys()) {
+        if (!k.startsWith(prefix + ".")) continue;
+        const field = k.slice(prefix.length + 1).split(".")[0];
+        if (!known.has(field))
+          throw new ApiError(400, "InvalidParameterValue", `The emulator does not model ${k}.`);
+      }
+      const n: LaunchTemplateInterface = {};
+      const di = intParam(p, `${prefix}.DeviceIndex`, 0);
+      if (di === undefined)
+        throw new ApiError(
+          400,
+          "InvalidParameterValue",
+          `${prefix}: each interface of type interface needs a DeviceIndex.`,
+        );
+      n.DeviceIndex = di;
+      const card = intParam(p, `${prefix}.NetworkCardIndex`, 0);
+      if (card !== undefined) n.NetworkCardIndex = card;
+      const subnet = p.get(`${prefix}.SubnetId`);
+      if (subnet !== null) {
+        if (!this.subnets.has(subnet))
+          throw new ApiError(
+            400,
+            "InvalidSubnetID.NotFound",
+            `The subnet ID '${subnet}' does not exist`,
+          );
+        n.SubnetId = subnet;
+      }
+      const groups = list(p, `${prefix}.SecurityGroupId`);
+      for (const g of groups)
+        if (!this.securityGroups.has(g))
+          throw new ApiError(
+            400,
+            "InvalidGroup.NotFound",
+            `The security group '${g}' does not exist`,
+          );
+      if (p.has(`${prefix}.SecurityGroupId.1`)) n.Groups = groups;
+      const dot = boolParam(p, `${prefix}.DeleteOnTermination`);
+      if (dot !== undefined) n.DeleteOnTermination = dot;
+      const desc = p.get(`${prefix}.Description`);
+      if (desc !== null) n.Description = desc;
+      const type = p.get(`${prefix}.InterfaceType`);
+      if (type !== null) {
+        if (!["interface", "efa", "efa-only"].includes(type))
+          throw new ApiError(
+            400,
+            "InvalidParameterValue",
+            `Invalid value '${type}' for InterfaceType.`,
+          );
+        n.InterfaceType = type;
+      }
+      const srd = enaSrdParams(p, `${prefix}.EnaSrdSpecification`);
+      if (srd) {
+        n.EnaSrdSpecification = {
+          ...(srd.enabled !== undefined ? { EnaSrdEnabled: srd.enabled } : {}),
+          ...(srd.udp !== undefined
+            ? { EnaSrdUdpSpecification: { EnaSrdUdpEnabled: srd.udp } }
+            : {}),
+        };
+      }
+      const q = intParam(p, `${prefix}.EnaQueueCount`, 1);
+      if (q !== undefined) n.EnaQueueCount = q;
+      return n;
+    });
+    const slots = networkInterfaces.map((n) => `${n.NetworkCardIndex ?? 0}/${n.DeviceIndex}`);
+    const dup = slots.find((x, i) => slots.indexOf(x) !== i);
+    if (dup)
+      throw new ApiError(
+        400,
+        "InvalidParameterValue",
+        `Two network interfaces use network card/device index ${dup}.`,
+      );
+    const tagSpecifications = indexed(p, "LaunchTemplateData.TagSpecification").map((spec) => {
+      const type = p.get(`${spec}.ResourceType`) ?? "";
+      if (!["instance", "volume", "network-interface", "spot-instances-request"].includes(type))
+        throw new ApiError(
+          400,
+          "InvalidParameterValue",
+          `'${type}' is not a valid taggable resource type for launch templates.`,
+        );
+      const tags = indexed(p, `${spec}.Tag`).map((t) => ({
+        Key: p.get(`${t}.Key`) ?? "",
+        Value: p.get(`${t}.Value`) ?? "",
+      }));
+      for (const t of tags)
+        if (t.Key === "" || t.Key.startsWith("aws:") || t.Key.length > 128 || t.Value.length > 256)
+          throw new ApiError(400, "InvalidParameterValue", `Invalid tag key '${t.Key}'.`);
+      return { ResourceType: type, Tags: tags };
+    });
+    const rec: LaunchTemplateRecord = {
+      launchTemplateId: this.newId("lt-"),
+      name,
+      networkInterfaces,
+      tagSpecifications,
+    };
+    this.launchTemplates.set(name, rec);
+    return `<launchTemplate><launchTemplateId>${rec.launchTemplateId}</launchTemplateId><launchTemplateName>${esc(name)}</launchTemplateName><createTime>${new Date().toISOString()}</createTime><createdBy>arn:aws:iam::123456789012:root</createdBy><defaultVersionNumber>1</defaultVersionNumber><latestVersionNumber>1</latestVersionNumber></launchTemplate>`;
+  }
+
   // ---- helpers -----------------------------------------------------------------------------------
 
   private eniOrThrow(id: string | null): EmuEni {
@@ -848,12 +1200,19 @@ export class Ec2Emulator {
       `<networkInterfaceId>${e.id}</networkInterfaceId><subnetId>${e.subnetId}</subnetId><vpcId>${e.vpcId}</vpcId>` +
       `<availabilityZone>${e.az}</availabilityZone><description>${esc(e.description)}</description><ownerId>123456789012</ownerId>` +
       `<requesterManaged>false</requesterManaged><status>${eniStatus(e)}</status><macAddress>${e.mac}</macAddress>` +
-      `<privateIpAddress>${e.privateIp}</privateIpAddress><sourceDestCheck>true</sourceDestCheck><interfaceType>interface</interfaceType>` +
+      `<privateIpAddress>${e.privateIp}</privateIpAddress><sourceDestCheck>${e.sourceDestCheck}</sourceDestCheck><interfaceType>interface</interfaceType>` +
       `<groupSet>${groups}</groupSet>` +
       (a
         ? `<attachment><attachmentId>${a.attachmentId}</attachmentId><instanceId>${a.instanceId}</instanceId><instanceOwnerId>123456789012</instanceOwnerId>` +
           `<deviceIndex>${a.deviceIndex}</deviceIndex><networkCardIndex>${a.networkCardIndex}</networkCardIndex><status>${a.status}</status>` +
-          `<attachTime>${a.attachTime}</attachTime><deleteOnTermination>${a.deleteOnTermination}</deleteOnTermination></attachment>`
+          `<attachTime>${a.attachTime}</attachTime><deleteOnTermination>${a.deleteOnTermination}</deleteOnTermination>` +
+          (a.enaSrd
+            ? `<enaSrdSpecification><enaSrdEnabled>${a.enaSrd.enabled}</enaSrdEnabled><enaSrdUdpSpecification><enaSrdUdpEnabled>${a.enaSrd.udp}</enaSrdUdpEnabled></enaSrdUdpSpecification></enaSrdSpecification>`
+            : "") +
+          (a.enaQueueCount !== undefined
+            ? `<enaQueueCount>${a.enaQueueCount}</enaQueueCount>`
+            : "") +
+          `</attachment>`
         : "") +
       `<privateIpAddressesSet><item><privateIpAddress>${e.privateIp}</privateIpAddress><primary>true</primary></item></privateIpAddressesSet>` +
       tagSet(e.tags)
@@ -905,6 +1264,52 @@ function eniStatus(e: EmuEni): string {
 
 function subnetTags(s: SubnetSeed): Record<string, string> {
   return { ...(s.name !== undefined ? { Name: s.name } : {}), ...(s.tags ?? {}) };
+}
+
+/** An EC2 boolean: "true" or "false", anything else refused as EC2 does; undefined when absent. */
+function boolParam(p: URLSearchParams, name: string): boolean | undefined {
+  const v = p.get(name);
+  if (v === null) return undefined;
+  if (v === "true" || v === "false") return v === "true";
+  throw new ApiError(
+    400,
+    "InvalidParameterValue",
+    `Invalid value '${v}' for ${name}; expected true or false.`,
+  );
+}
+
+/** An EC2 integer at least `min`; undefined when absent. */
+function intParam(p: URLSearchParams, name: string, min: number): number | undefined {
+  const v = p.get(name);
+  if (v === null) return undefined;
+  if (!/^-?[0-9]+$/.test(v) || Number(v) < min)
+    throw new ApiError(400, "InvalidParameterValue", `Invalid value '${v}' for ${name}.`);
+  return Number(v);
+}
+
+/** `<prefix>.EnaSrdEnabled` and `<prefix>.EnaSrdUdpSpecification.EnaSrdUdpEnabled`; undefined when neither is sent. */
+function enaSrdParams(
+  p: URLSearchParams,
+  prefix: string,
+): { enabled?: boolean; udp?: boolean } | undefined {
+  for (const k of p.keys()) {
+    if (
+      k.startsWith(prefix + ".") &&
+      k !== `${prefix}.EnaSrdEnabled` &&
+      k !== `${prefix}.EnaSrdUdpSpecification.EnaSrdUdpEnabled`
+    )
+      throw new ApiError(400, "InvalidParameterValue", `Unknown parameter ${k}.`);
+  }
+  const enabled = boolParam(p, `${prefix}.EnaSrdEnabled`);
+  const udp = boolParam(p, `${prefix}.EnaSrdUdpSpecification.EnaSrdUdpEnabled`);
+  if (enabled === undefined && udp === undefined) return undefined;
+  if (udp === true && enabled === false)
+    throw new ApiError(
+      400,
+      "InvalidParameterCombination",
+      "ENA Express must be enabled to enable ENA Express for UDP.",
+    );
+  return { ...(enabled !== undefined ? { enabled } : {}), ...(udp !== undefined ? { udp } : {}) };
 }
 
 function takeFault(m: Record<string, number>, action: string): boolean {

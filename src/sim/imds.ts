@@ -16,6 +16,8 @@ export interface ImdsNic {
   securityGroupIds: string[];
   localIpv4s: string[];
   subnetCidr: string;
+  /** delegated /28 prefixes (the VPC CNI with prefix delegation); none → `ipv4-prefix` answers 404 */
+  ipv4Prefixes?: string[];
 }
 
 export interface ImdsInstance {
@@ -230,6 +232,7 @@ export class ImdsEmulator {
         "security-group-ids": nic.securityGroupIds.join("\n"),
         "local-ipv4s": nic.localIpv4s.join("\n"),
         "subnet-ipv4-cidr-block": nic.subnetCidr,
+        "ipv4-prefix": nic.ipv4Prefixes?.length ? nic.ipv4Prefixes.join("\n") : undefined,
         mac: nic.mac,
       };
       if (!leaf)

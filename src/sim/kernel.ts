@@ -36,6 +36,12 @@ export interface SimKernelOptions {
   hugepageCapacity?: Record<number, number>;
   /** sizes the kernel supports (kB); default 2048 and 1048576 */
   hugepageSizes?: number[];
+  /** NUMA nodes (default 1); the kernel spreads a pool over them */
+  numaNodes?: number;
+  /** hugetlbfs mounted at /dev/hugepages, as systemd's dev-hugepages.mount does (default true) */
+  hugetlbfs?: boolean;
+  /** what /proc/sys/kernel/osrelease reads (default a Debian 6.1 kernel, as the e2e guest runs) */
+  osrelease?: string;
 }
 
 export interface SimWrite {
@@ -53,6 +59,8 @@ interface SimDevice {
   mtu: number;
   /** iommu group when an IOMMU is present (fixed); noiommu groups come and go */
   group?: number;
+  /** virtio-net: the index N of its virtioN device (the netdev hangs off that) */
+  virtio?: number;
 }
 
 /** Kernel drivers and the vendor:device pairs they claim. Override-only drivers have none. */
@@ -74,8 +82,17 @@ const MODULE_DRIVER: Record<string, string> = {
   ena: "ena",
   efa: "efa",
   e1000: "e1000",
+  virtio_pci: "virtio-pci",
 };
 const PCI_ROOT = "/sys/devices/pci0000:00";
+
+/** The kernel's `modalias` line for a PCI device (upper-case hex; the subsystem ids repeat the ids). */
+export function modalias(vendor: string, device: string, pciClass: string): string {
+  const v = vendor.toUpperCase().padStart(8, "0");
+  const d = device.toUpperCase().padStart(8, "0");
+  const c = pciClass.replace(/^0x/, "").toUpperCase().padStart(6, "0");
+  return `pci:v${v}d${d}sv${v}sd${d}bc${c.slice(0, 2)}sc${c.slice(2, 4)}i${c.slice(4, 6)}\n`;
+}
 
 export class SimKernel {
   readonly root: string;
@@ -92,6 +109,8 @@ export class SimKernel {
   private noiommuSupport: boolean;
   private readonly iommu: boolean;
   private readonly capacity: Record<number, number>;
+  private readonly numaNodes: number;
+  private readonly mappedBars = new Map<string, string>();
   private modprobeLines = 0;
   private nextGroup = 0;
   private closed = false;
@@ -104,6 +123,7 @@ export class SimKernel {
     this.iommu = !!opts.iommu;
     this.noiommuSupport = opts.noiommuSupport ?? true;
     this.capacity = { 2048: 1_000_000, 1048576: 64, ...opts.hugepageCapacity };
+    this.numaNodes = Math.max(1, opts.numaNodes ?? 1);
     // where eni-dpdk looks for modprobe under a root (Host.program), so the fake is found as the real one is
     this.modprobePath = this.p("/usr/sbin/modprobe");
   }
@@ -159,7 +179,19 @@ export class SimKernel {
       this.writeOwn(`${dir}/nr_hugepages`, "0\n");
       this.writeOwn(`${dir}/free_hugepages`, "0\n");
       this.watch(`${dir}/nr_hugepages`, (v) => this.onHugepages(kb, v));
+      for (let n = 0; n < this.numaNodes; n++) {
+        const nd = `/sys/devices/system/node/node${n}/hugepages/hugepages-${kb}kB`;
+        fs.mkdirSync(this.p(nd), { recursive: true });
+        this.writeOwn(`${nd}/nr_hugepages`, "0\n");
+        this.writeOwn(`${nd}/free_hugepages`, "0\n");
+      }
     }
+    fs.mkdirSync(this.p("/proc/sys/kernel"), { recursive: true });
+    fs.writeFileSync(
+      this.p("/proc/sys/kernel/osrelease"),
+      `${this.opts.osrelease ?? "6.1.0-57-amd64"}\n`,
+    );
+    this.setHugetlbfs(this.opts.hugetlbfs ?? true);
     for (const m of ["ena", ...(this.opts.loaded ?? [])]) this.loadModule(m);
     const available = new Set([
       "vfio",
@@ -202,6 +234,9 @@ export class SimKernel {
       device,
       ifname: spec.ifname ?? `eth${n + 1}`,
       mtu: spec.mtu ?? 1500,
+      ...(ID_TABLES["virtio-pci"].includes(`${vendor}:${device}`)
+        ? { virtio: [...this.devices.values()].filter((d) => d.virtio !== undefined).length }
+        : {}),
     };
     if (this.devices.has(dev.bdf)) throw new Error(`sim: ${dev.bdf} exists`);
     this.devices.set(dev.bdf, dev);
@@ -210,6 +245,7 @@ export class SimKernel {
     this.writeOwn(`${dir}/vendor`, `0x${vendor}\n`);
     this.writeOwn(`${dir}/device`, `0x${device}\n`);
     this.writeOwn(`${dir}/class`, `${spec.pciClass ?? "0x020000"}\n`);
+    this.writeOwn(`${dir}/modalias`, modalias(vendor, device, spec.pciClass ?? "0x020000"));
     this.writeOwn(`${dir}/driver_override`, "(null)\n");
     // BAR0 registers (non-prefetchable), BAR2 LLQ memory (prefetchable, 64-bit), as on ENA
     const base = 0xfe000000 + n * 0x100000;
@@ -350,6 +386,17 @@ export class SimKernel {
     this.capacity[kb] = pages;
   }
 
+  /** Mount (or unmount) hugetlbfs at /dev/hugepages: what /proc/mounts lists. */
+  setHugetlbfs(mounted: boolean): void {
+    const lines = [
+      "sysfs /sys sysfs rw,nosuid,nodev,noexec,relatime 0 0",
+      "proc /proc proc rw,nosuid,nodev,noexec,relatime 0 0",
+      "/dev/nvme0n1p1 / xfs rw,noatime,attr2,inode64,logbufs=8,logbsize=32k,noquota 0 0",
+      ...(mounted ? ["hugetlbfs /dev/hugepages hugetlbfs rw,relatime,pagesize=2M 0 0"] : []),
+    ];
+    fs.writeFileSync(this.p("/proc/mounts"), lines.join("\n") + "\n");
+  }
+
   /** Mount a fake debugfs PAT list with one entry per line. */
   setPatMemtypes(lines: string[]): void {
     fs.mkdirSync(this.p("/sys/kernel/debug/x86"), { recursive: true });
@@ -357,6 +404,27 @@ export class SimKernel {
       this.p("/sys/kernel/debug/x86/pat_memtype_list"),
       "PAT memtype list:\n" + lines.join("\n") + "\n",
     );
+  }
+
+  /**
+   * A DPDK app maps a device's prefetchable BAR: while it does, the kernel's PAT list (debugfs)
+   * tracks the range, printed as the kernel prints it (16 hex digits, end exclusive), beside the
+   * boot-time entries every x86 host has. `undefined` unmaps it.
+   */
+  mapBar(bdf: string, type: "write-combining" | "uncached-minus" | undefined): void {
+    if (type) this.mappedBars.set(bdf, type);
+    else this.mappedBars.delete(bdf);
+    const line = (s: bigint, e: bigint, t: string) =>
+      `PAT: [mem 0x${s.toString(16).padStart(16, "0")}-0x${e.toString(16).padStart(16, "0")}] ${t}`;
+    const entries = [
+      line(0xa0000n, 0xc0000n, "uncached-minus"),
+      line(0xfebf0000n, 0xfebf1000n, "uncached-minus"),
+      ...[...this.mappedBars].map(([b, t]) => {
+        const bar = this.prefetchableBar(b);
+        return line(BigInt(bar.start), BigInt(bar.end), t);
+      }),
+    ];
+    this.setPatMemtypes(entries);
   }
 
   /** Physical range of a device's prefetchable BAR (for PAT fixtures). */
@@ -380,7 +448,8 @@ export class SimKernel {
 
   netdevOf(bdf: string): string | undefined {
     try {
-      return fs.readdirSync(this.p(`${PCI_ROOT}/${bdf}/net`))[0];
+      const dev = this.devices.get(bdf);
+      return dev ? fs.readdirSync(this.p(this.netParent(dev)))[0] : undefined;
     } catch {
       return undefined;
     }
@@ -541,29 +610,48 @@ export class SimKernel {
     fs.mkdirSync(this.p(dir), { recursive: true });
     this.writeOwn(`${dir}/address`, mac + "\n");
     this.writeOwn(`${dir}/mtu`, "65536\n");
+    this.writeOwn(`${dir}/type`, "772\n"); // ARPHRD_LOOPBACK
     this.writeOwn(`${dir}/flags`, "0x9\n");
     this.writeOwn(`${dir}/operstate`, "unknown\n");
     this.symlink(`/sys/class/net/${ifname}`, dir);
   }
 
+  /**
+   * Where the device's netdev directory lives: `<dev>/net`, or for virtio-net `<dev>/virtioN/net`
+   * (the kernel's virtio bus puts a virtio device between the PCI function and the netdev).
+   */
+  private netParent(dev: SimDevice): string {
+    return dev.virtio === undefined
+      ? `${this.devDir(dev.bdf)}/net`
+      : `${this.devDir(dev.bdf)}/virtio${dev.virtio}/net`;
+  }
+
   private addNetdev(dev: SimDevice): void {
-    const dir = `${this.devDir(dev.bdf)}/net/${dev.ifname}`;
+    const dir = `${this.netParent(dev)}/${dev.ifname}`;
     fs.mkdirSync(this.p(dir), { recursive: true });
     this.writeOwn(`${dir}/address`, dev.mac + "\n");
     this.writeOwn(`${dir}/mtu`, `${dev.mtu}\n`);
+    this.writeOwn(`${dir}/type`, "1\n"); // ARPHRD_ETHER
     this.writeOwn(`${dir}/flags`, "0x1002\n");
     this.writeOwn(`${dir}/operstate`, "down\n");
-    fs.symlinkSync(`../../../${dev.bdf}`, this.p(`${dir}/device`)); // spelled as the kernel does
+    // spelled as the kernel does: the PCI function, or the virtio device under it
+    const parent = dev.virtio === undefined ? dev.bdf : `virtio${dev.virtio}`;
+    fs.symlinkSync(`../../../${parent}`, this.p(`${dir}/device`));
     this.symlink(`/sys/class/net/${dev.ifname}`, dir);
     this.watch(`${dir}/mtu`, (v) => this.onMtu(dev, v));
     this.watch(`${dir}/flags`, (v) => this.onFlags(dev, v));
   }
 
   private removeNetdev(dev: SimDevice): void {
-    const dir = `${this.devDir(dev.bdf)}/net/${dev.ifname}`;
+    const dir = `${this.netParent(dev)}/${dev.ifname}`;
     for (const f of ["mtu", "flags"]) this.unwatch(`${dir}/${f}`);
     fs.rmSync(this.p(`/sys/class/net/${dev.ifname}`), { force: true });
-    fs.rmSync(this.p(`${this.devDir(dev.bdf)}/net`), { recursive: true, force: true });
+    // unbinding virtio-pci removes the virtio device along with its netdev
+    const gone =
+      dev.virtio === undefined
+        ? this.netParent(dev)
+        : `${this.devDir(dev.bdf)}/virtio${dev.virtio}`;
+    fs.rmSync(this.p(gone), { recursive: true, force: true });
     this.clearRoutes(dev.ifname);
   }
 
@@ -615,7 +703,7 @@ export class SimKernel {
 
   private onMtu(dev: SimDevice, v: string): void {
     const mtu = Number(v.trim());
-    const f = `${this.devDir(dev.bdf)}/net/${dev.ifname}/mtu`;
+    const f = `${this.netParent(dev)}/${dev.ifname}/mtu`;
     if (!Number.isInteger(mtu) || mtu < 128 || mtu > 9216) {
       this.writeOwn(f, `${dev.mtu}\n`);
       return this.fail(`mtu ${v.trim()} rejected (EINVAL)`);
@@ -634,6 +722,13 @@ export class SimKernel {
     const want = Number(v.trim());
     const dir = `/sys/kernel/mm/hugepages/hugepages-${kb}kB`;
     const got = Number.isInteger(want) && want >= 0 ? Math.min(want, this.capacity[kb] ?? 0) : 0;
+    // per node first: a reader that sees the global count sees the nodes that make it up
+    for (let n = 0; n < this.numaNodes; n++) {
+      const share = Math.floor(got / this.numaNodes) + (n < got % this.numaNodes ? 1 : 0);
+      const nd = `/sys/devices/system/node/node${n}/hugepages/hugepages-${kb}kB`;
+      this.writeOwn(`${nd}/nr_hugepages`, `${share}\n`);
+      this.writeOwn(`${nd}/free_hugepages`, `${share}\n`);
+    }
     this.writeOwn(`${dir}/nr_hugepages`, `${got}\n`);
     this.writeOwn(`${dir}/free_hugepages`, `${got}\n`);
   }

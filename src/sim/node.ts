@@ -12,8 +12,9 @@ import { ImdsClient, readInstance, readNics, type Imds } from "../cloud/imds.js"
 import { silentLogger, type Logger } from "../core/log.js";
 import type { StageContext } from "../reconcile/stage.js";
 import { loadState } from "../host/state.js";
-import type { AttachedEvent, Ec2Emulator, Ec2Seed } from "./ec2.js";
+import type { AtLaunchSpec, AttachedEvent, Ec2Emulator, Ec2Seed, EmuEni } from "./ec2.js";
 import { ImdsEmulator, defaultInstance, type ImdsInstance, type ImdsNic } from "./imds.js";
+import { modalias } from "./kernel.js";
 
 export const VPC = "vpc-0a1b2c3d4e5f60718";
 export const AZ = "us-west-2a";
@@ -43,8 +44,14 @@ export function standardSeed(over: Partial<Ec2Seed> = {}): Ec2Seed {
       { groupId: SG_DPDK, groupName: "dpdk-data", vpcId: VPC, tags: { Name: "dpdk" } },
     ],
     instanceTypes: [
-      { instanceType: INSTANCE_TYPE, maxEnis: 8, cards: [8] },
-      { instanceType: "c6in.large", maxEnis: 3, cards: [3] },
+      {
+        instanceType: INSTANCE_TYPE,
+        maxEnis: 8,
+        cards: [8],
+        enaQueues: { default: 8, maxPerInterface: 16, max: 64 },
+      },
+      // no flexible ENA queues, no ENA Express: what the pre-flight checks refuse
+      { instanceType: "c6in.large", maxEnis: 3, cards: [3], enaSrd: false },
       { instanceType: "c6in.16xlarge", maxEnis: 15, cards: [15] },
     ],
     ...over,
@@ -231,6 +238,36 @@ export class SimNode {
     this.timers.add(t);
   }
 
+  /**
+   * An ENI attached as the launch template does: at launch, DeleteOnTermination set, its NIC in
+   * sysfs and IMDS before eni-dpdk runs (cold-plugged), with no EC2 request and no hot-plug event.
+   */
+  async attachAtLaunch(spec: AtLaunchSpec): Promise<EmuEni> {
+    const eni = this.emu.attachAtLaunch(this.opts.instanceId, spec);
+    await this.coldplug(eni);
+    return eni;
+  }
+
+  /** Every interface of a stored launch template, attached at launch and cold-plugged. */
+  async launchFromTemplate(templateName: string): Promise<EmuEni[]> {
+    const enis = this.emu.launchFromTemplate(this.opts.instanceId, templateName);
+    for (const eni of enis) await this.coldplug(eni);
+    return enis;
+  }
+
+  private async coldplug(eni: EmuEni): Promise<void> {
+    const a = eni.attachment!;
+    const ev = {
+      eni,
+      instanceId: a.instanceId,
+      deviceIndex: a.deviceIndex,
+      networkCardIndex: a.networkCardIndex,
+    };
+    const slot = 5 + a.networkCardIndex * 32 + a.deviceIndex;
+    await this.plugNetdev(`eth${slot - 5}`, eni.mac, slot);
+    (this.imdsEmu ?? this.memImds)!.addNic(imdsNicOf(ev));
+  }
+
   /** A netdev and its ENA PCI device in the fake sysfs, linked the way the kernel links them. */
   async plugNetdev(ifname: string, mac: string, slot: number): Promise<void> {
     const bdf = `0000:00:${slot.toString(16).padStart(2, "0")}.0`;
@@ -239,7 +276,9 @@ export class SimNode {
     await fs.writeFile(path.join(devDir, "vendor"), "0x1d0f\n");
     await fs.writeFile(path.join(devDir, "device"), "0xec20\n");
     await fs.writeFile(path.join(devDir, "class"), "0x020000\n");
+    await fs.writeFile(path.join(devDir, "modalias"), modalias("1d0f", "ec20", "0x020000"));
     await fs.writeFile(path.join(devDir, "net", ifname, "address"), mac + "\n");
+    await fs.writeFile(path.join(devDir, "net", ifname, "type"), "1\n");
     for (const [link, target] of [
       [`/sys/class/net/${ifname}`, path.join(devDir, "net", ifname)],
       [`/sys/bus/pci/devices/${bdf}`, devDir],

@@ -5,7 +5,7 @@
 import { mkdirSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { SimKernel } from "./kernel.js";
-import { Ec2Emulator, type AttachedEvent } from "./ec2.js";
+import { Ec2Emulator, type AtLaunchSpec, type AttachedEvent, type EmuEni } from "./ec2.js";
 import { AZ, INSTANCE_TYPE, SUBNET_PRIMARY, VPC, imdsNicOf, standardSeed } from "./node.js";
 import { ImdsEmulator, defaultInstance } from "./imds.js";
 
@@ -27,6 +27,8 @@ export interface WorldOptions {
   hotplugDelayMs?: number;
   /** the config file written to <root>/etc/eni-dpdk/config.toml */
   configToml?: string;
+  /** an EKS AL2023 node: nodeadm installed, with its drop-in directory /etc/eks/nodeadm.d */
+  nodeadm?: boolean;
 }
 
 export class World {
@@ -76,6 +78,17 @@ export class World {
     world.primaryRoutes();
     ec2.onAttached = (ev) => world.hotplug(ev);
     if (opts.configToml !== undefined) world.writeConfig(opts.configToml);
+    if (opts.nodeadm) {
+      mkdirSync(sim.p("/etc/eks/nodeadm.d"), { recursive: true });
+      mkdirSync(sim.p("/usr/bin"), { recursive: true });
+      writeFileSync(
+        sim.p("/usr/bin/nodeadm"),
+        "#!/bin/sh\n# stand-in: eni-dpdk only looks for it\n",
+        {
+          mode: 0o755,
+        },
+      );
+    }
     return world;
   }
 
@@ -103,18 +116,37 @@ export class World {
     };
   }
 
+  /**
+   * An ENI attached as the launch template does: at launch, with DeleteOnTermination, its NIC
+   * present in sysfs and IMDS from the start (cold-plugged); no EC2 request, no hot-plug event.
+   */
+  attachAtLaunch(spec: AtLaunchSpec): EmuEni {
+    const eni = this.ec2.attachAtLaunch(WORLD_INSTANCE, spec);
+    const a = eni.attachment!;
+    this.plug({
+      eni,
+      instanceId: WORLD_INSTANCE,
+      deviceIndex: a.deviceIndex,
+      networkCardIndex: a.networkCardIndex,
+    });
+    return eni;
+  }
+
+  /** The NIC of an attached ENI in sysfs (on ena) and in the IMDS macs tree. */
+  private plug(ev: AttachedEvent): void {
+    // The PCI slot follows the device index, as EC2's does, so concurrent attaches land deterministically.
+    const slot = 5 + ev.networkCardIndex * 32 + ev.deviceIndex;
+    this.sim.addNic({
+      bdf: `0000:00:${slot.toString(16).padStart(2, "0")}.0`,
+      mac: ev.eni.mac,
+      ifname: `eth${ev.deviceIndex}`,
+    });
+    this.imds.addNic(imdsNicOf(ev));
+  }
+
   /** The attach hook: after a delay the NIC appears in sysfs (on ena) and in the IMDS macs tree. */
   private hotplug(ev: AttachedEvent): void {
-    const go = () => {
-      // The PCI slot follows the device index, as EC2's does, so concurrent attaches land deterministically.
-      const slot = 5 + ev.networkCardIndex * 32 + ev.deviceIndex;
-      this.sim.addNic({
-        bdf: `0000:00:${slot.toString(16).padStart(2, "0")}.0`,
-        mac: ev.eni.mac,
-        ifname: `eth${ev.deviceIndex}`,
-      });
-      this.imds.addNic(imdsNicOf(ev));
-    };
+    const go = () => this.plug(ev);
     const d = this.opts.hotplugDelayMs ?? 0;
     if (!d) return go();
     const t = setTimeout(() => {
@@ -157,6 +189,7 @@ reconcile_interval_seconds = ${opts.reconcileSeconds ?? 60}
 [dpdk]
 driver = "vfio-pci"
 noiommu = "auto"
+hugepages_2m = 512
 
 [[eni]]
 name = "n3"

@@ -26,6 +26,11 @@ export interface NodeConfigInfo {
   cluster?: NodeConfigCluster;
   kubeletFlags: string[];
   instanceIdNodeName: boolean;
+  /**
+   * Every place that sets kubelet's max pods, with the value as written (not checked: whoever set
+   * it meant it): spec.kubelet.config.maxPods, spec.kubelet.maxPodsExpression, a --max-pods flag.
+   */
+  maxPods: { from: string; key: string; value: unknown }[];
 }
 
 /**
@@ -36,8 +41,10 @@ export interface NodeConfigInfo {
 export async function parseNodeConfigs(
   parts: NodeConfigPartLike[],
   warnings: string[],
+  /** what the parts are read for, in the warnings */
+  use = "NodeENI",
 ): Promise<NodeConfigInfo> {
-  const info: NodeConfigInfo = { kubeletFlags: [], instanceIdNodeName: false };
+  const info: NodeConfigInfo = { kubeletFlags: [], instanceIdNodeName: false, maxPods: [] };
   const mine = parts.filter((p) => p.contentType === NODEADM_MEDIA_TYPE);
   if (mine.length === 0) return info;
   const YAML = await loadYaml();
@@ -45,7 +52,7 @@ export async function parseNodeConfigs(
     for (const doc of YAML.parseAllDocuments(part.text)) {
       if (doc.errors.length) {
         warnings.push(
-          `${part.label}: not valid YAML (${doc.errors[0].message.split("\n")[0]}); ignored for NodeENI`,
+          `${part.label}: not valid YAML (${doc.errors[0].message.split("\n")[0]}); ignored for ${use}`,
         );
         continue;
       }
@@ -55,7 +62,7 @@ export async function parseNodeConfigs(
       } catch (e) {
         // e.g. an alias bomb, which yaml refuses to expand
         warnings.push(
-          `${part.label}: YAML cannot be read (${(e as Error).message.split("\n")[0]}); ignored for NodeENI`,
+          `${part.label}: YAML cannot be read (${(e as Error).message.split("\n")[0]}); ignored for ${use}`,
         );
         continue;
       }
@@ -72,8 +79,18 @@ export async function parseNodeConfigs(
       info.cluster = c;
       const kubelet = own(spec, "kubelet");
       const flags = isObject(kubelet) ? own(kubelet, "flags") : undefined;
-      if (Array.isArray(flags))
-        info.kubeletFlags.push(...flags.filter((f): f is string => typeof f === "string"));
+      const docFlags = Array.isArray(flags)
+        ? flags.filter((f): f is string => typeof f === "string")
+        : [];
+      info.kubeletFlags.push(...docFlags);
+      const kconfig = isObject(kubelet) ? own(kubelet, "config") : undefined;
+      const set = (key: string, value: unknown) =>
+        info.maxPods.push({ from: part.label, key, value });
+      if (isObject(kconfig) && own(kconfig, "maxPods") !== undefined)
+        set("spec.kubelet.config.maxPods", own(kconfig, "maxPods"));
+      if (isObject(kubelet) && own(kubelet, "maxPodsExpression") !== undefined)
+        set("spec.kubelet.maxPodsExpression", own(kubelet, "maxPodsExpression"));
+      for (const v of flagValues(docFlags, "max-pods")) set("spec.kubelet.flags --max-pods", v);
       const gates = own(spec, "featureGates");
       const gate = isObject(gates) ? own(gates, "InstanceIdNodeName") : undefined;
       if (typeof gate === "boolean") info.instanceIdNodeName = gate;

@@ -8,7 +8,9 @@
 // 6-hex-digit hash of the full NodeENI name, so names stay unique, stable and valid (ENI_NAME_RE).
 // deviceIndex (default 1) grows by one per further subnet. enableDPDK absent means false, as in the
 // existing controller; dpdkDriver defaults to vfio-pci; deleteOnTermination to true; mtu 0 or absent
-// leaves [[eni]] mtu at its default.
+// leaves [[eni]] mtu at its default. eni-dpdk's own fields (not in the old controller): attach
+// ("eni-dpdk" | "external"; an external NodeENI may name no subnet: one ENI at deviceIndex), and the
+// attributes enaExpress, enaExpressUdp, sourceDestCheck, enaQueueCount, externalEC2.
 import { createHash } from "node:crypto";
 import { nearest, type Config, type Layer } from "../config/model.js";
 import { BDF_RE, ENI_NAME_RE, SG_ID_RE, SUBNET_ID_RE } from "../config/facts.js";
@@ -16,7 +18,7 @@ import { FORBIDDEN_KEY_MESSAGE, isForbiddenKey, lookupTable, own } from "../core
 import { InputError, OpError, type Problem } from "../core/errors.js";
 import { type Host } from "../host/host.js";
 import { delayFor, sleep, type Deadline } from "../core/deadline.js";
-import type { Imds, InstanceIdentity } from "../cloud/imds.js";
+import { readLocalHostname, type Imds, type InstanceIdentity } from "../cloud/imds.js";
 import type { Logger } from "../core/log.js";
 import { loadState, type State } from "../host/state.js";
 import {
@@ -129,6 +131,12 @@ export const NODEENI_SPEC_FIELDS = [
   "dpdkDriver",
   "dpdkResourceName",
   "dpdkPCIAddress",
+  "attach",
+  "enaExpress",
+  "enaExpressUdp",
+  "sourceDestCheck",
+  "enaQueueCount",
+  "externalEC2",
 ] as const;
 
 /** config [[eni]] key (or dpdk.<key>) → the NodeENI spec field it comes from */
@@ -144,6 +152,12 @@ const SPEC_FIELD_OF = lookupTable<string>({
   "dpdk.driver": "spec.dpdkDriver",
   "dpdk.resource_name": "spec.dpdkResourceName",
   "dpdk.pci_address": "spec.dpdkPCIAddress",
+  attach: "spec.attach",
+  ena_express: "spec.enaExpress",
+  ena_express_udp: "spec.enaExpressUdp",
+  source_dest_check: "spec.sourceDestCheck",
+  ena_queue_count: "spec.enaQueueCount",
+  external_ec2: "spec.externalEC2",
 });
 
 export interface MappedNodeEni {
@@ -214,6 +228,8 @@ export function nodeEniToLayer(obj: NodeEniObject): MappedNodeEni {
     return v;
   };
 
+  const attach = str("attach");
+  const external = attach === "external";
   // The subnet union, each with the spec path it came from.
   const subnets: { kind: "id" | "name"; value: string; path: string }[] = [];
   const seen = new Set<string>();
@@ -235,7 +251,7 @@ export function nodeEniToLayer(obj: NodeEniObject): MappedNodeEni {
   const subnetName = str("subnetName");
   if (subnetName !== undefined) addSubnet("name", subnetName, "spec.subnetName");
   strs("subnetNames").forEach((s, i) => addSubnet("name", s, `spec.subnetNames[${i}]`));
-  if (subnets.length === 0 && !problems.some((p) => p.key.startsWith("spec.subnet"))) {
+  if (subnets.length === 0 && !external && !problems.some((p) => p.key.startsWith("spec.subnet"))) {
     bad(
       "subnetID",
       "required: set subnetID, subnetIDs, subnetName or subnetNames (one ENI is made per subnet)",
@@ -250,6 +266,7 @@ export function nodeEniToLayer(obj: NodeEniObject): MappedNodeEni {
   const sgNames = strs("securityGroupNames");
   if (
     sgIds.length + sgNames.length === 0 &&
+    !external &&
     own(spec, "securityGroupIDs") === undefined &&
     own(spec, "securityGroupNames") === undefined
   ) {
@@ -296,17 +313,33 @@ export function nodeEniToLayer(obj: NodeEniObject): MappedNodeEni {
     if (!enableDPDK)
       warnings.push(`${source}: spec.dpdkPCIAddress is set but enableDPDK is not true; ignored`);
   }
+  const attributes: Record<string, unknown> = {};
+  const enaExpress = bool("enaExpress");
+  if (enaExpress !== undefined) attributes.ena_express = enaExpress;
+  const enaExpressUdp = bool("enaExpressUdp");
+  if (enaExpressUdp !== undefined) attributes.ena_express_udp = enaExpressUdp;
+  const sourceDestCheck = bool("sourceDestCheck");
+  if (sourceDestCheck !== undefined) attributes.source_dest_check = sourceDestCheck;
+  const enaQueueCount = int("enaQueueCount");
+  if (enaQueueCount !== undefined) attributes.ena_queue_count = enaQueueCount;
+  const externalEC2 = bool("externalEC2");
+  if (externalEC2 !== undefined) attributes.external_ec2 = externalEC2;
   const nodeSelector = own(spec, "nodeSelector");
   if (nodeSelector === undefined)
     bad("nodeSelector", "required (a map of node labels; {} selects every node)");
   if (problems.length) return { problems, warnings, eniNames: [] };
 
-  const names = eniNamesFor(name, subnets.length);
-  const eni = subnets.map((s, i) => {
+  // An external NodeENI without a subnet still names one ENI: the one at deviceIndex.
+  const slots: ((typeof subnets)[number] | undefined)[] =
+    subnets.length || !external ? subnets : [undefined];
+  const names = eniNamesFor(name, slots.length);
+  const eni = slots.map((s, i) => {
     const e: Record<string, unknown> = {
       name: names[i],
       device_index: deviceIndex + i,
-      [s.kind === "id" ? "subnet_id" : "subnet_name"]: s.value,
+      ...(s ? { [s.kind === "id" ? "subnet_id" : "subnet_name"]: s.value } : {}),
+      ...(attach !== undefined ? { attach } : {}),
+      ...attributes,
       delete_on_termination: deleteOnTermination,
       dpdk: {
         enabled: enableDPDK,
@@ -452,11 +485,13 @@ export async function openNodeEniSession(
   warnings: string[] = [],
 ): Promise<NodeEniSession | undefined> {
   const nodeConfig = await parseNodeConfigs(input.userDataParts, warnings);
-  const zoneId = (
-    await input.imds.get("meta-data/placement/availability-zone-id").catch(() => undefined)
-  )?.trim();
+  const [zone, localHostname] = await Promise.all([
+    input.imds.get("meta-data/placement/availability-zone-id").catch(() => undefined),
+    input.instance.localHostname ?? readLocalHostname(input.imds),
+  ]);
+  const zoneId = zone?.trim();
   const node = nodeIdentity({
-    instance: input.instance,
+    instance: { ...input.instance, localHostname },
     nodeConfig,
     k8s: input.config.kubernetes,
     arch: input.arch ?? process.arch,

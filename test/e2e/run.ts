@@ -10,6 +10,7 @@ import { fileURLToPath } from "node:url";
 import {
   HOST_FWD_EC2,
   HOST_FWD_IMDS,
+  EXTERNAL_NIC,
   NICS,
   type BootPlan,
   type NicSpec,
@@ -178,6 +179,8 @@ interface Boot {
   nics: NicSpec[];
   /** take /out/carry.tar from this earlier boot */
   carryFrom?: string;
+  /** NICs attached by the launch template (EC2 knows them as such) */
+  external?: string[];
   hostEmulators?: boolean;
   /** NICs on one QEMU hub (each receives what the other sends) */
   hub?: string[];
@@ -228,9 +231,19 @@ const BOOTS: Boot[] = [
   },
   {
     id: "F",
+    title: "external mode: a NIC cold-plugged as if by the launch template, bound with 0 EC2 calls",
+    steps: ["s9"],
+    expects: ["9"],
+    noiommu: true,
+    nics: [NICS[0], EXTERNAL_NIC],
+    external: [EXTERNAL_NIC.name],
+    timeoutMs: 240_000,
+  },
+  {
+    id: "G",
     title: "a DPDK application: testpmd on the bound devices, dpdk-devbind.py",
-    steps: ["dpdkSetup", "s13", "s9", "s12", "s10", "s11", "s11b"],
-    expects: ["13", "9", "12", "10", "11", "11b"],
+    steps: ["dpdkSetup", "s14", "s10", "s13", "s11", "s12", "s12b"],
+    expects: ["14", "10", "13", "11", "12", "12b"],
     noiommu: true,
     nics: NICS.filter((n) => ["primary", "dpdk1", "dpdk2", "kern1"].includes(n.name)),
     hub: ["dpdk1", "dpdk2"],
@@ -256,6 +269,7 @@ async function runBoot(b: Boot, built: Built): Promise<StepResult[]> {
     steps: b.steps,
     nics: b.nics,
     noiommuKernel: b.noiommu,
+    ...(b.external ? { external: b.external } : {}),
     ...(emu
       ? {
           hostImds: `http://${HOST_FWD_IMDS.ip}:${HOST_FWD_IMDS.port}`,

@@ -52,6 +52,12 @@ export const NICS: NicSpec[] = [
   nic("routed", "e1000e", 0x14, 7, 4),
 ];
 
+/**
+ * The external-mode scenario's data-plane NIC: cold-plugged at boot (present when the guest starts),
+ * as an ENI the launch template attached at launch; EC2 knows it untagged, DeleteOnTermination on.
+ */
+export const EXTERNAL_NIC: NicSpec = nic("ext1", "e1000", 0x31, 4, 1);
+
 /** The NIC the hot-plug scenario attaches at run time (QMP device_add onto a pcie-root-port). */
 export const HOTPLUG_NIC: NicSpec = nic("hot1", "e1000", 0x21, 0, 1);
 
@@ -81,6 +87,8 @@ export interface BootPlan {
   hostEc2?: string;
   /** true when the kernel's vfio.ko has NOIOMMU (informational; the guest checks sysfs itself) */
   noiommuKernel: boolean;
+  /** NICs EC2 knows as attached at launch by a launch template, not as eni-dpdk's own */
+  external?: string[];
 }
 
 export interface StepResult {

@@ -34,10 +34,12 @@ export function makeImds(nics: NicSpec[]): ImdsEmulator {
 
 /**
  * EC2 with the instance and its primary ENI, plus each other NIC as an ENI eni-dpdk created on an
- * earlier run (tagged as its own) attached at its device index: cold-plugged NICs can only be that.
- * Creating and attaching (with hot-plug) is what the hot-plug scenario exercises.
+ * earlier run (tagged as its own) attached at its device index, or, for the NICs named in
+ * `external`, as an ENI a launch template attached at launch (untagged by eni-dpdk,
+ * DeleteOnTermination on). Creating and attaching (with hot-plug) is what the hot-plug scenario
+ * exercises.
  */
-export function makeEc2(nics: NicSpec[]): Ec2Emulator {
+export function makeEc2(nics: NicSpec[], external: string[] = []): Ec2Emulator {
   const primary = nics.find((n) => n.deviceNumber === 0)!;
   const ec2 = new Ec2Emulator({
     subnets: [{ subnetId: SUBNET_ID, vpcId: VPC_ID, az: AZ, cidr: "10.0.1.0/24" }],
@@ -55,7 +57,18 @@ export function makeEc2(nics: NicSpec[]): Ec2Emulator {
       },
     ],
   });
-  for (const n of nics.filter((x) => x.deviceNumber !== 0)) {
+  for (const n of nics.filter((x) => x.deviceNumber !== 0 && external.includes(x.name))) {
+    ec2.attachAtLaunch(INSTANCE_ID, {
+      deviceIndex: n.deviceNumber,
+      subnetId: SUBNET_ID,
+      groups: [SG_ID],
+      id: n.interfaceId,
+      mac: n.mac,
+      description: `launch template ${n.name}`,
+      tags: { "node.k8s.amazonaws.com/no_manage": "true" },
+    });
+  }
+  for (const n of nics.filter((x) => x.deviceNumber !== 0 && !external.includes(x.name))) {
     ec2.addEni({
       id: n.interfaceId,
       subnetId: SUBNET_ID,

@@ -86,7 +86,7 @@ t.test(
     t.equal(status.apply.ok, true);
     t.ok(status.apply.timings.eni > 0 && status.apply.timings.total > 0, "timings per stage");
     const sriov = JSON.parse(readFileSync(path.join(world.root, "etc/pcidp/config.json"), "utf8"));
-    t.same(sriov.resourceList[0].selectors[0].pciAddresses, ["0000:00:06.0", "0000:00:07.0"]);
+    t.same(sriov.resourceList[0].selectors.pciAddresses, ["0000:00:06.0", "0000:00:07.0"]);
     t.equal(world.sim.driverOf("0000:00:08.0"), "ena", "kernel ENI stays on ena");
     t.equal(readFileSync(path.join(world.root, "sys/class/net/eth3/mtu"), "utf8").trim(), "9001");
     t.equal(world.sim.driverOf("0000:00:05.0"), "ena", "primary untouched");

@@ -80,6 +80,17 @@ t.test("the template's content", async (t) => {
     /"systemd-analyze verify \/usr\/lib\/systemd\/system\/eni-dpdk\.service \/usr\/lib\/systemd\/system\/eni-dpdk-early\.service"/,
   );
   t.match(template, /"\/usr\/bin\/eni-dpdk validate \/etc\/eni-dpdk\/config\.toml"/);
+  t.match(variables, /variable "hugepages_1g" \{[^]*type\s*=\s*number[^]*default\s*=\s*0/);
+  // the kernel command line, only when asked for, and checked on the built image's default entry
+  t.match(
+    template,
+    /"if \[ \$\{var\.hugepages_1g\} -gt 0 \]; then grubby --update-kernel=ALL --args='default_hugepagesz=1G hugepagesz=1G hugepages=\$\{var\.hugepages_1g\}'; fi"/,
+  );
+  t.match(template, /grubby --info=DEFAULT \| grep -q 'hugepages=\$\{var\.hugepages_1g\}'/);
+  t.ok(
+    template.indexOf("grubby --update-kernel") > template.indexOf('"/tmp/eni-dpdk/install.sh"'),
+    "the command line is set after the install",
+  );
   const plugins = fs.readFileSync(path.join(dir, "plugins.pkr.hcl"), "utf8");
   t.match(plugins, /required_plugins \{[^]*source\s*=\s*"github\.com\/hashicorp\/amazon"/);
   t.notMatch(template + variables, /required_plugins/, "required_plugins only in plugins.pkr.hcl");
@@ -135,6 +146,18 @@ t.test(
     );
     t.not(badVersion.code, 0);
     t.match(badVersion.out, /minor version such as/);
+
+    const tarball = `eni_dpdk_tarball=${path.join(tmp, tarballName)}`;
+    const pages = (n: string) =>
+      packer(["validate", "-var", tarball, "-var", `hugepages_1g=${n}`, "."], tmp);
+    const four = pages("4");
+    t.equal(four.code, 0, four.out);
+    for (const bad of ["-1", "1.5"]) {
+      const r = pages(bad);
+      t.not(r.code, 0, `hugepages_1g=${bad} is refused`);
+      t.match(r.out, /whole number of pages/);
+    }
+    t.not(pages("many").code, 0, "hugepages_1g must be a number");
 
     const gone = path.join(tmp, "gone", tarballName);
     const absent = packer(["validate", "-var", `eni_dpdk_tarball=${gone}`, "."], tmp);

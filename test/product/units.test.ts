@@ -9,6 +9,7 @@ import path from "node:path";
 import { defaults } from "../../src/config/model.js";
 import { STATE_PATH, STATUS_PATH } from "../../src/host/state.js";
 import { NETWORKD_DIR, NODEADM_CACHE_DIR } from "../../src/host/networkd.js";
+import { MAX_PODS_DROPIN, NODEADM_DROPIN_DIR } from "../../src/host/nodeadm-dropin.js";
 import {
   analyzeVerify,
   makeVerifyRoot,
@@ -29,6 +30,7 @@ const STAND_INS: Record<string, string> = {
   "nodeadm-boot-hook.service":
     "Before=nodeadm-config.service\nAfter=systemd-networkd.service\nBefore=systemd-networkd-wait-online.service",
   "nodeadm-config.service": "Before=cloud-init.service\nAfter=systemd-networkd-wait-online.service",
+  // nodeadm-run reads user-data and /etc/eks/nodeadm.d (the maxPods drop-in) when it starts
   "nodeadm-run.service":
     "After=nodeadm-config.service cloud-final.service\nRequires=nodeadm-config.service",
   "kubelet.service": "After=containerd.service",
@@ -206,6 +208,7 @@ t.test("unit contents the other parts rely on", async (t) => {
     "/etc/pcidp",
     "/etc/systemd/network",
     "/etc/eks/nodeadm/udev-net-manager",
+    NODEADM_DROPIN_DIR,
   ])
     t.ok(rw.includes(p), `writable: ${p}`);
   t.same(svc.Service.StateDirectory, ["eni-dpdk"], "/var/lib/eni-dpdk writable via StateDirectory");
@@ -218,6 +221,7 @@ t.test("unit contents the other parts rely on", async (t) => {
     lockPath,
     path.join(NETWORKD_DIR, "x.network"),
     path.join(NODEADM_CACHE_DIR, "i-1/eth1"),
+    MAX_PODS_DROPIN,
     defaults().sriov.config_path,
   ]) {
     t.ok(

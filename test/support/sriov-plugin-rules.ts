@@ -1,9 +1,11 @@
 // An independent model of how the SR-IOV network device plugin reads its config file, written from
 // its Go sources (k8snetworkplumbingwg/sriov-network-device-plugin @ 40b6f50: pkg/types/types.go
 // ResourceConfList/ResourceConfig/*DeviceSelectors, pkg/factory parseObjectOrSlice and
-// GetDeviceFilter, cmd/sriovdp/manager.go readConfig/validConfigs, pkg/utils ValidResourceName).
-// Tests run every file eni-dpdk writes through it. It does not share code with src/sriov.ts on
-// purpose: a bug there must not hide itself here.
+// GetDeviceFilter, cmd/sriovdp/manager.go readConfig/validConfigs, pkg/utils ValidResourceName;
+// and @ v3.5.1, which GetDeviceFilter's selectors only as one object and knows neither
+// auxNetDevice nor acpiIndexes/auxTypes, nor pKeys, added in v3.7.0).
+// Tests run every file eni-dpdk writes through it. It does not share code with src/host/sriov-*.ts
+// on purpose: a bug there must not hide itself here.
 //
 // Go's encoding/json: unknown keys are ignored; keys match struct fields exactly or, failing
 // that, case-insensitively; null decodes into anything as the zero value; a type mismatch makes
@@ -43,6 +45,9 @@ const selectorTypes: Record<string, Record<string, Kind>> = {
   auxNetDevice: { ...deviceSelectors, ...genericNet, auxTypes: "strs" },
 };
 
+/** "old": v3.5.x (selectors as one object only); "new": v3.7.0 and later. */
+export type PluginRelease = "old" | "new";
+
 export interface PluginVerdict {
   /** the plugin serves nothing at all (exits, panics, or rejects the file) */
   fatal: string[];
@@ -54,6 +59,8 @@ export interface PluginVerdict {
   matchesAll: string[];
   /** accepted by the plugin, but not how eni-dpdk must write it */
   style: string[];
+  /** entries with several selectors, as an array: only v3.6.0 and later read them */
+  needsArrays: string[];
   /** resources the plugin would create, as prefix/name */
   resources: string[];
 }
@@ -61,8 +68,9 @@ export interface PluginVerdict {
 const obj = (v: unknown): v is Record<string, unknown> =>
   typeof v === "object" && v !== null && !Array.isArray(v);
 
+// own keys only: "constructor" or "__proto__" in a file are keys like any other
 function field(key: string, fields: Record<string, Kind>): string | undefined {
-  return key in fields
+  return Object.prototype.hasOwnProperty.call(fields, key)
     ? key
     : Object.keys(fields).find((f) => f.toLowerCase() === key.toLowerCase());
 }
@@ -108,13 +116,28 @@ function decode(
   return err ?? out;
 }
 
-export function pluginVerdict(text: string, flagPrefix = "intel.com"): PluginVerdict {
+const OLD_UNKNOWN = new Set(["acpiIndexes", "auxTypes", "pKeys"]);
+
+function selectorFieldsFor(deviceType: string, release: PluginRelease) {
+  if (!Object.prototype.hasOwnProperty.call(selectorTypes, deviceType)) return undefined;
+  const fields = selectorTypes[deviceType];
+  if (release === "new") return fields;
+  if (deviceType === "auxNetDevice") return undefined;
+  return Object.fromEntries(Object.entries(fields).filter(([k]) => !OLD_UNKNOWN.has(k)));
+}
+
+export function pluginVerdict(
+  text: string,
+  flagPrefix = "intel.com",
+  release: PluginRelease = "new",
+): PluginVerdict {
   const v: PluginVerdict = {
     fatal: [],
     dropped: [],
     ignored: [],
     matchesAll: [],
     style: [],
+    needsArrays: [],
     resources: [],
   };
   let doc: unknown;
@@ -158,7 +181,7 @@ export function pluginVerdict(text: string, flagPrefix = "intel.com"): PluginVer
     const d = d0 ?? {};
     const where = `resourceList[${i}]`;
     const deviceType = (d.deviceType as string | null | undefined) || "netDevice";
-    const fields = selectorTypes[deviceType];
+    const fields = selectorFieldsFor(deviceType, release);
     if (!fields) {
       v.fatal.push(`readConfig: ${where}: unsupported deviceType "${deviceType}"`);
       return v;
@@ -170,9 +193,14 @@ export function pluginVerdict(text: string, flagPrefix = "intel.com"): PluginVer
     let sels: unknown[];
     if (obj(d.selectors)) {
       sels = [d.selectors];
-      v.style.push(`${where}.selectors is an object, not an array`);
+    } else if (Array.isArray(d.selectors) && release === "old") {
+      v.dropped.push(`${where}: selectors is an array, which v3.5.x cannot unmarshal`);
+      continue;
     } else if (Array.isArray(d.selectors) && d.selectors.length > 0) {
       sels = d.selectors;
+      if (d.selectors.length === 1)
+        v.style.push(`${where}.selectors is an array of one: v3.5.x skips it; write an object`);
+      else v.needsArrays.push(`${where}.selectors`);
     } else {
       v.dropped.push(`${where}: selectors is neither an object nor a non-empty array`);
       continue;

@@ -23,6 +23,8 @@ export const nic = (name: string): NicSpec => plan.nics.find((n) => n.name === n
 
 export interface EniSpec {
   name: string;
+  /** "external": attached by the launch template; eni-dpdk binds it and makes no EC2 call */
+  attach?: "external";
   index: number;
   dpdk: boolean;
   mtu?: number;
@@ -50,6 +52,7 @@ export function configToml(enis: EniSpec[], dpdk: Record<string, string | number
       "",
       "[[eni]]",
       `name = ${q(e.name)}`,
+      ...(e.attach ? [`attach = ${q(e.attach)}`] : []),
       `device_index = ${e.index}`,
       `subnet_id = ${q(SUBNET_ID)}`,
       `security_group_ids = [${q(SG_ID)}]`,

@@ -232,9 +232,9 @@ async function stopAndReport(st: Step, tp: Testpmd): Promise<void> {
 
 // ---- scenarios -------------------------------------------------------------------------------------
 
-export async function s13NoHugepages(): Promise<Step> {
+export async function s14NoHugepages(): Promise<Step> {
   const st = new Step(
-    "13",
+    "14",
     "no hugepages: apply warns `no hugepages`, then testpmd fails for want of them",
   );
   const mounted = (read("/proc/mounts") ?? "")
@@ -273,9 +273,9 @@ export async function s13NoHugepages(): Promise<Step> {
   return st;
 }
 
-export async function s9TestpmdForwards(): Promise<Step> {
+export async function s10TestpmdForwards(): Promise<Step> {
   const st = new Step(
-    "9",
+    "10",
     "testpmd forwards on the two devices eni-dpdk bound (IOVA as PA, No-IOMMU, hugepages from [dpdk])",
   );
   writeConfig(configToml(S1_ENIS, { hugepages_2m: PAGES }));
@@ -324,17 +324,17 @@ export async function s9TestpmdForwards(): Promise<Step> {
     routes.includes(`dev ${stateOf(nic("primary")).netdev}`),
     `the primary still carries the default route (${routes.split("\n")[0]})`,
   );
-  st.check(tp.running, "testpmd keeps running (scenario 12 reconciles under it)");
+  st.check(tp.running, "testpmd keeps running (scenario 13 reconciles under it)");
   return st;
 }
 
-export async function s12ReconcileUnderApp(): Promise<Step> {
+export async function s13ReconcileUnderApp(): Promise<Step> {
   const st = new Step(
-    "12",
+    "13",
     "reconcile while the app runs: apply changes nothing, testpmd's counters keep growing",
   );
   const tp = app;
-  if (!st.check(!!tp?.running, "testpmd from scenario 9 is running") || !tp) return st;
+  if (!st.check(!!tp?.running, "testpmd from scenario 10 is running") || !tp) return st;
   const before = snapshot();
   const stamps = [PCIDP, STATE].map(fileStamp);
   const a = tp.stats();
@@ -389,9 +389,9 @@ function parseDevbind(out: string): { dpdk: Map<string, string>; kernel: Map<str
   return { dpdk, kernel };
 }
 
-export async function s10DevbindAgrees(): Promise<Step> {
+export async function s11DevbindAgrees(): Promise<Step> {
   const st = new Step(
-    "10",
+    "11",
     "dpdk-devbind.py --status lists the same devices on vfio-pci and on kernel drivers as status --json",
   );
   const d = await run([DEVBIND, "--status"], {}, 60_000);
@@ -490,17 +490,17 @@ async function bindingScriptScenario(
   return st;
 }
 
-export async function s11BindingScript(): Promise<Step> {
+export async function s12BindingScript(): Promise<Step> {
   const st = new Step(
-    "11",
+    "12",
     `binding_script = "${DEVBIND}": the real devbind binds, eni-dpdk verifies sysfs, testpmd forwards`,
   );
   return bindingScriptScenario(st, { config: DEVBIND });
 }
 
-export async function s11bBindingScriptEnv(): Promise<Step> {
+export async function s12bBindingScriptEnv(): Promise<Step> {
   const st = new Step(
-    "11b",
+    "12b",
     `DPDK_BINDING_SCRIPT=${DEVBIND} (the seed's variable): the real devbind binds, testpmd forwards`,
   );
   return bindingScriptScenario(st, { env: { DPDK_BINDING_SCRIPT: DEVBIND } });

@@ -19,12 +19,12 @@ import {
 } from "./common.js";
 import {
   dpdkSetup,
-  s10DevbindAgrees,
-  s11bBindingScriptEnv,
-  s11BindingScript,
-  s12ReconcileUnderApp,
-  s13NoHugepages,
-  s9TestpmdForwards,
+  s10TestpmdForwards,
+  s11DevbindAgrees,
+  s12bBindingScriptEnv,
+  s12BindingScript,
+  s13ReconcileUnderApp,
+  s14NoHugepages,
 } from "./dpdk.js";
 import {
   cli,
@@ -69,7 +69,7 @@ async function setupNetwork(): Promise<string[]> {
 async function startEmulators(): Promise<{ imdsUrl: string; ec2Url: string }> {
   if (plan.hostImds && plan.hostEc2) return { imdsUrl: plan.hostImds, ec2Url: plan.hostEc2 };
   const imds = await makeImds(plan.nics).start();
-  ec2 = await makeEc2(plan.nics).start();
+  ec2 = await makeEc2(plan.nics, plan.external ?? []).start();
   return { imdsUrl: imds.url, ec2Url: ec2.url };
 }
 
@@ -502,6 +502,84 @@ async function s6Hotplug(): Promise<Step> {
   return st;
 }
 
+/**
+ * External mode: the NIC was there at boot, as an ENI the launch template attached (EC2 knows it at
+ * its device index, untagged by eni-dpdk, DeleteOnTermination on). eni-dpdk must find it through IMDS,
+ * bind it on the real kernel, record it as external, make zero EC2 requests, change nothing on a
+ * second apply, and on `reset` unbind it without detaching or deleting it.
+ */
+async function s9External(): Promise<Step> {
+  const st = new Step(
+    "9",
+    "external mode: a NIC cold-plugged as if by the launch template is bound with zero EC2 calls",
+  );
+  const ext = nic("ext1");
+  const before = stateOf(ext);
+  st.note("before: " + fmtNic("ext1", before));
+  st.check(
+    before.driver === "e1000" && !!before.netdev,
+    "ext1 is on e1000 with its netdev at boot",
+  );
+  writeConfig(
+    configToml([
+      { name: "ext1", attach: "external", index: 1, dpdk: true, resource: "amazon.com/e2e_ext" },
+    ]),
+  );
+  const c0 = ec2Calls();
+  const p = await cli("plan");
+  st.note(`plan: exit ${p.code}: ${p.stdout.trim().replace(/\n/g, " ; ")}`);
+  st.check(
+    p.code === 0 && /eni\s+use-external\s+ext1\s+external ENI/.test(p.stdout),
+    "plan shows use-external for ext1",
+  );
+  const r = await cli("apply");
+  st.note(`apply: exit ${r.code} in ${r.ms} ms`);
+  st.evidence.push(...tail(r.stderr, 6));
+  st.check(r.code === 0, "apply exits 0");
+  checkBoundVfio(st, ext);
+  checkSriov(st, [ext], "e2e_ext");
+  const state = parseJson(read(STATE)) as
+    | { enis?: Record<string, { attach?: string; eniId?: string; createdByUs?: boolean }> }
+    | undefined;
+  st.check(
+    state?.enis?.ext1?.attach === "external" &&
+      state.enis.ext1.eniId === ext.interfaceId &&
+      state.enis.ext1.createdByUs === false,
+    `state.json records ext1 as external: ${JSON.stringify(state?.enis?.ext1)}`,
+  );
+  st.check(ec2Calls() === c0, `zero EC2 requests (${JSON.stringify(ec2Actions(c0))})`);
+
+  const stamps = [PCIDP, STATE, "/etc/systemd/network"].map(fileStamp);
+  const again = await cli("apply");
+  st.check(again.code === 0, `second apply exits 0 (exit ${again.code})`);
+  st.check(
+    [PCIDP, STATE, "/etc/systemd/network"].map(fileStamp).join() === stamps.join(),
+    "second apply changes no file",
+  );
+  st.check(ec2Calls() === c0, "second apply: still zero EC2 requests");
+
+  const reset = await cli("reset");
+  st.note(`reset: exit ${reset.code}: ${reset.stdout.trim().replace(/\n/g, " ; ")}`);
+  st.check(reset.code === 0, "reset exits 0");
+  const after = stateOf(ext);
+  st.check(
+    after.driver === "e1000" && after.netdev !== undefined && after.mac === ext.mac,
+    `reset returned ext1 to e1000: ${fmtNic("ext1", after)}`,
+  );
+  const detachOrDelete = (ec2?.requests ?? []).filter((x) =>
+    ["DetachNetworkInterface", "DeleteNetworkInterface"].includes(x.action),
+  );
+  st.check(
+    ec2Calls() === c0 && detachOrDelete.length === 0,
+    "reset sent no EC2 request (no Detach, no Delete)",
+  );
+  st.check(
+    ec2?.enis.get(ext.interfaceId)?.attachment?.status === "attached",
+    "EC2 still shows the external ENI attached",
+  );
+  return st;
+}
+
 // ---- main ------------------------------------------------------------------------------------------
 
 const steps: Record<string, () => Promise<Step | void>> = {
@@ -514,13 +592,14 @@ const steps: Record<string, () => Promise<Step | void>> = {
   s8: s8CrashMidBind,
   s4: s4NoNoiommu,
   s6: s6Hotplug,
+  s9: s9External,
   dpdkSetup,
-  s13: s13NoHugepages,
-  s9: s9TestpmdForwards,
-  s12: s12ReconcileUnderApp,
-  s10: s10DevbindAgrees,
-  s11: s11BindingScript,
-  s11b: s11bBindingScriptEnv,
+  s14: s14NoHugepages,
+  s10: s10TestpmdForwards,
+  s13: s13ReconcileUnderApp,
+  s11: s11DevbindAgrees,
+  s12: s12BindingScript,
+  s12b: s12bBindingScriptEnv,
 };
 
 async function main(): Promise<void> {

@@ -367,6 +367,24 @@ const typeCases: Case[] = [
     want: { source: "user-data:3:1", key: "eni.data1.device_index", message: floatMsg },
   },
   {
+    name: 'input/types: user-data [kubernetes] adjust_max_pods = "yes"',
+    setup: userData('[kubernetes]\nadjust_max_pods = "yes"\n'),
+    want: {
+      source: "user-data:2:1",
+      key: "kubernetes.adjust_max_pods",
+      message: /expected true or false, got string/,
+    },
+  },
+  {
+    name: "input/types: tag eni-dpdk:kubernetes adjust_max_pods=1",
+    setup: imdsTags({ "eni-dpdk:kubernetes": "adjust_max_pods=1" }),
+    want: {
+      source: "tag eni-dpdk:kubernetes",
+      key: "kubernetes.adjust_max_pods",
+      message: /expected true or false, got "1"/,
+    },
+  },
+  {
     name: "input/types: base64 user-data hugepages_1g = 1e1",
     setup: userData(b64("[dpdk]\nhugepages_1g = 1e1\n")),
     want: { source: "user-data:2:1", key: "dpdk.hugepages_1g", message: /got a float 10\.0/ },

@@ -6,6 +6,7 @@ import { MetadataService } from "@aws-sdk/ec2-metadata-service";
 import {
   ImdsClient,
   readInstance,
+  readLocalHostname,
   readNicNetwork,
   readNics,
   readTags,
@@ -113,7 +114,7 @@ t.test("reads share a few keep-alive connections and one token", async (t) => {
 });
 
 t.test(
-  "observation reads only what it needs: the identity document, nothing for the primary, three keys per other MAC",
+  "observation reads only what it needs: the identity document, nothing for the primary, three keys per other MAC, no hostname",
   async (t) => {
     const inst = defaultInstance();
     inst.nics.push({
@@ -148,7 +149,6 @@ t.test(
     t.same(paths, [
       "/latest/api/token",
       "/latest/dynamic/instance-identity/document",
-      "/latest/meta-data/local-hostname",
       "/latest/meta-data/mac",
       "/latest/meta-data/network/interfaces/macs/",
       "/latest/meta-data/network/interfaces/macs/02:00:00:00:00:02/device-number",
@@ -162,6 +162,36 @@ t.test(
     );
   },
 );
+
+t.test("a recorded MAC's interface id is not read again; where it sits always is", async (t) => {
+  const inst = defaultInstance();
+  inst.nics.push({
+    ...inst.nics[0],
+    mac: "02:00:00:00:00:02",
+    deviceNumber: 3,
+    interfaceId: "eni-00000000000000002",
+  });
+  const emu = await new ImdsEmulator(inst).start();
+  t.teardown(() => emu.close());
+  const imds = new ImdsClient({ endpoint: emu.url });
+  const nics = await readNics(
+    imds,
+    Promise.resolve("02:00:00:00:00:01"),
+    new Map([["02:00:00:00:00:02", "eni-00000000000000002"]]),
+  );
+  t.same(nics[1], {
+    mac: "02:00:00:00:00:02",
+    deviceNumber: 3,
+    networkCard: 0,
+    interfaceId: "eni-00000000000000002",
+  });
+  t.equal(emu.count("/latest/meta-data/network/interfaces/macs/02:00:00:00:00:02/interface-id"), 0);
+  t.equal(
+    emu.count("/latest/meta-data/network/interfaces/macs/02:00:00:00:00:02/device-number"),
+    1,
+  );
+  t.equal(await readLocalHostname(imds), "ip-10-0-1-10.us-west-2.compute.internal");
+});
 
 t.test("without the identity document, the instance comes from the single paths", async (t) => {
   const emu = await new ImdsEmulator(defaultInstance()).start();

@@ -18,6 +18,7 @@ import { collectStatus } from "../../../src/reconcile/status.js";
 import { renderStatus, statusCommand } from "../../../src/commands/status.js";
 import {
   captureLog,
+  config,
   DATA1,
   DATA2,
   INSTANCE_ID,
@@ -150,6 +151,37 @@ t.test("status: per device and host, as text and complete JSON", async (t) => {
   );
   t.equal(ctx.host.writes, 0, "status writes nothing");
 });
+
+t.test(
+  "status: hugepages per size and node, and a fix: line when a DPDK device has none",
+  async (t) => {
+    const sim = node({ numaNodes: 2 });
+    t.teardown(() => sim.close());
+    await applied(sim);
+    const host = new Host(sim.root);
+    const doc = await collectStatus(host);
+    t.match(doc.host.hugepageProblem, { short: "none reserved", message: /^no hugepages: / });
+    t.same(doc.host.hugetlbfs, ["/dev/hugepages"]);
+    const text = renderStatus(doc);
+    t.match(
+      text,
+      /^ {2}warning: no hugepages: none are reserved \(2M: 0, 1G: 0\) while 1 device is on a DPDK driver/m,
+    );
+    t.match(text, /^ {2}fix: set \[dpdk\]\.hugepages_2m/m);
+    // reserved through the config, as apply would: requested against achieved, per node
+    fs.writeFileSync(sim.p("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"), "512\n");
+    await sim.settle();
+    const cfg = config({ dpdk: { hugepages_2m: 1024 } });
+    const after = await collectStatus(host, { config: cfg });
+    t.notOk(after.host.hugepageProblem);
+    const text2 = renderStatus(after);
+    t.match(
+      text2,
+      /Hugepages:\s+2M: 512 of 1024 requested, 512 free; node0 256, node1 256 \| 1G: 0 total \(none requested\), 0 free; node0 0, node1 0/,
+    );
+    t.notMatch(text2, /no hugepages/);
+  },
+);
 
 /**
  * The reboot: apply on one simulated node, then a fresh kernel (modules unloaded, every device back

@@ -384,3 +384,75 @@ t.test(
     );
   },
 );
+
+t.test(
+  "attach and the ENI attributes: defaults, what external relaxes, what it refuses",
+  async (t) => {
+    const layer = (eni: Record<string, unknown>) => ({
+      source: "c.toml",
+      data: { eni: [{ name: "x", device_index: 1, dpdk: { enabled: false }, ...eni }] },
+    });
+    const plain = buildConfig([
+      layer({ subnet_id: "subnet-01234567", security_group_ids: ["sg-01234567"] }),
+    ]);
+    const e = plain.config.eni[0];
+    t.equal(e.attach, "eni-dpdk", "default: eni-dpdk attaches it");
+    t.equal(e.external_ec2, false);
+    for (const k of ["ena_express", "ena_express_udp", "source_dest_check", "ena_queue_count"])
+      t.notOk(k in e, `${k} absent unless set: EC2's value is left alone`);
+
+    const ext = buildConfig([layer({ attach: "external" })]).config.eni[0];
+    t.same(
+      [ext.attach, ext.subnet_id, ext.security_group_ids],
+      ["external", "", []],
+      "no subnet or SG needed",
+    );
+    const managed = t.throws(() => buildConfig([layer({})])) as InputError;
+    t.same(
+      managed.problems.map((p) => p.key).sort(),
+      ["eni.x.security_group_ids", "eni.x.subnet_id"],
+      "eni-dpdk mode still needs them",
+    );
+    const all = buildConfig([
+      layer({
+        attach: "external",
+        external_ec2: true,
+        ena_express: true,
+        ena_express_udp: false,
+        source_dest_check: false,
+        ena_queue_count: 8,
+      }),
+    ]);
+    t.match(all.config.eni[0], {
+      ena_express: true,
+      ena_express_udp: false,
+      source_dest_check: false,
+      ena_queue_count: 8,
+    });
+    t.equal(all.origin["eni.x.attach"], "c.toml");
+    const tag = buildConfig([
+      {
+        source: "tag eni-dpdk:eni:x",
+        stringly: true,
+        data: {
+          eni: [
+            {
+              name: "x",
+              attach: "external",
+              device_index: "1",
+              ena_queue_count: "4",
+              source_dest_check: "false",
+              external_ec2: "true",
+              dpdk: { enabled: "false" },
+            },
+          ],
+        },
+      },
+    ]);
+    t.match(
+      tag.config.eni[0],
+      { attach: "external", ena_queue_count: 4, source_dest_check: false, external_ec2: true },
+      "tags coerce",
+    );
+  },
+);

@@ -3,7 +3,15 @@ import t from "tap";
 import { OpError } from "../../../src/core/errors.js";
 import { Host } from "../../../src/host/host.js";
 import { applyHost, planHost } from "../../../src/reconcile/host.js";
-import { applyHugepages, readKernelFacts, writeCombiningReport } from "../../../src/host/kernel.js";
+import {
+  applyHugepages,
+  hugepageProblem,
+  hugetlbfsMounts,
+  perNode,
+  readHugepages,
+  readKernelFacts,
+  writeCombiningReport,
+} from "../../../src/host/kernel.js";
 import {
   captureLog,
   config,
@@ -164,29 +172,78 @@ t.test("hugepages through the host stage", async (t) => {
   t.ok(ctx.lines.some((l) => l.includes("allocated 64 of 128")));
 });
 
-t.test("write-combining report", async (t) => {
-  const sim = node();
-  t.teardown(() => sim.close());
-  const host = new Host(sim.root);
-  t.equal((await writeCombiningReport(host, [])).state, "n/a");
-  const ctx = stageCtx(sim);
-  const targets = [target("data1", DATA1.mac)];
-  await applyHost(ctx, targets, await planHost(ctx, targets));
-  const unknown = await writeCombiningReport(host, [DATA1.bdf]);
-  t.equal(unknown.state, "unknown");
-  t.match(unknown.fix, /amzn-drivers.*get-vfio-with-wc\.sh/);
-  fs.writeFileSync(sim.p("/sys/module/vfio_pci/taint"), "O\n");
-  t.equal((await writeCombiningReport(host, [DATA1.bdf])).state, "likely");
-  const bar = sim.prefetchableBar(DATA1.bdf);
-  sim.setPatMemtypes([`PAT: [mem ${bar.start}-${bar.end}] write-combining`]);
-  const wc = await writeCombiningReport(host, [DATA1.bdf]);
-  t.equal(wc.state, "write-combining");
-  t.match(wc.detail, /0000:00:06\.0 BAR .*: write-combining/);
-  sim.setPatMemtypes([`PAT: [mem ${bar.start}-${bar.end}] uncached-minus`]);
-  const uc = await writeCombiningReport(host, [DATA1.bdf]);
-  t.equal(uc.state, "uncached");
-  t.ok(uc.fix);
-});
+t.test(
+  "write-combining: PAT evidence first, then the kernel's known behaviour, else a command",
+  async (t) => {
+    const sim = node();
+    t.teardown(() => sim.close());
+    const host = new Host(sim.root);
+    const ena = { bdf: DATA1.bdf, vendor: "1d0f", device: "ec20" };
+    t.equal((await writeCombiningReport(host, [])).state, "n/a");
+    t.match(
+      await writeCombiningReport(host, [{ bdf: "0000:00:09.0", vendor: "8086", device: "100e" }]),
+      {
+        state: "n/a",
+        detail: /no ENA device/,
+      },
+    );
+    const ctx = stageCtx(sim);
+    const targets = [target("data1", DATA1.mac)];
+    await applyHost(ctx, targets, await planHost(ctx, targets));
+    const bar = sim.prefetchableBar(DATA1.bdf);
+
+    // (3) a Debian kernel, no debugfs: unknown, with the exact command and no patch recommended
+    const unknown = await writeCombiningReport(host, [ena]);
+    t.equal(unknown.state, "unknown");
+    t.match(unknown.detail, /PAT list is not readable.*kernel 6\.1\.0-57-amd64/);
+    t.equal(
+      unknown.check,
+      `mount -t debugfs none /sys/kernel/debug; grep -e '[mem ${bar.start}-' /sys/kernel/debug/x86/pat_memtype_list (as root, while a DPDK app runs: "write-combining" or "uncached-minus")`,
+    );
+    t.notOk(unknown.fix, "no patch offered without evidence");
+    // the command, run as it says against what a mapping puts there, finds the entry
+    sim.mapBar(DATA1.bdf, "write-combining");
+    const pat = fs.readFileSync(sim.p("/sys/kernel/debug/x86/pat_memtype_list"), "utf8");
+    t.ok(
+      pat
+        .split("\n")
+        .some((l) => l.includes(`[mem ${bar.start}-`) && l.endsWith("write-combining")),
+    );
+
+    // (1) a live mapping: write-combining, told from the PAT list
+    const wc = await writeCombiningReport(host, [ena]);
+    t.equal(wc.state, "write-combining");
+    t.equal(wc.detail, `PAT: 0000:00:06.0 BAR ${bar.start}: write-combining`);
+    t.notOk(wc.fix);
+    sim.mapBar(DATA1.bdf, "uncached-minus");
+    const uc = await writeCombiningReport(host, [ena]);
+    t.equal(uc.state, "uncached");
+    t.match(uc.fix, /enav2-vfio-patch \(get-vfio-with-wc\.sh\)/, "not AL2023: the script applies");
+
+    // (2) no mapping on Amazon Linux 2023's 6.1 kernel: expected, not yet observed
+    sim.mapBar(DATA1.bdf, undefined);
+    fs.writeFileSync(sim.p("/proc/sys/kernel/osrelease"), "6.1.132-147.221.amzn2023.x86_64\n");
+    const expected = await writeCombiningReport(host, [ena]);
+    t.equal(expected.state, "expected");
+    t.match(
+      expected.detail,
+      /Amazon Linux 2023's 6\.1\.132 kernel maps ENA's prefetchable BAR write-combining in vfio-pci; expected, not yet observed/,
+    );
+    t.notMatch(expected.check, /mount -t debugfs/, "debugfs is mounted now");
+    // an uncached mapping on AL2023: the script is broken there, so it is not what we send users to
+    sim.mapBar(DATA1.bdf, "uncached-minus");
+    const al = await writeCombiningReport(host, [ena]);
+    t.equal(al.state, "uncached");
+    t.match(al.fix, /does not build on AL2023 \(amzn-drivers #348, PR #370\)/);
+    t.notMatch(al.fix, /enav2-vfio-patch/);
+    // 6.12 is not claimed; an out-of-tree vfio-pci (what the patch builds) is expected WC
+    sim.mapBar(DATA1.bdf, undefined);
+    fs.writeFileSync(sim.p("/proc/sys/kernel/osrelease"), "6.12.40-64.114.amzn2023.x86_64\n");
+    t.equal((await writeCombiningReport(host, [ena])).state, "unknown");
+    fs.writeFileSync(sim.p("/sys/module/vfio_pci/taint"), "O\n");
+    t.match(await writeCombiningReport(host, [ena]), { state: "expected", detail: /out-of-tree/ });
+  },
+);
 
 t.test(
   "vfio-pci probe without NOIOMMU leaves the device driverless; bindDevice restores it",
@@ -230,3 +287,61 @@ t.test(
     t.same(sim.errors, []);
   },
 );
+
+t.test("hugepages per NUMA node: requested against achieved", async (t) => {
+  const sim = node({ numaNodes: 2, hugepageCapacity: { 2048: 701 } });
+  t.teardown(() => sim.close());
+  const host = new Host(sim.root);
+  const { log } = captureLog();
+  const want = [{ sizeKb: 2048, pages: 1024 }];
+  const [r] = await applyHugepages(host, want, log);
+  t.match(
+    r.warning,
+    /allocated 701 of 1024 2M hugepages \(1402 MiB of 2048 MiB\), per NUMA node node0 351, node1 350/,
+  );
+  const pools = await readHugepages(host, want);
+  t.match(pools, [
+    {
+      sizeKb: 2048,
+      total: 701,
+      requested: 1024,
+      nodes: [
+        { node: 0, total: 351, free: 351 },
+        { node: 1, total: 350, free: 350 },
+      ],
+    },
+    { sizeKb: 1048576, total: 0, requested: 0 },
+  ]);
+  t.equal(perNode(pools[0]), "node0 351, node1 350");
+});
+
+t.test("no hugepages: a device on a DPDK driver without pages, or without hugetlbfs", async (t) => {
+  const sim = node({ hugetlbfs: true });
+  t.teardown(() => sim.close());
+  const host = new Host(sim.root);
+  t.equal(await hugepageProblem(host, { dpdkDevices: 0 }), undefined, "no DPDK device: no need");
+  const none = await hugepageProblem(host, { dpdkDevices: 2 });
+  t.equal(none?.short, "none reserved");
+  t.equal(
+    none?.message,
+    'no hugepages: none are reserved (2M: 0, 1G: 0) while 2 devices are on a DPDK driver; a DPDK app stops with "No free 2048 kB hugepages reported"',
+  );
+  t.match(none?.fix, /\[dpdk\]\.hugepages_2m.*packer variable hugepages_1g/);
+  t.equal(
+    await hugepageProblem(host, { dpdkDevices: 2, planned: [{ sizeKb: 1048576, pages: 2 }] }),
+    undefined,
+    "a dry run that will reserve pages counts them",
+  );
+  fs.writeFileSync(sim.p("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"), "64\n");
+  await sim.settle();
+  t.equal(await hugepageProblem(host, { dpdkDevices: 1 }), undefined, "pages and a mount: fine");
+  t.same(await hugetlbfsMounts(host), ["/dev/hugepages"]);
+  sim.setHugetlbfs(false);
+  const unmounted = await hugepageProblem(host, { dpdkDevices: 1 });
+  t.equal(unmounted?.short, "no hugetlbfs mounted");
+  t.match(
+    unmounted?.message,
+    /^no hugepages usable: no hugetlbfs is mounted .* while 1 device is on a DPDK driver/,
+  );
+  t.match(unmounted?.fix, /dev-hugepages\.mount/);
+});

@@ -4,7 +4,10 @@ import { InputError, OpError } from "../../../src/core/errors.js";
 import { Host } from "../../../src/host/host.js";
 import { applyHost, planHost } from "../../../src/reconcile/host.js";
 import { loadState } from "../../../src/host/state.js";
-import { writeFakeBindingScript } from "../../../src/sim/kernel.js";
+import { SimKernel, writeFakeBindingScript } from "../../../src/sim/kernel.js";
+import { deviceNetdevs, listNetdevs, restoreDriver } from "../../../src/host/pci.js";
+import { collectStatus } from "../../../src/reconcile/status.js";
+import { renderStatus } from "../../../src/commands/status.js";
 import {
   config,
   DATA1,
@@ -12,6 +15,7 @@ import {
   INSTANCE_ID,
   node,
   PRIMARY,
+  simHost,
   stageCtx,
   target,
 } from "../../support/fixture.js";
@@ -431,3 +435,73 @@ t.test("routes are read as the kernel prints them", async (t) => {
     "host route to 169.254.169.254 and fd00:ec2::/32 count; a subnet route does not",
   );
 });
+
+t.test(
+  "virtio-net: the netdev hangs off virtioN, and is still found at its PCI function",
+  async (t) => {
+    // A QEMU guest's NICs as the kernel lays them out: /sys/class/net/<if>/device -> ../../../virtio0,
+    // whose parent is the PCI function (virtio-pci). The primary is one of them, with the default route.
+    const sim = SimKernel.create({ loaded: ["virtio_pci"] });
+    t.teardown(() => sim.close());
+    const virtio = { vendor: "1af4", device: "1000" };
+    sim.addNic({ ...virtio, bdf: "0000:00:03.0", mac: PRIMARY.mac, ifname: "ens3", up: true });
+    sim.addRoute({ iface: "ens3", dest: "0.0.0.0/0", gateway: "10.0.1.1" });
+    sim.addNic({ ...virtio, bdf: "0000:00:04.0", mac: DATA1.mac, ifname: "ens4" });
+    t.equal(fs.readlinkSync(sim.p("/sys/class/net/ens3/device")), "../../../virtio0");
+    t.equal(
+      fs.realpathSync(sim.p("/sys/class/net/ens4/device")),
+      fs.realpathSync(sim.p("/sys/bus/pci/devices/0000:00:04.0/virtio1")),
+      "virtio1 sits under the PCI function",
+    );
+    const host = new Host(sim.root);
+    t.same(
+      (await listNetdevs(host)).filter((n) => n.ifname !== "lo"),
+      [
+        { ifname: "ens3", mac: PRIMARY.mac, bdf: "0000:00:03.0" },
+        { ifname: "ens4", mac: DATA1.mac, bdf: "0000:00:04.0" },
+      ],
+    );
+    t.same(await deviceNetdevs(host, "0000:00:04.0"), [{ ifname: "ens4", mac: DATA1.mac }]);
+
+    // status names the primary's netdev and its routes, as for any NIC
+    const doc = await collectStatus(host);
+    t.match(
+      doc.otherDevices.find((d) => d.bdf === "0000:00:03.0"),
+      {
+        driver: "virtio-pci",
+        ifname: "ens3",
+        mac: PRIMARY.mac,
+        active: ["an IPv4 default route"],
+      },
+    );
+    t.match(
+      renderStatus(doc),
+      /0000:00:03\.0 '1af4:1000' if=ens3 drv=virtio-pci mac=02:00:00:00:00:01 \*Active\*/,
+    );
+
+    // the data NIC binds by MAC (verified on the virtio child's netdev) and comes back on unbind
+    const ctx = stageCtx(sim, { host: simHost(sim) });
+    const targets = [target("data1", DATA1.mac)];
+    const [r] = await applyHost(ctx, targets, await planHost(ctx, targets));
+    t.match(r, {
+      state: "bound",
+      bdf: "0000:00:04.0",
+      originalDriver: "virtio-pci",
+      ifname: "ens4",
+    });
+    t.notOk(
+      fs.existsSync(sim.p("/sys/bus/pci/devices/0000:00:04.0/virtio1")),
+      "virtio device gone",
+    );
+    const rb = await restoreDriver(ctx.host, "0000:00:04.0", "virtio-pci", {
+      log: ctx.log,
+      mac: DATA1.mac,
+    });
+    t.match(rb, { ok: true, driver: "virtio-pci", ifname: "ens4" });
+    // the primary, found at its PCI function now, is refused as the primary
+    const p = [target("p", PRIMARY.mac)];
+    await t.rejects(planHost(ctx, p), /primary ENI/);
+    t.equal(sim.driverOf("0000:00:03.0"), "virtio-pci");
+    t.same(sim.errors, []);
+  },
+);

@@ -17,7 +17,7 @@ import {
 } from "../../../src/host/sriov-file.js";
 import { applySriov, planSriov } from "../../../src/reconcile/sriov.js";
 import { type SriovDevice } from "../../../src/host/sriov-model.js";
-import { emptyState, loadState } from "../../../src/host/state.js";
+import { emptyState, loadState, saveState } from "../../../src/host/state.js";
 import { cleanVerdict, pluginVerdict } from "../../support/sriov-plugin-rules.js";
 import { REPO } from "../../support/repo.js";
 
@@ -129,21 +129,47 @@ t.test("plugin-rules checker catches the known failure modes", async (t) => {
   );
   t.match(pluginVerdict(seedFixedType).ignored, ["resourceList[0].devices"]);
 
-  const good = {
-    resourceName: "ena_dpdk",
-    resourcePrefix: "amazon.com",
-    selectors: [
-      {
-        vendors: ["1d0f"],
-        devices: ["ec20"],
-        drivers: ["vfio-pci"],
-        pciAddresses: ["0000:00:06.0"],
-      },
-    ],
+  const one = {
+    vendors: ["1d0f"],
+    devices: ["ec20"],
+    drivers: ["vfio-pci"],
+    pciAddresses: ["0000:00:06.0"],
   };
+  const good = { resourceName: "ena_dpdk", resourcePrefix: "amazon.com", selectors: one };
   const doc = (e: Record<string, unknown>) => JSON.stringify({ resourceList: [e] });
-  t.ok(cleanVerdict(pluginVerdict(doc(good))), "domain.md's correct entry is clean");
+  t.ok(cleanVerdict(pluginVerdict(doc(good))), "one selector as an object is clean");
+  t.ok(cleanVerdict(pluginVerdict(doc(good), "intel.com", "old")), "v3.5.x reads it too");
   t.same(pluginVerdict(doc(good)).resources, ["amazon.com/ena_dpdk"]);
+  t.same(pluginVerdict(doc(good), "intel.com", "old").resources, ["amazon.com/ena_dpdk"]);
+  // domain.md's entry (an array of one selector) works from v3.6.0 only
+  const arrayOfOne = doc({ ...good, selectors: [one] });
+  t.match(pluginVerdict(arrayOfOne).style, [/array of one: v3.5.x skips it/]);
+  t.match(pluginVerdict(arrayOfOne, "intel.com", "old").dropped, [/array/]);
+  t.same(
+    pluginVerdict(arrayOfOne, "intel.com", "old").resources,
+    [],
+    "v3.5.x: the resource vanishes",
+  );
+  const two = doc({ ...good, selectors: [one, { ...one, drivers: ["igb_uio"] }] });
+  t.same(pluginVerdict(two).needsArrays, ["resourceList[0].selectors"]);
+  t.ok(cleanVerdict(pluginVerdict(two)), "several selectors: an array is the only way");
+  t.same(pluginVerdict(two, "intel.com", "old").resources, []);
+  t.same(pluginVerdict(doc({ ...good, deviceType: "auxNetDevice" }), "intel.com", "old").fatal, [
+    'readConfig: resourceList[0]: unsupported deviceType "auxNetDevice"',
+  ]);
+  // written as text: an object literal's __proto__ sets the prototype, it is not a key
+  const protoKeys =
+    '{"resourceList": [{"resourceName": "a", "resourcePrefix": "x.io", "constructor": 1, "__proto__": {"x": 1}, "toString": "y", "selectors": {"vendors": ["1d0f"], "constructor": 2, "__proto__": null}}]}';
+  t.same(pluginVerdict(protoKeys).fatal, [], "keys named like Object.prototype members: ignored");
+  t.same(pluginVerdict(protoKeys).dropped, []);
+  t.same(pluginVerdict(protoKeys).resources, ["x.io/a"]);
+  t.same(pluginVerdict(protoKeys).ignored, [
+    "resourceList[0].constructor",
+    "resourceList[0].__proto__",
+    "resourceList[0].toString",
+    "resourceList[0].selectors[0].constructor",
+    "resourceList[0].selectors[0].__proto__",
+  ]);
   const misspelt = pluginVerdict(
     doc({ ...good, selectors: [{ vendor: ["1d0f"], pciAdresses: ["0000:00:06.0"] }] }),
   );
@@ -160,9 +186,7 @@ t.test("plugin-rules checker catches the known failure modes", async (t) => {
     /vendors: cannot unmarshal string/,
   ]);
   t.match(pluginVerdict(doc({ ...good, selectors: [] })).dropped, [/non-empty array/]);
-  t.match(pluginVerdict(doc({ ...good, selectors: { vendors: ["1d0f"] } })).style, [
-    /object, not an array/,
-  ]);
+  t.same(pluginVerdict(doc({ ...good, selectors: { vendors: ["1d0f"] } })).style, []);
   t.match(pluginVerdict(doc({ ...good, resourceName: 7 })).fatal, [
     /resourceName: cannot unmarshal number/,
   ]);
@@ -216,11 +240,23 @@ for (const [name, devices, resources] of [
     if (process.env.UPDATE_GOLDEN) await fs.writeFile(goldenPath, text);
     const golden = await fs.readFile(goldenPath, "utf8");
     t.equal(text, golden, `${name}.json matches the golden file`);
-    const verdict = pluginVerdict(golden, "intel.com");
+    const clean = {
+      fatal: [],
+      dropped: [],
+      ignored: [],
+      matchesAll: [],
+      style: [],
+      needsArrays: [],
+    };
     t.same(
-      verdict,
-      { fatal: [], dropped: [], ignored: [], matchesAll: [], style: [], resources },
+      pluginVerdict(golden, "intel.com"),
+      { ...clean, resources },
       "the plugin would serve exactly our resources",
+    );
+    t.same(
+      pluginVerdict(golden, "intel.com", "old"),
+      { ...clean, resources },
+      "so would v3.5.x: one selector per resource, written as an object",
     );
     t.equal((await fs.stat(path.join(root, CFG))).mode & 0o777, 0o644);
     t.same(
@@ -234,19 +270,42 @@ for (const [name, devices, resources] of [
 t.test("every golden file passes the parser-rules checker", async (t) => {
   const files = (await fs.readdir(goldenDir)).filter((f) => f.endsWith(".json"));
   t.ok(files.length >= 3);
-  for (const f of files)
-    t.ok(cleanVerdict(pluginVerdict(await fs.readFile(path.join(goldenDir, f), "utf8"))), f);
+  for (const f of files) {
+    const text = await fs.readFile(path.join(goldenDir, f), "utf8");
+    t.ok(cleanVerdict(pluginVerdict(text)), f);
+    t.ok(cleanVerdict(pluginVerdict(text, "intel.com", "old")), `${f} under v3.5.x`);
+  }
 });
 
 t.test(
   "ENIs sharing a resource but bound to different drivers get one selector per driver",
   async (t) => {
     const root = await tmpRoot(t);
-    const ctx = makeCtx(root);
-    await apply(ctx, [
+    const { log, lines } = captureLogger();
+    const ctx = makeCtx(root, {}, log);
+    const { plan } = await apply(ctx, [
       dev("a", "pool", "0000:00:06.0"),
       dev("b", "pool", "0000:00:07.0", "igb_uio"),
     ]);
+    t.match(
+      plan.actions[0].detail,
+      /add amazon.com\/pool \(2 devices; 2 selectors, one per driver, as an array: needs device plugin v3.6.0 or later\)/,
+      "the plan says the array needs v3.6.0",
+    );
+    t.ok(
+      lines.some(
+        (l) =>
+          l.startsWith("level=warn") &&
+          l.includes("2 selectors as an array: read only by plugin v3.6.0 or later"),
+      ),
+      "the log says so when the file is written",
+    );
+    t.same(pluginVerdict(await readCfg(root)).needsArrays, ["resourceList[0].selectors"]);
+    t.match(
+      pluginVerdict(await readCfg(root), "intel.com", "old").dropped,
+      [/array/],
+      "v3.5.x cannot read it: the reason for the warning",
+    );
     const doc = JSON.parse(await readCfg(root));
     t.same(doc.resourceList[0].selectors, [
       {
@@ -335,7 +394,7 @@ t.test(
     doc = JSON.parse(await readCfg(root));
     t.strictSame(doc.resourceList.slice(0, 2), foreignDoc.resourceList);
     t.equal(doc.resourceList.length, 3);
-    t.same(doc.resourceList[2].selectors[0].pciAddresses, ["0000:00:06.0"]);
+    t.same(doc.resourceList[2].selectors.pciAddresses, ["0000:00:06.0"]);
     t.same((await loadState(ctx.host)).sriov.owned, ["amazon.com/dpdk_fast"]);
 
     // No DPDK ENIs at all: only the foreign entries remain, unchanged.
@@ -451,6 +510,104 @@ t.test(
     t.same(ctx2.state.sriov.owned, ["amazon.com/ena_dpdk"]);
   },
 );
+
+// What an older eni-dpdk wrote: one selector, but as an array (v3.5.x skips the entry).
+const oldShape = (golden: string) => {
+  const d = JSON.parse(golden) as { resourceList: { selectors: unknown }[] };
+  for (const e of d.resourceList) e.selectors = [e.selectors];
+  return JSON.stringify(d, null, 2) + "\n";
+};
+
+t.test(
+  "an entry in the old array-of-one shape is rewritten as an object, owned or found without a record",
+  async (t) => {
+    const golden = await fs.readFile(path.join(goldenDir, "single.json"), "utf8");
+    for (const stateLost of [false, true]) {
+      const root = await tmpRoot(t);
+      await writeCfg(root, oldShape(golden));
+      t.match(pluginVerdict(oldShape(golden), "intel.com", "old").dropped, [/array/]);
+      const ctx = makeCtx(root);
+      if (!stateLost) {
+        ctx.state.sriov = { configPath: CFG, owned: ["amazon.com/ena_dpdk"] };
+        await saveState(ctx.host, ctx.state);
+      }
+      const { plan, result } = await apply(ctx, single);
+      t.same(plan.updated, ["amazon.com/ena_dpdk"], `updated (state lost: ${stateLost})`);
+      t.same(plan.adopted, stateLost ? ["amazon.com/ena_dpdk"] : []);
+      t.equal(result.changed, true);
+      t.equal(await readCfg(root), golden, "now the object form every plugin release reads");
+      t.same((await loadState(ctx.host)).sriov.owned, ["amazon.com/ena_dpdk"]);
+      const again = await apply(ctx, single);
+      t.same(again.plan.actions, [], "converged");
+    }
+  },
+);
+
+t.test(
+  "hostile foreign entries: prototype-named keys are ordinary keys, kept and never a refusal",
+  async (t) => {
+    const root = await tmpRoot(t);
+    const text =
+      '{"resourceList": [{"resourceName": "theirs", "resourcePrefix": "x.io", "constructor": 1, "__proto__": {"polluted": true}, "hasOwnProperty": "no", "selectors": {"vendors": ["8086"], "toString": 5, "__proto__": []}}], "__proto__": {"top": 1}}';
+    await writeCfg(root, text);
+    const ctx = makeCtx(root);
+    const { plan, result } = await apply(ctx, single);
+    t.same(plan.added, ["amazon.com/ena_dpdk"], "not refused as a file the plugin cannot read");
+    t.equal(result.changed, true);
+    const after = await readCfg(root);
+    const want = JSON.parse(text) as { resourceList: unknown[] };
+    const got = JSON.parse(after) as { resourceList: unknown[] };
+    t.strictSame(got.resourceList[0], want.resourceList[0], "the foreign entry kept byte for key");
+    t.ok(Object.hasOwn(got, "__proto__"), "the top-level __proto__ key kept as a key");
+    t.equal(({} as Record<string, unknown>).polluted, undefined, "no prototype pollution");
+    t.same(pluginVerdict(after).fatal, []);
+    t.same(pluginVerdict(after).resources, ["x.io/theirs", "amazon.com/ena_dpdk"]);
+    const r = await inspectSriov(ctx.host, CFG);
+    t.equal(r.valid, true);
+    t.match(r.warnings.join("\n"), /unknown key "constructor" is ignored/);
+  },
+);
+
+t.test(
+  "a file nested deeper than Go's limit is unreadable to the plugin: moved aside, no crash",
+  async (t) => {
+    const root = await tmpRoot(t);
+    const deep = `{"resourceList": [{"resourceName": "d", "resourcePrefix": "x.io", "selectors": {"vendors": ["8086"]}, "x": ${"[".repeat(20_000)}${"]".repeat(20_000)}}]}`;
+    await writeCfg(root, deep);
+    const ctx = makeCtx(root);
+    const { plan, result } = await apply(ctx, single);
+    t.match(plan.invalidExisting, /nested deeper than 10000 levels/);
+    t.equal(await fs.readFile(path.join(root, result.movedAside!), "utf8"), deep);
+    const r = await inspectSriov(ctx.host, CFG);
+    t.equal(r.valid, true, "the new file is ours alone");
+    await writeCfg(root, deep);
+    t.match((await inspectSriov(ctx.host, CFG)).warnings, [/nested deeper than 10000 levels/]);
+    // 10000 levels is still fine for Go, and for us
+    const limit = `{"resourceList": [{"resourceName": "d", "resourcePrefix": "x.io", "selectors": {"vendors": ["8086"]}, "x": ${"[".repeat(9_997)}${"]".repeat(9_997)}}]}`;
+    await writeCfg(root, limit);
+    t.equal((await inspectSriov(ctx.host, CFG)).valid, true);
+    t.same(pluginVerdict(limit).fatal, []);
+  },
+);
+
+t.test("a huge foreign file is merged without loss", async (t) => {
+  const root = await tmpRoot(t);
+  const foreign = Array.from({ length: 20_000 }, (_, i) => ({
+    resourceName: `r${i}`,
+    resourcePrefix: "x.io",
+    selectors: { pciAddresses: [`0000:${(i >> 8).toString(16).padStart(2, "0")}:00.0`] },
+    note: "x".repeat(100),
+  }));
+  const text = JSON.stringify({ resourceList: foreign });
+  t.ok(text.length > 3_000_000, `${text.length} bytes`);
+  await writeCfg(root, text);
+  const ctx = makeCtx(root);
+  const { result } = await apply(ctx, single);
+  t.equal(result.changed, true);
+  const got = JSON.parse(await readCfg(root)) as { resourceList: unknown[] };
+  t.equal(got.resourceList.length, 20_001);
+  t.strictSame(got.resourceList.slice(0, 20_000), foreign);
+});
 
 t.test("bad resource names are rejected before anything is written", async (t) => {
   const root = await tmpRoot(t);
@@ -684,7 +841,11 @@ t.test("inspectSriov explains the seed's shape and other mistakes", async (t) =>
   );
   const r3 = await inspectSriov(host, CFG);
   const w = r3.warnings.join("\n");
-  t.match(w, /"selectors" is a single object/);
+  t.notMatch(w, /resourceList\[0\].*"selectors" is/, "one selector as an object: no remark");
+  t.match(
+    w,
+    /resourceList\[1\] \("intel.com\/x"\): "selectors" is an array of one; plugin releases before v3.6.0 \(v3.5.1 is what aws-samples' guide deploys\) skip this entry; write the selector as an object/,
+  );
   t.match(
     w,
     /unknown key "vendor" is ignored by the plugin, so it constrains nothing; did you mean "vendors"\?/,

@@ -412,3 +412,177 @@ t.test("faults: 500, dropped connection, stuck attach; retries classify them", a
   t.same(emu.enisByState(), { available: 0, attaching: 1, attached: 1 }, "stuck in attaching");
   t.ok((emu.callsPerAction().DescribeSubnets ?? 0) >= 5, "calls per action counted");
 });
+
+/** A raw Query-protocol POST, for values the SDK's types would never let through. */
+async function post(emu: Ec2Emulator, form: Record<string, string>) {
+  const r = await fetch(emu.url, {
+    method: "POST",
+    headers: { "content-type": "application/x-www-form-urlencoded" },
+    body: new URLSearchParams({ Version: "2016-11-15", ...form }).toString(),
+  });
+  const body = await r.text();
+  return { status: r.status, code: /<Code>([^<]+)<\/Code>/.exec(body)?.[1], body };
+}
+
+t.test(
+  "ENI attributes: ENA Express, UDP, queue count and source/dest check are parsed, recorded, described; malformed ones refused",
+  async (t) => {
+    const { emu, ec2 } = await setup(t);
+    emu.instanceTypes.set("c6in.large", {
+      instanceType: "c6in.large",
+      maxEnis: 3,
+      enaQueues: { default: 2, maxPerInterface: 2, max: 6 },
+    });
+    const eni = (await create(ec2)).NetworkInterface!;
+    t.equal(eni.SourceDestCheck, true, "a new ENI checks source/dest");
+    const id = eni.NetworkInterfaceId!;
+    const base = { Action: "AttachNetworkInterface", NetworkInterfaceId: id, InstanceId: INSTANCE };
+    const refused: [Record<string, string>, string][] = [
+      [
+        { ...base, DeviceIndex: "1", "EnaSrdSpecification.EnaSrdEnabled": "yes" },
+        "InvalidParameterValue",
+      ],
+      [
+        {
+          ...base,
+          DeviceIndex: "1",
+          "EnaSrdSpecification.EnaSrdEnabled": "false",
+          "EnaSrdSpecification.EnaSrdUdpSpecification.EnaSrdUdpEnabled": "true",
+        },
+        "InvalidParameterCombination",
+      ],
+      [{ ...base, DeviceIndex: "1", "EnaSrdSpecification.Bogus": "true" }, "InvalidParameterValue"],
+      [{ ...base, DeviceIndex: "1", EnaQueueCount: "0" }, "InvalidParameterValue"],
+      [{ ...base, DeviceIndex: "1", EnaQueueCount: "3" }, "InvalidParameterValue"],
+      [{ ...base, DeviceIndex: "1", NetworkCardIndex: "x" }, "InvalidParameterValue"],
+      [{ ...base }, "MissingParameter"],
+    ];
+    for (const [form, expected] of refused) {
+      const r = await post(emu, form);
+      t.equal(r.code, expected, JSON.stringify(form));
+      t.equal(r.status, 400);
+    }
+    t.equal(emu.enis.get(id)!.attachment, undefined, "no refused attach took effect");
+
+    const att = await ec2.attachNetworkInterface({
+      NetworkInterfaceId: id,
+      InstanceId: INSTANCE,
+      DeviceIndex: 1,
+      NetworkCardIndex: 0,
+      EnaSrdSpecification: {
+        EnaSrdEnabled: true,
+        EnaSrdUdpSpecification: { EnaSrdUdpEnabled: true },
+      },
+      EnaQueueCount: 2,
+    });
+    const last = emu.requests.at(-1)!;
+    t.same(
+      [
+        last.params.NetworkCardIndex,
+        last.params.EnaQueueCount,
+        last.params["EnaSrdSpecification.EnaSrdEnabled"],
+      ],
+      ["0", "2", "true"],
+      "the request log keeps the wire parameters",
+    );
+    const seen = async () =>
+      (await ec2.describeNetworkInterfaces({ NetworkInterfaceIds: [id] })).NetworkInterfaces![0];
+    let n = await seen();
+    t.same(n.Attachment!.EnaSrdSpecification, {
+      EnaSrdEnabled: true,
+      EnaSrdUdpSpecification: { EnaSrdUdpEnabled: true },
+    });
+    t.equal(n.Attachment!.EnaQueueCount, 2);
+
+    const modify = { Action: "ModifyNetworkInterfaceAttribute", NetworkInterfaceId: id };
+    for (const [form, expected] of [
+      [{ ...modify, "SourceDestCheck.Value": "no" }, "InvalidParameterValue"],
+      [
+        {
+          ...modify,
+          "SourceDestCheck.Value": "false",
+          "EnaSrdSpecification.EnaSrdEnabled": "false",
+        },
+        "InvalidParameterCombination",
+      ],
+      [{ ...modify }, "MissingParameter"],
+      [
+        {
+          ...modify,
+          "Attachment.AttachmentId": att.AttachmentId!,
+          "Attachment.EnaQueueCount": "1",
+        },
+        "IncorrectInstanceState",
+      ],
+      [{ ...modify, "EnaSrdSpecification.EnaSrdEnabled": "false" }, "InvalidParameterCombination"],
+    ] as [Record<string, string>, string][]) {
+      const r = await post(emu, form);
+      t.equal(r.code, expected, JSON.stringify(form));
+    }
+    n = await seen();
+    t.equal(n.SourceDestCheck, true, "refused Modify calls changed nothing");
+    t.equal(n.Attachment!.EnaSrdSpecification!.EnaSrdEnabled, true, "UDP on needs ENA Express on");
+
+    await ec2.modifyNetworkInterfaceAttribute({
+      NetworkInterfaceId: id,
+      SourceDestCheck: { Value: false },
+    });
+    await ec2.modifyNetworkInterfaceAttribute({
+      NetworkInterfaceId: id,
+      EnaSrdSpecification: {
+        EnaSrdEnabled: false,
+        EnaSrdUdpSpecification: { EnaSrdUdpEnabled: false },
+      },
+    });
+    n = await seen();
+    t.equal(n.SourceDestCheck, false);
+    t.same(n.Attachment!.EnaSrdSpecification, {
+      EnaSrdEnabled: false,
+      EnaSrdUdpSpecification: { EnaSrdUdpEnabled: false },
+    });
+    const types = await ec2.describeInstanceTypes({ InstanceTypes: ["c6in.large"] });
+    const net = types.InstanceTypes![0].NetworkInfo!;
+    t.equal(net.EnaSrdSupported, true);
+    t.equal(net.FlexibleEnaQueuesSupport, "supported");
+    t.equal(net.NetworkCards![0].MaximumEnaQueueCountPerInterface, 2);
+  },
+);
+
+t.test(
+  "attach at launch (as a launch template does): attached, DeleteOnTermination, no request; EC2's refusals",
+  async (t) => {
+    const { emu, ec2 } = await setup(t);
+    const eni = emu.attachAtLaunch(INSTANCE, {
+      deviceIndex: 1,
+      subnetId: SUBNET_A,
+      groups: [SG_DPDK],
+      tags: { team: "net" },
+      enaSrd: { enabled: true, udp: false },
+    });
+    t.equal(emu.requests.length, 0, "no API request: it happened at launch");
+    t.same(
+      [
+        eni.attachment!.status,
+        eni.attachment!.deleteOnTermination,
+        eni.attachment!.atLaunch,
+        eni.createdByApi,
+      ],
+      ["attached", true, true, false],
+    );
+    t.equal(emu.leakedEnis().length, 0);
+    const n = (await ec2.describeNetworkInterfaces({ NetworkInterfaceIds: [eni.id] }))
+      .NetworkInterfaces![0];
+    t.equal(n.Attachment!.DeviceIndex, 1);
+    t.equal(n.Attachment!.DeleteOnTermination, true);
+    t.same(n.TagSet, [{ Key: "team", Value: "net" }]);
+    t.throws(
+      () => emu.attachAtLaunch(INSTANCE, { deviceIndex: 1, subnetId: SUBNET_A }),
+      /already has/,
+    );
+    t.throws(() => emu.attachAtLaunch(INSTANCE, { deviceIndex: 0, subnetId: SUBNET_A }), /primary/);
+    t.throws(
+      () => emu.attachAtLaunch(INSTANCE, { deviceIndex: 2, subnetId: SUBNET_B }),
+      /not in us-west-2a/,
+    );
+  },
+);

@@ -906,3 +906,85 @@ t.test(
     t.match(warnings, [/user-data part 1 .*: YAML cannot be read/]);
   },
 );
+
+t.test(
+  "NodeENI spec.attach and the attribute fields: mapped, and hostile values named at the spec field",
+  async (t) => {
+    const layerOf = (spec: Record<string, unknown>) => nodeEniToLayer(nodeEni("ext", spec));
+    const ok = layerOf({
+      attach: "external",
+      subnetID: undefined,
+      securityGroupIDs: undefined,
+      enaExpress: true,
+      enaQueueCount: 4,
+    });
+    t.same(ok.problems, []);
+    const eni = buildConfig([ok.layer!]).config.eni;
+    t.same(
+      eni.map((e) => [
+        e.name,
+        e.attach,
+        e.device_index,
+        e.subnet_id,
+        e.ena_express,
+        e.ena_queue_count,
+      ]),
+      [["ext", "external", 1, "", true, 4]],
+      "an external NodeENI without a subnet still names one ENI, at deviceIndex",
+    );
+    const viaBuild = (spec: Record<string, unknown>) => {
+      const m = layerOf(spec);
+      if (m.problems.length) return m.problems.map(formatProblem);
+      try {
+        buildConfig([m.layer!]);
+        return [];
+      } catch (e) {
+        return (e as InputError).problems.map(formatProblem);
+      }
+    };
+    t.match(viaBuild({ attach: "launch-template" }), [
+      /^NodeENI ext: spec\.attach: eni\.ext\.attach: expected "eni-dpdk" .* or "external" .*, got "launch-template"/,
+    ]);
+    t.match(viaBuild({ attach: 7 }), [/^NodeENI ext: spec\.attach: expected a string, got 7/]);
+    t.match(viaBuild({ attach: "external", subnetID: undefined, subnetName: "data" }), [
+      /^NodeENI ext: spec\.subnetName: eni\.ext\.subnet_name: attach = "external" checks the ENI against IMDS only/,
+    ]);
+    t.match(viaBuild({ externalEC2: true }), [
+      /^NodeENI ext: spec\.externalEC2: eni\.ext\.external_ec2: applies only to attach = "external"/,
+    ]);
+    t.match(viaBuild({ enaQueueCount: "4" }), [
+      /^NodeENI ext: spec\.enaQueueCount: expected an integer, got "4"/,
+    ]);
+    t.match(viaBuild({ sourceDestCheck: "false" }), [
+      /^NodeENI ext: spec\.sourceDestCheck: expected true or false, got "false"/,
+    ]);
+    t.match(viaBuild({ attach: "external", sourceDestCheck: false }), [
+      /^NodeENI ext: spec\.sourceDestCheck: eni\.ext\.source_dest_check: on attach = "external" it needs an EC2 call/,
+    ]);
+    t.match(viaBuild({ enaExpressUdp: true }), [
+      /^NodeENI ext: spec\.enaExpressUdp: eni\.ext\.ena_express_udp: set ena_express too/,
+    ]);
+    t.match(
+      viaBuild({ subnetID: undefined }),
+      [/spec\.subnetID: required/],
+      "eni-dpdk mode still needs a subnet",
+    );
+  },
+);
+
+t.test("the CRD's attach and attribute fields agree with eni-dpdk's own checks", async (t) => {
+  const YAML = await import("yaml");
+  const { readFileSync } = await import("node:fs");
+  const { ATTACH_MODES } = await import("../../../src/config/facts.js");
+  const crd = YAML.parse(readFileSync(new URL("deploy/nodeeni-crd.yaml", REPO_URL), "utf8"));
+  const spec = crd.spec.versions[0].schema.openAPIV3Schema.properties.spec;
+  t.same(spec.properties.attach.enum, [...ATTACH_MODES]);
+  t.equal(spec.properties.attach.default, "eni-dpdk");
+  t.same([spec.properties.enaQueueCount.minimum, spec.properties.enaQueueCount.maximum], [1, 256]);
+  for (const k of ["enaExpress", "enaExpressUdp", "sourceDestCheck", "externalEC2"])
+    t.equal(spec.properties[k].type, "boolean", k);
+  const rules = (spec["x-kubernetes-validations"] as { rule: string }[])
+    .map((r) => r.rule)
+    .join("\n");
+  t.match(rules, /self\.attach == 'external'/, "an external NodeENI may name no subnet");
+});

@@ -246,6 +246,38 @@ t.test("bad tags name the tag key", async (t) => {
   );
 });
 
+t.test("[kubernetes] adjust_max_pods: a bool in every source, named when it is not", async (t) => {
+  t.equal(buildConfig([]).config.kubernetes.adjust_max_pods, true, "on by default");
+  t.equal(
+    buildConfig(tagLayers({ "eni-dpdk:kubernetes": "adjust_max_pods=false" })).config.kubernetes
+      .adjust_max_pods,
+    false,
+  );
+  const ud = (toml: string) => buildConfig(userDataLayers(Buffer.from(toml)).layers);
+  t.equal(ud("[kubernetes]\nadjust_max_pods = false\n").config.kubernetes.adjust_max_pods, false);
+  const cases: [string, () => unknown, RegExp][] = [
+    [
+      "tag",
+      () => buildConfig(tagLayers({ "eni-dpdk:kubernetes": "adjust_max_pods=maybe" })),
+      /^tag eni-dpdk:kubernetes: kubernetes\.adjust_max_pods: expected true or false, got "maybe"$/,
+    ],
+    [
+      "user-data",
+      () => ud("[kubernetes]\nadjust_max_pods = 0\n"),
+      /^user-data:2:1: kubernetes\.adjust_max_pods: expected true or false, got integer$/,
+    ],
+    [
+      "a misspelt key",
+      () => ud("[kubernetes]\nadjust_maxpods = false\n"),
+      /kubernetes\.adjust_maxpods: unknown key; did you mean "adjust_max_pods"\?/,
+    ],
+  ];
+  for (const [name, build, want] of cases) {
+    const e = t.throws(build, name) as InputError;
+    t.match(formatProblem(e.problems[0]), want, name);
+  }
+});
+
 t.test("the seed's environment variables override the file", async (t) => {
   const root = mkdtempSync(path.join(tmpdir(), "eni-dpdk-src-"));
   mkdirSync(path.join(root, "etc/eni-dpdk/config.d"), { recursive: true });
@@ -927,6 +959,74 @@ t.test(
     ]);
     t.match(await problemLines(() => userDataLayers(doc(bad))), [
       /^user-data part 1 \(application\/eni-dpdk\+toml\): \(encoding\): is not valid UTF-8 \(first bad byte at 2:11\)/,
+    ]);
+  },
+);
+
+t.test(
+  "attach and the ENI attributes from user-data and tags: hostile values name the source, key and what was expected",
+  async (t) => {
+    const part = (eni: string) =>
+      multipart([
+        ["application/node.eks.aws", nodeConfig],
+        [
+          "application/eni-dpdk+toml",
+          `[[eni]]\nname = "e1"\ndevice_index = 1\ndpdk.enabled = false\n${eni}`,
+        ],
+      ]);
+    const fromUserData = (eni: string) => {
+      try {
+        buildConfig(userDataLayers(Buffer.from(part(eni))).layers);
+        return [];
+      } catch (e) {
+        return (e as InputError).problems.map(formatProblem);
+      }
+    };
+    t.same(fromUserData('attach = "external"\n'), [], "external from user-data");
+    t.match(fromUserData('attach = "External"\n'), [
+      /^user-data part 2 \(application\/eni-dpdk\+toml\):5:1: eni\.e1\.attach: expected "eni-dpdk" .* or "external" .*, got "External"/,
+    ]);
+    t.match(fromUserData("attach = 1\n"), [
+      /^user-data part 2 .*:5:1: eni\.e1\.attach: expected a string, got integer/,
+    ]);
+    t.match(fromUserData('attach = "external"\nsubnet_name = "data"\n'), [
+      /^user-data part 2 .*:6:1: eni\.e1\.subnet_name: attach = "external" checks the ENI against IMDS only/,
+    ]);
+    t.match(fromUserData('attach = "external"\nena_queue_count = 1.5\n'), [
+      /eni\.e1\.ena_queue_count: expected an integer, got a float 1\.5/,
+    ]);
+
+    const fromTags = (value: string) => {
+      try {
+        buildConfig(tagLayers({ "eni-dpdk:eni:e1": `device_index=1;dpdk.enabled=false;${value}` }));
+        return [];
+      } catch (e) {
+        return (e as InputError).problems.map(formatProblem);
+      }
+    };
+    t.same(fromTags("attach=external;ena_express=true;ena_queue_count=4"), []);
+    t.match(fromTags("attach=extern"), [
+      /^tag eni-dpdk:eni:e1: eni\.e1\.attach: expected "eni-dpdk" .* or "external" .*, got "extern"/,
+    ]);
+    t.match(fromTags("attach.mode=external"), [
+      /^tag eni-dpdk:eni:e1: eni\.e1\.attach: expected a value, got dotted sub-keys \(mode\)/,
+    ]);
+    t.match(fromTags("attach=external;source_dest_check=false"), [
+      /^tag eni-dpdk:eni:e1: eni\.e1\.source_dest_check: on attach = "external" it needs an EC2 call/,
+    ]);
+    t.match(fromTags("attach=external;ena_queue_count=+4"), [
+      /^tag eni-dpdk:eni:e1: eni\.e1\.ena_queue_count: expected an integer, got "\+4"/,
+    ]);
+    t.match(fromTags("attach=external;external_ec2=yes"), [
+      /^tag eni-dpdk:eni:e1: eni\.e1\.external_ec2: expected true or false, got "yes"/,
+    ]);
+    const zero = t.throws(() =>
+      buildConfig(
+        tagLayers({ "eni-dpdk:eni:e1": "attach=external;device_index=0;dpdk.enabled=false" }),
+      ),
+    ) as InputError;
+    t.same(zero.problems.map(formatProblem), [
+      "tag eni-dpdk:eni:e1: eni.e1.device_index: expected 1..127 (0 is the primary ENI), got 0",
     ]);
   },
 );

@@ -1,0 +1,139 @@
+// attach = "external" through the built bundle: an ENI attached at launch (as a launch template does)
+// is planned, bound by MAC and recorded as external with zero EC2 requests; a second apply and a
+// concurrent second copy change nothing; `reset` unbinds it and never detaches or deletes it; the
+// `launch-template` command prints the block and rejects what a template cannot carry.
+import { readFileSync, writeFileSync } from "node:fs";
+import path from "node:path";
+import t from "tap";
+import { SG_DPDK, SUBNET_A } from "../../src/sim/world.js";
+import {
+  assertPrimaryUntouched,
+  diffSnapshots,
+  lastError,
+  runCli,
+  snapshotRoot,
+  world,
+} from "../support/harness.js";
+
+const EXTERNAL_TOML = `[service]
+sources = ["file", "user-data", "tags"]
+reconcile_interval_seconds = 0
+timeout_seconds = 20
+
+[[eni]]
+name = "data1"
+attach = "external"
+device_index = 1
+subnet_id = "${SUBNET_A}"
+security_group_ids = ["${SG_DPDK}"]
+  [eni.dpdk]
+  resource_name = "amazon.com/ena_dpdk"
+`;
+const BDF = "0000:00:06.0";
+
+t.test(
+  "an ENI attached at launch is bound with zero EC2 requests; again changes nothing; reset leaves it attached",
+  async (t) => {
+    const w = await world(t, { configToml: EXTERNAL_TOML });
+    const eni = w.attachAtLaunch({ deviceIndex: 1, subnetId: SUBNET_A, groups: [SG_DPDK] });
+
+    const plan = await runCli(w, ["plan"]);
+    t.equal(plan.code, 0, lastError(plan));
+    t.match(
+      plan.stdout,
+      new RegExp(`eni\\s+use-external\\s+data1\\s+external ENI ${eni.id} \\(MAC ${eni.mac}\\)`),
+    );
+    t.match(plan.stdout, /host\s+bind\s+0000:00:06\.0\s+data1/);
+
+    const apply = await runCli(w, ["apply"]);
+    t.equal(apply.code, 0, lastError(apply));
+    t.equal(w.sim.driverOf(BDF), "vfio-pci", "bound by MAC");
+    assertPrimaryUntouched(t, w);
+    const state = JSON.parse(
+      readFileSync(path.join(w.root, "var/lib/eni-dpdk/state.json"), "utf8"),
+    );
+    t.match(state.enis.data1, {
+      eniId: eni.id,
+      mac: eni.mac,
+      attach: "external",
+      createdByUs: false,
+    });
+    t.equal(state.bindings[eni.mac].bdf, BDF);
+    t.ok(readFileSync(w.sim.p("/etc/pcidp/config.json"), "utf8").includes(BDF), "advertised");
+    t.match(apply.stderr, /msg="eni done" stage=eni took_ms=\d+ actions=1 ec2_loaded=false/);
+
+    const again = await runCli(w, ["plan"]);
+    t.match(again.stdout, /nothing to do/);
+    const before = snapshotRoot(w.root);
+    // A second copy at the same time as a third: the lock serializes them, neither changes a thing.
+    const [a, b] = await Promise.all([runCli(w, ["apply"]), runCli(w, ["apply"])]);
+    t.same([a.code, b.code], [0, 0], `${lastError(a)} ${lastError(b)}`);
+    t.same(
+      diffSnapshots(before, snapshotRoot(w.root)).filter(
+        (p) => !p.includes("run/eni-dpdk/status.json"),
+      ),
+      [],
+      "the root is unchanged but for the status file",
+    );
+    t.same(w.ec2.requests, [], "zero EC2 requests in all of it");
+
+    const reset = await runCli(w, ["reset"]);
+    t.equal(reset.code, 0, lastError(reset));
+    t.match(reset.stdout, new RegExp(`left external ENI ${eni.id} \\(data1\\) attached`));
+    t.equal(w.sim.driverOf(BDF), "ena", "returned to its kernel driver");
+    t.same(
+      w.ec2.requests,
+      [],
+      "reset sent no request: no DetachNetworkInterface, no DeleteNetworkInterface",
+    );
+    t.equal(w.ec2.enis.get(eni.id)?.attachment?.status, "attached", "still attached");
+  },
+);
+
+t.test(
+  "an external ENI whose subnet is not the configured one: exit 2, root and NIC untouched",
+  async (t) => {
+    const w = await world(t, {
+      configToml: EXTERNAL_TOML.replace(SUBNET_A, "subnet-0aaaaaaaaaaaaaaa2"),
+    });
+    w.attachAtLaunch({ deviceIndex: 1, subnetId: SUBNET_A, groups: [SG_DPDK] });
+    const before = snapshotRoot(w.root);
+    const r = await runCli(w, ["apply"]);
+    t.equal(r.code, 2, lastError(r));
+    t.match(
+      r.log.find((l) => l.level === "error")?.msg ?? "",
+      /eni\.data1\.subnet_id: the external ENI is in subnet-0aaaaaaaaaaaaaaa1, not in subnet-0aaaaaaaaaaaaaaa2/,
+    );
+    t.same(diffSnapshots(before, snapshotRoot(w.root)), []);
+    t.equal(w.sim.driverOf(BDF), "ena");
+    t.same(w.sim.writes, [], "no sysfs write");
+    t.same(w.ec2.requests, []);
+  },
+);
+
+t.test("launch-template prints the block; names a template cannot carry are exit 2", async (t) => {
+  const w = await world(t, { configToml: EXTERNAL_TOML });
+  const r = await runCli(w, ["launch-template", "--primary-security-group-ids", SG_DPDK]);
+  t.equal(r.code, 0, lastError(r));
+  const block = JSON.parse(r.stdout);
+  t.same(
+    block.NetworkInterfaces.map((n: { DeviceIndex: number }) => n.DeviceIndex),
+    [0, 1],
+  );
+  t.equal(block.NetworkInterfaces[1].SubnetId, SUBNET_A);
+  t.equal(block.TagSpecifications[0].Tags[0].Key, "node.k8s.amazonaws.com/no_manage");
+  t.same(w.ec2.requests, [], "offline: no EC2 request");
+
+  const bad = path.join(w.root, "etc/eni-dpdk/named.toml");
+  writeFileSync(
+    bad,
+    EXTERNAL_TOML.replace(`attach = "external"\n`, "").replace(
+      `subnet_id = "${SUBNET_A}"`,
+      'subnet_name = "data"',
+    ),
+  );
+  const e = await runCli(w, ["launch-template", "--config", "/etc/eni-dpdk/named.toml"]);
+  t.equal(e.code, 2);
+  t.equal(e.stdout, "");
+  t.match(e.stderr, /launch-template: eni\.data1\.subnet_name: a launch template takes subnet ids/);
+});
