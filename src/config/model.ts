@@ -222,7 +222,7 @@ export function defaults(): Config {
     gc: {
       enabled: true,
       grace_minutes: 5,
-      max_deletes: 100,
+      max_deletes: 200,
       delay_seconds: 300,
     },
     kubernetes: {

@@ -126,7 +126,12 @@ export class BacklogPacer {
     private readonly now: () => number = Date.now,
   ) {
     this.slot = 0.05 + 0.95 * Math.min(Math.max(slot, 0), 1);
-    this.state = state ? { ...state } : { backlog: 0, at: now() };
+    // A restored state is only advice: never from the future, never more than a day of refill.
+    const t = now();
+    const most = 86_400 * bucket.refillPerSec;
+    this.state = state
+      ? { backlog: Math.min(Math.max(state.backlog, 0), most), at: Math.min(state.at, t) }
+      : { backlog: 0, at: t };
   }
 
   /** The estimated backlog now: what was learned, less what the bucket refilled since. */

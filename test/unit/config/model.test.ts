@@ -393,7 +393,7 @@ t.test(
     t.same(buildConfig([]).config.gc, {
       enabled: true,
       grace_minutes: 5,
-      max_deletes: 100,
+      max_deletes: 200,
       delay_seconds: 300,
     });
     const fromTag = buildConfig(tagLayers({ "eni-dpdk:gc": "enabled=false;max_deletes=7" })).config;

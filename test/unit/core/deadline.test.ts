@@ -46,6 +46,16 @@ t.test("atLeast raises, never lowers; snapshot and restore carry the estimate", 
   const restored = new BacklogPacer(bucket, 0.3, saved, () => now);
   t.equal(restored.backlog(), 400, "a restarted caller goes on from the saved estimate, drained");
   t.equal(restored.delayMs(), p.delayMs(), "and waits as the original would");
+  const future = new BacklogPacer(bucket, 0.3, { backlog: 100, at: now + 3_600_000 }, () => now);
+  t.equal(future.backlog(), 100, "a saved time in the future counts as now: no growth");
+  now += 1000;
+  t.equal(future.backlog(), 95);
+  const huge = new BacklogPacer(bucket, 0.3, { backlog: 1e15, at: now }, () => now);
+  t.equal(
+    huge.backlog(),
+    86_400 * 5,
+    "at most a day of refill: a planted number cannot stall for ever",
+  );
 });
 
 t.test(
