@@ -137,6 +137,21 @@ export async function main(argv: string[], io: CliIo = defaultIo): Promise<numbe
       boot.run,
     )
     .command(
+      "gc",
+      "delete ENIs eni-dpdk created for instances that are gone (available, our tags, past the grace period)",
+      (y) =>
+        y
+          .option("dry-run", {
+            type: "boolean",
+            default: false,
+            describe: "list what would be deleted and why the rest is kept; change nothing",
+          })
+          .option("json", { type: "boolean", default: false }),
+      wrap<{ "dry-run": boolean; json: boolean }>(async (ctx, a) =>
+        (await import("./commands/gc.js")).gcCommand(ctx, { dryRun: a["dry-run"], json: a.json }),
+      ),
+    )
+    .command(
       "status",
       "show managed devices and host DPDK readiness",
       (y) => y.option("json", { type: "boolean", default: false }),

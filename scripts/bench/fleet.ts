@@ -1,35 +1,79 @@
-// Benchmark: a node group of N nodes (default 1,000) boots at the same moment against ONE EC2 emulator
-// throttled with account-wide token buckets per category. Each node runs the real planEnis/applyEnis
-// with its own identity: its own instance in EC2, its own IMDS (an in-process MemoryImds over the same
-// data the IMDS emulator serves; 1,000 HTTP IMDS servers would measure sockets, not us), its own fake
-// root whose NICs appear on hot-plug, and its own lazily built EC2 client (real SDK over HTTP).
-// Prints measured figures; no thresholds.
-// Run: npx tsx scripts/bench/fleet.ts [--nodes 1000] [--enis 2]
+// Benchmark: node groups of N nodes boot at the same moment against ONE EC2 emulator that throttles
+// as EC2 does: a token bucket per action with EC2's documented sizes (`--buckets ec2`, the default;
+// `--buckets pooled` is the older model, one generous bucket per category). Each node runs the
+// real planEnis/applyEnis with its own identity: its own instance, its own IMDS (an in-process
+// MemoryImds over the same data the IMDS emulator serves), its own fake root whose NICs appear on
+// hot-plug, its own EC2 client (real SDK over HTTP) and pacer. A node whose run fails is restarted
+// as systemd restarts the unit (RestartSec=15s, at most 3 starts in 20 min; `--on-failure continue`:
+// the next reconcile pass 60 s later instead); each start is a new process: new client, new pacer
+// reading what /run kept, state file from disk. Prints measured figures; asserts nothing.
+//
+// Run: npx tsx scripts/bench/fleet.ts [--scenarios created:100,created:1000,terminated:100,
+//        terminated:1000,external:1000] [--enis 2] [--deadline 300] [--buckets ec2|pooled]
+//        [--client own|sdk|both] [--on-failure fail|continue] [--time-scale 1] [--seed 1]
+//
+// Time: the emulator's buckets refill in real time, so 1,000 nodes take the ~6.5 minutes EC2's
+// buckets allow. `--time-scale k` runs k times faster: every refill ×k (emulator and pacer alike),
+// every latency, delay, deadline, restart gap and grace period ÷k; times are printed back in EC2
+// seconds. What does not scale: CPU time, the SDK's own timers, the NIC/IMDS poll intervals.
 import os from "node:os";
 import { promises as fs } from "node:fs";
 import path from "node:path";
 import { applyEnis, planEnis } from "../../src/reconcile/eni.js";
-import { Ec2Emulator, type Bucket, type Category } from "../../src/sim/ec2.js";
-import { SimNode, eniConfigs, standardSeed, useDummyCredentials } from "../../src/sim/node.js";
+import { runGc } from "../../src/reconcile/gc.js";
+import { buildConfig } from "../../src/config/model.js";
+import { InputError } from "../../src/core/errors.js";
+import { loadEc2Sdk } from "../../src/core/lazy.js";
+import { ec2Bucket, isEc2ReadAction } from "../../src/config/facts.js";
+import { sleep } from "../../src/core/deadline.js";
+import type { Ec2Api, Ec2Factory } from "../../src/cloud/ec2.js";
+import { EC2_THROTTLE, Ec2Emulator, type Bucket, type PooledBuckets } from "../../src/sim/ec2.js";
+import {
+  SG_DPDK,
+  SUBNET_A,
+  SimNode,
+  eniConfigs,
+  standardSeed,
+  useDummyCredentials,
+} from "../../src/sim/node.js";
 
 useDummyCredentials();
-const arg = (name: string, def: number) => {
-  const i = process.argv.indexOf(`--${name}`);
-  return i > 0 ? Number(process.argv[i + 1]) : def;
+const argv = process.argv.slice(2);
+const opt = (name: string, def: string) => {
+  const i = argv.indexOf(`--${name}`);
+  return i >= 0 ? argv[i + 1] : def;
 };
-const NODES = arg("nodes", 1000);
-const ENIS = arg("enis", 2);
-const DEADLINE_S = arg("deadline", 300);
+const SCENARIOS = opt(
+  "scenarios",
+  "created:100,created:1000,terminated:100,terminated:1000,external:1000",
+)
+  .split(",")
+  .map((s) => {
+    const [mode, n] = s.split(":");
+    if (!["created", "terminated", "external"].includes(mode) || !(Number(n) > 0))
+      throw new Error(`--scenarios: expected created|terminated|external:N, got "${s}"`);
+    return { mode: mode as "created" | "terminated" | "external", nodes: Number(n) };
+  });
+const ENIS = Number(opt("enis", "2"));
+const DEADLINE_S = Number(opt("deadline", "300"));
+const BUCKETS = opt("buckets", "ec2") as "ec2" | "pooled";
+const CLIENT = opt("client", "own") as "own" | "sdk" | "both";
+const ON_FAILURE = opt("on-failure", "fail") as "fail" | "continue";
+const SCALE = Number(opt("time-scale", "1"));
+let seed = Number(opt("seed", "1"));
+const random = () => ((seed = (seed * 1103515245 + 12345) % 2147483648), seed / 2147483648);
 
-// Account-wide buckets, shaped like EC2's (a burst capacity plus a steady refill per second, one
-// bucket per category shared by every caller). EC2 documents e.g. 100 tokens / 20 per s for a
-// non-mutating action such as DescribeHosts, per action; we pool per category and raise the refill
-// so a 1,000-node storm finishes in minutes on 2 cores. The figures are printed with the results.
-const BUCKETS: Record<Category, Bucket> = {
+// The unit file's restart policy (systemd/eni-dpdk.service) and run's reconcile interval.
+const RESTART_SEC = 15;
+const START_LIMIT = 3;
+const START_LIMIT_INTERVAL_S = 20 * 60;
+const RECONCILE_S = 60;
+/** The older model: one bucket per category, more generous than EC2 (issue 14's first table). */
+const POOLED: PooledBuckets = {
   mutating: { capacity: 100, refillPerSec: 100 },
   describe: { capacity: 200, refillPerSec: 200 },
 };
-const LATENCY = {
+const LATENCY: Record<string, number> = {
   CreateNetworkInterface: 300,
   AttachNetworkInterface: 150,
   ModifyNetworkInterfaceAttribute: 100,
@@ -38,115 +82,304 @@ const LATENCY = {
 const ATTACH_DELAY_MS = 1500;
 const HOTPLUG_DELAY_MS = 1000;
 
-const emu = await new Ec2Emulator(standardSeed()).start();
-emu.latency = LATENCY;
-emu.attachDelayMs = ATTACH_DELAY_MS;
+const scaled = (b: Bucket): Bucket => ({
+  capacity: b.capacity,
+  refillPerSec: b.refillPerSec * SCALE,
+});
+/**
+ * The least time the buckets allow, in EC2 seconds. The last of the n calls of a bucket cannot be
+ * accepted before its backlog after the burst has refilled ((n − capacity) / refill), nor before
+ * the latencies that lead to it (two describes, the calls before it); after it a node still needs
+ * its own latencies (the attach, attaching→attached, the hot-plug). The bound is the largest of
+ * these sums over the three mutating buckets (per action), or over the one pooled mutating bucket
+ * that all 3 calls per ENI share. Describes are not the bound in these runs.
+ */
+function lowerBoundS(nodes: number): number {
+  const ms = (...names: string[]) => names.reduce((s, n) => s + (LATENCY[n] ?? LATENCY["*"]), 0);
+  const plugged = ATTACH_DELAY_MS + HOTPLUG_DELAY_MS;
+  const steps = [
+    {
+      bucket: "CreateNetworkInterface",
+      lead: ms("*", "*", "CreateNetworkInterface"),
+      tail: ms("AttachNetworkInterface") + plugged,
+    },
+    {
+      bucket: "AttachNetworkInterface",
+      lead: ms("*", "*", "CreateNetworkInterface", "AttachNetworkInterface"),
+      tail: plugged,
+    },
+    {
+      bucket: "ModifyNetworkInterfaceAttribute",
+      lead: ms(
+        "*",
+        "*",
+        "CreateNetworkInterface",
+        "AttachNetworkInterface",
+        "ModifyNetworkInterfaceAttribute",
+      ),
+      tail: plugged - ms("ModifyNetworkInterfaceAttribute"),
+    },
+  ];
+  const drainS = (calls: number, b: Bucket) => Math.max(0, calls - b.capacity) / b.refillPerSec;
+  const n = nodes * ENIS;
+  if (BUCKETS === "pooled") {
+    const last = steps[2];
+    return Math.max(last.lead / 1000, drainS(3 * n, POOLED.mutating)) + last.tail / 1000;
+  }
+  return Math.max(
+    ...steps.map((s) => Math.max(s.lead / 1000, drainS(n, ec2Bucket(s.bucket))) + s.tail / 1000),
+  );
+}
 
-const base = await fs.mkdtemp(path.join(os.tmpdir(), "eni-dpdk-fleet-"));
-const hex = (n: number, w: number) => n.toString(16).padStart(w, "0");
-const nodes: SimNode[] = [];
-for (let i = 0; i < NODES; i++) {
-  const root = path.join(base, `n${i}`);
-  await fs.mkdir(root);
-  nodes.push(
-    await SimNode.create(emu, {
+interface Outcome {
+  ready?: number;
+  starts: number;
+  terminated: boolean;
+  error?: string;
+}
+
+async function scenario(mode: "created" | "terminated" | "external", NODES: number) {
+  const emu = await new Ec2Emulator(standardSeed()).start();
+  emu.latency = Object.fromEntries(Object.entries(LATENCY).map(([k, v]) => [k, v / SCALE]));
+  emu.attachDelayMs = ATTACH_DELAY_MS / SCALE;
+  const base = await fs.mkdtemp(path.join(os.tmpdir(), "eni-dpdk-fleet-"));
+  const hex = (n: number, w: number) => n.toString(16).padStart(w, "0");
+
+  // external: the launch template attached the ENIs; does this build know attach = "external"?
+  let externalNote = "";
+  let enis = eniConfigs(ENIS);
+  if (mode === "external") {
+    try {
+      buildConfig([{ source: "bench", data: { eni: eniConfigs(ENIS, { attach: "external" }) } }]);
+      enis = eniConfigs(ENIS, { attach: "external" });
+    } catch (e) {
+      externalNote = `NOT MEASURED: this build has no attach = "external" (${(e as Error).message.split("\n")[0].slice(0, 120)}); the nodes below ran created mode against ENIs the emulator attached at launch. Rerun after merging attach = "external".`;
+    }
+  }
+
+  const nodes: SimNode[] = [];
+  for (let i = 0; i < NODES; i++) {
+    const root = path.join(base, `n${i}`);
+    await fs.mkdir(root);
+    const node = await SimNode.create(emu, {
       instanceId: `i-0f${hex(i, 15)}`,
       primaryMac: `02:10:00:${hex((i >> 16) & 255, 2)}:${hex((i >> 8) & 255, 2)}:${hex(i & 255, 2)}`,
       primaryEniId: `eni-0f${hex(i, 15)}`,
-      enis: eniConfigs(ENIS),
+      enis,
       imds: "memory",
-      hotplugDelayMs: HOTPLUG_DELAY_MS,
-      deadlineMs: DEADLINE_S * 1000,
+      hotplugDelayMs: HOTPLUG_DELAY_MS / SCALE,
+      deadlineMs: (DEADLINE_S * 1000) / SCALE,
       root,
-    }),
-  );
-}
-emu.setThrottle(BUCKETS); // after seeding, so every bucket starts full at the storm
-
-const contexts = await Promise.all(nodes.map((n) => n.context()));
-const cpu0 = process.cpuUsage();
-const t0 = performance.now();
-const outcomes = await Promise.all(
-  nodes.map(async (node, i) => {
-    const ctx = contexts[i];
-    const start = performance.now();
-    try {
-      const plan = await planEnis(ctx, node.ec2);
-      const recs = await applyEnis(ctx, node.ec2, plan);
-      const ok = recs.length === ENIS;
-      return {
-        ok,
-        ms: performance.now() - t0,
-        sinceStart: performance.now() - start,
-        error: ok ? "wrong count" : undefined,
-      };
-    } catch (e) {
-      return {
-        ok: false,
-        ms: performance.now() - t0,
-        sinceStart: 0,
-        error: (e as Error).message.split("\n")[0],
-      };
+      client: CLIENT,
+      ...(SCALE !== 1 ? { paceBuckets: (key: string) => scaled(ec2Bucket(key)) } : {}),
+    });
+    nodes.push(node);
+    if (mode === "external") {
+      // As RunInstances with the launch template's NetworkInterfaces: attached, DeleteOnTermination.
+      for (let d = 1; d <= ENIS; d++) {
+        const eni = emu.addEni({
+          subnetId: SUBNET_A,
+          groups: [SG_DPDK],
+          tags: { "node.k8s.amazonaws.com/no_manage": "true" },
+        });
+        eni.attachment = {
+          attachmentId: `eni-attach-0f${hex(i * 32 + d, 15)}`,
+          instanceId: node.opts.instanceId,
+          deviceIndex: d,
+          networkCardIndex: 0,
+          status: "attached",
+          deleteOnTermination: true,
+          attachTime: new Date().toISOString(),
+        };
+        await node.hotplug({
+          eni,
+          instanceId: node.opts.instanceId,
+          deviceIndex: d,
+          networkCardIndex: 0,
+        });
+      }
     }
-  }),
-);
-const wall = performance.now() - t0;
-const cpu = process.cpuUsage(cpu0);
+  }
+  if (BUCKETS === "ec2") emu.setThrottle({ ...EC2_THROTTLE, refillScale: SCALE });
+  else emu.setThrottle({ mutating: scaled(POOLED.mutating), describe: scaled(POOLED.describe) });
+  await sleep(HOTPLUG_DELAY_MS / SCALE + 50); // launch-attached NICs settle before the storm
 
-const converged = outcomes.filter((o) => o.ok);
-const times = converged.map((o) => o.ms).sort((a, b) => a - b);
-const pct = (p: number) =>
-  times.length
-    ? times[Math.min(times.length - 1, Math.ceil((p / 100) * times.length) - 1)] / 1000
-    : NaN;
-const created = [...emu.enis.values()].filter((e) => e.createdByApi);
-const duplicates = (() => {
-  const seen = new Map<string, number>();
+  // terminated: 10 % of the nodes die mid-boot, each after a random number of its accepted
+  // mutating calls (1 .. 3·ENIs−1): created but not attached, attached before DeleteOnTermination…
+  const victims = new Map<number, number>();
+  if (mode === "terminated") {
+    while (victims.size < Math.round(NODES / 10)) {
+      const i = Math.floor(random() * NODES);
+      if (!victims.has(i)) victims.set(i, 1 + Math.floor(random() * (3 * ENIS - 1)));
+    }
+  }
+
+  const t0 = performance.now();
+  const cpu0 = process.cpuUsage();
+  const at = () => ((performance.now() - t0) / 1000) * SCALE;
+  const boot = async (node: SimNode, i: number): Promise<Outcome> => {
+    const out: Outcome = { starts: 0, terminated: false };
+    const starts: number[] = [];
+    let accepted = 0;
+    const dieAfter = victims.get(i);
+    for (;;) {
+      out.starts++;
+      starts.push(at());
+      const ctx = await node.context({ deadlineMs: (DEADLINE_S * 1000) / SCALE });
+      if (dieAfter !== undefined)
+        ctx.ec2 = dying(
+          ctx.ec2,
+          () => ++accepted >= dieAfter,
+          () => {
+            emu.terminateInstance(node.opts.instanceId);
+            node.kill();
+            ctx.deadline.abort();
+            out.terminated = true;
+          },
+        );
+      try {
+        const plan = await planEnis(ctx, ctx.ec2);
+        const recs = await applyEnis(ctx, ctx.ec2, plan);
+        if (recs.length === ENIS && !out.terminated) {
+          out.ready = at();
+          return out;
+        }
+        out.error = "wrong count";
+      } catch (e) {
+        out.error = (e as Error).message
+          .split("\n")[0]
+          .replace(/\d+(\.\d+)? s\b/g, "N s")
+          .replace(/\b(eni|i|eni-attach)-[0-9a-f]{8,17}\b/g, "$1-…")
+          .slice(0, 200);
+        // Exit 2 (invalid input, nothing changed): RestartPreventExitStatus=2, no restart.
+        if (e instanceof InputError) return out;
+      }
+      if (out.terminated) return out;
+      if (ON_FAILURE === "continue") await sleep((RECONCILE_S * 1000) / SCALE);
+      else {
+        const recent = starts.filter((s) => at() - s < START_LIMIT_INTERVAL_S);
+        if (recent.length >= START_LIMIT) return out; // systemd gives up: start-limit-hit
+        await sleep((RESTART_SEC * 1000) / SCALE);
+      }
+    }
+  };
+  const outcomes = await Promise.all(nodes.map((n, i) => boot(n, i)));
+  const wall = (performance.now() - t0) / 1000;
+  const cpu = process.cpuUsage(cpu0);
+  const stormRequests = emu.requests.length;
+
+  // One gc pass, by a later boot: a surviving node, its clock past the grace period.
+  let gcLine = "";
+  if (mode === "terminated") {
+    const survivor = nodes.find((_, i) => !victims.has(i))!;
+    const ctx = await survivor.context({ deadlineMs: (DEADLINE_S * 1000) / SCALE });
+    const leakedBefore = emu.leakedEnis().length;
+    const g0 = performance.now();
+    const config = buildConfig([]).config.gc;
+    const gc = await runGc(ctx, ctx.ec2, {
+      config,
+      dryRun: false,
+      now: () => Date.now() + config.grace_minutes * 60_000 + 1000,
+    });
+    const reasons = new Map<string, number>();
+    for (const k of gc.kept) {
+      const r = k.reason
+        .replace(/\b(i|eni)-[0-9a-f]{8,17}\b/g, "$1-…")
+        .replace(/\d+ s ago/, "N s ago");
+      reasons.set(r, (reasons.get(r) ?? 0) + 1);
+    }
+    gcLine = `gc: one pass by a later boot, ${config.grace_minutes} min after the storm (defaults: grace ${config.grace_minutes} min, max ${config.max_deletes} deletes): ${leakedBefore} leaked before, ${gc.deleted.length} deleted, ${gc.deferred} left for a later pass, ${gc.errors.length} errors, ${(((performance.now() - g0) / 1000) * SCALE).toFixed(1)} s${[...reasons].map(([r, n]) => `; kept x${n}: ${r}`).join("")}`;
+  }
+
+  const survivors = outcomes.filter((o) => !o.terminated);
+  const converged = survivors.filter((o) => o.ready !== undefined);
+  const times = converged.map((o) => o.ready!).sort((a, b) => a - b);
+  const pct = (p: number) =>
+    times.length ? times[Math.min(times.length - 1, Math.ceil((p / 100) * times.length) - 1)] : NaN;
+  const stormReq = emu.requests.slice(0, stormRequests);
+  const mutSent = stormReq.filter((r) => !isEc2ReadAction(r.action)).length;
+  const mutAcc = stormReq.filter((r) => !isEc2ReadAction(r.action) && r.status === 200).length;
+  const descSent = stormReq.length - mutSent;
+  const descAcc = stormReq.filter((r) => isEc2ReadAction(r.action) && r.status === 200).length;
+  const perAction = new Map<string, [number, number]>();
+  for (const r of stormReq) {
+    const v = perAction.get(r.action) ?? [0, 0];
+    v[0]++;
+    if (r.status === 200) v[1]++;
+    perAction.set(r.action, v);
+  }
+  const wanted = NODES * ENIS;
+  const created = [...emu.enis.values()].filter((e) => e.createdByApi);
+  const dup = new Map<string, number>();
   for (const e of created) {
     const k = `${e.tags["eni-dpdk:instance-id"]}/${e.tags["eni-dpdk:name"]}`;
-    seen.set(k, (seen.get(k) ?? 0) + 1);
+    dup.set(k, (dup.get(k) ?? 0) + 1);
   }
-  return [...seen.values()].filter((v) => v > 1).reduce((a, v) => a + v - 1, 0);
-})();
-const enisWanted = NODES * ENIS;
-const calls = emu.callsPerAction();
-const errors = new Map<string, number>();
-for (const o of outcomes) if (!o.ok) errors.set(o.error!, (errors.get(o.error!) ?? 0) + 1);
+  const duplicates = [...dup.values()].reduce((a, v) => a + v - 1, 0);
+  const errors = new Map<string, number>();
+  for (const o of survivors)
+    if (o.ready === undefined) errors.set(o.error!, (errors.get(o.error!) ?? 0) + 1);
+  const lb = lowerBoundS(NODES);
+  const restarted = survivors.filter((o) => o.starts > 1).length;
+
+  const title =
+    mode === "external"
+      ? `external mode, ${NODES} nodes x ${ENIS} ENIs attached at launch`
+      : `created mode, ${NODES} nodes x ${ENIS} ENIs${mode === "terminated" ? `, ${victims.size} nodes terminated mid-boot` : ""}`;
+  console.log(`\n== ${title}`);
+  if (externalNote) console.log(`  ${externalNote}`);
+  console.log(
+    `  buckets: ${BUCKETS === "ec2" ? "per action, EC2's documented sizes (Create 100/5 per s, Attach 50/5, Modify 100/5, Delete 100/5, filtered Describe* 100/20, unfiltered 50/10)" : `pooled per category (mutating ${POOLED.mutating.capacity}/${POOLED.mutating.refillPerSec} per s, describe ${POOLED.describe.capacity}/${POOLED.describe.refillPerSec} per s)`}; client: ${CLIENT === "own" ? "eni-dpdk's pacer, 1 SDK attempt" : CLIENT === "sdk" ? "SDK retryMode adaptive (10 attempts), no pacer" : "SDK adaptive + eni-dpdk's pacer"}; on_failure=${ON_FAILURE}; deadline ${DEADLINE_S} s; time scale ${SCALE}`,
+  );
+  console.log(
+    `  converged: ${converged.length}/${survivors.length} nodes (${((100 * converged.length) / survivors.length).toFixed(1)} %)${mode === "terminated" ? ` of the survivors` : ""}; unit starts ${survivors.reduce((s, o) => s + o.starts, 0)} (${restarted} nodes restarted)`,
+  );
+  console.log(
+    `  mutating calls per ENI: ${(mutAcc / wanted).toFixed(2)} accepted, ${(mutSent / wanted).toFixed(2)} sent (sent/accepted ${(mutSent / Math.max(1, mutAcc)).toFixed(2)}); describes ${descAcc} accepted, ${descSent} sent`,
+  );
+  console.log(
+    `  per action (sent/accepted): ${[...perAction].map(([a, [s, ok]]) => `${a} ${s}/${ok}`).join(", ")}`,
+  );
+  console.log(
+    `  time to ready: p50 ${pct(50).toFixed(1)} s, p99 ${pct(99).toFixed(1)} s, max ${pct(100).toFixed(1)} s`,
+  );
+  console.log(
+    `  wall: ${(wall * SCALE).toFixed(1)} s${SCALE !== 1 ? ` (${wall.toFixed(1)} s real)` : ""}; lower bound the buckets allow: ${lb.toFixed(1)} s; max/lower bound ${(pct(100) / lb).toFixed(2)}`,
+  );
+  if (gcLine) console.log(`  ${gcLine}`);
+  console.log(
+    `  leaked${mode === "terminated" ? " after gc" : ""}: ${emu.leakedEnis().length}; duplicates: ${duplicates}; ENIs attached: ${emu.enisByState().attached - survivors.length}/${survivors.length * ENIS}`,
+  );
+  console.log(
+    `  CPU of this process ${((cpu.user + cpu.system) / 1e6).toFixed(1)} s; peak RSS ${(process.resourceUsage().maxRSS / 1024).toFixed(0)} MB`,
+  );
+  for (const [msg, n] of errors) console.log(`  not converged x${n}: ${msg}`);
+
+  await Promise.all(nodes.map((n) => n.close(false)));
+  await emu.close();
+  await fs.rm(base, { recursive: true, force: true });
+}
+
+/** The node's EC2 client, which dies (its instance terminated) once `enough()` says so after an accepted mutating call. */
+function dying(factory: Ec2Factory, enough: () => boolean, die: () => void): Ec2Factory {
+  return async () => {
+    const api = await factory();
+    const wrapped: Record<string, unknown> = { ...api };
+    for (const [name, fn] of Object.entries(api)) {
+      if (typeof fn !== "function" || name.startsWith("describe")) continue;
+      wrapped[name] = async (input: unknown) => {
+        const out: unknown = await (fn as (i: unknown) => Promise<unknown>).call(api, input);
+        if (enough()) die();
+        return out;
+      };
+    }
+    return wrapped as unknown as Ec2Api;
+  };
+}
 
 console.log(
-  `fleet: ${NODES} nodes x ${ENIS} ENIs booting at once against one throttled EC2 emulator`,
+  `eni-dpdk fleet benchmark: ${os.cpus().length} CPUs (${os.cpus()[0]?.model.trim()}), Node ${process.version}, ${new Date().toISOString()}`,
 );
-console.log(
-  `  buckets (account-wide): mutating capacity ${BUCKETS.mutating.capacity}, refill ${BUCKETS.mutating.refillPerSec}/s; describe capacity ${BUCKETS.describe.capacity}, refill ${BUCKETS.describe.refillPerSec}/s`,
-);
-console.log(
-  `  latencies: Create ${LATENCY.CreateNetworkInterface} ms, Attach ${LATENCY.AttachNetworkInterface} ms, Modify ${LATENCY.ModifyNetworkInterfaceAttribute} ms, other ${LATENCY["*"]} ms; attaching->attached ${ATTACH_DELAY_MS} ms; NIC +${HOTPLUG_DELAY_MS} ms; node deadline ${DEADLINE_S} s`,
-);
-console.log(
-  `  converged: ${converged.length}/${NODES} nodes (${((100 * converged.length) / NODES).toFixed(1)} %)`,
-);
-console.log(
-  `  ENIs attached: ${emu.enisByState().attached - NODES} of ${enisWanted}; leaked (created, not attached): ${emu.leakedEnis().length}; duplicates: ${duplicates}`,
-);
-console.log(
-  `  mutating calls per ENI: ${(emu.mutatingCalls({ accepted: true }) / enisWanted).toFixed(2)} accepted, ${(emu.mutatingCalls() / enisWanted).toFixed(2)} sent incl. throttled`,
-);
-console.log(
-  `  throttled: mutating ${emu.throttledCalls("mutating")}, describe ${emu.throttledCalls("describe")}; EC2 requests total ${emu.totalCalls()}`,
-);
-console.log(
-  `  per action: ${Object.entries(calls)
-    .map(([k, v]) => `${k} ${v}`)
-    .join(", ")}`,
-);
-console.log(
-  `  time-to-ready: p50 ${pct(50).toFixed(1)} s, p99 ${pct(99).toFixed(1)} s, max ${pct(100).toFixed(1)} s`,
-);
-console.log(
-  `  total wall: ${(wall / 1000).toFixed(1)} s; CPU of this process ${((cpu.user + cpu.system) / 1e6).toFixed(1)} s; peak RSS ${(process.resourceUsage().maxRSS / 1024).toFixed(0)} MB`,
-);
-if (errors.size) for (const [msg, n] of errors) console.log(`  failure x${n}: ${msg}`);
-
-await Promise.all(nodes.map((n) => n.close(false)));
-await emu.close();
-await fs.rm(base, { recursive: true, force: true });
+// The SDK loads once here (each node would load it in its own process): no scenario pays for it.
+await loadEc2Sdk();
+for (const s of SCENARIOS) await scenario(s.mode, s.nodes);

@@ -1,11 +1,16 @@
 // The EC2 seam: the few EC2 calls eni-dpdk makes, behind a small interface. @aws-sdk/client-ec2 is
 // imported only when the first call is made, so a boot where IMDS proves nothing must change never
-// pays its ~0.5-0.8 s load time. Retries live here too (`withEc2Retry`), bounded by the caller's deadline.
+// pays its ~0.5-0.8 s load time. Retries live here too (`withEc2Retry`), bounded by the caller's
+// deadline, and the pacing of every call by EC2's per-action request buckets (`Ec2Pacer`).
 import type {
   AttachNetworkInterfaceCommandInput,
   AttachNetworkInterfaceCommandOutput,
   CreateNetworkInterfaceCommandInput,
   CreateNetworkInterfaceCommandOutput,
+  DeleteNetworkInterfaceCommandInput,
+  DeleteNetworkInterfaceCommandOutput,
+  DescribeInstancesCommandInput,
+  DescribeInstancesCommandOutput,
   DescribeInstanceTypesCommandInput,
   DescribeInstanceTypesCommandOutput,
   DescribeNetworkInterfacesCommandInput,
@@ -20,10 +25,18 @@ import type {
   ModifyNetworkInterfaceAttributeCommandOutput,
 } from "@aws-sdk/client-ec2";
 import { OpError } from "../core/errors.js";
-import { Deadline, delayFor, sleep } from "../core/deadline.js";
+import {
+  BacklogPacer,
+  Deadline,
+  delayFor,
+  sleep,
+  type BucketSize,
+  type PaceState,
+} from "../core/deadline.js";
 import type { Logger } from "../core/log.js";
-import { loadEc2Sdk } from "../core/lazy.js";
+import { lazyCrypto, loadEc2Sdk } from "../core/lazy.js";
 import { nullRecord } from "../core/records.js";
+import { ec2Bucket, ec2BucketKey, isEc2ReadAction } from "../config/facts.js";
 
 /** Only the calls eni-dpdk makes. Each is one request (no hidden retries, see lazyEc2). */
 export interface Ec2Api {
@@ -47,6 +60,12 @@ export interface Ec2Api {
     input: DescribeInstanceTypesCommandInput,
   ): Promise<DescribeInstanceTypesCommandOutput>;
   describeTags(input: DescribeTagsCommandInput): Promise<DescribeTagsCommandOutput>;
+  describeInstances(input: DescribeInstancesCommandInput): Promise<DescribeInstancesCommandOutput>;
+  deleteNetworkInterface(
+    input: DeleteNetworkInterfaceCommandInput,
+  ): Promise<DeleteNetworkInterfaceCommandOutput>;
+  /** The pacer every call of this client goes through, when it has one. */
+  pacer?: Ec2Pacer;
 }
 
 /** Loads the SDK and builds the client on first use; later calls return the same client. */
@@ -91,6 +110,11 @@ export function recordingEc2(api: Ec2Api, changes: string[]): Ec2Api {
       changes.push(`EC2 set ${what} on ${i.NetworkInterfaceId}`);
       return out;
     },
+    deleteNetworkInterface: async (i) => {
+      const out = await api.deleteNetworkInterface(i);
+      changes.push(`EC2 deleted ${i.NetworkInterfaceId}`);
+      return out;
+    },
   };
 }
 
@@ -108,6 +132,16 @@ export interface Ec2Options {
   maxAttempts?: number;
   /** Per-request socket timeout, so a dropped or hung connection becomes a retryable error. */
   requestTimeoutMs?: number;
+  /** Paces every call by EC2's per-action buckets; the product always passes one (Session). */
+  pacer?: Ec2Pacer;
+  /** Bounds the pacer's waits: the pass's deadline (asked at each call: a pass may narrow it). */
+  deadline?: Deadline | (() => Deadline);
+  /**
+   * The SDK's own `retryMode: "adaptive"` (a client-side rate limiter that backs off on
+   * throttling) with this many attempts, in place of one attempt per call. Kept for the measured
+   * comparison in docs/benchmarks.md (`scripts/bench/fleet.ts --client sdk|both`).
+   */
+  sdkAdaptiveAttempts?: number;
 }
 
 export const SDK_WARNING_ENV = "AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED";
@@ -141,8 +175,8 @@ export function lazyEc2(opts: Ec2Options): Ec2Factory {
       const c = new sdk.EC2Client({
         region: opts.region,
         ...(opts.endpoint ? { endpoint: opts.endpoint } : {}),
-        retryMode: "standard",
-        maxAttempts: opts.maxAttempts ?? 1,
+        retryMode: opts.sdkAdaptiveAttempts ? "adaptive" : "standard",
+        maxAttempts: opts.sdkAdaptiveAttempts ?? opts.maxAttempts ?? 1,
         // Without throwOnRequestTimeout the SDK only logs a warning and keeps waiting on a hung request.
         requestHandler: {
           connectionTimeout: 3000,
@@ -164,12 +198,185 @@ export function lazyEc2(opts: Ec2Options): Ec2Factory {
         describeSecurityGroups: (i) => c.send(new sdk.DescribeSecurityGroupsCommand(i)),
         describeInstanceTypes: (i) => c.send(new sdk.DescribeInstanceTypesCommand(i)),
         describeTags: (i) => c.send(new sdk.DescribeTagsCommand(i)),
+        describeInstances: (i) => c.send(new sdk.DescribeInstancesCommand(i)),
+        deleteNetworkInterface: (i) => c.send(new sdk.DeleteNetworkInterfaceCommand(i)),
       };
-      return api;
+      return opts.pacer ? pacedEc2(api, opts.pacer, opts.deadline) : api;
     })();
     // A failed load (e.g. missing module) may be retried by a later call.
     client.catch(() => (client = undefined));
     return client;
+  };
+}
+
+// ---- pacing ------------------------------------------------------------------------------------
+
+/**
+ * One caller's pacing of its EC2 calls: a BacklogPacer per request bucket (core/deadline.ts), sized
+ * as EC2 documents (config/facts.ts), its queue slot from a hash of the instance id. A throttle in
+ * one bucket also raises the others this caller still expects to use, by calls per node
+ * (`expect`): the nodes that crowd the describes at boot crowd the creates next, and learning that
+ * from a describe costs no mutating call. The state lives on in /run across the unit's restarts
+ * (`load`/`save`); it is saved only once this process has sent a mutating call, so a run rejected
+ * in pre-flight writes nothing.
+ */
+export class Ec2Pacer {
+  private readonly pacers = new Map<string, BacklogPacer>();
+  private perNode: Record<string, number> = {};
+  private loaded?: Promise<void>;
+  private slot = 0.5;
+  private mutatingSent = false;
+  private saving: Promise<void> = Promise.resolve();
+  /** calls delayed, and throttles seen (tests and benchmarks read them) */
+  readonly stats = { paced: 0, pacedMs: 0, throttled: 0 };
+
+  constructor(
+    private readonly opts: {
+      /** what places this caller in the queue (the instance id) */
+      identity: () => Promise<string>;
+      /** the bucket sizes to pace by; EC2's documented ones unless told otherwise */
+      bucketOf?: (key: string) => BucketSize;
+      load?: () => Promise<Record<string, PaceState> | undefined>;
+      save?: (state: Record<string, PaceState>) => Promise<void>;
+      log?: Logger;
+      now?: () => number;
+    },
+  ) {}
+
+  /** The calls per bucket key this caller will make in the pass ahead (default 1). */
+  expect(calls: Record<string, number>): void {
+    this.perNode = { ...this.perNode, ...calls };
+  }
+
+  /** Wait for this caller's slot in `key`'s bucket; past the deadline, wait it out and fail. */
+  async before(key: string, action: string, deadline?: Deadline): Promise<void> {
+    await this.ready();
+    if (!isEc2ReadAction(action)) this.mutatingSent = true;
+    const wait = this.pacer(key).delayMs();
+    if (wait <= 0) return;
+    const left = deadline ? deadline.remaining() : Infinity;
+    if (wait > left) {
+      await deadline!.sleep(left);
+      throw new Ec2Error(
+        action,
+        "RequestLimitExceeded",
+        `EC2 ${action}: the account's request rate is exhausted (RequestLimitExceeded); this node's next try is due in ${Math.round(wait / 1000)} s, after this run's deadline`,
+        "the unit's next start (or the next reconcile pass) goes on from here and adopts what was created; at fleet scale let the launch template attach the ENIs, or raise service.timeout_seconds",
+      );
+    }
+    this.stats.paced++;
+    this.stats.pacedMs += wait;
+    await (deadline ? deadline.sleep(wait) : sleep(wait));
+  }
+
+  /** A call of `key` was throttled: learn, share with the buckets still ahead, persist. */
+  throttled(key: string): void {
+    this.stats.throttled++;
+    const p = this.pacer(key);
+    p.throttled();
+    const perNode = p.backlog() / (this.perNode[key] ?? 1);
+    for (const [other, n] of Object.entries(this.perNode))
+      if (other !== key) this.pacer(other).atLeast(perNode * n);
+    this.opts.log?.debug("EC2 throttled; pacing", {
+      bucket: key,
+      backlog: Math.round(p.backlog()),
+      next_in_ms: Math.round(p.delayMs()),
+    });
+    if (this.mutatingSent && this.opts.save) {
+      const save = this.opts.save;
+      this.saving = this.saving
+        .then(() => save(this.snapshot()))
+        .catch((e: unknown) =>
+          this.opts.log?.debug("could not save the EC2 pacing state", { error: String(e) }),
+        );
+    }
+  }
+
+  snapshot(): Record<string, PaceState> {
+    return Object.fromEntries([...this.pacers].map(([k, p]) => [k, p.snapshot()]));
+  }
+
+  /** The backlog estimated for `key` now (tests, status). */
+  backlog(key: string): number {
+    return this.pacer(key).backlog();
+  }
+
+  private ready(): Promise<void> {
+    this.loaded ??= (async () => {
+      this.slot = slotOf(await this.opts.identity());
+      const saved = await this.opts.load?.().catch(() => undefined);
+      for (const [k, st] of Object.entries(saved ?? {}))
+        if (Number.isFinite(st?.backlog) && Number.isFinite(st?.at)) this.pacer(k, st);
+    })();
+    return this.loaded;
+  }
+
+  private pacer(key: string, state?: PaceState): BacklogPacer {
+    let p = this.pacers.get(key);
+    if (!p || state) {
+      p = new BacklogPacer(
+        (this.opts.bucketOf ?? ec2Bucket)(key),
+        this.slot,
+        state ?? (p ? p.snapshot() : undefined),
+        this.opts.now,
+      );
+      this.pacers.set(key, p);
+    }
+    return p;
+  }
+}
+
+/** A caller's place in every queue: uniform in [0, 1), the same for the same instance. */
+export function slotOf(identity: string): number {
+  const h = lazyCrypto().createHash("sha256").update(identity).digest();
+  return h.readUInt32BE(0) / 2 ** 32;
+}
+
+/** Set on an SDK error whose throttle the pacer has taken into account (withEc2Retry then adds no wait). */
+const PACED = Symbol("eni-dpdk.paced");
+
+function filteredOrPaged(input: unknown): boolean {
+  const i = input as { Filters?: unknown[]; MaxResults?: number; NextToken?: string } | undefined;
+  return !!(i?.Filters?.length || i?.MaxResults !== undefined || i?.NextToken);
+}
+
+/** Every call of `api` waits for its slot first and reports throttles to the pacer. */
+export function pacedEc2(
+  api: Ec2Api,
+  pacer: Ec2Pacer,
+  deadline?: Deadline | (() => Deadline),
+): Ec2Api {
+  const wrap =
+    <I, O>(action: string, call: (i: I) => Promise<O>) =>
+    async (input: I): Promise<O> => {
+      const key = ec2BucketKey(action, filteredOrPaged(input));
+      await pacer.before(key, action, typeof deadline === "function" ? deadline() : deadline);
+      try {
+        return await call(input);
+      } catch (e) {
+        if (classifyEc2Error(e).kind === "throttle") {
+          pacer.throttled(key);
+          if (e && typeof e === "object") Object.defineProperty(e, PACED, { value: true });
+        }
+        throw e;
+      }
+    };
+  return {
+    pacer,
+    describeNetworkInterfaces: wrap("DescribeNetworkInterfaces", (i) =>
+      api.describeNetworkInterfaces(i),
+    ),
+    createNetworkInterface: wrap("CreateNetworkInterface", (i) => api.createNetworkInterface(i)),
+    attachNetworkInterface: wrap("AttachNetworkInterface", (i) => api.attachNetworkInterface(i)),
+    modifyNetworkInterfaceAttribute: wrap("ModifyNetworkInterfaceAttribute", (i) =>
+      api.modifyNetworkInterfaceAttribute(i),
+    ),
+    describeSubnets: wrap("DescribeSubnets", (i) => api.describeSubnets(i)),
+    describeSecurityGroups: wrap("DescribeSecurityGroups", (i) => api.describeSecurityGroups(i)),
+    describeInstanceTypes: wrap("DescribeInstanceTypes", (i) => api.describeInstanceTypes(i)),
+    describeTags: wrap("DescribeTags", (i) => api.describeTags(i)),
+    describeInstances: wrap("DescribeInstances", (i) => api.describeInstances(i)),
+    deleteNetworkInterface: wrap("DeleteNetworkInterface", (i) => api.deleteNetworkInterface(i)),
   };
 }
 
@@ -263,6 +470,9 @@ export const IAM_ACTIONS = [
   "ec2:CreateTags",
   "ec2:AttachNetworkInterface",
   "ec2:ModifyNetworkInterfaceAttribute",
+  // [gc]: leaked ENIs of instances that are gone
+  "ec2:DescribeInstances",
+  "ec2:DeleteNetworkInterface",
 ];
 
 function hintFor(action: string, code: string): string {
@@ -325,10 +535,14 @@ export async function withEc2Retry<T>(
           { cause: e },
         );
       }
-      const wait = delayFor(
-        { firstMs: info.kind === "throttle" ? throttleBase : base, maxMs: cap, jitter: "full" },
-        attempt,
-      );
+      // A throttle the pacer saw is waited out in the pacer, before the next attempt.
+      const paced = info.kind === "throttle" && (e as { [PACED]?: boolean })?.[PACED] === true;
+      const wait = paced
+        ? 0
+        : delayFor(
+            { firstMs: info.kind === "throttle" ? throttleBase : base, maxMs: cap, jitter: "full" },
+            attempt,
+          );
       if (opts.deadline.remaining() <= wait + 50) {
         throw new Ec2Error(
           action,
@@ -350,7 +564,7 @@ export async function withEc2Retry<T>(
           wait_ms: Math.round(wait),
         });
       }
-      await sleep(wait);
+      if (wait > 0) await sleep(wait);
     }
   }
 }

@@ -9,7 +9,9 @@ import { localConfig, type CommandContext } from "./context.js";
 /** A session bounded by the file's [service].timeout_seconds from its start. */
 export async function commandSession(ctx: CommandContext): Promise<Session> {
   const { config } = await localConfig(ctx);
-  return new Session(ctx.log, new Deadline(config.service.timeout_seconds * 1000));
+  return new Session(ctx.log, new Deadline(config.service.timeout_seconds * 1000), undefined, {
+    host: ctx.host,
+  });
 }
 
 export async function planCommand(ctx: CommandContext, opts: { json: boolean }): Promise<number> {

@@ -1,5 +1,19 @@
 // `eni-dpdk run`, the unit's ExecStart: apply, READY=1 with a one-line STATUS, then keep
-// reconciling on a timer and on SIGHUP (which re-reads the sources), until SIGTERM.
+// reconciling on a timer and on SIGHUP (which re-reads the sources), until SIGTERM. Once per
+// process, after READY, one pass of the leaked-ENI collection ([gc]).
+//
+// When EC2 throttles so that the first pass cannot finish within [service].timeout_seconds, each
+// EC2 call waits for its slot (cloud/ec2.ts Ec2Pacer) until that deadline, then the pass fails:
+//   on_failure = "fail": exit 1 before READY. kubelet, ordered after us but not dependent on us,
+//     starts without the devices; systemd restarts the unit (RestartSec=15s, 3 starts in 20 min),
+//     and the next start goes on where this one stopped: the state file and the ENIs' tags let it
+//     adopt what was created (ClientToken covers a create whose answer was lost), /run keeps the
+//     pacing learned.
+//   on_failure = "continue": READY at once with the error in STATUS, kubelet starts, and the next
+//     reconcile pass goes on.
+// Either way the devices come later, after the device plugin has read its config: a pass that
+// changes our entries then runs [sriov].restart_command (a start after an earlier pass of this
+// boot counts as later: the status file in /run says one finished).
 import { errorMessage, formatProblem, InputError } from "../core/errors.js";
 import { Deadline } from "../core/deadline.js";
 import { createNotifier, type Notifier } from "../core/notify.js";
@@ -10,6 +24,8 @@ import { Session } from "../reconcile/session.js";
 import { onSignal, type ServiceSignal } from "../core/signals.js";
 import type { Gathered } from "../sources/chain.js";
 import { afterSriovChange } from "../host/sriov-file.js";
+import { STATUS_PATH } from "../host/state.js";
+import { runGc } from "../reconcile/gc.js";
 
 /** Signals received and not yet handled; `wait` resolves when one arrives. */
 class Inbox {
@@ -60,7 +76,10 @@ async function serve(ctx: CommandContext, inbox: Inbox): Promise<number> {
   });
   await notifier.status("applying: reading sources");
 
-  const session = new Session(log, new Deadline(bootTimeout));
+  // A pass of this boot finished before (the unit restarted after a failure, or by hand): kubelet
+  // and the device plugin may be running, so a change to our entries needs the plugin restarted.
+  const afterEarlierPass = await ctx.host.exists(STATUS_PATH);
+  const session = new Session(log, new Deadline(bootTimeout), undefined, { host: ctx.host });
   inbox.current = session.deadline;
   let gathered: Gathered | undefined;
   let first: ApplyOutcome;
@@ -98,8 +117,13 @@ async function serve(ctx: CommandContext, inbox: Inbox): Promise<number> {
       next: first.error.next,
     });
   }
-  log.info(first.summary, { took_ms: first.timings.total, actions: first.actions.length });
-  await notifier.ready(first.summary);
+  let summary = first.summary;
+  if (afterEarlierPass && first.sriov) {
+    const after = await afterSriovChange(gathered.config, first.sriov, log, { atBoot: false });
+    if (after.status) summary += `; ${after.status}`;
+  }
+  log.info(summary, { took_ms: first.timings.total, actions: first.actions.length });
+  await notifier.ready(summary);
   return waitForSignals(
     ctx,
     notifier,
@@ -135,6 +159,31 @@ async function waitForSignals(
   let inFlight: Promise<void> | undefined;
   let stopping = false;
   const timeoutMs = (gathered?.config.service.timeout_seconds ?? 300) * 1000;
+
+  // Once per process, a random 0..[gc].delay_seconds after READY (a fleet's passes spread out, as
+  // the VPC CNI staggers its own cleanup): leaked ENIs of instances that are gone.
+  let gcPass: Deadline | undefined;
+  const gcConfig = gathered?.config.gc;
+  const gcTimer = gcConfig?.enabled
+    ? setTimeout(
+        () => {
+          const s = session.next(new Deadline(timeoutMs));
+          gcPass = s.deadline;
+          void (async () => {
+            try {
+              await runGc(
+                { instance: await s.identity(), log, deadline: s.deadline },
+                s.ec2Factory(),
+                { config: gcConfig, dryRun: false },
+              );
+            } catch (e) {
+              log.warn("gc pass failed; the next start tries again", { error: errorMessage(e) });
+            }
+          })();
+        },
+        Math.random() * gcConfig.delay_seconds * 1000,
+      )
+    : undefined;
 
   const pass = (reload: boolean): Promise<void> => {
     if (stopping) return Promise.resolve();
@@ -226,6 +275,7 @@ async function waitForSignals(
       if (!sig) continue;
       log.info("stopping", { signal: sig });
       stopping = true;
+      gcPass?.abort();
       await notifier.stopping("stopping");
       // A pass in flight had its deadline aborted: let it reach a clean point rather than cut it.
       if (busySince !== undefined && inFlight)
@@ -234,6 +284,7 @@ async function waitForSignals(
     }
   } finally {
     clearInterval(keepAlive);
+    clearTimeout(gcTimer);
     if (timer) clearInterval(timer);
     if (wdTimer) clearInterval(wdTimer);
   }

@@ -106,3 +106,53 @@ export function prefixProblems(prefix: string): string[] {
   }
   return [];
 }
+
+// ---- EC2's request throttling ----------------------------------------------------------------------
+
+/** A token bucket as EC2 documents its request limits: a burst capacity and a refill per second. */
+export interface RequestBucket {
+  capacity: number;
+  refillPerSec: number;
+}
+
+/**
+ * EC2's documented buckets (EC2 API reference, "Request throttling"), per account and region and
+ * **per action**, shared with every other caller there (the VPC CNI, Karpenter). A throttled call
+ * gets RequestLimitExceeded and takes no token. The emulator enforces these; the client paces by them.
+ */
+export const EC2_BUCKETS: Readonly<Record<string, RequestBucket>> = {
+  CreateNetworkInterface: { capacity: 100, refillPerSec: 5 },
+  ModifyNetworkInterfaceAttribute: { capacity: 100, refillPerSec: 5 },
+  DeleteNetworkInterface: { capacity: 100, refillPerSec: 5 },
+  AttachNetworkInterface: { capacity: 50, refillPerSec: 5 },
+  DetachNetworkInterface: { capacity: 50, refillPerSec: 5 },
+  CreateTags: { capacity: 100, refillPerSec: 10 },
+};
+/** Any other mutating action: EC2's plain "mutating actions" bucket. */
+export const EC2_MUTATING_BUCKET: RequestBucket = { capacity: 50, refillPerSec: 5 };
+/** Describe* with a filter or pagination (and every describe not listed below). */
+export const EC2_DESCRIBE_BUCKET: RequestBucket = { capacity: 100, refillPerSec: 20 };
+/** These describes called without a filter or pagination have their own, smaller bucket. */
+export const EC2_UNFILTERED_BUCKET: RequestBucket = { capacity: 50, refillPerSec: 10 };
+const UNFILTERED_ACTIONS = new Set([
+  "DescribeInstances",
+  "DescribeNetworkInterfaces",
+  "DescribeSecurityGroups",
+]);
+
+/** Read-only actions: Describe*, Get*, List*. Everything else counts against a mutating bucket. */
+export const isEc2ReadAction = (action: string) => /^(Describe|Get|List)/.test(action);
+
+/**
+ * The bucket a request draws from: its action, or `<action>:unfiltered` for the describes that
+ * EC2 limits harder when they come without Filter or pagination (MaxResults/NextToken).
+ */
+export function ec2BucketKey(action: string, filteredOrPaged: boolean): string {
+  return UNFILTERED_ACTIONS.has(action) && !filteredOrPaged ? `${action}:unfiltered` : action;
+}
+
+/** The documented size of the bucket behind `key` (from ec2BucketKey). */
+export function ec2Bucket(key: string): RequestBucket {
+  if (key.endsWith(":unfiltered")) return EC2_UNFILTERED_BUCKET;
+  return EC2_BUCKETS[key] ?? (isEc2ReadAction(key) ? EC2_DESCRIBE_BUCKET : EC2_MUTATING_BUCKET);
+}

@@ -47,6 +47,16 @@ export interface SriovConfig {
   /** argv run after `run` changes our entries (the plugin reads its config only at start). */
   restart_command: string[];
 }
+/** Cleaning up ENIs eni-dpdk created for instances that are gone (reconcile/gc.ts). */
+export interface GcConfig {
+  enabled: boolean;
+  /** ENIs younger than this (their eni-dpdk:created-at tag) are never deleted */
+  grace_minutes: number;
+  /** at most this many deletes per pass */
+  max_deletes: number;
+  /** run's pass starts a random 0..delay_seconds after READY, so a fleet's passes spread out */
+  delay_seconds: number;
+}
 export interface KubernetesConfig {
   api_server: string;
   ca_file: string;
@@ -103,6 +113,7 @@ export interface Config {
   service: ServiceConfig;
   dpdk: DpdkConfig;
   sriov: SriovConfig;
+  gc: GcConfig;
   kubernetes: KubernetesConfig;
   eni: EniConfig[];
 }
@@ -201,6 +212,12 @@ export const schema: Readonly<Record<string, Schema>> = lookupTable<Schema>({
     resource_prefix: "string",
     restart_command: "string[]",
   }),
+  gc: lookupTable<Kind>({
+    enabled: "bool",
+    grace_minutes: int(1, 10080, "1..10080 minutes"),
+    max_deletes: int(1, 1000, "1..1000 deletes per pass"),
+    delay_seconds: int(0, 3600, "0..3600 seconds"),
+  }),
   kubernetes: lookupTable<Kind>({
     api_server: "string",
     ca_file: "string",
@@ -237,6 +254,12 @@ export function defaults(): Config {
       config_path: "/etc/pcidp/config.json",
       resource_prefix: "amazon.com",
       restart_command: [],
+    },
+    gc: {
+      enabled: true,
+      grace_minutes: 5,
+      max_deletes: 200,
+      delay_seconds: 300,
     },
     kubernetes: {
       api_server: "",

@@ -6,6 +6,7 @@ export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms))
 export class Deadline {
   readonly at: number;
   private aborted = false;
+  private readonly wakers = new Set<() => void>();
   constructor(
     ms: number,
     private readonly now: () => number = Date.now,
@@ -22,6 +23,21 @@ export class Deadline {
   }
   abort(): void {
     this.aborted = true;
+    for (const w of [...this.wakers]) w();
+  }
+  /** Sleep `ms`, at most until this deadline, and no longer once it (or a parent) is aborted. */
+  sleep(ms: number): Promise<void> {
+    const chain: Deadline[] = [this];
+    while (chain.at(-1)!.parent) chain.push(chain.at(-1)!.parent!);
+    return new Promise<void>((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        for (const d of chain) d.wakers.delete(done);
+        resolve();
+      };
+      const timer = setTimeout(done, Math.max(0, Math.min(ms, this.remaining())));
+      for (const d of chain) d.wakers.add(done);
+    });
   }
   isAborted(): boolean {
     return this.aborted || !!this.parent?.isAborted();
@@ -74,5 +90,79 @@ export async function pollUntil<T>(
     const left = until - Date.now();
     if (left <= 0 || opts.deadline?.isAborted()) return undefined;
     await sleep(Math.min(left, delayFor(backoff, attempt)));
+  }
+}
+
+/** A token bucket's documented size: a burst capacity and a refill per second. */
+export interface BucketSize {
+  capacity: number;
+  refillPerSec: number;
+}
+
+/** A pacer's learned state, as persisted: the backlog estimate and when it was taken (epoch ms). */
+export interface PaceState {
+  backlog: number;
+  at: number;
+}
+
+/**
+ * Pacing against a token bucket that many callers drain and none can see (EC2's request limits):
+ * all a caller learns is that it was throttled. `backlog` estimates the calls the bucket must serve
+ * before ours; it drains at the bucket's refill rate, and each throttle adds two bucket-fulls, so a
+ * fleet of thousands is found in a few throttles and a lone caller overshoots by little. A call
+ * waits `slot × backlog / refill`; the slot in [0.05, 1) is fixed per caller, so callers keep one
+ * order in every bucket and across restarts and spread evenly over the backlog, where random draws
+ * would collide. Measured against random and exponential back-off in docs/benchmarks.md.
+ */
+export class BacklogPacer {
+  private state: PaceState;
+  readonly slot: number;
+
+  constructor(
+    readonly bucket: BucketSize,
+    /** in [0, 1): where this caller queues (e.g. from a hash of its identity) */
+    slot: number,
+    state?: PaceState,
+    private readonly now: () => number = Date.now,
+  ) {
+    this.slot = 0.05 + 0.95 * Math.min(Math.max(slot, 0), 1);
+    // A restored state is only advice: never from the future, never more than a day of refill.
+    const t = now();
+    const most = 86_400 * bucket.refillPerSec;
+    this.state = state
+      ? { backlog: Math.min(Math.max(state.backlog, 0), most), at: Math.min(state.at, t) }
+      : { backlog: 0, at: t };
+  }
+
+  /** The estimated backlog now: what was learned, less what the bucket refilled since. */
+  backlog(): number {
+    const drained = ((this.now() - this.state.at) / 1000) * this.bucket.refillPerSec;
+    return Math.max(0, this.state.backlog - drained);
+  }
+
+  /** How long to wait before the next call: nothing while the backlog fits in one burst. */
+  delayMs(): number {
+    const b = this.backlog();
+    return b < this.bucket.capacity ? 0 : (this.slot * b * 1000) / this.bucket.refillPerSec;
+  }
+
+  /** A call was throttled: the bucket is empty and at least two more bucket-fulls are queued. */
+  throttled(): void {
+    this.set(this.backlog() + 2 * this.bucket.capacity);
+  }
+
+  /** Raise the estimate to `backlog` (what another bucket's throttling implies); true if it rose. */
+  atLeast(backlog: number): boolean {
+    if (backlog <= this.backlog()) return false;
+    this.set(backlog);
+    return true;
+  }
+
+  snapshot(): PaceState {
+    return { backlog: this.backlog(), at: this.now() };
+  }
+
+  private set(backlog: number): void {
+    this.state = { backlog, at: this.now() };
   }
 }

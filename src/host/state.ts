@@ -18,6 +18,29 @@ export const STATE_PATH = `${VAR_DIR}/state.json`;
 export const JOURNAL_PATH = `${VAR_DIR}/inflight.json`;
 /** The last apply, for `status` and the SRE: /run, so it starts empty at every boot. */
 export const STATUS_PATH = `${RUN_DIR}/status.json`;
+/** What this boot learned of EC2's throttling (cloud/ec2.ts Ec2Pacer): a restarted unit goes on from it. */
+export const PACING_PATH = `${RUN_DIR}/ec2-pacing.json`;
+
+/** The pacing state of this boot; undefined when absent or unreadable (it is advisory). */
+export async function loadPacing(
+  host: Host,
+): Promise<Record<string, { backlog: number; at: number }> | undefined> {
+  try {
+    const doc = JSON.parse((await host.read(PACING_PATH)) ?? "null") as unknown;
+    return doc && typeof doc === "object" && !Array.isArray(doc)
+      ? (doc as Record<string, { backlog: number; at: number }>)
+      : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+export async function savePacing(
+  host: Host,
+  state: Record<string, { backlog: number; at: number }>,
+): Promise<void> {
+  await host.writeFileAtomic(PACING_PATH, JSON.stringify(state) + "\n", 0o644);
+}
 
 /** ENI attributes as last set or seen through EC2 (only those known); the IMDS-only proof compares them. */
 export interface EniAttributes {

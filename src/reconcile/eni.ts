@@ -4,12 +4,13 @@
 // call, then run all ENIs concurrently with bounded waits. Each step is recorded in the state file for
 // crash safety. ENIs someone else attaches (attach = "external") are found through IMDS alone
 // (eni-external.ts).
+// The attachment is awaited where it shows: the hot-plugged NIC and IMDS, never by polling EC2.
 import type { _InstanceType, NetworkInterface } from "@aws-sdk/client-ec2";
 import type { EniConfig } from "../config/model.js";
 import { TAG_NO_MANAGE } from "../config/facts.js";
 import { Ec2Error, withEc2Retry, type Ec2Api, type Ec2Factory } from "../cloud/ec2.js";
 import { InputError, OpError, type Problem } from "../core/errors.js";
-import { delayFor, pollUntil, sleep, type Backoff } from "../core/deadline.js";
+import { Deadline, pollUntil, type Backoff } from "../core/deadline.js";
 import { readNic, readNicNetwork } from "../cloud/imds.js";
 import { listNetdevs } from "../host/pci.js";
 import { lazyCrypto } from "../core/lazy.js";
@@ -35,6 +36,8 @@ import { checkExternal, externalNicAt, waitExternal } from "./eni-external.js";
 export const TAG_INSTANCE = "eni-dpdk:instance-id";
 export const TAG_NAME = "eni-dpdk:name";
 export { TAG_NO_MANAGE };
+/** When the ENI was created (RFC 3339): `gc` leaves younger ENIs alone for its grace period. */
+export const TAG_CREATED_AT = "eni-dpdk:created-at";
 
 export type EniStep =
   | "create"
@@ -170,6 +173,49 @@ async function describeAll(
   return out;
 }
 
+/**
+ * The ENIs attached to this instance, as DescribeInstances lists them (no tags there). Asked of
+ * DescribeInstances rather than a second DescribeNetworkInterfaces: at boot a whole node group
+ * asks at once, and two buckets serve it twice as fast as one.
+ */
+async function attachedEnis(ec2: Ec2Api, ctx: StageContext): Promise<NetworkInterface[]> {
+  const out: NetworkInterface[] = [];
+  let next: string | undefined;
+  do {
+    const r = await withEc2Retry(
+      "DescribeInstances",
+      () =>
+        ec2.describeInstances({
+          Filters: [{ Name: "instance-id", Values: [ctx.instance.instanceId] }],
+          NextToken: next,
+        }),
+      { deadline: ctx.deadline, log: ctx.log },
+    );
+    for (const res of r.Reservations ?? [])
+      for (const i of res.Instances ?? [])
+        for (const n of i.NetworkInterfaces ?? []) {
+          const a = n.Attachment;
+          out.push({
+            NetworkInterfaceId: n.NetworkInterfaceId,
+            MacAddress: n.MacAddress,
+            SubnetId: n.SubnetId,
+            VpcId: n.VpcId,
+            Status: n.Status,
+            Attachment: a && {
+              AttachmentId: a.AttachmentId,
+              DeviceIndex: a.DeviceIndex,
+              NetworkCardIndex: a.NetworkCardIndex,
+              Status: a.Status,
+              DeleteOnTermination: a.DeleteOnTermination,
+              InstanceId: ctx.instance.instanceId,
+            },
+          });
+        }
+    next = r.NextToken;
+  } while (next);
+  return out;
+}
+
 export async function planEnis(ctx: StageContext, ec2: Ec2Factory): Promise<EniPlan> {
   const external = await planExternals(
     ctx,
@@ -277,10 +323,29 @@ async function planManaged(
   const api = await ec2();
   const inst = ctx.instance;
   const retry = { deadline: ctx.deadline, log: ctx.log };
-  const [attached, ours] = await Promise.all([
-    describeAll(api, ctx, [{ Name: "attachment.instance-id", Values: [inst.instanceId] }]),
+  // What this node will ask of each bucket: a throttled describe now tells the pacer how crowded
+  // the creates will be (the same nodes come to them next).
+  const unproven = proven.filter((r) => r === undefined).length;
+  api.pacer?.expect({
+    DescribeNetworkInterfaces: 1,
+    DescribeInstances: 1,
+    DescribeSubnets: 1,
+    DescribeSecurityGroups: 1,
+    DescribeInstanceTypes: 1,
+    CreateNetworkInterface: unproven,
+    AttachNetworkInterface: unproven,
+    ModifyNetworkInterfaceAttribute: unproven,
+  });
+  const [listed, ours] = await Promise.all([
+    attachedEnis(api, ctx),
     describeAll(api, ctx, [{ Name: `tag:${TAG_INSTANCE}`, Values: [inst.instanceId] }]),
   ]);
+  // Attached ENIs with their tags where they are ours (DescribeInstances shows none).
+  const oursById = new Map(ours.map((n) => [n.NetworkInterfaceId, n]));
+  const attached = listed.map((n) => {
+    const o = oursById.get(n.NetworkInterfaceId);
+    return o?.Attachment?.InstanceId === inst.instanceId ? o : n;
+  });
   const source = `EC2 (instance ${inst.instanceId}, ${inst.az})`;
   const problems: Problem[] = [];
   const problem = (e: EniConfig, key: string, message: string) =>
@@ -730,12 +795,11 @@ export async function applyEnis(
   // The SDK loads only when an ENI needs EC2: external ENIs usually never do.
   let apiP: Promise<Ec2Api> | undefined;
   const api = () => (apiP ??= ec2());
-  const attachments = new AttachmentWatcher(ctx, api);
   const results = await Promise.allSettled(
     work.map((it) =>
       it.eni.attach === "external"
         ? runExternal(ctx, api, it, persist)
-        : api().then((a) => runItem(ctx, a, it, persist, attachments)),
+        : api().then((a) => runItem(ctx, a, it, persist)),
     ),
   );
   await saving;
@@ -819,7 +883,6 @@ async function runItem(
   api: Ec2Api,
   it: EniPlanItem,
   persist: () => Promise<void>,
-  attachments: AttachmentWatcher,
 ): Promise<EniRecord> {
   const e = it.eni;
   const inst = ctx.instance;
@@ -843,6 +906,7 @@ async function runItem(
                 { Key: TAG_INSTANCE, Value: inst.instanceId },
                 { Key: TAG_NAME, Value: e.name },
                 { Key: TAG_NO_MANAGE, Value: "true" },
+                { Key: TAG_CREATED_AT, Value: new Date().toISOString() },
               ],
             },
           ],
@@ -898,7 +962,7 @@ async function runItem(
       rec.attachmentId = out.AttachmentId;
     } catch (err) {
       // A retried attach whose first try took effect answers "in use": accept it if it is ours, where we want it.
-      if (!(err instanceof Ec2Error)) throw err;
+      if (!(err instanceof Ec2Error) || err.code === "RequestLimitExceeded") throw err;
       const n = await describeOne(api, ctx, rec.eniId);
       const a = n?.Attachment;
       if (
@@ -925,13 +989,8 @@ async function runItem(
     });
   }
 
-  if (it.steps.includes("wait-attached")) {
-    const t0 = Date.now();
-    const n = await attachments.attached(rec.eniId, e.name);
-    rec.attachmentId = n.Attachment?.AttachmentId ?? rec.attachmentId;
-    log.debug("attachment attached", { eni_id: rec.eniId, ms: Date.now() - t0 });
-  }
-
+  // DeleteOnTermination as soon as the attach is accepted (the VPC CNI does the same): the window
+  // in which a terminated node leaves its ENI behind is one call long, not the attachment's delay.
   if (it.steps.includes("set-delete-on-termination")) {
     await withEc2Retry(
       "ModifyNetworkInterfaceAttribute",
@@ -961,9 +1020,11 @@ async function runItem(
     await persist();
   }
 
-  if (it.steps.includes("wait-nic")) {
+  if (it.steps.includes("wait-attached") || it.steps.includes("wait-nic")) {
     const ifname = await waitFor(
       ctx,
+      api,
+      rec,
       `a NIC with MAC ${rec.mac} (${rec.eniId}, ${e.name}) under ${ctx.host.path("/sys/class/net")}`,
       async () => {
         const dev = (await listNetdevs(ctx.host)).find((n) => n.mac === rec.mac.toLowerCase());
@@ -980,6 +1041,8 @@ async function runItem(
     );
     await waitFor(
       ctx,
+      api,
+      rec,
       `IMDS to show ${rec.mac} (${e.name}) at device-number ${e.device_index}, network-card ${e.network_card_index}`,
       async () => {
         const nic = await readNic(ctx.imds, rec.mac);
@@ -998,91 +1061,6 @@ async function runItem(
   return rec;
 }
 
-/**
- * Waits for attachments to reach "attached" with ONE DescribeNetworkInterfaces per poll for all of
- * this node's ENIs, so 8 ENIs cost the describe bucket what 1 does. Bounded by the stage deadline.
- */
-/** EC2 usually attaches within 1-3 s: poll often early, then back off to spare the describe bucket. */
-const ATTACH_POLL: Backoff = { firstMs: 300, maxMs: 1500, growth: 1.3, jitter: 0.2 };
-
-class AttachmentWatcher {
-  private readonly pending = new Map<
-    string,
-    {
-      name: string;
-      since: number;
-      last: string;
-      resolve: (n: NetworkInterface) => void;
-      reject: (e: Error) => void;
-    }
-  >();
-  private running = false;
-
-  constructor(
-    private readonly ctx: StageContext,
-    private readonly api: () => Promise<Ec2Api>,
-  ) {}
-
-  attached(eniId: string, name: string): Promise<NetworkInterface> {
-    return new Promise((resolve, reject) => {
-      this.pending.set(eniId, { name, since: Date.now(), last: "not polled yet", resolve, reject });
-      if (!this.running) void this.loop();
-    });
-  }
-
-  private async loop(): Promise<void> {
-    this.running = true;
-    let polls = 0;
-    try {
-      while (this.pending.size) {
-        const left = this.ctx.deadline.remaining();
-        if (left <= 0) {
-          for (const [id, w] of this.pending) {
-            w.reject(
-              new OpError(
-                `timed out after ${((Date.now() - w.since) / 1000).toFixed(1)} s waiting for attachment of ${id} (${w.name}) to reach state "attached"; last seen: ${w.last}`,
-                "check the ENI in the EC2 console (a stuck attachment may need `aws ec2 detach-network-interface --force`), then run `eni-dpdk apply` again; raise service.timeout_seconds if EC2 is slow",
-                { eni_id: id, waited_ms: Date.now() - w.since },
-              ),
-            );
-          }
-          this.pending.clear();
-          break;
-        }
-        await sleep(Math.min(left, delayFor(ATTACH_POLL, polls++)));
-        const ids = [...this.pending.keys()];
-        let out: NetworkInterface[];
-        try {
-          const api = await this.api();
-          out =
-            (
-              await withEc2Retry(
-                "DescribeNetworkInterfaces",
-                () => api.describeNetworkInterfaces({ NetworkInterfaceIds: ids }),
-                { deadline: this.ctx.deadline, log: this.ctx.log },
-              )
-            ).NetworkInterfaces ?? [];
-        } catch (err) {
-          if (err instanceof Ec2Error && this.ctx.deadline.expired()) continue; // reported as a timeout above
-          for (const w of this.pending.values()) w.reject(err as Error);
-          this.pending.clear();
-          break;
-        }
-        for (const n of out) {
-          const w = this.pending.get(n.NetworkInterfaceId!);
-          if (!w) continue;
-          if (n.Attachment?.Status === "attached") {
-            this.pending.delete(n.NetworkInterfaceId!);
-            w.resolve(n);
-          } else w.last = `state "${n.Attachment?.Status ?? "detached"}"`;
-        }
-      }
-    } finally {
-      this.running = false;
-    }
-  }
-}
-
 async function describeOne(
   api: Ec2Api,
   ctx: StageContext,
@@ -1099,9 +1077,14 @@ async function describeOne(
   return out.NetworkInterfaces?.[0];
 }
 
-/** Wait until `probe` is done, bounded by the stage deadline; on timeout say what was last seen. */
+/**
+ * Wait until `probe` is done, bounded by the stage deadline. On timeout say what was last seen, and
+ * what EC2 says of the attachment: one describe, made only then and only if it is due at once.
+ */
 async function waitFor<T>(
   ctx: StageContext,
+  api: Ec2Api,
+  rec: EniRecord,
   what: string,
   probe: () => Promise<{ done: T } | { state: string }>,
   backoff: Backoff,
@@ -1110,23 +1093,29 @@ async function waitFor<T>(
   let last = "not polled yet";
   const r = await pollUntil(
     async () => {
-      try {
-        const x = await probe();
-        if ("done" in x) return x;
-        last = x.state;
-      } catch (err) {
-        if (!(err instanceof Ec2Error && ctx.deadline.expired())) throw err;
-        last = `last call failed: ${err.code}`;
-      }
+      const x = await probe();
+      if ("done" in x) return x;
+      last = x.state;
       return undefined;
     },
     { deadline: ctx.deadline, backoff },
   );
   if (r) return r.done;
+  const attachment = await withEc2Retry(
+    "DescribeNetworkInterfaces",
+    () => api.describeNetworkInterfaces({ NetworkInterfaceIds: [rec.eniId] }),
+    { deadline: new Deadline(2000) },
+  ).then(
+    (o) => o.NetworkInterfaces?.[0]?.Attachment?.Status ?? "none (detached)",
+    () => undefined,
+  );
+  const stuck = attachment !== undefined && attachment !== "attached";
   throw new OpError(
-    `timed out after ${((Date.now() - t0) / 1000).toFixed(1)} s waiting for ${what}; last seen: ${last}`,
-    "check the ENI in the EC2 console and the instance's kernel log (dmesg) for the hot-plug; raise service.timeout_seconds if EC2 is slow",
-    { waited_ms: Date.now() - t0 },
+    `timed out after ${((Date.now() - t0) / 1000).toFixed(1)} s waiting for ${what}; last seen: ${last}${attachment ? `; EC2 shows its attachment as "${attachment}"` : ""}`,
+    stuck
+      ? "check the ENI in the EC2 console (a stuck attachment may need `aws ec2 detach-network-interface --force`), then run `eni-dpdk apply` again; raise service.timeout_seconds if EC2 is slow"
+      : "check the ENI in the EC2 console and the instance's kernel log (dmesg) for the hot-plug; raise service.timeout_seconds if EC2 is slow",
+    { waited_ms: Date.now() - t0, eni_id: rec.eniId },
   );
 }
 

@@ -110,6 +110,7 @@ async function pass(
     (await gather({ host, log, env: ctx.env, configPath: ctx.configPath, instance: session }));
   const config = gathered.config;
   const deadline = session.deadline.within(config.service.timeout_seconds * 1000);
+  session.narrow(deadline);
   done("sources", {
     enis: config.eni.length,
     sources: gathered.consulted.map((c) => c.source).join(","),

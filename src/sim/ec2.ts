@@ -1,11 +1,12 @@
 // An EC2 emulator: a real HTTP server speaking the EC2 Query protocol (form-encoded POST in, XML out,
-// EC2 error XML) to the real SDK. It keeps ENIs, attachments, subnets, security groups, instances and
-// instance types and launch templates; adds per-action latency, an attaching→attached delay,
-// account-wide token buckets per category (mutating vs describe), fault injection, a hot-plug hook,
-// ENIs attached at launch as a launch template does, and an observer API (every request's parameters
-// as the wire carried them).
+// EC2 error XML) to the real SDK. It keeps ENIs, attachments, subnets, security groups, instances
+// (which can be terminated), instance types and launch templates; adds per-action latency, an
+// attaching→attached delay, account-wide token buckets (per action with EC2's documented sizes, or
+// the older pooled ones per category), fault injection, a hot-plug hook, ENIs attached at launch as
+// a launch template does, and an observer API (every request's parameters as the wire carried them).
 import http from "node:http";
 import type { AddressInfo, Socket } from "node:net";
+import { ec2Bucket, ec2BucketKey, isEc2ReadAction, type RequestBucket } from "../config/facts.js";
 
 export interface SubnetSeed {
   subnetId: string;
@@ -24,6 +25,8 @@ export interface SecurityGroupSeed {
 }
 export interface InstanceSeed {
   instanceId: string;
+  /** "running" unless terminated (terminateInstance) */
+  state?: "running" | "terminated";
   instanceType: string;
   az: string;
   vpcId: string;
@@ -89,13 +92,21 @@ export interface AttachedEvent {
   networkCardIndex: number;
 }
 
-export interface Bucket {
-  /** burst size */
-  capacity: number;
-  /** tokens added per second */
-  refillPerSec: number;
-}
+export type Bucket = RequestBucket;
 export type Category = "mutating" | "describe";
+/** One bucket per category, shared by every action in it (the benchmark's model before issue 14). */
+export type PooledBuckets = Record<Category, Bucket>;
+/**
+ * One bucket per action as EC2 has them (config/facts.ts `ec2Bucket`): `refillScale` multiplies every
+ * refill (the fleet benchmark's time scaling), `override` replaces sizes by bucket key.
+ */
+export interface PerActionBuckets {
+  perAction: true;
+  refillScale?: number;
+  override?: Record<string, Bucket>;
+}
+/** EC2's own buckets, per action, at their documented sizes. */
+export const EC2_THROTTLE: PerActionBuckets = { perAction: true };
 
 export interface InjectedError {
   status: number;
@@ -116,6 +127,8 @@ export interface Ec2Faults {
   errors: Record<string, InjectedError>;
   /** attachments never leave "attaching" */
   stuckAttach: boolean;
+  /** DescribeNetworkInterfaces does not show an ENI until it is this old (EC2's eventual consistency) */
+  describeLagMs: number;
 }
 
 export interface RequestRecord {
@@ -165,14 +178,7 @@ export interface AtLaunchSpec {
   mac?: string;
 }
 
-const MUTATING = new Set([
-  "CreateNetworkInterface",
-  "AttachNetworkInterface",
-  "DetachNetworkInterface",
-  "DeleteNetworkInterface",
-  "ModifyNetworkInterfaceAttribute",
-  "CreateTags",
-]);
+const isMutating = (action: string) => !isEc2ReadAction(action);
 
 class TokenBucket {
   private tokens: number;
@@ -216,6 +222,7 @@ export class Ec2Emulator {
     dropAfter: {},
     errors: {},
     stuckAttach: false,
+    describeLagMs: 0,
   };
   /** ms of latency per action ("*" = default) */
   latency: Record<string, number> = {};
@@ -229,7 +236,7 @@ export class Ec2Emulator {
   readonly requests: RequestRecord[] = [];
   /** Keep each request's parameters in `requests` (a fleet of thousands of nodes may turn it off). */
   recordParams = true;
-  private buckets?: Record<Category, TokenBucket>;
+  private buckets?: { spec: PooledBuckets | PerActionBuckets; tokens: Map<string, TokenBucket> };
   private server?: http.Server;
   private readonly sockets = new Set<Socket>();
   private port = 0;
@@ -387,11 +394,57 @@ export class Ec2Emulator {
     return eni;
   }
 
-  /** Account-wide token buckets per category; undefined turns throttling off. */
-  setThrottle(b?: Record<Category, Bucket>): void {
-    this.buckets = b
-      ? { mutating: new TokenBucket(b.mutating), describe: new TokenBucket(b.describe) }
-      : undefined;
+  /**
+   * Account-wide token buckets: per action (EC2_THROTTLE, EC2's sizes) or pooled per category;
+   * undefined turns throttling off. Every bucket starts full.
+   */
+  setThrottle(b?: PooledBuckets | PerActionBuckets): void {
+    this.buckets = b ? { spec: b, tokens: new Map() } : undefined;
+  }
+
+  /** The bucket a request draws from, by key, created full on first use. */
+  private bucketFor(action: string, params: URLSearchParams): TokenBucket | undefined {
+    if (!this.buckets) return undefined;
+    const { spec, tokens } = this.buckets;
+    let key: string;
+    let size: Bucket;
+    if ("perAction" in spec) {
+      const paged = [...params.keys()].some(
+        (k) => k.startsWith("Filter.") || k === "MaxResults" || k === "NextToken",
+      );
+      key = ec2BucketKey(action, paged);
+      const base = spec.override?.[key] ?? ec2Bucket(key);
+      size = { capacity: base.capacity, refillPerSec: base.refillPerSec * (spec.refillScale ?? 1) };
+    } else {
+      const category: Category = isMutating(action) ? "mutating" : "describe";
+      key = category;
+      size = spec[category];
+    }
+    let b = tokens.get(key);
+    if (!b) tokens.set(key, (b = new TokenBucket(size)));
+    return b;
+  }
+
+  /**
+   * The instance is terminated, as EC2 does it: ENIs attached with DeleteOnTermination are deleted
+   * (the primary too), the others detached and left "available"; DescribeInstances shows it
+   * "terminated" until forgetInstance (EC2 keeps it about an hour).
+   */
+  terminateInstance(instanceId: string): void {
+    const inst = this.instances.get(instanceId);
+    if (!inst) return;
+    inst.state = "terminated";
+    for (const e of [...this.enis.values()]) {
+      if (e.attachment?.instanceId !== instanceId) continue;
+      if (e.attachment.deleteOnTermination) this.enis.delete(e.id);
+      else e.attachment = undefined;
+    }
+  }
+
+  /** A terminated instance no longer shown at all: DescribeInstances answers NotFound for its id. */
+  forgetInstance(instanceId: string): void {
+    this.terminateInstance(instanceId);
+    this.instances.delete(instanceId);
   }
 
   get url(): string {
@@ -428,18 +481,17 @@ export class Ec2Emulator {
   }
   /** Mutating requests received (all outcomes), or only those that took effect (`accepted`). */
   mutatingCalls(opts: { accepted?: boolean } = {}): number {
-    return this.requests.filter(
-      (r) => MUTATING.has(r.action) && (!opts.accepted || r.status === 200),
-    ).length;
+    return this.requests.filter((r) => isMutating(r.action) && (!opts.accepted || r.status === 200))
+      .length;
   }
   describeCalls(): number {
-    return this.requests.filter((r) => !MUTATING.has(r.action)).length;
+    return this.requests.filter((r) => !isMutating(r.action)).length;
   }
   throttledCalls(category?: Category): number {
     return this.requests.filter(
       (r) =>
         r.code === "RequestLimitExceeded" &&
-        (!category || MUTATING.has(r.action) === (category === "mutating")),
+        (!category || isMutating(r.action) === (category === "mutating")),
     ).length;
   }
   totalCalls(): number {
@@ -515,7 +567,7 @@ export class Ec2Emulator {
     const wait = this.latency[action] ?? this.latency["*"] ?? 0;
     if (wait) await this.delay(wait);
 
-    if (this.buckets && !this.buckets[MUTATING.has(action) ? "mutating" : "describe"].take()) {
+    if (this.bucketFor(action, params)?.take() === false) {
       return sendError(503, "RequestLimitExceeded", "Request limit exceeded.");
     }
     if (takeFault(this.faults.dropBefore, action)) return drop();
@@ -609,8 +661,9 @@ export class Ec2Emulator {
       "group-id": (e) => e.groups,
       "tag-key": (e) => Object.keys(e.tags),
     };
+    const lag = this.faults.describeLagMs;
     const out = (ids.length ? ids.map((id) => this.enis.get(id)!) : [...this.enis.values()]).filter(
-      (e) => matchAll(filters, matchers, e.tags, e),
+      (e) => matchAll(filters, matchers, e.tags, e) && (!lag || Date.now() - e.createdAt >= lag),
     );
     return `<networkInterfaceSet>${out.map((e) => `<item>${this.eniXml(e)}</item>`).join("")}</networkInterfaceSet>`;
   }
@@ -699,6 +752,12 @@ export class Ec2Emulator {
         "InvalidInstanceID.NotFound",
         `The instance ID '${instanceId}' does not exist`,
       );
+    if (inst.state === "terminated")
+      throw new ApiError(
+        400,
+        "IncorrectInstanceState",
+        `The instance '${instanceId}' is not in a state from which it can be attached.`,
+      );
     const deviceIndex = intParam(p, "DeviceIndex", 0) ?? NaN;
     const card = intParam(p, "NetworkCardIndex", 0) ?? 0;
     if (Number.isNaN(deviceIndex))
@@ -782,7 +841,7 @@ export class Ec2Emulator {
     };
     eni.attachment = att;
     const complete = () => {
-      if (eni.attachment !== att || this.faults.stuckAttach) return;
+      if (eni.attachment !== att || this.faults.stuckAttach || inst.state === "terminated") return;
       att.status = "attached";
       void Promise.resolve(
         this.onAttached?.({ eni, instanceId, deviceIndex, networkCardIndex: card }),
@@ -954,6 +1013,7 @@ export class Ec2Emulator {
       "instance-id": (i) => [i.instanceId],
       "availability-zone": (i) => [i.az],
       "vpc-id": (i) => [i.vpcId],
+      "instance-state-name": (i) => [i.state ?? "running"],
     };
     const filters = readFilters(p);
     const out = [...this.instances.values()]
@@ -962,7 +1022,7 @@ export class Ec2Emulator {
     return `<reservationSet>${out
       .map(
         (i) =>
-          `<item><reservationId>r-${i.instanceId.slice(2)}</reservationId><instancesSet><item><instanceId>${i.instanceId}</instanceId><instanceType>${i.instanceType}</instanceType><placement><availabilityZone>${i.az}</availabilityZone></placement><subnetId>${i.subnetId}</subnetId><vpcId>${i.vpcId}</vpcId><instanceState><code>16</code><name>running</name></instanceState>${tagSet(i.tags ?? {})}<networkInterfaceSet>${this.attachedTo(
+          `<item><reservationId>r-${i.instanceId.slice(2)}</reservationId><instancesSet><item><instanceId>${i.instanceId}</instanceId><instanceType>${i.instanceType}</instanceType><placement><availabilityZone>${i.az}</availabilityZone></placement><subnetId>${i.subnetId}</subnetId><vpcId>${i.vpcId}</vpcId><instanceState>${i.state === "terminated" ? "<code>48</code><name>terminated</name>" : "<code>16</code><name>running</name>"}</instanceState>${tagSet(i.tags ?? {})}<networkInterfaceSet>${this.attachedTo(
             i.instanceId,
           )
             .map(

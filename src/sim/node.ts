@@ -5,13 +5,13 @@ import { promises as fs } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { buildConfig } from "../config/model.js";
-import { lazyEc2, type Ec2Factory } from "../cloud/ec2.js";
+import { Ec2Pacer, lazyEc2, type Ec2Api, type Ec2Factory } from "../cloud/ec2.js";
 import { Host } from "../host/host.js";
-import { Deadline } from "../core/deadline.js";
+import { Deadline, type BucketSize } from "../core/deadline.js";
 import { ImdsClient, readInstance, readNics, type Imds } from "../cloud/imds.js";
 import { silentLogger, type Logger } from "../core/log.js";
 import type { StageContext } from "../reconcile/stage.js";
-import { loadState } from "../host/state.js";
+import { loadPacing, loadState, savePacing } from "../host/state.js";
 import type { AtLaunchSpec, AttachedEvent, Ec2Emulator, Ec2Seed, EmuEni } from "./ec2.js";
 import { ImdsEmulator, defaultInstance, type ImdsInstance, type ImdsNic } from "./imds.js";
 import { modalias } from "./kernel.js";
@@ -133,6 +133,15 @@ export interface SimNodeOptions {
   deadlineMs?: number;
   log?: Logger;
   root?: string;
+  /**
+   * How the node's EC2 client meets throttling: "own" (the product's: one attempt per call, paced
+   * by Ec2Pacer), "sdk" (the SDK's retryMode "adaptive", no pacer), "both". Default "own".
+   */
+  client?: "own" | "sdk" | "both";
+  /** the bucket sizes the pacer paces by (default: EC2's documented sizes) */
+  paceBuckets?: (key: string) => BucketSize;
+  /** SDK attempts per call in "sdk"/"both" (default 10) */
+  sdkAttempts?: number;
 }
 
 export class SimNode {
@@ -142,6 +151,11 @@ export class SimNode {
   readonly ec2: Ec2Factory;
   /** how often the stage asked for the EC2 client */
   ec2FactoryCalls = 0;
+  /** the pacer of the current process (context), when the client has one */
+  pacer?: Ec2Pacer;
+  /** set by kill(): every later EC2 call fails at once, as if the process were gone */
+  killed = false;
+  private inner: Ec2Factory;
   private readonly timers = new Set<NodeJS.Timeout>();
 
   private constructor(
@@ -151,11 +165,43 @@ export class SimNode {
     readonly instance: ImdsInstance,
   ) {
     this.host = new Host(root);
-    const inner = lazyEc2({ region: instance.region, endpoint: emu.url, logger: opts.log });
+    this.inner = this.newProcess(new Deadline(opts.deadlineMs ?? 30_000));
     this.ec2 = () => {
       this.ec2FactoryCalls++;
-      return inner();
+      if (this.killed) return Promise.reject(new Error(`node ${opts.instanceId} is gone`));
+      return this.inner();
     };
+  }
+
+  /** A new process on this node: its own EC2 client and pacer (which reads what /run kept). */
+  private newProcess(deadline: Deadline): Ec2Factory {
+    const mode = this.opts.client ?? "own";
+    const host = this.host;
+    this.pacer =
+      mode === "sdk"
+        ? undefined
+        : new Ec2Pacer({
+            identity: async () => this.opts.instanceId,
+            bucketOf: this.opts.paceBuckets,
+            load: () => loadPacing(host),
+            save: (s) => savePacing(host, s),
+            log: this.opts.log,
+          });
+    const inner = lazyEc2({
+      region: this.instance.region,
+      endpoint: this.emu.url,
+      logger: this.opts.log,
+      pacer: this.pacer,
+      deadline,
+      ...(mode === "own" ? {} : { sdkAdaptiveAttempts: this.opts.sdkAttempts ?? 10 }),
+    });
+    return async () => guarded(await inner(), () => this.killed, this.opts.instanceId);
+  }
+
+  /** The node dies (its instance terminated): no further EC2 call leaves it. */
+  kill(): void {
+    this.killed = true;
+    for (const t of this.timers) clearTimeout(t);
   }
 
   static async create(emu: Ec2Emulator, opts: SimNodeOptions): Promise<SimNode> {
@@ -202,12 +248,14 @@ export class SimNode {
     const config = buildConfig([
       { source: "test", data: { eni: opts.enis ?? this.opts.enis } },
     ]).config;
+    const deadline = new Deadline(opts.deadlineMs ?? this.opts.deadlineMs ?? 30_000);
+    this.inner = this.newProcess(deadline);
     return {
       host: this.host,
       imds,
       ec2: this.ec2,
       log: this.opts.log ?? silentLogger,
-      deadline: new Deadline(opts.deadlineMs ?? this.opts.deadlineMs ?? 30_000),
+      deadline,
       config,
       instance: await readInstance(imds),
       imdsNics: await readNics(imds),
@@ -295,6 +343,19 @@ export class SimNode {
     await this.imdsEmu?.close();
     if (removeRoot) await fs.rm(this.root, { recursive: true, force: true });
   }
+}
+
+/** The same client, failing every call once `dead()`: a killed node sends nothing more. */
+function guarded(api: Ec2Api, dead: () => boolean, who: string): Ec2Api {
+  const out: Record<string, unknown> = { ...api };
+  for (const [name, fn] of Object.entries(api)) {
+    if (typeof fn !== "function") continue;
+    out[name] = (input: unknown) =>
+      dead()
+        ? Promise.reject(new Error(`node ${who} is gone`))
+        : (fn as (i: unknown) => Promise<unknown>).call(api, input);
+  }
+  return out as unknown as Ec2Api;
 }
 
 /** The IMDS macs-tree entry of an ENI that EC2 just attached. */

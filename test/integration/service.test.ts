@@ -415,3 +415,98 @@ t.test(
     t.equal(world.ec2.mutatingCalls(), 0);
   },
 );
+
+/** A restart_command that counts its runs: argv [script, countFile], no shell involved. */
+function countingRestart(): { argv: string[]; runs: () => number } {
+  const dir = mkdtempSync(path.join(tmpdir(), "eni-dpdk-restart-"));
+  const script = path.join(dir, "restart-plugin");
+  writeFileSync(script, '#!/bin/sh\necho restarted >> "$1"\n', { mode: 0o755 });
+  const count = path.join(dir, "runs");
+  return {
+    argv: [script, count],
+    runs: () => (existsSync(count) ? readFileSync(count, "utf8").split("\n").length - 1 : 0),
+  };
+}
+
+const withRestart = (toml: string, argv: string[], service = "") =>
+  toml
+    .replace("[service]\n", `[service]\n${service}`)
+    .replace("[sriov]\n", "")
+    .concat(`\n[sriov]\nrestart_command = ${JSON.stringify(argv)}\n`);
+
+/** EC2 refuses every attach until lifted: a first pass that cannot finish (as past its deadline). */
+function outage(world: World): () => void {
+  world.ec2.faults.errors.AttachNetworkInterface = {
+    status: 400,
+    code: "SimulatedOutage",
+    message: "no attach now",
+    count: Infinity,
+  };
+  return () => (world.ec2.faults.errors.AttachNetworkInterface.count = 0);
+}
+
+t.test(
+  "on_failure=continue: devices that come in a later pass restart the device plugin, once",
+  async (t) => {
+    const restart = countingRestart();
+    const world = await World.start({
+      configToml: withRestart(
+        sampleConfig({ reconcileSeconds: 1 }),
+        restart.argv,
+        'on_failure = "continue"\n',
+      ),
+    });
+    const notify = await NotifySocket.open();
+    t.teardown(async () => {
+      notify.close();
+      await world.close();
+    });
+    const lift = outage(world);
+    const p = start(world, ["run"], { NOTIFY_SOCKET: notify.path });
+    const ready = await notify.waitFor((f) => f.READY === "1");
+    t.match(ready.STATUS, /^degraded: .*SimulatedOutage/, "READY without the devices");
+    t.equal(restart.runs(), 0, "nothing to tell the plugin yet");
+    lift();
+    const later = await notify.waitFor((f) => /^ready: 3 ENIs attached/.test(f.STATUS ?? ""));
+    t.match(later.STATUS, /2 bound to vfio-pci/);
+    t.equal(restart.runs(), 1, "the plugin was restarted when its devices came");
+    const statuses = notify.messages.length;
+    await notify.waitFor(() => notify.messages.length >= statuses + 2, 10_000); // two more passes
+    t.equal(restart.runs(), 1, "and not again: nothing changed since");
+    p.child.kill("SIGTERM");
+    t.equal(await p.exit, 0, p.stderr);
+  },
+);
+
+t.test(
+  "on_failure=fail: the unit's restart converges, adopts, and restarts the device plugin once",
+  async (t) => {
+    const restart = countingRestart();
+    const world = await World.start({
+      configToml: withRestart(sampleConfig({ reconcileSeconds: 0 }), restart.argv),
+    });
+    const notify = await NotifySocket.open();
+    t.teardown(async () => {
+      notify.close();
+      await world.close();
+    });
+    const lift = outage(world);
+    const first = start(world, ["run"], { NOTIFY_SOCKET: notify.path });
+    t.equal(await first.exit, 1, "exit 1 before READY: kubelet starts, systemd restarts us");
+    t.notOk(
+      notify.messages.some((m) => m.fields.READY),
+      "never READY",
+    );
+    const created = world.ec2.callsPerAction().CreateNetworkInterface;
+    t.equal(restart.runs(), 0);
+    lift();
+    const second = start(world, ["run"], { NOTIFY_SOCKET: notify.path });
+    const ready = await notify.waitFor((f) => f.READY === "1");
+    t.match(ready.STATUS, /^ready: 3 ENIs attached, 2 bound to vfio-pci/);
+    t.equal(world.ec2.callsPerAction().CreateNetworkInterface, created, "adopted: no new create");
+    t.equal(world.ec2.leakedEnis().length, 0);
+    t.equal(restart.runs(), 1, "an earlier pass of this boot let kubelet start: plugin told once");
+    second.child.kill("SIGTERM");
+    t.equal(await second.exit, 0, second.stderr);
+  },
+);

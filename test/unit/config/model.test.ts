@@ -456,3 +456,37 @@ t.test(
     );
   },
 );
+
+t.test(
+  "[gc] is a config table like the others: defaults, and checked in every source",
+  async (t) => {
+    const { tagLayers } = await import("../../../src/sources/tags.js");
+    const { userDataLayers } = await import("../../../src/sources/userdata.js");
+    t.same(buildConfig([]).config.gc, {
+      enabled: true,
+      grace_minutes: 5,
+      max_deletes: 200,
+      delay_seconds: 300,
+    });
+    const fromTag = buildConfig(tagLayers({ "eni-dpdk:gc": "enabled=false;max_deletes=7" })).config;
+    t.same([fromTag.gc.enabled, fromTag.gc.max_deletes], [false, 7], "instance tags, coerced");
+    const bad = (layers: Parameters<typeof buildConfig>[0]) => {
+      try {
+        buildConfig(layers);
+      } catch (e) {
+        return (e as InputError).problems.map(formatProblem).join("\n");
+      }
+      return "accepted";
+    };
+    t.match(
+      bad(tagLayers({ "eni-dpdk:gc": "enabled=maybe" })),
+      /tag eni-dpdk:gc: gc.enabled: expected true or false, got "maybe"/,
+    );
+    t.match(
+      bad(tagLayers({ "eni-dpdk:gc": "grace_minutes=0" })),
+      /tag eni-dpdk:gc: gc.grace_minutes: expected 1..10080 minutes, got 0/,
+    );
+    const ud = userDataLayers(Buffer.from("[gc]\ndelay_seconds = 3601\n")).layers;
+    t.match(bad(ud), /gc.delay_seconds: expected 0..3600 seconds, got 3601/, "user-data");
+  },
+);

@@ -4,14 +4,17 @@ import t from "tap";
 import {
   applyEnis,
   planEnis,
+  TAG_CREATED_AT,
   TAG_INSTANCE,
   TAG_NAME,
   TAG_NO_MANAGE,
 } from "../../../src/reconcile/eni.js";
 import { Ec2Error } from "../../../src/cloud/ec2.js";
 import { InputError } from "../../../src/core/errors.js";
+import { pollUntil } from "../../../src/core/deadline.js";
+import { readNics } from "../../../src/cloud/imds.js";
 import { STATE_PATH, emptyState } from "../../../src/host/state.js";
-import { Ec2Emulator } from "../../../src/sim/ec2.js";
+import { EC2_THROTTLE, Ec2Emulator } from "../../../src/sim/ec2.js";
 import {
   SG,
   SG_DPDK,
@@ -198,6 +201,9 @@ t.test("crash after attach, before DeleteOnTermination: the next run converges",
       .slice(1)
       .every((e) => e.attachment!.deleteOnTermination === false),
   );
+  // DeleteOnTermination is set right after the attach, so this run died before the hot-plug
+  // finished; the restart comes once the NICs are there.
+  t.ok(await pollUntil(async () => (await readNics(node.imds)).length === 4, { within: 5000 }));
   const before = emu.mutatingCalls({ accepted: true });
   const { plan } = await run(node);
   t.same(kinds(plan), [
@@ -339,13 +345,17 @@ t.test(
   async (t) => {
     const emu = await new Ec2Emulator(standardSeed()).start();
     t.teardown(() => emu.close());
-    emu.setThrottle({
+    const buckets = {
       mutating: { capacity: 2, refillPerSec: 8 },
       describe: { capacity: 2, refillPerSec: 12 },
-    });
+    };
+    emu.setThrottle(buckets);
     emu.attachDelayMs = 200;
-    const a = await world(t, { emu, enis: eniConfigs(4), deadlineMs: 60_000 });
-    const b = await world(t, { emu, enis: eniConfigs(4), deadlineMs: 60_000 });
+    // The pacer is told this account's (tiny, pooled) bucket sizes, as it would be EC2's.
+    const paceBuckets = (key: string) =>
+      key.startsWith("Describe") ? buckets.describe : buckets.mutating;
+    const a = await world(t, { emu, enis: eniConfigs(4), deadlineMs: 60_000, paceBuckets });
+    const b = await world(t, { emu, enis: eniConfigs(4), deadlineMs: 60_000, paceBuckets });
     const results = await Promise.all([run(a.node), run(b.node)]);
     t.equal(results.flatMap((r) => r.records).length, 8);
     t.ok(emu.throttledCalls() > 0, `throttled ${emu.throttledCalls()} requests`);
@@ -419,7 +429,7 @@ t.test("a stuck attachment fails within the deadline with a clear message", asyn
   const t0 = Date.now();
   await t.rejects(
     run(node),
-    /timed out after \d+\.\d s waiting for attachment of eni-\w+ \(data1\) to reach state "attached"; last seen: state "attaching"/,
+    /timed out after \d+\.\d s waiting for a NIC with MAC [0-9a-f:]+ \(eni-\w+, data1\) under \S+; last seen: no such NIC yet; EC2 shows its attachment as "attaching"/,
   );
   const took = Date.now() - t0;
   t.ok(took >= 2000 && took < 5000, `bounded by the deadline (${took} ms)`);
@@ -521,3 +531,101 @@ t.test("a converged boot in a fresh process never imports the AWS SDK", async (t
   );
   t.equal(emu.totalCalls(), calls, "zero EC2 calls from the new process");
 });
+
+t.test(
+  "waiting for the attachment polls no DescribeNetworkInterfaces: the NIC and IMDS tell",
+  async (t) => {
+    const { emu, node } = await world(t, { enis: eniConfigs(2), hotplugDelayMs: 300 });
+    emu.attachDelayMs = 400;
+    const t0 = Date.now();
+    const { records } = await run(node);
+    t.ok(Date.now() - t0 >= 700, "it did wait for the attachment and the hot-plug");
+    t.equal(records.length, 2);
+    const firstAttach = emu.requests.findIndex((r) => r.action === "AttachNetworkInterface");
+    t.same(
+      emu.requests
+        .slice(firstAttach)
+        .map((r) => r.action)
+        .filter((a) => a.startsWith("Describe")),
+      [],
+      "no describe at all after the first attach",
+    );
+    t.same(
+      emu.requests.map((r) => r.action).filter((a) => a === "DescribeNetworkInterfaces"),
+      ["DescribeNetworkInterfaces"],
+      "one describe of our own ENIs, at plan time; the attached ones come from DescribeInstances",
+    );
+    for (const e of emu.attachedTo(node.opts.instanceId).slice(1)) {
+      const age = Date.now() - Date.parse(e.tags[TAG_CREATED_AT]);
+      t.ok(age >= 0 && age < 60_000, `${TAG_CREATED_AT} set at creation (${age} ms ago)`);
+      t.equal(e.attachment!.deleteOnTermination, true);
+    }
+  },
+);
+
+t.test(
+  "throttled past a short deadline: the run fails; the next process adopts and converges",
+  async (t) => {
+    const emu = await new Ec2Emulator(standardSeed()).start();
+    t.teardown(() => emu.close());
+    // Attach: one token, then one every 2 s; the client is told the same sizes.
+    const attach = { capacity: 1, refillPerSec: 0.5 };
+    emu.setThrottle({ ...EC2_THROTTLE, override: { AttachNetworkInterface: attach } });
+    const paceBuckets = (key: string) =>
+      key === "AttachNetworkInterface" ? attach : { capacity: 100, refillPerSec: 20 };
+    const { node } = await world(t, { emu, enis: eniConfigs(2), paceBuckets });
+    const t0 = Date.now();
+    const err = await run(node, { deadlineMs: 1500 }).then(
+      () => undefined,
+      (e: unknown) => e as Error,
+    );
+    t.ok(err, "the first run cannot finish: the second attach has no token before its deadline");
+    t.match(err!.message, /RequestLimitExceeded/);
+    t.ok(Date.now() - t0 < 4000, `bounded by its deadline (${Date.now() - t0} ms)`);
+    const created = emu.callsPerAction().CreateNetworkInterface;
+    t.equal(created, 2, "both ENIs were created");
+    t.equal(emu.leakedEnis().length, 1, "one created, not attached yet");
+    t.ok(await node.host.exists("/run/eni-dpdk/ec2-pacing.json"), "the pacing learned is kept");
+
+    // the unit's restart: a new process, the state file and /run as the first left them
+    const second = await run(node, { deadlineMs: 15_000 });
+    t.equal(second.records.length, 2);
+    t.ok(kinds(second.plan).includes("adopt"), "the available ENI is adopted");
+    t.equal(emu.callsPerAction().CreateNetworkInterface, created, "no second create");
+    t.equal([...emu.enis.values()].filter((e) => e.createdByApi).length, 2, "no duplicate");
+    t.equal(emu.leakedEnis().length, 0);
+    t.ok(
+      emu.attachedTo(node.opts.instanceId).every((e) => e.attachment!.deleteOnTermination),
+      "both with DeleteOnTermination",
+    );
+    const attaches = emu.requests.filter((r) => r.action === "AttachNetworkInterface");
+    t.ok(
+      attaches.length <= 4,
+      `attaches sent: ${attaches.map((r) => r.code ?? "ok").join(", ")} (2 accepted, no blind retries)`,
+    );
+  },
+);
+
+t.test(
+  "a create whose answer was lost, then the process died: the restart's ClientToken finds it",
+  async (t) => {
+    const { emu, node } = await world(t, { enis: eniConfigs(1) });
+    // The create takes effect, its answer is lost, and the process dies before retrying.
+    emu.faults.dropAfter.CreateNetworkInterface = 1;
+    emu.latency.CreateNetworkInterface = 150;
+    await t.rejects(run(node, { deadlineMs: 100 }));
+    t.equal([...emu.enis.values()].filter((e) => e.createdByApi).length, 1, "created once");
+    // EC2's describes lag behind: the restart cannot see that ENI, and plans a create again
+    emu.faults.describeLagMs = 60_000;
+    emu.latency.CreateNetworkInterface = 0;
+    const { plan, records } = await run(node);
+    t.ok(kinds(plan).includes("create"), "the restart did not see it");
+    t.equal(
+      [...emu.enis.values()].filter((e) => e.createdByApi).length,
+      1,
+      "the same ClientToken returned the same ENI: no duplicate",
+    );
+    t.equal(records[0].eniId, [...emu.enis.values()].find((e) => e.createdByApi)!.id);
+    t.equal(emu.leakedEnis().length, 0);
+  },
+);

@@ -11,7 +11,7 @@ import {
   type Ec2Api,
 } from "../../../src/cloud/ec2.js";
 import { Deadline, sleep } from "../../../src/core/deadline.js";
-import { Ec2Emulator } from "../../../src/sim/ec2.js";
+import { EC2_THROTTLE, Ec2Emulator } from "../../../src/sim/ec2.js";
 import {
   SG,
   SG_DPDK,
@@ -583,6 +583,141 @@ t.test(
     t.throws(
       () => emu.attachAtLaunch(INSTANCE, { deviceIndex: 2, subnetId: SUBNET_B }),
       /not in us-west-2a/,
+    );
+  },
+);
+
+t.test(
+  "throttling per action at EC2's documented sizes: separate buckets, 503 RequestLimitExceeded",
+  async (t) => {
+    const { emu, ec2 } = await setup(t);
+    emu.setThrottle(EC2_THROTTLE);
+    // CreateNetworkInterface: 100 tokens, then throttled; refill 5/s
+    const creates = await Promise.all(
+      Array.from({ length: 101 }, () =>
+        create(ec2).then(
+          () => "ok",
+          (e: unknown) => code(Promise.reject(e)),
+        ),
+      ),
+    );
+    t.equal(creates.filter((c) => c === "ok").length, 100, "a burst of exactly 100 creates");
+    t.same(
+      creates.find((c) => c !== "ok"),
+      { code: "RequestLimitExceeded", status: 503, message: "Request limit exceeded." },
+      "the 101st: RequestLimitExceeded, HTTP 503, as EC2 answers",
+    );
+    t.equal(emu.mutatingCalls({ accepted: true }), 100, "a throttled call takes effect not at all");
+    // another action has its own bucket: attach is not throttled by the creates
+    const eni = [...emu.enis.values()].find((e) => e.createdByApi)!;
+    await ec2.attachNetworkInterface({
+      NetworkInterfaceId: eni.id,
+      InstanceId: INSTANCE,
+      DeviceIndex: 1,
+      NetworkCardIndex: 0,
+    });
+    // unfiltered DescribeNetworkInterfaces: 50 tokens; filtered ones: their own 100
+    const unfiltered = await Promise.all(
+      Array.from({ length: 51 }, () =>
+        ec2.describeNetworkInterfaces({ NetworkInterfaceIds: [eni.id] }).then(
+          () => "ok",
+          () => "throttled",
+        ),
+      ),
+    );
+    t.equal(unfiltered.filter((c) => c === "ok").length, 50, "unfiltered describes: 50");
+    await ec2.describeNetworkInterfaces({ Filters: [{ Name: "subnet-id", Values: [SUBNET_A] }] });
+    t.pass("a filtered describe still has tokens");
+    await sleep(250);
+    await create(ec2);
+    t.pass("the create bucket refilled one token within 0.25 s (5/s)");
+  },
+);
+
+t.test("per-action buckets scale and take overrides; pooled buckets stay available", async (t) => {
+  const { emu, ec2 } = await setup(t);
+  emu.setThrottle({
+    ...EC2_THROTTLE,
+    refillScale: 10,
+    override: { CreateNetworkInterface: { capacity: 1, refillPerSec: 2 } },
+  });
+  await create(ec2);
+  t.match(await code(create(ec2)), { code: "RequestLimitExceeded" }, "override: 1 token");
+  await sleep(120);
+  await create(ec2);
+  t.pass("refill 2/s scaled x10: a token again after 0.1 s");
+  emu.setThrottle({
+    mutating: { capacity: 1, refillPerSec: 0.001 },
+    describe: { capacity: 100, refillPerSec: 1 },
+  });
+  await create(ec2);
+  t.match(
+    await code(
+      ec2.modifyNetworkInterfaceAttribute({
+        NetworkInterfaceId: [...emu.enis.keys()][1],
+        Description: { Value: "x" },
+      }),
+    ),
+    { code: "RequestLimitExceeded" },
+    "pooled: one bucket for every mutating action",
+  );
+});
+
+t.test(
+  "terminate: DeleteOnTermination ENIs go with the instance, the rest are left available",
+  async (t) => {
+    const { emu, ec2 } = await setup(t);
+    const keep = (await create(ec2)).NetworkInterface!;
+    const gone = (await create(ec2)).NetworkInterface!;
+    const a1 = await ec2.attachNetworkInterface({
+      NetworkInterfaceId: keep.NetworkInterfaceId,
+      InstanceId: INSTANCE,
+      DeviceIndex: 1,
+      NetworkCardIndex: 0,
+    });
+    const a2 = await ec2.attachNetworkInterface({
+      NetworkInterfaceId: gone.NetworkInterfaceId,
+      InstanceId: INSTANCE,
+      DeviceIndex: 2,
+      NetworkCardIndex: 0,
+    });
+    void a1;
+    await ec2.modifyNetworkInterfaceAttribute({
+      NetworkInterfaceId: gone.NetworkInterfaceId,
+      Attachment: { AttachmentId: a2.AttachmentId, DeleteOnTermination: true },
+    });
+    emu.terminateInstance(INSTANCE);
+    t.notOk(emu.enis.has(gone.NetworkInterfaceId!), "DeleteOnTermination: deleted");
+    t.notOk(emu.enis.has("eni-0aaaaaaaaaaaaaaa1"), "the primary too");
+    t.equal(emu.enis.get(keep.NetworkInterfaceId!)!.attachment, undefined, "the other: detached");
+    t.same(
+      emu.leakedEnis().map((e) => e.id),
+      [keep.NetworkInterfaceId],
+    );
+    const byFilter = await ec2.describeInstances({
+      Filters: [{ Name: "instance-id", Values: [INSTANCE, "i-0ffffffffffffffff"] }],
+    });
+    t.same(
+      byFilter.Reservations?.flatMap((r) => r.Instances ?? []).map((i) => i.State?.Name),
+      ["terminated"],
+      "terminated, shown; an unknown id is simply absent under a filter",
+    );
+    t.match(
+      await code(
+        ec2.attachNetworkInterface({
+          NetworkInterfaceId: keep.NetworkInterfaceId,
+          InstanceId: INSTANCE,
+          DeviceIndex: 1,
+          NetworkCardIndex: 0,
+        }),
+      ),
+      { code: "IncorrectInstanceState" },
+    );
+    emu.forgetInstance(INSTANCE);
+    t.match(
+      await code(ec2.describeInstances({ InstanceIds: [INSTANCE] })),
+      { code: "InvalidInstanceID.NotFound" },
+      "later EC2 forgets it",
     );
   },
 );

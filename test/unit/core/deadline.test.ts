@@ -1,0 +1,80 @@
+// The one wait and back-off home: Deadline (bounded, abortable sleeps) and BacklogPacer (pacing
+// against a shared token bucket learned from throttles alone), on a clock the test moves.
+import t from "tap";
+import { BacklogPacer, Deadline } from "../../../src/core/deadline.js";
+
+const bucket = { capacity: 100, refillPerSec: 5 };
+
+t.test("a pacer says nothing while the backlog fits in one burst", async (t) => {
+  let now = 0;
+  const p = new BacklogPacer(bucket, 0.5, undefined, () => now);
+  t.equal(p.delayMs(), 0, "nothing learned: go");
+  t.equal(p.atLeast(99), true);
+  t.equal(p.delayMs(), 0, "99 calls ahead still fit in the burst of 100");
+  now += 1000;
+  t.equal(p.backlog(), 94, "the bucket refilled 5 in 1 s: 5 fewer ahead");
+});
+
+t.test("a throttle adds two bucket-fulls; the wait is slot x backlog / refill", async (t) => {
+  let now = 0;
+  const early = new BacklogPacer(bucket, 0, undefined, () => now);
+  const late = new BacklogPacer(bucket, 0.99, undefined, () => now);
+  early.throttled();
+  late.throttled();
+  t.equal(early.backlog(), 200);
+  t.equal(early.slot, 0.05, "slot 0 still waits a little: no caller hammers");
+  t.equal(early.delayMs(), (0.05 * 200 * 1000) / 5);
+  t.ok(late.delayMs() > 19 * early.delayMs(), "slots spread the callers over the backlog");
+  t.equal(late.delayMs(), (late.slot * 200 * 1000) / 5);
+  now += 10_000;
+  t.equal(early.backlog(), 150, "drains at the refill rate");
+  early.throttled();
+  t.equal(early.backlog(), 350, "a second throttle adds on what is left");
+  now += 1_000_000;
+  t.equal(early.backlog(), 0, "never below zero");
+  t.equal(early.delayMs(), 0);
+});
+
+t.test("atLeast raises, never lowers; snapshot and restore carry the estimate", async (t) => {
+  let now = 5000;
+  const p = new BacklogPacer(bucket, 0.3, undefined, () => now);
+  t.equal(p.atLeast(500), true);
+  t.equal(p.atLeast(400), false, "lower: ignored");
+  t.equal(p.backlog(), 500);
+  const saved = p.snapshot();
+  now += 20_000;
+  const restored = new BacklogPacer(bucket, 0.3, saved, () => now);
+  t.equal(restored.backlog(), 400, "a restarted caller goes on from the saved estimate, drained");
+  t.equal(restored.delayMs(), p.delayMs(), "and waits as the original would");
+  const future = new BacklogPacer(bucket, 0.3, { backlog: 100, at: now + 3_600_000 }, () => now);
+  t.equal(future.backlog(), 100, "a saved time in the future counts as now: no growth");
+  now += 1000;
+  t.equal(future.backlog(), 95);
+  const huge = new BacklogPacer(bucket, 0.3, { backlog: 1e15, at: now }, () => now);
+  t.equal(
+    huge.backlog(),
+    86_400 * 5,
+    "at most a day of refill: a planted number cannot stall for ever",
+  );
+});
+
+t.test(
+  "Deadline.sleep: bounded by the deadline, ended at once by abort (own or parent)",
+  async (t) => {
+    const d = new Deadline(150);
+    let t0 = Date.now();
+    await d.sleep(10_000);
+    const took = Date.now() - t0;
+    t.ok(took >= 140 && took < 1000, `slept until the deadline (${took} ms)`);
+
+    const parent = new Deadline(60_000);
+    const child = parent.within(30_000);
+    t0 = Date.now();
+    setTimeout(() => parent.abort(), 50);
+    await child.sleep(20_000);
+    t.ok(Date.now() - t0 < 1000, "a parent's abort wakes the child's sleep");
+    t.equal(child.remaining(), 0);
+    await child.sleep(5000);
+    t.ok(Date.now() - t0 < 1000, "an aborted deadline does not sleep at all");
+  },
+);
