@@ -216,7 +216,9 @@ export function lazyEc2(opts: Ec2Options): Ec2Factory {
  * as EC2 documents (config/facts.ts), its queue slot from a hash of the instance id. A throttle in
  * one bucket also raises the others this caller still expects to use, by calls per node
  * (`expect`): the nodes that crowd the describes at boot crowd the creates next, and learning that
- * from a describe costs no mutating call. The state lives on in /run across the unit's restarts
+ * from a describe costs no mutating call. A throttled describe also means a storm (a node group
+ * booting at once): from then on a throttle adds two bucket-fulls; before, half of one (a lone
+ * throttle in a busy account clears soon). The state lives on in /run across the unit's restarts
  * (`load`/`save`); it is saved only once this process has sent a mutating call, so a run rejected
  * in pre-flight writes nothing.
  */
@@ -226,6 +228,8 @@ export class Ec2Pacer {
   private loaded?: Promise<void>;
   private slot = 0.5;
   private mutatingSent = false;
+  /** a describe was throttled in this boot: many nodes at once (kept in /run as STORM_KEY) */
+  private storm = false;
   private saving: Promise<void> = Promise.resolve();
   /** calls delayed, and throttles seen (tests and benchmarks read them) */
   readonly stats = { paced: 0, pacedMs: 0, throttled: 0 };
@@ -272,8 +276,9 @@ export class Ec2Pacer {
   /** A call of `key` was throttled: learn, share with the buckets still ahead, persist. */
   throttled(key: string): void {
     this.stats.throttled++;
+    if (isEc2ReadAction(key)) this.storm = true;
     const p = this.pacer(key);
-    p.throttled();
+    p.throttled(this.storm ? 2 : 0.5);
     const perNode = p.backlog() / (this.perNode[key] ?? 1);
     for (const [other, n] of Object.entries(this.perNode))
       if (other !== key) this.pacer(other).atLeast(perNode * n);
@@ -293,7 +298,9 @@ export class Ec2Pacer {
   }
 
   snapshot(): Record<string, PaceState> {
-    return Object.fromEntries([...this.pacers].map(([k, p]) => [k, p.snapshot()]));
+    const out = Object.fromEntries([...this.pacers].map(([k, p]) => [k, p.snapshot()]));
+    if (this.storm) out[STORM_KEY] = { backlog: 1, at: (this.opts.now ?? Date.now)() };
+    return out;
   }
 
   /** The backlog estimated for `key` now (tests, status). */
@@ -305,8 +312,10 @@ export class Ec2Pacer {
     this.loaded ??= (async () => {
       this.slot = slotOf(await this.opts.identity());
       const saved = await this.opts.load?.().catch(() => undefined);
-      for (const [k, st] of Object.entries(saved ?? {}))
-        if (Number.isFinite(st?.backlog) && Number.isFinite(st?.at)) this.pacer(k, st);
+      for (const [k, st] of Object.entries(saved ?? {})) {
+        if (k === STORM_KEY) this.storm = true;
+        else if (Number.isFinite(st?.backlog) && Number.isFinite(st?.at)) this.pacer(k, st);
+      }
     })();
     return this.loaded;
   }
@@ -325,6 +334,9 @@ export class Ec2Pacer {
     return p;
   }
 }
+
+/** The entry of the saved pacing state that says a storm was seen. */
+const STORM_KEY = "storm";
 
 /** A caller's place in every queue: uniform in [0, 1), the same for the same instance. */
 export function slotOf(identity: string): number {

@@ -108,8 +108,8 @@ export interface PaceState {
 /**
  * Pacing against a token bucket that many callers drain and none can see (EC2's request limits):
  * all a caller learns is that it was throttled. `backlog` estimates the calls the bucket must serve
- * before ours; it drains at the bucket's refill rate, and each throttle adds two bucket-fulls, so a
- * fleet of thousands is found in a few throttles and a lone caller overshoots by little. A call
+ * before ours; it drains at the bucket's refill rate, and each throttle adds bucket-fulls (two in a
+ * storm: a fleet of thousands is found in a few throttles; the caller says how many). A call
  * waits `slot × backlog / refill`; the slot in [0.05, 1) is fixed per caller, so callers keep one
  * order in every bucket and across restarts and spread evenly over the backlog, where random draws
  * would collide. Measured against random and exponential back-off in docs/benchmarks.md.
@@ -117,6 +117,8 @@ export interface PaceState {
 export class BacklogPacer {
   private state: PaceState;
   readonly slot: number;
+  /** when a call was last throttled: the bucket was empty then */
+  private emptyAt = -Infinity;
 
   constructor(
     readonly bucket: BucketSize,
@@ -140,15 +142,21 @@ export class BacklogPacer {
     return Math.max(0, this.state.backlog - drained);
   }
 
-  /** How long to wait before the next call: nothing while the backlog fits in one burst. */
+  /**
+   * How long to wait before the next call: this caller's share of the backlog once it exceeds a
+   * burst, and never before the empty bucket has refilled a token (spread by the slot).
+   */
   delayMs(): number {
     const b = this.backlog();
-    return b < this.bucket.capacity ? 0 : (this.slot * b * 1000) / this.bucket.refillPerSec;
+    const share = b < this.bucket.capacity ? 0 : (this.slot * b * 1000) / this.bucket.refillPerSec;
+    const token = this.emptyAt + ((1 + this.slot) * 1000) / this.bucket.refillPerSec - this.now();
+    return Math.max(0, share, token);
   }
 
-  /** A call was throttled: the bucket is empty and at least two more bucket-fulls are queued. */
-  throttled(): void {
-    this.set(this.backlog() + 2 * this.bucket.capacity);
+  /** A call was throttled: the bucket is empty, and `bucketFulls` more are queued ahead of us. */
+  throttled(bucketFulls = 2): void {
+    this.emptyAt = this.now();
+    this.set(this.backlog() + bucketFulls * this.bucket.capacity);
   }
 
   /** Raise the estimate to `backlog` (what another bucket's throttling implies); true if it rose. */

@@ -24,12 +24,18 @@ t.test("a throttle adds two bucket-fulls; the wait is slot x backlog / refill", 
   t.equal(early.backlog(), 200);
   t.equal(early.slot, 0.05, "slot 0 still waits a little: no caller hammers");
   t.equal(early.delayMs(), (0.05 * 200 * 1000) / 5);
+  const lone = new BacklogPacer(bucket, 0.5, undefined, () => now);
+  lone.throttled(0.5);
+  t.equal(lone.backlog(), 50, "half a bucket-full: under one burst");
+  t.equal(lone.delayMs(), ((1 + lone.slot) * 1000) / 5, "still a token's wait after a throttle");
   t.ok(late.delayMs() > 19 * early.delayMs(), "slots spread the callers over the backlog");
   t.equal(late.delayMs(), (late.slot * 200 * 1000) / 5);
   now += 10_000;
   t.equal(early.backlog(), 150, "drains at the refill rate");
   early.throttled();
   t.equal(early.backlog(), 350, "a second throttle adds on what is left");
+  early.throttled(0.5);
+  t.equal(early.backlog(), 400, "or as many bucket-fulls as the caller says");
   now += 1_000_000;
   t.equal(early.backlog(), 0, "never below zero");
   t.equal(early.delayMs(), 0);

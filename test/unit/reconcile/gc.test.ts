@@ -189,7 +189,14 @@ t.test("deletes are paced by the DeleteNetworkInterface bucket, not retried blin
   t.equal(r.deleted.length, 6);
   const deletes = emu.requests.filter((q) => q.action === "DeleteNetworkInterface");
   const throttled = deletes.filter((q) => q.code === "RequestLimitExceeded").length;
-  t.ok(throttled <= 2, `${throttled} throttled of ${deletes.length} sent for 6 deletes`);
+  t.ok(
+    deletes.length <= 9,
+    `${throttled} throttled of ${deletes.length} sent for 6 deletes: at most 1.5 sent per delete`,
+  );
+  // every throttled delete was followed by at least a token's wait (0.1 s at 10/s)
+  for (let i = 0; i < deletes.length - 1; i++)
+    if (deletes[i].code === "RequestLimitExceeded")
+      t.ok(deletes[i + 1].at - deletes[i].at >= 95, "no blind retry");
 });
 
 t.test("a node terminated mid-boot leaks; a later boot's pass cleans it up", async (t) => {
