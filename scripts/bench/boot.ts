@@ -64,7 +64,12 @@ interface Subject {
 
 async function subject(bundle: string): Promise<Subject> {
   const world = await World.start({ configToml: sampleConfig() });
-  const env = world.env();
+  // Bundles from before the redesign took the simulated modprobe and the settle bound from these
+  // variables; today's bundle finds modprobe under the root and ignores them.
+  const env = world.env({
+    ENI_DPDK_MODPROBE: path.join(world.root, "usr/sbin/modprobe"),
+    ENI_DPDK_SETTLE_MS: "2000",
+  });
   const cli = path.join(bundle, "eni-dpdk.mjs");
   if ((await measure([node, cli, "apply"], env)).code !== 0)
     throw new Error(`${bundle}: first apply failed`);
