@@ -3,6 +3,7 @@
 // builds a new handler and connection for every request, and its first token alone cost about 40 ms
 // of a boot (import plus request); docs/benchmarks.md has the figures. The SDK client is kept in
 // the tests as the reference that the IMDS emulator answers as real IMDS does.
+import { createRequire } from "node:module";
 import type * as Http from "node:http";
 import { OpError } from "../core/errors.js";
 import { Deadline, delayFor, sleep, type Backoff } from "../core/deadline.js";
@@ -10,7 +11,9 @@ import type { Logger } from "../core/log.js";
 
 // Not an ESM import: on Node 22 the ESM facade of node:http reads every export, and one of them
 // loads undici (~8 ms of a boot) for fetch and WebSocket, which we never use.
-const http = process.getBuiltinModule("node:http");
+// (process.getBuiltinModule is Node ≥ 20.16; the CommonJS require is the same for older 20s.)
+const http: typeof Http =
+  process.getBuiltinModule?.("node:http") ?? createRequire(import.meta.url)("node:http");
 
 export const DEFAULT_IMDS_ENDPOINT = "http://169.254.169.254";
 const TOKEN_TTL_SECONDS = 21600;

@@ -668,24 +668,28 @@ export class Ec2Emulator {
     return `<networkInterfaceSet>${out.map((e) => `<item>${this.eniXml(e)}</item>`).join("")}</networkInterfaceSet>`;
   }
 
+  /** EC2's answer for an unknown subnet id. */
+  private subnetOrThrow(id: string): SubnetSeed {
+    const subnet = this.subnets.get(id);
+    if (!subnet)
+      throw new ApiError(400, "InvalidSubnetID.NotFound", `The subnet ID '${id}' does not exist`);
+    return subnet;
+  }
+
+  /** EC2's answer for an unknown security group id. */
+  private groupOrThrow(id: string): SecurityGroupSeed {
+    const sg = this.securityGroups.get(id);
+    if (!sg)
+      throw new ApiError(400, "InvalidGroup.NotFound", `The security group '${id}' does not exist`);
+    return sg;
+  }
+
   private createNetworkInterface(p: URLSearchParams): string {
     const subnetId = p.get("SubnetId") ?? "";
-    const subnet = this.subnets.get(subnetId);
-    if (!subnet)
-      throw new ApiError(
-        400,
-        "InvalidSubnetID.NotFound",
-        `The subnet ID '${subnetId}' does not exist`,
-      );
+    const subnet = this.subnetOrThrow(subnetId);
     const groups = list(p, "SecurityGroupId");
     for (const g of groups) {
-      const sg = this.securityGroups.get(g);
-      if (!sg)
-        throw new ApiError(
-          400,
-          "InvalidGroup.NotFound",
-          `The security group '${g}' does not exist`,
-        );
+      const sg = this.groupOrThrow(g);
       if (sg.vpcId !== subnet.vpcId) {
         throw new ApiError(
           400,
@@ -950,9 +954,7 @@ export class Ec2Emulator {
 
   private describeSubnets(p: URLSearchParams): string {
     const ids = list(p, "SubnetId");
-    for (const id of ids)
-      if (!this.subnets.has(id))
-        throw new ApiError(400, "InvalidSubnetID.NotFound", `The subnet ID '${id}' does not exist`);
+    for (const id of ids) this.subnetOrThrow(id);
     const matchers: Record<string, (s: SubnetSeed) => string[]> = {
       "subnet-id": (s) => [s.subnetId],
       "vpc-id": (s) => [s.vpcId],
@@ -974,13 +976,7 @@ export class Ec2Emulator {
 
   private describeSecurityGroups(p: URLSearchParams): string {
     const ids = list(p, "GroupId");
-    for (const id of ids)
-      if (!this.securityGroups.has(id))
-        throw new ApiError(
-          400,
-          "InvalidGroup.NotFound",
-          `The security group '${id}' does not exist`,
-        );
+    for (const id of ids) this.groupOrThrow(id);
     const names = list(p, "GroupName");
     const matchers: Record<string, (g: SecurityGroupSeed) => string[]> = {
       "group-id": (g) => [g.groupId],
@@ -1156,22 +1152,11 @@ export class Ec2Emulator {
       if (card !== undefined) n.NetworkCardIndex = card;
       const subnet = p.get(`${prefix}.SubnetId`);
       if (subnet !== null) {
-        if (!this.subnets.has(subnet))
-          throw new ApiError(
-            400,
-            "InvalidSubnetID.NotFound",
-            `The subnet ID '${subnet}' does not exist`,
-          );
+        this.subnetOrThrow(subnet);
         n.SubnetId = subnet;
       }
       const groups = list(p, `${prefix}.SecurityGroupId`);
-      for (const g of groups)
-        if (!this.securityGroups.has(g))
-          throw new ApiError(
-            400,
-            "InvalidGroup.NotFound",
-            `The security group '${g}' does not exist`,
-          );
+      for (const g of groups) this.groupOrThrow(g);
       if (p.has(`${prefix}.SecurityGroupId.1`)) n.Groups = groups;
       const dot = boolParam(p, `${prefix}.DeleteOnTermination`);
       if (dot !== undefined) n.DeleteOnTermination = dot;
