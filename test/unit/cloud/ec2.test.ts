@@ -64,7 +64,8 @@ t.test(
   "in a storm (describes throttled too) a retry waits for this caller's slot, then is accepted",
   async (t) => {
     const buckets = {
-      DescribeSubnets: { capacity: 1, refillPerSec: 50 },
+      // slow enough that the second describe is throttled however loaded the machine is
+      DescribeSubnets: { capacity: 1, refillPerSec: 2 },
       CreateNetworkInterface: { capacity: 2, refillPerSec: 4 },
     };
     const { emu, ec2, pacer, saved, deadline } = await setup(t, buckets);

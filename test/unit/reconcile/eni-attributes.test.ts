@@ -108,9 +108,12 @@ t.test(
     const lost = await run(node);
     t.same(lost.plan.actions, [], "state lost: Describe shows every attribute holds");
     t.same(
-      emu.requests.slice(calls).map((r) => r.action),
-      ["DescribeNetworkInterfaces", "DescribeNetworkInterfaces"],
-      "two describes (attached here, tagged ours), no Modify",
+      emu.requests
+        .slice(calls)
+        .map((r) => r.action)
+        .sort(),
+      ["DescribeInstances", "DescribeNetworkInterfaces"],
+      "the instance's attachments and the ENIs tagged ours: two describes, no Modify",
     );
     t.equal(emu.mutatingCalls({ accepted: true }), 8);
   },
