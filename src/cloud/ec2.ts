@@ -519,6 +519,22 @@ export interface RetryOptions {
   onRetry?: (info: Ec2ErrorInfo, attempt: number) => void;
 }
 
+/** Every page of a paginated describe, each page one `withEc2Retry` call. */
+export async function allPages<T extends { NextToken?: string }>(
+  action: string,
+  page: (nextToken: string | undefined) => Promise<T>,
+  opts: RetryOptions,
+): Promise<T[]> {
+  const pages: T[] = [];
+  let next: string | undefined;
+  do {
+    const got = await withEc2Retry(action, () => page(next), opts);
+    pages.push(got);
+    next = got.NextToken;
+  } while (next);
+  return pages;
+}
+
 /**
  * Run one EC2 call; retry throttling and transient faults with full jitter until the deadline;
  * fail at once with EC2's code on a permanent error.
@@ -592,19 +608,13 @@ export async function describeInstanceTags(
 ): Promise<Record<string, string>> {
   const deadline = opts.deadline ?? new Deadline(30_000);
   const tags = nullRecord<string>(); // keys are input: `__proto__` is just a key
-  let nextToken: string | undefined;
-  do {
-    const out = await withEc2Retry(
-      "DescribeTags",
-      () =>
-        ec2.describeTags({
-          Filters: [{ Name: "resource-id", Values: [instanceId] }],
-          NextToken: nextToken,
-        }),
-      { deadline, log: opts.log },
-    );
-    for (const t of out.Tags ?? []) if (t.Key !== undefined) tags[t.Key] = t.Value ?? "";
-    nextToken = out.NextToken;
-  } while (nextToken);
+  const pages = await allPages(
+    "DescribeTags",
+    (NextToken) =>
+      ec2.describeTags({ Filters: [{ Name: "resource-id", Values: [instanceId] }], NextToken }),
+    { deadline, log: opts.log },
+  );
+  for (const t of pages.flatMap((p) => p.Tags ?? []))
+    if (t.Key !== undefined) tags[t.Key] = t.Value ?? "";
   return tags;
 }

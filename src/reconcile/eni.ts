@@ -8,7 +8,7 @@
 import type { _InstanceType, NetworkInterface } from "@aws-sdk/client-ec2";
 import type { EniConfig } from "../config/model.js";
 import { TAG_NO_MANAGE } from "../config/facts.js";
-import { Ec2Error, withEc2Retry, type Ec2Api, type Ec2Factory } from "../cloud/ec2.js";
+import { Ec2Error, allPages, withEc2Retry, type Ec2Api, type Ec2Factory } from "../cloud/ec2.js";
 import { InputError, OpError, type Problem } from "../core/errors.js";
 import { Deadline, pollUntil, type Backoff } from "../core/deadline.js";
 import { readNic, readNicNetwork } from "../cloud/imds.js";
@@ -156,21 +156,12 @@ async function describeAll(
   ctx: StageContext,
   filters: { Name: string; Values: string[] }[],
 ): Promise<NetworkInterface[]> {
-  const out: NetworkInterface[] = [];
-  let next: string | undefined;
-  do {
-    const r = await withEc2Retry(
-      "DescribeNetworkInterfaces",
-      () => ec2.describeNetworkInterfaces({ Filters: filters, NextToken: next }),
-      {
-        deadline: ctx.deadline,
-        log: ctx.log,
-      },
-    );
-    out.push(...(r.NetworkInterfaces ?? []));
-    next = r.NextToken;
-  } while (next);
-  return out;
+  const pages = await allPages(
+    "DescribeNetworkInterfaces",
+    (NextToken) => ec2.describeNetworkInterfaces({ Filters: filters, NextToken }),
+    { deadline: ctx.deadline, log: ctx.log },
+  );
+  return pages.flatMap((p) => p.NetworkInterfaces ?? []);
 }
 
 /**
@@ -179,41 +170,38 @@ async function describeAll(
  * asks at once, and two buckets serve it twice as fast as one.
  */
 async function attachedEnis(ec2: Ec2Api, ctx: StageContext): Promise<NetworkInterface[]> {
-  const out: NetworkInterface[] = [];
-  let next: string | undefined;
-  do {
-    const r = await withEc2Retry(
-      "DescribeInstances",
-      () =>
-        ec2.describeInstances({
-          Filters: [{ Name: "instance-id", Values: [ctx.instance.instanceId] }],
-          NextToken: next,
-        }),
-      { deadline: ctx.deadline, log: ctx.log },
-    );
-    for (const res of r.Reservations ?? [])
-      for (const i of res.Instances ?? [])
-        for (const n of i.NetworkInterfaces ?? []) {
-          const a = n.Attachment;
-          out.push({
-            NetworkInterfaceId: n.NetworkInterfaceId,
-            MacAddress: n.MacAddress,
-            SubnetId: n.SubnetId,
-            VpcId: n.VpcId,
-            Status: n.Status,
-            Attachment: a && {
-              AttachmentId: a.AttachmentId,
-              DeviceIndex: a.DeviceIndex,
-              NetworkCardIndex: a.NetworkCardIndex,
-              Status: a.Status,
-              DeleteOnTermination: a.DeleteOnTermination,
-              InstanceId: ctx.instance.instanceId,
-            },
-          });
-        }
-    next = r.NextToken;
-  } while (next);
-  return out;
+  const pages = await allPages(
+    "DescribeInstances",
+    (NextToken) =>
+      ec2.describeInstances({
+        Filters: [{ Name: "instance-id", Values: [ctx.instance.instanceId] }],
+        NextToken,
+      }),
+    { deadline: ctx.deadline, log: ctx.log },
+  );
+  const nics = pages.flatMap((p) =>
+    (p.Reservations ?? []).flatMap((r) =>
+      (r.Instances ?? []).flatMap((i) => i.NetworkInterfaces ?? []),
+    ),
+  );
+  return nics.map((n) => {
+    const a = n.Attachment;
+    return {
+      NetworkInterfaceId: n.NetworkInterfaceId,
+      MacAddress: n.MacAddress,
+      SubnetId: n.SubnetId,
+      VpcId: n.VpcId,
+      Status: n.Status,
+      Attachment: a && {
+        AttachmentId: a.AttachmentId,
+        DeviceIndex: a.DeviceIndex,
+        NetworkCardIndex: a.NetworkCardIndex,
+        Status: a.Status,
+        DeleteOnTermination: a.DeleteOnTermination,
+        InstanceId: ctx.instance.instanceId,
+      },
+    };
+  });
 }
 
 export async function planEnis(ctx: StageContext, ec2: Ec2Factory): Promise<EniPlan> {

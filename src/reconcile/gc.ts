@@ -10,7 +10,7 @@
 //   - its owner is not this instance (the ENI stage adopts its own);
 //   - DescribeInstances shows the owner terminated, or not at all.
 import type { NetworkInterface } from "@aws-sdk/client-ec2";
-import { Ec2Error, withEc2Retry, type Ec2Api, type Ec2Factory } from "../cloud/ec2.js";
+import { Ec2Error, allPages, withEc2Retry, type Ec2Api, type Ec2Factory } from "../cloud/ec2.js";
 import type { InstanceIdentity } from "../cloud/imds.js";
 import type { GcConfig } from "../config/model.js";
 import { ENI_NAME_RE, INSTANCE_ID_RE } from "../config/facts.js";
@@ -65,25 +65,21 @@ export async function runGc(
     errors: [],
   };
 
-  const found: NetworkInterface[] = [];
-  let next: string | undefined;
-  do {
-    const page = await withEc2Retry(
+  const found = (
+    await allPages(
       "DescribeNetworkInterfaces",
-      () =>
+      (NextToken) =>
         api.describeNetworkInterfaces({
           Filters: [
             { Name: "tag-key", Values: [TAG_INSTANCE] },
             { Name: "status", Values: ["available"] },
           ],
           MaxResults: 1000,
-          NextToken: next,
+          NextToken,
         }),
       retry,
-    );
-    found.push(...(page.NetworkInterfaces ?? []));
-    next = page.NextToken;
-  } while (next);
+    )
+  ).flatMap((p) => p.NetworkInterfaces ?? []);
 
   const keep = (n: NetworkInterface, reason: string) =>
     result.kept.push({ eniId: n.NetworkInterfaceId ?? "?", reason });
@@ -129,22 +125,15 @@ export async function runGc(
   const states = new Map<string, string>();
   for (let i = 0; i < owners.length; i += 100) {
     const ids = owners.slice(i, i + 100);
-    let token: string | undefined;
-    do {
-      const page = await withEc2Retry(
-        "DescribeInstances",
-        () =>
-          api.describeInstances({
-            Filters: [{ Name: "instance-id", Values: ids }],
-            NextToken: token,
-          }),
-        retry,
-      );
-      for (const r of page.Reservations ?? [])
-        for (const inst of r.Instances ?? [])
-          if (inst.InstanceId) states.set(inst.InstanceId, inst.State?.Name ?? "unknown");
-      token = page.NextToken;
-    } while (token);
+    const pages = await allPages(
+      "DescribeInstances",
+      (NextToken) =>
+        api.describeInstances({ Filters: [{ Name: "instance-id", Values: ids }], NextToken }),
+      retry,
+    );
+    for (const r of pages.flatMap((p) => p.Reservations ?? []))
+      for (const inst of r.Instances ?? [])
+        if (inst.InstanceId) states.set(inst.InstanceId, inst.State?.Name ?? "unknown");
   }
   const gone: GcEni[] = [];
   for (const { created: _c, ...m } of maybe) {

@@ -228,6 +228,10 @@ export class Ec2Emulator {
   latency: Record<string, number> = {};
   /** ms from attaching to attached */
   attachDelayMs = 0;
+  /** Answer DescribeNetworkInterfaces, DescribeInstances and DescribeTags in pages of this many
+   * (MaxResults, when smaller, wins), as EC2 does for large accounts; unset: one page unless
+   * MaxResults asks */
+  pageSize?: number;
   /** Hot-plug hook: runs when an attachment becomes "attached". */
   onAttached?: (ev: AttachedEvent) => void | Promise<void>;
   /** Runs after an action took effect and before its answer is sent (crash tests kill the caller here). */
@@ -634,6 +638,25 @@ export class Ec2Emulator {
 
   // ---- actions -----------------------------------------------------------------------------------
 
+  /** One page of `all` from the request's NextToken (an offset here; opaque to the client). */
+  private page<T>(p: URLSearchParams, all: T[]): { items: T[]; token: string } {
+    const asked = Number(p.get("MaxResults") ?? NaN);
+    const size = Math.min(asked > 0 ? asked : Infinity, this.pageSize ?? Infinity);
+    const raw = p.get("NextToken");
+    const from = raw === null ? 0 : Number(Buffer.from(raw, "base64url").toString());
+    if (!Number.isInteger(from) || from < 0 || from > all.length)
+      throw new ApiError(400, "InvalidPaginationToken", `The token '${raw}' is invalid.`);
+    const items = all.slice(from, from + size);
+    const next = from + items.length;
+    return {
+      items,
+      token:
+        next < all.length
+          ? `<nextToken>${Buffer.from(String(next)).toString("base64url")}</nextToken>`
+          : "",
+    };
+  }
+
   private describeNetworkInterfaces(p: URLSearchParams): string {
     const ids = list(p, "NetworkInterfaceId");
     for (const id of ids) {
@@ -665,7 +688,8 @@ export class Ec2Emulator {
     const out = (ids.length ? ids.map((id) => this.enis.get(id)!) : [...this.enis.values()]).filter(
       (e) => matchAll(filters, matchers, e.tags, e) && (!lag || Date.now() - e.createdAt >= lag),
     );
-    return `<networkInterfaceSet>${out.map((e) => `<item>${this.eniXml(e)}</item>`).join("")}</networkInterfaceSet>`;
+    const pg = this.page(p, out);
+    return `<networkInterfaceSet>${pg.items.map((e) => `<item>${this.eniXml(e)}</item>`).join("")}</networkInterfaceSet>${pg.token}`;
   }
 
   /** EC2's answer for an unknown subnet id. */
@@ -1015,7 +1039,8 @@ export class Ec2Emulator {
     const out = [...this.instances.values()]
       .filter((i) => ids.length === 0 || ids.includes(i.instanceId))
       .filter((i) => matchAll(filters, matchers, i.tags ?? {}, i));
-    return `<reservationSet>${out
+    const pg = this.page(p, out);
+    return `<reservationSet>${pg.items
       .map(
         (i) =>
           `<item><reservationId>r-${i.instanceId.slice(2)}</reservationId><instancesSet><item><instanceId>${i.instanceId}</instanceId><instanceType>${i.instanceType}</instanceType><placement><availabilityZone>${i.az}</availabilityZone></placement><subnetId>${i.subnetId}</subnetId><vpcId>${i.vpcId}</vpcId><instanceState>${i.state === "terminated" ? "<code>48</code><name>terminated</name>" : "<code>16</code><name>running</name>"}</instanceState>${tagSet(i.tags ?? {})}<networkInterfaceSet>${this.attachedTo(
@@ -1027,7 +1052,7 @@ export class Ec2Emulator {
             )
             .join("")}</networkInterfaceSet></item></instancesSet></item>`,
       )
-      .join("")}</reservationSet>`;
+      .join("")}</reservationSet>${pg.token}`;
   }
 
   private describeInstanceTypes(p: URLSearchParams): string {
@@ -1080,13 +1105,16 @@ export class Ec2Emulator {
       value: (r) => [r.value],
     };
     const filters = readFilters(p);
-    const out = rows.filter((r) => matchAll(filters, matchers, {}, r));
-    return `<tagSet>${out
+    const pg = this.page(
+      p,
+      rows.filter((r) => matchAll(filters, matchers, {}, r)),
+    );
+    return `<tagSet>${pg.items
       .map(
         (r) =>
           `<item><resourceId>${r.id}</resourceId><resourceType>${r.type}</resourceType><key>${esc(r.key)}</key><value>${esc(r.value)}</value></item>`,
       )
-      .join("")}</tagSet>`;
+      .join("")}</tagSet>${pg.token}`;
   }
 
   private createTags(p: URLSearchParams): string {

@@ -133,6 +133,21 @@ t.test("state file lost: EC2 is consulted, but zero mutating calls", async (t) =
   t.ok(records.every((r) => r.createdByUs && r.deleteOnTermination === true));
 });
 
+t.test("EC2 answering in pages of one: every page is read, nothing is planned twice", async (t) => {
+  const { emu, node } = await world(t);
+  await run(node);
+  await node.host.remove(STATE_PATH);
+  emu.pageSize = 1;
+  const mutating = emu.mutatingCalls();
+  const from = emu.requests.length;
+  const { plan, records } = await run(node);
+  t.same(plan.actions, [], "the three ENIs of ours, each on its own page, are all found");
+  t.equal(emu.mutatingCalls(), mutating, "no mutating call");
+  t.equal(records.length, 3);
+  const dni = emu.requests.slice(from).filter((r) => r.action === "DescribeNetworkInterfaces");
+  t.equal(dni.length, 3, "one request per page (three ENIs tagged ours)");
+});
+
 t.test("dry run plans every step and changes nothing", async (t) => {
   const { emu, node } = await world(t, { enis: eniConfigs(2) });
   const ctx = await node.context({ dryRun: true });

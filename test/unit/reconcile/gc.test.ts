@@ -173,6 +173,19 @@ t.test("bounded per pass; a pass at the same time as another deletes each once",
   );
 });
 
+t.test("EC2 answering in pages of two: every leaked ENI and every owner is read", async (t) => {
+  const { emu, ec2, ctx } = await setup(t);
+  emu.pageSize = 2;
+  const leaked = [...Array.from({ length: 3 }, () => ours(emu, DEAD)), ours(emu, GONE)];
+  const kept = ours(emu, ALIVE);
+  const from = emu.requests.length;
+  const gc = await runGc(ctx, ec2, { config: defaults(), dryRun: false });
+  t.same(gc.deleted.map((d) => d.eniId).sort(), leaked.map((e) => e.id).sort());
+  t.ok(emu.enis.has(kept.id), "the live owner's ENI is kept");
+  const pages = emu.requests.slice(from).filter((r) => r.action === "DescribeNetworkInterfaces");
+  t.equal(pages.length, 3, "five ENIs in pages of two");
+});
+
 t.test("deletes are paced by the DeleteNetworkInterface bucket, not retried blind", async (t) => {
   const { emu, ctx } = await setup(t);
   const bucket = { capacity: 2, refillPerSec: 10 };
