@@ -373,23 +373,14 @@ export function pacedEc2(
         throw e;
       }
     };
-  return {
-    pacer,
-    describeNetworkInterfaces: wrap("DescribeNetworkInterfaces", (i) =>
-      api.describeNetworkInterfaces(i),
-    ),
-    createNetworkInterface: wrap("CreateNetworkInterface", (i) => api.createNetworkInterface(i)),
-    attachNetworkInterface: wrap("AttachNetworkInterface", (i) => api.attachNetworkInterface(i)),
-    modifyNetworkInterfaceAttribute: wrap("ModifyNetworkInterfaceAttribute", (i) =>
-      api.modifyNetworkInterfaceAttribute(i),
-    ),
-    describeSubnets: wrap("DescribeSubnets", (i) => api.describeSubnets(i)),
-    describeSecurityGroups: wrap("DescribeSecurityGroups", (i) => api.describeSecurityGroups(i)),
-    describeInstanceTypes: wrap("DescribeInstanceTypes", (i) => api.describeInstanceTypes(i)),
-    describeTags: wrap("DescribeTags", (i) => api.describeTags(i)),
-    describeInstances: wrap("DescribeInstances", (i) => api.describeInstances(i)),
-    deleteNetworkInterface: wrap("DeleteNetworkInterface", (i) => api.deleteNetworkInterface(i)),
-  };
+  // Every call of the client, by its action's name (describeTags → DescribeTags).
+  const paced: Record<string, unknown> = { pacer };
+  for (const [name, fn] of Object.entries(api))
+    if (typeof fn === "function")
+      paced[name] = wrap(name[0].toUpperCase() + name.slice(1), (i: unknown) =>
+        (fn as (i: unknown) => Promise<unknown>).call(api, i),
+      );
+  return paced as unknown as Ec2Api;
 }
 
 // ---- errors and retries -----------------------------------------------------------------------
