@@ -27,7 +27,8 @@ import { loadEc2Sdk } from "../../src/core/lazy.js";
 import { ec2Bucket, isEc2ReadAction } from "../../src/config/facts.js";
 import { sleep } from "../../src/core/deadline.js";
 import type { Ec2Api, Ec2Factory } from "../../src/cloud/ec2.js";
-import { EC2_THROTTLE, Ec2Emulator, type Bucket, type PooledBuckets } from "../../src/sim/ec2.js";
+import { EC2_THROTTLE, Ec2Emulator, type PooledBuckets } from "../../src/sim/ec2.js";
+import type { BucketSize } from "../../src/core/deadline.js";
 import {
   SG_DPDK,
   SUBNET_A,
@@ -82,7 +83,7 @@ const LATENCY: Record<string, number> = {
 const ATTACH_DELAY_MS = 1500;
 const HOTPLUG_DELAY_MS = 1000;
 
-const scaled = (b: Bucket): Bucket => ({
+const scaled = (b: BucketSize): BucketSize => ({
   capacity: b.capacity,
   refillPerSec: b.refillPerSec * SCALE,
 });
@@ -120,7 +121,7 @@ function lowerBoundS(nodes: number): number {
       tail: plugged - ms("ModifyNetworkInterfaceAttribute"),
     },
   ];
-  const drainS = (calls: number, b: Bucket) => Math.max(0, calls - b.capacity) / b.refillPerSec;
+  const drainS = (calls: number, b: BucketSize) => Math.max(0, calls - b.capacity) / b.refillPerSec;
   const n = nodes * ENIS;
   if (BUCKETS === "pooled") {
     const last = steps[2];

@@ -1,5 +1,6 @@
 // The one home of facts shared across eni-dpdk: names, patterns, driver lists, media types, and
 // the device plugin's resource-name rules. Each is written once and imported where it is used.
+import type { BucketSize } from "../core/deadline.js";
 
 export const SOURCE_NAMES = ["file", "user-data", "tags", "nodeeni"] as const;
 export type SourceName = (typeof SOURCE_NAMES)[number];
@@ -109,18 +110,12 @@ export function prefixProblems(prefix: string): string[] {
 
 // ---- EC2's request throttling ----------------------------------------------------------------------
 
-/** A token bucket as EC2 documents its request limits: a burst capacity and a refill per second. */
-export interface RequestBucket {
-  capacity: number;
-  refillPerSec: number;
-}
-
 /**
  * EC2's documented buckets (EC2 API reference, "Request throttling"), per account and region and
  * **per action**, shared with every other caller there (the VPC CNI, Karpenter). A throttled call
  * gets RequestLimitExceeded and takes no token. The emulator enforces these; the client paces by them.
  */
-export const EC2_BUCKETS: Readonly<Record<string, RequestBucket>> = {
+export const EC2_BUCKETS: Readonly<Record<string, BucketSize>> = {
   CreateNetworkInterface: { capacity: 100, refillPerSec: 5 },
   ModifyNetworkInterfaceAttribute: { capacity: 100, refillPerSec: 5 },
   DeleteNetworkInterface: { capacity: 100, refillPerSec: 5 },
@@ -129,11 +124,11 @@ export const EC2_BUCKETS: Readonly<Record<string, RequestBucket>> = {
   CreateTags: { capacity: 100, refillPerSec: 10 },
 };
 /** Any other mutating action: EC2's plain "mutating actions" bucket. */
-export const EC2_MUTATING_BUCKET: RequestBucket = { capacity: 50, refillPerSec: 5 };
+export const EC2_MUTATING_BUCKET: BucketSize = { capacity: 50, refillPerSec: 5 };
 /** Describe* with a filter or pagination (and every describe not listed below). */
-export const EC2_DESCRIBE_BUCKET: RequestBucket = { capacity: 100, refillPerSec: 20 };
+export const EC2_DESCRIBE_BUCKET: BucketSize = { capacity: 100, refillPerSec: 20 };
 /** These describes called without a filter or pagination have their own, smaller bucket. */
-export const EC2_UNFILTERED_BUCKET: RequestBucket = { capacity: 50, refillPerSec: 10 };
+export const EC2_UNFILTERED_BUCKET: BucketSize = { capacity: 50, refillPerSec: 10 };
 const UNFILTERED_ACTIONS = new Set([
   "DescribeInstances",
   "DescribeNetworkInterfaces",
@@ -152,7 +147,7 @@ export function ec2BucketKey(action: string, filteredOrPaged: boolean): string {
 }
 
 /** The documented size of the bucket behind `key` (from ec2BucketKey). */
-export function ec2Bucket(key: string): RequestBucket {
+export function ec2Bucket(key: string): BucketSize {
   if (key.endsWith(":unfiltered")) return EC2_UNFILTERED_BUCKET;
   return EC2_BUCKETS[key] ?? (isEc2ReadAction(key) ? EC2_DESCRIBE_BUCKET : EC2_MUTATING_BUCKET);
 }

@@ -13,6 +13,7 @@ import {
   MAC_RE,
 } from "../config/facts.js";
 import { nullRecord } from "../core/records.js";
+import type { PaceState } from "../core/deadline.js";
 
 export const STATE_PATH = `${VAR_DIR}/state.json`;
 export const JOURNAL_PATH = `${VAR_DIR}/inflight.json`;
@@ -22,23 +23,18 @@ export const STATUS_PATH = `${RUN_DIR}/status.json`;
 export const PACING_PATH = `${RUN_DIR}/ec2-pacing.json`;
 
 /** The pacing state of this boot; undefined when absent or unreadable (it is advisory). */
-export async function loadPacing(
-  host: Host,
-): Promise<Record<string, { backlog: number; at: number }> | undefined> {
+export async function loadPacing(host: Host): Promise<Record<string, PaceState> | undefined> {
   try {
     const doc = JSON.parse((await host.read(PACING_PATH)) ?? "null") as unknown;
     return doc && typeof doc === "object" && !Array.isArray(doc)
-      ? (doc as Record<string, { backlog: number; at: number }>)
+      ? (doc as Record<string, PaceState>)
       : undefined;
   } catch {
     return undefined;
   }
 }
 
-export async function savePacing(
-  host: Host,
-  state: Record<string, { backlog: number; at: number }>,
-): Promise<void> {
+export async function savePacing(host: Host, state: Record<string, PaceState>): Promise<void> {
   await host.writeFileAtomic(PACING_PATH, JSON.stringify(state) + "\n", 0o644);
 }
 

@@ -6,7 +6,8 @@
 // a launch template does, and an observer API (every request's parameters as the wire carried them).
 import http from "node:http";
 import type { AddressInfo, Socket } from "node:net";
-import { ec2Bucket, ec2BucketKey, isEc2ReadAction, type RequestBucket } from "../config/facts.js";
+import { ec2Bucket, ec2BucketKey, isEc2ReadAction } from "../config/facts.js";
+import type { BucketSize } from "../core/deadline.js";
 
 export interface SubnetSeed {
   subnetId: string;
@@ -92,10 +93,9 @@ export interface AttachedEvent {
   networkCardIndex: number;
 }
 
-export type Bucket = RequestBucket;
 export type Category = "mutating" | "describe";
 /** One bucket per category, shared by every action in it (the benchmark's model before issue 14). */
-export type PooledBuckets = Record<Category, Bucket>;
+export type PooledBuckets = Record<Category, BucketSize>;
 /**
  * One bucket per action as EC2 has them (config/facts.ts `ec2Bucket`): `refillScale` multiplies every
  * refill (the fleet benchmark's time scaling), `override` replaces sizes by bucket key.
@@ -103,7 +103,7 @@ export type PooledBuckets = Record<Category, Bucket>;
 export interface PerActionBuckets {
   perAction: true;
   refillScale?: number;
-  override?: Record<string, Bucket>;
+  override?: Record<string, BucketSize>;
 }
 /** EC2's own buckets, per action, at their documented sizes. */
 export const EC2_THROTTLE: PerActionBuckets = { perAction: true };
@@ -183,7 +183,7 @@ const isMutating = (action: string) => !isEc2ReadAction(action);
 class TokenBucket {
   private tokens: number;
   private last = Date.now();
-  constructor(readonly spec: Bucket) {
+  constructor(readonly spec: BucketSize) {
     this.tokens = spec.capacity;
   }
   take(): boolean {
@@ -411,7 +411,7 @@ export class Ec2Emulator {
     if (!this.buckets) return undefined;
     const { spec, tokens } = this.buckets;
     let key: string;
-    let size: Bucket;
+    let size: BucketSize;
     if ("perAction" in spec) {
       const paged = [...params.keys()].some(
         (k) => k.startsWith("Filter.") || k === "MaxResults" || k === "NextToken",
