@@ -510,6 +510,13 @@ export interface RetryOptions {
   onRetry?: (info: Ec2ErrorInfo, attempt: number) => void;
 }
 
+/** A resource's tags as a record (keys are input: a null prototype, `__proto__` is just a key). */
+export function tagsOf(r: { TagSet?: { Key?: string; Value?: string }[] }): Record<string, string> {
+  const out = nullRecord<string>();
+  for (const t of r.TagSet ?? []) if (t.Key) out[t.Key] = t.Value ?? "";
+  return out;
+}
+
 /** Every page of a paginated describe, each page one `withEc2Retry` call. */
 export async function allPages<T extends { NextToken?: string }>(
   action: string,

@@ -8,7 +8,14 @@
 import type { _InstanceType, NetworkInterface } from "@aws-sdk/client-ec2";
 import type { EniConfig } from "../config/model.js";
 import { TAG_NO_MANAGE } from "../config/facts.js";
-import { Ec2Error, allPages, withEc2Retry, type Ec2Api, type Ec2Factory } from "../cloud/ec2.js";
+import {
+  Ec2Error,
+  allPages,
+  tagsOf,
+  withEc2Retry,
+  type Ec2Api,
+  type Ec2Factory,
+} from "../cloud/ec2.js";
 import { InputError, OpError, type Problem } from "../core/errors.js";
 import { Deadline, pollUntil, type Backoff } from "../core/deadline.js";
 import { readNic, readNicNetwork } from "../cloud/imds.js";
@@ -94,12 +101,6 @@ export function clientToken(instanceId: string, name: string, subnetId: string):
       .digest("hex")
       .slice(0, 48)
   );
-}
-
-function tagsOf(n: NetworkInterface): Record<string, string> {
-  const out: Record<string, string> = {};
-  for (const t of n.TagSet ?? []) if (t.Key) out[t.Key] = t.Value ?? "";
-  return out;
 }
 
 function isOurs(n: NetworkInterface, instanceId: string, name?: string): boolean {

@@ -10,7 +10,14 @@
 //   - its owner is not this instance (the ENI stage adopts its own);
 //   - DescribeInstances shows the owner terminated, or not at all.
 import type { NetworkInterface } from "@aws-sdk/client-ec2";
-import { Ec2Error, allPages, withEc2Retry, type Ec2Api, type Ec2Factory } from "../cloud/ec2.js";
+import {
+  Ec2Error,
+  allPages,
+  tagsOf,
+  withEc2Retry,
+  type Ec2Api,
+  type Ec2Factory,
+} from "../cloud/ec2.js";
 import type { InstanceIdentity } from "../cloud/imds.js";
 import type { GcConfig } from "../config/model.js";
 import { ENI_NAME_RE, INSTANCE_ID_RE } from "../config/facts.js";
@@ -85,8 +92,7 @@ export async function runGc(
     result.kept.push({ eniId: n.NetworkInterfaceId ?? "?", reason });
   const maybe: (GcEni & { created: number })[] = [];
   for (const n of found) {
-    const tags: Record<string, string> = {};
-    for (const t of n.TagSet ?? []) if (t.Key) tags[t.Key] = t.Value ?? "";
+    const tags = tagsOf(n);
     const owner = tags[TAG_INSTANCE] ?? "";
     const created = Date.parse(tags[TAG_CREATED_AT] ?? "");
     if (n.Status !== "available" || n.Attachment)
