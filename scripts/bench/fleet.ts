@@ -7,10 +7,16 @@
 // as systemd restarts the unit (RestartSec=15s, at most 3 starts in 20 min; `--on-failure continue`:
 // the next reconcile pass 60 s later instead); each start is a new process: new client, new pacer
 // reading what /run kept, state file from disk. Prints measured figures; asserts nothing.
+// With `--buckets pooled` the nodes are told the account's (pooled) limits as a user tells them,
+// an [ec2.limits] table in their config: `--limits told` (the default) gives each category's size,
+// which [ec2.limits] applies to every bucket of that kind, as EC2 has one per action; `--limits
+// shares` gives each action its share of the pool it draws from; `--limits untold` leaves them
+// pacing by EC2's documented sizes, as every node did before [ec2.limits].
 //
 // Run: npx tsx scripts/bench/fleet.ts [--scenarios created:100,created:1000,terminated:100,
 //        terminated:1000,external:1000] [--enis 2] [--deadline 300] [--buckets ec2|pooled]
-//        [--client own|sdk|both] [--on-failure fail|continue] [--time-scale 1] [--seed 1]
+//        [--limits told|shares|untold] [--client own|sdk|both] [--on-failure fail|continue]
+//        [--time-scale 1] [--seed 1]
 //
 // Time: the emulator's buckets refill in real time, so 1,000 nodes take the ~6.5 minutes EC2's
 // buckets allow. `--time-scale k` runs k times faster: every refill ×k (emulator and pacer alike),
@@ -26,6 +32,7 @@ import { InputError } from "../../src/core/errors.js";
 import { loadEc2Sdk } from "../../src/core/lazy.js";
 import { ec2Bucket, isEc2ReadAction } from "../../src/config/facts.js";
 import { sleep } from "../../src/core/deadline.js";
+import { loadToml, tomlLayer } from "../../src/sources/toml.js";
 import type { Ec2Api, Ec2Factory } from "../../src/cloud/ec2.js";
 import { EC2_THROTTLE, Ec2Emulator, type PooledBuckets } from "../../src/sim/ec2.js";
 import type { BucketSize } from "../../src/core/deadline.js";
@@ -58,6 +65,9 @@ const SCENARIOS = opt(
 const ENIS = Number(opt("enis", "2"));
 const DEADLINE_S = Number(opt("deadline", "300"));
 const BUCKETS = opt("buckets", "ec2") as "ec2" | "pooled";
+const LIMITS = opt("limits", "told") as "told" | "shares" | "untold";
+if (!["told", "shares", "untold"].includes(LIMITS))
+  throw new Error(`--limits: expected told|shares|untold, got "${LIMITS}"`);
 const CLIENT = opt("client", "own") as "own" | "sdk" | "both";
 const ON_FAILURE = opt("on-failure", "fail") as "fail" | "continue";
 const SCALE = Number(opt("time-scale", "1"));
@@ -74,6 +84,42 @@ const POOLED: PooledBuckets = {
   mutating: { capacity: 100, refillPerSec: 100 },
   describe: { capacity: 200, refillPerSec: 200 },
 };
+/** The actions of a created-mode boot, by the pool they draw from. */
+const POOL_ACTIONS: Record<keyof PooledBuckets, string[]> = {
+  mutating: ["CreateNetworkInterface", "AttachNetworkInterface", "ModifyNetworkInterfaceAttribute"],
+  describe: [
+    "DescribeNetworkInterfaces",
+    "DescribeInstances",
+    "DescribeSubnets",
+    "DescribeSecurityGroups",
+    "DescribeInstanceTypes",
+  ],
+};
+/**
+ * What a user of an account with the pooled buckets writes in the nodes' config (user-data or
+ * /etc/eni-dpdk). told: one entry per category, for every bucket of that kind; shares: one per
+ * action, its share of the pool. Refills ×k under --time-scale k, as the emulator's.
+ */
+const POOLED_LIMITS_TOML = [
+  "[ec2.limits]",
+  ...Object.entries(POOLED).flatMap(([category, b]) => {
+    if (LIMITS !== "shares")
+      return [
+        `${category} = { capacity = ${b.capacity}, refill_per_sec = ${b.refillPerSec * SCALE} }`,
+      ];
+    const actions = POOL_ACTIONS[category as keyof PooledBuckets];
+    const n = actions.length;
+    const refill = Math.round((b.refillPerSec * SCALE * 100) / n) / 100;
+    return actions.map(
+      (a) => `${a} = { capacity = ${Math.floor(b.capacity / n)}, refill_per_sec = ${refill} }`,
+    );
+  }),
+  "",
+].join("\n");
+/** The nodes' node-level config: [ec2.limits] when they are told the pooled account's limits. */
+const TOLD = BUCKETS === "pooled" && LIMITS !== "untold";
+await loadToml();
+const NODE_CONFIG = TOLD ? tomlLayer(POOLED_LIMITS_TOML, `--limits ${LIMITS}`).data : {};
 const LATENCY: Record<string, number> = {
   CreateNetworkInterface: 300,
   AttachNetworkInterface: 150,
@@ -163,7 +209,8 @@ async function scenario(mode: "created" | "terminated" | "external", NODES: numb
       deadlineMs: (DEADLINE_S * 1000) / SCALE,
       root,
       client: CLIENT,
-      ...(SCALE !== 1 ? { paceBuckets: (key: string) => scaled(ec2Bucket(key)) } : {}),
+      config: NODE_CONFIG,
+      ...(SCALE !== 1 && !TOLD ? { paceBuckets: (key: string) => scaled(ec2Bucket(key)) } : {}),
     });
     nodes.push(node);
     if (mode === "external") {
@@ -320,7 +367,7 @@ async function scenario(mode: "created" | "terminated" | "external", NODES: numb
       : `created mode, ${NODES} nodes x ${ENIS} ENIs${mode === "terminated" ? `, ${victims.size} nodes terminated mid-boot` : ""}`;
   console.log(`\n== ${title}`);
   console.log(
-    `  buckets: ${BUCKETS === "ec2" ? "per action, EC2's documented sizes (Create 100/5 per s, Attach 50/5, Modify 100/5, Delete 100/5, filtered Describe* 100/20, unfiltered 50/10)" : `pooled per category (mutating ${POOLED.mutating.capacity}/${POOLED.mutating.refillPerSec} per s, describe ${POOLED.describe.capacity}/${POOLED.describe.refillPerSec} per s)`}; client: ${CLIENT === "own" ? "eni-dpdk's pacer, 1 SDK attempt" : CLIENT === "sdk" ? "SDK retryMode adaptive (10 attempts), no pacer" : "SDK adaptive + eni-dpdk's pacer"}; on_failure=${ON_FAILURE}; deadline ${DEADLINE_S} s; time scale ${SCALE}`,
+    `  buckets: ${BUCKETS === "ec2" ? "per action, EC2's documented sizes (Create 100/5 per s, Attach 50/5, Modify 100/5, Delete 100/5, filtered Describe* 100/20, unfiltered 50/10)" : `pooled per category (mutating ${POOLED.mutating.capacity}/${POOLED.mutating.refillPerSec} per s, describe ${POOLED.describe.capacity}/${POOLED.describe.refillPerSec} per s); nodes ${TOLD ? `told in [ec2.limits] (--limits ${LIMITS}: ${POOLED_LIMITS_TOML.trim().split("\n").slice(1).join("; ")})` : "not told (--limits untold: they pace by EC2's documented sizes)"}`}; client: ${CLIENT === "own" ? "eni-dpdk's pacer, 1 SDK attempt" : CLIENT === "sdk" ? "SDK retryMode adaptive (10 attempts), no pacer" : "SDK adaptive + eni-dpdk's pacer"}; on_failure=${ON_FAILURE}; deadline ${DEADLINE_S} s; time scale ${SCALE}`,
   );
   console.log(
     `  converged: ${converged.length}/${survivors.length} nodes (${((100 * converged.length) / survivors.length).toFixed(1)} %)${mode === "terminated" ? ` of the survivors` : ""}; unit starts ${survivors.reduce((s, o) => s + o.starts, 0)} (${restarted} nodes restarted)`,

@@ -36,7 +36,7 @@ import {
 import type { Logger } from "../core/log.js";
 import { lazyCrypto, loadEc2Sdk } from "../core/lazy.js";
 import { nullRecord } from "../core/records.js";
-import { ec2Bucket, ec2BucketKey, isEc2ReadAction } from "../config/facts.js";
+import { ec2Bucket, ec2BucketKey, isEc2ReadAction, type Ec2Action } from "../config/facts.js";
 
 /** Only the calls eni-dpdk makes. Each is one request (no hidden retries, see lazyEc2). */
 export interface Ec2Api {
@@ -67,6 +67,10 @@ export interface Ec2Api {
   /** The pacer every call of this client goes through, when it has one. */
   pacer?: Ec2Pacer;
 }
+
+// facts.ts EC2_ACTIONS (the actions [ec2.limits] accepts) names exactly the methods above: tsc checks.
+type Ec2Method = Capitalize<Exclude<keyof Ec2Api, "pacer">>;
+void (true satisfies [Ec2Method, Ec2Action] extends [Ec2Action, Ec2Method] ? true : false);
 
 /** Loads the SDK and builds the client on first use; later calls return the same client. */
 export type Ec2Factory = () => Promise<Ec2Api>;
@@ -224,6 +228,7 @@ export function lazyEc2(opts: Ec2Options): Ec2Factory {
  */
 export class Ec2Pacer {
   private readonly pacers = new Map<string, BacklogPacer>();
+  private bucketOf: (key: string) => BucketSize;
   private perNode: Record<string, number> = {};
   private loaded?: Promise<void>;
   private slot = 0.5;
@@ -245,7 +250,23 @@ export class Ec2Pacer {
       log?: Logger;
       now?: () => number;
     },
-  ) {}
+  ) {
+    this.bucketOf = opts.bucketOf ?? ec2Bucket;
+  }
+
+  /**
+   * Pace by these bucket sizes from now on (the account's `[ec2.limits]`, known once the sources
+   * are merged, and again after a reload); what was learned of each bucket is kept.
+   */
+  useBuckets(bucketOf: (key: string) => BucketSize): void {
+    this.bucketOf = bucketOf;
+    for (const [key, p] of this.pacers) p.resize(bucketOf(key));
+  }
+
+  /** The size `key`'s bucket is paced by (tests, status). */
+  bucket(key: string): BucketSize {
+    return this.bucketOf(key);
+  }
 
   /** The calls per bucket key this caller will make in the pass ahead (default 1). */
   expect(calls: Record<string, number>): void {
@@ -324,7 +345,7 @@ export class Ec2Pacer {
     let p = this.pacers.get(key);
     if (!p || state) {
       p = new BacklogPacer(
-        (this.opts.bucketOf ?? ec2Bucket)(key),
+        this.bucketOf(key),
         this.slot,
         state ?? (p ? p.snapshot() : undefined),
         this.opts.now,

@@ -6,11 +6,12 @@ import { Session } from "../reconcile/session.js";
 import { formatActions } from "../core/action.js";
 import { localConfig, type CommandContext } from "./context.js";
 
-/** A session bounded by the file's [service].timeout_seconds from its start. */
+/** A session bounded by the file's [service].timeout_seconds from its start, paced by its [ec2.limits]. */
 export async function commandSession(ctx: CommandContext): Promise<Session> {
   const { config } = await localConfig(ctx);
   return new Session(ctx.log, new Deadline(config.service.timeout_seconds * 1000), undefined, {
     host: ctx.host,
+    ec2: config.ec2,
   });
 }
 

@@ -122,6 +122,15 @@ export function renderEffective(eff: EffectiveConfig): string {
     }
     lines.push("");
   }
+  lines.push("[ec2.limits]");
+  const limits = Object.entries(eff.config.ec2.limits);
+  if (limits.length === 0) lines.push("# none: every EC2 call is paced by EC2's documented sizes");
+  for (const [key, entry] of limits) {
+    const k = /^[A-Za-z0-9_-]+$/.test(key) ? key : val(key);
+    for (const [f, v] of Object.entries(entry))
+      lines.push(`${k}.${f} = ${val(v)}`.padEnd(56) + ` # ${eff.origin[`ec2.limits.${key}.${f}`]}`);
+  }
+  lines.push("");
   for (const eni of eff.config.eni) {
     lines.push("[[eni]]");
     for (const [k, v] of Object.entries(eni)) {

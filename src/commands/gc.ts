@@ -18,6 +18,7 @@ export async function gcCommand(
     configPath: ctx.configPath,
     instance: session,
   });
+  session.useConfig(gathered.config.ec2);
   const config = gathered.config.gc;
   if (!config.enabled)
     ctx.log.info("[gc].enabled = false turns off run's own pass; this explicit one runs", {

@@ -66,7 +66,8 @@ async function serve(ctx: CommandContext, inbox: Inbox): Promise<number> {
   const log = ctx.log;
   const notifier = await createNotifier(ctx.env, log);
   // From the file alone, so a broken user-data or tag still honours the file's choices.
-  const fileService = (await localConfig(ctx)).config.service;
+  const fileConfig = (await localConfig(ctx)).config;
+  const fileService = fileConfig.service;
   const onFailure = fileService?.on_failure ?? "fail";
   const bootTimeout = (fileService?.timeout_seconds ?? 300) * 1000;
   log.info("starting", {
@@ -79,7 +80,10 @@ async function serve(ctx: CommandContext, inbox: Inbox): Promise<number> {
   // A pass of this boot finished before (the unit restarted after a failure, or by hand): kubelet
   // and the device plugin may be running, so a change to our entries needs the plugin restarted.
   const afterEarlierPass = await ctx.host.exists(STATUS_PATH);
-  const session = new Session(log, new Deadline(bootTimeout), undefined, { host: ctx.host });
+  const session = new Session(log, new Deadline(bootTimeout), undefined, {
+    host: ctx.host,
+    ec2: fileConfig.ec2,
+  });
   inbox.current = session.deadline;
   let gathered: Gathered | undefined;
   let first: ApplyOutcome;

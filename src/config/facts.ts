@@ -146,6 +146,34 @@ export function ec2BucketKey(action: string, filteredOrPaged: boolean): string {
   return UNFILTERED_ACTIONS.has(action) && !filteredOrPaged ? `${action}:unfiltered` : action;
 }
 
+/** The EC2 actions eni-dpdk calls (cloud/ec2.ts `Ec2Api`, one method each). */
+export const EC2_ACTIONS = [
+  "CreateNetworkInterface",
+  "AttachNetworkInterface",
+  "ModifyNetworkInterfaceAttribute",
+  "DeleteNetworkInterface",
+  "DescribeNetworkInterfaces",
+  "DescribeInstances",
+  "DescribeSubnets",
+  "DescribeSecurityGroups",
+  "DescribeInstanceTypes",
+  "DescribeTags",
+] as const;
+export type Ec2Action = (typeof EC2_ACTIONS)[number];
+
+/** The categories a bucket falls back to when its own key is not configured: by isEc2ReadAction. */
+export const EC2_BUCKET_CATEGORIES = ["mutating", "describe"] as const;
+
+/**
+ * The keys an account's own limits may be given for (config `[ec2.limits]`): the bucket of each
+ * action eni-dpdk calls, the unfiltered describes' own buckets, and the two categories.
+ */
+export const EC2_LIMIT_KEYS: readonly string[] = [
+  ...EC2_ACTIONS,
+  ...[...UNFILTERED_ACTIONS].map((a) => `${a}:unfiltered`),
+  ...EC2_BUCKET_CATEGORIES,
+];
+
 /** The documented size of the bucket behind `key` (from ec2BucketKey). */
 export function ec2Bucket(key: string): BucketSize {
   if (key.endsWith(":unfiltered")) return EC2_UNFILTERED_BUCKET;

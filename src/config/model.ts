@@ -10,9 +10,14 @@ import {
   nullRecord,
   own,
 } from "../core/records.js";
+import type { BucketSize } from "../core/deadline.js";
 import {
   ATTACH_MODES,
   DPDK_DRIVERS,
+  EC2_BUCKET_CATEGORIES,
+  EC2_LIMIT_KEYS,
+  ec2Bucket,
+  isEc2ReadAction,
   ENI_NAME_RE,
   MAX_ENIS,
   BDF_RE,
@@ -56,6 +61,24 @@ export interface GcConfig {
   max_deletes: number;
   /** run's pass starts a random 0..delay_seconds after READY, so a fleet's passes spread out */
   delay_seconds: number;
+}
+/**
+ * One of the account's EC2 request buckets as AWS has sized it for this account (raised limits):
+ * a field left out keeps the key's category, else EC2's documented size (config/facts.ts).
+ */
+export interface Ec2LimitConfig {
+  /** the burst: tokens the bucket holds when full */
+  capacity?: number;
+  /** tokens it gains per second */
+  refill_per_sec?: number;
+}
+export interface Ec2Config {
+  /**
+   * The account's EC2 request limits, by bucket key: an action eni-dpdk calls
+   * (`AttachNetworkInterface`), an unfiltered describe's bucket (`DescribeInstances:unfiltered`), or
+   * a category for every bucket not named (`mutating`, `describe`). The pacer paces by them.
+   */
+  limits: Record<string, Ec2LimitConfig>;
 }
 export interface KubernetesConfig {
   api_server: string;
@@ -114,6 +137,7 @@ export interface Config {
   dpdk: DpdkConfig;
   sriov: SriovConfig;
   gc: GcConfig;
+  ec2: Ec2Config;
   kubernetes: KubernetesConfig;
   eni: EniConfig[];
 }
@@ -152,7 +176,8 @@ export interface Layer {
 interface IntKind {
   int: { min: number; max: number; expect: string };
 }
-type Kind = "string" | "bool" | "string[]" | "map" | IntKind | { table: Schema };
+/** `ec2-limits`: a table of bucket keys, each a table of capacity and refill_per_sec (checkLimits). */
+type Kind = "string" | "bool" | "string[]" | "map" | "ec2-limits" | IntKind | { table: Schema };
 type Schema = Readonly<Record<string, Kind>>;
 
 const int = (min: number, max: number, expect = `${min}..${max}`): IntKind => ({
@@ -218,6 +243,9 @@ export const schema: Readonly<Record<string, Schema>> = lookupTable<Schema>({
     max_deletes: int(1, 1000, "1..1000 deletes per pass"),
     delay_seconds: int(0, 3600, "0..3600 seconds"),
   }),
+  ec2: lookupTable<Kind>({
+    limits: "ec2-limits",
+  }),
   kubernetes: lookupTable<Kind>({
     api_server: "string",
     ca_file: "string",
@@ -261,6 +289,7 @@ export function defaults(): Config {
       max_deletes: 200,
       delay_seconds: 300,
     },
+    ec2: { limits: nullRecord() },
     kubernetes: {
       api_server: "",
       ca_file: "",
@@ -405,6 +434,9 @@ function checkValue(
     return undefined;
   }
   switch (kind) {
+    case "ec2-limits":
+      problem("internal: [ec2.limits] is checked by checkLimits");
+      return undefined;
     case "string":
       if (typeof v === "string") return v;
       problem(`expected a string, got ${typeName(v)}`);
@@ -497,6 +529,11 @@ function checkLayer(layer: Layer, problems: Problem[]): Checked {
         add([top, k], `${top}.${k}`, unknownKey(k, Object.keys(tableSchema)));
         continue;
       }
+      if (kind === "ec2-limits") {
+        const c = checkLimits(v, cx, [top, k], add);
+        if (c !== undefined) t[k] = c;
+        continue;
+      }
       const c = checkValue(kind, v, cx, (m) => add([top, k], `${top}.${k}`, m));
       if (c !== undefined) t[k] = c;
     }
@@ -557,6 +594,134 @@ function checkLayer(layer: Layer, problems: Problem[]): Checked {
   return out;
 }
 
+// ---- [ec2.limits] ----------------------------------------------------------------------------------
+
+/** The largest capacity and refill accepted: far above any EC2 bucket, low enough to catch a slip. */
+const LIMIT_MAX = 100_000;
+const LIMIT_FIELDS = ["capacity", "refill_per_sec"];
+const CAPACITY_EXPECT = `a whole number of requests 1..${LIMIT_MAX} (the bucket's burst)`;
+const REFILL_EXPECT = `a number of requests per second above 0, up to ${LIMIT_MAX} (e.g. 20 or 2.5)`;
+
+/** A TOML float as written: nan, inf, -inf, 1.0, 2.5. */
+function tomlNumberText(v: number): string {
+  if (Number.isNaN(v)) return "nan";
+  if (!Number.isFinite(v)) return v > 0 ? "inf" : "-inf";
+  return floatText(v);
+}
+
+/** One capacity or refill_per_sec: positive, finite, at most LIMIT_MAX, and whole for a capacity. */
+function limitNumber(
+  v: unknown,
+  cx: ValueContext,
+  whole: boolean,
+  problem: (m: string) => void,
+): number | undefined {
+  const expect = whole ? CAPACITY_EXPECT : REFILL_EXPECT;
+  let n: number;
+  let text: string;
+  if (cx.stringly && typeof v === "string") {
+    const re = whole ? STRICT_INT_RE : /^(0|-?[1-9][0-9]*)(\.[0-9]+)?$/;
+    if (!re.test(v)) {
+      problem(`expected ${expect}, got "${v}"`);
+      return undefined;
+    }
+    n = Number(v);
+    text = v;
+  } else if (typeof v === "bigint") {
+    n = Number(v);
+    text = String(v);
+  } else if (typeof v === "number") {
+    n = v;
+    text = cx.tomlTyped ? tomlNumberText(v) : String(v);
+    if (whole && cx.tomlTyped) {
+      problem(
+        `expected ${expect}, got a float ${text}${Number.isFinite(v) ? "; write it without a decimal point or exponent" : ""}`,
+      );
+      return undefined;
+    }
+  } else {
+    problem(`expected ${expect}, got ${typeName(v)}`);
+    return undefined;
+  }
+  if (!Number.isFinite(n) || n <= 0 || n > LIMIT_MAX || (whole && !Number.isInteger(n))) {
+    problem(`expected ${expect}, got ${text}`);
+    return undefined;
+  }
+  return n;
+}
+
+/**
+ * `[ec2.limits]`: bucket key → { capacity, refill_per_sec }. Each key is one eni-dpdk can use
+ * (EC2_LIMIT_KEYS), each entry a table of one or both fields. The fields that pass are returned.
+ */
+function checkLimits(
+  v: unknown,
+  cx: ValueContext,
+  at: string[],
+  add: (keyPath: string[], label: string, message: string) => void,
+): Record<string, Ec2LimitConfig> | undefined {
+  const label = at.join(".");
+  const shape = "{ capacity = N, refill_per_sec = N }";
+  if (!isTable(v)) {
+    add(
+      at,
+      label,
+      `expected a table of EC2 actions, each ${shape} (e.g. [${label}] AttachNetworkInterface = { capacity = 200, refill_per_sec = 20 }), got ${typeName(v)}`,
+    );
+    return undefined;
+  }
+  const out = nullRecord<Ec2LimitConfig>();
+  for (const [key, entry] of Object.entries(v)) {
+    const kp = [...at, key];
+    const kl = `${label}.${key}`;
+    if (!EC2_LIMIT_KEYS.includes(key)) {
+      const near = isForbiddenKey(key) ? undefined : nearest(key, [...EC2_LIMIT_KEYS]);
+      add(
+        kp,
+        kl,
+        `unknown EC2 action "${key}"${near ? ` (did you mean "${near}"?)` : ""}; expected an action eni-dpdk calls, an unfiltered describe's own bucket, or ${EC2_BUCKET_CATEGORIES.map((c) => `"${c}"`).join(" or ")} for every bucket not named (known: ${EC2_LIMIT_KEYS.join(", ")})`,
+      );
+      continue;
+    }
+    if (!isTable(entry)) {
+      add(kp, kl, `expected a table ${shape}, got ${typeName(entry)}`);
+      continue;
+    }
+    const fields = Object.entries(entry);
+    if (fields.length === 0)
+      add(kp, kl, `expected capacity, refill_per_sec or both in ${shape}; the table is empty`);
+    const checked: Ec2LimitConfig = {};
+    for (const [f, fv] of fields) {
+      const problem = (m: string) => add([...kp, f], `${kl}.${f}`, m);
+      if (f === "capacity" || f === "refill_per_sec") {
+        const n = limitNumber(fv, cx, f === "capacity", problem);
+        if (n !== undefined) checked[f] = n;
+      } else problem(unknownKey(f, LIMIT_FIELDS));
+    }
+    out[key] = checked;
+  }
+  return out;
+}
+
+/**
+ * The bucket sizes to pace EC2 calls by: for each bucket key, capacity and refill from the
+ * account's `[ec2.limits]` entry for that key, else from its category's (`describe` for
+ * Describe*, unfiltered ones included; `mutating` for the rest), else EC2's documented size.
+ */
+export function ec2BucketOf(ec2: Ec2Config): (key: string) => BucketSize {
+  const limits = ec2.limits;
+  if (Object.keys(limits).length === 0) return ec2Bucket;
+  return (key) => {
+    const documented = ec2Bucket(key);
+    const named = own(limits, key);
+    const category = own(limits, isEc2ReadAction(key) ? "describe" : "mutating");
+    return {
+      capacity: named?.capacity ?? category?.capacity ?? documented.capacity,
+      refillPerSec: named?.refill_per_sec ?? category?.refill_per_sec ?? documented.refillPerSec,
+    };
+  };
+}
+
 /** The message for an integer outside its kind's range (undefined when inside). */
 function rangeProblem(kind: IntKind, v: number): string | undefined {
   return v < kind.int.min || v > kind.int.max ? `expected ${kind.int.expect}, got ${v}` : undefined;
@@ -600,8 +765,19 @@ export function buildConfig(layers: Layer[]): EffectiveConfig {
     const checked = checkLayer(layer, problems);
     for (const [table, values] of Object.entries(checked.node)) {
       for (const [k, v] of Object.entries(values)) {
-        node[table][k] = v;
         origin[`${table}.${k}`] = layer.locate?.([table, k]) ?? layer.source;
+        if (schema[table][k] !== "ec2-limits") {
+          node[table][k] = v;
+          continue;
+        }
+        // [ec2.limits] merges bucket by bucket, field by field, as ENIs do.
+        const into = node[table][k] as Record<string, Ec2LimitConfig>;
+        for (const [key, entry] of Object.entries(v as Record<string, Ec2LimitConfig>)) {
+          into[key] = { ...own(into, key), ...entry };
+          for (const f of Object.keys(entry))
+            origin[`${table}.${k}.${key}.${f}`] =
+              layer.locate?.([table, k, key, f]) ?? layer.source;
+        }
       }
     }
     const seenInLayer = new Set<string>();

@@ -121,7 +121,7 @@ export class BacklogPacer {
   private emptyAt = -Infinity;
 
   constructor(
-    readonly bucket: BucketSize,
+    private size: BucketSize,
     /** in [0, 1): where this caller queues (e.g. from a hash of its identity) */
     slot: number,
     state?: PaceState,
@@ -130,10 +130,26 @@ export class BacklogPacer {
     this.slot = 0.05 + 0.95 * Math.min(Math.max(slot, 0), 1);
     // A restored state is only advice: never from the future, never more than a day of refill.
     const t = now();
-    const most = 86_400 * bucket.refillPerSec;
+    const most = 86_400 * size.refillPerSec;
     this.state = state
       ? { backlog: Math.min(Math.max(state.backlog, 0), most), at: Math.min(state.at, t) }
       : { backlog: 0, at: t };
+  }
+
+  /** The size this pacer paces by. */
+  get bucket(): BucketSize {
+    return this.size;
+  }
+
+  /**
+   * Pace by another size from now on (the account's own limits, once the config names them): the
+   * backlog learned so far is kept, drained at the old refill until now and at the new one after.
+   */
+  resize(bucket: BucketSize): void {
+    if (bucket.capacity === this.size.capacity && bucket.refillPerSec === this.size.refillPerSec)
+      return;
+    this.set(this.backlog());
+    this.size = bucket;
   }
 
   /** The estimated backlog now: what was learned, less what the bucket refilled since. */

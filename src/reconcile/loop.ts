@@ -111,6 +111,7 @@ async function pass(
   const config = gathered.config;
   const deadline = session.deadline.within(config.service.timeout_seconds * 1000);
   session.narrow(deadline);
+  session.useConfig(config.ec2);
   done("sources", {
     enis: config.eni.length,
     sources: gathered.consulted.map((c) => c.source).join(","),

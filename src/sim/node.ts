@@ -4,7 +4,7 @@
 import { promises as fs } from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { buildConfig } from "../config/model.js";
+import { buildConfig, ec2BucketOf, type Config } from "../config/model.js";
 import { Ec2Pacer, lazyEc2, type Ec2Api, type Ec2Factory } from "../cloud/ec2.js";
 import { Host } from "../host/host.js";
 import { Deadline, type BucketSize } from "../core/deadline.js";
@@ -138,7 +138,13 @@ export interface SimNodeOptions {
    * by Ec2Pacer), "sdk" (the SDK's retryMode "adaptive", no pacer), "both". Default "own".
    */
   client?: "own" | "sdk" | "both";
-  /** the bucket sizes the pacer paces by (default: EC2's documented sizes) */
+  /**
+   * The node's node-level config tables, as a TOML document holds them (e.g. `{ ec2: { limits: {
+   * mutating: { capacity: 100, refill_per_sec: 100 } } } }`), merged with the ENIs. The pacer paces
+   * by its [ec2.limits], as the product's session does.
+   */
+  config?: Record<string, unknown>;
+  /** the bucket sizes the pacer paces by, in place of the config's (default: EC2's documented sizes) */
   paceBuckets?: (key: string) => BucketSize;
   /** SDK attempts per call in "sdk"/"both" (default 10) */
   sdkAttempts?: number;
@@ -165,7 +171,7 @@ export class SimNode {
     readonly instance: ImdsInstance,
   ) {
     this.host = new Host(root);
-    this.inner = this.newProcess(new Deadline(opts.deadlineMs ?? 30_000));
+    this.inner = this.newProcess(new Deadline(opts.deadlineMs ?? 30_000), this.config([]));
     this.ec2 = () => {
       this.ec2FactoryCalls++;
       if (this.killed) return Promise.reject(new Error(`node ${opts.instanceId} is gone`));
@@ -173,8 +179,13 @@ export class SimNode {
     };
   }
 
+  /** The node's config, validated as the product validates it (an InputError when it is bad). */
+  config(enis: Record<string, unknown>[] = this.opts.enis): Config {
+    return buildConfig([{ source: "test", data: { ...this.opts.config, eni: enis } }]).config;
+  }
+
   /** A new process on this node: its own EC2 client and pacer (which reads what /run kept). */
-  private newProcess(deadline: Deadline): Ec2Factory {
+  private newProcess(deadline: Deadline, config: Config): Ec2Factory {
     const mode = this.opts.client ?? "own";
     const host = this.host;
     this.pacer =
@@ -182,7 +193,7 @@ export class SimNode {
         ? undefined
         : new Ec2Pacer({
             identity: async () => this.opts.instanceId,
-            bucketOf: this.opts.paceBuckets,
+            bucketOf: this.opts.paceBuckets ?? ec2BucketOf(config.ec2),
             load: () => loadPacing(host),
             save: (s) => savePacing(host, s),
             log: this.opts.log,
@@ -245,11 +256,9 @@ export class SimNode {
     opts: { dryRun?: boolean; deadlineMs?: number; enis?: Record<string, unknown>[] } = {},
   ): Promise<StageContext> {
     const imds = this.imds;
-    const config = buildConfig([
-      { source: "test", data: { eni: opts.enis ?? this.opts.enis } },
-    ]).config;
+    const config = this.config(opts.enis);
     const deadline = new Deadline(opts.deadlineMs ?? this.opts.deadlineMs ?? 30_000);
-    this.inner = this.newProcess(deadline);
+    this.inner = this.newProcess(deadline, config);
     return {
       host: this.host,
       imds,

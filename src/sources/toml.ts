@@ -229,7 +229,7 @@ export function scanKeyPositions(text: string): Map<string, string> {
       return;
     }
     for (const q of ['"""', "'''"]) if (line.split(q).length % 2 === 0) openString = q;
-    const header = /^\s*(\[\[?)\s*([A-Za-z0-9_.\-"' ]+?)\s*\]\]?/.exec(line);
+    const header = /^\s*(\[\[?)\s*([A-Za-z0-9_.\-"' :]+?)\s*\]\]?/.exec(line);
     if (header) {
       const parts = header[2].split(".").map(unquote);
       if (header[1] === "[[" && parts.join(".") === "eni") {
@@ -244,7 +244,7 @@ export function scanKeyPositions(text: string): Map<string, string> {
       if (!pos.has(key)) pos.set(key, `${i + 1}:${line.indexOf("[") + 1}`);
       return;
     }
-    const kv = /^(\s*)([A-Za-z0-9_\-."' ]+?)\s*=/.exec(line);
+    const kv = /^(\s*)([A-Za-z0-9_\-."' :]+?)\s*=/.exec(line);
     if (kv) {
       const keyParts = kv[2].split(".").map(unquote);
       pos.set([...prefix, ...keyParts].join("."), `${i + 1}:${kv[1].length + 1}`);

@@ -1,7 +1,7 @@
 import t from "tap";
 import { readdirSync, readFileSync } from "node:fs";
-import { buildConfig, nearest } from "../../../src/config/model.js";
-import { resourceNameProblems } from "../../../src/config/facts.js";
+import { buildConfig, ec2BucketOf, nearest } from "../../../src/config/model.js";
+import { ec2Bucket, resourceNameProblems } from "../../../src/config/facts.js";
 import { InputError, formatProblem } from "../../../src/core/errors.js";
 import { loadToml, tomlLayer } from "../../../src/sources/toml.js";
 import { REPO_URL } from "../../support/repo.js";
@@ -488,5 +488,138 @@ t.test(
     );
     const ud = userDataLayers(Buffer.from("[gc]\ndelay_seconds = 3601\n")).layers;
     t.match(bad(ud), /gc.delay_seconds: expected 0..3600 seconds, got 3601/, "user-data");
+  },
+);
+
+t.test(
+  "[ec2.limits]: the account's buckets, merged bucket by bucket and field by field, each field's source kept",
+  async (t) => {
+    const { tagLayers } = await import("../../../src/sources/tags.js");
+    const { userDataLayers } = await import("../../../src/sources/userdata.js");
+    t.same(buildConfig([]).config.ec2, { limits: {} }, "none by default");
+    t.equal(
+      ec2BucketOf(buildConfig([]).config.ec2),
+      ec2Bucket,
+      "no limits: EC2's documented sizes",
+    );
+    const file = tomlLayer(
+      [
+        "[ec2.limits]",
+        "AttachNetworkInterface = { capacity = 200, refill_per_sec = 20 }",
+        '"DescribeInstances:unfiltered" = { capacity = 100 }',
+        "[ec2.limits.CreateNetworkInterface]",
+        "capacity = 400",
+        "refill_per_sec = 2.5",
+        "",
+      ].join("\n"),
+      "/etc/eni-dpdk/config.toml",
+    );
+    const ud = userDataLayers(
+      Buffer.from("[ec2.limits]\nmutating = { refill_per_sec = 50 }\n"),
+    ).layers;
+    const tag = tagLayers({
+      "eni-dpdk:ec2":
+        "limits.AttachNetworkInterface.refill_per_sec=30;limits.describe.capacity=300",
+    });
+    const eff = buildConfig([file, ...ud, ...tag]);
+    t.same(eff.config.ec2.limits, {
+      AttachNetworkInterface: { capacity: 200, refill_per_sec: 30 },
+      "DescribeInstances:unfiltered": { capacity: 100 },
+      CreateNetworkInterface: { capacity: 400, refill_per_sec: 2.5 },
+      mutating: { refill_per_sec: 50 },
+      describe: { capacity: 300 },
+    });
+    t.equal(
+      eff.origin["ec2.limits.AttachNetworkInterface.capacity"],
+      "/etc/eni-dpdk/config.toml:2:1",
+    );
+    t.equal(eff.origin["ec2.limits.AttachNetworkInterface.refill_per_sec"], "tag eni-dpdk:ec2");
+    t.equal(
+      eff.origin["ec2.limits.DescribeInstances:unfiltered.capacity"],
+      "/etc/eni-dpdk/config.toml:3:1",
+      "a quoted key with a colon has its own position",
+    );
+    t.equal(
+      eff.origin["ec2.limits.CreateNetworkInterface.refill_per_sec"],
+      "/etc/eni-dpdk/config.toml:6:1",
+    );
+    t.match(eff.origin["ec2.limits.mutating.refill_per_sec"], /^user-data/);
+
+    // What the pacer paces by: the bucket's own entry, then its category's, then EC2's documented size.
+    const bucket = ec2BucketOf(eff.config.ec2);
+    t.same(bucket("AttachNetworkInterface"), { capacity: 200, refillPerSec: 30 });
+    t.same(bucket("CreateNetworkInterface"), { capacity: 400, refillPerSec: 2.5 });
+    t.same(
+      bucket("ModifyNetworkInterfaceAttribute"),
+      { capacity: 100, refillPerSec: 50 },
+      "mutating's refill, the documented capacity",
+    );
+    t.same(bucket("DescribeInstances:unfiltered"), { capacity: 100, refillPerSec: 10 });
+    t.same(bucket("DescribeSubnets"), { capacity: 300, refillPerSec: 20 }, "describe's capacity");
+    t.same(
+      bucket("DescribeNetworkInterfaces:unfiltered"),
+      { capacity: 300, refillPerSec: 10 },
+      "an unfiltered bucket not named falls back to describe, then to its documented size",
+    );
+  },
+);
+
+t.test(
+  "[ec2.limits]: unknown actions, non-positive or non-finite numbers and wrong types are rejected, naming source, key and what was expected",
+  async (t) => {
+    const { tagLayers } = await import("../../../src/sources/tags.js");
+    const { userDataLayers } = await import("../../../src/sources/userdata.js");
+    const problems = (layers: Parameters<typeof buildConfig>[0]) => {
+      const e = t.throws(() => buildConfig(layers)) as InputError;
+      return e.problems.map(formatProblem);
+    };
+    const text = [
+      "[ec2.limits]",
+      "CreateTags = { capacity = 1 }",
+      "attachnetworkinterface = { capacity = 1 }",
+      "ModifyNetworkInterfaceAttribute = { capacity = 0, refill_per_sec = -1 }",
+      "DescribeSubnets = { capacity = 2.5, refill_per_sec = nan }",
+      "DescribeTags = { capacity = 100000000, refill_per_sec = true }",
+      "DescribeInstanceTypes = {}",
+      "DeleteNetworkInterface = { capacty = 5 }",
+      "[ec2]",
+      "limit = 1",
+      "",
+    ].join("\n");
+    t.same(problems([tomlLayer(text, "/etc/eni-dpdk/config.toml")]), [
+      '/etc/eni-dpdk/config.toml:2:1: ec2.limits.CreateTags: unknown EC2 action "CreateTags"; expected an action eni-dpdk calls, an unfiltered describe\'s own bucket, or "mutating" or "describe" for every bucket not named (known: CreateNetworkInterface, AttachNetworkInterface, ModifyNetworkInterfaceAttribute, DeleteNetworkInterface, DescribeNetworkInterfaces, DescribeInstances, DescribeSubnets, DescribeSecurityGroups, DescribeInstanceTypes, DescribeTags, DescribeInstances:unfiltered, DescribeNetworkInterfaces:unfiltered, DescribeSecurityGroups:unfiltered, mutating, describe)',
+      '/etc/eni-dpdk/config.toml:3:1: ec2.limits.attachnetworkinterface: unknown EC2 action "attachnetworkinterface" (did you mean "AttachNetworkInterface"?); expected an action eni-dpdk calls, an unfiltered describe\'s own bucket, or "mutating" or "describe" for every bucket not named (known: CreateNetworkInterface, AttachNetworkInterface, ModifyNetworkInterfaceAttribute, DeleteNetworkInterface, DescribeNetworkInterfaces, DescribeInstances, DescribeSubnets, DescribeSecurityGroups, DescribeInstanceTypes, DescribeTags, DescribeInstances:unfiltered, DescribeNetworkInterfaces:unfiltered, DescribeSecurityGroups:unfiltered, mutating, describe)',
+      "/etc/eni-dpdk/config.toml:4:1: ec2.limits.ModifyNetworkInterfaceAttribute.capacity: expected a whole number of requests 1..100000 (the bucket's burst), got 0",
+      "/etc/eni-dpdk/config.toml:4:1: ec2.limits.ModifyNetworkInterfaceAttribute.refill_per_sec: expected a number of requests per second above 0, up to 100000 (e.g. 20 or 2.5), got -1",
+      "/etc/eni-dpdk/config.toml:5:1: ec2.limits.DescribeSubnets.capacity: expected a whole number of requests 1..100000 (the bucket's burst), got a float 2.5; write it without a decimal point or exponent",
+      "/etc/eni-dpdk/config.toml:5:1: ec2.limits.DescribeSubnets.refill_per_sec: expected a number of requests per second above 0, up to 100000 (e.g. 20 or 2.5), got nan",
+      "/etc/eni-dpdk/config.toml:6:1: ec2.limits.DescribeTags.capacity: expected a whole number of requests 1..100000 (the bucket's burst), got 100000000",
+      "/etc/eni-dpdk/config.toml:6:1: ec2.limits.DescribeTags.refill_per_sec: expected a number of requests per second above 0, up to 100000 (e.g. 20 or 2.5), got boolean",
+      "/etc/eni-dpdk/config.toml:7:1: ec2.limits.DescribeInstanceTypes: expected capacity, refill_per_sec or both in { capacity = N, refill_per_sec = N }; the table is empty",
+      '/etc/eni-dpdk/config.toml:8:1: ec2.limits.DeleteNetworkInterface.capacty: unknown key; did you mean "capacity"? (known: capacity, refill_per_sec)',
+      '/etc/eni-dpdk/config.toml:10:1: ec2.limit: unknown key; did you mean "limits"? (known: limits)',
+    ]);
+    t.same(
+      problems(
+        tagLayers({
+          "eni-dpdk:ec2":
+            "limits.AttachNetworkInterface.capacity=0;limits.CreateNetworkInterface.refill_per_sec=fast;limits.mutating=5;limits.DescribeSubnets.capacity=1.5",
+        }),
+      ),
+      [
+        "tag eni-dpdk:ec2: ec2.limits.AttachNetworkInterface.capacity: expected a whole number of requests 1..100000 (the bucket's burst), got 0",
+        'tag eni-dpdk:ec2: ec2.limits.CreateNetworkInterface.refill_per_sec: expected a number of requests per second above 0, up to 100000 (e.g. 20 or 2.5), got "fast"',
+        "tag eni-dpdk:ec2: ec2.limits.mutating: expected a table { capacity = N, refill_per_sec = N }, got string",
+        'tag eni-dpdk:ec2: ec2.limits.DescribeSubnets.capacity: expected a whole number of requests 1..100000 (the bucket\'s burst), got "1.5"',
+      ],
+      "instance tags: values are strings, checked the same way",
+    );
+    t.same(
+      problems(userDataLayers(Buffer.from("[ec2]\nlimits = 5\n")).layers),
+      [
+        "user-data:2:1: ec2.limits: expected a table of EC2 actions, each { capacity = N, refill_per_sec = N } (e.g. [ec2.limits] AttachNetworkInterface = { capacity = 200, refill_per_sec = 20 }), got integer",
+      ],
+      "user-data",
+    );
   },
 );

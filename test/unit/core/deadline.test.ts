@@ -84,3 +84,24 @@ t.test(
     t.ok(Date.now() - t0 < 1000, "an aborted deadline does not sleep at all");
   },
 );
+
+t.test(
+  "resize: what was learned is kept, drained at the old refill until now and the new one after",
+  async (t) => {
+    let now = 0;
+    const p = new BacklogPacer(bucket, 0.5, undefined, () => now);
+    p.throttled();
+    now += 10_000;
+    t.equal(p.backlog(), 150, "200 learned, 50 drained at 5/s");
+    const raised = { capacity: 400, refillPerSec: 100 };
+    p.resize(raised);
+    t.same(p.bucket, raised);
+    t.equal(p.backlog(), 150, "the estimate survives the resize");
+    t.equal(p.delayMs(), 0, "150 fit in a burst of 400, and the throttle's token came long ago");
+    now += 1000;
+    t.equal(p.backlog(), 50, "and drains at the new refill: 100 in 1 s");
+    p.throttled();
+    t.equal(p.backlog(), 850, "a throttle now adds two of the new bucket-fulls");
+    t.equal(p.delayMs(), (p.slot * 850 * 1000) / 100, "the wait is by the new refill");
+  },
+);

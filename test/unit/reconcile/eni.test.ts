@@ -644,3 +644,85 @@ t.test(
     t.equal(emu.leakedEnis().length, 0);
   },
 );
+
+t.test(
+  "an account with raised limits, told in [ec2.limits]: a storm is paced by its real buckets, not EC2's documented ones",
+  async (t) => {
+    // This account's buckets refill far faster than EC2 documents (mutating 5/s, describes 20/s).
+    const limits = {
+      mutating: { capacity: 100, refill_per_sec: 100 },
+      describe: { capacity: 10, refill_per_sec: 200 },
+    };
+    const real = (action: string) =>
+      action.startsWith("Describe")
+        ? { capacity: limits.describe.capacity, refillPerSec: limits.describe.refill_per_sec }
+        : { capacity: limits.mutating.capacity, refillPerSec: limits.mutating.refill_per_sec };
+    const actions = [
+      "CreateNetworkInterface",
+      "AttachNetworkInterface",
+      "ModifyNetworkInterfaceAttribute",
+      "DescribeNetworkInterfaces",
+      "DescribeInstances",
+      "DescribeSubnets",
+      "DescribeSecurityGroups",
+      "DescribeInstanceTypes",
+    ];
+    const deadlineMs = 10_000;
+    const boot = async (told: boolean) => {
+      const emu = await new Ec2Emulator(standardSeed()).start();
+      t.teardown(() => emu.close());
+      emu.setThrottle({
+        ...EC2_THROTTLE,
+        override: Object.fromEntries(actions.map((a) => [a, real(a)])),
+      });
+      // The node group's other nodes have just emptied the describe bucket: this node's first
+      // DescribeNetworkInterfaces is throttled, which tells its pacer that many nodes boot at once.
+      emu.faults.errors.DescribeNetworkInterfaces = {
+        status: 503,
+        code: "RequestLimitExceeded",
+        message: "Request limit exceeded.",
+        count: 1,
+      };
+      const { node } = await world(t, {
+        emu,
+        enis: eniConfigs(2),
+        ...(told ? { config: { ec2: { limits } } } : {}),
+      });
+      const out = await run(node, { deadlineMs }).then(
+        (r) => ({ records: r.records, error: undefined }),
+        (e: unknown) => ({ records: undefined, error: e as Error }),
+      );
+      return { ...out, emu, pacer: node.pacer!, throttled: emu.throttledCalls() };
+    };
+    const [told, untold] = await Promise.all([boot(true), boot(false)]);
+
+    t.same(told.pacer.bucket("AttachNetworkInterface"), real("AttachNetworkInterface"));
+    t.same(untold.pacer.bucket("AttachNetworkInterface"), { capacity: 50, refillPerSec: 5 });
+    t.equal(told.error, undefined, "told: the node converges within its deadline");
+    t.equal(told.records?.length, 2);
+    t.equal(told.emu.mutatingCalls({ accepted: true }), 6, "3 effective mutating calls per ENI");
+    t.equal(told.emu.mutatingCalls(), 6, "none throttled, none sent twice");
+    // The pacer's own waits, which a loaded machine can only shorten (the backlog drains meanwhile):
+    // two bucket-fulls of 10 describes at 200/s is at most 0.1 s; the creates' seeded backlog
+    // (40) is below the 100-token burst.
+    t.ok(told.pacer.stats.pacedMs < 1000, `told: paced ${Math.round(told.pacer.stats.pacedMs)} ms`);
+    t.ok(
+      told.throttled <= untold.throttled,
+      `no more throttles (${told.throttled} / ${untold.throttled})`,
+    );
+
+    // Untold, the same storm is paced as if the buckets refilled at 5/s: two bucket-fulls of the
+    // documented 100 describes ahead, their nodes' 400 creates, attaches and modifies: at the least
+    // slot (0.05) 0.5 + 4 + 3.8 + 3.6 s of waits, past the 10 s deadline at any slot.
+    t.equal(untold.records, undefined, "untold: it cannot converge within the same deadline");
+    t.match(
+      untold.error?.message,
+      /RequestLimitExceeded.*next try is due in \d+ s, after this run's deadline/,
+    );
+    t.equal(
+      untold.emu.mutatingCalls(),
+      untold.emu.mutatingCalls({ accepted: true }),
+      "no mutating call throttled: it waited instead",
+    );
+  },
+);
