@@ -1,14 +1,16 @@
-// Area: crash. `apply` (and the device commands) killed with SIGKILL at each step, deterministically:
-// the EC2 emulator kills the caller after an action took effect and before it answers; strace
-// kills it at a chosen syscall on a chosen path (before a sysfs write, before a rename). Then the
-// next run must converge: one ENI per name, valid files, every device on its intended driver,
-// nothing driverless, the primary untouched, no temp file left, and a further apply changes nothing.
-import { readdirSync, readFileSync, statSync } from "node:fs";
+// The crash suite's shared parts (test/integration/adversarial/crash-*.test.ts). `apply` (and the
+// device commands) are killed with SIGKILL at each step, deterministically: the EC2 emulator kills
+// the caller after an action took effect and before it answers; strace kills it at a chosen
+// syscall on a chosen path (before a sysfs write, before a rename). Then the next run must
+// converge: one ENI per name, valid files, every device on its intended driver, nothing
+// driverless, the primary untouched, no temp file left, and a further apply changes nothing.
+// Three files share these so that each stays well inside tap's per-file timeout on a slow machine.
+import { readdirSync, readFileSync } from "node:fs";
 import path from "node:path";
 import t, { type Test } from "tap";
-import { Host } from "../../../src/host/host.js";
-import { loadState, JOURNAL_PATH, STATE_PATH } from "../../../src/host/state.js";
-import type { World } from "../../../src/sim/world.js";
+import { Host } from "../../src/host/host.js";
+import { loadState, JOURNAL_PATH, STATE_PATH } from "../../src/host/state.js";
+import type { World } from "../../src/sim/world.js";
 import {
   assertNoneDriverless,
   assertPrimaryUntouched,
@@ -20,14 +22,14 @@ import {
   snapshotRoot,
   world,
   type RunOptions,
-} from "../../support/harness.js";
+} from "./harness.js";
 
-const INSTANCE = "i-0123456789abcdef0";
-const DATA1_BDF = "0000:00:06.0";
-const KERN1_BDF = "0000:00:07.0";
+export const INSTANCE = "i-0123456789abcdef0";
+export const DATA1_BDF = "0000:00:06.0";
+export const KERN1_BDF = "0000:00:07.0";
 
 /** Every temp file under the root: a killed write's leftovers. */
-function tempFiles(root: string): string[] {
+export function tempFiles(root: string): string[] {
   const out: string[] = [];
   const walk = (dir: string) => {
     for (const e of readdirSync(dir, { withFileTypes: true })) {
@@ -47,7 +49,7 @@ function tempFiles(root: string): string[] {
 
 type Selector = { pciAddresses?: string[] };
 /** [resourceName, pciAddresses] per entry; selectors may be one object or an array of them. */
-function sriovResources(w: World): [string, string[]][] {
+export function sriovResources(w: World): [string, string[]][] {
   const doc = JSON.parse(readFileSync(w.sim.p("/etc/pcidp/config.json"), "utf8")) as {
     resourceList: { resourceName: string; selectors: Selector | Selector[] }[];
   };
@@ -58,7 +60,7 @@ function sriovResources(w: World): [string, string[]][] {
 }
 
 /** The converged node this config describes, checked from the outside. */
-async function assertConverged(
+export async function assertConverged(
   t: Test,
   w: World,
   opts: { kernelEni?: boolean } = {},
@@ -109,7 +111,7 @@ async function assertConverged(
 }
 
 /** A further apply on the converged node changes nothing (status.json aside: it records every run). */
-async function assertNoFurtherChange(t: Test, w: World): Promise<void> {
+export async function assertNoFurtherChange(t: Test, w: World): Promise<void> {
   const before = snapshotRoot(w.root);
   const mutating = w.ec2.mutatingCalls();
   const r = await runCli(w, ["apply"]);
@@ -124,7 +126,7 @@ async function assertNoFurtherChange(t: Test, w: World): Promise<void> {
   );
 }
 
-interface CrashPoint {
+export interface CrashPoint {
   name: string;
   /** kill after the nth EC2 action of this name took effect, before its answer */
   ec2?: { action: string; nth?: number };
@@ -142,7 +144,7 @@ function renameSequence(t: Test): Promise<string[]> {
   return renames;
 }
 
-const CRASH_POINTS: CrashPoint[] = [
+export const CRASH_POINTS: CrashPoint[] = [
   {
     name: "after the first CreateNetworkInterface took effect",
     ec2: { action: "CreateNetworkInterface" },
@@ -215,7 +217,7 @@ const CRASH_POINTS: CrashPoint[] = [
   },
 ];
 
-async function crashRun(
+export async function crashRun(
   w: World,
   args: string[],
   p: CrashPoint,
@@ -255,163 +257,22 @@ async function crashRun(
   return runCli(w, args, opts);
 }
 
-for (const p of CRASH_POINTS) {
-  t.test(`crash: apply killed ${p.name}; the next apply converges`, async (t) => {
-    const w = await world(t, { configToml: baseToml() });
-    const killed = await crashRun(w, ["apply"], p, t);
-    t.equal(
-      killed.signal,
-      "SIGKILL",
-      `the run was really killed there (exit ${killed.code}): ${killed.stderr.slice(-300)}`,
-    );
-    assertPrimaryUntouched(t, w);
-    const r = await runCli(w, ["apply"]);
-    t.equal(r.code, 0, `the next apply converges: ${lastError(r)}`);
-    await assertConverged(t, w);
-    await assertNoFurtherChange(t, w);
-  });
+/** One test per crash point: apply killed there; the next apply converges, and a further one changes nothing. */
+export function crashPointTests(points: CrashPoint[]): void {
+  for (const p of points) {
+    void t.test(`crash: apply killed ${p.name}; the next apply converges`, async (t) => {
+      const w = await world(t, { configToml: baseToml() });
+      const killed = await crashRun(w, ["apply"], p, t);
+      t.equal(
+        killed.signal,
+        "SIGKILL",
+        `the run was really killed there (exit ${killed.code}): ${killed.stderr.slice(-300)}`,
+      );
+      assertPrimaryUntouched(t, w);
+      const r = await runCli(w, ["apply"]);
+      t.equal(r.code, 0, `the next apply converges: ${lastError(r)}`);
+      await assertConverged(t, w);
+      await assertNoFurtherChange(t, w);
+    });
+  }
 }
-
-t.test(
-  "crash: killed between unbind and probe, then the node reboots; early and apply converge",
-  async (t) => {
-    const w = await world(t, { configToml: baseToml() });
-    const killed = await crashRun(w, ["apply"], {
-      name: "probe",
-      syscall: { call: "write", path: "/sys/bus/pci/drivers_probe" },
-    });
-    t.equal(killed.signal, "SIGKILL");
-    t.equal(
-      w.sim.driverOf(DATA1_BDF),
-      undefined,
-      "the crash left data1 driverless (the window is real)",
-    );
-    // early runs before the network: it must not wait for a netdev that never comes
-    const t0 = Date.now();
-    const early = await runCli(w, ["early"]);
-    t.ok(
-      Date.now() - t0 < 15_000,
-      `early finished in ${Date.now() - t0} ms, not after a whole deadline`,
-    );
-    t.equal(early.code, 0, lastError(early));
-    t.ok(w.sim.driverOf(DATA1_BDF), "early gave data1 a driver back");
-    const r = await runCli(w, ["apply"]);
-    t.equal(r.code, 0, lastError(r));
-    await assertConverged(t, w);
-  },
-);
-
-t.test(
-  "crash: a second apply after the crash does not wait its deadline for the driverless NIC",
-  async (t) => {
-    const w = await world(t, {
-      configToml: baseToml().replace(
-        "reconcile_interval_seconds = 0",
-        "reconcile_interval_seconds = 0\ntimeout_seconds = 60",
-      ),
-    });
-    await crashRun(w, ["apply"], {
-      name: "probe",
-      syscall: { call: "write", path: "/sys/bus/pci/drivers_probe" },
-    });
-    const t0 = Date.now();
-    const r = await runCli(w, ["apply"]);
-    t.equal(r.code, 0, lastError(r));
-    t.ok(Date.now() - t0 < 20_000, `converged in ${Date.now() - t0} ms`);
-    t.ok(
-      r.log.some((l) => l.msg === "rolled back an interrupted bind" && l.bdf === DATA1_BDF),
-      "the log says what recovery did",
-    );
-  },
-);
-
-t.test(
-  "crash: `eni-dpdk unbind` killed between unbind and probe; the next command finishes the restore",
-  async (t) => {
-    const w = await world(t, { configToml: baseToml() });
-    t.equal((await runCli(w, ["apply"])).code, 0);
-    const killed = await crashRun(w, ["unbind", "data1"], {
-      name: "probe",
-      syscall: { call: "write", path: "/sys/bus/pci/drivers_probe" },
-    });
-    t.equal(killed.signal, "SIGKILL");
-    t.equal(w.sim.driverOf(DATA1_BDF), undefined, "driverless after the crash");
-    const st = await runCli(w, ["status", "--json"]);
-    t.equal(st.code, 0);
-    const again = await runCli(w, ["unbind", "data1"]);
-    t.equal(again.code, 0, lastError(again));
-    t.equal(w.sim.driverOf(DATA1_BDF), "ena", "back on ena");
-    t.ok(w.sim.netdevOf(DATA1_BDF), "with its netdev");
-    const state = await loadState(new Host(w.root));
-    t.notOk(
-      Object.values(state.bindings).some((b) => b.eniName === "data1"),
-      "the binding record is gone",
-    );
-    assertNoneDriverless(t, w);
-  },
-);
-
-t.test(
-  "crash: `eni-dpdk early` killed between unbind and probe at boot; the full apply converges",
-  async (t) => {
-    const w = await world(t, { configToml: baseToml() });
-    t.equal((await runCli(w, ["apply"])).code, 0);
-    w.reboot();
-    const killed = await crashRun(w, ["early"], {
-      name: "probe",
-      syscall: { call: "write", path: "/sys/bus/pci/drivers_probe" },
-    });
-    t.equal(killed.signal, "SIGKILL");
-    const r = await runCli(w, ["apply"]);
-    t.equal(r.code, 0, lastError(r));
-    await assertConverged(t, w);
-  },
-);
-
-t.test("crash: `eni-dpdk reset` killed mid-restore; a second reset completes it", async (t) => {
-  const w = await world(t, { configToml: baseToml() });
-  t.equal((await runCli(w, ["apply"])).code, 0);
-  const killed = await crashRun(w, ["reset"], {
-    name: "probe",
-    syscall: { call: "write", path: "/sys/bus/pci/drivers_probe" },
-  });
-  t.equal(killed.signal, "SIGKILL");
-  const r = await runCli(w, ["reset"]);
-  t.equal(r.code, 0, lastError(r));
-  t.equal(w.sim.driverOf(DATA1_BDF), "ena");
-  assertNoneDriverless(t, w);
-  const sriov = JSON.parse(readFileSync(w.sim.p("/etc/pcidp/config.json"), "utf8")) as {
-    resourceList: unknown[];
-  };
-  t.same(sriov.resourceList, [], "our SR-IOV entry is gone");
-  t.same(tempFiles(w.root), [], "no temp file left");
-});
-
-t.test(
-  "crash: temp files of a killed state write are cleaned by the next run, a live writer's are not",
-  async (t) => {
-    const w = await world(t, { configToml: baseToml() });
-    await crashRun(
-      w,
-      ["apply"],
-      { name: "state", syscall: { call: "rename", path: STATE_PATH } },
-      t,
-    );
-    const left = tempFiles(w.root);
-    t.ok(
-      left.some((f) => f.startsWith("var/lib/eni-dpdk/.state.json.")),
-      `the crash left its temp file (${left.join(", ")})`,
-    );
-    // a temp file of a process that is alive (this test) must survive
-    const live = w.sim.p(`/var/lib/eni-dpdk/.state.json.${process.pid}.1.tmp`);
-    (await import("node:fs")).writeFileSync(live, "{}");
-    const r = await runCli(w, ["apply"]);
-    t.equal(r.code, 0, lastError(r));
-    t.same(
-      tempFiles(w.root),
-      [path.relative(w.root, live)],
-      "only the live writer's temp file remains",
-    );
-    t.ok(statSync(live).isFile());
-  },
-);

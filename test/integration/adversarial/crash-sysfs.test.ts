@@ -1,0 +1,163 @@
+// Area: crash. `apply` killed with SIGKILL at each sysfs write (strace), and the device commands
+// killed mid-restore; the next run converges (test/support/crash.ts says what that means and holds
+// the crash points).
+import { readFileSync, statSync } from "node:fs";
+import path from "node:path";
+import t from "tap";
+import { Host } from "../../../src/host/host.js";
+import { loadState, STATE_PATH } from "../../../src/host/state.js";
+import { assertNoneDriverless, baseToml, lastError, runCli, world } from "../../support/harness.js";
+import {
+  assertConverged,
+  CRASH_POINTS,
+  crashPointTests,
+  crashRun,
+  DATA1_BDF,
+  tempFiles,
+} from "../../support/crash.js";
+
+crashPointTests(CRASH_POINTS.filter((p) => p.syscall?.call === "write"));
+
+t.test(
+  "crash: killed between unbind and probe, then the node reboots; early and apply converge",
+  async (t) => {
+    const w = await world(t, { configToml: baseToml() });
+    const killed = await crashRun(w, ["apply"], {
+      name: "probe",
+      syscall: { call: "write", path: "/sys/bus/pci/drivers_probe" },
+    });
+    t.equal(killed.signal, "SIGKILL");
+    t.equal(
+      w.sim.driverOf(DATA1_BDF),
+      undefined,
+      "the crash left data1 driverless (the window is real)",
+    );
+    // early runs before the network: it must not wait for a netdev that never comes
+    const t0 = Date.now();
+    const early = await runCli(w, ["early"]);
+    t.ok(
+      Date.now() - t0 < 15_000,
+      `early finished in ${Date.now() - t0} ms, not after a whole deadline`,
+    );
+    t.equal(early.code, 0, lastError(early));
+    t.ok(w.sim.driverOf(DATA1_BDF), "early gave data1 a driver back");
+    const r = await runCli(w, ["apply"]);
+    t.equal(r.code, 0, lastError(r));
+    await assertConverged(t, w);
+  },
+);
+
+t.test(
+  "crash: a second apply after the crash does not wait its deadline for the driverless NIC",
+  async (t) => {
+    const w = await world(t, {
+      configToml: baseToml().replace(
+        "reconcile_interval_seconds = 0",
+        "reconcile_interval_seconds = 0\ntimeout_seconds = 60",
+      ),
+    });
+    await crashRun(w, ["apply"], {
+      name: "probe",
+      syscall: { call: "write", path: "/sys/bus/pci/drivers_probe" },
+    });
+    const t0 = Date.now();
+    const r = await runCli(w, ["apply"]);
+    t.equal(r.code, 0, lastError(r));
+    t.ok(Date.now() - t0 < 20_000, `converged in ${Date.now() - t0} ms`);
+    t.ok(
+      r.log.some((l) => l.msg === "rolled back an interrupted bind" && l.bdf === DATA1_BDF),
+      "the log says what recovery did",
+    );
+  },
+);
+
+t.test(
+  "crash: `eni-dpdk unbind` killed between unbind and probe; the next command finishes the restore",
+  async (t) => {
+    const w = await world(t, { configToml: baseToml() });
+    t.equal((await runCli(w, ["apply"])).code, 0);
+    const killed = await crashRun(w, ["unbind", "data1"], {
+      name: "probe",
+      syscall: { call: "write", path: "/sys/bus/pci/drivers_probe" },
+    });
+    t.equal(killed.signal, "SIGKILL");
+    t.equal(w.sim.driverOf(DATA1_BDF), undefined, "driverless after the crash");
+    const st = await runCli(w, ["status", "--json"]);
+    t.equal(st.code, 0);
+    const again = await runCli(w, ["unbind", "data1"]);
+    t.equal(again.code, 0, lastError(again));
+    t.equal(w.sim.driverOf(DATA1_BDF), "ena", "back on ena");
+    t.ok(w.sim.netdevOf(DATA1_BDF), "with its netdev");
+    const state = await loadState(new Host(w.root));
+    t.notOk(
+      Object.values(state.bindings).some((b) => b.eniName === "data1"),
+      "the binding record is gone",
+    );
+    assertNoneDriverless(t, w);
+  },
+);
+
+t.test(
+  "crash: `eni-dpdk early` killed between unbind and probe at boot; the full apply converges",
+  async (t) => {
+    const w = await world(t, { configToml: baseToml() });
+    t.equal((await runCli(w, ["apply"])).code, 0);
+    w.reboot();
+    const killed = await crashRun(w, ["early"], {
+      name: "probe",
+      syscall: { call: "write", path: "/sys/bus/pci/drivers_probe" },
+    });
+    t.equal(killed.signal, "SIGKILL");
+    const r = await runCli(w, ["apply"]);
+    t.equal(r.code, 0, lastError(r));
+    await assertConverged(t, w);
+  },
+);
+
+t.test("crash: `eni-dpdk reset` killed mid-restore; a second reset completes it", async (t) => {
+  const w = await world(t, { configToml: baseToml() });
+  t.equal((await runCli(w, ["apply"])).code, 0);
+  const killed = await crashRun(w, ["reset"], {
+    name: "probe",
+    syscall: { call: "write", path: "/sys/bus/pci/drivers_probe" },
+  });
+  t.equal(killed.signal, "SIGKILL");
+  const r = await runCli(w, ["reset"]);
+  t.equal(r.code, 0, lastError(r));
+  t.equal(w.sim.driverOf(DATA1_BDF), "ena");
+  assertNoneDriverless(t, w);
+  const sriov = JSON.parse(readFileSync(w.sim.p("/etc/pcidp/config.json"), "utf8")) as {
+    resourceList: unknown[];
+  };
+  t.same(sriov.resourceList, [], "our SR-IOV entry is gone");
+  t.same(tempFiles(w.root), [], "no temp file left");
+});
+
+t.test(
+  "crash: temp files of a killed state write are cleaned by the next run, a live writer's are not",
+  async (t) => {
+    const w = await world(t, { configToml: baseToml() });
+    await crashRun(
+      w,
+      ["apply"],
+      { name: "state", syscall: { call: "rename", path: STATE_PATH } },
+      t,
+    );
+    const left = tempFiles(w.root);
+    t.ok(
+      left.some((f) => f.startsWith("var/lib/eni-dpdk/.state.json.")),
+      `the crash left its temp file (${left.join(", ")})`,
+    );
+    // a temp file of a process that is alive (this test) must survive
+    const live = w.sim.p(`/var/lib/eni-dpdk/.state.json.${process.pid}.1.tmp`);
+    (await import("node:fs")).writeFileSync(live, "{}");
+    const r = await runCli(w, ["apply"]);
+    t.equal(r.code, 0, lastError(r));
+    t.same(
+      tempFiles(w.root),
+      [path.relative(w.root, live)],
+      "only the live writer's temp file remains",
+    );
+    t.ok(statSync(live).isFile());
+  },
+);
