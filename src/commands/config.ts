@@ -115,7 +115,7 @@ export function renderEffective(eff: EffectiveConfig): string {
   const lines: string[] = [];
   const val = (v: unknown) => JSON.stringify(v);
   const c = eff.config as unknown as Record<string, unknown>;
-  for (const table of ["service", "dpdk", "sriov", "kubernetes"]) {
+  for (const table of ["service", "dpdk", "sriov", "kubernetes", "gc"]) {
     lines.push(`[${table}]`);
     for (const [k, v] of Object.entries(c[table] as Record<string, unknown>)) {
       lines.push(`${k} = ${val(v)}`.padEnd(56) + ` # ${eff.origin[`${table}.${k}`] ?? "default"}`);

@@ -89,6 +89,11 @@ t.test(
       /^mutating\.refill_per_sec = 100 +# \/etc\/eni-dpdk\/config\.toml:\d+:\d+$/m,
       "eni-dpdk config shows each limit with its source",
     );
+    t.match(
+      shown.stdout,
+      /^\[gc\]\nenabled = true +# default$/m,
+      "and [gc], which it once left out",
+    );
   },
 );
 
