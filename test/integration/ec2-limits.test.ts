@@ -3,6 +3,7 @@
 // stretch past the deadline converges); bad limits from any source are exit 2 before any EC2 call.
 import t from "tap";
 import { baseToml, expectRejected, lastError, runCli, world } from "../support/harness.js";
+import { EC2_ACTIONS } from "../../src/config/facts.js";
 import { EC2_THROTTLE } from "../../src/sim/ec2.js";
 import type { World } from "../../src/sim/world.js";
 
@@ -12,16 +13,8 @@ const LIMITS_TOML = `
 mutating = { capacity = 100, refill_per_sec = 100 }
 describe = { capacity = 10, refill_per_sec = 200 }
 `;
-const ACTIONS = [
-  "CreateNetworkInterface",
-  "AttachNetworkInterface",
-  "ModifyNetworkInterfaceAttribute",
-  "DescribeNetworkInterfaces",
-  "DescribeInstances",
-  "DescribeSubnets",
-  "DescribeSecurityGroups",
-  "DescribeInstanceTypes",
-];
+/** The account raised the limits of every action eni-dpdk calls. */
+const ACTIONS = EC2_ACTIONS;
 
 /** The emulator throttles with this account's buckets, and the node boots into a storm. */
 function raisedAccount(w: World): void {

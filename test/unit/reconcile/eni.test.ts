@@ -14,6 +14,7 @@ import { InputError } from "../../../src/core/errors.js";
 import { pollUntil } from "../../../src/core/deadline.js";
 import { readNics } from "../../../src/cloud/imds.js";
 import { STATE_PATH, emptyState } from "../../../src/host/state.js";
+import { EC2_ACTIONS } from "../../../src/config/facts.js";
 import { EC2_THROTTLE, Ec2Emulator } from "../../../src/sim/ec2.js";
 import {
   SG,
@@ -657,16 +658,7 @@ t.test(
       action.startsWith("Describe")
         ? { capacity: limits.describe.capacity, refillPerSec: limits.describe.refill_per_sec }
         : { capacity: limits.mutating.capacity, refillPerSec: limits.mutating.refill_per_sec };
-    const actions = [
-      "CreateNetworkInterface",
-      "AttachNetworkInterface",
-      "ModifyNetworkInterfaceAttribute",
-      "DescribeNetworkInterfaces",
-      "DescribeInstances",
-      "DescribeSubnets",
-      "DescribeSecurityGroups",
-      "DescribeInstanceTypes",
-    ];
+    const actions = EC2_ACTIONS;
     const deadlineMs = 10_000;
     const boot = async (told: boolean) => {
       const emu = await new Ec2Emulator(standardSeed()).start();
