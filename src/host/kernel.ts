@@ -358,9 +358,11 @@ export async function applyHugepages(
       out.push({ sizeKb: w.sizeKb, wanted: w.pages, got: Number(before), changed: false });
       continue;
     }
+    const freeFile = `${HUGEPAGES_DIR}/hugepages-${w.sizeKb}kB/free_hugepages`;
+    const freeBefore = await host.attr(freeFile);
     await host.writeAttr(file, String(w.pages));
     // the kernel answers at once on a real host; a short allocation never reaches the target
-    const got = Number(
+    let got = Number(
       (await host.settled(async () => {
         const v = await host.attr(file);
         return v !== undefined && /^\d+$/.test(v) && v !== before ? v : undefined;
@@ -368,6 +370,14 @@ export async function applyHugepages(
         (await host.attr(file)) ??
         0,
     );
+    // New pages are free as soon as they are counted: on a real kernel before the write returns, on
+    // the simulated one a moment later (which then also rewrites nr_hugepages with what it got).
+    if (got > Number(before)) {
+      await host.settled(async () =>
+        (await host.attr(freeFile)) !== freeBefore ? true : undefined,
+      );
+      got = Number((await host.attr(file)) ?? got);
+    }
     const r: HugepageResult = { sizeKb: w.sizeKb, wanted: w.pages, got, changed: true };
     if (got < w.pages) {
       const pool = (await readHugepages(host)).find((p) => p.sizeKb === w.sizeKb);

@@ -38,6 +38,8 @@ export interface SimKernelOptions {
   hugepageSizes?: number[];
   /** NUMA nodes (default 1); the kernel spreads a pool over them */
   numaNodes?: number;
+  /** how long the pages of a raised nr_hugepages take to be counted (a loaded machine; default 0) */
+  hugepageLagMs?: number;
   /** hugetlbfs mounted at /dev/hugepages, as systemd's dev-hugepages.mount does (default true) */
   hugetlbfs?: boolean;
   /** what /proc/sys/kernel/osrelease reads (default a Debian 6.1 kernel, as the e2e guest runs) */
@@ -719,6 +721,12 @@ export class SimKernel {
   }
 
   private onHugepages(kb: number, v: string): void {
+    const lag = this.opts.hugepageLagMs ?? 0;
+    if (lag > 0) return void setTimeout(() => !this.closed && this.countHugepages(kb, v), lag);
+    this.countHugepages(kb, v);
+  }
+
+  private countHugepages(kb: number, v: string): void {
     const want = Number(v.trim());
     const dir = `/sys/kernel/mm/hugepages/hugepages-${kb}kB`;
     const got = Number.isInteger(want) && want >= 0 ? Math.min(want, this.capacity[kb] ?? 0) : 0;
