@@ -1,5 +1,7 @@
 // The CLI contract: global options, commands, exit codes (0 ok, 2 invalid input or usage, 1 other).
-// Command modules are imported when their command runs, so each path loads only what it uses.
+// Our own modules are imported statically: the bundle then holds them in one chunk, one module to
+// load (measured: 5–17 ms off a converged boot, 6 MB less RSS); only the vendor libraries are
+// loaded on first use (core/lazy.ts).
 import { statSync } from "node:fs";
 import type { Argv } from "yargs";
 import { errorMessage, exitCodeOf, formatProblem, InputError, OpError } from "./core/errors.js";
@@ -7,6 +9,14 @@ import { Host, resolveRoot } from "./host/host.js";
 import { Logger, type Level, type LogFormat } from "./core/log.js";
 import type { CommandContext } from "./commands/context.js";
 import { loadYargs } from "./core/lazy.js";
+import { applyCommand, planCommand } from "./commands/apply.js";
+import { configCommand, userdataCommand, validateCommand } from "./commands/config.js";
+import { bindCommand, earlyCommand, resetCommand, unbindCommand } from "./commands/device.js";
+import { gcCommand } from "./commands/gc.js";
+import { launchTemplateCommand } from "./commands/launch-template.js";
+import { runCommand } from "./commands/run.js";
+import { sriovCheckCommand } from "./commands/sriov.js";
+import { statusCommand } from "./commands/status.js";
 
 export const VERSION = "0.1.0";
 
@@ -56,11 +66,11 @@ export async function main(argv: string[], io: CliIo = defaultIo): Promise<numbe
   // is a third of the start-up cost; anything else, help and errors included, goes through yargs.
   // The boot commands' handlers serve both the fast path and yargs.
   const boot: Record<BootCommand, (args: unknown) => Promise<void>> = {
-    run: wrap(async (ctx) => (await import("./commands/run.js")).runCommand(ctx)),
+    run: wrap(async (ctx) => runCommand(ctx)),
     apply: wrap<{ "dry-run": boolean }>(async (ctx, a) =>
-      (await import("./commands/apply.js")).applyCommand(ctx, { dryRun: a["dry-run"] }),
+      applyCommand(ctx, { dryRun: a["dry-run"] }),
     ),
-    early: wrap(async (ctx) => (await import("./commands/device.js")).earlyCommand(ctx, {})),
+    early: wrap(async (ctx) => earlyCommand(ctx, {})),
   };
   const fast = parseBootArgv(argv);
   if (fast) {
@@ -99,25 +109,19 @@ export async function main(argv: string[], io: CliIo = defaultIo): Promise<numbe
           array: true,
           describe: "TOML files to validate on their own",
         }),
-      wrap<{ files?: string[] }>(async (ctx, a) =>
-        (await import("./commands/config.js")).validateCommand(ctx, { files: a.files ?? [] }),
-      ),
+      wrap<{ files?: string[] }>(async (ctx, a) => validateCommand(ctx, { files: a.files ?? [] })),
     )
     .command(
       "config",
       "print the effective merged config, with each value's source",
       (y) => y.option("json", { type: "boolean", default: false }),
-      wrap<{ json: boolean }>(async (ctx, a) =>
-        (await import("./commands/config.js")).configCommand(ctx, { json: a.json }),
-      ),
+      wrap<{ json: boolean }>(async (ctx, a) => configCommand(ctx, { json: a.json })),
     )
     .command(
       "plan",
       "gather, validate, observe, and print the actions apply would take (changes nothing)",
       (y) => y.option("json", { type: "boolean", default: false }),
-      wrap<{ json: boolean }>(async (ctx, a) =>
-        (await import("./commands/apply.js")).planCommand(ctx, { json: a.json }),
-      ),
+      wrap<{ json: boolean }>(async (ctx, a) => planCommand(ctx, { json: a.json })),
     )
     .command(
       "apply",
@@ -148,16 +152,14 @@ export async function main(argv: string[], io: CliIo = defaultIo): Promise<numbe
           })
           .option("json", { type: "boolean", default: false }),
       wrap<{ "dry-run": boolean; json: boolean }>(async (ctx, a) =>
-        (await import("./commands/gc.js")).gcCommand(ctx, { dryRun: a["dry-run"], json: a.json }),
+        gcCommand(ctx, { dryRun: a["dry-run"], json: a.json }),
       ),
     )
     .command(
       "status",
       "show managed devices and host DPDK readiness",
       (y) => y.option("json", { type: "boolean", default: false }),
-      wrap<{ json: boolean }>(async (ctx, a) =>
-        (await import("./commands/status.js")).statusCommand(ctx, { json: a.json }),
-      ),
+      wrap<{ json: boolean }>(async (ctx, a) => statusCommand(ctx, { json: a.json })),
     )
     .command(
       "sriov",
@@ -174,7 +176,7 @@ export async function main(argv: string[], io: CliIo = defaultIo): Promise<numbe
                   "the plugin release to apply the rules of, e.g. v3.5.1 (default: v3.6.0 or later)",
               }),
             wrap<{ json: boolean; "plugin-version"?: string }>(async (ctx, a) =>
-              (await import("./commands/sriov.js")).sriovCheckCommand(ctx, {
+              sriovCheckCommand(ctx, {
                 json: a.json,
                 pluginVersion: a["plugin-version"],
               }),
@@ -196,7 +198,7 @@ export async function main(argv: string[], io: CliIo = defaultIo): Promise<numbe
             describe: "override the safety guards (primary, routes, unmanaged)",
           }),
       wrap<{ target: string; driver?: string; force: boolean }>(async (ctx, a) =>
-        (await import("./commands/device.js")).bindCommand(ctx, {
+        bindCommand(ctx, {
           target: a.target,
           driver: a.driver,
           force: a.force,
@@ -207,15 +209,13 @@ export async function main(argv: string[], io: CliIo = defaultIo): Promise<numbe
       "unbind <target>",
       "return one device to its original kernel driver",
       (y) => y.positional("target", { type: "string", demandOption: true }),
-      wrap<{ target: string }>(async (ctx, a) =>
-        (await import("./commands/device.js")).unbindCommand(ctx, { target: a.target }),
-      ),
+      wrap<{ target: string }>(async (ctx, a) => unbindCommand(ctx, { target: a.target })),
     )
     .command(
       "reset",
       "unbind every managed device, remove eni-dpdk's networkd files and SR-IOV entries; leave the rest",
       (y) => y,
-      wrap(async (ctx) => (await import("./commands/device.js")).resetCommand(ctx, {})),
+      wrap(async (ctx) => resetCommand(ctx, {})),
     )
     .command(
       "early",
@@ -240,7 +240,7 @@ export async function main(argv: string[], io: CliIo = defaultIo): Promise<numbe
           }),
       wrap<{ "primary-security-group-ids"?: string; "managed-node-group": boolean }>(
         async (ctx, a) =>
-          (await import("./commands/launch-template.js")).launchTemplateCommand(ctx, {
+          launchTemplateCommand(ctx, {
             primarySecurityGroupIds: a["primary-security-group-ids"],
             managedNodeGroup: a["managed-node-group"],
           }),
@@ -262,7 +262,7 @@ export async function main(argv: string[], io: CliIo = defaultIo): Promise<numbe
             describe: "eni-dpdk TOML file (validated first)",
           }),
       wrap<{ nodeconfig: string }>(async (ctx, a) =>
-        (await import("./commands/config.js")).userdataCommand(ctx, {
+        userdataCommand(ctx, {
           nodeconfig: a.nodeconfig,
           config: a.config!,
         }),
