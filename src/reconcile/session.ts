@@ -6,7 +6,7 @@
 import { Ec2Pacer, type Ec2Api, type Ec2Factory, lazyEc2, recordingEc2 } from "../cloud/ec2.js";
 import { ImdsClient, readInstance, type Imds, type InstanceIdentity } from "../cloud/imds.js";
 import { ec2BucketOf, type Ec2Config } from "../config/model.js";
-import type { BucketSize, Deadline } from "../core/deadline.js";
+import type { Deadline } from "../core/deadline.js";
 import type { Logger } from "../core/log.js";
 import type { Host } from "../host/host.js";
 import { loadPacing, savePacing } from "../host/state.js";
@@ -23,8 +23,6 @@ export class Session implements InstanceAccess {
   ec2Loaded = false;
   /** mutating EC2 calls EC2 accepted in this session, one line each */
   readonly changes: string[] = [];
-  /** the bucket sizes the pacer paces by: the config's [ec2.limits] over EC2's documented sizes */
-  private bucketOf: (key: string) => BucketSize;
 
   constructor(
     readonly log: Logger,
@@ -39,7 +37,6 @@ export class Session implements InstanceAccess {
   ) {
     this.imds = imds ?? new ImdsClient({ deadline, logger: log });
     this.pacerP = shared.pacer;
-    this.bucketOf = ec2BucketOf(shared.ec2 ?? { limits: {} });
   }
 
   /** The same IMDS client, token and EC2 pacer, under a new deadline (the next pass of `run`). */
@@ -54,8 +51,7 @@ export class Session implements InstanceAccess {
    */
   useConfig(ec2: Ec2Config): void {
     this.shared.ec2 = ec2;
-    this.bucketOf = ec2BucketOf(ec2);
-    this.pacerP?.useBuckets(this.bucketOf);
+    this.pacerP?.useBuckets(ec2BucketOf(ec2));
   }
 
   /** From now on EC2's pacing waits end by `deadline` too (the pass's stage deadline). */
@@ -73,7 +69,7 @@ export class Session implements InstanceAccess {
     const host = this.shared.host;
     this.pacerP ??= new Ec2Pacer({
       identity: async () => (await this.identity()).instanceId,
-      bucketOf: this.bucketOf,
+      bucketOf: ec2BucketOf(this.shared.ec2 ?? { limits: {} }),
       ...(host ? { load: () => loadPacing(host), save: (s) => savePacing(host, s) } : {}),
       log: this.log,
     });
