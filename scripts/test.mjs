@@ -2,6 +2,7 @@
 // beside tap it fills the core the tests leave idle instead of holding both back. Its report is
 // printed after tap's, and either failing fails the run.
 import { spawn } from "node:child_process";
+import { accessSync, constants, statSync } from "node:fs";
 import path from "node:path";
 
 const repo = path.resolve(import.meta.dirname, "..");
@@ -19,6 +20,19 @@ function run(argv, capture = false) {
     child.on("error", (e) => resolve({ code: 127, out: `${argv[0]}: ${e.message}\n` }));
     child.on("close", (code, signal) => resolve({ code: code ?? (signal ? 128 : 1), out }));
   });
+}
+
+// The tests' fake roots, emulators' files and tsx's cache go to os.tmpdir(). On tmpfs the fsyncs of
+// every atomic write cost nothing: 144 → 131 s here, against /tmp on the machine's ext4 disk.
+if (!process.env.TMPDIR && isWritableDir("/dev/shm")) process.env.TMPDIR = "/dev/shm";
+
+function isWritableDir(dir) {
+  try {
+    accessSync(dir, constants.W_OK);
+    return statSync(dir).isDirectory();
+  } catch {
+    return false;
+  }
 }
 
 const build = await run([process.execPath, path.join(repo, "scripts/build.mjs")]);

@@ -1,10 +1,13 @@
 // systemd's side of sd_notify for tests: a real unix datagram socket (test/support/notify-recv.py)
 // that records every message with the sender's pid, as systemd sees it (SO_PASSCRED).
 import { spawn, type ChildProcess } from "node:child_process";
-import { mkdtempSync } from "node:fs";
+import { existsSync, mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { createInterface } from "node:readline";
+
+/** Debian's python3 when there is one: a python3 found on PATH may be a pyenv shim, ~0.1 s a start. */
+const PYTHON = existsSync("/usr/bin/python3") ? "/usr/bin/python3" : "python3";
 
 export class NotifySocket {
   readonly messages: { pid: number; fields: Record<string, string> }[] = [];
@@ -16,7 +19,7 @@ export class NotifySocket {
 
   static async open(): Promise<NotifySocket> {
     const sock = path.join(mkdtempSync(path.join(tmpdir(), "eni-dpdk-notify-")), "notify.sock");
-    const proc = spawn("python3", [path.join(import.meta.dirname, "notify-recv.py"), sock], {
+    const proc = spawn(PYTHON, [path.join(import.meta.dirname, "notify-recv.py"), sock], {
       stdio: ["ignore", "pipe", "inherit"],
     });
     const n = new NotifySocket(sock, proc);
