@@ -16,7 +16,7 @@
 // Run: npx tsx scripts/bench/fleet.ts [--scenarios created:100,created:1000,terminated:100,
 //        terminated:1000,external:1000] [--enis 2] [--deadline 300] [--buckets ec2|pooled]
 //        [--limits told|shares|untold] [--client own|sdk|both] [--on-failure fail|continue]
-//        [--time-scale 1] [--seed 1]
+//        [--time-scale 1] [--seed 1] [--timeline SECONDS: calls per bucket per row, after each scenario]
 //
 // Time: the emulator's buckets refill in real time, so 1,000 nodes take the ~6.5 minutes EC2's
 // buckets allow. `--time-scale k` runs k times faster: every refill ×k (emulator and pacer alike),
@@ -71,6 +71,8 @@ if (!["told", "shares", "untold"].includes(LIMITS))
 const CLIENT = opt("client", "own") as "own" | "sdk" | "both";
 const ON_FAILURE = opt("on-failure", "fail") as "fail" | "continue";
 const SCALE = Number(opt("time-scale", "1"));
+/** seconds per row of the timeline printed after each scenario; 0: none */
+const TIMELINE_S = Number(opt("timeline", "0"));
 let seed = Number(opt("seed", "1"));
 const random = () => ((seed = (seed * 1103515245 + 12345) % 2147483648), seed / 2147483648);
 
@@ -181,6 +183,8 @@ function lowerBoundS(nodes: number): number {
 interface Outcome {
   ready?: number;
   starts: number;
+  /** when each start began, EC2 seconds */
+  startedAt: number[];
   terminated: boolean;
   error?: string;
 }
@@ -254,11 +258,12 @@ async function scenario(mode: "created" | "terminated" | "external", NODES: numb
   }
 
   const t0 = performance.now();
+  const t0Epoch = Date.now();
   const cpu0 = process.cpuUsage();
   const at = () => ((performance.now() - t0) / 1000) * SCALE;
   const boot = async (node: SimNode, i: number): Promise<Outcome> => {
-    const out: Outcome = { starts: 0, terminated: false };
-    const starts: number[] = [];
+    const out: Outcome = { starts: 0, startedAt: [], terminated: false };
+    const starts = out.startedAt;
     let accepted = 0;
     const dieAfter = victims.get(i);
     for (;;) {
@@ -392,10 +397,58 @@ async function scenario(mode: "created" | "terminated" | "external", NODES: numb
     `  CPU of this process ${((cpu.user + cpu.system) / 1e6).toFixed(1)} s; peak RSS ${(process.resourceUsage().maxRSS / 1024).toFixed(0)} MB`,
   );
   for (const [msg, n] of errors) console.log(`  not converged x${n}: ${msg}`);
+  if (TIMELINE_S > 0) printTimeline(stormReq, survivors, t0Epoch, wall * SCALE);
 
   await Promise.all(nodes.map((n) => n.close(false)));
   await emu.close();
   await fs.rm(base, { recursive: true, force: true });
+}
+
+/**
+ * Where the time went: per row of TIMELINE_S EC2 seconds, the calls each mutating bucket accepted
+ * (and sent), the describes, the nodes ready by its end and the starts begun in it.
+ */
+function printTimeline(
+  reqs: { action: string; status: number; at: number }[],
+  outcomes: Outcome[],
+  t0Epoch: number,
+  wallS: number,
+): void {
+  const short: Record<string, string> = {
+    CreateNetworkInterface: "create",
+    AttachNetworkInterface: "attach",
+    ModifyNetworkInterfaceAttribute: "modify",
+  };
+  const rows = Math.ceil(wallS / TIMELINE_S);
+  const cell = () => Array.from({ length: rows }, () => [0, 0]);
+  const count: Record<string, number[][]> = {
+    create: cell(),
+    attach: cell(),
+    modify: cell(),
+    describe: cell(),
+  };
+  for (const r of reqs) {
+    const row = Math.min(rows - 1, Math.floor((((r.at - t0Epoch) / 1000) * SCALE) / TIMELINE_S));
+    const c = count[short[r.action] ?? (isEc2ReadAction(r.action) ? "describe" : "")];
+    if (!c || row < 0) continue;
+    c[row][1]++;
+    if (r.status === 200) c[row][0]++;
+  }
+  console.log(
+    `  timeline (per ${TIMELINE_S} s; accepted/sent; ready = nodes ready by the row's end; starts = unit starts begun in the row):`,
+  );
+  for (let i = 0; i < rows; i++) {
+    const end = (i + 1) * TIMELINE_S;
+    const ready = outcomes.filter((o) => o.ready !== undefined && o.ready < end).length;
+    const starts = outcomes.reduce(
+      (n, o) => n + o.startedAt.filter((s) => s >= i * TIMELINE_S && s < end).length,
+      0,
+    );
+    const f = (k: string) => `${k} ${count[k][i][0]}/${count[k][i][1]}`.padEnd(19);
+    console.log(
+      `  ${String(i * TIMELINE_S).padStart(4)}-${String(end).padEnd(4)} s  ${f("create")}${f("attach")}${f("modify")}${f("describe")}ready ${String(ready).padEnd(6)}starts ${starts}`,
+    );
+  }
 }
 
 /** The node's EC2 client, which dies (its instance terminated) once `enough()` says so after an accepted mutating call. */

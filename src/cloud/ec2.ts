@@ -222,9 +222,10 @@ export function lazyEc2(opts: Ec2Options): Ec2Factory {
  * (`expect`): the nodes that crowd the describes at boot crowd the creates next, and learning that
  * from a describe costs no mutating call. A throttled describe also means a storm (a node group
  * booting at once): from then on a throttle adds two bucket-fulls; before, half of one (a lone
- * throttle in a busy account clears soon). The state lives on in /run across the unit's restarts
- * (`load`/`save`); it is saved only once this process has sent a mutating call, so a run rejected
- * in pre-flight writes nothing.
+ * throttle in a busy account clears soon). The state, turns included, lives on in /run across the
+ * unit's restarts (`load`/`save`); it is saved only once this process has sent a mutating call, so
+ * a run rejected in pre-flight writes nothing. A restarted process does not let its describes'
+ * throttles raise the other buckets again: it meets the same storm its predecessor counted.
  */
 export class Ec2Pacer {
   private readonly pacers = new Map<string, BacklogPacer>();
@@ -235,6 +236,8 @@ export class Ec2Pacer {
   private mutatingSent = false;
   /** a describe was throttled in this boot: many nodes at once (kept in /run as STORM_KEY) */
   private storm = false;
+  /** the saved state held mutating buckets: this process goes on from an earlier one's queue */
+  private resumed = false;
   private saving: Promise<void> = Promise.resolve();
   /** calls delayed, and throttles seen (tests and benchmarks read them) */
   readonly stats = { paced: 0, pacedMs: 0, throttled: 0 };
@@ -300,9 +303,11 @@ export class Ec2Pacer {
     if (isEc2ReadAction(key)) this.storm = true;
     const p = this.pacer(key);
     p.throttled(this.storm ? 2 : 0.5);
+    // A restarted process already learned the storm its describes meet again: the same nodes, counted.
     const perNode = p.backlog() / (this.perNode[key] ?? 1);
-    for (const [other, n] of Object.entries(this.perNode))
-      if (other !== key) this.pacer(other).atLeast(perNode * n);
+    if (!(this.resumed && isEc2ReadAction(key)))
+      for (const [other, n] of Object.entries(this.perNode))
+        if (other !== key) this.pacer(other).atLeast(perNode * n);
     this.opts.log?.debug("EC2 throttled; pacing", {
       bucket: key,
       backlog: Math.round(p.backlog()),
@@ -335,7 +340,10 @@ export class Ec2Pacer {
       const saved = await this.opts.load?.().catch(() => undefined);
       for (const [k, st] of Object.entries(saved ?? {})) {
         if (k === STORM_KEY) this.storm = true;
-        else if (Number.isFinite(st?.backlog) && Number.isFinite(st?.at)) this.pacer(k, st);
+        else if (Number.isFinite(st?.backlog) && Number.isFinite(st?.at)) {
+          this.pacer(k, st);
+          if (!isEc2ReadAction(k)) this.resumed = true;
+        }
       }
     })();
     return this.loaded;

@@ -99,23 +99,30 @@ export interface BucketSize {
   refillPerSec: number;
 }
 
-/** A pacer's learned state, as persisted: the backlog estimate and when it was taken (epoch ms). */
+/** A pacer's learned state, as persisted (times in epoch ms). */
 export interface PaceState {
+  /** the calls estimated queued at `at` */
   backlog: number;
   at: number;
+  /** when this caller's turn comes; absent in a state saved before turns were kept */
+  turn?: number;
 }
 
 /**
  * Pacing against a token bucket that many callers drain and none can see (EC2's request limits):
- * all a caller learns is that it was throttled. `backlog` estimates the calls the bucket must serve
- * before ours; it drains at the bucket's refill rate, and each throttle adds bucket-fulls (two in a
- * storm: a fleet of thousands is found in a few throttles; the caller says how many). A call
- * waits `slot × backlog / refill`; the slot in [0.05, 1) is fixed per caller, so callers keep one
- * order in every bucket and across restarts and spread evenly over the backlog, where random draws
- * would collide. Measured against random and exponential back-off in docs/benchmarks.md.
+ * all a caller learns is that it was throttled. `backlog` estimates the calls queued; it drains at
+ * the bucket's refill rate, and each throttle adds bucket-fulls (two in a storm: a fleet of
+ * thousands is found in a few throttles; the caller says how many). The caller's turn comes when
+ * its slot (in [0.05, 1), fixed per caller) of the backlog has drained: `slot × backlog / refill`
+ * after a throttle, and `slot × added / refill` later for what another bucket's throttle adds.
+ * The turn is a time, kept across calls and restarts: the callers ahead are served meanwhile, and
+ * queueing anew behind what is left would count them again (a restarted unit, or an attach after
+ * its create, would wait for nobody).
+ * Fixed slots keep one order in every bucket, where random draws would collide. Measured against
+ * random and exponential back-off in docs/benchmarks.md.
  */
 export class BacklogPacer {
-  private state: PaceState;
+  private state: Required<PaceState>;
   readonly slot: number;
   /** when a call was last throttled: the bucket was empty then */
   private emptyAt = -Infinity;
@@ -131,9 +138,14 @@ export class BacklogPacer {
     // A restored state is only advice: never from the future, never more than a day of refill.
     const t = now();
     const most = 86_400 * size.refillPerSec;
-    this.state = state
-      ? { backlog: Math.min(Math.max(state.backlog, 0), most), at: Math.min(state.at, t) }
-      : { backlog: 0, at: t };
+    if (!state) {
+      this.state = { backlog: 0, at: t, turn: t };
+      return;
+    }
+    const backlog = Math.min(Math.max(state.backlog, 0), most);
+    const at = Math.min(state.at, t);
+    const turn = Number.isFinite(state.turn) ? state.turn! : at + this.shareMs(backlog);
+    this.state = { backlog, at, turn: Math.min(turn, t + this.shareMs(most)) };
   }
 
   /** The size this pacer paces by. */
@@ -143,12 +155,15 @@ export class BacklogPacer {
 
   /**
    * Pace by another size from now on (the account's own limits, once the config names them): the
-   * backlog learned so far is kept, drained at the old refill until now and at the new one after.
+   * backlog learned so far is kept, drained at the old refill until now and at the new one after,
+   * and the wait left for this caller's turn scales with the refill.
    */
   resize(bucket: BucketSize): void {
     if (bucket.capacity === this.size.capacity && bucket.refillPerSec === this.size.refillPerSec)
       return;
-    this.set(this.backlog());
+    const t = this.now();
+    const wait = Math.max(0, this.state.turn - t) * (this.size.refillPerSec / bucket.refillPerSec);
+    this.state = { backlog: this.backlog(), at: t, turn: t + wait };
     this.size = bucket;
   }
 
@@ -159,34 +174,51 @@ export class BacklogPacer {
   }
 
   /**
-   * How long to wait before the next call: this caller's share of the backlog once it exceeds a
+   * How long to wait before the next call: until this caller's turn while what is left exceeds a
    * burst, and never before the empty bucket has refilled a token (spread by the slot).
    */
   delayMs(): number {
-    const b = this.backlog();
-    const share = b < this.bucket.capacity ? 0 : (this.slot * b * 1000) / this.bucket.refillPerSec;
+    const share = this.backlog() < this.bucket.capacity ? 0 : this.state.turn - this.now();
     const token = this.emptyAt + ((1 + this.slot) * 1000) / this.bucket.refillPerSec - this.now();
     return Math.max(0, share, token);
   }
 
-  /** A call was throttled: the bucket is empty, and `bucketFulls` more are queued ahead of us. */
+  /**
+   * A call was throttled: the bucket is empty, and `bucketFulls` more are queued. The caller came
+   * too early, so it queues anew behind all it knows of: a throttle costs its sender time, which
+   * keeps the throttles (drawn from the account's budget) few.
+   */
   throttled(bucketFulls = 2): void {
-    this.emptyAt = this.now();
-    this.set(this.backlog() + bucketFulls * this.bucket.capacity);
+    const t = this.now();
+    this.emptyAt = t;
+    const backlog = this.backlog() + bucketFulls * this.bucket.capacity;
+    this.state = { backlog, at: t, turn: t + this.shareMs(backlog) };
   }
 
   /** Raise the estimate to `backlog` (what another bucket's throttling implies); true if it rose. */
   atLeast(backlog: number): boolean {
-    if (backlog <= this.backlog()) return false;
-    this.set(backlog);
+    const more = backlog - this.backlog();
+    if (more <= 0) return false;
+    this.add(more);
     return true;
   }
 
   snapshot(): PaceState {
-    return { backlog: this.backlog(), at: this.now() };
+    return { backlog: this.backlog(), at: this.now(), turn: this.state.turn };
   }
 
-  private set(backlog: number): void {
-    this.state = { backlog, at: this.now() };
+  /** `calls` more are queued from now: this caller's share of them is ahead of its turn. */
+  private add(calls: number): void {
+    const t = this.now();
+    this.state = {
+      backlog: this.backlog() + calls,
+      at: t,
+      turn: Math.max(t, this.state.turn) + this.shareMs(calls),
+    };
+  }
+
+  /** This caller's share of `calls`, in ms of refill. */
+  private shareMs(calls: number): number {
+    return (this.slot * calls * 1000) / this.bucket.refillPerSec;
   }
 }

@@ -10,7 +10,7 @@ import {
   withEc2Retry,
   type Ec2Api,
 } from "../../../src/cloud/ec2.js";
-import { Deadline } from "../../../src/core/deadline.js";
+import { Deadline, type PaceState } from "../../../src/core/deadline.js";
 import { EC2_THROTTLE, Ec2Emulator } from "../../../src/sim/ec2.js";
 import { SG_DPDK, SUBNET_A, standardSeed, useDummyCredentials } from "../../../src/sim/node.js";
 
@@ -204,6 +204,36 @@ t.test("a restarted process goes on from what /run kept, drained since", async (
     "50 learned 10 s ago at 1/s: 40 ahead",
   );
   t.type(err, Ec2Error, "its slot is seconds away: past a 0.2 s deadline");
+  // The turn, on a clock the test moves: the run ends waiting, the next start comes 100 s later.
+  let clock = Date.now();
+  const kept = { CreateNetworkInterface: { backlog: 500, at: clock - 10_000 } };
+  const ask = async (state: Record<string, PaceState>) => {
+    const p = new Ec2Pacer({
+      identity: async () => "i-0aaaaaaaaaaaaaaa1",
+      bucketOf: () => buckets.CreateNetworkInterface,
+      load: async () => state,
+      now: () => clock,
+    });
+    const e = (await p
+      .before("CreateNetworkInterface", "CreateNetworkInterface", new Deadline(100))
+      .catch((e: unknown) => e)) as Ec2Error;
+    return { message: e.message, state: p.snapshot() };
+  };
+  const slot = 0.05 + 0.95 * slotOf("i-0aaaaaaaaaaaaaaa1");
+  const first = await ask(kept);
+  const turn = clock - 10_000 + slot * 500 * 1000;
+  t.match(first.message, `due in ${Math.round((turn - clock) / 1000)} s`);
+  t.equal(first.state.CreateNetworkInterface.turn, turn, "the turn is kept as a time");
+  clock += 100_000;
+  const second = await ask(first.state);
+  const left = Math.round((turn - clock) / 1000);
+  const anew = Math.round(slot * 390);
+  t.not(left, anew, "(the two readings differ for this slot)");
+  t.match(
+    second.message,
+    `due in ${left} s`,
+    `the next start keeps the turn (${left} s), not its slot of what is left anew (${anew} s)`,
+  );
   const garbage = new Ec2Pacer({
     identity: async () => "i-0aaaaaaaaaaaaaaa1",
     load: async () => ({ CreateNetworkInterface: { backlog: "x", at: null } }) as never,
@@ -211,3 +241,28 @@ t.test("a restarted process goes on from what /run kept, drained since", async (
   await garbage.before("CreateNetworkInterface", "CreateNetworkInterface", new Deadline(100));
   t.equal(garbage.backlog("CreateNetworkInterface"), 0, "a damaged file is ignored");
 });
+
+t.test(
+  "a restarted process's describes, throttled again, do not count the storm twice",
+  async (t) => {
+    const storm = async (load?: () => Promise<Record<string, PaceState>>) => {
+      const p = new Ec2Pacer({ identity: async () => "i-0aaaaaaaaaaaaaaa1", load });
+      p.expect({ DescribeInstances: 1, CreateNetworkInterface: 2 });
+      await p.before("DescribeInstances", "DescribeInstances", new Deadline(1000));
+      const create = p.backlog("CreateNetworkInterface");
+      p.throttled("DescribeInstances");
+      return { before: create, after: p.backlog("CreateNetworkInterface") };
+    };
+    const fresh = await storm();
+    t.ok(
+      fresh.after > fresh.before,
+      "a first start learns from its describes how crowded the creates are",
+    );
+    const learned = { CreateNetworkInterface: { backlog: 300, at: Date.now() } };
+    const resumed = await storm(async () => learned);
+    t.ok(
+      Math.abs(resumed.after - resumed.before) < 1,
+      `a restarted one keeps what its predecessor learned of the creates (${resumed.before.toFixed(0)} → ${resumed.after.toFixed(0)})`,
+    );
+  },
+);

@@ -105,3 +105,49 @@ t.test(
     t.equal(p.delayMs(), (p.slot * 850 * 1000) / 100, "the wait is by the new refill");
   },
 );
+
+t.test(
+  "a turn is a time: asked again later, after a restart or in another bucket's wake, it holds",
+  async (t) => {
+    let now = 0;
+    const p = new BacklogPacer(bucket, 0.5, undefined, () => now);
+    p.throttled();
+    const wait = (p.slot * 200 * 1000) / 5;
+    t.equal(p.delayMs(), wait, "21 s: its share of two bucket-fulls");
+    now += 15_000; // e.g. its run's deadline came, then RestartSec
+    t.equal(p.delayMs(), wait - 15_000, "15 s later the same turn: 6 s left");
+    t.ok(
+      p.delayMs() < (p.slot * p.backlog() * 1000) / 5,
+      "queueing anew behind what is left (13 s) would count again the callers served meanwhile",
+    );
+    const restarted = new BacklogPacer(bucket, 0.5, p.snapshot(), () => now);
+    t.equal(restarted.delayMs(), wait - 15_000, "a restarted process keeps the turn");
+    t.equal(restarted.backlog(), 125, "and the estimate, drained");
+    const old = new BacklogPacer(bucket, 0.5, { backlog: 125, at: now }, () => now);
+    t.equal(old.delayMs(), (p.slot * 125 * 1000) / 5, "a state saved without a turn queues anew");
+
+    now += 10_000; // past the turn: the caller went, and was throttled again
+    restarted.throttled();
+    t.equal(restarted.backlog(), 75 + 200);
+    t.equal(
+      restarted.delayMs(),
+      (p.slot * 275 * 1000) / 5,
+      "it came too early: a throttle queues it anew behind all it knows of",
+    );
+    t.equal(restarted.atLeast(100), false, "atLeast below the estimate: nothing changes");
+    now += 5000;
+    const before = restarted.delayMs();
+    t.equal(restarted.atLeast(350), true);
+    t.equal(
+      restarted.delayMs(),
+      before + (p.slot * 100 * 1000) / 5,
+      "atLeast moves the turn by the caller's share of what it added (100 more), not anew",
+    );
+
+    const planted = new BacklogPacer(bucket, 0.5, { backlog: 0, at: now, turn: 1e15 }, () => now);
+    planted.atLeast(200);
+    t.ok(planted.delayMs() <= 86_400_000 * 2, "a planted turn is at most about a day away");
+    const junk = new BacklogPacer(bucket, 0.5, { backlog: 200, at: now, turn: NaN }, () => now);
+    t.equal(junk.delayMs(), (p.slot * 200 * 1000) / 5, "a damaged one counts as absent");
+  },
+);
