@@ -303,8 +303,8 @@ export class Ec2Pacer {
     if (isEc2ReadAction(key)) this.storm = true;
     const p = this.pacer(key);
     p.throttled(this.storm ? 2 : 0.5);
-    // A restarted process already learned the storm its describes meet again: the same nodes, counted.
     const perNode = p.backlog() / (this.perNode[key] ?? 1);
+    // A restarted process already learned the storm its describes meet again: the same nodes, counted.
     if (!(this.resumed && isEc2ReadAction(key)))
       for (const [other, n] of Object.entries(this.perNode))
         if (other !== key) this.pacer(other).atLeast(perNode * n);
