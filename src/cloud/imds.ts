@@ -3,17 +3,10 @@
 // builds a new handler and connection for every request, and its first token alone cost about 40 ms
 // of a boot (import plus request); docs/benchmarks.md has the figures. The SDK client is kept in
 // the tests as the reference that the IMDS emulator answers as real IMDS does.
-import { createRequire } from "node:module";
-import type * as Http from "node:http";
 import { OpError } from "../core/errors.js";
 import { Deadline, delayFor, sleep, type Backoff } from "../core/deadline.js";
+import { KeepAlivePool } from "./imds-http.js";
 import type { Logger } from "../core/log.js";
-
-// Not an ESM import: on Node 22 the ESM facade of node:http reads every export, and one of them
-// loads undici (~8 ms of a boot) for fetch and WebSocket, which we never use.
-// (process.getBuiltinModule is Node ≥ 20.16; the CommonJS require is the same for older 20s.)
-const http: typeof Http =
-  process.getBuiltinModule?.("node:http") ?? createRequire(import.meta.url)("node:http");
 
 export const DEFAULT_IMDS_ENDPOINT = "http://169.254.169.254";
 const TOKEN_TTL_SECONDS = 21600;
@@ -74,41 +67,22 @@ export class ImdsClient implements Imds {
     this.logger = opts.logger;
   }
 
-  private agent?: Http.Agent;
+  private pool?: KeepAlivePool;
 
   /**
    * One HTTP/1.1 request over a small keep-alive pool. IMDS answers in well under a millisecond, so
    * connection set-up and client overhead dominate: reusing sockets is what keeps boot fast.
    */
-  private request(
+  private async request(
     method: "GET" | "PUT",
     path: string,
     headers: Record<string, string>,
   ): Promise<Buffer> {
-    // Idle keep-alive sockets are unref'd by the agent, so they never hold the process open.
-    this.agent ??= new http.Agent({ keepAlive: true, maxSockets: 4 });
-    return new Promise<Buffer>((resolve, reject) => {
-      const req = http.request(
-        `${this.endpoint}/latest/${path}`,
-        { method, headers, agent: this.agent, timeout: this.timeoutMs },
-        (res) => {
-          const chunks: Buffer[] = [];
-          res.on("data", (c: Buffer) => chunks.push(c));
-          res.on("end", () => {
-            if (res.statusCode === 200) resolve(Buffer.concat(chunks));
-            else
-              reject(
-                Object.assign(new Error(`status code ${res.statusCode}`), {
-                  $metadata: { httpStatusCode: res.statusCode },
-                }),
-              );
-          });
-          res.on("error", reject);
-        },
-      );
-      req.on("timeout", () => req.destroy(new Error(`timed out after ${this.timeoutMs} ms`)));
-      req.on("error", reject);
-      req.end();
+    this.pool ??= new KeepAlivePool(this.endpoint);
+    const a = await this.pool.request(method, `/latest/${path}`, headers, this.timeoutMs);
+    if (a.status === 200) return a.body;
+    throw Object.assign(new Error(`status code ${a.status}`), {
+      $metadata: { httpStatusCode: a.status },
     });
   }
 

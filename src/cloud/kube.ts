@@ -2,7 +2,7 @@
 // (list, get, watch, merge-patch of the status subresource). @kubernetes/client-node would cost
 // ~0.6 s and ~120 MB at import for the same four calls; boot time is a product feature.
 // Finding the cluster (nodeadm's NodeConfig or [kubernetes] / a kubeconfig) also lives here.
-import https from "node:https";
+import type https from "node:https";
 import type { IncomingMessage } from "node:http";
 import { type KubernetesConfig } from "../config/model.js";
 import { own } from "../core/records.js";
@@ -10,7 +10,7 @@ import { InputError, OpError } from "../core/errors.js";
 import type { Host } from "../host/host.js";
 import { type CredentialSource, eksToken } from "./ekstoken.js";
 import { readTrustedFile } from "../host/trusted.js";
-import { loadYaml } from "../core/lazy.js";
+import { lazyHttps, loadYaml } from "../core/lazy.js";
 
 export const NODEENI_GROUP = "networking.k8s.aws";
 export const NODEENI_VERSION = "v1alpha1";
@@ -117,7 +117,7 @@ export class KubeClient {
     private readonly opts: { timeoutMs?: number } = {},
   ) {
     const auth = target.auth;
-    this.agent = new https.Agent({
+    this.agent = new (lazyHttps().Agent)({
       keepAlive: true,
       ca: target.ca,
       ...(auth.kind === "cert" ? { cert: auth.cert, key: auth.key } : {}),
@@ -169,7 +169,7 @@ export class KubeClient {
     const authz = await this.authorization();
     const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
     return new Promise((resolve, reject) => {
-      const req = https.request(
+      const req = lazyHttps().request(
         url,
         {
           method,

@@ -58,3 +58,7 @@ export function loadSdNotify<T>(): { addon?: T; error?: string } {
  */
 export const lazyCrypto = (): typeof import("node:crypto") => lazyRequire("node:crypto");
 export const lazyZlib = (): typeof import("node:zlib") => lazyRequire("node:zlib");
+/** node:https (with tls): ~16 ms of a Node 22 start, paid only by the NodeENI source's API reads. */
+export const lazyHttps = (): typeof import("node:https") => lazyRequire("node:https");
+/** node:net, for IMDS's own HTTP/1.1 (cloud/imds-http.ts); already loaded wherever stdio is a pipe. */
+export const lazyNet = (): typeof import("node:net") => lazyRequire("node:net");

@@ -11,7 +11,6 @@
 // leaves [[eni]] mtu at its default. eni-dpdk's own fields (not in the old controller): attach
 // ("eni-dpdk" | "external"; an external NodeENI may name no subnet: one ENI at deviceIndex), and the
 // attributes enaExpress, enaExpressUdp, sourceDestCheck, enaQueueCount, externalEC2.
-import { createHash } from "node:crypto";
 import { nearest, type Config, type Layer } from "../config/model.js";
 import { BDF_RE, ENI_NAME_RE, SG_ID_RE, SUBNET_ID_RE } from "../config/facts.js";
 import { FORBIDDEN_KEY_MESSAGE, isForbiddenKey, lookupTable, own } from "../core/records.js";
@@ -20,6 +19,7 @@ import { type Host } from "../host/host.js";
 import { delayFor, sleep, type Deadline } from "../core/deadline.js";
 import { readLocalHostname, type Imds, type InstanceIdentity } from "../cloud/imds.js";
 import type { Logger } from "../core/log.js";
+import { lazyCrypto } from "../core/lazy.js";
 import { loadState, type State } from "../host/state.js";
 import {
   isTransient,
@@ -105,7 +105,7 @@ export function eniNamesFor(nodeEniName: string, count: number): string[] {
       .toLowerCase()
       .replace(/[^a-z0-9-]+/g, "-")
       .replace(/^-+|-+$/g, "") || "nodeeni";
-  const hash = createHash("sha256").update(nodeEniName).digest("hex").slice(0, 6);
+  const hash = lazyCrypto().createHash("sha256").update(nodeEniName).digest("hex").slice(0, 6);
   return Array.from({ length: count }, (_, i) => {
     const suffix = i === 0 ? "" : `-${i}`;
     if (base.length + suffix.length <= MAX_ENI_NAME && ENI_NAME_RE.test(base + suffix))
