@@ -252,7 +252,10 @@ async function pass(
     ec2Loaded: session.ec2Loaded,
   };
   outcome.summary = summaryLine(outcome, config);
-  if (!opts.dryRun) await writeStatusFile(host, outcome, config);
+  if (!opts.dryRun)
+    await writeStatusFile(host, outcome, config, {
+      ...(result?.up.sriovCheck ? { sriovCheck: result.up.sriovCheck } : {}),
+    });
   return { ...outcome, gathered };
 }
 

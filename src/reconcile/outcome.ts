@@ -9,6 +9,7 @@ import type { HostDeviceResult, MaxPodsResult } from "./stage.js";
 import type { HugepageProblem } from "../host/kernel.js";
 import type { Action, StageName } from "../core/action.js";
 import { collectStatus } from "./status.js";
+import type { SriovCheckReport } from "../host/sriov-check.js";
 
 export interface ApplyOutcome {
   ok: boolean;
@@ -57,16 +58,29 @@ export function summaryLine(o: ApplyOutcome, config: Config): string {
   return `${head}: ${parts.join(", ")}${cached}${hugepages}${o.warnings.length ? ` (${o.warnings.length} warning${o.warnings.length === 1 ? "" : "s"})` : ""}`;
 }
 
-/** /run/eni-dpdk/status.json: the status document as this apply leaves the node, and the apply itself. */
-export async function writeStatusFile(host: Host, o: ApplyOutcome, config: Config): Promise<void> {
+/**
+ * /run/eni-dpdk/status.json: the status document as this apply leaves the node, and the apply itself.
+ * The document's last apply is this one, and the SR-IOV check the sriov stage made after its write
+ * is not made again.
+ */
+export async function writeStatusFile(
+  host: Host,
+  o: ApplyOutcome,
+  config: Config,
+  found: { sriovCheck?: SriovCheckReport } = {},
+): Promise<void> {
+  const { gathered: _g, ...plain } = o as ApplyOutcome & { gathered?: unknown };
+  void _g;
   let doc: Record<string, unknown>;
   try {
-    doc = (await collectStatus(host, { config })) as unknown as Record<string, unknown>;
+    doc = (await collectStatus(host, {
+      config,
+      last: { apply: plain, devices: plain.devices },
+      ...found,
+    })) as unknown as Record<string, unknown>;
   } catch (e) {
     doc = { statusError: errorMessage(e) };
   }
-  const { gathered: _g, ...plain } = o as ApplyOutcome & { gathered?: unknown };
-  void _g;
   await host.writeFileAtomic(
     STATUS_PATH,
     JSON.stringify({ ...doc, apply: plain }, null, 2) + "\n",

@@ -14,7 +14,7 @@ import {
   type SriovDevice,
 } from "../host/sriov-model.js";
 import { ownedIn, previousPath, sameList, writeMerged } from "../host/sriov-file.js";
-import { checkSriov } from "../host/sriov-check.js";
+import { checkSriov, type SriovCheckReport } from "../host/sriov-check.js";
 import { type HostDeviceResult, type Stage, type StageContext, type StagePlan } from "./stage.js";
 import { type Action } from "../core/action.js";
 
@@ -246,8 +246,12 @@ export const sriovStage: Stage<SriovPlan & StagePlan & { devices: SriovDevice[] 
   },
   async apply(ctx, plan) {
     const sriov = await applySriov(ctx, plan.devices, plan);
-    const warnings = await checkAfterApply(ctx, sriov.path);
-    return { sriov, ...(warnings.length ? { warnings } : {}) };
+    const { warnings, report } = await checkAfterApply(ctx, sriov.path);
+    return {
+      sriov,
+      ...(report ? { sriovCheck: report } : {}),
+      ...(warnings.length ? { warnings } : {}),
+    };
   },
 };
 
@@ -256,12 +260,18 @@ export const sriovStage: Stage<SriovPlan & StagePlan & { devices: SriovDevice[] 
  * (ours and foreign entries). The plugin reads it once, at start, and says nothing when a resource
  * matches no device, so each of `sriov check`'s errors becomes a warning of this apply.
  */
-async function checkAfterApply(ctx: StageContext, filePath: string): Promise<string[]> {
-  if (!(await ctx.host.exists(filePath))) return [];
+async function checkAfterApply(
+  ctx: StageContext,
+  filePath: string,
+): Promise<{ warnings: string[]; report?: SriovCheckReport }> {
+  if (!(await ctx.host.exists(filePath))) return { warnings: [] };
   try {
-    const r = await checkSriov(ctx.host, filePath, { owned: ownedIn(ctx.state, filePath) });
-    return r.errors.map((e) => `SR-IOV check: ${e} (see \`eni-dpdk sriov check\`)`);
+    const report = await checkSriov(ctx.host, filePath, { owned: ownedIn(ctx.state, filePath) });
+    return {
+      warnings: report.errors.map((e) => `SR-IOV check: ${e} (see \`eni-dpdk sriov check\`)`),
+      report,
+    };
   } catch (e) {
-    return [`SR-IOV check could not run: ${errorMessage(e)}`];
+    return { warnings: [`SR-IOV check could not run: ${errorMessage(e)}`] };
   }
 }

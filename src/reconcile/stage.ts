@@ -13,6 +13,7 @@ import type { SriovApplyResult } from "../host/sriov-model.js";
 import type { NodeEniResult } from "../sources/nodeeni.js";
 import type { NodeConfigPartLike } from "../sources/nodeconfig.js";
 import { type Action, type StageName } from "../core/action.js";
+import type { SriovCheckReport } from "../host/sriov-check.js";
 
 /** Everything a stage may use. The EC2 client is behind a lazy factory so a no-op boot never loads the SDK. */
 export interface StageContext {
@@ -60,6 +61,8 @@ export interface Upstream {
   enis: EniRecord[];
   devices: HostDeviceResult[];
   sriov?: SriovApplyResult;
+  /** what the device plugin will advertise from the file the sriov stage left (its check after the write) */
+  sriovCheck?: SriovCheckReport;
   /** what a stage's apply found wrong without failing; the pass collects them into its warnings */
   warnings?: string[];
   maxPods?: MaxPodsResult;

@@ -106,11 +106,19 @@ export interface StatusDoc {
 /** The status document: state file + sysfs (+ config, + the last apply's status file). No IMDS. */
 export async function collectStatus(
   host: Host,
-  opts: { config?: Config; state?: State; configProblems?: string[] } = {},
+  opts: {
+    config?: Config;
+    state?: State;
+    configProblems?: string[];
+    /** the apply that writes this document (otherwise the one in the status file) */
+    last?: LastApplyFile;
+    /** that apply's SR-IOV check of the file, made after its write (otherwise made here) */
+    sriovCheck?: SriovCheckReport;
+  } = {},
 ): Promise<StatusDoc> {
   const config = opts.config ?? defaults();
   const state = opts.state ?? (await loadState(host));
-  const last = await readLastApply(host);
+  const last = opts.last ?? (await readLastApply(host));
   const routes = await readRoutes(host);
   const netdevs = await listNetdevs(host);
   const devices: StatusDevice[] = [];
@@ -209,7 +217,10 @@ export async function collectStatus(
     const r = await inspectSriov(host, sriovPath, config.sriov.resource_prefix);
     sriov = { configPath: sriovPath, exists: r.exists, valid: r.valid, warnings: r.warnings };
     if (r.exists)
-      sriov.check = await checkSriov(host, sriovPath, { owned: ownedIn(state, sriovPath) });
+      sriov.check =
+        opts.sriovCheck?.path === sriovPath
+          ? opts.sriovCheck
+          : await checkSriov(host, sriovPath, { owned: ownedIn(state, sriovPath) });
   } catch (e) {
     sriov.warnings.push(`could not inspect: ${errorMessage(e)}`);
   }
@@ -276,7 +287,7 @@ async function maxPodsStatus(
   };
 }
 
-interface LastApplyFile {
+export interface LastApplyFile {
   devices?: {
     mac?: string;
     name?: string;

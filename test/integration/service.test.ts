@@ -85,6 +85,16 @@ t.test(
     );
     t.equal(status.apply.ok, true);
     t.ok(status.apply.timings.eni > 0 && status.apply.timings.total > 0, "timings per stage");
+    t.same(
+      [status.lastApply?.startedAt, status.lastApply?.summary],
+      [status.apply.startedAt, status.apply.summary],
+      "the document's last apply is the apply that wrote it, not the one before",
+    );
+    t.same(
+      [status.host.sriov.check?.ok, status.host.sriov.check?.errors],
+      [true, []],
+      "the SR-IOV check of the file the apply left",
+    );
     const sriov = JSON.parse(readFileSync(path.join(world.root, "etc/pcidp/config.json"), "utf8"));
     t.same(sriov.resourceList[0].selectors.pciAddresses, ["0000:00:06.0", "0000:00:07.0"]);
     t.equal(world.sim.driverOf("0000:00:08.0"), "ena", "kernel ENI stays on ena");
