@@ -1,6 +1,15 @@
 #!/usr/bin/env node
 // Entry point: keep it tiny so the bundle's start-up cost is only what a command imports.
+import nodeModule from "node:module";
 import { catchSignals } from "./core/signals.js";
+
+// Node 22 (the AMI's) keeps V8's compiled code of the bundle's chunks in a cache beside them: a
+// start then skips parsing the 300 KB boot chunk, ~9 ms of every boot. The cache is keyed by each
+// file's content and by the V8 version, so a new release or Node rejects it and writes it anew;
+// when the directory cannot be written the call only reports so, and the start is as without it.
+// Node 20 has no such cache.
+const { enableCompileCache } = nodeModule as { enableCompileCache?: (dir: string) => unknown };
+enableCompileCache?.(new URL("./.v8-cache", import.meta.url).pathname);
 
 const argv = process.argv.slice(2);
 // The service catches its signals before anything else loads: a SIGHUP during start-up is a reload.
