@@ -1,15 +1,17 @@
 // Boot-time benchmark: the bundle's `apply` on a simulated node (IMDSv2 + EC2 emulators, simulated
 // kernel) against `node -e 0` and the I/O floor, run the same way. Prints medians; asserts nothing.
-//   steady state: every reboot — ENIs attached, devices back on ena, state file kept → rebind
+//   steady state: every reboot — ENIs attached, devices back on ena, state file kept → rebind;
+//     on the AMI, whose etc/modules-load.d has loaded vfio-pci before eni-dpdk starts, and without
+//     it, where apply runs modprobe itself
 //   nothing to do: a converged node
 // With several --bundle directories (A/B), each gets its own simulated node and the runs of all of
 // them are interleaved, so machine load affects them alike.
 // Usage: npm run build && npx tsx scripts/bench/boot.ts [--runs 15] [--node /path/to/node] [--bundle DIR --bundle DIR2]
 import { spawn } from "node:child_process";
-import { writeFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import { cpus, tmpdir } from "node:os";
 import path from "node:path";
-import { World, sampleConfig } from "../../src/sim/world.js";
+import { World, modulesLoadOf, sampleConfig } from "../../src/sim/world.js";
 
 const args = process.argv.slice(2);
 const opt = (name: string) =>
@@ -21,6 +23,11 @@ const bundles = (opt("--bundle").length ? opt("--bundle") : [path.join(repo, "di
   path.resolve(d),
 );
 const ioFloor = path.join(repo, "scripts/bench/io-floor.mjs");
+// The AMI's own files, as systemd-modules-load reads them at boot.
+const amiModules = modulesLoadOf(
+  readFileSync(path.join(repo, "etc/modules-load.d/eni-dpdk.conf"), "utf8"),
+  readFileSync(path.join(repo, "etc/modprobe.d/eni-dpdk.conf"), "utf8"),
+);
 
 interface Sample {
   ms: number;
@@ -58,6 +65,7 @@ interface Subject {
   env: NodeJS.ProcessEnv;
   imdsRequests: number;
   steady: Sample[];
+  steadyAmi: Sample[];
   noop: Sample[];
   ec2Before: number;
 }
@@ -82,6 +90,7 @@ async function subject(bundle: string): Promise<Subject> {
     env,
     imdsRequests: world.imds.requests.length,
     steady: [],
+    steadyAmi: [],
     noop: [],
     ec2Before: world.ec2.totalCalls(),
   };
@@ -104,12 +113,18 @@ async function main() {
       floor.push(await measure([node, "-e", "0"], first.env));
       io.push(await measure([node, ioFloor, pathsFile], first.env));
       for (const s of subjects) {
-        s.world.reboot();
-        const r = await measure([node, path.join(s.bundle, "eni-dpdk.mjs"), "apply"], s.env);
-        if (r.code !== 0 || s.world.sim.driverOf("0000:00:06.0") !== "vfio-pci")
-          throw new Error(`${s.bundle}: steady-state apply did not rebind (run ${i})`);
-        s.steady.push(r);
-        s.noop.push(await measure([node, path.join(s.bundle, "eni-dpdk.mjs"), "apply"], s.env));
+        const cli = path.join(s.bundle, "eni-dpdk.mjs");
+        for (const [ami, into] of [
+          [true, s.steadyAmi],
+          [false, s.steady],
+        ] as const) {
+          s.world.reboot(ami ? { modulesLoad: amiModules } : {});
+          const r = await measure([node, cli, "apply"], s.env);
+          if (r.code !== 0 || s.world.sim.driverOf("0000:00:06.0") !== "vfio-pci")
+            throw new Error(`${s.bundle}: steady-state apply did not rebind (run ${i})`);
+          into.push(r);
+        }
+        s.noop.push(await measure([node, cli, "apply"], s.env));
       }
     }
     const f = median(floor.map((x) => x.ms));
@@ -139,13 +154,22 @@ async function main() {
     for (const s of subjects) {
       const label = subjects.length > 1 ? ` [${path.relative(repo, s.bundle) || s.bundle}]` : "";
       console.log(
-        row(`steady-state boot: \`apply\` after a reboot (rebind 2 ENIs)${label}`, s.steady),
+        row(
+          `steady-state boot on the AMI: \`apply\` after a reboot, vfio-pci loaded by etc/modules-load.d (rebind 2 ENIs)${label}`,
+          s.steadyAmi,
+        ),
+      );
+      console.log(
+        row(
+          `steady-state boot without modules-load.d: \`apply\` runs modprobe, then rebinds 2 ENIs${label}`,
+          s.steady,
+        ),
       );
       console.log(row(`nothing to do: \`apply\` on a converged node${label}`, s.noop));
     }
     for (const s of subjects) {
       console.log(
-        `${path.relative(repo, s.bundle) || s.bundle}: ${s.imdsRequests} IMDS requests per converged apply; EC2 calls by the ${runs * 2} measured applies: ${s.world.ec2.totalCalls() - s.ec2Before}`,
+        `${path.relative(repo, s.bundle) || s.bundle}: ${s.imdsRequests} IMDS requests per converged apply; EC2 calls by the ${runs * 3} measured applies: ${s.world.ec2.totalCalls() - s.ec2Before}`,
       );
     }
   } finally {

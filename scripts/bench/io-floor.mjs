@@ -1,30 +1,57 @@
 // The I/O of a converged `apply` with none of eni-dpdk's code: the same IMDS requests (replayed from
-// a real apply's request log, over the same keep-alive pool), flock(1) for the host lock, a read of
+// a real apply's request log, over a keep-alive pool as the CLI's), flock(1) for the host lock, a read of
 // every attribute under the PCI devices and netdevs, the config/state/SR-IOV files, and the status
 // file written. boot.ts times it beside `node -e 0` as the floor the boot-time goal sits on.
 // Usage: node io-floor.mjs <file with one IMDS path per line>   (env as the CLI gets it)
 import { spawn } from "node:child_process";
 import fs from "node:fs";
-import http from "node:http";
+import net from "node:net";
 import path from "node:path";
 
-const endpoint = process.env.AWS_EC2_METADATA_SERVICE_ENDPOINT;
+const endpoint = new URL(process.env.AWS_EC2_METADATA_SERVICE_ENDPOINT);
 const root = process.env.ENI_DPDK_ROOT;
 const paths = fs
   .readFileSync(process.argv[2], "utf8")
   .split("\n")
   .filter((p) => p && p !== "api/token");
-const agent = new http.Agent({ keepAlive: true, maxSockets: 4 });
-const request = (method, p, headers) =>
-  new Promise((resolve, reject) => {
-    const r = http.request(`${endpoint}/latest/${p}`, { method, headers, agent }, (res) => {
-      const chunks = [];
-      res.on("data", (c) => chunks.push(c));
-      res.on("end", () => resolve(Buffer.concat(chunks).toString()));
-    });
-    r.on("error", reject);
-    r.end();
+
+// HTTP/1.1 spoken on sockets directly, as the CLI does (src/cloud/imds-http.ts), with the least
+// a floor needs: answers framed by Content-Length, as the emulator frames them; 4 keep-alive sockets.
+const idle = [];
+const connect = () =>
+  new Promise((resolve) => {
+    const s = net.connect(Number(endpoint.port), endpoint.hostname, () => resolve(s));
+    s.setNoDelay(true);
   });
+const request = async (method, p, headers) => {
+  const sock = idle.pop() ?? (await connect());
+  return new Promise((resolve) => {
+    let buf = Buffer.alloc(0);
+    const onData = (d) => {
+      buf = Buffer.concat([buf, d]);
+      const end = buf.indexOf("\r\n\r\n");
+      if (end < 0) return;
+      const len = Number(/\r\ncontent-length: *(\d+)/i.exec(buf.subarray(0, end).toString())?.[1]);
+      if (buf.length < end + 4 + len) return;
+      sock.off("data", onData);
+      idle.push(sock);
+      resolve(buf.subarray(end + 4, end + 4 + len).toString());
+    };
+    sock.on("data", onData);
+    const lines = Object.entries(headers).map(([k, v]) => `${k}: ${v}\r\n`);
+    sock.write(
+      `${method} /latest/${p} HTTP/1.1\r\nHost: ${endpoint.host}\r\n${lines.join("")}\r\n`,
+    );
+  });
+};
+const pool = (n, jobs) => {
+  const queue = [...jobs];
+  return Promise.all(
+    Array.from({ length: n }, async () => {
+      while (queue.length) await queue.shift()();
+    }),
+  );
+};
 
 const locked = new Promise((resolve) => {
   const child = spawn("flock", ["--exclusive", path.join(root, "run/eni-dpdk.lock"), "cat"]);
@@ -34,7 +61,11 @@ const locked = new Promise((resolve) => {
 const token = await request("PUT", "api/token", {
   "x-aws-ec2-metadata-token-ttl-seconds": "21600",
 });
-await Promise.all(paths.map((p) => request("GET", p, { "x-aws-ec2-metadata-token": token })));
+await pool(
+  4,
+  paths.map((p) => () => request("GET", p, { "x-aws-ec2-metadata-token": token })),
+);
+for (const s of idle) s.destroy();
 
 let files = 0;
 const walk = (dir, depth) => {

@@ -300,6 +300,14 @@ export class SimKernel {
     }
   }
 
+  /**
+   * What systemd-modules-load does early at boot, before any eni-dpdk unit: modprobe each module a
+   * modules-load.d file names, with the options modprobe.d gives it (module name → its options).
+   */
+  loadAtBoot(modules: string[], options: Readonly<Record<string, string[]>> = {}): void {
+    for (const m of modules) this.loadModule(m, options[m.replace(/-/g, "_")] ?? []);
+  }
+
   /** Simulate the kernel with or without CONFIG_VFIO_NOIOMMU (takes effect at the next vfio load). */
   setNoiommuSupport(supported: boolean): void {
     this.noiommuSupport = supported;

@@ -31,6 +31,30 @@ export interface WorldOptions {
   nodeadm?: boolean;
 }
 
+/** The modules a boot loads before eni-dpdk runs, and their modprobe.d options. */
+export interface ModulesLoad {
+  modules: string[];
+  options: Record<string, string[]>;
+}
+
+/**
+ * Read a modules-load.d file (one module per line) and a modprobe.d file (`options <module> <args>`)
+ * as systemd-modules-load and modprobe do; `#` starts a comment.
+ */
+export function modulesLoadOf(modulesLoadD: string, modprobeD: string): ModulesLoad {
+  const lines = (text: string) =>
+    text
+      .split("\n")
+      .map((l) => l.replace(/#.*/, "").trim())
+      .filter(Boolean);
+  const options: Record<string, string[]> = {};
+  for (const l of lines(modprobeD)) {
+    const [word, mod, ...args] = l.split(/\s+/);
+    if (word === "options" && mod) (options[mod.replace(/-/g, "_")] ??= []).push(...args);
+  }
+  return { modules: lines(modulesLoadD), options };
+}
+
 export class World {
   private readonly timers = new Set<NodeJS.Timeout>();
 
@@ -158,10 +182,13 @@ export class World {
 
   /**
    * Simulate a reboot: every NIC comes back on its kernel driver with a netdev (the kernel forgets
-   * driver_override), /run is emptied; /etc, /var/lib and EC2's attachments persist.
+   * driver_override), /run is emptied; /etc, /var/lib and EC2's attachments persist. `modulesLoad`
+   * is the boot's systemd-modules-load: on the AMI, etc/modules-load.d loads vfio-pci with the
+   * options of etc/modprobe.d before eni-dpdk starts (see modulesLoadOf).
    */
-  reboot(): void {
+  reboot(opts: { modulesLoad?: ModulesLoad } = {}): void {
     this.sim.reboot();
+    if (opts.modulesLoad) this.sim.loadAtBoot(opts.modulesLoad.modules, opts.modulesLoad.options);
     this.primaryRoutes();
   }
 
