@@ -126,7 +126,13 @@ export function stage(
   strict = false,
 ) {
   const opt = path.join(stageDir, "opt/eni-dpdk");
-  copyTree(bundleDir, opt, 0o644, (p) => !p.endsWith(".map") && !p.endsWith(".json"));
+  // .v8-cache: V8's compiled code that a run of this bundle left (src/main.ts), for this machine's Node
+  copyTree(
+    bundleDir,
+    opt,
+    0o644,
+    (p) => !p.endsWith(".map") && !p.endsWith(".json") && path.basename(p) !== ".v8-cache",
+  );
   if (!fs.existsSync(path.join(opt, "eni-dpdk.mjs")))
     throw new Error(`${bundleDir}/eni-dpdk.mjs missing: run npm run build`);
 
