@@ -5,7 +5,7 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
-import { World, sampleConfig } from "../../src/sim/world.js";
+import { World, modulesLoadOf, sampleConfig } from "../../src/sim/world.js";
 import { NotifySocket } from "../support/notify.js";
 import { createNotifier } from "../../src/core/notify.js";
 import { silentLogger } from "../../src/core/log.js";
@@ -165,6 +165,37 @@ t.test(
     t.equal(world.sim.driverOf("0000:00:06.0"), "vfio-pci");
     t.equal(world.sim.driverOf("0000:00:07.0"), "vfio-pci");
     t.equal(world.sim.driverOf("0000:00:05.0"), "ena");
+  },
+);
+
+t.test(
+  "reboot on the AMI: modules-load.d loaded vfio-pci with NOIOMMU; apply rebinds and runs no modprobe",
+  async (t) => {
+    const world = await World.start({ configToml: sampleConfig() });
+    t.teardown(() => world.close());
+    t.equal((await cli(world, ["apply"])).code, 0);
+    // the AMI's own files, read as systemd-modules-load and modprobe read them
+    const ami = modulesLoadOf(
+      readFileSync(path.join(REPO, "etc/modules-load.d/eni-dpdk.conf"), "utf8"),
+      readFileSync(path.join(REPO, "etc/modprobe.d/eni-dpdk.conf"), "utf8"),
+    );
+    t.same(ami, {
+      modules: ["vfio", "vfio-pci"],
+      options: { vfio: ["enable_unsafe_noiommu_mode=1"] },
+    });
+    world.reboot({ modulesLoad: ami });
+    t.equal(world.sim.driverOf("0000:00:06.0"), "ena");
+    t.equal(
+      readFileSync(world.sim.p("/sys/module/vfio/parameters/enable_unsafe_noiommu_mode"), "utf8"),
+      "Y\n",
+      "vfio was loaded with the modprobe.d option",
+    );
+    const modprobes = world.sim.modprobeCalls().length;
+    const r = await cli(world, ["apply"]);
+    t.equal(r.code, 0, r.stderr);
+    t.equal(world.sim.modprobeCalls().length, modprobes, "no modprobe: the modules were there");
+    t.equal(world.sim.driverOf("0000:00:06.0"), "vfio-pci");
+    t.equal(world.sim.driverOf("0000:00:07.0"), "vfio-pci");
   },
 );
 
