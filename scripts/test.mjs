@@ -1,9 +1,15 @@
-// `npm test`: the bundle, then the type check beside the tests. tsc runs on one core for 6–14 s;
-// beside tap it fills the core the tests leave idle instead of holding both back. Its report is
-// printed after tap's, and either failing fails the run.
+// `npm test`: the bundle and the compiled tests, then the type check beside tap. tsc runs on one
+// core for 6–14 s; beside tap it fills the core the tests leave idle instead of holding both back.
+// Its report is printed after tap's, and either failing fails the run.
+//
+//   node scripts/test.mjs [--no-typecheck] [test/DIR | test/FILE.test.ts ...] [tap options]
+//
+// Test paths pick the files to run (default: all of test/**/*.test.ts); tap runs their compiled
+// copies (scripts/build-tests.mjs), without tsx. Everything else goes to tap as it is.
 import { spawn } from "node:child_process";
-import { accessSync, constants, statSync } from "node:fs";
+import { accessSync, constants, existsSync, statSync } from "node:fs";
 import path from "node:path";
+import { buildTests, compiledPath, testFiles } from "./build-tests.mjs";
 
 const repo = path.resolve(import.meta.dirname, "..");
 const bin = (name) => path.join(repo, "node_modules/.bin", name);
@@ -35,14 +41,45 @@ function isWritableDir(dir) {
   }
 }
 
+let typecheck = true;
+const picked = [];
+const tapArgs = [];
+for (const a of process.argv.slice(2)) {
+  const rel = path.relative(repo, path.resolve(a));
+  if (a === "--no-typecheck") typecheck = false;
+  else if (!a.startsWith("-") && rel.split(path.sep)[0] === "test" && existsSync(a))
+    picked.push(rel);
+  else tapArgs.push(a);
+}
+const all = await testFiles();
+const selected = picked.length
+  ? all.filter((f) => picked.some((p) => f === p || f.startsWith(p + path.sep)))
+  : all;
+if (!selected.length) {
+  console.error(`test.mjs: no test file under ${picked.join(" ")}`);
+  process.exit(1);
+}
+
+const tapBin = path.join(repo, "node_modules/tap/dist/esm/run.mjs");
 const build = await run([process.execPath, path.join(repo, "scripts/build.mjs")]);
 if (build.code !== 0) process.exit(build.code);
+await buildTests();
 const [tsc, tap] = await Promise.all([
-  run([bin("tsc"), "--noEmit", "-p", "."], true),
-  run([bin("tap"), ...process.argv.slice(2)]),
+  typecheck ? run([bin("tsc"), "--noEmit", "-p", "."], true) : { code: 0, out: "" },
+  // tap's shebang is `env node`: run it with this Node, whose execPath it gives the tests.
+  // --node-arg replaces the config's --import=tsx (tap adds --enable-source-maps itself).
+  run([
+    process.execPath,
+    tapBin,
+    "--node-arg=--enable-source-maps",
+    ...tapArgs,
+    ...selected.map((f) => path.relative(repo, compiledPath(f))),
+  ]),
 ]);
-process.stdout.write(tsc.out);
-console.log(
-  tsc.code === 0 ? "# tsc --noEmit: no type errors" : `# tsc --noEmit failed (exit ${tsc.code})`,
-);
+if (typecheck) {
+  process.stdout.write(tsc.out);
+  console.log(
+    tsc.code === 0 ? "# tsc --noEmit: no type errors" : `# tsc --noEmit failed (exit ${tsc.code})`,
+  );
+}
 process.exit(tsc.code || tap.code);
