@@ -7,8 +7,9 @@
 // Test paths pick the files to run (default: all of test/**/*.test.ts); tap runs their compiled
 // copies (scripts/build-tests.mjs), without tsx. Everything else goes to tap as it is.
 import { spawn } from "node:child_process";
-import { accessSync, constants, existsSync, statSync } from "node:fs";
+import { accessSync, constants, existsSync, readFileSync, statSync } from "node:fs";
 import path from "node:path";
+import { pathToFileURL } from "node:url";
 import { buildTests, compiledPath, testFiles } from "./build-tests.mjs";
 
 const repo = path.resolve(import.meta.dirname, "..");
@@ -60,9 +61,37 @@ if (!selected.length) {
   process.exit(1);
 }
 
+/**
+ * Whether tap's Test class is built with the plugins package.json asks for. package.json drops
+ * the plugins no test uses (each test process loads every plugin); tap rebuilds on a mismatch by
+ * itself, but only after it has chosen that run's loaders, so a fresh install builds here first.
+ */
+async function tapPluginsBuilt() {
+  const tapjs = path.join(repo, "node_modules/@tapjs");
+  const { defaultPlugins } = await import(
+    pathToFileURL(path.join(tapjs, "test/dist/esm/default-plugins.js")).href
+  );
+  const want = new Set(defaultPlugins);
+  for (const p of JSON.parse(readFileSync(path.join(repo, "package.json"), "utf8")).tap.plugin)
+    if (p.startsWith("!")) want.delete(p.slice(1));
+    else want.add(p);
+  let built;
+  try {
+    built = readFileSync(path.join(tapjs, "test/test-built/dist/esm/index.js"), "utf8");
+  } catch {
+    return false;
+  }
+  const signature = /^export const signature = `([^`]*)`/m.exec(built)?.[1];
+  return signature === [...want].sort((a, b) => a.localeCompare(b, "en")).join("\n");
+}
+
 const tapBin = path.join(repo, "node_modules/tap/dist/esm/run.mjs");
 const build = await run([process.execPath, path.join(repo, "scripts/build.mjs")]);
 if (build.code !== 0) process.exit(build.code);
+if (!(await tapPluginsBuilt())) {
+  const b = await run([process.execPath, tapBin, "build"]);
+  if (b.code !== 0) process.exit(b.code);
+}
 await buildTests();
 const [tsc, tap] = await Promise.all([
   typecheck ? run([bin("tsc"), "--noEmit", "-p", "."], true) : { code: 0, out: "" },
