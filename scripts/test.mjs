@@ -86,6 +86,7 @@ async function tapPluginsBuilt() {
 }
 
 const tapBin = path.join(repo, "node_modules/tap/dist/esm/run.mjs");
+const tsInfo = path.join(repo, ".cache/tsc/tsbuildinfo");
 const build = await run([process.execPath, path.join(repo, "scripts/build.mjs")]);
 if (build.code !== 0) process.exit(build.code);
 if (!(await tapPluginsBuilt())) {
@@ -94,7 +95,10 @@ if (!(await tapPluginsBuilt())) {
 }
 await buildTests();
 const [tsc, tap] = await Promise.all([
-  typecheck ? run([bin("tsc"), "--noEmit", "-p", "."], true) : { code: 0, out: "" },
+  // incremental: a run after a small edit re-checks what changed (14.7 -> 6.5 s of CPU here)
+  typecheck
+    ? run([bin("tsc"), "--noEmit", "-p", ".", "--incremental", "--tsBuildInfoFile", tsInfo], true)
+    : { code: 0, out: "" },
   // tap's shebang is `env node`: run it with this Node, whose execPath it gives the tests.
   // --node-arg replaces the config's --import=tsx (tap adds --enable-source-maps itself).
   run([
