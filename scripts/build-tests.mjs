@@ -19,9 +19,11 @@ export async function testFiles() {
     .sort();
 }
 
-/** test/x/y.test.ts → .cache/test/x/y.test.mjs (absolute) */
-export const compiledPath = (rel) =>
-  path.join(TEST_OUT, path.relative("test", rel).replace(/\.ts$/, ".mjs"));
+/**
+ * Compile `order` (repo-relative test files); returns each one's compiled path, repo-relative:
+ * test/x/y.test.ts → .cache/test/NN/x/y.test.mjs. tap starts files in the order of their names,
+ * so NN, the file's place in `order`, decides which start first.
+ */
 
 // A bundled module's import.meta is its output file's; the tests and src find files beside their
 // source (test/support/repo.ts: the repo root; notify.ts: notify-recv.py), so each module gets
@@ -47,12 +49,14 @@ const sourceMeta = {
   },
 };
 
-export async function buildTests() {
+export async function buildTests(order) {
+  const out = order.map((f, i) =>
+    path.join(String(i).padStart(2, "0"), path.relative("test", f).replace(/\.ts$/, "")),
+  );
   await rm(TEST_OUT, { recursive: true, force: true });
   await build({
     absWorkingDir: repo,
-    entryPoints: await testFiles(),
-    outbase: "test",
+    entryPoints: order.map((f, i) => ({ in: f, out: out[i] })),
     outdir: TEST_OUT,
     outExtension: { ".js": ".mjs" },
     bundle: true,
@@ -68,6 +72,9 @@ export async function buildTests() {
     plugins: [sourceMeta],
     logLevel: "warning",
   });
+  return new Map(
+    order.map((f, i) => [f, path.relative(repo, path.join(TEST_OUT, `${out[i]}.mjs`))]),
+  );
 }
 
-if (process.argv[1] === import.meta.filename) await buildTests();
+if (process.argv[1] === import.meta.filename) await buildTests(await testFiles());

@@ -7,10 +7,19 @@
 // Test paths pick the files to run (default: all of test/**/*.test.ts); tap runs their compiled
 // copies (scripts/build-tests.mjs), without tsx. Everything else goes to tap as it is.
 import { spawn } from "node:child_process";
-import { accessSync, constants, existsSync, readFileSync, statSync } from "node:fs";
+import {
+  accessSync,
+  constants,
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
 import path from "node:path";
 import { pathToFileURL } from "node:url";
-import { buildTests, compiledPath, testFiles } from "./build-tests.mjs";
+import { buildTests, testFiles } from "./build-tests.mjs";
 
 const repo = path.resolve(import.meta.dirname, "..");
 const bin = (name) => path.join(repo, "node_modules/.bin", name);
@@ -93,7 +102,13 @@ if (!(await tapPluginsBuilt())) {
   const b = await run([process.execPath, tapBin, "build"]);
   if (b.code !== 0) process.exit(b.code);
 }
-await buildTests();
+// Longest first, by each file's time in the last run (a new file counts as long): with files
+// started by name, unit/reconcile/eni.test.ts (38 s, asleep in EC2 backoffs) started at 80 s and
+// ran alone for the last 20 s of the suite.
+const timesFile = path.join(repo, ".cache/test-times.json");
+const times = readJson(timesFile) ?? {};
+const order = [...selected].sort((a, b) => (times[b] ?? 1e9) - (times[a] ?? 1e9));
+const compiled = await buildTests(order);
 const [tsc, tap] = await Promise.all([
   // incremental: a run after a small edit re-checks what changed (14.7 -> 6.5 s of CPU here)
   typecheck
@@ -106,9 +121,10 @@ const [tsc, tap] = await Promise.all([
     tapBin,
     "--node-arg=--enable-source-maps",
     ...tapArgs,
-    ...selected.map((f) => path.relative(repo, compiledPath(f))),
+    ...order.map((f) => compiled.get(f)),
   ]),
 ]);
+saveTimes();
 if (typecheck) {
   process.stdout.write(tsc.out);
   console.log(
@@ -116,3 +132,27 @@ if (typecheck) {
   );
 }
 process.exit(tsc.code || tap.code);
+
+function readJson(file) {
+  try {
+    return JSON.parse(readFileSync(file, "utf8"));
+  } catch {
+    return undefined;
+  }
+}
+
+/** Each test file's run time, from tap's process records (.tap/processinfo), into timesFile. */
+function saveTimes() {
+  const dir = path.join(repo, ".tap/processinfo");
+  const source = new Map([...compiled].map(([f, c]) => [path.join(repo, c), f]));
+  if (!existsSync(dir)) return;
+  const entries = readdirSync(dir);
+  for (const e of entries) {
+    const p = readJson(path.join(dir, e));
+    const f = p && !p.parent && source.get(p.argv?.[1]);
+    if (f && typeof p.runtime === "number") times[f] = Math.round(p.runtime);
+  }
+  mkdirSync(path.dirname(timesFile), { recursive: true });
+  const sorted = Object.fromEntries(Object.entries(times).sort(([a], [b]) => a.localeCompare(b)));
+  writeFileSync(timesFile, JSON.stringify(sorted, null, 1) + "\n");
+}
