@@ -28,6 +28,8 @@ class NoAnswer extends Error {}
 
 export class KeepAlivePool {
   private readonly idle: Socket[] = [];
+  /** each idle socket's listeners, which leave the pool with it when the server closes it */
+  private readonly idleDrops = new Map<Socket, () => void>();
   private readonly waiting: ((s: Socket | undefined) => void)[] = [];
   private busy = 0;
   readonly host: string;
@@ -88,12 +90,16 @@ export class KeepAlivePool {
   /** Close every idle socket (busy ones close when their exchange ends). */
   close(): void {
     for (const s of this.idle.splice(0)) s.destroy();
+    this.idleDrops.clear();
   }
 
   private async acquire(fresh: boolean): Promise<{ socket: Socket; reused: boolean }> {
     if (!fresh) {
       const s = this.idle.pop();
       if (s) {
+        const drop = this.idleDrops.get(s)!;
+        this.idleDrops.delete(s);
+        s.off("close", drop).off("end", drop).off("error", drop);
         this.busy++;
         s.ref();
         return { socket: s, reused: true };
@@ -120,12 +126,11 @@ export class KeepAlivePool {
     const drop = () => {
       const i = this.idle.indexOf(socket);
       if (i >= 0) this.idle.splice(i, 1);
+      this.idleDrops.delete(socket);
       socket.destroy();
     };
-    socket.once("close", drop);
-    socket.once("end", drop);
-    socket.once("error", drop);
-    (socket as Socket & { dropIdle?: () => void }).dropIdle = drop;
+    socket.once("close", drop).once("end", drop).once("error", drop);
+    this.idleDrops.set(socket, drop);
     this.idle.push(socket);
   }
 }
@@ -137,12 +142,6 @@ function exchange(
   remainingMs: number,
   boundMs: number,
 ): Promise<{ answer: HttpAnswer; keep: boolean }> {
-  // An idle socket's listeners belong to the pool; while busy, the exchange owns it.
-  const idleDrop = (socket as Socket & { dropIdle?: () => void }).dropIdle;
-  if (idleDrop) {
-    socket.off("close", idleDrop).off("end", idleDrop).off("error", idleDrop);
-    delete (socket as Socket & { dropIdle?: () => void }).dropIdle;
-  }
   return new Promise((resolve, reject) => {
     const parser = new AnswerParser();
     let answered = false;
