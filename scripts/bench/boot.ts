@@ -7,11 +7,11 @@
 // With several --bundle directories (A/B), each gets its own simulated node and the runs of all of
 // them are interleaved, so machine load affects them alike.
 // Usage: npm run build && npx tsx scripts/bench/boot.ts [--runs 15] [--node /path/to/node] [--bundle DIR --bundle DIR2]
-import { spawn } from "node:child_process";
 import { readFileSync, writeFileSync } from "node:fs";
 import { cpus, tmpdir } from "node:os";
 import path from "node:path";
 import { World, modulesLoadOf, sampleConfig } from "../../src/sim/world.js";
+import { timed, type Timed } from "./timed.js";
 
 const args = process.argv.slice(2);
 const opt = (name: string) =>
@@ -29,29 +29,13 @@ const amiModules = modulesLoadOf(
   readFileSync(path.join(repo, "etc/modprobe.d/eni-dpdk.conf"), "utf8"),
 );
 
-interface Sample {
-  ms: number;
-  rssMb: number;
-  code: number;
-}
+type Sample = Timed;
 
-/** One process under GNU time (peak RSS); wall time measured around it here. */
-function measure(argv: string[], env: NodeJS.ProcessEnv): Promise<Sample> {
-  return new Promise((resolve) => {
-    const t0 = performance.now();
-    const child = spawn("/usr/bin/time", ["-f", "RSS_KB=%M", ...argv], {
-      env,
-      stdio: ["ignore", "ignore", "pipe"],
-    });
-    let err = "";
-    child.stderr.on("data", (d: Buffer) => (err += d.toString()));
-    child.on("exit", (code) => {
-      const ms = performance.now() - t0;
-      const kb = Number(/RSS_KB=(\d+)/.exec(err)?.[1] ?? NaN);
-      if (code !== 0) process.stderr.write(err);
-      resolve({ ms, rssMb: kb / 1024, code: code ?? 1 });
-    });
-  });
+/** One process; its stderr is shown when it fails. */
+async function measure(argv: string[], env: NodeJS.ProcessEnv): Promise<Sample> {
+  const r = await timed(argv, env);
+  if (r.code !== 0) process.stderr.write(r.stderr);
+  return r;
 }
 
 const median = (xs: number[]) => {

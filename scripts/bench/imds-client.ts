@@ -2,12 +2,12 @@
 // reads one `apply` makes, by eni-dpdk's own client (src/cloud/imds-http.ts) and by node:http with
 // a keep-alive agent (what the I/O floor script does), beside `node -e 0`. Prints medians and means;
 // asserts nothing. Usage: npx tsx scripts/bench/imds-client.ts [--runs 25] [--node /path/to/node]
-import { spawn } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { cpus, tmpdir } from "node:os";
 import path from "node:path";
 import { build } from "esbuild";
 import { World, sampleConfig } from "../../src/sim/world.js";
+import { timed, type Timed } from "./timed.js";
 
 const args = process.argv.slice(2);
 const opt = (name: string) => args[args.indexOf(name) + 1];
@@ -60,21 +60,11 @@ process.exit(0);
 `,
 );
 
-function measure(argv: string[], env: NodeJS.ProcessEnv): Promise<{ ms: number; cpuMs: number }> {
-  return new Promise((resolve, reject) => {
-    const t0 = performance.now();
-    const child = spawn("/usr/bin/time", ["-f", "CPU %U %S", ...argv], {
-      env,
-      stdio: ["ignore", "ignore", "pipe"],
-    });
-    let err = "";
-    child.stderr.on("data", (d: Buffer) => (err += d.toString()));
-    child.on("exit", (code) => {
-      const m = /CPU ([\d.]+) ([\d.]+)/.exec(err);
-      if (code !== 0 || !m) return reject(new Error(`${argv.join(" ")}: exit ${code}: ${err}`));
-      resolve({ ms: performance.now() - t0, cpuMs: 1000 * (Number(m[1]) + Number(m[2])) });
-    });
-  });
+async function measure(argv: string[], env: NodeJS.ProcessEnv): Promise<Timed> {
+  const r = await timed(argv, env);
+  if (r.code !== 0 || Number.isNaN(r.cpuMs))
+    throw new Error(`${argv.join(" ")}: exit ${r.code}: ${r.stderr}`);
+  return r;
 }
 
 const world = await World.start({ configToml: sampleConfig() });
