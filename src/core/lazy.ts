@@ -12,9 +12,9 @@ export function interop<T extends object>(mod: T, probe: keyof T): T {
 /** require() for what loads on first use: built-ins, and the sd-notify addon the bundle keeps external. */
 const lazyRequire = createRequire(import.meta.url);
 
-/** @aws-sdk/client-ec2: ~0.5 s of a cold start, loaded only when an EC2 call is really made. */
-export async function loadEc2Sdk(): Promise<typeof import("@aws-sdk/client-ec2")> {
-  return interop(await import("@aws-sdk/client-ec2"), "EC2Client");
+/** The EC2 client and the commands eni-dpdk sends (core/vendor-ec2.ts), only when a call is made. */
+export async function loadEc2Sdk(): Promise<typeof import("./vendor-ec2.js")> {
+  return interop(await import("./vendor-ec2.js"), "EC2Client");
 }
 
 /** The SDK's credential chain and SigV4 signer, for the EKS token. */
