@@ -4,6 +4,8 @@
 //     on the AMI, whose etc/modules-load.d has loaded vfio-pci before eni-dpdk starts, and without
 //     it, where apply runs modprobe itself
 //   nothing to do: a converged node
+//   first boot: a fresh node, where apply creates and attaches the ENIs through the EC2 emulator
+//     (the AWS SDK is loaded), then binds them
 // With several --bundle directories (A/B), each gets its own simulated node and the runs of all of
 // them are interleaved, so machine load affects them alike.
 // Usage: npm run build && npx tsx scripts/bench/boot.ts [--runs 15] [--node /path/to/node] [--bundle DIR --bundle DIR2]
@@ -51,6 +53,7 @@ interface Subject {
   steady: Sample[];
   steadyAmi: Sample[];
   noop: Sample[];
+  first: Sample[];
   ec2Before: number;
 }
 
@@ -76,8 +79,23 @@ async function subject(bundle: string): Promise<Subject> {
     steady: [],
     steadyAmi: [],
     noop: [],
+    first: [],
     ec2Before: world.ec2.totalCalls(),
   };
+}
+
+/** A fresh node's first `apply`: every ENI is created and attached, so the SDK loads. */
+async function firstBoot(cli: string): Promise<Sample> {
+  const world = await World.start({ configToml: sampleConfig() });
+  try {
+    const r = await measure([node, cli, "apply"], world.env());
+    const { attached } = world.ec2.enisByState();
+    if (r.code !== 0 || attached < 4)
+      throw new Error(`${cli}: first boot left ${attached - 1} ENIs attached`);
+    return r;
+  } finally {
+    await world.close();
+  }
 }
 
 async function main() {
@@ -109,6 +127,7 @@ async function main() {
           into.push(r);
         }
         s.noop.push(await measure([node, cli, "apply"], s.env));
+        s.first.push(await firstBoot(cli));
       }
     }
     const f = median(floor.map((x) => x.ms));
@@ -150,6 +169,9 @@ async function main() {
         ),
       );
       console.log(row(`nothing to do: \`apply\` on a converged node${label}`, s.noop));
+      console.log(
+        row(`first boot: \`apply\` creates and attaches 3 ENIs over EC2, binds 2${label}`, s.first),
+      );
     }
     for (const s of subjects) {
       console.log(
