@@ -1,29 +1,71 @@
-// Bundle the CLI with esbuild: ESM (yargs is ESM-only), code splitting so each lazily imported
-// module (the EC2 SDK above all) is a chunk parsed only when its command path needs it.
+// Bundle the CLI with esbuild, in two parts:
+// - chunks/cli-<hash>.js: our own code as one CommonJS script, which the entry runs with a V8 code
+//   cache made after a run (src/core/code-cache.ts). The modules that must exist once for the
+//   entry and the script (HOST_MODULES) are not in it: it gets the entry's through `__host`.
+// - eni-dpdk.mjs and its chunks: the entry, those modules, and the vendor libraries as ESM chunks
+//   (yargs is ESM-only), each split out so it is parsed only when its command path needs it.
 import { build } from "esbuild";
 import { mkdir, mkdtemp, readdir, rename, rm } from "node:fs/promises";
 import path from "node:path";
 
-// Build beside dist/ and rename each file into place, then drop what the build no longer makes:
-// a process running the old bundle (a test, while another test rebuilds) never sees a file vanish.
+/** The entry's modules the script uses through `__host.<name>` (src/main.ts passes them). */
+const HOST_MODULES = {
+  "src/core/lazy.ts": "lazy",
+  "src/core/signals.ts": "signals",
+  "src/core/startup.ts": "startup",
+};
+
+const hostModules = {
+  name: "host-modules",
+  setup(b) {
+    const byPath = new Map(Object.entries(HOST_MODULES).map(([f, n]) => [path.resolve(f), n]));
+    b.onResolve({ filter: /^\./ }, (a) => {
+      const name = byPath.get(path.resolve(a.resolveDir, a.path.replace(/\.js$/, ".ts")));
+      return name ? { path: name, namespace: "host" } : undefined;
+    });
+    b.onLoad({ filter: /.*/, namespace: "host" }, (a) => ({
+      contents: `module.exports = __host.${a.path};`,
+      loader: "js",
+    }));
+  },
+};
+
+const common = {
+  bundle: true,
+  platform: "node",
+  target: "node20",
+  minifyWhitespace: true,
+  minifySyntax: true,
+  legalComments: "linked",
+  metafile: true,
+  logLevel: "warning",
+  // An import.meta left in the script would be empty there: fail the build instead.
+  logOverride: { "empty-import-meta": "error" },
+};
+
 const out = "dist";
 const staging = await mkdtemp(".dist-");
 let result;
+let scriptFile;
 try {
+  const script = await build({
+    ...common,
+    entryPoints: { cli: "src/cli.ts" },
+    outdir: path.join(staging, "chunks"),
+    entryNames: "[name]-[hash]",
+    format: "cjs",
+    plugins: [hostModules],
+  });
+  [scriptFile] = Object.keys(script.metafile.outputs).filter((f) => f.endsWith(".js"));
   result = await build({
+    ...common,
     entryPoints: { "eni-dpdk": "src/main.ts" },
     outdir: staging,
     outExtension: { ".js": ".mjs" },
-    bundle: true,
     splitting: true,
     format: "esm",
-    platform: "node",
     // The SDK publishes ES builds beside CommonJS; only the ES ones tree-shake (2.9 MB → 2.5 MB).
     mainFields: ["module", "main"],
-    target: "node20",
-    minifyWhitespace: true,
-    minifySyntax: true,
-    legalComments: "linked",
     // sd-notify is a native addon, optional at run time; the notify seam loads it with require.
     external: ["sd-notify"],
     // Bundled CommonJS (the AWS SDK, toml) still calls require() for Node built-ins.
@@ -31,9 +73,11 @@ try {
       js: "import { createRequire as __cr } from 'node:module'; const require = __cr(import.meta.url);",
     },
     chunkNames: "chunks/[name]-[hash]",
-    metafile: true,
-    logLevel: "warning",
+    define: {
+      ENI_DPDK_CLI_SCRIPT: JSON.stringify(path.relative(staging, scriptFile)),
+    },
   });
+  result.metafile.outputs = { ...result.metafile.outputs, ...script.metafile.outputs };
   const files = (dir) =>
     readdir(dir, { recursive: true, withFileTypes: true }).then((l) =>
       l.filter((f) => f.isFile()).map((f) => path.relative(dir, path.join(f.parentPath, f.name))),
@@ -47,8 +91,8 @@ try {
 } finally {
   await rm(staging, { recursive: true, force: true });
 }
-const outputs = Object.entries(result.metafile.outputs).filter(([f]) => f.endsWith(".mjs"));
+const outputs = Object.entries(result.metafile.outputs).filter(([f]) => /\.m?js$/.test(f));
 const total = outputs.reduce((n, [, o]) => n + o.bytes, 0);
 console.log(
-  `built dist/eni-dpdk.mjs + ${outputs.length - 1} chunks, ${(total / 1024).toFixed(0)} KiB`,
+  `built dist/eni-dpdk.mjs + ${outputs.length - 1} chunks (our code in ${path.basename(scriptFile)}), ${(total / 1024).toFixed(0)} KiB`,
 );

@@ -2,27 +2,55 @@
 // Entry point: keep it tiny so the bundle's start-up cost is only what a command imports.
 import nodeModule from "node:module";
 import { catchSignals } from "./core/signals.js";
+import * as signals from "./core/signals.js";
+import * as lazy from "./core/lazy.js";
+import * as startup from "./core/startup.js";
+import { besides, runCached } from "./core/code-cache.js";
 
-// Node 22 (the AMI's) keeps V8's compiled code of the bundle's chunks in a cache beside them, so
-// a start skips parsing the 300 KB boot chunk: 126 -> 117 ms for a converged apply. The cache is
-// keyed by each file's content and by the V8 version, so a new release or Node rejects it and
-// writes it anew; when the directory cannot be written the start is as without it. Node 20 has
-// no such cache.
-const { enableCompileCache } = nodeModule as { enableCompileCache?: (dir: string) => unknown };
-enableCompileCache?.(new URL("./.v8-cache", import.meta.url).pathname);
+/** The bundle's CLI script (chunks/cli-<hash>.js), set by scripts/build.mjs; unset under tsx. */
+declare const ENI_DPDK_CLI_SCRIPT: string | undefined;
+/** The commands of a boot, whose starts keep a code cache (one file each). */
+const CACHED_COMMANDS = ["run", "apply", "early"];
 
 const argv = process.argv.slice(2);
 // The service catches its signals before anything else loads: a SIGHUP during start-up is a reload.
 if (argv.includes("run")) catchSignals();
 
+// systemd's CacheDirectory= (the units'); elsewhere the bundle's own directory, as at the AMI's build.
+const cacheDir =
+  process.env.CACHE_DIRECTORY?.split(":")[0] || besides("./.v8-cache", import.meta.url);
+// Node 22 (the AMI's) keeps V8's code of the vendor chunks there too. It is keyed by each file's
+// content and by the V8 version; Node 20 has no such cache.
+const { enableCompileCache } = nodeModule as { enableCompileCache?: (dir: string) => unknown };
+enableCompileCache?.(cacheDir);
+
+type Cli = typeof import("./cli.js");
+
+function loadCli(): Promise<Cli> {
+  if (typeof ENI_DPDK_CLI_SCRIPT !== "string") return import("./cli.js");
+  const command = argv.find((a) => CACHED_COMMANDS.includes(a)) ?? "other";
+  const cli = runCached<Cli>(besides(ENI_DPDK_CLI_SCRIPT, import.meta.url), cacheDir, command, {
+    lazy,
+    signals,
+    startup,
+  });
+  if (command !== "other") startup.onStarted(() => setImmediate(() => cli.keep()));
+  return Promise.resolve(cli.exports);
+}
+
 // Exit as soon as the command is done: keep-alive sockets of the HTTP clients (IMDS, EC2) would
 // otherwise hold the process for seconds, and boot time is what this service is judged by.
 function exit(code: number): void {
+  if (code === 0) startup.started();
   process.exitCode = code;
-  process.stdout.write("", () => process.stderr.write("", () => process.exit(code)));
+  // After the cache write that started() queued with setImmediate.
+  setImmediate(() =>
+    process.stdout.write("", () => process.stderr.write("", () => process.exit(code))),
+  );
 }
 
-import("./cli.js")
+Promise.resolve()
+  .then(loadCli)
   .then(({ main }) => main(argv))
   .then(exit, (err: unknown) => {
     process.stderr.write(

@@ -26,6 +26,7 @@ import type { Gathered } from "../sources/chain.js";
 import { afterSriovChange } from "../host/sriov-file.js";
 import { STATUS_PATH } from "../host/state.js";
 import { runGc } from "../reconcile/gc.js";
+import { started } from "../core/startup.js";
 
 /** Signals received and not yet handled; `wait` resolves when one arrives. */
 class Inbox {
@@ -128,6 +129,7 @@ async function serve(ctx: CommandContext, inbox: Inbox): Promise<number> {
   }
   log.info(summary, { took_ms: first.timings.total, actions: first.actions.length });
   await notifier.ready(summary);
+  if (!first.error) started();
   return waitForSignals(
     ctx,
     notifier,

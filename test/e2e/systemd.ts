@@ -121,6 +121,7 @@ if [ -f /var/lib/e2e/boot1-done ]; then
     echo "--- sysfs"; for b in ${bdfOf(DPDK1)}; do echo "$b driver=$(basename "$(readlink /sys/bus/pci/devices/$b/driver)")"; done; ls /dev/vfio
     echo "--- journal early"; journalctl -b -u eni-dpdk-early.service --no-pager -o cat | tail -n 12
     echo "--- journal"; journalctl -b -u eni-dpdk.service --no-pager -o cat | tail -n 6
+    echo "--- code cache"; stat -c '%i %a %n' /var/cache/eni-dpdk /var/cache/eni-dpdk/*.v8
     echo "=== end"
   } > /out/s7b.txt 2>&1
   sync; umount /out; systemctl poweroff --no-block; exit 0
@@ -142,6 +143,7 @@ fi
   echo "--- starting"; journalctl -b -u eni-dpdk.service --no-pager -o cat | grep -m1 'msg=starting'
   echo "--- provisioning"; cat /var/log/e2e-provisioning.log
   echo "--- journal"; journalctl -u eni-dpdk.service --no-pager -o cat | tail -n 15
+  echo "--- code cache"; stat -c '%i %a %n' /var/cache/eni-dpdk /var/cache/eni-dpdk/*.v8
   echo "=== phase2"
   cp /etc/e2e/failing.toml /etc/eni-dpdk/config.toml
   systemctl restart eni-dpdk.service; echo "restart_exit=$?"
@@ -528,6 +530,14 @@ export async function runSystemdScenario(ctx: SystemdCtx): Promise<StepResult> {
   st.note(
     `journal (phase 1): ${section(out, "phase1", "journal").split("\n").slice(-3).join(" | ")}`,
   );
+  // The code cache (src/core/code-cache.ts) under the unit's hardening: /opt is read-only, so it
+  // must be in CacheDirectory=, root's alone, written once the service was READY.
+  const cache1 = section(out, "phase1", "code cache");
+  const runCache = (text: string) => /^(\d+) (\d+) \S+\.run\.[\d.]+\.v8$/m.exec(text);
+  st.check(
+    /^\d+ 700 \/var\/cache\/eni-dpdk$/m.test(cache1) && runCache(cache1)?.[2] === "600",
+    `the service kept its code cache in /var/cache/eni-dpdk (mode 700, file 600): ${cache1.replace(/\n/g, " | ")}`,
+  );
 
   // phase 2: a config that fails at run time (the binding script unbinds dpdk2, then fails)
   const p2 = out.split("=== phase2")[1] ?? "";
@@ -616,6 +626,13 @@ export async function runSystemdScenario(ctx: SystemdCtx): Promise<StepResult> {
   st.check(
     emu2.ec2.totalCalls() === 0,
     `reboot: no EC2 call during the second boot (${JSON.stringify(emu2.ec2.callsPerAction())})`,
+  );
+  // A cache V8 rejected would have been written again (a new file renamed over it: a new inode).
+  const cacheR = section(rb, "reboot", "code cache");
+  const was = runCache(cache1)?.[1];
+  st.check(
+    was !== undefined && runCache(cacheR)?.[1] === was,
+    `reboot: the service started from the first boot's code cache (inode ${was} kept): ${cacheR.replace(/\n/g, " | ")}`,
   );
   return st.result();
 }

@@ -212,6 +212,12 @@ t.test("unit contents the other parts rely on", async (t) => {
   ])
     t.ok(rw.includes(p), `writable: ${p}`);
   t.same(svc.Service.StateDirectory, ["eni-dpdk"], "/var/lib/eni-dpdk writable via StateDirectory");
+  // The code cache (src/core/code-cache.ts): /opt is read-only under ProtectSystem=strict, and V8
+  // runs what the cache holds, so it is root's alone.
+  for (const u of [svc, early]) {
+    t.same(u.Service.CacheDirectory, ["eni-dpdk"], "$CACHE_DIRECTORY is /var/cache/eni-dpdk");
+    t.same(u.Service.CacheDirectoryMode, ["0700"], "and only root may read or write it");
+  }
   // Every place the code writes (its own constants) lies under a writable path of the hardened unit.
   const writable = [...rw, "/var/lib/eni-dpdk"];
   const lockPath = "/run/eni-dpdk.lock";

@@ -1,0 +1,127 @@
+// The bundle's code cache (src/core/code-cache.ts), across real processes: a boot command keeps one
+// after it succeeded, the next start takes it (and so does not write it again), garbage in the file
+// is rejected and replaced, and a failed command, another command or a directory that cannot be
+// written leaves no cache and changes nothing else.
+import t, { type Test } from "tap";
+import {
+  chmodSync,
+  mkdtempSync,
+  readdirSync,
+  rmSync,
+  readFileSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { BUNDLE, baseToml, lastError, runCli, startCli, world } from "../support/harness.js";
+
+function cacheDir(t: Test): { dir: string; caches: () => string[] } {
+  const dir = mkdtempSync(path.join(tmpdir(), "eni-dpdk-cache-"));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  // Node 22 also keeps its compile cache of the vendor chunks there, in a directory of its own.
+  const caches = () =>
+    readdirSync(dir)
+      .filter((f) => f.endsWith(".v8"))
+      .sort();
+  return { dir, caches };
+}
+
+const identity = (f: string) => {
+  const st = statSync(f, { bigint: true });
+  return `${st.ino}/${st.mtimeNs}`;
+};
+
+t.test("apply keeps a code cache after it succeeded; the next apply takes it", async (t) => {
+  const w = await world(t, { configToml: baseToml() });
+  const { dir, caches } = cacheDir(t);
+  const env = { CACHE_DIRECTORY: dir };
+  const first = await runCli(w, ["apply"], { env });
+  t.equal(first.code, 0, lastError(first));
+  t.match(caches(), [/^cli-\w+\.js\.apply\.\d+\.\d+\.\d+\.v8$/], "one cache, for apply");
+  t.equal(caches().length, 1);
+  const cache = path.join(dir, caches()[0]);
+  const was = identity(cache);
+
+  const second = await runCli(w, ["apply"], { env });
+  t.equal(second.code, 0, lastError(second));
+  t.match(second.log.at(-1)?.msg ?? "", /^ready:/, "the run from the cache converged as before");
+  t.equal(identity(cache), was, "V8 took the cache, so it was not written again");
+
+  writeFileSync(cache, Buffer.alloc(statSync(cache).size, 0));
+  const third = await runCli(w, ["apply"], { env });
+  t.equal(third.code, 0, `a cache of zeros is rejected and the run goes on: ${lastError(third)}`);
+  t.not(readFileSync(cache).indexOf(Buffer.from([1])), -1, "and the zeros were replaced");
+  const replaced = identity(cache);
+  t.equal((await runCli(w, ["apply"], { env })).code, 0);
+  t.equal(identity(cache), replaced, "the replacement is taken");
+
+  // V8 runs what the file holds: one that others may write is never read, and is replaced.
+  chmodSync(cache, 0o666);
+  t.equal((await runCli(w, ["apply"], { env })).code, 0);
+  t.not(identity(cache), replaced, "a cache file others may write was not taken");
+  t.equal(
+    (statSync(cache).mode & 0o777).toString(8),
+    "600",
+    "its replacement is the owner's alone",
+  );
+});
+
+t.test("the service keeps its cache once READY, while it runs on", async (t) => {
+  const w = await world(t, { configToml: baseToml() });
+  const { dir, caches } = cacheDir(t);
+  const svc = startCli(w, ["run"], { env: { CACHE_DIRECTORY: dir } });
+  t.teardown(() => svc.signal("SIGKILL"));
+  await svc.waitForLog((r) => /^ready:/.test(r.msg ?? ""));
+  for (let i = 0; i < 100 && caches().length === 0; i++)
+    await new Promise((r) => setTimeout(r, 50));
+  t.match(caches(), [/\.run\.\d+\.\d+\.\d+\.v8$/], "one cache, for run");
+  t.ok(svc.running(), "written while the service runs");
+  svc.signal("SIGTERM");
+  t.equal((await svc.exit).code, 0);
+});
+
+t.test(
+  "no cache from a failed command, from other commands, or where nothing can be written",
+  async (t) => {
+    const w = await world(t, { configToml: baseToml("\n[bogus]\nkey = 1\n") });
+    const { dir, caches } = cacheDir(t);
+    const rejected = await runCli(w, ["apply"], { env: { CACHE_DIRECTORY: dir } });
+    t.equal(rejected.code, 2, "the input is rejected");
+    t.same(caches(), [], "a failed apply keeps no cache (it would hold the error path)");
+
+    const good = await world(t, { configToml: baseToml() });
+    const plan = await runCli(good, ["plan"], { env: { CACHE_DIRECTORY: dir } });
+    t.equal(plan.code, 0, lastError(plan));
+    t.same(caches(), [], "plan is not a boot command: no cache");
+
+    writeFileSync(path.join(dir, "a-file"), "");
+    const unwritable = path.join(dir, "a-file", "cache"); // ENOTDIR, even for root
+    const applied = await runCli(good, ["apply"], { env: { CACHE_DIRECTORY: unwritable } });
+    t.equal(
+      applied.code,
+      0,
+      `a cache directory that cannot be made costs nothing: ${lastError(applied)}`,
+    );
+    t.notOk(applied.stderr.includes("cache"), "and says nothing");
+  },
+);
+
+t.test(
+  "the build: our code is one script, which reaches the entry only through __host",
+  async (t) => {
+    const entry = readFileSync(BUNDLE, "utf8");
+    const [, rel] = /runCached\(besides\("([^"]+\.js)"/.exec(entry) ?? [];
+    t.ok(rel, "the entry names its script");
+    const script = readFileSync(path.join(path.dirname(BUNDLE), rel), "utf8");
+    t.notMatch(script, /\bimport\(|import\.meta|^import\s|^export\s/m, "no ES module syntax in it");
+    const wants = [...new Set([...script.matchAll(/__host\.(\w+)/g)].map((m) => m[1]))].sort();
+    t.same(wants, ["lazy", "signals", "startup"], "it uses the host modules the entry passes");
+    t.match(entry, /\{lazy:\w+,signals:\w+,startup:\w+\}/, "and the entry passes those three");
+    t.notMatch(
+      script,
+      /function catchSignals|function loadYargs|function onStarted/,
+      "none is copied in",
+    );
+  },
+);
