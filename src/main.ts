@@ -28,7 +28,9 @@ type Cli = typeof import("./cli.js");
 
 function loadCli(): Promise<Cli> {
   if (typeof ENI_DPDK_CLI_SCRIPT !== "string") return import("./cli.js");
-  const command = argv.find((a) => CACHED_COMMANDS.includes(a)) ?? "other";
+  // A dry run or help would keep the code of a path the boot does not take.
+  const offPath = argv.some((a) => a === "--dry-run" || a === "--help" || a === "-h");
+  const command = (!offPath && argv.find((a) => CACHED_COMMANDS.includes(a))) || "other";
   const cli = runCached<Cli>(besides(ENI_DPDK_CLI_SCRIPT, import.meta.url), cacheDir, command, {
     lazy,
     signals,

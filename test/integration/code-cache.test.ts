@@ -94,6 +94,14 @@ t.test(
     const plan = await runCli(good, ["plan"], { env: { CACHE_DIRECTORY: dir } });
     t.equal(plan.code, 0, lastError(plan));
     t.same(caches(), [], "plan is not a boot command: no cache");
+    for (const args of [
+      ["apply", "--dry-run"],
+      ["apply", "--help"],
+    ]) {
+      const r = await runCli(good, args, { env: { CACHE_DIRECTORY: dir } });
+      t.equal(r.code, 0, `${args.join(" ")}: ${lastError(r)}`);
+      t.same(caches(), [], `${args.join(" ")} keeps no cache: not the path a boot takes`);
+    }
 
     writeFileSync(path.join(dir, "a-file"), "");
     const unwritable = path.join(dir, "a-file", "cache"); // ENOTDIR, even for root
