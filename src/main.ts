@@ -1,7 +1,6 @@
 #!/usr/bin/env node
 // Entry point: keep it tiny so the bundle's start-up cost is only what a command imports.
 import nodeModule from "node:module";
-import { catchSignals } from "./core/signals.js";
 import * as signals from "./core/signals.js";
 import * as lazy from "./core/lazy.js";
 import * as startup from "./core/startup.js";
@@ -14,7 +13,7 @@ const CACHED_COMMANDS = ["run", "apply", "early"];
 
 const argv = process.argv.slice(2);
 // The service catches its signals before anything else loads: a SIGHUP during start-up is a reload.
-if (argv.includes("run")) catchSignals();
+if (argv.includes("run")) signals.catchSignals();
 
 // systemd's CacheDirectory= (the units'); elsewhere the bundle's own directory, as at the AMI's build.
 const cacheDir =

@@ -2,7 +2,7 @@
 // it had run (`vm.Script#createCachedData`), so the cache holds every function that run compiled.
 // ES modules cannot do this: Node's compile cache is made right after compiling, when V8 has
 // compiled only the top level, and each module costs a resolve, a load and a link. On a converged
-// node, `apply` went 118 -> 88 ms with it (docs/benchmarks.md).
+// node, `apply` went 114 -> 94 ms with it on Node 22 (docs/benchmarks.md).
 //
 // V8 rejects a cache made by another V8 or with other flags, but it checks the source by length
 // only: the cache file is named after the script's size, mtime and inode, as Python names its .pyc
@@ -104,15 +104,23 @@ function readOwnCache(file: string): Buffer | undefined {
 
 function writeCache(dir: string, file: string, data: Buffer, command: string): void {
   fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
-  const tmp = `${file}.${process.pid}.tmp`;
-  const fd = fs.openSync(tmp, "w", 0o600);
+  const tmp = `${file}.${process.pid}.${Date.now()}.tmp`;
+  // O_EXCL|O_NOFOLLOW, as Host.writeFileAtomic: a file or symlink planted at the temp name is
+  // never written through.
+  const { O_WRONLY, O_CREAT, O_EXCL, O_NOFOLLOW } = fs.constants;
+  const fd = fs.openSync(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0o600);
   try {
     fs.writeSync(fd, data);
     fs.fsyncSync(fd);
   } finally {
     fs.closeSync(fd);
   }
-  fs.renameSync(tmp, file);
+  try {
+    fs.renameSync(tmp, file);
+  } catch (e) {
+    fs.rmSync(tmp, { force: true });
+    throw e;
+  }
   // This command's caches of other scripts (an earlier release), and temp files a killed writer
   // left a minute or more ago; a writer still at work renames within milliseconds.
   const base = path.basename(file);
