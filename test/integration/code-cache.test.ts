@@ -67,6 +67,21 @@ t.test("apply keeps a code cache after it succeeded; the next apply takes it", a
   );
 });
 
+t.test("two starts at once: both run, one cache file, no temp file left", async (t) => {
+  const w = await world(t, { configToml: baseToml() });
+  const { dir, caches } = cacheDir(t);
+  const env = { CACHE_DIRECTORY: dir };
+  const both = await Promise.all([runCli(w, ["apply"], { env }), runCli(w, ["apply"], { env })]);
+  for (const r of both) t.equal(r.code, 0, lastError(r));
+  t.equal(caches().length, 1, "one cache for apply, whichever rename came last");
+  t.same(
+    readdirSync(dir).filter((f) => f.endsWith(".tmp")),
+    [],
+    "each writer renamed its own temp file",
+  );
+  t.equal((await runCli(w, ["apply"], { env })).code, 0, "and the next start runs from it");
+});
+
 t.test("the service keeps its cache once READY, while it runs on", async (t) => {
   const w = await world(t, { configToml: baseToml() });
   const { dir, caches } = cacheDir(t);
