@@ -5,7 +5,8 @@
 // - eni-dpdk.mjs and its chunks: the entry, those modules, and the vendor libraries as ESM chunks
 //   (yargs is ESM-only), each split out so it is parsed only when its command path needs it.
 import { build } from "esbuild";
-import { mkdir, mkdtemp, readdir, rename, rm } from "node:fs/promises";
+import { createHash } from "node:crypto";
+import { mkdir, mkdtemp, readdir, readFile, rename, rm } from "node:fs/promises";
 import path from "node:path";
 
 /** The entry's modules the script uses through `__host.<name>` (src/main.ts passes them). */
@@ -30,6 +31,25 @@ const hostModules = {
   },
 };
 
+/**
+ * What a record of a converged apply is keyed by (src/commands/unchanged.ts): a digest of every
+ * source file, the lockfile and this script, so a record never outlives the code that made it.
+ */
+async function buildId() {
+  const hash = createHash("sha256");
+  const files = (await readdir("src", { recursive: true }))
+    .filter((f) => f.endsWith(".ts"))
+    .map((f) => path.join("src", f))
+    .sort();
+  for (const f of [...files, "package-lock.json", "scripts/build.mjs"])
+    hash
+      .update(f)
+      .update("\0")
+      .update(await readFile(f))
+      .update("\0");
+  return hash.digest("hex").slice(0, 16);
+}
+
 const common = {
   bundle: true,
   platform: "node",
@@ -47,16 +67,21 @@ const out = "dist";
 const staging = await mkdtemp(".dist-");
 let result;
 let scriptFile;
+let unchangedFile;
 try {
   const script = await build({
     ...common,
-    entryPoints: { cli: "src/cli.ts" },
+    entryPoints: { cli: "src/cli.ts", unchanged: "src/commands/unchanged.ts" },
     outdir: path.join(staging, "chunks"),
     entryNames: "[name]-[hash]",
     format: "cjs",
     plugins: [hostModules],
+    define: { ENI_DPDK_BUILD_ID: JSON.stringify(await buildId()) },
   });
-  [scriptFile] = Object.keys(script.metafile.outputs).filter((f) => f.endsWith(".js"));
+  const scriptOf = (entry) =>
+    Object.entries(script.metafile.outputs).find(([, o]) => o.entryPoint === entry)[0];
+  scriptFile = scriptOf("src/cli.ts");
+  unchangedFile = scriptOf("src/commands/unchanged.ts");
   result = await build({
     ...common,
     entryPoints: { "eni-dpdk": "src/main.ts" },
@@ -75,6 +100,7 @@ try {
     chunkNames: "chunks/[name]-[hash]",
     define: {
       ENI_DPDK_CLI_SCRIPT: JSON.stringify(path.relative(staging, scriptFile)),
+      ENI_DPDK_UNCHANGED_SCRIPT: JSON.stringify(path.relative(staging, unchangedFile)),
     },
   });
   result.metafile.outputs = { ...result.metafile.outputs, ...script.metafile.outputs };

@@ -9,6 +9,9 @@ import { Host, resolveRoot } from "./host/host.js";
 import { Logger, type Level, type LogFormat } from "./core/log.js";
 import type { CommandContext } from "./commands/context.js";
 import { loadYargs } from "./core/lazy.js";
+import { parseBootArgv, type BootCommand, type GlobalArgs } from "./commands/boot-argv.js";
+
+export { parseBootArgv };
 import { applyCommand, planCommand } from "./commands/apply.js";
 import { configCommand, userdataCommand, validateCommand } from "./commands/config.js";
 import { bindCommand, earlyCommand, resetCommand, unbindCommand } from "./commands/device.js";
@@ -19,13 +22,6 @@ import { sriovCheckCommand } from "./commands/sriov.js";
 import { statusCommand } from "./commands/status.js";
 
 export const VERSION = "0.1.0";
-
-interface GlobalArgs {
-  config?: string;
-  root?: string;
-  "log-level": Level;
-  "log-format": LogFormat;
-}
 
 export interface CliIo {
   out: (s: string) => void;
@@ -68,7 +64,7 @@ export async function main(argv: string[], io: CliIo = defaultIo): Promise<numbe
   const boot: Record<BootCommand, (args: unknown) => Promise<void>> = {
     run: wrap(async (ctx) => runCommand(ctx)),
     apply: wrap<{ "dry-run": boolean }>(async (ctx, a) =>
-      applyCommand(ctx, { dryRun: a["dry-run"] }),
+      applyCommand(ctx, { dryRun: a["dry-run"], argv }),
     ),
     early: wrap(async (ctx) => earlyCommand(ctx, {})),
   };
@@ -127,11 +123,18 @@ export async function main(argv: string[], io: CliIo = defaultIo): Promise<numbe
       "apply",
       "execute the plan once: ENIs, host binding, SR-IOV config; writes /run/eni-dpdk/status.json",
       (y) =>
-        y.option("dry-run", {
-          type: "boolean",
-          default: false,
-          describe: "print the plan, change nothing",
-        }),
+        y
+          .option("dry-run", {
+            type: "boolean",
+            default: false,
+            describe: "print the plan, change nothing",
+          })
+          .option("full", {
+            type: "boolean",
+            default: false,
+            describe:
+              "plan every stage even when every input is as a converged apply found it (see `unchanged` in docs/architecture.md)",
+          }),
       boot.apply,
     )
     .command(
@@ -291,52 +294,6 @@ export async function main(argv: string[], io: CliIo = defaultIo): Promise<numbe
     return 2;
   }
   return code;
-}
-
-export type BootCommand = "run" | "apply" | "early";
-
-/**
- * The exact argv shapes the units use (`run`, `early`, `apply [--dry-run]` with --config, --root,
- * --log-level, --log-format); undefined for anything else, which yargs then parses.
- */
-export function parseBootArgv(
-  argv: string[],
-): { command: BootCommand; args: GlobalArgs & { "dry-run": boolean } } | undefined {
-  const args: GlobalArgs & { "dry-run": boolean } = {
-    "log-level": "info",
-    "log-format": "text",
-    "dry-run": false,
-  };
-  let command: BootCommand | undefined;
-  for (let i = 0; i < argv.length; i++) {
-    const tok = argv[i];
-    const eq = tok.indexOf("=");
-    const [flag, inline] =
-      tok.startsWith("--") && eq > 0 ? [tok.slice(0, eq), tok.slice(eq + 1)] : [tok, undefined];
-    const value = () => inline ?? argv[++i];
-    if (flag === "run" || flag === "apply" || flag === "early") {
-      if (command) return undefined;
-      command = flag;
-    } else if (flag === "--config" || flag === "--root") {
-      const v = value();
-      if (!v) return undefined;
-      args[flag === "--config" ? "config" : "root"] = v;
-    } else if (flag === "--log-level") {
-      const v = value();
-      if (v !== "debug" && v !== "info" && v !== "warn" && v !== "error") return undefined;
-      args["log-level"] = v;
-    } else if (flag === "--log-format") {
-      const v = value();
-      if (v !== "text" && v !== "json") return undefined;
-      args["log-format"] = v;
-    } else if (flag === "--dry-run" && inline === undefined) {
-      args["dry-run"] = true;
-    } else {
-      return undefined;
-    }
-  }
-  if (!command || (args["dry-run"] && command !== "apply")) return undefined;
-  return { command, args };
 }
 
 /** Every host path resolves under the root, so a root that is not a directory is a usage error, not an empty host. */

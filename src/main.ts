@@ -8,6 +8,8 @@ import { besides, runCached } from "./core/code-cache.js";
 
 /** The bundle's CLI script (chunks/cli-<hash>.js), set by scripts/build.mjs; unset under tsx. */
 declare const ENI_DPDK_CLI_SCRIPT: string | undefined;
+/** The apply of an unchanged node (commands/unchanged.ts) as a script of its own, a tenth the size. */
+declare const ENI_DPDK_UNCHANGED_SCRIPT: string | undefined;
 /** The commands of a boot, whose starts keep a code cache (one file each). */
 const CACHED_COMMANDS = ["run", "apply", "early"];
 
@@ -24,6 +26,25 @@ const { enableCompileCache } = nodeModule as { enableCompileCache?: (dir: string
 enableCompileCache?.(cacheDir);
 
 type Cli = typeof import("./cli.js");
+type Unchanged = typeof import("./commands/unchanged.js");
+
+/**
+ * `apply` on a node whose every input reads as the last converged apply found it: done without
+ * loading the planner. Undefined when anything differs, or for any other command.
+ */
+async function unchanged(): Promise<number | undefined> {
+  if (typeof ENI_DPDK_UNCHANGED_SCRIPT !== "string" || !argv.includes("apply")) return undefined;
+  const host = { lazy, signals, startup };
+  const script = runCached<Unchanged>(
+    besides(ENI_DPDK_UNCHANGED_SCRIPT, import.meta.url),
+    cacheDir,
+    "unchanged",
+    host,
+  );
+  const code = await script.exports.replayUnchanged(argv);
+  if (code === 0) startup.onStarted(() => setImmediate(() => script.keep()));
+  return code;
+}
 
 function loadCli(): Promise<Cli> {
   if (typeof ENI_DPDK_CLI_SCRIPT !== "string") return import("./cli.js");
@@ -51,8 +72,8 @@ function exit(code: number): void {
 }
 
 Promise.resolve()
-  .then(loadCli)
-  .then(({ main }) => main(argv))
+  .then(unchanged)
+  .then(async (code) => code ?? (await loadCli()).main(argv))
   .then(exit, (err: unknown) => {
     process.stderr.write(
       `level=error msg=${JSON.stringify(String((err as Error)?.stack ?? err))}\n`,

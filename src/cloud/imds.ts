@@ -7,6 +7,7 @@ import { OpError } from "../core/errors.js";
 import { Deadline, delayFor, sleep, type Backoff } from "../core/deadline.js";
 import { KeepAlivePool } from "./imds-http.js";
 import type { Logger } from "../core/log.js";
+import { inputs } from "../core/inputs.js";
 
 export const DEFAULT_IMDS_ENDPOINT = "http://169.254.169.254";
 const TOKEN_TTL_SECONDS = 21600;
@@ -113,9 +114,11 @@ export class ImdsClient implements Imds {
   /** Raw bytes: user-data may be gzip, which a UTF-8 decode would corrupt. */
   async getBytes(path: string): Promise<Buffer | undefined> {
     const rel = path.replace(/^\/+/, "").replace(/^latest\//, "");
-    return this.withRetry(rel, async () =>
+    const body = await this.withRetry(rel, async () =>
       this.request("GET", rel, { "x-aws-ec2-metadata-token": await this.tokenValue() }),
     );
+    inputs.note("imds", rel, body?.toString("base64"));
+    return body;
   }
 
   /**
@@ -139,6 +142,8 @@ export class ImdsClient implements Imds {
           this.token = undefined;
           continue;
         }
+        // an answer that came late, or none: this pass is no proof for a later one
+        inputs.spoil(`IMDS ${path}: ${(e as Error).message}`);
         if (status !== undefined && status >= 400 && status < 500) {
           throw new OpError(`IMDS answered ${status} for ${path}`, imdsHint, {
             endpoint: this.endpoint,

@@ -11,6 +11,7 @@ import type { Host } from "../host/host.js";
 import { type CredentialSource, eksToken } from "./ekstoken.js";
 import { readTrustedFile } from "../host/trusted.js";
 import { lazyHttps, loadYaml } from "../core/lazy.js";
+import { inputs } from "../core/inputs.js";
 
 export const NODEENI_GROUP = "networking.k8s.aws";
 export const NODEENI_VERSION = "v1alpha1";
@@ -165,6 +166,7 @@ export class KubeClient {
     timeoutMs?: number,
     signal?: AbortSignal,
   ): Promise<IncomingMessage> {
+    inputs.spoil(`called the Kubernetes API: ${method} ${path}`);
     const url = new URL(path, this.target.server);
     const authz = await this.authorization();
     const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));

@@ -5,6 +5,7 @@ import { reconcile } from "../reconcile/loop.js";
 import { Session } from "../reconcile/session.js";
 import { formatActions } from "../core/action.js";
 import { localConfig, type CommandContext } from "./context.js";
+import { keepRecord, startRecording, stopRecording } from "./unchanged.js";
 
 /** A session bounded by the file's [service].timeout_seconds from its start, paced by its [ec2.limits]. */
 export async function commandSession(ctx: CommandContext): Promise<Session> {
@@ -36,11 +37,23 @@ export async function planCommand(ctx: CommandContext, opts: { json: boolean }):
 
 export async function applyCommand(
   ctx: CommandContext,
-  opts: { dryRun: boolean },
+  opts: { dryRun: boolean; argv?: string[] },
 ): Promise<number> {
   if (opts.dryRun) return planCommand(ctx, { json: false });
-  const o = await reconcile(ctx, { dryRun: false, session: await commandSession(ctx) });
+  if (opts.argv) startRecording();
+  let o;
+  try {
+    o = await reconcile(ctx, { dryRun: false, session: await commandSession(ctx) });
+  } catch (e) {
+    // bad input or a failure before the pass: the recorder off, no file touched
+    if (opts.argv) stopRecording();
+    throw e;
+  }
   for (const w of o.warnings) ctx.log.warn(w);
+  if (opts.argv) {
+    const kept = await keepRecord(ctx.host, opts.argv, ctx.env, o);
+    ctx.log.debug("record of the inputs for the next apply", { kept });
+  }
   if (o.error) {
     ctx.log.error(o.error.message, { next: o.error.next, changes: o.error.changes?.join("; ") });
     return o.error.exitCode;

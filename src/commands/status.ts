@@ -102,6 +102,11 @@ export function renderStatus(doc: StatusDoc): string {
     out.push(
       "",
       `Last apply: ${doc.lastApply.startedAt ?? "?"} ${doc.lastApply.summary ?? ""}`.trimEnd(),
+      ...(doc.lastApply.unchangedSince
+        ? [
+            `  planned nothing: every input read as the apply of ${doc.lastApply.unchangedSince} found it (\`apply --full\` plans)`,
+          ]
+        : []),
     );
   for (const p of doc.configProblems) out.push(`config: ${p}`);
   return out.slice(1).join("\n") + "\n";

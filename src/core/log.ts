@@ -1,5 +1,6 @@
 // One line per event on stderr. journald adds the timestamp; under journald we prefix the
 // sd-daemon priority (<3>, <4>, <6>, <7>) so `journalctl -p warning` works.
+import { inputs } from "./inputs.js";
 
 export type Level = "debug" | "info" | "warn" | "error";
 export type LogFormat = "text" | "json";
@@ -45,8 +46,9 @@ export class Logger {
   }
 
   private emit(level: Level, msg: string, fields: Fields): void {
-    if (!this.enabled(level)) return;
     const all = { ...this.base, ...fields };
+    if (level === "warn" || level === "error") inputs.log({ level, msg, fields: all });
+    if (!this.enabled(level)) return;
     let line: string;
     if (this.format === "json") {
       line = JSON.stringify({ level, msg, ...all }, jsonSafe);

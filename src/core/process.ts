@@ -1,6 +1,7 @@
 // Child processes: an argv array (never a shell), a fixed minimal environment, our own timer.
 import { spawn } from "node:child_process";
 import { constants as osConstants } from "node:os";
+import { inputs } from "./inputs.js";
 
 export interface RunResult {
   code: number;
@@ -33,6 +34,7 @@ export function run(
 ): Promise<RunResult> {
   const [cmd, ...args] = argv;
   if (!cmd) throw new Error("run: empty argv");
+  inputs.spoil(`ran ${cmd}`);
   return new Promise((resolve, reject) => {
     const child = spawn(cmd, args, {
       stdio: ["pipe", "pipe", "pipe"],

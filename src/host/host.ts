@@ -15,6 +15,27 @@ import path from "node:path";
 import { OpError } from "../core/errors.js";
 import { pollUntil, SETTLE } from "../core/deadline.js";
 import { childEnv, pidAlive } from "../core/process.js";
+import { inputs } from "../core/inputs.js";
+
+/** The reads of the host layer (Host.probe). */
+export type HostRead = "read" | "exists" | "stat" | "lstat" | "owner" | "link" | "resolve" | "list";
+export const HOST_READS: readonly HostRead[] = [
+  "read",
+  "exists",
+  "stat",
+  "lstat",
+  "owner",
+  "link",
+  "resolve",
+  "list",
+];
+/** What the trust rules of our own directories look at (checkOwnDirs). */
+interface Owner {
+  symlink: boolean;
+  dir: boolean;
+  mode: number;
+  uid: number;
+}
 
 export function resolveRoot(flag?: string, env: NodeJS.ProcessEnv = process.env): string {
   return path.resolve(flag || env.ENI_DPDK_ROOT || "/");
@@ -62,12 +83,13 @@ export class Host {
    */
   program(name: string): string {
     for (const dir of ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]) {
-      const p = this.path(`${dir}/${name}`);
+      let st: unknown;
       try {
-        if (statSync(p).isFile()) return p;
+        st = this.observed("stat", `${dir}/${name}`);
       } catch {
-        // not in this directory
+        continue; // not in this directory
       }
+      if ((st as { kind?: string } | null)?.kind === "file") return this.path(`${dir}/${name}`);
     }
     return name;
   }
@@ -93,13 +115,75 @@ export class Host {
   // Reads are synchronous: sysfs, procfs and our small files answer from memory in microseconds,
   // while an async read costs four thread-pool round trips; a boot makes hundreds of them.
 
-  async read(abs: string): Promise<string | undefined> {
+  /**
+   * Every read of the host, as data: the one implementation of each, which the methods below call
+   * and record (core/inputs.ts), and which an apply on a converged node replays to show that
+   * nothing changed (commands/unchanged.ts). Absent is null.
+   */
+  probe(op: HostRead, abs: string): unknown {
+    const p = this.path(abs);
     try {
-      return readFileSync(this.path(abs), "utf8");
+      switch (op) {
+        case "read":
+          return readFileSync(p, "utf8");
+        case "exists":
+          lstatSync(p);
+          return true;
+        case "stat":
+        case "lstat": {
+          const st = (op === "stat" ? statSync : lstatSync)(p);
+          const kind = st.isSymbolicLink()
+            ? "symlink"
+            : st.isFile()
+              ? "file"
+              : st.isDirectory()
+                ? "dir"
+                : "other";
+          return { kind, size: st.size };
+        }
+        case "owner": {
+          const st = lstatSync(p);
+          return {
+            symlink: st.isSymbolicLink(),
+            dir: st.isDirectory(),
+            mode: st.mode & 0o7777,
+            uid: st.uid,
+          } satisfies Owner;
+        }
+        case "link":
+          return path.basename(readlinkSync(p));
+        case "resolve": {
+          const real = realpathSync(p);
+          if (this.root === "/") return real;
+          const root = realpathSync(this.root);
+          return real.startsWith(`${root}/`) ? real.slice(root.length) : null;
+        }
+        case "list":
+          return readdirSync(p).sort();
+      }
     } catch (e) {
-      if (isNotFound(e)) return undefined;
+      const code = (e as NodeJS.ErrnoException).code;
+      if (isNotFound(e) || (code === "EINVAL" && op === "link"))
+        return op === "exists" ? false : op === "list" ? [] : null;
+      if (code === "ENOTDIR" && op === "list") return [];
       throw e;
     }
+  }
+
+  private observed(op: HostRead, abs: string): unknown {
+    let v: unknown;
+    try {
+      v = this.probe(op, abs);
+    } catch (e) {
+      inputs.spoil(`${op} ${abs}: ${(e as Error).message}`);
+      throw e;
+    }
+    inputs.note(op, abs, v);
+    return v;
+  }
+
+  async read(abs: string): Promise<string | undefined> {
+    return (this.observed("read", abs) as string | null) ?? undefined;
   }
 
   /** Trimmed content of a one-line attribute file, or undefined when absent. */
@@ -109,13 +193,7 @@ export class Host {
   }
 
   async exists(abs: string): Promise<boolean> {
-    try {
-      lstatSync(this.path(abs));
-      return true;
-    } catch (e) {
-      if (isNotFound(e)) return false;
-      throw e;
-    }
+    return this.observed("exists", abs) as boolean;
   }
 
   /**
@@ -126,30 +204,17 @@ export class Host {
     abs: string,
     opts: { follow?: boolean } = {},
   ): Promise<{ kind: "file" | "dir" | "symlink" | "other"; size: number } | undefined> {
-    try {
-      const st = (opts.follow ? statSync : lstatSync)(this.path(abs));
-      const kind = st.isSymbolicLink()
-        ? "symlink"
-        : st.isFile()
-          ? "file"
-          : st.isDirectory()
-            ? "dir"
-            : "other";
-      return { kind, size: st.size };
-    } catch (e) {
-      if (isNotFound(e)) return undefined;
-      throw e;
-    }
+    return (
+      (this.observed(opts.follow ? "stat" : "lstat", abs) as {
+        kind: "file" | "dir" | "symlink" | "other";
+        size: number;
+      } | null) ?? undefined
+    );
   }
 
   /** Basename of a symlink's target (e.g. the driver name from `<dev>/driver`), or undefined. */
   async linkName(abs: string): Promise<string | undefined> {
-    try {
-      return path.basename(readlinkSync(this.path(abs)));
-    } catch (e) {
-      if (isNotFound(e) || (e as NodeJS.ErrnoException).code === "EINVAL") return undefined;
-      throw e;
-    }
+    return (this.observed("link", abs) as string | null) ?? undefined;
   }
 
   /**
@@ -157,29 +222,16 @@ export class Host {
    * undefined when it does not exist or resolves outside the root.
    */
   async resolve(abs: string): Promise<string | undefined> {
-    let real: string;
-    try {
-      real = realpathSync(this.path(abs));
-    } catch (e) {
-      if (isNotFound(e)) return undefined;
-      throw e;
-    }
-    if (this.root === "/") return real;
-    const root = realpathSync(this.root);
-    return real.startsWith(`${root}/`) ? real.slice(root.length) : undefined;
+    return (this.observed("resolve", abs) as string | null) ?? undefined;
   }
 
   async list(abs: string): Promise<string[]> {
-    try {
-      return readdirSync(this.path(abs)).sort();
-    } catch (e) {
-      if (isNotFound(e) || (e as NodeJS.ErrnoException).code === "ENOTDIR") return [];
-      throw e;
-    }
+    return this.observed("list", abs) as string[];
   }
 
   /** Write a sysfs/procfs attribute: a plain open+write, never a rename (the kernel acts on write). */
   async writeAttr(abs: string, value: string): Promise<void> {
+    inputs.spoil(`wrote ${abs}`);
     this.writes++;
     this.noteChange(`wrote ${JSON.stringify(value.trim())} to ${abs}`, abs);
     const fh = await fs.open(this.path(abs), fsc.O_WRONLY | fsc.O_TRUNC);
@@ -205,6 +257,7 @@ export class Host {
     if (own.length) this.checkOwnDirs(own);
     await this.ensureDir(path.posix.dirname(abs));
     const tmp = path.join(dir, `.${path.basename(target)}.${process.pid}.${Date.now()}.tmp`);
+    if (!inputs.isOutput(abs)) inputs.spoil(`wrote ${abs}`);
     this.writes++;
     this.noteChange(`wrote ${abs}`, abs);
     const durable = !abs.startsWith("/run/");
@@ -229,6 +282,7 @@ export class Host {
 
   /** Rename a file (e.g. one we must not overwrite, moved aside). */
   async rename(fromAbs: string, toAbs: string): Promise<void> {
+    inputs.spoil(`renamed ${fromAbs}`);
     await fs.rename(this.path(fromAbs), this.path(toAbs));
     this.writes++;
     this.noteChange(`renamed ${fromAbs} to ${toAbs}`, fromAbs);
@@ -236,6 +290,7 @@ export class Host {
 
   /** Remove a file; returns true when something was removed. */
   async remove(abs: string): Promise<boolean> {
+    inputs.spoil(`removed ${abs}`);
     try {
       await fs.unlink(this.path(abs));
       this.writes++;
@@ -256,6 +311,7 @@ export class Host {
     for (let d = abs; d !== "/" && !(await this.exists(d)); d = path.posix.dirname(d))
       missing.unshift(d);
     for (const d of missing) {
+      inputs.spoil(`made ${d}`);
       const want = OWN_DIRS.has(d) ? ownDirMode(d) : mode;
       try {
         await fs.mkdir(this.path(d), want);
@@ -273,22 +329,17 @@ export class Host {
    */
   checkOwnDirs(dirs: Iterable<string> = OWN_DIRS): void {
     for (const d of dirs) {
-      let st;
-      try {
-        st = lstatSync(this.path(d));
-      } catch (e) {
-        if (isNotFound(e)) continue;
-        throw e;
-      }
+      const st = this.observed("owner", d) as Owner | null;
+      if (!st) continue;
       const where = this.path(d);
-      if (st.isSymbolicLink()) {
+      if (st.symlink) {
         throw new OpError(
           `${where} is a symlink (to ${readlinkSync(where)}); eni-dpdk never writes through a symlinked directory of its own`,
           `replace it with a real directory: rm ${where} && mkdir -m ${ownDirMode(d).toString(8)} ${where}; nothing was changed`,
           { path: where },
         );
       }
-      if (!st.isDirectory())
+      if (!st.dir)
         throw new OpError(
           `${where} is not a directory`,
           `move it aside; eni-dpdk recreates ${where}; nothing was changed`,
@@ -320,7 +371,9 @@ export class Host {
     const removed: string[] = [];
     for (const name of await this.list(dir)) {
       const pid = Number(/^\..+\.(\d+)\.\d+\.tmp$/.exec(name)?.[1]);
-      if (!pid || pid === process.pid || pidAlive(pid)) continue;
+      if (!pid || pid === process.pid) continue;
+      inputs.spoil(`probed process ${pid}`);
+      if (pidAlive(pid)) continue;
       if (await this.remove(path.posix.join(dir, name))) removed.push(path.posix.join(dir, name));
     }
     return removed;

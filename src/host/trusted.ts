@@ -3,6 +3,36 @@
 import { readFileSync, statSync, type Stats } from "node:fs";
 import { InputError, type Problem } from "../core/errors.js";
 import type { Host } from "./host.js";
+import { inputs } from "../core/inputs.js";
+
+/** The reads of config files, as data (see Host.probe): what the trust rules look at, and the bytes. */
+export type TrustedRead = "config-stat" | "config-bytes";
+export const TRUSTED_READS: readonly TrustedRead[] = ["config-stat", "config-bytes"];
+
+export function trustedProbe(host: Host, op: TrustedRead, abs: string): unknown {
+  const real = host.path(abs);
+  if (op === "config-bytes") return readFileSync(real).toString("base64");
+  return statFacts(statOrAbsent(real));
+}
+
+function statFacts(st: Stats | undefined): unknown {
+  return st
+    ? { dir: st.isDirectory(), file: st.isFile(), mode: st.mode & 0o7777, uid: st.uid }
+    : null;
+}
+
+/** stat under the root, recorded as an input (core/inputs.ts); undefined when absent. */
+function observedStat(host: Host, abs: string): Stats | undefined {
+  let st: Stats | undefined;
+  try {
+    st = statOrAbsent(host.path(abs));
+  } catch (e) {
+    inputs.spoil(`stat ${abs}: ${(e as Error).message}`);
+    throw e;
+  }
+  inputs.note("config-stat", abs, statFacts(st));
+  return st;
+}
 
 /** The path as messages show it: under a root other than /, with the resolved path too. */
 export function shownPath(host: Host, abs: string): string {
@@ -75,7 +105,7 @@ export function checkConfigDir(host: Host, abs: string, problems: Problem[]): bo
     problems.push({ source: shownPath(host, abs), key: "(directory)", message });
   let st: Stats | undefined;
   try {
-    st = statOrAbsent(host.path(abs));
+    st = observedStat(host, abs);
   } catch (e) {
     const m = readErrorMessage(e);
     if (!m) throw e;
@@ -103,13 +133,20 @@ export function readConfigFile(
     problems.push({ source: shownPath(host, abs), key: "(file)", message });
   const real = host.path(abs);
   try {
-    const st = statOrAbsent(real);
+    const st = observedStat(host, abs);
     if (!st) return undefined;
     if (st.isDirectory()) return void add(`is a directory; ${what}`);
     if (!st.isFile()) return void add(`is not a regular file; ${what}`);
     const m = trustProblem(host, abs, st);
     if (m) return void add(m);
-    const bytes = readFileSync(real);
+    let bytes: Buffer;
+    try {
+      bytes = readFileSync(real);
+    } catch (e) {
+      inputs.spoil(`read ${abs}: ${(e as Error).message}`);
+      throw e;
+    }
+    inputs.note("config-bytes", abs, bytes.toString("base64"));
     const bad = utf8Problem(bytes);
     if (bad) return void add(bad);
     return bytes.toString("utf8");

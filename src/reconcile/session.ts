@@ -11,6 +11,7 @@ import type { Logger } from "../core/log.js";
 import type { Host } from "../host/host.js";
 import { loadPacing, savePacing } from "../host/state.js";
 import type { InstanceAccess } from "../sources/source.js";
+import { inputs } from "../core/inputs.js";
 
 export class Session implements InstanceAccess {
   readonly imds: Imds;
@@ -82,6 +83,7 @@ export class Session implements InstanceAccess {
       let api: Promise<Ec2Api> | undefined;
       return () => {
         this.ec2Loaded = true;
+        inputs.spoil("called EC2");
         api ??= (async () => {
           const client = await lazyEc2({
             region: (await this.identity()).region,

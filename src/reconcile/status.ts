@@ -99,7 +99,7 @@ export interface StatusDoc {
   devices: StatusDevice[];
   otherDevices: OtherDevice[];
   /** from /run/eni-dpdk/status.json when an apply wrote one */
-  lastApply?: { startedAt?: string; ok?: boolean; summary?: string };
+  lastApply?: { startedAt?: string; ok?: boolean; summary?: string; unchangedSince?: string };
   configProblems: string[];
 }
 
@@ -246,6 +246,7 @@ export async function collectStatus(
             startedAt: last.apply?.startedAt,
             ok: last.apply?.ok,
             summary: last.apply?.summary,
+            ...(last.apply?.unchangedSince ? { unchangedSince: last.apply.unchangedSince } : {}),
           },
         }
       : {}),
@@ -299,6 +300,8 @@ export interface LastApplyFile {
     startedAt?: string;
     ok?: boolean;
     summary?: string;
+    /** set by an apply that found every input unchanged (commands/unchanged.ts) */
+    unchangedSince?: string;
     devices?: LastApplyFile["devices"];
     maxPods?: Partial<MaxPodsResult>;
   };

@@ -113,7 +113,7 @@ t.test(
     const { parseBootArgv } = await import("../../src/cli.js");
     t.same(parseBootArgv(["run"]), {
       command: "run",
-      args: { "log-level": "info", "log-format": "text", "dry-run": false },
+      args: { "log-level": "info", "log-format": "text", "dry-run": false, full: false },
     });
     t.same(
       parseBootArgv([
@@ -131,15 +131,19 @@ t.test(
           "log-level": "info",
           "log-format": "json",
           "dry-run": true,
+          full: false,
           root: "/r",
           config: "/c.toml",
         },
       },
     );
     t.equal(parseBootArgv(["early", "--log-level", "debug"])?.args["log-level"], "debug");
+    t.equal(parseBootArgv(["apply", "--full"])?.args.full, true, "apply --full plans every stage");
     for (const argv of [
       [],
       ["run", "--dry-run"],
+      ["run", "--full"],
+      ["apply", "--full=true"],
       ["apply", "--help"],
       ["apply", "--log-level", "loud"],
       ["apply", "run"],

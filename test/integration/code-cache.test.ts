@@ -32,33 +32,38 @@ const identity = (f: string) => {
   return `${st.ino}/${st.mtimeNs}`;
 };
 
+/** An apply that always runs the planner (never the unchanged apply of commands/unchanged.ts). */
+const FULL = ["apply", "--full"];
+
 t.test("apply keeps a code cache after it succeeded; the next apply takes it", async (t) => {
   const w = await world(t, { configToml: baseToml() });
   const { dir, caches } = cacheDir(t);
   const env = { CACHE_DIRECTORY: dir };
-  const first = await runCli(w, ["apply"], { env });
+  // --full: every apply runs the planner's script, whose cache this is about (the unchanged
+  // apply's own script and cache are below)
+  const first = await runCli(w, FULL, { env });
   t.equal(first.code, 0, lastError(first));
   t.match(caches(), [/^cli-\w+\.js\.apply\.\d+\.\d+\.\d+\.v8$/], "one cache, for apply");
   t.equal(caches().length, 1);
   const cache = path.join(dir, caches()[0]);
   const was = identity(cache);
 
-  const second = await runCli(w, ["apply"], { env });
+  const second = await runCli(w, FULL, { env });
   t.equal(second.code, 0, lastError(second));
   t.match(second.log.at(-1)?.msg ?? "", /^ready:/, "the run from the cache converged as before");
   t.equal(identity(cache), was, "V8 took the cache, so it was not written again");
 
   writeFileSync(cache, Buffer.alloc(statSync(cache).size, 0));
-  const third = await runCli(w, ["apply"], { env });
+  const third = await runCli(w, FULL, { env });
   t.equal(third.code, 0, `a cache of zeros is rejected and the run goes on: ${lastError(third)}`);
   t.not(readFileSync(cache).indexOf(Buffer.from([1])), -1, "and the zeros were replaced");
   const replaced = identity(cache);
-  t.equal((await runCli(w, ["apply"], { env })).code, 0);
+  t.equal((await runCli(w, FULL, { env })).code, 0);
   t.equal(identity(cache), replaced, "the replacement is taken");
 
   // V8 runs what the file holds: one that others may write is never read, and is replaced.
   chmodSync(cache, 0o666);
-  t.equal((await runCli(w, ["apply"], { env })).code, 0);
+  t.equal((await runCli(w, FULL, { env })).code, 0);
   t.not(identity(cache), replaced, "a cache file others may write was not taken");
   t.equal(
     (statSync(cache).mode & 0o777).toString(8),
@@ -134,7 +139,7 @@ t.test(
   "the build: our code is one script, which reaches the entry only through __host",
   async (t) => {
     const entry = readFileSync(BUNDLE, "utf8");
-    const [, rel] = /runCached\(besides\("([^"]+\.js)"/.exec(entry) ?? [];
+    const [, rel] = /besides\("(chunks\/cli-[^"]+\.js)"/.exec(entry) ?? [];
     t.ok(rel, "the entry names its script");
     const script = readFileSync(path.join(path.dirname(BUNDLE), rel), "utf8");
     t.notMatch(script, /\bimport\(|import\.meta|^import\s|^export\s/m, "no ES module syntax in it");
@@ -146,5 +151,30 @@ t.test(
       /function catchSignals|function loadYargs|function onStarted/,
       "none is copied in",
     );
+    const [, unchangedRel] = /besides\("(chunks\/unchanged-[^"]+\.js)"/.exec(entry) ?? [];
+    t.ok(unchangedRel, "the entry names the unchanged apply's script");
+    const unchanged = readFileSync(path.join(path.dirname(BUNDLE), unchangedRel), "utf8");
+    t.notMatch(unchanged, /\bimport\(|import\.meta|^import\s|^export\s/m, "a script too");
+    t.notMatch(
+      unchanged,
+      /function catchSignals|function loadYargs/,
+      "with no host module copied in",
+    );
+    t.ok(unchanged.length * 5 < script.length, "and a fifth of the planner's size at most");
   },
 );
+
+t.test("the unchanged apply keeps a cache of its own script, beside the planner's", async (t) => {
+  const w = await world(t, { configToml: baseToml() });
+  const { dir, caches } = cacheDir(t);
+  const env = { CACHE_DIRECTORY: dir };
+  for (let i = 0; i < 3; i++) t.equal((await runCli(w, ["apply"], { env })).code, 0);
+  t.match(
+    caches(),
+    [
+      /^cli-\w+\.js\.apply\.\d+\.\d+\.\d+\.v8$/,
+      /^unchanged-\w+\.js\.unchanged\.\d+\.\d+\.\d+\.v8$/,
+    ],
+    "the planner's cache (first two applies) and the unchanged apply's (third): neither removed the other",
+  );
+});

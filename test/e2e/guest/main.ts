@@ -228,6 +228,31 @@ async function s2Idempotent(): Promise<Step> {
     st.check(sameNic(before[n.name], after[n.name]), `${fmtNic(n.name, after[n.name])} unchanged`);
   const mutating = (ec2?.requests.slice(c0) ?? []).filter((q) => !q.action.startsWith("Describe"));
   st.check(mutating.length === 0, `no mutating EC2 call (${mutating.length})`);
+
+  // The second apply found nothing to do and kept the record of its reads: the third reads them
+  // all again on this kernel (the values of a real sysfs, not the simulation's) and plans nothing.
+  const c1 = ec2Calls();
+  const third = await cli("apply");
+  st.note(`third apply: exit ${third.code} in ${third.ms} ms`);
+  st.evidence.push(...tail(third.stderr, 1));
+  st.check(third.code === 0, "third apply exits 0");
+  st.check(
+    /unchanged_since=/.test(third.stderr) && !/msg="sources done"/.test(third.stderr),
+    "third apply: every input read as the second apply found it; no stage planned",
+  );
+  const unchangedStatus = parseJson(read(STATUS)) as
+    { apply?: { unchangedSince?: string } } | undefined;
+  st.check(
+    typeof unchangedStatus?.apply?.unchangedSince === "string",
+    `status.json says since when nothing changed (${unchangedStatus?.apply?.unchangedSince})`,
+  );
+  const afterThird = snapshot();
+  for (const n of plan.nics)
+    st.check(
+      sameNic(after[n.name], afterThird[n.name]),
+      `${fmtNic(n.name, afterThird[n.name])} unchanged by the third apply`,
+    );
+  st.check(ec2Calls() === c1, `third apply: no EC2 call (${ec2Calls() - c1})`);
   return st;
 }
 
