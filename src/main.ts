@@ -34,16 +34,19 @@ type Unchanged = typeof import("./commands/unchanged.js");
  */
 async function unchanged(): Promise<number | undefined> {
   if (typeof ENI_DPDK_UNCHANGED_SCRIPT !== "string" || !argv.includes("apply")) return undefined;
-  const host = { lazy, signals, startup };
-  const script = runCached<Unchanged>(
-    besides(ENI_DPDK_UNCHANGED_SCRIPT, import.meta.url),
-    cacheDir,
-    "unchanged",
-    host,
-  );
-  const code = await script.exports.replayUnchanged(argv);
-  if (code === 0) startup.onStarted(() => setImmediate(() => script.keep()));
-  return code;
+  try {
+    const script = runCached<Unchanged>(
+      besides(ENI_DPDK_UNCHANGED_SCRIPT, import.meta.url),
+      cacheDir,
+      "unchanged",
+      { lazy, signals, startup },
+    );
+    const code = await script.exports.replayUnchanged(argv);
+    if (code === 0) startup.onStarted(() => setImmediate(() => script.keep()));
+    return code;
+  } catch {
+    return undefined; // a shortcut only: whatever went wrong, the planner runs
+  }
 }
 
 function loadCli(): Promise<Cli> {

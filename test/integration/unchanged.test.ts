@@ -3,8 +3,10 @@
 // input that moves makes it plan; a record it cannot trust is never used; and the record holds
 // every file the planner read under the root (strace) and every IMDS path it asked for.
 import t, { type Test } from "tap";
+import { execFile } from "node:child_process";
 import {
   chmodSync,
+  cpSync,
   existsSync,
   mkdtempSync,
   readdirSync,
@@ -18,6 +20,8 @@ import path from "node:path";
 import type { World } from "../../src/sim/world.js";
 import {
   type CliResult,
+  BUNDLE,
+  NODE,
   baseToml,
   converge,
   diffSnapshots,
@@ -282,3 +286,26 @@ t.test(
     await settleAgain(t, w);
   },
 );
+
+t.test("a broken unchanged script costs nothing but the shortcut: the planner runs", async (t) => {
+  const w = await settled(t);
+  const copy = mkdtempSync(path.join(tmpdir(), "eni-dpdk-bundle-"));
+  t.teardown(() => rmSync(copy, { recursive: true, force: true }));
+  cpSync(path.dirname(BUNDLE), copy, { recursive: true });
+  const chunks = path.join(copy, "chunks");
+  const script = readdirSync(chunks).find((f) => /^unchanged-\w+\.js$/.test(f));
+  t.ok(script, "the bundle has the unchanged apply's script");
+  writeFileSync(path.join(chunks, script!), "throw new Error('broken on purpose');\n");
+  // asynchronously: the emulators answer from this process
+  const r = await new Promise<{ code: number; stderr: string }>((resolve) =>
+    execFile(
+      NODE[0],
+      [...NODE.slice(1), path.join(copy, "eni-dpdk.mjs"), "apply"],
+      { env: { ...w.env(), CACHE_DIRECTORY: path.join(copy, "cache") } },
+      (e, _out, stderr) => resolve({ code: e ? Number(e.code ?? 1) : 0, stderr }),
+    ),
+  );
+  t.equal(r.code, 0, r.stderr.slice(-600));
+  t.match(r.stderr, /msg="sources done"/, "planned");
+  t.notMatch(r.stderr, /broken on purpose/, "and the shortcut's failure is not the apply's");
+});
