@@ -309,3 +309,31 @@ t.test("a broken unchanged script costs nothing but the shortcut: the planner ru
   t.match(r.stderr, /msg="sources done"/, "planned");
   t.notMatch(r.stderr, /broken on purpose/, "and the shortcut's failure is not the apply's");
 });
+
+t.test("a byte more in any recorded file makes the next apply plan", async (t) => {
+  const w = await settled(t);
+  const record = readJson(w, RECORD) as { observations: [string, string, string][] };
+  // every file whose bytes the record holds (sysfs attributes are files in the simulation), a
+  // fixed sample of them so the case stays short
+  const files = record.observations
+    .filter(([op, , v]) => (op === "read" || op === "config-bytes") && v !== "null")
+    .map(([, k]) => k);
+  const sample = files.filter((_, i) => i % Math.ceil(files.length / 8) === 0);
+  t.ok(sample.length >= 6, `${sample.length} of ${files.length} files`);
+  for (const f of sample) {
+    const real = w.sim.p(f);
+    const was = readFileSync(real);
+    const longer = Buffer.concat([was, Buffer.from(" ")]);
+    writeFileSync(real, longer);
+    // the simulated kernel acts on writes to some attributes (mtu, flags) and puts them back
+    await w.sim.settle();
+    if (!readFileSync(real).equals(longer)) {
+      t.comment(`${f}: the simulated kernel rewrote it; not a case`);
+      continue;
+    }
+    const r = await runCli(w, ["apply"]);
+    t.notOk(unchangedLine(r), `${f} one byte longer: not unchanged (exit ${r.code})`);
+    writeFileSync(real, was);
+    await settleAgain(t, w);
+  }
+});
