@@ -196,10 +196,12 @@ export async function replayUnchanged(
     if (early) return changed(early);
     const l = await locked;
     if (!("lock" in l)) throw l.e;
+    // while IMDS answers
+    const held = hostDifference(host, rec);
+    if (held) return changed(held);
     const i = await imdsDiff;
     if ("e" in i) throw i.e;
-    const diff = hostDifference(host, rec) ?? i.d;
-    if (diff) return changed(diff);
+    if (i.d) return changed(i.d);
     const now = new Date().toISOString();
     const took = Date.now() - started;
     await host.writeFileAtomic(STATUS_PATH, restamp(rec, now, took), 0o644);
