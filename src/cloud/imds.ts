@@ -117,8 +117,12 @@ export class ImdsClient implements Imds {
     const body = await this.withRetry(rel, async () =>
       this.request("GET", rel, { "x-aws-ec2-metadata-token": await this.tokenValue() }),
     );
-    inputs.note("imds", rel, body?.toString("base64"));
-    return body;
+    return inputs.observe(
+      "imds",
+      rel,
+      () => body,
+      (b) => b?.toString("base64"),
+    );
   }
 
   /**

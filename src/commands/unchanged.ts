@@ -139,8 +139,8 @@ function readRecord(host: Host): UnchangedRecord | undefined {
 function hostDifference(host: Host, rec: UnchangedRecord): string | undefined {
   for (const [op, key, value] of rec.observations) {
     let now: unknown;
-    if ((HOST_READS as string[]).includes(op)) now = host.probe(op as HostRead, key);
-    else if ((TRUSTED_READS as string[]).includes(op))
+    if ((HOST_READS as readonly string[]).includes(op)) now = host.probe(op as HostRead, key);
+    else if ((TRUSTED_READS as readonly string[]).includes(op))
       now = trustedProbe(host, op as TrustedRead, key);
     else if (op === "imds") continue;
     else return `unknown read ${op}`;
@@ -152,9 +152,11 @@ function hostDifference(host: Host, rec: UnchangedRecord): string | undefined {
 async function imdsDifference(imds: ImdsClient, rec: UnchangedRecord): Promise<string | undefined> {
   const reads = rec.observations.filter(([op]) => op === "imds");
   const now = await Promise.all(
-    reads.map(async ([, key]) => (await imds.getBytes(key))?.toString("base64") ?? null),
+    reads.map(async ([, key]) => (await imds.getBytes(key))?.toString("base64")),
   );
-  const i = reads.findIndex(([, , value], n) => JSON.stringify(now[n]) !== value);
+  const i = reads.findIndex(
+    ([op, key, value], n) => asRecorded(op, key, now[n], OUTPUTS) !== value,
+  );
   return i < 0 ? undefined : `imds ${reads[i][1]}`;
 }
 

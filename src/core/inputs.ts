@@ -3,6 +3,7 @@
 // layer's reads, the trusted-file reads, IMDS answers. Anything a pass depends on that cannot be
 // read again as data (an EC2 or API call, a program run, a process probed, a write) spoils the
 // record: such a pass is never taken as proof.
+import { parseTempFile } from "./temp-file.js";
 
 /** One read and what it returned, as JSON: [operation, path or key, value]. */
 export type Observation = [op: string, key: string, value: string];
@@ -24,6 +25,10 @@ class Inputs {
   /** Start recording; `outputs` are paths the pass writes for others (its status), not inputs. */
   start(outputs: Iterable<string>): void {
     this.recording = true;
+    this.seen.clear();
+    this.logged.length = 0;
+    this.spoiled = undefined;
+    this.skipped.clear();
     for (const p of outputs) this.skipped.add(p);
   }
 
@@ -42,6 +47,22 @@ class Inputs {
     else if (!prev) this.seen.set(id, [op, key, json]);
   }
 
+  /**
+   * Make a read and record it (`recorded` is the value as data, the value itself by default). A
+   * read that fails spoils the pass: its error is not a value a later apply could compare.
+   */
+  observe<T>(op: string, key: string, read: () => T, recorded: (v: T) => unknown = (v) => v): T {
+    let v: T;
+    try {
+      v = read();
+    } catch (e) {
+      this.spoil(`${op} ${key}: ${(e as Error).message}`);
+      throw e;
+    }
+    if (this.recording) this.note(op, key, recorded(v));
+    return v;
+  }
+
   /** `key` is an output: writing it does not spoil the pass. */
   isOutput(key: string): boolean {
     return this.skipped.has(key);
@@ -58,7 +79,7 @@ class Inputs {
 
 /**
  * A read's value as recorded and as compared: JSON, and a directory's listing without the outputs
- * and the temp files (`.<name>.<pid>.<ms>.tmp`, Host.writeFileAtomic's) that live writers of them
+ * and the temp files (core/temp-file.ts, Host.writeFileAtomic's) that live writers of them
  * hold: the status another apply is writing would otherwise make every listing of its directory
  * differ. A dead writer's temp stays in (`alive`, when replaying): the planner removes it, so the
  * apply must plan. (A pass that saw one removed it and spoiled its record, so the recorder needs no
@@ -73,14 +94,11 @@ export function asRecorded(
 ): string {
   if (op === "list" && Array.isArray(value))
     value = value.filter((name: string) => {
-      const temp = TEMP.exec(name);
-      const of = temp ? temp[1] : name;
-      return !outputs.has(`${key}/${of}`) || (temp !== null && !alive(Number(temp[2])));
+      const temp = parseTempFile(name);
+      return !outputs.has(`${key}/${temp?.of ?? name}`) || (temp !== undefined && !alive(temp.pid));
     });
   return JSON.stringify(value ?? null);
 }
-
-const TEMP = /^\.(.+)\.(\d+)\.\d+\.tmp$/;
 
 /** The process's one recorder; off unless an apply turned it on. */
 export const inputs = new Inputs();

@@ -46,8 +46,11 @@ export class Logger {
   }
 
   private emit(level: Level, msg: string, fields: Fields): void {
+    // warnings and errors are recorded for the unchanged apply even when not shown
+    const recorded = level === "warn" || level === "error";
+    if (!recorded && !this.enabled(level)) return;
     const all = { ...this.base, ...fields };
-    if (level === "warn" || level === "error") inputs.log({ level, msg, fields: all });
+    if (recorded) inputs.log({ level, msg, fields: all });
     if (!this.enabled(level)) return;
     let line: string;
     if (this.format === "json") {

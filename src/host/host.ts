@@ -16,10 +16,10 @@ import { OpError } from "../core/errors.js";
 import { pollUntil, SETTLE } from "../core/deadline.js";
 import { childEnv, pidAlive } from "../core/process.js";
 import { inputs } from "../core/inputs.js";
+import { parseTempFile, tempFileFor } from "../core/temp-file.js";
 
 /** The reads of the host layer (Host.probe). */
-export type HostRead = "read" | "exists" | "stat" | "lstat" | "owner" | "link" | "resolve" | "list";
-export const HOST_READS: readonly HostRead[] = [
+export const HOST_READS = [
   "read",
   "exists",
   "stat",
@@ -28,7 +28,8 @@ export const HOST_READS: readonly HostRead[] = [
   "link",
   "resolve",
   "list",
-];
+] as const;
+export type HostRead = (typeof HOST_READS)[number];
 /** What the trust rules of our own directories look at (checkOwnDirs). */
 interface Owner {
   symlink: boolean;
@@ -165,21 +166,12 @@ export class Host {
       const code = (e as NodeJS.ErrnoException).code;
       if (isNotFound(e) || (code === "EINVAL" && op === "link"))
         return op === "exists" ? false : op === "list" ? [] : null;
-      if (code === "ENOTDIR" && op === "list") return [];
       throw e;
     }
   }
 
   private observed(op: HostRead, abs: string): unknown {
-    let v: unknown;
-    try {
-      v = this.probe(op, abs);
-    } catch (e) {
-      inputs.spoil(`${op} ${abs}: ${(e as Error).message}`);
-      throw e;
-    }
-    inputs.note(op, abs, v);
-    return v;
+    return inputs.observe(op, abs, () => this.probe(op, abs));
   }
 
   async read(abs: string): Promise<string | undefined> {
@@ -256,7 +248,7 @@ export class Host {
     const own = [...OWN_DIRS].filter((d) => abs.startsWith(`${d}/`));
     if (own.length) this.checkOwnDirs(own);
     await this.ensureDir(path.posix.dirname(abs));
-    const tmp = path.join(dir, `.${path.basename(target)}.${process.pid}.${Date.now()}.tmp`);
+    const tmp = tempFileFor(target);
     if (!inputs.isOutput(abs)) inputs.spoil(`wrote ${abs}`);
     this.writes++;
     this.noteChange(`wrote ${abs}`, abs);
@@ -370,7 +362,7 @@ export class Host {
   async cleanStaleTemps(dir: string): Promise<string[]> {
     const removed: string[] = [];
     for (const name of await this.list(dir)) {
-      const pid = Number(/^\..+\.(\d+)\.\d+\.tmp$/.exec(name)?.[1]);
+      const pid = parseTempFile(name)?.pid;
       if (!pid || pid === process.pid) continue;
       inputs.spoil(`probed process ${pid}`);
       if (pidAlive(pid)) continue;

@@ -6,14 +6,16 @@ import type { Host } from "./host.js";
 import { inputs } from "../core/inputs.js";
 
 /** The reads of config files, as data (see Host.probe): what the trust rules look at, and the bytes. */
-export type TrustedRead = "config-stat" | "config-bytes";
-export const TRUSTED_READS: readonly TrustedRead[] = ["config-stat", "config-bytes"];
+export const TRUSTED_READS = ["config-stat", "config-bytes"] as const;
+export type TrustedRead = (typeof TRUSTED_READS)[number];
 
 export function trustedProbe(host: Host, op: TrustedRead, abs: string): unknown {
   const real = host.path(abs);
-  if (op === "config-bytes") return readFileSync(real).toString("base64");
+  if (op === "config-bytes") return asBase64(readFileSync(real));
   return statFacts(statOrAbsent(real));
 }
+
+const asBase64 = (b: Buffer) => b.toString("base64");
 
 function statFacts(st: Stats | undefined): unknown {
   return st
@@ -23,15 +25,7 @@ function statFacts(st: Stats | undefined): unknown {
 
 /** stat under the root, recorded as an input (core/inputs.ts); undefined when absent. */
 function observedStat(host: Host, abs: string): Stats | undefined {
-  let st: Stats | undefined;
-  try {
-    st = statOrAbsent(host.path(abs));
-  } catch (e) {
-    inputs.spoil(`stat ${abs}: ${(e as Error).message}`);
-    throw e;
-  }
-  inputs.note("config-stat", abs, statFacts(st));
-  return st;
+  return inputs.observe("config-stat", abs, () => statOrAbsent(host.path(abs)), statFacts);
 }
 
 /** The path as messages show it: under a root other than /, with the resolved path too. */
@@ -139,14 +133,7 @@ export function readConfigFile(
     if (!st.isFile()) return void add(`is not a regular file; ${what}`);
     const m = trustProblem(host, abs, st);
     if (m) return void add(m);
-    let bytes: Buffer;
-    try {
-      bytes = readFileSync(real);
-    } catch (e) {
-      inputs.spoil(`read ${abs}: ${(e as Error).message}`);
-      throw e;
-    }
-    inputs.note("config-bytes", abs, bytes.toString("base64"));
+    const bytes = inputs.observe("config-bytes", abs, () => readFileSync(real), asBase64);
     const bad = utf8Problem(bytes);
     if (bad) return void add(bad);
     return bytes.toString("utf8");
