@@ -1,10 +1,12 @@
 // A simulated Linux kernel for unit tests: a fake root laid out like real sysfs/procfs (PCI devices
 // with `driver` and `iommu_group` links, class/net, module parameters, hugepages, routes) plus a
 // reactor that gives writes to the attribute files the kernel's effects. The reactor listens with
-// fs.watch (inotify), so it works when the code under test runs in another process (the CLI).
+// fs.watch (inotify), and reads the write-only attributes as FIFOs, so it works when the code under
+// test runs in another process (the CLI).
 // Effects are applied synchronously inside one handler, so a poller never sees half a transition.
 import { execFileSync } from "node:child_process";
 import fs from "node:fs";
+import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 
@@ -106,7 +108,7 @@ export class SimKernel {
   private readonly devices = new Map<string, SimDevice>();
   private readonly watchers = new Map<string, fs.FSWatcher>();
   private readonly lastOwnContent = new Map<string, string>();
-  private readonly pendingWriteOnly = new Map<string, string>();
+  private readonly actionReaders = new Map<string, net.Socket>();
   private readonly failProbe = new Set<string>();
   private noiommuSupport: boolean;
   private readonly iommu: boolean;
@@ -164,8 +166,7 @@ export class SimKernel {
       fs.mkdirSync(this.p(d), { recursive: true });
     }
     if (this.iommu) fs.mkdirSync(this.p("/sys/class/iommu/dmar0"));
-    this.writeOwn("/sys/bus/pci/drivers_probe", "", 0o200);
-    this.watch("/sys/bus/pci/drivers_probe", () => this.onDriversProbe(), { writeOnly: true });
+    this.actionAttr("/sys/bus/pci/drivers_probe", (bdf) => this.onDriversProbe(bdf));
     fs.writeFileSync(
       this.p("/proc/net/route"),
       "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT                                                       \n",
@@ -474,6 +475,8 @@ export class SimKernel {
     this.closed = true;
     for (const w of this.watchers.values()) w.close();
     this.watchers.clear();
+    for (const r of this.actionReaders.values()) r.destroy();
+    this.actionReaders.clear();
     if (!opts.keep && !process.env.SIM_KEEP) fs.rmSync(this.root, { recursive: true, force: true });
   }
 
@@ -511,8 +514,7 @@ export class SimKernel {
       const dir = `/sys/bus/pci/drivers/${drv}`;
       fs.mkdirSync(this.p(dir), { recursive: true });
       for (const f of ["bind", "unbind", "new_id", "remove_id"]) {
-        this.writeOwn(`${dir}/${f}`, "", 0o200);
-        this.watch(`${dir}/${f}`, (v) => this.onDriverFile(drv, f, v), { writeOnly: true });
+        this.actionAttr(`${dir}/${f}`, (v) => this.onDriverFile(drv, f, v));
       }
     }
   }
@@ -673,9 +675,7 @@ export class SimKernel {
 
   // ---- reactor ------------------------------------------------------------------------------------
 
-  private onDriversProbe(): void {
-    const bdf = this.takeWriteOnly("/sys/bus/pci/drivers_probe");
-    if (!bdf) return;
+  private onDriversProbe(bdf: string): void {
     const dev = this.devices.get(bdf);
     if (!dev) return this.fail(`drivers_probe: no device ${bdf}`);
     if (this.currentDriver(bdf)) return; // already bound: the kernel does nothing
@@ -685,9 +685,7 @@ export class SimKernel {
     this.probe(dev, drv);
   }
 
-  private onDriverFile(drv: string, file: string, _v: string): void {
-    const value = this.takeWriteOnly(`/sys/bus/pci/drivers/${drv}/${file}`);
-    if (!value) return;
+  private onDriverFile(drv: string, file: string, value: string): void {
     if (file === "new_id" || file === "remove_id") return; // recorded in the journal; tests assert it never happens
     const dev = this.devices.get(value);
     if (!dev) return this.fail(`${drv}/${file}: no device ${value}`);
@@ -762,10 +760,6 @@ export class SimKernel {
   // ---- plumbing -----------------------------------------------------------------------------------
 
   /** Read a write-only attribute's content (cleared by the watcher before the effect runs). */
-  private takeWriteOnly(abs: string): string {
-    return this.pendingWriteOnly.get(this.p(abs)) ?? "";
-  }
-
   private writeOwn(abs: string, content: string, mode = 0o644): void {
     const f = this.p(abs);
     fs.writeFileSync(f, content, { mode });
@@ -773,16 +767,11 @@ export class SimKernel {
   }
 
   /**
-   * Watch an attribute file; `fn` runs for each write made by someone other than the sim.
-   * Write-only files (bind, unbind, drivers_probe, new_id) are cleared before the effect, so a
-   * repeated value is seen again; read-write ones are told apart from our own normalised content
-   * (the product writes values without the trailing newline the kernel shows).
+   * Watch an attribute file; `fn` runs for each write made by someone other than the sim. They are
+   * told apart from our own normalised content (the product writes values without the trailing
+   * newline the kernel shows).
    */
-  private watch(
-    abs: string,
-    fn: (value: string) => void,
-    o: { raw?: boolean; writeOnly?: boolean } = {},
-  ): void {
+  private watch(abs: string, fn: (value: string) => void, o: { raw?: boolean } = {}): void {
     const f = this.p(abs);
     if (this.watchers.has(f)) return;
     const w = fs.watch(f, { persistent: false }, () => {
@@ -795,13 +784,9 @@ export class SimKernel {
         } catch {
           return; // removed meanwhile (netdev gone)
         }
-        if (v === "") return; // a writer's O_TRUNC (its data follows) or our own clear
-        if (!o.writeOnly && v === this.lastOwnContent.get(f)) return; // our own write
+        if (v === "") return; // a writer's O_TRUNC (its data follows)
+        if (v === this.lastOwnContent.get(f)) return; // our own write
         this.writes.push({ path: abs, value: v.replace(/\n$/, "") });
-        if (o.writeOnly) {
-          this.writeOwn(abs, "", 0o200);
-          this.pendingWriteOnly.set(f, v.trim());
-        }
         fn(v);
       } catch (e) {
         this.errors.push(e as Error);
@@ -810,10 +795,42 @@ export class SimKernel {
     this.watchers.set(f, w);
   }
 
+  /**
+   * A write-only attribute (bind, unbind, drivers_probe, new_id) is a FIFO: the kernel acts on each
+   * write, and so does the reactor, even on two writes a moment apart (two binds at once). A plain
+   * file would keep the last value only, and inotify merges the events of writes it has not yet
+   * delivered.
+   */
+  private actionAttr(abs: string, fn: (value: string) => void): void {
+    const f = this.p(abs);
+    if (this.actionReaders.has(f)) return;
+    fs.rmSync(f, { force: true });
+    execFileSync("mkfifo", ["-m", "200", f]);
+    // read-write: a writer's open never waits for a reader, and the reader never sees end-of-file
+    const fd = fs.openSync(f, fs.constants.O_RDWR | fs.constants.O_NONBLOCK);
+    const reader = new net.Socket({ fd, readable: true, writable: false });
+    reader.unref();
+    reader.on("error", (e) => this.errors.push(e));
+    reader.on("data", (chunk: Buffer) => {
+      if (this.closed) return;
+      for (const value of splitWrites(chunk.toString("utf8"))) {
+        this.writes.push({ path: abs, value });
+        try {
+          fn(value);
+        } catch (e) {
+          this.errors.push(e as Error);
+        }
+      }
+    });
+    this.actionReaders.set(f, reader);
+  }
+
   private unwatch(abs: string): void {
     const f = this.p(abs);
     this.watchers.get(f)?.close();
     this.watchers.delete(f);
+    this.actionReaders.get(f)?.destroy();
+    this.actionReaders.delete(f);
   }
 
   private symlink(linkAbs: string, targetAbs: string): void {
@@ -825,6 +842,17 @@ export class SimKernel {
   private fail(msg: string): void {
     this.errors.push(new Error(`sim kernel: ${msg}`));
   }
+}
+
+/**
+ * The writes a FIFO read returned: each is one value (a PCI address, or `vendor device`), and a read
+ * may hold several; PCI addresses, having a fixed length, are split even without a newline.
+ */
+function splitWrites(data: string): string[] {
+  const bdfs = /^(?:[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]\n?)+$/.test(data)
+    ? data.match(/[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]/g)
+    : null;
+  return bdfs ?? data.split("\n").filter((v) => v.trim() !== "");
 }
 
 function intToIp(n: number): string {
