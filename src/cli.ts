@@ -5,7 +5,8 @@
 import { statSync } from "node:fs";
 import type { Argv } from "yargs";
 import { errorMessage, exitCodeOf, formatProblem, InputError, OpError } from "./core/errors.js";
-import { Host, resolveRoot } from "./host/host.js";
+import { Host } from "./host/host.js";
+import { resolveRoot } from "./host/root.js";
 import { Logger, type Level, type LogFormat } from "./core/log.js";
 import type { CommandContext } from "./commands/context.js";
 import { loadYargs } from "./core/lazy.js";

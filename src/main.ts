@@ -1,10 +1,14 @@
 #!/usr/bin/env node
 // Entry point: keep it tiny so the bundle's start-up cost is only what a command imports.
+import { existsSync } from "node:fs";
 import nodeModule from "node:module";
+import path from "node:path";
 import * as signals from "./core/signals.js";
 import * as lazy from "./core/lazy.js";
 import * as startup from "./core/startup.js";
 import { besides, runCached } from "./core/code-cache.js";
+import { replayableApply } from "./commands/boot-argv.js";
+import { resolveRoot, UNCHANGED_PATH } from "./host/root.js";
 
 /** The bundle's CLI script (chunks/cli-<hash>.js), set by scripts/build.mjs; unset under tsx. */
 declare const ENI_DPDK_CLI_SCRIPT: string | undefined;
@@ -33,7 +37,10 @@ type Unchanged = typeof import("./commands/unchanged.js");
  * loading the planner. Undefined when anything differs, or for any other command.
  */
 async function unchanged(): Promise<number | undefined> {
-  if (typeof ENI_DPDK_UNCHANGED_SCRIPT !== "string" || !argv.includes("apply")) return undefined;
+  if (typeof ENI_DPDK_UNCHANGED_SCRIPT !== "string") return undefined;
+  const args = replayableApply(argv);
+  // A boot finds no record (a reboot empties /run): then the script is not even loaded.
+  if (!args || !existsSync(path.join(resolveRoot(args.root), UNCHANGED_PATH))) return undefined;
   try {
     const script = runCached<Unchanged>(
       besides(ENI_DPDK_UNCHANGED_SCRIPT, import.meta.url),

@@ -58,3 +58,11 @@ export function parseBootArgv(
   if (!command || ((args["dry-run"] || args.full) && command !== "apply")) return undefined;
   return { command, args };
 }
+
+/** The args of an `apply` that may replay the unchanged record: not a dry run, not `--full`. */
+export function replayableApply(argv: string[]): BootArgs | undefined {
+  const boot = parseBootArgv(argv);
+  return boot?.command === "apply" && !boot.args["dry-run"] && !boot.args.full
+    ? boot.args
+    : undefined;
+}

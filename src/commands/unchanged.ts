@@ -7,19 +7,19 @@
 // Kubernetes API, ran a program, saw a value move, or ended with an error. It is keyed by the build,
 // Node, the user, the directory, the argv and the environment. `apply --full` plans as ever.
 import { asRecorded, inputs, type LoggedLine, type Observation } from "../core/inputs.js";
-import { Host, HOST_READS, resolveRoot, RUN_DIR, type HostRead } from "../host/host.js";
+import { Host, HOST_READS, type HostRead } from "../host/host.js";
+import { resolveRoot, RUN_DIR, UNCHANGED_PATH } from "../host/root.js";
 import { TRUSTED_READS, trustedProbe, type TrustedRead } from "../host/trusted.js";
 import { ImdsClient } from "../cloud/imds.js";
 import { Deadline } from "../core/deadline.js";
 import { Logger } from "../core/log.js";
 import { pidAlive } from "../core/process.js";
 import { STATUS_PATH } from "../host/state.js";
-import { parseBootArgv } from "./boot-argv.js";
+import { replayableApply } from "./boot-argv.js";
 
 /** Set by scripts/build.mjs: a digest of the sources and the lockfile. Unset under tsx: no record. */
 declare const ENI_DPDK_BUILD_ID: string | undefined;
 
-export const UNCHANGED_PATH = `${RUN_DIR}/unchanged.json`;
 const VERSION = 1;
 
 /**
@@ -171,13 +171,13 @@ export async function replayUnchanged(
   err: { write(s: string): void } = process.stderr,
 ): Promise<number | undefined> {
   const started = Date.now();
-  const boot = parseBootArgv(argv);
-  if (boot?.command !== "apply" || boot.args["dry-run"] || boot.args.full) return undefined;
+  const args = replayableApply(argv);
+  if (!args) return undefined;
   const key = recordKey(argv, env);
-  const host = new Host(resolveRoot(boot.args.root, env));
+  const host = new Host(resolveRoot(args.root, env));
   const rec = key ? readRecord(host) : undefined;
   if (!rec || rec.key !== key) return undefined;
-  const log = new Logger(boot.args["log-level"], boot.args["log-format"], err);
+  const log = new Logger(args["log-level"], args["log-format"], err);
   const changed = (first: string) => {
     log.debug("inputs changed since the last converged apply: planning", { first });
     return undefined;

@@ -17,6 +17,7 @@ import { pollUntil, SETTLE } from "../core/deadline.js";
 import { childEnv, pidAlive } from "../core/process.js";
 import { inputs } from "../core/inputs.js";
 import { parseTempFile, tempFileFor } from "../core/temp-file.js";
+import { RUN_DIR, VAR_DIR } from "./root.js";
 
 /** The reads of the host layer (Host.probe). */
 export const HOST_READS = [
@@ -38,15 +39,8 @@ interface Owner {
   uid: number;
 }
 
-export function resolveRoot(flag?: string, env: NodeJS.ProcessEnv = process.env): string {
-  return path.resolve(flag || env.ENI_DPDK_ROOT || "/");
-}
-
 /** The host-wide lock (flock). */
 export const LOCK_PATH = "/run/eni-dpdk.lock";
-/** eni-dpdk's own directories: never followed when they are symlinks, never group- or world-writable. */
-export const RUN_DIR = "/run/eni-dpdk";
-export const VAR_DIR = "/var/lib/eni-dpdk";
 const OWN_DIRS = new Set([RUN_DIR, VAR_DIR]);
 
 export class Host {

@@ -8,7 +8,8 @@ import {
   saveState,
   type State,
 } from "./state.js";
-import { type Host, RUN_DIR, VAR_DIR } from "./host.js";
+import type { Host } from "./host.js";
+import { RUN_DIR, VAR_DIR } from "./root.js";
 import { type Logger } from "../core/log.js";
 import { NETWORKD_DIR } from "./networkd.js";
 import { OpError } from "../core/errors.js";

@@ -4,7 +4,8 @@
 // its first write and cleared after it is verified, so a process killed half-way is finished or
 // rolled back by the next one (recoverInflight in pci.ts) before anything else.
 import { InputError } from "../core/errors.js";
-import { RUN_DIR, VAR_DIR, type Host } from "./host.js";
+import type { Host } from "./host.js";
+import { RUN_DIR, VAR_DIR } from "./root.js";
 import {
   BDF_RE,
   DRIVER_NAME_RE as DRIVER_RE,

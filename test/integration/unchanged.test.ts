@@ -287,17 +287,21 @@ t.test(
   },
 );
 
-t.test("a broken unchanged script costs nothing but the shortcut: the planner runs", async (t) => {
-  const w = await settled(t);
+/** A copy of the bundle whose unchanged script is `text`. */
+function bundleWithScript(t: Test, text: string): string {
   const copy = mkdtempSync(path.join(tmpdir(), "eni-dpdk-bundle-"));
   t.teardown(() => rmSync(copy, { recursive: true, force: true }));
   cpSync(path.dirname(BUNDLE), copy, { recursive: true });
   const chunks = path.join(copy, "chunks");
   const script = readdirSync(chunks).find((f) => /^unchanged-\w+\.js$/.test(f));
   t.ok(script, "the bundle has the unchanged apply's script");
-  writeFileSync(path.join(chunks, script!), "throw new Error('broken on purpose');\n");
-  // asynchronously: the emulators answer from this process
-  const r = await new Promise<{ code: number; stderr: string }>((resolve) =>
+  writeFileSync(path.join(chunks, script!), text);
+  return copy;
+}
+
+/** `apply` with a copied bundle, asynchronously: the emulators answer from this process. */
+const applyWith = (w: World, copy: string) =>
+  new Promise<{ code: number; stderr: string }>((resolve) =>
     execFile(
       NODE[0],
       [...NODE.slice(1), path.join(copy, "eni-dpdk.mjs"), "apply"],
@@ -305,9 +309,27 @@ t.test("a broken unchanged script costs nothing but the shortcut: the planner ru
       (e, _out, stderr) => resolve({ code: e ? Number(e.code ?? 1) : 0, stderr }),
     ),
   );
+
+t.test("a broken unchanged script costs nothing but the shortcut: the planner runs", async (t) => {
+  const w = await settled(t);
+  const copy = bundleWithScript(t, "throw new Error('broken on purpose');\n");
+  const r = await applyWith(w, copy);
   t.equal(r.code, 0, r.stderr.slice(-600));
   t.match(r.stderr, /msg="sources done"/, "planned");
   t.notMatch(r.stderr, /broken on purpose/, "and the shortcut's failure is not the apply's");
+});
+
+t.test("without a record (every boot) the unchanged script is not even loaded", async (t) => {
+  const w = await settled(t);
+  // a script that ends the process as it loads: an apply that loads it exits 7
+  const copy = bundleWithScript(t, "process.exit(7);\n");
+  t.equal((await applyWith(w, copy)).code, 7, "with the record, apply loads the script");
+  w.reboot();
+  t.notOk(existsSync(w.sim.p(RECORD)), "a reboot leaves no record");
+  const r = await applyWith(w, copy);
+  t.equal(r.code, 0, r.stderr.slice(-600));
+  t.match(r.stderr, /msg="sources done"/, "the planner ran, and nothing else was loaded");
+  t.equal(w.sim.driverOf("0000:00:06.0"), "vfio-pci", "and rebound the device");
 });
 
 t.test("a byte more in any recorded file makes the next apply plan", async (t) => {
