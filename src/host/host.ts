@@ -18,6 +18,7 @@ import { childEnv, pidAlive } from "../core/process.js";
 import { inputs } from "../core/inputs.js";
 import { parseTempFile, tempFileFor } from "../core/temp-file.js";
 import { RUN_DIR, VAR_DIR } from "./root.js";
+import { Turns } from "../core/turns.js";
 
 /** The reads of the host layer (Host.probe). */
 export const HOST_READS = [
@@ -51,6 +52,8 @@ export class Host {
 
   /** How long to wait for a sysfs effect before calling it absent (see settled). */
   readonly settleMs: number;
+  /** Writes of one file, one at a time: each compares with what the one before it left. */
+  private readonly fileTurns = new Turns();
 
   constructor(
     readonly root: string = "/",
@@ -233,7 +236,11 @@ export class Host {
    * when the content differs. Returns true when the file changed. Under /run (tmpfs, gone at
    * reboot anyway) the fsyncs buy nothing and are skipped; the rename still makes it atomic.
    */
-  async writeFileAtomic(abs: string, data: string, mode = 0o644): Promise<boolean> {
+  writeFileAtomic(abs: string, data: string, mode = 0o644): Promise<boolean> {
+    return this.fileTurns.run(abs, () => this.writeFileAtomicNow(abs, data, mode));
+  }
+
+  private async writeFileAtomicNow(abs: string, data: string, mode: number): Promise<boolean> {
     const target = this.path(abs);
     const current = await this.read(abs);
     if (current === data) return false;
@@ -275,17 +282,19 @@ export class Host {
   }
 
   /** Remove a file; returns true when something was removed. */
-  async remove(abs: string): Promise<boolean> {
-    inputs.spoil(`removed ${abs}`);
-    try {
-      await fs.unlink(this.path(abs));
-      this.writes++;
-      this.noteChange(`removed ${abs}`, abs);
-      return true;
-    } catch (e) {
-      if (isNotFound(e)) return false;
-      throw e;
-    }
+  remove(abs: string): Promise<boolean> {
+    return this.fileTurns.run(abs, async () => {
+      inputs.spoil(`removed ${abs}`);
+      try {
+        await fs.unlink(this.path(abs));
+        this.writes++;
+        this.noteChange(`removed ${abs}`, abs);
+        return true;
+      } catch (e) {
+        if (isNotFound(e)) return false;
+        throw e;
+      }
+    });
   }
 
   /**

@@ -6,6 +6,7 @@
 import { InputError } from "../core/errors.js";
 import type { Host } from "./host.js";
 import { RUN_DIR, VAR_DIR } from "./root.js";
+import { Turns } from "../core/turns.js";
 import {
   BDF_RE,
   DRIVER_NAME_RE as DRIVER_RE,
@@ -321,21 +322,25 @@ export async function journalPending(host: Host): Promise<InflightOp[]> {
   });
 }
 
+/** Devices bound at once change the journal one at a time (each reads it, then writes it). */
+const journalTurns = new Turns();
+
 /** Record an operation durably (fsync) before its first sysfs write. One entry per device. */
-export async function journalBegin(
-  host: Host,
-  op: Omit<InflightOp, "startedAt" | "pid">,
-): Promise<void> {
-  const ops = (await journalPending(host)).filter((o) => o.bdf !== op.bdf);
-  ops.push({ ...op, startedAt: new Date().toISOString(), pid: process.pid });
-  await host.writeFileAtomic(JOURNAL_PATH, serialize({ ops }), 0o600);
+export function journalBegin(host: Host, op: Omit<InflightOp, "startedAt" | "pid">): Promise<void> {
+  return journalTurns.run(host.root, async () => {
+    const ops = (await journalPending(host)).filter((o) => o.bdf !== op.bdf);
+    ops.push({ ...op, startedAt: new Date().toISOString(), pid: process.pid });
+    await host.writeFileAtomic(JOURNAL_PATH, serialize({ ops }), 0o600);
+  });
 }
 
 /** The operation on `bdf` is verified done (or undone): forget it. No journal file once nothing is in flight. */
-export async function journalEnd(host: Host, bdf: string): Promise<void> {
-  const ops = await journalPending(host);
-  const rest = ops.filter((o) => o.bdf !== bdf);
-  if (rest.length === ops.length) return;
-  if (rest.length === 0) await host.remove(JOURNAL_PATH);
-  else await host.writeFileAtomic(JOURNAL_PATH, serialize({ ops: rest }), 0o600);
+export function journalEnd(host: Host, bdf: string): Promise<void> {
+  return journalTurns.run(host.root, async () => {
+    const ops = await journalPending(host);
+    const rest = ops.filter((o) => o.bdf !== bdf);
+    if (rest.length === ops.length) return;
+    if (rest.length === 0) await host.remove(JOURNAL_PATH);
+    else await host.writeFileAtomic(JOURNAL_PATH, serialize({ ops: rest }), 0o600);
+  });
 }

@@ -240,15 +240,21 @@ export async function applyHost(
     routes: await readRoutes(host),
     ownedMacs: targets.map((t) => t.mac),
   });
-  const results: HostDeviceResult[] = [];
-  for (const l of located) {
-    const r = l.target.dpdk.enabled
-      ? await applyDpdkDevice(ctx, l, guards)
-      : await applyKernelDevice(ctx, l);
-    results.push(r);
-  }
+  // The files each device needs, one device at a time (the state lists them in the config's
+  // order); then the devices at once, each waiting on its own sysfs effects. A failure restores
+  // that device only, and every device is done before this returns.
+  const steps: (() => Promise<HostDeviceResult>)[] = [];
+  for (const l of located)
+    steps.push(
+      l.target.dpdk.enabled
+        ? await prepareDpdkDevice(ctx, l, guards)
+        : () => applyKernelDevice(ctx, l),
+    );
+  const settled = await Promise.allSettled(steps.map((step) => step()));
+  const thrown = settled.find((o) => o.status === "rejected");
+  if (thrown) throw thrown.reason;
   await saveState(host, state);
-  return results;
+  return settled.map((o) => (o as PromiseFulfilledResult<HostDeviceResult>).value);
 }
 
 function baseResult(ctx: StageContext, l: LocatedDevice): HostDeviceResult {
@@ -273,21 +279,26 @@ function baseResult(ctx: StageContext, l: LocatedDevice): HostDeviceResult {
   };
 }
 
-async function applyDpdkDevice(
+/**
+ * A DPDK device's files and guard checks; returns its bind, to run alongside the other devices'
+ * (or its result, when it is not to be bound).
+ */
+async function prepareDpdkDevice(
   ctx: StageContext,
   l: LocatedDevice,
   guards: GuardFacts,
-): Promise<HostDeviceResult> {
+): Promise<() => Promise<HostDeviceResult>> {
   const { host, log, state } = ctx;
   const t = l.target;
   const mac = t.mac.toLowerCase();
   const r = baseResult(ctx, l);
   const dlog = log.child({ eni: t.name, mac });
+  const done = async () => r;
   if (l.via === "missing" || !l.bdf || !l.pci) {
     r.error =
       l.problem ?? `no NIC with MAC ${mac} appeared (is ENI ${t.eniId ?? t.name} attached?)`;
     dlog.error("device not found", { error: r.error });
-    return r;
+    return done;
   }
   // networkd and nodeadm must leave this ENI alone from the next boot on, whatever happens below
   r.changed = (await ensureNetworkdFile(host, state, t.name, mac)) || r.changed;
@@ -312,7 +323,7 @@ async function applyDpdkDevice(
         reasons: why,
         hint: `eni-dpdk wrote ${"00-eni-dpdk-" + t.name}.network so networkd leaves it unconfigured from the next boot; or remove its routes, or \`eni-dpdk bind ${l.bdf} --force\``,
       });
-      return r;
+      return done;
     }
   }
   if (l.pci.vendor !== ENA_VENDOR || !ENA_DPDK_DEVICE_IDS.includes(l.pci.device)) {
@@ -321,51 +332,55 @@ async function applyDpdkDevice(
       { vendor: l.pci.vendor, device: l.pci.device },
     );
   }
-  const prev = state.bindings[mac];
-  try {
-    const b = await bindDevice(host, l.bdf, t.dpdk.driver, {
-      log: dlog,
-      script: ctx.config.dpdk.binding_script || undefined,
-      mac,
-      guard: guards,
-      eni: { name: t.name, ...(t.eniId ? { id: t.eniId } : {}) },
-    });
-    // unknown ("") when the device was already on the DPDK driver the first time we saw it
-    const originalDriver = (b.changed ? b.originalDriver : undefined) ?? prev?.originalDriver ?? "";
-    const rec: BindingRecord = {
-      mac,
-      bdf: l.bdf,
-      vendor: l.pci.vendor,
-      device: l.pci.device,
-      originalDriver,
-      driver: t.dpdk.driver,
-      eniName: t.name,
-      ...(t.eniId ? { eniId: t.eniId } : {}),
-      boundAt: b.changed || !prev ? new Date().toISOString() : prev.boundAt,
-      ...(ifname ? { ifname } : {}),
-    };
-    if (
-      !prev ||
-      b.changed ||
-      JSON.stringify({ ...prev, boundAt: "" }) !== JSON.stringify({ ...rec, boundAt: "" })
-    ) {
-      state.bindings[mac] = rec;
-      await saveState(host, state);
+  const { bdf, pci } = l;
+  return async () => {
+    const prev = state.bindings[mac];
+    try {
+      const b = await bindDevice(host, bdf, t.dpdk.driver, {
+        log: dlog,
+        script: ctx.config.dpdk.binding_script || undefined,
+        mac,
+        guard: guards,
+        eni: { name: t.name, ...(t.eniId ? { id: t.eniId } : {}) },
+      });
+      // unknown ("") when the device was already on the DPDK driver the first time we saw it
+      const originalDriver =
+        (b.changed ? b.originalDriver : undefined) ?? prev?.originalDriver ?? "";
+      const rec: BindingRecord = {
+        mac,
+        bdf: bdf,
+        vendor: pci.vendor,
+        device: pci.device,
+        originalDriver,
+        driver: t.dpdk.driver,
+        eniName: t.name,
+        ...(t.eniId ? { eniId: t.eniId } : {}),
+        boundAt: b.changed || !prev ? new Date().toISOString() : prev.boundAt,
+        ...(ifname ? { ifname } : {}),
+      };
+      if (
+        !prev ||
+        b.changed ||
+        JSON.stringify({ ...prev, boundAt: "" }) !== JSON.stringify({ ...rec, boundAt: "" })
+      ) {
+        state.bindings[mac] = rec;
+        await saveState(host, state);
+      }
+      return {
+        ...r,
+        driver: t.dpdk.driver,
+        originalDriver: rec.originalDriver,
+        deviceNode: b.deviceNode ?? "",
+        state: "bound",
+        changed: r.changed || b.changed,
+      };
+    } catch (e) {
+      r.error = (e as Error).message;
+      r.driver = (await host.linkName(`/sys/bus/pci/devices/${bdf}/driver`)) ?? "";
+      r.changed = true;
+      return r;
     }
-    return {
-      ...r,
-      driver: t.dpdk.driver,
-      originalDriver: rec.originalDriver,
-      deviceNode: b.deviceNode ?? "",
-      state: "bound",
-      changed: r.changed || b.changed,
-    };
-  } catch (e) {
-    r.error = (e as Error).message;
-    r.driver = (await host.linkName(`/sys/bus/pci/devices/${l.bdf}/driver`)) ?? "";
-    r.changed = true;
-    return r;
-  }
+  };
 }
 
 async function applyKernelDevice(ctx: StageContext, l: LocatedDevice): Promise<HostDeviceResult> {

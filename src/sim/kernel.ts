@@ -110,6 +110,7 @@ export class SimKernel {
   private readonly lastOwnContent = new Map<string, string>();
   private readonly actionReaders = new Map<string, net.Socket>();
   private readonly failProbe = new Set<string>();
+  private readonly slowUnbind = new Map<string, number>();
   private noiommuSupport: boolean;
   private readonly iommu: boolean;
   private readonly capacity: Record<number, number>;
@@ -320,6 +321,11 @@ export class SimKernel {
     ) {
       this.makeNoiommuParam(false);
     }
+  }
+
+  /** The next unbind of this device takes `ms` to complete (a NIC driver's teardown). */
+  delayNextUnbind(bdf: string, ms: number): void {
+    this.slowUnbind.set(bdf, ms);
   }
 
   /** The next vfio-pci/uio probe of this device fails (as without NOIOMMU): the device stays driverless. */
@@ -692,7 +698,12 @@ export class SimKernel {
     if (file === "unbind") {
       if (this.currentDriver(value) !== drv)
         return this.fail(`${drv}/unbind: ${value} is not bound to ${drv} (ENODEV)`);
-      this.detach(dev);
+      const slow = this.slowUnbind.get(value);
+      if (slow === undefined) this.detach(dev);
+      else {
+        this.slowUnbind.delete(value);
+        setTimeout(() => this.closed || this.detach(dev), slow).unref();
+      }
       return;
     }
     // bind: the kernel refuses when bound already or when the override names another driver

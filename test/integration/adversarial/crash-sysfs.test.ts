@@ -13,6 +13,7 @@ import {
   crashPointTests,
   crashRun,
   DATA1_BDF,
+  KERN1_BDF,
   tempFiles,
 } from "../../support/crash.js";
 
@@ -159,5 +160,52 @@ t.test(
       "only the live writer's temp file remains",
     );
     t.ok(statSync(live).isFile());
+  },
+);
+
+t.test(
+  "crash: two devices bound at once, killed at the second probe; the next apply finishes both",
+  async (t) => {
+    // kern1 as a second DPDK ENI: both are bound in the same apply, at once
+    const twoDpdk = baseToml().replace(
+      "  [eni.dpdk]\n  enabled = false",
+      '  [eni.dpdk]\n  resource_name = "amazon.com/ena_dpdk"',
+    );
+    t.not(twoDpdk, baseToml(), "the config has two DPDK ENIs");
+    const w = await world(t, { configToml: twoDpdk });
+    t.equal((await runCli(w, ["apply"])).code, 0);
+    w.reboot();
+    const before = w.sim.writes.length;
+    const killed = await crashRun(w, ["apply"], {
+      name: "second probe",
+      syscall: { call: "write", path: "/sys/bus/pci/drivers_probe", when: 2 },
+    });
+    t.equal(killed.signal, "SIGKILL");
+    await w.sim.settle();
+    const probes = w.sim.writes
+      .slice(before)
+      .filter((x) => x.path === "/sys/bus/pci/drivers_probe");
+    t.same(
+      probes.map((x) => x.value),
+      [probes[0]?.value],
+      "killed before its second probe: one device was probed",
+    );
+    const left = [DATA1_BDF, KERN1_BDF].filter((bdf) => !w.sim.driverOf(bdf));
+    t.equal(left.length, 1, `the other is driverless (${left.join(", ")})`);
+    const journal = JSON.parse(readFileSync(w.sim.p("/var/lib/eni-dpdk/inflight.json"), "utf8"));
+    t.ok(
+      journal.ops.some((o: { bdf: string }) => o.bdf === left[0]),
+      "the journal holds the driverless device's bind",
+    );
+    const r = await runCli(w, ["apply"]);
+    t.equal(r.code, 0, lastError(r));
+    t.equal(w.sim.driverOf(DATA1_BDF), "vfio-pci", "data1 is bound");
+    t.equal(w.sim.driverOf(KERN1_BDF), "vfio-pci", "and kern1");
+    assertNoneDriverless(t, w);
+    t.same(tempFiles(w.root), [], "no temp file left");
+    t.throws(() => statSync(w.sim.p("/var/lib/eni-dpdk/inflight.json")), "the journal is empty");
+    const again = await runCli(w, ["apply"]);
+    t.equal(again.code, 0, lastError(again));
+    t.match(again.stderr, /actions=0/, "a further apply changes nothing");
   },
 );

@@ -229,6 +229,32 @@ t.test(
   },
 );
 
+t.test("devices are bound at once: a slow unbind of one does not hold up the other", async (t) => {
+  const sim = node();
+  t.teardown(() => sim.close());
+  const ctx = stageCtx(sim);
+  sim.delayNextUnbind(DATA1.bdf, 400);
+  const targets = [target("data1", DATA1.mac), target("data2", DATA2.mac)];
+  const res = await applyHost(ctx, targets, await planHost(ctx, targets));
+  t.same(
+    res.map((r) => [r.name, r.state]),
+    [
+      ["data1", "bound"],
+      ["data2", "bound"],
+    ],
+    "results in the config's order",
+  );
+  t.same(
+    sim.writes.filter((w) => w.path === "/sys/bus/pci/drivers_probe").map((w) => w.value),
+    [DATA2.bdf, DATA1.bdf],
+    "data2 was probed while data1 was still leaving ena",
+  );
+  t.notOk(fs.existsSync(sim.p("/var/lib/eni-dpdk/inflight.json")), "the journal is empty");
+  const saved = await loadState(new Host(sim.root));
+  t.same(Object.keys(saved.bindings).sort(), [DATA1.mac, DATA2.mac], "both recorded");
+  t.same(sim.errors, []);
+});
+
 t.test(
   "a failed probe is rolled back: device back on ena with its netdev; other devices continue",
   async (t) => {
