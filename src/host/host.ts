@@ -2,14 +2,20 @@
 // root, so the same code runs on a fake root in unit tests, on a real kernel in QEMU, and on EC2.
 import { spawn } from "node:child_process";
 import {
+  closeSync,
   constants as fsc,
+  fchmodSync,
   lstatSync,
+  openSync,
   promises as fs,
   readdirSync,
   readFileSync,
   readlinkSync,
   realpathSync,
+  renameSync,
+  rmSync,
   statSync,
+  writeFileSync,
 } from "node:fs";
 import path from "node:path";
 import { OpError } from "../core/errors.js";
@@ -234,7 +240,8 @@ export class Host {
   /**
    * Write a file atomically (temp in the same directory, fsync, rename, fsync the directory), only
    * when the content differs. Returns true when the file changed. Under /run (tmpfs, gone at
-   * reboot anyway) the fsyncs buy nothing and are skipped; the rename still makes it atomic.
+   * reboot anyway) the fsyncs buy nothing and are skipped, and the writes are synchronous; the
+   * rename still makes it atomic.
    */
   writeFileAtomic(abs: string, data: string, mode = 0o644): Promise<boolean> {
     return this.fileTurns.run(abs, () => this.writeFileAtomicNow(abs, data, mode));
@@ -253,30 +260,50 @@ export class Host {
     if (!inputs.isOutput(abs)) inputs.spoil(`wrote ${abs}`);
     this.writes++;
     this.noteChange(`wrote ${abs}`, abs);
-    const durable = !abs.startsWith("/run/");
     // O_EXCL|O_NOFOLLOW: a file or symlink planted at the temp name is never written through.
-    const fh = await fs.open(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, mode);
+    const flags = fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW;
+    if (abs.startsWith("/run/")) {
+      // tmpfs, from memory: the thread pool's round trips would cost more than the writes
+      const fd = openSync(tmp, flags, mode);
+      try {
+        writeFileSync(fd, data);
+        fchmodSync(fd, mode);
+      } finally {
+        closeSync(fd);
+      }
+      this.renameInto(tmp, target);
+      return true;
+    }
+    const fh = await fs.open(tmp, flags, mode);
     try {
       await fh.writeFile(data);
       await fh.chmod(mode);
-      if (durable) await fh.sync();
+      await fh.sync();
     } finally {
       await fh.close();
     }
+    this.renameInto(tmp, target);
+    await fsyncDir(dir);
+    return true;
+  }
+
+  /**
+   * Renames are synchronous (a metadata change; the data was synced before): all of a run's
+   * renames are then the main thread's, in the order made, which the crash suite counts on.
+   */
+  private renameInto(tmp: string, target: string): void {
     try {
-      await fs.rename(tmp, target);
+      renameSync(tmp, target);
     } catch (e) {
-      await fs.rm(tmp, { force: true });
+      rmSync(tmp, { force: true });
       throw e;
     }
-    if (durable) await fsyncDir(dir);
-    return true;
   }
 
   /** Rename a file (e.g. one we must not overwrite, moved aside). */
   async rename(fromAbs: string, toAbs: string): Promise<void> {
     inputs.spoil(`renamed ${fromAbs}`);
-    await fs.rename(this.path(fromAbs), this.path(toAbs));
+    renameSync(this.path(fromAbs), this.path(toAbs));
     this.writes++;
     this.noteChange(`renamed ${fromAbs} to ${toAbs}`, fromAbs);
   }

@@ -77,7 +77,8 @@ export function runCli(
   args: string[],
   opts: RunOptions = {},
 ): Promise<CliResult> {
-  // strace counts `when` per thread; one libuv worker makes "the Nth rename" mean the Nth of the process.
+  // strace counts `when` per thread: one libuv worker makes "the Nth write" on a path the Nth of the
+  // process (renames are all the main thread's, Host.renameInto).
   const traced = opts.killAt || opts.traceTo ? { UV_THREADPOOL_SIZE: "1" } : {};
   const env = { ...(world ? world.env() : { PATH: process.env.PATH }), ...traced, ...opts.env };
   let argv = [...(opts.wrap ?? []), ...NODE, BUNDLE, ...args];

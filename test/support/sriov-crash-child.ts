@@ -2,10 +2,11 @@
 //   argv: <root> <mode> <devices-A json> [<devices-B json>]
 //   mode "hang-before-rename": the temp file is written and fsynced, then rename(2) never happens;
 //     we announce "RENAME <tmp>" on stdout and wait to be killed. The hook sits at the OS-call
-//     boundary (fs.promises.rename, which Host.writeFileAtomic calls), so the code under test runs
+//     boundary (fs.renameSync, which Host.writeFileAtomic calls), so the code under test runs
 //     unchanged up to the very syscall.
 //   mode "loop": apply A, B, A, B… forever, printing "WROTE n" after each, until killed.
-import { promises as fsp } from "node:fs";
+import fs, { type PathLike } from "node:fs";
+import { syncBuiltinESMExports } from "node:module";
 import { buildConfig } from "../../src/config/model.js";
 import { Host } from "../../src/host/host.js";
 import { Deadline } from "../../src/core/deadline.js";
@@ -49,14 +50,16 @@ async function apply(devices: SriovDevice[]): Promise<void> {
 }
 
 if (mode === "hang-before-rename") {
-  const real = fsp.rename;
-  fsp.rename = (async (from: string, to: string) => {
+  const real = fs.renameSync;
+  fs.renameSync = (from: PathLike, to: PathLike) => {
     if (String(to).endsWith("/etc/pcidp/config.json")) {
-      process.stdout.write(`RENAME ${String(from)}\n`);
-      await new Promise(() => {}); // never resolves: the parent kills us here
+      process.stdout.write(`RENAME ${String(from)}\n`); // synchronous on a pipe
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0); // never returns: the parent kills us here
     }
-    return real(from, to);
-  }) as typeof fsp.rename;
+    real(from, to);
+  };
+  // the host layer imports renameSync by name: carry the patch over to the ES bindings
+  syncBuiltinESMExports();
   await apply(JSON.parse(a) as SriovDevice[]);
 } else if (mode === "loop") {
   const sets = [JSON.parse(a) as SriovDevice[], JSON.parse(b ?? "[]") as SriovDevice[]];
