@@ -68,8 +68,13 @@ class Inputs {
     return this.skipped.has(key);
   }
 
+  /** The pass can no longer stand for a later one: recording stops (a boot's binds spoil early). */
   spoil(why: string): void {
-    if (this.recording) this.spoiled ??= why;
+    if (!this.recording) return;
+    this.spoiled ??= why;
+    this.recording = false;
+    this.seen.clear();
+    this.logged.length = 0;
   }
 
   log(line: LoggedLine): void {

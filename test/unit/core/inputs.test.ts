@@ -25,7 +25,7 @@ t.test(
   },
 );
 
-t.test("a recording keeps each read once, and a value that moved spoils it", async (t) => {
+t.test("a recording keeps each read once, and not the outputs", async (t) => {
   inputs.note("read", "/before", "x");
   inputs.spoil("before the start");
   t.equal(inputs.spoiled, undefined, "nothing is recorded or spoiled before start");
@@ -35,9 +35,22 @@ t.test("a recording keeps each read once, and a value that moved spoils it", asy
   inputs.note("read", "/out", "anything");
   t.equal(inputs.spoiled, undefined, "the same value twice is one read");
   t.ok(inputs.isOutput("/out"));
+  t.same(inputs.stop(), [["read", "/a", JSON.stringify("1")]], "outputs are not inputs");
+});
+
+t.test("a value that moved spoils the pass, which then records nothing more", async (t) => {
+  inputs.start([]);
+  inputs.note("read", "/a", "1");
   inputs.note("read", "/a", "2");
   t.match(inputs.spoiled, /read \/a changed during the pass/);
   inputs.spoil("a later reason");
   t.match(inputs.spoiled, /changed during the pass/, "the first reason is kept");
-  t.same(inputs.stop(), [["read", "/a", JSON.stringify("1")]], "outputs are not inputs");
+  inputs.note("read", "/b", "3");
+  t.equal(
+    inputs.observe("read", "/c", () => "4"),
+    "4",
+    "reads still return their value",
+  );
+  t.same(inputs.stop(), [], "a spoiled pass, never a record, keeps no reads");
+  t.match(inputs.spoiled, /changed during the pass/, "and still says why");
 });
