@@ -324,14 +324,32 @@ export async function journalPending(host: Host): Promise<InflightOp[]> {
 
 /** Devices bound at once change the journal one at a time (each reads it, then writes it). */
 const journalTurns = new Turns();
+/** Begins not yet written, per root: those made in one turn of the event loop share a write. */
+const pendingBegins = new Map<string, { ops: InflightOp[]; written: Promise<void> }>();
 
-/** Record an operation durably (fsync) before its first sysfs write. One entry per device. */
+/**
+ * Record an operation durably (fsync) before its first sysfs write. One entry per device. The
+ * devices' binds start together, so their intents are written at once (one fsync, not one each).
+ */
 export function journalBegin(host: Host, op: Omit<InflightOp, "startedAt" | "pid">): Promise<void> {
-  return journalTurns.run(host.root, async () => {
-    const ops = (await journalPending(host)).filter((o) => o.bdf !== op.bdf);
-    ops.push({ ...op, startedAt: new Date().toISOString(), pid: process.pid });
-    await host.writeFileAtomic(JOURNAL_PATH, serialize({ ops }), 0o600);
-  });
+  let batch = pendingBegins.get(host.root);
+  if (!batch) {
+    const ops: InflightOp[] = [];
+    const written = new Promise<void>((resolve) => setImmediate(resolve)).then(() => {
+      pendingBegins.delete(host.root);
+      return journalTurns.run(host.root, async () => {
+        const begun = new Set(ops.map((o) => o.bdf));
+        const others = (await journalPending(host)).filter((o) => !begun.has(o.bdf));
+        await host.writeFileAtomic(JOURNAL_PATH, serialize({ ops: [...others, ...ops] }), 0o600);
+      });
+    });
+    batch = { ops, written };
+    pendingBegins.set(host.root, batch);
+  }
+  const same = batch.ops.findIndex((o) => o.bdf === op.bdf);
+  if (same >= 0) batch.ops.splice(same, 1);
+  batch.ops.push({ ...op, startedAt: new Date().toISOString(), pid: process.pid });
+  return batch.written;
 }
 
 /** The operation on `bdf` is verified done (or undone): forget it. No journal file once nothing is in flight. */

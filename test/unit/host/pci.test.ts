@@ -3,7 +3,7 @@ import t from "tap";
 import { InputError, OpError } from "../../../src/core/errors.js";
 import { Host } from "../../../src/host/host.js";
 import { applyHost, planHost } from "../../../src/reconcile/host.js";
-import { loadState } from "../../../src/host/state.js";
+import { JOURNAL_PATH, loadState } from "../../../src/host/state.js";
 import { SimKernel, writeFakeBindingScript } from "../../../src/sim/kernel.js";
 import { deviceNetdevs, listNetdevs, restoreDriver } from "../../../src/host/pci.js";
 import { collectStatus } from "../../../src/reconcile/status.js";
@@ -234,6 +234,12 @@ t.test("devices are bound at once: a slow unbind of one does not hold up the oth
   t.teardown(() => sim.close());
   const ctx = stageCtx(sim);
   sim.delayNextUnbind(DATA1.bdf, 400);
+  const journal: string[] = [];
+  const write = ctx.host.writeFileAtomic.bind(ctx.host);
+  ctx.host.writeFileAtomic = (abs, data, mode) => {
+    if (abs === JOURNAL_PATH) journal.push(data);
+    return write(abs, data, mode);
+  };
   const targets = [target("data1", DATA1.mac), target("data2", DATA2.mac)];
   const res = await applyHost(ctx, targets, await planHost(ctx, targets));
   t.same(
@@ -248,6 +254,11 @@ t.test("devices are bound at once: a slow unbind of one does not hold up the oth
     sim.writes.filter((w) => w.path === "/sys/bus/pci/drivers_probe").map((w) => w.value),
     [DATA2.bdf, DATA1.bdf],
     "data2 was probed while data1 was still leaving ena",
+  );
+  t.same(
+    journal.map((j) => (JSON.parse(j) as { ops: { bdf: string }[] }).ops.map((o) => o.bdf)),
+    [[DATA1.bdf, DATA2.bdf], [DATA1.bdf]],
+    "both intents in one journal write; data2's end leaves data1's",
   );
   t.notOk(fs.existsSync(sim.p("/var/lib/eni-dpdk/inflight.json")), "the journal is empty");
   const saved = await loadState(new Host(sim.root));
