@@ -1,6 +1,6 @@
-// One at a time per key, in the order asked: what reads a file and then writes it (an atomic
-// write that skips unchanged content, the journal's read-modify-write) must not interleave with
-// another of the same, now that devices are bound at once.
+// Devices are bound at once. What reads a file and then writes it (an atomic write that skips
+// unchanged content, the journal's read-modify-write) takes turns per key, in the order asked; and
+// the devices' work is awaited whole, so that none is left running when one fails.
 
 export class Turns {
   private readonly tails = new Map<string, Promise<unknown>>();
@@ -20,4 +20,15 @@ export class Turns {
     });
     return mine;
   }
+}
+
+/**
+ * Every promise settled, then their values in order, or the first error: unlike Promise.all, no
+ * device's work is still running when its caller gives up.
+ */
+export async function allSettledOrThrow<T>(work: Promise<T>[]): Promise<T[]> {
+  const settled = await Promise.allSettled(work);
+  const thrown = settled.find((o): o is PromiseRejectedResult => o.status === "rejected");
+  if (thrown) throw thrown.reason;
+  return settled.map((o) => (o as PromiseFulfilledResult<T>).value);
 }

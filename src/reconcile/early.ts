@@ -11,6 +11,7 @@ import { bindDevice, deviceNetdevs, deviceNodeFor, readPciDevice } from "../host
 import { guardFacts, guardViolations, readRoutes } from "../host/guard.js";
 import { saveState, type State } from "../host/state.js";
 import { setupKernel } from "../host/kernel.js";
+import { allSettledOrThrow } from "../core/turns.js";
 
 export interface EarlyResult {
   mac: string;
@@ -81,7 +82,8 @@ export async function rebindFromState(
   if (recs.length === 0) return out;
   const drivers = [...new Set(recs.map((r) => r.driver as DpdkDriver))];
   await setupKernel(host, { drivers, noiommu: dpdk.noiommu, log });
-  for (const rec of recs) {
+  // every device at once: each waits for its own NIC (the kernel may still be probing) and bind
+  const rebind = async (rec: (typeof recs)[number]): Promise<EarlyResult> => {
     const base = { mac: rec.mac, bdf: rec.bdf, eniName: rec.eniName };
     const dlog = log.child({ eni: rec.eniName, mac: rec.mac, bdf: rec.bdf });
     // the kernel driver may still be probing this early: wait for the device and its netdev
@@ -93,55 +95,50 @@ export async function rebindFromState(
       return nd ? { pci, ifname: nd.ifname, mac: nd.mac } : undefined;
     }, opts.waitMs ?? 10_000);
     if (!seen) {
-      out.push({
+      return {
         ...base,
         state: "failed",
         changed: false,
         detail: `${rec.bdf} did not appear with a netdev (driver ${(await readPciDevice(host, rec.bdf))?.driver ?? "none"})`,
-      });
-      continue;
+      };
     }
     const { pci } = seen;
     if (pci.vendor !== rec.vendor || pci.device !== rec.device) {
-      out.push({
+      return {
         ...base,
         state: "skipped",
         changed: false,
         detail: `${rec.bdf} is ${pci.vendor}:${pci.device}, recorded ${rec.vendor}:${rec.device}; left alone`,
-      });
-      continue;
+      };
     }
     if (pci.driver === rec.driver) {
       const node = await deviceNodeFor(host, rec.bdf, rec.driver);
-      out.push({
+      return {
         ...base,
         state: node ? "bound" : "failed",
         changed: false,
         detail: node
           ? `already on ${rec.driver} (${node})`
           : `on ${rec.driver} without a device node`,
-      });
-      continue;
+      };
     }
     const mac = "mac" in seen ? seen.mac : undefined;
     if (mac !== rec.mac) {
-      out.push({
+      return {
         ...base,
         state: "skipped",
         changed: false,
         detail: `${rec.bdf} carries MAC ${mac}, not ${rec.mac}: another ENI sits there now; left alone for the full apply`,
-      });
-      continue;
+      };
     }
     const verdict = guardViolations(guards, { mac, bdf: rec.bdf, ifname: seen.ifname });
     if (verdict.never.length || verdict.unlessForced.length) {
-      out.push({
+      return {
         ...base,
         state: verdict.never.length ? "failed" : "skipped",
         changed: false,
         detail: `refused: ${[...verdict.never, ...verdict.unlessForced].join("; ")}; left alone`,
-      });
-      continue;
+      };
     }
     try {
       if (seen.ifname) {
@@ -157,15 +154,16 @@ export async function rebindFromState(
         eni: { name: rec.eniName, ...(rec.eniId ? { id: rec.eniId } : {}) },
       });
       await saveState(host, state);
-      out.push({
+      return {
         ...base,
         state: "bound",
         changed: b.changed,
         detail: `bound to ${rec.driver} (${b.deviceNode})`,
-      });
+      };
     } catch (e) {
-      out.push({ ...base, state: "failed", changed: true, detail: (e as Error).message });
+      return { ...base, state: "failed", changed: true, detail: (e as Error).message };
     }
-  }
+  };
+  out.push(...(await allSettledOrThrow(recs.map(rebind))));
   return out;
 }

@@ -10,6 +10,7 @@ import {
 } from "../config/facts.js";
 import { InputError, OpError, type Problem } from "../core/errors.js";
 import { pollUntil } from "../core/deadline.js";
+import { allSettledOrThrow } from "../core/turns.js";
 import { type Host } from "../host/host.js";
 import type { Logger } from "../core/log.js";
 import { ensureNetworkdFile, markNodeadmUnmanaged, planNetworkd } from "../host/networkd.js";
@@ -250,11 +251,9 @@ export async function applyHost(
         ? await prepareDpdkDevice(ctx, l, guards)
         : () => applyKernelDevice(ctx, l),
     );
-  const settled = await Promise.allSettled(steps.map((step) => step()));
-  const thrown = settled.find((o) => o.status === "rejected");
-  if (thrown) throw thrown.reason;
+  const results = await allSettledOrThrow(steps.map((step) => step()));
   await saveState(host, state);
-  return settled.map((o) => (o as PromiseFulfilledResult<HostDeviceResult>).value);
+  return results;
 }
 
 function baseResult(ctx: StageContext, l: LocatedDevice): HostDeviceResult {

@@ -169,6 +169,32 @@ t.test(
 );
 
 t.test(
+  "reboot: early rebinds the devices at once; one slow to leave ena does not hold up the other",
+  async (t) => {
+    const world = await World.start({ configToml: sampleConfig() });
+    t.teardown(() => world.close());
+    t.equal((await cli(world, ["apply"])).code, 0);
+    world.reboot();
+    const from = world.sim.writes.length;
+    world.sim.delayNextUnbind("0000:00:06.0", 500);
+    const r = await cli(world, ["early"]);
+    t.equal(r.code, 0, r.stderr);
+    t.same(
+      world.sim.writes
+        .slice(from)
+        .filter((w) => w.path === "/sys/bus/pci/drivers_probe")
+        .map((w) => w.value),
+      ["0000:00:07.0", "0000:00:06.0"],
+      "07.0 was probed while 06.0 was still leaving ena",
+    );
+    t.equal(world.sim.driverOf("0000:00:06.0"), "vfio-pci");
+    t.equal(world.sim.driverOf("0000:00:07.0"), "vfio-pci");
+    t.equal(world.sim.driverOf("0000:00:05.0"), "ena", "the primary untouched");
+    t.notOk(existsSync(world.sim.p("/var/lib/eni-dpdk/inflight.json")), "the journal is empty");
+  },
+);
+
+t.test(
   "reboot on the AMI: modules-load.d loaded vfio-pci with NOIOMMU; apply rebinds and runs no modprobe",
   async (t) => {
     const world = await World.start({ configToml: sampleConfig() });

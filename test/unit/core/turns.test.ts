@@ -31,3 +31,24 @@ t.test("a failed turn passes the key on, and its caller gets the error", async (
   await t.rejects(first, /disk full/);
   t.equal(await second, "ran");
 });
+
+t.test(
+  "allSettledOrThrow: the values in order, or the first error once every one is done",
+  async (t) => {
+    const { allSettledOrThrow } = await import("../../../src/core/turns.js");
+    t.same(await allSettledOrThrow([tick(5).then(() => 1), Promise.resolve(2)]), [1, 2]);
+    let slowDone = false;
+    const slow = tick(30).then(() => {
+      slowDone = true;
+    });
+    await t.rejects(
+      allSettledOrThrow([
+        Promise.reject(new Error("first")),
+        slow,
+        Promise.reject(new Error("second")),
+      ]),
+      /first/,
+    );
+    t.ok(slowDone, "the slow one had finished before the error came");
+  },
+);
