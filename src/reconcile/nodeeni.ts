@@ -7,10 +7,10 @@ import {
   explain,
   listWithWait,
   type NodeEniInput,
-  type NodeEniSession,
   openNodeEniSession,
   rememberNodeEnis,
 } from "../sources/nodeeni.js";
+import type { NodeEniSession } from "../sources/source.js";
 import type { NodeIdentity } from "../sources/nodeconfig.js";
 import { KubeApiError, type NodeEniAttachment, type NodeEniObject } from "../cloud/kube.js";
 import { stableJson } from "../core/records.js";

@@ -10,7 +10,7 @@ import type { Logger } from "../core/log.js";
 import type { EniRecord, State } from "../host/state.js";
 import type { Host } from "../host/host.js";
 import type { SriovApplyResult } from "../host/sriov-model.js";
-import type { NodeEniResult } from "../sources/nodeeni.js";
+import type { NodeEniResult } from "../sources/source.js";
 import type { NodeConfigPartLike } from "../sources/nodeconfig.js";
 import { type Action, type StageName } from "../core/action.js";
 import type { SriovCheckReport } from "../host/sriov-check.js";

@@ -8,9 +8,9 @@ import { InputError, type Problem } from "../core/errors.js";
 import type { UserDataPart } from "./mime.js";
 import { envSource } from "./env.js";
 import { fileSource } from "./file.js";
-import { nodeEniSource, type NodeEniResult } from "./nodeeni.js";
+import { nodeEniSource } from "./nodeeni.js";
 import { tagSource } from "./tags.js";
-import type { Prior, Provided, Source, SourceContext } from "./source.js";
+import type { NodeEniResult, Prior, Provided, Source, SourceContext } from "./source.js";
 import { userDataSource } from "./userdata.js";
 import { loadTomlMemo, tomlUsed } from "./toml.js";
 

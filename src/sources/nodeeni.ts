@@ -28,13 +28,8 @@ import {
   resolveKubeTarget,
   type NodeEniObject,
 } from "../cloud/kube.js";
-import type { Source } from "./source.js";
-import {
-  type NodeConfigPartLike,
-  type NodeIdentity,
-  nodeIdentity,
-  parseNodeConfigs,
-} from "./nodeconfig.js";
+import type { NodeEniResult, NodeEniSession, Source } from "./source.js";
+import { type NodeConfigPartLike, nodeIdentity, parseNodeConfigs } from "./nodeconfig.js";
 
 export interface NodeEniInput {
   imds: Imds;
@@ -50,27 +45,6 @@ export interface NodeEniInput {
   apiWaitMs?: number;
   /** default process.arch */
   arch?: string;
-}
-
-/** A connection to the cluster plus who we are in it; returned by nodeEniLayers for status and watch. */
-export interface NodeEniSession {
-  client: KubeClient;
-  node: NodeIdentity;
-}
-
-export interface NodeEniResult {
-  layers: Layer[];
-  warnings: string[];
-  fromCache: boolean;
-  nodeName: string;
-  /** every NodeENI read (name + spec), to cache with rememberNodeEnis after a successful apply */
-  items: NodeEniObject[];
-  /** when items were read from the API (the cache's time when fromCache) */
-  fetchedAt: string;
-  /** the NodeENIs that apply to this node */
-  applied: string[];
-  /** undefined when no cluster is configured (nothing in NodeConfig or [kubernetes]) */
-  session?: NodeEniSession;
 }
 
 // ---- selection and mapping ---------------------------------------------------------------------

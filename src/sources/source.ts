@@ -1,6 +1,7 @@
 // The Source interface, as nodeadm's ConfigProvider: each source returns layers that carry their
 // origin as data, and may wait for what the sources before it in the chain gave.
 import type { Ec2Api } from "../cloud/ec2.js";
+import type { KubeClient, NodeEniObject } from "../cloud/kube.js";
 import type { Imds, InstanceIdentity } from "../cloud/imds.js";
 import type { SourceName } from "../config/facts.js";
 import type { EffectiveConfig, Layer } from "../config/model.js";
@@ -9,7 +10,7 @@ import type { Problem } from "../core/errors.js";
 import type { Logger } from "../core/log.js";
 import type { Host } from "../host/host.js";
 import type { UserDataPart } from "./mime.js";
-import type { NodeEniResult } from "./nodeeni.js";
+import type { NodeIdentity } from "./nodeconfig.js";
 
 /** The instance behind the sources that need one; absent in standalone validation. */
 export interface InstanceAccess {
@@ -33,6 +34,28 @@ export interface SourceContext {
 export interface Prior {
   config: EffectiveConfig;
   userDataParts: UserDataPart[];
+}
+
+/** A connection to the cluster plus who we are in it: the NodeENI source's, for status and watch. */
+export interface NodeEniSession {
+  client: KubeClient;
+  node: NodeIdentity;
+}
+
+/** What the NodeENI source read (sources/nodeeni.ts), for the stages after it. */
+export interface NodeEniResult {
+  layers: Layer[];
+  warnings: string[];
+  fromCache: boolean;
+  nodeName: string;
+  /** every NodeENI read (name + spec), to cache with rememberNodeEnis after a successful apply */
+  items: NodeEniObject[];
+  /** when items were read from the API (the cache's time when fromCache) */
+  fetchedAt: string;
+  /** the NodeENIs that apply to this node */
+  applied: string[];
+  /** undefined when no cluster is configured (nothing in NodeConfig or [kubernetes]) */
+  session?: NodeEniSession;
 }
 
 export interface Provided {
