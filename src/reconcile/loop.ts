@@ -255,6 +255,7 @@ async function pass(
   if (!opts.dryRun)
     await writeStatusFile(host, outcome, config, {
       ...(result?.up.sriovCheck ? { sriovCheck: result.up.sriovCheck } : {}),
+      ...(result ? { hugepageProblem: result.hugepages ?? null } : {}),
     });
   return { ...outcome, gathered };
 }

@@ -67,7 +67,7 @@ export async function writeStatusFile(
   host: Host,
   o: ApplyOutcome,
   config: Config,
-  found: { sriovCheck?: SriovCheckReport } = {},
+  found: { sriovCheck?: SriovCheckReport; hugepageProblem?: HugepageProblem | null } = {},
 ): Promise<void> {
   const { gathered: _g, ...plain } = o as ApplyOutcome & { gathered?: unknown };
   void _g;

@@ -114,6 +114,8 @@ export async function collectStatus(
     last?: LastApplyFile;
     /** that apply's SR-IOV check of the file, made after its write (otherwise made here) */
     sriovCheck?: SriovCheckReport;
+    /** that apply's hugepage check, after its binds; null: none found (otherwise made here) */
+    hugepageProblem?: HugepageProblem | null;
   } = {},
 ): Promise<StatusDoc> {
   const config = opts.config ?? defaults();
@@ -208,9 +210,13 @@ export async function collectStatus(
   const k = await readKernelFacts(host);
   const all = [...devices, ...otherDevices];
   const onVfio = all.filter((d) => d.driver === "vfio-pci");
-  const hugepageIssue = await hugepageProblem(host, {
-    dpdkDevices: new Set(all.filter((d) => isDpdkDriver(d.driver)).map((d) => d.bdf)).size,
-  });
+  // the apply's own check, so that its Status line and this document say the same
+  const hugepageIssue =
+    opts.hugepageProblem !== undefined
+      ? (opts.hugepageProblem ?? undefined)
+      : await hugepageProblem(host, {
+          dpdkDevices: new Set(all.filter((d) => isDpdkDriver(d.driver)).map((d) => d.bdf)).size,
+        });
   const sriovPath = state.sriov.configPath ?? config.sriov.config_path;
   let sriov: StatusDoc["host"]["sriov"] = { configPath: sriovPath, warnings: [] };
   try {
