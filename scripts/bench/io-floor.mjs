@@ -68,10 +68,14 @@ await pool(
 for (const s of idle) s.destroy();
 
 let files = 0;
-const walk = (dir, depth) => {
+// The entries of devices/ and class/net are links to each device's own directory: go in (until
+// 2026-12-04 the walk only read those links, and so read no attribute at all). Links inside a
+// device's directory (driver, iommu_group, subsystem) are read, not followed.
+const walk = (dir, depth, intoLinks = false) => {
   for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
     const p = path.join(dir, e.name);
-    if (e.isSymbolicLink()) fs.readlinkSync(p);
+    if (e.isSymbolicLink() && intoLinks && fs.statSync(p).isDirectory()) walk(p, depth - 1);
+    else if (e.isSymbolicLink()) fs.readlinkSync(p);
     else if (e.isFile()) {
       try {
         fs.readFileSync(p, "utf8");
@@ -82,8 +86,9 @@ const walk = (dir, depth) => {
     } else if (e.isDirectory() && depth > 0) walk(p, depth - 1);
   }
 };
-walk(path.join(root, "sys/bus/pci/devices"), 2);
-walk(path.join(root, "sys/class/net"), 2);
+// a device's attributes, its net/ and its netdev's (net/eth1/address)
+walk(path.join(root, "sys/bus/pci/devices"), 3, true);
+walk(path.join(root, "sys/class/net"), 1, true);
 for (const f of [
   "etc/eni-dpdk/config.toml",
   "var/lib/eni-dpdk/state.json",
