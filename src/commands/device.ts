@@ -16,6 +16,7 @@ import {
   listNetdevs,
   readPciDevice,
   restoreDriver,
+  type BindResult,
   type PciDevice,
 } from "../host/pci.js";
 import { guardFacts, guardViolations, readRoutes } from "../host/guard.js";
@@ -178,6 +179,32 @@ export async function bindCommand(
       await ensureNetworkdFile(host, state, r.eniName, r.mac);
       if (r.ifname) await markNodeadmUnmanaged(host, state, state.instanceId, r.ifname, r.mac, log);
     }
+    // on record before the journal forgets the bind (see BindOptions.record)
+    const record = async (b: BindResult) => {
+      if (r.mac) {
+        state.bindings[r.mac] = {
+          mac: r.mac,
+          bdf: r.bdf,
+          vendor: r.pci.vendor,
+          device: r.pci.device,
+          originalDriver: b.originalDriver ?? r.record?.originalDriver ?? "",
+          driver,
+          eniName: r.eniName ?? "",
+          ...(r.eniId ? { eniId: r.eniId } : {}),
+          boundAt: new Date().toISOString(),
+          ...(r.ifname ? { ifname: r.ifname } : {}),
+        };
+      } else {
+        log.warn(
+          "bound a device without a MAC; it is not recorded, so reboots will not rebind it",
+          {
+            bdf: r.bdf,
+          },
+        );
+      }
+      await saveState(host, state);
+    };
+    let recorded = false;
     const b = await bindDevice(host, r.bdf, driver, {
       log,
       script: config.dpdk.binding_script || undefined,
@@ -185,26 +212,12 @@ export async function bindCommand(
       guard,
       force: opts.force,
       eni: { name: r.eniName ?? "", ...(r.eniId ? { id: r.eniId } : {}) },
+      record: async (bound) => {
+        recorded = true;
+        await record(bound);
+      },
     });
-    if (r.mac) {
-      state.bindings[r.mac] = {
-        mac: r.mac,
-        bdf: r.bdf,
-        vendor: r.pci.vendor,
-        device: r.pci.device,
-        originalDriver: b.originalDriver ?? r.record?.originalDriver ?? "",
-        driver,
-        eniName: r.eniName ?? "",
-        ...(r.eniId ? { eniId: r.eniId } : {}),
-        boundAt: new Date().toISOString(),
-        ...(r.ifname ? { ifname: r.ifname } : {}),
-      };
-    } else {
-      log.warn("bound a device without a MAC; it is not recorded, so reboots will not rebind it", {
-        bdf: r.bdf,
-      });
-    }
-    await saveState(host, state);
+    if (!recorded) await record(b);
     ctx.out(`bound ${r.bdf}${r.mac ? ` (${r.mac})` : ""} to ${driver}: ${b.deviceNode}\n`);
     return 0;
   });

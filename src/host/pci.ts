@@ -141,6 +141,12 @@ export interface BindOptions {
   force?: boolean;
   /** the ENI, recorded in the intent journal so a crash's recovery can finish the binding record */
   eni?: { name: string; id?: string };
+  /**
+   * Keep the binding on record (the state file), once the device is verified bound and before the
+   * journal forgets the bind: with no netdev left, the record is all a later run can find it by.
+   * When it throws, the bind is rolled back.
+   */
+  record?: (bound: BindResult) => Promise<void>;
 }
 
 export interface BindResult {
@@ -248,15 +254,17 @@ export async function bindDevice(
     if (opts.script) await bindWithScript(host, dev, target, opts.script, log);
     else await bindNative(host, dev, target, log);
     const node = await verifyBound(host, bdf, target);
-    await journalEnd(host, bdf);
-    log.info("bound", { device_node: node });
-    return {
+    const bound: BindResult = {
       changed: true,
       driver: target,
       originalDriver: original,
       deviceNode: node,
       ...(ifname ? { ifname } : {}),
     };
+    await opts.record?.(bound);
+    await journalEnd(host, bdf);
+    log.info("bound", { device_node: node });
+    return bound;
   } catch (e) {
     const why = (e as Error).message;
     log.error("bind failed; restoring the original driver", { error: why });

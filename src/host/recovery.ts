@@ -34,7 +34,6 @@ export async function recoverInflight(
   log: Logger,
 ): Promise<RecoveryResult[]> {
   const out: RecoveryResult[] = [];
-  let stateChanged = false;
   for (const op of await journalPending(host)) {
     const dlog = log.child({ bdf: op.bdf, op: op.op, started_at: op.startedAt, pid: op.pid });
     const dev = await readPciDevice(host, op.bdf);
@@ -67,7 +66,8 @@ export async function recoverInflight(
           boundAt: op.startedAt,
           ...(op.ifname ? { ifname: op.ifname } : {}),
         };
-        stateChanged = true;
+        // on record before the journal forgets it: the device has no netdev to be found by
+        await saveState(host, state);
       }
       await journalEnd(host, op.bdf);
       out.push({
@@ -97,7 +97,7 @@ export async function recoverInflight(
     }
     if (op.op === "restore" && op.mac && state.bindings[op.mac]) {
       delete state.bindings[op.mac];
-      stateChanged = true;
+      await saveState(host, state);
     }
     await journalEnd(host, op.bdf);
     out.push({
@@ -139,7 +139,6 @@ export async function recoverInflight(
         driver: rb.driver,
       });
   }
-  if (stateChanged) await saveState(host, state);
   return out;
 }
 

@@ -152,8 +152,8 @@ export async function rebindFromState(
         mac: rec.mac,
         guard: guards,
         eni: { name: rec.eniName, ...(rec.eniId ? { id: rec.eniId } : {}) },
+        record: () => saveState(host, state),
       });
-      await saveState(host, state);
       return {
         ...base,
         state: "bound",

@@ -21,6 +21,7 @@ import {
   netdevByMac,
   readPciDevice,
   restoreDriver,
+  type BindResult,
   type PciDevice,
 } from "../host/pci.js";
 import { guardFacts, guardViolations, readRoutes, type GuardFacts } from "../host/guard.js";
@@ -334,18 +335,12 @@ async function prepareDpdkDevice(
   const { bdf, pci } = l;
   return async () => {
     const prev = state.bindings[mac];
-    try {
-      const b = await bindDevice(host, bdf, t.dpdk.driver, {
-        log: dlog,
-        script: ctx.config.dpdk.binding_script || undefined,
-        mac,
-        guard: guards,
-        eni: { name: t.name, ...(t.eniId ? { id: t.eniId } : {}) },
-      });
+    let rec: BindingRecord | undefined;
+    const record = async (b: BindResult) => {
       // unknown ("") when the device was already on the DPDK driver the first time we saw it
       const originalDriver =
         (b.changed ? b.originalDriver : undefined) ?? prev?.originalDriver ?? "";
-      const rec: BindingRecord = {
+      rec = {
         mac,
         bdf: bdf,
         vendor: pci.vendor,
@@ -365,10 +360,22 @@ async function prepareDpdkDevice(
         state.bindings[mac] = rec;
         await saveState(host, state);
       }
+    };
+    try {
+      const b = await bindDevice(host, bdf, t.dpdk.driver, {
+        log: dlog,
+        script: ctx.config.dpdk.binding_script || undefined,
+        mac,
+        guard: guards,
+        eni: { name: t.name, ...(t.eniId ? { id: t.eniId } : {}) },
+        record,
+      });
+      // already on the DPDK driver: nothing was journaled, and the record is checked here
+      if (!rec) await record(b);
       return {
         ...r,
         driver: t.dpdk.driver,
-        originalDriver: rec.originalDriver,
+        originalDriver: rec!.originalDriver,
         deviceNode: b.deviceNode ?? "",
         state: "bound",
         changed: r.changed || b.changed,

@@ -170,7 +170,11 @@ t.test(
     t.match(text, /^ {2}fix: set \[dpdk\]\.hugepages_2m/m);
     // an apply hands its own check to the document it writes, so its Status line and status.json agree
     t.notOk((await collectStatus(host, { hugepageProblem: null })).host.hugepageProblem);
-    const given = { short: "given", message: "no hugepages: as the apply found", fix: "x" };
+    const given = {
+      short: "none reserved" as const,
+      message: "no hugepages: as the apply found",
+      fix: "x",
+    };
     t.same((await collectStatus(host, { hugepageProblem: given })).host.hugepageProblem, given);
     // reserved through the config, as apply would: requested against achieved, per node
     fs.writeFileSync(sim.p("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"), "512\n");
