@@ -229,7 +229,8 @@ async function pass(
   if (!error && failed.length) {
     error = {
       message: `${failed.length} device(s) failed to bind: ${failed.map((d) => `${d.name} (${d.error})`).join("; ")}`,
-      next: "see `eni-dpdk status` and the log lines above; the devices were returned to their kernel driver",
+      // a device that was not found was never touched; one whose bind failed says where it is
+      next: "see `eni-dpdk status` and the log lines above: each device's error says where it was left",
       exitCode: 1,
     };
   }
