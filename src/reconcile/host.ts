@@ -342,7 +342,7 @@ async function prepareDpdkDevice(
         (b.changed ? b.originalDriver : undefined) ?? prev?.originalDriver ?? "";
       rec = {
         mac,
-        bdf: bdf,
+        bdf,
         vendor: pci.vendor,
         device: pci.device,
         originalDriver,
