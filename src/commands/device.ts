@@ -204,7 +204,6 @@ export async function bindCommand(
       }
       await saveState(host, state);
     };
-    let recorded = false;
     const b = await bindDevice(host, r.bdf, driver, {
       log,
       script: config.dpdk.binding_script || undefined,
@@ -212,12 +211,8 @@ export async function bindCommand(
       guard,
       force: opts.force,
       eni: { name: r.eniName ?? "", ...(r.eniId ? { id: r.eniId } : {}) },
-      record: async (bound) => {
-        recorded = true;
-        await record(bound);
-      },
+      record,
     });
-    if (!recorded) await record(b);
     ctx.out(`bound ${r.bdf}${r.mac ? ` (${r.mac})` : ""} to ${driver}: ${b.deviceNode}\n`);
     return 0;
   });

@@ -142,9 +142,9 @@ export interface BindOptions {
   /** the ENI, recorded in the intent journal so a crash's recovery can finish the binding record */
   eni?: { name: string; id?: string };
   /**
-   * Keep the binding on record (the state file), once the device is verified bound and before the
-   * journal forgets the bind: with no netdev left, the record is all a later run can find it by.
-   * When it throws, the bind is rolled back.
+   * Keep the binding on record (the state file), once the device is verified bound (or found bound
+   * already) and before the journal forgets the bind: with no netdev left, the record is all a
+   * later run can find it by. When it throws after a bind, the bind is rolled back.
    */
   record?: (bound: BindResult) => Promise<void>;
 }
@@ -195,7 +195,11 @@ export async function bindDevice(
     );
   if (dev.driver === target) {
     const node = await deviceNodeFor(host, bdf, target);
-    if (node) return { changed: false, driver: target, deviceNode: node };
+    if (node) {
+      const already: BindResult = { changed: false, driver: target, deviceNode: node };
+      await opts.record?.(already);
+      return already;
+    }
     throw new OpError(
       `${bdf} is bound to ${target} but its device node is missing`,
       `check \`ls -l /dev/vfio\` and the iommu group of ${bdf}; \`eni-dpdk unbind ${bdf}\` then \`eni-dpdk bind ${bdf}\` retries`,

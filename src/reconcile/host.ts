@@ -370,8 +370,6 @@ async function prepareDpdkDevice(
         eni: { name: t.name, ...(t.eniId ? { id: t.eniId } : {}) },
         record,
       });
-      // already on the DPDK driver: nothing was journaled, and the record is checked here
-      if (!rec) await record(b);
       return {
         ...r,
         driver: t.dpdk.driver,

@@ -9,6 +9,11 @@ import fs from "node:fs";
 import net from "node:net";
 import os from "node:os";
 import path from "node:path";
+import { BDF_RE } from "../config/facts.js";
+
+/** Any PCI address (config/facts.ts's, unanchored), and a read made only of them. */
+const BDF_G = new RegExp(BDF_RE.source.slice(1, -1), "g");
+const BDFS_RE = new RegExp(`^(?:${BDF_RE.source.slice(1, -1)}\\n?)+$`);
 
 export interface SimNicSpec {
   bdf: string;
@@ -770,7 +775,6 @@ export class SimKernel {
 
   // ---- plumbing -----------------------------------------------------------------------------------
 
-  /** Read a write-only attribute's content (cleared by the watcher before the effect runs). */
   private writeOwn(abs: string, content: string, mode = 0o644): void {
     const f = this.p(abs);
     fs.writeFileSync(f, content, { mode });
@@ -860,9 +864,7 @@ export class SimKernel {
  * may hold several; PCI addresses, having a fixed length, are split even without a newline.
  */
 function splitWrites(data: string): string[] {
-  const bdfs = /^(?:[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]\n?)+$/.test(data)
-    ? data.match(/[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]/g)
-    : null;
+  const bdfs = BDFS_RE.test(data) ? data.match(BDF_G) : null;
   return bdfs ?? data.split("\n").filter((v) => v.trim() !== "");
 }
 
