@@ -1,6 +1,11 @@
 // Deadlines, and the one wait and back-off helper: every bounded wait and every retry delay of
 // eni-dpdk (sysfs settling, EC2 attachments, IMDS, the Kubernetes API) is computed here.
 export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+/**
+ * Milliseconds on the monotonic clock, for how long something took: the wall clock can step at
+ * boot (chrony), and the global `performance` loads perf_hooks (about 1 ms of every start).
+ */
+export const monotonicMs = (): number => Number(process.hrtime.bigint()) / 1e6;
 
 /** A deadline shared by every bounded wait in one apply. `abort()` (SIGTERM) ends every wait early. */
 export class Deadline {

@@ -6,7 +6,7 @@ import { OpError } from "../core/errors.js";
 import { type Host } from "./host.js";
 import { run } from "../core/process.js";
 import type { Logger } from "../core/log.js";
-import { journalBegin, journalEnd, JOURNAL_PATH } from "./state.js";
+import { type BindingRecord, journalBegin, journalEnd, JOURNAL_PATH, STATE_PATH } from "./state.js";
 import { BDF_RE, isDpdkDriver } from "../config/facts.js";
 import { type GuardFacts, guardViolations } from "./guard.js";
 
@@ -147,6 +147,13 @@ export interface BindOptions {
    * later run can find it by. When it throws after a bind, the bind is rolled back.
    */
   record?: (bound: BindResult) => Promise<void>;
+  /**
+   * The device's binding as the state file holds it. When it describes this very bind (the same
+   * device and MAC, from its driver now to `target`), it is the intent a crash is recovered from
+   * (recoverInflight's pass over the records), and the journal is not written: at every reboot's
+   * rebind, two fsync'd writes fewer.
+   */
+  recorded?: BindingRecord;
 }
 
 export interface BindResult {
@@ -243,17 +250,21 @@ export async function bindDevice(
 
   const original = dev.driver;
   const log = opts.log.child({ bdf, driver: target, original_driver: original ?? "none" });
-  await journalBegin(host, {
-    op: "bind",
-    bdf,
-    vendor: dev.vendor,
-    device: dev.device,
-    ...(mac ? { mac } : {}),
-    from: original ?? "",
-    to: target,
-    ...(opts.eni ? { eniName: opts.eni.name, ...(opts.eni.id ? { eniId: opts.eni.id } : {}) } : {}),
-    ...(ifname ? { ifname } : {}),
-  });
+  const onRecord = !opts.script && describesBind(opts.recorded, dev, target, mac);
+  if (!onRecord)
+    await journalBegin(host, {
+      op: "bind",
+      bdf,
+      vendor: dev.vendor,
+      device: dev.device,
+      ...(mac ? { mac } : {}),
+      from: original ?? "",
+      to: target,
+      ...(opts.eni
+        ? { eniName: opts.eni.name, ...(opts.eni.id ? { eniId: opts.eni.id } : {}) }
+        : {}),
+      ...(ifname ? { ifname } : {}),
+    });
   try {
     if (opts.script) await bindWithScript(host, dev, target, opts.script, log);
     else await bindNative(host, dev, target, log);
@@ -266,23 +277,41 @@ export async function bindDevice(
       ...(ifname ? { ifname } : {}),
     };
     await opts.record?.(bound);
-    await journalEnd(host, bdf);
+    if (!onRecord) await journalEnd(host, bdf);
     log.info("bound", { device_node: node });
     return bound;
   } catch (e) {
     const why = (e as Error).message;
     log.error("bind failed; restoring the original driver", { error: why });
     const rb = await restoreDriver(host, bdf, original, { log, mac, journal: false });
-    if (rb.ok) await journalEnd(host, bdf);
+    if (rb.ok && !onRecord) await journalEnd(host, bdf);
     throw new OpError(
       `binding ${bdf} to ${target} failed: ${why}; ${rb.ok ? `restored to ${rb.driver ?? "no driver"}${rb.ifname ? ` (netdev ${rb.ifname} is back)` : ""}` : `ROLLBACK INCOMPLETE: ${rb.problem}`}`,
       rb.ok
         ? `see \`dmesg | tail\` for the probe error; \`eni-dpdk status\` shows the host's NOIOMMU and driver state`
-        : `the next eni-dpdk run retries the rollback (it is in ${JOURNAL_PATH}); by hand: \`echo > ${PCI_DEVICES}/${bdf}/driver_override; echo ${bdf} > ${DRIVERS_PROBE}\` and check \`dmesg\``,
+        : `the next eni-dpdk run retries the rollback (it is in ${onRecord ? STATE_PATH : JOURNAL_PATH}); by hand: \`echo > ${PCI_DEVICES}/${bdf}/driver_override; echo ${bdf} > ${DRIVERS_PROBE}\` and check \`dmesg\``,
       { bdf, target, original_driver: original, rolled_back: rb.ok },
       { cause: e },
     );
   }
+}
+
+/** The record names this device (ids, MAC) bound from the driver it has now to `target`. */
+function describesBind(
+  rec: BindingRecord | undefined,
+  dev: PciDevice,
+  target: string,
+  mac: string | undefined,
+): boolean {
+  return (
+    rec !== undefined &&
+    rec.bdf === dev.bdf &&
+    rec.vendor === dev.vendor &&
+    rec.device === dev.device &&
+    rec.mac === mac &&
+    rec.driver === target &&
+    rec.originalDriver === (dev.driver ?? "")
+  );
 }
 
 async function bindNative(host: Host, dev: PciDevice, target: string, log: Logger): Promise<void> {

@@ -17,7 +17,7 @@ import { OpError } from "../core/errors.js";
 // next one, before it observes anything (the intent journal is written by bindDevice/restoreDriver).
 export interface RecoveryResult {
   bdf: string;
-  op: InflightOp["op"] | "driverless";
+  op: InflightOp["op"];
   outcome: "finished" | "rolled-back" | "forgotten" | "failed";
   detail: string;
 }
@@ -111,13 +111,16 @@ export async function recoverInflight(
       { driver: rb.driver, ifname: rb.ifname },
     );
   }
-  // Without a journal entry (an older version, or a hand-made override): a recorded device left
-  // driverless with our override on it would otherwise keep its netdev away for good.
+  // A bind its record describes writes no journal entry (BindOptions.recorded): a recorded device
+  // that carries our override but is not on the recorded driver was interrupted. Driverless
+  // (between unbind and probe), it would keep its netdev away for good. Back to its kernel driver,
+  // as the journal's rollback does; the caller binds it again. (Also what an older version, or a
+  // hand-made override, leaves.)
   for (const rec of Object.values(state.bindings)) {
     const dev = await readPciDevice(host, rec.bdf);
     if (
       !dev ||
-      dev.driver ||
+      dev.driver === rec.driver ||
       dev.vendor !== rec.vendor ||
       dev.device !== rec.device ||
       dev.override !== rec.driver
@@ -127,15 +130,17 @@ export async function recoverInflight(
       log,
       mac: rec.mac,
     });
+    const was = dev.driver ? `on ${dev.driver} with the override ${rec.driver}` : "driverless";
     out.push({
       bdf: rec.bdf,
-      op: "driverless",
+      op: "bind",
       outcome: rb.ok ? "rolled-back" : "failed",
-      detail: rb.ok ? `on ${rb.driver}` : (rb.problem ?? ""),
+      detail: rb.ok ? `was ${was}, now on ${rb.driver}` : `was ${was}: ${rb.problem ?? ""}`,
     });
     if (rb.ok)
-      log.warn("gave a driverless recorded device back to its kernel driver", {
+      log.warn("rolled back an interrupted bind of a recorded device", {
         bdf: rec.bdf,
+        was,
         driver: rb.driver,
       });
   }

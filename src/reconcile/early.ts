@@ -153,6 +153,7 @@ export async function rebindFromState(
         guard: guards,
         eni: { name: rec.eniName, ...(rec.eniId ? { id: rec.eniId } : {}) },
         record: () => saveState(host, state),
+        recorded: rec,
       });
       return {
         ...base,

@@ -213,11 +213,15 @@ export async function planHost(ctx: StageContext, targets: HostTarget[]): Promis
 export async function applyHost(
   ctx: StageContext,
   targets: HostTarget[],
-  _plan: HostPlan,
+  plan: HostPlan,
 ): Promise<HostDeviceResult[]> {
   const { host, log, state } = ctx;
-  // A just-attached ENI's NIC appears a moment later: wait (bounded by the apply deadline).
-  let located = await Promise.all(targets.map((t) => locate(host, state, t)));
+  // What the plan observed a moment ago, nothing written since (a target it did not observe is
+  // located now). A just-attached ENI's NIC appears a moment later: wait for it (bounded by the
+  // apply deadline).
+  let located = await Promise.all(
+    targets.map(async (t) => plan.located.find((l) => l.target === t) ?? locate(host, state, t)),
+  );
   if (located.some((l) => l.via === "missing" && !l.problem)) {
     const until = Math.min(ctx.deadline.remaining(), 60_000);
     await pollUntil(
@@ -255,6 +259,13 @@ export async function applyHost(
   const results = await allSettledOrThrow(steps.map((step) => step()));
   await saveState(host, state);
   return results;
+}
+
+/** The same binding but perhaps for its time (the file's key order is not the code's). */
+function sameBinding(a: BindingRecord, b: BindingRecord): boolean {
+  const keys = new Set([...Object.keys(a), ...Object.keys(b)]);
+  keys.delete("boundAt");
+  return [...keys].every((k) => a[k as keyof BindingRecord] === b[k as keyof BindingRecord]);
 }
 
 function baseResult(ctx: StageContext, l: LocatedDevice): HostDeviceResult {
@@ -352,14 +363,10 @@ async function prepareDpdkDevice(
         boundAt: b.changed || !prev ? new Date().toISOString() : prev.boundAt,
         ...(ifname ? { ifname } : {}),
       };
-      if (
-        !prev ||
-        b.changed ||
-        JSON.stringify({ ...prev, boundAt: "" }) !== JSON.stringify({ ...rec, boundAt: "" })
-      ) {
-        state.bindings[mac] = rec;
-        await saveState(host, state);
-      }
+      const onFile = prev !== undefined && sameBinding(prev, rec);
+      state.bindings[mac] = rec;
+      // A record on file but for its time needs no write of its own: applyHost's last save has it.
+      if (!onFile) await saveState(host, state);
     };
     try {
       const b = await bindDevice(host, bdf, t.dpdk.driver, {
@@ -369,6 +376,7 @@ async function prepareDpdkDevice(
         guard: guards,
         eni: { name: t.name, ...(t.eniId ? { id: t.eniId } : {}) },
         record,
+        ...(prev ? { recorded: prev } : {}),
       });
       return {
         ...r,

@@ -9,7 +9,7 @@
 // lists the changes.
 import path from "node:path";
 import { readNics } from "../cloud/imds.js";
-import { Deadline } from "../core/deadline.js";
+import { Deadline, monotonicMs } from "../core/deadline.js";
 import { errorMessage, formatProblem, InputError, OpError } from "../core/errors.js";
 import { emptyState, journalPending, loadState, saveState } from "../host/state.js";
 import { hugepageProblem, hugepageWants } from "../host/kernel.js";
@@ -85,12 +85,12 @@ async function pass(
   lock: Promise<unknown> | undefined,
 ): Promise<ReconcileResult> {
   const { log, host } = ctx;
-  const t0 = performance.now();
+  const t0 = monotonicMs();
   const startedAt = new Date().toISOString();
   const timings: ApplyOutcome["timings"] = {};
   let mark = t0;
   const done = (stage: keyof ApplyOutcome["timings"], fields: Record<string, unknown> = {}) => {
-    const now = performance.now();
+    const now = monotonicMs();
     timings[stage] = Math.round(now - mark);
     mark = now;
     log.info(`${stage} done`, { stage, took_ms: timings[stage], ...fields });
@@ -235,7 +235,7 @@ async function pass(
     };
   }
   if (result?.hugepages) warnings.push(result.hugepages.message);
-  timings.total = Math.round(performance.now() - t0);
+  timings.total = Math.round(monotonicMs() - t0);
   const outcome: ApplyOutcome = {
     ok: !error,
     dryRun: opts.dryRun,

@@ -5,7 +5,7 @@ import { readFileSync, statSync } from "node:fs";
 import path from "node:path";
 import t from "tap";
 import { Host } from "../../../src/host/host.js";
-import { loadState, STATE_PATH } from "../../../src/host/state.js";
+import { JOURNAL_PATH, loadState, STATE_PATH } from "../../../src/host/state.js";
 import { assertNoneDriverless, baseToml, lastError, runCli, world } from "../../support/harness.js";
 import {
   assertConverged,
@@ -192,13 +192,24 @@ t.test(
     );
     const left = [DATA1_BDF, KERN1_BDF].filter((bdf) => !w.sim.driverOf(bdf));
     t.equal(left.length, 1, `the other is driverless (${left.join(", ")})`);
-    const journal = JSON.parse(readFileSync(w.sim.p("/var/lib/eni-dpdk/inflight.json"), "utf8"));
+    // a reboot's rebinds are what their records describe: those are the intents, no journal
+    t.throws(() => statSync(w.sim.p(JOURNAL_PATH)), "no journal was written");
+    const recorded = await loadState(new Host(w.root));
     t.ok(
-      journal.ops.some((o: { bdf: string }) => o.bdf === left[0]),
-      "the journal holds the driverless device's bind",
+      Object.values(recorded.bindings).some((b) => b.bdf === left[0] && b.driver === "vfio-pci"),
+      "the driverless device's binding is on record",
     );
     const r = await runCli(w, ["apply"]);
     t.equal(r.code, 0, lastError(r));
+    t.ok(
+      r.log.some(
+        (l) =>
+          l.msg === "rolled back an interrupted bind of a recorded device" &&
+          l.bdf === left[0] &&
+          l.was === "driverless",
+      ),
+      "recovery gave it back to ena from its record, and says so",
+    );
     t.equal(w.sim.driverOf(DATA1_BDF), "vfio-pci", "data1 is bound");
     t.equal(w.sim.driverOf(KERN1_BDF), "vfio-pci", "and kern1");
     assertNoneDriverless(t, w);
@@ -207,5 +218,39 @@ t.test(
     const again = await runCli(w, ["apply"]);
     t.equal(again.code, 0, lastError(again));
     t.match(again.stderr, /actions=0/, "a further apply changes nothing");
+  },
+);
+
+t.test(
+  "crash: after a reboot, killed at ena's unbind (the override written, no journal); the next apply takes the override back and binds",
+  async (t) => {
+    const w = await world(t, { configToml: baseToml() });
+    t.equal((await runCli(w, ["apply"])).code, 0);
+    w.reboot();
+    const killed = await crashRun(w, ["apply"], {
+      name: "unbind after a reboot",
+      syscall: { call: "write", path: "/sys/bus/pci/drivers/ena/unbind" },
+    });
+    t.equal(killed.signal, "SIGKILL");
+    await w.sim.settle();
+    t.equal(w.sim.driverOf(DATA1_BDF), "ena", "still on ena");
+    t.equal(
+      readFileSync(w.sim.p(`/sys/bus/pci/devices/${DATA1_BDF}/driver_override`), "utf8").trim(),
+      "vfio-pci",
+      "with our override on it: the window is real",
+    );
+    t.throws(() => statSync(w.sim.p(JOURNAL_PATH)), "no journal: the record is the intent");
+    const r = await runCli(w, ["apply"]);
+    t.equal(r.code, 0, lastError(r));
+    t.ok(
+      r.log.some(
+        (l) =>
+          l.msg === "rolled back an interrupted bind of a recorded device" &&
+          l.bdf === DATA1_BDF &&
+          l.was === "on ena with the override vfio-pci",
+      ),
+      "recovery took the override back, and says so",
+    );
+    await assertConverged(t, w);
   },
 );

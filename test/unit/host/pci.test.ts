@@ -267,6 +267,75 @@ t.test("devices are bound at once: a slow unbind of one does not hold up the oth
 });
 
 t.test(
+  "a reboot's rebind of recorded devices: no journal, and one state write for both",
+  async (t) => {
+    const sim = node();
+    t.teardown(() => sim.close());
+    const targets = [target("data1", DATA1.mac), target("data2", DATA2.mac)];
+    const first = stageCtx(sim);
+    await applyHost(first, targets, await planHost(first, targets));
+    const before = await loadState(new Host(sim.root));
+    sim.reboot();
+    await sim.settle();
+    const ctx = stageCtx(sim, { state: await loadState(new Host(sim.root)) });
+    const written: string[] = [];
+    const write = ctx.host.writeFileAtomic.bind(ctx.host);
+    ctx.host.writeFileAtomic = async (abs, data, mode) => {
+      const changed = await write(abs, data, mode);
+      if (changed) written.push(abs);
+      return changed;
+    };
+    const res = await applyHost(ctx, targets, await planHost(ctx, targets));
+    t.same(
+      res.map((r) => [r.name, r.state, r.changed]),
+      [
+        ["data1", "bound", true],
+        ["data2", "bound", true],
+      ],
+    );
+    t.same(written, ["/var/lib/eni-dpdk/state.json"], "the state once, the journal never");
+    const after = await loadState(new Host(sim.root));
+    for (const mac of [DATA1.mac, DATA2.mac]) {
+      const { boundAt, ...rest } = after.bindings[mac];
+      const { boundAt: was, ...restBefore } = before.bindings[mac];
+      t.same(rest, restBefore, `${mac}: the same binding on record`);
+      t.ok(boundAt >= was, `${mac}: bound again at ${boundAt} (was ${was})`);
+    }
+    t.same(sim.errors, []);
+  },
+);
+
+t.test(
+  "a record that does not describe the bind (another PCI address) is no intent: the journal is written",
+  async (t) => {
+    const sim = node();
+    t.teardown(() => sim.close());
+    const targets = [target("data1", DATA1.mac)];
+    const first = stageCtx(sim);
+    await applyHost(first, targets, await planHost(first, targets));
+    sim.reboot();
+    await sim.settle();
+    const state = await loadState(new Host(sim.root));
+    state.bindings[DATA1.mac].bdf = DATA2.bdf;
+    const ctx = stageCtx(sim, { state });
+    const journal: string[] = [];
+    const write = ctx.host.writeFileAtomic.bind(ctx.host);
+    ctx.host.writeFileAtomic = (abs, data, mode) => {
+      if (abs === JOURNAL_PATH) journal.push(data);
+      return write(abs, data, mode);
+    };
+    const res = await applyHost(ctx, targets, await planHost(ctx, targets));
+    t.equal(res[0].state, "bound");
+    t.same(
+      journal.map((j) => (JSON.parse(j) as { ops: { bdf: string }[] }).ops.map((o) => o.bdf)),
+      [[DATA1.bdf]],
+      "the intent journalled as for a first bind",
+    );
+    t.equal(ctx.state.bindings[DATA1.mac].bdf, DATA1.bdf, "the record now names the real address");
+  },
+);
+
+t.test(
   "a failed probe is rolled back: device back on ena with its netdev; other devices continue",
   async (t) => {
     const sim = node();
