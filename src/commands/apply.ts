@@ -5,19 +5,28 @@ import { reconcile } from "../reconcile/loop.js";
 import { Session } from "../reconcile/session.js";
 import { formatActions } from "../core/action.js";
 import { localConfig, type CommandContext } from "./context.js";
+import type { LocalSources } from "../sources/chain.js";
 import { keepRecord, startRecording, stopRecording } from "./unchanged.js";
 
-/** A session bounded by the file's [service].timeout_seconds from its start, paced by its [ec2.limits]. */
-export async function commandSession(ctx: CommandContext): Promise<Session> {
-  const { config } = await localConfig(ctx);
-  return new Session(ctx.log, new Deadline(config.service.timeout_seconds * 1000), undefined, {
-    host: ctx.host,
-    ec2: config.ec2,
-  });
+/**
+ * A session bounded by the file's [service].timeout_seconds from its start, paced by its
+ * [ec2.limits]; with the local sources it read, for the gather that follows (once read, not twice).
+ */
+export async function commandSession(
+  ctx: CommandContext,
+): Promise<{ session: Session; local?: LocalSources }> {
+  const { config, local } = await localConfig(ctx);
+  const session = new Session(
+    ctx.log,
+    new Deadline(config.service.timeout_seconds * 1000),
+    undefined,
+    { host: ctx.host, ec2: config.ec2 },
+  );
+  return { session, ...(local ? { local } : {}) };
 }
 
 export async function planCommand(ctx: CommandContext, opts: { json: boolean }): Promise<number> {
-  const o = await reconcile(ctx, { dryRun: true, session: await commandSession(ctx) });
+  const o = await reconcile(ctx, { dryRun: true, ...(await commandSession(ctx)) });
   if (opts.json) {
     ctx.out(
       JSON.stringify(
@@ -43,7 +52,7 @@ export async function applyCommand(
   if (opts.argv) startRecording();
   let o;
   try {
-    o = await reconcile(ctx, { dryRun: false, session: await commandSession(ctx) });
+    o = await reconcile(ctx, { dryRun: false, ...(await commandSession(ctx)) });
   } catch (e) {
     // bad input or a failure before the pass: the recorder off, no file touched
     if (opts.argv) stopRecording();

@@ -154,14 +154,11 @@ export function renderEffective(eff: EffectiveConfig): string {
 
 /** Gather every configured source on this instance (IMDS, tags, NodeENI) and merge. */
 export async function gatherOnInstance(ctx: CommandContext) {
-  const session = await commandSession(ctx);
-  return gather({
-    host: ctx.host,
-    log: ctx.log,
-    env: ctx.env,
-    configPath: ctx.configPath,
-    instance: session,
-  });
+  const { session, local } = await commandSession(ctx);
+  return gather(
+    { host: ctx.host, log: ctx.log, env: ctx.env, configPath: ctx.configPath, instance: session },
+    local,
+  );
 }
 
 async function inspectSriovFor(ctx: CommandContext, eff: EffectiveConfig): Promise<string[]> {

@@ -3,9 +3,7 @@ import { buildConfig, defaults, type Config } from "../config/model.js";
 import { InputError, type Problem } from "../core/errors.js";
 import type { Logger } from "../core/log.js";
 import type { Host } from "../host/host.js";
-import { fileLayers } from "../sources/file.js";
-import { envLayers } from "../sources/env.js";
-import { loadTomlMemo } from "../sources/toml.js";
+import { type LocalSources, readLocal } from "../sources/chain.js";
 
 /** What a command handler gets. Handlers return the exit code. */
 export interface CommandContext {
@@ -27,13 +25,13 @@ export interface CommandContext {
 export async function localConfig(
   ctx: CommandContext,
   opts: { strict?: boolean } = {},
-): Promise<{ config: Config; problems: Problem[] }> {
+): Promise<{ config: Config; problems: Problem[]; local?: LocalSources }> {
   try {
-    await loadTomlMemo(ctx.host);
+    const local = await readLocal(ctx);
     return {
-      config: buildConfig([...(await fileLayers(ctx.host, ctx.configPath)), ...envLayers(ctx.env)])
-        .config,
+      config: buildConfig([...local.file.layers, ...local.env.layers]).config,
       problems: [],
+      local,
     };
   } catch (e) {
     if (opts.strict || !(e instanceof InputError)) throw e;

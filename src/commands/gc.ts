@@ -10,14 +10,11 @@ export async function gcCommand(
   ctx: CommandContext,
   opts: { dryRun: boolean; json: boolean },
 ): Promise<number> {
-  const session = await commandSession(ctx);
-  const gathered = await gather({
-    host: ctx.host,
-    log: ctx.log,
-    env: ctx.env,
-    configPath: ctx.configPath,
-    instance: session,
-  });
+  const { session, local } = await commandSession(ctx);
+  const gathered = await gather(
+    { host: ctx.host, log: ctx.log, env: ctx.env, configPath: ctx.configPath, instance: session },
+    local,
+  );
   session.useConfig(gathered.config.ec2);
   const config = gathered.config.gc;
   if (!config.enabled)

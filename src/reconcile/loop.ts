@@ -16,7 +16,7 @@ import { hugepageProblem, hugepageWants } from "../host/kernel.js";
 import { devicesOnDpdkDrivers } from "../host/pci.js";
 import type { Logger } from "../core/log.js";
 import type { Host } from "../host/host.js";
-import { gather, type Gathered } from "../sources/chain.js";
+import { gather, type Gathered, type LocalSources } from "../sources/chain.js";
 import { saveTomlMemo } from "../sources/toml.js";
 import { eniStage } from "./eni.js";
 import { hostStage } from "./host.js";
@@ -55,6 +55,8 @@ export interface ReconcileOptions {
   session?: Session;
   /** skip re-reading sources and use this config (run's periodic reconcile between SIGHUPs) */
   gathered?: Gathered;
+  /** the file and environment as the command read them for its session a moment ago */
+  local?: LocalSources;
 }
 
 export type ReconcileResult = ApplyOutcome & { gathered: Gathered };
@@ -107,7 +109,10 @@ async function pass(
   identity.catch(() => {});
   const gathered =
     opts.gathered ??
-    (await gather({ host, log, env: ctx.env, configPath: ctx.configPath, instance: session }));
+    (await gather(
+      { host, log, env: ctx.env, configPath: ctx.configPath, instance: session },
+      opts.local,
+    ));
   const config = gathered.config;
   const deadline = session.deadline.within(config.service.timeout_seconds * 1000);
   session.narrow(deadline);

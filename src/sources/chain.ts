@@ -39,17 +39,30 @@ const settle = <T>(p: Promise<T>): Promise<Settled<T>> =>
     (error: unknown) => ({ ok: false as const, error }),
   );
 
+/** The sources read without the instance: the file (which names the others) and the environment. */
+export interface LocalSources {
+  file: Provided;
+  env: Provided;
+}
+
+/** Read the local sources. A command that read them for its session hands them to gather. */
+export async function readLocal(ctx: SourceContext): Promise<LocalSources> {
+  await loadTomlMemo(ctx.host);
+  tomlUsed.clear();
+  const noPrior = () => Promise.reject(new Error("internal: the file source has no prior"));
+  return {
+    file: await SOURCES.file.provide(ctx, noPrior),
+    env: await SOURCES.env.provide(ctx, noPrior),
+  };
+}
+
 /**
  * Read every configured source and merge. The file always comes first, because it says which other
  * sources to consult and in what order; its layers sit at the position "file" has in that list, and
  * the environment's last, above all.
  */
-export async function gather(ctx: SourceContext): Promise<Gathered> {
-  await loadTomlMemo(ctx.host);
-  tomlUsed.clear();
-  const noPrior = () => Promise.reject(new Error("internal: the file source has no prior"));
-  const file = await SOURCES.file.provide(ctx, noPrior);
-  const env = await SOURCES.env.provide(ctx, noPrior);
+export async function gather(ctx: SourceContext, local?: LocalSources): Promise<Gathered> {
+  const { file, env } = local ?? (await readLocal(ctx));
   const problems: Problem[] = [];
   let order: SourceName[] = defaults().service.sources;
   try {
