@@ -18,6 +18,7 @@ import { type HostDeviceResult, type Stage, type StageContext, type StagePlan } 
 import { type Action } from "../core/action.js";
 import {
   bindDevice,
+  listPciDevices,
   netdevByMac,
   readPciDevice,
   restoreDriver,
@@ -94,6 +95,40 @@ export async function locate(host: Host, state: State, t: HostTarget): Promise<L
     };
   }
   return { target: t, via: "missing" };
+}
+
+/**
+ * PCI devices on a DPDK driver that no binding record names: bound outside eni-dpdk (by hand with
+ * dpdk-devbind.py, by an older tool). With no netdev their MAC cannot be read, so none is ever
+ * taken for an ENI. `certain`: a missing ENI's NIC is one of them, so waiting for it is in vain:
+ * every attached ENI (IMDS) has its ENA device, and each ENA device without a netdev is one of them.
+ */
+async function unrecordedOnDpdk(
+  ctx: StageContext,
+  located: LocatedDevice[],
+): Promise<{ bdfs: string[]; certain: boolean }> {
+  const missing = located.filter((l) => l.via === "missing" && !l.problem);
+  if (!missing.length) return { bdfs: [], certain: false };
+  const recorded = new Set(Object.values(ctx.state.bindings).map((b) => b.bdf));
+  const ena: PciDevice[] = [];
+  for (const bdf of await listPciDevices(ctx.host)) {
+    const pci = await readPciDevice(ctx.host, bdf);
+    if (pci?.vendor === ENA_VENDOR && ENA_DPDK_DEVICE_IDS.includes(pci.device)) ena.push(pci);
+  }
+  const bdfs = ena.filter((d) => isDpdkDriver(d.driver) && !recorded.has(d.bdf)).map((d) => d.bdf);
+  const attached = (mac: string) => ctx.imdsNics.some((n) => n.mac.toLowerCase() === mac);
+  const certain =
+    bdfs.length > 0 &&
+    ena.length >= ctx.imdsNics.length &&
+    missing.every((l) => attached(l.target.mac.toLowerCase())) &&
+    ena.every((d) => d.netdevs.length > 0 || bdfs.includes(d.bdf));
+  return { bdfs, certain };
+}
+
+function strayProblem(l: LocatedDevice, strays: string[]): string {
+  const t = l.target;
+  const list = strays.join(", ");
+  return `no NIC carries ENI ${t.eniId ?? t.name}'s MAC ${t.mac.toLowerCase()}; ${list} ${strays.length > 1 ? "are" : "is"} on a DPDK driver with no record of eni-dpdk's (bound by hand or by another tool?), and a MAC can only be verified on the kernel driver: stop what uses ${strays.length > 1 ? "them" : "it"}, then \`eni-dpdk unbind ${strays[0]}\` and apply again`;
 }
 
 /** Problems that reject the whole stage before any mutation (bad input or an unsafe target). */
@@ -222,6 +257,11 @@ export async function applyHost(
   let located = await Promise.all(
     targets.map(async (t) => plan.located.find((l) => l.target === t) ?? locate(host, state, t)),
   );
+  const strays = await unrecordedOnDpdk(ctx, located);
+  if (strays.certain)
+    located = located.map((l) =>
+      l.via === "missing" && !l.problem ? { ...l, problem: strayProblem(l, strays.bdfs) } : l,
+    );
   if (located.some((l) => l.via === "missing" && !l.problem)) {
     const until = Math.min(ctx.deadline.remaining(), 60_000);
     await pollUntil(
@@ -232,6 +272,10 @@ export async function applyHost(
       { within: until, deadline: ctx.deadline, backoff: { firstMs: 20, maxMs: 250 } },
     );
   }
+  if (strays.bdfs.length)
+    located = located.map((l) =>
+      l.via === "missing" && !l.problem ? { ...l, problem: strayProblem(l, strays.bdfs) } : l,
+    );
   refuseInvalid(ctx, located);
 
   const dpdkTargets = located.filter((l) => l.target.dpdk.enabled && l.via !== "missing");

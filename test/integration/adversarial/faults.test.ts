@@ -2,7 +2,7 @@
 // dropped connections, IMDS that is late or flaky, a binding script that lies or dies, a kernel
 // that refuses the probe or lacks NOIOMMU, a NIC that never appears. Each ends well defined:
 // converged, or exit 1 with the node left as it was (devices on their kernel driver) and the reason.
-import { readFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import t from "tap";
 import { writeFakeBindingScript } from "../../../src/sim/kernel.js";
 import {
@@ -249,5 +249,32 @@ t.test(
     const r = await runCli(w, ["apply"], { env: { AWS_ENDPOINT_URL_EC2: "http://127.0.0.1:9" } });
     t.equal(r.code, 0, lastError(r));
     t.equal(w.sim.driverOf(DATA1_BDF), "vfio-pci");
+  },
+);
+
+t.test(
+  "faults: a device on vfio-pci with no record of it (bound by hand, or an older state) fails at once and says how to hand it back",
+  async (t) => {
+    const w = await world(t, { configToml: timeout(30) });
+    t.equal((await runCli(w, ["apply"])).code, 0);
+    const statePath = w.sim.p("/var/lib/eni-dpdk/state.json");
+    const state = JSON.parse(readFileSync(statePath, "utf8")) as { bindings: object };
+    state.bindings = {};
+    writeFileSync(statePath, JSON.stringify(state));
+    const t0 = Date.now();
+    const r = await runCli(w, ["apply"]);
+    t.equal(r.code, 1);
+    t.ok(Date.now() - t0 < 15_000, `failed in ${Date.now() - t0} ms, not after the 30 s deadline`);
+    t.match(
+      lastError(r),
+      new RegExp(`${DATA1_BDF} is on a DPDK driver with no record .*eni-dpdk unbind ${DATA1_BDF}`),
+    );
+    t.equal(w.sim.driverOf(DATA1_BDF), "vfio-pci", "the device is left where it was");
+    const back = await runCli(w, ["unbind", DATA1_BDF]);
+    t.equal(back.code, 0, lastError(back));
+    t.equal(w.sim.driverOf(DATA1_BDF), "ena", "unbind gave it back, so its MAC can be read");
+    const again = await runCli(w, ["apply"]);
+    t.equal(again.code, 0, lastError(again));
+    t.equal(w.sim.driverOf(DATA1_BDF), "vfio-pci", "and the next apply binds it, verified");
   },
 );

@@ -1,6 +1,7 @@
 import fs from "node:fs";
 import t from "tap";
 import { InputError, OpError } from "../../../src/core/errors.js";
+import { Deadline } from "../../../src/core/deadline.js";
 import { Host } from "../../../src/host/host.js";
 import { applyHost, planHost } from "../../../src/reconcile/host.js";
 import { JOURNAL_PATH, loadState } from "../../../src/host/state.js";
@@ -332,6 +333,76 @@ t.test(
       "the intent journalled as for a first bind",
     );
     t.equal(ctx.state.bindings[DATA1.mac].bdf, DATA1.bdf, "the record now names the real address");
+  },
+);
+
+/** data1 bound to vfio-pci, and the record of it gone (bound by hand, or an older version's state). */
+async function strayData1(sim: SimKernel): Promise<void> {
+  const ctx = stageCtx(sim);
+  const targets = [target("data1", DATA1.mac)];
+  await applyHost(ctx, targets, await planHost(ctx, targets));
+  if (sim.driverOf(DATA1.bdf) !== "vfio-pci") throw new Error("setup: data1 is not on vfio-pci");
+  fs.rmSync(sim.p("/var/lib/eni-dpdk/state.json"));
+}
+
+t.test(
+  "an ENI whose device sits on vfio-pci with no record: no wait for a NIC that cannot appear, and the error says what to do",
+  async (t) => {
+    const sim = node();
+    t.teardown(() => sim.close());
+    await strayData1(sim);
+    const ctx = stageCtx(sim, { deadline: new Deadline(20_000) });
+    const targets = [target("data1", DATA1.mac), target("data2", DATA2.mac)];
+    const before = sim.writes.length;
+    const t0 = Date.now();
+    const res = await applyHost(ctx, targets, await planHost(ctx, targets));
+    t.ok(Date.now() - t0 < 5_000, `done in ${Date.now() - t0} ms, not after the 20 s wait`);
+    t.same(
+      res.map((r) => [r.name, r.state]),
+      [
+        ["data1", "failed"],
+        ["data2", "bound"],
+      ],
+    );
+    t.match(
+      res[0].error,
+      new RegExp(
+        `no NIC carries .*${DATA1.mac}; ${DATA1.bdf} is on a DPDK driver with no record .*eni-dpdk unbind ${DATA1.bdf}`,
+      ),
+    );
+    t.same(
+      deviceWrites({ writes: sim.writes.slice(before) }, DATA1.bdf),
+      [],
+      "the stray untouched",
+    );
+    t.equal(sim.driverOf(DATA1.bdf), "vfio-pci");
+  },
+);
+
+t.test(
+  "a stray on vfio-pci does not stop the wait for an attached ENI's NIC still to appear",
+  async (t) => {
+    const sim = node();
+    t.teardown(() => sim.close());
+    await strayData1(sim);
+    const DATA3 = { bdf: "0000:00:09.0", mac: "02:00:00:00:00:09", ifname: "eth3" };
+    const ctx = stageCtx(sim, {
+      imdsNics: [
+        { mac: PRIMARY.mac, deviceNumber: 0, networkCard: 0 },
+        { mac: DATA1.mac, deviceNumber: 1, networkCard: 0 },
+        { mac: DATA2.mac, deviceNumber: 2, networkCard: 0 },
+        { mac: DATA3.mac, deviceNumber: 3, networkCard: 0 },
+      ],
+    });
+    const targets = [target("data3", DATA3.mac)];
+    const plan = await planHost(ctx, targets);
+    setTimeout(() => sim.addNic(DATA3), 300);
+    const res = await applyHost(ctx, targets, plan);
+    t.same(
+      res.map((r) => [r.name, r.state]),
+      [["data3", "bound"]],
+      "its NIC appeared and was bound",
+    );
   },
 );
 
