@@ -1,7 +1,7 @@
 // Child processes: an argv array (never a shell), a fixed minimal environment, our own timer.
 import { spawn } from "node:child_process";
-import { constants as osConstants } from "node:os";
 import { inputs } from "./inputs.js";
+import { lazyOs } from "./lazy.js";
 
 export interface RunResult {
   code: number;
@@ -56,7 +56,7 @@ export function run(
       clearTimeout(timer);
       // killed by a signal: 128 + its number, as a shell reports it
       resolve({
-        code: code ?? (signal ? 128 + (osConstants.signals[signal] ?? 0) : 1),
+        code: code ?? (signal ? 128 + (lazyOs().constants.signals[signal] ?? 0) : 1),
         stdout,
         stderr,
       });

@@ -2,12 +2,17 @@
 // root, so the same code runs on a fake root in unit tests, on a real kernel in QEMU, and on EC2.
 import { spawn } from "node:child_process";
 import {
+  chmod,
+  close,
   closeSync,
   constants as fsc,
+  fchmod,
   fchmodSync,
+  fsync,
   lstatSync,
+  mkdir,
+  open,
   openSync,
-  promises as fs,
   readdirSync,
   readFileSync,
   readlinkSync,
@@ -15,6 +20,9 @@ import {
   renameSync,
   rmSync,
   statSync,
+  unlink,
+  write,
+  writeFile,
   writeFileSync,
 } from "node:fs";
 import path from "node:path";
@@ -229,12 +237,9 @@ export class Host {
     inputs.spoil(`wrote ${abs}`);
     this.writes++;
     this.noteChange(`wrote ${JSON.stringify(value.trim())} to ${abs}`, abs);
-    const fh = await fs.open(this.path(abs), fsc.O_WRONLY | fsc.O_TRUNC);
-    try {
-      await fh.write(value);
-    } finally {
-      await fh.close();
-    }
+    await withFd(this.path(abs), fsc.O_WRONLY | fsc.O_TRUNC, 0, (fd) =>
+      done((cb) => write(fd, value, cb)),
+    );
   }
 
   /**
@@ -274,14 +279,11 @@ export class Host {
       this.renameInto(tmp, target);
       return true;
     }
-    const fh = await fs.open(tmp, flags, mode);
-    try {
-      await fh.writeFile(data);
-      await fh.chmod(mode);
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
+    await withFd(tmp, flags, mode, async (fd) => {
+      await done((cb) => writeFile(fd, data, cb));
+      await done((cb) => fchmod(fd, mode, cb));
+      await done((cb) => fsync(fd, cb));
+    });
     this.renameInto(tmp, target);
     await fsyncDir(dir);
     return true;
@@ -313,7 +315,7 @@ export class Host {
     return this.fileTurns.run(abs, async () => {
       inputs.spoil(`removed ${abs}`);
       try {
-        await fs.unlink(this.path(abs));
+        await done((cb) => unlink(this.path(abs), cb));
         this.writes++;
         this.noteChange(`removed ${abs}`, abs);
         return true;
@@ -336,12 +338,12 @@ export class Host {
       inputs.spoil(`made ${d}`);
       const want = OWN_DIRS.has(d) ? ownDirMode(d) : mode;
       try {
-        await fs.mkdir(this.path(d), want);
+        await done((cb) => mkdir(this.path(d), want, cb));
       } catch (e) {
         if ((e as NodeJS.ErrnoException).code !== "EEXIST") throw e;
         continue;
       }
-      await fs.chmod(this.path(d), want);
+      await done((cb) => chmod(this.path(d), want, cb));
     }
   }
 
@@ -471,12 +473,31 @@ function ownDirMode(d: string): number {
   return d === VAR_DIR ? 0o700 : 0o755;
 }
 
-async function fsyncDir(dir: string): Promise<void> {
-  const fh = await fs.open(dir, fsc.O_RDONLY);
+function fsyncDir(dir: string): Promise<void> {
+  return withFd(dir, fsc.O_RDONLY, 0, (fd) => done((cb) => fsync(fd, cb)));
+}
+
+/**
+ * fs's callback forms as promises, off the main thread as fs/promises is: that module would cost a
+ * boot its load (about 1 ms) and a FileHandle per file, for the few writes a boot makes.
+ */
+function done(start: (cb: (e: NodeJS.ErrnoException | null) => void) => void): Promise<void> {
+  return new Promise((resolve, reject) => start((e) => (e ? reject(e) : resolve())));
+}
+
+async function withFd<T>(
+  p: string,
+  flags: number,
+  mode: number,
+  use: (fd: number) => Promise<T>,
+): Promise<T> {
+  const fd = await new Promise<number>((resolve, reject) =>
+    open(p, flags, mode, (e, fd) => (e ? reject(e) : resolve(fd))),
+  );
   try {
-    await fh.sync();
+    return await use(fd);
   } finally {
-    await fh.close();
+    await done((cb) => close(fd, cb));
   }
 }
 
