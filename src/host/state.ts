@@ -77,6 +77,7 @@ export interface BindingRecord {
   driver: string;
   eniName: string;
   eniId?: string;
+  /** when this binding was first made; a reboot's rebind of the same binding keeps it */
   boundAt: string;
   /** the kernel netdev name before binding; nodeadm's cache is keyed by it (host stage) */
   ifname?: string;

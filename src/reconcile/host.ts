@@ -305,7 +305,7 @@ export async function applyHost(
   return results;
 }
 
-/** The same binding but perhaps for its time (the file's key order is not the code's). */
+/** The same binding, but perhaps for when it was made (the file's key order is not the code's). */
 function sameBinding(a: BindingRecord, b: BindingRecord): boolean {
   const keys = new Set([...Object.keys(a), ...Object.keys(b)]);
   keys.delete("boundAt");
@@ -404,13 +404,17 @@ async function prepareDpdkDevice(
         driver: t.dpdk.driver,
         eniName: t.name,
         ...(t.eniId ? { eniId: t.eniId } : {}),
-        boundAt: b.changed || !prev ? new Date().toISOString() : prev.boundAt,
+        boundAt: prev && !b.changed ? prev.boundAt : new Date().toISOString(),
         ...(ifname ? { ifname } : {}),
       };
-      const onFile = prev !== undefined && sameBinding(prev, rec);
+      // The same binding again (a reboot's rebind) keeps its record, time and all, as `early`'s
+      // does: nothing to write, and it was on file before the bind began.
+      if (prev && sameBinding(prev, rec)) {
+        rec = prev;
+        return;
+      }
       state.bindings[mac] = rec;
-      // A record on file but for its time needs no write of its own: applyHost's last save has it.
-      if (!onFile) await saveState(host, state);
+      await saveState(host, state);
     };
     try {
       const b = await bindDevice(host, bdf, t.dpdk.driver, {
