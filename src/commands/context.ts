@@ -28,11 +28,8 @@ export async function localConfig(
 ): Promise<{ config: Config; problems: Problem[]; local?: LocalSources }> {
   try {
     const local = await readLocal(ctx);
-    return {
-      config: buildConfig([...local.file.layers, ...local.env.layers]).config,
-      problems: [],
-      local,
-    };
+    local.merged = buildConfig([...local.file.layers, ...local.env.layers]);
+    return { config: local.merged.config, problems: [], local };
   } catch (e) {
     if (opts.strict || !(e instanceof InputError)) throw e;
     return { config: defaults(), problems: e.problems };

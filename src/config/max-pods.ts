@@ -16,20 +16,22 @@ export interface EniLimits {
 /** With prefix delegation the VPC CNI puts a /28 (16 addresses) in each secondary-address slot. */
 export const IPS_PER_PREFIX = 16;
 
-let byType: Map<string, EniLimits> | undefined;
-
-/** nodeadm's data for an instance type, or undefined when it is not in eni-dpdk's copy. */
+/**
+ * nodeadm's data for an instance type, or undefined when it is not in eni-dpdk's copy. The rows of
+ * the type's size are read, not all 1384 types put in a map: a boot looks up one type.
+ */
 export function eniLimits(instanceType: string): EniLimits | undefined {
-  if (!byType) {
-    byType = new Map();
-    for (const row of ENI_LIMITS_TABLE) {
-      const m = /^(\d+)\/(\d+) (\S+): (.+)$/.exec(row);
-      if (!m) throw new Error(`internal: bad ENI limits row "${row}"`);
-      const limits = { enis: Number(m[1]), ipv4PerEni: Number(m[2]) };
-      for (const family of m[4].split(" ")) byType.set(`${family}.${m[3]}`, limits);
-    }
+  const dot = instanceType.lastIndexOf(".");
+  if (dot <= 0) return undefined;
+  const family = instanceType.slice(0, dot);
+  const size = instanceType.slice(dot + 1);
+  for (const row of ENI_LIMITS_TABLE) {
+    const m = /^(\d+)\/(\d+) (\S+): (.+)$/.exec(row);
+    if (!m) throw new Error(`internal: bad ENI limits row "${row}"`);
+    if (m[3] === size && m[4].split(" ").includes(family))
+      return { enis: Number(m[1]), ipv4PerEni: Number(m[2]) };
   }
-  return byType.get(instanceType);
+  return undefined;
 }
 
 /** Pods the VPC CNI can address on `enis` ENIs (nodeadm's formula, or with /28 prefixes). */

@@ -43,6 +43,8 @@ const settle = <T>(p: Promise<T>): Promise<Settled<T>> =>
 export interface LocalSources {
   file: Provided;
   env: Provided;
+  /** their merge, once built without a problem */
+  merged?: EffectiveConfig;
 }
 
 /** Read the local sources. A command that read them for its session hands them to gather. */
@@ -62,11 +64,11 @@ export async function readLocal(ctx: SourceContext): Promise<LocalSources> {
  * the environment's last, above all.
  */
 export async function gather(ctx: SourceContext, local?: LocalSources): Promise<Gathered> {
-  const { file, env } = local ?? (await readLocal(ctx));
+  const { file, env, merged } = local ?? (await readLocal(ctx));
   const problems: Problem[] = [];
   let order: SourceName[] = defaults().service.sources;
   try {
-    order = buildConfig([...file.layers, ...env.layers]).config.service.sources;
+    order = (merged ?? buildConfig([...file.layers, ...env.layers])).config.service.sources;
   } catch (e) {
     // Keep going with the default sources so one run reports every problem.
     if (!(e instanceof InputError)) throw e;
