@@ -25,6 +25,7 @@ const bundles = (opt("--bundle").length ? opt("--bundle") : [path.join(repo, "di
   path.resolve(d),
 );
 const ioFloor = path.join(repo, "scripts/bench/io-floor.mjs");
+const settleWaits = path.join(repo, "scripts/bench/settle-waits.mjs");
 // The AMI's own files, as systemd-modules-load reads them at boot.
 const amiModules = modulesLoadOf(
   readFileSync(path.join(repo, "etc/modules-load.d/eni-dpdk.conf"), "utf8"),
@@ -187,6 +188,20 @@ async function main() {
       );
       console.log(
         row(`first boot: \`apply\` creates and attaches 3 ENIs over EC2, binds 2${label}`, s.first),
+      );
+    }
+    // Apart from the timed runs: the steady state's sleeps while the simulated kernel answers.
+    for (const s of subjects) {
+      const cli = path.join(s.bundle, "eni-dpdk.mjs");
+      const waits: { n: number; ms: number; anyMs: number }[] = [];
+      for (let i = 0; i < Math.min(runs, 15); i++) {
+        s.world.reboot({ modulesLoad: amiModules });
+        const r = await measure([node, "--import", settleWaits, cli, "apply"], s.env);
+        const m = /SETTLE_WAITS (.*)/.exec(r.stderr);
+        if (m) waits.push(JSON.parse(m[1]) as { n: number; ms: number; anyMs: number });
+      }
+      console.log(
+        `${path.relative(repo, s.bundle) || s.bundle}: a steady-state apply sleeps ${median(waits.map((w) => w.n))} times (median of ${waits.length}) while the simulated kernel answers its writes, ${median(waits.map((w) => w.ms)).toFixed(1)} ms summed over the devices bound at once, ${median(waits.map((w) => w.anyMs)).toFixed(1)} ms with one or more asleep (scripts/bench/settle-waits.mjs); a real kernel has acted when the write returns`,
       );
     }
     for (const s of subjects) {
