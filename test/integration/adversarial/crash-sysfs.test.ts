@@ -3,7 +3,8 @@
 // the crash points).
 import { readFileSync, statSync } from "node:fs";
 import path from "node:path";
-import t from "tap";
+import t, { type Test } from "tap";
+import type { World } from "../../../src/sim/world.js";
 import { Host } from "../../../src/host/host.js";
 import { JOURNAL_PATH, loadState, STATE_PATH } from "../../../src/host/state.js";
 import { assertNoneDriverless, baseToml, lastError, runCli, world } from "../../support/harness.js";
@@ -18,6 +19,14 @@ import {
 } from "../../support/crash.js";
 
 crashPointTests(CRASH_POINTS.filter((p) => p.syscall?.call === "write"));
+
+/** A node converged by one apply, then rebooted: its devices back on ena, the state kept. */
+async function rebooted(t: Test, configToml: string): Promise<World> {
+  const w = await world(t, { configToml });
+  t.equal((await runCli(w, ["apply"])).code, 0);
+  w.reboot();
+  return w;
+}
 
 t.test(
   "crash: killed between unbind and probe, then the node reboots; early and apply converge",
@@ -101,9 +110,7 @@ t.test(
 t.test(
   "crash: `eni-dpdk early` killed between unbind and probe at boot; the full apply converges",
   async (t) => {
-    const w = await world(t, { configToml: baseToml() });
-    t.equal((await runCli(w, ["apply"])).code, 0);
-    w.reboot();
+    const w = await rebooted(t, baseToml());
     const killed = await crashRun(w, ["early"], {
       name: "probe",
       syscall: { call: "write", path: "/sys/bus/pci/drivers_probe" },
@@ -172,9 +179,7 @@ t.test(
       '  [eni.dpdk]\n  resource_name = "amazon.com/ena_dpdk"',
     );
     t.not(twoDpdk, baseToml(), "the config has two DPDK ENIs");
-    const w = await world(t, { configToml: twoDpdk });
-    t.equal((await runCli(w, ["apply"])).code, 0);
-    w.reboot();
+    const w = await rebooted(t, twoDpdk);
     const before = w.sim.writes.length;
     const killed = await crashRun(w, ["apply"], {
       name: "second probe",
@@ -224,9 +229,7 @@ t.test(
 t.test(
   "crash: after a reboot, killed at ena's unbind (the override written, no journal); the next apply takes the override back and binds",
   async (t) => {
-    const w = await world(t, { configToml: baseToml() });
-    t.equal((await runCli(w, ["apply"])).code, 0);
-    w.reboot();
+    const w = await rebooted(t, baseToml());
     const killed = await crashRun(w, ["apply"], {
       name: "unbind after a reboot",
       syscall: { call: "write", path: "/sys/bus/pci/drivers/ena/unbind" },

@@ -3,8 +3,8 @@ import t from "tap";
 import { InputError, OpError } from "../../../src/core/errors.js";
 import { Deadline } from "../../../src/core/deadline.js";
 import { Host } from "../../../src/host/host.js";
-import { applyHost, planHost } from "../../../src/reconcile/host.js";
-import { JOURNAL_PATH, loadState } from "../../../src/host/state.js";
+import { applyHost, planHost, type HostTarget } from "../../../src/reconcile/host.js";
+import { JOURNAL_PATH, loadState, type State } from "../../../src/host/state.js";
 import { SimKernel, writeFakeBindingScript } from "../../../src/sim/kernel.js";
 import { deviceNetdevs, listNetdevs, restoreDriver } from "../../../src/host/pci.js";
 import { collectStatus } from "../../../src/reconcile/status.js";
@@ -267,17 +267,22 @@ t.test("devices are bound at once: a slow unbind of one does not hold up the oth
   t.same(sim.errors, []);
 });
 
+/** The targets bound by one apply of the stage, then the node rebooted; the state as saved. */
+async function boundThenRebooted(sim: SimKernel, targets: HostTarget[]): Promise<State> {
+  const first = stageCtx(sim);
+  await applyHost(first, targets, await planHost(first, targets));
+  sim.reboot();
+  await sim.settle();
+  return loadState(new Host(sim.root));
+}
+
 t.test(
   "a reboot's rebind of recorded devices: no journal, no state write, the records as they were",
   async (t) => {
     const sim = node();
     t.teardown(() => sim.close());
     const targets = [target("data1", DATA1.mac), target("data2", DATA2.mac)];
-    const first = stageCtx(sim);
-    await applyHost(first, targets, await planHost(first, targets));
-    const before = await loadState(new Host(sim.root));
-    sim.reboot();
-    await sim.settle();
+    const before = await boundThenRebooted(sim, targets);
     const ctx = stageCtx(sim, { state: await loadState(new Host(sim.root)) });
     const written: string[] = [];
     const write = ctx.host.writeFileAtomic.bind(ctx.host);
@@ -307,11 +312,7 @@ t.test(
     const sim = node();
     t.teardown(() => sim.close());
     const targets = [target("data1", DATA1.mac)];
-    const first = stageCtx(sim);
-    await applyHost(first, targets, await planHost(first, targets));
-    sim.reboot();
-    await sim.settle();
-    const state = await loadState(new Host(sim.root));
+    const state = await boundThenRebooted(sim, targets);
     state.bindings[DATA1.mac].bdf = DATA2.bdf;
     const ctx = stageCtx(sim, { state });
     const journal: string[] = [];
