@@ -238,7 +238,7 @@ export class Host {
     this.writes++;
     this.noteChange(`wrote ${JSON.stringify(value.trim())} to ${abs}`, abs);
     await withFd(this.path(abs), fsc.O_WRONLY | fsc.O_TRUNC, 0, (fd) =>
-      done((cb) => write(fd, value, cb)),
+      viaCallback((cb) => write(fd, value, cb)),
     );
   }
 
@@ -280,9 +280,9 @@ export class Host {
       return true;
     }
     await withFd(tmp, flags, mode, async (fd) => {
-      await done((cb) => writeFile(fd, data, cb));
-      await done((cb) => fchmod(fd, mode, cb));
-      await done((cb) => fsync(fd, cb));
+      await viaCallback((cb) => writeFile(fd, data, cb));
+      await viaCallback((cb) => fchmod(fd, mode, cb));
+      await viaCallback((cb) => fsync(fd, cb));
     });
     this.renameInto(tmp, target);
     await fsyncDir(dir);
@@ -315,7 +315,7 @@ export class Host {
     return this.fileTurns.run(abs, async () => {
       inputs.spoil(`removed ${abs}`);
       try {
-        await done((cb) => unlink(this.path(abs), cb));
+        await viaCallback((cb) => unlink(this.path(abs), cb));
         this.writes++;
         this.noteChange(`removed ${abs}`, abs);
         return true;
@@ -338,12 +338,12 @@ export class Host {
       inputs.spoil(`made ${d}`);
       const want = OWN_DIRS.has(d) ? ownDirMode(d) : mode;
       try {
-        await done((cb) => mkdir(this.path(d), want, cb));
+        await viaCallback((cb) => mkdir(this.path(d), want, cb));
       } catch (e) {
         if ((e as NodeJS.ErrnoException).code !== "EEXIST") throw e;
         continue;
       }
-      await done((cb) => chmod(this.path(d), want, cb));
+      await viaCallback((cb) => chmod(this.path(d), want, cb));
     }
   }
 
@@ -474,14 +474,16 @@ function ownDirMode(d: string): number {
 }
 
 function fsyncDir(dir: string): Promise<void> {
-  return withFd(dir, fsc.O_RDONLY, 0, (fd) => done((cb) => fsync(fd, cb)));
+  return withFd(dir, fsc.O_RDONLY, 0, (fd) => viaCallback((cb) => fsync(fd, cb)));
 }
 
 /**
  * fs's callback forms as promises, off the main thread as fs/promises is: that module would cost a
  * boot its load (about 1 ms) and a FileHandle per file, for the few writes a boot makes.
  */
-function done(start: (cb: (e: NodeJS.ErrnoException | null) => void) => void): Promise<void> {
+function viaCallback(
+  start: (cb: (e: NodeJS.ErrnoException | null) => void) => void,
+): Promise<void> {
   return new Promise((resolve, reject) => start((e) => (e ? reject(e) : resolve())));
 }
 
@@ -497,7 +499,7 @@ async function withFd<T>(
   try {
     return await use(fd);
   } finally {
-    await done((cb) => close(fd, cb));
+    await viaCallback((cb) => close(fd, cb));
   }
 }
 

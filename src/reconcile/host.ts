@@ -258,10 +258,11 @@ export async function applyHost(
     targets.map(async (t) => plan.located.find((l) => l.target === t) ?? locate(host, state, t)),
   );
   const strays = await unrecordedOnDpdk(ctx, located);
-  if (strays.certain)
-    located = located.map((l) =>
+  const nameStrays = () =>
+    (located = located.map((l) =>
       l.via === "missing" && !l.problem ? { ...l, problem: strayProblem(l, strays.bdfs) } : l,
-    );
+    ));
+  if (strays.certain) nameStrays();
   if (located.some((l) => l.via === "missing" && !l.problem)) {
     const until = Math.min(ctx.deadline.remaining(), 60_000);
     await pollUntil(
@@ -272,10 +273,7 @@ export async function applyHost(
       { within: until, deadline: ctx.deadline, backoff: { firstMs: 20, maxMs: 250 } },
     );
   }
-  if (strays.bdfs.length)
-    located = located.map((l) =>
-      l.via === "missing" && !l.problem ? { ...l, problem: strayProblem(l, strays.bdfs) } : l,
-    );
+  if (strays.bdfs.length) nameStrays();
   refuseInvalid(ctx, located);
 
   const dpdkTargets = located.filter((l) => l.target.dpdk.enabled && l.via !== "missing");
