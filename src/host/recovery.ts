@@ -1,5 +1,6 @@
 import { deviceNodeFor, readPciDevice, restoreDriver } from "./pci.js";
 import {
+  type BindingRecord,
   type InflightOp,
   JOURNAL_PATH,
   journalEnd,
@@ -111,26 +112,11 @@ export async function recoverInflight(
       { driver: rb.driver, ifname: rb.ifname },
     );
   }
-  // A bind its record describes writes no journal entry (BindOptions.recorded): a recorded device
-  // that carries our override but is not on the recorded driver was interrupted. Driverless
-  // (between unbind and probe), it would keep its netdev away for good. Back to its kernel driver,
-  // as the journal's rollback does; the caller binds it again. (Also what an older version, or a
-  // hand-made override, leaves.)
-  for (const rec of Object.values(state.bindings)) {
-    const dev = await readPciDevice(host, rec.bdf);
-    if (
-      !dev ||
-      dev.driver === rec.driver ||
-      dev.vendor !== rec.vendor ||
-      dev.device !== rec.device ||
-      dev.override !== rec.driver
-    )
-      continue;
+  for (const { rec, was } of await interruptedRecordedBinds(host, state)) {
     const rb = await restoreDriver(host, rec.bdf, rec.originalDriver || undefined, {
       log,
       mac: rec.mac,
     });
-    const was = dev.driver ? `on ${dev.driver} with the override ${rec.driver}` : "driverless";
     out.push({
       bdf: rec.bdf,
       op: "bind",
@@ -143,6 +129,36 @@ export async function recoverInflight(
         was,
         driver: rb.driver,
       });
+  }
+  return out;
+}
+
+/**
+ * Binds cut off that no journal entry names: a bind its record describes writes none
+ * (BindOptions.recorded). A recorded device that carries our override but is not on the recorded
+ * driver was interrupted; driverless (between unbind and probe), it would keep its netdev away for
+ * good. Recovery gives it back to its kernel driver, as the journal's rollback does, and the caller
+ * binds it again. (Also what an older version, or a hand-made override, leaves.)
+ */
+export async function interruptedRecordedBinds(
+  host: Host,
+  state: State,
+): Promise<{ rec: BindingRecord; was: string }[]> {
+  const out: { rec: BindingRecord; was: string }[] = [];
+  for (const rec of Object.values(state.bindings)) {
+    const dev = await readPciDevice(host, rec.bdf);
+    if (
+      !dev ||
+      dev.driver === rec.driver ||
+      dev.vendor !== rec.vendor ||
+      dev.device !== rec.device ||
+      dev.override !== rec.driver
+    )
+      continue;
+    out.push({
+      rec,
+      was: dev.driver ? `on ${dev.driver} with the override ${rec.driver}` : "driverless",
+    });
   }
   return out;
 }

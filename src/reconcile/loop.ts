@@ -22,7 +22,7 @@ import { eniStage } from "./eni.js";
 import { hostStage } from "./host.js";
 import { maxPodsStage } from "./maxpods.js";
 import { NODEADM_DROPIN_DIR } from "../host/nodeadm-dropin.js";
-import { prepareHost } from "../host/recovery.js";
+import { interruptedRecordedBinds, prepareHost } from "../host/recovery.js";
 import { nodeEniStage } from "./nodeeni.js";
 import { summaryLine, writeStatusFile, type ApplyOutcome } from "./outcome.js";
 import { notePrimary, preflight } from "./preflight.js";
@@ -138,6 +138,14 @@ async function pass(
           kind: "recover",
           target: op.bdf,
           detail: `finish or roll back the ${op.op} (${op.from || "no driver"} → ${op.to || "kernel driver"}) that pid ${op.pid} began at ${op.startedAt}`,
+        });
+      }
+      for (const { rec, was } of await interruptedRecordedBinds(host, state)) {
+        actions.push({
+          stage: "host",
+          kind: "recover",
+          target: rec.bdf,
+          detail: `roll back the interrupted bind of ${rec.eniName} (${was}) to ${rec.originalDriver || "its kernel driver"}, then bind it again`,
         });
       }
     }

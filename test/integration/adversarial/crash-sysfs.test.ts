@@ -70,6 +70,13 @@ t.test(
       name: "probe",
       syscall: { call: "write", path: "/sys/bus/pci/drivers_probe" },
     });
+    const plan = await runCli(w, ["plan"]);
+    t.match(
+      plan.stdout,
+      new RegExp(`host +recover +${DATA1_BDF} +finish or roll back the bind \\(ena → vfio-pci\\)`),
+      "plan shows the journal's interrupted bind",
+    );
+    t.equal(w.sim.driverOf(DATA1_BDF), undefined, "and leaves it as it is");
     const t0 = Date.now();
     const r = await runCli(w, ["apply"]);
     t.equal(r.code, 0, lastError(r));
@@ -243,6 +250,19 @@ t.test(
       "with our override on it: the window is real",
     );
     t.throws(() => statSync(w.sim.p(JOURNAL_PATH)), "no journal: the record is the intent");
+    const plan = await runCli(w, ["plan"]);
+    t.match(
+      plan.stdout,
+      new RegExp(
+        `host +recover +${DATA1_BDF} +roll back the interrupted bind of data1 \\(on ena with the override vfio-pci\\) to ena, then bind it again`,
+      ),
+      "plan shows what recovery will do",
+    );
+    t.equal(
+      readFileSync(w.sim.p(`/sys/bus/pci/devices/${DATA1_BDF}/driver_override`), "utf8").trim(),
+      "vfio-pci",
+      "and plan did not do it",
+    );
     const r = await runCli(w, ["apply"]);
     t.equal(r.code, 0, lastError(r));
     t.ok(
