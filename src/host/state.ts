@@ -2,7 +2,8 @@
 // (when bound devices have no netdev) and `reset` know what is ours. Written atomically under the lock.
 // Beside it, the intent journal inflight.json: every sysfs bind or restore is recorded there before
 // its first write and cleared after it is verified, so a process killed half-way is finished or
-// rolled back by the next one (recoverInflight in pci.ts) before anything else.
+// rolled back by the next one (host/recovery.ts) before anything else. A rebind that its binding
+// record already describes needs no entry: the record is its intent (BindOptions.recorded).
 import { InputError } from "../core/errors.js";
 import type { Host } from "./host.js";
 import { RUN_DIR, VAR_DIR } from "./root.js";
