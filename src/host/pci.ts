@@ -6,7 +6,7 @@ import { OpError } from "../core/errors.js";
 import { type Host } from "./host.js";
 import { run } from "../core/process.js";
 import type { Logger } from "../core/log.js";
-import { type BindingRecord, journalBegin, journalEnd, JOURNAL_PATH, STATE_PATH } from "./state.js";
+import { type BindingRecord, journalBegin, journalEnd, JOURNAL_PATH } from "./state.js";
 import { BDF_RE, isDpdkDriver } from "../config/facts.js";
 import { type GuardFacts, guardViolations } from "./guard.js";
 
@@ -250,21 +250,19 @@ export async function bindDevice(
 
   const original = dev.driver;
   const log = opts.log.child({ bdf, driver: target, original_driver: original ?? "none" });
+  const intent = {
+    op: "bind" as const,
+    bdf,
+    vendor: dev.vendor,
+    device: dev.device,
+    ...(mac ? { mac } : {}),
+    from: original ?? "",
+    to: target,
+    ...(opts.eni ? { eniName: opts.eni.name, ...(opts.eni.id ? { eniId: opts.eni.id } : {}) } : {}),
+    ...(ifname ? { ifname } : {}),
+  };
   const onRecord = !opts.script && describesBind(opts.recorded, dev, target, mac);
-  if (!onRecord)
-    await journalBegin(host, {
-      op: "bind",
-      bdf,
-      vendor: dev.vendor,
-      device: dev.device,
-      ...(mac ? { mac } : {}),
-      from: original ?? "",
-      to: target,
-      ...(opts.eni
-        ? { eniName: opts.eni.name, ...(opts.eni.id ? { eniId: opts.eni.id } : {}) }
-        : {}),
-      ...(ifname ? { ifname } : {}),
-    });
+  if (!onRecord) await journalBegin(host, intent);
   try {
     if (opts.script) await bindWithScript(host, dev, target, opts.script, log);
     else await bindNative(host, dev, target, log);
@@ -285,11 +283,14 @@ export async function bindDevice(
     log.error("bind failed; restoring the original driver", { error: why });
     const rb = await restoreDriver(host, bdf, original, { log, mac, journal: false });
     if (rb.ok && !onRecord) await journalEnd(host, bdf);
+    // A rollback left unfinished, with our override already taken back, is more than the record
+    // can tell the next run: it goes into the journal, whose recovery retries it.
+    if (!rb.ok && onRecord) await journalBegin(host, intent);
     throw new OpError(
       `binding ${bdf} to ${target} failed: ${why}; ${rb.ok ? `restored to ${rb.driver ?? "no driver"}${rb.ifname ? ` (netdev ${rb.ifname} is back)` : ""}` : `ROLLBACK INCOMPLETE: ${rb.problem}`}`,
       rb.ok
         ? `see \`dmesg | tail\` for the probe error; \`eni-dpdk status\` shows the host's NOIOMMU and driver state`
-        : `the next eni-dpdk run retries the rollback (it is in ${onRecord ? STATE_PATH : JOURNAL_PATH}); by hand: \`echo > ${PCI_DEVICES}/${bdf}/driver_override; echo ${bdf} > ${DRIVERS_PROBE}\` and check \`dmesg\``,
+        : `the next eni-dpdk run retries the rollback (it is in ${JOURNAL_PATH}); by hand: \`echo > ${PCI_DEVICES}/${bdf}/driver_override; echo ${bdf} > ${DRIVERS_PROBE}\` and check \`dmesg\``,
       { bdf, target, original_driver: original, rolled_back: rb.ok },
       { cause: e },
     );

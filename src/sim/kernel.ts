@@ -114,7 +114,7 @@ export class SimKernel {
   private readonly watchers = new Map<string, fs.FSWatcher>();
   private readonly lastOwnContent = new Map<string, string>();
   private readonly actionReaders = new Map<string, net.Socket>();
-  private readonly failProbe = new Set<string>();
+  private readonly failProbe = new Map<string, number>();
   private readonly slowUnbind = new Map<string, number>();
   private noiommuSupport: boolean;
   private readonly iommu: boolean;
@@ -333,9 +333,12 @@ export class SimKernel {
     this.slowUnbind.set(bdf, ms);
   }
 
-  /** The next vfio-pci/uio probe of this device fails (as without NOIOMMU): the device stays driverless. */
-  failNextProbe(bdf: string): void {
-    this.failProbe.add(bdf);
+  /**
+   * The next `times` probes of this device fail (as vfio-pci's without NOIOMMU): it stays
+   * driverless. Twice fails a bind's probe and its rollback's.
+   */
+  failNextProbe(bdf: string, times = 1): void {
+    this.failProbe.set(bdf, times);
   }
 
   /** A route in the main table. `dest` is CIDR (IPv4 or IPv6). */
@@ -568,7 +571,12 @@ export class SimKernel {
 
   /** Try to bind `drv` to the device; returns false when the probe fails (device left driverless). */
   private probe(dev: SimDevice, drv: string): boolean {
-    if (this.failProbe.delete(dev.bdf)) return false;
+    const failing = this.failProbe.get(dev.bdf) ?? 0;
+    if (failing > 0) {
+      if (failing === 1) this.failProbe.delete(dev.bdf);
+      else this.failProbe.set(dev.bdf, failing - 1);
+      return false;
+    }
     if (drv === "vfio-pci" && !this.iommu && !this.noiommuOn()) return false; // -22 without NOIOMMU
     this.attach(dev, drv);
     return true;

@@ -7,9 +7,11 @@ import { applyHost, planHost, type HostTarget } from "../../../src/reconcile/hos
 import { JOURNAL_PATH, loadState, type State } from "../../../src/host/state.js";
 import { SimKernel, writeFakeBindingScript } from "../../../src/sim/kernel.js";
 import { deviceNetdevs, listNetdevs, restoreDriver } from "../../../src/host/pci.js";
+import { prepareHost } from "../../../src/host/recovery.js";
 import { collectStatus } from "../../../src/reconcile/status.js";
 import { renderStatus } from "../../../src/commands/status.js";
 import {
+  captureLog,
   config,
   DATA1,
   DATA2,
@@ -303,6 +305,34 @@ t.test(
     const after = await loadState(new Host(sim.root));
     t.same(after.bindings, before.bindings, "the same bindings on record, first-bound times kept");
     t.same(sim.errors, []);
+  },
+);
+
+t.test(
+  "a reboot's rebind whose rollback fails too goes into the journal, and the next run finishes the rollback",
+  async (t) => {
+    const sim = node();
+    t.teardown(() => sim.close());
+    const targets = [target("data1", DATA1.mac)];
+    const ctx = stageCtx(sim, { state: await boundThenRebooted(sim, targets) });
+    sim.failNextProbe(DATA1.bdf, 2); // vfio-pci's probe, then ena's in the rollback
+    const res = await applyHost(ctx, targets, await planHost(ctx, targets));
+    t.equal(res[0].state, "failed");
+    t.match(res[0].error, /ROLLBACK INCOMPLETE/);
+    t.equal(sim.driverOf(DATA1.bdf), undefined, "left driverless, our override taken back");
+    const journal = JSON.parse(fs.readFileSync(sim.p(JOURNAL_PATH), "utf8")) as {
+      ops: { bdf: string; from: string }[];
+    };
+    t.same(
+      journal.ops.map((o) => [o.bdf, o.from]),
+      [[DATA1.bdf, "ena"]],
+      "the journal holds what the record cannot tell",
+    );
+    const { log } = captureLog();
+    await prepareHost(simHost(sim), log);
+    await sim.settle();
+    t.equal(sim.driverOf(DATA1.bdf), "ena", "the next run gave it back to ena");
+    t.notOk(fs.existsSync(sim.p(JOURNAL_PATH)), "and emptied the journal");
   },
 );
 
