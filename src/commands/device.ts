@@ -4,7 +4,7 @@ import { BDF_RE, DPDK_DRIVERS, type DpdkDriver, isDpdkDriver, MAC_RE } from "../
 import { errorMessage, InputError, OpError } from "../core/errors.js";
 import path from "node:path";
 import { type Host } from "../host/host.js";
-import { Deadline } from "../core/deadline.js";
+import { Deadline, isoTime } from "../core/deadline.js";
 import {
   ensureNetworkdFile,
   markNodeadmUnmanaged,
@@ -191,7 +191,7 @@ export async function bindCommand(
           driver,
           eniName: r.eniName ?? "",
           ...(r.eniId ? { eniId: r.eniId } : {}),
-          boundAt: new Date().toISOString(),
+          boundAt: isoTime(),
           ...(r.ifname ? { ifname: r.ifname } : {}),
         };
       } else {

@@ -11,7 +11,7 @@ import { Host, HOST_READS, type HostRead } from "../host/host.js";
 import { resolveRoot, RUN_DIR, UNCHANGED_PATH } from "../host/root.js";
 import { TRUSTED_READS, trustedProbe, type TrustedRead } from "../host/trusted.js";
 import { ImdsClient } from "../cloud/imds.js";
-import { Deadline } from "../core/deadline.js";
+import { Deadline, isoTime } from "../core/deadline.js";
 import { Logger } from "../core/log.js";
 import { pidAlive } from "../core/process.js";
 import { STATUS_PATH } from "../host/state.js";
@@ -99,7 +99,7 @@ export async function keepRecord(
     const rec: UnchangedRecord = {
       version: VERSION,
       key: key!,
-      at: new Date().toISOString(),
+      at: isoTime(),
       observations,
       logged: inputs.logged,
       summary: o.summary,
@@ -204,7 +204,7 @@ export async function replayUnchanged(
     const i = await imdsDiff;
     if ("e" in i) throw i.e;
     if (i.d) return changed(i.d);
-    const now = new Date().toISOString();
+    const now = isoTime();
     const took = Date.now() - started;
     await host.writeFileAtomic(STATUS_PATH, restamp(rec, now, took), 0o644);
     for (const line of rec.logged) log[line.level](line.msg, line.fields);

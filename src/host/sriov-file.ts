@@ -3,6 +3,7 @@
 // plugin restarted on request. Ownership of entries is recorded per file in the state.
 import { type Config } from "../config/model.js";
 import { errorMessage } from "../core/errors.js";
+import { isoTime } from "../core/deadline.js";
 import type { Logger } from "../core/log.js";
 import { run } from "../core/process.js";
 import { saveState, type State } from "./state.js";
@@ -31,9 +32,8 @@ export function previousPath(state: State, filePath: string): string | undefined
   return p !== undefined && p !== filePath && state.sriov.owned.length > 0 ? p : undefined;
 }
 
-function stamp(d = new Date()): string {
-  return d
-    .toISOString()
+function stamp(): string {
+  return isoTime()
     .replace(/[-:]/g, "")
     .replace(/\.\d+Z$/, "Z");
 }

@@ -16,7 +16,7 @@ import {
   MAC_RE,
 } from "../config/facts.js";
 import { nullRecord } from "../core/records.js";
-import type { PaceState } from "../core/deadline.js";
+import { isoTime, type PaceState } from "../core/deadline.js";
 
 export const STATE_PATH = `${VAR_DIR}/state.json`;
 export const JOURNAL_PATH = `${VAR_DIR}/inflight.json`;
@@ -350,7 +350,7 @@ export function journalBegin(host: Host, op: Omit<InflightOp, "startedAt" | "pid
   }
   const same = batch.ops.findIndex((o) => o.bdf === op.bdf);
   if (same >= 0) batch.ops.splice(same, 1);
-  batch.ops.push({ ...op, startedAt: new Date().toISOString(), pid: process.pid });
+  batch.ops.push({ ...op, startedAt: isoTime(), pid: process.pid });
   return batch.written;
 }
 

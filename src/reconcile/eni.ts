@@ -17,7 +17,7 @@ import {
   type Ec2Factory,
 } from "../cloud/ec2.js";
 import { InputError, OpError, type Problem } from "../core/errors.js";
-import { Deadline, pollUntil, type Backoff } from "../core/deadline.js";
+import { Deadline, isoTime, pollUntil, type Backoff } from "../core/deadline.js";
 import { readNic, readNicNetwork } from "../cloud/imds.js";
 import { listNetdevs } from "../host/pci.js";
 import { lazyCrypto } from "../core/lazy.js";
@@ -895,7 +895,7 @@ async function runItem(
                 { Key: TAG_INSTANCE, Value: inst.instanceId },
                 { Key: TAG_NAME, Value: e.name },
                 { Key: TAG_NO_MANAGE, Value: "true" },
-                { Key: TAG_CREATED_AT, Value: new Date().toISOString() },
+                { Key: TAG_CREATED_AT, Value: isoTime() },
               ],
             },
           ],

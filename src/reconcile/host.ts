@@ -9,7 +9,7 @@ import {
   isDpdkDriver,
 } from "../config/facts.js";
 import { InputError, OpError, type Problem } from "../core/errors.js";
-import { pollUntil } from "../core/deadline.js";
+import { isoTime, pollUntil } from "../core/deadline.js";
 import { allSettledOrThrow } from "../core/turns.js";
 import { type Host } from "../host/host.js";
 import type { Logger } from "../core/log.js";
@@ -402,7 +402,7 @@ async function prepareDpdkDevice(
         driver: t.dpdk.driver,
         eniName: t.name,
         ...(t.eniId ? { eniId: t.eniId } : {}),
-        boundAt: prev && !b.changed ? prev.boundAt : new Date().toISOString(),
+        boundAt: prev && !b.changed ? prev.boundAt : isoTime(),
         ...(ifname ? { ifname } : {}),
       };
       // The same binding again (a reboot's rebind) keeps its record, time and all, as `early`'s

@@ -9,7 +9,7 @@
 // lists the changes.
 import path from "node:path";
 import { readNics } from "../cloud/imds.js";
-import { Deadline, monotonicMs } from "../core/deadline.js";
+import { Deadline, isoTime, monotonicMs } from "../core/deadline.js";
 import { errorMessage, formatProblem, InputError, OpError } from "../core/errors.js";
 import { emptyState, journalPending, loadState, saveState } from "../host/state.js";
 import { hugepageProblem, hugepageWants } from "../host/kernel.js";
@@ -88,7 +88,7 @@ async function pass(
 ): Promise<ReconcileResult> {
   const { log, host } = ctx;
   const t0 = monotonicMs();
-  const startedAt = new Date().toISOString();
+  const startedAt = isoTime();
   const timings: ApplyOutcome["timings"] = {};
   let mark = t0;
   const done = (stage: keyof ApplyOutcome["timings"], fields: Record<string, unknown> = {}) => {

@@ -16,6 +16,7 @@ import { KubeApiError, type NodeEniAttachment, type NodeEniObject } from "../clo
 import { stableJson } from "../core/records.js";
 import type { Stage } from "./stage.js";
 import { InputError } from "../core/errors.js";
+import { isoTime } from "../core/deadline.js";
 
 export const nodeEniStage: Stage = {
   name: "nodeeni",
@@ -154,10 +155,7 @@ export async function reportNodeEniStatus(
     input.session ??
     (input.imds && (await openNodeEniSession(input as NodeEniInput, report.warnings)));
   if (!session) return report;
-  const now = () =>
-    (input.now ?? (() => new Date()))()
-      .toISOString()
-      .replace(/\.\d{3}Z$/, "Z");
+  const now = () => isoTime(input.now?.().getTime()).replace(/\.\d{3}Z$/, "Z");
   const byNodeEni = new Map<string, NodeEniEniResult[]>();
   for (const r of results)
     byNodeEni.set(r.nodeEniName, [...(byNodeEni.get(r.nodeEniName) ?? []), r]);

@@ -4,6 +4,7 @@
 import { defaults, type Config } from "../config/model.js";
 import { fullResourceName, isDpdkDriver } from "../config/facts.js";
 import { errorMessage } from "../core/errors.js";
+import { isoTime } from "../core/deadline.js";
 import { type Host } from "../host/host.js";
 import { deviceNodeFor, listNetdevs, listPciDevices, readPciDevice } from "../host/pci.js";
 import { readRoutes, routeReasons } from "../host/guard.js";
@@ -231,7 +232,7 @@ export async function collectStatus(
     sriov.warnings.push(`could not inspect: ${errorMessage(e)}`);
   }
   return {
-    generatedAt: new Date().toISOString(),
+    generatedAt: isoTime(),
     host: {
       noiommu: k.noiommu,
       iommuPresent: k.iommuPresent,

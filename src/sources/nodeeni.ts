@@ -16,7 +16,7 @@ import { BDF_RE, ENI_NAME_RE, SG_ID_RE, SUBNET_ID_RE } from "../config/facts.js"
 import { FORBIDDEN_KEY_MESSAGE, isForbiddenKey, lookupTable, own } from "../core/records.js";
 import { InputError, OpError, type Problem } from "../core/errors.js";
 import { type Host } from "../host/host.js";
-import { delayFor, sleep, type Deadline } from "../core/deadline.js";
+import { delayFor, isoTime, sleep, type Deadline } from "../core/deadline.js";
 import { readLocalHostname, type Imds, type InstanceIdentity } from "../cloud/imds.js";
 import type { Logger } from "../core/log.js";
 import { lazyCrypto } from "../core/lazy.js";
@@ -560,7 +560,7 @@ export async function nodeEniLayers(input: NodeEniInput): Promise<NodeEniResult>
       fromCache: false,
       nodeName: "",
       items: [],
-      fetchedAt: new Date().toISOString(),
+      fetchedAt: isoTime(),
       applied: [],
     };
   }
@@ -569,7 +569,7 @@ export async function nodeEniLayers(input: NodeEniInput): Promise<NodeEniResult>
   const waitMs = input.apiWaitMs ?? Math.min(input.deadline.remaining() / 2, 120_000);
   let items: NodeEniObject[];
   let fromCache = false;
-  let fetchedAt = new Date().toISOString();
+  let fetchedAt = isoTime();
   try {
     items = checkNodeEniItems(
       await listWithWait(session, waitMs, log),

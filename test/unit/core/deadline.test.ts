@@ -1,7 +1,7 @@
 // The one wait and back-off home: Deadline (bounded, abortable sleeps) and BacklogPacer (pacing
 // against a shared token bucket learned from throttles alone), on a clock the test moves.
 import t from "tap";
-import { BacklogPacer, Deadline } from "../../../src/core/deadline.js";
+import { BacklogPacer, Deadline, isoTime } from "../../../src/core/deadline.js";
 
 const bucket = { capacity: 100, refillPerSec: 5 };
 
@@ -151,3 +151,25 @@ t.test(
     t.equal(junk.delayMs(), (p.slot * 200 * 1000) / 5, "a damaged one counts as absent");
   },
 );
+
+t.test("isoTime writes what toISOString writes, without asking for the time zone", async (t) => {
+  const cases = [
+    0,
+    -1, // 1969-12-31T23:59:59.999Z
+    Date.UTC(2024, 1, 29, 23, 59, 59, 7), // a leap day, one-digit milliseconds
+    Date.UTC(2026, 11, 4, 9, 5, 3, 40),
+    Date.UTC(1900, 0, 1),
+    new Date("0000-01-01T00:00:00.000Z").getTime(),
+    new Date("9999-12-31T23:59:59.999Z").getTime(),
+    new Date("+010000-01-01T00:00:00.000Z").getTime(), // expanded years: toISOString's own text
+    new Date("-000001-01-01T00:00:00.000Z").getTime(),
+  ];
+  for (const ms of cases) t.equal(isoTime(ms), new Date(ms).toISOString(), `at ${ms}`);
+  for (let i = 0; i < 50; i++) {
+    const ms = Math.floor((Math.random() - 0.2) * 8e12);
+    t.equal(isoTime(ms), new Date(ms).toISOString(), `at ${ms}`);
+  }
+  const now = Date.now();
+  t.ok(Math.abs(Date.parse(isoTime()) - now) < 1000, "no argument: now");
+  t.throws(() => isoTime(NaN), RangeError, "an invalid time throws as toISOString does");
+});
