@@ -1,9 +1,12 @@
-// Bundle the CLI with esbuild, in two parts:
+// Bundle the CLI with esbuild, in three parts:
 // - chunks/cli-<hash>.js: our own code as one CommonJS script, which the entry runs with a V8 code
 //   cache made after a run (src/core/code-cache.ts). The modules that must exist once for the
 //   entry and the script (HOST_MODULES) are not in it: it gets the entry's through `__host`.
-// - eni-dpdk.mjs and its chunks: the entry, those modules, and the vendor libraries as ESM chunks
-//   (yargs is ESM-only), each split out so it is parsed only when its command path needs it.
+// - chunks/vendor-<name>-<hash>.mjs and the chunks they share: each vendor library that
+//   src/core/lazy.ts imports on first use, as an ES module (yargs is ESM-only; the SDK's ES build
+//   tree-shakes), parsed only when its command path needs it.
+// - eni-dpdk.cjs: the entry and the host modules, CommonJS. A boot then never starts Node's ES
+//   module loader, which cost every apply 2-4 ms (docs/benchmarks.md).
 import { build } from "esbuild";
 import { createHash } from "node:crypto";
 import { mkdir, mkdtemp, readdir, readFile, rename, rm } from "node:fs/promises";
@@ -14,6 +17,17 @@ const HOST_MODULES = {
   "src/core/lazy.ts": "lazy",
   "src/core/signals.ts": "signals",
   "src/core/startup.ts": "startup",
+};
+
+/** The vendor libraries src/core/lazy.ts imports (its dynamic imports), each a chunk of its own. */
+const VENDOR = {
+  ec2: "src/core/vendor-ec2.ts",
+  "credential-provider": "@aws-sdk/credential-provider-node",
+  "signature-v4": "@smithy/signature-v4",
+  checksum: "@smithy/core/checksum",
+  yaml: "yaml",
+  toml: "toml",
+  yargs: "yargs",
 };
 
 const hostModules = {
@@ -82,28 +96,70 @@ try {
     Object.entries(script.metafile.outputs).find(([, o]) => o.entryPoint === entry)[0];
   scriptFile = scriptOf("src/cli.ts");
   unchangedFile = scriptOf("src/commands/unchanged.ts");
-  result = await build({
+  const vendor = await build({
     ...common,
-    entryPoints: { "eni-dpdk": "src/main.ts" },
-    outdir: staging,
+    entryPoints: Object.fromEntries(
+      Object.entries(VENDOR).map(([n, from]) => [`vendor-${n}`, from]),
+    ),
+    outdir: path.join(staging, "chunks"),
+    entryNames: "[name]-[hash]",
+    chunkNames: "[name]-[hash]",
     outExtension: { ".js": ".mjs" },
     splitting: true,
     format: "esm",
     // The SDK publishes ES builds beside CommonJS; only the ES ones tree-shake (2.9 MB → 2.5 MB).
     mainFields: ["module", "main"],
-    // sd-notify is a native addon, optional at run time; the notify seam loads it with require.
-    external: ["sd-notify"],
     // Bundled CommonJS (the AWS SDK, toml) still calls require() for Node built-ins.
     banner: {
       js: "import { createRequire as __cr } from 'node:module'; const require = __cr(import.meta.url);",
     },
-    chunkNames: "chunks/[name]-[hash]",
+  });
+  /** each vendor specifier → its chunk, as the entry imports it */
+  const vendorChunk = new Map(
+    Object.entries(VENDOR).map(([n, from]) => {
+      const file = Object.entries(vendor.metafile.outputs).find(
+        ([f, o]) => o.entryPoint && new RegExp(`/vendor-${n}-[A-Z0-9]+\\.mjs$`).test(f),
+      )?.[0];
+      if (!file) throw new Error(`no chunk for vendor ${n} (${from})`);
+      return [from, `./${path.relative(staging, file)}`];
+    }),
+  );
+  const vendorChunks = {
+    name: "vendor-chunks",
+    setup(b) {
+      b.onResolve({ filter: /.*/ }, (a) => {
+        if (a.kind !== "dynamic-import") return undefined;
+        const from = a.path === "./vendor-ec2.js" ? "src/core/vendor-ec2.ts" : a.path;
+        const chunk = vendorChunk.get(from);
+        if (!chunk) throw new Error(`${a.importer}: import(${a.path}) is not a vendor chunk`);
+        return { path: chunk, external: true };
+      });
+    },
+  };
+  result = await build({
+    ...common,
+    entryPoints: { "eni-dpdk": "src/main.ts" },
+    outdir: staging,
+    outExtension: { ".js": ".cjs" },
+    format: "cjs",
+    // sd-notify is a native addon, optional at run time; the notify seam loads it with require.
+    external: ["sd-notify"],
+    plugins: [vendorChunks],
+    // strict, as the ES module was: the banner goes before esbuild's own directive
+    banner: {
+      js: '"use strict";const __entryUrl = require("node:url").pathToFileURL(__filename).href;',
+    },
     define: {
+      "import.meta.url": "__entryUrl",
       ENI_DPDK_CLI_SCRIPT: JSON.stringify(path.relative(staging, scriptFile)),
       ENI_DPDK_UNCHANGED_SCRIPT: JSON.stringify(path.relative(staging, unchangedFile)),
     },
   });
-  result.metafile.outputs = { ...result.metafile.outputs, ...script.metafile.outputs };
+  result.metafile.outputs = {
+    ...result.metafile.outputs,
+    ...vendor.metafile.outputs,
+    ...script.metafile.outputs,
+  };
   const files = (dir) =>
     readdir(dir, { recursive: true, withFileTypes: true }).then((l) =>
       l.filter((f) => f.isFile()).map((f) => path.relative(dir, path.join(f.parentPath, f.name))),
@@ -117,8 +173,8 @@ try {
 } finally {
   await rm(staging, { recursive: true, force: true });
 }
-const outputs = Object.entries(result.metafile.outputs).filter(([f]) => /\.m?js$/.test(f));
+const outputs = Object.entries(result.metafile.outputs).filter(([f]) => /\.[cm]?js$/.test(f));
 const total = outputs.reduce((n, [, o]) => n + o.bytes, 0);
 console.log(
-  `built dist/eni-dpdk.mjs + ${outputs.length - 1} chunks (our code in ${path.basename(scriptFile)}), ${(total / 1024).toFixed(0)} KiB`,
+  `built dist/eni-dpdk.cjs + ${outputs.length - 1} chunks (our code in ${path.basename(scriptFile)}), ${(total / 1024).toFixed(0)} KiB`,
 );

@@ -6,7 +6,7 @@ import path from "node:path";
 import { World, sampleConfig } from "../src/sim/world.js";
 
 const repo = path.resolve(import.meta.dirname, "..");
-const bundle = path.join(repo, "dist/eni-dpdk.mjs");
+const bundle = path.join(repo, "dist/eni-dpdk.cjs");
 const bold = (s: string) => (process.stdout.isTTY ? `\x1b[1m${s}\x1b[0m` : s);
 
 function cli(world: World, args: string[]): Promise<number> {

@@ -32,8 +32,8 @@ if [ -n "$destdir" ]; then
 fi
 
 src="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-if [ ! -f "$src/opt/eni-dpdk/eni-dpdk.mjs" ]; then
-  echo "install.sh: $src/opt/eni-dpdk/eni-dpdk.mjs not found; run this script from an unpacked eni-dpdk release tarball (npm run package)" >&2
+if [ ! -f "$src/opt/eni-dpdk/eni-dpdk.cjs" ]; then
+  echo "install.sh: $src/opt/eni-dpdk/eni-dpdk.cjs not found; run this script from an unpacked eni-dpdk release tarball (npm run package)" >&2
   exit 1
 fi
 if [ -z "$destdir" ] && [ "$(id -u)" -ne 0 ]; then
@@ -72,7 +72,7 @@ cat >"$tmp" <<EOF
 # eni-dpdk launcher, written by install.sh. ENI_DPDK_NODE selects a Node binary explicitly.
 for node in "\${ENI_DPDK_NODE:-}" /usr/bin/node-22 /usr/bin/node-20 /usr/bin/node; do
   if [ -n "\$node" ] && [ -x "\$node" ]; then
-    exec "\$node" "$prefix/eni-dpdk.mjs" "\$@"
+    exec "\$node" "$prefix/eni-dpdk.cjs" "\$@"
   fi
 done
 echo "eni-dpdk: no Node.js 20+ found (ENI_DPDK_NODE, /usr/bin/node-22, /usr/bin/node-20, /usr/bin/node); on AL2023: dnf install -y nodejs22" >&2
@@ -137,7 +137,7 @@ else
     if [ -n "$candidate" ] && [ -x "$candidate" ]; then node="$candidate"; break; fi
   done
   if [ -n "$node" ]; then
-    "$node" "$app/eni-dpdk.mjs" validate "$config"
+    "$node" "$app/eni-dpdk.cjs" validate "$config"
   else
     say "note: no node on this host; skipped 'eni-dpdk validate' of $config"
   fi

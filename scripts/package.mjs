@@ -8,7 +8,7 @@
 // addon is ABI-specific, so it is built for that Node, and the package fails without it. Without
 // --node the tarball is for the Node running this script, and an addon that cannot be had is left out. The archive holds install.sh at its
 // root and the tree install.sh copies from (paths as on the target):
-//   opt/eni-dpdk/{eni-dpdk.mjs, chunks/, node_modules/sd-notify (for the target's ABI), VERSION, doc/}
+//   opt/eni-dpdk/{eni-dpdk.cjs, chunks/, node_modules/sd-notify (for the target's ABI), VERSION, doc/}
 //   usr/lib/systemd/system/{eni-dpdk,eni-dpdk-early}.service
 //   etc/eni-dpdk/config.toml, etc/modprobe.d/eni-dpdk.conf, etc/modules-load.d/eni-dpdk.conf
 // The tar is deterministic (sorted names, root owner, fixed mtime, no gzip timestamp), so the same
@@ -133,8 +133,8 @@ export function stage(
     0o644,
     (p) => !p.endsWith(".map") && !p.endsWith(".json") && path.basename(p) !== ".v8-cache",
   );
-  if (!fs.existsSync(path.join(opt, "eni-dpdk.mjs")))
-    throw new Error(`${bundleDir}/eni-dpdk.mjs missing: run npm run build`);
+  if (!fs.existsSync(path.join(opt, "eni-dpdk.cjs")))
+    throw new Error(`${bundleDir}/eni-dpdk.cjs missing: run npm run build`);
 
   const scratch = fs.mkdtempSync(path.join(os.tmpdir(), "eni-dpdk-addon-"));
   let addon;

@@ -9,7 +9,7 @@
 // With several --bundle directories (A/B), each gets its own simulated node and the runs of all of
 // them are interleaved, so machine load affects them alike.
 // Usage: npm run build && npx tsx scripts/bench/boot.ts [--runs 15] [--node /path/to/node] [--bundle DIR --bundle DIR2]
-import { readFileSync, writeFileSync } from "node:fs";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { cpus, tmpdir } from "node:os";
 import path from "node:path";
 import { World, modulesLoadOf, sampleConfig } from "../../src/sim/world.js";
@@ -24,13 +24,19 @@ const repo = path.resolve(import.meta.dirname, "../..");
 const bundles = (opt("--bundle").length ? opt("--bundle") : [path.join(repo, "dist")]).map((d) =>
   path.resolve(d),
 );
-const ioFloor = path.join(repo, "scripts/bench/io-floor.mjs");
+const ioFloor = path.join(repo, "scripts/bench/io-floor.cjs");
 const settleWaits = path.join(repo, "scripts/bench/settle-waits.mjs");
 // The AMI's own files, as systemd-modules-load reads them at boot.
 const amiModules = modulesLoadOf(
   readFileSync(path.join(repo, "etc/modules-load.d/eni-dpdk.conf"), "utf8"),
   readFileSync(path.join(repo, "etc/modprobe.d/eni-dpdk.conf"), "utf8"),
 );
+
+/** A bundle's entry: eni-dpdk.cjs, or eni-dpdk.mjs in a bundle built before 2026-12-04 (A/B). */
+const entryOf = (bundle: string) =>
+  existsSync(path.join(bundle, "eni-dpdk.cjs"))
+    ? path.join(bundle, "eni-dpdk.cjs")
+    : path.join(bundle, "eni-dpdk.mjs");
 
 type Sample = Timed;
 
@@ -67,7 +73,7 @@ async function subject(bundle: string): Promise<Subject> {
     ENI_DPDK_MODPROBE: path.join(world.root, "usr/sbin/modprobe"),
     ENI_DPDK_SETTLE_MS: "2000",
   });
-  const cli = path.join(bundle, "eni-dpdk.mjs");
+  const cli = entryOf(bundle);
   if ((await measure([node, cli, "apply"], env)).code !== 0)
     throw new Error(`${bundle}: first apply failed`);
   world.imds.requests.length = 0;
@@ -108,7 +114,7 @@ async function main() {
     // The floor replays the IMDS requests of the first subject's converged apply.
     const first = subjects[0];
     first.world.imds.requests.length = 0;
-    await measure([node, path.join(first.bundle, "eni-dpdk.mjs"), "apply"], first.env);
+    await measure([node, entryOf(first.bundle), "apply"], first.env);
     const imdsPaths = first.world.imds.requests.map((r) => r.path.replace(/^\/latest\//, ""));
     const pathsFile = path.join(tmpdir(), `eni-dpdk-bench-imds-${process.pid}.txt`);
     writeFileSync(pathsFile, imdsPaths.join("\n"));
@@ -118,7 +124,7 @@ async function main() {
       floor.push(await measure([node, "-e", "0"], first.env));
       io.push(await measure([node, ioFloor, pathsFile], first.env));
       for (const s of subjects) {
-        const cli = path.join(s.bundle, "eni-dpdk.mjs");
+        const cli = entryOf(s.bundle);
         for (const [ami, into] of [
           [true, s.steadyAmi],
           [false, s.steady],
@@ -156,7 +162,7 @@ async function main() {
     console.log(row("`node -e 0`", floor));
     console.log(
       row(
-        `I/O floor: the same ${imdsPaths.length} IMDS requests, flock, sysfs reads and status write, without eni-dpdk (io-floor.mjs)`,
+        `I/O floor: the same ${imdsPaths.length} IMDS requests, flock, sysfs reads and status write, without eni-dpdk (io-floor.cjs)`,
         io,
       ),
     );
@@ -192,7 +198,7 @@ async function main() {
     }
     // Apart from the timed runs: the steady state's sleeps while the simulated kernel answers.
     for (const s of subjects) {
-      const cli = path.join(s.bundle, "eni-dpdk.mjs");
+      const cli = entryOf(s.bundle);
       const waits: { n: number; ms: number; anyMs: number }[] = [];
       for (let i = 0; i < Math.min(runs, 15); i++) {
         s.world.reboot({ modulesLoad: amiModules });

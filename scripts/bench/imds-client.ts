@@ -70,7 +70,7 @@ async function measure(argv: string[], env: NodeJS.ProcessEnv): Promise<Timed> {
 const world = await World.start({ configToml: sampleConfig() });
 try {
   const env = world.env();
-  const cli = path.join(repo, "dist/eni-dpdk.mjs");
+  const cli = path.join(repo, "dist/eni-dpdk.cjs");
   await measure([node, cli, "apply"], env);
   world.imds.requests.length = 0;
   await measure([node, cli, "apply"], env);

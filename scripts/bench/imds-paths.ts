@@ -6,7 +6,7 @@ import path from "node:path";
 import { World, sampleConfig } from "../../src/sim/world.js";
 
 const repo = path.resolve(import.meta.dirname, "../..");
-const cli = path.join(repo, "dist/eni-dpdk.mjs");
+const cli = path.join(repo, "dist/eni-dpdk.cjs");
 const world = await World.start({ configToml: sampleConfig() });
 try {
   const env = world.env();

@@ -144,7 +144,7 @@ async function prepare(opts: { dpdk: boolean }): Promise<Built> {
     say("building the CLI bundle (npm run build)");
     await must(["npm", "run", "--silent", "build"], "npm run build", { quiet: true });
   } else say(`using the CLI bundle in ${dist} (E2E_DIST)`);
-  if (!existsSync(path.join(dist, "eni-dpdk.mjs"))) throw new Error(`no ${dist}/eni-dpdk.mjs`);
+  if (!existsSync(path.join(dist, "eni-dpdk.cjs"))) throw new Error(`no ${dist}/eni-dpdk.cjs`);
 
   // assets: the bundle (with its chunks), the guest program, the failing binding script
   const assets = path.join(WORK, "assets");

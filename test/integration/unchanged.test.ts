@@ -304,7 +304,7 @@ const applyWith = (w: World, copy: string) =>
   new Promise<{ code: number; stderr: string }>((resolve) =>
     execFile(
       NODE[0],
-      [...NODE.slice(1), path.join(copy, "eni-dpdk.mjs"), "apply"],
+      [...NODE.slice(1), path.join(copy, "eni-dpdk.cjs"), "apply"],
       { env: { ...w.env(), CACHE_DIRECTORY: path.join(copy, "cache") } },
       (e, _out, stderr) => resolve({ code: e ? Number(e.code ?? 1) : 0, stderr }),
     ),

@@ -57,7 +57,7 @@ t.test("npm run package builds a deterministic tarball with install.sh at its ro
   const entries = new Map(listing.map((l) => [l.split(/\s+/).at(-1)!.replace(/^\.\//, ""), l]));
   for (const p of [
     "install.sh",
-    "opt/eni-dpdk/eni-dpdk.mjs",
+    "opt/eni-dpdk/eni-dpdk.cjs",
     "opt/eni-dpdk/VERSION",
     "usr/lib/systemd/system/eni-dpdk.service",
     "usr/lib/systemd/system/eni-dpdk-early.service",
@@ -111,7 +111,7 @@ t.test("install.sh into a DESTDIR, twice: same tree, right modes, units enabled"
   const expect: Record<string, RegExp> = {
     "usr/bin/eni-dpdk": /^file 0755 /,
     "opt/eni-dpdk": /^dir 0755$/,
-    "opt/eni-dpdk/eni-dpdk.mjs": /^file 0644 /,
+    "opt/eni-dpdk/eni-dpdk.cjs": /^file 0644 /,
     "opt/eni-dpdk/doc/troubleshooting.md": /^file 0644 /, // the units' Documentation=
     "usr/lib/systemd/system/eni-dpdk.service": /^file 0644 /,
     "usr/lib/systemd/system/eni-dpdk-early.service": /^file 0644 /,
@@ -151,7 +151,7 @@ t.test("install.sh into a DESTDIR, twice: same tree, right modes, units enabled"
       process.execPath,
       [
         "-e",
-        `const r = require("node:module").createRequire(${JSON.stringify(path.join(destdir, "opt/eni-dpdk/eni-dpdk.mjs"))}); process.stdout.write(typeof r("sd-notify").ready)`,
+        `const r = require("node:module").createRequire(${JSON.stringify(path.join(destdir, "opt/eni-dpdk/eni-dpdk.cjs"))}); process.stdout.write(typeof r("sd-notify").ready)`,
       ],
       {
         encoding: "utf8",
@@ -181,7 +181,7 @@ t.test(
   "the launcher execs node on the bundle (same PID, as NotifyAccess=main needs)",
   async (t) => {
     const launcher = fs.readFileSync(path.join(destdir, "usr/bin/eni-dpdk"), "utf8");
-    t.match(launcher, /exec "\$node" "\/opt\/eni-dpdk\/eni-dpdk\.mjs" "\$@"/);
+    t.match(launcher, /exec "\$node" "\/opt\/eni-dpdk\/eni-dpdk\.cjs" "\$@"/);
     // A stand-in "node" that reports its PID and argv: equal PIDs prove exec, not a child process.
     const fakeNode = path.join(work, "fake-node");
     fs.writeFileSync(fakeNode, '#!/bin/sh\necho "$$ $*"\n', { mode: 0o755 });
@@ -190,7 +190,7 @@ t.test(
       env: { ...process.env, ENI_DPDK_NODE: fakeNode },
     });
     t.equal(r.status, 0, r.stderr);
-    t.equal(r.stdout.trim(), `${r.pid} /opt/eni-dpdk/eni-dpdk.mjs run --log-level debug`);
+    t.equal(r.stdout.trim(), `${r.pid} /opt/eni-dpdk/eni-dpdk.cjs run --log-level debug`);
   },
 );
 
@@ -341,7 +341,7 @@ t.test(
     t.equal(run(["tar", "-xzf", path.join(out, path.basename(tarball)), "-C", x]).code, 0);
     const inst = run([path.join(x, "install.sh"), "--destdir", root]);
     t.equal(inst.code, 0, inst.err);
-    const bundle = path.join(root, "opt/eni-dpdk/eni-dpdk.mjs");
+    const bundle = path.join(root, "opt/eni-dpdk/eni-dpdk.cjs");
     const versionFile = fs.readFileSync(path.join(root, "opt/eni-dpdk/VERSION"), "utf8");
     t.match(versionFile, /for node v22\./, "VERSION names the target Node");
     t.match(versionFile, /sd-notify addon for NODE_MODULE_VERSION 127\b/);
@@ -450,11 +450,11 @@ t.test("--prefix moves the application and the launcher follows", async (t) => {
     "/usr/local/lib/eni-dpdk",
   ]);
   t.equal(r.code, 0, r.err);
-  t.ok(fs.existsSync(path.join(d, "usr/local/lib/eni-dpdk/eni-dpdk.mjs")));
+  t.ok(fs.existsSync(path.join(d, "usr/local/lib/eni-dpdk/eni-dpdk.cjs")));
   t.notOk(fs.existsSync(path.join(d, "opt/eni-dpdk")));
   t.match(
     fs.readFileSync(path.join(d, "usr/bin/eni-dpdk"), "utf8"),
-    /"\/usr\/local\/lib\/eni-dpdk\/eni-dpdk\.mjs"/,
+    /"\/usr\/local\/lib\/eni-dpdk\/eni-dpdk\.cjs"/,
   );
 });
 

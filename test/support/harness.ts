@@ -1,4 +1,4 @@
-// The harness of the integration tests. Every case runs the built bundle (dist/eni-dpdk.mjs) as a real
+// The harness of the integration tests. Every case runs the built bundle (dist/eni-dpdk.cjs) as a real
 // process against a World (IMDSv2 and EC2 emulators over HTTP, a simulated kernel on a fake root),
 // and asserts what the README promises: the exit code, a message naming the source and the key,
 // a byte-identical root and no EC2 mutation after a rejection, and convergence after a crash.
@@ -13,8 +13,8 @@ export { REPO } from "./repo.js";
 import { REPO } from "./repo.js";
 /** The bundle under test; ENI_DPDK_TEST_BUNDLE runs the suite against another build (e.g. a release). */
 export const BUNDLE = process.env.ENI_DPDK_TEST_BUNDLE
-  ? path.resolve(process.env.ENI_DPDK_TEST_BUNDLE, "eni-dpdk.mjs")
-  : path.join(REPO, "dist/eni-dpdk.mjs");
+  ? path.resolve(process.env.ENI_DPDK_TEST_BUNDLE, "eni-dpdk.cjs")
+  : path.join(REPO, "dist/eni-dpdk.cjs");
 
 /** Build the bundle once when it is missing or older than any source file (a lone `tap FILE` run). */
 export function ensureBundle(): void {
@@ -63,6 +63,8 @@ export interface RunOptions {
   killAt?: { path?: string; syscall?: string; when?: number };
   /** argv prefix that execs the rest (e.g. a shell that sets the umask first) */
   wrap?: string[];
+  /** node's own options, before the bundle (e.g. a --require probe) */
+  nodeArgs?: string[];
   /** record the syscalls named here (strace -e trace=…) into this file */
   traceTo?: { file: string; syscalls: string };
   /** called with the child's pid as soon as it runs (to signal it, or to arm an emulator hook) */
@@ -71,7 +73,7 @@ export interface RunOptions {
   cwd?: string;
 }
 
-/** Run the bundle: `node dist/eni-dpdk.mjs ARGS` with the world's environment. */
+/** Run the bundle: `node dist/eni-dpdk.cjs ARGS` with the world's environment. */
 export function runCli(
   world: World | undefined,
   args: string[],
@@ -81,7 +83,7 @@ export function runCli(
   // process (renames are all the main thread's, Host.renameInto).
   const traced = opts.killAt || opts.traceTo ? { UV_THREADPOOL_SIZE: "1" } : {};
   const env = { ...(world ? world.env() : { PATH: process.env.PATH }), ...traced, ...opts.env };
-  let argv = [...(opts.wrap ?? []), ...NODE, BUNDLE, ...args];
+  let argv = [...(opts.wrap ?? []), ...NODE, ...(opts.nodeArgs ?? []), BUNDLE, ...args];
   if (opts.killAt) {
     const k = opts.killAt;
     const sc = k.syscall ?? "openat";

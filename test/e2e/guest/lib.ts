@@ -13,7 +13,7 @@ import {
 import path from "node:path";
 import { bdfOf, type NicSpec, type StepResult } from "../topology.js";
 
-export const CLI = "/opt/eni-dpdk/eni-dpdk.mjs";
+export const CLI = "/opt/eni-dpdk/eni-dpdk.cjs";
 export const CONFIG = "/etc/eni-dpdk/config.toml";
 export const STATUS = "/run/eni-dpdk/status.json";
 export const STATE = "/var/lib/eni-dpdk/state.json";
