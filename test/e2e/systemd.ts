@@ -120,7 +120,7 @@ if [ -f /var/lib/e2e/boot1-done ]; then
     echo "--- show eni-dpdk"; show eni-dpdk.service
     echo "--- sysfs"; for b in ${bdfOf(DPDK1)}; do echo "$b driver=$(basename "$(readlink /sys/bus/pci/devices/$b/driver)")"; done; ls /dev/vfio
     echo "--- journal early"; journalctl -b -u eni-dpdk-early.service --no-pager -o cat | tail -n 12
-    echo "--- journal"; journalctl -b -u eni-dpdk.service --no-pager -o cat | tail -n 6
+    echo "--- journal"; journalctl -b -u eni-dpdk.service --no-pager -o cat | tail -n 40
     echo "--- code cache"; stat -c '%i %a %n' /var/cache/eni-dpdk /var/cache/eni-dpdk/*.v8
     echo "=== end"
   } > /out/s7b.txt 2>&1
