@@ -53,6 +53,12 @@ export interface GcResult {
   errors: { eniId: string; message: string }[];
 }
 
+/** The one read of a gc pass: the unattached ENIs that carry eni-dpdk's instance tag. */
+export const GC_FILTERS = [
+  { Name: "tag-key", Values: [TAG_INSTANCE] },
+  { Name: "status", Values: ["available"] },
+];
+
 /** One pass. Reads, then deletes at most `max_deletes` ENIs one at a time (none in a dry run). */
 export async function runGc(
   ctx: GcContext,
@@ -77,10 +83,7 @@ export async function runGc(
       "DescribeNetworkInterfaces",
       (NextToken) =>
         api.describeNetworkInterfaces({
-          Filters: [
-            { Name: "tag-key", Values: [TAG_INSTANCE] },
-            { Name: "status", Values: ["available"] },
-          ],
+          Filters: GC_FILTERS,
           MaxResults: 1000,
           NextToken,
         }),

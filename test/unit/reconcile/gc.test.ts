@@ -26,6 +26,7 @@ import {
   standardSeed,
   useDummyCredentials,
 } from "../../../src/sim/node.js";
+import { isGcDescribe } from "../../support/ec2-requests.js";
 
 useDummyCredentials();
 
@@ -184,6 +185,31 @@ t.test("EC2 answering in pages of two: every leaked ENI and every owner is read"
   t.ok(emu.enis.has(kept.id), "the live owner's ENI is kept");
   const pages = emu.requests.slice(from).filter((r) => r.action === "DescribeNetworkInterfaces");
   t.equal(pages.length, 3, "five ENIs in pages of two");
+});
+
+// The e2e reboot check allows this one read after READY, and only it (test/e2e/systemd.ts).
+t.test("a gc pass's reads are told apart from the ENI stage's describes", async (t) => {
+  const { emu, ec2, ctx } = await setup(t);
+  ours(emu, DEAD);
+  const from = emu.requests.length;
+  await runGc(ctx, ec2, { config: defaults(), dryRun: false });
+  const reads = emu.requests.slice(from).filter((r) => r.action === "DescribeNetworkInterfaces");
+  t.ok(reads.length >= 1, "the pass read the ENIs");
+  t.ok(
+    reads.every((r) => isGcDescribe(r.params)),
+    "each of its DescribeNetworkInterfaces is recognised",
+  );
+  const api = await ec2();
+  const at = emu.requests.length;
+  await api.describeNetworkInterfaces({
+    Filters: [{ Name: "tag-key", Values: [TAG_INSTANCE] }],
+  });
+  await api.describeNetworkInterfaces({ NetworkInterfaceIds: [[...emu.enis.keys()][0]] });
+  t.same(
+    emu.requests.slice(at).map((r) => isGcDescribe(r.params)),
+    [false, false],
+    "a describe with other filters, or by id, is not",
+  );
 });
 
 t.test("deletes are paced by the DeleteNetworkInterface bucket, not retried blind", async (t) => {
