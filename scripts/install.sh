@@ -128,7 +128,12 @@ if [ -z "$destdir" ] && command -v selinuxenabled >/dev/null && selinuxenabled &
 fi
 
 # 8. The installed config must validate. Under --destdir the launcher points at the final prefix,
-# so run the installed bundle with this host's node when there is one.
+# so run the installed bundle with this host's node when there is one. The run's caches (Node 22
+# keeps compiled code of the modules it loads) go to a directory of its own, removed after: an
+# install lays down its files and nothing of the machine that ran it.
+CACHE_DIRECTORY=$(mktemp -d)
+export CACHE_DIRECTORY
+trap 'rm -rf "$CACHE_DIRECTORY"' EXIT
 if [ -z "$destdir" ]; then
   /usr/bin/eni-dpdk validate /etc/eni-dpdk/config.toml
 else

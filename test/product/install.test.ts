@@ -99,7 +99,12 @@ t.test("npm run package builds a deterministic tarball with install.sh at its ro
 t.test("install.sh into a DESTDIR, twice: same tree, right modes, units enabled", async (t) => {
   fs.mkdirSync(unpacked, { recursive: true });
   t.equal(run(["tar", "-xzf", tarball, "-C", unpacked]).code, 0);
-  const install = () => run([path.join(unpacked, "install.sh"), "--destdir", destdir]);
+  // The install validates its config with this host's Node; Node 22 (CI exports its path) keeps
+  // compiled code of the modules a run loads, which must not land in the installed tree.
+  const install = () =>
+    run([path.join(unpacked, "install.sh"), "--destdir", destdir], {
+      env: { ...process.env, ENI_DPDK_NODE: process.env.ENI_DPDK_NODE22 ?? "" },
+    });
   const r1 = install();
   t.equal(r1.code, 0, r1.err);
   t.match(r1.out, /ok: .*config\.toml/, "the installed default config was validated");
@@ -135,6 +140,11 @@ t.test("install.sh into a DESTDIR, twice: same tree, right modes, units enabled"
     Object.keys(tree1).filter((p) => /\.(new|old|tmp)\.\d+/.test(p) || p.endsWith(".dist")),
     [],
     "no leftovers",
+  );
+  t.same(
+    Object.keys(tree1).filter((p) => p.includes(".v8-cache") || p.endsWith(".v8")),
+    [],
+    "no code cache of the validating run in the installed tree",
   );
   for (const [p, entry] of Object.entries(tree1)) {
     if (entry.startsWith("file") && p.startsWith("opt/eni-dpdk/"))
