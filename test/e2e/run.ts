@@ -166,6 +166,11 @@ async function prepare(opts: { dpdk: boolean }): Promise<Built> {
     path.join(assets, "opt/e2e/failing-bind"),
   );
   await fs.chmod(path.join(assets, "opt/e2e/failing-bind"), 0o755);
+  // the benchmark's count of timer waits, preloaded into scenario 3's apply
+  await fs.copyFile(
+    path.join(REPO, "scripts/bench/settle-waits.mjs"),
+    path.join(assets, "opt/e2e/settle-waits.mjs"),
+  );
   return { krel, kernel, base, assets, dpdkLayer };
 }
 

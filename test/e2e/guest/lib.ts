@@ -97,6 +97,26 @@ export function cli(...args: string[]): Promise<RunOut> {
   return run(["/usr/bin/node", CLI, ...args], cliEnv, 150_000, true);
 }
 
+/**
+ * The CLI with scripts/bench/settle-waits.mjs preloaded: its stderr ends with one line
+ * `SETTLE_WAITS {"n":…,"ms":…,"anyMs":…}`, the timer waits under a second it slept (the benchmark's
+ * count of the simulated kernel's, made here on a real one).
+ */
+export function cliCountingWaits(...args: string[]): Promise<RunOut> {
+  return run(
+    ["/usr/bin/node", "--import", "/opt/e2e/settle-waits.mjs", CLI, ...args],
+    cliEnv,
+    150_000,
+    true,
+  );
+}
+
+/** The parsed SETTLE_WAITS line of a run of cliCountingWaits, if it printed one. */
+export function settleWaits(stderr: string): { n: number; ms: number; anyMs: number } | undefined {
+  const m = /SETTLE_WAITS (\{.*\})/.exec(stderr);
+  return m ? (JSON.parse(m[1]) as { n: number; ms: number; anyMs: number }) : undefined;
+}
+
 /** The CLI with variables added to its environment (the seed's DPDK_BINDING_SCRIPT, say). */
 export function cliWithEnv(env: NodeJS.ProcessEnv, ...args: string[]): Promise<RunOut> {
   return run(["/usr/bin/node", CLI, ...args], { ...cliEnv, ...env }, 150_000, true);
