@@ -94,7 +94,11 @@ export function addonFor(target, scratch) {
   for (const [mod, list] of Object.entries(ADDON_FILES))
     for (const f of mod === "sd-notify" ? ADDON_SOURCES : list)
       copy(path.join(own, mod, f), path.join(modules, mod, f), 0o644);
-  fs.writeFileSync(path.join(scratch, "package.json"), '{"private": true}\n');
+  // allowScripts: npm 12 runs no dependency's install script it does not name
+  fs.writeFileSync(
+    path.join(scratch, "package.json"),
+    '{"private": true, "allowScripts": {"sd-notify": true}}\n',
+  );
   const prefix = path.dirname(path.dirname(fs.realpathSync(target.bin)));
   const headers = fs.existsSync(path.join(prefix, "include/node/node.h"))
     ? `--nodedir=${prefix}`
