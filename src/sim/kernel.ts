@@ -124,6 +124,8 @@ export class SimKernel {
   private modprobeLines = 0;
   private nextGroup = 0;
   private closed = false;
+  /** FIFOs made ahead, beside the root (see newFifo) */
+  private fifoPool?: { dir: string; free: string[]; made: number };
 
   private constructor(
     root: string,
@@ -491,6 +493,7 @@ export class SimKernel {
     this.watchers.clear();
     for (const r of this.actionReaders.values()) r.destroy();
     this.actionReaders.clear();
+    if (this.fifoPool) fs.rmSync(this.fifoPool.dir, { recursive: true, force: true });
     if (!opts.keep && !process.env.SIM_KEEP) fs.rmSync(this.root, { recursive: true, force: true });
   }
 
@@ -828,7 +831,7 @@ export class SimKernel {
     const f = this.p(abs);
     if (this.actionReaders.has(f)) return;
     fs.rmSync(f, { force: true });
-    execFileSync("mkfifo", ["-m", "200", f]);
+    this.newFifo(f);
     // read-write: a writer's open never waits for a reader, and the reader never sees end-of-file
     const fd = fs.openSync(f, fs.constants.O_RDWR | fs.constants.O_NONBLOCK);
     const reader = new net.Socket({ fd, readable: true, writable: false });
@@ -846,6 +849,25 @@ export class SimKernel {
       }
     });
     this.actionReaders.set(f, reader);
+  }
+
+  /**
+   * A new FIFO (mode 0200) at `f`. Node cannot make one, and each mkfifo(1) is a fork of the test
+   * process: a kernel needs 5 to 13 (606 forks in input.test). So one mkfifo makes 16 at a time in
+   * a directory beside the root, on its filesystem, and each is renamed into place: its own inode.
+   */
+  private newFifo(f: string): void {
+    const pool = (this.fifoPool ??= {
+      dir: fs.mkdtempSync(`${this.root}.fifos-`),
+      free: [],
+      made: 0,
+    });
+    if (!pool.free.length) {
+      const batch = Array.from({ length: 16 }, () => path.join(pool.dir, String(pool.made++)));
+      execFileSync("mkfifo", ["-m", "200", ...batch]);
+      pool.free.push(...batch.reverse());
+    }
+    fs.renameSync(pool.free.pop()!, f);
   }
 
   private unwatch(abs: string): void {
