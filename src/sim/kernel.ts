@@ -865,7 +865,7 @@ export class SimKernel {
     if (!pool.free.length) {
       const batch = Array.from({ length: 16 }, () => path.join(pool.dir, String(pool.made++)));
       execFileSync("mkfifo", ["-m", "200", ...batch]);
-      pool.free.push(...batch.reverse());
+      pool.free.push(...batch);
     }
     fs.renameSync(pool.free.pop()!, f);
   }
