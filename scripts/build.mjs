@@ -1,15 +1,17 @@
-// Bundle the CLI with esbuild, in three parts:
+// Bundle the CLI with esbuild, in four parts:
 // - chunks/cli-<hash>.js: our own code as one CommonJS script, which the entry runs with a V8 code
 //   cache made after a run (src/core/code-cache.ts). The modules that must exist once for the
 //   entry and the script (HOST_MODULES) are not in it: it gets the entry's through `__host`.
-// - chunks/vendor-<name>-<hash>.mjs and the chunks they share: each vendor library that
-//   src/core/lazy.ts imports on first use, as an ES module (yargs is ESM-only; the SDK's ES build
-//   tree-shakes), parsed only when its command path needs it.
+// - chunks/vendor-<name>-<hash>.js: the vendor libraries of a boot's path (VENDOR_SCRIPTS), each
+//   one CommonJS script that src/core/lazy.ts runs on first use, with a code cache of its own.
+// - chunks/vendor-<name>-<hash>.mjs and the chunks they share: the other vendor libraries lazy.ts
+//   imports on first use, as ES modules (yargs is ESM-only), parsed only when a command needs them.
 // - eni-dpdk.cjs: the entry and the host modules, CommonJS. A boot then never starts Node's ES
 //   module loader, which cost every apply 2-4 ms (docs/benchmarks.md).
 import { build } from "esbuild";
 import { createHash } from "node:crypto";
 import { mkdir, mkdtemp, readdir, readFile, rename, rm } from "node:fs/promises";
+import { isBuiltin } from "node:module";
 import path from "node:path";
 
 /** The entry's modules the script uses through `__host.<name>` (src/main.ts passes them). */
@@ -19,15 +21,43 @@ const HOST_MODULES = {
   "src/core/startup.ts": "startup",
 };
 
-/** The vendor libraries src/core/lazy.ts imports (its dynamic imports), each a chunk of its own. */
-const VENDOR = {
+/**
+ * The vendor libraries of a boot's path that src/core/lazy.ts imports, each built as one CommonJS
+ * script that the entry runs with a V8 code cache made after a run (core/code-cache.ts
+ * `vendorScript`), as our own script. The SDK's is self-contained: the EKS signing chunks below
+ * have their own copy of the smithy code they share with it, and nothing passes between the two.
+ */
+const VENDOR_SCRIPTS = {
   ec2: "src/core/vendor-ec2.ts",
+  toml: "toml",
+  yaml: "yaml",
+};
+
+/** The rest of lazy.ts's dynamic imports, each an ES chunk of its own (yargs is ESM-only). */
+const VENDOR = {
   "credential-provider": "@aws-sdk/credential-provider-node",
   "signature-v4": "@smithy/signature-v4",
   checksum: "@smithy/core/checksum",
-  yaml: "yaml",
-  toml: "toml",
   yargs: "yargs",
+};
+
+/**
+ * A vendor script's `import("node:http")` as a require: a classic script run by vm has no dynamic
+ * import, and on Node 22 the ES facade of node:http would load undici besides (14 ms).
+ */
+const builtinsRequired = {
+  name: "builtins-required",
+  setup(b) {
+    b.onResolve({ filter: /.*/ }, (a) =>
+      a.kind === "dynamic-import" && isBuiltin(a.path)
+        ? { path: a.path, namespace: "builtin" }
+        : undefined,
+    );
+    b.onLoad({ filter: /.*/, namespace: "builtin" }, (a) => ({
+      contents: `module.exports = require(${JSON.stringify(a.path)});`,
+      loader: "js",
+    }));
+  },
 };
 
 const hostModules = {
@@ -104,6 +134,31 @@ try {
     Object.entries(script.metafile.outputs).find(([, o]) => o.entryPoint === entry)[0];
   scriptFile = scriptOf("src/cli.ts");
   unchangedFile = scriptOf("src/commands/unchanged.ts");
+  const vendorScripts = await build({
+    ...common,
+    entryPoints: Object.fromEntries(
+      Object.entries(VENDOR_SCRIPTS).map(([n, from]) => [`vendor-${n}`, from]),
+    ),
+    outdir: path.join(staging, "chunks"),
+    entryNames: "[name]-[hash]",
+    format: "cjs",
+    // The SDK publishes ES builds beside CommonJS; only the ES ones tree-shake.
+    mainFields: ["module", "main"],
+    plugins: [builtinsRequired],
+  });
+  for (const [file, o] of Object.entries(vendorScripts.metafile.outputs))
+    if (o.imports.some((i) => i.kind === "dynamic-import"))
+      throw new Error(`${file}: a dynamic import is left, and vm runs the script without one`);
+  /** each vendor script's specifier (as lazy.ts imports it) → its file, relative to the entry */
+  const vendorScript = new Map(
+    Object.entries(VENDOR_SCRIPTS).map(([n, from]) => {
+      const file = Object.entries(vendorScripts.metafile.outputs).find(
+        ([f, o]) => o.entryPoint && new RegExp(`/vendor-${n}-[A-Z0-9]+\\.js$`).test(f),
+      )?.[0];
+      if (!file) throw new Error(`no script for vendor ${n} (${from})`);
+      return [from, { name: n, rel: `./${path.relative(staging, file)}` }];
+    }),
+  );
   const vendor = await build({
     ...common,
     entryPoints: Object.fromEntries(
@@ -138,9 +193,21 @@ try {
       b.onResolve({ filter: /.*/ }, (a) => {
         if (a.kind !== "dynamic-import") return undefined;
         const from = a.path === "./vendor-ec2.js" ? "src/core/vendor-ec2.ts" : a.path;
+        if (vendorScript.has(from)) return { path: from, namespace: "vendor-script" };
         const chunk = vendorChunk.get(from);
         if (!chunk) throw new Error(`${a.importer}: import(${a.path}) is not a vendor chunk`);
         return { path: chunk, external: true };
+      });
+      // The import yields the script's exports as `default` (lazy.ts's interop takes either).
+      b.onLoad({ filter: /.*/, namespace: "vendor-script" }, (a) => {
+        const { name, rel } = vendorScript.get(a.path);
+        return {
+          contents:
+            `import { vendorScript } from "./code-cache.ts";\n` +
+            `export default vendorScript(${JSON.stringify(rel)}, ${JSON.stringify(name)});\n`,
+          loader: "js",
+          resolveDir: path.resolve("src/core"),
+        };
       });
     },
   };
@@ -166,6 +233,7 @@ try {
   result.metafile.outputs = {
     ...result.metafile.outputs,
     ...vendor.metafile.outputs,
+    ...vendorScripts.metafile.outputs,
     ...script.metafile.outputs,
   };
   const files = (dir) =>
@@ -181,7 +249,11 @@ try {
     await mkdir(path.dirname(path.join(out, rel)), { recursive: true });
     await rename(path.join(staging, rel), path.join(out, rel));
   }
-  for (const rel of await files(out)) if (!made.includes(rel)) await rm(path.join(out, rel));
+  // The runs' caches in .v8-cache stay: those of the files kept above are still valid, and a
+  // run removes its own stale ones when it writes (src/core/code-cache.ts).
+  for (const rel of await files(out))
+    if (!made.includes(rel) && !rel.startsWith(`.v8-cache${path.sep}`))
+      await rm(path.join(out, rel));
 } finally {
   await rm(staging, { recursive: true, force: true });
 }

@@ -1,28 +1,37 @@
-// `npm test`: the bundle and the compiled tests, then the type check beside tap. tsc runs on one
-// core for 6–14 s; beside tap it fills the core the tests leave idle instead of holding both back.
-// Its report is printed after tap's, and either failing fails the run.
+// `npm test`: the bundle and the compiled tests, then the test files, each in a Node process of its
+// own, with the type check beside them. tsc runs on one core for 6–14 s; beside the tests it fills
+// the core they leave idle instead of holding both back. Its report is printed after the tests',
+// and either failing fails the run.
 //
-//   node scripts/test.mjs [--no-typecheck] [test/DIR | test/FILE.test.ts ...] [tap options]
+//   node scripts/test.mjs [--no-typecheck] [test/DIR | test/FILE.test.ts ...]
+//                         [--grep PATTERN] [--bail] [--jobs N] [--timeout SECONDS]
 //
-// Test paths pick the files to run (default: all of test/**/*.test.ts); tap runs their compiled
-// copies (scripts/build-tests.mjs), without tsx. Everything else goes to tap as it is.
+// Test paths pick the files to run (default: all of test/**/*.test.ts); their compiled copies
+// (scripts/build-tests.mjs) run without tsx. Each file is a tap test: it prints TAP and its counts,
+// and exits non-zero when an assertion failed. They run here rather than under tap's runner, which
+// puts its process-info hook into every test process and into every Node process a test starts:
+// on Node 20 that is a module loader on a thread of its own, and it cost the suite about a fifth
+// of its CPU (docs/benchmarks.md, 2026-12-07). package.json's "tap" section still says which
+// plugins the tests' tap is built with, and the jobs and the timeout used here.
 import { spawn } from "node:child_process";
 import {
   accessSync,
   constants,
   existsSync,
   mkdirSync,
-  readdirSync,
   readFileSync,
   statSync,
   writeFileSync,
 } from "node:fs";
 import path from "node:path";
+import { performance } from "node:perf_hooks";
+import { clearTimeout, setTimeout } from "node:timers";
 import { pathToFileURL } from "node:url";
 import { buildTests, testFiles } from "./build-tests.mjs";
 
 const repo = path.resolve(import.meta.dirname, "..");
 const bin = (name) => path.join(repo, "node_modules/.bin", name);
+const tapConfig = JSON.parse(readFileSync(path.join(repo, "package.json"), "utf8")).tap;
 
 /** Run argv; resolve with its exit code (and its output, when captured). */
 function run(argv, capture = false) {
@@ -51,15 +60,39 @@ function isWritableDir(dir) {
   }
 }
 
+function usage(problem) {
+  console.error(`test.mjs: ${problem}`);
+  console.error(
+    "usage: node scripts/test.mjs [--no-typecheck] [test/DIR | test/FILE.test.ts ...] " +
+      "[--grep PATTERN] [--bail] [--jobs N] [--timeout SECONDS]",
+  );
+  process.exit(2);
+}
+
 let typecheck = true;
+let grep;
+let bail = false;
+let jobs = tapConfig.jobs;
+let timeoutS = tapConfig.timeout;
 const picked = [];
-const tapArgs = [];
-for (const a of process.argv.slice(2)) {
+const args = process.argv.slice(2);
+for (let i = 0; i < args.length; i++) {
+  const a = args[i];
+  const [flag, inline] = a.startsWith("--") && a.includes("=") ? a.split(/=(.*)/s) : [a];
+  const value = () => inline ?? args[++i] ?? usage(`${flag} needs a value`);
+  const count = () => {
+    const v = value();
+    return /^[1-9]\d*$/.test(v) ? Number(v) : usage(`${flag} takes a whole number, not ${v}`);
+  };
   const rel = path.relative(repo, path.resolve(a));
   if (a === "--no-typecheck") typecheck = false;
+  else if (a === "--bail") bail = true;
+  else if (flag === "--grep") grep = value();
+  else if (flag === "--jobs") jobs = count();
+  else if (flag === "--timeout") timeoutS = count();
   else if (!a.startsWith("-") && rel.split(path.sep)[0] === "test" && existsSync(a))
     picked.push(rel);
-  else tapArgs.push(a);
+  else usage(`unknown argument ${JSON.stringify(a)}`);
 }
 const all = await testFiles();
 const selected = picked.length
@@ -72,8 +105,8 @@ if (!selected.length) {
 
 /**
  * Whether tap's Test class is built with the plugins package.json asks for. package.json drops
- * the plugins no test uses (each test process loads every plugin); tap rebuilds on a mismatch by
- * itself, but only after it has chosen that run's loaders, so a fresh install builds here first.
+ * the plugins no test uses (each test process loads every plugin), and tap's runner, which would
+ * rebuild on a mismatch, does not run here: a fresh install builds here first.
  */
 async function tapPluginsBuilt() {
   const tapjs = path.join(repo, "node_modules/@tapjs");
@@ -81,7 +114,7 @@ async function tapPluginsBuilt() {
     pathToFileURL(path.join(tapjs, "test/dist/esm/default-plugins.js")).href
   );
   const want = new Set(defaultPlugins);
-  for (const p of JSON.parse(readFileSync(path.join(repo, "package.json"), "utf8")).tap.plugin)
+  for (const p of tapConfig.plugin)
     if (p.startsWith("!")) want.delete(p.slice(1));
     else want.add(p);
   let built;
@@ -111,34 +144,97 @@ const timesFile = path.join(repo, ".cache/test-times.json");
 const times = { ...readJson(path.join(repo, "test/times.json")), ...readJson(timesFile) };
 const order = [...selected].sort((a, b) => (times[b] ?? 1e9) - (times[a] ?? 1e9));
 const compiled = await buildTests(order);
-const [tsc, tap] = await Promise.all([
+const [tsc, tests] = await Promise.all([
   // incremental: a run after a small edit re-checks what changed (14.7 -> 6.5 s of CPU here)
   typecheck
     ? run([bin("tsc"), "--noEmit", "-p", ".", "--incremental", "--tsBuildInfoFile", tsInfo], true)
     : { code: 0, out: "" },
-  // tap's shebang is `env node`: run it with this Node, whose execPath it gives the tests.
-  // --node-arg replaces the config's --import=tsx (tap adds --enable-source-maps itself).
-  run([
-    process.execPath,
-    tapBin,
-    "--node-arg=--enable-source-maps",
-    // tap loads its process-info hook into every test process, and the hook reads each module the
-    // process loads (and its source map) for coverage, which is off here: up to 0.3 s of CPU per
-    // test file (sources.test 1.85 -> 1.58 s). Excluding every file keeps each process's own
-    // record, which saveTimes reads.
-    "--test-env=_TAPJS_PROCESSINFO_EXCLUDE_=/./",
-    ...tapArgs,
-    ...order.map((f) => compiled.get(f)),
-  ]),
+  runTestFiles(order),
 ]);
-saveTimes();
+mkdirSync(path.dirname(timesFile), { recursive: true });
+const sorted = Object.fromEntries(Object.entries(times).sort(([a], [b]) => a.localeCompare(b)));
+writeFileSync(timesFile, JSON.stringify(sorted, null, 1) + "\n");
 if (typecheck) {
   process.stdout.write(tsc.out);
   console.log(
     tsc.code === 0 ? "# tsc --noEmit: no type errors" : `# tsc --noEmit failed (exit ${tsc.code})`,
   );
 }
-process.exit(tsc.code || tap.code);
+process.exit(tsc.code || tests.code);
+
+/**
+ * Run the files `jobs` at a time, in order, and print each one's TAP as a subtest when it is done,
+ * then the counts of all. A file fails when it exits non-zero or by a signal, counts a failure,
+ * or prints no counts (it ended before tap did). tap's own timeout (TAP_TIMEOUT) fails a file
+ * and names what was pending; a file still running 30 s later is killed.
+ */
+async function runTestFiles(files) {
+  const started = performance.now();
+  const totals = {};
+  const failed = [];
+  let next = 0;
+  let reported = 0;
+  console.log("TAP version 14");
+  const one = (file) =>
+    new Promise((resolve) => {
+      const t0 = performance.now();
+      const child = spawn(process.execPath, ["--enable-source-maps", compiled.get(file)], {
+        cwd: repo,
+        stdio: ["ignore", "pipe", "pipe"],
+        env: {
+          ...process.env,
+          TAP_TIMEOUT: String(timeoutS),
+          ...(grep !== undefined && { TAP_GREP: grep }),
+          ...(bail && { TAP_BAIL: "1" }),
+        },
+      });
+      let out = "";
+      for (const stream of [child.stdout, child.stderr]) stream.on("data", (d) => (out += d));
+      const kill = setTimeout(() => child.kill("SIGKILL"), (timeoutS + 30) * 1000);
+      child.on("error", (e) => (out += `# could not start: ${e.message}\n`));
+      child.on("close", (code, signal) => {
+        clearTimeout(kill);
+        const ms = performance.now() - t0;
+        times[file] = Math.round(ms);
+        // tap's last lines: `# { total: 12, pass: 11, fail: 1 }`, then `# time=…`
+        const countsLine = [...out.matchAll(/^# \{ (total: [^}]*) \}$/gm)].at(-1)?.[1];
+        const counts = countsLine && parseCounts(countsLine);
+        for (const [k, v] of Object.entries(counts || {})) totals[k] = (totals[k] ?? 0) + v;
+        const why = signal
+          ? `killed by ${signal}`
+          : code !== 0
+            ? `exit ${code}`
+            : !counts
+              ? "no counts: it ended before tap did"
+              : counts.fail
+                ? `${counts.fail} failed`
+                : undefined;
+        if (why) failed.push(`${file}: ${why}`);
+        console.log(`# Subtest: ${file}\n${out.replace(/\n$/, "").replace(/^/gm, "    ")}`);
+        console.log(
+          `${why ? "not ok" : "ok"} ${++reported} - ${file}${why ? ` (${why})` : ""}` +
+            ` # time=${ms.toFixed(0)}ms`,
+        );
+        resolve();
+      });
+    });
+  const worker = async () => {
+    while (next < files.length && !(bail && failed.length)) await one(files[next++]);
+  };
+  await Promise.all(Array.from({ length: Math.min(jobs, files.length) }, worker));
+  console.log(`1..${reported}`);
+  for (const f of failed) console.log(`# failed: ${f}`);
+  if (reported < files.length) console.log(`# not run (--bail): ${files.length - reported} files`);
+  const counts = Object.entries(totals).map(([k, v]) => `${k}: ${v}`);
+  console.log(`# { ${counts.join(", ")} }`);
+  console.log(`# time=${(performance.now() - started).toFixed(0)}ms`);
+  return { code: failed.length || reported < files.length ? 1 : 0 };
+}
+
+/** tap's counts (`total: 12, pass: 11, fail: 1`, not JSON) → their numbers. */
+function parseCounts(text) {
+  return Object.fromEntries([...text.matchAll(/(\w+): (\d+)/g)].map(([, k, v]) => [k, Number(v)]));
+}
 
 function readJson(file) {
   try {
@@ -146,20 +242,4 @@ function readJson(file) {
   } catch {
     return undefined;
   }
-}
-
-/** Each test file's run time, from tap's process records (.tap/processinfo), into timesFile. */
-function saveTimes() {
-  const dir = path.join(repo, ".tap/processinfo");
-  const source = new Map([...compiled].map(([f, c]) => [path.join(repo, c), f]));
-  if (!existsSync(dir)) return;
-  const entries = readdirSync(dir);
-  for (const e of entries) {
-    const p = readJson(path.join(dir, e));
-    const f = p && !p.parent && source.get(p.argv?.[1]);
-    if (f && typeof p.runtime === "number") times[f] = Math.round(p.runtime);
-  }
-  mkdirSync(path.dirname(timesFile), { recursive: true });
-  const sorted = Object.fromEntries(Object.entries(times).sort(([a], [b]) => a.localeCompare(b)));
-  writeFileSync(timesFile, JSON.stringify(sorted, null, 1) + "\n");
 }

@@ -80,6 +80,37 @@ export function runCached<T>(
   };
 }
 
+/** Where this start keeps its caches, and whether it keeps them (a boot command) or only reads them. */
+let scope = { dir: "", keep: false };
+const vendorScripts: CachedScript<unknown>[] = [];
+
+/** Set by the entry before the first vendor script loads. */
+export function setCacheScope(dir: string, keep: boolean): void {
+  scope = { dir, keep };
+}
+
+/**
+ * A vendor library built as a script of its own (`rel`, beside the entry, by scripts/build.mjs),
+ * run with a cache as the CLI script is: Node 20 has no compile cache for ES modules, and Node
+ * 22's is made before the run, so the SDK's ES chunks compiled its calls again at every first boot.
+ * One cache per library, whichever command made it: every command calls the SDK alike.
+ */
+export function vendorScript(rel: string, name: string): unknown {
+  const script = runCached<unknown>(
+    besides(rel, import.meta.url),
+    scope.dir || besides("./.v8-cache", import.meta.url),
+    `vendor-${name}`,
+    {},
+  );
+  if (scope.keep) vendorScripts.push(script);
+  return script.exports;
+}
+
+/** Keep the caches of the vendor scripts this start ran (see `CachedScript.keep`). */
+export function keepVendorScripts(): void {
+  for (const s of vendorScripts.splice(0)) s.keep();
+}
+
 /**
  * The cache file, if it is ours alone: V8 runs its bytecode, so a file another user owns or may
  * write is code from them, and is never read.

@@ -16,15 +16,26 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import { BUNDLE, baseToml, lastError, runCli, startCli, world } from "../support/harness.js";
 
-function cacheDir(t: Test): { dir: string; caches: () => string[] } {
+function cacheDir(t: Test): {
+  dir: string;
+  caches: () => string[];
+  cliCaches: () => string[];
+  vendorCaches: () => string[];
+} {
   const dir = mkdtempSync(path.join(tmpdir(), "eni-dpdk-cache-"));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  // Node 22 also keeps its compile cache of the vendor chunks there, in a directory of its own.
+  // Node 22 also keeps its compile cache of the ES vendor chunks there, in a directory of its own.
   const caches = () =>
     readdirSync(dir)
       .filter((f) => f.endsWith(".v8"))
       .sort();
-  return { dir, caches };
+  return {
+    dir,
+    caches,
+    // a first boot also loads the SDK's and toml's scripts, which keep caches of their own
+    cliCaches: () => caches().filter((f) => !f.startsWith("vendor-")),
+    vendorCaches: () => caches().filter((f) => f.startsWith("vendor-")),
+  };
 }
 
 const identity = (f: string) => {
@@ -37,15 +48,15 @@ const FULL = ["apply", "--full"];
 
 t.test("apply keeps a code cache after it succeeded; the next apply takes it", async (t) => {
   const w = await world(t, { configToml: baseToml() });
-  const { dir, caches } = cacheDir(t);
+  const { dir, cliCaches } = cacheDir(t);
   const env = { CACHE_DIRECTORY: dir };
   // --full: every apply runs the planner's script, whose cache this is about (the unchanged
   // apply's own script and cache are below)
   const first = await runCli(w, FULL, { env });
   t.equal(first.code, 0, lastError(first));
-  t.match(caches(), [/^cli-\w+\.js\.apply\.\d+\.\d+\.\d+\.v8$/], "one cache, for apply");
-  t.equal(caches().length, 1);
-  const cache = path.join(dir, caches()[0]);
+  t.match(cliCaches(), [/^cli-\w+\.js\.apply\.\d+\.\d+\.\d+\.v8$/], "one cache, for apply");
+  t.equal(cliCaches().length, 1);
+  const cache = path.join(dir, cliCaches()[0]);
   const was = identity(cache);
 
   const second = await runCli(w, FULL, { env });
@@ -74,11 +85,16 @@ t.test("apply keeps a code cache after it succeeded; the next apply takes it", a
 
 t.test("two starts at once: both run, one cache file, no temp file left", async (t) => {
   const w = await world(t, { configToml: baseToml() });
-  const { dir, caches } = cacheDir(t);
+  const { dir, cliCaches, vendorCaches } = cacheDir(t);
   const env = { CACHE_DIRECTORY: dir };
   const both = await Promise.all([runCli(w, ["apply"], { env }), runCli(w, ["apply"], { env })]);
   for (const r of both) t.equal(r.code, 0, lastError(r));
-  t.equal(caches().length, 1, "one cache for apply, whichever rename came last");
+  t.equal(cliCaches().length, 1, "one cache for apply, whichever rename came last");
+  t.equal(
+    new Set(vendorCaches().map((f) => f.split(".")[0])).size,
+    vendorCaches().length,
+    `one cache per vendor script: ${vendorCaches().join(" ")}`,
+  );
   t.same(
     readdirSync(dir).filter((f) => f.endsWith(".tmp")),
     [],
@@ -89,13 +105,13 @@ t.test("two starts at once: both run, one cache file, no temp file left", async 
 
 t.test("the service keeps its cache once READY, while it runs on", async (t) => {
   const w = await world(t, { configToml: baseToml() });
-  const { dir, caches } = cacheDir(t);
+  const { dir, cliCaches } = cacheDir(t);
   const svc = startCli(w, ["run"], { env: { CACHE_DIRECTORY: dir } });
   t.teardown(() => svc.signal("SIGKILL"));
   await svc.waitForLog((r) => /^ready:/.test(r.msg ?? ""));
-  for (let i = 0; i < 100 && caches().length === 0; i++)
+  for (let i = 0; i < 100 && cliCaches().length === 0; i++)
     await new Promise((r) => setTimeout(r, 50));
-  t.match(caches(), [/\.run\.\d+\.\d+\.\d+\.v8$/], "one cache, for run");
+  t.match(cliCaches(), [/\.run\.\d+\.\d+\.\d+\.v8$/], "one cache, for run");
   t.ok(svc.running(), "written while the service runs");
   svc.signal("SIGTERM");
   t.equal((await svc.exit).code, 0);
@@ -166,15 +182,69 @@ t.test(
 
 t.test("the unchanged apply keeps a cache of its own script, beside the planner's", async (t) => {
   const w = await world(t, { configToml: baseToml() });
-  const { dir, caches } = cacheDir(t);
+  const { dir, cliCaches } = cacheDir(t);
   const env = { CACHE_DIRECTORY: dir };
   for (let i = 0; i < 3; i++) t.equal((await runCli(w, ["apply"], { env })).code, 0);
   t.match(
-    caches(),
+    cliCaches(),
     [
       /^cli-\w+\.js\.apply\.\d+\.\d+\.\d+\.v8$/,
       /^unchanged-\w+\.js\.unchanged\.\d+\.\d+\.\d+\.v8$/,
     ],
     "the planner's cache (first two applies) and the unchanged apply's (third): neither removed the other",
   );
+});
+
+t.test(
+  "the SDK's and toml's scripts keep caches of their own after a boot; later starts take them",
+  async (t) => {
+    const { dir, caches, vendorCaches } = cacheDir(t);
+    const env = { CACHE_DIRECTORY: dir };
+    /** A fresh node's first apply, which creates and attaches its ENIs through the SDK. */
+    const firstBoot = async (args = ["apply"]) => {
+      const w = await world(t, { configToml: baseToml() });
+      const r = await runCli(w, args, { env });
+      t.equal(r.code, 0, `${args.join(" ")}: ${lastError(r)}`);
+      t.ok(w.ec2.totalCalls() > 0, `${args.join(" ")} called EC2, through the SDK`);
+      return r;
+    };
+
+    await firstBoot(["plan"]);
+    t.same(caches(), [], "plan loads the SDK but keeps no cache of it: not a boot command");
+
+    await firstBoot();
+    t.match(
+      vendorCaches(),
+      [
+        /^vendor-ec2-\w+\.js\.vendor-ec2\.\d+\.\d+\.\d+\.v8$/,
+        /^vendor-toml-\w+\.js\.vendor-toml\.\d+\.\d+\.\d+\.v8$/,
+      ],
+      "a cache for each vendor script the boot ran",
+    );
+    t.equal(vendorCaches().length, 2);
+    const sdkCache = path.join(dir, vendorCaches()[0]);
+    const was = identity(sdkCache);
+    t.ok(statSync(sdkCache).size > 1_000_000, "the SDK's holds the code of the calls made");
+    t.equal((statSync(sdkCache).mode & 0o777).toString(8), "600", "the owner's alone");
+
+    await firstBoot();
+    t.equal(identity(sdkCache), was, "the next node's first boot took it: not written again");
+    await firstBoot(["plan"]);
+    t.equal(identity(sdkCache), was, "so does any other command");
+
+    writeFileSync(sdkCache, Buffer.alloc(statSync(sdkCache).size, 0));
+    await firstBoot();
+    t.not(readFileSync(sdkCache).indexOf(Buffer.from([1])), -1, "a cache of zeros is replaced");
+    t.equal(vendorCaches().length, 2, "in place: one cache per script still");
+  },
+);
+
+t.test("the vendor scripts are classic scripts: no ES syntax, no import left", async (t) => {
+  const entry = readFileSync(BUNDLE, "utf8");
+  const scripts = [...entry.matchAll(/vendorScript\("\.\/(chunks\/vendor-[\w-]+\.js)","(\w+)"\)/g)];
+  t.same(scripts.map((m) => m[2]).sort(), ["ec2", "toml", "yaml"], "the entry runs three");
+  for (const [, rel] of scripts) {
+    const text = readFileSync(path.join(path.dirname(BUNDLE), rel), "utf8");
+    t.notMatch(text, /\bimport\(|import\.meta|^import\s|^export\s/m, `${rel}: no ES syntax`);
+  }
 });

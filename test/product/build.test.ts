@@ -5,7 +5,7 @@
 // running tests (a clean run of npm test failed on it, 2026-12-05).
 import t from "tap";
 import { execFileSync } from "node:child_process";
-import { readdirSync, statSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { REPO } from "../support/repo.js";
 import "../support/harness.js"; // builds dist/ when it is missing or stale
@@ -35,4 +35,17 @@ t.test("a second build with nothing changed replaces no file of dist/", async (t
     stdio: "ignore",
   });
   t.same(stamps(dist), before, "the same files, each with its inode and mtime");
+});
+
+t.test("a build leaves the runs' code caches in dist/.v8-cache", async (t) => {
+  const caches = path.join(REPO, "dist/.v8-cache");
+  mkdirSync(caches, { recursive: true, mode: 0o700 });
+  const probe = path.join(caches, `build-test-${process.pid}.v8`);
+  writeFileSync(probe, "a cache the build did not make");
+  t.teardown(() => rmSync(probe, { force: true }));
+  execFileSync(process.execPath, [path.join(REPO, "scripts/build.mjs")], {
+    cwd: REPO,
+    stdio: "ignore",
+  });
+  t.ok(existsSync(probe), "still there: a cache of a file the build kept is still valid");
 });
