@@ -134,59 +134,49 @@ try {
     Object.entries(script.metafile.outputs).find(([, o]) => o.entryPoint === entry)[0];
   scriptFile = scriptOf("src/cli.ts");
   unchangedFile = scriptOf("src/commands/unchanged.ts");
-  const vendorScripts = await build({
-    ...common,
-    entryPoints: Object.fromEntries(
-      Object.entries(VENDOR_SCRIPTS).map(([n, from]) => [`vendor-${n}`, from]),
-    ),
-    outdir: path.join(staging, "chunks"),
-    entryNames: "[name]-[hash]",
+  /** What the two vendor builds share: one entry per library, `vendor-<name>-<hash>`. */
+  const vendorBuild = (libraries, options) =>
+    build({
+      ...common,
+      entryPoints: Object.fromEntries(
+        Object.entries(libraries).map(([n, from]) => [`vendor-${n}`, from]),
+      ),
+      outdir: path.join(staging, "chunks"),
+      entryNames: "[name]-[hash]",
+      // The SDK publishes ES builds beside CommonJS; only the ES ones tree-shake (2.9 → 2.5 MB).
+      mainFields: ["module", "main"],
+      ...options,
+    });
+  /** each library's specifier (as lazy.ts imports it) → its output, relative to the entry */
+  const outputsOf = (libraries, result, ext) =>
+    new Map(
+      Object.entries(libraries).map(([n, from]) => {
+        const file = Object.entries(result.metafile.outputs).find(
+          ([f, o]) => o.entryPoint && new RegExp(`/vendor-${n}-[A-Z0-9]+\\${ext}$`).test(f),
+        )?.[0];
+        if (!file) throw new Error(`no output for vendor ${n} (${from})`);
+        return [from, { name: n, rel: `./${path.relative(staging, file)}` }];
+      }),
+    );
+  const vendorScripts = await vendorBuild(VENDOR_SCRIPTS, {
     format: "cjs",
-    // The SDK publishes ES builds beside CommonJS; only the ES ones tree-shake.
-    mainFields: ["module", "main"],
     plugins: [builtinsRequired],
   });
   for (const [file, o] of Object.entries(vendorScripts.metafile.outputs))
     if (o.imports.some((i) => i.kind === "dynamic-import"))
       throw new Error(`${file}: a dynamic import is left, and vm runs the script without one`);
-  /** each vendor script's specifier (as lazy.ts imports it) → its file, relative to the entry */
-  const vendorScript = new Map(
-    Object.entries(VENDOR_SCRIPTS).map(([n, from]) => {
-      const file = Object.entries(vendorScripts.metafile.outputs).find(
-        ([f, o]) => o.entryPoint && new RegExp(`/vendor-${n}-[A-Z0-9]+\\.js$`).test(f),
-      )?.[0];
-      if (!file) throw new Error(`no script for vendor ${n} (${from})`);
-      return [from, { name: n, rel: `./${path.relative(staging, file)}` }];
-    }),
-  );
-  const vendor = await build({
-    ...common,
-    entryPoints: Object.fromEntries(
-      Object.entries(VENDOR).map(([n, from]) => [`vendor-${n}`, from]),
-    ),
-    outdir: path.join(staging, "chunks"),
-    entryNames: "[name]-[hash]",
+  const vendorScript = outputsOf(VENDOR_SCRIPTS, vendorScripts, ".js");
+  const vendor = await vendorBuild(VENDOR, {
     chunkNames: "[name]-[hash]",
     outExtension: { ".js": ".mjs" },
     splitting: true,
     format: "esm",
-    // The SDK publishes ES builds beside CommonJS; only the ES ones tree-shake (2.9 MB → 2.5 MB).
-    mainFields: ["module", "main"],
-    // Bundled CommonJS (the AWS SDK, toml) still calls require() for Node built-ins.
+    // Bundled CommonJS (the AWS SDK's credential chain) still calls require() for built-ins.
     banner: {
       js: "import { createRequire as __cr } from 'node:module'; const require = __cr(import.meta.url);",
     },
   });
-  /** each vendor specifier → its chunk, as the entry imports it */
-  const vendorChunk = new Map(
-    Object.entries(VENDOR).map(([n, from]) => {
-      const file = Object.entries(vendor.metafile.outputs).find(
-        ([f, o]) => o.entryPoint && new RegExp(`/vendor-${n}-[A-Z0-9]+\\.mjs$`).test(f),
-      )?.[0];
-      if (!file) throw new Error(`no chunk for vendor ${n} (${from})`);
-      return [from, `./${path.relative(staging, file)}`];
-    }),
-  );
+  const vendorChunk = outputsOf(VENDOR, vendor, ".mjs");
   const vendorChunks = {
     name: "vendor-chunks",
     setup(b) {
@@ -196,7 +186,7 @@ try {
         if (vendorScript.has(from)) return { path: from, namespace: "vendor-script" };
         const chunk = vendorChunk.get(from);
         if (!chunk) throw new Error(`${a.importer}: import(${a.path}) is not a vendor chunk`);
-        return { path: chunk, external: true };
+        return { path: chunk.rel, external: true };
       });
       // The import yields the script's exports as `default` (lazy.ts's interop takes either).
       b.onLoad({ filter: /.*/, namespace: "vendor-script" }, (a) => {
