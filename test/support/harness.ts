@@ -36,9 +36,10 @@ export function ensureBundle(): void {
 ensureBundle();
 
 /**
- * How the bundle is started: tap's process-info hook puts its own loader into NODE_OPTIONS of every
- * child, which costs start-up time and installs signal handlers the product does not have (SIGHUP
- * then kills where it must not). `env -u` runs the product as systemd would, without it.
+ * How the bundle is started. Under tap's runner (`npx tap FILE`; npm test does not use it), its
+ * process-info hook puts its own loader into NODE_OPTIONS of every child, which costs start-up time
+ * and installs signal handlers the product does not have (SIGHUP then kills where it must not), and
+ * a developer's shell may set NODE_OPTIONS too. `env -u` runs the product as systemd would, without.
  */
 export const NODE = ["/usr/bin/env", "-u", "NODE_OPTIONS", process.execPath];
 
