@@ -153,7 +153,8 @@ const [tsc, tests] = await Promise.all([
 ]);
 mkdirSync(path.dirname(timesFile), { recursive: true });
 const sorted = Object.fromEntries(Object.entries(times).sort(([a], [b]) => a.localeCompare(b)));
-writeFileSync(timesFile, JSON.stringify(sorted, null, 1) + "\n");
+// indented as prettier would, so that test/times.json can be a copy
+writeFileSync(timesFile, JSON.stringify(sorted, null, 2) + "\n");
 if (typecheck) {
   process.stdout.write(tsc.out);
   console.log(

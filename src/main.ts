@@ -5,7 +5,7 @@ import path from "node:path";
 import * as signals from "./core/signals.js";
 import * as lazy from "./core/lazy.js";
 import * as startup from "./core/startup.js";
-import { besides, keepVendorScripts, runCached, setCacheScope } from "./core/code-cache.js";
+import { besides, keepVendorScripts, runCached, setCacheDir } from "./core/code-cache.js";
 import { replayableApply } from "./commands/boot-argv.js";
 import { resolveRoot, UNCHANGED_PATH } from "./host/root.js";
 
@@ -28,10 +28,7 @@ if (argv.includes("run")) signals.catchSignals();
 // systemd's CacheDirectory= (the units'); elsewhere the bundle's own directory, as at the AMI's build.
 const cacheDir =
   process.env.CACHE_DIRECTORY?.split(":")[0] || besides("./.v8-cache", import.meta.url);
-// A dry run or help would keep the code of a path the boot does not take.
-const offPath = argv.some((a) => a === "--dry-run" || a === "--help" || a === "-h");
-const command = (!offPath && argv.find((a) => CACHED_COMMANDS.includes(a))) || "other";
-setCacheScope(cacheDir, command !== "other");
+setCacheDir(cacheDir);
 // Node 22 (the AMI's) keeps V8's code of the ES vendor chunks there too. It is keyed by each file's
 // content and by the V8 version; Node 20 has no such cache.
 const { enableCompileCache } = nodeModule as { enableCompileCache?: (dir: string) => unknown };
@@ -66,6 +63,9 @@ async function unchanged(): Promise<number | undefined> {
 
 function loadCli(): Promise<Cli> {
   if (typeof ENI_DPDK_CLI_SCRIPT !== "string") return import("./cli.js");
+  // A dry run or help would keep the code of a path the boot does not take.
+  const offPath = argv.some((a) => a === "--dry-run" || a === "--help" || a === "-h");
+  const command = (!offPath && argv.find((a) => CACHED_COMMANDS.includes(a))) || "other";
   const cli = runCached<Cli>(besides(ENI_DPDK_CLI_SCRIPT, import.meta.url), cacheDir, command, {
     lazy,
     signals,

@@ -80,29 +80,25 @@ export function runCached<T>(
   };
 }
 
-/** Where this start keeps its caches, and whether it keeps them (a boot command) or only reads them. */
-let scope = { dir: "", keep: false };
+/** Where this start keeps its caches; set by the entry before the first vendor script loads. */
+let cacheDir: string | undefined;
 const vendorScripts: CachedScript<unknown>[] = [];
 
-/** Set by the entry before the first vendor script loads. */
-export function setCacheScope(dir: string, keep: boolean): void {
-  scope = { dir, keep };
+export function setCacheDir(dir: string): void {
+  cacheDir = dir;
 }
 
 /**
  * A vendor library built as a script of its own (`rel`, beside the entry, by scripts/build.mjs),
  * run with a cache as the CLI script is: Node 20 has no compile cache for ES modules, and Node
  * 22's is made before the run, so the SDK's ES chunks compiled its calls again at every first boot.
- * One cache per library, whichever command made it: every command calls the SDK alike.
+ * One cache per library, whichever command made it: every command calls the SDK alike, and the
+ * entry keeps them (`keepVendorScripts`) only after a boot command.
  */
 export function vendorScript(rel: string, name: string): unknown {
-  const script = runCached<unknown>(
-    besides(rel, import.meta.url),
-    scope.dir || besides("./.v8-cache", import.meta.url),
-    `vendor-${name}`,
-    {},
-  );
-  if (scope.keep) vendorScripts.push(script);
+  if (cacheDir === undefined) throw new Error(`vendor script ${name} loaded before setCacheDir`);
+  const script = runCached<unknown>(besides(rel, import.meta.url), cacheDir, `vendor-${name}`, {});
+  vendorScripts.push(script);
   return script.exports;
 }
 
