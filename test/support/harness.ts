@@ -2,9 +2,21 @@
 // process against a World (IMDSv2 and EC2 emulators over HTTP, a simulated kernel on a fake root),
 // and asserts what the README promises: the exit code, a message naming the source and the key,
 // a byte-identical root and no EC2 mutation after a rejection, and convergence after a crash.
-import { execFileSync, spawn } from "node:child_process";
+import { execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { createHash } from "node:crypto";
-import { existsSync, lstatSync, readdirSync, readFileSync, readlinkSync, statSync } from "node:fs";
+import {
+  existsSync,
+  lstatSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  readlinkSync,
+  rmSync,
+  statSync,
+  watch,
+  writeFileSync,
+} from "node:fs";
+import { tmpdir } from "node:os";
 import path from "node:path";
 import type { Test } from "tap";
 import { World, type WorldOptions } from "../../src/sim/world.js";
@@ -85,26 +97,43 @@ export function runCli(
   const traced = opts.killAt || opts.traceTo ? { UV_THREADPOOL_SIZE: "1" } : {};
   const env = { ...(world ? world.env() : { PATH: process.env.PATH }), ...traced, ...opts.env };
   let argv = [...(opts.wrap ?? []), ...NODE, ...(opts.nodeArgs ?? []), BUNDLE, ...args];
+  let killLog: string | undefined;
   if (opts.killAt) {
     const k = opts.killAt;
     const sc = k.syscall ?? "openat";
+    killLog = path.join(mkdtempSync(path.join(tmpdir(), "eni-dpdk-kill-")), "strace");
+    writeFileSync(killLog, "");
+    // strace's --seccomp-bpf stops the process only at the traced syscall; without it every syscall
+    // of every thread is a ptrace stop (4,800 in a first boot), and a killed run cost 3–4 times the
+    // CPU of a plain one, most of it in the kernel. With the filter strace 6.1 does not deliver an
+    // injected signal (its seccomp stop drops it), so the call is held at its entry instead
+    // (delay_enter), and the harness kills the process as soon as the log shows that entry
+    // (killAtEntry). The kernel skips a syscall held at its seccomp stop when a fatal signal is
+    // pending: the call never runs, as with strace's own signal.
     argv = [
       "strace",
       "-f",
+      "--seccomp-bpf",
       "-qq",
       "-o",
-      "/dev/null",
+      killLog,
       "-e",
       `trace=${sc}`,
       "-e",
-      `inject=${sc}:signal=KILL:when=${k.when ?? 1}`,
+      `inject=${sc}:delay_enter=60s:when=${k.when ?? 1}`,
       ...(k.path ? ["-P", k.path] : []),
+      // timeout forks the product and reaps it the moment it dies. strace, killed, cannot: its
+      // orphan would be PID 1's to reap, which here takes up to 2 s, and until then the product's
+      // pid looks alive (the next run keeps a temp file whose writer seems to be running).
+      "timeout",
+      String(Math.ceil((opts.timeoutMs ?? 60_000) / 1000) + 5),
       ...argv,
     ];
   } else if (opts.traceTo) {
     argv = [
       "strace",
       "-f",
+      "--seccomp-bpf",
       "-qq",
       "-o",
       opts.traceTo.file,
@@ -126,9 +155,15 @@ export function runCli(
     const timer = setTimeout(() => child.kill("SIGKILL"), opts.timeoutMs ?? 60_000);
     child.on("error", reject);
     if (child.pid) opts.onSpawn?.(child.pid);
+    const stopWatching =
+      killLog &&
+      opts.killAt &&
+      killAtEntry(child, killLog, opts.killAt.syscall ?? "openat", opts.killAt.when ?? 1);
     child.on("close", (code, signal) => {
       clearTimeout(timer);
-      // strace reports the tracee's SIGKILL as its own exit status 137
+      if (stopWatching) stopWatching();
+      if (killLog) rmSync(path.dirname(killLog), { recursive: true, force: true });
+      // killAtEntry kills strace too; a tracee killed otherwise is strace's exit status 137
       const killed = signal ?? (opts.killAt && code === 137 ? "SIGKILL" : null);
       resolve({
         code: code ?? 128,
@@ -140,6 +175,43 @@ export function runCli(
       });
     });
   });
+}
+
+/**
+ * Watch strace's log for the `when`-th entry of `syscall` in one thread (strace counts per thread),
+ * held there by delay_enter; then SIGKILL the process, and strace, whose exit releases it. Returns
+ * the function that stops watching.
+ */
+function killAtEntry(strace: ChildProcess, log: string, syscall: string, when: number): () => void {
+  const entry = new RegExp(`^(\\d+) +${syscall}\\(`, "gm");
+  let done = false;
+  const check = () => {
+    if (done) return;
+    const seen = new Map<string, number>();
+    for (const [, tid] of readFileSync(log, "utf8").matchAll(entry)) {
+      const n = (seen.get(tid) ?? 0) + 1;
+      seen.set(tid, n);
+      if (n < when) continue;
+      done = true;
+      // the process first: released by strace's exit without a fatal signal pending, it would run
+      // the held call
+      try {
+        process.kill(Number(tid), "SIGKILL");
+      } catch {
+        // gone already: strace's exit status says how
+      }
+      strace.kill("SIGKILL");
+      return;
+    }
+  };
+  const watcher = watch(log, check);
+  // inotify is the fast path; the poll covers an event coalesced away
+  const poll = setInterval(check, 20);
+  return () => {
+    done = true;
+    watcher.close();
+    clearInterval(poll);
+  };
 }
 
 export interface LiveCli {
