@@ -95,6 +95,41 @@ const MODULE_DRIVER: Record<string, string> = {
 };
 const PCI_ROOT = "/sys/devices/pci0000:00";
 
+/**
+ * FIFOs made ahead, per directory that roots are made in, shared by every kernel of the process
+ * and removed at its exit. Node cannot make a FIFO, and each mkfifo(1) is a fork of the test
+ * process: a kernel needs 5 to 13 (606 forks in input.test, 1.2 s of its CPU with a pool per
+ * kernel). One mkfifo makes 64 in a directory beside the roots, on their filesystem, and each is
+ * renamed into place: its own inode.
+ */
+const fifoPools = new Map<string, { dir: string; take(): string }>();
+
+function fifoPoolBeside(root: string): { take(): string } {
+  const parent = path.dirname(root);
+  let pool = fifoPools.get(parent);
+  if (pool) return pool;
+  if (!fifoPools.size)
+    process.once("exit", () => {
+      for (const p of fifoPools.values()) fs.rmSync(p.dir, { recursive: true, force: true });
+    });
+  const dir = fs.mkdtempSync(path.join(parent, ".eni-dpdk-sim-fifos-"));
+  const free: string[] = [];
+  let made = 0;
+  pool = {
+    dir,
+    take() {
+      if (!free.length) {
+        const batch = Array.from({ length: 64 }, () => path.join(dir, String(made++)));
+        execFileSync("mkfifo", ["-m", "200", ...batch]);
+        free.push(...batch);
+      }
+      return free.pop()!;
+    },
+  };
+  fifoPools.set(parent, pool);
+  return pool;
+}
+
 /** The kernel's `modalias` line for a PCI device (upper-case hex; the subsystem ids repeat the ids). */
 export function modalias(vendor: string, device: string, pciClass: string): string {
   const v = vendor.toUpperCase().padStart(8, "0");
@@ -124,8 +159,6 @@ export class SimKernel {
   private modprobeLines = 0;
   private nextGroup = 0;
   private closed = false;
-  /** FIFOs made ahead, beside the root (see newFifo) */
-  private fifoPool?: { dir: string; free: string[]; made: number };
 
   private constructor(
     root: string,
@@ -493,7 +526,6 @@ export class SimKernel {
     this.watchers.clear();
     for (const r of this.actionReaders.values()) r.destroy();
     this.actionReaders.clear();
-    if (this.fifoPool) fs.rmSync(this.fifoPool.dir, { recursive: true, force: true });
     if (!opts.keep && !process.env.SIM_KEEP) fs.rmSync(this.root, { recursive: true, force: true });
   }
 
@@ -851,23 +883,9 @@ export class SimKernel {
     this.actionReaders.set(f, reader);
   }
 
-  /**
-   * A new FIFO (mode 0200) at `f`. Node cannot make one, and each mkfifo(1) is a fork of the test
-   * process: a kernel needs 5 to 13 (606 forks in input.test). So one mkfifo makes 16 at a time in
-   * a directory beside the root, on its filesystem, and each is renamed into place: its own inode.
-   */
+  /** A new FIFO (mode 0200) at `f`, from the pool beside the root (fifoPoolBeside). */
   private newFifo(f: string): void {
-    const pool = (this.fifoPool ??= {
-      dir: fs.mkdtempSync(`${this.root}.fifos-`),
-      free: [],
-      made: 0,
-    });
-    if (!pool.free.length) {
-      const batch = Array.from({ length: 16 }, () => path.join(pool.dir, String(pool.made++)));
-      execFileSync("mkfifo", ["-m", "200", ...batch]);
-      pool.free.push(...batch);
-    }
-    fs.renameSync(pool.free.pop()!, f);
+    fs.renameSync(fifoPoolBeside(this.root).take(), f);
   }
 
   private unwatch(abs: string): void {
