@@ -2,10 +2,11 @@
 // - chunks/cli-<hash>.js: our own code as one CommonJS script, which the entry runs with a V8 code
 //   cache made after a run (src/core/code-cache.ts). The modules that must exist once for the
 //   entry and the script (HOST_MODULES) are not in it: it gets the entry's through `__host`.
-// - chunks/vendor-<name>-<hash>.js: the vendor libraries of a boot's path (VENDOR_SCRIPTS), each
-//   one CommonJS script that src/core/lazy.ts runs on first use, with a code cache of its own.
-// - chunks/vendor-<name>-<hash>.mjs and the chunks they share: the other vendor libraries lazy.ts
-//   imports on first use, as ES modules (yargs is ESM-only), parsed only when a command needs them.
+// - chunks/vendor-<name>-<hash>.js: the vendor libraries of a boot's path and yargs
+//   (VENDOR_SCRIPTS), each one CommonJS script that src/core/lazy.ts runs on first use, with a code
+//   cache of its own.
+// - chunks/vendor-<name>-<hash>.mjs and the chunks they share: the EKS token's signing libraries,
+//   which lazy.ts imports on first use as ES modules, parsed only when a command needs them.
 // - eni-dpdk.cjs: the entry and the host modules, CommonJS. A boot then never starts Node's ES
 //   module loader, which cost every apply 2-4 ms (docs/benchmarks.md).
 import { build } from "esbuild";
@@ -22,23 +23,24 @@ const HOST_MODULES = {
 };
 
 /**
- * The vendor libraries of a boot's path that src/core/lazy.ts imports, each built as one CommonJS
- * script that the entry runs with a V8 code cache made after a run (core/code-cache.ts
- * `vendorScript`), as our own script. The SDK's is self-contained: the EKS signing chunks below
- * have their own copy of the smithy code they share with it, and nothing passes between the two.
+ * The vendor libraries of a boot's path that src/core/lazy.ts imports, and yargs, which every other
+ * command loads, each built as one CommonJS script that the entry runs with a V8 code cache made
+ * after a run (core/code-cache.ts `vendorScript`), as our own script. The SDK's is self-contained:
+ * the EKS signing chunks below have their own copy of the smithy code they share with it, and
+ * nothing passes between the two.
  */
 const VENDOR_SCRIPTS = {
   ec2: "src/core/vendor-ec2.ts",
   toml: "toml",
   yaml: "yaml",
+  yargs: "yargs",
 };
 
-/** The rest of lazy.ts's dynamic imports, each an ES chunk of its own (yargs is ESM-only). */
+/** The rest of lazy.ts's dynamic imports, each an ES chunk of its own. */
 const VENDOR = {
   "credential-provider": "@aws-sdk/credential-provider-node",
   "signature-v4": "@smithy/signature-v4",
   checksum: "@smithy/core/checksum",
-  yargs: "yargs",
 };
 
 /**
@@ -56,6 +58,33 @@ const builtinsRequired = {
     b.onLoad({ filter: /.*/, namespace: "builtin" }, (a) => ({
       contents: `module.exports = require(${JSON.stringify(a.path)});`,
       loader: "js",
+    }));
+  },
+};
+
+/**
+ * string-width makes an Intl.Segmenter when it loads (16 ms of ICU data on Node 20, each copy),
+ * for the layout of yargs' help, which most commands never print: it loads on its first call.
+ */
+const lazyStringWidth = {
+  name: "lazy-string-width",
+  setup(b) {
+    b.onResolve({ filter: /^string-width$/ }, async (a) => {
+      if (a.pluginData === "real") return undefined;
+      const real = await b.resolve(a.path, {
+        kind: a.kind,
+        resolveDir: a.resolveDir,
+        pluginData: "real",
+      });
+      return { path: real.path, namespace: "lazy-string-width" };
+    });
+    b.onLoad({ filter: /.*/, namespace: "lazy-string-width" }, (a) => ({
+      // a require() is bundled as a module that runs on its first call
+      contents:
+        "let real;\n" +
+        `module.exports = (text, options) => (real ??= require(${JSON.stringify(a.path)}).default)(text, options);\n`,
+      loader: "js",
+      resolveDir: path.dirname(a.path),
     }));
   },
 };
@@ -160,7 +189,11 @@ try {
     );
   const vendorScripts = await vendorBuild(VENDOR_SCRIPTS, {
     format: "cjs",
-    plugins: [builtinsRequired],
+    plugins: [builtinsRequired, lazyStringWidth],
+    // yargs is ESM-only: it asks import.meta.url where it is (for its locales' directory), and
+    // import.meta.resolve for a config's `extends`, which require.resolve answers in a script
+    banner: { js: 'var __scriptUrl = require("node:url").pathToFileURL(__filename).href;' },
+    define: { "import.meta.url": "__scriptUrl", "import.meta.resolve": "require.resolve" },
   });
   for (const [file, o] of Object.entries(vendorScripts.metafile.outputs))
     if (o.imports.some((i) => i.kind === "dynamic-import"))

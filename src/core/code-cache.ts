@@ -58,14 +58,17 @@ export function runCached<T>(
   const cacheFile = path.join(cacheDir, key);
   const cachedData = readOwnCache(cacheFile);
   // One line, so the script's line numbers in stack traces are its own.
-  const script = new vm.Script(`(function (require, module, exports, __host) {${source}\n})`, {
-    filename: file,
-    cachedData,
-  });
+  const script = new vm.Script(
+    `(function (require, module, exports, __host, __filename) {${source}\n})`,
+    {
+      filename: file,
+      cachedData,
+    },
+  );
   const cacheUsed = cachedData !== undefined && !script.cachedDataRejected;
   const module = { exports: {} as T };
   const run = script.runInThisContext() as (...args: unknown[]) => void;
-  run(createRequire(file), module, module.exports, host);
+  run(createRequire(file), module, module.exports, host, file);
   return {
     exports: module.exports,
     cacheUsed,
@@ -82,7 +85,7 @@ export function runCached<T>(
 
 /** Where this start keeps its caches; set by the entry before the first vendor script loads. */
 let cacheDir: string | undefined;
-const vendorScripts: CachedScript<unknown>[] = [];
+const vendorScripts: { name: string; script: CachedScript<unknown> }[] = [];
 
 export function setCacheDir(dir: string): void {
   cacheDir = dir;
@@ -98,13 +101,14 @@ export function setCacheDir(dir: string): void {
 export function vendorScript(rel: string, name: string): unknown {
   if (cacheDir === undefined) throw new Error(`vendor script ${name} loaded before setCacheDir`);
   const script = runCached<unknown>(besides(rel, import.meta.url), cacheDir, `vendor-${name}`, {});
-  vendorScripts.push(script);
+  vendorScripts.push({ name, script });
   return script.exports;
 }
 
-/** Keep the caches of the vendor scripts this start ran (see `CachedScript.keep`). */
-export function keepVendorScripts(): void {
-  for (const s of vendorScripts.splice(0)) s.keep();
+/** Keep the caches of the vendor scripts this start ran, or of those `only` names (see `CachedScript.keep`). */
+export function keepVendorScripts(only?: readonly string[]): void {
+  for (const { name, script } of vendorScripts.splice(0))
+    if (!only || only.includes(name)) script.keep();
 }
 
 /**

@@ -39,9 +39,12 @@ export async function loadTomlParser(): Promise<typeof import("toml")> {
 }
 
 /** yargs, for every command line but the units' own (which the CLI parses itself). */
-export async function loadYargs(): Promise<typeof import("yargs").default> {
-  return (await import("yargs")).default;
+export async function loadYargs(): Promise<Yargs> {
+  // In the bundle a vendor script's exports arrive as `default`, and yargs' own default among them.
+  const m = (await import("yargs")) as { default: Yargs | { default: Yargs } };
+  return typeof m.default === "function" ? m.default : m.default.default;
 }
+type Yargs = typeof import("yargs").default;
 
 /** The optional sd-notify addon (it needs libsystemd to build); undefined when it is not there. */
 export function loadSdNotify<T>(): { addon?: T; error?: string } {

@@ -38,6 +38,9 @@ function cacheDir(t: Test): {
   };
 }
 
+/** yargs's cache: no boot loads yargs (commands/boot-argv.ts), so any command keeps it. */
+const YARGS_CACHE = /^vendor-yargs-\w+\.js\.vendor-yargs\.\d+\.\d+\.\d+\.v8$/;
+
 const identity = (f: string) => {
   const st = statSync(f, { bigint: true });
   return `${st.ino}/${st.mtimeNs}`;
@@ -129,14 +132,22 @@ t.test(
     const good = await world(t, { configToml: baseToml() });
     const plan = await runCli(good, ["plan"], { env: { CACHE_DIRECTORY: dir } });
     t.equal(plan.code, 0, lastError(plan));
-    t.same(caches(), [], "plan is not a boot command: no cache");
-    for (const args of [
-      ["apply", "--dry-run"],
-      ["apply", "--help"],
-    ]) {
+    t.match(
+      caches(),
+      [YARGS_CACHE],
+      "plan is not a boot command: no cache but yargs's, which no boot loads",
+    );
+    const yargsCache = path.join(dir, caches()[0]);
+    const was = identity(yargsCache);
+    for (const args of [["apply", "--dry-run"], ["apply", "--help"], ["status"]]) {
       const r = await runCli(good, args, { env: { CACHE_DIRECTORY: dir } });
       t.equal(r.code, 0, `${args.join(" ")}: ${lastError(r)}`);
-      t.same(caches(), [], `${args.join(" ")} keeps no cache: not the path a boot takes`);
+      t.match(
+        caches(),
+        [YARGS_CACHE],
+        `${args.join(" ")} keeps no cache: not the path a boot takes`,
+      );
+      t.equal(identity(yargsCache), was, `${args.join(" ")} took yargs's cache: not written again`);
     }
 
     writeFileSync(path.join(dir, "a-file"), "");
@@ -210,7 +221,11 @@ t.test(
     };
 
     await firstBoot(["plan"]);
-    t.same(caches(), [], "plan loads the SDK but keeps no cache of it: not a boot command");
+    t.match(
+      caches(),
+      [YARGS_CACHE],
+      "plan loads the SDK but keeps no cache of it: not a boot command (yargs's is no boot's)",
+    );
 
     await firstBoot();
     t.match(
@@ -218,10 +233,11 @@ t.test(
       [
         /^vendor-ec2-\w+\.js\.vendor-ec2\.\d+\.\d+\.\d+\.v8$/,
         /^vendor-toml-\w+\.js\.vendor-toml\.\d+\.\d+\.\d+\.v8$/,
+        YARGS_CACHE,
       ],
-      "a cache for each vendor script the boot ran",
+      "a cache for each vendor script the boot ran, beside plan's of yargs",
     );
-    t.equal(vendorCaches().length, 2);
+    t.equal(vendorCaches().length, 3);
     const sdkCache = path.join(dir, vendorCaches()[0]);
     const was = identity(sdkCache);
     t.ok(statSync(sdkCache).size > 1_000_000, "the SDK's holds the code of the calls made");
@@ -235,14 +251,14 @@ t.test(
     writeFileSync(sdkCache, Buffer.alloc(statSync(sdkCache).size, 0));
     await firstBoot();
     t.not(readFileSync(sdkCache).indexOf(Buffer.from([1])), -1, "a cache of zeros is replaced");
-    t.equal(vendorCaches().length, 2, "in place: one cache per script still");
+    t.equal(vendorCaches().length, 3, "in place: one cache per script still");
   },
 );
 
 t.test("the vendor scripts are classic scripts: no ES syntax, no import left", async (t) => {
   const entry = readFileSync(BUNDLE, "utf8");
   const scripts = [...entry.matchAll(/vendorScript\("\.\/(chunks\/vendor-[\w-]+\.js)","(\w+)"\)/g)];
-  t.same(scripts.map((m) => m[2]).sort(), ["ec2", "toml", "yaml"], "the entry runs three");
+  t.same(scripts.map((m) => m[2]).sort(), ["ec2", "toml", "yaml", "yargs"], "the entry runs four");
   for (const [, rel] of scripts) {
     const text = readFileSync(path.join(path.dirname(BUNDLE), rel), "utf8");
     t.notMatch(text, /\bimport\(|import\.meta|^import\s|^export\s/m, `${rel}: no ES syntax`);

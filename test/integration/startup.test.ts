@@ -1,8 +1,9 @@
 // What a boot loads: the entry is CommonJS (scripts/build.mjs), so an apply never starts Node's
 // ES module loader (2-4 ms of every apply, docs/benchmarks.md). Only a path that needs a vendor
-// library's ES chunk (yargs, for help and every non-boot command) does.
+// library's ES chunk (the EKS token's signing) does.
 import t from "tap";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { execFileSync } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import type { World } from "../../src/sim/world.js";
@@ -41,8 +42,19 @@ t.test("a reboot's apply and the unchanged apply never start the ES module loade
   const unchanged = await esmLoaded(w, ["apply"]);
   t.equal(unchanged.code, 0, lastError(unchanged));
   t.notOk(unchanged.esm.includes(LINKED), `the unchanged apply: ${unchanged.esm.join(", ")}`);
-  // the probe sees a linked module where there is one: help loads yargs' ES chunk
+  // yargs is a script too (scripts/build.mjs), so help and the other commands do not either
   const help = await esmLoaded(w, ["--help"]);
   t.equal(help.code, 0, lastError(help));
-  t.ok(help.esm.includes(LINKED), "--help imports yargs, an ES chunk");
+  t.notOk(help.esm.includes(LINKED), `--help: ${help.esm.join(", ")}`);
+  // and the probe sees a linked module where there is one
+  const dir = mkdtempSync(path.join(tmpdir(), "eni-dpdk-esm-"));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  writeFileSync(path.join(dir, "a.mjs"), "export {};\n");
+  execFileSync(process.execPath, ["--require", probe, path.join(dir, "a.mjs")], {
+    env: { ...process.env, ESM_PROBE_OUT: path.join(dir, "esm.txt") },
+  });
+  t.ok(
+    readFileSync(path.join(dir, "esm.txt"), "utf8").split("\n").includes(LINKED),
+    "an ES module, run with the probe, is seen linked",
+  );
 });
