@@ -16,13 +16,17 @@
 import { spawn } from "node:child_process";
 import {
   accessSync,
+  chmodSync,
   constants,
   existsSync,
   mkdirSync,
+  mkdtempSync,
   readFileSync,
+  rmSync,
   statSync,
   writeFileSync,
 } from "node:fs";
+import { tmpdir } from "node:os";
 import path from "node:path";
 import { performance } from "node:perf_hooks";
 import { clearTimeout, setTimeout } from "node:timers";
@@ -152,7 +156,12 @@ const [tsc, tests] = await Promise.all([
   runTestFiles(order),
 ]);
 mkdirSync(path.dirname(timesFile), { recursive: true });
-const sorted = Object.fromEntries(Object.entries(times).sort(([a], [b]) => a.localeCompare(b)));
+// the files there are: a deleted or renamed file's time is not carried on
+const sorted = Object.fromEntries(
+  Object.entries(times)
+    .filter(([f]) => all.includes(f))
+    .sort(([a], [b]) => a.localeCompare(b)),
+);
 // indented as prettier would, so that test/times.json can be a copy
 writeFileSync(timesFile, JSON.stringify(sorted, null, 2) + "\n");
 if (typecheck) {
@@ -176,14 +185,23 @@ async function runTestFiles(files) {
   let next = 0;
   let reported = 0;
   console.log("TAP version 14");
+  // Each file gets a temp directory of its own, removed when it ends: whatever a test leaves in
+  // os.tmpdir() goes with it (SIM_KEEP, which keeps simulated roots to look at, keeps them too).
+  // Both as /tmp is (1777): a test's process run as nobody reaches its root through them.
+  const tmpRoot = mkdtempSync(path.join(process.env.TMPDIR ?? tmpdir(), "eni-dpdk-test-"));
+  chmodSync(tmpRoot, 0o1777);
+  const keepTmp = !!process.env.SIM_KEEP;
   const one = (file) =>
     new Promise((resolve) => {
       const t0 = performance.now();
+      const tmp = mkdtempSync(path.join(tmpRoot, `${path.basename(file, ".test.ts")}-`));
+      chmodSync(tmp, 0o1777);
       const child = spawn(process.execPath, ["--enable-source-maps", compiled.get(file)], {
         cwd: repo,
         stdio: ["ignore", "pipe", "pipe"],
         env: {
           ...process.env,
+          TMPDIR: tmp,
           TAP_TIMEOUT: String(timeoutS),
           ...(grep !== undefined && { TAP_GREP: grep }),
           ...(bail && { TAP_BAIL: "1" }),
@@ -195,6 +213,7 @@ async function runTestFiles(files) {
       child.on("error", (e) => (out += `# could not start: ${e.message}\n`));
       child.on("close", (code, signal) => {
         clearTimeout(kill);
+        if (!keepTmp) rmSync(tmp, { recursive: true, force: true });
         const ms = performance.now() - t0;
         times[file] = Math.round(ms);
         // tap's last lines: `# { total: 12, pass: 11, fail: 1 }`, then `# time=…`
@@ -223,6 +242,8 @@ async function runTestFiles(files) {
     while (next < files.length && !(bail && failed.length)) await one(files[next++]);
   };
   await Promise.all(Array.from({ length: Math.min(jobs, files.length) }, worker));
+  if (!keepTmp) rmSync(tmpRoot, { recursive: true, force: true });
+  else console.log(`# SIM_KEEP: the test files' temp directories are kept in ${tmpRoot}`);
   console.log(`1..${reported}`);
   for (const f of failed) console.log(`# failed: ${f}`);
   if (reported < files.length) console.log(`# not run (--bail): ${files.length - reported} files`);
