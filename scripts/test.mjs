@@ -188,7 +188,7 @@ async function runTestFiles(files) {
   // Each file gets a temp directory of its own, removed when it ends: whatever a test leaves in
   // os.tmpdir() goes with it (SIM_KEEP, which keeps simulated roots to look at, keeps them too).
   // Both as /tmp is (1777): a test's process run as nobody reaches its root through them.
-  const tmpRoot = mkdtempSync(path.join(process.env.TMPDIR ?? tmpdir(), "eni-dpdk-test-"));
+  const tmpRoot = mkdtempSync(path.join(tmpdir(), "eni-dpdk-test-"));
   chmodSync(tmpRoot, 0o1777);
   const keepTmp = !!process.env.SIM_KEEP;
   const one = (file) =>

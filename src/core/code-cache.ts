@@ -95,8 +95,9 @@ export function setCacheDir(dir: string): void {
  * A vendor library built as a script of its own (`rel`, beside the entry, by scripts/build.mjs),
  * run with a cache as the CLI script is: Node 20 has no compile cache for ES modules, and Node
  * 22's is made before the run, so the SDK's ES chunks compiled its calls again at every first boot.
- * One cache per library, whichever command made it: every command calls the SDK alike, and the
- * entry keeps them (`keepVendorScripts`) only after a boot command.
+ * One cache per library, whichever command made it: every command calls the SDK alike. The entry
+ * decides which are kept (`keepVendorScripts`): all after a boot command, after any other only
+ * those no boot loads (yargs).
  */
 export function vendorScript(rel: string, name: string): unknown {
   if (cacheDir === undefined) throw new Error(`vendor script ${name} loaded before setCacheDir`);

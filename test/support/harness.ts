@@ -97,12 +97,15 @@ export function runCli(
   const traced = opts.killAt || opts.traceTo ? { UV_THREADPOOL_SIZE: "1" } : {};
   const env = { ...(world ? world.env() : { PATH: process.env.PATH }), ...traced, ...opts.env };
   let argv = [...(opts.wrap ?? []), ...NODE, ...(opts.nodeArgs ?? []), BUNDLE, ...args];
-  let killLog: string | undefined;
-  if (opts.killAt) {
-    const k = opts.killAt;
-    const sc = k.syscall ?? "openat";
-    killLog = path.join(mkdtempSync(path.join(tmpdir(), "eni-dpdk-kill-")), "strace");
-    writeFileSync(killLog, "");
+  /** the kill point, with strace's log, which killAtEntry watches */
+  const kill = opts.killAt && {
+    syscall: opts.killAt.syscall ?? "openat",
+    when: opts.killAt.when ?? 1,
+    path: opts.killAt.path,
+    log: path.join(mkdtempSync(path.join(tmpdir(), "eni-dpdk-kill-")), "strace"),
+  };
+  if (kill) {
+    writeFileSync(kill.log, "");
     // strace's --seccomp-bpf stops the process only at the traced syscall; without it every syscall
     // of every thread is a ptrace stop (4,800 in a first boot), and a killed run cost 3–4 times the
     // CPU of a plain one, most of it in the kernel. With the filter strace 6.1 does not deliver an
@@ -116,12 +119,12 @@ export function runCli(
       "--seccomp-bpf",
       "-qq",
       "-o",
-      killLog,
+      kill.log,
       "-e",
-      `trace=${sc}`,
+      `trace=${kill.syscall}`,
       "-e",
-      `inject=${sc}:delay_enter=60s:when=${k.when ?? 1}`,
-      ...(k.path ? ["-P", k.path] : []),
+      `inject=${kill.syscall}:delay_enter=60s:when=${kill.when}`,
+      ...(kill.path ? ["-P", kill.path] : []),
       // timeout forks the product and reaps it the moment it dies. strace, killed, cannot: its
       // orphan would be PID 1's to reap, which here takes up to 2 s, and until then the product's
       // pid looks alive (the next run keeps a temp file whose writer seems to be running).
@@ -155,16 +158,13 @@ export function runCli(
     const timer = setTimeout(() => child.kill("SIGKILL"), opts.timeoutMs ?? 60_000);
     child.on("error", reject);
     if (child.pid) opts.onSpawn?.(child.pid);
-    const stopWatching =
-      killLog &&
-      opts.killAt &&
-      killAtEntry(child, killLog, opts.killAt.syscall ?? "openat", opts.killAt.when ?? 1);
+    const stopWatching = kill && killAtEntry(child, kill.log, kill.syscall, kill.when);
     child.on("close", (code, signal) => {
       clearTimeout(timer);
       if (stopWatching) stopWatching();
-      if (killLog) rmSync(path.dirname(killLog), { recursive: true, force: true });
+      if (kill) rmSync(path.dirname(kill.log), { recursive: true, force: true });
       // killAtEntry kills strace too; a tracee killed otherwise is strace's exit status 137
-      const killed = signal ?? (opts.killAt && code === 137 ? "SIGKILL" : null);
+      const killed = signal ?? (kill && code === 137 ? "SIGKILL" : null);
       resolve({
         code: code ?? 128,
         signal: killed,
