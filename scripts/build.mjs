@@ -62,10 +62,8 @@ const builtinsRequired = {
   },
 };
 
-/**
- * string-width makes an Intl.Segmenter when it loads (16 ms of ICU data on Node 20, each copy),
- * for the layout of yargs' help, which most commands never print: it loads on its first call.
- */
+/** yargs' string-width, loaded on its first call with text outside printable ASCII. */
+const STRING_WIDTH_ASCII = path.join(import.meta.dirname, "vendor/string-width-ascii.cjs");
 const lazyStringWidth = {
   name: "lazy-string-width",
   setup(b) {
@@ -79,10 +77,10 @@ const lazyStringWidth = {
       return { path: real.path, namespace: "lazy-string-width" };
     });
     b.onLoad({ filter: /.*/, namespace: "lazy-string-width" }, (a) => ({
-      // a require() is bundled as a module that runs on its first call
+      // a require() in a function is bundled as a module that runs on its first call
       contents:
-        "let real;\n" +
-        `module.exports = (text, options) => (real ??= require(${JSON.stringify(a.path)}).default)(text, options);\n`,
+        `module.exports = require(${JSON.stringify(STRING_WIDTH_ASCII)})(` +
+        `() => require(${JSON.stringify(a.path)}).default);\n`,
       loader: "js",
       resolveDir: path.dirname(a.path),
     }));

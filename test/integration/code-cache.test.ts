@@ -1,7 +1,7 @@
 // The bundle's code cache (src/core/code-cache.ts), across real processes: a boot command keeps one
 // after it succeeded, the next start takes it (and so does not write it again), garbage in the file
-// is rejected and replaced, and a failed command, another command or a directory that cannot be
-// written leaves no cache and changes nothing else.
+// is rejected and replaced, the other commands share one that no boot reads, and a failed command
+// or a directory that cannot be written leaves no cache and changes nothing else.
 import t, { type Test } from "tap";
 import {
   chmodSync,
@@ -40,6 +40,8 @@ function cacheDir(t: Test): {
 
 /** yargs's cache: no boot loads yargs (commands/boot-argv.ts), so any command keeps it. */
 const YARGS_CACHE = /^vendor-yargs-\w+\.js\.vendor-yargs\.\d+\.\d+\.\d+\.v8$/;
+/** The CLI script's cache that the commands other than a boot's share; no boot reads it. */
+const OTHER_CACHE = /^cli-\w+\.js\.other\.\d+\.\d+\.\d+\.v8$/;
 
 const identity = (f: string) => {
   const st = statSync(f, { bigint: true });
@@ -121,34 +123,45 @@ t.test("the service keeps its cache once READY, while it runs on", async (t) => 
 });
 
 t.test(
-  "no cache from a failed command, from other commands, or where nothing can be written",
+  "no cache from a failed command or where nothing can be written; the other commands share one",
   async (t) => {
     const w = await world(t, { configToml: baseToml("\n[bogus]\nkey = 1\n") });
     const { dir, caches } = cacheDir(t);
     const rejected = await runCli(w, ["apply"], { env: { CACHE_DIRECTORY: dir } });
     t.equal(rejected.code, 2, "the input is rejected");
     t.same(caches(), [], "a failed apply keeps no cache (it would hold the error path)");
+    const rejectedPlan = await runCli(w, ["plan"], { env: { CACHE_DIRECTORY: dir } });
+    t.equal(rejectedPlan.code, 2, "the input is rejected by plan too");
+    t.same(caches(), [], "a failed plan keeps none either");
 
     const good = await world(t, { configToml: baseToml() });
     const plan = await runCli(good, ["plan"], { env: { CACHE_DIRECTORY: dir } });
     t.equal(plan.code, 0, lastError(plan));
     t.match(
       caches(),
-      [YARGS_CACHE],
-      "plan is not a boot command: no cache but yargs's, which no boot loads",
+      [OTHER_CACHE, YARGS_CACHE],
+      "plan is not a boot command: the other commands' cache of the CLI, and yargs's, which no boot loads",
     );
-    const yargsCache = path.join(dir, caches()[0]);
-    const was = identity(yargsCache);
+    const kept = caches().map((f) => path.join(dir, f));
+    const was = kept.map(identity);
     for (const args of [["apply", "--dry-run"], ["apply", "--help"], ["status"]]) {
       const r = await runCli(good, args, { env: { CACHE_DIRECTORY: dir } });
       t.equal(r.code, 0, `${args.join(" ")}: ${lastError(r)}`);
       t.match(
         caches(),
-        [YARGS_CACHE],
-        `${args.join(" ")} keeps no cache: not the path a boot takes`,
+        [OTHER_CACHE, YARGS_CACHE],
+        `${args.join(" ")} keeps no cache of its own: not the path a boot takes`,
       );
-      t.equal(identity(yargsCache), was, `${args.join(" ")} took yargs's cache: not written again`);
+      t.same(kept.map(identity), was, `${args.join(" ")} took both caches: neither written again`);
     }
+    const boot = await runCli(good, FULL, { env: { CACHE_DIRECTORY: dir } });
+    t.equal(boot.code, 0, lastError(boot));
+    t.match(
+      caches().filter((f) => f.startsWith("cli-")),
+      [/^cli-\w+\.js\.apply\.\d+\.\d+\.\d+\.v8$/, OTHER_CACHE],
+      "the boot did not take the other commands' cache: it made its own beside it",
+    );
+    t.same(kept.map(identity), was, "and left theirs as it was");
 
     writeFileSync(path.join(dir, "a-file"), "");
     const unwritable = path.join(dir, "a-file", "cache"); // ENOTDIR, even for root
@@ -223,8 +236,8 @@ t.test(
     await firstBoot(["plan"]);
     t.match(
       caches(),
-      [YARGS_CACHE],
-      "plan loads the SDK but keeps no cache of it: not a boot command (yargs's is no boot's)",
+      [OTHER_CACHE, YARGS_CACHE],
+      "plan loads the SDK but keeps no cache of it: not a boot command (these two are no boot's)",
     );
 
     await firstBoot();

@@ -1,6 +1,7 @@
 // What a boot loads: the entry is CommonJS (scripts/build.mjs), so an apply never starts Node's
 // ES module loader (2-4 ms of every apply, docs/benchmarks.md). Only a path that needs a vendor
-// library's ES chunk (the EKS token's signing) does.
+// library's ES chunk (the EKS token's signing) does. And what the other commands load: yargs lays
+// out its help after each command, without string-width's Unicode tables (45 ms on Node 20).
 import t from "tap";
 import { execFileSync } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -11,6 +12,7 @@ import { REPO } from "../support/repo.js";
 import { baseToml, lastError, runCli, world } from "../support/harness.js";
 
 const probe = path.join(REPO, "test/support/esm-probe.cjs");
+const segmenterProbe = path.join(REPO, "test/support/segmenter-probe.cjs");
 
 /** The bundle's run of `args`, with the ES loader modules it loaded. */
 async function esmLoaded(w: World, args: string[]) {
@@ -58,3 +60,26 @@ t.test("a reboot's apply and the unchanged apply never start the ES module loade
     "an ES module, run with the probe, is seen linked",
   );
 });
+
+t.test(
+  "status, plan and --help make no Intl.Segmenter (string-width stays unloaded)",
+  async (t) => {
+    const w = await world(t, { configToml: baseToml() });
+    const dir = mkdtempSync(path.join(tmpdir(), "eni-dpdk-segmenter-"));
+    t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+    const out = path.join(dir, "made.txt");
+    for (const args of [["status"], ["plan"], ["status", "--help"], ["--help"]]) {
+      const r = await runCli(w, args, {
+        nodeArgs: ["--require", segmenterProbe],
+        env: { SEGMENTER_PROBE_OUT: out },
+      });
+      t.equal(r.code, 0, `${args.join(" ")}: ${lastError(r)}`);
+      t.equal(readFileSync(out, "utf8"), "0", `${args.join(" ")}: no Segmenter made`);
+    }
+    // and the probe counts one where one is made
+    execFileSync(process.execPath, ["--require", segmenterProbe, "-e", "new Intl.Segmenter()"], {
+      env: { ...process.env, SEGMENTER_PROBE_OUT: out },
+    });
+    t.equal(readFileSync(out, "utf8"), "1", "a Segmenter made is counted");
+  },
+);
