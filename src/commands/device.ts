@@ -15,7 +15,9 @@ import {
   deviceNodeFor,
   listNetdevs,
   readPciDevice,
+  refuseMoveInUse,
   restoreDriver,
+  restoreHint,
   type BindResult,
   type PciDevice,
 } from "../host/pci.js";
@@ -174,6 +176,8 @@ export async function bindCommand(
         { bdf: r.bdf },
       );
     }
+    // and the device's holders: a move between DPDK drivers unbinds it
+    await refuseMoveInUse(host, r.bdf, r.pci.driver, driver);
     await setupKernel(host, { drivers: [driver], noiommu: config.dpdk.noiommu, log });
     if (r.mac && r.eniName) {
       await ensureNetworkdFile(host, state, r.eniName, r.mac);
@@ -237,7 +241,7 @@ export async function unbindCommand(
     if (!rb.ok) {
       throw new OpError(
         `returning ${r.bdf} to ${r.record?.originalDriver || "its kernel driver"} failed: ${rb.problem}`,
-        "see `dmesg`; `eni-dpdk status` shows where the device is now",
+        restoreHint(rb, "see `dmesg`; `eni-dpdk status` shows where the device is now"),
         { bdf: r.bdf },
       );
     }
@@ -260,6 +264,7 @@ export async function resetCommand(
       tempDirs: [path.posix.dirname(config.sriov.config_path), NODEADM_DROPIN_DIR],
     });
     const failures: string[] = [];
+    let inUse = false;
     for (const rec of Object.values(state.bindings)) {
       const pci = await readPciDevice(host, rec.bdf);
       if (!pci || pci.vendor !== rec.vendor || pci.device !== rec.device) {
@@ -277,6 +282,7 @@ export async function resetCommand(
         });
         if (!rb.ok) {
           failures.push(`${rec.bdf}: ${rb.problem}`);
+          inUse ||= !!rb.holders?.length;
           continue;
         }
         ctx.out(
@@ -305,7 +311,9 @@ export async function resetCommand(
     if (failures.length) {
       throw new OpError(
         `reset incomplete: ${failures.join("; ")}`,
-        "see `dmesg` and `eni-dpdk status`; rerun `eni-dpdk reset`",
+        inUse
+          ? "a device in use was left as it is: stop what holds it (for a pod, delete it or scale its workload down), then rerun `eni-dpdk reset`"
+          : "see `dmesg` and `eni-dpdk status`; rerun `eni-dpdk reset`",
         {},
       );
     }

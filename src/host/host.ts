@@ -42,6 +42,8 @@ export const HOST_READS = [
   "lstat",
   "owner",
   "link",
+  "target",
+  "rdev",
   "resolve",
   "list",
 ] as const;
@@ -164,6 +166,12 @@ export class Host {
         }
         case "link":
           return path.basename(readlinkSync(p));
+        case "target":
+          return readlinkSync(p);
+        case "rdev": {
+          const st = statSync(p);
+          return st.isCharacterDevice() ? `${st.rdev}` : null;
+        }
         case "resolve": {
           const real = realpathSync(p);
           if (this.root === "/") return real;
@@ -175,7 +183,7 @@ export class Host {
       }
     } catch (e) {
       const code = (e as NodeJS.ErrnoException).code;
-      if (isNotFound(e) || (code === "EINVAL" && op === "link"))
+      if (isNotFound(e) || (code === "EINVAL" && (op === "link" || op === "target")))
         return op === "exists" ? false : op === "list" ? [] : null;
       throw e;
     }
@@ -218,6 +226,19 @@ export class Host {
   /** Basename of a symlink's target (e.g. the driver name from `<dev>/driver`), or undefined. */
   async linkName(abs: string): Promise<string | undefined> {
     return (this.observed("link", abs) as string | null) ?? undefined;
+  }
+
+  /** A symlink's target as written (e.g. `/dev/vfio/noiommu-16` from `/proc/<pid>/fd/<n>`), or undefined. */
+  async linkTarget(abs: string): Promise<string | undefined> {
+    return (this.observed("target", abs) as string | null) ?? undefined;
+  }
+
+  /**
+   * The device number of the character device a path leads to (through symlinks, /proc's fd links
+   * included), or undefined for anything else.
+   */
+  async charDevice(abs: string): Promise<string | undefined> {
+    return (this.observed("rdev", abs) as string | null) ?? undefined;
   }
 
   /**

@@ -12,7 +12,6 @@ import { type GuardFacts, guardViolations } from "./guard.js";
 
 export const PCI_DEVICES = "/sys/bus/pci/devices";
 export const DRIVERS_PROBE = "/sys/bus/pci/drivers_probe";
-/** The device ids the DPDK ENA PMD accepts (the kernel ena driver claims more). */
 
 // ---- discovery -----------------------------------------------------------------------------------
 
@@ -127,6 +126,91 @@ export async function deviceNodeFor(
   return undefined;
 }
 
+/** A process with a DPDK-bound device's user-space node open: a DPDK app, in a pod or not. */
+export interface DeviceHolder {
+  pid: number;
+  comm: string;
+  node: string;
+}
+
+/**
+ * Who has the device's user-space nodes open: its vfio group (/dev/vfio/N, /dev/vfio/noiommu-N),
+ * its vfio cdev (/dev/vfio/devices/vfioX) or its /dev/uioN, found in every process's fd links by
+ * the path or, for a node seen under another name in a container, by the device number.
+ * A vfio-pci unbind of a device in use waits in the kernel until the app lets go, and the writer
+ * cannot be killed meanwhile; so nothing unbinds a device on a DPDK driver without asking this.
+ */
+export async function deviceHolders(
+  host: Host,
+  bdf: string,
+  driver: string | undefined,
+): Promise<DeviceHolder[]> {
+  const nodes = new Map<string, string | undefined>(); // path → its device number
+  const add = async (node: string | undefined) => {
+    if (node) nodes.set(node, await host.charDevice(node));
+  };
+  await add(await deviceNodeFor(host, bdf, driver));
+  if (driver === "vfio-pci")
+    for (const d of await host.list(`${PCI_DEVICES}/${bdf}/vfio-dev`))
+      await add(`/dev/vfio/devices/${d}`);
+  if (!nodes.size) return [];
+  const numbers = new Map([...nodes].filter(([, n]) => n).map(([p, n]) => [n!, p]));
+  const held: DeviceHolder[] = [];
+  for (const pid of (await host.list("/proc")).filter((d) => /^\d+$/.test(d))) {
+    let fds: string[];
+    try {
+      fds = await host.list(`/proc/${pid}/fd`);
+    } catch (e) {
+      throw new OpError(
+        `cannot tell whether ${bdf} is in use: /proc/${pid}/fd: ${(e as Error).message}`,
+        "nothing was changed; run eni-dpdk as root",
+        { bdf },
+      );
+    }
+    for (const fd of fds) {
+      const link = `/proc/${pid}/fd/${fd}`;
+      const target = await host.linkTarget(link);
+      // sockets, pipes and anon inodes are no device node
+      if (!target?.startsWith("/")) continue;
+      const node = nodes.has(target)
+        ? target
+        : numbers.size
+          ? numbers.get((await host.charDevice(link)) ?? "")
+          : undefined;
+      if (!node) continue;
+      held.push({ pid: Number(pid), comm: (await host.attr(`/proc/${pid}/comm`)) ?? "?", node });
+      break;
+    }
+  }
+  return held;
+}
+
+/** "pid 4242 (dpdk-testpmd) has /dev/vfio/noiommu-17 open", for each holder. */
+export function inUseBy(holders: DeviceHolder[]): string {
+  return `in use: ${holders.map((h) => `pid ${h.pid} (${h.comm}) has ${h.node} open`).join(", ")}`;
+}
+
+/** A device on a DPDK driver that a process holds is not moved to `target`: an OpError, nothing written. */
+export async function refuseMoveInUse(
+  host: Host,
+  bdf: string,
+  driver: string | undefined,
+  target: string,
+): Promise<void> {
+  if (!isDpdkDriver(driver) || driver === target) return;
+  const holders = await deviceHolders(host, bdf, driver);
+  if (holders.length)
+    throw new OpError(
+      `refusing to move ${bdf} from ${driver} to ${target}: ${inUseBy(holders)}`,
+      IN_USE_HINT,
+      { bdf, holders: holders.map((h) => h.pid) },
+    );
+}
+
+/** What to do about a device in use. */
+export const IN_USE_HINT =
+  "nothing was changed: stop that process first (for a pod, delete it or scale its workload down), then run eni-dpdk again; eni-dpdk never unbinds a device in use, because the kernel's vfio-pci unbind waits for the app to let go, with the writer stuck";
+
 // ---- binding -------------------------------------------------------------------------------------
 
 export interface BindOptions {
@@ -213,6 +297,7 @@ export async function bindDevice(
       { bdf },
     );
   }
+  await refuseMoveInUse(host, bdf, dev.driver, target);
   const mac = opts.mac?.toLowerCase();
   const netdevs = await deviceNetdevs(host, bdf);
   if (mac && netdevs.length && !netdevs.some((n) => n.mac === mac)) {
@@ -391,6 +476,13 @@ export interface RestoreResult {
   driver?: string;
   ifname?: string;
   problem?: string;
+  /** the processes that have the device open: nothing was written (see deviceHolders) */
+  holders?: DeviceHolder[];
+}
+
+/** The hint for a failed restore: about its holders when it was refused for them, else `otherwise`. */
+export function restoreHint(rb: RestoreResult, otherwise: string): string {
+  return rb.holders?.length ? IN_USE_HINT : otherwise;
 }
 
 /**
@@ -405,6 +497,11 @@ export async function restoreDriver(
   opts: { log: Logger; mac?: string; journal?: boolean },
 ): Promise<RestoreResult> {
   const dir = `${PCI_DEVICES}/${bdf}`;
+  const cur = await host.linkName(`${dir}/driver`);
+  if (cur !== original && isDpdkDriver(cur)) {
+    const holders = await deviceHolders(host, bdf, cur);
+    if (holders.length) return { ok: false, driver: cur, holders, problem: inUseBy(holders) };
+  }
   if (opts.journal !== false) {
     const dev = await readPciDevice(host, bdf);
     if (dev) {

@@ -92,7 +92,9 @@ export async function recoverInflight(
       });
       dlog.error("could not recover an interrupted operation; it stays in the journal", {
         error: rb.problem,
-        next: `see dmesg; eni-dpdk retries at its next run`,
+        next: rb.holders?.length
+          ? "stop what holds the device; eni-dpdk retries at its next run"
+          : "see dmesg; eni-dpdk retries at its next run",
       });
       continue;
     }

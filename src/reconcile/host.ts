@@ -21,7 +21,10 @@ import {
   listPciDevices,
   netdevByMac,
   readPciDevice,
+  deviceHolders,
+  inUseBy,
   restoreDriver,
+  restoreHint,
   type BindResult,
   type PciDevice,
 } from "../host/pci.js";
@@ -201,13 +204,18 @@ export async function planHost(ctx: StageContext, targets: HostTarget[]): Promis
       continue;
     }
     const drv = l.pci?.driver;
+    // a plan that would unbind a device from a DPDK driver says who holds it (apply refuses then)
+    const holders = async () => {
+      const h = isDpdkDriver(drv) ? await deviceHolders(ctx.host, l.bdf!, drv) : [];
+      return h.length ? `; ${inUseBy(h)}, and apply leaves it until then` : "";
+    };
     if (t.dpdk.enabled) {
       if (drv !== t.dpdk.driver) {
         actions.push({
           stage: "host",
           kind: "bind",
           target: l.bdf!,
-          detail: `${t.name} ${t.mac} ${l.pci?.vendor}:${l.pci?.device} ${drv ?? "no driver"} → ${t.dpdk.driver}`,
+          detail: `${t.name} ${t.mac} ${l.pci?.vendor}:${l.pci?.device} ${drv ?? "no driver"} → ${t.dpdk.driver}${await holders()}`,
         });
       }
       continue;
@@ -217,7 +225,7 @@ export async function planHost(ctx: StageContext, targets: HostTarget[]): Promis
         stage: "host",
         kind: "unbind",
         target: l.bdf!,
-        detail: `${t.name}: DPDK disabled; return from ${drv} to ${ctx.state.bindings[t.mac.toLowerCase()]?.originalDriver ?? "its kernel driver"}`,
+        detail: `${t.name}: DPDK disabled; return from ${drv} to ${ctx.state.bindings[t.mac.toLowerCase()]?.originalDriver ?? "its kernel driver"}${await holders()}`,
       });
     } else if (l.ifname) {
       const mtu = Number(await ctx.host.attr(`/sys/class/net/${l.ifname}/mtu`));
@@ -455,11 +463,11 @@ async function applyKernelDevice(ctx: StageContext, l: LocatedDevice): Promise<H
         log: dlog,
         mac,
       });
-      r.changed = true;
+      r.changed = !rb.holders?.length;
       if (!rb.ok)
         throw new OpError(
           `returning ${l.bdf} to ${rec.originalDriver}: ${rb.problem}`,
-          "see `dmesg`; `eni-dpdk status` shows where the device is",
+          restoreHint(rb, "see `dmesg`; `eni-dpdk status` shows where the device is"),
           { bdf: l.bdf },
         );
       delete state.bindings[mac];

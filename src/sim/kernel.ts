@@ -151,6 +151,8 @@ export class SimKernel {
   private readonly actionReaders = new Map<string, net.Socket>();
   private readonly failProbe = new Map<string, number>();
   private readonly slowUnbind = new Map<string, number>();
+  /** vfio-pci unbinds waiting for a device's holders to let go (holdDevice) */
+  private readonly heldUnbind = new Map<string, () => void>();
   private noiommuSupport: boolean;
   private readonly iommu: boolean;
   private readonly capacity: Record<number, number>;
@@ -366,6 +368,49 @@ export class SimKernel {
   /** The next unbind of this device takes `ms` to complete (a NIC driver's teardown). */
   delayNextUnbind(bdf: string, ms: number): void {
     this.slowUnbind.set(bdf, ms);
+  }
+
+  /**
+   * A process opens a DPDK-bound device's user-space node, as a DPDK app does: /proc/<pid>/fd/<fd>
+   * links to the node and /proc/<pid>/comm names the process. While any holds a vfio-pci device,
+   * its unbind does not complete: the kernel waits for the app to let go, with the writer stuck.
+   * Returns the release (the process closes the node, or exits).
+   */
+  holdDevice(bdf: string, proc: { pid: number; comm: string; fd?: number }): () => void {
+    const node = this.userNodeOf(bdf);
+    if (!node) throw new Error(`holdDevice: ${bdf} has no user-space device node`);
+    const dir = `/proc/${proc.pid}`;
+    fs.mkdirSync(this.p(`${dir}/fd`), { recursive: true });
+    fs.writeFileSync(this.p(`${dir}/comm`), `${proc.comm}\n`);
+    const link = this.p(`${dir}/fd/${proc.fd ?? 3}`);
+    fs.symlinkSync(node, link); // absolute, as the kernel shows it: the node in the opener's view
+    return () => {
+      fs.rmSync(link, { force: true });
+      if (!this.holders(bdf)) this.heldUnbind.get(bdf)?.();
+    };
+  }
+
+  /** The device's /dev node now: /dev/vfio/<group>, /dev/vfio/noiommu-<group> or /dev/uio<N>. */
+  private userNodeOf(bdf: string): string | undefined {
+    const dir = this.devDir(bdf);
+    const drv = this.currentDriver(bdf);
+    if (drv === "vfio-pci") {
+      const g = path.basename(fs.readlinkSync(this.p(`${dir}/iommu_group`)));
+      return this.iommu ? `/dev/vfio/${g}` : `/dev/vfio/noiommu-${g}`;
+    }
+    if (fs.existsSync(this.p(`${dir}/uio`)))
+      return `/dev/${fs.readdirSync(this.p(`${dir}/uio`))[0]}`;
+    return undefined;
+  }
+
+  /** How many fds of the simulated processes name the device's node. */
+  private holders(bdf: string): number {
+    const node = this.userNodeOf(bdf);
+    let n = 0;
+    for (const pid of fs.readdirSync(this.p("/proc")).filter((d) => /^\d+$/.test(d)))
+      for (const fd of fs.readdirSync(this.p(`/proc/${pid}/fd`)))
+        if (fs.readlinkSync(this.p(`/proc/${pid}/fd/${fd}`)) === node) n++;
+    return n;
   }
 
   /**
@@ -746,6 +791,14 @@ export class SimKernel {
     if (file === "unbind") {
       if (this.currentDriver(value) !== drv)
         return this.fail(`${drv}/unbind: ${value} is not bound to ${drv} (ENODEV)`);
+      if (drv === "vfio-pci" && this.holders(value)) {
+        // vfio_unregister_group_dev: the unbind completes once the last holder closes the node
+        this.heldUnbind.set(value, () => {
+          this.heldUnbind.delete(value);
+          if (!this.closed) this.detach(dev);
+        });
+        return;
+      }
       const slow = this.slowUnbind.get(value);
       if (slow === undefined) this.detach(dev);
       else {

@@ -89,6 +89,10 @@ export class Testpmd {
     return !this.done;
   }
 
+  get pid(): number | undefined {
+    return this.proc.pid;
+  }
+
   /** The EAL lines (startup: IOVA mode, IOMMU type, probes). */
   eal(): string[] {
     return this.out.split("\n").filter((l) => /^EAL: |^Port \d+ Link|^Port \d+: /.test(l));
@@ -331,7 +335,7 @@ export async function s10TestpmdForwards(): Promise<Step> {
 export async function s13ReconcileUnderApp(): Promise<Step> {
   const st = new Step(
     "13",
-    "reconcile while the app runs: apply changes nothing, testpmd's counters keep growing",
+    "reconcile while the app runs: apply changes nothing, unbind refuses the device testpmd holds, testpmd's counters keep growing",
   );
   const tp = app;
   if (!st.check(!!tp?.running, "testpmd from scenario 10 is running") || !tp) return st;
@@ -369,9 +373,42 @@ export async function s13ReconcileUnderApp(): Promise<Step> {
     );
   }
   st.evidence.push(...statsExcerpt(tp.out));
+  await refusedUnderApp(st, tp);
   await stopAndReport(st, tp);
   app = undefined;
   return st;
+}
+
+/**
+ * `unbind` of a device testpmd has open is refused, naming testpmd, with nothing changed: the
+ * kernel's vfio-pci unbind would wait for testpmd to let go, with eni-dpdk stuck in the write.
+ */
+async function refusedUnderApp(st: Step, tp: Testpmd): Promise<void> {
+  const bdf = tp.bdfs[0];
+  const before = snapshot();
+  const a = tp.stats();
+  const r = await cli("unbind", bdf);
+  st.note(`unbind ${bdf} under testpmd: exit ${r.code} in ${r.ms} ms`);
+  st.evidence.push(...tail(r.stderr, 2));
+  st.check(r.code === 1, "unbind exits 1");
+  st.check(
+    new RegExp(`in use: pid ${tp.pid} \\(dpdk-testpmd\\) has /dev/vfio/noiommu-\\d+ open`).test(
+      r.stderr,
+    ),
+    `the error names testpmd (pid ${tp.pid}) and its vfio group`,
+  );
+  const after = snapshot();
+  for (const n of plan.nics)
+    st.check(sameNic(before[n.name], after[n.name]), `${fmtNic(n.name, after[n.name])} unchanged`);
+  const t = Date.now();
+  await tp.until(() => Date.now() - t > 2500, 10_000);
+  const b = tp.stats();
+  st.check(tp.running, "testpmd is still running");
+  for (const p of [0, 1])
+    st.check(
+      (b.get(p)?.rx ?? 0) > (a.get(p)?.rx ?? Infinity),
+      `port ${p} still receives after the refused unbind: RX ${a.get(p)?.rx} → ${b.get(p)?.rx}`,
+    );
 }
 
 /** `dpdk-devbind.py --status`: BDF → driver, in its two network sections. */
