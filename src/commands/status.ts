@@ -107,6 +107,7 @@ export function renderStatus(doc: StatusDoc): string {
             `  planned nothing: every input read as the apply of ${doc.lastApply.unchangedSince} found it (\`apply --full\` plans)`,
           ]
         : []),
+      ...(doc.lastApply.warnings ?? []).map((w) => `  warning: ${w}`),
     );
   for (const p of doc.configProblems) out.push(`config: ${p}`);
   return out.slice(1).join("\n") + "\n";

@@ -1115,6 +1115,34 @@ function knownEnis(ctx: StageContext): EniRecord[] {
     .filter((r): r is EniRecord => !!r && !!r.mac);
 }
 
+/**
+ * The ENIs on record that no source configures any more (taken out of the file, a NodeENI deleted
+ * or no longer selecting this node) and that are still attached. eni-dpdk leaves them as they are:
+ * a removal never detaches, deletes or unbinds, since an app may still use the device. Each warning
+ * says where the ENI was left and what releases it.
+ */
+export function leftOverEnis(ctx: StageContext): string[] {
+  const configured = new Set(ctx.config.eni.map((e) => e.name));
+  const attached = new Set(ctx.imdsNics.map((n) => n.mac.toLowerCase()));
+  const out: string[] = [];
+  for (const r of Object.values(ctx.state.enis)) {
+    const mac = r.mac?.toLowerCase();
+    if (configured.has(r.name) || !mac || !attached.has(mac)) continue;
+    const b = ctx.state.bindings[mac];
+    const device = b
+      ? `; its device ${b.bdf} stays on ${b.driver}, and no SR-IOV resource of eni-dpdk's offers it now: \`eni-dpdk unbind ${r.name}\` returns it to ${b.originalDriver || "its kernel driver"}`
+      : "";
+    const release =
+      r.attach === "external"
+        ? "attached by the launch template or lifecycle hook that owns it"
+        : `attached: \`aws ec2 detach-network-interface --attachment-id ${r.attachmentId ?? "<its attachment>"}\`${r.createdByUs ? ` then \`aws ec2 delete-network-interface --network-interface-id ${r.eniId}\`` : ""} release it`;
+    out.push(
+      `ENI ${r.eniId} ("${r.name}", MAC ${mac}) is no longer configured; eni-dpdk left it as it was, ${release}${device}`,
+    );
+  }
+  return out;
+}
+
 export const eniStage: Stage<EniPlan & StagePlan> = {
   name: "eni",
   enabled: () => true,
@@ -1124,7 +1152,12 @@ export const eniStage: Stage<EniPlan & StagePlan> = {
       plan.items.flatMap((it) => (it.record ? [[it.eni.name, it.record]] : [])),
     );
     const expected = [...planned.values(), ...knownEnis(ctx).filter((r) => !planned.has(r.name))];
-    return { ...plan, expected: { enis: expected } };
+    const leftOver = leftOverEnis(ctx);
+    return {
+      ...plan,
+      expected: { enis: expected },
+      ...(leftOver.length ? { warnings: leftOver } : {}),
+    };
   },
   async apply(ctx, plan) {
     return { enis: await applyEnis(ctx, ctx.ec2, plan) };

@@ -100,7 +100,13 @@ export interface StatusDoc {
   devices: StatusDevice[];
   otherDevices: OtherDevice[];
   /** from /run/eni-dpdk/status.json when an apply wrote one */
-  lastApply?: { startedAt?: string; ok?: boolean; summary?: string; unchangedSince?: string };
+  lastApply?: {
+    startedAt?: string;
+    ok?: boolean;
+    summary?: string;
+    unchangedSince?: string;
+    warnings?: string[];
+  };
   configProblems: string[];
 }
 
@@ -254,6 +260,10 @@ export async function collectStatus(
             ok: last.apply?.ok,
             summary: last.apply?.summary,
             ...(last.apply?.unchangedSince ? { unchangedSince: last.apply.unchangedSince } : {}),
+            // a status file of another version may hold anything there
+            ...(Array.isArray(last.apply?.warnings) && last.apply.warnings.length
+              ? { warnings: last.apply.warnings.filter((w) => typeof w === "string") }
+              : {}),
           },
         }
       : {}),
@@ -311,6 +321,7 @@ export interface LastApplyFile {
     unchangedSince?: string;
     devices?: LastApplyFile["devices"];
     maxPods?: Partial<MaxPodsResult>;
+    warnings?: string[];
   };
 }
 

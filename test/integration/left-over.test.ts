@@ -1,0 +1,84 @@
+// An ENI taken out of the config (a NodeENI deleted, a file edited) is left as it was: never
+// detached, deleted or unbound by the removal, since an app may still use it. What the node is
+// told instead: plan, apply, the Status line's count and `status` say where each such ENI was
+// left and the commands that release it; `unbind` by its name returns the device.
+import { readFileSync } from "node:fs";
+import path from "node:path";
+import t from "tap";
+import { baseToml, converge, lastError, runCli, world } from "../support/harness.js";
+
+const BDF = "0000:00:06.0";
+/** baseToml without data1: kern1 alone */
+const withoutData1 = () =>
+  baseToml().replace(/\[\[eni\]\]\nname = "data1"[\s\S]*?(?=\[\[eni\]\])/, "");
+
+const warnings = (r: { log: Record<string, string>[] }) =>
+  r.log
+    .filter((l) => l.level === "warn" && l.msg.includes("no longer configured"))
+    .map((l) => l.msg);
+
+t.test(
+  "an ENI removed from the config stays attached and bound, and every view says so",
+  async (t) => {
+    const w = await world(t, { configToml: baseToml() });
+    await converge(t, w);
+    t.equal(w.sim.driverOf(BDF), "vfio-pci");
+    const state = JSON.parse(
+      readFileSync(path.join(w.root, "var/lib/eni-dpdk/state.json"), "utf8"),
+    );
+    const data1 = state.enis.data1 as { eniId: string; mac: string; attachmentId: string };
+    t.notOk(withoutData1().includes('"data1"'), "the edit takes data1 out");
+    w.writeConfig(withoutData1());
+    const mutatingBefore = w.ec2.mutatingCalls();
+
+    const plan = await runCli(w, ["plan"]);
+    t.equal(plan.code, 0, lastError(plan));
+    const expected = `ENI ${data1.eniId} ("data1", MAC ${data1.mac}) is no longer configured; eni-dpdk left it as it was, attached: \`aws ec2 detach-network-interface --attachment-id ${data1.attachmentId}\` then \`aws ec2 delete-network-interface --network-interface-id ${data1.eniId}\` release it; its device ${BDF} stays on vfio-pci, and no SR-IOV resource of eni-dpdk's offers it now: \`eni-dpdk unbind data1\` returns it to ena`;
+    t.same(warnings(plan), [expected], "plan warns, naming the ENI, its device and the commands");
+
+    const apply = await runCli(w, ["apply"]);
+    t.equal(apply.code, 0, lastError(apply));
+    t.same(warnings(apply), [expected]);
+    t.equal(w.ec2.mutatingCalls(), mutatingBefore, "no EC2 call detached or deleted anything");
+    t.equal(w.sim.driverOf(BDF), "vfio-pci", "the device stays bound");
+    const doc = JSON.parse(readFileSync(path.join(w.root, "run/eni-dpdk/status.json"), "utf8"));
+    t.ok(doc.apply.warnings.includes(expected), "status.json keeps the warning");
+    t.match(
+      doc.apply.summary,
+      new RegExp(`\\(${doc.apply.warnings.length} warnings?\\)$`),
+      "the Status line counts it",
+    );
+    const pcidp = readFileSync(path.join(w.root, "etc/pcidp/config.json"), "utf8");
+    t.notOk(pcidp.includes(BDF), "no SR-IOV resource of ours offers the device");
+
+    const status = await runCli(w, ["status"]);
+    t.equal(status.code, 0, lastError(status));
+    t.match(status.stdout, `  warning: ${expected}`, "status prints the last apply's warnings");
+    const json = await runCli(w, ["status", "--json"]);
+    t.ok(JSON.parse(json.stdout).lastApply.warnings.includes(expected), "and status --json");
+
+    // unbind by name: the device goes back; the ENI is still attached, and still said to be
+    const unbind = await runCli(w, ["unbind", "data1"]);
+    t.equal(unbind.code, 0, lastError(unbind));
+    t.equal(w.sim.driverOf(BDF), "ena");
+    const again = await runCli(w, ["apply"]);
+    t.equal(again.code, 0, lastError(again));
+    t.same(warnings(again), [
+      `ENI ${data1.eniId} ("data1", MAC ${data1.mac}) is no longer configured; eni-dpdk left it as it was, attached: \`aws ec2 detach-network-interface --attachment-id ${data1.attachmentId}\` then \`aws ec2 delete-network-interface --network-interface-id ${data1.eniId}\` release it`,
+    ]);
+    t.equal(w.sim.driverOf(BDF), "ena", "apply does not bind an ENI no longer configured");
+
+    // configured again: adopted as ever, and the warning is gone
+    w.writeConfig(baseToml());
+    const back = await runCli(w, ["apply"]);
+    t.equal(back.code, 0, lastError(back));
+    t.same(warnings(back), []);
+    t.equal(w.sim.driverOf(BDF), "vfio-pci");
+    t.equal(
+      JSON.parse(readFileSync(path.join(w.root, "var/lib/eni-dpdk/state.json"), "utf8")).enis.data1
+        .eniId,
+      data1.eniId,
+      "the same ENI, not a new one",
+    );
+  },
+);
