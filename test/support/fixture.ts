@@ -6,6 +6,7 @@ import { Host } from "../../src/host/host.js";
 import { Deadline } from "../../src/core/deadline.js";
 import { Logger, type LogSink } from "../../src/core/log.js";
 import type { StageContext } from "../../src/reconcile/stage.js";
+import type { CommandContext } from "../../src/commands/context.js";
 import { emptyState, type State } from "../../src/host/state.js";
 import { SimKernel, type SimKernelOptions } from "../../src/sim/kernel.js";
 import { type Ec2Factory } from "../../src/cloud/ec2.js";
@@ -96,5 +97,20 @@ export function target(
       pci_address: "",
       ...over.dpdk,
     },
+  };
+}
+
+/** A command's context on the simulated node: what it prints (`output`) and logs (`lines`). */
+export function cmdCtx(sim: SimKernel): CommandContext & { output: string[]; lines: string[] } {
+  const { log, lines } = captureLog();
+  const output: string[] = [];
+  return {
+    host: new Host(sim.root),
+    log,
+    out: (s) => void output.push(s),
+    output,
+    lines,
+    configPath: undefined,
+    env: {},
   };
 }

@@ -5,7 +5,6 @@ import { promisify } from "node:util";
 import t from "tap";
 import { InputError, OpError } from "../../../src/core/errors.js";
 import { Host } from "../../../src/host/host.js";
-import type { CommandContext } from "../../../src/commands/context.js";
 import { applyHost, planHost } from "../../../src/reconcile/host.js";
 import { loadState, saveState, STATE_PATH, type State } from "../../../src/host/state.js";
 import {
@@ -17,7 +16,6 @@ import {
 import { collectStatus } from "../../../src/reconcile/status.js";
 import { renderStatus, statusCommand } from "../../../src/commands/status.js";
 import {
-  captureLog,
   config,
   DATA1,
   DATA2,
@@ -26,25 +24,12 @@ import {
   PRIMARY,
   stageCtx,
   target,
+  cmdCtx,
 } from "../../support/fixture.js";
 import type { SimKernel } from "../../../src/sim/kernel.js";
 import { BUNDLE, NODE } from "../../support/harness.js";
 
 const run = promisify(execFile);
-
-function cmdCtx(sim: SimKernel): CommandContext & { output: string[]; lines: string[] } {
-  const { log, lines } = captureLog();
-  const output: string[] = [];
-  return {
-    host: new Host(sim.root),
-    log,
-    out: (s) => void output.push(s),
-    output,
-    lines,
-    configPath: undefined,
-    env: {},
-  };
-}
 
 /** The state the ENI stage leaves: our ENIs with their MACs. */
 async function seedEnis(

@@ -6,7 +6,6 @@ import fs from "node:fs";
 import t, { type Test } from "tap";
 import { OpError } from "../../../src/core/errors.js";
 import { Host } from "../../../src/host/host.js";
-import type { CommandContext } from "../../../src/commands/context.js";
 import { applyHost, planHost } from "../../../src/reconcile/host.js";
 import { JOURNAL_PATH, loadState, saveState } from "../../../src/host/state.js";
 import { bindCommand, resetCommand, unbindCommand } from "../../../src/commands/device.js";
@@ -20,20 +19,8 @@ import {
   PRIMARY,
   stageCtx,
   target,
+  cmdCtx,
 } from "../../support/fixture.js";
-
-function cmdCtx(sim: SimKernel): CommandContext & { output: string[] } {
-  const { log } = captureLog();
-  const output: string[] = [];
-  return {
-    host: new Host(sim.root),
-    log,
-    out: (s) => void output.push(s),
-    output,
-    configPath: undefined,
-    env: {},
-  };
-}
 
 /** data1 and data2 bound to vfio-pci by the host stage, as an apply leaves them. */
 async function bound(t: Test): Promise<SimKernel> {
