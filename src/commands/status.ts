@@ -4,6 +4,8 @@ import { localConfig, type CommandContext } from "./context.js";
 import { formatProblem } from "../core/errors.js";
 import { renderSriovCheck } from "./sriov.js";
 import { label, perNode } from "../host/kernel.js";
+import { deviceHolders, inUseBy } from "../host/pci.js";
+import { isDpdkDriver } from "../config/facts.js";
 
 /** Text like `dpdk-devbind.py --status`: managed devices, other NICs, host readiness. */
 export function renderStatus(doc: StatusDoc): string {
@@ -40,6 +42,8 @@ export function renderStatus(doc: StatusDoc): string {
     ]);
     out.push(...table([head, ...rows]));
     for (const d of doc.devices.filter((d) => d.detail)) out.push(`  ${d.name}: ${d.detail}`);
+    for (const d of doc.devices.filter((d) => d.holders?.length))
+      out.push(`  ${d.name}: ${inUseBy(d.holders!)}`);
   }
   section("Other network devices");
   if (doc.otherDevices.length === 0) out.push("<none>");
@@ -140,6 +144,12 @@ export async function statusCommand(ctx: CommandContext, opts: { json: boolean }
     config,
     configProblems: problems.map(formatProblem),
   });
+  // who uses each bound device: here only, as a boot's status file has no use for a /proc scan
+  for (const d of doc.devices)
+    if (d.bdf && isDpdkDriver(d.driver)) {
+      const holders = await deviceHolders(ctx.host, d.bdf, d.driver);
+      if (holders.length) d.holders = holders;
+    }
   ctx.out(opts.json ? JSON.stringify(doc, null, 2) + "\n" : renderStatus(doc));
   return 0;
 }

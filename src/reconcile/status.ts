@@ -6,7 +6,13 @@ import { fullResourceName, isDpdkDriver } from "../config/facts.js";
 import { errorMessage } from "../core/errors.js";
 import { isoTime } from "../core/deadline.js";
 import { type Host } from "../host/host.js";
-import { deviceNodeFor, listNetdevs, listPciDevices, readPciDevice } from "../host/pci.js";
+import {
+  deviceNodeFor,
+  listNetdevs,
+  listPciDevices,
+  readPciDevice,
+  type DeviceHolder,
+} from "../host/pci.js";
 import { readRoutes, routeReasons } from "../host/guard.js";
 import { type BindingRecord, loadState, type State, STATUS_PATH } from "../host/state.js";
 import {
@@ -50,6 +56,8 @@ export interface StatusDevice {
    *  missing: not found on this host */
   state: "bound" | "kernel" | "unbound" | "failed" | "missing";
   detail: string;
+  /** the processes that have the device open (a DPDK app): only `eni-dpdk status` looks */
+  holders?: DeviceHolder[];
 }
 
 export interface OtherDevice {

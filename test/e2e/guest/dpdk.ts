@@ -400,6 +400,21 @@ async function refusedUnderApp(st: Step, tp: Testpmd): Promise<void> {
   const after = snapshot();
   for (const n of plan.nics)
     st.check(sameNic(before[n.name], after[n.name]), `${fmtNic(n.name, after[n.name])} unchanged`);
+  // and `status --json` says who holds each device
+  const s = await cli("status", "--json");
+  const devices =
+    (
+      parseJson(s.stdout) as {
+        devices?: { bdf: string; holders?: { pid: number; comm: string }[] }[];
+      }
+    )?.devices ?? [];
+  for (const b of tp.bdfs) {
+    const h = devices.find((d) => d.bdf === b)?.holders;
+    st.check(
+      !!h && h.length === 1 && h[0].pid === tp.pid && h[0].comm === "dpdk-testpmd",
+      `status --json: ${b} is held by testpmd (${JSON.stringify(h ?? null)})`,
+    );
+  }
   const t = Date.now();
   await tp.until(() => Date.now() - t > 2500, 10_000);
   const b = tp.stats();

@@ -9,6 +9,8 @@ import { Host } from "../../../src/host/host.js";
 import { applyHost, planHost } from "../../../src/reconcile/host.js";
 import { JOURNAL_PATH, loadState, saveState } from "../../../src/host/state.js";
 import { bindCommand, resetCommand, unbindCommand } from "../../../src/commands/device.js";
+import { statusCommand } from "../../../src/commands/status.js";
+import type { StatusDoc } from "../../../src/reconcile/status.js";
 import { deviceHolders, IN_USE_HINT, restoreDriver } from "../../../src/host/pci.js";
 import type { SimKernel } from "../../../src/sim/kernel.js";
 import {
@@ -212,4 +214,25 @@ t.test("a rollback's restore is refused as well, and says so", async (t) => {
   await sim.settle();
   t.same(writesOf(sim, DATA1.bdf, before), []);
   t.notOk(fs.existsSync(sim.p(JOURNAL_PATH)), "nothing journalled");
+});
+
+t.test("status names who has each bound device open", async (t) => {
+  const sim = await bound(t);
+  const node = nodeOf(sim, DATA1.bdf);
+  const release = sim.holdDevice(DATA1.bdf, { pid: 4242, comm: "dpdk-testpmd" });
+  const text = cmdCtx(sim);
+  t.equal(await statusCommand(text, { json: false }), 0);
+  t.match(text.output.join(""), `\n  data1: in use: pid 4242 (dpdk-testpmd) has ${node} open\n`);
+  t.notMatch(text.output.join(""), /data2: in use/, "the free device is not said to be");
+  const json = cmdCtx(sim);
+  t.equal(await statusCommand(json, { json: true }), 0);
+  const doc = JSON.parse(json.output.join("")) as StatusDoc;
+  t.same(doc.devices.find((d) => d.name === "data1")?.holders, [
+    { pid: 4242, comm: "dpdk-testpmd", node },
+  ]);
+  t.notOk(doc.devices.find((d) => d.name === "data2")?.holders);
+  release();
+  const after = cmdCtx(sim);
+  await statusCommand(after, { json: false });
+  t.notMatch(after.output.join(""), /in use/, "released: nothing said");
 });
