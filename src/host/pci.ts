@@ -153,36 +153,46 @@ export async function deviceHolders(
   if (driver === "vfio-pci")
     for (const d of await host.list(`${PCI_DEVICES}/${bdf}/vfio-dev`))
       await add(`/dev/vfio/devices/${d}`);
-  if (!nodes.size) return [];
+  return nodes.size ? (await processesHolding(host, nodes)).held : [];
+}
+
+/**
+ * The processes with any of `nodes` (path → its device number) open, from every /proc/<pid>/fd.
+ * Reading another user's fd links takes CAP_SYS_PTRACE (the units grant it). A process whose links
+ * still cannot be read (an LSM's, another namespace's init) is skipped and counted in `unreadable`:
+ * refusing every unbind for it would leave no way to undo a bind.
+ */
+export async function processesHolding(
+  host: Host,
+  nodes: ReadonlyMap<string, string | undefined>,
+): Promise<{ held: DeviceHolder[]; unreadable: number[] }> {
   const numbers = new Map([...nodes].filter(([, n]) => n).map(([p, n]) => [n!, p]));
   const held: DeviceHolder[] = [];
+  const unreadable: number[] = [];
   for (const pid of (await host.list("/proc")).filter((d) => /^\d+$/.test(d))) {
-    let fds: string[];
+    const dir = `/proc/${pid}/fd`;
     try {
-      fds = await host.list(`/proc/${pid}/fd`);
+      for (const fd of await host.list(dir)) {
+        const link = `${dir}/${fd}`;
+        const target = await host.linkTarget(link);
+        // sockets, pipes and anon inodes are no device node
+        if (!target?.startsWith("/")) continue;
+        const node = nodes.has(target)
+          ? target
+          : numbers.size
+            ? numbers.get((await host.charDevice(link)) ?? "")
+            : undefined;
+        if (!node) continue;
+        held.push({ pid: Number(pid), comm: (await host.attr(`/proc/${pid}/comm`)) ?? "?", node });
+        break;
+      }
     } catch (e) {
-      throw new OpError(
-        `cannot tell whether ${bdf} is in use: /proc/${pid}/fd: ${(e as Error).message}`,
-        "nothing was changed; run eni-dpdk as root",
-        { bdf },
-      );
-    }
-    for (const fd of fds) {
-      const link = `/proc/${pid}/fd/${fd}`;
-      const target = await host.linkTarget(link);
-      // sockets, pipes and anon inodes are no device node
-      if (!target?.startsWith("/")) continue;
-      const node = nodes.has(target)
-        ? target
-        : numbers.size
-          ? numbers.get((await host.charDevice(link)) ?? "")
-          : undefined;
-      if (!node) continue;
-      held.push({ pid: Number(pid), comm: (await host.attr(`/proc/${pid}/comm`)) ?? "?", node });
-      break;
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code !== "EACCES" && code !== "EPERM") throw e;
+      unreadable.push(Number(pid));
     }
   }
-  return held;
+  return { held, unreadable };
 }
 
 /** "pid 4242 (dpdk-testpmd) has /dev/vfio/noiommu-17 open", for each holder. */
@@ -499,7 +509,16 @@ export async function restoreDriver(
   const dir = `${PCI_DEVICES}/${bdf}`;
   const cur = await host.linkName(`${dir}/driver`);
   if (cur !== original && isDpdkDriver(cur)) {
-    const holders = await deviceHolders(host, bdf, cur);
+    let holders: DeviceHolder[];
+    try {
+      holders = await deviceHolders(host, bdf, cur);
+    } catch (e) {
+      return {
+        ok: false,
+        driver: cur,
+        problem: `cannot tell who holds it: ${(e as Error).message}`,
+      };
+    }
     if (holders.length) return { ok: false, driver: cur, holders, problem: inUseBy(holders) };
   }
   if (opts.journal !== false) {

@@ -2,7 +2,10 @@
 // lets go (the simulated kernel keeps such an unbind pending too), so every path that would unbind a
 // device on a DPDK driver (unbind, reset, DPDK switched off, a move to another DPDK driver, a
 // rollback's restore) asks who holds it first, and refuses with nothing written.
+import { execFile, spawn } from "node:child_process";
 import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
 import t, { type Test } from "tap";
 import { OpError } from "../../../src/core/errors.js";
 import { Host } from "../../../src/host/host.js";
@@ -236,3 +239,59 @@ t.test("status names who has each bound device open", async (t) => {
   await statusCommand(after, { json: false });
   t.notMatch(after.output.join(""), /in use/, "released: nothing said");
 });
+
+t.test(
+  "the real /proc: another user's holder is seen with CAP_SYS_PTRACE (the units grant it); without it, it is counted unreadable",
+  { skip: process.geteuid?.() !== 0 ? "needs root (setpriv drops a capability)" : false },
+  async (t) => {
+    // a process of another user with /dev/null open (its stdin)
+    const holder = spawn(
+      "setpriv",
+      ["--reuid=65534", "--regid=65534", "--clear-groups", "sleep", "60"],
+      {
+        stdio: ["ignore", "ignore", "ignore"],
+      },
+    );
+    t.teardown(() => holder.kill());
+    await new Promise((r) => setTimeout(r, 300));
+    const repo = path.resolve(import.meta.dirname, "../../..");
+    const probe = path.join(
+      fs.mkdtempSync(path.join(os.tmpdir(), "eni-dpdk-holders-")),
+      "probe.mts",
+    );
+    fs.writeFileSync(
+      probe,
+      `import { Host } from ${JSON.stringify(path.join(repo, "src/host/host.ts"))};
+import { processesHolding } from ${JSON.stringify(path.join(repo, "src/host/pci.ts"))};
+try {
+  const r = await processesHolding(new Host("/"), new Map([["/dev/null", undefined]]));
+  console.log(JSON.stringify({ held: r.held.map((x) => x.pid), unreadable: r.unreadable }));
+} catch (e) { console.log("ERR " + (e as Error).message); }
+`,
+    );
+    const tsx = path.join(repo, "node_modules/tsx/dist/esm/index.mjs");
+    const run = (argv: string[]) =>
+      new Promise<string>((resolve) =>
+        execFile(argv[0], argv.slice(1), (_e, stdout) => resolve(stdout.trim())),
+      );
+    type Seen = { held: number[]; unreadable: number[] };
+    const withCap = JSON.parse(await run([process.execPath, "--import", tsx, probe])) as Seen;
+    t.ok(
+      withCap.held.includes(holder.pid!),
+      `root with CAP_SYS_PTRACE sees pid ${holder.pid} (nobody) holding /dev/null`,
+    );
+    const without = JSON.parse(
+      await run([
+        "setpriv",
+        "--bounding-set=-sys_ptrace",
+        "--",
+        process.execPath,
+        "--import",
+        tsx,
+        probe,
+      ]),
+    ) as Seen;
+    t.notOk(without.held.includes(holder.pid!), "without it, nobody's fds cannot be read");
+    t.ok(without.unreadable.includes(holder.pid!), "and that process is counted as unreadable");
+  },
+);
