@@ -4,7 +4,7 @@ import { localConfig, type CommandContext } from "./context.js";
 import { formatProblem } from "../core/errors.js";
 import { renderSriovCheck } from "./sriov.js";
 import { label, perNode } from "../host/kernel.js";
-import { deviceHolders, inUseBy } from "../host/pci.js";
+import { devicesHolders, inUseBy } from "../host/pci.js";
 import { isDpdkDriver } from "../config/facts.js";
 
 /** Text like `dpdk-devbind.py --status`: managed devices, other NICs, host readiness. */
@@ -145,11 +145,9 @@ export async function statusCommand(ctx: CommandContext, opts: { json: boolean }
     configProblems: problems.map(formatProblem),
   });
   // who uses each bound device: here only, as a boot's status file has no use for a /proc scan
-  for (const d of doc.devices)
-    if (d.bdf && isDpdkDriver(d.driver)) {
-      const holders = await deviceHolders(ctx.host, d.bdf, d.driver);
-      if (holders.length) d.holders = holders;
-    }
+  const bound = doc.devices.filter((d) => d.bdf && isDpdkDriver(d.driver));
+  const holders = await devicesHolders(ctx.host, bound);
+  for (const d of bound) if (holders.get(d.bdf)?.length) d.holders = holders.get(d.bdf);
   ctx.out(opts.json ? JSON.stringify(doc, null, 2) + "\n" : renderStatus(doc));
   return 0;
 }

@@ -145,19 +145,42 @@ export async function deviceHolders(
   bdf: string,
   driver: string | undefined,
 ): Promise<DeviceHolder[]> {
+  return (await devicesHolders(host, [{ bdf, driver }])).get(bdf) ?? [];
+}
+
+/** deviceHolders of several devices, from one pass over /proc (status asks for every bound one). */
+export async function devicesHolders(
+  host: Host,
+  devices: { bdf: string; driver: string | undefined }[],
+): Promise<Map<string, DeviceHolder[]>> {
   const nodes = new Map<string, string | undefined>(); // path → its device number
-  const add = async (node: string | undefined) => {
-    if (node) nodes.set(node, await host.charDevice(node));
+  const bdfOf = new Map<string, string>(); // path → its device
+  const add = async (bdf: string, node: string | undefined) => {
+    if (!node) return;
+    nodes.set(node, await host.charDevice(node));
+    bdfOf.set(node, bdf);
   };
-  await add(await deviceNodeFor(host, bdf, driver));
-  if (driver === "vfio-pci")
-    for (const d of await host.list(`${PCI_DEVICES}/${bdf}/vfio-dev`))
-      await add(`/dev/vfio/devices/${d}`);
-  return nodes.size ? (await processesHolding(host, nodes)).held : [];
+  for (const { bdf, driver } of devices) {
+    await add(bdf, await deviceNodeFor(host, bdf, driver));
+    if (driver === "vfio-pci")
+      for (const d of await host.list(`${PCI_DEVICES}/${bdf}/vfio-dev`))
+        await add(bdf, `/dev/vfio/devices/${d}`);
+  }
+  const out = new Map<string, DeviceHolder[]>();
+  if (!nodes.size) return out;
+  for (const h of (await processesHolding(host, nodes)).held) {
+    const bdf = bdfOf.get(h.node)!;
+    const list = out.get(bdf) ?? [];
+    // one entry per process and device, though it may hold both the group and the cdev
+    if (!list.some((x) => x.pid === h.pid)) list.push(h);
+    out.set(bdf, list);
+  }
+  return out;
 }
 
 /**
- * The processes with any of `nodes` (path → its device number) open, from every /proc/<pid>/fd.
+ * The processes with any of `nodes` (path → its device number) open, from every /proc/<pid>/fd:
+ * one entry per process and node.
  * Reading another user's fd links takes CAP_SYS_PTRACE (the units grant it). A process whose links
  * still cannot be read (an LSM's, another namespace's init) is skipped and counted in `unreadable`:
  * refusing every unbind for it would leave no way to undo a bind.
@@ -182,9 +205,8 @@ export async function processesHolding(
           : numbers.size
             ? numbers.get((await host.charDevice(link)) ?? "")
             : undefined;
-        if (!node) continue;
+        if (!node || held.some((h) => h.pid === Number(pid) && h.node === node)) continue;
         held.push({ pid: Number(pid), comm: (await host.attr(`/proc/${pid}/comm`)) ?? "?", node });
-        break;
       }
     } catch (e) {
       const code = (e as NodeJS.ErrnoException).code;

@@ -1,4 +1,4 @@
-import { deviceNodeFor, readPciDevice, restoreDriver } from "./pci.js";
+import { deviceNodeFor, readPciDevice, restoreDriver, restoreHint } from "./pci.js";
 import {
   type BindingRecord,
   type InflightOp,
@@ -92,9 +92,7 @@ export async function recoverInflight(
       });
       dlog.error("could not recover an interrupted operation; it stays in the journal", {
         error: rb.problem,
-        next: rb.holders?.length
-          ? "stop what holds the device; eni-dpdk retries at its next run"
-          : "see dmesg; eni-dpdk retries at its next run",
+        next: restoreHint(rb, "see dmesg; eni-dpdk retries at its next run"),
       });
       continue;
     }
