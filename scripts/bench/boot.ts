@@ -14,6 +14,12 @@ import { cpus, tmpdir } from "node:os";
 import path from "node:path";
 import { World, modulesLoadOf, sampleConfig } from "../../src/sim/world.js";
 import { timed, type Timed } from "./timed.js";
+import { preferTmpfs } from "../tmpfs.mjs";
+
+// Before the first simulated node: its fake root on tmpfs, as the tests' (scripts/tmpfs.mjs). Until
+// 2026-12-07 this bench's roots were on the disk: a steady-state apply took 12 ms longer there,
+// waiting for the simulated kernel, and the floor 5-6 ms (docs/benchmarks.md).
+preferTmpfs();
 
 const args = process.argv.slice(2);
 const opt = (name: string) =>
@@ -152,7 +158,7 @@ async function main() {
       .execFileSync(node, ["--version"], { encoding: "utf8" })
       .trim();
     console.log(
-      `machine: ${cpus()[0]?.model} × ${cpus().length}, node ${nodeVersion}, ${runs} runs each (interleaved), ${new Date().toISOString()}`,
+      `machine: ${cpus()[0]?.model} × ${cpus().length}, node ${nodeVersion}, ${runs} runs each (interleaved), simulated roots in ${tmpdir()}, ${new Date().toISOString()}`,
     );
     console.log(
       `command: npx tsx scripts/bench/boot.ts --runs ${runs}${node !== process.execPath ? ` --node ${node}` : ""}${bundles.map((b) => ` --bundle ${path.relative(repo, b) || "."}`).join("")}`,
