@@ -148,6 +148,8 @@ export type Origin = Record<string, string>;
 export interface EffectiveConfig {
   config: Config;
   origin: Origin;
+  /** each ENI's defining layers, as data: kept in its state record, so a warning can name them once no source does */
+  eniOrigins: Record<string, LayerOrigin[]>;
   /** Non-fatal findings (e.g. deprecated forms); printed by validate and status. */
   warnings: Problem[];
 }
@@ -748,6 +750,7 @@ export function buildConfig(layers: Layer[]): EffectiveConfig {
   const warnings: Problem[] = [];
   const config = defaults();
   const origin: Origin = {};
+  const eniOrigins: EffectiveConfig["eniOrigins"] = {};
   const node = config as unknown as Record<string, Record<string, unknown>>;
   for (const [table, s] of Object.entries(schema))
     for (const k of Object.keys(s)) origin[`${table}.${k}`] = "default";
@@ -757,6 +760,7 @@ export function buildConfig(layers: Layer[]): EffectiveConfig {
     dpdk: Record<string, unknown>;
     origin: Record<string, string>;
     firstSource: string;
+    layers: LayerOrigin[];
   }
   const enis = new Map<string, Partial>();
   const locateEni = new Map<string, (key: string) => string>();
@@ -793,7 +797,14 @@ export function buildConfig(layers: Layer[]): EffectiveConfig {
       }
       seenInLayer.add(name);
       let p = enis.get(name);
-      if (!p) enis.set(name, (p = { values: {}, dpdk: {}, origin: {}, firstSource: layer.source }));
+      if (!p)
+        enis.set(
+          name,
+          (p = { values: {}, dpdk: {}, origin: {}, firstSource: layer.source, layers: [] }),
+        );
+      const from = layer.origin;
+      if (from && !p.layers.some((o) => o.source === from.source && o.name === from.name))
+        p.layers.push({ source: from.source, name: from.name });
       for (const [k, v] of Object.entries(e.values)) {
         p.values[k] = v;
         p.origin[k] = layer.locate?.(["eni", String(e.index), k]) ?? layer.source;
@@ -990,6 +1001,7 @@ export function buildConfig(layers: Layer[]): EffectiveConfig {
       else byIndex.set(key, name);
     }
     config.eni.push({ ...(v as Omit<EniConfig, "dpdk">), name, dpdk: dp });
+    if (p.layers.length) eniOrigins[name] = p.layers;
     for (const k of eniKeys)
       if (k !== "dpdk") origin[`eni.${name}.${k}`] = p.origin[k] ?? "default";
     for (const k of eniDpdkKeys)
@@ -1001,5 +1013,5 @@ export function buildConfig(layers: Layer[]): EffectiveConfig {
     (a, b) => a.network_card_index - b.network_card_index || a.device_index - b.device_index,
   );
   if (problems.length) throw new InputError(problems);
-  return { config, origin, warnings };
+  return { config, origin, eniOrigins, warnings };
 }

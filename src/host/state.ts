@@ -14,7 +14,9 @@ import {
   HEX4_RE,
   INSTANCE_ID_RE,
   MAC_RE,
+  SOURCE_NAMES,
 } from "../config/facts.js";
+import type { LayerOrigin } from "../config/model.js";
 import { nullRecord } from "../core/records.js";
 import { isoTime, type PaceState } from "../core/deadline.js";
 
@@ -66,6 +68,8 @@ export interface EniRecord {
   /** "external": attached by someone else (launch template, lifecycle hook); never detached or deleted */
   attach?: "external";
   attributes?: EniAttributes;
+  /** the sources that configured it (a file, a NodeENI…), for the warning once none does */
+  configuredBy?: LayerOrigin[];
 }
 
 /** A device as the host stage bound it; keyed by MAC, the ENI's identity (a BDF is not). */
@@ -197,6 +201,8 @@ export async function loadState(host: Host): Promise<State> {
         "expected an ENI record {name, eniId, mac, …} keyed by its name",
       );
     }
+    // Only ever named in a warning: a record of another shape loses it, and the warning its source.
+    if (e.configuredBy !== undefined && !isOrigins(e.configuredBy)) delete e.configuredBy;
   }
   for (const [mac, b] of Object.entries(s.bindings)) {
     // The BDF and driver names become sysfs paths: a record that could point elsewhere is refused.
@@ -238,6 +244,19 @@ export async function loadState(host: Host): Promise<State> {
     s.nodeeni = { fetchedAt: parsed.nodeeni.fetchedAt, items: parsed.nodeeni.items };
   }
   return s;
+}
+
+function isOrigins(v: unknown): v is LayerOrigin[] {
+  return (
+    Array.isArray(v) &&
+    v.every(
+      (o) =>
+        isObj(o) &&
+        ((SOURCE_NAMES as readonly unknown[]).includes(o.source) || o.source === "env") &&
+        typeof o.name === "string" &&
+        o.name.length <= 4096,
+    )
+  );
 }
 
 /** Persist the in-memory state of this apply. Stages call it after each step that must survive a crash. */

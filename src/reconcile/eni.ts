@@ -6,7 +6,7 @@
 // (eni-external.ts).
 // The attachment is awaited where it shows: the hot-plugged NIC and IMDS, never by polling EC2.
 import type { _InstanceType, NetworkInterface } from "@aws-sdk/client-ec2";
-import type { EniConfig } from "../config/model.js";
+import type { EniConfig, LayerOrigin } from "../config/model.js";
 import { TAG_NO_MANAGE } from "../config/facts.js";
 import {
   Ec2Error,
@@ -772,6 +772,7 @@ export async function applyEnis(
   ctx.state.instanceId = ctx.instance.instanceId;
   let changed = false;
   for (const r of records.values()) {
+    keepOrigins(ctx, r);
     if (JSON.stringify(ctx.state.enis[r.name]) !== JSON.stringify(r)) {
       ctx.state.enis[r.name] = r;
       changed = true;
@@ -824,7 +825,7 @@ async function runExternal(
   const prev = ctx.state.enis[e.name];
   if (!rec.attributes && prev?.attach === "external" && prev.eniId === rec.eniId && prev.attributes)
     rec.attributes = prev.attributes;
-  ctx.state.enis[e.name] = rec;
+  ctx.state.enis[e.name] = keepOrigins(ctx, rec);
   // As for an ENI we attach: networkd must leave it alone as soon as its MAC is known.
   if (e.dpdk.enabled && (await ensureNetworkdFile(ctx.host, ctx.state, e.name, rec.mac)))
     await reloadNetworkd(ctx.host, log);
@@ -923,7 +924,7 @@ async function runItem(
     if (it.steps[0] === "adopt")
       log.info("adopting ENI created earlier", { eni_id: ex.eniId, subnet: ex.subnetId });
   }
-  ctx.state.enis[e.name] = rec;
+  ctx.state.enis[e.name] = keepOrigins(ctx, rec);
   if (e.dpdk.enabled && rec.mac && it.steps.includes("attach")) {
     // Before the NIC exists: networkd must already have our Unmanaged=yes file when the link
     // appears, or it configures it (nodeadm's template adds a default route) and the route guard
@@ -1121,6 +1122,27 @@ function knownEnis(ctx: StageContext): EniRecord[] {
  * a removal never detaches, deletes or unbinds, since an app may still use the device. Each warning
  * says where the ENI was left and what releases it.
  */
+/** The record with the sources that configure its ENI in this pass (none known: as it was). */
+function keepOrigins(ctx: StageContext, rec: EniRecord): EniRecord {
+  const from = ctx.eniOrigins?.[rec.name];
+  if (from?.length) rec.configuredBy = from;
+  return rec;
+}
+
+/** How a warning names a source that configured an ENI. */
+function describeOrigin(o: LayerOrigin): string {
+  switch (o.source) {
+    case "nodeeni":
+      return `NodeENI ${o.name}, now deleted or no longer selecting this node`;
+    case "tags":
+      return `the instance tag ${o.name}`;
+    case "file": // its path
+    case "user-data": // its part: "user-data part 2 (application/eni-dpdk+toml)"
+    case "env":
+      return o.name;
+  }
+}
+
 export function leftOverEnis(ctx: StageContext): string[] {
   const configured = new Set(ctx.config.eni.map((e) => e.name));
   const attached = new Set(ctx.imdsNics.map((n) => n.mac.toLowerCase()));
@@ -1136,8 +1158,11 @@ export function leftOverEnis(ctx: StageContext): string[] {
       r.attach === "external"
         ? "attached by the launch template or lifecycle hook that owns it"
         : `attached: \`aws ec2 detach-network-interface --attachment-id ${r.attachmentId ?? "<its attachment>"}\`${r.createdByUs ? ` then \`aws ec2 delete-network-interface --network-interface-id ${r.eniId}\`` : ""} release it`;
+    const was = r.configuredBy?.length
+      ? ` (it came from ${r.configuredBy.map(describeOrigin).join("; ")})`
+      : "";
     out.push(
-      `ENI ${r.eniId} ("${r.name}", MAC ${mac}) is no longer configured; eni-dpdk left it as it was, ${release}${device}`,
+      `ENI ${r.eniId} ("${r.name}", MAC ${mac}) is no longer configured${was}; eni-dpdk left it as it was, ${release}${device}`,
     );
   }
   return out;

@@ -186,6 +186,7 @@ async function pass(
       imdsNics,
       state,
       dryRun: opts.dryRun,
+      eniOrigins: gathered.eniOrigins,
       ...(gathered.nodeEni ? { nodeEni: gathered.nodeEni } : {}),
       // only when the user-data source read them; otherwise a stage that needs them reads IMDS
       ...(gathered.consulted.some((c) => c.source === "user-data")

@@ -4,7 +4,7 @@
 // `plan`/`apply --dry-run` print the stages' own plans; a converged node yields no actions.
 import type { Ec2Factory } from "../cloud/ec2.js";
 import type { Imds, ImdsNicInfo, InstanceIdentity } from "../cloud/imds.js";
-import type { Config } from "../config/model.js";
+import type { Config, EffectiveConfig } from "../config/model.js";
 import type { Deadline } from "../core/deadline.js";
 import type { Logger } from "../core/log.js";
 import type { EniRecord, State } from "../host/state.js";
@@ -32,6 +32,8 @@ export interface StageContext {
   nodeEni?: NodeEniResult;
   /** the user-data's decoded parts (nodeadm's NodeConfig among them), when the user-data source read them */
   userDataParts?: NodeConfigPartLike[];
+  /** each configured ENI's sources, kept in its record */
+  eniOrigins?: EffectiveConfig["eniOrigins"];
 }
 
 /** One ENI's device as the host stage leaves it. */

@@ -33,7 +33,7 @@ t.test(
 
     const plan = await runCli(w, ["plan"]);
     t.equal(plan.code, 0, lastError(plan));
-    const expected = `ENI ${data1.eniId} ("data1", MAC ${data1.mac}) is no longer configured; eni-dpdk left it as it was, attached: \`aws ec2 detach-network-interface --attachment-id ${data1.attachmentId}\` then \`aws ec2 delete-network-interface --network-interface-id ${data1.eniId}\` release it; its device ${BDF} stays on vfio-pci, and no SR-IOV resource of eni-dpdk's offers it now: \`eni-dpdk unbind data1\` returns it to ena`;
+    const expected = `ENI ${data1.eniId} ("data1", MAC ${data1.mac}) is no longer configured (it came from /etc/eni-dpdk/config.toml); eni-dpdk left it as it was, attached: \`aws ec2 detach-network-interface --attachment-id ${data1.attachmentId}\` then \`aws ec2 delete-network-interface --network-interface-id ${data1.eniId}\` release it; its device ${BDF} stays on vfio-pci, and no SR-IOV resource of eni-dpdk's offers it now: \`eni-dpdk unbind data1\` returns it to ena`;
     t.same(warnings(plan), [expected], "plan warns, naming the ENI, its device and the commands");
 
     const apply = await runCli(w, ["apply"]);
@@ -64,7 +64,7 @@ t.test(
     const again = await runCli(w, ["apply"]);
     t.equal(again.code, 0, lastError(again));
     t.same(warnings(again), [
-      `ENI ${data1.eniId} ("data1", MAC ${data1.mac}) is no longer configured; eni-dpdk left it as it was, attached: \`aws ec2 detach-network-interface --attachment-id ${data1.attachmentId}\` then \`aws ec2 delete-network-interface --network-interface-id ${data1.eniId}\` release it`,
+      `ENI ${data1.eniId} ("data1", MAC ${data1.mac}) is no longer configured (it came from /etc/eni-dpdk/config.toml); eni-dpdk left it as it was, attached: \`aws ec2 detach-network-interface --attachment-id ${data1.attachmentId}\` then \`aws ec2 delete-network-interface --network-interface-id ${data1.eniId}\` release it`,
     ]);
     t.equal(w.sim.driverOf(BDF), "ena", "apply does not bind an ENI no longer configured");
 

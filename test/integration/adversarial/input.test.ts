@@ -5,19 +5,10 @@
 // Case names are "<area>/<class>: <case>"; prototype-pollution cases are area security.
 import t, { type Test } from "tap";
 import { spawn } from "node:child_process";
-import {
-  chmodSync,
-  chownSync,
-  mkdirSync,
-  readFileSync,
-  rmSync,
-  symlinkSync,
-  writeFileSync,
-} from "node:fs";
+import { chmodSync, chownSync, mkdirSync, readFileSync, rmSync, symlinkSync } from "node:fs";
 import path from "node:path";
 import { gzipSync } from "node:zlib";
 import type { World } from "../../../src/sim/world.js";
-import { KubeApiEmulator, testPki } from "../../../src/sim/kube-api.js";
 import { SG_DPDK, SUBNET_A } from "../../../src/sim/node.js";
 import {
   BUNDLE,
@@ -32,6 +23,7 @@ import {
   world,
   type Rejection,
 } from "../../support/harness.js";
+import { KUBE_TOML, kubeconfig, nodeEni, pki, put, withKube } from "../../support/kube.js";
 
 const MISSING_ROOT = `/tmp/eni-dpdk-no-such-root-${process.pid}-${Date.now()}`;
 
@@ -53,15 +45,6 @@ const b64 = (s: string | Buffer) => Buffer.from(s).toString("base64");
 /** gzip of `n` bytes of spaces: a few KiB that inflate to n */
 const bomb = (n: number) => gzipSync(Buffer.alloc(n, 0x20));
 
-/** Write a file under the world's root (parents 0755), with a mode. */
-function put(w: World, rel: string, content: string | Buffer, mode = 0o644): string {
-  const file = path.join(w.root, rel);
-  mkdirSync(path.dirname(file), { recursive: true });
-  writeFileSync(file, content);
-  chmodSync(file, mode);
-  return file;
-}
-
 /** A directory under the world's root (parents too); its absolute path. */
 function dir(w: World, rel: string): string {
   const d = path.join(w.root, rel);
@@ -73,49 +56,6 @@ function dir(w: World, rel: string): string {
 function describeTags(w: World, tags: Record<string, string>): void {
   w.imds.instance.tags = null;
   w.ec2.instances.get(INSTANCE)!.tags = tags;
-}
-
-// ---- the NodeENI world: a kube API emulator and a kubeconfig under the root ---------------------
-
-const pki = testPki();
-const KUBE_TOML =
-  `[service]\nsources = ["file", "nodeeni"]\nreconcile_interval_seconds = 0\n` +
-  `[kubernetes]\nkubeconfig = "/etc/eni-dpdk/kubeconfig"\n`;
-const nodeEni = (name: string, spec: Record<string, unknown> = {}) => ({
-  metadata: { name },
-  spec: {
-    nodeSelector: {},
-    subnetID: SUBNET_A,
-    securityGroupIDs: [SG_DPDK],
-    deviceIndex: 3,
-    ...spec,
-  },
-});
-
-function kubeconfig(server: string, user = "{token: t0k}", extra = ""): string {
-  return `apiVersion: v1
-kind: Config
-current-context: ctx
-clusters:
-- name: c1
-  cluster:
-    server: ${server}
-    certificate-authority-data: ${b64(pki.caCert)}
-contexts:
-- name: ctx
-  context: {cluster: c1, user: u1}
-users:
-- name: u1
-  user: ${user}
-${extra}`;
-}
-
-async function withKube(t: Test, w: World, objects: object[]): Promise<KubeApiEmulator> {
-  const emu = await new KubeApiEmulator(objects as never[]).start();
-  emu.tokens.set("t0k", "system:node:test");
-  t.teardown(() => emu.close());
-  put(w, "etc/eni-dpdk/kubeconfig", kubeconfig(emu.url), 0o600);
-  return emu;
 }
 
 /** Setups for the table: IMDS instance tags, user-data, NodeENI objects. */

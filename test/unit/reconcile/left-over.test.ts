@@ -2,7 +2,7 @@
 import t from "tap";
 import { leftOverEnis } from "../../../src/reconcile/eni.js";
 import type { EniRecord } from "../../../src/host/state.js";
-import { config, DATA1, DATA2, node, stageCtx } from "../../support/fixture.js";
+import { config, DATA1, DATA2, node, simHost, stageCtx } from "../../support/fixture.js";
 
 const record = (name: string, mac: string, over: Partial<EniRecord> = {}): EniRecord => ({
   name,
@@ -69,4 +69,48 @@ t.test("the device it left bound, an adopted ENI, an external one", async (t) =>
     `ENI eni-00000020000000000 ("data1", MAC ${DATA1.mac}) is no longer configured; eni-dpdk left it as it was, attached: \`aws ec2 detach-network-interface --attachment-id eni-attach-0000002000000000\` release it; its device ${DATA1.bdf} stays on vfio-pci, and no SR-IOV resource of eni-dpdk's offers it now: \`eni-dpdk unbind data1\` returns it to ena`,
     `ENI eni-00000030000000000 ("data2", MAC ${DATA2.mac}) is no longer configured; eni-dpdk left it as it was, attached by the launch template or lifecycle hook that owns it`,
   ]);
+});
+
+t.test("the warning names the sources the record says configured the ENI", async (t) => {
+  const sim = node();
+  t.teardown(() => sim.close());
+  const ctx = stageCtx(sim, { config: cfg([]) });
+  ctx.state.enis = {
+    data1: record("data1", DATA1.mac, {
+      configuredBy: [
+        { source: "tags", name: "eni-dpdk:eni:data1" },
+        { source: "user-data", name: "user-data part 2 (application/eni-dpdk+toml)" },
+      ],
+    }),
+    data2: record("data2", DATA2.mac, { configuredBy: [{ source: "nodeeni", name: "pool-a" }] }),
+  };
+  const [w1, w2] = leftOverEnis(ctx);
+  t.match(
+    w1,
+    `("data1", MAC ${DATA1.mac}) is no longer configured (it came from the instance tag eni-dpdk:eni:data1; user-data part 2 (application/eni-dpdk+toml)); eni-dpdk left it`,
+  );
+  t.match(
+    w2,
+    `is no longer configured (it came from NodeENI pool-a, now deleted or no longer selecting this node); eni-dpdk left it`,
+  );
+});
+
+t.test("a state file's record of another shape loses its sources, and only them", async (t) => {
+  const sim = node();
+  t.teardown(() => sim.close());
+  const { loadState, saveState, emptyState } = await import("../../../src/host/state.js");
+  const host = simHost(sim);
+  const s = emptyState();
+  s.instanceId = "i-0123456789abcdef0";
+  s.enis = {
+    good: record("good", DATA1.mac, { configuredBy: [{ source: "file", name: "/etc/x.toml" }] }),
+    odd: record("odd", DATA2.mac, {
+      configuredBy: [{ source: "nowhere", name: "x" }] as unknown as EniRecord["configuredBy"],
+    }),
+  };
+  await saveState(host, s);
+  const loaded = await loadState(host);
+  t.same(loaded.enis.good.configuredBy, [{ source: "file", name: "/etc/x.toml" }]);
+  t.equal(loaded.enis.odd.configuredBy, undefined, "an unknown source: dropped");
+  t.equal(loaded.enis.odd.eniId, s.enis.odd.eniId, "the record itself is kept");
 });
