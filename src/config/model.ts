@@ -125,13 +125,6 @@ export interface EniConfig {
   dpdk: EniDpdkConfig;
 }
 
-/** The attribute keys, which need EC2 calls (or the launch template) to take effect. */
-export const ENI_ATTRIBUTE_KEYS = [
-  "ena_express",
-  "ena_express_udp",
-  "source_dest_check",
-  "ena_queue_count",
-] as const;
 export interface Config {
   service: ServiceConfig;
   dpdk: DpdkConfig;

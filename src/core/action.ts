@@ -13,6 +13,7 @@ export type ActionKind =
   | "wait-nic"
   | "wait-external"
   | "use-external"
+  | "forget"
   | "recover"
   | "load-module"
   | "enable-noiommu"

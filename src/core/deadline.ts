@@ -62,9 +62,6 @@ export class Deadline {
   isAborted(): boolean {
     return this.aborted || !!this.parent?.isAborted();
   }
-  expired(): boolean {
-    return this.remaining() === 0;
-  }
 }
 
 /**

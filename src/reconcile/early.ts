@@ -86,7 +86,18 @@ export async function rebindFromState(
   const rebind = async (rec: (typeof recs)[number]): Promise<EarlyResult> => {
     const base = { mac: rec.mac, bdf: rec.bdf, eniName: rec.eniName };
     const dlog = log.child({ eni: rec.eniName, mac: rec.mac, bdf: rec.bdf });
-    // the kernel driver may still be probing this early: wait for the device and its netdev
+    // The kernel enumerates PCI before userspace starts: a device absent now does not come (its ENI
+    // was detached). Nothing to wait for or fail on; the full apply attaches it again if it is still
+    // configured, and forgets the record if not.
+    if (!(await readPciDevice(host, rec.bdf))) {
+      return {
+        ...base,
+        state: "skipped",
+        changed: false,
+        detail: `no PCI device at ${rec.bdf}: its ENI is not attached to this instance; left for the full apply`,
+      };
+    }
+    // the kernel driver may still be probing this early: wait for its driver and netdev
     const seen = await host.settled(async () => {
       const pci = await readPciDevice(host, rec.bdf);
       if (!pci) return undefined;

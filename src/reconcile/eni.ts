@@ -19,7 +19,7 @@ import {
 import { InputError, OpError, type Problem } from "../core/errors.js";
 import { Deadline, isoTime, pollUntil, type Backoff } from "../core/deadline.js";
 import { readNic, readNicNetwork } from "../cloud/imds.js";
-import { listNetdevs } from "../host/pci.js";
+import { listNetdevs, readPciDevice } from "../host/pci.js";
 import { lazyCrypto } from "../core/lazy.js";
 import { type Stage, type StageContext, type StagePlan } from "./stage.js";
 import { type Action, type ActionKind } from "../core/action.js";
@@ -1168,7 +1168,56 @@ export function leftOverEnis(ctx: StageContext): string[] {
   return out;
 }
 
-export const eniStage: Stage<EniPlan & StagePlan> = {
+/** An ENI gone from this instance that no source configures: its records, to be forgotten. */
+export interface ReleasedEni {
+  name?: string;
+  eniId?: string;
+  mac: string;
+  /** the device it was bound on, now absent from sysfs */
+  bdf?: string;
+}
+
+/**
+ * The recorded ENIs (and bindings) that no source configures, that IMDS no longer lists and whose
+ * recorded device is gone from sysfs: released (detached, as the left-over warning says, or by
+ * someone else). Their records would otherwise stay for ever: `status` would show them missing and
+ * every boot's early rebind would wait for a device that cannot come back. A record whose device
+ * is still there is kept, whatever IMDS says.
+ */
+export async function releasedEnis(ctx: StageContext): Promise<ReleasedEni[]> {
+  const configured = new Set(ctx.config.eni.map((e) => e.name));
+  const attached = new Set(ctx.imdsNics.map((n) => n.mac.toLowerCase()));
+  const deviceGone = async (mac: string) => {
+    const b = ctx.state.bindings[mac];
+    return !b || !(await readPciDevice(ctx.host, b.bdf));
+  };
+  const out: ReleasedEni[] = [];
+  const recorded = new Set<string>();
+  for (const r of Object.values(ctx.state.enis)) {
+    const mac = r.mac.toLowerCase();
+    if (mac) recorded.add(mac);
+    if (!mac || configured.has(r.name) || attached.has(mac) || !(await deviceGone(mac))) continue;
+    out.push({ name: r.name, eniId: r.eniId, mac, bdf: ctx.state.bindings[mac]?.bdf });
+  }
+  for (const [mac, b] of Object.entries(ctx.state.bindings)) {
+    if (recorded.has(mac) || configured.has(b.eniName) || attached.has(mac)) continue;
+    if (await deviceGone(mac))
+      out.push({ ...(b.eniName ? { name: b.eniName } : {}), mac, bdf: b.bdf });
+  }
+  return out;
+}
+
+function forgetAction(r: ReleasedEni): Action {
+  const what = [r.eniId, `MAC ${r.mac}`].filter(Boolean).join(", ");
+  return {
+    stage: "eni",
+    kind: "forget",
+    target: r.name ?? r.mac,
+    detail: `${r.name ? `${r.name} (${what})` : what}: configured by no source and no longer on this instance (IMDS lists no such NIC${r.bdf ? `, and ${r.bdf} is gone from sysfs` : ""}): its records go, so no boot waits for its device`,
+  };
+}
+
+export const eniStage: Stage<EniPlan & StagePlan & { released: ReleasedEni[] }> = {
   name: "eni",
   enabled: () => true,
   async plan(ctx) {
@@ -1176,15 +1225,35 @@ export const eniStage: Stage<EniPlan & StagePlan> = {
     const planned = new Map(
       plan.items.flatMap((it) => (it.record ? [[it.eni.name, it.record]] : [])),
     );
-    const expected = [...planned.values(), ...knownEnis(ctx).filter((r) => !planned.has(r.name))];
+    const released = await releasedEnis(ctx);
+    const forgotten = new Set(released.flatMap((r) => (r.name ? [r.name] : [])));
+    const expected = [
+      ...planned.values(),
+      ...knownEnis(ctx).filter((r) => !planned.has(r.name) && !forgotten.has(r.name)),
+    ];
     const leftOver = leftOverEnis(ctx);
     return {
       ...plan,
+      actions: [...plan.actions, ...released.map(forgetAction)],
+      released,
       expected: { enis: expected },
       ...(leftOver.length ? { warnings: leftOver } : {}),
     };
   },
   async apply(ctx, plan) {
+    if (plan.released.length) {
+      for (const r of plan.released) {
+        if (r.name && ctx.state.enis[r.name]?.mac.toLowerCase() === r.mac)
+          delete ctx.state.enis[r.name];
+        delete ctx.state.bindings[r.mac];
+        ctx.log.info("forgot an ENI no longer on this instance", {
+          eni: r.name ?? "",
+          mac: r.mac,
+          ...(r.bdf ? { bdf: r.bdf } : {}),
+        });
+      }
+      await saveState(ctx.host, ctx.state);
+    }
     return { enis: await applyEnis(ctx, ctx.ec2, plan) };
   },
 };

@@ -234,6 +234,8 @@ export class Ec2Emulator {
   pageSize?: number;
   /** Hot-plug hook: runs when an attachment becomes "attached". */
   onAttached?: (ev: AttachedEvent) => void | Promise<void>;
+  /** Hot-unplug hook: runs when an attachment is detached (the NIC leaves the instance). */
+  onDetached?: (ev: AttachedEvent) => void;
   /** Runs after an action took effect and before its answer is sent (crash tests kill the caller here). */
   afterDispatch?: (action: string, params: URLSearchParams) => void | Promise<void>;
   /** Every request as answered, in order. */
@@ -487,9 +489,6 @@ export class Ec2Emulator {
   mutatingCalls(opts: { accepted?: boolean } = {}): number {
     return this.requests.filter((r) => isMutating(r.action) && (!opts.accepted || r.status === 200))
       .length;
-  }
-  describeCalls(): number {
-    return this.requests.filter((r) => !isMutating(r.action)).length;
   }
   throttledCalls(category?: Category): number {
     return this.requests.filter(
@@ -895,7 +894,14 @@ export class Ec2Emulator {
         "OperationNotPermitted",
         "The network interface at device index 0 cannot be detached.",
       );
+    const a = eni.attachment!;
     eni.attachment = undefined;
+    this.onDetached?.({
+      eni,
+      instanceId: a.instanceId,
+      deviceIndex: a.deviceIndex,
+      networkCardIndex: a.networkCardIndex,
+    });
     return `<return>true</return>`;
   }
 

@@ -317,6 +317,29 @@ export class SimKernel {
   }
 
   /**
+   * Hot-unplug a PCI NIC, as when its ENI is detached: the driver lets go (netdev, vfio group and
+   * device node go with it) and the device leaves sysfs.
+   */
+  removeNic(bdf: string): void {
+    const dev = this.devices.get(bdf);
+    if (!dev) throw new Error(`sim: no device ${bdf}`);
+    this.detach(dev);
+    const dir = this.devDir(bdf);
+    this.unwatch(`${dir}/driver_override`);
+    if (dev.group !== undefined)
+      fs.rmSync(this.p(`/sys/kernel/iommu_groups/${dev.group}`), { recursive: true, force: true });
+    fs.rmSync(this.p(`/sys/bus/pci/devices/${bdf}`), { force: true });
+    fs.rmSync(this.p(dir), { recursive: true, force: true });
+    this.devices.delete(bdf);
+  }
+
+  /** The PCI address of the NIC with this MAC, if one is plugged in. */
+  bdfOfMac(mac: string): string | undefined {
+    const m = mac.toLowerCase();
+    return [...this.devices.values()].find((d) => d.mac === m)?.bdf;
+  }
+
+  /**
    * A reboot: DPDK modules are gone (and with them NOIOMMU), every override is forgotten, each NIC
    * probes its kernel driver again and gets a netdev back, and /run is empty. /etc, /var/lib persist.
    */

@@ -431,12 +431,6 @@ export class KubeApiEmulator {
     });
   }
 
-  /** End every open watch (the API server does this on restarts and timeouts). */
-  endWatches(): void {
-    for (const w of this.watchers) w.res.end();
-    this.watchers.clear();
-  }
-
   private authenticate(req: IncomingMessage): string | undefined {
     const sock = req.socket as TLSSocket;
     if (sock.authorized) {

@@ -101,6 +101,7 @@ export class World {
     const world = new World(sim, imds, ec2, opts);
     world.primaryRoutes();
     ec2.onAttached = (ev) => world.hotplug(ev);
+    ec2.onDetached = (ev) => world.unplug(ev);
     if (opts.configToml !== undefined) world.writeConfig(opts.configToml);
     if (opts.nodeadm) {
       mkdirSync(sim.p("/etc/eks/nodeadm.d"), { recursive: true });
@@ -166,6 +167,13 @@ export class World {
       ifname: `eth${ev.deviceIndex}`,
     });
     this.imds.addNic(imdsNicOf(ev));
+  }
+
+  /** The detach hook: the NIC leaves sysfs and the IMDS macs tree at once. */
+  private unplug(ev: AttachedEvent): void {
+    const bdf = this.sim.bdfOfMac(ev.eni.mac);
+    if (bdf) this.sim.removeNic(bdf);
+    this.imds.removeNic(ev.eni.mac);
   }
 
   /** The attach hook: after a delay the NIC appears in sysfs (on ena) and in the IMDS macs tree. */

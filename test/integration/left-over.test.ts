@@ -6,6 +6,7 @@ import { readFileSync } from "node:fs";
 import path from "node:path";
 import t from "tap";
 import { baseToml, converge, lastError, runCli, world } from "../support/harness.js";
+import type { World } from "../../src/sim/world.js";
 
 const BDF = "0000:00:06.0";
 /** baseToml without data1: kern1 alone */
@@ -80,5 +81,85 @@ t.test(
       data1.eniId,
       "the same ENI, not a new one",
     );
+  },
+);
+
+/** DetachNetworkInterface through the real SDK, as `aws ec2 detach-network-interface` would. */
+async function detach(w: World, attachmentId: string): Promise<void> {
+  const sdk = await import("@aws-sdk/client-ec2");
+  const ec2 = new sdk.EC2Client({
+    region: "us-west-2",
+    endpoint: w.ec2.url,
+    credentials: { accessKeyId: "AKIDTEST", secretAccessKey: "test" },
+  });
+  await ec2.send(new sdk.DetachNetworkInterfaceCommand({ AttachmentId: attachmentId }));
+  ec2.destroy();
+}
+
+const stateOf = (w: World) =>
+  JSON.parse(readFileSync(path.join(w.root, "var/lib/eni-dpdk/state.json"), "utf8")) as {
+    enis: Record<string, { eniId: string; mac: string; attachmentId: string }>;
+    bindings: Record<string, unknown>;
+  };
+
+t.test(
+  "released without `eni-dpdk unbind` first: no boot waits for the device, and the next apply forgets the ENI",
+  async (t) => {
+    const w = await world(t, { configToml: baseToml() });
+    await converge(t, w);
+    const data1 = stateOf(w).enis.data1;
+    w.writeConfig(withoutData1());
+    await converge(t, w);
+    await detach(w, data1.attachmentId);
+    t.notOk(w.sim.bdfOfMac(data1.mac), "the NIC left sysfs with the detach");
+
+    // A reboot before any apply: the early unit finds the recorded device gone and says so.
+    w.reboot();
+    const early = await runCli(w, ["early"]);
+    t.equal(
+      early.code,
+      0,
+      `early does not fail for a device that cannot come back: ${lastError(early)}`,
+    );
+    t.match(
+      early.stdout,
+      `skipped ${BDF} ${data1.mac} data1: no PCI device at ${BDF}: its ENI is not attached to this instance`,
+    );
+
+    const plan = await runCli(w, ["plan"]);
+    t.equal(plan.code, 0, lastError(plan));
+    t.match(
+      plan.stdout,
+      new RegExp(
+        `eni +forget +data1 +data1 \\(${data1.eniId}, MAC ${data1.mac}\\): configured by no source and no longer on this instance`,
+      ),
+    );
+    t.same(warnings(plan), [], "no left-over warning: the ENI is no longer attached");
+
+    const mutating = w.ec2.mutatingCalls();
+    await converge(t, w);
+    t.equal(w.ec2.mutatingCalls(), mutating, "forgetting makes no EC2 call");
+    t.notOk(stateOf(w).enis.data1, "its ENI record is gone");
+    t.notOk(stateOf(w).bindings[data1.mac], "and its binding");
+    const status = await runCli(w, ["status"]);
+    t.notMatch(status.stdout, /data1/, "status no longer lists it as missing");
+    const again = await runCli(w, ["plan"]);
+    t.match(again.stdout, /^nothing to do/, "and the next pass has nothing to do");
+  },
+);
+
+t.test(
+  "an ENI still configured but detached by someone else is attached again and bound",
+  async (t) => {
+    const w = await world(t, { configToml: baseToml() });
+    await converge(t, w);
+    const data1 = stateOf(w).enis.data1;
+    await detach(w, data1.attachmentId);
+    const plan = await runCli(w, ["plan"]);
+    t.match(plan.stdout, new RegExp(`eni +attach +data1 +AttachNetworkInterface ${data1.eniId}`));
+    t.notMatch(plan.stdout, /forget/, "a configured ENI is never forgotten");
+    await converge(t, w);
+    t.equal(stateOf(w).enis.data1.eniId, data1.eniId, "the same ENI");
+    t.equal(w.sim.driverOf(w.sim.bdfOfMac(data1.mac)!), "vfio-pci", "bound again");
   },
 );

@@ -114,3 +114,42 @@ t.test("a state file's record of another shape loses its sources, and only them"
   t.equal(loaded.enis.odd.configuredBy, undefined, "an unknown source: dropped");
   t.equal(loaded.enis.odd.eniId, s.enis.odd.eniId, "the record itself is kept");
 });
+
+t.test(
+  "releasedEnis: only records of no source, absent from IMDS, whose device is gone",
+  async (t) => {
+    const { releasedEnis } = await import("../../../src/reconcile/eni.js");
+    const sim = node();
+    t.teardown(() => sim.close());
+    const ctx = stageCtx(sim, { config: cfg(["kept"]) });
+    const binding = (mac: string, bdf: string, eniName: string) => ({
+      mac,
+      bdf,
+      vendor: "1d0f",
+      device: "ec20",
+      originalDriver: "ena",
+      driver: "vfio-pci",
+      eniName,
+      boundAt: "2026-12-07T00:00:00.000Z",
+    });
+    const GONE_MAC = "02:00:00:00:00:99";
+    const STILL_MAC = "02:00:00:00:00:98";
+    ctx.state.enis = {
+      kept: record("kept", "02:00:00:00:00:97"), // configured, not in IMDS: the eni stage attaches it
+      attached: record("attached", DATA1.mac), // IMDS lists it: the left-over warning's case
+      gone: record("gone", GONE_MAC),
+      still: record("still", STILL_MAC),
+    };
+    ctx.state.bindings = {
+      [GONE_MAC]: binding(GONE_MAC, "0000:00:1e.0", "gone"),
+      // IMDS does not list it, but its device is still in sysfs: kept, whatever IMDS says
+      [STILL_MAC]: binding(STILL_MAC, DATA2.bdf, "still"),
+      // a binding alone (a `bind` by hand), of a device that left
+      "02:00:00:00:00:96": binding("02:00:00:00:00:96", "0000:00:1f.0", ""),
+    };
+    t.same(await releasedEnis(ctx), [
+      { name: "gone", eniId: ctx.state.enis.gone.eniId, mac: GONE_MAC, bdf: "0000:00:1e.0" },
+      { mac: "02:00:00:00:00:96", bdf: "0000:00:1f.0" },
+    ]);
+  },
+);
