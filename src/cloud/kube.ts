@@ -1,6 +1,6 @@
 // The Kubernetes seam: a small typed client over node:https for the one resource we use, NodeENI
-// (list, get, watch, merge-patch of the status subresource). @kubernetes/client-node would cost
-// ~0.6 s and ~120 MB at import for the same four calls; boot time is a product feature.
+// (list, get, merge-patch of the status subresource). @kubernetes/client-node would cost ~0.6 s
+// and ~120 MB at import for the same three calls; boot time is a product feature.
 // Finding the cluster (nodeadm's NodeConfig or [kubernetes] / a kubeconfig) also lives here.
 import type https from "node:https";
 import type { IncomingMessage } from "node:http";

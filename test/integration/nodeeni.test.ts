@@ -5,7 +5,9 @@
 import { readFileSync } from "node:fs";
 import path from "node:path";
 import t, { type Test } from "tap";
-import { converge, lastError, runCli, world } from "../support/harness.js";
+import YAML from "yaml";
+import { NODEENI_PATH } from "../../src/cloud/kube.js";
+import { converge, lastError, REPO, runCli, world } from "../support/harness.js";
 import { KUBE_TOML, nodeEni, withKube } from "../support/kube.js";
 import type { World } from "../../src/sim/world.js";
 
@@ -18,14 +20,36 @@ const state = (w: World) =>
     bindings: Record<string, { bdf: string; driver: string }>;
   };
 const pcidp = (w: World) => readFileSync(path.join(w.root, "etc/pcidp/config.json"), "utf8");
+/** "resource verb" for each kind of call the emulator answered, as RBAC names it. */
+function usedVerbs(requests: { method: string; path: string }[]): string[] {
+  const verbs = requests.map(({ method, path: p }) => {
+    const rest = p.split("?")[0].slice(NODEENI_PATH.length).split("/").filter(Boolean);
+    const resource = rest[1] ? `nodeenis/${rest[1]}` : "nodeenis";
+    const verb = { GET: rest.length ? "get" : "list", PATCH: "patch", PUT: "update" }[method];
+    return `${resource} ${verb ?? method}`;
+  });
+  return [...new Set(verbs)].sort();
+}
+
+function grantedVerbs(): string[] {
+  const role = YAML.parseAllDocuments(readFileSync(path.join(REPO, "deploy/rbac.yaml"), "utf8"))
+    .map((d) => d.toJS() as { kind: string; rules: { resources: string[]; verbs: string[] }[] })
+    .find((d) => d.kind === "ClusterRole")!;
+  return role.rules
+    .flatMap((r) => r.resources.flatMap((res) => r.verbs.map((v) => `${res} ${v}`)))
+    .sort();
+}
+
 const leftOver = (r: { log: Record<string, string>[] }) =>
   r.log
     .filter((l) => l.level === "warn" && l.msg.includes("no longer configured"))
     .map((l) => l.msg);
 
-async function convergedOnNodeEni(t: Test) {
+async function convergedOnNodeEni(t: Test, o: { conflictFirst?: boolean } = {}) {
   const w = await world(t, { configToml: KUBE_TOML });
   const emu = await withKube(t, w, [nodeEni("dpdk", DPDK)]);
+  // another writer between our read and our patch: the status is read again and patched
+  if (o.conflictFirst) emu.faults.conflictNext = 1;
   await converge(t, w);
   const rec = state(w).enis.dpdk;
   t.ok(rec?.eniId, "the NodeENI's ENI is in the state, under the NodeENI's name");
@@ -38,11 +62,15 @@ async function convergedOnNodeEni(t: Test) {
 t.test(
   "a NodeENI selecting the node: attached, bound, its status written back, once",
   async (t) => {
-    const { w, emu, rec } = await convergedOnNodeEni(t);
+    const { w, emu, rec } = await convergedOnNodeEni(t, { conflictFirst: true });
     const status = emu.get("dpdk")?.status as
       { attachments: Record<string, unknown>[] } | undefined;
-    t.equal(status?.attachments.length, 1, "one attachment in the NodeENI's status");
-    t.match(status?.attachments[0], {
+    t.same(
+      status?.attachments.map((a) => a.instanceID),
+      ["i-0ffffffffffffffff", INSTANCE],
+      "the other writer's entry (the 409) kept, and this node's added",
+    );
+    t.match(status?.attachments[1], {
       instanceID: INSTANCE,
       eniID: rec.eniId,
       attachmentID: rec.attachmentId,
@@ -50,6 +78,12 @@ t.test(
       dpdkBound: true,
       dpdkResourceName: "amazon.com/ena_dpdk",
     });
+
+    t.same(
+      usedVerbs(emu.requests),
+      grantedVerbs(),
+      "deploy/rbac.yaml grants exactly the calls eni-dpdk made (a 409 retry among them)",
+    );
 
     const mutating = w.ec2.mutatingCalls();
     const patches = emu.requests.filter((r) => r.method === "PATCH").length;

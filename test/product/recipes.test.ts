@@ -258,9 +258,16 @@ t.test("4. the RBAC lets system:nodes read NodeENIs and patch their status", asy
         r.verbs.includes(verb),
     );
   t.equal(role.kind, "ClusterRole", "NodeENI is cluster-scoped");
-  for (const verb of ["list", "watch"]) t.ok(allows("nodeenis", verb), `nodeenis ${verb}`);
+  for (const verb of ["get", "list"]) t.ok(allows("nodeenis", verb), `nodeenis ${verb}`);
   t.ok(allows("nodeenis/status", "patch"), "nodeenis/status patch");
   t.notOk(allows("nodeenis", "delete"), "nothing more");
+  // the same rules as deploy/rbac.yaml, which the NodeENI integration test holds to the calls made
+  const deployed = YAML.parseAllDocuments(
+    fs.readFileSync(path.join(repo, "deploy/rbac.yaml"), "utf8"),
+  )
+    .map((d) => d.toJS() as { kind: string; rules?: unknown })
+    .find((d) => d.kind === "ClusterRole");
+  t.same(role.rules, deployed?.rules, "the recipe's rules are deploy/rbac.yaml's");
   t.equal(binding.kind, "ClusterRoleBinding");
   t.equal(binding.roleRef.name, role.metadata.name);
   t.same(

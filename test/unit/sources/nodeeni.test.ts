@@ -785,12 +785,12 @@ t.test(
       {
         apiGroups: ["networking.k8s.aws"],
         resources: ["nodeenis"],
-        verbs: ["get", "list", "watch"],
+        verbs: ["get", "list"],
       },
       {
         apiGroups: ["networking.k8s.aws"],
         resources: ["nodeenis/status"],
-        verbs: ["get", "patch"],
+        verbs: ["patch"],
       },
     ]);
     const binding = rbac.find((d) => d.kind === "ClusterRoleBinding");
