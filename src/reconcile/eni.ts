@@ -1116,12 +1116,6 @@ function knownEnis(ctx: StageContext): EniRecord[] {
     .filter((r): r is EniRecord => !!r && !!r.mac);
 }
 
-/**
- * The ENIs on record that no source configures any more (taken out of the file, a NodeENI deleted
- * or no longer selecting this node) and that are still attached. eni-dpdk leaves them as they are:
- * a removal never detaches, deletes or unbinds, since an app may still use the device. Each warning
- * says where the ENI was left and what releases it.
- */
 /** The record with the sources that configure its ENI in this pass (none known: as it was). */
 function keepOrigins(ctx: StageContext, rec: EniRecord): EniRecord {
   const from = ctx.eniOrigins?.[rec.name];
@@ -1143,6 +1137,12 @@ function describeOrigin(o: LayerOrigin): string {
   }
 }
 
+/**
+ * The ENIs on record that no source configures any more (taken out of the file, a NodeENI deleted
+ * or no longer selecting this node) and that are still attached. eni-dpdk leaves them as they are:
+ * a removal never detaches, deletes or unbinds, since an app may still use the device. Each warning
+ * says where the ENI was left and what releases it.
+ */
 export function leftOverEnis(ctx: StageContext): string[] {
   const configured = new Set(ctx.config.eni.map((e) => e.name));
   const attached = new Set(ctx.imdsNics.map((n) => n.mac.toLowerCase()));

@@ -1,6 +1,7 @@
 // A fake Kubernetes API server for NodeENI objects: real HTTPS with its own CA (made with openssl at
-// test time), bearer-token and client-certificate authentication, list / get / watch / status PATCH
-// with resourceVersion conflicts (409), RBAC denials (403), and outages (reset connections, 503s).
+// test time), bearer-token and client-certificate authentication, list / get / status PATCH with
+// resourceVersion conflicts (409), RBAC denials (403), and outages (reset connections, 503s). No
+// watch: eni-dpdk polls.
 // EKS tokens are verified the way aws-iam-authenticator checks their shape, and their SigV4
 // signature is recomputed here from the documented algorithm (an oracle independent of the SDK).
 import { execFileSync } from "node:child_process";
@@ -131,7 +132,7 @@ export interface KubeFaults {
   fail503: number;
   /** on the next N status PATCHes, another writer updates the object first, so ours gets 409 */
   conflictNext: number;
-  /** verbs answered 403 (list, get, watch, patch) */
+  /** verbs answered 403 (list, get, patch) */
   forbid: Set<string>;
   /** the CRD is not installed: its paths answer 404 */
   crdMissing: boolean;
@@ -172,10 +173,6 @@ export class KubeApiEmulator {
   lastTokenError?: string;
   private readonly objects = new Map<string, NodeEniObj>();
   private rv = 100;
-  private readonly events: { rv: number; type: string; object: NodeEniObj }[] = [];
-  /** events at or before this rv are compacted away (watch from older → 410 Gone) */
-  compactedThrough = 0;
-  private readonly watchers = new Set<{ res: ServerResponse; after: number }>();
   private readonly sockets = new Set<Socket>();
   private server?: https.Server;
   url = "";
@@ -208,8 +205,6 @@ export class KubeApiEmulator {
   }
 
   async close(): Promise<void> {
-    for (const w of this.watchers) w.res.end();
-    this.watchers.clear();
     for (const s of this.sockets) s.destroy();
     await new Promise<void>((r) => (this.server ? this.server.close(() => r()) : r()));
   }
@@ -226,7 +221,6 @@ export class KubeApiEmulator {
   }
 
   upsert(obj: NodeEniObj): NodeEniObj {
-    const existed = this.objects.has(obj.metadata.name);
     const o: NodeEniObj = structuredClone({ apiVersion: GROUP_VERSION, kind: "NodeENI", ...obj });
     o.metadata = {
       uid: `uid-${obj.metadata.name}`,
@@ -234,35 +228,17 @@ export class KubeApiEmulator {
       resourceVersion: String(++this.rv),
     };
     this.objects.set(o.metadata.name, o);
-    this.emit(existed ? "MODIFIED" : "ADDED", o);
     return structuredClone(o);
   }
 
   delete(name: string): void {
-    const o = this.objects.get(name);
-    if (!o) return;
-    this.objects.delete(name);
-    const gone = structuredClone(o);
-    gone.metadata.resourceVersion = String(++this.rv);
-    this.emit("DELETED", gone);
+    if (this.objects.delete(name)) this.rv++;
   }
 
   /** Another writer (e.g. another node) changes the status. */
   setStatus(name: string, status: NodeEniObj["status"]): void {
     const o = this.objects.get(name)!;
     this.upsert({ ...o, status: structuredClone(status) });
-  }
-
-  private emit(type: string, object: NodeEniObj): void {
-    const ev = {
-      rv: Number(object.metadata.resourceVersion),
-      type,
-      object: structuredClone(object),
-    };
-    this.events.push(ev);
-    for (const w of this.watchers)
-      if (ev.rv > w.after && !w.res.writableEnded)
-        w.res.write(JSON.stringify({ type, object }) + "\n");
   }
 
   // ---- HTTP ------------------------------------------------------------------------------------
@@ -312,13 +288,12 @@ export class KubeApiEmulator {
       return statusBody(404, "NotFound", "the server could not find the requested resource");
     const [, name, sub] = rest.split("/");
     const watch = url.searchParams.get("watch") === "true" || url.searchParams.get("watch") === "1";
+    if (watch) return statusBody(405, "MethodNotAllowed", "watch is not emulated: eni-dpdk polls");
     const verb =
       req.method === "GET"
         ? name
           ? "get"
-          : watch
-            ? "watch"
-            : "list"
+          : "list"
         : req.method === "PATCH"
           ? "patch"
           : req.method === "PUT"
@@ -332,7 +307,7 @@ export class KubeApiEmulator {
       );
     }
 
-    if (req.method === "GET" && !name && !watch) {
+    if (req.method === "GET" && !name) {
       return send(200, {
         apiVersion: GROUP_VERSION,
         kind: "NodeENIList",
@@ -340,7 +315,6 @@ export class KubeApiEmulator {
         items: this.list(),
       });
     }
-    if (req.method === "GET" && !name && watch) return this.watch(url, res, log);
     if (req.method === "GET" && name && (!sub || sub === "status")) {
       const o = this.get(name);
       return o
@@ -396,39 +370,6 @@ export class KubeApiEmulator {
       "MethodNotAllowed",
       `${req.method} ${url.pathname} is not supported by this emulator`,
     );
-  }
-
-  private watch(url: URL, res: ServerResponse, log: KubeRequest): void {
-    const after = Number(url.searchParams.get("resourceVersion") ?? this.rv);
-    log.status = 200;
-    res.writeHead(200, { "content-type": "application/json", "transfer-encoding": "chunked" });
-    res.flushHeaders(); // as the API server does: the client knows the watch is open before any event
-    if (after < this.compactedThrough) {
-      res.end(
-        JSON.stringify({
-          type: "ERROR",
-          object: {
-            kind: "Status",
-            apiVersion: "v1",
-            status: "Failure",
-            message: `too old resource version: ${after} (${this.compactedThrough})`,
-            reason: "Expired",
-            code: 410,
-          },
-        }) + "\n",
-      );
-      return;
-    }
-    for (const ev of this.events)
-      if (ev.rv > after) res.write(JSON.stringify({ type: ev.type, object: ev.object }) + "\n");
-    const w = { res, after };
-    this.watchers.add(w);
-    const timeout = Number(url.searchParams.get("timeoutSeconds") ?? 0);
-    const timer = timeout > 0 ? setTimeout(() => res.end(), timeout * 1000) : undefined;
-    res.on("close", () => {
-      clearTimeout(timer);
-      this.watchers.delete(w);
-    });
   }
 
   private authenticate(req: IncomingMessage): string | undefined {
