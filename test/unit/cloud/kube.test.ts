@@ -14,6 +14,7 @@ import {
   resolveKubeTarget,
 } from "../../../src/cloud/kube.js";
 import { KubeApiEmulator, testPki } from "../../../src/sim/kube-api.js";
+import { kubeconfig } from "../../support/kube.js";
 
 const pki = testPki();
 const obj = (
@@ -143,26 +144,9 @@ t.test("kubeconfig: client certificate, token file, EKS exec plugin", async (t) 
   const host = new Host(root);
   mkdirSync(path.join(root, "etc/eni-dpdk"), { recursive: true });
   const b64 = (s: string) => Buffer.from(s).toString("base64");
+  // `user` as a block under `user:`
   const write = (name: string, user: string) =>
-    writeFileSync(
-      path.join(root, "etc/eni-dpdk", name),
-      `apiVersion: v1
-kind: Config
-current-context: ctx
-clusters:
-- name: c1
-  cluster:
-    server: ${emu.url}
-    certificate-authority-data: ${b64(pki.caCert)}
-contexts:
-- name: ctx
-  context: {cluster: c1, user: u1}
-users:
-- name: u1
-  user:
-${user}
-`,
-    );
+    writeFileSync(path.join(root, "etc/eni-dpdk", name), kubeconfig(emu.url, `\n${user}\n`));
   write(
     "cert.yaml",
     `    client-certificate-data: ${b64(pki.clientCert)}\n    client-key-data: ${b64(pki.clientKey)}`,
