@@ -207,9 +207,9 @@ const BOOTS: Boot[] = [
   },
   {
     id: "B",
-    title: "reboot with the state file kept; failure after unbind; crash mid-bind",
-    steps: ["s3", "s4b", "s8"],
-    expects: ["3", "4b", "8"],
+    title: "reboot with the state file kept; failure after unbind; crash mid-bind; a device gone",
+    steps: ["s3", "s4b", "s8", "s15"],
+    expects: ["3", "4b", "8", "15"],
     noiommu: true,
     nics: NICS,
     carryFrom: "A",

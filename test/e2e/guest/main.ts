@@ -1,7 +1,7 @@
 // The guest program (bundled to /opt/e2e/guest.mjs, run by init as the only workload): sets up the
 // emulated instance (primary NIC with the default route, IMDS and EC2 emulators unless the host runs
 // them), then runs this boot's scenario steps against the real CLI bundle and the real kernel.
-import { existsSync, readdirSync } from "node:fs";
+import { existsSync, readdirSync, writeFileSync } from "node:fs";
 import type { Ec2Emulator } from "../../../src/sim/ec2.js";
 import { bdfOf, GUEST_GATEWAY, GUEST_PRIMARY_IP, type NicSpec } from "../topology.js";
 import { CLI_AWS_ENV, makeEc2, makeImds } from "../world.js";
@@ -443,6 +443,36 @@ async function s8CrashMidBind(): Promise<Step> {
   return st;
 }
 
+/**
+ * A recorded device the kernel removed, as when its ENI is detached: early must skip it at once and
+ * exit 0, not wait 10 s for it and fail the unit at every boot (as it did until 2026-12-07). The
+ * full apply's forgetting of such an ENI needs IMDS to drop it: the integration tests show that,
+ * with the emulators' detach.
+ */
+async function s15DeviceGone(): Promise<Step> {
+  const st = new Step(
+    "15",
+    "a recorded device the kernel removed (its ENI detached): early skips it at once and exits 0",
+  );
+  const d2 = nic("dpdk2");
+  const bdf = bdfOf(d2);
+  st.check(stateOf(d2).driver === "vfio-pci", `dpdk2 bound first: ${fmtNic("dpdk2", stateOf(d2))}`);
+  // the kernel's own removal of the PCI function, as a hot-unplug does
+  writeFileSync(`/sys/bus/pci/devices/${bdf}/remove`, "1");
+  st.check(!existsSync(`/sys/bus/pci/devices/${bdf}`), `${bdf} is gone from sysfs`);
+  const e = await cli("early");
+  st.note(`early: exit ${e.code} in ${e.ms} ms`);
+  st.evidence.push(...tail(e.stdout, 3), ...tail(e.stderr, 2));
+  st.check(e.code === 0, "early exits 0");
+  st.check(
+    e.stdout.includes(`skipped ${bdf} ${d2.mac.toLowerCase()} `) &&
+      e.stdout.includes(`no PCI device at ${bdf}`),
+    "early says it skipped the device, and why",
+  );
+  checkBoundVfio(st, nic("dpdk1"));
+  return st;
+}
+
 async function s4NoNoiommu(): Promise<Step> {
   const st = new Step("4", "stock kernel without NOIOMMU: clear diagnosis, no device touched");
   const before = snapshot();
@@ -626,6 +656,7 @@ const steps: Record<string, () => Promise<Step | void>> = {
   s3: s3Reboot,
   s4b: s4FailAfterUnbind,
   s8: s8CrashMidBind,
+  s15: s15DeviceGone,
   s4: s4NoNoiommu,
   s6: s6Hotplug,
   s9: s9External,
