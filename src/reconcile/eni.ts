@@ -1137,6 +1137,18 @@ function describeOrigin(o: LayerOrigin): string {
   }
 }
 
+/** The records of ENIs that no source configures (with a MAC), each with whether IMDS lists it. */
+function unconfiguredRecords(
+  ctx: StageContext,
+): { rec: EniRecord; mac: string; attached: boolean }[] {
+  const configured = new Set(ctx.config.eni.map((e) => e.name));
+  const attached = new Set(ctx.imdsNics.map((n) => n.mac.toLowerCase()));
+  return Object.values(ctx.state.enis).flatMap((rec) => {
+    const mac = rec.mac.toLowerCase();
+    return configured.has(rec.name) || !mac ? [] : [{ rec, mac, attached: attached.has(mac) }];
+  });
+}
+
 /**
  * The ENIs on record that no source configures any more (taken out of the file, a NodeENI deleted
  * or no longer selecting this node) and that are still attached. eni-dpdk leaves them as they are:
@@ -1144,12 +1156,9 @@ function describeOrigin(o: LayerOrigin): string {
  * says where the ENI was left and what releases it.
  */
 export function leftOverEnis(ctx: StageContext): string[] {
-  const configured = new Set(ctx.config.eni.map((e) => e.name));
-  const attached = new Set(ctx.imdsNics.map((n) => n.mac.toLowerCase()));
   const out: string[] = [];
-  for (const r of Object.values(ctx.state.enis)) {
-    const mac = r.mac?.toLowerCase();
-    if (configured.has(r.name) || !mac || !attached.has(mac)) continue;
+  for (const { rec: r, mac, attached } of unconfiguredRecords(ctx)) {
+    if (!attached) continue;
     const b = ctx.state.bindings[mac];
     const device = b
       ? `; its device ${b.bdf} stays on ${b.driver}, and no SR-IOV resource of eni-dpdk's offers it now: \`eni-dpdk unbind ${r.name}\` returns it to ${b.originalDriver || "its kernel driver"}`
@@ -1192,13 +1201,11 @@ export async function releasedEnis(ctx: StageContext): Promise<ReleasedEni[]> {
     return !b || !(await readPciDevice(ctx.host, b.bdf));
   };
   const out: ReleasedEni[] = [];
-  const recorded = new Set<string>();
-  for (const r of Object.values(ctx.state.enis)) {
-    const mac = r.mac.toLowerCase();
-    if (mac) recorded.add(mac);
-    if (!mac || configured.has(r.name) || attached.has(mac) || !(await deviceGone(mac))) continue;
-    out.push({ name: r.name, eniId: r.eniId, mac, bdf: ctx.state.bindings[mac]?.bdf });
-  }
+  for (const { rec: r, mac, attached: listed } of unconfiguredRecords(ctx))
+    if (!listed && (await deviceGone(mac)))
+      out.push({ name: r.name, eniId: r.eniId, mac, bdf: ctx.state.bindings[mac]?.bdf });
+  // a binding without an ENI record (a `bind` by hand) of a device that left
+  const recorded = new Set(Object.values(ctx.state.enis).map((r) => r.mac.toLowerCase()));
   for (const [mac, b] of Object.entries(ctx.state.bindings)) {
     if (recorded.has(mac) || configured.has(b.eniName) || attached.has(mac)) continue;
     if (await deviceGone(mac))
