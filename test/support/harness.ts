@@ -5,8 +5,10 @@
 import { execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { createHash } from "node:crypto";
 import {
+  chmodSync,
   existsSync,
   lstatSync,
+  mkdirSync,
   mkdtempSync,
   readdirSync,
   readFileSync,
@@ -362,6 +364,15 @@ export async function world(t: Test, opts: WorldOptions = {}): Promise<World> {
   const w = await World.start(opts);
   t.teardown(() => w.close());
   return w;
+}
+
+/** Write a file under the world's root (parents 0755), with a mode. */
+export function put(w: World, rel: string, content: string | Buffer, mode = 0o644): string {
+  const file = path.join(w.root, rel);
+  mkdirSync(path.dirname(file), { recursive: true });
+  writeFileSync(file, content);
+  chmodSync(file, mode);
+  return file;
 }
 
 /** A small valid config: one DPDK ENI (data1) and one kernel ENI (kern1) in SUBNET_A. */

@@ -1,11 +1,10 @@
 // A cluster for the NodeENI source: the Kubernetes API emulator, a kubeconfig for it under the
 // world's root, and NodeENI objects. The integration tests' NodeENI worlds share these.
-import { chmodSync, mkdirSync, writeFileSync } from "node:fs";
-import path from "node:path";
 import type { Test } from "tap";
 import { KubeApiEmulator, testPki } from "../../src/sim/kube-api.js";
 import { SG_DPDK, SUBNET_A } from "../../src/sim/node.js";
 import type { World } from "../../src/sim/world.js";
+import { put } from "./harness.js";
 
 /** The emulator's certificates (its CA signs the server certificate). */
 export const pki = testPki();
@@ -47,15 +46,6 @@ users:
 - name: u1
   user: ${user}
 ${extra}`;
-}
-
-/** Write a file under the world's root (parents 0755), with a mode. */
-export function put(w: World, rel: string, content: string | Buffer, mode = 0o644): string {
-  const file = path.join(w.root, rel);
-  mkdirSync(path.dirname(file), { recursive: true });
-  writeFileSync(file, content);
-  chmodSync(file, mode);
-  return file;
 }
 
 /** The emulator serving `objects`, its token t0k a node's, and the world's kubeconfig naming it. */

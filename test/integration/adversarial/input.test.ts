@@ -18,12 +18,13 @@ import {
   expectRejected,
   lastError,
   parseLog,
+  put,
   runCli,
   snapshotRoot,
   world,
   type Rejection,
 } from "../../support/harness.js";
-import { KUBE_TOML, kubeconfig, nodeEni, pki, put, withKube } from "../../support/kube.js";
+import { KUBE_TOML, kubeconfig, nodeEni, pki, withKube } from "../../support/kube.js";
 
 const MISSING_ROOT = `/tmp/eni-dpdk-no-such-root-${process.pid}-${Date.now()}`;
 
