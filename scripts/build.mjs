@@ -20,6 +20,7 @@ const HOST_MODULES = {
   "src/core/lazy.ts": "lazy",
   "src/core/signals.ts": "signals",
   "src/core/startup.ts": "startup",
+  "src/core/stdio.ts": "stdio",
 };
 
 /**

@@ -3,6 +3,7 @@
 // 6 MB less peak RSS on a converged boot; its time the same within noise); only the vendor
 // libraries are loaded on first use (core/lazy.ts).
 import { statSync } from "node:fs";
+import { stderr, stdout } from "./core/stdio.js";
 import type { Argv } from "yargs";
 import { errorMessage, exitCodeOf, formatProblem, InputError, OpError } from "./core/errors.js";
 import { Host } from "./host/host.js";
@@ -31,8 +32,8 @@ export interface CliIo {
 }
 
 const defaultIo: CliIo = {
-  out: (s) => process.stdout.write(s),
-  err: process.stderr,
+  out: (s) => stdout.write(s),
+  err: stderr,
   env: process.env,
 };
 

@@ -5,6 +5,7 @@ import path from "node:path";
 import * as signals from "./core/signals.js";
 import * as lazy from "./core/lazy.js";
 import * as startup from "./core/startup.js";
+import * as stdio from "./core/stdio.js";
 import { besides, keepVendorScripts, runCached, setCacheDir } from "./core/code-cache.js";
 import { replayableApply } from "./commands/boot-argv.js";
 import { resolveRoot, UNCHANGED_PATH } from "./host/root.js";
@@ -36,6 +37,11 @@ setCacheDir(cacheDir);
 const { enableCompileCache } = nodeModule as { enableCompileCache?: (dir: string) => unknown };
 enableCompileCache?.(cacheDir);
 
+// A dry run or help would keep the code of a path the boot does not take.
+const offPath = argv.some((a) => a === "--dry-run" || a === "--help" || a === "-h");
+/** The code cache this start uses: its boot command's own, or the one the others share. */
+const command = (!offPath && argv.find((a) => CACHED_COMMANDS.includes(a))) || "other";
+
 type Cli = typeof import("./cli.js");
 type Unchanged = typeof import("./commands/unchanged.js");
 
@@ -53,7 +59,7 @@ async function unchanged(): Promise<number | undefined> {
       besides(ENI_DPDK_UNCHANGED_SCRIPT, import.meta.url),
       cacheDir,
       "unchanged",
-      { lazy, signals, startup },
+      { lazy, signals, startup, stdio },
     );
     const code = await script.exports.replayUnchanged(argv);
     if (code === 0) startup.onStarted(() => setImmediate(() => script.keep()));
@@ -65,13 +71,11 @@ async function unchanged(): Promise<number | undefined> {
 
 function loadCli(): Promise<Cli> {
   if (typeof ENI_DPDK_CLI_SCRIPT !== "string") return import("./cli.js");
-  // A dry run or help would keep the code of a path the boot does not take.
-  const offPath = argv.some((a) => a === "--dry-run" || a === "--help" || a === "-h");
-  const command = (!offPath && argv.find((a) => CACHED_COMMANDS.includes(a))) || "other";
   const cli = runCached<Cli>(besides(ENI_DPDK_CLI_SCRIPT, import.meta.url), cacheDir, command, {
     lazy,
     signals,
     startup,
+    stdio,
   });
   // The other commands share one cache of the script ("other"), which no boot reads; without it
   // compiling the script was 15-27 ms of `status` or `plan` on Node 20. yargs parses no boot's own
@@ -91,18 +95,20 @@ function loadCli(): Promise<Cli> {
 function exit(code: number): void {
   if (code === 0) startup.started();
   process.exitCode = code;
-  // After the cache write that started() queued with setImmediate.
-  setImmediate(() =>
-    process.stdout.write("", () => process.stderr.write("", () => process.exit(code))),
-  );
+  // After the cache write that started() queued with setImmediate, and once what a stream still
+  // holds is written. A boot's lines went out with write(2) (core/stdio.ts), so none waits in
+  // Node's streams; yargs prints help and versions through those, so the other commands flush them.
+  const streams =
+    command === "other"
+      ? (next: () => void) => process.stdout.write("", () => process.stderr.write("", next))
+      : (next: () => void) => next();
+  setImmediate(() => stdio.flushStdio(() => streams(() => process.exit(code))));
 }
 
 Promise.resolve()
   .then(unchanged)
   .then(async (code) => code ?? (await loadCli()).main(argv))
   .then(exit, (err: unknown) => {
-    process.stderr.write(
-      `level=error msg=${JSON.stringify(String((err as Error)?.stack ?? err))}\n`,
-    );
+    stdio.stderr.write(`level=error msg=${JSON.stringify(String((err as Error)?.stack ?? err))}\n`);
     exit(1);
   });

@@ -16,6 +16,7 @@ import { Logger } from "../core/log.js";
 import { pidAlive } from "../core/process.js";
 import { STATUS_PATH } from "../host/state.js";
 import { replayableApply } from "./boot-argv.js";
+import { stderr } from "../core/stdio.js";
 
 /** Set by scripts/build.mjs: a digest of the sources and the lockfile. Unset under tsx: no record. */
 declare const ENI_DPDK_BUILD_ID: string | undefined;
@@ -168,7 +169,7 @@ async function imdsDifference(imds: ImdsClient, rec: UnchangedRecord): Promise<s
 export async function replayUnchanged(
   argv: string[],
   env: NodeJS.ProcessEnv = process.env,
-  err: { write(s: string): void } = process.stderr,
+  err: { write(s: string): void } = stderr,
 ): Promise<number | undefined> {
   const started = Date.now();
   const args = replayableApply(argv);

@@ -1,6 +1,8 @@
-// One line per event on stderr. journald adds the timestamp; under journald we prefix the
-// sd-daemon priority (<3>, <4>, <6>, <7>) so `journalctl -p warning` works.
+// One line per event on stderr. journald adds the timestamp; when stderr is journald's stream (the
+// one JOURNAL_STREAM names) we prefix the sd-daemon priority (<3>, <4>, <6>, <7>) so `journalctl -p
+// warning` works, and a redirect to a file from inside a unit gets plain lines.
 import { inputs } from "./inputs.js";
+import { stderr } from "./stdio.js";
 
 export type Level = "debug" | "info" | "warn" | "error";
 export type LogFormat = "text" | "json";
@@ -18,14 +20,21 @@ export class Logger {
   constructor(
     readonly level: Level = "info",
     readonly format: LogFormat = "text",
-    private readonly sink: LogSink = process.stderr,
+    private readonly sink: LogSink = stderr,
     private readonly base: Fields = {},
+    journal?: boolean,
   ) {
-    this.journal = sink === process.stderr && !!process.env.JOURNAL_STREAM;
+    this.journal = journal ?? (sink === stderr && stderr.isJournal());
   }
 
   child(fields: Fields): Logger {
-    return new Logger(this.level, this.format, this.sink, { ...this.base, ...fields });
+    return new Logger(
+      this.level,
+      this.format,
+      this.sink,
+      { ...this.base, ...fields },
+      this.journal,
+    );
   }
 
   debug(msg: string, fields: Fields = {}): void {

@@ -184,11 +184,19 @@ t.test(
     const script = readFileSync(path.join(path.dirname(BUNDLE), rel), "utf8");
     t.notMatch(script, /\bimport\(|import\.meta|^import\s|^export\s/m, "no ES module syntax in it");
     const wants = [...new Set([...script.matchAll(/__host\.(\w+)/g)].map((m) => m[1]))].sort();
-    t.same(wants, ["lazy", "signals", "startup"], "it uses the host modules the entry passes");
-    t.match(entry, /\{lazy:\w+,signals:\w+,startup:\w+\}/, "and the entry passes those three");
+    t.same(
+      wants,
+      ["lazy", "signals", "startup", "stdio"],
+      "it uses the host modules the entry passes",
+    );
+    t.match(
+      entry,
+      /\{lazy:\w+,signals:\w+,startup:\w+,stdio:\w+\}/,
+      "and the entry passes those four",
+    );
     t.notMatch(
       script,
-      /function catchSignals|function loadYargs|function onStarted/,
+      /function catchSignals|function loadYargs|function onStarted|function flushStdio/,
       "none is copied in",
     );
     const [, unchangedRel] = /besides\("(chunks\/unchanged-[^"]+\.js)"/.exec(entry) ?? [];
@@ -197,7 +205,7 @@ t.test(
     t.notMatch(unchanged, /\bimport\(|import\.meta|^import\s|^export\s/m, "a script too");
     t.notMatch(
       unchanged,
-      /function catchSignals|function loadYargs/,
+      /function catchSignals|function loadYargs|function flushStdio/,
       "with no host module copied in",
     );
     t.ok(unchanged.length * 5 < script.length, "and a fifth of the planner's size at most");
