@@ -41,6 +41,28 @@ t.test("an apply whose stderr nobody reads (EPIPE) still binds, and exits 0", as
   t.match(status.apply.summary, /^ready: .*1 bound/, "with the bind in its summary");
 });
 
+t.test("`status | head -1`: a reader that stops early is no error (EPIPE on stdout)", async (t) => {
+  // until 2026-12-08: exit 1 and Node's stack trace of the EPIPE on stderr
+  const w = await world(t, { configToml: baseToml() });
+  await converge(t, w);
+  for (const args of [["status"], ["status", "--json"], ["plan"]]) {
+    const r = await new Promise<{ code: number | null; stderr: string }>((resolve, reject) => {
+      const child = spawn(NODE[0], [...NODE.slice(1), BUNDLE, ...args], {
+        env: w.env(),
+        cwd: REPO,
+        stdio: ["ignore", "pipe", "pipe"],
+      });
+      child.stdout!.destroy();
+      let stderr = "";
+      child.stderr!.on("data", (d: Buffer) => (stderr += d.toString()));
+      child.on("error", reject);
+      child.on("close", (code) => resolve({ code, stderr }));
+    });
+    t.equal(r.code, 0, `${args.join(" ")}: exit 0`);
+    t.notMatch(r.stderr, /EPIPE|Node\.js v\d/, `${args.join(" ")}: no stack trace`);
+  }
+});
+
 t.test("the sd-daemon priority prefixes only the stream JOURNAL_STREAM names", async (t) => {
   const w = await world(t, { configToml: baseToml() });
   const dir = mkdtempSync(path.join(tmpdir(), "eni-dpdk-journal-"));
@@ -69,8 +91,9 @@ t.test("the sd-daemon priority prefixes only the stream JOURNAL_STREAM names", a
   );
   t.ok(
     journal.some((l) => l.startsWith("<6>level=info ")) &&
-      journal.some((l) => l.startsWith("<7>level=debug ")),
-    "info is <6>, debug <7>",
+      journal.some((l) => l.startsWith("<7>level=debug ")) &&
+      journal.some((l) => l.startsWith('<4>level=warn msg="no hugepages')),
+    "info is <6>, debug <7>, the hugepage warning <4> (`journalctl -p warning` shows it)",
   );
   // a command a unit started with its stderr redirected to a file inherits JOURNAL_STREAM
   const redirected = await run("redirected", (fd) => {
