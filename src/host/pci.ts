@@ -57,6 +57,14 @@ async function netDirs(host: Host, bdf: string): Promise<string[]> {
   return [`${dir}/net`, ...virtio.map((v) => `${dir}/${v}/net`)];
 }
 
+/**
+ * Why a recorded device sits on no driver, and where to look: its kernel driver's probe failed (or
+ * never ran), so no netdev shows its MAC, and nothing may bind it until one does.
+ */
+export function driverlessHint(bdf: string): string {
+  return `its kernel driver did not take it (see \`dmesg | grep ${bdf}\`); nothing is bound there until a netdev shows its MAC`;
+}
+
 /** The PCI netdev carrying this MAC (MAC → netdev → `device` link → BDF). */
 export async function netdevByMac(host: Host, mac: string): Promise<Netdev | undefined> {
   const m = mac.toLowerCase();

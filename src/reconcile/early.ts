@@ -7,7 +7,13 @@ import { type DpdkDriver } from "../config/facts.js";
 import { type Host } from "../host/host.js";
 import type { Logger } from "../core/log.js";
 import { markNodeadmUnmanaged } from "../host/networkd.js";
-import { bindDevice, deviceNetdevs, deviceNodeFor, readPciDevice } from "../host/pci.js";
+import {
+  bindDevice,
+  deviceNetdevs,
+  deviceNodeFor,
+  driverlessHint,
+  readPciDevice,
+} from "../host/pci.js";
 import { guardFacts, guardViolations, readRoutes } from "../host/guard.js";
 import { saveState, type State } from "../host/state.js";
 import { setupKernel } from "../host/kernel.js";
@@ -106,11 +112,12 @@ export async function rebindFromState(
       return nd ? { pci, ifname: nd.ifname, mac: nd.mac } : undefined;
     }, opts.waitMs ?? 10_000);
     if (!seen) {
+      const driver = (await readPciDevice(host, rec.bdf))?.driver;
       return {
         ...base,
         state: "failed",
         changed: false,
-        detail: `${rec.bdf} did not appear with a netdev (driver ${(await readPciDevice(host, rec.bdf))?.driver ?? "none"})`,
+        detail: `${rec.bdf} did not appear with a netdev (driver ${driver ?? "none"})${driver ? "" : `: ${driverlessHint(rec.bdf)}`}`,
       };
     }
     const { pci } = seen;

@@ -26,6 +26,7 @@ import {
   restoreDriver,
   restoreHint,
   type BindResult,
+  driverlessHint,
   type PciDevice,
 } from "../host/pci.js";
 import { guardFacts, guardViolations, readRoutes, type GuardFacts } from "../host/guard.js";
@@ -85,9 +86,11 @@ export async function locate(host: Host, state: State, t: HostTarget): Promise<L
       ? `recorded device ${rec.bdf} no longer exists`
       : pci.vendor !== rec.vendor || pci.device !== rec.device
         ? `${rec.bdf} is ${pci.vendor}:${pci.device}, the state file recorded ${rec.vendor}:${rec.device}`
-        : !pci.driver || !isDpdkDriver(pci.driver)
-          ? `${rec.bdf} has no netdev with ${mac} and is on ${pci.driver ?? "no driver"}, not a DPDK driver`
-          : undefined;
+        : !pci.driver
+          ? `${rec.bdf} has no netdev with ${mac} and is on no driver: ${driverlessHint(rec.bdf)}`
+          : !isDpdkDriver(pci.driver)
+            ? `${rec.bdf} has no netdev with ${mac} and is on ${pci.driver}, not a DPDK driver`
+            : undefined;
     return {
       target: t,
       via: problem ? "missing" : "state",

@@ -8,6 +8,7 @@ import { isoTime } from "../core/deadline.js";
 import { type Host } from "../host/host.js";
 import {
   deviceNodeFor,
+  driverlessHint,
   listNetdevs,
   listPciDevices,
   readPciDevice,
@@ -166,7 +167,9 @@ export async function collectStatus(
       st = "missing";
       detail = !row.mac
         ? "no ENI recorded yet (run apply)"
-        : `no NIC with MAC ${row.mac} on this host`;
+        : pci && !driver
+          ? `no NIC with MAC ${row.mac}: ${bdf}, where it was bound, is on no driver; ${driverlessHint(bdf)}`
+          : `no NIC with MAC ${row.mac} on this host`;
     } else if (isDpdkDriver(driver)) {
       st = node ? "bound" : "failed";
       if (!node) detail = `on ${driver} but no device node`;

@@ -363,7 +363,8 @@ export class SimKernel {
     fs.mkdirSync(this.p("/run"), { recursive: true });
     for (const dev of this.devices.values()) {
       const drv = this.matchById(dev);
-      if (drv) this.attach(dev, drv);
+      // a probe at boot can fail as any other (failNextProbe): the device stays driverless
+      if (drv) this.probe(dev, drv);
     }
   }
 
@@ -437,8 +438,8 @@ export class SimKernel {
   }
 
   /**
-   * The next `times` probes of this device fail (as vfio-pci's without NOIOMMU): it stays
-   * driverless. Twice fails a bind's probe and its rollback's.
+   * The next `times` probes of this device fail (as vfio-pci's without NOIOMMU, or ena's at a
+   * reboot): it stays driverless. Twice fails a bind's probe and its rollback's.
    */
   failNextProbe(bdf: string, times = 1): void {
     this.failProbe.set(bdf, times);

@@ -195,6 +195,53 @@ t.test(
 );
 
 t.test(
+  "reboot: a recorded device whose kernel driver fails to probe is waited for, then reported, never bound",
+  async (t) => {
+    // ena's probe failed at boot: the device is there but driverless, so no netdev shows its MAC.
+    // early cannot verify it is the recorded ENI, so it binds nothing there; it waits its bound
+    // (the driver may still be probing), names the device and exits 1. The other device is bound.
+    const world = await World.start({ configToml: sampleConfig() });
+    t.teardown(() => world.close());
+    t.equal((await cli(world, ["apply"])).code, 0);
+    world.sim.failNextProbe("0000:00:06.0");
+    world.reboot();
+    t.equal(world.sim.driverOf("0000:00:06.0"), undefined, "driverless after the reboot");
+    const from = world.sim.writes.length;
+    const started = Date.now();
+    const r = await cli(world, ["early"]);
+    const took = Date.now() - started;
+    t.equal(r.code, 1, "exit 1");
+    t.match(
+      r.stdout,
+      /^failed +0000:00:06\.0 \S+ \S+: 0000:00:06\.0 did not appear with a netdev \(driver none\): its kernel driver did not take it \(see `dmesg \| grep 0000:00:06\.0`\)/m,
+    );
+    t.ok(took >= 10_000, `it waited its 10 s bound for the driver (${took} ms)`);
+    t.same(
+      world.sim.writes.slice(from).filter((w) => w.path.includes("0000:00:06.0")),
+      [],
+      "nothing written to the unverified device",
+    );
+    t.equal(world.sim.driverOf("0000:00:06.0"), undefined, "still driverless");
+    t.equal(world.sim.driverOf("0000:00:07.0"), "vfio-pci", "the other device bound meanwhile");
+    // what the SRE sees next: status names the device and where to look, and apply fails at once
+    const status = await cli(world, ["status"]);
+    t.match(
+      status.stdout,
+      /no NIC with MAC \S+: 0000:00:06\.0, where it was bound, is on no driver; its kernel driver did not take it/,
+    );
+    const applied = Date.now();
+    const apply = await cli(world, ["apply"]);
+    t.equal(apply.code, 1, "apply: exit 1");
+    t.ok(Date.now() - applied < 8000, "without waiting for the device");
+    t.match(
+      apply.stderr,
+      /0000:00:06\.0 has no netdev with \S+ and is on no driver: its kernel driver/,
+    );
+    t.equal(world.sim.driverOf("0000:00:06.0"), undefined, "and it binds nothing there either");
+  },
+);
+
+t.test(
   "reboot on the AMI: modules-load.d loaded vfio-pci with NOIOMMU; apply rebinds and runs no modprobe",
   async (t) => {
     const world = await World.start({ configToml: sampleConfig() });

@@ -52,9 +52,9 @@ t.test("`status | head -1`: a reader that stops early is no error (EPIPE on stdo
         cwd: REPO,
         stdio: ["ignore", "pipe", "pipe"],
       });
-      child.stdout!.destroy();
+      child.stdout.destroy();
       let stderr = "";
-      child.stderr!.on("data", (d: Buffer) => (stderr += d.toString()));
+      child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
       child.on("error", reject);
       child.on("close", (code) => resolve({ code, stderr }));
     });
