@@ -238,6 +238,14 @@ t.test(
       /0000:00:06\.0 has no netdev with \S+ and is on no driver: its kernel driver/,
     );
     t.equal(world.sim.driverOf("0000:00:06.0"), undefined, "and it binds nothing there either");
+    // docs/troubleshooting.md's way out: probe it again, then apply
+    writeFileSync(world.sim.p("/sys/bus/pci/drivers_probe"), "0000:00:06.0");
+    for (let i = 0; i < 100 && world.sim.driverOf("0000:00:06.0") !== "ena"; i++)
+      await new Promise((r) => setTimeout(r, 20));
+    t.equal(world.sim.driverOf("0000:00:06.0"), "ena", "probed again, ena takes it");
+    const again = await cli(world, ["apply"]);
+    t.equal(again.code, 0, again.stderr);
+    t.equal(world.sim.driverOf("0000:00:06.0"), "vfio-pci", "and the next apply binds it");
   },
 );
 
