@@ -207,9 +207,10 @@ const BOOTS: Boot[] = [
   },
   {
     id: "B",
-    title: "reboot with the state file kept; failure after unbind; crash mid-bind; a device gone",
-    steps: ["s3", "s4b", "s8", "s15"],
-    expects: ["3", "4b", "8", "15"],
+    title:
+      "reboot with the state file kept; failure after unbind; crash mid-bind; a device gone; one on no driver",
+    steps: ["s3", "s4b", "s8", "s15", "s16"],
+    expects: ["3", "4b", "8", "15", "16"],
     noiommu: true,
     nics: NICS,
     carryFrom: "A",

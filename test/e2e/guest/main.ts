@@ -473,6 +473,55 @@ async function s15DeviceGone(): Promise<Step> {
   return st;
 }
 
+/**
+ * A recorded device on no driver, as when ena's probe failed at boot: no netdev shows its MAC, so
+ * early must not bind it. It waits its bound for a driver, writes nothing to the device, exits 1
+ * and says where to look; once the kernel probes it again, the next early binds it.
+ */
+async function s16Driverless(): Promise<Step> {
+  const st = new Step(
+    "16",
+    "a recorded device on no driver (its kernel driver did not take it): early binds nothing there, says so, and binds it once it is probed again",
+  );
+  const d1 = nic("dpdk1");
+  const bdf = bdfOf(d1);
+  st.check(stateOf(d1).driver === "vfio-pci", `dpdk1 bound first: ${fmtNic("dpdk1", stateOf(d1))}`);
+  // off vfio-pci, override cleared, no probe: on the bus with no driver, as after a failed probe
+  writeFileSync("/sys/bus/pci/drivers/vfio-pci/unbind", bdf);
+  writeFileSync(`/sys/bus/pci/devices/${bdf}/driver_override`, "\n");
+  const before = stateOf(d1);
+  st.check(
+    before.driver === "none" && !before.netdev,
+    `dpdk1 driverless, no netdev: ${fmtNic("dpdk1", before)}`,
+  );
+  const e = await cli("early");
+  st.note(`early: exit ${e.code} in ${e.ms} ms`);
+  st.evidence.push(...tail(e.stdout, 3), ...tail(e.stderr, 2));
+  st.check(e.code === 1, "early exits 1");
+  st.check(
+    e.stdout.includes(`failed  ${bdf} ${d1.mac.toLowerCase()} `) &&
+      e.stdout.includes("its kernel driver did not take it"),
+    "early names the device and why",
+  );
+  st.check(e.ms >= 10_000, `it waited its bound for a driver first (${e.ms} ms)`);
+  const after = stateOf(d1);
+  st.check(
+    after.driver === "none" && (after.override === "" || after.override === "(null)"),
+    `nothing written to dpdk1: ${fmtNic("dpdk1", after)}`,
+  );
+  // docs/troubleshooting.md: probe it again; the next early (the next boot) binds it
+  writeFileSync("/sys/bus/pci/drivers_probe", bdf);
+  st.check(
+    stateOf(d1).driver === "e1000" && !!stateOf(d1).netdev,
+    `probed again: ${fmtNic("dpdk1", stateOf(d1))}`,
+  );
+  const again = await cli("early");
+  st.note(`early again: exit ${again.code} in ${again.ms} ms`);
+  st.check(again.code === 0, "the next early exits 0");
+  checkBoundVfio(st, d1);
+  return st;
+}
+
 async function s4NoNoiommu(): Promise<Step> {
   const st = new Step("4", "stock kernel without NOIOMMU: clear diagnosis, no device touched");
   const before = snapshot();
@@ -657,6 +706,7 @@ const steps: Record<string, () => Promise<Step | void>> = {
   s4b: s4FailAfterUnbind,
   s8: s8CrashMidBind,
   s15: s15DeviceGone,
+  s16: s16Driverless,
   s4: s4NoNoiommu,
   s6: s6Hotplug,
   s9: s9External,
