@@ -288,26 +288,33 @@ export class Host {
     this.noteChange(`wrote ${abs}`, abs);
     // O_EXCL|O_NOFOLLOW: a file or symlink planted at the temp name is never written through.
     const flags = fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW;
-    if (abs.startsWith("/run/")) {
-      // tmpfs, from memory: the thread pool's round trips would cost more than the writes
-      const fd = openSync(tmp, flags, mode);
-      try {
-        writeFileSync(fd, data);
-        fchmodSync(fd, mode);
-      } finally {
-        closeSync(fd);
+    try {
+      if (abs.startsWith("/run/")) {
+        // tmpfs, from memory: the thread pool's round trips would cost more than the writes
+        const fd = openSync(tmp, flags, mode);
+        try {
+          writeFileSync(fd, data);
+          fchmodSync(fd, mode);
+        } finally {
+          closeSync(fd);
+        }
+        this.renameInto(tmp, target);
+        return true;
       }
+      await withFd(tmp, flags, mode, async (fd) => {
+        await viaCallback((cb) => writeFile(fd, data, cb));
+        await viaCallback((cb) => fchmod(fd, mode, cb));
+        await viaCallback((cb) => fsync(fd, cb));
+      });
       this.renameInto(tmp, target);
+      await fsyncDir(dir);
       return true;
+    } catch (e) {
+      // A full disk leaves no half-written temp to fill it further; a temp planted at the name
+      // (EEXIST) is not ours to remove.
+      if ((e as NodeJS.ErrnoException).code !== "EEXIST") rmSync(tmp, { force: true });
+      throw writeFailure(abs, e);
     }
-    await withFd(tmp, flags, mode, async (fd) => {
-      await viaCallback((cb) => writeFile(fd, data, cb));
-      await viaCallback((cb) => fchmod(fd, mode, cb));
-      await viaCallback((cb) => fsync(fd, cb));
-    });
-    this.renameInto(tmp, target);
-    await fsyncDir(dir);
-    return true;
   }
 
   /**
@@ -487,6 +494,35 @@ export class Host {
       },
     };
   }
+}
+
+/**
+ * A failed write as the SRE needs it: the file, the reason and what to do. ENOSPC at 3 a.m. must
+ * say which filesystem is full. Other errors (a planted symlink, EEXIST) keep their own message.
+ */
+function writeFailure(abs: string, e: unknown): unknown {
+  const code = (e as NodeJS.ErrnoException)?.code;
+  const dir = path.posix.dirname(abs);
+  const hints: Record<string, [string, string]> = {
+    ENOSPC: [
+      "no space left on device",
+      `free space on the filesystem that holds ${dir} (df -h ${dir})`,
+    ],
+    EDQUOT: ["disk quota exceeded", `raise root's quota on the filesystem that holds ${dir}`],
+    EROFS: [
+      "read-only filesystem",
+      `${dir} must be on a writable filesystem (mount | grep ' ro,')`,
+    ],
+    EIO: ["I/O error", `the disk under ${dir} failed a write; see dmesg`],
+  };
+  const known = code ? hints[code] : undefined;
+  if (!known) return e;
+  return new OpError(
+    `cannot write ${abs}: ${known[0]} (${code}); nothing of it was written`,
+    `${known[1]}, then run \`eni-dpdk apply\` again`,
+    { path: abs },
+    { cause: e },
+  );
 }
 
 /** /var/lib/eni-dpdk holds the state: root only. /run/eni-dpdk holds the status, which anyone may read. */

@@ -82,6 +82,8 @@ export interface RunOptions {
   nodeArgs?: string[];
   /** record the syscalls named here (strace -e trace=…) into this file */
   traceTo?: { file: string; syscalls: string };
+  /** the `when`-th `syscall` fails with `errno` (strace fault injection), e.g. a full disk's fsync */
+  failAt?: { syscall: string; errno: string; when?: number };
   /** called with the child's pid as soon as it runs (to signal it, or to arm an emulator hook) */
   onSpawn?: (pid: number) => void;
   timeoutMs?: number;
@@ -96,7 +98,7 @@ export function runCli(
 ): Promise<CliResult> {
   // strace counts `when` per thread: one libuv worker makes "the Nth write" on a path the Nth of the
   // process (renames are all the main thread's, Host.renameInto).
-  const traced = opts.killAt || opts.traceTo ? { UV_THREADPOOL_SIZE: "1" } : {};
+  const traced = opts.killAt || opts.traceTo || opts.failAt ? { UV_THREADPOOL_SIZE: "1" } : {};
   const env = { ...(world ? world.env() : { PATH: process.env.PATH }), ...traced, ...opts.env };
   let argv = [...(opts.wrap ?? []), ...NODE, ...(opts.nodeArgs ?? []), BUNDLE, ...args];
   /** the kill point, with strace's log, which killAtEntry watches */
@@ -132,6 +134,20 @@ export function runCli(
       // pid looks alive (the next run keeps a temp file whose writer seems to be running).
       "timeout",
       String(Math.ceil((opts.timeoutMs ?? 60_000) / 1000) + 5),
+      ...argv,
+    ];
+  } else if (opts.failAt) {
+    argv = [
+      "strace",
+      "-f",
+      "--seccomp-bpf",
+      "-qq",
+      "-o",
+      "/dev/null",
+      "-e",
+      `trace=${opts.failAt.syscall}`,
+      "-e",
+      `inject=${opts.failAt.syscall}:error=${opts.failAt.errno}:when=${opts.failAt.when ?? 1}`,
       ...argv,
     ];
   } else if (opts.traceTo) {

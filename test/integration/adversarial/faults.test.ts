@@ -2,7 +2,8 @@
 // dropped connections, IMDS that is late or flaky, a binding script that lies or dies, a kernel
 // that refuses the probe or lacks NOIOMMU, a NIC that never appears. Each ends well defined:
 // converged, or exit 1 with the node left as it was (devices on their kernel driver) and the reason.
-import { readFileSync, writeFileSync } from "node:fs";
+import { readdirSync, readFileSync, writeFileSync } from "node:fs";
+import path from "node:path";
 import t from "tap";
 import { writeFakeBindingScript } from "../../../src/sim/kernel.js";
 import {
@@ -276,5 +277,81 @@ t.test(
     const again = await runCli(w, ["apply"]);
     t.equal(again.code, 0, lastError(again));
     t.equal(w.sim.driverOf(DATA1_BDF), "vfio-pci", "and the next apply binds it, verified");
+  },
+);
+
+t.test(
+  "faults: a full disk (ENOSPC) names the file and the filesystem, leaves no temp file, and a rerun converges",
+  async (t) => {
+    const w = await world(t, { configToml: baseToml() });
+    // a first boot's first fsync is its first durable write: the state file, before any EC2 call
+    const r = await runCli(w, ["apply"], { failAt: { syscall: "fsync", errno: "ENOSPC" } });
+    t.equal(r.code, 1, "exit 1");
+    const err = r.log.find((l) => l.level === "error");
+    t.match(
+      err?.msg,
+      /^cannot write \/var\/lib\/eni-dpdk\/state\.json: no space left on device \(ENOSPC\); nothing of it was written$/,
+    );
+    t.match(err?.next, /free space on the filesystem that holds \/var\/lib\/eni-dpdk \(df -h/);
+    const dir = path.join(w.root, "var/lib/eni-dpdk");
+    t.same(
+      readdirSync(dir).filter((f) => f.endsWith(".tmp")),
+      [],
+      "no temp file left to fill the disk further",
+    );
+    t.same(w.ec2.enisByState(), { available: 0, attaching: 0, attached: 1 }, "no ENI created");
+    assertNoneDriverless(t, w);
+    assertPrimaryUntouched(t, w);
+    const again = await runCli(w, ["apply"]);
+    t.equal(again.code, 0, lastError(again));
+    t.equal(w.sim.driverOf(DATA1_BDF), "vfio-pci", "the rerun binds");
+    // a reboot's rebind of recorded devices makes no durable write: a full disk does not matter
+    w.reboot();
+    const reboot = await runCli(w, ["apply"], { failAt: { syscall: "fsync", errno: "ENOSPC" } });
+    t.equal(reboot.code, 0, lastError(reboot));
+    t.equal(w.sim.driverOf(DATA1_BDF), "vfio-pci", "rebound after the reboot, disk full");
+  },
+);
+
+t.test(
+  "faults: a full disk in the middle of adding an ENI: the ENI EC2 created is adopted by the rerun, none leaks",
+  async (t) => {
+    const w = await world(t, { configToml: baseToml() });
+    const first = await runCli(w, ["apply"]);
+    t.equal(first.code, 0, lastError(first));
+    w.writeConfig(
+      baseToml(`
+[[eni]]
+name = "data2"
+device_index = 3
+subnet_id = "subnet-0aaaaaaaaaaaaaaa1"
+security_group_ids = ["sg-0dddddddddddddddd"]
+  [eni.dpdk]
+  resource_name = "amazon.com/ena_dpdk"
+`),
+    );
+    for (let when = 1; when <= 4; when++) {
+      const r = await runCli(w, ["apply"], { failAt: { syscall: "fsync", errno: "ENOSPC", when } });
+      if (r.code === 0) break;
+      t.equal(r.code, 1, `fsync #${when} failing: exit 1`);
+      t.match(
+        r.log.find((l) => l.level === "error")?.msg,
+        /cannot write \/\S+: no space left on device \(ENOSPC\)/,
+        `fsync #${when}: the message names the file`,
+      );
+      assertNoneDriverless(t, w);
+      assertPrimaryUntouched(t, w);
+    }
+    const again = await runCli(w, ["apply"]);
+    t.equal(again.code, 0, lastError(again));
+    const created = w.ec2.enisByState();
+    t.same(
+      created,
+      { available: 0, attaching: 0, attached: 4 },
+      "3 ENIs of ours attached, none left over",
+    );
+    const second = await runCli(w, ["apply"]);
+    t.equal(second.code, 0, lastError(second));
+    t.same(w.ec2.enisByState(), created, "and a second apply creates none");
   },
 );
