@@ -258,9 +258,24 @@ export class Host {
     inputs.spoil(`wrote ${abs}`);
     this.writes++;
     this.noteChange(`wrote ${JSON.stringify(value.trim())} to ${abs}`, abs);
-    await withFd(this.path(abs), fsc.O_WRONLY | fsc.O_TRUNC, 0, (fd) =>
-      viaCallback((cb) => write(fd, value, cb)),
-    );
+    try {
+      await withFd(this.path(abs), fsc.O_WRONLY | fsc.O_TRUNC, 0, (fd) =>
+        viaCallback((cb) => write(fd, value, cb)),
+      );
+    } catch (e) {
+      // "EINVAL: invalid argument, write" says neither which attribute nor what was written
+      const code = (e as NodeJS.ErrnoException).code;
+      const reason = (e as Error).message.replace(/^[A-Z]+: /, "").replace(/, \w+(?: '.*')?$/, "");
+      throw Object.assign(
+        new Error(
+          `the kernel refused ${JSON.stringify(value.trim())} in ${abs}: ${reason} (${code})`,
+          {
+            cause: e,
+          },
+        ),
+        { code },
+      );
+    }
   }
 
   /**
