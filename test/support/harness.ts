@@ -90,6 +90,12 @@ export interface RunOptions {
   cwd?: string;
 }
 
+/** strace over a process and its threads, stopping only at `syscalls`; `inject` for the first one. */
+function strace(log: string, syscalls: string, inject?: string): string[] {
+  const argv = ["strace", "-f", "--seccomp-bpf", "-qq", "-o", log, "-e", `trace=${syscalls}`];
+  return inject ? [...argv, "-e", `inject=${syscalls}:${inject}`] : argv;
+}
+
 /** Run the bundle: `node dist/eni-dpdk.cjs ARGS` with the world's environment. */
 export function runCli(
   world: World | undefined,
@@ -118,16 +124,7 @@ export function runCli(
     // (killAtEntry). The kernel skips a syscall held at its seccomp stop when a fatal signal is
     // pending: the call never runs, as with strace's own signal.
     argv = [
-      "strace",
-      "-f",
-      "--seccomp-bpf",
-      "-qq",
-      "-o",
-      kill.log,
-      "-e",
-      `trace=${kill.syscall}`,
-      "-e",
-      `inject=${kill.syscall}:delay_enter=60s:when=${kill.when}`,
+      ...strace(kill.log, kill.syscall, `delay_enter=60s:when=${kill.when}`),
       ...(kill.path ? ["-P", kill.path] : []),
       // timeout forks the product and reaps it the moment it dies. strace, killed, cannot: its
       // orphan would be PID 1's to reap, which here takes up to 2 s, and until then the product's
@@ -137,31 +134,10 @@ export function runCli(
       ...argv,
     ];
   } else if (opts.failAt) {
-    argv = [
-      "strace",
-      "-f",
-      "--seccomp-bpf",
-      "-qq",
-      "-o",
-      "/dev/null",
-      "-e",
-      `trace=${opts.failAt.syscall}`,
-      "-e",
-      `inject=${opts.failAt.syscall}:error=${opts.failAt.errno}:when=${opts.failAt.when ?? 1}`,
-      ...argv,
-    ];
+    const { syscall, errno, when = 1 } = opts.failAt;
+    argv = [...strace("/dev/null", syscall, `error=${errno}:when=${when}`), ...argv];
   } else if (opts.traceTo) {
-    argv = [
-      "strace",
-      "-f",
-      "--seccomp-bpf",
-      "-qq",
-      "-o",
-      opts.traceTo.file,
-      "-e",
-      `trace=${opts.traceTo.syscalls}`,
-      ...argv,
-    ];
+    argv = [...strace(opts.traceTo.file, opts.traceTo.syscalls), ...argv];
   }
   return new Promise((resolve, reject) => {
     const child = spawn(argv[0], argv.slice(1), {
