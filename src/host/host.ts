@@ -303,6 +303,7 @@ export class Host {
     this.noteChange(`wrote ${abs}`, abs);
     // O_EXCL|O_NOFOLLOW: a file or symlink planted at the temp name is never written through.
     const flags = fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW;
+    let renamed = false;
     try {
       if (abs.startsWith("/run/")) {
         // tmpfs, from memory: the thread pool's round trips would cost more than the writes
@@ -322,13 +323,14 @@ export class Host {
         await viaCallback((cb) => fsync(fd, cb));
       });
       this.renameInto(tmp, target);
+      renamed = true;
       await fsyncDir(dir);
       return true;
     } catch (e) {
       // A full disk leaves no half-written temp to fill it further; a temp planted at the name
       // (EEXIST) is not ours to remove.
       if ((e as NodeJS.ErrnoException).code !== "EEXIST") rmSync(tmp, { force: true });
-      throw writeFailure(abs, e);
+      throw writeFailure(abs, e, renamed);
     }
   }
 
@@ -515,7 +517,7 @@ export class Host {
  * A failed write as the SRE needs it: the file, the reason and what to do. ENOSPC at 3 a.m. must
  * say which filesystem is full. Other errors (a planted symlink, EEXIST) keep their own message.
  */
-function writeFailure(abs: string, e: unknown): unknown {
+function writeFailure(abs: string, e: unknown, renamed: boolean): unknown {
   const code = (e as NodeJS.ErrnoException)?.code;
   const dir = path.posix.dirname(abs);
   const hints: Record<string, [string, string]> = {
@@ -533,7 +535,9 @@ function writeFailure(abs: string, e: unknown): unknown {
   const known = code ? hints[code] : undefined;
   if (!known) return e;
   return new OpError(
-    `cannot write ${abs}: ${known[0]} (${code}); nothing of it was written`,
+    renamed
+      ? `${abs} was replaced, but its directory could not be synced: ${known[0]} (${code}); a crash now may lose it`
+      : `cannot write ${abs}: ${known[0]} (${code}); nothing of it was written`,
     `${known[1]}, then run \`eni-dpdk apply\` again`,
     { path: abs },
     { cause: e },
