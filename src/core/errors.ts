@@ -50,3 +50,15 @@ export function exitCodeOf(err: unknown): number {
 export function errorMessage(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
 }
+
+/**
+ * A system call's failure as words and its code, "no space left on device (ENOSPC)": Node's own
+ * message ("ENOSPC: no space left on device, write") without the code up front or the call after.
+ */
+export function errnoText(e: unknown): string {
+  const code = (e as NodeJS.ErrnoException)?.code;
+  const words = errorMessage(e)
+    .replace(/^[A-Z]+: /, "")
+    .replace(/, \w+(?: '.*')?$/, "");
+  return code ? `${words} (${code})` : words;
+}

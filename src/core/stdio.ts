@@ -12,12 +12,8 @@ import { createRequire } from "node:module";
 const require = createRequire(import.meta.url);
 const fs = require("node:fs") as typeof import("node:fs");
 
-export interface Writer {
-  write(text: string): void;
-}
-
 /** A descriptor's lines, written at once; through `fallback()` once the descriptor said EAGAIN. */
-export class FdWriter implements Writer {
+export class FdWriter {
   private stream: NodeJS.WritableStream | undefined;
   /** whether a write found no reader (EPIPE); later writes are dropped too */
   closed = false;

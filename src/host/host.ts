@@ -26,7 +26,7 @@ import {
   writeFileSync,
 } from "node:fs";
 import path from "node:path";
-import { OpError } from "../core/errors.js";
+import { errnoText, OpError } from "../core/errors.js";
 import { pollUntil, SETTLE } from "../core/deadline.js";
 import { childEnv, pidAlive } from "../core/process.js";
 import { inputs } from "../core/inputs.js";
@@ -264,16 +264,11 @@ export class Host {
       );
     } catch (e) {
       // "EINVAL: invalid argument, write" says neither which attribute nor what was written
-      const code = (e as NodeJS.ErrnoException).code;
-      const reason = (e as Error).message.replace(/^[A-Z]+: /, "").replace(/, \w+(?: '.*')?$/, "");
       throw Object.assign(
-        new Error(
-          `the kernel refused ${JSON.stringify(value.trim())} in ${abs}: ${reason} (${code})`,
-          {
-            cause: e,
-          },
-        ),
-        { code },
+        new Error(`the kernel refused ${JSON.stringify(value.trim())} in ${abs}: ${errnoText(e)}`, {
+          cause: e,
+        }),
+        { code: (e as NodeJS.ErrnoException).code },
       );
     }
   }
@@ -520,25 +515,19 @@ export class Host {
 function writeFailure(abs: string, e: unknown, renamed: boolean): unknown {
   const code = (e as NodeJS.ErrnoException)?.code;
   const dir = path.posix.dirname(abs);
-  const hints: Record<string, [string, string]> = {
-    ENOSPC: [
-      "no space left on device",
-      `free space on the filesystem that holds ${dir} (df -h ${dir})`,
-    ],
-    EDQUOT: ["disk quota exceeded", `raise root's quota on the filesystem that holds ${dir}`],
-    EROFS: [
-      "read-only filesystem",
-      `${dir} must be on a writable filesystem (mount | grep ' ro,')`,
-    ],
-    EIO: ["I/O error", `the disk under ${dir} failed a write; see dmesg`],
+  const hints: Record<string, string> = {
+    ENOSPC: `free space on the filesystem that holds ${dir} (df -h ${dir})`,
+    EDQUOT: `raise root's quota on the filesystem that holds ${dir}`,
+    EROFS: `${dir} must be on a writable filesystem (mount | grep ' ro,')`,
+    EIO: `the disk under ${dir} failed a write; see dmesg`,
   };
-  const known = code ? hints[code] : undefined;
-  if (!known) return e;
+  const hint = code ? hints[code] : undefined;
+  if (!hint) return e;
   return new OpError(
     renamed
-      ? `${abs} was replaced, but its directory could not be synced: ${known[0]} (${code}); a crash now may lose it`
-      : `cannot write ${abs}: ${known[0]} (${code}); nothing of it was written`,
-    `${known[1]}, then run \`eni-dpdk apply\` again`,
+      ? `${abs} was replaced, but its directory could not be synced: ${errnoText(e)}; a crash now may lose it`
+      : `cannot write ${abs}: ${errnoText(e)}; nothing of it was written`,
+    `${hint}, then run \`eni-dpdk apply\` again`,
     { path: abs },
     { cause: e },
   );

@@ -1137,12 +1137,22 @@ function describeOrigin(o: LayerOrigin): string {
   }
 }
 
+/** The names the config has and the MACs IMDS lists (lowercase). */
+function configuredAndListed(ctx: StageContext): {
+  configured: Set<string>;
+  attached: Set<string>;
+} {
+  return {
+    configured: new Set(ctx.config.eni.map((e) => e.name)),
+    attached: new Set(ctx.imdsNics.map((n) => n.mac.toLowerCase())),
+  };
+}
+
 /** The records of ENIs that no source configures (with a MAC), each with whether IMDS lists it. */
 function unconfiguredRecords(
   ctx: StageContext,
+  { configured, attached } = configuredAndListed(ctx),
 ): { rec: EniRecord; mac: string; attached: boolean }[] {
-  const configured = new Set(ctx.config.eni.map((e) => e.name));
-  const attached = new Set(ctx.imdsNics.map((n) => n.mac.toLowerCase()));
   return Object.values(ctx.state.enis).flatMap((rec) => {
     const mac = rec.mac.toLowerCase();
     return configured.has(rec.name) || !mac ? [] : [{ rec, mac, attached: attached.has(mac) }];
@@ -1194,14 +1204,14 @@ export interface ReleasedEni {
  * is still there is kept, whatever IMDS says.
  */
 export async function releasedEnis(ctx: StageContext): Promise<ReleasedEni[]> {
-  const configured = new Set(ctx.config.eni.map((e) => e.name));
-  const attached = new Set(ctx.imdsNics.map((n) => n.mac.toLowerCase()));
+  const view = configuredAndListed(ctx);
+  const { configured, attached } = view;
   const deviceGone = async (mac: string) => {
     const b = ctx.state.bindings[mac];
     return !b || !(await readPciDevice(ctx.host, b.bdf));
   };
   const out: ReleasedEni[] = [];
-  for (const { rec: r, mac, attached: listed } of unconfiguredRecords(ctx))
+  for (const { rec: r, mac, attached: listed } of unconfiguredRecords(ctx, view))
     if (!listed && (await deviceGone(mac)))
       out.push({ name: r.name, eniId: r.eniId, mac, bdf: ctx.state.bindings[mac]?.bdf });
   // a binding without an ENI record (a `bind` by hand) of a device that left
