@@ -30,6 +30,7 @@ import {
   Deadline,
   delayFor,
   sleep,
+  steadyNow,
   type BucketSize,
   type PaceState,
 } from "../core/deadline.js";
@@ -325,7 +326,7 @@ export class Ec2Pacer {
 
   snapshot(): Record<string, PaceState> {
     const out = Object.fromEntries([...this.pacers].map(([k, p]) => [k, p.snapshot()]));
-    if (this.storm) out[STORM_KEY] = { backlog: 1, at: (this.opts.now ?? Date.now)() };
+    if (this.storm) out[STORM_KEY] = { backlog: 1, at: (this.opts.now ?? steadyNow)() };
     return out;
   }
 

@@ -4,6 +4,7 @@
 // and node:http is not loaded at all. It speaks only what IMDS needs: GET and PUT without a body,
 // answers framed by Content-Length, chunked, or the end of the connection.
 import type { Socket } from "node:net";
+import { monotonicMs } from "../core/deadline.js";
 import { lazyNet } from "../core/lazy.js";
 
 /** An answer: the status and the body (any status; the caller decides what is an error). */
@@ -67,14 +68,14 @@ export class KeepAlivePool {
     }
     if (method === "PUT") head += "Content-Length: 0\r\n";
     head += "\r\n";
-    const started = Date.now();
+    const started = monotonicMs();
     for (let fresh = false; ; fresh = true) {
       const { socket, reused } = await this.acquire(fresh);
       try {
         const { answer, keep } = await exchange(
           socket,
           head,
-          Math.max(1, timeoutMs - (Date.now() - started)),
+          Math.max(1, timeoutMs - (monotonicMs() - started)),
           timeoutMs,
         );
         this.release(socket, keep);

@@ -4,7 +4,7 @@
 // of a boot (import plus request); docs/benchmarks.md has the figures. The SDK client is kept in
 // the tests as the reference that the IMDS emulator answers as real IMDS does.
 import { OpError } from "../core/errors.js";
-import { Deadline, delayFor, sleep, type Backoff } from "../core/deadline.js";
+import { Deadline, delayFor, sleep, steadyNow, type Backoff } from "../core/deadline.js";
 import { KeepAlivePool } from "./imds-http.js";
 import type { Logger } from "../core/log.js";
 import { inputs } from "../core/inputs.js";
@@ -89,7 +89,7 @@ export class ImdsClient implements Imds {
 
   /** Single-flight: concurrent reads share one token request. Never falls back to IMDSv1. */
   private tokenValue(): Promise<string> {
-    if (this.token && this.token.expires - Date.now() > 60_000)
+    if (this.token && this.token.expires - steadyNow() > 60_000)
       return Promise.resolve(this.token.value);
     this.pendingToken ??= (async () => {
       try {
@@ -98,7 +98,7 @@ export class ImdsClient implements Imds {
         });
         const value = body.toString("utf8").trim();
         if (!value) throw new Error("IMDS answered an empty token");
-        this.token = { value, expires: Date.now() + TOKEN_TTL_SECONDS * 1000 };
+        this.token = { value, expires: steadyNow() + TOKEN_TTL_SECONDS * 1000 };
         return value;
       } finally {
         this.pendingToken = undefined;

@@ -6,6 +6,7 @@ import type https from "node:https";
 import type { IncomingMessage } from "node:http";
 import { type KubernetesConfig } from "../config/model.js";
 import { own } from "../core/records.js";
+import { steadyNow } from "../core/deadline.js";
 import { InputError, OpError } from "../core/errors.js";
 import type { Host } from "../host/host.js";
 import { type CredentialSource, eksToken } from "./ekstoken.js";
@@ -111,6 +112,7 @@ const TLS_TRUST_CODES = new Set([
 
 export class KubeClient {
   private readonly agent: https.Agent;
+  /** expiresAt on core/deadline's steady clock, which a step of the wall clock does not move */
   private token?: { value: string; expiresAt: number };
 
   constructor(
@@ -139,7 +141,7 @@ export class KubeClient {
     if (auth.kind === "token") return `Bearer ${auth.token}`;
     if (auth.kind === "cert") return undefined;
     // Tokens last 15 minutes; renew well before, so a long watch reconnect never sends a stale one.
-    if (!this.token || this.token.expiresAt - Date.now() < 5 * 60_000) {
+    if (!this.token || this.token.expiresAt - steadyNow() < 5 * 60_000) {
       const t = await eksToken({
         clusterName: auth.clusterName,
         region: auth.region,
@@ -153,7 +155,11 @@ export class KubeClient {
           { cause: e },
         );
       });
-      this.token = { value: t.token, expiresAt: t.expiresAt.getTime() };
+      // the token's lifetime as signed, counted from now
+      this.token = {
+        value: t.token,
+        expiresAt: steadyNow() + (t.expiresAt.getTime() - Date.now()),
+      };
     }
     return `Bearer ${this.token.value}`;
   }

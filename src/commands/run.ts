@@ -15,7 +15,7 @@
 // changes our entries then runs [sriov].restart_command (a start after an earlier pass of this
 // boot counts as later: the status file in /run says one finished).
 import { errorMessage, formatProblem, InputError } from "../core/errors.js";
-import { Deadline } from "../core/deadline.js";
+import { Deadline, monotonicMs } from "../core/deadline.js";
 import { createNotifier, type Notifier } from "../core/notify.js";
 import { type CommandContext, localConfig } from "./context.js";
 import { reconcile } from "../reconcile/loop.js";
@@ -197,7 +197,7 @@ async function waitForSignals(
       queued = reload || queued === "reload" ? "reload" : "tick";
       return inFlight ?? Promise.resolve();
     }
-    busySince = Date.now();
+    busySince = monotonicMs();
     inFlight = passOnce(reload);
     return inFlight;
   };
@@ -260,7 +260,7 @@ async function waitForSignals(
   const wdTimer = wd
     ? setInterval(
         () => {
-          if (busySince === undefined || Date.now() - busySince < timeoutMs)
+          if (busySince === undefined || monotonicMs() - busySince < timeoutMs)
             void notifier.watchdog();
         },
         Math.max(500, Math.floor(wd / 2)),

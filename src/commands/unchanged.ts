@@ -11,7 +11,7 @@ import { Host, HOST_READS, type HostRead } from "../host/host.js";
 import { resolveRoot, RUN_DIR, UNCHANGED_PATH } from "../host/root.js";
 import { TRUSTED_READS, trustedProbe, type TrustedRead } from "../host/trusted.js";
 import { ImdsClient } from "../cloud/imds.js";
-import { Deadline, isoTime } from "../core/deadline.js";
+import { Deadline, isoTime, monotonicMs } from "../core/deadline.js";
 import { Logger } from "../core/log.js";
 import { pidAlive } from "../core/process.js";
 import { STATUS_PATH } from "../host/state.js";
@@ -171,7 +171,7 @@ export async function replayUnchanged(
   env: NodeJS.ProcessEnv = process.env,
   err: { write(s: string): void } = stderr,
 ): Promise<number | undefined> {
-  const started = Date.now();
+  const started = monotonicMs();
   const args = replayableApply(argv);
   if (!args) return undefined;
   const key = recordKey(argv, env);
@@ -206,7 +206,7 @@ export async function replayUnchanged(
     if ("e" in i) throw i.e;
     if (i.d) return changed(i.d);
     const now = isoTime();
-    const took = Date.now() - started;
+    const took = Math.round(monotonicMs() - started);
     await host.writeFileAtomic(STATUS_PATH, restamp(rec, now, took), 0o644);
     for (const line of rec.logged) log[line.level](line.msg, line.fields);
     log.info(rec.summary, {

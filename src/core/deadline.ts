@@ -7,6 +7,16 @@ export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms))
  */
 export const monotonicMs = (): number => Number(process.hrtime.bigint()) / 1e6;
 
+const wallAtStart = Date.now();
+const monotonicAtStart = monotonicMs();
+/**
+ * Epoch milliseconds as of this process's start, advanced by the monotonic clock: the clock of
+ * every deadline, back-off and token lifetime. A step of the wall clock (chrony's makestep at boot,
+ * `date -s`) must neither end a wait at once nor stretch it by the step; values kept across starts
+ * (the EC2 pacer's) are still epoch times, to within the steps since this start.
+ */
+export const steadyNow = (): number => wallAtStart + (monotonicMs() - monotonicAtStart);
+
 const pad = (n: number, width = 2): string => String(n).padStart(width, "0");
 
 /**
@@ -29,7 +39,7 @@ export class Deadline {
   private readonly wakers = new Set<() => void>();
   constructor(
     ms: number,
-    private readonly now: () => number = Date.now,
+    private readonly now: () => number = steadyNow,
     private readonly parent?: Deadline,
   ) {
     this.at = Math.min(now() + ms, parent?.at ?? Infinity);
@@ -96,15 +106,16 @@ export async function pollUntil<T>(
   probe: () => Promise<T | undefined | false> | T | undefined | false,
   opts: { within?: number; deadline?: Deadline; backoff?: Backoff },
 ): Promise<T | undefined> {
+  const start = steadyNow();
   const until = Math.min(
-    Date.now() + (opts.within ?? Infinity),
-    opts.deadline ? Date.now() + opts.deadline.remaining() : Infinity,
+    start + (opts.within ?? Infinity),
+    opts.deadline ? start + opts.deadline.remaining() : Infinity,
   );
   const backoff = opts.backoff ?? SETTLE;
   for (let attempt = 0; ; attempt++) {
     const v = await probe();
     if (v !== undefined && v !== false) return v;
-    const left = until - Date.now();
+    const left = until - steadyNow();
     if (left <= 0 || opts.deadline?.isAborted()) return undefined;
     await sleep(Math.min(left, delayFor(backoff, attempt)));
   }
@@ -149,7 +160,7 @@ export class BacklogPacer {
     /** in [0, 1): where this caller queues (e.g. from a hash of its identity) */
     slot: number,
     state?: PaceState,
-    private readonly now: () => number = Date.now,
+    private readonly now: () => number = steadyNow,
   ) {
     this.slot = 0.05 + 0.95 * Math.min(Math.max(slot, 0), 1);
     // A restored state is only advice: never from the future, never more than a day of refill.

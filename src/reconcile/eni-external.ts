@@ -6,7 +6,7 @@
 import { readNicPlacement, readNics, type ImdsNicInfo } from "../cloud/imds.js";
 import type { EniConfig } from "../config/model.js";
 import { InputError, OpError, type Problem } from "../core/errors.js";
-import { pollUntil } from "../core/deadline.js";
+import { monotonicMs, pollUntil } from "../core/deadline.js";
 import type { EniRecord } from "../host/state.js";
 import type { StageContext } from "./stage.js";
 
@@ -90,7 +90,7 @@ export async function checkExternal(
  * hook attaches after boot; a launch template's is there at once). IMDS only: no EC2 call.
  */
 export async function waitExternal(ctx: StageContext, e: EniConfig): Promise<EniRecord> {
-  const t0 = Date.now();
+  const t0 = monotonicMs();
   let seen: ImdsNicInfo[] = ctx.imdsNics;
   const found = await pollUntil(
     async () => {
@@ -105,16 +105,16 @@ export async function waitExternal(ctx: StageContext, e: EniConfig): Promise<Eni
       .map((n) => `${n.mac} (card ${n.networkCard}, device ${n.deviceNumber})`)
       .join(", ");
     throw new OpError(
-      `timed out after ${((Date.now() - t0) / 1000).toFixed(1)} s waiting for the external ENI "${e.name}" at ${slotText(e)}: IMDS lists ${listed || "no NIC"}; attach = "external" means the launch template or a lifecycle hook attaches it, and eni-dpdk makes no EC2 call for it`,
+      `timed out after ${((monotonicMs() - t0) / 1000).toFixed(1)} s waiting for the external ENI "${e.name}" at ${slotText(e)}: IMDS lists ${listed || "no NIC"}; attach = "external" means the launch template or a lifecycle hook attaches it, and eni-dpdk makes no EC2 call for it`,
       "check the launch template's NetworkInterfaces (`eni-dpdk launch-template` prints the block) or the lifecycle hook's logs; raise service.timeout_seconds if the hook is slow",
-      { eni: e.name, waited_ms: Date.now() - t0 },
+      { eni: e.name, waited_ms: Math.round(monotonicMs() - t0) },
     );
   }
   ctx.log.info("external ENI appeared", {
     eni: e.name,
     mac: found.nic.mac,
     eni_id: found.nic.interfaceId,
-    ms: Date.now() - t0,
+    ms: Math.round(monotonicMs() - t0),
   });
   return checkExternal(ctx, e, found.nic, seen);
 }

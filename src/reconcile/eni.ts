@@ -17,7 +17,7 @@ import {
   type Ec2Factory,
 } from "../cloud/ec2.js";
 import { InputError, OpError, type Problem } from "../core/errors.js";
-import { Deadline, isoTime, pollUntil, type Backoff } from "../core/deadline.js";
+import { Deadline, isoTime, monotonicMs, pollUntil, type Backoff } from "../core/deadline.js";
 import { readNic, readNicNetwork } from "../cloud/imds.js";
 import { listNetdevs, readPciDevice } from "../host/pci.js";
 import { lazyCrypto } from "../core/lazy.js";
@@ -1079,7 +1079,7 @@ async function waitFor<T>(
   probe: () => Promise<{ done: T } | { state: string }>,
   backoff: Backoff,
 ): Promise<T> {
-  const t0 = Date.now();
+  const t0 = monotonicMs();
   let last = "not polled yet";
   const r = await pollUntil(
     async () => {
@@ -1101,11 +1101,11 @@ async function waitFor<T>(
   );
   const stuck = attachment !== undefined && attachment !== "attached";
   throw new OpError(
-    `timed out after ${((Date.now() - t0) / 1000).toFixed(1)} s waiting for ${what}; last seen: ${last}${attachment ? `; EC2 shows its attachment as "${attachment}"` : ""}`,
+    `timed out after ${((monotonicMs() - t0) / 1000).toFixed(1)} s waiting for ${what}; last seen: ${last}${attachment ? `; EC2 shows its attachment as "${attachment}"` : ""}`,
     stuck
       ? "check the ENI in the EC2 console (a stuck attachment may need `aws ec2 detach-network-interface --force`), then run `eni-dpdk apply` again; raise service.timeout_seconds if EC2 is slow"
       : "check the ENI in the EC2 console and the instance's kernel log (dmesg) for the hot-plug; raise service.timeout_seconds if EC2 is slow",
-    { waited_ms: Date.now() - t0, eni_id: rec.eniId },
+    { waited_ms: Math.round(monotonicMs() - t0), eni_id: rec.eniId },
   );
 }
 

@@ -16,7 +16,7 @@ import { BDF_RE, ENI_NAME_RE, SG_ID_RE, SUBNET_ID_RE } from "../config/facts.js"
 import { FORBIDDEN_KEY_MESSAGE, isForbiddenKey, lookupTable, own } from "../core/records.js";
 import { InputError, OpError, type Problem } from "../core/errors.js";
 import { type Host } from "../host/host.js";
-import { delayFor, isoTime, sleep, type Deadline } from "../core/deadline.js";
+import { delayFor, isoTime, monotonicMs, sleep, type Deadline } from "../core/deadline.js";
 import { readLocalHostname, type Imds, type InstanceIdentity } from "../cloud/imds.js";
 import type { Logger } from "../core/log.js";
 import { lazyCrypto } from "../core/lazy.js";
@@ -518,7 +518,7 @@ export async function listWithWait(
   waitMs: number,
   log: Logger,
 ): Promise<NodeEniObject[]> {
-  const started = Date.now();
+  const started = monotonicMs();
   let attempt = 0;
   let reauthed = false;
   for (;;) {
@@ -532,7 +532,7 @@ export async function listWithWait(
       }
       if (!isTransient(e)) throw e;
       attempt++;
-      const remaining = waitMs - (Date.now() - started);
+      const remaining = waitMs - (monotonicMs() - started);
       if (remaining <= 0) throw e;
       if (attempt === 1 || attempt % 5 === 0)
         log.warn("waiting for the Kubernetes API", { attempt, error: (e as Error).message });

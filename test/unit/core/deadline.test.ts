@@ -1,7 +1,7 @@
 // The one wait and back-off home: Deadline (bounded, abortable sleeps) and BacklogPacer (pacing
 // against a shared token bucket learned from throttles alone), on a clock the test moves.
-import t from "tap";
-import { BacklogPacer, Deadline, isoTime } from "../../../src/core/deadline.js";
+import t, { type Test } from "tap";
+import { BacklogPacer, Deadline, isoTime, pollUntil } from "../../../src/core/deadline.js";
 
 const bucket = { capacity: 100, refillPerSec: 5 };
 
@@ -172,4 +172,72 @@ t.test("isoTime writes what toISOString writes, without asking for the time zone
   const now = Date.now();
   t.ok(Math.abs(Date.parse(isoTime()) - now) < 1000, "no argument: now");
   t.throws(() => isoTime(NaN), RangeError, "an invalid time throws as toISOString does");
+});
+
+/**
+ * A wall clock (Date.now) the test steps, as chrony's makestep or `date -s` step the real one.
+ * Installed before the object under test is made, so a clock taken from Date.now would see the step.
+ */
+function wallClock(t: Test): { step(ms: number): void } {
+  const real = Date.now;
+  let offset = 0;
+  Date.now = () => real() + offset;
+  t.teardown(() => {
+    Date.now = real;
+  });
+  return { step: (ms) => (offset += ms) };
+}
+const HOUR = 3_600_000;
+
+t.test("a step of the wall clock neither ends a deadline nor stretches it", async (t) => {
+  const wall = wallClock(t);
+  const d = new Deadline(5_000);
+  wall.step(HOUR);
+  t.ok(d.remaining() > 4_000, `an hour forward: ${d.remaining()} ms left of 5 s`);
+  wall.step(-30 * 24 * HOUR);
+  t.ok(d.remaining() <= 5_000, `a month back: ${d.remaining()} ms left, never more than 5 s`);
+  const inner = d.within(1_000);
+  wall.step(HOUR);
+  t.ok(inner.remaining() > 500, "a deadline within it too");
+});
+
+t.test("a poll whose clock steps back an hour still ends at its bound", async (t) => {
+  const wall = wallClock(t);
+  const t0 = performance.now();
+  let tries = 0;
+  const v = await pollUntil(
+    () => {
+      if (++tries === 1) wall.step(-HOUR);
+      return undefined;
+    },
+    { within: 150, backoff: { firstMs: 10, maxMs: 20 } },
+  );
+  const took = performance.now() - t0;
+  t.equal(v, undefined, "never found");
+  t.ok(took >= 140 && took < 2_000, `gave up after ${took.toFixed(0)} ms (bound 150)`);
+});
+
+t.test("a poll whose clock steps forward an hour goes on until its probe succeeds", async (t) => {
+  const wall = wallClock(t);
+  const deadline = new Deadline(5_000);
+  let tries = 0;
+  const v = await pollUntil(
+    () => {
+      if (++tries === 1) wall.step(HOUR);
+      return tries === 4 ? "there" : undefined;
+    },
+    { deadline, backoff: { firstMs: 5, maxMs: 10 } },
+  );
+  t.equal(v, "there");
+  t.equal(tries, 4, "polled on past the step");
+});
+
+t.test("a pacer's wait after a throttle does not grow when the clock steps back", async (t) => {
+  const wall = wallClock(t);
+  const p = new BacklogPacer(bucket, 0.5);
+  p.throttled();
+  const before = p.delayMs();
+  wall.step(-HOUR);
+  const after = p.delayMs();
+  t.ok(after <= before, `${after.toFixed(0)} ms after the step, ${before.toFixed(0)} ms before`);
 });
