@@ -451,6 +451,12 @@ export interface Ec2ErrorInfo {
   status?: number;
   kind: Ec2ErrorKind;
   message: string;
+  /**
+   * EC2 refused the request's signing time (RequestExpired: the node's clock is more than 15
+   * minutes off), and the SDK has taken EC2's time from the answer's Date header: the next attempt
+   * is signed with it, so it is retried.
+   */
+  clockCorrected?: boolean;
 }
 
 export function classifyEc2Error(e: unknown): Ec2ErrorInfo {
@@ -459,13 +465,15 @@ export function classifyEc2Error(e: unknown): Ec2ErrorInfo {
     Code?: string;
     code?: string;
     message?: string;
-    $metadata?: { httpStatusCode?: number };
+    $metadata?: { httpStatusCode?: number; clockSkewCorrected?: boolean };
   };
   const status = err?.$metadata?.httpStatusCode;
   const code = err?.Code ?? err?.name ?? err?.code ?? "Error";
   const message = err?.message ?? String(e);
   let kind: Ec2ErrorKind = "permanent";
-  if (THROTTLE_CODES.has(code) || status === 503 || status === 429) kind = "throttle";
+  const clockCorrected = err?.$metadata?.clockSkewCorrected === true;
+  if (clockCorrected) kind = "transient";
+  else if (THROTTLE_CODES.has(code) || status === 503 || status === 429) kind = "throttle";
   else if (TRANSIENT_CODES.has(code) || (status !== undefined && status >= 500)) kind = "transient";
   else if (
     status === undefined &&
@@ -474,7 +482,13 @@ export function classifyEc2Error(e: unknown): Ec2ErrorInfo {
   ) {
     kind = "transient";
   }
-  return { code: NETWORK_CODES.has(err?.code ?? "") ? err.code! : code, status, kind, message };
+  return {
+    code: NETWORK_CODES.has(err?.code ?? "") ? err.code! : code,
+    status,
+    kind,
+    message,
+    ...(clockCorrected ? { clockCorrected } : {}),
+  };
 }
 
 /** A failed EC2 call; `code` is EC2's error code (e.g. InvalidSubnetID.NotFound, UnauthorizedOperation). */
@@ -520,9 +534,24 @@ function hintFor(action: string, code: string): string {
     return "use fewer ENIs or a larger instance type (DescribeInstanceTypes NetworkInfo)";
   if (code.endsWith(".NotFound"))
     return "check the id in the configuration, and that it is in this instance's VPC and region";
+  if (code === "RequestExpired" || code === "SignatureDoesNotMatch")
+    return "the node's clock may be more than 15 minutes off AWS's (check `chronyc tracking` and `timedatectl`), and EC2's answer gave no time to correct by; fix the clock and run `eni-dpdk apply` again";
   if (code === "IdempotentParameterMismatch")
     return "an earlier create with the same name and subnet used other parameters; delete the available ENI tagged eni-dpdk:name or rename the ENI";
   return "see the EC2 error code in the AWS documentation, fix the cause and run `eni-dpdk apply` again";
+}
+
+let clockWarned = false;
+/** Once per process: the node's clock is off, and by how much EC2's Date header says. */
+function warnClockOnce(log: Logger | undefined, e: unknown): void {
+  if (clockWarned || !log) return;
+  clockWarned = true;
+  const headers = (e as { $response?: { headers?: Record<string, string> } }).$response?.headers;
+  const ec2Time = Date.parse(headers?.date ?? "");
+  log.warn("the node's clock is off from EC2's; signing with EC2's time from now on", {
+    off_by_s: Number.isNaN(ec2Time) ? "unknown" : Math.round((Date.now() - ec2Time) / 1000),
+    next: "check time sync (chronyc tracking, timedatectl); EC2 refuses requests signed more than 15 minutes off",
+  });
 }
 
 export interface RetryOptions {
@@ -611,6 +640,7 @@ export async function withEc2Retry<T>(
           { cause: e },
         );
       }
+      if (info.clockCorrected) warnClockOnce(opts.log, e);
       opts.onRetry?.(info, attempt + 1);
       if (attempt === 0 || attempt % 5 === 4) {
         opts.log?.debug("retrying EC2 call", {

@@ -116,6 +116,15 @@ export interface InjectedError {
   count: number;
 }
 
+/** How far a request's signing time may be from the service's clock (EC2's RequestExpired). */
+const REQUEST_EXPIRY_MS = 15 * 60_000;
+
+/** SigV4's X-Amz-Date (YYYYMMDDTHHMMSSZ) as epoch ms; undefined when absent or not of that form. */
+function amzDate(v: string | string[] | undefined): number | undefined {
+  const m = typeof v === "string" && /^(\d{4})(\d\d)(\d\d)T(\d\d)(\d\d)(\d\d)Z$/.exec(v);
+  return m ? Date.UTC(+m[1], +m[2] - 1, +m[3], +m[4], +m[5], +m[6]) : undefined;
+}
+
 export interface Ec2Faults {
   /** action (or "*") → number of next requests answered 500 InternalError */
   error500: Record<string, number>;
@@ -566,6 +575,16 @@ export class Ec2Emulator {
     if (req.method !== "POST") return sendError(400, "InvalidAction", "Only POST is supported");
     if (!action)
       return sendError(400, "MissingAction", "The request must contain the parameter Action");
+
+    // As EC2: a signature dated more than 15 minutes from the service's clock is refused. The
+    // answer carries the service's time in Date (Node's server adds it), which the SDK corrects by.
+    const signedAt = amzDate(req.headers["x-amz-date"]);
+    if (signedAt !== undefined && Math.abs(signedAt - Date.now()) > REQUEST_EXPIRY_MS)
+      return sendError(
+        400,
+        "RequestExpired",
+        `Request has expired. Timestamp date is ${req.headers["x-amz-date"]}`,
+      );
 
     const wait = this.latency[action] ?? this.latency["*"] ?? 0;
     if (wait) await this.delay(wait);

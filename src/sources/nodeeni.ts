@@ -496,7 +496,7 @@ export async function explain(
       message: `the API server ${t.server} rejected ${who} (401 Unauthorized)`,
       hint:
         t.auth.kind === "eks"
-          ? "map the node's IAM role into the cluster (an EKS access entry of type EC2_LINUX, or aws-auth mapRoles with group system:nodes), and check that the cluster name matches"
+          ? "map the node's IAM role into the cluster (an EKS access entry of type EC2_LINUX, or aws-auth mapRoles with group system:nodes), and check that the cluster name matches; the token is signed with the node's clock, which must be within 15 minutes of AWS's (chronyc tracking)"
           : "renew the credentials in the kubeconfig",
     };
   }

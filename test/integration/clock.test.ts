@@ -1,14 +1,16 @@
-// A step of the wall clock while the bundle waits, made with libfaketime (LD_PRELOAD) on the real
-// process: chrony's makestep at boot, or an operator's `date -s`. Waits run on the monotonic clock,
-// so a step forward does not end them at once, a step back does not stretch them, and `run`'s
-// watchdog keeps pinging through a pass that is waiting.
+// The node's wall clock, moved with libfaketime (LD_PRELOAD) on the real bundle.
+// - A step while it waits (chrony's makestep at boot, an operator's `date -s`): waits run on the
+//   monotonic clock, so a step forward does not end them at once, a step back does not stretch
+//   them, and `run`'s watchdog keeps pinging through a pass that is waiting.
+// - A clock off from EC2's by more than EC2's 15 minutes: the emulator refuses the signature as EC2
+//   does (RequestExpired), the SDK takes EC2's time from the answer, and the call is retried.
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import t, { type Test } from "tap";
 import { SG_DPDK, SUBNET_A, type World } from "../../src/sim/world.js";
 import { NotifySocket } from "../support/notify.js";
-import { lastError, runCli, startCli, world } from "../support/harness.js";
+import { baseToml, lastError, runCli, startCli, world } from "../support/harness.js";
 
 const LIBFAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 const BDF = "0000:00:06.0";
@@ -33,6 +35,13 @@ security_group_ids = ["${SG_DPDK}"]
 }`;
 
 /** The environment that puts the child on a wall clock the test steps (FAKETIME_TIMESTAMP_FILE). */
+/** A clock off by `offset` (libfaketime's "+1h", "-1h") from the start. */
+const offClock = (offset: string): NodeJS.ProcessEnv => {
+  if (!existsSync(LIBFAKETIME))
+    throw new Error(`${LIBFAKETIME} is missing: apt-get install libfaketime`);
+  return { LD_PRELOAD: LIBFAKETIME, FAKETIME: offset, DONT_FAKE_MONOTONIC: "1" };
+};
+
 function steppedClock(t: Test): { env: NodeJS.ProcessEnv; step(offset: string): void } {
   if (!existsSync(LIBFAKETIME))
     throw new Error(`${LIBFAKETIME} is missing: apt-get install libfaketime`);
@@ -132,5 +141,64 @@ t.test(
     t.notMatch(p.stderr(), /timed out|reconcile failed/);
     p.signal("SIGTERM");
     t.equal((await p.exit).code, 0, p.stderr().slice(-800));
+  },
+);
+
+for (const [offset, words] of [
+  ["+1h", "an hour ahead of"],
+  ["-1h", "an hour behind"],
+] as const) {
+  t.test(
+    `a first boot whose clock is ${words} EC2's: signed with EC2's time, it converges`,
+    async (t) => {
+      const w = await world(t, { configToml: baseToml() });
+      const r = await runCli(w, ["apply"], { env: offClock(offset) });
+      t.equal(r.code, 0, lastError(r));
+      const refused = w.ec2.requests.filter((q) => q.code === "RequestExpired");
+      t.ok(refused.length >= 1, `${refused.length} requests refused as expired, as EC2 would`);
+      t.ok(
+        w.ec2.requests
+          .slice(w.ec2.requests.lastIndexOf(refused.at(-1)!) + 1)
+          .every((q) => q.status === 200),
+        "every request after the correction is accepted",
+      );
+      t.equal(
+        w.ec2.requests.filter((q) => q.action === "CreateNetworkInterface").length,
+        2,
+        "no create refused, none twice",
+      );
+      t.equal(w.ec2.enisByState().attached, 3, "the primary and both ENIs");
+      t.equal(w.sim.driverOf("0000:00:06.0"), "vfio-pci", "data1 bound");
+      const warned = r.log.filter((l) => l.msg?.startsWith("the node's clock is off from EC2's"));
+      t.equal(warned.length, 1, "one warning");
+      const off = Number(warned[0]?.off_by_s);
+      t.ok(
+        Math.abs(Math.abs(off) - 3600) < 30 && Math.sign(off) === (offset[0] === "+" ? 1 : -1),
+        `off by ${off} s`,
+      );
+    },
+  );
+}
+
+t.test(
+  "a RequestExpired that gives no time to correct by fails at once and names the clock",
+  async (t) => {
+    const w = await world(t, { configToml: baseToml() });
+    // EC2's answer with the right time in Date: the SDK learns no offset, so nothing is corrected
+    w.ec2.faults.errors.DescribeNetworkInterfaces = {
+      status: 400,
+      code: "RequestExpired",
+      message: "Request has expired.",
+      count: Infinity,
+    };
+    const r = await runCli(w, ["apply"]);
+    t.equal(r.code, 1);
+    t.match(lastError(r), /DescribeNetworkInterfaces failed: RequestExpired/);
+    t.match(
+      r.stderr,
+      /the node's clock may be more than 15 minutes off AWS's \(check `chronyc tracking`/,
+    );
+    t.equal(w.ec2.requests.filter((q) => q.code === "RequestExpired").length, 1, "not retried");
+    t.equal(w.ec2.mutatingCalls({ accepted: true }), 0, "nothing took effect");
   },
 );

@@ -655,6 +655,7 @@ t.test("a wrong cluster name → 401, said plainly (cache fallback when there is
     /rejected the instance role's EKS token for cluster "demo" \(401 Unauthorized\)/,
   );
   t.match((err as OpError).hint, /access entry of type EC2_LINUX/);
+  t.match((err as OpError).hint, /signed with the node's clock, .* \(chronyc tracking\)/);
   t.equal(
     emu.requests.filter((q) => q.status === 401).length,
     2,
