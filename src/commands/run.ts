@@ -208,6 +208,7 @@ async function waitForSignals(
       inbox.current = passSession.deadline;
       const o = await reconcile(ctx, {
         dryRun: false,
+        periodic: !reload,
         session: passSession,
         gathered: reload || dynamic || !gathered ? undefined : gathered,
       });

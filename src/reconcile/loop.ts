@@ -57,6 +57,11 @@ export interface ReconcileOptions {
   gathered?: Gathered;
   /** the file and environment as the command read them for its session a moment ago */
   local?: LocalSources;
+  /**
+   * `run`'s timer pass: its stage lines go out at debug, so a converged node's journal holds the
+   * boot and the repairs (logged by the caller), not six lines a minute of nothing done
+   */
+  periodic?: boolean;
 }
 
 export type ReconcileResult = ApplyOutcome & { gathered: Gathered };
@@ -95,7 +100,11 @@ async function pass(
     const now = monotonicMs();
     timings[stage] = Math.round(now - mark);
     mark = now;
-    log.info(`${stage} done`, { stage, took_ms: timings[stage], ...fields });
+    log[opts.periodic ? "debug" : "info"](`${stage} done`, {
+      stage,
+      took_ms: timings[stage],
+      ...fields,
+    });
   };
 
   const session = opts.session ?? new Session(log, new Deadline(300_000));

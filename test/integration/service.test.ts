@@ -601,6 +601,38 @@ t.test(
 );
 
 t.test(
+  "run: a timer pass with nothing to do writes no info line; a repair is one warning naming it",
+  async (t) => {
+    const world = await World.start({ configToml: sampleConfig({ reconcileSeconds: 1 }) });
+    const notify = await NotifySocket.open();
+    t.teardown(async () => {
+      notify.close();
+      await world.close();
+    });
+    const p = start(world, ["run"], { NOTIFY_SOCKET: notify.path });
+    await notify.waitFor((f) => f.READY === "1");
+    const infoLines = () => p.stderr.split("\n").filter((l) => l.startsWith("level=info"));
+    const atReady = infoLines().length;
+    t.equal(infoLines().filter((l) => /msg="sources done"/.test(l)).length, 1, "the boot pass's");
+    const statuses = notify.messages.length;
+    await notify.waitFor(() => notify.messages.length >= statuses + 3, 10_000); // three timer passes
+    t.same(infoLines().slice(atReady), [], "three passes, no info line");
+
+    // drift: someone set the kernel ENI's MTU back; the next pass repairs it and says so, once
+    writeFileSync(path.join(world.root, "sys/class/net/eth3/mtu"), "1500\n");
+    const deadline = Date.now() + 10_000;
+    while (!/msg="repaired drift"/.test(p.stderr) && Date.now() < deadline)
+      await new Promise((r) => setTimeout(r, 100));
+    const repaired = p.stderr.split("\n").filter((l) => /msg="repaired drift"/.test(l));
+    t.equal(repaired.length, 1, p.stderr.slice(-1500));
+    t.match(repaired[0], /^level=warn .*actions="set-mtu eth3"/);
+    t.equal(readFileSync(path.join(world.root, "sys/class/net/eth3/mtu"), "utf8").trim(), "9001");
+    p.child.kill("SIGTERM");
+    t.equal(await p.exit, 0, p.stderr);
+  },
+);
+
+t.test(
   "on_failure=fail: the unit's restart converges, adopts, and restarts the device plugin once",
   async (t) => {
     const restart = countingRestart();
