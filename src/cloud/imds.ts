@@ -126,8 +126,8 @@ export class ImdsClient implements Imds {
   }
 
   /**
-   * 404 → undefined. 401 → drop the token and retry once. Connection errors, timeouts and 5xx are
-   * retried with capped back-off until the deadline, since IMDS can come up after us at boot.
+   * 404 → undefined. 401 → drop the token and retry once. Connection errors, timeouts, 429 and 5xx
+   * are retried with capped back-off until the deadline, since IMDS can come up after us at boot.
    */
   private async withRetry<T>(path: string, fn: () => Promise<T>): Promise<T | undefined> {
     const deadline = this.opts.deadline ?? new Deadline(30_000);
@@ -148,7 +148,8 @@ export class ImdsClient implements Imds {
         }
         // an answer that came late, or none: this pass is no proof for a later one
         inputs.spoil(`IMDS ${path}: ${(e as Error).message}`);
-        if (status !== undefined && status >= 400 && status < 500) {
+        // 429 says "later" (RFC 6585): waited for like a 5xx; every other 4xx is an answer
+        if (status !== undefined && status >= 400 && status < 500 && status !== 429) {
           throw new OpError(`IMDS answered ${status} for ${path}`, imdsHint, {
             endpoint: this.endpoint,
           });

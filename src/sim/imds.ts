@@ -38,6 +38,8 @@ export interface ImdsInstance {
 export interface ImdsFaults {
   /** answer the next N requests with 500 */
   fail500: number;
+  /** answer the next N requests with 429 Too Many Requests (a throttling front, a proxy) */
+  fail429?: number;
   /** delay every answer by this many ms */
   slowMs: number;
   /** for MAC → number of reads that answer device-number 0 (hot-plug settling) */
@@ -158,6 +160,10 @@ export class ImdsEmulator {
     if (this.faults.fail500 > 0) {
       this.faults.fail500--;
       return answer(500, "Internal Server Error");
+    }
+    if (this.faults.fail429) {
+      this.faults.fail429--;
+      return answer(429, "Too Many Requests");
     }
     if (req.headers["x-forwarded-for"]) return answer(403, "Forbidden");
 

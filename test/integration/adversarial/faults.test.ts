@@ -97,6 +97,23 @@ t.test(
   },
 );
 
+t.test(
+  "faults: IMDS that answers its first 6 requests 429 Too Many Requests is waited for",
+  async (t) => {
+    const w = await world(t, { configToml: baseToml() });
+    w.imds.faults.fail429 = 6;
+    const r = await runCli(w, ["apply"]);
+    t.equal(r.code, 0, lastError(r));
+    t.equal(
+      w.imds.requests.filter((q) => q.status === 429).length,
+      6,
+      "all six refused, then answered",
+    );
+    t.equal(w.sim.driverOf("0000:00:06.0"), "vfio-pci");
+    t.match(r.stderr, /level=warn msg="waiting for IMDS" .*status code 429/);
+  },
+);
+
 t.test("faults: IMDS that fails its first 8 requests with 500 is waited for", async (t) => {
   const w = await world(t, { configToml: baseToml() });
   w.imds.faults.fail500 = 8;
