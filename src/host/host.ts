@@ -185,8 +185,26 @@ export class Host {
       const code = (e as NodeJS.ErrnoException).code;
       if (isNotFound(e) || (code === "EINVAL" && (op === "link" || op === "target")))
         return op === "exists" ? false : op === "list" ? [] : null;
+      if (code === "EACCES" || code === "EPERM") throw this.refused(abs, e);
       throw e;
     }
+  }
+
+  /** A read the system refused: which path, and, for a user other than root, who may read it. */
+  private refused(abs: string, e: unknown): OpError {
+    const shown = this.root === "/" ? abs : `${abs} (under --root ${this.root})`;
+    const asRoot = process.geteuid?.() === 0;
+    return Object.assign(
+      new OpError(
+        `cannot read ${shown}: ${errnoText(e)}`,
+        asRoot
+          ? `check its mode and owner (ls -ld ${this.path(abs)}) and for an LSM denial (dmesg | grep -i denied)`
+          : "eni-dpdk reads root's files (its state is mode 0600): run the same command as root (sudo eni-dpdk …)",
+        { path: abs },
+        { cause: e },
+      ),
+      { code: (e as NodeJS.ErrnoException).code },
+    );
   }
 
   private observed(op: HostRead, abs: string): unknown {

@@ -1173,6 +1173,32 @@ t.test(
 );
 
 t.test(
+  "input/errors: status and plan run by a user other than root name root's state file and say to run as root; plan never says nothing to do",
+  async (t) => {
+    const w = await world(t, { configToml: baseToml() });
+    await converge(t, w);
+    chmodSync(w.root, 0o755);
+    const before = snapshotRoot(w.root);
+    const asNobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"];
+    for (const args of [["status"], ["status", "--json"], ["plan"]]) {
+      const r = await runCli(w, args, { wrap: asNobody });
+      t.equal(r.code, 1, `${args.join(" ")}: ${r.stderr}`);
+      const err = r.log.find((l) => l.level === "error");
+      t.match(
+        err?.msg,
+        /^cannot read \/var\/lib\/eni-dpdk\/state\.json \(under --root .*\): permission denied \(EACCES\)$/,
+        args.join(" "),
+      );
+      t.match(err?.next, /run the same command as root \(sudo eni-dpdk …\)/);
+      t.notMatch(r.stdout, /nothing to do/, `${args.join(" ")} claims nothing`);
+      if (args[0] === "plan")
+        t.match(r.stdout, /^no plan: cannot read \/var\/lib\/eni-dpdk\/state\.json/);
+    }
+    t.same(diffSnapshots(before, snapshotRoot(w.root)), [], "the root is byte-identical");
+  },
+);
+
+t.test(
   "security/prototype: after a polluting tag, Object.prototype here is clean and the bundle's next run converges",
   async (t) => {
     const w = await world(t, { configToml: baseToml() });
