@@ -6,11 +6,17 @@ import { renderSriovCheck } from "./sriov.js";
 import { label, perNode } from "../host/kernel.js";
 import { devicesHolders, inUseBy } from "../host/pci.js";
 import { isDpdkDriver } from "../config/facts.js";
+import { holderText } from "../host/host.js";
 
 /** Text like `dpdk-devbind.py --status`: managed devices, other NICs, host readiness. */
 export function renderStatus(doc: StatusDoc): string {
   const out: string[] = [];
   const section = (t: string) => out.push("", t, "=".repeat(t.length));
+  if (doc.running)
+    out.push(
+      "",
+      `A pass is running: ${holderText(doc.running)} holds the host lock; what follows may be mid-change.`,
+    );
   section("ENIs managed by eni-dpdk");
   if (doc.devices.length === 0) out.push("<none>");
   else {
@@ -144,6 +150,9 @@ export async function statusCommand(ctx: CommandContext, opts: { json: boolean }
     config,
     configProblems: problems.map(formatProblem),
   });
+  // a pass under way (the boot's, a reload's): the lock file says who took the lock
+  const holder = ctx.host.lockHolder();
+  if (holder && (await ctx.host.lockHeld()) !== false) doc.running = holder;
   // who uses each bound device: here only, as a boot's status file has no use for a /proc scan
   const bound = doc.devices.filter((d) => d.bdf && isDpdkDriver(d.driver));
   const holders = await devicesHolders(ctx.host, bound);

@@ -24,15 +24,17 @@ import {
   write,
   writeFile,
   writeFileSync,
+  writeSync,
 } from "node:fs";
 import path from "node:path";
 import { errnoText, OpError } from "../core/errors.js";
-import { pollUntil, SETTLE } from "../core/deadline.js";
-import { childEnv, pidAlive } from "../core/process.js";
+import { isoTime, pollUntil, SETTLE } from "../core/deadline.js";
+import { childEnv, pidAlive, run } from "../core/process.js";
 import { inputs } from "../core/inputs.js";
 import { parseTempFile, tempFileFor } from "../core/temp-file.js";
 import { RUN_DIR, VAR_DIR } from "./root.js";
 import { Turns } from "../core/turns.js";
+import type { Logger } from "../core/log.js";
 
 /** The reads of the host layer (Host.probe). */
 export const HOST_READS = [
@@ -58,6 +60,18 @@ interface Owner {
 
 /** The host-wide lock (flock). */
 export const LOCK_PATH = "/run/eni-dpdk.lock";
+
+/** Who holds the host lock, as the holder wrote it into the lock file: for status and for waiters. */
+export interface LockHolder {
+  pid: number;
+  /** its arguments, e.g. "run" or "apply --full" */
+  command: string;
+  since: string;
+}
+/** The holder's record: one write at offset 0, always this long, so a reader sees one record whole. */
+const LOCK_RECORD_BYTES = 512;
+/** How long a taker waits before it says who it is waiting for. */
+const LOCK_WAIT_NOTICE_MS = 1000;
 const OWN_DIRS = new Set([RUN_DIR, VAR_DIR]);
 
 export class Host {
@@ -467,8 +481,12 @@ export class Host {
    * which echoes our probe line back only once the lock is held; closing stdin releases it, and so
    * does our death (the pipe closes).
    */
-  async withLock<T>(fn: () => Promise<T>, timeoutMs = 120_000): Promise<T> {
-    const lock = await this.acquireLock(timeoutMs);
+  async withLock<T>(
+    fn: () => Promise<T>,
+    timeoutMs = 120_000,
+    onWait?: (holder: LockHolder | undefined) => void,
+  ): Promise<T> {
+    const lock = await this.acquireLock(timeoutMs, onWait);
     try {
       return await fn();
     } finally {
@@ -476,8 +494,14 @@ export class Host {
     }
   }
 
-  /** The lock as a handle, for callers that start taking it before they need it (see withLock). */
-  async acquireLock(timeoutMs = 120_000): Promise<{ release(): Promise<void> }> {
+  /**
+   * The lock as a handle, for callers that start taking it before they need it (see withLock).
+   * `onWait` hears, once, who holds it when it is not free within a second.
+   */
+  async acquireLock(
+    timeoutMs = 120_000,
+    onWait?: (holder: LockHolder | undefined) => void,
+  ): Promise<{ release(): Promise<void> }> {
     const lockPath = this.path(LOCK_PATH);
     await this.ensureDir(path.posix.dirname(LOCK_PATH));
     const child = spawn(
@@ -504,26 +528,96 @@ export class Host {
           ),
         ),
       );
-      child.on("exit", (code) =>
+      child.on("exit", (code) => {
+        const h = this.lockHolder();
         reject(
           new OpError(
-            `host lock ${lockPath} not acquired within ${timeoutMs} ms (flock exit ${code}${err ? `: ${err.trim()}` : ""})`,
+            `host lock ${lockPath} not acquired within ${timeoutMs} ms${h ? `: held by ${holderText(h)}` : ""} (flock exit ${code}${err ? `: ${err.trim()}` : ""})`,
             "another eni-dpdk is still running; see `systemctl status eni-dpdk` and `ps -C eni-dpdk`",
           ),
-        ),
-      );
+        );
+      });
     });
     child.stdin.write("locked\n");
-    await held;
+    const notice = onWait && setTimeout(() => onWait(this.lockHolder()), LOCK_WAIT_NOTICE_MS);
+    try {
+      await held;
+    } finally {
+      clearTimeout(notice);
+    }
+    this.recordHolder({
+      pid: process.pid,
+      command: process.argv.slice(2).join(" ").slice(0, 200),
+      since: isoTime(),
+    });
     return {
       // EOF ends cat, then flock, which drops the lock as it exits. Nothing waits for that: every
       // change was made while it was held, and a waiting taker gets it the moment it is dropped.
       // (Waiting cost a boot ~3 ms, the two processes' exits.)
       release: async () => {
+        this.recordHolder({ free: true, pid: process.pid, since: isoTime() });
         child.stdin.end();
       },
     };
   }
+
+  /** Written only while the lock is held; best effort, as it only informs. */
+  private recordHolder(record: LockHolder | { free: true; pid: number; since: string }): void {
+    let text = JSON.stringify(record);
+    if (Buffer.byteLength(text) >= LOCK_RECORD_BYTES)
+      text = JSON.stringify({ ...record, command: "" });
+    try {
+      const fd = openSync(this.path(LOCK_PATH), fsc.O_WRONLY | fsc.O_NOFOLLOW);
+      try {
+        writeSync(fd, text.padEnd(LOCK_RECORD_BYTES - 1, " ") + "\n", 0);
+      } finally {
+        closeSync(fd);
+      }
+    } catch {
+      // the lock works without it: status and waiters then do not learn who holds it
+    }
+  }
+
+  /** The holder the lock file names, when it names a live process that took it; else undefined. */
+  lockHolder(): LockHolder | undefined {
+    try {
+      const r = JSON.parse(readFileSync(this.path(LOCK_PATH), "utf8")) as Partial<LockHolder> & {
+        free?: boolean;
+      };
+      if (r.free || !Number.isInteger(r.pid) || r.pid! <= 0) return undefined;
+      if (typeof r.command !== "string" || typeof r.since !== "string") return undefined;
+      return pidAlive(r.pid!) ? { pid: r.pid!, command: r.command, since: r.since } : undefined;
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** Whether a pass holds the lock now (flock --nonblock); undefined when flock cannot say. */
+  async lockHeld(): Promise<boolean | undefined> {
+    // flock(1) would create a missing lock file: a reader must not
+    if (!this.probe("exists", LOCK_PATH)) return false;
+    try {
+      const r = await run(["flock", "--nonblock", "--shared", this.path(LOCK_PATH), "true"], {
+        timeoutMs: 5000,
+      });
+      return r.code === 0 ? false : r.code === 1 ? true : undefined;
+    } catch {
+      return undefined;
+    }
+  }
+}
+
+/** What a taker says after a second of waiting: who holds the lock, when the lock file says. */
+export function lockWaitNotice(log: Pick<Logger, "info">): (h: LockHolder | undefined) => void {
+  return (h) =>
+    log.info("waiting for the host lock", {
+      held_by: h ? holderText(h) : "a process that did not say who it is",
+    });
+}
+
+/** "pid 1234 (eni-dpdk run) since 2026-12-08T03:35:01.000Z" */
+export function holderText(h: LockHolder): string {
+  return `pid ${h.pid} (eni-dpdk ${h.command || "?"}) since ${h.since}`;
 }
 
 /**

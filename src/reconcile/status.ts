@@ -5,7 +5,7 @@ import { defaults, type Config } from "../config/model.js";
 import { fullResourceName, isDpdkDriver } from "../config/facts.js";
 import { errorMessage } from "../core/errors.js";
 import { isoTime } from "../core/deadline.js";
-import { type Host } from "../host/host.js";
+import { type Host, type LockHolder } from "../host/host.js";
 import {
   deviceNodeFor,
   driverlessHint,
@@ -74,6 +74,8 @@ export interface OtherDevice {
 
 export interface StatusDoc {
   generatedAt: string;
+  /** `eni-dpdk status` only: the pass that holds the host lock as the status is read */
+  running?: LockHolder;
   host: {
     noiommu: KernelFacts["noiommu"];
     iommuPresent: boolean;

@@ -6,7 +6,7 @@ import { readFileSync } from "node:fs";
 import t, { type Test } from "tap";
 import { Host } from "../../../src/host/host.js";
 import { loadState } from "../../../src/host/state.js";
-import type { World } from "../../../src/sim/world.js";
+import { SG_DPDK, SUBNET_A, type World } from "../../../src/sim/world.js";
 import { NotifySocket } from "../../support/notify.js";
 import {
   assertNoneDriverless,
@@ -266,5 +266,71 @@ t.test(
     t.equal((await a.exit).code, 0);
     t.equal((await b.exit).code, 0);
     t.ok(readFileSync(w.sim.p("/etc/pcidp/config.json"), "utf8").includes(DATA1_BDF));
+  },
+);
+
+t.test(
+  "concurrency: status during a pass names it; a second apply says whom it waits for; a killed holder is named by neither",
+  async (t) => {
+    const external = (index: number) => `
+[[eni]]
+name = "ext${index}"
+attach = "external"
+device_index = ${index}
+subnet_id = "${SUBNET_A}"
+security_group_ids = ["${SG_DPDK}"]
+  [eni.dpdk]
+  resource_name = "amazon.com/ena_dpdk_ext${index}"
+`;
+    const config = (...externals: number[]) =>
+      baseToml().replace(
+        "reconcile_interval_seconds = 0",
+        "reconcile_interval_seconds = 0\ntimeout_seconds = 30",
+      ) + externals.map(external).join("");
+    const w = await world(t, { configToml: config(4) });
+    const first = startCli(w, ["apply"]);
+    t.teardown(() => first.signal("SIGKILL"));
+    await first.waitForLog((l) => l.msg === "observe done"); // it holds the lock, waiting for ext4
+
+    const status = await runCli(w, ["status"]);
+    t.equal(status.code, 0, lastError(status));
+    t.match(
+      status.stdout,
+      new RegExp(
+        `^A pass is running: pid ${first.pid} \\(eni-dpdk apply\\) since \\d{4}-\\d\\d-\\d\\dT[\\d:.]+Z holds the host lock`,
+      ),
+    );
+    const json = JSON.parse((await runCli(w, ["status", "--json"])).stdout);
+    t.match(json.running, { pid: first.pid, command: "apply" });
+
+    const second = runCli(w, ["apply"]);
+    await new Promise((r) => setTimeout(r, 1500));
+    w.attachAtLaunch({ deviceIndex: 4, subnetId: SUBNET_A, groups: [SG_DPDK] });
+    t.equal((await first.exit).code, 0, first.stderr().slice(-800));
+    const s = await second;
+    t.equal(s.code, 0, lastError(s));
+    const waited = s.log.find((l) => l.msg === "waiting for the host lock");
+    t.match(waited?.held_by, new RegExp(`^pid ${first.pid} \\(eni-dpdk apply\\) since `));
+    t.notMatch((await runCli(w, ["status"])).stdout, /A pass is running/, "none after both");
+    t.equal(JSON.parse((await runCli(w, ["status", "--json"])).stdout).running, undefined);
+
+    // killed while it holds the lock: its record stays in the lock file, naming a dead pid
+    w.writeConfig(config(4, 5));
+    const killed = startCli(w, ["apply"]);
+    await killed.waitForLog((l) => l.msg === "observe done");
+    killed.signal("SIGKILL");
+    await killed.exit;
+    t.notMatch(
+      (await runCli(w, ["status"])).stdout,
+      /A pass is running/,
+      "a dead holder is not named",
+    );
+    w.writeConfig(config(4));
+    const after = await runCli(w, ["apply"]);
+    t.equal(after.code, 0, lastError(after));
+    t.notOk(
+      after.log.some((l) => l.msg === "waiting for the host lock"),
+      "the lock was free at once",
+    );
   },
 );

@@ -1,5 +1,5 @@
 import t from "tap";
-import { mkdtempSync, writeFileSync, mkdirSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, writeFileSync, mkdirSync, rmSync, statSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { Host } from "../../../src/host/host.js";
@@ -39,4 +39,34 @@ t.test("a refused sysfs write names the attribute, the value and the reason", as
   );
   t.equal(e?.code, "EISDIR", "the errno stays readable");
   t.equal(host.changes.length, 1, "the attempt is listed among the run's changes");
+});
+
+t.test("the lock's holder: named while it holds the lock, in a record of fixed size", async (t) => {
+  const root = mkdtempSync(path.join(os.tmpdir(), "host-root-"));
+  t.teardown(() => rmSync(root, { recursive: true, force: true }));
+  const host = new Host(root);
+  const lockFile = path.join(root, "run/eni-dpdk.lock");
+  t.equal(host.lockHolder(), undefined, "no lock file: no holder");
+  t.equal(await host.lockHeld(), false, "and not held");
+  t.notOk(existsSync(lockFile), "asking did not create the lock file");
+
+  const lock = await host.acquireLock();
+  const held = host.lockHolder();
+  t.match(held, { pid: process.pid, since: /^\d{4}-\d\d-\d\dT/ });
+  t.equal(statSync(lockFile).size, 512, "one record, always 512 bytes");
+  t.equal(await host.lockHeld(), true);
+  await lock.release();
+  t.equal(host.lockHolder(), undefined, "released: the record says free");
+  // flock drops the lock as it exits, a moment after release
+  for (let i = 0; i < 50 && (await host.lockHeld()); i++)
+    await new Promise((r) => setTimeout(r, 20));
+  t.equal(await host.lockHeld(), false);
+
+  const record = (r: unknown) => writeFileSync(lockFile, JSON.stringify(r));
+  record({ pid: 2 ** 22 + 12345, command: "run", since: "2026-12-08T00:00:00.000Z" });
+  t.equal(host.lockHolder(), undefined, "a pid that is gone is not named");
+  record({ pid: "1; rm -rf /", command: "run", since: "x" });
+  t.equal(host.lockHolder(), undefined, "a record of another shape is ignored");
+  writeFileSync(lockFile, "\0".repeat(512));
+  t.equal(host.lockHolder(), undefined, "nor is garbage");
 });
