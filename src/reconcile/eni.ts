@@ -6,7 +6,7 @@
 // (eni-external.ts).
 // The attachment is awaited where it shows: the hot-plugged NIC and IMDS, never by polling EC2.
 import type { _InstanceType, NetworkInterface } from "@aws-sdk/client-ec2";
-import type { EniConfig, LayerOrigin } from "../config/model.js";
+import type { Config, EniConfig, LayerOrigin } from "../config/model.js";
 import { TAG_NO_MANAGE } from "../config/facts.js";
 import {
   Ec2Error,
@@ -756,14 +756,20 @@ function actionsFor(ctx: StageContext, it: EniPlanItem): Action[] {
 
 // ---- apply ---------------------------------------------------------------------------------------
 
-export async function applyEnis(
+/**
+ * The ENIs, each as far as it got. One that failed (an external ENI that never came, an attach EC2
+ * refused) is in `failure`, and the others go on to be bound: one missing ENI does not leave a node
+ * without every DPDK device. Bad input found on the way (InputError) is thrown, as ever: nothing
+ * is bound after it.
+ */
+export async function applyEachEni(
   ctx: StageContext,
   ec2: Ec2Factory,
   plan: EniPlan,
-): Promise<EniRecord[]> {
+): Promise<{ enis: EniRecord[]; failure?: Error }> {
   const records = new Map<string, EniRecord>();
   for (const it of plan.items) if (it.record) records.set(it.eni.name, it.record);
-  if (ctx.dryRun) return [...records.values()];
+  if (ctx.dryRun) return { enis: [...records.values()] };
 
   // One writer at a time: concurrent ENIs would otherwise race on the state file's temp name.
   let saving: Promise<void> = Promise.resolve();
@@ -780,7 +786,8 @@ export async function applyEnis(
   }
   const work = plan.items.filter((it) => it.steps.length > 0);
   if (changed || work.length) await persist();
-  if (!work.length) return ctx.config.eni.map((e) => records.get(e.name)!).filter(Boolean);
+  const inConfigOrder = () => ctx.config.eni.map((e) => records.get(e.name)!).filter(Boolean);
+  if (!work.length) return { enis: inConfigOrder() };
 
   // The SDK loads only when an ENI needs EC2: external ENIs usually never do.
   let apiP: Promise<Ec2Api> | undefined;
@@ -797,16 +804,34 @@ export async function applyEnis(
     r.status === "rejected" ? [{ name: work[i].eni.name, err: r.reason as Error }] : [],
   );
   results.forEach((r, i) => r.status === "fulfilled" && records.set(work[i].eni.name, r.value));
-  if (failed.length === 1) throw failed[0].err;
+  const bad = failed.find((f) => f.err instanceof InputError);
+  if (bad) throw bad.err;
+  // a failed ENI's record, if any, is not handed on: the host stage binds only ENIs that are ready
+  for (const f of failed) records.delete(f.name);
+  if (failed.length === 1) return { enis: inConfigOrder(), failure: failed[0].err };
   if (failed.length > 1) {
-    throw new OpError(
-      `${failed.length} ENIs failed:\n` +
-        failed.map((f) => `  ${f.name}: ${f.err.message}`).join("\n"),
-      (failed[0].err as OpError).hint ?? "see the log lines above",
-      { enis: failed.map((f) => f.name) },
-    );
+    return {
+      enis: inConfigOrder(),
+      failure: new OpError(
+        `${failed.length} ENIs failed:\n` +
+          failed.map((f) => `  ${f.name}: ${f.err.message}`).join("\n"),
+        (failed[0].err as OpError).hint ?? "see the log lines above",
+        { enis: failed.map((f) => f.name) },
+      ),
+    };
   }
-  return ctx.config.eni.map((e) => records.get(e.name)!).filter(Boolean);
+  return { enis: inConfigOrder() };
+}
+
+/** Every ENI ready, or the first failure thrown (benchmarks and tests of the stage alone). */
+export async function applyEnis(
+  ctx: StageContext,
+  ec2: Ec2Factory,
+  plan: EniPlan,
+): Promise<EniRecord[]> {
+  const { enis, failure } = await applyEachEni(ctx, ec2, plan);
+  if (failure) throw failure;
+  return enis;
 }
 
 /**
@@ -1234,6 +1259,10 @@ function forgetAction(r: ReleasedEni): Action {
   };
 }
 
+/** What the ENI stage leaves of the pass for binding and the SR-IOV file: a quarter, at most 10 s. */
+export const hostReserveMs = (config: Pick<Config, "service">): number =>
+  Math.min(10_000, (config.service.timeout_seconds * 1000) / 4);
+
 export const eniStage: Stage<EniPlan & StagePlan & { released: ReleasedEni[] }> = {
   name: "eni",
   enabled: () => true,
@@ -1271,6 +1300,10 @@ export const eniStage: Stage<EniPlan & StagePlan & { released: ReleasedEni[] }> 
       }
       await saveState(ctx.host, ctx.state);
     }
-    return { enis: await applyEnis(ctx, ctx.ec2, plan) };
+    // Waits for ENIs (an external one, an attach) end early enough that the ENIs which did come
+    // are still bound in this pass.
+    const forEnis = ctx.deadline.within(ctx.deadline.remaining() - hostReserveMs(ctx.config));
+    const { enis, failure } = await applyEachEni({ ...ctx, deadline: forEnis }, ctx.ec2, plan);
+    return { enis, ...(failure ? { eniFailure: failure } : {}) };
   },
 };

@@ -249,6 +249,8 @@ async function pass(
   }
   const devices = result?.up.devices ?? [];
   const failed = devices.filter((d) => d.state === "failed");
+  // an ENI that never became ready: the others were bound, and the pass still failed
+  if (!error && result?.up.eniFailure) error = failure(result.up.eniFailure, changesMade());
   if (!error && failed.length) {
     error = {
       message: `${failed.length} device(s) failed to bind: ${failed.map((d) => `${d.name} (${d.error})`).join("; ")}`,

@@ -61,6 +61,8 @@ export interface HostDeviceResult {
 /** What the stages hand on: ENIs attached, devices bound (or kept on a kernel driver), the SR-IOV file. */
 export interface Upstream {
   enis: EniRecord[];
+  /** the ENIs the eni stage could not make ready; the later stages go on with the others */
+  eniFailure?: Error;
   devices: HostDeviceResult[];
   sriov?: SriovApplyResult;
   /** what the device plugin will advertise from the file the sriov stage left (its check after the write) */

@@ -99,7 +99,7 @@ t.test(
     const took = performance.now() - started;
     t.equal(r.code, 1, lastError(r));
     t.ok(took < 20_000, `exited ${took.toFixed(0)} ms after it started (timeout_seconds = 10)`);
-    t.match(lastError(r), /^timed out after (9|10)\.\d s waiting for the external ENI "data1"/);
+    t.match(lastError(r), /^timed out after [6-8]\.\d s waiting for the external ENI "data1"/);
     t.equal(w.sim.driverOf(BDF), undefined, "nothing there, nothing bound");
     t.same(w.ec2.requests, [], "no EC2 call for an external ENI");
   },

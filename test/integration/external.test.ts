@@ -5,7 +5,7 @@
 import { readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import t from "tap";
-import { SG_DPDK, SUBNET_A } from "../../src/sim/world.js";
+import { SG_DPDK, SUBNET_A, sampleConfig } from "../../src/sim/world.js";
 import {
   assertPrimaryUntouched,
   diffSnapshots,
@@ -137,3 +137,81 @@ t.test("launch-template prints the block; names a template cannot carry are exit
   t.equal(e.stdout, "");
   t.match(e.stderr, /launch-template: eni\.data1\.subnet_name: a launch template takes subnet ids/);
 });
+
+t.test(
+  "an external ENI that never comes fails the pass, named, after the ENIs that did come are bound and advertised; once attached, the next apply binds it",
+  async (t) => {
+    const w = await world(t, {
+      configToml:
+        sampleConfig({ reconcileSeconds: 0 }).replace(
+          "[service]",
+          "[service]\ntimeout_seconds = 10",
+        ) +
+        EXTERNAL_TOML.slice(EXTERNAL_TOML.indexOf("[[eni]]"))
+          .replace('name = "data1"', 'name = "ext1"')
+          .replace("device_index = 1", "device_index = 5")
+          .replace("amazon.com/ena_dpdk", "amazon.com/ena_dpdk_ext"),
+    });
+    const r = await runCli(w, ["apply"]);
+    t.equal(r.code, 1, "the pass failed");
+    t.match(
+      lastError(r),
+      /^timed out after [6-8]\.\d s waiting for the external ENI "ext1" at network card 0, device index 5/,
+    );
+    t.equal(w.sim.driverOf("0000:00:06.0"), "vfio-pci", "n3 bound all the same");
+    t.equal(w.sim.driverOf("0000:00:07.0"), "vfio-pci", "n6 bound all the same");
+    const sriov = JSON.parse(readFileSync(w.sim.p("/etc/pcidp/config.json"), "utf8"));
+    t.same(
+      sriov.resourceList.map(
+        (x: { resourceName: string; selectors: { pciAddresses: string[] } }) => [
+          x.resourceName,
+          x.selectors.pciAddresses,
+        ],
+      ),
+      [["ena_dpdk", ["0000:00:06.0", "0000:00:07.0"]]],
+      "their resource advertised; the missing ENI's not yet",
+    );
+    const status = JSON.parse(readFileSync(w.sim.p("/run/eni-dpdk/status.json"), "utf8"));
+    t.equal(status.lastApply.ok, false);
+    t.match(status.lastApply.summary, /^degraded: timed out .* "ext1"/);
+
+    const eni = w.attachAtLaunch({ deviceIndex: 5, subnetId: SUBNET_A, groups: [SG_DPDK] });
+    const again = await runCli(w, ["apply"]);
+    t.equal(again.code, 0, lastError(again));
+    const bdf = w.sim.bdfOfMac(eni.mac)!;
+    t.equal(w.sim.driverOf(bdf), "vfio-pci", "ext1 bound by the next apply");
+    const after = JSON.parse(readFileSync(w.sim.p("/etc/pcidp/config.json"), "utf8"));
+    t.same(after.resourceList.map((x: { resourceName: string }) => x.resourceName).sort(), [
+      "ena_dpdk",
+      "ena_dpdk_ext",
+    ]);
+  },
+);
+
+t.test(
+  "an external ENI that appears in another subnet mid-wait is bad input: no ENI is bound in that pass",
+  async (t) => {
+    const w = await world(t, {
+      configToml:
+        sampleConfig({ reconcileSeconds: 0 }) +
+        EXTERNAL_TOML.slice(EXTERNAL_TOML.indexOf("[[eni]]"))
+          .replace('name = "data1"', 'name = "ext1"')
+          .replace("device_index = 1", "device_index = 5")
+          .replace("amazon.com/ena_dpdk", "amazon.com/ena_dpdk_ext"),
+    });
+    const run = runCli(w, ["apply"]);
+    await new Promise((r) => setTimeout(r, 1500));
+    w.attachAtLaunch({ deviceIndex: 5, subnetId: "subnet-0aaaaaaaaaaaaaaa2", groups: [SG_DPDK] });
+    const r = await run;
+    t.equal(r.code, 1, "exit 1: EC2 had already created the other ENIs");
+    t.match(lastError(r), /eni\.ext1\.subnet_id: the external ENI is in subnet-0aaaaaaaaaaaaaaa2/);
+    t.match(lastError(r), /found after this run had changed the node/);
+    t.equal(w.sim.driverOf("0000:00:06.0"), "ena", "n3 not bound");
+    t.equal(w.sim.driverOf("0000:00:07.0"), "ena", "n6 not bound");
+    t.same(
+      w.sim.writes.filter((x) => /driver_override|\/bind$/.test(x.path)),
+      [],
+      "no bind was tried",
+    );
+  },
+);
