@@ -758,7 +758,7 @@ function actionsFor(ctx: StageContext, it: EniPlanItem): Action[] {
 
 /**
  * The ENIs, each as far as it got. One that failed (an external ENI that never came, an attach EC2
- * refused) is in `failure`, and the others go on to be bound: one missing ENI does not leave a node
+ * refused) is in `failed`, and the others go on to be bound: one missing ENI does not leave a node
  * without every DPDK device. Bad input found on the way (InputError) is thrown, as ever: nothing
  * is bound after it.
  */
@@ -766,10 +766,10 @@ export async function applyEachEni(
   ctx: StageContext,
   ec2: Ec2Factory,
   plan: EniPlan,
-): Promise<{ enis: EniRecord[]; failure?: Error }> {
+): Promise<{ enis: EniRecord[]; failed: FailedEni[] }> {
   const records = new Map<string, EniRecord>();
   for (const it of plan.items) if (it.record) records.set(it.eni.name, it.record);
-  if (ctx.dryRun) return { enis: [...records.values()] };
+  if (ctx.dryRun) return { enis: [...records.values()], failed: [] };
 
   // One writer at a time: concurrent ENIs would otherwise race on the state file's temp name.
   let saving: Promise<void> = Promise.resolve();
@@ -787,7 +787,7 @@ export async function applyEachEni(
   const work = plan.items.filter((it) => it.steps.length > 0);
   if (changed || work.length) await persist();
   const inConfigOrder = () => ctx.config.eni.map((e) => records.get(e.name)!).filter(Boolean);
-  if (!work.length) return { enis: inConfigOrder() };
+  if (!work.length) return { enis: inConfigOrder(), failed: [] };
 
   // The SDK loads only when an ENI needs EC2: external ENIs usually never do.
   let apiP: Promise<Ec2Api> | undefined;
@@ -808,19 +808,31 @@ export async function applyEachEni(
   if (bad) throw bad.err;
   // a failed ENI's record, if any, is not handed on: the host stage binds only ENIs that are ready
   for (const f of failed) records.delete(f.name);
-  if (failed.length === 1) return { enis: inConfigOrder(), failure: failed[0].err };
-  if (failed.length > 1) {
-    return {
-      enis: inConfigOrder(),
-      failure: new OpError(
-        `${failed.length} ENIs failed:\n` +
-          failed.map((f) => `  ${f.name}: ${f.err.message}`).join("\n"),
-        (failed[0].err as OpError).hint ?? "see the log lines above",
-        { enis: failed.map((f) => f.name) },
-      ),
-    };
-  }
-  return { enis: inConfigOrder() };
+  return { enis: inConfigOrder(), failed };
+}
+
+interface FailedEni {
+  name: string;
+  err: Error;
+}
+
+/** The ENIs that failed as one error: one ENI's own, named when its message does not say it. */
+function eniFailure(failed: FailedEni[]): Error {
+  if (failed.length > 1)
+    return new OpError(
+      `${failed.length} ENIs failed:\n` +
+        failed.map((f) => `  ${f.name}: ${f.err.message}`).join("\n"),
+      (failed[0].err as OpError).hint ?? "see the log lines above",
+      { enis: failed.map((f) => f.name) },
+    );
+  const [f] = failed;
+  if (f.err.message.includes(`"${f.name}"`)) return f.err;
+  return new OpError(
+    `ENI "${f.name}": ${f.err.message}`,
+    f.err instanceof OpError ? f.err.hint : "see the log lines above",
+    f.err instanceof OpError ? f.err.fields : {},
+    { cause: f.err },
+  );
 }
 
 /** Every ENI ready, or the first failure thrown (benchmarks and tests of the stage alone). */
@@ -829,8 +841,9 @@ export async function applyEnis(
   ec2: Ec2Factory,
   plan: EniPlan,
 ): Promise<EniRecord[]> {
-  const { enis, failure } = await applyEachEni(ctx, ec2, plan);
-  if (failure) throw failure;
+  const { enis, failed } = await applyEachEni(ctx, ec2, plan);
+  if (failed.length === 1) throw failed[0].err;
+  if (failed.length) throw eniFailure(failed);
   return enis;
 }
 
@@ -1303,7 +1316,7 @@ export const eniStage: Stage<EniPlan & StagePlan & { released: ReleasedEni[] }> 
     // Waits for ENIs (an external one, an attach) end early enough that the ENIs which did come
     // are still bound in this pass.
     const forEnis = ctx.deadline.within(ctx.deadline.remaining() - hostReserveMs(ctx.config));
-    const { enis, failure } = await applyEachEni({ ...ctx, deadline: forEnis }, ctx.ec2, plan);
-    return { enis, ...(failure ? { eniFailure: failure } : {}) };
+    const { enis, failed } = await applyEachEni({ ...ctx, deadline: forEnis }, ctx.ec2, plan);
+    return { enis, ...(failed.length ? { eniFailure: eniFailure(failed) } : {}) };
   },
 };

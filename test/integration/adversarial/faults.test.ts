@@ -353,8 +353,9 @@ security_group_ids = ["sg-0dddddddddddddddd"]
       t.equal(r.code, 1, `fsync #${when} failing: exit 1`);
       t.match(
         r.log.find((l) => l.level === "error")?.msg,
-        // a file's own fsync fails before its rename, its directory's after
-        /^(cannot write \/\S+|\/\S+ was replaced, but its directory could not be synced): no space left on device \(ENOSPC\)/,
+        // a file's own fsync fails before its rename, its directory's after; in the ENI's own
+        // steps the message is the ENI's
+        /^(ENI "data2": )?(cannot write \/\S+|\/\S+ was replaced, but its directory could not be synced): no space left on device \(ENOSPC\)/,
         `fsync #${when}: the message names the file`,
       );
       assertNoneDriverless(t, w);
@@ -371,5 +372,36 @@ security_group_ids = ["sg-0dddddddddddddddd"]
     const second = await runCli(w, ["apply"]);
     t.equal(second.code, 0, lastError(second));
     t.same(w.ec2.enisByState(), created, "and a second apply creates none");
+  },
+);
+
+t.test(
+  "faults: EC2 refuses one ENI's attach: the pass fails naming it, and the other ENI is made ready in it",
+  async (t) => {
+    const w = await world(t, { configToml: baseToml() });
+    w.ec2.faults.errors.AttachNetworkInterface = {
+      status: 400,
+      code: "AttachmentLimitExceeded",
+      message: "Interface count 3 exceeds the limit for t3.small",
+      count: 1,
+    };
+    const r = await runCli(w, ["apply"]);
+    t.equal(r.code, 1);
+    t.match(lastError(r), /AttachNetworkInterface failed: AttachmentLimitExceeded/);
+    const attached = [...w.ec2.enis.values()].filter(
+      (e) => e.attachment?.status === "attached" && e.tags["eni-dpdk:name"],
+    );
+    t.equal(attached.length, 1, "one of the two attached");
+    const name = attached[0]?.tags["eni-dpdk:name"];
+    t.match(lastError(r), new RegExp(`${name === "data1" ? "kern1" : "data1"}`), "the other named");
+    const bdf = w.sim.bdfOfMac(attached[0].mac)!;
+    if (name === "data1") t.equal(w.sim.driverOf(bdf), "vfio-pci", "data1 bound in the same pass");
+    else
+      t.equal(
+        readFileSync(path.join(w.root, `sys/class/net/${w.sim.netdevOf(bdf)}/mtu`), "utf8").trim(),
+        "9001",
+        "kern1's MTU set in the same pass",
+      );
+    assertPrimaryUntouched(t, w);
   },
 );
