@@ -13,6 +13,9 @@ import type { StageContext } from "./stage.js";
 const slotText = (e: EniConfig) =>
   `network card ${e.network_card_index}, device index ${e.device_index}`;
 
+const listedText = (nics: ImdsNicInfo[]) =>
+  nics.map((n) => `${n.mac} (card ${n.networkCard}, device ${n.deviceNumber})`).join(", ");
+
 /** The NIC IMDS shows at the ENI's slot, if any. */
 export function externalNicAt(nics: ImdsNicInfo[], e: EniConfig): ImdsNicInfo | undefined {
   return nics.find(
@@ -98,14 +101,22 @@ export async function waitExternal(ctx: StageContext, e: EniConfig): Promise<Eni
       const nic = externalNicAt(seen, e);
       return nic ? { nic } : undefined;
     },
-    { deadline: ctx.deadline, backoff: { firstMs: 100, maxMs: 1000, growth: 1.5, jitter: 0.2 } },
+    {
+      deadline: ctx.deadline,
+      ...(ctx.periodic ? { within: 0 } : {}),
+      backoff: { firstMs: 100, maxMs: 1000, growth: 1.5, jitter: 0.2 },
+    },
   );
-  if (!found) {
-    const listed = seen
-      .map((n) => `${n.mac} (card ${n.networkCard}, device ${n.deviceNumber})`)
-      .join(", ");
+  if (!found && ctx.periodic) {
     throw new OpError(
-      `timed out after ${((monotonicMs() - t0) / 1000).toFixed(1)} s waiting for the external ENI "${e.name}" at ${slotText(e)}: IMDS lists ${listed || "no NIC"}; attach = "external" means the launch template or a lifecycle hook attaches it, and eni-dpdk makes no EC2 call for it`,
+      `the external ENI "${e.name}" is not at ${slotText(e)}: IMDS lists ${listedText(seen) || "no NIC"}; a timer pass looks once, and the other ENIs are kept as they are`,
+      "check the launch template's NetworkInterfaces or the lifecycle hook's logs; `systemctl reload eni-dpdk` (or a restart) waits for it again",
+      { eni: e.name },
+    );
+  }
+  if (!found) {
+    throw new OpError(
+      `timed out after ${((monotonicMs() - t0) / 1000).toFixed(1)} s waiting for the external ENI "${e.name}" at ${slotText(e)}: IMDS lists ${listedText(seen) || "no NIC"}; attach = "external" means the launch template or a lifecycle hook attaches it, and eni-dpdk makes no EC2 call for it`,
       "check the launch template's NetworkInterfaces (`eni-dpdk launch-template` prints the block) or the lifecycle hook's logs; raise service.timeout_seconds if the hook is slow",
       { eni: e.name, waited_ms: Math.round(monotonicMs() - t0) },
     );

@@ -196,6 +196,7 @@ async function pass(
       state,
       dryRun: opts.dryRun,
       eniOrigins: gathered.eniOrigins,
+      ...(opts.periodic ? { periodic: true } : {}),
       ...(gathered.nodeEni ? { nodeEni: gathered.nodeEni } : {}),
       // only when the user-data source read them; otherwise a stage that needs them reads IMDS
       ...(gathered.consulted.some((c) => c.source === "user-data")

@@ -34,6 +34,11 @@ export interface StageContext {
   userDataParts?: NodeConfigPartLike[];
   /** each configured ENI's sources, kept in its record */
   eniOrigins?: EffectiveConfig["eniOrigins"];
+  /**
+   * `run`'s timer pass: an external ENI is looked for once, not waited for (a boot or a reload
+   * waits for the hook that attaches it; a timer pass would hold the host lock for the whole wait)
+   */
+  periodic?: boolean;
 }
 
 /** One ENI's device as the host stage leaves it. */

@@ -11,6 +11,7 @@ import {
   diffSnapshots,
   lastError,
   runCli,
+  startCli,
   snapshotRoot,
   world,
 } from "../support/harness.js";
@@ -213,5 +214,49 @@ t.test(
       [],
       "no bind was tried",
     );
+  },
+);
+
+t.test(
+  "run: a timer pass looks for a missing external ENI once instead of waiting, and binds it once it is there",
+  async (t) => {
+    const w = await world(t, {
+      configToml: EXTERNAL_TOML.replace(
+        "reconcile_interval_seconds = 0",
+        "reconcile_interval_seconds = 1",
+      ).replace("timeout_seconds = 20", 'timeout_seconds = 10\non_failure = "continue"'),
+    });
+    const p = startCli(w, ["run"]);
+    t.teardown(() => p.signal("SIGKILL"));
+    // the boot pass waits for it (timeout_seconds less the binding's quarter), then READY degraded
+    await p.waitForLog(
+      (l) => /^timed out after [6-8]\.\d s waiting for the external ENI "data1"/.test(l.msg ?? ""),
+      20_000,
+    );
+    const t0 = Date.now();
+    const looked = () =>
+      p
+        .log()
+        .filter((l) =>
+          /^the external ENI "data1" is not at network card 0, device index 1: .*a timer pass looks once/.test(
+            l.msg ?? "",
+          ),
+        ).length;
+    while (looked() < 2 && Date.now() - t0 < 6000) await new Promise((r) => setTimeout(r, 100));
+    t.ok(looked() >= 2, `${looked()} timer passes looked once each in ${Date.now() - t0} ms`);
+
+    const eni = w.attachAtLaunch({ deviceIndex: 1, subnetId: SUBNET_A, groups: [SG_DPDK] });
+    // a drift line of this repair: one whose actions bind the ENI that came
+    await p.waitForLog(
+      (l) => l.msg === "repaired drift" && /use-external data1;.*bind /.test(l.actions ?? ""),
+      10_000,
+    );
+    t.equal(
+      w.sim.driverOf(w.sim.bdfOfMac(eni.mac)!),
+      "vfio-pci",
+      "bound by a timer pass, no reload",
+    );
+    p.signal("SIGTERM");
+    t.equal((await p.exit).code, 0);
   },
 );
