@@ -10,7 +10,14 @@ import path from "node:path";
 import t, { type Test } from "tap";
 import { SG_DPDK, SUBNET_A, type World } from "../../src/sim/world.js";
 import { NotifySocket } from "../support/notify.js";
-import { baseToml, lastError, runCli, startCli, world } from "../support/harness.js";
+import {
+  baseToml,
+  externalEniToml,
+  lastError,
+  runCli,
+  startCli,
+  world,
+} from "../support/harness.js";
 
 const LIBFAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 const BDF = "0000:00:06.0";
@@ -19,22 +26,8 @@ const toml = (timeoutSeconds: number, eni = true) => `[service]
 sources = ["file", "user-data", "tags"]
 reconcile_interval_seconds = 0
 timeout_seconds = ${timeoutSeconds}
-${
-  eni
-    ? `
-[[eni]]
-name = "data1"
-attach = "external"
-device_index = 1
-subnet_id = "${SUBNET_A}"
-security_group_ids = ["${SG_DPDK}"]
-  [eni.dpdk]
-  resource_name = "amazon.com/ena_dpdk"
-`
-    : ""
-}`;
+${eni ? externalEniToml() : ""}`;
 
-/** The environment that puts the child on a wall clock the test steps (FAKETIME_TIMESTAMP_FILE). */
 /** A clock off by `offset` (libfaketime's "+1h", "-1h") from the start. */
 const offClock = (offset: string): NodeJS.ProcessEnv => {
   if (!existsSync(LIBFAKETIME))
@@ -42,6 +35,7 @@ const offClock = (offset: string): NodeJS.ProcessEnv => {
   return { LD_PRELOAD: LIBFAKETIME, FAKETIME: offset, DONT_FAKE_MONOTONIC: "1" };
 };
 
+/** The environment that puts the child on a wall clock the test steps (FAKETIME_TIMESTAMP_FILE). */
 function steppedClock(t: Test): { env: NodeJS.ProcessEnv; step(offset: string): void } {
   if (!existsSync(LIBFAKETIME))
     throw new Error(`${LIBFAKETIME} is missing: apt-get install libfaketime`);

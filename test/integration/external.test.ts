@@ -9,6 +9,7 @@ import { SG_DPDK, SUBNET_A, sampleConfig } from "../../src/sim/world.js";
 import {
   assertPrimaryUntouched,
   diffSnapshots,
+  externalEniToml,
   lastError,
   runCli,
   startCli,
@@ -20,16 +21,13 @@ const EXTERNAL_TOML = `[service]
 sources = ["file", "user-data", "tags"]
 reconcile_interval_seconds = 0
 timeout_seconds = 20
-
-[[eni]]
-name = "data1"
-attach = "external"
-device_index = 1
-subnet_id = "${SUBNET_A}"
-security_group_ids = ["${SG_DPDK}"]
-  [eni.dpdk]
-  resource_name = "amazon.com/ena_dpdk"
-`;
+${externalEniToml()}`;
+/** ENI "ext1" at device index 5, attached by someone else */
+const EXT1 = externalEniToml({
+  name: "ext1",
+  deviceIndex: 5,
+  resourceName: "amazon.com/ena_dpdk_ext",
+});
 const BDF = "0000:00:06.0";
 
 t.test(
@@ -147,11 +145,7 @@ t.test(
         sampleConfig({ reconcileSeconds: 0 }).replace(
           "[service]",
           "[service]\ntimeout_seconds = 10",
-        ) +
-        EXTERNAL_TOML.slice(EXTERNAL_TOML.indexOf("[[eni]]"))
-          .replace('name = "data1"', 'name = "ext1"')
-          .replace("device_index = 1", "device_index = 5")
-          .replace("amazon.com/ena_dpdk", "amazon.com/ena_dpdk_ext"),
+        ) + EXT1,
     });
     const r = await runCli(w, ["apply"]);
     t.equal(r.code, 1, "the pass failed");
@@ -193,12 +187,7 @@ t.test(
   "an external ENI that appears in another subnet mid-wait is bad input: no ENI is bound in that pass",
   async (t) => {
     const w = await world(t, {
-      configToml:
-        sampleConfig({ reconcileSeconds: 0 }) +
-        EXTERNAL_TOML.slice(EXTERNAL_TOML.indexOf("[[eni]]"))
-          .replace('name = "data1"', 'name = "ext1"')
-          .replace("device_index = 1", "device_index = 5")
-          .replace("amazon.com/ena_dpdk", "amazon.com/ena_dpdk_ext"),
+      configToml: sampleConfig({ reconcileSeconds: 0 }) + EXT1,
     });
     const run = runCli(w, ["apply"]);
     await new Promise((r) => setTimeout(r, 1500));

@@ -21,7 +21,7 @@ import {
 import { tmpdir } from "node:os";
 import path from "node:path";
 import type { Test } from "tap";
-import { World, type WorldOptions } from "../../src/sim/world.js";
+import { SG_DPDK, SUBNET_A, World, type WorldOptions } from "../../src/sim/world.js";
 
 export { REPO } from "./repo.js";
 import { REPO } from "./repo.js";
@@ -365,6 +365,22 @@ export function put(w: World, rel: string, content: string | Buffer, mode = 0o64
   writeFileSync(file, content);
   chmodSync(file, mode);
   return file;
+}
+
+/** An ENI someone else attaches (a launch template, a lifecycle hook), as a config's [[eni]] block. */
+export function externalEniToml(
+  o: { name?: string; deviceIndex?: number; resourceName?: string } = {},
+): string {
+  return `
+[[eni]]
+name = "${o.name ?? "data1"}"
+attach = "external"
+device_index = ${o.deviceIndex ?? 1}
+subnet_id = "${SUBNET_A}"
+security_group_ids = ["${SG_DPDK}"]
+  [eni.dpdk]
+  resource_name = "${o.resourceName ?? "amazon.com/ena_dpdk"}"
+`;
 }
 
 /** A small valid config: one DPDK ENI (data1) and one kernel ENI (kern1) in SUBNET_A. */

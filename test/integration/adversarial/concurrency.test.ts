@@ -13,6 +13,7 @@ import {
   assertPrimaryUntouched,
   baseToml,
   BUNDLE,
+  externalEniToml,
   lastError,
   runCli,
   startCli,
@@ -272,16 +273,12 @@ t.test(
 t.test(
   "concurrency: status during a pass names it; a second apply says whom it waits for; a killed holder is named by neither",
   async (t) => {
-    const external = (index: number) => `
-[[eni]]
-name = "ext${index}"
-attach = "external"
-device_index = ${index}
-subnet_id = "${SUBNET_A}"
-security_group_ids = ["${SG_DPDK}"]
-  [eni.dpdk]
-  resource_name = "amazon.com/ena_dpdk_ext${index}"
-`;
+    const external = (index: number) =>
+      externalEniToml({
+        name: `ext${index}`,
+        deviceIndex: index,
+        resourceName: `amazon.com/ena_dpdk_ext${index}`,
+      });
     const config = (...externals: number[]) =>
       baseToml().replace(
         "reconcile_interval_seconds = 0",
