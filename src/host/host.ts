@@ -550,11 +550,15 @@ export class Host {
       command: process.argv.slice(2).join(" ").slice(0, 200),
       since: isoTime(),
     });
+    let released = false;
     return {
       // EOF ends cat, then flock, which drops the lock as it exits. Nothing waits for that: every
       // change was made while it was held, and a waiting taker gets it the moment it is dropped.
       // (Waiting cost a boot ~3 ms, the two processes' exits.)
       release: async () => {
+        // once: a second "free" could land on the record of the next holder
+        if (released) return;
+        released = true;
         this.recordHolder({ free: true, pid: process.pid, since: isoTime() });
         child.stdin.end();
       },

@@ -806,8 +806,15 @@ export async function applyEachEni(
   results.forEach((r, i) => r.status === "fulfilled" && records.set(work[i].eni.name, r.value));
   const bad = failed.find((f) => f.err instanceof InputError);
   if (bad) throw bad.err;
-  // a failed ENI's record, if any, is not handed on: the host stage binds only ENIs that are ready
-  for (const f of failed) records.delete(f.name);
+  // A failed ENI that was attached when the pass began (a new attribute EC2 refused, say) is
+  // handed on as it was recorded: its device stays bound and advertised. One that was not (an
+  // external ENI that never came, an attach that failed) is not: there is nothing to bind.
+  const attachedAtStart = new Set(ctx.imdsNics.map((n) => n.mac.toLowerCase()));
+  for (const f of failed) {
+    const was = ctx.state.enis[f.name];
+    if (was?.mac && attachedAtStart.has(was.mac.toLowerCase())) records.set(f.name, was);
+    else records.delete(f.name);
+  }
   return { enis: inConfigOrder(), failed };
 }
 

@@ -8,6 +8,7 @@ import t from "tap";
 import { writeFakeBindingScript } from "../../../src/sim/kernel.js";
 import {
   assertNoneDriverless,
+  converge,
   assertPrimaryUntouched,
   baseToml,
   diffSnapshots,
@@ -403,5 +404,38 @@ t.test(
         "kern1's MTU set in the same pass",
       );
     assertPrimaryUntouched(t, w);
+  },
+);
+
+t.test(
+  "faults: an ENI already bound whose new attribute EC2 refuses stays bound and advertised; the pass fails naming it",
+  async (t) => {
+    const w = await world(t, { configToml: baseToml() });
+    await converge(t, w);
+    const sriovPath = path.join(w.root, "etc/pcidp/config.json");
+    const advertised = readFileSync(sriovPath, "utf8");
+    t.match(advertised, /0000:00:06\.0/);
+    w.writeConfig(
+      baseToml().replace('name = "data1"', 'name = "data1"\nsource_dest_check = false'),
+    );
+    w.ec2.faults.errors.ModifyNetworkInterfaceAttribute = {
+      status: 403,
+      code: "UnauthorizedOperation",
+      message: "You are not authorized to perform this operation.",
+      count: Infinity,
+    };
+    const r = await runCli(w, ["apply"]);
+    t.equal(r.code, 1);
+    t.match(
+      lastError(r),
+      /^ENI "data1": EC2 ModifyNetworkInterfaceAttribute failed: UnauthorizedOperation/,
+    );
+    t.equal(w.sim.driverOf("0000:00:06.0"), "vfio-pci", "still bound");
+    t.equal(
+      readFileSync(sriovPath, "utf8"),
+      advertised,
+      "still advertised: the SR-IOV file is as it was",
+    );
+    assertNoneDriverless(t, w);
   },
 );

@@ -57,6 +57,10 @@ t.test("the lock's holder: named while it holds the lock, in a record of fixed s
   t.equal(await host.lockHeld(), true);
   await lock.release();
   t.equal(host.lockHolder(), undefined, "released: the record says free");
+  const next = JSON.stringify({ pid: process.pid, command: "the next holder", since: "now" });
+  writeFileSync(lockFile, next);
+  await lock.release();
+  t.equal(host.lockHolder()?.command, "the next holder", "a second release writes nothing");
   // flock drops the lock as it exits, a moment after release
   for (let i = 0; i < 50 && (await host.lockHeld()); i++)
     await new Promise((r) => setTimeout(r, 20));
