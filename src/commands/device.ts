@@ -256,11 +256,26 @@ export async function unbindCommand(
       if (r.mac) delete state.bindings[r.mac];
       await saveState(host, state);
       ctx.out(`returned ${r.bdf} to ${rb.driver}${rb.ifname ? ` (netdev ${rb.ifname})` : ""}\n`);
+      serviceWillUndo(ctx, "unbind");
       return 0;
     },
     undefined,
     lockWaitNotice(ctx.log),
   );
+}
+
+/**
+ * After a reset or an unbind: the service, if it is serving (the lock's last taker before this
+ * command was a live `eni-dpdk run`), binds the devices again at its next pass. Say so, and how to
+ * make it last.
+ */
+function serviceWillUndo(ctx: CommandContext, what: "reset" | "unbind"): void {
+  const before = ctx.host.holderBefore;
+  if (!before || before.holder.pid === process.pid || !/^run\b/.test(before.holder.command)) return;
+  ctx.log.warn(`the service binds the devices again at its next pass, undoing this ${what}`, {
+    service: `pid ${before.holder.pid} (eni-dpdk run)`,
+    next: `systemctl stop eni-dpdk, then ${what} again, for one that lasts (systemctl start eni-dpdk binds them again)`,
+  });
 }
 
 /** Unbind every managed device, remove our networkd/nodeadm files, our SR-IOV entries and our maxPods drop-in; nothing else. */
@@ -337,6 +352,7 @@ export async function resetCommand(
       ctx.out(
         "reset done: eni-dpdk's bindings, networkd files, SR-IOV entries and kubelet maxPods drop-in are gone; everything else is untouched\n",
       );
+      serviceWillUndo(ctx, "reset");
       return 0;
     },
     undefined,

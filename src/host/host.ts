@@ -545,11 +545,9 @@ export class Host {
     } finally {
       clearTimeout(notice);
     }
-    this.recordHolder({
-      pid: process.pid,
-      command: process.argv.slice(2).join(" ").slice(0, 200),
-      since: isoTime(),
-    });
+    this.holderBefore = this.readHolder();
+    const command = process.argv.slice(2).join(" ").slice(0, 200);
+    this.recordHolder({ pid: process.pid, command, since: isoTime() });
     let released = false;
     return {
       // EOF ends cat, then flock, which drops the lock as it exits. Nothing waits for that: every
@@ -559,14 +557,14 @@ export class Host {
         // once: a second "free" could land on the record of the next holder
         if (released) return;
         released = true;
-        this.recordHolder({ free: true, pid: process.pid, since: isoTime() });
+        this.recordHolder({ free: true, pid: process.pid, command, since: isoTime() });
         child.stdin.end();
       },
     };
   }
 
   /** Written only while the lock is held; best effort, as it only informs. */
-  private recordHolder(record: LockHolder | { free: true; pid: number; since: string }): void {
+  private recordHolder(record: LockHolder & { free?: true }): void {
     let text = JSON.stringify(record);
     if (Buffer.byteLength(text) >= LOCK_RECORD_BYTES)
       text = JSON.stringify({ ...record, command: "" });
@@ -582,15 +580,28 @@ export class Host {
     }
   }
 
-  /** The holder the lock file names, when it names a live process that took it; else undefined. */
+  /** The holder the lock file names, when it names a live process that holds it; else undefined. */
   lockHolder(): LockHolder | undefined {
+    const r = this.readHolder();
+    return r && !r.free ? r.holder : undefined;
+  }
+
+  /**
+   * The last taker before this process's latest, as the lock file named it when this process took
+   * the lock, if that process is alive: `run` between its passes, say.
+   */
+  holderBefore: { holder: LockHolder; free: boolean } | undefined;
+
+  /** The lock file's record, when it names a live process. */
+  private readHolder(): { holder: LockHolder; free: boolean } | undefined {
     try {
       const r = JSON.parse(readFileSync(this.path(LOCK_PATH), "utf8")) as Partial<LockHolder> & {
         free?: boolean;
       };
-      if (r.free || !Number.isInteger(r.pid) || r.pid! <= 0) return undefined;
+      if (!Number.isInteger(r.pid) || r.pid! <= 0) return undefined;
       if (typeof r.command !== "string" || typeof r.since !== "string") return undefined;
-      return pidAlive(r.pid!) ? { pid: r.pid!, command: r.command, since: r.since } : undefined;
+      if (!pidAlive(r.pid!)) return undefined;
+      return { holder: { pid: r.pid!, command: r.command, since: r.since }, free: !!r.free };
     } catch {
       return undefined;
     }

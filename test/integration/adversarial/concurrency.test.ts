@@ -331,3 +331,39 @@ t.test(
     );
   },
 );
+
+t.test(
+  "concurrency: a reset or an unbind while run serves says the service will undo it, naming it; after the service stops, neither warns",
+  async (t) => {
+    const w = await world(t, {
+      configToml: baseToml().replace(
+        "reconcile_interval_seconds = 0",
+        "reconcile_interval_seconds = 1",
+      ),
+    });
+    const service = startCli(w, ["run"]);
+    t.teardown(() => service.signal("SIGKILL"));
+    await service.waitForLog((l) => /^ready: /.test(l.msg ?? ""), 20_000);
+    t.equal(w.sim.driverOf(DATA1_BDF), "vfio-pci");
+    const undoes = (r: { log: Record<string, string>[] }) =>
+      r.log.find((l) => l.level === "warn" && /^the service binds the devices again/.test(l.msg));
+
+    const reset = await runCli(w, ["reset"]);
+    t.equal(reset.code, 0, lastError(reset));
+    t.match(undoes(reset)?.service, `pid ${service.pid} (eni-dpdk run)`);
+    t.match(undoes(reset)?.next, /^systemctl stop eni-dpdk, then reset again/);
+    await service.waitForLog((l) => l.msg === "repaired drift", 10_000);
+    t.equal(w.sim.driverOf(DATA1_BDF), "vfio-pci", "as it said: bound again by its next pass");
+
+    const unbind = await runCli(w, ["unbind", DATA1_BDF]);
+    t.equal(unbind.code, 0, lastError(unbind));
+    t.ok(undoes(unbind), "unbind says so too");
+
+    service.signal("SIGTERM");
+    t.equal((await service.exit).code, 0);
+    const quiet = await runCli(w, ["reset"]);
+    t.equal(quiet.code, 0, lastError(quiet));
+    t.notOk(undoes(quiet), "no service: no warning");
+    t.not(w.sim.driverOf(DATA1_BDF), "vfio-pci", "and the reset lasts");
+  },
+);
