@@ -8,6 +8,7 @@ import {
   constants as fsc,
   fchmod,
   fchmodSync,
+  fstatSync,
   fsync,
   lstatSync,
   mkdir,
@@ -504,6 +505,7 @@ export class Host {
   ): Promise<{ release(): Promise<void> }> {
     const lockPath = this.path(LOCK_PATH);
     await this.ensureDir(path.posix.dirname(LOCK_PATH));
+    this.ownLockFile(lockPath);
     const child = spawn(
       "flock",
       ["--exclusive", "--timeout", String(Math.ceil(timeoutMs / 1000)), lockPath, "cat"],
@@ -561,6 +563,21 @@ export class Host {
         child.stdin.end();
       },
     };
+  }
+
+  /**
+   * The lock file, root's alone (0600). flock(2) needs only read access: a lock file others can
+   * open (flock(1) creates it 0666 less the umask) is a lock any local user can take and hold,
+   * and every pass would wait behind them.
+   */
+  private ownLockFile(lockPath: string): void {
+    const fd = openSync(lockPath, fsc.O_RDONLY | fsc.O_CREAT | fsc.O_NOFOLLOW, 0o600);
+    try {
+      const st = fstatSync(fd);
+      if (st.uid === process.geteuid?.() && st.mode & 0o077) fchmodSync(fd, 0o600);
+    } finally {
+      closeSync(fd);
+    }
   }
 
   /** Written only while the lock is held; best effort, as it only informs. */

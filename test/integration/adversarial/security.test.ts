@@ -2,6 +2,7 @@
 // as root, a tampered state file, and the primary ENI on every path that binds. (Hostile keys in
 // every input source are in input.test.ts.)
 import { chmodSync, mkdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from "node:fs";
+import { spawn } from "node:child_process";
 import t from "tap";
 import { Host } from "../../../src/host/host.js";
 import { STATE_PATH } from "../../../src/host/state.js";
@@ -111,7 +112,44 @@ t.test("security: under umask 000, our directories and files get their own modes
   t.equal(mode(STATE_PATH), "600");
   t.equal(mode("/run/eni-dpdk/status.json"), "644");
   t.equal(mode("/etc/pcidp/config.json"), "644");
+  t.equal(mode("/run/eni-dpdk.lock"), "600", "the lock file too");
 });
+
+t.test(
+  "security: the host lock file is root's alone (0600), so a user other than root cannot hold the lock and stall every pass",
+  async (t) => {
+    const w = await world(t, { configToml: baseToml() });
+    // as flock(1) left it before: 0666 less the umask
+    mkdirSync(w.sim.p("/run"), { recursive: true });
+    writeFileSync(w.sim.p("/run/eni-dpdk.lock"), "", { mode: 0o644 });
+    chmodSync(w.root, 0o755);
+    const r = await runCli(w, ["apply"]);
+    t.equal(r.code, 0, lastError(r));
+    t.equal((statSync(w.sim.p("/run/eni-dpdk.lock")).mode & 0o777).toString(8), "600");
+    // a local user who tries to take the lock (flock needs only read access to the file)
+    const asNobody = await new Promise<{ code: number | null; stderr: string }>((resolve) => {
+      const c = spawn(
+        "setpriv",
+        [
+          "--reuid=65534",
+          "--regid=65534",
+          "--clear-groups",
+          "--",
+          "flock",
+          "--nonblock",
+          w.sim.p("/run/eni-dpdk.lock"),
+          "true",
+        ],
+        { stdio: ["ignore", "ignore", "pipe"] },
+      );
+      let stderr = "";
+      c.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
+      c.on("close", (code) => resolve({ code, stderr }));
+    });
+    t.not(asNobody.code, 0, "nobody cannot take it");
+    t.match(asNobody.stderr, /Permission denied/);
+  },
+);
 
 const programCases: [string, string, (file: string) => void, RegExp][] = [
   ["binding_script", "does not exist", () => {}, /does not exist/],
