@@ -3,7 +3,7 @@
 import { BDF_RE, DPDK_DRIVERS, type DpdkDriver, isDpdkDriver, MAC_RE } from "../config/facts.js";
 import { errorMessage, InputError, OpError } from "../core/errors.js";
 import path from "node:path";
-import { lockWaitNotice, type Host } from "../host/host.js";
+import { lockWaitNotice, type Host, type LockRecord } from "../host/host.js";
 import { Deadline, isoTime } from "../core/deadline.js";
 import {
   ensureNetworkdFile,
@@ -232,7 +232,7 @@ export async function unbindCommand(
   opts: { target: string },
 ): Promise<number> {
   return ctx.host.withLock(
-    async () => {
+    async ({ before }) => {
       const { host, log } = ctx;
       const state = await prepareHost(host, log);
       const r = await resolveTarget(host, state, opts.target);
@@ -256,7 +256,7 @@ export async function unbindCommand(
       if (r.mac) delete state.bindings[r.mac];
       await saveState(host, state);
       ctx.out(`returned ${r.bdf} to ${rb.driver}${rb.ifname ? ` (netdev ${rb.ifname})` : ""}\n`);
-      serviceWillUndo(ctx, "unbind");
+      serviceWillUndo(ctx, before, "unbind");
       return 0;
     },
     undefined,
@@ -269,8 +269,11 @@ export async function unbindCommand(
  * command was a live `eni-dpdk run`), binds the devices again at its next pass. Say so, and how to
  * make it last.
  */
-function serviceWillUndo(ctx: CommandContext, what: "reset" | "unbind"): void {
-  const before = ctx.host.holderBefore;
+function serviceWillUndo(
+  ctx: CommandContext,
+  before: LockRecord | undefined,
+  what: "reset" | "unbind",
+): void {
   if (!before || before.holder.pid === process.pid || !/^run\b/.test(before.holder.command)) return;
   ctx.log.warn(`the service binds the devices again at its next pass, undoing this ${what}`, {
     service: `pid ${before.holder.pid} (eni-dpdk run)`,
@@ -285,7 +288,7 @@ export async function resetCommand(
 ): Promise<number> {
   const { config } = await localConfig(ctx);
   return ctx.host.withLock(
-    async () => {
+    async ({ before }) => {
       const { host, log } = ctx;
       const state = await prepareHost(host, log, {
         tempDirs: [path.posix.dirname(config.sriov.config_path), NODEADM_DROPIN_DIR],
@@ -352,7 +355,7 @@ export async function resetCommand(
       ctx.out(
         "reset done: eni-dpdk's bindings, networkd files, SR-IOV entries and kubelet maxPods drop-in are gone; everything else is untouched\n",
       );
-      serviceWillUndo(ctx, "reset");
+      serviceWillUndo(ctx, before, "reset");
       return 0;
     },
     undefined,

@@ -16,6 +16,7 @@ import {
   openSync,
   readdirSync,
   readFileSync,
+  readSync,
   readlinkSync,
   realpathSync,
   renameSync,
@@ -483,13 +484,13 @@ export class Host {
    * does our death (the pipe closes).
    */
   async withLock<T>(
-    fn: () => Promise<T>,
+    fn: (lock: { before?: LockRecord }) => Promise<T>,
     timeoutMs = 120_000,
     onWait?: (holder: LockHolder | undefined) => void,
   ): Promise<T> {
     const lock = await this.acquireLock(timeoutMs, onWait);
     try {
-      return await fn();
+      return await fn(lock);
     } finally {
       await lock.release();
     }
@@ -497,15 +498,17 @@ export class Host {
 
   /**
    * The lock as a handle, for callers that start taking it before they need it (see withLock).
-   * `onWait` hears, once, who holds it when it is not free within a second.
+   * `onWait` hears, once, who holds it when it is not free within a second. `before` is the last
+   * taker's record as this one found it, when that process is alive (`run` between its passes).
    */
   async acquireLock(
     timeoutMs = 120_000,
     onWait?: (holder: LockHolder | undefined) => void,
-  ): Promise<{ release(): Promise<void> }> {
+  ): Promise<{ release(): Promise<void>; before?: LockRecord }> {
     const lockPath = this.path(LOCK_PATH);
     await this.ensureDir(path.posix.dirname(LOCK_PATH));
-    this.ownLockFile(lockPath);
+    // One descriptor for the whole hold: the mode set, the last record read, ours written twice.
+    const fd = openLockFile(lockPath);
     const child = spawn(
       "flock",
       ["--exclusive", "--timeout", String(Math.ceil(timeoutMs / 1000)), lockPath, "cat"],
@@ -544,14 +547,18 @@ export class Host {
     const notice = onWait && setTimeout(() => onWait(this.lockHolder()), LOCK_WAIT_NOTICE_MS);
     try {
       await held;
+    } catch (e) {
+      closeSync(fd);
+      throw e;
     } finally {
       clearTimeout(notice);
     }
-    this.holderBefore = this.readHolder();
+    const before = liveRecord(readRecord(fd));
     const command = process.argv.slice(2).join(" ").slice(0, 200);
-    this.recordHolder({ pid: process.pid, command, since: isoTime() });
+    writeRecord(fd, { pid: process.pid, command, since: isoTime() });
     let released = false;
     return {
+      ...(before ? { before } : {}),
       // EOF ends cat, then flock, which drops the lock as it exits. Nothing waits for that: every
       // change was made while it was held, and a waiting taker gets it the moment it is dropped.
       // (Waiting cost a boot ~3 ms, the two processes' exits.)
@@ -559,69 +566,23 @@ export class Host {
         // once: a second "free" could land on the record of the next holder
         if (released) return;
         released = true;
-        this.recordHolder({ free: true, pid: process.pid, command, since: isoTime() });
+        writeRecord(fd, { free: true, pid: process.pid, command, since: isoTime() });
+        closeSync(fd);
         child.stdin.end();
       },
     };
   }
 
-  /**
-   * The lock file, root's alone (0600). flock(2) needs only read access: a lock file others can
-   * open (flock(1) creates it 0666 less the umask) is a lock any local user can take and hold,
-   * and every pass would wait behind them.
-   */
-  private ownLockFile(lockPath: string): void {
-    const fd = openSync(lockPath, fsc.O_RDONLY | fsc.O_CREAT | fsc.O_NOFOLLOW, 0o600);
-    try {
-      const st = fstatSync(fd);
-      if (st.uid === process.geteuid?.() && st.mode & 0o077) fchmodSync(fd, 0o600);
-    } finally {
-      closeSync(fd);
-    }
-  }
-
-  /** Written only while the lock is held; best effort, as it only informs. */
-  private recordHolder(record: LockHolder & { free?: true }): void {
-    let text = JSON.stringify(record);
-    if (Buffer.byteLength(text) >= LOCK_RECORD_BYTES)
-      text = JSON.stringify({ ...record, command: "" });
-    try {
-      const fd = openSync(this.path(LOCK_PATH), fsc.O_WRONLY | fsc.O_NOFOLLOW);
-      try {
-        writeSync(fd, text.padEnd(LOCK_RECORD_BYTES - 1, " ") + "\n", 0);
-      } finally {
-        closeSync(fd);
-      }
-    } catch {
-      // the lock works without it: status and waiters then do not learn who holds it
-    }
-  }
-
   /** The holder the lock file names, when it names a live process that holds it; else undefined. */
   lockHolder(): LockHolder | undefined {
-    const r = this.readHolder();
-    return r && !r.free ? r.holder : undefined;
-  }
-
-  /**
-   * The last taker before this process's latest, as the lock file named it when this process took
-   * the lock, if that process is alive: `run` between its passes, say.
-   */
-  holderBefore: { holder: LockHolder; free: boolean } | undefined;
-
-  /** The lock file's record, when it names a live process. */
-  private readHolder(): { holder: LockHolder; free: boolean } | undefined {
+    let text: string;
     try {
-      const r = JSON.parse(readFileSync(this.path(LOCK_PATH), "utf8")) as Partial<LockHolder> & {
-        free?: boolean;
-      };
-      if (!Number.isInteger(r.pid) || r.pid! <= 0) return undefined;
-      if (typeof r.command !== "string" || typeof r.since !== "string") return undefined;
-      if (!pidAlive(r.pid!)) return undefined;
-      return { holder: { pid: r.pid!, command: r.command, since: r.since }, free: !!r.free };
+      text = readFileSync(this.path(LOCK_PATH), "utf8");
     } catch {
       return undefined;
     }
+    const r = liveRecord(text);
+    return r && !r.free ? r.holder : undefined;
   }
 
   /** Whether a pass holds the lock now (flock --nonblock); undefined when flock cannot say. */
@@ -636,6 +597,63 @@ export class Host {
     } catch {
       return undefined;
     }
+  }
+}
+
+/** A taker's record in the lock file, and whether it has let the lock go since. */
+export interface LockRecord {
+  holder: LockHolder;
+  free: boolean;
+}
+
+/**
+ * The lock file, root's alone (0600), open for the hold. flock(2) needs only read access: a lock
+ * file others can open (flock(1) creates it 0666 less the umask) is a lock any local user can take
+ * and hold, and every pass would wait behind them.
+ */
+function openLockFile(lockPath: string): number {
+  const fd = openSync(lockPath, fsc.O_RDWR | fsc.O_CREAT | fsc.O_NOFOLLOW, 0o600);
+  try {
+    const st = fstatSync(fd);
+    if (st.uid === process.geteuid?.() && st.mode & 0o077) fchmodSync(fd, 0o600);
+    return fd;
+  } catch (e) {
+    closeSync(fd);
+    throw e;
+  }
+}
+
+function readRecord(fd: number): string {
+  const buf = Buffer.alloc(LOCK_RECORD_BYTES);
+  try {
+    return buf.toString("utf8", 0, readSync(fd, buf, 0, LOCK_RECORD_BYTES, 0));
+  } catch {
+    return "";
+  }
+}
+
+/** Written only while the lock is held, at offset 0; best effort, as it only informs. */
+function writeRecord(fd: number, record: LockHolder & { free?: true }): void {
+  let text = JSON.stringify(record);
+  if (Buffer.byteLength(text) >= LOCK_RECORD_BYTES)
+    text = JSON.stringify({ ...record, command: "" });
+  try {
+    writeSync(fd, text.padEnd(LOCK_RECORD_BYTES - 1, " ") + "\n", 0);
+  } catch {
+    // the lock works without it: status and waiters then do not learn who holds it
+  }
+}
+
+/** A record of this shape naming a live process; undefined otherwise. */
+function liveRecord(text: string): LockRecord | undefined {
+  try {
+    const r = JSON.parse(text) as Partial<LockHolder> & { free?: boolean };
+    if (!Number.isInteger(r.pid) || r.pid! <= 0) return undefined;
+    if (typeof r.command !== "string" || typeof r.since !== "string") return undefined;
+    if (!pidAlive(r.pid!)) return undefined;
+    return { holder: { pid: r.pid!, command: r.command, since: r.since }, free: !!r.free };
+  } catch {
+    return undefined;
   }
 }
 
