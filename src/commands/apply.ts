@@ -35,17 +35,15 @@ export async function planCommand(ctx: CommandContext, opts: { json: boolean }):
         2,
       ) + "\n",
     );
-  } else if (!o.error) {
-    ctx.out(formatActions(o.actions));
-    for (const w of o.warnings) ctx.log.warn(w);
   } else {
     // never "nothing to do" for a pass that could not finish its plan
-    if (o.actions.length) ctx.out(formatActions(o.actions));
-    ctx.out(
-      o.actions.length
-        ? `the plan stopped here: ${o.error.message}; apply may do more than the actions above\n`
-        : `no plan: ${o.error.message}\n`,
-    );
+    if (!o.error || o.actions.length) ctx.out(formatActions(o.actions));
+    if (o.error)
+      ctx.out(
+        o.actions.length
+          ? `the plan stopped here: ${o.error.message}; apply may do more than the actions above\n`
+          : `no plan: ${o.error.message}\n`,
+      );
     for (const w of o.warnings) ctx.log.warn(w);
   }
   if (o.error)

@@ -3,7 +3,7 @@
 import { BDF_RE, DPDK_DRIVERS, type DpdkDriver, isDpdkDriver, MAC_RE } from "../config/facts.js";
 import { errorMessage, InputError, OpError } from "../core/errors.js";
 import path from "node:path";
-import { lockWaitNotice, type Host, type LockRecord } from "../host/host.js";
+import { type Host, type LockRecord } from "../host/host.js";
 import { Deadline, isoTime } from "../core/deadline.js";
 import {
   ensureNetworkdFile,
@@ -222,8 +222,7 @@ export async function bindCommand(
       ctx.out(`bound ${r.bdf}${r.mac ? ` (${r.mac})` : ""} to ${driver}: ${b.deviceNode}\n`);
       return 0;
     },
-    undefined,
-    lockWaitNotice(ctx.log),
+    { log: ctx.log },
   );
 }
 
@@ -259,8 +258,7 @@ export async function unbindCommand(
       serviceWillUndo(ctx, before, "unbind");
       return 0;
     },
-    undefined,
-    lockWaitNotice(ctx.log),
+    { log: ctx.log },
   );
 }
 
@@ -358,8 +356,7 @@ export async function resetCommand(
       serviceWillUndo(ctx, before, "reset");
       return 0;
     },
-    undefined,
-    lockWaitNotice(ctx.log),
+    { log: ctx.log },
   );
 }
 
@@ -385,7 +382,6 @@ export async function earlyCommand(
         ctx.out(`${r.state.padEnd(7)} ${r.bdf} ${r.mac} ${r.eniName}: ${r.detail}\n`);
       return results.some((r) => r.state === "failed") ? 1 : 0;
     },
-    undefined,
-    lockWaitNotice(ctx.log),
+    { log: ctx.log },
   );
 }

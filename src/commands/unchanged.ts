@@ -7,7 +7,7 @@
 // Kubernetes API, ran a program, saw a value move, or ended with an error. It is keyed by the build,
 // Node, the user, the directory, the argv and the environment. `apply --full` plans as ever.
 import { asRecorded, inputs, type LoggedLine, type Observation } from "../core/inputs.js";
-import { Host, HOST_READS, lockWaitNotice, type HostRead } from "../host/host.js";
+import { Host, HOST_READS, type HostRead } from "../host/host.js";
 import { resolveRoot, RUN_DIR, UNCHANGED_PATH } from "../host/root.js";
 import { TRUSTED_READS, trustedProbe, type TrustedRead } from "../host/trusted.js";
 import { ImdsClient } from "../cloud/imds.js";
@@ -190,7 +190,7 @@ export async function replayUnchanged(
     (d) => ({ d }),
     (e: unknown) => ({ e }),
   );
-  const locked = host.acquireLock(undefined, lockWaitNotice(log)).then(
+  const locked = host.acquireLock({ log }).then(
     (lock) => ({ lock }),
     (e: unknown) => ({ e }),
   );

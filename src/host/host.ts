@@ -485,10 +485,9 @@ export class Host {
    */
   async withLock<T>(
     fn: (lock: { before?: LockRecord }) => Promise<T>,
-    timeoutMs = 120_000,
-    onWait?: (holder: LockHolder | undefined) => void,
+    opts: LockOptions = {},
   ): Promise<T> {
-    const lock = await this.acquireLock(timeoutMs, onWait);
+    const lock = await this.acquireLock(opts);
     try {
       return await fn(lock);
     } finally {
@@ -498,13 +497,13 @@ export class Host {
 
   /**
    * The lock as a handle, for callers that start taking it before they need it (see withLock).
-   * `onWait` hears, once, who holds it when it is not free within a second. `before` is the last
-   * taker's record as this one found it, when that process is alive (`run` between its passes).
+   * `before` is the last taker's record as this one found it, when that process is alive (`run`
+   * between its passes).
    */
-  async acquireLock(
-    timeoutMs = 120_000,
-    onWait?: (holder: LockHolder | undefined) => void,
-  ): Promise<{ release(): Promise<void>; before?: LockRecord }> {
+  async acquireLock({ timeoutMs = 120_000, log }: LockOptions = {}): Promise<{
+    release(): Promise<void>;
+    before?: LockRecord;
+  }> {
     const lockPath = this.path(LOCK_PATH);
     await this.ensureDir(path.posix.dirname(LOCK_PATH));
     // One descriptor for the whole hold: the mode set, the last record read, ours written twice.
@@ -544,7 +543,15 @@ export class Host {
       });
     });
     child.stdin.write("locked\n");
-    const notice = onWait && setTimeout(() => onWait(this.lockHolder()), LOCK_WAIT_NOTICE_MS);
+    // after a second of waiting: who holds it, when the lock file says
+    const notice =
+      log &&
+      setTimeout(() => {
+        const h = this.lockHolder();
+        log.info("waiting for the host lock", {
+          held_by: h ? holderText(h) : "a process that did not say who it is",
+        });
+      }, LOCK_WAIT_NOTICE_MS);
     try {
       await held;
     } catch (e) {
@@ -598,6 +605,12 @@ export class Host {
       return undefined;
     }
   }
+}
+
+export interface LockOptions {
+  timeoutMs?: number;
+  /** told, after a second of waiting, who holds the lock */
+  log?: Pick<Logger, "info">;
 }
 
 /** A taker's record in the lock file, and whether it has let the lock go since. */
@@ -655,14 +668,6 @@ function liveRecord(text: string): LockRecord | undefined {
   } catch {
     return undefined;
   }
-}
-
-/** What a taker says after a second of waiting: who holds the lock, when the lock file says. */
-export function lockWaitNotice(log: Pick<Logger, "info">): (h: LockHolder | undefined) => void {
-  return (h) =>
-    log.info("waiting for the host lock", {
-      held_by: h ? holderText(h) : "a process that did not say who it is",
-    });
 }
 
 /** "pid 1234 (eni-dpdk run) since 2026-12-08T03:35:01.000Z" */

@@ -15,7 +15,7 @@ import { emptyState, journalPending, loadState, saveState } from "../host/state.
 import { hugepageProblem, hugepageWants } from "../host/kernel.js";
 import { devicesOnDpdkDrivers } from "../host/pci.js";
 import type { Logger } from "../core/log.js";
-import { lockWaitNotice, type Host } from "../host/host.js";
+import type { Host } from "../host/host.js";
 import { gather, type Gathered, type LocalSources } from "../sources/chain.js";
 import { saveTomlMemo } from "../sources/toml.js";
 import { eniStage } from "./eni.js";
@@ -73,7 +73,7 @@ export async function reconcile(
 ): Promise<ReconcileResult> {
   // Taking the lock starts now, so spawning flock(1) overlaps the sources' IMDS round trips; it is
   // held until the status file is written, and released on every path.
-  const lock = opts.dryRun ? undefined : ctx.host.acquireLock(undefined, lockWaitNotice(ctx.log));
+  const lock = opts.dryRun ? undefined : ctx.host.acquireLock({ log: ctx.log });
   lock?.catch(() => {});
   try {
     return await pass(ctx, opts, lock);

@@ -335,8 +335,7 @@ t.test(
   "faults: a full disk in the middle of adding an ENI: the ENI EC2 created is adopted by the rerun, none leaks",
   async (t) => {
     const w = await world(t, { configToml: baseToml() });
-    const first = await runCli(w, ["apply"]);
-    t.equal(first.code, 0, lastError(first));
+    await converge(t, w);
     w.writeConfig(
       baseToml(`
 [[eni]]
